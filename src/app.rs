@@ -1,0 +1,177 @@
+//! Wires the parts into a running service and stops them in order.
+//!
+//! Start-up: open the store (migrate, recover), start the compute pool, bind the port.
+//! Shutdown, on the token: stop accepting connections and stop claiming jobs at once; let
+//! in-flight HTTP requests and deliveries finish within the grace period (deliveries still
+//! running then are handed back to the queue); commit pending writes and close the database.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::delivery::client::{CallbackClient, GuardedResolver, SystemLookup};
+use crate::delivery::retry::RetryPolicy;
+use crate::delivery::signing::Signer;
+use crate::delivery::{Dispatcher, Wakeup, WorkerStats};
+use crate::http::{self, AppState};
+use crate::retention;
+use crate::service::Service;
+use crate::store::{Store, StoreError, redact_url};
+use crate::work::ComputePool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the compute pool: {0}")]
+    Pool(std::io::Error),
+    #[error("cannot build the callback client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A service bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    service: Service,
+    dispatcher: Dispatcher,
+    config: Config,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let signer = Signer::from_secrets(
+            config
+                .callback_signing_secret
+                .as_deref()
+                .unwrap_or_default(),
+        )
+        .map_err(|e| StartError::Config(format!("APP_CALLBACK_SIGNING_SECRET: {e}")))?;
+
+        let store = Store::open(&config.database_url, config.async_queue_max_size).await?;
+        tracing::info!(database = %redact_url(&config.database_url), "database ready");
+
+        let pool = ComputePool::new(
+            config.compute_threads(),
+            usize::try_from(config.compute_queue_size).unwrap_or(usize::MAX),
+            config.work_duration(),
+        )
+        .map_err(StartError::Pool)?;
+
+        let resolver =
+            GuardedResolver::new(Arc::new(SystemLookup), config.callback_block_private_ips);
+        let client = CallbackClient::new(config.callback_timeout(), signer, resolver)?;
+
+        let wakeup = Wakeup::default();
+        let workers = WorkerStats::default();
+        let service = Service {
+            store: store.clone(),
+            pool: pool.clone(),
+            wakeup: wakeup.clone(),
+            workers: workers.clone(),
+            queue_capacity: config.async_queue_max_size,
+            block_private_ips: config.callback_block_private_ips,
+            retention: config.retention(),
+            max_stored_requests: config.max_stored_requests,
+        };
+        let dispatcher = Dispatcher {
+            store,
+            pool,
+            client,
+            policy: RetryPolicy {
+                max_retries: config.callback_max_retries,
+                base: Duration::from_secs_f64(config.callback_retry_base_delay),
+                max: Duration::from_secs_f64(config.callback_retry_max_delay),
+            },
+            workers: config.async_worker_count,
+            owner: Uuid::new_v4().to_string(),
+            // Long enough to cover the work and a full callback timeout with room to spare;
+            // a lease only matters if this process dies holding it.
+            lease: Duration::from_secs(60).max(config.callback_timeout() * 3),
+            wakeup,
+            stats: workers,
+        };
+        let state = AppState {
+            service: service.clone(),
+            admin_token: config.admin_token().map(Arc::from),
+        };
+        let max_body = usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX);
+        let router = http::router(state, max_body);
+
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            router,
+            service,
+            dispatcher,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(self.config.host, self.config.port))
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops in order (see the module docs).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let Self {
+            listener,
+            router,
+            service,
+            dispatcher,
+            config,
+        } = self;
+        let grace = config.shutdown_grace();
+        tracing::info!(address = %listener.local_addr().map_err(StartError::Serve)?, "listening");
+
+        let background = CancellationToken::new();
+        let delivery = tokio::spawn(dispatcher.run(shutdown.clone(), grace));
+        let cleanup = tokio::spawn(retention::run(
+            service.clone(),
+            config.cleanup_interval(),
+            background.clone(),
+        ));
+
+        let server = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        let server = tokio::spawn(server);
+        shutdown.cancelled().await;
+
+        match tokio::time::timeout(grace, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::error!(error = %err, "server error"),
+            Ok(Err(err)) => tracing::error!(error = %err, "server task failed"),
+            Err(_) => tracing::warn!("grace period over with HTTP requests still in flight"),
+        }
+        // The dispatcher bounds its own drain by the same grace period.
+        if let Err(err) = delivery.await {
+            tracing::error!(error = %err, "delivery task failed");
+        }
+        background.cancel();
+        let _ = cleanup.await;
+        service.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

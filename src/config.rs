@@ -1,0 +1,227 @@
+//! All settings, each both a command-line flag and an `APP_*` environment variable.
+//!
+//! One struct, parsed once at start-up: a bad value stops the process before it binds a port,
+//! with a one-line error naming the variable (see `main.rs`), rather than failing later under load.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Settings of `syncasync serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "APP_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "APP_PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Database: `sqlite://PATH` (created on first start) or `sqlite::memory:`.
+    #[arg(long, env = "APP_DATABASE_URL", default_value = "sqlite://requests.db")]
+    pub database_url: String,
+
+    /// Callback deliveries in flight at once.
+    #[arg(long, env = "APP_ASYNC_WORKER_COUNT", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub async_worker_count: u32,
+
+    /// Unfinished async requests the queue holds; past that, `POST /async` answers 503.
+    #[arg(long, env = "APP_ASYNC_QUEUE_MAX_SIZE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub async_queue_max_size: u64,
+
+    /// Timeout of one callback attempt, in seconds.
+    #[arg(long, env = "APP_CALLBACK_TIMEOUT_SECONDS", default_value_t = 10.0,
+          value_parser = positive_seconds)]
+    pub callback_timeout_seconds: f64,
+
+    /// Attempts after the first before a callback is given up (`callback_failed`).
+    #[arg(long, env = "APP_CALLBACK_MAX_RETRIES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub callback_max_retries: u32,
+
+    /// Base of the exponential backoff between attempts, in seconds.
+    #[arg(long, env = "APP_CALLBACK_RETRY_BASE_DELAY", default_value_t = 1.0,
+          value_parser = non_negative_seconds)]
+    pub callback_retry_base_delay: f64,
+
+    /// Longest wait between two attempts, in seconds (also caps a receiver's `Retry-After`).
+    #[arg(long, env = "APP_CALLBACK_RETRY_MAX_DELAY", default_value_t = 30.0,
+          value_parser = non_negative_seconds)]
+    pub callback_retry_max_delay: f64,
+
+    /// Refuse callback URLs that point at private, loopback, link-local or other
+    /// non-public addresses (SSRF protection). Turn off only for local testing.
+    #[arg(long, env = "APP_CALLBACK_BLOCK_PRIVATE_IPS", default_value_t = true,
+          action = clap::ArgAction::Set, value_parser = parse_bool)]
+    pub callback_block_private_ips: bool,
+
+    /// Sign callbacks (Standard Webhooks): one or more space-separated `whsec_<base64>` secrets.
+    #[arg(long, env = "APP_CALLBACK_SIGNING_SECRET", hide_env_values = true)]
+    pub callback_signing_secret: Option<String>,
+
+    /// Finished requests older than this many hours are deleted.
+    #[arg(long, env = "APP_REQUEST_RETENTION_HOURS", default_value_t = 24.0,
+          value_parser = non_negative_seconds)]
+    pub request_retention_hours: f64,
+
+    /// At most this many finished requests are kept; the oldest beyond it are deleted.
+    #[arg(long, env = "APP_MAX_STORED_REQUESTS", default_value_t = 100_000)]
+    pub max_stored_requests: u64,
+
+    /// Seconds between two runs of the retention job.
+    #[arg(long, env = "APP_CLEANUP_INTERVAL_SECONDS", default_value_t = 300.0,
+          value_parser = positive_seconds)]
+    pub cleanup_interval_seconds: f64,
+
+    /// Simulated I/O added to every unit of work, in seconds (a sleep that holds no thread).
+    #[arg(long, env = "APP_WORK_DURATION_SECONDS", default_value_t = 0.0,
+          value_parser = non_negative_seconds)]
+    pub work_duration_seconds: f64,
+
+    /// Threads that run the work function (0: one per CPU core).
+    #[arg(long, env = "APP_COMPUTE_THREADS", default_value_t = 0)]
+    pub compute_threads: usize,
+
+    /// Units of work waiting for a compute thread; past that, `POST /sync` answers 503.
+    #[arg(long, env = "APP_COMPUTE_QUEUE_SIZE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub compute_queue_size: u64,
+
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[arg(long, env = "APP_MAX_BODY_BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u64).range(64..))]
+    pub max_body_bytes: u64,
+
+    /// Bearer token for `POST /admin/*`; without it the admin endpoints answer 404.
+    #[arg(long, env = "APP_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Seconds to let in-flight work finish after SIGTERM/SIGINT before exiting.
+    #[arg(long, env = "APP_SHUTDOWN_GRACE_SECONDS", default_value_t = 30.0,
+          value_parser = non_negative_seconds)]
+    pub shutdown_grace_seconds: f64,
+}
+
+impl Config {
+    pub fn callback_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.callback_timeout_seconds)
+    }
+
+    pub fn work_duration(&self) -> Duration {
+        Duration::from_secs_f64(self.work_duration_seconds)
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs_f64(self.request_retention_hours * 3600.0)
+    }
+
+    pub fn cleanup_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.cleanup_interval_seconds)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace_seconds)
+    }
+
+    pub fn compute_threads(&self) -> usize {
+        if self.compute_threads > 0 {
+            self.compute_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The admin token, treating an empty variable as unset so that `APP_ADMIN_TOKEN=` can
+    /// never open the admin endpoints to an empty bearer token.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// Checks that cross settings; run once at start-up.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.callback_retry_base_delay > self.callback_retry_max_delay {
+            return Err(format!(
+                "APP_CALLBACK_RETRY_BASE_DELAY ({}) must not exceed APP_CALLBACK_RETRY_MAX_DELAY ({})",
+                self.callback_retry_base_delay, self.callback_retry_max_delay
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if !v.is_finite() || v > 1e9 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(v)
+}
+
+fn non_negative_seconds(s: &str) -> Result<f64, String> {
+    let v = parse_seconds(s)?;
+    if v < 0.0 {
+        return Err(format!("`{s}` must not be negative"));
+    }
+    Ok(v)
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    let v = parse_seconds(s)?;
+    if v <= 0.0 {
+        return Err(format!("`{s}` must be greater than 0"));
+    }
+    Ok(v)
+}
+
+/// Accepts the spellings Python's original accepted through pydantic (`true/false`, `1/0`,
+/// `yes/no`, `on/off`), case-insensitively.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("`{s}` is not a boolean (true/false)")),
+    }
+}
+
+/// Rewrites clap's error for a bad value as one line that names the environment variable
+/// (the usual way to configure a service) and the flag. Other errors keep clap's own text.
+pub fn one_line_error(command: &clap::Command, err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let ContextValue::String(arg_text) = err.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    // The argument may belong to the top level or to a subcommand.
+    let commands = std::iter::once(command).chain(command.get_subcommands());
+    let arg = commands
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.to_string() == *arg_text)?;
+    let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+    let flag = arg
+        .get_long()
+        .map(|l| format!("--{l}"))
+        .unwrap_or_else(|| arg_text.clone());
+    let reason = std::error::Error::source(err)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "invalid value".to_string());
+    Some(match env {
+        Some(env) => format!("invalid value {value:?} for {env} ({flag}): {reason}"),
+        None => format!("invalid value {value:?} for {flag}: {reason}"),
+    })
+}

@@ -1,0 +1,330 @@
+//! The HTTP client that POSTs callbacks, and the resolver that keeps it off blocked networks.
+//!
+//! Checking the URL at submit is not enough: a name can resolve to a public address then and
+//! to 127.0.0.1 at delivery (DNS rebinding). So the client resolves names through
+//! [`GuardedResolver`], which drops every blocked address and fails when none is left; the
+//! connection can only go to an address that passed the check. The HTTP stack does not call
+//! a resolver for IP literals, so those are checked here before sending.
+//!
+//! Redirects are never followed: a 3xx is a failed attempt, because following it would let
+//! a receiver steer the service to a URL that was never checked.
+
+use std::error::Error as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{SecondsFormat, Utc};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+
+use super::guard::is_blocked;
+use super::retry::parse_retry_after;
+use super::signing::Signer;
+use crate::model::{CallbackPayload, WorkResult};
+
+/// How much of a receiver's answer is kept in the attempt audit.
+const RESPONSE_BODY_LIMIT: usize = 1024;
+
+/// The error a resolution fails with when every address of a name is blocked.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves only to blocked addresses ({addresses})")]
+pub struct BlockedDestination {
+    host: String,
+    addresses: String,
+}
+
+/// Turns a name into addresses. A seam so that tests can map made-up names to chosen
+/// addresses without a DNS server.
+pub trait NameLookup: Send + Sync + 'static {
+    fn lookup(&self, host: String) -> futures_lookup::LookupFuture;
+}
+
+/// The system resolver (getaddrinfo, on a blocking thread).
+pub struct SystemLookup;
+
+impl NameLookup for SystemLookup {
+    fn lookup(&self, host: String) -> futures_lookup::LookupFuture {
+        Box::pin(async move {
+            let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            Ok(addrs.map(|a| a.ip()).collect())
+        })
+    }
+}
+
+pub mod futures_lookup {
+    use std::future::Future;
+    use std::net::IpAddr;
+    use std::pin::Pin;
+
+    pub type LookupFuture = Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
+}
+
+/// Resolves through a [`NameLookup`] and, when protection is on, keeps only allowed addresses.
+#[derive(Clone)]
+pub struct GuardedResolver {
+    lookup: Arc<dyn NameLookup>,
+    blocked: fn(IpAddr) -> bool,
+}
+
+impl GuardedResolver {
+    pub fn new(lookup: Arc<dyn NameLookup>, block_private: bool) -> Self {
+        Self {
+            lookup,
+            blocked: if block_private { is_blocked } else { |_| false },
+        }
+    }
+
+    /// A resolver with a custom block rule, for tests that must tell two loopback addresses
+    /// apart.
+    pub fn with_rule(lookup: Arc<dyn NameLookup>, blocked: fn(IpAddr) -> bool) -> Self {
+        Self { lookup, blocked }
+    }
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let lookup = Arc::clone(&self.lookup);
+        let blocked = self.blocked;
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let all = lookup.lookup(host.clone()).await?;
+            let allowed: Vec<SocketAddr> = all
+                .iter()
+                .filter(|ip| !blocked(**ip))
+                .map(|ip| SocketAddr::new(*ip, 0))
+                .collect();
+            if allowed.is_empty() {
+                let addresses = all
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Box::new(BlockedDestination { host, addresses }) as Box<_>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    pub started_at: chrono::DateTime<Utc>,
+    pub duration: Duration,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    /// The receiver's `Retry-After`, if it sent one.
+    pub retry_after: Option<Duration>,
+    /// Retrying cannot help (the destination is blocked).
+    pub permanent: bool,
+}
+
+impl AttemptReport {
+    pub fn delivered(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+#[derive(Clone)]
+pub struct CallbackClient {
+    http: reqwest::Client,
+    signer: Signer,
+    blocked: fn(IpAddr) -> bool,
+}
+
+impl CallbackClient {
+    pub fn new(
+        timeout: Duration,
+        signer: Signer,
+        resolver: GuardedResolver,
+    ) -> Result<Self, reqwest::Error> {
+        let blocked = resolver.blocked;
+        // reqwest is built without a crypto provider (ring builds far faster than aws-lc);
+        // installing it twice is harmless, so every client may try.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("syncasync/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .dns_resolver(Arc::new(resolver))
+            // A proxy would connect on our behalf to an address we never checked.
+            .no_proxy()
+            .build()?;
+        Ok(Self {
+            http,
+            signer,
+            blocked,
+        })
+    }
+
+    /// POSTs the result of `request_id` to `url` as attempt number `attempt`.
+    pub async fn deliver(&self, url: &str, result: &WorkResult, attempt: u32) -> AttemptReport {
+        let started_at = Utc::now();
+        let started = Instant::now();
+        let outcome = self.send(url, result, attempt, started_at).await;
+        let duration = started.elapsed();
+        match outcome {
+            Ok(answer) => {
+                let ok = answer.status.is_success();
+                AttemptReport {
+                    started_at,
+                    duration,
+                    status_code: Some(answer.status.as_u16()),
+                    error: (!ok).then(|| describe_status(answer.status)),
+                    response_body: answer.body,
+                    retry_after: answer.retry_after,
+                    permanent: false,
+                }
+            }
+            Err(failure) => AttemptReport {
+                started_at,
+                duration,
+                status_code: None,
+                error: Some(failure.message),
+                response_body: None,
+                retry_after: None,
+                permanent: failure.permanent,
+            },
+        }
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        result: &WorkResult,
+        attempt: u32,
+        started_at: chrono::DateTime<Utc>,
+    ) -> Result<Answer, Failure> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| Failure::permanent(format!("invalid callback URL: {e}")))?;
+        let literal: Option<IpAddr> = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => Some(ip.into()),
+            Some(url::Host::Ipv6(ip)) => Some(ip.into()),
+            _ => None,
+        };
+        if let Some(ip) = literal.filter(|ip| (self.blocked)(*ip)) {
+            return Err(Failure::permanent(format!("{ip} is a blocked address")));
+        }
+
+        let payload = CallbackPayload {
+            request_id: result.request_id.clone(),
+            status: "success".into(),
+            result: result.clone(),
+            error: None,
+            timestamp: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        };
+        let body = serde_json::to_vec(&payload).map_err(|e| Failure::permanent(e.to_string()))?;
+        let webhook_timestamp = started_at.timestamp();
+        let mut request = self
+            .http
+            .post(parsed)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("X-Request-ID", &result.request_id)
+            .header("X-Attempt", attempt.to_string())
+            .header("webhook-id", &result.request_id)
+            .header("webhook-timestamp", webhook_timestamp.to_string());
+        if let Some(signature) = self
+            .signer
+            .sign(&result.request_id, webhook_timestamp, &body)
+        {
+            request = request.header("webhook-signature", signature);
+        }
+        let mut response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(Failure::from_reqwest)?;
+
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        // Keep the start of the answer for the audit; a receiver that streams forever is cut
+        // off by the client's timeout, and an unreadable body does not change the verdict.
+        let mut body = Vec::new();
+        while body.len() < RESPONSE_BODY_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        body.truncate(RESPONSE_BODY_LIMIT);
+        let body = (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned());
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
+    }
+}
+
+struct Answer {
+    status: reqwest::StatusCode,
+    retry_after: Option<Duration>,
+    body: Option<String>,
+}
+
+struct Failure {
+    message: String,
+    permanent: bool,
+}
+
+impl Failure {
+    fn permanent(message: String) -> Self {
+        Self {
+            message,
+            permanent: true,
+        }
+    }
+
+    fn from_reqwest(err: reqwest::Error) -> Self {
+        let mut source = err.source();
+        while let Some(cause) = source {
+            if let Some(blocked) = cause.downcast_ref::<BlockedDestination>() {
+                return Self::permanent(format!("blocked destination: {blocked}"));
+            }
+            source = cause.source();
+        }
+        let kind = if err.is_timeout() {
+            "timeout"
+        } else if err.is_connect() {
+            "connection error"
+        } else {
+            "request error"
+        };
+        Self {
+            message: format!("{kind}: {}", error_chain(&err)),
+            permanent: false,
+        }
+    }
+}
+
+fn describe_status(status: reqwest::StatusCode) -> String {
+    if status.is_redirection() {
+        format!("HTTP {} (redirects are not followed)", status.as_u16())
+    } else {
+        format!("HTTP {}", status.as_u16())
+    }
+}
+
+/// The error and its causes on one line: reqwest's own message alone ("error sending
+/// request") does not say what went wrong.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}

@@ -1,0 +1,258 @@
+//! The async path after acceptance: claim due jobs from the store, do the work, deliver the
+//! callback, and record each attempt with what follows it (done, retry at a time, given up).
+//!
+//! A dispatcher task claims jobs only when a worker slot is free (a semaphore of
+//! `APP_ASYNC_WORKER_COUNT` permits), so a claimed job always starts at once and leases are
+//! never held by jobs waiting in memory. A retry is not a sleeping task: the attempt is
+//! recorded with its due time and the slot is freed; the dispatcher claims it again when it is
+//! due. The dispatcher sleeps until the earliest due time, a new submission, or a free slot.
+
+pub mod client;
+pub mod guard;
+pub mod retry;
+pub mod signing;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::model::{DeliveryAttempt, WorkResult};
+use crate::store::{AttemptOutcome, Job, Store};
+use crate::work::{ComputePool, PoolError};
+use client::CallbackClient;
+use retry::RetryPolicy;
+
+/// Longest the dispatcher sleeps without looking at the queue, as a safety net: due times
+/// and wake-ups make it prompt; this only bounds the damage of a missed wake-up.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+
+/// How long to wait before retrying a job's work when the compute queue is full.
+const COMPUTE_BUSY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Wakes the dispatcher when a job may have become claimable.
+#[derive(Clone, Default)]
+pub struct Wakeup(Arc<Notify>);
+
+impl Wakeup {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Shared view of the delivery workers, for `/healthz`.
+#[derive(Clone, Default)]
+pub struct WorkerStats {
+    active: Arc<AtomicU64>,
+}
+
+impl WorkerStats {
+    /// Jobs being worked on or delivered right now.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Dispatcher {
+    pub store: Store,
+    pub pool: ComputePool,
+    pub client: CallbackClient,
+    pub policy: RetryPolicy,
+    pub workers: u32,
+    /// Identifies this process's leases.
+    pub owner: String,
+    /// How long a claim is good for before another claimant may take the job.
+    pub lease: Duration,
+    pub wakeup: Wakeup,
+    pub stats: WorkerStats,
+}
+
+impl Dispatcher {
+    /// Runs until `stop` is cancelled, then lets in-flight jobs finish for up to `grace`; jobs
+    /// still running then are abandoned and their leases handed back to the queue.
+    pub async fn run(self, stop: CancellationToken, grace: Duration) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.workers as usize));
+        let jobs = TaskTracker::new();
+        let abandon = CancellationToken::new();
+
+        while !stop.is_cancelled() {
+            let free = slots.available_permits();
+            let mut claimed = 0;
+            if free > 0 {
+                match this
+                    .store
+                    .claim_due(&this.owner, free as u32, this.lease)
+                    .await
+                {
+                    Ok(batch) => {
+                        claimed = batch.len();
+                        for job in batch {
+                            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                                break;
+                            };
+                            let worker = Arc::clone(&this);
+                            let abandon = abandon.clone();
+                            jobs.spawn(async move {
+                                worker.stats.active.fetch_add(1, Ordering::Relaxed);
+                                tokio::select! {
+                                    () = worker.process(job) => {}
+                                    () = abandon.cancelled() => {}
+                                }
+                                worker.stats.active.fetch_sub(1, Ordering::Relaxed);
+                                drop(permit);
+                                worker.wakeup.wake();
+                            });
+                        }
+                    }
+                    Err(err) => tracing::error!(error = %err, "claiming jobs failed"),
+                }
+            }
+            if claimed > 0 && claimed == free {
+                // Every free slot was filled; more may be due. Look again when a slot frees.
+            }
+            let wait = if free == 0 || (claimed > 0 && claimed == free) {
+                IDLE_POLL
+            } else {
+                match this.store.next_due_at().await {
+                    Ok(Some(at)) => (at - Utc::now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO)
+                        .min(IDLE_POLL),
+                    Ok(None) => IDLE_POLL,
+                    Err(err) => {
+                        tracing::error!(error = %err, "reading the queue failed");
+                        IDLE_POLL
+                    }
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = this.wakeup.0.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+
+        jobs.close();
+        let in_flight = jobs.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, "waiting for in-flight deliveries");
+        }
+        if tokio::time::timeout(grace, jobs.wait()).await.is_err() {
+            tracing::warn!("grace period over; handing unfinished deliveries back to the queue");
+            abandon.cancel();
+            jobs.wait().await;
+        }
+        match this.store.release(&this.owner).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "handed claimed jobs back to the queue"),
+            Err(err) => {
+                tracing::error!(error = %err, "releasing claimed jobs failed; they return when their lease expires")
+            }
+        }
+    }
+
+    /// Works one claimed job through to its next state.
+    async fn process(&self, job: Job) {
+        let result = match job.result.clone() {
+            Some(result) => result,
+            None => match self.compute(&job).await {
+                Some(result) => result,
+                None => return,
+            },
+        };
+        let attempt = job.callback_attempts + 1;
+        let report = self
+            .client
+            .deliver(&job.callback_url, &result, attempt)
+            .await;
+        let round_attempt = job.round_attempts + 1;
+        let outcome = if report.delivered() {
+            AttemptOutcome::Delivered
+        } else if report.permanent {
+            AttemptOutcome::GaveUp
+        } else {
+            match self.policy.delay_after(round_attempt, report.retry_after) {
+                Some(delay) => AttemptOutcome::RetryAt(
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+                ),
+                None => AttemptOutcome::GaveUp,
+            }
+        };
+        tracing::info!(
+            request_id = %job.id,
+            attempt,
+            status_code = report.status_code,
+            error = report.error.as_deref(),
+            outcome = ?outcome,
+            "callback attempt"
+        );
+        let record = DeliveryAttempt {
+            attempt,
+            started_at: report.started_at,
+            duration_ms: report.duration.as_secs_f64() * 1000.0,
+            status_code: report.status_code,
+            error: report.error,
+            response_body: report.response_body,
+        };
+        match self
+            .store
+            .record_attempt(&job.id, &self.owner, &record, outcome)
+            .await
+        {
+            Ok(true) => {
+                if let AttemptOutcome::RetryAt(_) = outcome {
+                    self.wakeup.wake();
+                }
+            }
+            Ok(false) => {
+                tracing::warn!(request_id = %job.id, "lease lost before the attempt was recorded")
+            }
+            Err(err) => {
+                tracing::error!(request_id = %job.id, error = %err, "recording the attempt failed; the job will be retried")
+            }
+        }
+    }
+
+    /// Does the work of a job and stores the result before any delivery, so a retry never
+    /// recomputes it. Returns `None` if the job must be left to the queue.
+    async fn compute(&self, job: &Job) -> Option<WorkResult> {
+        let Some(data) = job.data.clone() else {
+            tracing::error!(request_id = %job.id, "job has neither a result nor its input");
+            return None;
+        };
+        let output = loop {
+            match self.pool.run(data.clone(), job.iterations).await {
+                Ok(output) => break output,
+                // Sync traffic has filled the compute queue: async work waits its turn.
+                Err(PoolError::Busy) => tokio::time::sleep(COMPUTE_BUSY_BACKOFF).await,
+                Err(PoolError::Closed) => return None,
+            }
+        };
+        let result = WorkResult {
+            request_id: job.id.clone(),
+            input_hash: output.hashes.input_hash,
+            output_hash: output.hashes.output_hash,
+            iterations: job.iterations,
+            processing_time_ms: output.processing_time.as_secs_f64() * 1000.0,
+        };
+        match self.store.store_result(&job.id, &self.owner, &result).await {
+            Ok(true) => Some(result),
+            Ok(false) => {
+                tracing::warn!(request_id = %job.id, "lease lost while computing");
+                None
+            }
+            Err(err) => {
+                tracing::error!(request_id = %job.id, error = %err, "storing the result failed");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Every way a request can fail, and the one place that maps each to a status code and the
+//! original service's JSON error shape: `{"status":"error","error":"…"}` (plus `detail` for
+//! validation). Internal errors are logged in full and answered without their details.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::input::FieldError;
+use crate::service::ServiceError;
+
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{}", summary(.0))]
+    Validation(Vec<FieldError>),
+    #[error("Request not found")]
+    RequestNotFound,
+    #[error("Not Found")]
+    NotFound,
+    #[error("Method Not Allowed")]
+    MethodNotAllowed,
+    #[error("Server overloaded, please retry later")]
+    Overloaded,
+    #[error("Request body too large (limit {0} bytes)")]
+    PayloadTooLarge(usize),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("Invalid or missing bearer token")]
+    Unauthorized,
+    #[error("Cannot read the request body: {0}")]
+    BadBody(String),
+    #[error("Internal server error")]
+    Internal(#[source] ServiceError),
+}
+
+fn summary(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field(), e.msg))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::Overloaded => ApiError::Overloaded,
+            other => ApiError::Internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RequestNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal(err) => {
+                tracing::error!(error = %err, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let body = match &self {
+            ApiError::Validation(errors) => {
+                json!({"status": "error", "error": self.to_string(), "detail": errors})
+            }
+            _ => json!({"status": "error", "error": self.to_string()}),
+        };
+        let mut response = (status, Json(body)).into_response();
+        match self {
+            ApiError::Overloaded => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
+            }
+            ApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,125 @@
+//! `GET /requests` and `GET /requests/{id}`: the record of every request.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::{ApiError, AppState};
+use crate::input::FieldError;
+use crate::model::{Mode, RequestList, RequestRecord, Status};
+use crate::store::ListFilter;
+
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/requests", get(list))
+        .route("/requests/{id}", get(show))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<RequestList>, ApiError> {
+    let filter =
+        parse_filter(query.as_deref().unwrap_or_default()).map_err(ApiError::Validation)?;
+    Ok(Json(state.service.list(filter).await?))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RequestRecord>, ApiError> {
+    state
+        .service
+        .get(&id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::RequestNotFound)
+}
+
+/// Reads the list filters; an unknown value is an error, never a silently empty list.
+fn parse_filter(query: &str) -> Result<ListFilter, Vec<FieldError>> {
+    let mut filter = ListFilter {
+        limit: DEFAULT_LIMIT,
+        ..ListFilter::default()
+    };
+    let mut errors = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "mode" => match Mode::parse(&value) {
+                Some(mode) => filter.mode = Some(mode),
+                None => errors.push(FieldError::query(
+                    "mode",
+                    "enum",
+                    "must be one of: sync, async",
+                )),
+            },
+            "status" => match Status::parse(&value) {
+                Some(status) => filter.status = Some(status),
+                None => {
+                    let allowed: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                    errors.push(FieldError::query(
+                        "status",
+                        "enum",
+                        format!("must be one of: {}", allowed.join(", ")),
+                    ));
+                }
+            },
+            "limit" => match value.parse::<u32>() {
+                Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => filter.limit = limit,
+                _ => errors.push(FieldError::query(
+                    "limit",
+                    "range",
+                    format!("must be an integer between 1 and {MAX_LIMIT}"),
+                )),
+            },
+            "offset" => match value.parse::<u64>() {
+                Ok(offset) if i64::try_from(offset).is_ok() => filter.offset = offset,
+                _ => errors.push(FieldError::query(
+                    "offset",
+                    "range",
+                    "must be a non-negative integer",
+                )),
+            },
+            _ => {}
+        }
+    }
+    if errors.is_empty() {
+        Ok(filter)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_valid_filters() {
+        let f = parse_filter("").unwrap();
+        assert_eq!((f.mode, f.status, f.limit, f.offset), (None, None, 100, 0));
+        let f = parse_filter("mode=async&status=callback_failed&limit=1000&offset=5&x=y").unwrap();
+        assert_eq!(f.mode, Some(Mode::Async));
+        assert_eq!(f.status, Some(Status::CallbackFailed));
+        assert_eq!((f.limit, f.offset), (1000, 5));
+    }
+
+    #[test]
+    fn invalid_filters_name_the_parameter() {
+        for (query, field) in [
+            ("mode=batch", "mode"),
+            ("status=done", "status"),
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=ten", "limit"),
+            ("offset=-1", "offset"),
+            ("offset=99999999999999999999", "offset"),
+        ] {
+            let errors = parse_filter(query).unwrap_err();
+            assert_eq!(errors[0].loc, ["query", field], "{query}");
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The input rules of SPEC §2: from a JSON body to a validated unit of work, or to the list
+//! of every field that breaks a rule.
+//!
+//! The body is checked field by field from a `serde_json::Value` rather than derived with
+//! serde, because a client needs to hear which field broke which rule (all of them at once),
+//! in the original's `{"loc": ["body", field], "msg": …}` shape, and not serde's first error.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::delivery::guard::check_callback_url;
+
+pub const MAX_DATA_CHARS: usize = 10_000;
+pub const MAX_ITERATIONS: u32 = 1_000_000;
+pub const DEFAULT_ITERATIONS: u32 = 1000;
+
+/// One broken rule, as FastAPI reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub loc: Vec<String>,
+    pub msg: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+impl FieldError {
+    pub fn body(field: Option<&str>, kind: &'static str, msg: impl Into<String>) -> Self {
+        let mut loc = vec!["body".to_string()];
+        loc.extend(field.map(str::to_string));
+        Self {
+            loc,
+            msg: msg.into(),
+            kind,
+        }
+    }
+
+    pub fn query(field: &str, kind: &'static str, msg: impl Into<String>) -> Self {
+        Self {
+            loc: vec!["query".to_string(), field.to_string()],
+            msg: msg.into(),
+            kind,
+        }
+    }
+
+    /// The field the error is about, for the one-line summary (`"iterations: …"`).
+    pub fn field(&self) -> &str {
+        self.loc.last().map_or("body", String::as_str)
+    }
+}
+
+/// A unit of work that passed every rule.
+#[derive(Debug, Clone)]
+pub struct WorkInput {
+    pub data: String,
+    pub iterations: u32,
+}
+
+/// An async submission that passed every rule.
+#[derive(Debug, Clone)]
+pub struct AsyncInput {
+    pub work: WorkInput,
+    pub callback_url: Url,
+}
+
+/// Validates a `POST /sync` body.
+pub fn parse_sync(body: &Value) -> Result<WorkInput, Vec<FieldError>> {
+    let object = as_object(body)?;
+    let mut errors = Vec::new();
+    let work = work_fields(object, &mut errors);
+    match work {
+        Some(work) if errors.is_empty() => Ok(work),
+        _ => Err(errors),
+    }
+}
+
+/// Validates a `POST /async` body, including the submit-time SSRF check of the callback URL.
+pub fn parse_async(body: &Value, block_private: bool) -> Result<AsyncInput, Vec<FieldError>> {
+    let object = as_object(body)?;
+    let mut errors = Vec::new();
+    let work = work_fields(object, &mut errors);
+    let callback_url = match object.get("callback_url") {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::body(
+                Some("callback_url"),
+                "missing",
+                "field required",
+            ));
+            None
+        }
+        Some(Value::String(raw)) => match check_callback_url(raw, block_private) {
+            Ok(url) => Some(url),
+            Err(err) => {
+                errors.push(FieldError::body(
+                    Some("callback_url"),
+                    "url",
+                    err.to_string(),
+                ));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::body(
+                Some("callback_url"),
+                "string_type",
+                "must be a string",
+            ));
+            None
+        }
+    };
+    match (work, callback_url) {
+        (Some(work), Some(callback_url)) if errors.is_empty() => {
+            Ok(AsyncInput { work, callback_url })
+        }
+        _ => Err(errors),
+    }
+}
+
+fn as_object(body: &Value) -> Result<&Map<String, Value>, Vec<FieldError>> {
+    body.as_object()
+        .ok_or_else(|| vec![FieldError::body(None, "dict_type", "must be a JSON object")])
+}
+
+fn work_fields(object: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<WorkInput> {
+    let data = match object.get("data") {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::body(Some("data"), "missing", "field required"));
+            None
+        }
+        Some(Value::String(data)) => {
+            let chars = data.chars().count();
+            if chars == 0 {
+                errors.push(FieldError::body(
+                    Some("data"),
+                    "string_too_short",
+                    "must not be empty",
+                ));
+                None
+            } else if chars > MAX_DATA_CHARS {
+                errors.push(FieldError::body(
+                    Some("data"),
+                    "string_too_long",
+                    format!("must be at most {MAX_DATA_CHARS} characters"),
+                ));
+                None
+            } else if data.trim().is_empty() {
+                errors.push(FieldError::body(
+                    Some("data"),
+                    "value_error",
+                    "must not be whitespace only",
+                ));
+                None
+            } else {
+                Some(data.clone())
+            }
+        }
+        Some(_) => {
+            errors.push(FieldError::body(
+                Some("data"),
+                "string_type",
+                "must be a string",
+            ));
+            None
+        }
+    };
+    let iterations = match object.get("iterations") {
+        None => Some(DEFAULT_ITERATIONS),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
+            match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if (1..=MAX_ITERATIONS).contains(&n) => Some(n),
+                _ => {
+                    errors.push(range_error());
+                    None
+                }
+            }
+        }
+        Some(_) => {
+            errors.push(FieldError::body(
+                Some("iterations"),
+                "int_type",
+                "must be an integer",
+            ));
+            None
+        }
+    };
+    Some(WorkInput {
+        data: data?,
+        iterations: iterations?,
+    })
+}
+
+fn range_error() -> FieldError {
+    FieldError::body(
+        Some("iterations"),
+        "range",
+        format!("must be between 1 and {MAX_ITERATIONS}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sync_errors(body: Value) -> Vec<String> {
+        parse_sync(&body)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| format!("{}: {}", e.field(), e.msg))
+            .collect()
+    }
+
+    #[test]
+    fn accepts_valid_input_with_default_iterations() {
+        let input = parse_sync(&json!({"data": "hello", "extra": 1})).unwrap();
+        assert_eq!(input.data, "hello");
+        assert_eq!(input.iterations, DEFAULT_ITERATIONS);
+        let input = parse_sync(&json!({"data": "x", "iterations": 1_000_000})).unwrap();
+        assert_eq!(input.iterations, 1_000_000);
+    }
+
+    #[test]
+    fn data_rules() {
+        assert_eq!(sync_errors(json!({})), ["data: field required"]);
+        assert_eq!(sync_errors(json!({"data": null})), ["data: field required"]);
+        assert_eq!(
+            sync_errors(json!({"data": ""})),
+            ["data: must not be empty"]
+        );
+        assert_eq!(
+            sync_errors(json!({"data": " \t\n"})),
+            ["data: must not be whitespace only"]
+        );
+        assert_eq!(sync_errors(json!({"data": 5})), ["data: must be a string"]);
+        let too_long = "é".repeat(MAX_DATA_CHARS + 1);
+        assert_eq!(
+            sync_errors(json!({ "data": too_long })),
+            ["data: must be at most 10000 characters"]
+        );
+        // The limit counts characters, not bytes.
+        assert!(parse_sync(&json!({ "data": "é".repeat(MAX_DATA_CHARS) })).is_ok());
+    }
+
+    #[test]
+    fn iterations_rules() {
+        let range = "iterations: must be between 1 and 1000000";
+        for bad in [json!(0), json!(-1), json!(1_000_001), json!(u64::MAX)] {
+            assert_eq!(
+                sync_errors(json!({"data": "a", "iterations": bad})),
+                [range]
+            );
+        }
+        for bad in [
+            json!("10"),
+            json!(1.5),
+            json!(10.0),
+            json!(true),
+            json!(null),
+            json!([1]),
+        ] {
+            assert_eq!(
+                sync_errors(json!({"data": "a", "iterations": bad})),
+                ["iterations: must be an integer"]
+            );
+        }
+    }
+
+    #[test]
+    fn reports_every_broken_rule_at_once() {
+        let errors = parse_async(
+            &json!({"data": "", "iterations": 0, "callback_url": "ftp://x"}),
+            true,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(FieldError::field).collect();
+        assert_eq!(fields, ["data", "iterations", "callback_url"]);
+    }
+
+    #[test]
+    fn body_must_be_an_object() {
+        assert_eq!(sync_errors(json!([1, 2])), ["body: must be a JSON object"]);
+        assert_eq!(sync_errors(json!("data")), ["body: must be a JSON object"]);
+    }
+
+    #[test]
+    fn callback_url_rules() {
+        let err = |url: Value| {
+            parse_async(&json!({"data": "a", "callback_url": url}), true)
+                .unwrap_err()
+                .into_iter()
+                .map(|e| e.msg)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(err(Value::Null), ["field required"]);
+        assert_eq!(err(json!(42)), ["must be a string"]);
+        assert_eq!(
+            err(json!("gopher://example.com")),
+            ["scheme must be http or https"]
+        );
+        assert!(err(json!("http://127.0.0.1:9/cb"))[0].contains("not allowed"));
+        let ok = parse_async(
+            &json!({"data": "a", "callback_url": "https://example.com/hook"}),
+            true,
+        )
+        .unwrap();
+        assert_eq!(ok.callback_url.as_str(), "https://example.com/hook");
+    }
+}

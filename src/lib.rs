@@ -1,0 +1,28 @@
+//! syncasync: do a unit of work synchronously (`POST /sync`) or asynchronously (`POST /async`,
+//! with the result delivered to a callback URL, durably and with retries).
+//!
+//! Data flows one way: HTTP handler → service → store and compute pool → response; and, for
+//! async requests, delivery dispatcher → store → callback client → store.
+
+/// Wires the parts together, runs and stops the service.
+pub mod app;
+/// Settings: one clap struct, flags and `APP_*` variables.
+pub mod config;
+/// The async path: job dispatch, callback client, retry policy, SSRF guard, signing.
+pub mod delivery;
+/// The HTTP layer: router, one module per resource, error mapping.
+pub mod http;
+/// Input rules of SPEC §2.
+pub mod input;
+/// Wire types and statuses.
+pub mod model;
+/// The background retention job.
+pub mod retention;
+/// What each endpoint does, below HTTP.
+pub mod service;
+/// The shutdown signal.
+pub mod shutdown;
+/// Persistence: requests, the queue, the delivery audit.
+pub mod store;
+/// The work function and its compute pool.
+pub mod work;

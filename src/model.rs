@@ -1,0 +1,199 @@
+//! Wire types and status enums (SPEC §3), shared by the server and the tools that talk to it.
+//!
+//! Field names and status strings are the original service's: clients written for it must
+//! keep working, so nothing here is renamed without a spec change.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// How a request was submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Sync,
+    Async,
+}
+
+/// Every state a request can be in. Sync: `processing → completed | failed`.
+/// Async: `pending → processing → callback_pending → callback_success | callback_failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+    CallbackPending,
+    CallbackSuccess,
+    CallbackFailed,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Sync, Mode::Async];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Pending,
+        Status::Processing,
+        Status::Completed,
+        Status::Failed,
+        Status::CallbackPending,
+        Status::CallbackSuccess,
+        Status::CallbackFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Processing => "processing",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::CallbackPending => "callback_pending",
+            Status::CallbackSuccess => "callback_success",
+            Status::CallbackFailed => "callback_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// A finished request will never change again; only finished requests may be deleted.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Status::Completed | Status::Failed | Status::CallbackSuccess | Status::CallbackFailed
+        )
+    }
+}
+
+/// Timestamps go on the wire as RFC 3339 UTC with millisecond precision.
+pub fn serialize_timestamp<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn serialize_opt_timestamp<S: Serializer>(
+    t: &Option<DateTime<Utc>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serialize_timestamp(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// The outcome of one unit of work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkResult {
+    pub request_id: String,
+    pub input_hash: String,
+    pub output_hash: String,
+    pub iterations: u32,
+    pub processing_time_ms: f64,
+}
+
+/// `POST /sync` → 200.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub status: String,
+    pub result: WorkResult,
+}
+
+/// `POST /async` → 200.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AcceptedResponse {
+    pub status: String,
+    pub request_id: String,
+    pub message: String,
+}
+
+/// One delivery attempt, as recorded in the audit.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryAttempt {
+    /// 1-based, counting every attempt the request has had.
+    pub attempt: u32,
+    #[serde(serialize_with = "serialize_timestamp")]
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: f64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    /// The start of the receiver's answer, for debugging a refusal.
+    pub response_body: Option<String>,
+}
+
+/// A request as `GET /requests` and `GET /requests/{id}` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    pub id: String,
+    pub mode: Mode,
+    pub status: Status,
+    pub payload_hash: String,
+    #[serde(serialize_with = "serialize_timestamp")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "serialize_opt_timestamp")]
+    pub completed_at: Option<DateTime<Utc>>,
+    pub callback_url: Option<String>,
+    pub callback_attempts: u32,
+    pub callback_last_error: Option<String>,
+    pub result: Option<WorkResult>,
+    /// Present only on `GET /requests/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<DeliveryAttempt>>,
+}
+
+/// `GET /requests` → 200.
+#[derive(Debug, Serialize)]
+pub struct RequestList {
+    pub total: u64,
+    pub requests: Vec<RequestRecord>,
+}
+
+/// Overall health as `GET /healthz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize)]
+pub struct HealthReport {
+    pub status: Health,
+    pub version: &'static str,
+    pub queue_size: u64,
+    pub queue_capacity: u64,
+    pub active_workers: u64,
+    pub database_ok: bool,
+}
+
+/// The body POSTed to a callback URL.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CallbackPayload {
+    pub request_id: String,
+    pub status: String,
+    pub result: WorkResult,
+    pub error: Option<String>,
+    pub timestamp: String,
+}
+
+/// The first 16 hex characters of SHA-256 of the input: enough to spot repeats without
+/// keeping the payload.
+pub fn payload_hash(data: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(data.as_bytes());
+    hex::encode(&digest[..8])
+}

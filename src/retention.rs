@@ -1,0 +1,22 @@
+//! The background retention job (SPEC §6): every `APP_CLEANUP_INTERVAL_SECONDS`, delete
+//! finished requests past their retention and the oldest beyond the stored-request cap.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Service;
+
+pub async fn run(service: Service, interval: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if let Err(err) = service.cleanup().await {
+            tracing::error!(error = %err, "retention cleanup failed");
+        }
+    }
+}

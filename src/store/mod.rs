@@ -1,0 +1,243 @@
+//! The storage API the rest of the service sees: requests, the async job queue, and the
+//! delivery audit. All SQL lives below this module.
+//!
+//! One backend is built today, SQLite ([`sqlite`]); [`Store`] is the seam a second one
+//! (PostgreSQL) plugs into without callers changing.
+
+mod sqlite;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the async queue is full")]
+    QueueFull,
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("the database {path} is in use by another syncasync process")]
+    Locked { path: String },
+    #[error("cannot open the database: {0}")]
+    Open(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A request as first recorded.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub id: String,
+    pub payload_hash: String,
+    pub iterations: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An async request to be queued.
+#[derive(Debug, Clone)]
+pub struct NewAsyncRequest {
+    pub request: NewRequest,
+    pub data: String,
+    pub callback_url: String,
+}
+
+/// A claimed unit of the async queue. The claimant holds its lease until it records the
+/// outcome or releases it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub data: Option<String>,
+    pub iterations: u32,
+    pub callback_url: String,
+    /// Attempts made so far, over every round.
+    pub callback_attempts: u32,
+    /// Attempts made in the current round (the retry budget is per round).
+    pub round_attempts: u32,
+    /// Present when the work was already done (a retry never recomputes it).
+    pub result: Option<WorkResult>,
+}
+
+/// What happens to a job after a delivery attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptOutcome {
+    Delivered,
+    RetryAt(DateTime<Utc>),
+    GaveUp,
+}
+
+/// Filters of `GET /requests`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter {
+    pub mode: Option<Mode>,
+    pub status: Option<Status>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// What one run of the retention job removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CleanupReport {
+    pub expired: u64,
+    pub over_limit: u64,
+}
+
+/// The storage backend, chosen by the database URL.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens the database named by `url`, runs migrations, and recovers after a crash.
+    pub async fn open(url: &str, queue_capacity: u64) -> StoreResult<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::open(url, queue_capacity).await?))
+        } else {
+            Err(StoreError::Open(format!(
+                "unsupported database URL `{}` (expected sqlite://PATH)",
+                redact_url(url)
+            )))
+        }
+    }
+
+    /// Records a sync request as `processing`. Not awaited by design: the commit rides along
+    /// with the request's completion, which is.
+    pub fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
+        match self {
+            Store::Sqlite(s) => s.sync_started(new),
+        }
+    }
+
+    /// Records the end of a sync request; returns once it is committed.
+    pub async fn sync_finished(
+        &self,
+        id: &str,
+        outcome: Result<&WorkResult, &str>,
+    ) -> StoreResult<()> {
+        match self {
+            Store::Sqlite(s) => s.sync_finished(id, outcome).await,
+        }
+    }
+
+    /// Queues an async request; returns once it is committed, or [`StoreError::QueueFull`]
+    /// with nothing written.
+    pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<()> {
+        match self {
+            Store::Sqlite(s) => s.submit_async(new).await,
+        }
+    }
+
+    /// Claims up to `limit` due jobs for `owner`, leased for `lease`.
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> StoreResult<Vec<Job>> {
+        match self {
+            Store::Sqlite(s) => s.claim_due(owner, limit, lease).await,
+        }
+    }
+
+    /// When the next job that is not leased becomes due, if any.
+    pub async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        match self {
+            Store::Sqlite(s) => s.next_due_at().await,
+        }
+    }
+
+    /// Stores the work result of a claimed job (`processing → callback_pending`).
+    /// Returns false if the lease was lost.
+    pub async fn store_result(
+        &self,
+        id: &str,
+        owner: &str,
+        result: &WorkResult,
+    ) -> StoreResult<bool> {
+        match self {
+            Store::Sqlite(s) => s.store_result(id, owner, result).await,
+        }
+    }
+
+    /// Records a delivery attempt and what follows it, releasing the lease.
+    pub async fn record_attempt(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<bool> {
+        match self {
+            Store::Sqlite(s) => s.record_attempt(id, owner, attempt, outcome).await,
+        }
+    }
+
+    /// Hands claimed jobs back to the queue untouched (at shutdown).
+    pub async fn release(&self, owner: &str) -> StoreResult<u64> {
+        match self {
+            Store::Sqlite(s) => s.release(owner).await,
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
+        match self {
+            Store::Sqlite(s) => s.get(id).await,
+        }
+    }
+
+    pub async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
+        match self {
+            Store::Sqlite(s) => s.list(filter).await,
+        }
+    }
+
+    /// Unfinished async requests.
+    pub async fn queue_size(&self) -> StoreResult<u64> {
+        match self {
+            Store::Sqlite(s) => Ok(s.queue_size()),
+        }
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        match self {
+            Store::Sqlite(s) => s.ping().await,
+        }
+    }
+
+    /// Deletes finished requests finished before `cutoff`, then the oldest finished beyond
+    /// `max_stored`. Unfinished requests are never touched.
+    pub async fn cleanup(
+        &self,
+        cutoff: DateTime<Utc>,
+        max_stored: u64,
+    ) -> StoreResult<CleanupReport> {
+        match self {
+            Store::Sqlite(s) => s.cleanup(cutoff, max_stored).await,
+        }
+    }
+
+    /// Flushes pending writes and closes the database.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+/// A database URL fit for logs and error messages: any password is replaced.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

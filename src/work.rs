@@ -1,0 +1,303 @@
+//! The unit of work (SPEC §1) and the bounded pool of threads that runs it.
+//!
+//! The work is pure CPU: thousands of SHA-256 rounds. Running it on the async runtime's
+//! threads would stall every connection they serve (including `GET /healthz`), so it runs on
+//! a fixed set of OS threads fed by a bounded queue. When the queue is full the caller is told
+//! at once ([`PoolError::Busy`]) instead of piling up unbounded memory and latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+/// The two hashes the work produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashes {
+    pub input_hash: String,
+    pub output_hash: String,
+}
+
+/// Runs the work function: `iterations` chained SHA-256 rounds over the hex digest of `data`.
+///
+/// Each round hashes `"{previous hex}:{i}"`; the buffer is reused so that a round costs one
+/// compression-function call pair and no allocation.
+pub fn compute(data: &str, iterations: u32) -> Hashes {
+    let input = Sha256::digest(data.as_bytes());
+    let mut hex_digest = [0u8; 64];
+    encode_hex(&input, &mut hex_digest);
+    let input_hash = hex_to_string(&hex_digest);
+
+    // 64 hex chars + ':' + at most 10 decimal digits of a u32.
+    let mut buf = [0u8; 64 + 1 + 10];
+    buf[64] = b':';
+    for i in 0..iterations {
+        buf[..64].copy_from_slice(&hex_digest);
+        let digits = write_decimal(i, &mut buf[65..]);
+        let digest = Sha256::digest(&buf[..65 + digits]);
+        encode_hex(&digest, &mut hex_digest);
+    }
+    Hashes {
+        input_hash,
+        output_hash: hex_to_string(&hex_digest),
+    }
+}
+
+fn encode_hex(bytes: &[u8], out: &mut [u8; 64]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+    }
+}
+
+fn hex_to_string(hex: &[u8; 64]) -> String {
+    hex.iter().map(|&b| char::from(b)).collect()
+}
+
+/// Writes `n` in decimal at the start of `out` and returns the number of digits written.
+fn write_decimal(mut n: u32, out: &mut [u8]) -> usize {
+    let mut tmp = [0u8; 10];
+    let mut len = 0;
+    loop {
+        tmp[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for (dst, src) in out.iter_mut().zip(tmp[..len].iter().rev()) {
+        *dst = *src;
+    }
+    len
+}
+
+/// What a finished unit of work reports.
+#[derive(Debug, Clone)]
+pub struct WorkOutput {
+    pub hashes: Hashes,
+    /// Wall time from the moment a pool thread picked the job up, plus the simulated I/O.
+    pub processing_time: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error("the compute queue is full")]
+    Busy,
+    #[error("the compute pool has shut down")]
+    Closed,
+}
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// A fixed set of threads that run the work function, fed by a bounded queue.
+#[derive(Clone)]
+pub struct ComputePool {
+    sender: crossbeam_channel::Sender<Job>,
+    stats: Arc<PoolStats>,
+    threads: usize,
+    queue_capacity: usize,
+    simulated_io: Duration,
+}
+
+#[derive(Default)]
+struct PoolStats {
+    queued: AtomicUsize,
+    busy: AtomicUsize,
+}
+
+impl ComputePool {
+    /// Starts `threads` worker threads sharing a queue of `queue_capacity` jobs.
+    ///
+    /// `simulated_io` is `APP_WORK_DURATION_SECONDS`: slept on the async runtime after the
+    /// hashing, so it holds no pool thread.
+    pub fn new(
+        threads: usize,
+        queue_capacity: usize,
+        simulated_io: Duration,
+    ) -> std::io::Result<Self> {
+        let (sender, receiver) = crossbeam_channel::bounded::<Job>(queue_capacity);
+        let stats = Arc::new(PoolStats::default());
+        for n in 0..threads {
+            let receiver = receiver.clone();
+            let stats = Arc::clone(&stats);
+            thread::Builder::new()
+                .name(format!("compute-{n}"))
+                .spawn(move || {
+                    // The loop ends when every sender (every pool handle) is dropped.
+                    for job in receiver.iter() {
+                        stats.queued.fetch_sub(1, Ordering::Relaxed);
+                        stats.busy.fetch_add(1, Ordering::Relaxed);
+                        job();
+                        stats.busy.fetch_sub(1, Ordering::Relaxed);
+                    }
+                })?;
+        }
+        Ok(Self {
+            sender,
+            stats,
+            threads,
+            queue_capacity,
+            simulated_io,
+        })
+    }
+
+    /// Queues the work on the pool, or refuses at once if the queue is full. The returned
+    /// [`PendingWork`] resolves when a pool thread has done it.
+    pub fn submit(&self, data: String, iterations: u32) -> Result<PendingWork, PoolError> {
+        let (reply, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let started = Instant::now();
+            let hashes = compute(&data, iterations);
+            // The receiver is gone only if the caller gave up: nothing to do.
+            let _ = reply.send((hashes, started.elapsed()));
+        });
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = self.sender.try_send(job) {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(match err {
+                crossbeam_channel::TrySendError::Full(_) => PoolError::Busy,
+                crossbeam_channel::TrySendError::Disconnected(_) => PoolError::Closed,
+            });
+        }
+        Ok(PendingWork {
+            result,
+            simulated_io: self.simulated_io,
+        })
+    }
+
+    /// Runs the work on the pool and waits for it without blocking the runtime.
+    pub async fn run(&self, data: String, iterations: u32) -> Result<WorkOutput, PoolError> {
+        self.submit(data, iterations)?.wait().await
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity
+    }
+
+    /// Jobs waiting for a thread.
+    pub fn queued(&self) -> usize {
+        self.stats.queued.load(Ordering::Relaxed)
+    }
+
+    /// Threads currently hashing.
+    pub fn busy(&self) -> usize {
+        self.stats.busy.load(Ordering::Relaxed)
+    }
+}
+
+/// Work accepted by the pool.
+pub struct PendingWork {
+    result: oneshot::Receiver<(Hashes, Duration)>,
+    simulated_io: Duration,
+}
+
+impl PendingWork {
+    pub async fn wait(self) -> Result<WorkOutput, PoolError> {
+        let (hashes, mut processing_time) = self.result.await.map_err(|_| PoolError::Closed)?;
+        if !self.simulated_io.is_zero() {
+            tokio::time::sleep(self.simulated_io).await;
+            processing_time += self.simulated_io;
+        }
+        Ok(WorkOutput {
+            hashes,
+            processing_time,
+        })
+    }
+}
+
+/// Single-thread throughput of [`compute`] in units per second, for the benchmark's
+/// compute bound.
+pub fn measure_throughput(iterations: u32, duration: Duration) -> f64 {
+    let started = Instant::now();
+    let mut units: u64 = 0;
+    while started.elapsed() < duration {
+        let hashes = compute("benchmark payload", iterations);
+        std::hint::black_box(hashes);
+        units += 1;
+    }
+    units as f64 / started.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(data: &str, iterations: u32, input: &str, output: &str) {
+        let hashes = compute(data, iterations);
+        assert_eq!(hashes.input_hash, input, "input_hash of {data:?}");
+        assert_eq!(
+            hashes.output_hash, output,
+            "output_hash of {data:?} x{iterations}"
+        );
+    }
+
+    #[test]
+    fn spec_test_vectors() {
+        check(
+            "hello world",
+            1000,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9",
+            "fe95811b8cb653eff38837427b8bb5d243daae5920c86cf8f494c8edc7e0b744",
+        );
+        check(
+            "test data",
+            100,
+            "916f0027a575074ce72a331777c3478d6513f786a591bd892da1a577bf2335f9",
+            "c05ae8cf2d0157a8276c179394cd8bd61b399cf63b0e0048c869853fa5b865f7",
+        );
+        check(
+            "héllo wörld ✓",
+            1,
+            "c2a59c71097b678dc5af2eb1f98ddc575b63948b0fa6740071a945673aaada4d",
+            "22774497307711da8fea7c242d32b227b6587ba8ffa1e0f41b5166bc7399577e",
+        );
+        check(
+            "x",
+            1_000_000,
+            "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
+            "f5d9c5410aeca2d468591ebd93b006c8878f851bd6a6655dba15d3ca11218b5e",
+        );
+    }
+
+    #[test]
+    fn decimal_digits_match_formatting() {
+        let mut buf = [0u8; 10];
+        for n in [0, 7, 9, 10, 99, 100, 12345, 999_999, 1_000_000, u32::MAX] {
+            let len = write_decimal(n, &mut buf);
+            assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), n.to_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn pool_refuses_work_past_its_queue() {
+        // One thread and a queue of one: with the thread busy and one job queued, a third waits
+        // for nothing and is refused.
+        let pool = ComputePool::new(1, 1, Duration::ZERO).unwrap();
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run("a".into(), 1_000_000).await }
+        });
+        // Let the first job reach the thread before queueing the second.
+        while pool.busy() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run("b".into(), 1).await }
+        });
+        while pool.queued() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(pool.run("c".into(), 1).await.unwrap_err(), PoolError::Busy);
+        assert!(first.await.unwrap().is_ok());
+        assert!(second.await.unwrap().is_ok());
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration tests: the real server on an ephemeral port, spoken to over HTTP.
