@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::input::FieldError;
 use crate::service::ServiceError;
@@ -35,6 +35,15 @@ pub enum ApiError {
     BadBody(String),
     #[error("Internal server error")]
     Internal(#[source] ServiceError),
+}
+
+/// The error shape of every non-2xx answer.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    status: &'static str,
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a Vec<FieldError>>,
 }
 
 fn summary(errors: &[FieldError]) -> String {
@@ -70,11 +79,13 @@ impl IntoResponse for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let body = match &self {
-            ApiError::Validation(errors) => {
-                json!({"status": "error", "error": self.to_string(), "detail": errors})
-            }
-            _ => json!({"status": "error", "error": self.to_string()}),
+        let body = ErrorBody {
+            status: "error",
+            error: self.to_string(),
+            detail: match &self {
+                ApiError::Validation(errors) => Some(errors),
+                _ => None,
+            },
         };
         let mut response = (status, Json(body)).into_response();
         match self {

@@ -1,1 +1,13 @@
-//! Integration tests: the real server on an ephemeral port, spoken to over HTTP.
+//! Integration tests: the real service on an ephemeral port with a fresh SQLite database,
+//! spoken to over HTTP, with callback receivers on 127.0.0.1. One test binary (modules per
+//! feature) keeps the build to one link.
+
+mod helpers;
+
+mod admin;
+mod delivery;
+mod durability;
+mod requests;
+mod ssrf;
+mod sync;
+mod validation;

@@ -1,0 +1,179 @@
+//! The async path end to end: acceptance, the callback's body and headers, retries, give-up,
+//! and worker isolation.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Behaviour, Receiver, spawn_app, unused_port};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn async_request_is_delivered_with_body_and_headers() {
+    let app = spawn_app(&[]).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+
+    let response = app
+        .post_async(
+            &json!({"data": "hello world", "iterations": 1000, "callback_url": receiver.url()}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "accepted");
+    assert_eq!(
+        body["message"],
+        "Request accepted and queued for processing"
+    );
+    let id = body["request_id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/requests/{id}"));
+
+    let callbacks = receiver.wait_for_deliveries(1, WAIT).await;
+    let callback = &callbacks[0];
+    assert_eq!(callback.body["request_id"], id);
+    assert_eq!(callback.body["status"], "success");
+    assert_eq!(callback.body["error"], Value::Null);
+    assert_eq!(
+        callback.body["result"]["output_hash"],
+        "fe95811b8cb653eff38837427b8bb5d243daae5920c86cf8f494c8edc7e0b744"
+    );
+    assert_eq!(callback.body["result"]["request_id"], id);
+    assert!(callback.body["timestamp"].as_str().unwrap().ends_with('Z'));
+    let header = |name: &str| callback.headers[name].to_str().unwrap().to_string();
+    assert_eq!(header("content-type"), "application/json");
+    assert_eq!(header("x-request-id"), id);
+    assert_eq!(header("x-attempt"), "1");
+    assert_eq!(header("webhook-id"), id);
+    let timestamp: i64 = header("webhook-timestamp").parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - timestamp).abs() < 60);
+    assert!(
+        callback.headers.get("webhook-signature").is_none(),
+        "no secret, no signature"
+    );
+
+    let record = app.wait_for_status(&id, "callback_success", WAIT).await;
+    assert_eq!(record["mode"], "async");
+    assert_eq!(record["callback_attempts"], 1);
+    assert_eq!(record["callback_last_error"], Value::Null);
+    assert_eq!(record["callback_url"], receiver.url());
+    assert_eq!(record["result"], callback.body["result"]);
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["attempt"], 1);
+    assert_eq!(attempts[0]["status_code"], 200);
+    assert_eq!(attempts[0]["error"], Value::Null);
+}
+
+#[tokio::test]
+async fn receiver_failing_twice_gets_three_attempts_then_success() {
+    let app = spawn_app(&[]).await;
+    let receiver = Receiver::start(Behaviour::fail_first(2)).await;
+    let id = app.submit("retry me", &receiver.url()).await;
+
+    let record = app.wait_for_status(&id, "callback_success", WAIT).await;
+    assert_eq!(record["callback_attempts"], 3);
+    assert_eq!(record["callback_last_error"], "HTTP 500");
+    let attempts = record["attempts"].as_array().unwrap();
+    let codes: Vec<&Value> = attempts.iter().map(|a| &a["status_code"]).collect();
+    assert_eq!(codes, [&json!(500), &json!(500), &json!(200)]);
+    let numbers: Vec<&Value> = attempts.iter().map(|a| &a["attempt"]).collect();
+    assert_eq!(numbers, [&json!(1), &json!(2), &json!(3)]);
+
+    // Each attempt carried its number, and the same webhook-id for de-duplication.
+    let received = receiver.received();
+    let x_attempts: Vec<&str> = received
+        .iter()
+        .map(|r| r.headers["x-attempt"].to_str().unwrap())
+        .collect();
+    assert_eq!(x_attempts, ["1", "2", "3"]);
+    assert!(
+        received
+            .iter()
+            .all(|r| r.headers["webhook-id"] == id.as_str())
+    );
+    // The result was computed once: every attempt carries the identical result.
+    assert!(
+        received
+            .iter()
+            .all(|r| r.body["result"] == received[0].body["result"])
+    );
+}
+
+#[tokio::test]
+async fn receiver_that_is_down_ends_callback_failed_after_max_retries() {
+    let app = spawn_app(&["--callback-max-retries", "3"]).await;
+    let down = format!("http://{}/callback", unused_port().await);
+    let id = app.submit("nobody home", &down).await;
+
+    let record = app.wait_for_status(&id, "callback_failed", WAIT).await;
+    assert_eq!(
+        record["callback_attempts"], 4,
+        "the first attempt and 3 retries"
+    );
+    let error = record["callback_last_error"].as_str().unwrap();
+    assert!(error.contains("connection"), "{error}");
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["status_code"].is_null() && a["error"].is_string())
+    );
+    assert!(record["completed_at"].is_string());
+    assert!(
+        record["result"]["output_hash"].is_string(),
+        "the work result is kept"
+    );
+
+    let health = app.get_json("/healthz").await;
+    assert_eq!(health["queue_size"], 0, "a failed request leaves the queue");
+}
+
+#[tokio::test]
+async fn non_2xx_answers_are_retried_and_recorded() {
+    let app = spawn_app(&["--callback-max-retries", "1"]).await;
+    let receiver = Receiver::start(Behaviour::always_fail(404)).await;
+    let id = app.submit("not found", &receiver.url()).await;
+    let record = app.wait_for_status(&id, "callback_failed", WAIT).await;
+    assert_eq!(record["callback_attempts"], 2);
+    assert_eq!(record["callback_last_error"], "HTTP 404");
+}
+
+#[tokio::test]
+async fn hanging_and_failing_receivers_do_not_delay_a_working_one() {
+    // The default 10 workers; retries that wait hold no worker.
+    let app = spawn_app(&[
+        "--callback-timeout-seconds",
+        "5",
+        "--callback-retry-base-delay",
+        "1",
+        "--callback-retry-max-delay",
+        "2",
+    ])
+    .await;
+    let hanging = Receiver::start(Behaviour::hang(Duration::from_secs(4))).await;
+    let failing = Receiver::start(Behaviour::always_fail(503)).await;
+    let good = Receiver::start(Behaviour::accept()).await;
+
+    for n in 0..10 {
+        let url = if n % 2 == 0 {
+            hanging.url()
+        } else {
+            failing.url()
+        };
+        app.submit(&format!("slow {n}"), &url).await;
+    }
+    // Let the ten reach their receivers first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let id = app.submit("the eleventh", &good.url()).await;
+    good.wait_for_deliveries(1, Duration::from_secs(10)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "the eleventh callback waited {waited:?} behind hanging receivers"
+    );
+    app.wait_for_status(&id, "callback_success", WAIT).await;
+}

@@ -1,0 +1,361 @@
+//! The shared harness: start the real service on an ephemeral port with a fresh database,
+//! talk HTTP to it, and run callback receivers on 127.0.0.1 whose behaviour a test scripts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use clap::Parser;
+use serde_json::{Value, json};
+use syncasync::app::Application;
+use syncasync::config::Config;
+use syncasync::shutdown::CancellationToken;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct TestCli {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// A running service and a client for it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    db_dir: Option<TempDir>,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Settings for tests: loopback callbacks allowed, fast retries. `extra` adds or overrides
+/// flags, e.g. `&["--callback-max-retries", "1"]`.
+pub async fn spawn_app(extra: &[&str]) -> TestApp {
+    let db_dir = tempfile::tempdir().expect("temp dir");
+    let database_url = format!("sqlite://{}", db_dir.path().join("test.db").display());
+    spawn_app_on(db_dir, &database_url, extra).await
+}
+
+pub async fn spawn_app_on(db_dir: TempDir, database_url: &str, extra: &[&str]) -> TestApp {
+    let mut args = vec![
+        "test",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--database-url",
+        database_url,
+        "--callback-block-private-ips",
+        "false",
+        "--callback-retry-base-delay",
+        "0.05",
+        "--callback-retry-max-delay",
+        "0.2",
+        "--callback-timeout-seconds",
+        "2",
+        "--shutdown-grace-seconds",
+        "5",
+    ];
+    args.extend_from_slice(extra);
+    let config = TestCli::try_parse_from(args).expect("test config").config;
+    let app = Application::build(config)
+        .await
+        .expect("application starts");
+    let address = format!("http://{}", app.local_addr());
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            app.run(shutdown).await.expect("application runs");
+        }
+    });
+    TestApp {
+        address,
+        client: client(),
+        db_dir: Some(db_dir),
+        shutdown,
+        handle: Some(handle),
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("test client")
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_sync(&self, body: &Value) -> reqwest::Response {
+        self.post_json("/sync", body).await
+    }
+
+    pub async fn post_async(&self, body: &Value) -> reqwest::Response {
+        self.post_json("/async", body).await
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("JSON body")
+    }
+
+    /// Submits an async request and returns its id.
+    pub async fn submit(&self, data: &str, callback_url: &str) -> String {
+        let response = self
+            .post_async(&json!({"data": data, "iterations": 10, "callback_url": callback_url}))
+            .await;
+        assert_eq!(
+            response.status(),
+            200,
+            "submit: {:?}",
+            response.text().await
+        );
+        let body: Value = response.json().await.expect("JSON body");
+        body["request_id"].as_str().expect("request_id").to_string()
+    }
+
+    /// Polls `GET /requests/{id}` until its status is `status`.
+    pub async fn wait_for_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let record = self.get_json(&format!("/requests/{id}")).await;
+            if record["status"] == status {
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "request {id} did not reach {status} within {timeout:?}; last: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the service the way SIGTERM does and waits for it to finish.
+    pub async fn stop(mut self) -> TempDir {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("application stopped cleanly");
+        }
+        self.db_dir.take().expect("database directory")
+    }
+
+    pub fn db_dir(&self) -> &Path {
+        self.db_dir.as_ref().expect("database directory").path()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// What a receiver does with each callback.
+#[derive(Clone, Copy, Debug)]
+pub struct Behaviour {
+    /// Answer the first N attempts for each request with `fail_status`.
+    pub fail_first: u32,
+    pub fail_status: u16,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl Behaviour {
+    pub fn accept() -> Self {
+        Self {
+            fail_first: 0,
+            fail_status: 500,
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn fail_first(n: u32) -> Self {
+        Self {
+            fail_first: n,
+            ..Self::accept()
+        }
+    }
+
+    pub fn always_fail(status: u16) -> Self {
+        Self {
+            fail_first: u32::MAX,
+            fail_status: status,
+            ..Self::accept()
+        }
+    }
+
+    pub fn hang(delay: Duration) -> Self {
+        Self {
+            delay,
+            ..Self::accept()
+        }
+    }
+}
+
+/// One callback as the receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub raw: Bytes,
+    pub status_sent: u16,
+}
+
+#[derive(Default)]
+struct Log {
+    received: Vec<Received>,
+    attempts_by_id: HashMap<String, u32>,
+}
+
+/// A callback receiver on 127.0.0.1.
+pub struct Receiver {
+    pub address: SocketAddr,
+    log: Arc<Mutex<Log>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    behaviour: Behaviour,
+    log: Arc<Mutex<Log>>,
+}
+
+impl Receiver {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        Self::serve(listener, behaviour)
+    }
+
+    /// A receiver on a given port (to bring a "down" receiver back up).
+    pub async fn start_on(address: SocketAddr, behaviour: Behaviour) -> Self {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .expect("bind receiver");
+        Self::serve(listener, behaviour)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, behaviour: Behaviour) -> Self {
+        let address = listener.local_addr().expect("receiver address");
+        let log = Arc::new(Mutex::new(Log::default()));
+        let state = ReceiverState {
+            behaviour,
+            log: Arc::clone(&log),
+        };
+        let router = Router::new()
+            .route("/callback", post(receive))
+            .with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self { address, log, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/callback", self.address)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().expect("log").received.clone()
+    }
+
+    /// Callbacks answered with 2xx, by request id.
+    pub fn delivered_ids(&self) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status_sent))
+            .filter_map(|r| r.body["request_id"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Waits until `n` callbacks were answered with 2xx.
+    pub async fn wait_for_deliveries(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let delivered: Vec<Received> = self
+                .received()
+                .into_iter()
+                .filter(|r| (200..300).contains(&r.status_sent))
+                .collect();
+            if delivered.len() >= n {
+                return delivered;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} callbacks delivered within {timeout:?}",
+                delivered.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, raw: Bytes) -> StatusCode {
+    if !state.behaviour.delay.is_zero() {
+        tokio::time::sleep(state.behaviour.delay).await;
+    }
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let id = body["request_id"].as_str().unwrap_or_default().to_string();
+    let mut log = state.log.lock().expect("log");
+    let seen = log.attempts_by_id.entry(id).or_insert(0);
+    *seen += 1;
+    let status = if *seen <= state.behaviour.fail_first {
+        state.behaviour.fail_status
+    } else {
+        200
+    };
+    log.received.push(Received {
+        headers,
+        body,
+        raw,
+        status_sent: status,
+    });
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A port on 127.0.0.1 with nothing listening (bound, then released).
+pub async fn unused_port() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    listener.local_addr().expect("address")
+}
+
+/// Path of the test database inside a test app's directory.
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join("test.db")
+}
