@@ -1,5 +1,6 @@
 //! The `syncasync` command: `serve` (the default), and the tools that ship with it.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -1,1 +1,345 @@
-//! (to be written)
+//! Nothing acknowledged is lost: the service as a child process, killed with SIGKILL
+//! mid-burst or stopped with SIGTERM, then restarted on the same database.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Behaviour, Receiver, client, spawn_app, spawn_app_on, unused_port};
+
+/// The real binary, started with the given settings on a database in `dir`.
+struct ChildServer {
+    child: Child,
+    address: String,
+}
+
+impl ChildServer {
+    async fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        let port = unused_port().await.port().to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_syncasync"));
+        command
+            .arg("serve")
+            .env("APP_HOST", "127.0.0.1")
+            .env("APP_PORT", &port)
+            .env(
+                "APP_DATABASE_URL",
+                format!("sqlite://{}", dir.join("crash.db").display()),
+            )
+            .env("APP_CALLBACK_BLOCK_PRIVATE_IPS", "false")
+            .env("APP_CALLBACK_RETRY_BASE_DELAY", "0.05")
+            .env("APP_CALLBACK_RETRY_MAX_DELAY", "0.2")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("start the server binary");
+        let server = Self {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        server.wait_until_healthy(dir).await;
+        server
+    }
+
+    async fn wait_until_healthy(&self, dir: &Path) {
+        let client = client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(response) = client.get(format!("{}/healthz", self.address)).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        panic!("server did not become healthy; log:\n{log}");
+    }
+
+    fn kill_9(&mut self) {
+        // Child::kill is SIGKILL on Unix: no handler runs, nothing is flushed.
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
+    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn status_of(client: &reqwest::Client, address: &str, id: &str) -> Value {
+    client
+        .get(format!("{address}/requests/{id}"))
+        .send()
+        .await
+        .expect("GET /requests/{id}")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+#[tokio::test]
+async fn kill_9_mid_burst_loses_no_acknowledged_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // A receiver that takes a moment, so that deliveries are in flight at the kill.
+    let receiver = Receiver::start(Behaviour::hang(Duration::from_millis(30))).await;
+    let mut server = ChildServer::start(dir.path(), &[]).await;
+
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut submitters = Vec::new();
+    for worker in 0..8 {
+        let address = server.address.clone();
+        let callback = receiver.url();
+        let acknowledged = Arc::clone(&acknowledged);
+        submitters.push(tokio::spawn(async move {
+            let client = client();
+            for n in 0..200 {
+                let body = json!({"data": format!("burst {worker}-{n}"), "iterations": 5000, "callback_url": callback});
+                let Ok(response) = client.post(format!("{address}/async")).json(&body).send().await else {
+                    return; // the server is gone
+                };
+                if response.status() != 200 {
+                    continue;
+                }
+                let Ok(body) = response.json::<Value>().await else {
+                    return;
+                };
+                if let Some(id) = body["request_id"].as_str() {
+                    acknowledged.lock().unwrap().push(id.to_string());
+                }
+            }
+        }));
+    }
+    // Kill mid-burst: some requests acknowledged, some delivered, many still queued.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().unwrap().len() < 150 {
+        assert!(Instant::now() < deadline, "the burst did not get going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill_9();
+    for submitter in submitters {
+        submitter.await.unwrap();
+    }
+    let acknowledged: Vec<String> = acknowledged.lock().unwrap().clone();
+    let delivered_before = receiver.delivered_ids().len();
+    assert!(
+        delivered_before < acknowledged.len(),
+        "the kill should leave work unfinished ({delivered_before} of {} delivered)",
+        acknowledged.len()
+    );
+
+    let server = ChildServer::start(dir.path(), &[]).await;
+    let client = client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &acknowledged {
+        loop {
+            let record = status_of(&client, &server.address, id).await;
+            if record["status"] == "callback_success" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "acknowledged request {id} not delivered: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let delivered: HashSet<String> = receiver.delivered_ids().into_iter().collect();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !delivered.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "callbacks never received for {missing:?}"
+    );
+
+    // Nothing is left behind in an unfinished state.
+    for status in ["pending", "processing", "callback_pending"] {
+        let list: Value = client
+            .get(format!("{}/requests?status={status}", server.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["total"], 0, "requests left {status}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_sync_requests_finish_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each unit of work takes a second of simulated I/O, so the requests are surely in flight.
+    let mut server = ChildServer::start(dir.path(), &[("APP_WORK_DURATION_SECONDS", "1")]).await;
+    let mut in_flight = Vec::new();
+    for n in 0..4 {
+        let url = format!("{}/sync", server.address);
+        in_flight.push(tokio::spawn(async move {
+            client()
+                .post(url)
+                .json(&json!({"data": format!("in flight {n}"), "iterations": 10}))
+                .send()
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.sigterm();
+
+    for request in in_flight {
+        let response = request.await.unwrap().expect("in-flight request answered");
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "success");
+    }
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+}
+
+#[tokio::test]
+async fn sigterm_hands_unfinished_deliveries_back_and_restart_delivers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let hanging = Receiver::start(Behaviour::hang(Duration::from_secs(30))).await;
+    let address = hanging.address;
+    let mut server = ChildServer::start(
+        dir.path(),
+        &[
+            ("APP_SHUTDOWN_GRACE_SECONDS", "1"),
+            ("APP_CALLBACK_TIMEOUT_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let client = client();
+    let response = client
+        .post(format!("{}/async", server.address))
+        .json(
+            &json!({"data": "stuck in delivery", "iterations": 10, "callback_url": hanging.url()}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = response.json::<Value>().await.unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Wait until the delivery is in flight to the hanging receiver.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health: Value = client
+            .get(format!("{}/healthz", server.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["active_workers"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delivery never started: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the grace period bounds the stop, took {:?}",
+        stopping.elapsed()
+    );
+
+    // The request is still owed its callback: a restarted service delivers it once the
+    // receiver works.
+    hanging.stop().await;
+    let good = Receiver::start_on(address, Behaviour::accept()).await;
+    let server = ChildServer::start(dir.path(), &[]).await;
+    good.wait_for_deliveries(1, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let record = status_of(&client, &server.address, &id).await;
+        if record["status"] == "callback_success" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not recorded as delivered: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_service_delivers_what_it_had_queued_after_restart() {
+    // Accepted while the receiver is down; the first attempt fails and a retry is scheduled;
+    // the service stops; after a restart (receiver up) the retry is delivered.
+    let port = unused_port().await;
+    let settings = [
+        "--callback-max-retries",
+        "5",
+        "--callback-retry-base-delay",
+        "1",
+        "--callback-retry-max-delay",
+        "1",
+    ];
+    let app = spawn_app(&settings).await;
+    let url = format!("http://{port}/callback");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.submit(&format!("queued {i}"), &url).await);
+    }
+    let dir = app.stop().await;
+
+    let receiver = Receiver::start_on(port, Behaviour::accept()).await;
+    let database_url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let app = spawn_app_on(dir, &database_url, &settings).await;
+    receiver
+        .wait_for_deliveries(ids.len(), Duration::from_secs(30))
+        .await;
+    for id in &ids {
+        app.wait_for_status(id, "callback_success", Duration::from_secs(10))
+            .await;
+    }
+}

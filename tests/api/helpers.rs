@@ -319,8 +319,10 @@ impl Receiver {
         }
     }
 
-    pub fn stop(self) {
+    /// Stops listening; returns once the port is free again.
+    pub async fn stop(self) {
         self.task.abort();
+        let _ = self.task.await;
     }
 }
 
