@@ -19,7 +19,7 @@ pub struct Config {
     #[arg(long, env = "APP_PORT", default_value_t = 8000)]
     pub port: u16,
 
-    /// Database: `sqlite://PATH` (created on first start) or `sqlite::memory:`.
+    /// Database: `sqlite://PATH` (created on first start, with a `PATH.lock` beside it).
     #[arg(long, env = "APP_DATABASE_URL", default_value = "sqlite://requests.db")]
     pub database_url: String,
 

@@ -177,3 +177,25 @@ async fn hanging_and_failing_receivers_do_not_delay_a_working_one() {
     );
     app.wait_for_status(&id, "callback_success", WAIT).await;
 }
+
+#[tokio::test]
+async fn callbacks_are_signed_over_the_exact_bytes_sent() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, Mac};
+
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let app = spawn_app(&["--callback-signing-secret", secret]).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let id = app.submit("sign me", &receiver.url()).await;
+    let callback = receiver.wait_for_deliveries(1, WAIT).await.remove(0);
+
+    let header = |name: &str| callback.headers[name].to_str().unwrap().to_string();
+    assert_eq!(header("webhook-id"), id);
+    let key = STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes());
+    mac.update(&callback.raw);
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    assert_eq!(header("webhook-signature"), expected);
+}

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,9 +167,6 @@ impl TestApp {
         self.db_dir.take().expect("database directory")
     }
 
-    pub fn db_dir(&self) -> &Path {
-        self.db_dir.as_ref().expect("database directory").path()
-    }
 }
 
 impl Drop for TestApp {
@@ -355,9 +351,4 @@ pub async fn unused_port() -> SocketAddr {
         .await
         .expect("bind");
     listener.local_addr().expect("address")
-}
-
-/// Path of the test database inside a test app's directory.
-pub fn db_path(dir: &Path) -> PathBuf {
-    dir.join("test.db")
 }
