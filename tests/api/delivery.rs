@@ -192,7 +192,9 @@ async fn callbacks_are_signed_over_the_exact_bytes_sent() {
 
     let header = |name: &str| callback.headers[name].to_str().unwrap().to_string();
     assert_eq!(header("webhook-id"), id);
-    let key = STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let key = STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes());
     mac.update(&callback.raw);

@@ -166,7 +166,6 @@ impl TestApp {
         }
         self.db_dir.take().expect("database directory")
     }
-
 }
 
 impl Drop for TestApp {

@@ -1,1 +1,496 @@
-//! (to be written)
+//! `GET /requests`, `GET /requests/{id}`, `GET /healthz`, the JSON 404/405, and the bounded
+//! queue's 503 (SPEC §3, §4).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Behaviour, Receiver, TestApp, spawn_app, unused_port};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Flags that keep an async request whose receiver is down in `callback_pending`: the first
+/// retry comes no sooner than 15 s (half the 30 s nominal delay).
+const SLOW_RETRIES: [&str; 4] = [
+    "--callback-retry-base-delay",
+    "30",
+    "--callback-retry-max-delay",
+    "30",
+];
+
+async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("response body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|err| panic!("status {status}: body is not JSON ({err}): {text:?}"));
+    (status, body)
+}
+
+async fn sync_request(app: &TestApp, data: &str) -> String {
+    let (status, body) = read(app.post_sync(&json!({"data": data, "iterations": 1})).await).await;
+    assert_eq!(status, 200, "{body}");
+    body["result"]["request_id"].as_str().unwrap().to_string()
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["requests"]
+        .as_array()
+        .expect("requests array")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// The exact 422 body for one bad query parameter.
+fn query_error(param: &str, msg: &str, kind: &str) -> Value {
+    json!({
+        "status": "error",
+        "error": format!("{param}: {msg}"),
+        "detail": [{"loc": ["query", param], "msg": msg, "type": kind}],
+    })
+}
+
+/// Four sync and three async requests, interleaved; returns the ids in submission order
+/// and which of them are async. Every async request has been delivered on return.
+async fn mixed_history(app: &TestApp, receiver: &Receiver) -> (Vec<String>, HashSet<String>) {
+    let mut all = Vec::new();
+    let mut asyncs = HashSet::new();
+    for n in 0..7 {
+        if n % 2 == 1 {
+            let id = app.submit(&format!("async {n}"), &receiver.url()).await;
+            asyncs.insert(id.clone());
+            all.push(id);
+        } else {
+            all.push(sync_request(app, &format!("sync {n}")).await);
+        }
+    }
+    for id in &asyncs {
+        app.wait_for_status(id, "callback_success", WAIT).await;
+    }
+    (all, asyncs)
+}
+
+#[tokio::test]
+async fn requests_are_listed_newest_first_with_their_total() {
+    let app = spawn_app(&[]).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let (submitted, asyncs) = mixed_history(&app, &receiver).await;
+
+    let list = app.get_json("/requests").await;
+    assert_eq!(list["total"], 7);
+    let newest_first: Vec<String> = submitted.iter().rev().cloned().collect();
+    assert_eq!(ids(&list), newest_first);
+
+    let records = list["requests"].as_array().unwrap();
+    let created: Vec<&str> = records
+        .iter()
+        .map(|r| r["created_at"].as_str().unwrap())
+        .collect();
+    for pair in created.windows(2) {
+        let (newer, older) = (
+            chrono::DateTime::parse_from_rfc3339(pair[0]).unwrap(),
+            chrono::DateTime::parse_from_rfc3339(pair[1]).unwrap(),
+        );
+        assert!(newer >= older, "created_at not descending: {created:?}");
+    }
+
+    // Every record has exactly the RequestRecord fields; the attempt list is only on the
+    // single-request view.
+    let expected_keys: HashSet<&str> = [
+        "id",
+        "mode",
+        "status",
+        "payload_hash",
+        "created_at",
+        "completed_at",
+        "callback_url",
+        "callback_attempts",
+        "callback_last_error",
+        "result",
+    ]
+    .into();
+    for record in records {
+        let keys: HashSet<&str> = record
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, expected_keys, "{record}");
+        let id = record["id"].as_str().unwrap();
+        if asyncs.contains(id) {
+            assert_eq!(record["mode"], "async");
+            assert_eq!(record["status"], "callback_success");
+            assert_eq!(record["callback_url"], receiver.url());
+            assert_eq!(record["callback_attempts"], 1);
+        } else {
+            assert_eq!(record["mode"], "sync");
+            assert_eq!(record["status"], "completed");
+            assert_eq!(record["callback_url"], Value::Null);
+            assert_eq!(record["callback_attempts"], 0);
+        }
+        assert_eq!(record["result"]["request_id"], id);
+        assert!(record["created_at"].as_str().unwrap().ends_with('Z'));
+        assert!(record["completed_at"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(record["payload_hash"].as_str().unwrap().len(), 16);
+
+        let single = app.get_json(&format!("/requests/{id}")).await;
+        assert!(single["attempts"].is_array(), "{single}");
+        let mut without_attempts = single.clone();
+        without_attempts.as_object_mut().unwrap().remove("attempts");
+        assert_eq!(&without_attempts, record, "list and single view agree");
+    }
+}
+
+#[tokio::test]
+async fn pages_do_not_overlap_and_together_cover_everything() {
+    let app = spawn_app(&[]).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let (submitted, _) = mixed_history(&app, &receiver).await;
+    let newest_first: Vec<String> = submitted.iter().rev().cloned().collect();
+
+    let mut paged = Vec::new();
+    for (offset, expected_len) in [(0, 3), (3, 3), (6, 1)] {
+        let page = app
+            .get_json(&format!("/requests?limit=3&offset={offset}"))
+            .await;
+        assert_eq!(page["total"], 7, "total counts every match, not the page");
+        let page_ids = ids(&page);
+        assert_eq!(page_ids.len(), expected_len, "offset {offset}");
+        paged.extend(page_ids);
+    }
+    assert_eq!(paged, newest_first);
+
+    // Past the end: an empty page, the same total.
+    for offset in [7, 1000] {
+        let page = app
+            .get_json(&format!("/requests?limit=3&offset={offset}"))
+            .await;
+        assert_eq!(page, json!({"total": 7, "requests": []}));
+    }
+    // One at a time, the same order.
+    let mut one_by_one = Vec::new();
+    for offset in 0..7 {
+        let page = app
+            .get_json(&format!("/requests?limit=1&offset={offset}"))
+            .await;
+        one_by_one.extend(ids(&page));
+    }
+    assert_eq!(one_by_one, newest_first);
+}
+
+#[tokio::test]
+async fn mode_and_status_filters_select_and_combine() {
+    let app = spawn_app(&[]).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let (submitted, asyncs) = mixed_history(&app, &receiver).await;
+    let newest_first = |keep_async: bool| -> Vec<String> {
+        submitted
+            .iter()
+            .rev()
+            .filter(|id| asyncs.contains(*id) == keep_async)
+            .cloned()
+            .collect()
+    };
+
+    let sync = app.get_json("/requests?mode=sync").await;
+    assert_eq!(sync["total"], 4);
+    assert_eq!(ids(&sync), newest_first(false));
+
+    let async_ = app.get_json("/requests?mode=async").await;
+    assert_eq!(async_["total"], 3);
+    assert_eq!(ids(&async_), newest_first(true));
+
+    let completed = app.get_json("/requests?status=completed").await;
+    assert_eq!(completed["total"], 4);
+    assert_eq!(ids(&completed), newest_first(false));
+
+    let delivered = app
+        .get_json("/requests?mode=async&status=callback_success")
+        .await;
+    assert_eq!(delivered["total"], 3);
+    assert_eq!(ids(&delivered), newest_first(true));
+
+    let sync_completed = app.get_json("/requests?status=completed&mode=sync").await;
+    assert_eq!(ids(&sync_completed), newest_first(false));
+
+    // Combinations that match nothing are empty, not an error.
+    for query in [
+        "mode=async&status=completed",
+        "mode=sync&status=callback_success",
+        "status=failed",
+        "status=pending",
+        "status=callback_failed",
+    ] {
+        let list = app.get_json(&format!("/requests?{query}")).await;
+        assert_eq!(list, json!({"total": 0, "requests": []}), "{query}");
+    }
+
+    // Filters and paging together; unknown parameters are ignored.
+    let page = app
+        .get_json("/requests?mode=sync&limit=2&offset=1&sort=asc")
+        .await;
+    assert_eq!(page["total"], 4);
+    assert_eq!(ids(&page), newest_first(false)[1..3]);
+}
+
+#[tokio::test]
+async fn the_default_limit_is_100() {
+    let app = spawn_app(&[]).await;
+    let mut submitted = Vec::new();
+    for n in 0..101 {
+        submitted.push(sync_request(&app, &format!("request {n}")).await);
+    }
+    let newest_first: Vec<String> = submitted.iter().rev().cloned().collect();
+
+    let list = app.get_json("/requests").await;
+    assert_eq!(list["total"], 101);
+    assert_eq!(ids(&list), newest_first[..100]);
+
+    let all = app.get_json("/requests?limit=1000").await;
+    assert_eq!(ids(&all), newest_first);
+    let rest = app.get_json("/requests?offset=100").await;
+    assert_eq!(ids(&rest), newest_first[100..]);
+}
+
+#[tokio::test]
+async fn invalid_query_values_get_422_naming_the_parameter() {
+    let app = spawn_app(&[]).await;
+    let mode = query_error("mode", "must be one of: sync, async", "enum");
+    let status = query_error(
+        "status",
+        "must be one of: pending, processing, completed, failed, callback_pending, \
+         callback_success, callback_failed",
+        "enum",
+    );
+    let limit = query_error("limit", "must be an integer between 1 and 1000", "range");
+    let offset = query_error("offset", "must be a non-negative integer", "range");
+    let cases = [
+        ("mode=batch", &mode),
+        ("mode=", &mode),
+        ("mode=SYNC", &mode),
+        ("status=done", &status),
+        ("status=", &status),
+        ("status=Completed", &status),
+        ("limit=0", &limit),
+        ("limit=1001", &limit),
+        ("limit=abc", &limit),
+        ("limit=-1", &limit),
+        ("limit=1.5", &limit),
+        ("limit=", &limit),
+        ("offset=-1", &offset),
+        ("offset=abc", &offset),
+        ("offset=99999999999999999999", &offset),
+    ];
+    for (query, expected) in cases {
+        let (code, body) = read(app.get(&format!("/requests?{query}")).await).await;
+        assert_eq!(code, 422, "{query}: {body}");
+        assert_eq!(body, *expected, "{query}");
+    }
+
+    // Every bad parameter is named at once.
+    let (code, body) = read(app.get("/requests?mode=batch&limit=0").await).await;
+    assert_eq!(code, 422);
+    assert_eq!(
+        body,
+        json!({
+            "status": "error",
+            "error": "mode: must be one of: sync, async; limit: must be an integer between 1 and 1000",
+            "detail": [
+                {"loc": ["query", "mode"], "msg": "must be one of: sync, async", "type": "enum"},
+                {"loc": ["query", "limit"], "msg": "must be an integer between 1 and 1000", "type": "range"},
+            ],
+        })
+    );
+
+    // The bounds themselves are fine.
+    for query in ["limit=1", "limit=1000", "offset=0"] {
+        let (code, body) = read(app.get(&format!("/requests?{query}")).await).await;
+        assert_eq!(code, 200, "{query}");
+        assert_eq!(body, json!({"total": 0, "requests": []}), "{query}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_request_id_gets_404_request_not_found() {
+    let app = spawn_app(&[]).await;
+    sync_request(&app, "something on record").await;
+    for id in [
+        "00000000-0000-0000-0000-000000000000",
+        "not-a-uuid",
+        "'%20OR%201=1",
+        "%E2%9C%93",
+    ] {
+        let (code, body) = read(app.get(&format!("/requests/{id}")).await).await;
+        assert_eq!(code, 404, "{id}");
+        assert_eq!(
+            body,
+            json!({"status": "error", "error": "Request not found"}),
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_get_404_and_wrong_methods_get_405_in_json() {
+    let app = spawn_app(&[]).await;
+    for path in ["/", "/nope", "/requests/a/b", "/sync/extra", "/admin"] {
+        let (code, body) = read(app.get(path).await).await;
+        assert_eq!(code, 404, "{path}");
+        assert_eq!(
+            body,
+            json!({"status": "error", "error": "Not Found"}),
+            "{path}"
+        );
+    }
+    let method_not_allowed = json!({"status": "error", "error": "Method Not Allowed"});
+    let attempts = [
+        (app.client.get(app.url("/sync")), "POST"),
+        (app.client.get(app.url("/async")), "POST"),
+        (app.client.put(app.url("/sync")), "POST"),
+        (app.client.delete(app.url("/requests")), "GET"),
+        (app.client.post(app.url("/requests")), "GET"),
+        (app.client.post(app.url("/healthz")), "GET"),
+    ];
+    for (request, allowed) in attempts {
+        let request = request.build().unwrap();
+        let shown = format!("{} {}", request.method(), request.url().path());
+        let response = app.client.execute(request).await.unwrap();
+        // RFC 9110: a 405 lists the methods the resource does support.
+        let allow = response
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert!(
+            allow.split(',').any(|m| m.trim() == allowed),
+            "{shown}: Allow: {allow:?}"
+        );
+        let (code, body) = read(response).await;
+        assert_eq!(code, 405, "{shown}");
+        assert_eq!(body, method_not_allowed, "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn healthz_reports_its_fields_with_their_types() {
+    let app = spawn_app(&["--async-queue-max-size", "50"]).await;
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    let health: Value = response.json().await.unwrap();
+    assert_eq!(
+        health,
+        json!({
+            "status": "healthy",
+            "version": env!("CARGO_PKG_VERSION"),
+            "queue_size": 0,
+            "queue_capacity": 50,
+            "active_workers": 0,
+            "database_ok": true,
+        })
+    );
+    assert!(health["queue_size"].is_u64());
+    assert!(health["active_workers"].is_u64());
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_and_writes_nothing() {
+    let mut flags = vec!["--async-queue-max-size", "2"];
+    flags.extend(SLOW_RETRIES);
+    let app = spawn_app(&flags).await;
+    let down = format!("http://{}/callback", unused_port().await);
+
+    // Two requests whose receiver is down stay unfinished and fill the queue.
+    let first = app.submit("one", &down).await;
+    let second = app.submit("two", &down).await;
+
+    let response = app
+        .post_async(&json!({"data": "three", "callback_url": down}))
+        .await;
+    assert_eq!(response.status(), 503);
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .expect("Retry-After header")
+        .to_str()
+        .unwrap();
+    assert!(
+        retry_after.parse::<u64>().is_ok_and(|s| s >= 1),
+        "Retry-After: {retry_after}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "error", "error": "Server overloaded, please retry later"})
+    );
+
+    // Nothing was written for the refused request.
+    let list = app.get_json("/requests?mode=async").await;
+    assert_eq!(list["total"], 2);
+    let mut listed = ids(&list);
+    listed.sort();
+    let mut expected = vec![first.clone(), second.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(app.get_json("/requests").await["total"], 2);
+
+    // Sync requests do not use the async queue and still work.
+    sync_request(&app, "sync still works").await;
+
+    // The two are really still unfinished (their first attempt failed, the retry is far off).
+    for id in [&first, &second] {
+        app.wait_for_status(id, "callback_pending", WAIT).await;
+    }
+    let response = app
+        .post_async(&json!({"data": "four", "callback_url": down}))
+        .await;
+    assert_eq!(response.status(), 503);
+}
+
+#[tokio::test]
+async fn healthz_is_degraded_over_90_percent_full_and_still_200() {
+    let mut flags = vec!["--async-queue-max-size", "2"];
+    flags.extend(SLOW_RETRIES);
+    let app = spawn_app(&flags).await;
+    let down = format!("http://{}/callback", unused_port().await);
+
+    let health = app.get_json("/healthz").await;
+    assert_eq!(health["status"], "healthy");
+
+    // 1 of 2 is 50%: still healthy.
+    let first = app.submit("one", &down).await;
+    let health = app.get_json("/healthz").await;
+    assert_eq!(health["queue_size"], 1);
+    assert_eq!(health["status"], "healthy");
+
+    // 2 of 2 is over 90%: degraded, still served with 200.
+    app.submit("two", &down).await;
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    let health: Value = response.json().await.unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["queue_size"], 2);
+    assert_eq!(health["queue_capacity"], 2);
+    assert_eq!(health["database_ok"], true);
+
+    // Still degraded once the first attempts have failed and the retries wait.
+    app.wait_for_status(&first, "callback_pending", WAIT).await;
+    assert_eq!(app.get_json("/healthz").await["status"], "degraded");
+}
+
+#[tokio::test]
+async fn healthz_is_healthy_at_exactly_90_percent() {
+    let mut flags = vec!["--async-queue-max-size", "10"];
+    flags.extend(SLOW_RETRIES);
+    let app = spawn_app(&flags).await;
+    let down = format!("http://{}/callback", unused_port().await);
+    for n in 0..9 {
+        app.submit(&format!("request {n}"), &down).await;
+    }
+    let health = app.get_json("/healthz").await;
+    assert_eq!(health["queue_size"], 9);
+    assert_eq!(health["status"], "healthy", "90% is not over 90%");
+    app.submit("the tenth", &down).await;
+    assert_eq!(app.get_json("/healthz").await["status"], "degraded");
+}

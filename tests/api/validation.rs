@@ -1,1 +1,694 @@
-//! (to be written)
+//! SPEC §2 over HTTP: every input rule, on both `POST /sync` and `POST /async`, with the
+//! exact status code and the original service's error shape; and no input, however
+//! malformed, gets a 500.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{Behaviour, Receiver, TestApp, spawn_app};
+
+const PATHS: [&str; 2] = ["/sync", "/async"];
+const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+
+/// A service and a receiver that accepts every callback, so that valid async submissions
+/// have somewhere to go.
+struct Setup {
+    app: TestApp,
+    receiver: Receiver,
+}
+
+impl Setup {
+    async fn start(flags: &[&str]) -> Self {
+        Self {
+            app: spawn_app(flags).await,
+            receiver: Receiver::start(Behaviour::accept()).await,
+        }
+    }
+
+    /// `body` with a valid `callback_url` added when posting to `/async` (unless the test
+    /// set one, or the body is not an object).
+    fn body_for(&self, path: &str, body: &Value) -> Value {
+        let mut body = body.clone();
+        if path == "/async"
+            && let Some(object) = body.as_object_mut()
+        {
+            object
+                .entry("callback_url")
+                .or_insert_with(|| json!(self.receiver.url()));
+        }
+        body
+    }
+
+    /// POSTs a JSON value (as `application/json`) and returns the status and JSON body.
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.app.post_json(path, &self.body_for(path, body)).await;
+        read(response).await
+    }
+
+    /// POSTs raw bytes with the given Content-Type (none if `None`).
+    async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&[u8]>,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        read(post_raw(&self.app, path, content_type, body).await).await
+    }
+}
+
+async fn post_raw(
+    app: &TestApp,
+    path: &str,
+    content_type: Option<&[u8]>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut request = app.client.post(app.url(path)).body(body);
+    if let Some(content_type) = content_type {
+        request = request.header(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_bytes(content_type).expect("header value"),
+        );
+    }
+    request.send().await.expect("request sent")
+}
+
+/// The status and JSON body of a response; a body that is not JSON fails the test.
+async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("response body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|err| panic!("status {status}: body is not JSON ({err}): {text:?}"));
+    (status, body)
+}
+
+/// The exact 422 body for one broken rule of one body field.
+fn field_error(field: &str, msg: &str, kind: &str) -> Value {
+    json!({
+        "status": "error",
+        "error": format!("{field}: {msg}"),
+        "detail": [{"loc": ["body", field], "msg": msg, "type": kind}],
+    })
+}
+
+/// The exact 422 body for a body that is valid JSON but not an object.
+fn not_an_object() -> Value {
+    json!({
+        "status": "error",
+        "error": "body: must be a JSON object",
+        "detail": [{"loc": ["body"], "msg": "must be a JSON object", "type": "dict_type"}],
+    })
+}
+
+fn sha256_hex(data: &str) -> String {
+    hex::encode(Sha256::digest(data.as_bytes()))
+}
+
+/// Asserts a 200 from either endpoint: the result on `/sync`, the acceptance on `/async`.
+fn assert_accepted(path: &str, status: u16, body: &Value, context: &str) {
+    assert_eq!(status, 200, "{path} {context}: {body}");
+    if path == "/sync" {
+        assert_eq!(body["status"], "success", "{path} {context}");
+    } else {
+        assert_eq!(body["status"], "accepted", "{path} {context}");
+    }
+}
+
+#[tokio::test]
+async fn data_is_required_and_must_be_a_non_blank_string() {
+    let setup = Setup::start(&[]).await;
+    let required = field_error("data", "field required", "missing");
+    let not_a_string = field_error("data", "must be a string", "string_type");
+    let cases = [
+        (json!({"iterations": 1}), required.clone()),
+        (json!({"data": null, "iterations": 1}), required),
+        (
+            json!({"data": "", "iterations": 1}),
+            field_error("data", "must not be empty", "string_too_short"),
+        ),
+        (
+            json!({"data": " \t\r\n ", "iterations": 1}),
+            field_error("data", "must not be whitespace only", "value_error"),
+        ),
+        (
+            // Unicode white space counts as white space too.
+            json!({"data": "\u{a0}\u{3000}\u{2003}", "iterations": 1}),
+            field_error("data", "must not be whitespace only", "value_error"),
+        ),
+        (json!({"data": 5, "iterations": 1}), not_a_string.clone()),
+        (json!({"data": true, "iterations": 1}), not_a_string.clone()),
+        (
+            json!({"data": ["a"], "iterations": 1}),
+            not_a_string.clone(),
+        ),
+        (json!({"data": {"a": 1}, "iterations": 1}), not_a_string),
+    ];
+    for path in PATHS {
+        for (body, expected) in &cases {
+            let (status, answer) = setup.post(path, body).await;
+            assert_eq!(status, 422, "{path} {body}: {answer}");
+            assert_eq!(answer, *expected, "{path} {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn data_length_is_counted_in_characters_up_to_10000() {
+    let setup = Setup::start(&[]).await;
+    let too_long = field_error(
+        "data",
+        "must be at most 10000 characters",
+        "string_too_long",
+    );
+    for path in PATHS {
+        // At the limit: accepted, whether one byte or two per character.
+        for data in ["a".repeat(10_000), "é".repeat(10_000)] {
+            let (status, body) = setup
+                .post(path, &json!({"data": data, "iterations": 1}))
+                .await;
+            assert_accepted(path, status, &body, "10000 characters");
+            if path == "/sync" {
+                assert_eq!(body["result"]["input_hash"], sha256_hex(&data));
+            }
+        }
+        // One past it: refused, however few bytes a character takes.
+        for data in ["a".repeat(10_001), "é".repeat(10_001)] {
+            let (status, body) = setup
+                .post(path, &json!({"data": data, "iterations": 1}))
+                .await;
+            assert_eq!(status, 422, "{path} 10001 characters");
+            assert_eq!(body, too_long, "{path}");
+        }
+    }
+    // 10000 four-byte characters (40000 bytes) are still 10000 characters.
+    let emoji = "😀".repeat(10_000);
+    let (status, body) = setup
+        .post("/sync", &json!({"data": emoji, "iterations": 1}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["input_hash"], sha256_hex(&emoji));
+}
+
+#[tokio::test]
+async fn iterations_must_be_an_integer_between_1_and_1000000() {
+    let setup = Setup::start(&[]).await;
+    let range = field_error("iterations", "must be between 1 and 1000000", "range");
+    let not_an_integer = field_error("iterations", "must be an integer", "int_type");
+    let cases = [
+        (json!(0), range.clone()),
+        (json!(-1), range.clone()),
+        (json!(1_000_001), range.clone()),
+        (json!(i64::MIN), range.clone()),
+        (json!(u64::MAX), range),
+        (json!(1.5), not_an_integer.clone()),
+        (json!(10.0), not_an_integer.clone()),
+        (json!("10"), not_an_integer.clone()),
+        (json!(true), not_an_integer.clone()),
+        (json!(null), not_an_integer.clone()),
+        (json!([10]), not_an_integer.clone()),
+        (json!({"n": 10}), not_an_integer),
+    ];
+    for path in PATHS {
+        for (iterations, expected) in &cases {
+            let body = json!({"data": "hello", "iterations": iterations});
+            let (status, answer) = setup.post(path, &body).await;
+            assert_eq!(status, 422, "{path} iterations={iterations}: {answer}");
+            assert_eq!(answer, *expected, "{path} iterations={iterations}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn iterations_bounds_are_accepted_and_the_default_is_1000() {
+    let setup = Setup::start(&[]).await;
+    for iterations in [1, 1_000_000] {
+        let (status, body) = setup
+            .post("/sync", &json!({"data": "x", "iterations": iterations}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["iterations"], iterations);
+    }
+    let (status, body) = setup.post("/sync", &json!({"data": "hello world"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"]["iterations"], 1000);
+    assert_eq!(
+        body["result"]["output_hash"],
+        "fe95811b8cb653eff38837427b8bb5d243daae5920c86cf8f494c8edc7e0b744"
+    );
+
+    // The same bounds and default on /async, checked on the stored result.
+    let mut expected = Vec::new();
+    for iterations in [Some(1), Some(1_000_000), None] {
+        let mut body = json!({"data": "x"});
+        if let Some(n) = iterations {
+            body["iterations"] = json!(n);
+        }
+        let (status, answer) = setup.post("/async", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        let id = answer["request_id"].as_str().unwrap().to_string();
+        expected.push((id, iterations.unwrap_or(1000)));
+    }
+    for (id, iterations) in expected {
+        let record = setup
+            .app
+            .wait_for_status(&id, "callback_success", Duration::from_secs(30))
+            .await;
+        assert_eq!(record["result"]["iterations"], iterations, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_fields_are_ignored() {
+    let setup = Setup::start(&[]).await;
+    for path in PATHS {
+        let body = json!({
+            "data": "hello world",
+            "iterations": 1000,
+            "priority": "high",
+            "nested": {"a": [1, 2, 3]},
+            "callback": null,
+        });
+        let (status, answer) = setup.post(path, &body).await;
+        assert_accepted(path, status, &answer, "unknown fields");
+        if path == "/sync" {
+            assert_eq!(
+                answer["result"]["output_hash"],
+                "fe95811b8cb653eff38837427b8bb5d243daae5920c86cf8f494c8edc7e0b744"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_gets_422_json_invalid() {
+    let setup = Setup::start(&[]).await;
+    let bodies: [&[u8]; 6] = [
+        b"not json",
+        b"{\"data\": \"x\"",
+        b"{'data': 'x'}",
+        b"{\"data\": \"x\",}",
+        b"{\"data\": \"x\"} trailing",
+        b"",
+    ];
+    for path in PATHS {
+        for raw in bodies {
+            let shown = String::from_utf8_lossy(raw);
+            let (status, body) = setup
+                .post_raw(path, Some(b"application/json"), raw.to_vec())
+                .await;
+            assert_eq!(status, 422, "{path} {shown:?}: {body}");
+            assert_eq!(body["status"], "error", "{path} {shown:?}");
+            let detail = body["detail"].as_array().expect("detail");
+            assert_eq!(detail.len(), 1, "{path} {shown:?}: {body}");
+            let error = &detail[0];
+            assert_eq!(error["type"], "json_invalid", "{path} {shown:?}");
+            let loc = error["loc"].as_array().expect("loc");
+            assert_eq!(loc.len(), 2, "{path} {shown:?}: {body}");
+            assert_eq!(loc[0], "body", "{path} {shown:?}");
+            let msg = error["msg"].as_str().expect("msg");
+            assert!(msg.starts_with("invalid JSON"), "{path} {shown:?}: {msg}");
+            assert_eq!(
+                body["error"],
+                format!("{}: {msg}", loc[1].as_str().expect("loc[1] is a string")),
+                "{path} {shown:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_that_is_not_an_object_gets_422() {
+    let setup = Setup::start(&[]).await;
+    for path in PATHS {
+        for body in [
+            json!([1, 2]),
+            json!([{"data": "x"}]),
+            json!("data"),
+            json!(42),
+            json!(true),
+            json!(null),
+        ] {
+            let (status, answer) = setup.post(path, &body).await;
+            assert_eq!(status, 422, "{path} {body}");
+            assert_eq!(answer, not_an_object(), "{path} {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_content_type_gets_415_and_a_missing_one_is_read_as_json() {
+    let setup = Setup::start(&[]).await;
+    let unsupported = json!({
+        "status": "error",
+        "error": "Content-Type must be application/json",
+    });
+    for path in PATHS {
+        let valid = serde_json::to_vec(&setup.body_for(path, &json!({"data": "hello"}))).unwrap();
+        for content_type in [
+            &b"text/plain"[..],
+            b"application/x-www-form-urlencoded",
+            b"multipart/form-data; boundary=x",
+            b"application/xml",
+            b"application/jsonx",
+        ] {
+            let shown = String::from_utf8_lossy(content_type);
+            let (status, body) = setup
+                .post_raw(path, Some(content_type), valid.clone())
+                .await;
+            assert_eq!(status, 415, "{path} {shown}: {body}");
+            assert_eq!(body, unsupported, "{path} {shown}");
+        }
+        for content_type in [
+            None,
+            Some(&b"application/json"[..]),
+            Some(b"application/json; charset=utf-8"),
+            Some(b"APPLICATION/JSON"),
+        ] {
+            let (status, body) = setup.post_raw(path, content_type, valid.clone()).await;
+            assert_accepted(path, status, &body, &format!("{content_type:?}"));
+        }
+    }
+}
+
+/// A JSON body of exactly `size` bytes: `prefix` then a `padding` field filled to size.
+/// `prefix` is an object's opening and fields, without the closing brace.
+fn padded_body(prefix: &str, size: usize) -> Vec<u8> {
+    let opening = format!("{prefix},\"padding\":\"");
+    let closing = "\"}";
+    let room = size
+        .checked_sub(opening.len() + closing.len())
+        .expect("prefix fits");
+    let body = format!("{opening}{}{closing}", "p".repeat(room));
+    assert_eq!(body.len(), size);
+    serde_json::from_str::<Value>(&body).expect("padded body is valid JSON");
+    body.into_bytes()
+}
+
+/// The opening of a body for `path` with `data` already JSON-encoded (escapes and all).
+fn prefix_for(setup: &Setup, path: &str, encoded_data: &str) -> String {
+    let mut prefix = format!("{{\"data\":\"{encoded_data}\",\"iterations\":1");
+    if path == "/async" {
+        prefix.push_str(&format!(",\"callback_url\":\"{}\"", setup.receiver.url()));
+    }
+    prefix
+}
+
+#[tokio::test]
+async fn a_body_over_the_size_limit_gets_413() {
+    let setup = Setup::start(&["--max-body-bytes", "1024"]).await;
+    let too_large = json!({
+        "status": "error",
+        "error": "Request body too large (limit 1024 bytes)",
+    });
+    for path in PATHS {
+        let prefix = prefix_for(&setup, path, "hello");
+        // Exactly at the limit: accepted.
+        let (status, body) = setup
+            .post_raw(path, Some(b"application/json"), padded_body(&prefix, 1024))
+            .await;
+        assert_accepted(path, status, &body, "1024 bytes");
+        // One byte over, and 2 KB: refused before parsing, with a JSON body.
+        for size in [1025, 2048] {
+            let (status, body) = setup
+                .post_raw(path, Some(b"application/json"), padded_body(&prefix, size))
+                .await;
+            assert_eq!(status, 413, "{path} {size} bytes: {body}");
+            assert_eq!(body, too_large, "{path} {size} bytes");
+        }
+        // Too large is too large even when the JSON would have been invalid anyway.
+        let (status, body) = setup
+            .post_raw(path, Some(b"application/json"), vec![b'['; 2048])
+            .await;
+        assert_eq!(status, 413, "{path}: {body}");
+        assert_eq!(body, too_large);
+    }
+    // The service is still fine afterwards.
+    assert_eq!(setup.app.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_of_exactly_256_kib_with_10000_escaped_characters_is_accepted() {
+    let setup = Setup::start(&[]).await;
+    // Every character written as a JSON escape: "\u00e9" is 6 bytes for one character, and
+    // a character outside the BMP is a 12-byte surrogate pair.
+    for (escape, character) in [(r"\u00e9", "é"), (r"\ud83d\ude00", "😀")] {
+        let encoded = escape.repeat(10_000);
+        let data = character.repeat(10_000);
+        for path in PATHS {
+            let prefix = prefix_for(&setup, path, &encoded);
+            let body = padded_body(&prefix, DEFAULT_BODY_LIMIT);
+            let (status, answer) = setup.post_raw(path, Some(b"application/json"), body).await;
+            assert_accepted(path, status, &answer, escape);
+            if path == "/sync" {
+                assert_eq!(
+                    answer["result"]["input_hash"],
+                    sha256_hex(&data),
+                    "{escape}"
+                );
+            }
+            // One byte more is over the limit.
+            let body = padded_body(&prefix, DEFAULT_BODY_LIMIT + 1);
+            let (status, answer) = setup.post_raw(path, Some(b"application/json"), body).await;
+            assert_eq!(status, 413, "{path} {escape}: {answer}");
+        }
+        // And 10001 escaped characters are one too many, however they are spelled.
+        let encoded = escape.repeat(10_001);
+        let prefix = prefix_for(&setup, "/sync", &encoded);
+        let (status, answer) = setup
+            .post_raw(
+                "/sync",
+                Some(b"application/json"),
+                padded_body(&prefix, 200_000),
+            )
+            .await;
+        assert_eq!(status, 422, "{escape}");
+        assert_eq!(
+            answer,
+            field_error(
+                "data",
+                "must be at most 10000 characters",
+                "string_too_long"
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn several_broken_fields_are_all_listed() {
+    let setup = Setup::start(&[]).await;
+    let (status, body) = setup
+        .post("/sync", &json!({"data": "", "iterations": 0}))
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        body,
+        json!({
+            "status": "error",
+            "error": "data: must not be empty; iterations: must be between 1 and 1000000",
+            "detail": [
+                {"loc": ["body", "data"], "msg": "must not be empty", "type": "string_too_short"},
+                {"loc": ["body", "iterations"], "msg": "must be between 1 and 1000000", "type": "range"},
+            ],
+        })
+    );
+
+    let (status, body) = setup
+        .post(
+            "/async",
+            &json!({"data": 7, "iterations": "many", "callback_url": "ftp://127.0.0.1/cb"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        body,
+        json!({
+            "status": "error",
+            "error": "data: must be a string; iterations: must be an integer; callback_url: scheme must be http or https",
+            "detail": [
+                {"loc": ["body", "data"], "msg": "must be a string", "type": "string_type"},
+                {"loc": ["body", "iterations"], "msg": "must be an integer", "type": "int_type"},
+                {"loc": ["body", "callback_url"], "msg": "scheme must be http or https", "type": "url"},
+            ],
+        })
+    );
+
+    // Nothing was recorded for any refused request.
+    let list = setup.app.get_json("/requests").await;
+    assert_eq!(list["total"], 0);
+}
+
+#[tokio::test]
+async fn callback_url_rules_on_async() {
+    let setup = Setup::start(&[]).await;
+    let url_error = |msg: &str| field_error("callback_url", msg, "url");
+    let not_a_string = field_error("callback_url", "must be a string", "string_type");
+    let long = format!("http://127.0.0.1/{}", "a".repeat(2048));
+    let cases = [
+        (
+            json!({"data": "x"}),
+            field_error("callback_url", "field required", "missing"),
+        ),
+        (
+            json!({"data": "x", "callback_url": null}),
+            field_error("callback_url", "field required", "missing"),
+        ),
+        (
+            json!({"data": "x", "callback_url": 42}),
+            not_a_string.clone(),
+        ),
+        (
+            json!({"data": "x", "callback_url": true}),
+            not_a_string.clone(),
+        ),
+        (
+            json!({"data": "x", "callback_url": ["http://127.0.0.1/"]}),
+            not_a_string.clone(),
+        ),
+        (
+            json!({"data": "x", "callback_url": {"url": "http://127.0.0.1/"}}),
+            not_a_string,
+        ),
+        (
+            json!({"data": "x", "callback_url": "ftp://127.0.0.1/cb"}),
+            url_error("scheme must be http or https"),
+        ),
+        (
+            json!({"data": "x", "callback_url": "file:///etc/passwd"}),
+            url_error("scheme must be http or https"),
+        ),
+        (
+            json!({"data": "x", "callback_url": "gopher://localhost/"}),
+            url_error("scheme must be http or https"),
+        ),
+        (
+            json!({"data": "x", "callback_url": "http://"}),
+            url_error("is not a valid URL: empty host"),
+        ),
+        (
+            json!({"data": "x", "callback_url": "https://"}),
+            url_error("is not a valid URL: empty host"),
+        ),
+        (
+            json!({"data": "x", "callback_url": "not a url"}),
+            url_error("is not a valid URL: relative URL without a base"),
+        ),
+        (
+            json!({"data": "x", "callback_url": ""}),
+            url_error("is not a valid URL: relative URL without a base"),
+        ),
+        (
+            json!({"data": "x", "callback_url": long}),
+            url_error("must be at most 2048 characters"),
+        ),
+    ];
+    for (body, expected) in &cases {
+        let (status, answer) = read(setup.app.post_async(body).await).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert_eq!(answer, *expected, "{body}");
+    }
+    assert_eq!(setup.app.get_json("/requests").await["total"], 0);
+
+    // Exactly 2048 characters is accepted (and delivered).
+    let base = format!("{}?pad=", setup.receiver.url());
+    let exact = format!("{base}{}", "a".repeat(2048 - base.len()));
+    assert_eq!(exact.chars().count(), 2048);
+    let (status, answer) = setup
+        .post("/async", &json!({"data": "x", "callback_url": exact}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["request_id"].as_str().unwrap();
+    let record = setup
+        .app
+        .wait_for_status(id, "callback_success", Duration::from_secs(20))
+        .await;
+    assert_eq!(record["callback_url"], exact);
+    // 2049 is one too many.
+    let (status, answer) = setup
+        .post(
+            "/async",
+            &json!({"data": "x", "callback_url": format!("{exact}a")}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(answer, url_error("must be at most 2048 characters"));
+}
+
+#[tokio::test]
+async fn malformed_input_never_gets_a_500_and_the_service_keeps_answering() {
+    let setup = Setup::start(&[]).await;
+    let deep_open = "[".repeat(100_000);
+    let deep_balanced = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+    let deep_objects = format!("{}1{}", "{\"a\":".repeat(20_000), "}".repeat(20_000));
+    let deep_data = format!(
+        "{{\"data\":{}\"x\"{},\"iterations\":1}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b" ".to_vec(),
+        b"null".to_vec(),
+        b"{}".to_vec(),
+        b"[]".to_vec(),
+        b"\"\"".to_vec(),
+        deep_open.into_bytes(),
+        deep_balanced.into_bytes(),
+        deep_objects.into_bytes(),
+        deep_data.into_bytes(),
+        b"1e400".to_vec(),
+        b"-1e400".to_vec(),
+        b"{\"data\":\"x\",\"iterations\":1e400}".to_vec(),
+        b"{\"data\":1e400}".to_vec(),
+        b"{\"data\":\"x\",\"iterations\":18446744073709551616}".to_vec(),
+        b"{\"data\":\"x\",\"iterations\":-9223372036854775809}".to_vec(),
+        b"{\"data\":\"x\",\"iterations\":NaN}".to_vec(),
+        b"{\"data\":\"x\",\"iterations\":Infinity}".to_vec(),
+        b"{\"data\":\"\xff\xfe\"}".to_vec(),
+        b"\xff\xfe\xfd\xfc".to_vec(),
+        b"\xef\xbb\xbf{\"data\":\"x\"}".to_vec(),
+        b"{\"data\":\"\\ud800\"}".to_vec(),
+        b"{\"data\":\"\\udfff\\ud800\"}".to_vec(),
+        b"{\"data\":\"\\u0000\"}".to_vec(),
+        b"{\"data\":\"a\\u0000b\",\"iterations\":1}".to_vec(),
+        b"{\"data\":\"\x00\"}".to_vec(),
+        b"{\"data\":\"a\",\"data\":\"b\",\"iterations\":1}".to_vec(),
+        b"{\"data\":\"x\",\"callback_url\":\"http://[::1\"}".to_vec(),
+        b"{\"data\":\"x\",\"callback_url\":\"http://a b/\"}".to_vec(),
+        b"{\"data\":\"x\",\"callback_url\":\"http://%zz/\"}".to_vec(),
+        b"{\"data\":\"x\",\"callback_url\":\"http://127.0.0.1:99999/\"}".to_vec(),
+        b"{\"data\":\"x\",\"callback_url\":\"http://[::ffff:999.0.0.1]/\"}".to_vec(),
+        vec![b' '; 300 * 1024],
+        vec![0; 1000],
+    ];
+    let content_types: [Option<&[u8]>; 3] = [
+        Some(b"application/json"),
+        None,
+        Some(b"application/json\xff"),
+    ];
+    for path in PATHS {
+        for raw in &bodies {
+            for content_type in content_types {
+                let shown: String = String::from_utf8_lossy(raw).chars().take(60).collect();
+                let response = post_raw(&setup.app, path, content_type, raw.clone()).await;
+                let status = response.status().as_u16();
+                let text = response.text().await.expect("response body");
+                // A body that happens to be valid is accepted; anything else is refused
+                // with a client error and a JSON body.
+                if status != 200 {
+                    assert!(
+                        (400..500).contains(&status),
+                        "{path} {shown:?} ({content_type:?}): {status} {text}"
+                    );
+                    let body: Value = serde_json::from_str(&text)
+                        .unwrap_or_else(|_| panic!("{path} {shown:?}: not JSON: {text:?}"));
+                    assert_eq!(body["status"], "error", "{path} {shown:?}");
+                }
+            }
+        }
+    }
+    let health = setup.app.get("/healthz").await;
+    assert_eq!(health.status(), 200);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["database_ok"], true);
+}
