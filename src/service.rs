@@ -50,7 +50,7 @@ impl Service {
                 PoolError::Busy => ServiceError::Overloaded,
                 PoolError::Closed => ServiceError::Work(err.to_string()),
             })?;
-        self.store.sync_started(new)?;
+        self.store.sync_started(new.clone())?;
         let store = self.store.clone();
         let iterations = input.iterations;
         // The rest runs in its own task so that the record is completed even if the client
@@ -65,11 +65,11 @@ impl Service {
                         iterations,
                         processing_time_ms: output.processing_time.as_secs_f64() * 1000.0,
                     };
-                    store.sync_finished(&id, Ok(&result)).await?;
+                    store.sync_finished(&new, Ok(&result)).await?;
                     Ok(result)
                 }
                 Err(err) => {
-                    store.sync_finished(&id, Err(&err.to_string())).await?;
+                    store.sync_finished(&new, Err(&err.to_string())).await?;
                     Err(ServiceError::Work(err.to_string()))
                 }
             }

@@ -17,7 +17,7 @@ pub use sqlite::SqliteStore;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Sqlite(#[from] rusqlite::Error),
     #[error("the async queue is full")]
     QueueFull,
     #[error("the database writer has stopped")]
@@ -114,14 +114,15 @@ impl Store {
         }
     }
 
-    /// Records the end of a sync request; returns once it is committed.
+    /// Records the end of a sync request (with the whole record, in case the `processing`
+    /// row was never written); returns once it is committed.
     pub async fn sync_finished(
         &self,
-        id: &str,
+        new: &NewRequest,
         outcome: Result<&WorkResult, &str>,
     ) -> StoreResult<()> {
         match self {
-            Store::Sqlite(s) => s.sync_finished(id, outcome).await,
+            Store::Sqlite(s) => s.sync_finished(new, outcome).await,
         }
     }
 
