@@ -15,10 +15,18 @@ pub const MAX_DATA_CHARS: usize = 10_000;
 pub const MAX_ITERATIONS: u32 = 1_000_000;
 pub const DEFAULT_ITERATIONS: u32 = 1000;
 
+/// One element of an error's location: a field name, or a position in the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Loc {
+    Name(String),
+    Position(usize),
+}
+
 /// One broken rule, as FastAPI reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
-    pub loc: Vec<String>,
+    pub loc: Vec<Loc>,
     pub msg: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -26,8 +34,8 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn body(field: Option<&str>, kind: &'static str, msg: impl Into<String>) -> Self {
-        let mut loc = vec!["body".to_string()];
-        loc.extend(field.map(str::to_string));
+        let mut loc = vec![Loc::Name("body".to_string())];
+        loc.extend(field.map(|f| Loc::Name(f.to_string())));
         Self {
             loc,
             msg: msg.into(),
@@ -37,15 +45,31 @@ impl FieldError {
 
     pub fn query(field: &str, kind: &'static str, msg: impl Into<String>) -> Self {
         Self {
-            loc: vec!["query".to_string(), field.to_string()],
+            loc: vec![Loc::Name("query".to_string()), Loc::Name(field.to_string())],
             msg: msg.into(),
             kind,
         }
     }
 
+    /// A body that is not valid JSON, located by byte offset as FastAPI did.
+    pub fn invalid_json(offset: usize, msg: impl Into<String>) -> Self {
+        Self {
+            loc: vec![Loc::Name("body".to_string()), Loc::Position(offset)],
+            msg: msg.into(),
+            kind: "json_invalid",
+        }
+    }
+
     /// The field the error is about, for the one-line summary (`"iterations: …"`).
     pub fn field(&self) -> &str {
-        self.loc.last().map_or("body", String::as_str)
+        self.loc
+            .iter()
+            .rev()
+            .find_map(|part| match part {
+                Loc::Name(name) => Some(name.as_str()),
+                Loc::Position(_) => None,
+            })
+            .unwrap_or("body")
     }
 }
 

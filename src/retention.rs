@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 use crate::service::Service;
 
 pub async fn run(service: Service, interval: Duration, stop: CancellationToken) {
-    let mut ticker = tokio::time::interval(interval);
+    // The first run is one interval after start, not at start: a restart loop must not turn
+    // into a cleanup loop.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -31,6 +31,9 @@ use retry::RetryPolicy;
 /// and wake-ups make it prompt; this only bounds the damage of a missed wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
+/// Shortest sleep between two looks at the queue when nothing was claimed.
+const MIN_WAIT: Duration = Duration::from_millis(5);
+
 /// How long to wait before retrying a job's work when the compute queue is full.
 const COMPUTE_BUSY_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -112,10 +115,9 @@ impl Dispatcher {
                     Err(err) => tracing::error!(error = %err, "claiming jobs failed"),
                 }
             }
-            if claimed > 0 && claimed == free {
-                // Every free slot was filled; more may be due. Look again when a slot frees.
-            }
-            let wait = if free == 0 || (claimed > 0 && claimed == free) {
+            // With every slot busy, or every free slot just filled (more may be due), the next
+            // look comes when a job finishes. Otherwise sleep until the earliest due time.
+            let wait = if free == 0 || claimed == free {
                 IDLE_POLL
             } else {
                 match this.store.next_due_at().await {
@@ -130,9 +132,12 @@ impl Dispatcher {
                     }
                 }
             };
-            if wait.is_zero() {
+            if wait.is_zero() && claimed > 0 {
                 continue;
             }
+            // A due time already past with nothing claimed means the clock and the queue
+            // disagree by a hair: a short pause instead of a spin.
+            let wait = wait.max(MIN_WAIT);
             tokio::select! {
                 () = this.wakeup.0.notified() => {}
                 () = tokio::time::sleep(wait) => {}

@@ -1,6 +1,6 @@
 //! `POST /admin/*`: operator actions, behind `Authorization: Bearer $APP_ADMIN_TOKEN`.
-//! Without a configured token they do not exist (404), so an unconfigured service exposes
-//! nothing.
+//! Without a configured token the routes are not mounted at all (404 for every method), so
+//! an unconfigured service does not even reveal them.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -31,13 +31,16 @@ async fn cleanup(
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = state.admin_token.as_deref() else {
+        // Not reachable: the routes are mounted only with a token. Fail closed regardless.
         return Err(ApiError::NotFound);
     };
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let presented = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {

@@ -35,13 +35,23 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             }
         })?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|err| {
-            ApiError::Validation(vec![FieldError {
-                loc: vec!["body".into(), err.column().to_string()],
-                msg: format!("invalid JSON: {err}"),
-                kind: "json_invalid",
-            }])
+            let offset = byte_offset(&bytes, err.line(), err.column());
+            ApiError::Validation(vec![FieldError::invalid_json(
+                offset,
+                format!("invalid JSON: {err}"),
+            )])
         })
     }
+}
+
+/// Turns serde_json's 1-based line and column into a byte offset into the body.
+fn byte_offset(body: &[u8], line: usize, column: usize) -> usize {
+    let line_start: usize = body
+        .split(|&b| b == b'\n')
+        .take(line.saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum();
+    (line_start + column.saturating_sub(1)).min(body.len())
 }
 
 /// The configured body limit, put in request extensions so that the 413 can name it.
@@ -60,6 +70,15 @@ fn is_json(content_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::is_json;
+
+    #[test]
+    fn json_error_positions_are_byte_offsets() {
+        use super::byte_offset;
+        let body = b"{\"data\":\n  \"x\",}";
+        let err = serde_json::from_slice::<serde_json::Value>(body).unwrap_err();
+        assert_eq!(byte_offset(body, err.line(), err.column()), body.len() - 1);
+        assert_eq!(byte_offset(b"", 1, 0), 0);
+    }
 
     #[test]
     fn json_content_types() {

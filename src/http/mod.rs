@@ -28,12 +28,15 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
+    let mut routes = Router::new()
         .merge(sync::router())
         .merge(submit::router())
         .merge(requests::router())
-        .merge(health::router())
-        .merge(admin::router())
+        .merge(health::router());
+    if state.admin_token.is_some() {
+        routes = routes.merge(admin::router());
+    }
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

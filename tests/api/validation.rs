@@ -306,13 +306,12 @@ async fn a_body_that_is_not_json_gets_422_json_invalid() {
             let loc = error["loc"].as_array().expect("loc");
             assert_eq!(loc.len(), 2, "{path} {shown:?}: {body}");
             assert_eq!(loc[0], "body", "{path} {shown:?}");
+            // FastAPI locates a syntax error by its position in the body.
+            let position = loc[1].as_u64().expect("loc[1] is a byte offset") as usize;
+            assert!(position <= raw.len(), "{path} {shown:?}: {position}");
             let msg = error["msg"].as_str().expect("msg");
             assert!(msg.starts_with("invalid JSON"), "{path} {shown:?}: {msg}");
-            assert_eq!(
-                body["error"],
-                format!("{}: {msg}", loc[1].as_str().expect("loc[1] is a string")),
-                "{path} {shown:?}"
-            );
+            assert_eq!(body["error"], format!("body: {msg}"), "{path} {shown:?}");
         }
     }
 }
