@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::delivery::client::{CallbackClient, GuardedResolver, SystemLookup};
+use crate::delivery::client::{CallbackClient, GuardedResolver, NameLookup, SystemLookup};
+use crate::delivery::guard::Guard;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::signing::Signer;
 use crate::delivery::{Dispatcher, Wakeup, WorkerStats};
@@ -54,6 +55,15 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        Self::build_with_lookup(config, Arc::new(SystemLookup)).await
+    }
+
+    /// As [`build`](Self::build), resolving callback host names through `lookup`: the seam
+    /// that lets tests map made-up names to chosen addresses without a DNS server.
+    pub async fn build_with_lookup(
+        config: Config,
+        lookup: Arc<dyn NameLookup>,
+    ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
         let signer = Signer::from_secrets(
             config
@@ -73,8 +83,11 @@ impl Application {
         )
         .map_err(StartError::Pool)?;
 
-        let resolver =
-            GuardedResolver::new(Arc::new(SystemLookup), config.callback_block_private_ips);
+        let guard = Guard::new(
+            config.callback_block_private_ips,
+            config.callback_allowed_hosts.iter().cloned(),
+        );
+        let resolver = GuardedResolver::new(lookup, guard.clone());
         let client = CallbackClient::new(config.callback_timeout(), signer, resolver)?;
 
         let wakeup = Wakeup::default();
@@ -85,7 +98,7 @@ impl Application {
             wakeup: wakeup.clone(),
             workers: workers.clone(),
             queue_capacity: config.async_queue_max_size,
-            block_private_ips: config.callback_block_private_ips,
+            guard,
             retention: config.retention(),
             max_stored_requests: config.max_stored_requests,
         };

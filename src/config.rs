@@ -59,6 +59,12 @@ pub struct Config {
           action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub callback_block_private_ips: bool,
 
+    /// Host names (or IP literals) that bypass SSRF protection, comma-separated: for callbacks
+    /// to a known internal service. Anyone who can submit requests can make the service POST
+    /// to these hosts.
+    #[arg(long, env = "APP_CALLBACK_ALLOWED_HOSTS", value_delimiter = ',', num_args = 0..)]
+    pub callback_allowed_hosts: Vec<String>,
+
     /// Sign callbacks (Standard Webhooks): one or more space-separated `whsec_<base64>` secrets.
     #[arg(long, env = "APP_CALLBACK_SIGNING_SECRET", hide_env_values = true)]
     pub callback_signing_secret: Option<String>,

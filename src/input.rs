@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::delivery::guard::check_callback_url;
+use crate::delivery::guard::Guard;
 
 pub const MAX_DATA_CHARS: usize = 10_000;
 pub const MAX_ITERATIONS: u32 = 1_000_000;
@@ -99,7 +99,7 @@ pub fn parse_sync(body: &Value) -> Result<WorkInput, Vec<FieldError>> {
 }
 
 /// Validates a `POST /async` body, including the submit-time SSRF check of the callback URL.
-pub fn parse_async(body: &Value, block_private: bool) -> Result<AsyncInput, Vec<FieldError>> {
+pub fn parse_async(body: &Value, guard: &Guard) -> Result<AsyncInput, Vec<FieldError>> {
     let object = as_object(body)?;
     let mut errors = Vec::new();
     let work = work_fields(object, &mut errors);
@@ -112,7 +112,7 @@ pub fn parse_async(body: &Value, block_private: bool) -> Result<AsyncInput, Vec<
             ));
             None
         }
-        Some(Value::String(raw)) => match check_callback_url(raw, block_private) {
+        Some(Value::String(raw)) => match guard.check_url(raw) {
             Ok(url) => Some(url),
             Err(err) => {
                 errors.push(FieldError::body(
@@ -293,7 +293,7 @@ mod tests {
     fn reports_every_broken_rule_at_once() {
         let errors = parse_async(
             &json!({"data": "", "iterations": 0, "callback_url": "ftp://x"}),
-            true,
+            &Guard::new(true, []),
         )
         .unwrap_err();
         let fields: Vec<&str> = errors.iter().map(FieldError::field).collect();
@@ -309,11 +309,14 @@ mod tests {
     #[test]
     fn callback_url_rules() {
         let err = |url: Value| {
-            parse_async(&json!({"data": "a", "callback_url": url}), true)
-                .unwrap_err()
-                .into_iter()
-                .map(|e| e.msg)
-                .collect::<Vec<_>>()
+            parse_async(
+                &json!({"data": "a", "callback_url": url}),
+                &Guard::new(true, []),
+            )
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.msg)
+            .collect::<Vec<_>>()
         };
         assert_eq!(err(Value::Null), ["field required"]);
         assert_eq!(err(json!(42)), ["must be a string"]);
@@ -324,7 +327,7 @@ mod tests {
         assert!(err(json!("http://127.0.0.1:9/cb"))[0].contains("not allowed"));
         let ok = parse_async(
             &json!({"data": "a", "callback_url": "https://example.com/hook"}),
-            true,
+            &Guard::new(true, []),
         )
         .unwrap();
         assert_eq!(ok.callback_url.as_str(), "https://example.com/hook");

@@ -16,6 +16,8 @@ pub mod http;
 pub mod input;
 /// Wire types and statuses.
 pub mod model;
+/// `syncasync receiver`: a callback receiver for manual tests.
+pub mod receiver;
 /// The background retention job.
 pub mod retention;
 /// What each endpoint does, below HTTP.

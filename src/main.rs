@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use syncasync::app::Application;
 use syncasync::config::{Config, one_line_error};
+use syncasync::receiver::ReceiverArgs;
 use syncasync::shutdown::{CancellationToken, terminate_signal};
 use tracing_subscriber::EnvFilter;
 
@@ -29,6 +30,9 @@ struct Cli {
 enum Command {
     /// Run the service (the default).
     Serve(Config),
+    /// Run a callback receiver: POST /callback, GET /callbacks, GET /callbacks/{request_id},
+    /// DELETE /callbacks, GET /stats.
+    Receiver(ReceiverArgs),
     /// Measure the work function's single-thread throughput (for benchmarks).
     #[command(hide = true)]
     BenchWork {
@@ -65,18 +69,37 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Serve(config)) => serve(config),
+        Some(Command::Receiver(args)) => receiver(args),
         None => serve(cli.serve),
     }
 }
 
+fn receiver(args: ReceiverArgs) -> ExitCode {
+    init_logging();
+    run_async(|shutdown| async move {
+        syncasync::receiver::run(args, shutdown)
+            .await
+            .map_err(|err| err.to_string())
+    })
+}
+
 fn serve(config: Config) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging();
+    run_async(|shutdown| async move {
+        let app = Application::build(config)
+            .await
+            .map_err(|err| err.to_string())?;
+        app.run(shutdown).await.map_err(|err| err.to_string())
+    })
+}
+
+/// Runs `main` on a multi-threaded runtime with a shutdown token cancelled by SIGTERM or
+/// SIGINT; an error becomes one line on stderr and a failing exit code.
+fn run_async<F, Fut>(main: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,13 +111,6 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let app = match Application::build(config).await {
-            Ok(app) => app,
-            Err(err) => {
-                eprintln!("error: {err}");
-                return ExitCode::FAILURE;
-            }
-        };
         let shutdown = CancellationToken::new();
         tokio::spawn({
             let shutdown = shutdown.clone();
@@ -103,7 +119,7 @@ fn serve(config: Config) -> ExitCode {
                 shutdown.cancel();
             }
         });
-        match app.run(shutdown).await {
+        match main(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("error: {err}");
@@ -111,4 +127,14 @@ fn serve(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }

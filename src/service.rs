@@ -4,10 +4,13 @@
 use chrono::Utc;
 use uuid::Uuid;
 
+use crate::delivery::guard::Guard;
 use crate::delivery::{Wakeup, WorkerStats};
 use crate::input::{AsyncInput, WorkInput};
 use crate::model::{Health, HealthReport, RequestList, RequestRecord, WorkResult, payload_hash};
-use crate::store::{CleanupReport, ListFilter, NewAsyncRequest, NewRequest, Store, StoreError};
+use crate::store::{
+    CleanupReport, ListFilter, NewAsyncRequest, NewRequest, Redelivery, Store, StoreError,
+};
 use crate::work::{ComputePool, PoolError};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +30,8 @@ pub struct Service {
     pub wakeup: Wakeup,
     pub workers: WorkerStats,
     pub queue_capacity: u64,
-    pub block_private_ips: bool,
+    /// The SSRF policy, shared with the callback client.
+    pub guard: Guard,
     pub retention: std::time::Duration,
     pub max_stored_requests: u64,
 }
@@ -127,6 +131,20 @@ impl Service {
             queue_capacity: self.queue_capacity,
             active_workers: self.workers.active(),
             database_ok,
+        }
+    }
+
+    /// Queues a `callback_failed` request for a fresh round of delivery attempts.
+    pub async fn redeliver(&self, id: &str) -> Result<Redelivery, ServiceError> {
+        match self.store.redeliver(id).await {
+            Ok(outcome) => {
+                if outcome == Redelivery::Queued {
+                    self.wakeup.wake();
+                }
+                Ok(outcome)
+            }
+            Err(StoreError::QueueFull) => Err(ServiceError::Overloaded),
+            Err(err) => Err(err.into()),
         }
     }
 

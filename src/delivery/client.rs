@@ -10,7 +10,9 @@
 //! a receiver steer the service to a URL that was never checked.
 
 use std::error::Error as _;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,7 +20,7 @@ use chrono::{SecondsFormat, Utc};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
-use super::guard::is_blocked;
+use super::guard::Guard;
 use super::retry::parse_retry_after;
 use super::signing::Signer;
 use crate::model::{CallbackPayload, WorkResult};
@@ -37,14 +39,17 @@ pub struct BlockedDestination {
 /// Turns a name into addresses. A seam so that tests can map made-up names to chosen
 /// addresses without a DNS server.
 pub trait NameLookup: Send + Sync + 'static {
-    fn lookup(&self, host: String) -> futures_lookup::LookupFuture;
+    fn lookup(&self, host: String) -> LookupFuture;
 }
+
+/// What a [`NameLookup`] returns: every address of the name.
+pub type LookupFuture = Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
 
 /// The system resolver (getaddrinfo, on a blocking thread).
 pub struct SystemLookup;
 
 impl NameLookup for SystemLookup {
-    fn lookup(&self, host: String) -> futures_lookup::LookupFuture {
+    fn lookup(&self, host: String) -> LookupFuture {
         Box::pin(async move {
             let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
             Ok(addrs.map(|a| a.ip()).collect())
@@ -52,46 +57,29 @@ impl NameLookup for SystemLookup {
     }
 }
 
-pub mod futures_lookup {
-    use std::future::Future;
-    use std::net::IpAddr;
-    use std::pin::Pin;
-
-    pub type LookupFuture = Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
-}
-
-/// Resolves through a [`NameLookup`] and, when protection is on, keeps only allowed addresses.
+/// Resolves through a [`NameLookup`] and keeps only the addresses the [`Guard`] allows.
 #[derive(Clone)]
 pub struct GuardedResolver {
     lookup: Arc<dyn NameLookup>,
-    blocked: fn(IpAddr) -> bool,
+    guard: Guard,
 }
 
 impl GuardedResolver {
-    pub fn new(lookup: Arc<dyn NameLookup>, block_private: bool) -> Self {
-        Self {
-            lookup,
-            blocked: if block_private { is_blocked } else { |_| false },
-        }
-    }
-
-    /// A resolver with a custom block rule, for tests that must tell two loopback addresses
-    /// apart.
-    pub fn with_rule(lookup: Arc<dyn NameLookup>, blocked: fn(IpAddr) -> bool) -> Self {
-        Self { lookup, blocked }
+    pub fn new(lookup: Arc<dyn NameLookup>, guard: Guard) -> Self {
+        Self { lookup, guard }
     }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let lookup = Arc::clone(&self.lookup);
-        let blocked = self.blocked;
+        let guard = self.guard.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
             let all = lookup.lookup(host.clone()).await?;
             let allowed: Vec<SocketAddr> = all
                 .iter()
-                .filter(|ip| !blocked(**ip))
+                .filter(|ip| guard.allows(&host, **ip))
                 .map(|ip| SocketAddr::new(*ip, 0))
                 .collect();
             if allowed.is_empty() {
@@ -131,7 +119,7 @@ impl AttemptReport {
 pub struct CallbackClient {
     http: reqwest::Client,
     signer: Signer,
-    blocked: fn(IpAddr) -> bool,
+    guard: Guard,
 }
 
 impl CallbackClient {
@@ -140,7 +128,7 @@ impl CallbackClient {
         signer: Signer,
         resolver: GuardedResolver,
     ) -> Result<Self, reqwest::Error> {
-        let blocked = resolver.blocked;
+        let guard = resolver.guard.clone();
         // reqwest is built without a crypto provider (ring builds far faster than aws-lc);
         // installing it twice is harmless, so every client may try.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -157,7 +145,7 @@ impl CallbackClient {
         Ok(Self {
             http,
             signer,
-            blocked,
+            guard,
         })
     }
 
@@ -206,7 +194,9 @@ impl CallbackClient {
             Some(url::Host::Ipv6(ip)) => Some(ip.into()),
             _ => None,
         };
-        if let Some(ip) = literal.filter(|ip| (self.blocked)(*ip)) {
+        // The HTTP stack dials IP literals without asking the resolver: check them here.
+        let host = parsed.host_str().unwrap_or_default();
+        if let Some(ip) = literal.filter(|ip| !self.guard.allows(host, *ip)) {
             return Err(Failure::permanent(format!("{ip} is a blocked address")));
         }
 

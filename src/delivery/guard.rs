@@ -3,17 +3,23 @@
 //! A callback URL is chosen by whoever calls `POST /async`, so without a guard anyone could
 //! make this service POST into the network it runs in (cloud metadata at 169.254.169.254, an
 //! admin port on localhost, …). The guard works at two moments:
-//! - at submit, [`check_callback_url`] refuses a URL whose host is `localhost` or an IP
+//! - at submit, [`Guard::check_url`] refuses a URL whose host is `localhost` or an IP
 //!   literal in a blocked range. The `url` crate has already normalised every spelling of the
 //!   address (`2130706433`, `0x7f.1`, `0177.0.0.1`, `[::ffff:127.0.0.1]`), so one check on the
 //!   parsed host catches them all. No DNS lookup happens here: it would be slow, and its
 //!   answer could change before delivery anyway.
-//! - at connect, every address a name resolves to is checked with [`is_blocked`] before it is
-//!   dialled (the callback client's resolver), which defeats DNS rebinding.
+//! - at connect, every address a name resolves to is checked with [`Guard::allows`] before it
+//!   is dialled (the callback client's resolver), which defeats DNS rebinding.
+//!
+//! Host names in `APP_CALLBACK_ALLOWED_HOSTS` bypass both checks: for callbacks to a known
+//! internal service. Whoever can submit requests can then make the service POST to those
+//! hosts, so list only hosts built to receive these callbacks.
 //!
 //! The blocked ranges are one table, [`BLOCKED_V4`] and [`BLOCKED_V6`].
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use url::{Host, Url};
 
@@ -109,33 +115,101 @@ pub enum UrlError {
     Blocked(String),
 }
 
-/// Parses and checks a callback URL at submit time (no DNS). With `block_private` off, only
-/// the syntactic rules apply.
-pub fn check_callback_url(raw: &str, block_private: bool) -> Result<Url, UrlError> {
-    if raw.chars().count() > MAX_URL_CHARS {
-        return Err(UrlError::TooLong);
-    }
-    let url = Url::parse(raw).map_err(UrlError::Invalid)?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(UrlError::Scheme);
-    }
-    let host = url.host().ok_or(UrlError::NoHost)?;
-    if block_private && host_is_blocked(&host) {
-        return Err(UrlError::Blocked(host.to_string()));
-    }
-    Ok(url)
+/// The SSRF policy in force: whether protection is on, which addresses count as blocked,
+/// and which host names an operator trusts anyway (`APP_CALLBACK_ALLOWED_HOSTS`).
+///
+/// One value is shared by the submit-time check, the resolver and the client, so the three
+/// can never disagree.
+#[derive(Clone)]
+pub struct Guard {
+    enabled: bool,
+    blocked: fn(IpAddr) -> bool,
+    allowed_hosts: Arc<HashSet<String>>,
 }
 
-fn host_is_blocked(host: &Host<&str>) -> bool {
-    match host {
-        Host::Ipv4(ip) => is_blocked(IpAddr::V4(*ip)),
-        Host::Ipv6(ip) => is_blocked(IpAddr::V6(*ip)),
-        Host::Domain(name) => {
-            // `url` lower-cases domains; a trailing dot names the same host.
-            let name = name.strip_suffix('.').unwrap_or(name);
-            name == "localhost" || name.ends_with(".localhost")
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("enabled", &self.enabled)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish()
+    }
+}
+
+impl Guard {
+    /// `allowed_hosts` bypass the guard entirely: host names (or IP literals) exactly as they
+    /// appear in callback URLs, compared case-insensitively.
+    pub fn new(enabled: bool, allowed_hosts: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            enabled,
+            blocked: is_blocked,
+            allowed_hosts: Arc::new(
+                allowed_hosts
+                    .into_iter()
+                    .map(|h| normalize_host(&h))
+                    .filter(|h| !h.is_empty())
+                    .collect(),
+            ),
         }
     }
+
+    /// The same policy with another rule for what is blocked: for tests that must tell two
+    /// loopback addresses apart.
+    pub fn with_rule(mut self, blocked: fn(IpAddr) -> bool) -> Self {
+        self.blocked = blocked;
+        self
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether a connection to `ip`, reached through the URL host `host`, may be made.
+    pub fn allows(&self, host: &str, ip: IpAddr) -> bool {
+        !self.enabled || self.is_allowed_host(host) || !(self.blocked)(ip)
+    }
+
+    fn is_allowed_host(&self, host: &str) -> bool {
+        !self.allowed_hosts.is_empty() && self.allowed_hosts.contains(&normalize_host(host))
+    }
+
+    /// Parses and checks a callback URL at submit time (no DNS). With protection off, only
+    /// the syntactic rules apply.
+    pub fn check_url(&self, raw: &str) -> Result<Url, UrlError> {
+        if raw.chars().count() > MAX_URL_CHARS {
+            return Err(UrlError::TooLong);
+        }
+        let url = Url::parse(raw).map_err(UrlError::Invalid)?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(UrlError::Scheme);
+        }
+        let host = url.host().ok_or(UrlError::NoHost)?;
+        if self.enabled && !self.is_allowed_host(&host.to_string()) && self.host_is_blocked(&host) {
+            return Err(UrlError::Blocked(host.to_string()));
+        }
+        Ok(url)
+    }
+
+    fn host_is_blocked(&self, host: &Host<&str>) -> bool {
+        match host {
+            Host::Ipv4(ip) => (self.blocked)(IpAddr::V4(*ip)),
+            Host::Ipv6(ip) => (self.blocked)(IpAddr::V6(*ip)),
+            Host::Domain(name) => {
+                let name = normalize_host(name);
+                name == "localhost" || name.ends_with(".localhost")
+            }
+        }
+    }
+}
+
+/// Lower-case, without a trailing dot (which names the same host) or IPv6 brackets.
+fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -144,6 +218,38 @@ mod tests {
 
     fn blocked(s: &str) -> bool {
         is_blocked(s.parse().unwrap())
+    }
+
+    fn on() -> Guard {
+        Guard::new(true, [])
+    }
+
+    fn off() -> Guard {
+        Guard::new(false, [])
+    }
+
+    #[test]
+    fn allowed_hosts_bypass_the_guard_at_submit_and_at_connect() {
+        let guard = Guard::new(
+            true,
+            [
+                "Internal.Example.".to_string(),
+                "10.1.2.3".to_string(),
+                "[fd00::1]".to_string(),
+            ],
+        );
+        assert!(guard.check_url("http://internal.example/cb").is_ok());
+        assert!(guard.check_url("http://10.1.2.3:8080/cb").is_ok());
+        assert!(guard.check_url("http://[fd00::1]/cb").is_ok());
+        assert!(matches!(
+            guard.check_url("http://10.1.2.4/cb"),
+            Err(UrlError::Blocked(_))
+        ));
+        let private: IpAddr = "10.9.9.9".parse().unwrap();
+        assert!(guard.allows("INTERNAL.example", private));
+        assert!(!guard.allows("other.example", private));
+        assert!(guard.allows("other.example", "8.8.8.8".parse().unwrap()));
+        assert!(off().allows("anything", private));
     }
 
     #[test]
@@ -265,7 +371,7 @@ mod tests {
             "http://[2002:7f00:1::]/cb",
             "http://user:pass@127.0.0.1:9999/cb",
         ] {
-            match check_callback_url(url, true) {
+            match on().check_url(url) {
                 Err(UrlError::Blocked(_)) => {}
                 other => panic!("{url} must be refused as blocked, got {other:?}"),
             }
@@ -281,42 +387,33 @@ mod tests {
             "http://[2606:4700::1111]/cb",
             "http://localhost.example.com/cb",
         ] {
-            assert!(check_callback_url(url, true).is_ok(), "{url}");
+            assert!(on().check_url(url).is_ok(), "{url}");
         }
     }
 
     #[test]
     fn protection_off_allows_loopback_but_keeps_syntax_rules() {
-        assert!(check_callback_url("http://127.0.0.1:9999/cb", false).is_ok());
-        assert!(check_callback_url("http://localhost/cb", false).is_ok());
-        assert_eq!(
-            check_callback_url("ftp://example.com/", false),
-            Err(UrlError::Scheme)
-        );
+        assert!(off().check_url("http://127.0.0.1:9999/cb").is_ok());
+        assert!(off().check_url("http://localhost/cb").is_ok());
+        assert_eq!(off().check_url("ftp://example.com/"), Err(UrlError::Scheme));
     }
 
     #[test]
     fn syntax_rules() {
-        assert_eq!(
-            check_callback_url("file:///etc/passwd", true),
-            Err(UrlError::Scheme)
-        );
-        assert_eq!(
-            check_callback_url("javascript:alert(1)", true),
-            Err(UrlError::Scheme)
-        );
+        assert_eq!(on().check_url("file:///etc/passwd"), Err(UrlError::Scheme));
+        assert_eq!(on().check_url("javascript:alert(1)"), Err(UrlError::Scheme));
         assert!(matches!(
-            check_callback_url("not a url", true),
+            on().check_url("not a url"),
             Err(UrlError::Invalid(_))
         ));
         assert!(matches!(
-            check_callback_url("http://", true),
+            on().check_url("http://"),
             Err(UrlError::Invalid(_))
         ));
         let long = format!("http://example.com/{}", "a".repeat(MAX_URL_CHARS));
-        assert_eq!(check_callback_url(&long, true), Err(UrlError::TooLong));
+        assert_eq!(on().check_url(&long), Err(UrlError::TooLong));
         let exact = format!("http://example.com/{}", "a".repeat(MAX_URL_CHARS - 19));
         assert_eq!(exact.chars().count(), MAX_URL_CHARS);
-        assert!(check_callback_url(&exact, true).is_ok());
+        assert!(on().check_url(&exact).is_ok());
     }
 }

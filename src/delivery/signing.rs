@@ -65,17 +65,42 @@ impl Signer {
             .keys
             .iter()
             .map(|key| {
-                let mut mac = key.clone();
-                mac.update(id.as_bytes());
-                mac.update(b".");
-                mac.update(timestamp.to_string().as_bytes());
-                mac.update(b".");
-                mac.update(body);
+                let mac = signed_content(key, id, timestamp, body);
                 format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
             })
             .collect();
         Some(signatures.join(" "))
     }
+}
+
+impl Signer {
+    /// Whether any `v1,` signature in a `webhook-signature` header matches `body` under any
+    /// of the keys (the receiver's side; each comparison takes constant time).
+    pub fn verify(&self, id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
+        let presented: Vec<Vec<u8>> = header
+            .split_whitespace()
+            .filter_map(|sig| sig.strip_prefix("v1,"))
+            .filter_map(|sig| STANDARD.decode(sig).ok())
+            .collect();
+        self.keys.iter().any(|key| {
+            presented.iter().any(|sig| {
+                signed_content(key, id, timestamp, body)
+                    .verify_slice(sig)
+                    .is_ok()
+            })
+        })
+    }
+}
+
+/// The MAC of `"{id}.{timestamp}.{body}"`, as Standard Webhooks defines the signed content.
+fn signed_content(key: &Hmac<Sha256>, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = key.clone();
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
 }
 
 #[cfg(test)]
@@ -94,6 +119,32 @@ mod tests {
             signature.as_deref(),
             Some("v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=")
         );
+    }
+
+    #[test]
+    fn verifies_its_own_signatures_and_nothing_else() {
+        let signer = Signer::from_secrets("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let body = br#"{"email":"test@example.com","username":"test_user"}"#;
+        let header = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+        assert!(signer.verify("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body, header));
+        // Another signature first (a rotated-out key) does not hide the good one.
+        let rotated = format!("v1,AAAA v1,bm90IGl0 {header}");
+        assert!(signer.verify(
+            "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+            1649367553,
+            body,
+            &rotated
+        ));
+        assert!(!signer.verify("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367554, body, header));
+        assert!(!signer.verify("msg_other", 1649367553, body, header));
+        assert!(!signer.verify("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, b"{}", header));
+        assert!(!signer.verify(
+            "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+            1649367553,
+            body,
+            "v2,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        ));
+        assert!(!signer.verify("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body, ""));
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! `POST /admin/*`: operator actions, behind `Authorization: Bearer $APP_ADMIN_TOKEN`.
+//! `POST /admin/cleanup` and `POST /requests/{id}/redeliver`: operator actions, behind `Authorization: Bearer $APP_ADMIN_TOKEN`.
 //! Without a configured token the routes are not mounted at all (404 for every method), so
 //! an unconfigured service does not even reveal them.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::routing::post;
@@ -10,9 +10,33 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
+use crate::store::Redelivery;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/admin/cleanup", post(cleanup))
+    Router::new()
+        .route("/admin/cleanup", post(cleanup))
+        .route("/requests/{id}/redeliver", post(redeliver))
+}
+
+/// Puts a `callback_failed` request back in the queue for a fresh round of attempts.
+async fn redeliver(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    match state.service.redeliver(&id).await? {
+        Redelivery::Queued => Ok(Json(json!({
+            "status": "accepted",
+            "request_id": id,
+            "message": "Request queued for redelivery",
+        }))),
+        Redelivery::NotFound => Err(ApiError::RequestNotFound),
+        Redelivery::WrongStatus(status) => Err(ApiError::Conflict(format!(
+            "Only a request in callback_failed can be redelivered; this one is {}",
+            status.as_str()
+        ))),
+    }
 }
 
 async fn cleanup(

@@ -29,6 +29,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    #[error("{0}")]
+    Conflict(String),
     #[error("Invalid or missing bearer token")]
     Unauthorized,
     #[error("Cannot read the request body: {0}")]
@@ -73,6 +75,7 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
             ApiError::Internal(err) => {
                 tracing::error!(error = %err, "request failed");

@@ -18,8 +18,7 @@ async fn submit(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<(HeaderMap, Json<AcceptedResponse>), ApiError> {
-    let input =
-        parse_async(&body, state.service.block_private_ips).map_err(ApiError::Validation)?;
+    let input = parse_async(&body, &state.service.guard).map_err(ApiError::Validation)?;
     let request_id = state.service.submit_async(input).await?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/requests/{request_id}")) {

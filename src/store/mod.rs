@@ -71,6 +71,15 @@ pub enum AttemptOutcome {
     GaveUp,
 }
 
+/// What `redeliver` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    Queued,
+    NotFound,
+    /// Only a `callback_failed` request can be redelivered.
+    WrongStatus(Status),
+}
+
 /// Filters of `GET /requests`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ListFilter {
@@ -176,6 +185,14 @@ impl Store {
     ) -> StoreResult<bool> {
         match self {
             Store::Sqlite(s) => s.record_attempt(id, owner, attempt, outcome).await,
+        }
+    }
+
+    /// Puts a `callback_failed` request back in the queue for a fresh round of attempts,
+    /// keeping its earlier attempts in the audit. [`StoreError::QueueFull`] if there is no room.
+    pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
+        match self {
+            Store::Sqlite(s) => s.redeliver(id).await,
         }
     }
 

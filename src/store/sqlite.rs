@@ -29,8 +29,8 @@ use rusqlite::{
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    AttemptOutcome, CleanupReport, Job, ListFilter, NewAsyncRequest, NewRequest, StoreError,
-    StoreResult,
+    AttemptOutcome, CleanupReport, Job, ListFilter, NewAsyncRequest, NewRequest, Redelivery,
+    StoreError, StoreResult,
 };
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
@@ -227,6 +227,13 @@ impl SqliteStore {
             outcome,
         };
         Ok(matches!(self.send(op).await?, Reply::Updated(true)))
+    }
+
+    pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
+        match self.send(Op::Redeliver { id: id.to_string() }).await? {
+            Reply::Redelivery(outcome) => Ok(outcome),
+            _ => Ok(Redelivery::NotFound),
+        }
     }
 
     pub async fn release(&self, owner: &str) -> StoreResult<u64> {
@@ -520,6 +527,9 @@ enum Op {
         attempt: DeliveryAttempt,
         outcome: AttemptOutcome,
     },
+    Redeliver {
+        id: String,
+    },
     Release {
         owner: String,
     },
@@ -537,6 +547,7 @@ enum Reply {
     Count(u64),
     Jobs(Vec<Job>),
     Cleaned(CleanupReport),
+    Redelivery(Redelivery),
 }
 
 /// What a command did besides its reply: how it changed the number of queued requests.
@@ -811,6 +822,36 @@ fn apply(
             Ok(Applied {
                 reply: Ok(Reply::Updated(true)),
                 queue_delta: if finished { -1 } else { 0 },
+            })
+        }
+        Op::Redeliver { id } => {
+            let status: Option<String> = tx
+                .prepare_cached("SELECT status FROM requests WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?;
+            let Some(status) = status else {
+                return Ok(done(Reply::Redelivery(Redelivery::NotFound)));
+            };
+            let status = Status::parse(&status).ok_or_else(|| decode_error(0, &status))?;
+            if status != Status::CallbackFailed {
+                return Ok(done(Reply::Redelivery(Redelivery::WrongStatus(status))));
+            }
+            if queue_size >= queue_capacity {
+                return Ok(Applied {
+                    reply: Err(StoreError::QueueFull),
+                    queue_delta: 0,
+                });
+            }
+            // A new round: the retry budget counts from the attempts made so far.
+            tx.prepare_cached(
+                "UPDATE requests SET status = 'callback_pending', completed_at = NULL,
+                        next_attempt_at = ?2, round_start_attempts = callback_attempts
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, millis(Utc::now())])?;
+            Ok(Applied {
+                reply: Ok(Reply::Redelivery(Redelivery::Queued)),
+                queue_delta: 1,
             })
         }
         Op::Release { owner } => {

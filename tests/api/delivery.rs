@@ -201,3 +201,105 @@ async fn callbacks_are_signed_over_the_exact_bytes_sent() {
     let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
     assert_eq!(header("webhook-signature"), expected);
 }
+
+async fn redeliver(app: &crate::helpers::TestApp, id: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = app
+        .client
+        .post(app.url(&format!("/requests/{id}/redeliver")));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_failed_request_can_be_redelivered_with_a_fresh_round_and_its_history_kept() {
+    let app = spawn_app(&["--admin-token", "t", "--callback-max-retries", "1"]).await;
+    let address = unused_port().await;
+    let id = app
+        .submit("redeliver me", &format!("http://{address}/callback"))
+        .await;
+    let failed = app.wait_for_status(&id, "callback_failed", WAIT).await;
+    assert_eq!(failed["callback_attempts"], 2);
+
+    // Still down: a redelivery gets a whole new budget (2 more attempts), then fails again.
+    let (status, body) = redeliver(&app, &id, Some("t")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "accepted");
+    assert_eq!(body["request_id"], id);
+    app.wait_for_status(&id, "callback_pending", WAIT).await;
+    let failed = app.wait_for_status(&id, "callback_failed", WAIT).await;
+    assert_eq!(failed["callback_attempts"], 4);
+
+    // Up now: the next redelivery succeeds, and the audit keeps every attempt.
+    let receiver = Receiver::start_on(address, Behaviour::accept()).await;
+    let (status, _) = redeliver(&app, &id, Some("t")).await;
+    assert_eq!(status, 200);
+    let record = app.wait_for_status(&id, "callback_success", WAIT).await;
+    assert_eq!(record["callback_attempts"], 5);
+    let numbers: Vec<u64> = record["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5]);
+    let callbacks = receiver.wait_for_deliveries(1, WAIT).await;
+    assert_eq!(callbacks[0].headers["x-attempt"], "5");
+    assert!(record["completed_at"].is_string());
+    assert_eq!(app.get_json("/healthz").await["queue_size"], 0);
+}
+
+#[tokio::test]
+async fn redelivery_is_refused_for_other_statuses_unknown_ids_and_without_the_token() {
+    let app = spawn_app(&["--admin-token", "t"]).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let id = app.submit("delivered", &receiver.url()).await;
+    app.wait_for_status(&id, "callback_success", WAIT).await;
+
+    let (status, body) = redeliver(&app, &id, Some("t")).await;
+    assert_eq!(status, 409);
+    assert_eq!(body["status"], "error");
+    assert!(
+        body["error"].as_str().unwrap().contains("callback_success"),
+        "{body}"
+    );
+
+    let sync: Value = app
+        .post_sync(&json!({"data": "sync"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sync_id = sync["result"]["request_id"].as_str().unwrap();
+    assert_eq!(redeliver(&app, sync_id, Some("t")).await.0, 409);
+
+    let (status, body) = redeliver(&app, "no-such-id", Some("t")).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        json!({"status": "error", "error": "Request not found"})
+    );
+
+    assert_eq!(redeliver(&app, &id, None).await.0, 401);
+    assert_eq!(redeliver(&app, &id, Some("wrong")).await.0, 401);
+
+    // Without a configured token the endpoint does not exist.
+    let open = spawn_app(&[]).await;
+    assert_eq!(redeliver(&open, &id, Some("t")).await.0, 404);
+}
+
+#[tokio::test]
+async fn attempts_record_the_start_of_the_receivers_answer() {
+    let app = spawn_app(&["--callback-max-retries", "0"]).await;
+    let receiver = Receiver::start(Behaviour::always_fail(500)).await;
+    let id = app.submit("what did it say", &receiver.url()).await;
+    let record = app.wait_for_status(&id, "callback_failed", WAIT).await;
+    let attempt = &record["attempts"][0];
+    assert_eq!(attempt["status_code"], 500);
+    assert!(attempt["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(attempt["started_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(attempt["response_body"], "receiver says no");
+}

@@ -2,7 +2,7 @@
 //! talk HTTP to it, and run callback receivers on 127.0.0.1 whose behaviour a test scripts.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 use syncasync::app::Application;
 use syncasync::config::Config;
+use syncasync::delivery::client::{LookupFuture, NameLookup, SystemLookup};
 use syncasync::shutdown::CancellationToken;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -43,7 +44,53 @@ pub async fn spawn_app(extra: &[&str]) -> TestApp {
     spawn_app_on(db_dir, &database_url, extra).await
 }
 
+/// A resolver for made-up names: tests map names to chosen (loopback) addresses, and no
+/// DNS server is asked anything.
+#[derive(Clone, Default)]
+pub struct StaticLookup(pub HashMap<String, Vec<IpAddr>>);
+
+impl StaticLookup {
+    pub fn with(mut self, name: &str, addresses: &[&str]) -> Self {
+        let ips = addresses
+            .iter()
+            .map(|a| a.parse().expect("IP address"))
+            .collect();
+        self.0.insert(name.to_string(), ips);
+        self
+    }
+}
+
+impl NameLookup for StaticLookup {
+    fn lookup(&self, host: String) -> LookupFuture {
+        let found = self.0.get(&host).cloned();
+        Box::pin(async move {
+            found.ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no such test host {host}"),
+                )
+            })
+        })
+    }
+}
+
+/// As [`spawn_app`], resolving callback host names with `lookup`.
+pub async fn spawn_app_with_lookup(extra: &[&str], lookup: StaticLookup) -> TestApp {
+    let db_dir = tempfile::tempdir().expect("temp dir");
+    let database_url = format!("sqlite://{}", db_dir.path().join("test.db").display());
+    start(db_dir, &database_url, extra, Arc::new(lookup)).await
+}
+
 pub async fn spawn_app_on(db_dir: TempDir, database_url: &str, extra: &[&str]) -> TestApp {
+    start(db_dir, database_url, extra, Arc::new(SystemLookup)).await
+}
+
+async fn start(
+    db_dir: TempDir,
+    database_url: &str,
+    extra: &[&str],
+    lookup: Arc<dyn NameLookup>,
+) -> TestApp {
     let mut args = vec![
         "test",
         "--host",
@@ -65,7 +112,7 @@ pub async fn spawn_app_on(db_dir: TempDir, database_url: &str, extra: &[&str]) -
     ];
     args.extend_from_slice(extra);
     let config = TestCli::try_parse_from(args).expect("test config").config;
-    let app = Application::build(config)
+    let app = Application::build_with_lookup(config, lookup)
         .await
         .expect("application starts");
     let address = format!("http://{}", app.local_addr());
@@ -321,7 +368,11 @@ impl Receiver {
     }
 }
 
-async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, raw: Bytes) -> StatusCode {
+async fn receive(
+    State(state): State<ReceiverState>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> (StatusCode, &'static str) {
     if !state.behaviour.delay.is_zero() {
         tokio::time::sleep(state.behaviour.delay).await;
     }
@@ -341,7 +392,15 @@ async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, raw: By
         raw,
         status_sent: status,
     });
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        if code.is_success() {
+            "ok"
+        } else {
+            "receiver says no"
+        },
+    )
 }
 
 /// A port on 127.0.0.1 with nothing listening (bound, then released).

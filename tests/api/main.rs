@@ -7,6 +7,8 @@ mod helpers;
 mod admin;
 mod delivery;
 mod durability;
+mod guard;
+mod receiver;
 mod requests;
 mod ssrf;
 mod sync;
