@@ -303,3 +303,56 @@ async fn attempts_record_the_start_of_the_receivers_answer() {
     assert!(attempt["started_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(attempt["response_body"], "receiver says no");
 }
+
+#[tokio::test]
+async fn a_retry_after_from_the_receiver_is_honoured() {
+    use axum::http::{StatusCode, header};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    // 503 with `Retry-After: 1` once, then 200. The backoff alone would wait ~50 ms.
+    let calls = std::sync::Arc::new(AtomicU32::new(0));
+    let router = axum::Router::new().route(
+        "/callback",
+        axum::routing::post({
+            let calls = std::sync::Arc::clone(&calls);
+            move || {
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [(header::RETRY_AFTER, "1")],
+                        )
+                            .into_response()
+                    } else {
+                        StatusCode::OK.into_response()
+                    }
+                }
+            }
+        }),
+    );
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/callback", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let app = spawn_app(&[
+        "--callback-retry-base-delay",
+        "0.05",
+        "--callback-retry-max-delay",
+        "5",
+    ])
+    .await;
+    let id = app.submit("come back later", &url).await;
+    let record = app.wait_for_status(&id, "callback_success", WAIT).await;
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    let at = |i: usize| {
+        chrono::DateTime::parse_from_rfc3339(attempts[i]["started_at"].as_str().unwrap()).unwrap()
+    };
+    let gap = at(1) - at(0);
+    assert!(
+        gap >= chrono::Duration::milliseconds(1000),
+        "retried after {gap} despite Retry-After: 1"
+    );
+}
