@@ -73,7 +73,12 @@ impl Application {
         )
         .map_err(|e| StartError::Config(format!("APP_CALLBACK_SIGNING_SECRET: {e}")))?;
 
-        let store = Store::open(&config.database_url, config.async_queue_max_size).await?;
+        let store = Store::open(
+            &config.database_url,
+            config.async_queue_max_size,
+            config.database_pool_size,
+        )
+        .await?;
         tracing::info!(database = %redact_url(&config.database_url), "database ready");
 
         let pool = ComputePool::new(
@@ -113,9 +118,7 @@ impl Application {
             },
             workers: config.async_worker_count,
             owner: Uuid::new_v4().to_string(),
-            // Long enough to cover the work and a full callback timeout with room to spare;
-            // a lease only matters if this process dies holding it.
-            lease: Duration::from_secs(60).max(config.callback_timeout() * 3),
+            lease: config.job_lease(),
             wakeup,
             stats: workers,
         };
@@ -159,6 +162,12 @@ impl Application {
 
         let background = CancellationToken::new();
         let delivery = tokio::spawn(dispatcher.run(shutdown.clone(), grace));
+        let notifications = tokio::spawn({
+            let store = service.store.clone();
+            let wakeup = service.wakeup.clone();
+            let stop = background.clone();
+            async move { store.listen(move || wakeup.wake(), stop).await }
+        });
         let cleanup = tokio::spawn(retention::run(
             service.clone(),
             config.cleanup_interval(),
@@ -183,6 +192,7 @@ impl Application {
         }
         background.cancel();
         let _ = cleanup.await;
+        let _ = notifications.await;
         service.store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -19,9 +19,26 @@ pub struct Config {
     #[arg(long, env = "APP_PORT", default_value_t = 8000)]
     pub port: u16,
 
-    /// Database: `sqlite://PATH` (created on first start, with a `PATH.lock` beside it).
-    #[arg(long, env = "APP_DATABASE_URL", default_value = "sqlite://requests.db")]
+    /// Database: `sqlite://PATH` (created on first start, with a `PATH.lock` beside it; one
+    /// process per file) or `postgres://USER@HOST/DB` (shared by any number of instances).
+    #[arg(
+        long,
+        env = "APP_DATABASE_URL",
+        default_value = "sqlite://requests.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
+
+    /// PostgreSQL connections per instance (plus one for job notifications).
+    #[arg(long, env = "APP_DATABASE_POOL_SIZE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_pool_size: u32,
+
+    /// Seconds a claimed job stays leased without a heartbeat; after an instance dies, others
+    /// take its jobs over once this passes. Heartbeats renew it every third of it.
+    #[arg(long, env = "APP_JOB_LEASE_SECONDS", default_value_t = 30.0,
+          value_parser = positive_seconds)]
+    pub job_lease_seconds: f64,
 
     /// Callback deliveries in flight at once.
     #[arg(long, env = "APP_ASYNC_WORKER_COUNT", default_value_t = 10,
@@ -115,6 +132,10 @@ pub struct Config {
 impl Config {
     pub fn callback_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.callback_timeout_seconds)
+    }
+
+    pub fn job_lease(&self) -> Duration {
+        Duration::from_secs_f64(self.job_lease_seconds)
     }
 
     pub fn work_duration(&self) -> Duration {

@@ -131,6 +131,8 @@ pub struct DeliveryAttempt {
     pub error: Option<String>,
     /// The start of the receiver's answer, for debugging a refusal.
     pub response_body: Option<String>,
+    /// The service instance that made the attempt (its lease-owner id).
+    pub instance: Option<String>,
 }
 
 /// A request as `GET /requests` and `GET /requests/{id}` show it.

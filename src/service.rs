@@ -13,6 +13,10 @@ use crate::store::{
 };
 use crate::work::{ComputePool, PoolError};
 
+/// A sync request still `processing` after this long lost its instance: no unit of work
+/// takes nearly so long.
+const STALE_SYNC: chrono::Duration = chrono::Duration::hours(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("the service is overloaded")]
@@ -153,6 +157,13 @@ impl Service {
         let cutoff = Utc::now()
             - chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
         let report = self.store.cleanup(cutoff, self.max_stored_requests).await?;
+        let failed = self.store.fail_stale_sync(Utc::now() - STALE_SYNC).await?;
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "failed sync requests left processing by a stopped instance"
+            );
+        }
         if report.expired + report.over_limit > 0 {
             tracing::info!(
                 expired = report.expired,

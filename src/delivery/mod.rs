@@ -82,6 +82,8 @@ impl Dispatcher {
         let slots = Arc::new(Semaphore::new(this.workers as usize));
         let jobs = TaskTracker::new();
         let abandon = CancellationToken::new();
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(Arc::clone(&this).heartbeat(heartbeat_stop.clone()));
 
         while !stop.is_cancelled() {
             let free = slots.available_permits();
@@ -155,11 +157,32 @@ impl Dispatcher {
             abandon.cancel();
             jobs.wait().await;
         }
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
         match this.store.release(&this.owner).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(released = n, "handed claimed jobs back to the queue"),
             Err(err) => {
                 tracing::error!(error = %err, "releasing claimed jobs failed; they return when their lease expires")
+            }
+        }
+    }
+
+    /// Renews this instance's leases every third of the lease while it works on jobs, so a
+    /// slow job is not taken over by another instance while this one is alive.
+    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.lease / 3);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            if self.stats.active() == 0 {
+                continue;
+            }
+            if let Err(err) = self.store.heartbeat(&self.owner, self.lease).await {
+                tracing::error!(error = %err, "renewing job leases failed");
             }
         }
     }
@@ -206,6 +229,7 @@ impl Dispatcher {
             status_code: report.status_code,
             error: report.error,
             response_body: report.response_body,
+            instance: Some(self.owner.clone()),
         };
         match self
             .store

@@ -1,23 +1,29 @@
 //! The storage API the rest of the service sees: requests, the async job queue, and the
 //! delivery audit. All SQL lives below this module.
 //!
-//! One backend is built today, SQLite ([`sqlite`]); [`Store`] is the seam a second one
-//! (PostgreSQL) plugs into without callers changing.
+//! Two backends sit behind [`Store`]: SQLite ([`sqlite`], the embedded default, one process
+//! per database file) and PostgreSQL ([`postgres`], several instances sharing one database
+//! and one queue). Callers never know which one they talk to.
 
+mod postgres;
 mod sqlite;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] sqlx::Error),
     #[error("the async queue is full")]
     QueueFull,
     #[error("the database writer has stopped")]
@@ -100,18 +106,60 @@ pub struct CleanupReport {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever backend is in use.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
 }
 
 impl Store {
     /// Opens the database named by `url`, runs migrations, and recovers after a crash.
-    pub async fn open(url: &str, queue_capacity: u64) -> StoreResult<Self> {
+    pub async fn open(url: &str, queue_capacity: u64, pool_size: u32) -> StoreResult<Self> {
         if url.starts_with("sqlite:") {
             Ok(Store::Sqlite(SqliteStore::open(url, queue_capacity).await?))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Store::Postgres(
+                PgStore::open(url, queue_capacity, pool_size).await?,
+            ))
         } else {
             Err(StoreError::Open(format!(
-                "unsupported database URL `{}` (expected sqlite://PATH)",
+                "unsupported database URL `{}` (expected sqlite://PATH or postgres://…)",
                 redact_url(url)
             )))
+        }
+    }
+
+    /// Calls `wake` whenever another instance queues a job, until `stop`. Only a shared
+    /// database has other instances; with SQLite this returns at once.
+    pub async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
+        if let Store::Postgres(s) = self {
+            s.listen(wake, stop).await;
+        }
+    }
+
+    /// Extends every lease `owner` holds by `lease` from now: a slow but live instance keeps
+    /// its jobs.
+    pub async fn heartbeat(&self, owner: &str, lease: Duration) -> StoreResult<u64> {
+        match self {
+            // One process per file: nobody else could take the jobs over.
+            Store::Sqlite(_) => Ok(0),
+            Store::Postgres(s) => s.heartbeat(owner, lease).await,
+        }
+    }
+
+    /// Fails sync requests still `processing` that were created before `older_than`: their
+    /// instance died mid-request. (SQLite does this at start-up, its only chance.)
+    pub async fn fail_stale_sync(&self, older_than: DateTime<Utc>) -> StoreResult<u64> {
+        match self {
+            Store::Sqlite(_) => Ok(0),
+            Store::Postgres(s) => s.fail_stale_sync(older_than).await,
         }
     }
 
@@ -120,6 +168,15 @@ impl Store {
     pub fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
         match self {
             Store::Sqlite(s) => s.sync_started(new),
+            Store::Postgres(s) => {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = s.sync_started(new).await {
+                        tracing::warn!(error = %err, "recording a sync request as processing failed");
+                    }
+                });
+                Ok(())
+            }
         }
     }
 
@@ -130,17 +187,13 @@ impl Store {
         new: &NewRequest,
         outcome: Result<&WorkResult, &str>,
     ) -> StoreResult<()> {
-        match self {
-            Store::Sqlite(s) => s.sync_finished(new, outcome).await,
-        }
+        dispatch!(self, s => s.sync_finished(new, outcome).await)
     }
 
     /// Queues an async request; returns once it is committed, or [`StoreError::QueueFull`]
     /// with nothing written.
     pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<()> {
-        match self {
-            Store::Sqlite(s) => s.submit_async(new).await,
-        }
+        dispatch!(self, s => s.submit_async(new).await)
     }
 
     /// Claims up to `limit` due jobs for `owner`, leased for `lease`.
@@ -150,16 +203,12 @@ impl Store {
         limit: u32,
         lease: Duration,
     ) -> StoreResult<Vec<Job>> {
-        match self {
-            Store::Sqlite(s) => s.claim_due(owner, limit, lease).await,
-        }
+        dispatch!(self, s => s.claim_due(owner, limit, lease).await)
     }
 
     /// When the next job that is not leased becomes due, if any.
     pub async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        match self {
-            Store::Sqlite(s) => s.next_due_at().await,
-        }
+        dispatch!(self, s => s.next_due_at().await)
     }
 
     /// Stores the work result of a claimed job (`processing → callback_pending`).
@@ -170,9 +219,7 @@ impl Store {
         owner: &str,
         result: &WorkResult,
     ) -> StoreResult<bool> {
-        match self {
-            Store::Sqlite(s) => s.store_result(id, owner, result).await,
-        }
+        dispatch!(self, s => s.store_result(id, owner, result).await)
     }
 
     /// Records a delivery attempt and what follows it, releasing the lease.
@@ -183,50 +230,39 @@ impl Store {
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<bool> {
-        match self {
-            Store::Sqlite(s) => s.record_attempt(id, owner, attempt, outcome).await,
-        }
+        dispatch!(self, s => s.record_attempt(id, owner, attempt, outcome).await)
     }
 
     /// Puts a `callback_failed` request back in the queue for a fresh round of attempts,
     /// keeping its earlier attempts in the audit. [`StoreError::QueueFull`] if there is no room.
     pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
-        match self {
-            Store::Sqlite(s) => s.redeliver(id).await,
-        }
+        dispatch!(self, s => s.redeliver(id).await)
     }
 
     /// Hands claimed jobs back to the queue untouched (at shutdown).
     pub async fn release(&self, owner: &str) -> StoreResult<u64> {
-        match self {
-            Store::Sqlite(s) => s.release(owner).await,
-        }
+        dispatch!(self, s => s.release(owner).await)
     }
 
     pub async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
-        match self {
-            Store::Sqlite(s) => s.get(id).await,
-        }
+        dispatch!(self, s => s.get(id).await)
     }
 
     pub async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
-        match self {
-            Store::Sqlite(s) => s.list(filter).await,
-        }
+        dispatch!(self, s => s.list(filter).await)
     }
 
     /// Unfinished async requests.
     pub async fn queue_size(&self) -> StoreResult<u64> {
         match self {
             Store::Sqlite(s) => Ok(s.queue_size()),
+            Store::Postgres(s) => s.queue_size().await,
         }
     }
 
     /// Whether the database answers a trivial query.
     pub async fn ping(&self) -> bool {
-        match self {
-            Store::Sqlite(s) => s.ping().await,
-        }
+        dispatch!(self, s => s.ping().await)
     }
 
     /// Deletes finished requests finished before `cutoff`, then the oldest finished beyond
@@ -236,16 +272,12 @@ impl Store {
         cutoff: DateTime<Utc>,
         max_stored: u64,
     ) -> StoreResult<CleanupReport> {
-        match self {
-            Store::Sqlite(s) => s.cleanup(cutoff, max_stored).await,
-        }
+        dispatch!(self, s => s.cleanup(cutoff, max_stored).await)
     }
 
     /// Flushes pending writes and closes the database.
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite(s) => s.close().await,
-        }
+        dispatch!(self, s => s.close().await)
     }
 }
 

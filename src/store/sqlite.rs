@@ -35,7 +35,10 @@ use super::{
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_requests.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_requests.sql"),
+    include_str!("../../migrations/sqlite/0002_attempt_instance.sql"),
+];
 
 /// Most commands folded into one transaction: bounds the latency a command waits for the
 /// batch ahead of it.
@@ -264,7 +267,7 @@ impl SqliteStore {
             };
             let attempts = conn
                 .prepare_cached(
-                    "SELECT attempt, started_at, duration_ms, status_code, error, response_body
+                    "SELECT attempt, started_at, duration_ms, status_code, error, response_body, claimed_by
                      FROM delivery_attempts WHERE request_id = ?1 ORDER BY attempt",
                 )?
                 .query_map([&id], attempt_from_row)?
@@ -805,8 +808,8 @@ fn apply(
             }
             tx.prepare_cached(
                 "INSERT INTO delivery_attempts
-                     (request_id, attempt, started_at, duration_ms, status_code, error, response_body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     (request_id, attempt, started_at, duration_ms, status_code, error, response_body, claimed_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (request_id, attempt) DO NOTHING",
             )?
             .execute(params![
@@ -817,6 +820,7 @@ fn apply(
                 attempt.status_code,
                 attempt.error,
                 attempt.response_body,
+                owner,
             ])?;
             let finished = !matches!(outcome, AttemptOutcome::RetryAt(_));
             Ok(Applied {
@@ -963,5 +967,6 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryAttempt> {
         status_code: row.get("status_code")?,
         error: row.get("error")?,
         response_body: row.get("response_body")?,
+        instance: row.get("claimed_by")?,
     })
 }

@@ -9,16 +9,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, client, spawn_app, spawn_app_on, unused_port};
+use crate::helpers::{Behaviour, Receiver, client, fresh_database, spawn_app_on, unused_port};
 
 /// The real binary, started with the given settings on a database in `dir`.
-struct ChildServer {
+pub struct ChildServer {
     child: Child,
-    address: String,
+    pub address: String,
 }
 
 impl ChildServer {
-    async fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+    /// Starts the binary on the database at `database_url`, logging to `dir/server.log`.
+    pub async fn start(dir: &Path, database_url: &str, extra_env: &[(&str, &str)]) -> Self {
         let port = unused_port().await.port().to_string();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -30,10 +31,8 @@ impl ChildServer {
             .arg("serve")
             .env("APP_HOST", "127.0.0.1")
             .env("APP_PORT", &port)
-            .env(
-                "APP_DATABASE_URL",
-                format!("sqlite://{}", dir.join("crash.db").display()),
-            )
+            .env("APP_DATABASE_URL", database_url)
+            .env("APP_JOB_LEASE_SECONDS", "2")
             .env("APP_CALLBACK_BLOCK_PRIVATE_IPS", "false")
             .env("APP_CALLBACK_RETRY_BASE_DELAY", "0.05")
             .env("APP_CALLBACK_RETRY_MAX_DELAY", "0.2")
@@ -68,7 +67,7 @@ impl ChildServer {
         panic!("server did not become healthy; log:\n{log}");
     }
 
-    fn kill_9(&mut self) {
+    pub fn kill_9(&mut self) {
         // Child::kill is SIGKILL on Unix: no handler runs, nothing is flushed.
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
@@ -118,9 +117,10 @@ async fn status_of(client: &reqwest::Client, address: &str, id: &str) -> Value {
 #[tokio::test]
 async fn kill_9_mid_burst_loses_no_acknowledged_request() {
     let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
     // A receiver that takes a moment, so that deliveries are in flight at the kill.
     let receiver = Receiver::start(Behaviour::hang(Duration::from_millis(30))).await;
-    let mut server = ChildServer::start(dir.path(), &[]).await;
+    let mut server = ChildServer::start(dir.path(), &database, &[]).await;
 
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut submitters = Vec::new();
@@ -165,7 +165,7 @@ async fn kill_9_mid_burst_loses_no_acknowledged_request() {
         acknowledged.len()
     );
 
-    let server = ChildServer::start(dir.path(), &[]).await;
+    let server = ChildServer::start(dir.path(), &database, &[]).await;
     let client = client();
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &acknowledged {
@@ -216,8 +216,10 @@ async fn kill_9_mid_burst_loses_no_acknowledged_request() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_sync_requests_finish_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
     // Each unit of work takes a second of simulated I/O, so the requests are surely in flight.
-    let mut server = ChildServer::start(dir.path(), &[("APP_WORK_DURATION_SECONDS", "1")]).await;
+    let mut server =
+        ChildServer::start(dir.path(), &database, &[("APP_WORK_DURATION_SECONDS", "1")]).await;
     let mut in_flight = Vec::new();
     for n in 0..4 {
         let url = format!("{}/sync", server.address);
@@ -245,10 +247,12 @@ async fn sigterm_lets_in_flight_sync_requests_finish_and_exits_0() {
 #[tokio::test]
 async fn sigterm_hands_unfinished_deliveries_back_and_restart_delivers_them() {
     let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
     let hanging = Receiver::start(Behaviour::hang(Duration::from_secs(30))).await;
     let address = hanging.address;
     let mut server = ChildServer::start(
         dir.path(),
+        &database,
         &[
             ("APP_SHUTDOWN_GRACE_SECONDS", "1"),
             ("APP_CALLBACK_TIMEOUT_SECONDS", "60"),
@@ -303,7 +307,7 @@ async fn sigterm_hands_unfinished_deliveries_back_and_restart_delivers_them() {
     // receiver works.
     hanging.stop().await;
     let good = Receiver::start_on(address, Behaviour::accept()).await;
-    let server = ChildServer::start(dir.path(), &[]).await;
+    let server = ChildServer::start(dir.path(), &database, &[]).await;
     good.wait_for_deliveries(1, Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -332,7 +336,9 @@ async fn a_stopped_service_delivers_what_it_had_queued_after_restart() {
         "--callback-retry-max-delay",
         "1",
     ];
-    let app = spawn_app(&settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database(dir.path()).await;
+    let app = spawn_app_on(dir, &database_url, &settings).await;
     let url = format!("http://{port}/callback");
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -341,7 +347,6 @@ async fn a_stopped_service_delivers_what_it_had_queued_after_restart() {
     let dir = app.stop().await;
 
     let receiver = Receiver::start_on(port, Behaviour::accept()).await;
-    let database_url = format!("sqlite://{}", dir.path().join("test.db").display());
     let app = spawn_app_on(dir, &database_url, &settings).await;
     receiver
         .wait_for_deliveries(ids.len(), Duration::from_secs(30))

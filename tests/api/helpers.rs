@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,8 +41,44 @@ pub struct TestApp {
 /// flags, e.g. `&["--callback-max-retries", "1"]`.
 pub async fn spawn_app(extra: &[&str]) -> TestApp {
     let db_dir = tempfile::tempdir().expect("temp dir");
-    let database_url = format!("sqlite://{}", db_dir.path().join("test.db").display());
+    let database_url = fresh_database(db_dir.path()).await;
     spawn_app_on(db_dir, &database_url, extra).await
+}
+
+/// The environment variable that switches the suite to PostgreSQL: the URL of a database the
+/// tests may connect to in order to create one fresh database per test.
+pub const POSTGRES_URL_VAR: &str = "SYNCASYNC_TEST_POSTGRES_URL";
+
+/// The PostgreSQL admin URL when the suite runs on PostgreSQL.
+pub fn postgres_admin_url() -> Option<String> {
+    std::env::var(POSTGRES_URL_VAR)
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A new, empty database for one test: a SQLite file in `dir`, or, when the suite runs on
+/// PostgreSQL, a new database on that server (named `syncasync_test_…`; CI drops them).
+pub async fn fresh_database(dir: &Path) -> String {
+    match postgres_admin_url() {
+        None => format!("sqlite://{}", dir.join("test.db").display()),
+        Some(admin) => create_postgres_database(&admin).await,
+    }
+}
+
+/// Creates a database named `syncasync_test_<random>` and returns its URL.
+pub async fn create_postgres_database(admin_url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("syncasync_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::postgres::PgConnection::connect(admin_url)
+        .await
+        .expect("connect to the PostgreSQL admin database");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let mut url = url::Url::parse(admin_url).expect("PostgreSQL URL");
+    url.set_path(&name);
+    url.to_string()
 }
 
 /// A resolver for made-up names: tests map names to chosen (loopback) addresses, and no
@@ -109,6 +146,11 @@ async fn start(
         "2",
         "--shutdown-grace-seconds",
         "5",
+        // Short leases, so that takeover after a stop is quick on a shared database.
+        "--job-lease-seconds",
+        "3",
+        "--database-pool-size",
+        "4",
     ];
     args.extend_from_slice(extra);
     let config = TestCli::try_parse_from(args).expect("test config").config;

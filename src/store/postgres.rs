@@ -1,0 +1,624 @@
+//! The PostgreSQL backend: the scale-out path, where several instances share one database
+//! and one queue.
+//!
+//! Every write is a short transaction of its own; PostgreSQL already folds concurrent commits
+//! into shared WAL flushes, so no writer task is needed, and instances coordinate only
+//! through rows:
+//! - jobs are claimed with `FOR UPDATE SKIP LOCKED` under a lease (owner, expiry); a live
+//!   instance extends its leases by heartbeat, and a dead instance's jobs are taken over by
+//!   any other once their lease expires. Every later write of a job checks the lease, so an
+//!   instance that lost it cannot overwrite the new owner's work.
+//! - a new job is announced with `NOTIFY`, so idle instances wake at once without polling.
+//! - migrations run under an advisory lock, so instances starting together apply them once.
+//! - the queue bound is a count of unfinished rows taken in the submitting transaction. Two
+//!   instances submitting at the same instant may both see room for one more, so the bound
+//!   can be overshot by at most the number of submissions in flight (pool size × instances);
+//!   an exact bound would serialise every submission on one counter row.
+//! - time comes from the database (`now()`) wherever instances compare it, so their clocks
+//!   need not agree.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AttemptOutcome, CleanupReport, Job, ListFilter, NewAsyncRequest, NewRequest, Redelivery,
+    StoreError, StoreResult,
+};
+use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
+
+/// Schema migrations, applied in order and recorded in `schema_migrations`.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_requests.sql")];
+
+/// Any constant shared by all instances: the advisory lock that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x5359_4e43_4153_594e; // "SYNCASYN"
+
+/// The channel new jobs are announced on.
+const JOBS_CHANNEL: &str = "syncasync_jobs";
+
+/// Rows deleted per retention statement, so cleanup never holds many row locks at once.
+const CLEANUP_CHUNK: i64 = 2000;
+
+macro_rules! finished_statuses {
+    () => {
+        "('completed', 'failed', 'callback_success', 'callback_failed')"
+    };
+}
+
+macro_rules! record_columns {
+    () => {
+        "id, mode, status, payload_hash, created_at, completed_at, callback_url, callback_attempts,
+         callback_last_error, iterations, input_hash, output_hash, processing_time_ms"
+    };
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    queue_capacity: i64,
+}
+
+impl PgStore {
+    pub async fn open(url: &str, queue_capacity: u64, pool_size: u32) -> StoreResult<Self> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        migrate(&pool).await?;
+        Ok(Self {
+            pool,
+            queue_capacity: i64::try_from(queue_capacity).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// Listens for new-job announcements from every instance and calls `wake` for each,
+    /// until `stop`. Reconnects if the connection drops (sqlx's listener does that itself).
+    pub async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
+        let mut listener = loop {
+            match self.try_listen().await {
+                Ok(listener) => break listener,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot LISTEN for new jobs; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = stop.cancelled() => return,
+                    }
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                notification = listener.recv() => match notification {
+                    Ok(_) => wake(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "job notifications interrupted");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn try_listen(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(JOBS_CHANNEL).await?;
+        Ok(listener)
+    }
+
+    pub async fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at)
+             VALUES ($1, 'sync', 'processing', $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&new.id)
+        .bind(&new.payload_hash)
+        .bind(i64::from(new.iterations))
+        .bind(new.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn sync_finished(
+        &self,
+        new: &NewRequest,
+        outcome: Result<&WorkResult, &str>,
+    ) -> StoreResult<()> {
+        let (status, result) = match outcome {
+            Ok(result) => ("completed", Some(result)),
+            Err(_) => ("failed", None),
+        };
+        sqlx::query(
+            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                                   completed_at, input_hash, output_hash, processing_time_ms)
+             VALUES ($1, 'sync', $5, $2, $3, $4, now(), $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
+                 input_hash = excluded.input_hash, output_hash = excluded.output_hash,
+                 processing_time_ms = excluded.processing_time_ms",
+        )
+        .bind(&new.id)
+        .bind(&new.payload_hash)
+        .bind(i64::from(new.iterations))
+        .bind(new.created_at)
+        .bind(status)
+        .bind(result.map(|r| r.input_hash.as_str()))
+        .bind(result.map(|r| r.output_hash.as_str()))
+        .bind(result.map(|r| r.processing_time_ms))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        // The insert happens only if the queue has room; see the module docs for the bound.
+        let inserted = sqlx::query(
+            "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
+                                   created_at, next_attempt_at)
+             SELECT $1, 'async', 'pending', $2, $3, $4, $5, $6, $6
+             WHERE (SELECT count(*) FROM requests WHERE next_attempt_at IS NOT NULL) < $7",
+        )
+        .bind(&new.request.id)
+        .bind(&new.request.payload_hash)
+        .bind(&new.data)
+        .bind(i64::from(new.request.iterations))
+        .bind(&new.callback_url)
+        .bind(new.request.created_at)
+        .bind(self.queue_capacity)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::QueueFull);
+        }
+        // Delivered to listeners when the transaction commits, never before.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(JOBS_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> StoreResult<Vec<Job>> {
+        let rows = sqlx::query(
+            "UPDATE requests
+             SET status = CASE status WHEN 'pending' THEN 'processing' ELSE status END,
+                 lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2)
+             WHERE id IN (
+                 SELECT id FROM requests
+                 WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now()
+                   AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                 ORDER BY next_attempt_at
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, data, iterations, callback_url, callback_attempts, round_start_attempts,
+                       input_hash, output_hash, processing_time_ms",
+        )
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub async fn heartbeat(&self, owner: &str, lease: Duration) -> StoreResult<u64> {
+        let extended = sqlx::query(
+            "UPDATE requests SET lease_expires_at = now() + make_interval(secs => $2)
+             WHERE lease_owner = $1 AND next_attempt_at IS NOT NULL",
+        )
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(extended.rows_affected())
+    }
+
+    pub async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        // Due times are compared with the database's clock; translate to ours.
+        let row = sqlx::query(
+            "SELECT min(next_attempt_at) - now() AS wait FROM requests
+             WHERE next_attempt_at IS NOT NULL AND (lease_expires_at IS NULL OR lease_expires_at < now())",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let wait: Option<sqlx::postgres::types::PgInterval> = row.try_get("wait")?;
+        Ok(wait.map(|w| {
+            let micros = w.microseconds + i64::from(w.days) * 86_400_000_000;
+            Utc::now() + chrono::Duration::microseconds(micros)
+        }))
+    }
+
+    pub async fn store_result(
+        &self,
+        id: &str,
+        owner: &str,
+        result: &WorkResult,
+    ) -> StoreResult<bool> {
+        let updated = sqlx::query(
+            "UPDATE requests SET status = 'callback_pending', input_hash = $3, output_hash = $4,
+                    processing_time_ms = $5, data = NULL
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(&result.input_hash)
+        .bind(&result.output_hash)
+        .bind(result.processing_time_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    pub async fn record_attempt(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<bool> {
+        let (status, finished, next_attempt_at) = match outcome {
+            AttemptOutcome::Delivered => ("callback_success", true, None),
+            AttemptOutcome::GaveUp => ("callback_failed", true, None),
+            AttemptOutcome::RetryAt(at) => ("callback_pending", false, Some(at)),
+        };
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE requests SET status = $3, completed_at = CASE WHEN $4 THEN now() END,
+                    next_attempt_at = $5, callback_attempts = $6,
+                    callback_last_error = COALESCE($7, callback_last_error),
+                    lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(status)
+        .bind(finished)
+        .bind(next_attempt_at)
+        .bind(i64::from(attempt.attempt))
+        .bind(&attempt.error)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            // The lease was lost: the job belongs to someone else now; record nothing.
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO delivery_attempts
+                 (request_id, attempt, started_at, duration_ms, status_code, error, response_body, claimed_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (request_id, attempt) DO NOTHING",
+        )
+        .bind(id)
+        .bind(i64::from(attempt.attempt))
+        .bind(attempt.started_at)
+        .bind(attempt.duration_ms)
+        .bind(attempt.status_code.map(i32::from))
+        .bind(&attempt.error)
+        .bind(&attempt.response_body)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
+        let mut tx = self.pool.begin().await?;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM requests WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(status) = status else {
+            return Ok(Redelivery::NotFound);
+        };
+        let status = parse_status(&status)?;
+        if status != Status::CallbackFailed {
+            return Ok(Redelivery::WrongStatus(status));
+        }
+        let queued: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM requests WHERE next_attempt_at IS NOT NULL")
+                .fetch_one(&mut *tx)
+                .await?;
+        if queued >= self.queue_capacity {
+            return Err(StoreError::QueueFull);
+        }
+        // A new round: the retry budget counts from the attempts made so far.
+        sqlx::query(
+            "UPDATE requests SET status = 'callback_pending', completed_at = NULL,
+                    next_attempt_at = now(), round_start_attempts = callback_attempts
+             WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(JOBS_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Redelivery::Queued)
+    }
+
+    pub async fn release(&self, owner: &str) -> StoreResult<u64> {
+        let released = sqlx::query("UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1")
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        if released.rows_affected() > 0 {
+            // Wake the other instances: the released jobs are due now.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(JOBS_CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(released.rows_affected())
+    }
+
+    pub async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
+        let Some(row) = sqlx::query(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM requests WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let mut record = record_from_row(&row)?;
+        let attempts = sqlx::query(
+            "SELECT attempt, started_at, duration_ms, status_code, error, response_body, claimed_by
+             FROM delivery_attempts WHERE request_id = $1 ORDER BY attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        record.attempts = Some(
+            attempts
+                .iter()
+                .map(attempt_from_row)
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        Ok(Some(record))
+    }
+
+    pub async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
+        macro_rules! condition {
+            () => {
+                "($1::text IS NULL OR mode = $1) AND ($2::text IS NULL OR status = $2)"
+            };
+        }
+        let mode = filter.mode.map(Mode::as_str);
+        let status = filter.status.map(Status::as_str);
+        let total: i64 = sqlx::query_scalar(concat!(
+            "SELECT count(*) FROM requests WHERE ",
+            condition!()
+        ))
+        .bind(mode)
+        .bind(status)
+        .fetch_one(&self.pool)
+        .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM requests WHERE ",
+            condition!(),
+            " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+        ))
+        .bind(mode)
+        .bind(status)
+        .bind(i64::from(filter.limit))
+        .bind(i64::try_from(filter.offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(RequestList {
+            total: u64::try_from(total).unwrap_or(0),
+            requests: rows
+                .iter()
+                .map(record_from_row)
+                .collect::<Result<Vec<_>, _>>()?,
+        })
+    }
+
+    pub async fn queue_size(&self) -> StoreResult<u64> {
+        let queued: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM requests WHERE next_attempt_at IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(queued).unwrap_or(0))
+    }
+
+    pub async fn ping(&self) -> bool {
+        let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), ping).await,
+            Ok(Ok(1))
+        )
+    }
+
+    pub async fn cleanup(
+        &self,
+        cutoff: DateTime<Utc>,
+        max_stored: u64,
+    ) -> StoreResult<CleanupReport> {
+        // SKIP LOCKED: instances cleaning at the same time take different rows instead of
+        // waiting on each other.
+        let mut report = CleanupReport::default();
+        loop {
+            let expired = sqlx::query(concat!(
+                "DELETE FROM requests WHERE id IN (
+                     SELECT id FROM requests WHERE status IN ",
+                finished_statuses!(),
+                " AND COALESCE(completed_at, created_at) < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ))
+            .bind(cutoff)
+            .bind(CLEANUP_CHUNK)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.expired += expired;
+            if expired < CLEANUP_CHUNK as u64 {
+                break;
+            }
+        }
+        loop {
+            let over = sqlx::query(concat!(
+                "DELETE FROM requests WHERE id IN (
+                     SELECT id FROM requests WHERE status IN ",
+                finished_statuses!(),
+                " ORDER BY created_at DESC, id DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ))
+            .bind(i64::try_from(max_stored).unwrap_or(i64::MAX))
+            .bind(CLEANUP_CHUNK)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.over_limit += over;
+            if over < CLEANUP_CHUNK as u64 {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Sync requests left `processing` by an instance that died mid-request.
+    pub async fn fail_stale_sync(&self, older_than: DateTime<Utc>) -> StoreResult<u64> {
+        let failed = sqlx::query(
+            "UPDATE requests SET status = 'failed', completed_at = now()
+             WHERE mode = 'sync' AND status = 'processing' AND created_at < $1",
+        )
+        .bind(older_than)
+        .execute(&self.pool)
+        .await?;
+        Ok(failed.rows_affected())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn migrate(pool: &PgPool) -> StoreResult<()> {
+    let mut tx = pool.begin().await?;
+    // Instances starting together queue here; the first applies, the rest find nothing to do.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations")
+        .fetch_one(&mut *tx)
+        .await?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Open(format!(
+            "the database schema is version {applied}, newer than this build knows ({}); upgrade syncasync",
+            MIGRATIONS.len()
+        )));
+    }
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+            .bind(i32::try_from(n + 1).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version = n + 1, "applied schema migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn parse_status(value: &str) -> Result<Status, sqlx::Error> {
+    Status::parse(value)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown status {value:?}").into()))
+}
+
+fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    let mode: String = row.try_get("mode")?;
+    let status: String = row.try_get("status")?;
+    Ok(RequestRecord {
+        result: result_from_row(row, &id)?,
+        mode: Mode::parse(&mode)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown mode {mode:?}").into()))?,
+        status: parse_status(&status)?,
+        payload_hash: row.try_get("payload_hash")?,
+        created_at: row.try_get("created_at")?,
+        completed_at: row.try_get("completed_at")?,
+        callback_url: row.try_get("callback_url")?,
+        callback_attempts: u32::try_from(row.try_get::<i32, _>("callback_attempts")?).unwrap_or(0),
+        callback_last_error: row.try_get("callback_last_error")?,
+        attempts: None,
+        id,
+    })
+}
+
+fn result_from_row(row: &PgRow, id: &str) -> Result<Option<WorkResult>, sqlx::Error> {
+    let input_hash: Option<String> = row.try_get("input_hash")?;
+    let output_hash: Option<String> = row.try_get("output_hash")?;
+    let processing_time_ms: Option<f64> = row.try_get("processing_time_ms")?;
+    Ok(match (input_hash, output_hash, processing_time_ms) {
+        (Some(input_hash), Some(output_hash), Some(processing_time_ms)) => Some(WorkResult {
+            request_id: id.to_string(),
+            input_hash,
+            output_hash,
+            iterations: u32::try_from(row.try_get::<i32, _>("iterations")?).unwrap_or(0),
+            processing_time_ms,
+        }),
+        _ => None,
+    })
+}
+
+fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    let callback_attempts = u32::try_from(row.try_get::<i32, _>("callback_attempts")?).unwrap_or(0);
+    let round_start = u32::try_from(row.try_get::<i32, _>("round_start_attempts")?).unwrap_or(0);
+    Ok(Job {
+        result: result_from_row(row, &id)?,
+        data: row.try_get("data")?,
+        iterations: u32::try_from(row.try_get::<i32, _>("iterations")?).unwrap_or(0),
+        callback_url: row
+            .try_get::<Option<String>, _>("callback_url")?
+            .unwrap_or_default(),
+        callback_attempts,
+        round_attempts: callback_attempts.saturating_sub(round_start),
+        id,
+    })
+}
+
+fn attempt_from_row(row: &PgRow) -> Result<DeliveryAttempt, sqlx::Error> {
+    Ok(DeliveryAttempt {
+        attempt: u32::try_from(row.try_get::<i32, _>("attempt")?).unwrap_or(0),
+        started_at: row.try_get("started_at")?,
+        duration_ms: row.try_get("duration_ms")?,
+        status_code: row
+            .try_get::<Option<i32>, _>("status_code")?
+            .and_then(|c| u16::try_from(c).ok()),
+        error: row.try_get("error")?,
+        response_body: row.try_get("response_body")?,
+        instance: row.try_get("claimed_by")?,
+    })
+}
