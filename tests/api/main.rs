@@ -10,6 +10,7 @@ mod durability;
 mod guard;
 mod receiver;
 mod requests;
+mod scale_out;
 mod ssrf;
 mod sync;
 mod validation;

@@ -1,0 +1,278 @@
+//! Several instances on one PostgreSQL: one queue, nothing lost, no job worked twice at once.
+//! These tests need PostgreSQL (`SYNCASYNC_TEST_POSTGRES_URL`); without it they say so and
+//! pass, except in CI, where they must run.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::durability::ChildServer;
+use crate::helpers::{Behaviour, Receiver, client, create_postgres_database, postgres_admin_url};
+
+/// A fresh PostgreSQL database, or `None` (with the reason printed) when none is configured.
+async fn postgres_database() -> Option<String> {
+    match postgres_admin_url() {
+        Some(admin) => Some(create_postgres_database(&admin).await),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the scale-out tests: set SYNCASYNC_TEST_POSTGRES_URL"
+            );
+            eprintln!(
+                "skipped: needs PostgreSQL; set SYNCASYNC_TEST_POSTGRES_URL=postgres://…/postgres"
+            );
+            None
+        }
+    }
+}
+
+async fn record(address: &str, id: &str) -> Value {
+    client()
+        .get(format!("{address}/requests/{id}"))
+        .send()
+        .await
+        .expect("GET /requests/{id}")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+#[tokio::test]
+async fn three_instances_one_killed_mid_burst_lose_nothing_and_never_overlap() {
+    let Some(database) = postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Behaviour::hang(Duration::from_millis(20))).await;
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(
+            ChildServer::start(dir.path(), &database, &[("APP_DATABASE_POOL_SIZE", "4")]).await,
+        );
+    }
+    let addresses: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
+
+    // Eight submitters spread requests over the three instances.
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut submitters = Vec::new();
+    for worker in 0..8 {
+        let addresses = addresses.clone();
+        let callback = receiver.url();
+        let acknowledged = Arc::clone(&acknowledged);
+        submitters.push(tokio::spawn(async move {
+            let client = client();
+            for n in 0..60 {
+                let address = &addresses[(worker + n) % addresses.len()];
+                let body = json!({"data": format!("scale {worker}-{n}"), "iterations": 2000, "callback_url": callback});
+                let Ok(response) = client.post(format!("{address}/async")).json(&body).send().await else {
+                    continue; // that instance is gone; the others go on
+                };
+                if response.status() != 200 {
+                    continue;
+                }
+                if let Some(id) = response.json::<Value>().await.ok().and_then(|b| b["request_id"].as_str().map(str::to_string)) {
+                    acknowledged.lock().unwrap().push(id);
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().unwrap().len() < 120 {
+        assert!(Instant::now() < deadline, "the burst did not get going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    servers[0].kill_9();
+    for submitter in submitters {
+        submitter.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > 300,
+        "most of the burst was acknowledged: {}",
+        acknowledged.len()
+    );
+
+    // Every acknowledged request ends delivered; the dead instance's jobs are taken over
+    // once their leases expire.
+    let survivor = &addresses[1];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut records = HashMap::new();
+    for id in &acknowledged {
+        loop {
+            let record = record(survivor, id).await;
+            if record["status"] == "callback_success" {
+                records.insert(id.clone(), record);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "acknowledged request {id} not delivered: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let delivered: HashSet<String> = receiver.delivered_ids().into_iter().collect();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !delivered.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "callbacks never received for {missing:?}"
+    );
+
+    // The audit: all three instances worked, and no two ever worked one job at the same time.
+    let mut instances = HashSet::new();
+    for (id, record) in &records {
+        let mut spans: Vec<(String, f64, f64)> = record["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let start = chrono::DateTime::parse_from_rfc3339(a["started_at"].as_str().unwrap())
+                    .unwrap();
+                let start_ms = start.timestamp_millis() as f64;
+                let instance = a["instance"].as_str().unwrap().to_string();
+                (
+                    instance,
+                    start_ms,
+                    start_ms + a["duration_ms"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        spans.sort_by(|a, b| a.1.total_cmp(&b.1));
+        for pair in spans.windows(2) {
+            let (first, second) = (&pair[0], &pair[1]);
+            // Timestamps are stored to the millisecond: allow that much.
+            assert!(
+                first.0 == second.0 || second.1 + 1.0 >= first.2,
+                "{id}: attempts by {} and {} overlap: {spans:?}",
+                first.0,
+                second.0
+            );
+        }
+        instances.extend(spans.into_iter().map(|s| s.0));
+    }
+    assert!(instances.len() >= 2, "the work was shared: {instances:?}");
+}
+
+#[tokio::test]
+async fn an_idle_instance_wakes_at_once_for_a_job_queued_by_another() {
+    let Some(database) = postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hanging = Receiver::start(Behaviour::hang(Duration::from_secs(20))).await;
+    let good = Receiver::start(Behaviour::accept()).await;
+    // Instance A has one worker, and it will be stuck on a hanging receiver.
+    let a = ChildServer::start(
+        dir.path(),
+        &database,
+        &[
+            ("APP_ASYNC_WORKER_COUNT", "1"),
+            ("APP_CALLBACK_TIMEOUT_SECONDS", "30"),
+            ("APP_SHUTDOWN_GRACE_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let client = client();
+    let submit = |address: String, url: String| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(format!("{address}/async"))
+                .json(&json!({"data": "wake", "iterations": 10, "callback_url": url}))
+                .send()
+                .await
+                .unwrap();
+            response.json::<Value>().await.unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    submit(a.address.clone(), hanging.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health: Value = client
+            .get(format!("{}/healthz", a.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["active_workers"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never got busy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B starts idle; give it time to fall asleep on the queue.
+    let b = ChildServer::start(dir.path(), &database, &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let id = submit(a.address.clone(), good.url()).await;
+    good.wait_for_deliveries(1, Duration::from_secs(10)).await;
+    let waited = started.elapsed();
+    // B's idle poll is 5 s; only the notification gets it there sooner.
+    assert!(
+        waited < Duration::from_secs(2),
+        "the idle instance took {waited:?} to wake"
+    );
+    // A's only worker is still stuck, so B made the delivery.
+    let record = record(&b.address, &id).await;
+    assert_eq!(record["status"], "callback_success");
+    assert_eq!(record["callback_attempts"], 1);
+}
+
+#[tokio::test]
+async fn a_slow_but_live_instance_keeps_its_jobs() {
+    let Some(database) = postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Deliveries take 3 s, three times the 1 s lease: without heartbeats the other instance
+    // would take the jobs over and deliver them a second time.
+    let slow = Receiver::start(Behaviour::hang(Duration::from_secs(3))).await;
+    let lease = [
+        ("APP_JOB_LEASE_SECONDS", "1"),
+        ("APP_CALLBACK_TIMEOUT_SECONDS", "10"),
+    ];
+    let a = ChildServer::start(dir.path(), &database, &lease).await;
+    let b = ChildServer::start(dir.path(), &database, &lease).await;
+    let client = client();
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let address = if n % 2 == 0 { &a.address } else { &b.address };
+        let response = client
+            .post(format!("{address}/async"))
+            .json(
+                &json!({"data": format!("slow {n}"), "iterations": 10, "callback_url": slow.url()}),
+            )
+            .send()
+            .await
+            .unwrap();
+        ids.push(
+            response.json::<Value>().await.unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    slow.wait_for_deliveries(4, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        slow.received().len(),
+        4,
+        "each job delivered exactly once: no takeover of a live lease"
+    );
+    for id in &ids {
+        let record = record(&a.address, id).await;
+        assert_eq!(record["status"], "callback_success");
+        assert_eq!(record["callback_attempts"], 1);
+    }
+}
