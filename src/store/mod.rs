@@ -5,6 +5,22 @@
 //! per database file) and PostgreSQL ([`postgres`], several instances sharing one database
 //! and one queue). Callers never know which one they talk to.
 
+/// Statuses that never change again, in SQL list form for `IN`: shared by both backends'
+/// SQL (a macro, so that statements stay `&'static str` literals built with `concat!`).
+macro_rules! finished_statuses {
+    () => {
+        "('completed', 'failed', 'callback_success', 'callback_failed')"
+    };
+}
+
+/// The columns both backends read into a `RequestRecord`.
+macro_rules! record_columns {
+    () => {
+        "id, mode, status, payload_hash, created_at, completed_at, callback_url, callback_attempts,
+         callback_last_error, iterations, input_hash, output_hash, processing_time_ms"
+    };
+}
+
 mod postgres;
 mod sqlite;
 

@@ -42,19 +42,6 @@ const JOBS_CHANNEL: &str = "syncasync_jobs";
 /// Rows deleted per retention statement, so cleanup never holds many row locks at once.
 const CLEANUP_CHUNK: i64 = 2000;
 
-macro_rules! finished_statuses {
-    () => {
-        "('completed', 'failed', 'callback_success', 'callback_failed')"
-    };
-}
-
-macro_rules! record_columns {
-    () => {
-        "id, mode, status, payload_hash, created_at, completed_at, callback_url, callback_attempts,
-         callback_last_error, iterations, input_hash, output_hash, processing_time_ms"
-    };
-}
-
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,

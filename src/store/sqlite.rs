@@ -56,21 +56,6 @@ const READERS: usize = 4;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Statuses that never change again (SQL list form, for `IN`).
-macro_rules! finished_statuses {
-    () => {
-        "('completed', 'failed', 'callback_success', 'callback_failed')"
-    };
-}
-
-/// The columns [`record_from_row`] reads.
-macro_rules! record_columns {
-    () => {
-        "id, mode, status, payload_hash, created_at, completed_at, callback_url, callback_attempts,
-         callback_last_error, iterations, input_hash, output_hash, processing_time_ms"
-    };
-}
-
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: mpsc::Sender<Command>,

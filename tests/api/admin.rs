@@ -5,17 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestApp, spawn_app, unused_port};
+use crate::helpers::{Behaviour, Receiver, TestApp, read, spawn_app, unused_port};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn read(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("response body");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|err| panic!("status {status}: body is not JSON ({err}): {text:?}"));
-    (status, body)
-}
 
 /// `POST /admin/cleanup` with the given Authorization header (none if `None`).
 async fn cleanup(app: &TestApp, authorization: Option<&str>) -> reqwest::Response {

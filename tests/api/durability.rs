@@ -1,7 +1,6 @@
 //! Nothing acknowledged is lost: the service as a child process, killed with SIGKILL
 //! mid-burst or stopped with SIGTERM, then restarted on the same database.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -9,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, client, fresh_database, spawn_app_on, unused_port};
+use crate::helpers::{
+    Behaviour, Receiver, assert_all_delivered, client, fresh_database, get_json_at, spawn_app_on,
+    unused_port, wait_for_active_workers, wait_for_status_at,
+};
 
 /// The real binary, started with the given settings on a database in `dir`.
 pub struct ChildServer {
@@ -103,17 +105,6 @@ impl Drop for ChildServer {
     }
 }
 
-async fn status_of(client: &reqwest::Client, address: &str, id: &str) -> Value {
-    client
-        .get(format!("{address}/requests/{id}"))
-        .send()
-        .await
-        .expect("GET /requests/{id}")
-        .json()
-        .await
-        .expect("JSON")
-}
-
 #[tokio::test]
 async fn kill_9_mid_burst_loses_no_acknowledged_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,41 +160,21 @@ async fn kill_9_mid_burst_loses_no_acknowledged_request() {
     let client = client();
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &acknowledged {
-        loop {
-            let record = status_of(&client, &server.address, id).await;
-            if record["status"] == "callback_success" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "acknowledged request {id} not delivered: {record}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_status_at(&client, &server.address, id, "callback_success", deadline).await;
     }
-    let delivered: HashSet<String> = receiver.delivered_ids().into_iter().collect();
-    let missing: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !delivered.contains(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "callbacks never received for {missing:?}"
-    );
+    assert_all_delivered(&receiver, &acknowledged);
 
     // Nothing is left behind in an unfinished state: requests committed but not yet
     // acknowledged when the process died finish too.
     let deadline = Instant::now() + Duration::from_secs(30);
     for status in ["pending", "processing", "callback_pending"] {
         loop {
-            let list: Value = client
-                .get(format!("{}/requests?status={status}", server.address))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let list = get_json_at(
+                &client,
+                &server.address,
+                &format!("/requests?status={status}"),
+            )
+            .await;
             if list["total"] == 0 {
                 break;
             }
@@ -274,25 +245,7 @@ async fn sigterm_hands_unfinished_deliveries_back_and_restart_delivers_them() {
         .to_string();
 
     // Wait until the delivery is in flight to the hanging receiver.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let health: Value = client
-            .get(format!("{}/healthz", server.address))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if health["active_workers"] == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "delivery never started: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_active_workers(&client, &server.address, 1, Duration::from_secs(10)).await;
     let stopping = Instant::now();
     server.sigterm();
     let status = server.wait_exit(Duration::from_secs(10)).await;
@@ -310,17 +263,7 @@ async fn sigterm_hands_unfinished_deliveries_back_and_restart_delivers_them() {
     let server = ChildServer::start(dir.path(), &database, &[]).await;
     good.wait_for_deliveries(1, Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let record = status_of(&client, &server.address, &id).await;
-        if record["status"] == "callback_success" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not recorded as delivered: {record}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_status_at(&client, &server.address, &id, "callback_success", deadline).await;
 }
 
 #[tokio::test]

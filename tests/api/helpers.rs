@@ -233,18 +233,14 @@ impl TestApp {
 
     /// Polls `GET /requests/{id}` until its status is `status`.
     pub async fn wait_for_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let record = self.get_json(&format!("/requests/{id}")).await;
-            if record["status"] == status {
-                return record;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "request {id} did not reach {status} within {timeout:?}; last: {record}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_status_at(
+            &self.client,
+            &self.address,
+            id,
+            status,
+            Instant::now() + timeout,
+        )
+        .await
     }
 
     /// Stops the service the way SIGTERM does and waits for it to finish.
@@ -261,6 +257,82 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// The status and JSON body of a response; a body that is not JSON fails the test.
+pub async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("response body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|err| panic!("status {status}: body is not JSON ({err}): {text:?}"));
+    (status, body)
+}
+
+/// `GET {address}{path}` as JSON.
+pub async fn get_json_at(client: &reqwest::Client, address: &str, path: &str) -> Value {
+    let response = client
+        .get(format!("{address}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("GET {path}: {err}"));
+    read(response).await.1
+}
+
+/// Polls `GET {address}/requests/{id}` until its status is `status`; fails the test at
+/// `deadline`.
+pub async fn wait_for_status_at(
+    client: &reqwest::Client,
+    address: &str,
+    id: &str,
+    status: &str,
+    deadline: Instant,
+) -> Value {
+    loop {
+        let record = get_json_at(client, address, &format!("/requests/{id}")).await;
+        if record["status"] == status {
+            return record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "request {id} did not reach {status} in time; last: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `GET {address}/healthz` until `active_workers` is `n`.
+pub async fn wait_for_active_workers(
+    client: &reqwest::Client,
+    address: &str,
+    n: u64,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let health = get_json_at(client, address, "/healthz").await;
+        if health["active_workers"] == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "active_workers never reached {n}: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Fails the test unless every acknowledged id was delivered to `receiver` (with a 2xx).
+pub fn assert_all_delivered(receiver: &Receiver, acknowledged: &[String]) {
+    let delivered: std::collections::HashSet<String> =
+        receiver.delivered_ids().into_iter().collect();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !delivered.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "callbacks never received for {missing:?}"
+    );
 }
 
 /// What a receiver does with each callback.

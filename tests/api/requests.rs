@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestApp, spawn_app, unused_port};
+use crate::helpers::{Behaviour, Receiver, TestApp, read, spawn_app, unused_port};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -18,14 +18,6 @@ const SLOW_RETRIES: [&str; 4] = [
     "--callback-retry-max-delay",
     "30",
 ];
-
-async fn read(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("response body");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|err| panic!("status {status}: body is not JSON ({err}): {text:?}"));
-    (status, body)
-}
 
 async fn sync_request(app: &TestApp, data: &str) -> String {
     let (status, body) = read(app.post_sync(&json!({"data": data, "iterations": 1})).await).await;

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::durability::ChildServer;
-use crate::helpers::{Behaviour, Receiver, client, create_postgres_database, postgres_admin_url};
+use crate::helpers::{
+    Behaviour, Receiver, assert_all_delivered, client, create_postgres_database, get_json_at,
+    postgres_admin_url, wait_for_active_workers, wait_for_status_at,
+};
 
 /// A fresh PostgreSQL database, or `None` (with the reason printed) when none is configured.
 async fn postgres_database() -> Option<String> {
@@ -26,17 +29,6 @@ async fn postgres_database() -> Option<String> {
             None
         }
     }
-}
-
-async fn record(address: &str, id: &str) -> Value {
-    client()
-        .get(format!("{address}/requests/{id}"))
-        .send()
-        .await
-        .expect("GET /requests/{id}")
-        .json()
-        .await
-        .expect("JSON")
 }
 
 #[tokio::test]
@@ -98,32 +90,16 @@ async fn three_instances_one_killed_mid_burst_lose_nothing_and_never_overlap() {
     // once their leases expire.
     let survivor = &addresses[1];
     let deadline = Instant::now() + Duration::from_secs(90);
+    let client = client();
     let mut records = HashMap::new();
     for id in &acknowledged {
-        loop {
-            let record = record(survivor, id).await;
-            if record["status"] == "callback_success" {
-                records.insert(id.clone(), record);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "acknowledged request {id} not delivered: {record}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let record = wait_for_status_at(&client, survivor, id, "callback_success", deadline).await;
+        records.insert(id.clone(), record);
     }
-    let delivered: HashSet<String> = receiver.delivered_ids().into_iter().collect();
-    let missing: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !delivered.contains(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "callbacks never received for {missing:?}"
-    );
+    assert_all_delivered(&receiver, &acknowledged);
 
-    // The audit: all three instances worked, and no two ever worked one job at the same time.
+    // The audit: the instances shared the work, and no two ever worked one job at the same
+    // time.
     let mut instances = HashSet::new();
     for (id, record) in &records {
         let mut spans: Vec<(String, f64, f64)> = record["attempts"]
@@ -194,22 +170,7 @@ async fn an_idle_instance_wakes_at_once_for_a_job_queued_by_another() {
         }
     };
     submit(a.address.clone(), hanging.url()).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let health: Value = client
-            .get(format!("{}/healthz", a.address))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if health["active_workers"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "A never got busy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_active_workers(&client, &a.address, 1, Duration::from_secs(10)).await;
     // B starts idle; give it time to fall asleep on the queue.
     let b = ChildServer::start(dir.path(), &database, &[]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -224,7 +185,7 @@ async fn an_idle_instance_wakes_at_once_for_a_job_queued_by_another() {
         "the idle instance took {waited:?} to wake"
     );
     // A's only worker is still stuck, so B made the delivery.
-    let record = record(&b.address, &id).await;
+    let record = get_json_at(&client, &b.address, &format!("/requests/{id}")).await;
     assert_eq!(record["status"], "callback_success");
     assert_eq!(record["callback_attempts"], 1);
 }
@@ -271,7 +232,7 @@ async fn a_slow_but_live_instance_keeps_its_jobs() {
         "each job delivered exactly once: no takeover of a live lease"
     );
     for id in &ids {
-        let record = record(&a.address, id).await;
+        let record = get_json_at(&client, &a.address, &format!("/requests/{id}")).await;
         assert_eq!(record["status"], "callback_success");
         assert_eq!(record["callback_attempts"], 1);
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestApp, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestApp, read, spawn_app};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -50,14 +50,6 @@ const LOOPBACK_SPELLINGS: &[(&str, &str)] = &[
     ("[::FFFF:127.1.2.3]", "[::ffff:7f01:203]"),
     ("[::ffff:0.0.0.0]", "[::ffff:0:0]"),
 ];
-
-async fn read(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("response body");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|err| panic!("status {status}: body is not JSON ({err}): {text:?}"));
-    (status, body)
-}
 
 fn blocked(host: &str) -> Value {
     let msg = format!("host {host} is not allowed (private, loopback or reserved address)");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Behaviour, Receiver, TestApp, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestApp, read, spawn_app};
 
 const PATHS: [&str; 2] = ["/sync", "/async"];
 const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
@@ -72,15 +72,6 @@ async fn post_raw(
         );
     }
     request.send().await.expect("request sent")
-}
-
-/// The status and JSON body of a response; a body that is not JSON fails the test.
-async fn read(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("response body");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|err| panic!("status {status}: body is not JSON ({err}): {text:?}"));
-    (status, body)
 }
 
 /// The exact 422 body for one broken rule of one body field.
