@@ -237,3 +237,32 @@ async fn a_slow_but_live_instance_keeps_its_jobs() {
         assert_eq!(record["callback_attempts"], 1);
     }
 }
+
+#[tokio::test]
+async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
+    let Some(database) = postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = tokio::join!(
+        ChildServer::start(dir.path(), &database, &[]),
+        ChildServer::start(dir.path(), &database, &[]),
+        ChildServer::start(dir.path(), &database, &[]),
+    );
+    let client = client();
+    for server in [&a, &b, &c] {
+        let health = get_json_at(&client, &server.address, "/healthz").await;
+        assert_eq!(health["database_ok"], true);
+    }
+    // Each migration ran exactly once.
+    use sqlx::Connection;
+    let mut conn = sqlx::postgres::PgConnection::connect(&database)
+        .await
+        .unwrap();
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1]);
+}
