@@ -14,6 +14,8 @@ pub mod delivery;
 pub mod http;
 /// Input rules of SPEC §2.
 pub mod input;
+/// `syncasync loadgen`: the load generator (latencies, time-to-callback, open or closed loop).
+pub mod loadgen;
 /// Wire types and statuses.
 pub mod model;
 /// `syncasync receiver`: a callback receiver for manual tests.

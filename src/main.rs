@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use syncasync::app::Application;
 use syncasync::config::{Config, one_line_error};
+use syncasync::loadgen::LoadgenArgs;
 use syncasync::receiver::ReceiverArgs;
 use syncasync::shutdown::{CancellationToken, terminate_signal};
 use tracing_subscriber::EnvFilter;
@@ -30,6 +31,9 @@ struct Cli {
 enum Command {
     /// Run the service (the default).
     Serve(Config),
+    /// Generate load against a running service and report latencies, throughput and
+    /// time-to-callback per mode.
+    Loadgen(LoadgenArgs),
     /// Run a callback receiver: POST /callback, GET /callbacks, GET /callbacks/{request_id},
     /// DELETE /callbacks, GET /stats.
     Receiver(ReceiverArgs),
@@ -45,6 +49,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let mut command = Cli::command();
+    // Built up front, subcommands included: `one_line_error` prints the arguments of any
+    // subcommand, and clap panics when printing an argument that was never built.
+    command.build();
     let parsed = command
         .try_get_matches_from_mut(std::env::args_os())
         .and_then(|matches| Cli::from_arg_matches(&matches));
@@ -69,9 +76,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Serve(config)) => serve(config),
+        Some(Command::Loadgen(args)) => loadgen(args),
         Some(Command::Receiver(args)) => receiver(args),
         None => serve(cli.serve),
     }
+}
+
+fn loadgen(args: LoadgenArgs) -> ExitCode {
+    init_logging();
+    run_async(|shutdown| async move {
+        syncasync::loadgen::run_and_report(args, shutdown)
+            .await
+            .map_err(|err| err.to_string())
+    })
 }
 
 fn receiver(args: ReceiverArgs) -> ExitCode {

@@ -8,6 +8,7 @@ mod admin;
 mod delivery;
 mod durability;
 mod guard;
+mod loadgen;
 mod receiver;
 mod requests;
 mod scale_out;

@@ -1,0 +1,337 @@
+//! `syncasync loadgen`: measures the service under load, both paths end to end (SPEC §8).
+//!
+//! A run checks that the service answers (`GET /healthz`), starts its own callback receiver
+//! (async), then runs one phase per mode (`both`: sync, then async), each reported apart.
+//! All workers share one keep-alive HTTP client, so the run measures the service and not
+//! connection set-up (the original tool opened a session per request). Latencies go to
+//! HdrHistograms in microseconds. With `--rate` the run is an open loop whose latencies
+//! count from each request's scheduled send time, so a stalled server cannot hide its stall
+//! (see `schedule.rs`). An async phase then waits for outstanding callbacks and matches them
+//! to its requests by id (see `callbacks.rs`).
+//!
+//! Ctrl-C (the stop token) stops sending at once, skips the wait for callbacks, and the
+//! report covers what was measured so far.
+//!
+//! Module map: `schedule` (when requests are due), `payload` (request bodies), `phase`
+//! (the workers), `tally` (what they count), `callbacks` (the receiver and the matching),
+//! `report` (percentiles, text, JSON), `progress` (the terminal bar), `error`.
+
+mod callbacks;
+mod error;
+mod payload;
+mod phase;
+mod progress;
+mod report;
+mod schedule;
+mod tally;
+
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use callbacks::{CallbackReceiver, CallbackTally, WaitOutcome};
+pub use error::LoadgenError;
+pub use report::{
+    CallbackReport, ErrorCount, Failures, Loop, ModeReport, Percentiles, Report, Settings, Wait,
+};
+pub use schedule::{Limit, Pace, Schedule, Ticket};
+
+use crate::model::Mode;
+use payload::Payloads;
+use phase::PhasePlan;
+use progress::Progress;
+
+/// How long the preflight `GET /healthz` may take: it asks "is anything there?", and a
+/// server that cannot answer that in 5 s will not be measured meaningfully either.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which paths to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeChoice {
+    Sync,
+    Async,
+    /// The sync phase, then the async phase.
+    Both,
+}
+
+impl ModeChoice {
+    /// Parses `sync`, `async` or `both`. A parser of our own rather than clap's `ValueEnum`,
+    /// so that the one-line error names the values it accepts.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(ModeChoice::Sync),
+            "async" => Ok(ModeChoice::Async),
+            "both" => Ok(ModeChoice::Both),
+            _ => Err("expected sync, async or both".to_string()),
+        }
+    }
+
+    pub fn modes(self) -> &'static [Mode] {
+        match self {
+            ModeChoice::Sync => &[Mode::Sync],
+            ModeChoice::Async => &[Mode::Async],
+            ModeChoice::Both => &[Mode::Sync, Mode::Async],
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadgenArgs {
+    /// Base URL of the service.
+    #[arg(long, default_value = "http://localhost:8000", value_parser = base_url)]
+    pub url: String,
+    /// Requests per mode.
+    #[arg(short = 'n', long, default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+    /// Requests in flight at once (workers, and keep-alive connections).
+    #[arg(short = 'c', long, default_value_t = 10,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub concurrency: usize,
+    /// Which paths to measure: sync, async, or both (sync, then async, reported apart).
+    #[arg(long, default_value = "both", value_parser = ModeChoice::parse)]
+    pub mode: ModeChoice,
+    /// Port of the loadgen's own callback receiver (0: any free port).
+    #[arg(long, default_value_t = 9999)]
+    pub callback_port: u16,
+    /// Host the callback receiver binds and puts in callback URLs: the service must reach it
+    /// there.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub callback_host: String,
+    /// `iterations` of each request's work.
+    #[arg(long, default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub iterations: u32,
+    /// Bytes of `data` in each request (every request's data differs).
+    #[arg(long, default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub data_size: usize,
+    /// Run each mode for this long instead of `-n` requests (`10s`, `500ms`, `2m`).
+    #[arg(long, value_parser = positive_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+    /// Open loop: send R requests per second on a fixed schedule, latency measured from each
+    /// request's scheduled send time (no coordinated omission). `-c` caps requests in flight.
+    #[arg(long, value_name = "R", value_parser = positive_rate, allow_negative_numbers = true)]
+    pub rate: Option<f64>,
+    /// Timeout of each request.
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    pub timeout: Duration,
+    /// How long to wait for outstanding callbacks after the last request.
+    #[arg(long, default_value = "30s", value_parser = any_duration)]
+    pub callback_timeout: Duration,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Never draw the progress bar (it is drawn only when stderr is a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// An http(s) URL with a host, without a trailing slash (paths are appended to it).
+fn base_url(s: &str) -> Result<String, String> {
+    let url = url::Url::parse(s).map_err(|err| err.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    if url.host().is_none() {
+        return Err("must have a host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or a fragment".into());
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(s)
+        .map_err(|err| format!("{err} (write a duration such as 10s, 500ms or 2m)"))?;
+    if duration.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(duration)
+}
+
+fn any_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|err| format!("{err} (write a duration such as 10s, 500ms or 2m)"))
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{s}` is not a number of requests per second above 0"
+        )),
+    }
+}
+
+impl LoadgenArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            requests: self.duration.is_none().then_some(self.requests),
+            duration_s: self.duration.map(|d| d.as_secs_f64()),
+            concurrency: self.concurrency,
+            rate: self.rate,
+            iterations: self.iterations,
+            data_size: self.data_size,
+            timeout_s: self.timeout.as_secs_f64(),
+            callback_timeout_s: self.callback_timeout.as_secs_f64(),
+        }
+    }
+
+    fn pace(&self) -> Pace {
+        match self.rate {
+            Some(rate) => Pace::Open { rate },
+            None => Pace::Closed,
+        }
+    }
+
+    fn limit(&self) -> Limit {
+        match self.duration {
+            Some(duration) => Limit::Duration(duration),
+            None => Limit::Count(self.requests),
+        }
+    }
+
+    fn endpoint(&self, mode: Mode) -> Result<reqwest::Url, LoadgenError> {
+        let raw = format!("{}/{}", self.url, mode.as_str());
+        reqwest::Url::parse(&raw).map_err(|err| LoadgenError::Unreachable {
+            url: raw,
+            reason: err.to_string(),
+        })
+    }
+}
+
+/// Runs the load test and returns its report; `stop` ends it early (the report then covers
+/// what was measured). Fails only if the run cannot start: the service does not answer at
+/// all, or the callback receiver cannot listen.
+pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, LoadgenError> {
+    let client = http_client(args.concurrency)?;
+    let modes = args.mode.modes();
+    // Before any request: a callback may come back faster than its 200.
+    let receiver = if modes.contains(&Mode::Async) {
+        Some(CallbackReceiver::start(&args.callback_host, args.callback_port).await?)
+    } else {
+        None
+    };
+    let mut report = Report {
+        url: args.url.clone(),
+        interrupted: false,
+        settings: args.settings(),
+        modes: Vec::new(),
+    };
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => {}
+        reached = preflight(&client, &args.url) => reached?,
+    }
+    let draw_progress = !args.no_progress && std::io::stderr().is_terminal();
+    let tag: u32 = rand::random();
+    for &mode in modes {
+        if stop.is_cancelled() {
+            break;
+        }
+        let callback_url = match (mode, &receiver) {
+            (Mode::Async, Some(receiver)) => Some(receiver.url()),
+            _ => None,
+        };
+        let plan = PhasePlan {
+            mode,
+            endpoint: args.endpoint(mode)?,
+            payloads: Payloads::new(args.data_size, args.iterations, callback_url, tag),
+            schedule: Schedule::new(args.pace(), args.limit()),
+            concurrency: args.concurrency,
+            timeout: args.timeout,
+        };
+        let progress = Progress::start(draw_progress, mode.as_str(), plan.schedule.planned());
+        let outcome = phase::run(&client, plan, &stop, progress.counter()).await;
+        progress.finish();
+
+        let callbacks = match (mode, &receiver) {
+            (Mode::Async, Some(receiver)) => {
+                let accepted = &outcome.tally.accepted;
+                let wait = if stop.is_cancelled() {
+                    WaitOutcome::Interrupted
+                } else {
+                    receiver
+                        .wait_for(accepted, args.callback_timeout, &stop)
+                        .await
+                };
+                Some(CallbackReport::new(&receiver.take_tally(accepted), wait))
+            }
+            _ => None,
+        };
+        let pace = match args.pace() {
+            Pace::Closed => Loop::Closed,
+            Pace::Open { .. } => Loop::Open,
+        };
+        report.modes.push(ModeReport::new(
+            mode,
+            pace,
+            &outcome.tally,
+            outcome.elapsed.as_secs_f64(),
+            outcome.interrupted,
+            callbacks,
+        ));
+    }
+    if let Some(receiver) = receiver {
+        receiver.shutdown().await;
+    }
+    report.interrupted = stop.is_cancelled();
+    Ok(report)
+}
+
+/// `syncasync loadgen`: runs, prints the text report on stdout, writes `--json`.
+pub async fn run_and_report(
+    args: LoadgenArgs,
+    stop: CancellationToken,
+) -> Result<(), LoadgenError> {
+    let json = args.json.clone();
+    let report = run(args, stop).await?;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(report.render_text().as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(LoadgenError::WriteReport)?;
+    if let Some(path) = json {
+        report.write_json(&path)?;
+    }
+    Ok(())
+}
+
+/// The one client every worker shares: keep-alive connections, at least one idle slot per
+/// worker so none is closed and reopened between requests.
+fn http_client(concurrency: usize) -> Result<reqwest::Client, LoadgenError> {
+    // reqwest is built without a crypto provider (see delivery/client.rs); https URLs need
+    // one installed, and installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        // A redirect is an answer to measure, not to follow.
+        .redirect(reqwest::redirect::Policy::none())
+        // A proxy would be measured with the service.
+        .no_proxy()
+        .user_agent(concat!("syncasync-loadgen/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(LoadgenError::Client)
+}
+
+/// Fails with one clear line when nothing answers HTTP at `url`. Any HTTP answer passes:
+/// the question is whether there is a server, not whether it is healthy.
+async fn preflight(client: &reqwest::Client, url: &str) -> Result<(), LoadgenError> {
+    let response = client
+        .get(format!("{url}/healthz"))
+        .timeout(PREFLIGHT_TIMEOUT)
+        .send()
+        .await;
+    match response {
+        Ok(_) => Ok(()),
+        Err(err) => Err(LoadgenError::Unreachable {
+            url: url.to_string(),
+            reason: error::describe(&err),
+        }),
+    }
+}
