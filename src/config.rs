@@ -8,6 +8,13 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Settings of `syncasync serve`.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -122,6 +129,11 @@ pub struct Config {
     /// Bearer token for `POST /admin/*`; without it the admin endpoints answer 404.
     #[arg(long, env = "APP_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// pipelines. The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "APP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Seconds to let in-flight work finish after SIGTERM/SIGINT before exiting.
     #[arg(long, env = "APP_SHUTDOWN_GRACE_SECONDS", default_value_t = 30.0,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use syncasync::app::Application;
-use syncasync::config::{Config, one_line_error};
+use syncasync::config::{Config, LogFormat, one_line_error};
 use syncasync::loadgen::LoadgenArgs;
 use syncasync::receiver::ReceiverArgs;
 use syncasync::shutdown::{CancellationToken, terminate_signal};
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
 }
 
 fn loadgen(args: LoadgenArgs) -> ExitCode {
-    init_logging();
+    let _logs = init_logging(LogFormat::Text);
     run_async(|shutdown| async move {
         syncasync::loadgen::run_and_report(args, shutdown)
             .await
@@ -92,7 +92,7 @@ fn loadgen(args: LoadgenArgs) -> ExitCode {
 }
 
 fn receiver(args: ReceiverArgs) -> ExitCode {
-    init_logging();
+    let _logs = init_logging(LogFormat::Text);
     run_async(|shutdown| async move {
         syncasync::receiver::run(args, shutdown)
             .await
@@ -101,7 +101,7 @@ fn receiver(args: ReceiverArgs) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    init_logging();
+    let _logs = init_logging(config.log_format);
     run_async(|shutdown| async move {
         let app = Application::build(config)
             .await
@@ -146,12 +146,22 @@ where
     })
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+/// Logs go to stderr through a background writer, so a slow terminal or pipe never stalls
+/// a request; the returned guard flushes what is buffered when `main` ends.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    guard
 }

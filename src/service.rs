@@ -102,6 +102,7 @@ impl Service {
         };
         match self.store.submit_async(new).await {
             Ok(()) => {
+                tracing::info!(request_id = %id, "async request accepted");
                 self.wakeup.wake();
                 Ok(id)
             }

@@ -189,6 +189,7 @@ impl Dispatcher {
 
     /// Works one claimed job through to its next state.
     async fn process(&self, job: Job) {
+        tracing::debug!(request_id = %job.id, attempts = job.callback_attempts, "job claimed");
         let result = match job.result.clone() {
             Some(result) => result,
             None => match self.compute(&job).await {

@@ -5,6 +5,7 @@ mod admin;
 mod error;
 mod extract;
 mod health;
+mod request_id;
 mod requests;
 mod submit;
 mod sync;
@@ -46,6 +47,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 next.run(req).await
             },
         ))
+        // Outermost, so that every response (404s and 413s included) carries the id and is
+        // logged.
+        .layer(middleware::from_fn(request_id::middleware))
         .with_state(state)
 }
 
