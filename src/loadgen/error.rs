@@ -17,13 +17,16 @@ pub enum LoadgenError {
     /// The callback receiver could not bind its address (port in use, host not local).
     #[error("cannot listen for callbacks on {addr}: {reason}")]
     CallbackListen { addr: String, reason: String },
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
+    /// `--url` cannot be used (not http://, a host that does not resolve).
+    #[error("cannot use {url}: {reason}")]
+    BadUrl { url: String, reason: String },
     #[error("cannot write the JSON report to {}: {source}", path.display())]
     WriteJson {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start the load threads: {0}")]
+    Threads(#[source] std::io::Error),
     #[error("cannot write the report: {0}")]
     WriteReport(#[source] std::io::Error),
     #[error("cannot encode the JSON report: {0}")]
@@ -31,15 +34,9 @@ pub enum LoadgenError {
 }
 
 /// The cause of a failure in a few words, from the innermost error that says something:
-/// reqwest's own message ("error sending request for url (…)") names no cause, the I/O
-/// error at the bottom of the chain does ("connection refused").
+/// the I/O error at the bottom of a chain names the cause ("connection refused") better
+/// than the layers above it.
 pub fn describe(err: &(dyn StdError + 'static)) -> String {
-    if err
-        .downcast_ref::<reqwest::Error>()
-        .is_some_and(reqwest::Error::is_timeout)
-    {
-        return "timed out".to_string();
-    }
     let mut innermost = err;
     let mut current = Some(err);
     while let Some(cause) = current {

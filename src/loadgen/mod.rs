@@ -2,8 +2,9 @@
 //!
 //! A run checks that the service answers (`GET /healthz`), starts its own callback receiver
 //! (async), then runs one phase per mode (`both`: sync, then async), each reported apart.
-//! All workers share one keep-alive HTTP client, so the run measures the service and not
-//! connection set-up (the original tool opened a session per request). Latencies go to
+//! Each worker keeps one keep-alive connection, so the run measures the service and not
+//! connection set-up (the original tool opened a session per request); see `connection.rs`
+//! for why it is not a pooled client. Latencies go to
 //! HdrHistograms in microseconds. With `--rate` the run is an open loop whose latencies
 //! count from each request's scheduled send time, so a stalled server cannot hide its stall
 //! (see `schedule.rs`). An async phase then waits for outstanding callbacks and matches them
@@ -13,10 +14,11 @@
 //! report covers what was measured so far.
 //!
 //! Module map: `schedule` (when requests are due), `payload` (request bodies), `phase`
-//! (the workers), `tally` (what they count), `callbacks` (the receiver and the matching),
+//! (the workers), `connection` (their HTTP connections), `tally` (what they count), `callbacks` (the receiver and the matching),
 //! `report` (percentiles, text, JSON), `progress` (the terminal bar), `error`.
 
 mod callbacks;
+mod connection;
 mod error;
 mod payload;
 mod phase;
@@ -27,8 +29,10 @@ mod tally;
 
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::Uri;
 use tokio_util::sync::CancellationToken;
 
 pub use callbacks::{CallbackReceiver, CallbackTally, WaitOutcome};
@@ -39,6 +43,7 @@ pub use report::{
 pub use schedule::{Limit, Pace, Schedule, Ticket};
 
 use crate::model::Mode;
+use connection::{Connection, Target};
 use payload::Payloads;
 use phase::PhasePlan;
 use progress::Progress;
@@ -115,6 +120,10 @@ pub struct LoadgenArgs {
     /// request's scheduled send time (no coordinated omission). `-c` caps requests in flight.
     #[arg(long, value_name = "R", value_parser = positive_rate, allow_negative_numbers = true)]
     pub rate: Option<f64>,
+    /// Threads that send requests, each running its share of the workers (like wrk's -t).
+    #[arg(long, default_value_t = 2,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub threads: usize,
     /// Timeout of each request.
     #[arg(long, default_value = "30s", value_parser = positive_duration)]
     pub timeout: Duration,
@@ -129,11 +138,11 @@ pub struct LoadgenArgs {
     pub no_progress: bool,
 }
 
-/// An http(s) URL with a host, without a trailing slash (paths are appended to it).
+/// An http URL with a host, without a trailing slash (paths are appended to it).
 fn base_url(s: &str) -> Result<String, String> {
     let url = url::Url::parse(s).map_err(|err| err.to_string())?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err("must be an http:// or https:// URL".into());
+    if url.scheme() != "http" {
+        return Err("must be an http:// URL (the service serves plain HTTP)".into());
     }
     if url.host().is_none() {
         return Err("must have a host".into());
@@ -173,6 +182,7 @@ impl LoadgenArgs {
             requests: self.duration.is_none().then_some(self.requests),
             duration_s: self.duration.map(|d| d.as_secs_f64()),
             concurrency: self.concurrency,
+            threads: self.threads,
             rate: self.rate,
             iterations: self.iterations,
             data_size: self.data_size,
@@ -195,12 +205,15 @@ impl LoadgenArgs {
         }
     }
 
-    fn endpoint(&self, mode: Mode) -> Result<reqwest::Url, LoadgenError> {
-        let raw = format!("{}/{}", self.url, mode.as_str());
-        reqwest::Url::parse(&raw).map_err(|err| LoadgenError::Unreachable {
-            url: raw,
-            reason: err.to_string(),
-        })
+    /// The path of `endpoint` (`sync`, `async`, `healthz`) under the base URL's path.
+    fn path(&self, endpoint: &str) -> Result<Uri, LoadgenError> {
+        let bad = |reason: String| LoadgenError::BadUrl {
+            url: self.url.clone(),
+            reason,
+        };
+        let url = url::Url::parse(&format!("{}/{endpoint}", self.url))
+            .map_err(|err| bad(err.to_string()))?;
+        Uri::try_from(url.path()).map_err(|err| bad(err.to_string()))
     }
 }
 
@@ -208,7 +221,6 @@ impl LoadgenArgs {
 /// what was measured). Fails only if the run cannot start: the service does not answer at
 /// all, or the callback receiver cannot listen.
 pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, LoadgenError> {
-    let client = http_client(args.concurrency)?;
     let modes = args.mode.modes();
     // Before any request: a callback may come back faster than its 200.
     let receiver = if modes.contains(&Mode::Async) {
@@ -222,11 +234,14 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
         settings: args.settings(),
         modes: Vec::new(),
     };
-    tokio::select! {
+    let target = tokio::select! {
         biased;
-        () = stop.cancelled() => {}
-        reached = preflight(&client, &args.url) => reached?,
-    }
+        () = stop.cancelled() => {
+            report.interrupted = true;
+            return Ok(report);
+        }
+        reached = preflight(&args) => Arc::new(reached?),
+    };
     let draw_progress = !args.no_progress && std::io::stderr().is_terminal();
     let tag: u32 = rand::random();
     for &mode in modes {
@@ -239,14 +254,18 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
         };
         let plan = PhasePlan {
             mode,
-            endpoint: args.endpoint(mode)?,
+            target: Arc::clone(&target),
+            path: args.path(mode.as_str())?,
             payloads: Payloads::new(args.data_size, args.iterations, callback_url, tag),
             schedule: Schedule::new(args.pace(), args.limit()),
             concurrency: args.concurrency,
+            threads: args.threads,
             timeout: args.timeout,
         };
         let progress = Progress::start(draw_progress, mode.as_str(), plan.schedule.planned());
-        let outcome = phase::run(&client, plan, &stop, progress.counter()).await;
+        let outcome = phase::run(plan, &stop, progress.counter())
+            .await
+            .map_err(LoadgenError::Threads)?;
         progress.finish();
 
         let callbacks = match (mode, &receiver) {
@@ -301,37 +320,30 @@ pub async fn run_and_report(
     Ok(())
 }
 
-/// The one client every worker shares: keep-alive connections, at least one idle slot per
-/// worker so none is closed and reopened between requests.
-fn http_client(concurrency: usize) -> Result<reqwest::Client, LoadgenError> {
-    // reqwest is built without a crypto provider (see delivery/client.rs); https URLs need
-    // one installed, and installing it twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .tcp_nodelay(true)
-        // A redirect is an answer to measure, not to follow.
-        .redirect(reqwest::redirect::Policy::none())
-        // A proxy would be measured with the service.
-        .no_proxy()
-        .user_agent(concat!("syncasync-loadgen/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(LoadgenError::Client)
-}
-
-/// Fails with one clear line when nothing answers HTTP at `url`. Any HTTP answer passes:
-/// the question is whether there is a server, not whether it is healthy.
-async fn preflight(client: &reqwest::Client, url: &str) -> Result<(), LoadgenError> {
-    let response = client
-        .get(format!("{url}/healthz"))
-        .timeout(PREFLIGHT_TIMEOUT)
-        .send()
-        .await;
-    match response {
-        Ok(_) => Ok(()),
-        Err(err) => Err(LoadgenError::Unreachable {
-            url: url.to_string(),
-            reason: error::describe(&err),
-        }),
+/// Resolves `--url` and fails with one clear line when nothing answers HTTP there. Any
+/// HTTP answer passes: the question is whether there is a server, not whether it is
+/// healthy.
+async fn preflight(args: &LoadgenArgs) -> Result<Target, LoadgenError> {
+    let unreachable = |reason: String| LoadgenError::Unreachable {
+        url: args.url.clone(),
+        reason,
+    };
+    let url = url::Url::parse(&args.url).map_err(|err| LoadgenError::BadUrl {
+        url: args.url.clone(),
+        reason: err.to_string(),
+    })?;
+    let target = Target::resolve(&url)
+        .await
+        .map_err(|err| unreachable(err.to_string()))?;
+    let mut connection = Connection::new(Arc::new(target.clone()));
+    let healthz = args.path("healthz")?;
+    let answer = tokio::time::timeout(PREFLIGHT_TIMEOUT, connection.get(&healthz));
+    match answer.await {
+        Ok(Ok(_)) => Ok(target),
+        Ok(Err(err)) => Err(unreachable(error::describe(&err))),
+        Err(_elapsed) => Err(unreachable(format!(
+            "no answer to GET /healthz within {} s",
+            PREFLIGHT_TIMEOUT.as_secs()
+        ))),
     }
 }

@@ -1,20 +1,27 @@
 //! One phase of a run: `--concurrency` workers send one mode's requests (sync or async) on
 //! the shared schedule, and each counts what it saw in its own [`Tally`].
 //!
-//! A worker takes a ticket, waits for its due time (open loop), sends, reads the whole
-//! answer (so the connection goes back to the pool and the latency includes the body), and
-//! records the latency from the due time. Workers share only the HTTP client's connection
-//! pool, the schedule's counter and a progress counter.
+//! A worker takes a ticket, waits for its due time (open loop), sends on its own keep-alive
+//! connection, reads the whole answer (the latency includes the body), and records the
+//! latency from the due time. Workers share only the schedule's counter and a progress
+//! counter.
+//!
+//! The workers run on `--threads` threads, each with its own single-threaded tokio runtime,
+//! not on the process's work-stealing runtime: a worker's connection then always wakes the
+//! thread it lives on, with no stealing and no cross-thread wake-up. Measured against the
+//! release service on the 2-core machine, this took the loadgen from 0.78 to about 0.95 of
+//! wrk's request rate (see bench/README.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use bytes::Bytes;
+use hyper::{StatusCode, Uri};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::{Connection, ExchangeError, Target};
 use super::error::describe;
 use super::payload::Payloads;
 use super::schedule::{Pace, Schedule};
@@ -24,11 +31,14 @@ use crate::model::Mode;
 /// What one phase needs to send its requests.
 pub struct PhasePlan {
     pub mode: Mode,
-    /// `{url}/sync` or `{url}/async`.
-    pub endpoint: reqwest::Url,
+    pub target: Arc<Target>,
+    /// `/sync` or `/async`, under the base URL's path.
+    pub path: Uri,
     pub payloads: Payloads,
     pub schedule: Schedule,
     pub concurrency: usize,
+    /// Threads the workers run on, each with its own single-threaded runtime.
+    pub threads: usize,
     pub timeout: Duration,
 }
 
@@ -45,16 +55,60 @@ pub struct PhaseOutcome {
 /// flight then are abandoned and not counted). `completed` counts finished requests, for
 /// the progress display.
 pub async fn run(
-    client: &reqwest::Client,
     plan: PhasePlan,
     stop: &CancellationToken,
     completed: Arc<AtomicU64>,
-) -> PhaseOutcome {
+) -> Result<PhaseOutcome, std::io::Error> {
     let plan = Arc::new(plan);
+    let threads = plan.threads.clamp(1, plan.concurrency.max(1));
+    let mut results = Vec::with_capacity(threads);
+    for t in 0..threads {
+        // Workers spread evenly: the first `concurrency % threads` threads take one more.
+        let workers = plan.concurrency / threads + usize::from(t < plan.concurrency % threads);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let plan = Arc::clone(&plan);
+        let stop = stop.clone();
+        let completed = Arc::clone(&completed);
+        std::thread::Builder::new()
+            .name(format!("loadgen-{t}"))
+            .spawn(move || {
+                let tally = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|runtime| runtime.block_on(run_workers(workers, plan, stop, completed)));
+                let _ = sender.send(tally);
+            })?;
+        results.push(receiver);
+    }
+    let mut tally = Tally::default();
+    for result in results {
+        match result.await {
+            Ok(Ok(thread_tally)) => tally.merge(thread_tally),
+            Ok(Err(err)) => return Err(err),
+            Err(_) => tracing::error!("a load thread ended without its counts"),
+        }
+    }
+    let start = plan.schedule.start();
+    let elapsed = tally
+        .last_done
+        .map_or(Duration::ZERO, |done| done.saturating_duration_since(start));
+    Ok(PhaseOutcome {
+        tally,
+        elapsed,
+        interrupted: stop.is_cancelled(),
+    })
+}
+
+/// Runs `n` workers on the current thread's runtime and merges their counts.
+async fn run_workers(
+    n: usize,
+    plan: Arc<PhasePlan>,
+    stop: CancellationToken,
+    completed: Arc<AtomicU64>,
+) -> Tally {
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..plan.concurrency {
+    for _ in 0..n {
         workers.spawn(worker(
-            client.clone(),
             Arc::clone(&plan),
             stop.clone(),
             Arc::clone(&completed),
@@ -67,25 +121,12 @@ pub async fn run(
             Err(err) => tracing::error!(error = %err, "load worker failed"),
         }
     }
-    let start = plan.schedule.start();
-    let elapsed = tally
-        .last_done
-        .map_or(Duration::ZERO, |done| done.saturating_duration_since(start));
-    PhaseOutcome {
-        tally,
-        elapsed,
-        interrupted: stop.is_cancelled(),
-    }
+    tally
 }
 
-async fn worker(
-    client: reqwest::Client,
-    plan: Arc<PhasePlan>,
-    stop: CancellationToken,
-    completed: Arc<AtomicU64>,
-) -> Tally {
+async fn worker(plan: Arc<PhasePlan>, stop: CancellationToken, completed: Arc<AtomicU64>) -> Tally {
     let mut tally = Tally::default();
-    let content_type = HeaderValue::from_static("application/json");
+    let mut connection = Connection::new(Arc::clone(&plan.target));
     loop {
         if stop.is_cancelled() {
             break;
@@ -100,47 +141,28 @@ async fn worker(
                 () = tokio::time::sleep_until(ticket.due.into()) => {}
             }
         }
-        let request = client
-            .post(plan.endpoint.clone())
-            .header(CONTENT_TYPE, content_type.clone())
-            .timeout(plan.timeout)
-            .body(plan.payloads.body(ticket.index));
+        let body = Bytes::from(plan.payloads.body(ticket.index));
+        let exchange = tokio::time::timeout(plan.timeout, connection.post(&plan.path, body));
         let answer = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            answer = send(request) => answer,
+            answer = exchange => answer,
         };
         let done = Instant::now();
-        let latency = done.saturating_duration_since(ticket.due);
         match answer {
-            Ok((status, body)) => {
-                record(&mut tally.latency, latency);
+            Ok(Ok((status, body))) => {
+                record(
+                    &mut tally.latency,
+                    done.saturating_duration_since(ticket.due),
+                );
                 judge(&mut tally, plan.mode, status, &body, ticket.due, done);
             }
-            Err(err) => {
-                let cause = if err.is_timeout() {
-                    Cause::Timeout
-                } else if is_connection_error(&err) {
-                    Cause::Connection
-                } else {
-                    Cause::Other
-                };
-                tally.failure(cause, describe(&err), done);
-            }
+            Ok(Err(err)) => tally.failure(cause(&err), describe(&err), done),
+            Err(_elapsed) => tally.failure(Cause::Timeout, "timed out".to_string(), done),
         }
         completed.fetch_add(1, Ordering::Relaxed);
     }
     tally
-}
-
-/// Sends and reads the whole body: the request is done when its answer is.
-async fn send(
-    request: reqwest::RequestBuilder,
-) -> Result<(reqwest::StatusCode, Bytes), reqwest::Error> {
-    let response = request.send().await?;
-    let status = response.status();
-    let body = response.bytes().await?;
-    Ok((status, body))
 }
 
 #[derive(Deserialize)]
@@ -154,7 +176,7 @@ struct Accepted<'a> {
 fn judge(
     tally: &mut Tally,
     mode: Mode,
-    status: reqwest::StatusCode,
+    status: StatusCode,
     body: &[u8],
     due: Instant,
     done: Instant,
@@ -183,23 +205,14 @@ fn judge(
     }
 }
 
-/// Whether the connection failed: refused, reset, or closed before the answer was whole.
-fn is_connection_error(err: &reqwest::Error) -> bool {
-    if err.is_connect() {
-        return true;
-    }
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if let Some(hyper) = cause.downcast_ref::<hyper::Error>()
-            && (hyper.is_incomplete_message() || hyper.is_closed() || hyper.is_canceled())
-        {
-            return true;
+/// Why an exchange failed: the connection (refused, reset, closed before the answer was
+/// whole), or something else (an answer that is not HTTP).
+fn cause(err: &ExchangeError) -> Cause {
+    match err {
+        ExchangeError::Connect(_) => Cause::Connection,
+        ExchangeError::Http(err) if err.is_parse() || err.is_parse_status() || err.is_user() => {
+            Cause::Other
         }
-        if cause.downcast_ref::<std::io::Error>().is_some() {
-            // An I/O error under a request is the socket's: reset, broken pipe, EOF.
-            return true;
-        }
-        source = cause.source();
+        ExchangeError::Http(_) => Cause::Connection,
     }
-    false
 }

@@ -39,6 +39,7 @@ pub struct Settings {
     pub requests: Option<u64>,
     pub duration_s: Option<f64>,
     pub concurrency: usize,
+    pub threads: usize,
     /// Requests per second in an open loop; `null` in a closed loop.
     pub rate: Option<f64>,
     pub iterations: u32,
@@ -425,6 +426,7 @@ mod tests {
                 requests: Some(115),
                 duration_s: None,
                 concurrency: 10,
+                threads: 2,
                 rate: None,
                 iterations: 1000,
                 data_size: 64,

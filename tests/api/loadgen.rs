@@ -98,6 +98,8 @@ async fn latency_matches_a_server_that_answers_in_20_ms() {
         "10",
         "--data-size",
         "40",
+        "--threads",
+        "3",
     ])
     .await;
 
@@ -464,6 +466,23 @@ async fn a_connection_closed_without_an_answer_is_a_connection_error() {
         sync.top_errors[0].message.contains("closed"),
         "{:?}",
         sync.top_errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_closes_every_connection_after_answering_gets_every_request() {
+    let router = Router::new().route(
+        "/sync",
+        post(|| async { ([(axum::http::header::CONNECTION, "close")], ok_sync()) }),
+    );
+    let base = serve(router).await;
+    let report = loadgen(&["--url", &base, "--mode", "sync", "-n", "60", "-c", "3"]).await;
+
+    let sync = only(&report, Mode::Sync);
+    assert_eq!(
+        (sync.total, sync.success, sync.failed),
+        (60, 60, 0),
+        "{sync:?}"
     );
 }
 
