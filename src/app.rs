@@ -20,6 +20,7 @@ use crate::delivery::retry::RetryPolicy;
 use crate::delivery::signing::Signer;
 use crate::delivery::{Dispatcher, Wakeup, WorkerStats};
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::retention;
 use crate::service::Service;
 use crate::store::{Store, StoreError, redact_url};
@@ -97,6 +98,7 @@ impl Application {
 
         let wakeup = Wakeup::default();
         let workers = WorkerStats::default();
+        let metrics = Arc::new(Metrics::new());
         let service = Service {
             store: store.clone(),
             pool: pool.clone(),
@@ -106,6 +108,8 @@ impl Application {
             guard,
             retention: config.retention(),
             max_stored_requests: config.max_stored_requests,
+            worker_count: config.async_worker_count,
+            metrics: Arc::clone(&metrics),
         };
         let dispatcher = Dispatcher {
             store,
@@ -121,6 +125,7 @@ impl Application {
             lease: config.job_lease(),
             wakeup,
             stats: workers,
+            metrics,
         };
         let state = AppState {
             service: service.clone(),

@@ -16,6 +16,8 @@ pub mod http;
 pub mod input;
 /// `syncasync loadgen`: the load generator (latencies, time-to-callback, open or closed loop).
 pub mod loadgen;
+/// Prometheus metrics.
+pub mod metrics;
 /// Wire types and statuses.
 pub mod model;
 /// `syncasync receiver`: a callback receiver for manual tests.

@@ -1,12 +1,15 @@
 //! What each endpoint does, below HTTP: the service's operations on the store, the compute
 //! pool and the delivery queue. Handlers parse and map; the rules live here.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use uuid::Uuid;
 
 use crate::delivery::guard::Guard;
 use crate::delivery::{Wakeup, WorkerStats};
 use crate::input::{AsyncInput, WorkInput};
+use crate::metrics::{ConnectionLabels, Metrics};
 use crate::model::{Health, HealthReport, RequestList, RequestRecord, WorkResult, payload_hash};
 use crate::store::{
     CleanupReport, ListFilter, NewAsyncRequest, NewRequest, Redelivery, Store, StoreError,
@@ -38,6 +41,8 @@ pub struct Service {
     pub guard: Guard,
     pub retention: std::time::Duration,
     pub max_stored_requests: u64,
+    pub worker_count: u32,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Service {
@@ -137,6 +142,32 @@ impl Service {
             active_workers: self.workers.active(),
             database_ok,
         }
+    }
+
+    /// The metrics as OpenMetrics text, with the state gauges read now.
+    pub async fn metrics_text(&self) -> String {
+        let m = &self.metrics;
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        if let Ok(size) = self.store.queue_size().await {
+            m.queue_size.set(gauge(size));
+        }
+        m.queue_capacity.set(gauge(self.queue_capacity));
+        m.delivery_workers_active.set(gauge(self.workers.active()));
+        m.delivery_workers.set(i64::from(self.worker_count));
+        m.compute_queue_size.set(gauge(self.pool.queued() as u64));
+        m.compute_queue_capacity
+            .set(gauge(self.pool.queue_capacity() as u64));
+        m.compute_busy_threads.set(gauge(self.pool.busy() as u64));
+        m.compute_threads.set(gauge(self.pool.threads() as u64));
+        let db = self.store.pool_stats();
+        m.db_connections
+            .get_or_create(&ConnectionLabels { state: "in_use" })
+            .set(gauge(db.in_use));
+        m.db_connections
+            .get_or_create(&ConnectionLabels { state: "idle" })
+            .set(gauge(db.idle));
+        m.db_writer_queue.set(gauge(db.writer_queue));
+        m.encode()
     }
 
     /// Queues a `callback_failed` request for a fresh round of delivery attempts.

@@ -95,9 +95,33 @@ impl Resolve for GuardedResolver {
     }
 }
 
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptKind {
+    /// A 2xx answer.
+    Delivered,
+    /// Any other answer, redirects included.
+    HttpStatus,
+    Timeout,
+    Connection,
+    /// The destination is on the SSRF block list.
+    Blocked,
+    /// The callback could not even be built (an unparseable stored URL).
+    Invalid,
+    Other,
+}
+
+impl AttemptKind {
+    /// Retrying cannot help.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, AttemptKind::Blocked | AttemptKind::Invalid)
+    }
+}
+
 /// What one delivery attempt came to.
 #[derive(Debug, Clone)]
 pub struct AttemptReport {
+    pub kind: AttemptKind,
     pub started_at: chrono::DateTime<Utc>,
     pub duration: Duration,
     pub status_code: Option<u16>,
@@ -105,13 +129,16 @@ pub struct AttemptReport {
     pub response_body: Option<String>,
     /// The receiver's `Retry-After`, if it sent one.
     pub retry_after: Option<Duration>,
-    /// Retrying cannot help (the destination is blocked).
-    pub permanent: bool,
 }
 
 impl AttemptReport {
     pub fn delivered(&self) -> bool {
-        self.error.is_none()
+        self.kind == AttemptKind::Delivered
+    }
+
+    /// Retrying cannot help (the destination is blocked, or the URL unusable).
+    pub fn permanent(&self) -> bool {
+        self.kind.is_permanent()
     }
 }
 
@@ -159,23 +186,27 @@ impl CallbackClient {
             Ok(answer) => {
                 let ok = answer.status.is_success();
                 AttemptReport {
+                    kind: if ok {
+                        AttemptKind::Delivered
+                    } else {
+                        AttemptKind::HttpStatus
+                    },
                     started_at,
                     duration,
                     status_code: Some(answer.status.as_u16()),
                     error: (!ok).then(|| describe_status(answer.status)),
                     response_body: answer.body,
                     retry_after: answer.retry_after,
-                    permanent: false,
                 }
             }
             Err(failure) => AttemptReport {
+                kind: failure.kind,
                 started_at,
                 duration,
                 status_code: None,
                 error: Some(failure.message),
                 response_body: None,
                 retry_after: None,
-                permanent: failure.permanent,
             },
         }
     }
@@ -187,8 +218,9 @@ impl CallbackClient {
         attempt: u32,
         started_at: chrono::DateTime<Utc>,
     ) -> Result<Answer, Failure> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| Failure::permanent(format!("invalid callback URL: {e}")))?;
+        let parsed = url::Url::parse(url).map_err(|e| {
+            Failure::new(AttemptKind::Invalid, format!("invalid callback URL: {e}"))
+        })?;
         let literal: Option<IpAddr> = match parsed.host() {
             Some(url::Host::Ipv4(ip)) => Some(ip.into()),
             Some(url::Host::Ipv6(ip)) => Some(ip.into()),
@@ -197,7 +229,10 @@ impl CallbackClient {
         // The HTTP stack dials IP literals without asking the resolver: check them here.
         let host = parsed.host_str().unwrap_or_default();
         if let Some(ip) = literal.filter(|ip| !self.guard.allows(host, *ip)) {
-            return Err(Failure::permanent(format!("{ip} is a blocked address")));
+            return Err(Failure::new(
+                AttemptKind::Blocked,
+                format!("blocked destination: {ip} is a blocked address"),
+            ));
         }
 
         let payload = CallbackPayload {
@@ -207,7 +242,8 @@ impl CallbackClient {
             error: None,
             timestamp: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         };
-        let body = serde_json::to_vec(&payload).map_err(|e| Failure::permanent(e.to_string()))?;
+        let body = serde_json::to_vec(&payload)
+            .map_err(|e| Failure::new(AttemptKind::Invalid, e.to_string()))?;
         let webhook_timestamp = started_at.timestamp();
         let mut request = self
             .http
@@ -261,37 +297,34 @@ struct Answer {
 }
 
 struct Failure {
+    kind: AttemptKind,
     message: String,
-    permanent: bool,
 }
 
 impl Failure {
-    fn permanent(message: String) -> Self {
-        Self {
-            message,
-            permanent: true,
-        }
+    fn new(kind: AttemptKind, message: String) -> Self {
+        Self { kind, message }
     }
 
     fn from_reqwest(err: reqwest::Error) -> Self {
         let mut source = err.source();
         while let Some(cause) = source {
             if let Some(blocked) = cause.downcast_ref::<BlockedDestination>() {
-                return Self::permanent(format!("blocked destination: {blocked}"));
+                return Self::new(
+                    AttemptKind::Blocked,
+                    format!("blocked destination: {blocked}"),
+                );
             }
             source = cause.source();
         }
-        let kind = if err.is_timeout() {
-            "timeout"
+        let (kind, label) = if err.is_timeout() {
+            (AttemptKind::Timeout, "timeout")
         } else if err.is_connect() {
-            "connection error"
+            (AttemptKind::Connection, "connection error")
         } else {
-            "request error"
+            (AttemptKind::Other, "request error")
         };
-        Self {
-            message: format!("{kind}: {}", error_chain(&err)),
-            permanent: false,
-        }
+        Self::new(kind, format!("{label}: {}", error_chain(&err)))
     }
 }
 

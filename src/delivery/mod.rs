@@ -21,10 +21,11 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{self, Metrics};
 use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::{AttemptOutcome, Job, Store};
 use crate::work::{ComputePool, PoolError};
-use client::CallbackClient;
+use client::{AttemptKind, CallbackClient};
 use retry::RetryPolicy;
 
 /// Longest the dispatcher sleeps without looking at the queue, as a safety net: due times
@@ -72,6 +73,7 @@ pub struct Dispatcher {
     pub lease: Duration,
     pub wakeup: Wakeup,
     pub stats: WorkerStats,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -96,6 +98,7 @@ impl Dispatcher {
                 {
                     Ok(batch) => {
                         claimed = batch.len();
+                        this.metrics.jobs_claimed.inc_by(claimed as u64);
                         for job in batch {
                             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                                 break;
@@ -205,7 +208,7 @@ impl Dispatcher {
         let round_attempt = job.round_attempts + 1;
         let outcome = if report.delivered() {
             AttemptOutcome::Delivered
-        } else if report.permanent {
+        } else if report.permanent() {
             AttemptOutcome::GaveUp
         } else {
             match self.policy.delay_after(round_attempt, report.retry_after) {
@@ -223,6 +226,7 @@ impl Dispatcher {
             outcome = ?outcome,
             "callback attempt"
         );
+        self.observe(&job, &report, outcome);
         let record = DeliveryAttempt {
             attempt,
             started_at: report.started_at,
@@ -237,17 +241,64 @@ impl Dispatcher {
             .record_attempt(&job.id, &self.owner, &record, outcome)
             .await
         {
-            Ok(true) => {
-                if let AttemptOutcome::RetryAt(_) = outcome {
-                    self.wakeup.wake();
-                }
-            }
+            Ok(true) => match outcome {
+                AttemptOutcome::RetryAt(_) => self.wakeup.wake(),
+                AttemptOutcome::Delivered => tracing::info!(
+                    request_id = %job.id,
+                    status = "callback_success",
+                    attempts = attempt,
+                    "async request finished"
+                ),
+                AttemptOutcome::GaveUp => tracing::warn!(
+                    request_id = %job.id,
+                    status = "callback_failed",
+                    attempts = attempt,
+                    "async request finished"
+                ),
+            },
             Ok(false) => {
                 tracing::warn!(request_id = %job.id, "lease lost before the attempt was recorded")
             }
             Err(err) => {
                 tracing::error!(request_id = %job.id, error = %err, "recording the attempt failed; the job will be retried")
             }
+        }
+    }
+
+    fn observe(&self, job: &Job, report: &client::AttemptReport, outcome: AttemptOutcome) {
+        use crate::metrics::{AttemptLabels, FinalLabels, FinalStatus};
+        let metrics = &self.metrics;
+        let kind = match report.kind {
+            AttemptKind::Delivered => metrics::AttemptOutcome::success,
+            AttemptKind::HttpStatus => metrics::AttemptOutcome::http_error,
+            AttemptKind::Timeout => metrics::AttemptOutcome::timeout,
+            AttemptKind::Connection => metrics::AttemptOutcome::connection_error,
+            AttemptKind::Blocked => metrics::AttemptOutcome::blocked,
+            AttemptKind::Invalid | AttemptKind::Other => metrics::AttemptOutcome::other,
+        };
+        metrics
+            .delivery_attempts
+            .get_or_create(&AttemptLabels { outcome: kind })
+            .inc();
+        metrics
+            .delivery_attempt_duration
+            .observe(report.duration.as_secs_f64());
+        let status = match outcome {
+            AttemptOutcome::Delivered => FinalStatus::callback_success,
+            AttemptOutcome::GaveUp => FinalStatus::callback_failed,
+            AttemptOutcome::RetryAt(_) => return,
+        };
+        metrics
+            .jobs_finished
+            .get_or_create(&FinalLabels { status })
+            .inc();
+        if status == FinalStatus::callback_success {
+            let since_accepted = (Utc::now() - job.created_at)
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            metrics
+                .callback_delivery
+                .observe(since_accepted.as_secs_f64());
         }
     }
 

@@ -5,6 +5,7 @@ mod admin;
 mod error;
 mod extract;
 mod health;
+mod metrics;
 mod request_id;
 mod requests;
 mod submit;
@@ -33,7 +34,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(sync::router())
         .merge(submit::router())
         .merge(requests::router())
-        .merge(health::router());
+        .merge(health::router())
+        .merge(metrics::router());
     if state.admin_token.is_some() {
         routes = routes.merge(admin::router());
     }
@@ -49,7 +51,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         ))
         // Outermost, so that every response (404s and 413s included) carries the id and is
         // logged.
-        .layer(middleware::from_fn(request_id::middleware))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.service.metrics),
+            request_id::middleware,
+        ))
         .with_state(state)
 }
 

@@ -6,20 +6,23 @@
 //! status and latency. It identifies the HTTP exchange; the id of an async request's work
 //! (`request_id` in the body) is logged beside it when the request is accepted.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
+
+use crate::metrics::{EndpointLabels, HttpLabels, Metrics};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest caller-supplied id we adopt; anything longer or odder is replaced.
 const MAX_LEN: usize = 128;
 
-pub async fn middleware(req: Request, next: Next) -> Response {
+pub async fn middleware(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -28,17 +31,40 @@ pub async fn middleware(req: Request, next: Next) -> Response {
         .unwrap_or_else(fresh_id);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    // The route template, so that ids in paths do not become metric labels.
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
     let id_text = id.to_str().unwrap_or_default().to_owned();
     let span = tracing::info_span!("http", x_request_id = %id_text);
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let latency_ms = elapsed * 1000.0;
+    let status = response.status().as_u16();
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            method: method.to_string(),
+            endpoint: endpoint.clone(),
+            status,
+        })
+        .inc();
+    metrics
+        .http_request_duration
+        .get_or_create(&EndpointLabels {
+            method: method.to_string(),
+            endpoint,
+        })
+        .observe(elapsed);
     span.in_scope(|| {
         tracing::info!(
             target: "syncasync::access",
             method = %method,
             path = %path,
-            status = response.status().as_u16(),
+            status,
             latency_ms = (latency_ms * 1000.0).round() / 1000.0,
             "request"
         );

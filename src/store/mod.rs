@@ -74,6 +74,8 @@ pub struct NewAsyncRequest {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
+    /// When the request was accepted.
+    pub created_at: DateTime<Utc>,
     pub data: Option<String>,
     pub iterations: u32,
     pub callback_url: String,
@@ -109,6 +111,15 @@ pub struct ListFilter {
     pub status: Option<Status>,
     pub limit: u32,
     pub offset: u64,
+}
+
+/// How the database connections are used right now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub in_use: u64,
+    pub idle: u64,
+    /// Writes waiting for the SQLite writer; 0 on PostgreSQL, which has no writer queue.
+    pub writer_queue: u64,
 }
 
 /// What one run of the retention job removed.
@@ -289,6 +300,11 @@ impl Store {
         max_stored: u64,
     ) -> StoreResult<CleanupReport> {
         dispatch!(self, s => s.cleanup(cutoff, max_stored).await)
+    }
+
+    /// Connections in use and idle, and writes waiting (for `/metrics`).
+    pub fn pool_stats(&self) -> PoolStats {
+        dispatch!(self, s => s.pool_stats())
     }
 
     /// Flushes pending writes and closes the database.

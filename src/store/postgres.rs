@@ -25,8 +25,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptOutcome, CleanupReport, Job, ListFilter, NewAsyncRequest, NewRequest, Redelivery,
-    StoreError, StoreResult,
+    AttemptOutcome, CleanupReport, Job, ListFilter, NewAsyncRequest, NewRequest, PoolStats,
+    Redelivery, StoreError, StoreResult,
 };
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
@@ -190,8 +190,8 @@ impl PgStore {
                  ORDER BY next_attempt_at
                  LIMIT $3
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, data, iterations, callback_url, callback_attempts, round_start_attempts,
-                       input_hash, output_hash, processing_time_ms",
+             RETURNING id, created_at, data, iterations, callback_url, callback_attempts,
+                       round_start_attempts, input_hash, output_hash, processing_time_ms",
         )
         .bind(owner)
         .bind(lease.as_secs_f64())
@@ -425,6 +425,15 @@ impl PgStore {
         })
     }
 
+    pub fn pool_stats(&self) -> PoolStats {
+        let idle = self.pool.num_idle() as u64;
+        PoolStats {
+            in_use: u64::from(self.pool.size()).saturating_sub(idle),
+            idle,
+            writer_queue: 0,
+        }
+    }
+
     pub async fn queue_size(&self) -> StoreResult<u64> {
         let queued: i64 =
             sqlx::query_scalar("SELECT count(*) FROM requests WHERE next_attempt_at IS NOT NULL")
@@ -584,6 +593,7 @@ fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
     let callback_attempts = u32::try_from(row.try_get::<i32, _>("callback_attempts")?).unwrap_or(0);
     let round_start = u32::try_from(row.try_get::<i32, _>("round_start_attempts")?).unwrap_or(0);
     Ok(Job {
+        created_at: row.try_get("created_at")?,
         result: result_from_row(row, &id)?,
         data: row.try_get("data")?,
         iterations: u32::try_from(row.try_get::<i32, _>("iterations")?).unwrap_or(0),

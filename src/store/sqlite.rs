@@ -29,8 +29,8 @@ use rusqlite::{
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    AttemptOutcome, CleanupReport, Job, ListFilter, NewAsyncRequest, NewRequest, Redelivery,
-    StoreError, StoreResult,
+    AttemptOutcome, CleanupReport, Job, ListFilter, NewAsyncRequest, NewRequest, PoolStats,
+    Redelivery, StoreError, StoreResult,
 };
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
@@ -298,6 +298,16 @@ impl SqliteStore {
             })
         })
         .await
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        let idle = self.readers.available.available_permits() as u64;
+        PoolStats {
+            // The writer's connection is always in use.
+            in_use: READERS as u64 - idle + 1,
+            idle,
+            writer_queue: (WRITER_QUEUE - self.writer.capacity()) as u64,
+        }
     }
 
     pub fn queue_size(&self) -> u64 {
@@ -734,8 +744,8 @@ fn apply(
                          WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3
                            AND (lease_expires_at IS NULL OR lease_expires_at < ?3)
                          ORDER BY next_attempt_at LIMIT ?4)
-                     RETURNING id, data, iterations, callback_url, callback_attempts, round_start_attempts,
-                               input_hash, output_hash, processing_time_ms",
+                     RETURNING id, created_at, data, iterations, callback_url, callback_attempts,
+                               round_start_attempts, input_hash, output_hash, processing_time_ms",
                 )?
                 .query_map(
                     params![owner, millis(lease_until), millis(now), i64::from(*limit)],
@@ -932,6 +942,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let callback_attempts: u32 = row.get("callback_attempts")?;
     let round_start: u32 = row.get("round_start_attempts")?;
     Ok(Job {
+        created_at: from_millis(row.get("created_at")?),
         result: result_from_row(row, &id)?,
         data: row.get("data")?,
         iterations: row.get("iterations")?,

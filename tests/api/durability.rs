@@ -75,7 +75,7 @@ impl ChildServer {
         self.child.wait().expect("reaped");
     }
 
-    fn sigterm(&self) {
+    pub fn sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -83,7 +83,7 @@ impl ChildServer {
         assert!(status.success());
     }
 
-    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

@@ -150,7 +150,7 @@ async fn a_name_with_allowed_and_blocked_addresses_connects_only_to_the_allowed_
             1,
         )
         .await;
-    assert!(!report.delivered() && report.permanent, "{report:?}");
+    assert!(!report.delivered() && report.permanent(), "{report:?}");
     assert!(report.error.unwrap().contains("127.0.0.2"));
     assert!(blocked.received().is_empty());
 }
@@ -173,7 +173,10 @@ async fn ip_literals_are_checked_before_connecting() {
         ),
     ] {
         let report = client.deliver(&url, &result(), 1).await;
-        assert!(!report.delivered() && report.permanent, "{url}: {report:?}");
+        assert!(
+            !report.delivered() && report.permanent(),
+            "{url}: {report:?}"
+        );
         assert!(report.error.unwrap().contains("blocked"));
     }
     assert!(receiver.received().is_empty());

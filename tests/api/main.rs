@@ -9,6 +9,7 @@ mod delivery;
 mod durability;
 mod guard;
 mod loadgen;
+mod observability;
 mod receiver;
 mod requests;
 mod scale_out;

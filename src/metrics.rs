@@ -1,0 +1,222 @@
+//! Prometheus metrics, served at `GET /metrics` in the OpenMetrics text format.
+//!
+//! Counters and histograms are updated where things happen (the HTTP middleware, the
+//! delivery dispatcher); gauges that describe state (queue depth, pool use) are read when
+//! scraped, so they are never stale and cost nothing between scrapes. Labels are bounded:
+//! endpoints are route templates (`/requests/{id}`), never raw paths.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The content type of the text `GET /metrics` returns.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub endpoint: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub method: String,
+    pub endpoint: String,
+}
+
+/// How a delivery attempt ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AttemptOutcome {
+    success,
+    http_error,
+    timeout,
+    connection_error,
+    blocked,
+    other,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub outcome: AttemptOutcome,
+}
+
+/// The final state of an async request.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum FinalStatus {
+    callback_success,
+    callback_failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FinalLabels {
+    pub status: FinalStatus,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub state: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latencies from 0.5 ms to about 33 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_request_duration: HistogramFamily<EndpointLabels>,
+    pub jobs_claimed: Counter,
+    pub jobs_finished: Family<FinalLabels, Counter>,
+    pub delivery_attempts: Family<AttemptLabels, Counter>,
+    pub delivery_attempt_duration: Histogram,
+    pub callback_delivery: Histogram,
+    pub queue_size: Gauge,
+    pub queue_capacity: Gauge,
+    pub delivery_workers_active: Gauge,
+    pub delivery_workers: Gauge,
+    pub compute_queue_size: Gauge,
+    pub compute_queue_capacity: Gauge,
+    pub compute_busy_threads: Gauge,
+    pub compute_threads: Gauge,
+    pub db_connections: Family<ConnectionLabels, Gauge>,
+    pub db_writer_queue: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("syncasync");
+        let metrics = Self {
+            registry: Registry::default(),
+            http_requests: Family::default(),
+            http_request_duration: Family::new_with_constructor(latency_histogram),
+            jobs_claimed: Counter::default(),
+            jobs_finished: Family::default(),
+            delivery_attempts: Family::default(),
+            delivery_attempt_duration: latency_histogram(),
+            callback_delivery: latency_histogram(),
+            queue_size: Gauge::default(),
+            queue_capacity: Gauge::default(),
+            delivery_workers_active: Gauge::default(),
+            delivery_workers: Gauge::default(),
+            compute_queue_size: Gauge::default(),
+            compute_queue_capacity: Gauge::default(),
+            compute_busy_threads: Gauge::default(),
+            compute_threads: Gauge::default(),
+            db_connections: Family::default(),
+            db_writer_queue: Gauge::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, endpoint (route template) and status code",
+            metrics.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and endpoint",
+            metrics.http_request_duration.clone(),
+        );
+        registry.register(
+            "async_queue_size",
+            "Unfinished async requests (the whole queue, on a shared database)",
+            metrics.queue_size.clone(),
+        );
+        registry.register(
+            "async_queue_capacity",
+            "Unfinished async requests allowed before POST /async answers 503",
+            metrics.queue_capacity.clone(),
+        );
+        registry.register(
+            "jobs_claimed",
+            "Async jobs claimed from the queue by this instance (a retry is claimed again)",
+            metrics.jobs_claimed.clone(),
+        );
+        registry.register(
+            "jobs_finished",
+            "Async requests this instance brought to a final state, by status",
+            metrics.jobs_finished.clone(),
+        );
+        registry.register(
+            "delivery_attempts",
+            "Callback delivery attempts, by outcome",
+            metrics.delivery_attempts.clone(),
+        );
+        registry.register(
+            "delivery_attempt_duration_seconds",
+            "Duration of one callback delivery attempt",
+            metrics.delivery_attempt_duration.clone(),
+        );
+        registry.register(
+            "callback_delivery_seconds",
+            "Time from an async request's acceptance to its delivered callback",
+            metrics.callback_delivery.clone(),
+        );
+        registry.register(
+            "delivery_workers_active",
+            "Jobs being worked on or delivered right now",
+            metrics.delivery_workers_active.clone(),
+        );
+        registry.register(
+            "delivery_workers",
+            "Jobs that may be in flight at once (APP_ASYNC_WORKER_COUNT)",
+            metrics.delivery_workers.clone(),
+        );
+        registry.register(
+            "compute_queue_size",
+            "Units of work waiting for a compute thread",
+            metrics.compute_queue_size.clone(),
+        );
+        registry.register(
+            "compute_queue_capacity",
+            "Units of work that may wait before POST /sync answers 503",
+            metrics.compute_queue_capacity.clone(),
+        );
+        registry.register(
+            "compute_busy_threads",
+            "Compute threads hashing right now",
+            metrics.compute_busy_threads.clone(),
+        );
+        registry.register(
+            "compute_threads",
+            "Compute threads",
+            metrics.compute_threads.clone(),
+        );
+        registry.register(
+            "db_connections",
+            "Database connections of this instance, by state (in_use, idle)",
+            metrics.db_connections.clone(),
+        );
+        registry.register(
+            "db_writer_queue",
+            "Writes waiting for the SQLite writer (0 on PostgreSQL)",
+            metrics.db_writer_queue.clone(),
+        );
+        Self {
+            registry: root,
+            ..metrics
+        }
+    }
+
+    /// The registry as OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
