@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::task::JoinHandle;
 
 const REFRESH: Duration = Duration::from_millis(100);
@@ -33,10 +33,10 @@ impl Progress {
         let bar = match planned {
             Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr())
                 .with_style(bar_style(
-                    "{prefix:>5} [{bar:30}] {pos}/{len} {per_sec} {elapsed_precise}",
+                    "{prefix:>5} [{bar:30}] {pos}/{len} {rate} {elapsed_precise}",
                 )),
             None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
-                bar_style("{prefix:>5} {spinner} {pos} requests {per_sec} {elapsed_precise}"),
+                bar_style("{prefix:>5} {spinner} {pos} requests {rate} {elapsed_precise}"),
             ),
         };
         bar.set_prefix(label.to_string());
@@ -74,6 +74,13 @@ impl Progress {
 fn bar_style(template: &str) -> ProgressStyle {
     // The templates are constants; if one were refused, a plain bar is still a bar.
     ProgressStyle::with_template(template)
-        .map(|style| style.progress_chars("=> "))
+        .map(|style| {
+            style.progress_chars("=> ").with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} req/s", state.per_sec());
+                },
+            )
+        })
         .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
