@@ -5,9 +5,10 @@
 //! serde, because a client needs to hear which field broke which rule (all of them at once),
 //! in the original's `{"loc": ["body", field], "msg": …}` shape, and not serde's first error.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
+use utoipa::ToSchema;
 
 use crate::delivery::guard::Guard;
 
@@ -16,7 +17,7 @@ pub const MAX_ITERATIONS: u32 = 1_000_000;
 pub const DEFAULT_ITERATIONS: u32 = 1000;
 
 /// One element of an error's location: a field name, or a position in the body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum Loc {
     Name(String),
@@ -24,7 +25,7 @@ pub enum Loc {
 }
 
 /// One broken rule, as FastAPI reported it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
     pub loc: Vec<Loc>,
     pub msg: String,
@@ -71,6 +72,55 @@ impl FieldError {
             })
             .unwrap_or("body")
     }
+}
+
+/// The body of `POST /sync`, for the API document. Bodies are checked by [`parse_sync`], which
+/// reports every broken rule at once; this type only describes them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct SyncRequest {
+    /// The input to hash: 1 to 10000 characters, not whitespace only.
+    #[schema(
+        min_length = 1,
+        max_length = 10000,
+        pattern = r"\S",
+        example = "hello world"
+    )]
+    data: String,
+    /// Rounds of SHA-256 after the first.
+    #[serde(default = "default_iterations")]
+    #[schema(minimum = 1, maximum = 1000000, default = 1000)]
+    iterations: u32,
+}
+
+/// The body of `POST /async`, for the API document (checked by [`parse_async`]).
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct AsyncRequest {
+    /// The input to hash: 1 to 10000 characters, not whitespace only.
+    #[schema(
+        min_length = 1,
+        max_length = 10000,
+        pattern = r"\S",
+        example = "hello world"
+    )]
+    data: String,
+    /// Rounds of SHA-256 after the first.
+    #[serde(default = "default_iterations")]
+    #[schema(minimum = 1, maximum = 1000000, default = 1000)]
+    iterations: u32,
+    /// Where the result is POSTed: `http` or `https`, at most 2048 characters; private,
+    /// loopback and other non-public destinations are refused (SSRF protection).
+    #[schema(
+        max_length = 2048,
+        format = "uri",
+        example = "https://example.com/webhooks/syncasync"
+    )]
+    callback_url: String,
+}
+
+fn default_iterations() -> u32 {
+    DEFAULT_ITERATIONS
 }
 
 /// A unit of work that passed every rule.
@@ -167,7 +217,7 @@ fn work_fields(object: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
                     format!("must be at most {MAX_DATA_CHARS} characters"),
                 ));
                 None
-            } else if data.trim().is_empty() {
+            } else if data.chars().all(is_python_whitespace) {
                 errors.push(FieldError::body(
                     Some("data"),
                     "value_error",
@@ -189,8 +239,10 @@ fn work_fields(object: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
     };
     let iterations = match object.get("iterations") {
         None => Some(DEFAULT_ITERATIONS),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
-            match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+        // A number with no fractional part is an integer to JSON Schema (and to pydantic,
+        // which the original used): `10.0` is 10. Strings and booleans are not numbers.
+        Some(Value::Number(n)) if as_integer(n).is_some() => {
+            match as_integer(n).and_then(|n| u32::try_from(n).ok()) {
                 Some(n) if (1..=MAX_ITERATIONS).contains(&n) => Some(n),
                 _ => {
                     errors.push(range_error());
@@ -211,6 +263,25 @@ fn work_fields(object: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
         data: data?,
         iterations: iterations?,
     })
+}
+
+/// Whitespace as the original's `str.strip()` saw it: Unicode White_Space plus the ASCII
+/// information separators U+001C..U+001F, which Python also strips.
+fn is_python_whitespace(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// The integer a JSON number stands for, if it is one (`10`, `10.0`, `-3`, `1e3`).
+fn as_integer(n: &serde_json::Number) -> Option<i128> {
+    if let Some(i) = n.as_i64() {
+        return Some(i128::from(i));
+    }
+    if let Some(u) = n.as_u64() {
+        return Some(i128::from(u));
+    }
+    let f = n.as_f64()?;
+    // Beyond i64 the exact value does not matter: it is out of range either way.
+    (f.is_finite() && f.fract() == 0.0).then(|| f.clamp(i64::MIN as f64, i64::MAX as f64) as i128)
 }
 
 fn range_error() -> FieldError {
@@ -255,6 +326,15 @@ mod tests {
             sync_errors(json!({"data": " \t\n"})),
             ["data: must not be whitespace only"]
         );
+        // What Python's str.strip() removes: Unicode spaces and the information separators.
+        assert_eq!(
+            sync_errors(json!({"data": "\u{3000}\u{a0}\u{1c}\u{1f}"})),
+            ["data: must not be whitespace only"]
+        );
+        assert!(
+            parse_sync(&json!({"data": "\u{200b}"})).is_ok(),
+            "a zero-width space is not whitespace"
+        );
         assert_eq!(sync_errors(json!({"data": 5})), ["data: must be a string"]);
         let too_long = "é".repeat(MAX_DATA_CHARS + 1);
         assert_eq!(
@@ -274,10 +354,24 @@ mod tests {
                 [range]
             );
         }
+        for bad in [json!(-0.0), json!(1e300), json!(1000000.5e1)] {
+            assert_eq!(
+                sync_errors(json!({"data": "a", "iterations": bad})),
+                [range]
+            );
+        }
+        // Integral floats are integers, as in JSON Schema and pydantic.
+        for (good, n) in [
+            (json!(10.0), 10),
+            (json!(1e3), 1000),
+            (json!(1000000.0), 1_000_000),
+        ] {
+            let input = parse_sync(&json!({"data": "a", "iterations": good})).unwrap();
+            assert_eq!(input.iterations, n);
+        }
         for bad in [
             json!("10"),
             json!(1.5),
-            json!(10.0),
             json!(true),
             json!(null),
             json!([1]),

@@ -5,9 +5,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
+use utoipa::ToSchema;
 
 /// How a request was submitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     Sync,
@@ -16,7 +17,7 @@ pub enum Mode {
 
 /// Every state a request can be in. Sync: `processing → completed | failed`.
 /// Async: `pending → processing → callback_pending → callback_success | callback_failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
@@ -95,7 +96,7 @@ fn serialize_opt_timestamp<S: Serializer>(
 }
 
 /// The outcome of one unit of work.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkResult {
     pub request_id: String,
     pub input_hash: String,
@@ -105,14 +106,14 @@ pub struct WorkResult {
 }
 
 /// `POST /sync` → 200.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SyncResponse {
     pub status: String,
     pub result: WorkResult,
 }
 
 /// `POST /async` → 200.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AcceptedResponse {
     pub status: String,
     pub request_id: String,
@@ -120,7 +121,7 @@ pub struct AcceptedResponse {
 }
 
 /// One delivery attempt, as recorded in the audit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DeliveryAttempt {
     /// 1-based, counting every attempt the request has had.
     pub attempt: u32,
@@ -136,7 +137,7 @@ pub struct DeliveryAttempt {
 }
 
 /// A request as `GET /requests` and `GET /requests/{id}` show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RequestRecord {
     pub id: String,
     pub mode: Mode,
@@ -156,14 +157,14 @@ pub struct RequestRecord {
 }
 
 /// `GET /requests` → 200.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RequestList {
     pub total: u64,
     pub requests: Vec<RequestRecord>,
 }
 
 /// Overall health as `GET /healthz` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     Healthy,
@@ -172,7 +173,7 @@ pub enum Health {
 }
 
 /// `GET /healthz`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HealthReport {
     pub status: Health,
     pub version: &'static str,
@@ -183,7 +184,7 @@ pub struct HealthReport {
 }
 
 /// The body POSTed to a callback URL.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CallbackPayload {
     pub request_id: String,
     pub status: String,

@@ -1,36 +1,70 @@
-//! `POST /admin/cleanup` and `POST /requests/{id}/redeliver`: operator actions, behind `Authorization: Bearer $APP_ADMIN_TOKEN`.
+//! `POST /admin/cleanup` and `POST /requests/{id}/redeliver`: operator actions, behind
+//! `Authorization: Bearer $APP_ADMIN_TOKEN`.
 //! Without a configured token the routes are not mounted at all (404 for every method), so
 //! an unconfigured service does not even reveal them.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use axum::routing::post;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
+use crate::model::AcceptedResponse;
 use crate::store::Redelivery;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/cleanup", post(cleanup))
-        .route("/requests/{id}/redeliver", post(redeliver))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(cleanup))
+        .routes(routes!(redeliver))
 }
 
-/// Puts a `callback_failed` request back in the queue for a fresh round of attempts.
+/// `POST /admin/cleanup` → 200.
+#[derive(Serialize, ToSchema)]
+pub struct CleanupResponse {
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// `expired + over_limit`.
+    deleted: u64,
+    /// Finished requests older than the retention period.
+    expired: u64,
+    /// The oldest finished requests beyond APP_MAX_STORED_REQUESTS.
+    over_limit: u64,
+}
+
+/// Put a `callback_failed` request back in the queue for a fresh round of attempts; earlier
+/// attempts stay in the audit.
+#[utoipa::path(
+    post,
+    path = "/requests/{id}/redeliver",
+    tag = "operations",
+    params(("id" = String, Path, description = "The request id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Queued for redelivery", body = AcceptedResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such request", body = ErrorBody),
+        (status = 409, description = "The request is not `callback_failed`", body = ErrorBody),
+        (status = 503, description = "The async queue is full", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn redeliver(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AcceptedResponse>, ApiError> {
     authorize(&state, &headers)?;
     match state.service.redeliver(&id).await? {
-        Redelivery::Queued => Ok(Json(json!({
-            "status": "accepted",
-            "request_id": id,
-            "message": "Request queued for redelivery",
-        }))),
+        Redelivery::Queued => Ok(Json(AcceptedResponse {
+            status: "accepted".into(),
+            request_id: id,
+            message: "Request queued for redelivery".into(),
+        })),
         Redelivery::NotFound => Err(ApiError::RequestNotFound),
         Redelivery::WrongStatus(status) => Err(ApiError::Conflict(format!(
             "Only a request in callback_failed can be redelivered; this one is {}",
@@ -39,18 +73,29 @@ async fn redeliver(
     }
 }
 
+/// Run the retention rules now.
+#[utoipa::path(
+    post,
+    path = "/admin/cleanup",
+    tag = "operations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "What was deleted", body = CleanupResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    )
+)]
 async fn cleanup(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CleanupResponse>, ApiError> {
     authorize(&state, &headers)?;
     let report = state.service.cleanup().await?;
-    Ok(Json(json!({
-        "status": "ok",
-        "deleted": report.expired + report.over_limit,
-        "expired": report.expired,
-        "over_limit": report.over_limit,
-    })))
+    Ok(Json(CleanupResponse {
+        status: "ok",
+        deleted: report.expired + report.over_limit,
+        expired: report.expired,
+        over_limit: report.over_limit,
+    }))
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::input::FieldError;
 use crate::service::ServiceError;
@@ -40,12 +41,17 @@ pub enum ApiError {
 }
 
 /// The error shape of every non-2xx answer.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always `error`.
+    #[schema(example = "error")]
     status: &'static str,
+    /// What went wrong, in one line (for 422: every broken rule, `field: rule; …`).
     error: String,
+    /// 422 only: each broken rule, with where it is.
     #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<&'a Vec<FieldError>>,
+    #[schema(nullable = false)]
+    detail: Option<Vec<FieldError>>,
 }
 
 fn summary(errors: &[FieldError]) -> String {
@@ -86,7 +92,7 @@ impl IntoResponse for ApiError {
             status: "error",
             error: self.to_string(),
             detail: match &self {
-                ApiError::Validation(errors) => Some(errors),
+                ApiError::Validation(errors) => Some(errors.clone()),
                 _ => None,
             },
         };

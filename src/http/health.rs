@@ -1,17 +1,28 @@
 //! `GET /healthz`: queue, workers and database, for load balancers and operators.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::model::{Health, HealthReport};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(health))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(health))
 }
 
+/// Queue, workers and database. `degraded`: the async queue is over 90% full.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Healthy or degraded", body = HealthReport),
+        (status = 503, description = "Unhealthy: the database does not answer", body = HealthReport),
+    )
+)]
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthReport>) {
     let report = state.service.health().await;
     // Degraded still serves traffic, so a load balancer should keep sending it some.

@@ -1,18 +1,28 @@
 //! `GET /metrics`: Prometheus metrics (see `crate::metrics` for the series).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::metrics::CONTENT_TYPE as OPENMETRICS;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
+/// Prometheus metrics (OpenMetrics text format).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every series, with state gauges read now",
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+    )
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, OPENMETRICS)],

@@ -1,9 +1,13 @@
 //! `GET /requests` and `GET /requests/{id}`: the record of every request.
 
+use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::input::FieldError;
 use crate::model::{Mode, RequestList, RequestRecord, Status};
@@ -12,12 +16,41 @@ use crate::store::ListFilter;
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/requests", get(list))
-        .route("/requests/{id}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
 }
 
+/// The filters of `GET /requests`, for the API document. The query is read by
+/// [`parse_filter`], so that a bad value is a 422 that names it.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListQuery {
+    /// Only requests of this mode.
+    mode: Option<Mode>,
+    /// Only requests in this status.
+    status: Option<Status>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// Requests to skip (newest first).
+    #[param(minimum = 0, default = 0)]
+    offset: Option<u64>,
+}
+
+/// Requests, newest first, optionally filtered, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/requests",
+    tag = "requests",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of requests and the total that match", body = RequestList),
+        (status = 422, description = "A filter value is invalid; `detail` names it", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -27,6 +60,17 @@ async fn list(
     Ok(Json(state.service.list(filter).await?))
 }
 
+/// One request, with every callback delivery attempt.
+#[utoipa::path(
+    get,
+    path = "/requests/{id}",
+    tag = "requests",
+    params(("id" = String, Path, description = "The request id")),
+    responses(
+        (status = 200, description = "The request and its `attempts`", body = RequestRecord),
+        (status = 404, description = "No such request", body = ErrorBody),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -1,19 +1,38 @@
 //! `POST /async`: record the request durably, answer at once; the callback follows.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::routing::post;
-use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::ErrorBody;
 use super::extract::JsonBody;
 use super::{ApiError, AppState};
-use crate::input::parse_async;
+use crate::input::{AsyncRequest, parse_async};
 use crate::model::AcceptedResponse;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/async", post(submit))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(submit))
 }
 
+/// Record the request durably and answer at once; the result is POSTed to `callback_url`
+/// (body `CallbackPayload`), retried with backoff until accepted or retries run out.
+#[utoipa::path(
+    post,
+    path = "/async",
+    tag = "work",
+    request_body = AsyncRequest,
+    responses(
+        (status = 200, description = "Committed and queued", body = AcceptedResponse,
+            headers(("Location" = String, description = "`/requests/{id}` of the new request"))),
+        (status = 413, description = "Body over APP_MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "A rule is broken (including a refused callback URL); `detail` lists each", body = ErrorBody),
+        (status = 503, description = "The async queue is full; nothing was written", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn submit(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,

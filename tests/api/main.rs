@@ -10,6 +10,7 @@ mod durability;
 mod guard;
 mod loadgen;
 mod observability;
+mod openapi;
 mod receiver;
 mod requests;
 mod scale_out;

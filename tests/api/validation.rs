@@ -191,9 +191,11 @@ async fn iterations_must_be_an_integer_between_1_and_1000000() {
         (json!(-1), range.clone()),
         (json!(1_000_001), range.clone()),
         (json!(i64::MIN), range.clone()),
-        (json!(u64::MAX), range),
+        (json!(u64::MAX), range.clone()),
+        (json!(0.0), range.clone()),
+        (json!(1e7), range),
         (json!(1.5), not_an_integer.clone()),
-        (json!(10.0), not_an_integer.clone()),
+        (json!(10.5), not_an_integer.clone()),
         (json!("10"), not_an_integer.clone()),
         (json!(true), not_an_integer.clone()),
         (json!(null), not_an_integer.clone()),
@@ -220,6 +222,12 @@ async fn iterations_bounds_are_accepted_and_the_default_is_1000() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["result"]["iterations"], iterations);
     }
+    // A number with no fractional part is an integer (JSON Schema, and the original's pydantic).
+    let (status, body) = setup
+        .post("/sync", &json!({"data": "x", "iterations": 10.0}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["iterations"], 10);
     let (status, body) = setup.post("/sync", &json!({"data": "hello world"})).await;
     assert_eq!(status, 200);
     assert_eq!(body["result"]["iterations"], 1000);

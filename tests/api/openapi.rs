@@ -1,0 +1,188 @@
+//! The API describes itself: `GET /openapi.json` is a valid OpenAPI 3.1 document listing
+//! exactly the routes served, and `GET /docs` works offline.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::helpers::{TestApp, read, spawn_app};
+
+/// Every operation of SPEC §3 and beyond, as the document must list it.
+const OPERATIONS: &[(&str, &str)] = &[
+    ("post", "/sync"),
+    ("post", "/async"),
+    ("get", "/requests"),
+    ("get", "/requests/{id}"),
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("post", "/admin/cleanup"),
+    ("post", "/requests/{id}/redeliver"),
+];
+
+async fn document(app: &TestApp) -> Value {
+    let (status, doc) = read(app.get("/openapi.json").await).await;
+    assert_eq!(status, 200);
+    doc
+}
+
+fn operations(doc: &Value) -> BTreeSet<(String, String)> {
+    doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .expect("path item")
+                .keys()
+                .map(move |method| (method.clone(), path.clone()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_document_lists_every_route_and_each_is_served() {
+    let app = spawn_app(&["--admin-token", "t"]).await;
+    let doc = document(&app).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let expected: BTreeSet<(String, String)> = OPERATIONS
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(operations(&doc), expected);
+
+    // Each documented operation reaches its handler: never the router's 404 or 405.
+    for (method, path) in OPERATIONS {
+        let url = app.url(&path.replace("{id}", "no-such-id"));
+        let request = match *method {
+            "get" => app.client.get(url),
+            _ => app
+                .client
+                .post(url)
+                .bearer_auth("t")
+                .json(&serde_json::json!({})),
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+        assert_ne!(status, 405, "{method} {path}");
+        assert!(
+            status != 404 || body["error"] == "Request not found",
+            "{method} {path} is documented but not served: {body}"
+        );
+    }
+
+    // The error shapes and statuses of SPEC §3 are documented.
+    let sync = &doc["paths"]["/sync"]["post"]["responses"];
+    for status in ["200", "413", "415", "422", "503"] {
+        assert!(sync.get(status).is_some(), "POST /sync documents {status}");
+    }
+    let submit = &doc["paths"]["/async"]["post"]["responses"];
+    for status in ["200", "413", "415", "422", "503"] {
+        assert!(
+            submit.get(status).is_some(),
+            "POST /async documents {status}"
+        );
+    }
+    assert!(submit["503"]["headers"].get("Retry-After").is_some());
+    assert!(submit["200"]["headers"].get("Location").is_some());
+    let schemas = &doc["components"]["schemas"];
+    for schema in [
+        "SyncRequest",
+        "AsyncRequest",
+        "ErrorBody",
+        "FieldError",
+        "RequestRecord",
+        "CallbackPayload",
+    ] {
+        assert!(schemas.get(schema).is_some(), "schema {schema}");
+    }
+    let params: Vec<&str> = doc["paths"]["/requests"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params, ["mode", "status", "limit", "offset"]);
+}
+
+#[tokio::test]
+async fn without_an_admin_token_the_admin_routes_are_neither_served_nor_documented() {
+    let app = spawn_app(&[]).await;
+    let documented = operations(&document(&app).await);
+    assert!(!documented.contains(&("post".into(), "/admin/cleanup".into())));
+    assert!(!documented.contains(&("post".into(), "/requests/{id}/redeliver".into())));
+    assert_eq!(documented.len(), OPERATIONS.len() - 2);
+}
+
+#[tokio::test]
+async fn the_document_is_valid_openapi() {
+    let available = Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install openapi-spec-validator (.ci/run does)"
+        );
+        eprintln!("skipped: pip install openapi-spec-validator to validate the document");
+        return;
+    }
+    let app = spawn_app(&["--admin-token", "t"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openapi.json");
+    std::fs::write(&path, serde_json::to_vec(&document(&app).await).unwrap()).unwrap();
+    let output = Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "invalid OpenAPI document:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_docs_page_and_its_assets_are_served_from_the_binary() {
+    let app = spawn_app(&[]).await;
+    let page = app.get("/docs/").await;
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    // Every script and stylesheet the page loads comes from this server.
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|s| s.ends_with(".js") || s.ends_with(".css"))
+        .collect();
+    assert!(!assets.is_empty());
+    for asset in assets {
+        assert!(
+            !asset.starts_with("http"),
+            "{asset} is loaded from elsewhere"
+        );
+        let url = format!("/docs/{}", asset.trim_start_matches("./"));
+        let response = app.get(&url).await;
+        assert_eq!(response.status(), 200, "{url}");
+        assert!(response.bytes().await.unwrap().len() > 100, "{url}");
+    }
+    // The page's configuration points at our document.
+    let config = app
+        .get("/docs/swagger-initializer.js")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(config.contains("/openapi.json"), "{config}");
+}
