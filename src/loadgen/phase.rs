@@ -9,7 +9,7 @@
 //! The workers run on `--threads` threads, each with its own single-threaded tokio runtime,
 //! not on the process's work-stealing runtime: a worker's connection then always wakes the
 //! thread it lives on, with no stealing and no cross-thread wake-up. Measured against the
-//! release service on the 2-core machine, this took the loadgen from 0.78 to about 0.95 of
+//! release service on the 2-core machine, this took the loadgen from 0.78 to 0.95–0.99 of
 //! wrk's request rate (see bench/README.md).
 
 use std::sync::Arc;
