@@ -17,8 +17,15 @@ pub async fn run(service: Service, interval: Duration, stop: CancellationToken) 
             _ = ticker.tick() => {}
             () = stop.cancelled() => return,
         }
-        if let Err(err) = service.cleanup().await {
-            tracing::error!(error = %err, "retention cleanup failed");
+        // Each chunk is its own transaction, so dropping the cleanup at shutdown between
+        // chunks loses nothing; the next run carries on.
+        tokio::select! {
+            result = service.cleanup() => {
+                if let Err(err) = result {
+                    tracing::error!(error = %err, "retention cleanup failed");
+                }
+            }
+            () = stop.cancelled() => return,
         }
     }
 }

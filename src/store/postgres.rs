@@ -25,8 +25,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptOutcome, CleanupReport, Job, ListFilter, NewAsyncRequest, NewRequest, PoolStats,
-    Redelivery, StoreError, StoreResult,
+    AttemptOutcome, Job, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position, Redelivery,
+    StoreError, StoreResult,
 };
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
@@ -38,9 +38,6 @@ const MIGRATION_LOCK: i64 = 0x5359_4e43_4153_594e; // "SYNCASYN"
 
 /// The channel new jobs are announced on.
 const JOBS_CHANNEL: &str = "syncasync_jobs";
-
-/// Rows deleted per retention statement, so cleanup never holds many row locks at once.
-const CLEANUP_CHUNK: i64 = 2000;
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -450,49 +447,60 @@ impl PgStore {
         )
     }
 
-    pub async fn cleanup(
+    // SKIP LOCKED: instances cleaning at the same time take different rows instead of
+    // waiting on each other.
+    pub async fn delete_expired(&self, cutoff: DateTime<Utc>, chunk: u64) -> StoreResult<u64> {
+        let deleted = sqlx::query(concat!(
+            "DELETE FROM requests WHERE id IN (
+                 SELECT id FROM requests
+                 WHERE created_at < $1 AND status IN ",
+            finished_statuses!(),
+            " AND COALESCE(completed_at, created_at) < $1
+                 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        ))
+        .bind(cutoff)
+        .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    pub async fn nth_newest_finished(&self, n: u64) -> StoreResult<Option<Position>> {
+        let row = sqlx::query(concat!(
+            "SELECT created_at, id FROM requests WHERE status IN ",
+            finished_statuses!(),
+            " ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET $1"
+        ))
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => Some(Position {
+                created_at: row.try_get("created_at")?,
+                id: row.try_get("id")?,
+            }),
+            None => None,
+        })
+    }
+
+    pub async fn delete_finished_through(
         &self,
-        cutoff: DateTime<Utc>,
-        max_stored: u64,
-    ) -> StoreResult<CleanupReport> {
-        // SKIP LOCKED: instances cleaning at the same time take different rows instead of
-        // waiting on each other.
-        let mut report = CleanupReport::default();
-        loop {
-            let expired = sqlx::query(concat!(
-                "DELETE FROM requests WHERE id IN (
-                     SELECT id FROM requests WHERE status IN ",
-                finished_statuses!(),
-                " AND COALESCE(completed_at, created_at) < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            ))
-            .bind(cutoff)
-            .bind(CLEANUP_CHUNK)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.expired += expired;
-            if expired < CLEANUP_CHUNK as u64 {
-                break;
-            }
-        }
-        loop {
-            let over = sqlx::query(concat!(
-                "DELETE FROM requests WHERE id IN (
-                     SELECT id FROM requests WHERE status IN ",
-                finished_statuses!(),
-                " ORDER BY created_at DESC, id DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            ))
-            .bind(i64::try_from(max_stored).unwrap_or(i64::MAX))
-            .bind(CLEANUP_CHUNK)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.over_limit += over;
-            if over < CLEANUP_CHUNK as u64 {
-                break;
-            }
-        }
-        Ok(report)
+        boundary: &Position,
+        chunk: u64,
+    ) -> StoreResult<u64> {
+        let deleted = sqlx::query(concat!(
+            "DELETE FROM requests WHERE id IN (
+                 SELECT id FROM requests
+                 WHERE (created_at, id) <= ($1, $2) AND status IN ",
+            finished_statuses!(),
+            " ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED)"
+        ))
+        .bind(boundary.created_at)
+        .bind(&boundary.id)
+        .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
     }
 
     /// Sync requests left `processing` by an instance that died mid-request.

@@ -29,8 +29,8 @@ use rusqlite::{
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    AttemptOutcome, CleanupReport, Job, ListFilter, NewAsyncRequest, NewRequest, PoolStats,
-    Redelivery, StoreError, StoreResult,
+    AttemptOutcome, Job, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position, Redelivery,
+    StoreError, StoreResult,
 };
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
@@ -46,10 +46,6 @@ const MAX_BATCH: usize = 512;
 
 /// Commands waiting for the writer; senders wait when it is full (backpressure).
 const WRITER_QUEUE: usize = 8192;
-
-/// Rows deleted per retention transaction, so a large cleanup never holds the write lock
-/// long enough to stall submissions.
-const CLEANUP_CHUNK: u64 = 2000;
 
 /// Read connections. Reads are short; more connections than cores buys nothing.
 const READERS: usize = 4;
@@ -322,23 +318,45 @@ impl SqliteStore {
         )
     }
 
-    pub async fn cleanup(
-        &self,
-        cutoff: DateTime<Utc>,
-        max_stored: u64,
-    ) -> StoreResult<CleanupReport> {
-        let mut report = CleanupReport::default();
-        loop {
-            let Reply::Cleaned(chunk) = self.send(Op::Cleanup { cutoff, max_stored }).await? else {
-                break;
-            };
-            report.expired += chunk.expired;
-            report.over_limit += chunk.over_limit;
-            if chunk.expired + chunk.over_limit < CLEANUP_CHUNK {
-                break;
-            }
+    pub async fn delete_expired(&self, cutoff: DateTime<Utc>, chunk: u64) -> StoreResult<u64> {
+        match self.send(Op::DeleteExpired { cutoff, chunk }).await? {
+            Reply::Count(n) => Ok(n),
+            _ => Ok(0),
         }
-        Ok(report)
+    }
+
+    pub async fn nth_newest_finished(&self, n: u64) -> StoreResult<Option<Position>> {
+        let offset = i64::try_from(n).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            conn.prepare_cached(concat!(
+                "SELECT created_at, id FROM requests WHERE status IN ",
+                finished_statuses!(),
+                " ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?1"
+            ))?
+            .query_row([offset], |row| {
+                Ok(Position {
+                    created_at: from_millis(row.get(0)?),
+                    id: row.get(1)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn delete_finished_through(
+        &self,
+        boundary: &Position,
+        chunk: u64,
+    ) -> StoreResult<u64> {
+        let op = Op::DeleteFinishedThrough {
+            boundary: boundary.clone(),
+            chunk,
+        };
+        match self.send(op).await? {
+            Reply::Count(n) => Ok(n),
+            _ => Ok(0),
+        }
     }
 
     pub async fn close(&self) {
@@ -531,9 +549,15 @@ enum Op {
     Release {
         owner: String,
     },
-    Cleanup {
+    /// Up to `chunk` finished requests that finished before `cutoff`.
+    DeleteExpired {
         cutoff: DateTime<Utc>,
-        max_stored: u64,
+        chunk: u64,
+    },
+    /// Up to `chunk` of the oldest finished requests, at or before `boundary`.
+    DeleteFinishedThrough {
+        boundary: Position,
+        chunk: u64,
     },
     /// Commit what came before it, then close the connection (handled by the writer loop).
     Close,
@@ -544,7 +568,6 @@ enum Reply {
     Updated(bool),
     Count(u64),
     Jobs(Vec<Job>),
-    Cleaned(CleanupReport),
     Redelivery(Redelivery),
 }
 
@@ -861,34 +884,39 @@ fn apply(
                 .execute([owner])?;
             Ok(done(Reply::Count(released as u64)))
         }
-        Op::Cleanup { cutoff, max_stored } => {
-            let expired =
-                tx.prepare_cached(concat!(
+        Op::DeleteExpired { cutoff, chunk } => {
+            // Finished before the cutoff implies created before it: the created_at index
+            // bounds the scan, oldest first.
+            let deleted = tx
+                .prepare_cached(concat!(
                     "DELETE FROM requests WHERE id IN (
-                         SELECT id FROM requests WHERE status IN ",
+                         SELECT id FROM requests
+                         WHERE created_at < ?1 AND status IN ",
                     finished_statuses!(),
-                    " AND COALESCE(completed_at, created_at) < ?1 LIMIT ?2)"
-                ))?
-                .execute(params![millis(*cutoff), CLEANUP_CHUNK as i64])? as u64;
-            let room = CLEANUP_CHUNK.saturating_sub(expired);
-            let over_limit = if room > 0 {
-                tx.prepare_cached(concat!(
-                    "DELETE FROM requests WHERE id IN (
-                         SELECT id FROM requests WHERE status IN ",
-                    finished_statuses!(),
-                    " ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?1)"
+                    " AND COALESCE(completed_at, created_at) < ?1
+                         ORDER BY created_at LIMIT ?2)"
                 ))?
                 .execute(params![
-                    i64::try_from(*max_stored).unwrap_or(i64::MAX),
-                    room as i64
-                ])? as u64
-            } else {
-                0
-            };
-            Ok(done(Reply::Cleaned(CleanupReport {
-                expired,
-                over_limit,
-            })))
+                    millis(*cutoff),
+                    i64::try_from(*chunk).unwrap_or(i64::MAX)
+                ])?;
+            Ok(done(Reply::Count(deleted as u64)))
+        }
+        Op::DeleteFinishedThrough { boundary, chunk } => {
+            let deleted = tx
+                .prepare_cached(concat!(
+                    "DELETE FROM requests WHERE id IN (
+                         SELECT id FROM requests
+                         WHERE (created_at < ?1 OR (created_at = ?1 AND id <= ?2)) AND status IN ",
+                    finished_statuses!(),
+                    " ORDER BY created_at LIMIT ?3)"
+                ))?
+                .execute(params![
+                    millis(boundary.created_at),
+                    boundary.id,
+                    i64::try_from(*chunk).unwrap_or(i64::MAX)
+                ])?;
+            Ok(done(Reply::Count(deleted as u64)))
         }
         Op::Close => Ok(done(Reply::Done)),
     }
