@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# async_scaling.sh: end-to-end async throughput (accepted per second, delivered per second,
+# time to callback) with one instance on SQLite, one on PostgreSQL, and two on PostgreSQL,
+# side by side in one run; reports the scaling ratio two-on-PostgreSQL / one-on-PostgreSQL.
+#
+#   bash bench/async_scaling.sh
+#
+# One release build. Each scenario gets a fresh database (a SQLite file in a temp dir, or a
+# new PostgreSQL database dropped at the end), its instances on free ports of 127.0.0.1, and
+# one `syncasync loadgen --mode async` run whose own receiver takes the callbacks. All
+# traffic stays on loopback. Prints a markdown summary on stdout and writes it to
+# bench/results/async_scaling.md; progress goes to stderr.
+#
+# Env overrides: REQUESTS (20000 per scenario), CONNECTIONS (50), ITERATIONS (1000),
+# WORKERS (APP_ASYNC_WORKER_COUNT, 50), PG_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+readonly ROOT="$PWD"
+readonly RESULTS_DIR="$ROOT/bench/results"
+readonly RESULTS_FILE="$RESULTS_DIR/async_scaling.md"
+readonly BIN="$ROOT/target/release/syncasync"
+
+REQUESTS="${REQUESTS:-20000}"
+CONNECTIONS="${CONNECTIONS:-50}"
+ITERATIONS="${ITERATIONS:-1000}"
+WORKERS="${WORKERS:-50}"
+PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+tmp_dir="$(mktemp -d)"
+pids=()
+databases=()
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+stop_servers() {
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT
+    stop_servers
+    local db
+    for db in "${databases[@]}"; do
+        psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+    rm -rf -- "$tmp_dir"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start_instance DATABASE_URL LOG: starts one instance and prints its base URL.
+start_instance() {
+    local port
+    port="$(free_port)"
+    APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="$1" \
+        APP_CALLBACK_BLOCK_PRIVATE_IPS=false APP_ASYNC_WORKER_COUNT="$WORKERS" \
+        APP_ASYNC_QUEUE_MAX_SIZE=$((REQUESTS * 2)) RUST_LOG=warn \
+        "$BIN" serve >>"$2" 2>&1 &
+    pids+=("$!")
+    local _
+    for _ in $(seq 1 100); do
+        curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && { echo "http://127.0.0.1:$port"; return; }
+        sleep 0.1
+    done
+    tail -n 20 "$2" >&2
+    die "an instance on port $port did not start"
+}
+
+new_pg_database() {
+    local name="syncasync_bench_$$_$1"
+    psql "$PG_ADMIN_URL" -qc "CREATE DATABASE \"$name\"" >/dev/null || die "cannot create database $name (is PostgreSQL up?)"
+    databases+=("$name")
+    python3 -c 'import sys, urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path="/"+sys.argv[2]).geturl())' "$PG_ADMIN_URL" "$name"
+}
+
+# scenario NAME INSTANCES DATABASE_URL: runs the load against INSTANCES instances sharing
+# DATABASE_URL and leaves the loadgen JSON in $tmp_dir/NAME.json.
+scenario() {
+    local name="$1" count="$2" database="$3" urls=() i
+    log "scenario $name: $count instance(s)"
+    for ((i = 0; i < count; i++)); do
+        urls+=(--url "$(start_instance "$database" "$tmp_dir/$name.log")")
+    done
+    "$BIN" loadgen "${urls[@]}" --mode async -n "$REQUESTS" -c "$CONNECTIONS" \
+        --iterations "$ITERATIONS" --callback-port 0 --callback-timeout 120s --no-progress \
+        --json "$tmp_dir/$name.json" >"$tmp_dir/$name.txt" || die "loadgen failed in scenario $name"
+    stop_servers
+}
+
+command -v psql >/dev/null || die "psql is needed (PostgreSQL client)"
+pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL is not answering on 127.0.0.1:5432"
+
+log "building the release binary"
+cargo build --release --bin syncasync >&2
+
+scenario sqlite-1 1 "sqlite://$tmp_dir/bench.db"
+scenario postgres-1 1 "$(new_pg_database one)"
+scenario postgres-2 2 "$(new_pg_database two)"
+
+mkdir -p "$RESULTS_DIR"
+python3 - "$tmp_dir" "$REQUESTS" "$CONNECTIONS" "$ITERATIONS" "$WORKERS" >"$RESULTS_FILE.tmp" <<'PY'
+import json, os, subprocess, sys, datetime
+tmp, requests, connections, iterations, workers = sys.argv[1:]
+def load(name):
+    with open(os.path.join(tmp, name + ".json")) as f:
+        mode = json.load(f)["modes"][0]
+    cb = mode["callbacks"]
+    ttc = cb.get("time_to_callback_ms") or {}
+    return {
+        "accepted": mode["success"],
+        "accepted_rps": mode["throughput_rps"],
+        "received": cb["received"],
+        "expected": cb["expected"],
+        "delivered_rps": cb["delivered_rps"],
+        "p50": ttc.get("p50", float("nan")),
+        "p99": ttc.get("p99", float("nan")),
+    }
+rows = {name: load(name) for name in ("sqlite-1", "postgres-1", "postgres-2")}
+try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+except OSError:
+    commit = "unknown"
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+print("## async_scaling\n")
+print(f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, commit {commit}, nproc {os.cpu_count()}, {cpu}.")
+print(f"`loadgen --mode async -n {requests} -c {connections} --iterations {iterations}`, "
+      f"APP_ASYNC_WORKER_COUNT={workers}; service instances, PostgreSQL and the load generator share the machine.\n")
+print("| scenario | accepted | accepted/s | delivered/s | callbacks | time to callback p50 | p99 |")
+print("|---|---|---|---|---|---|---|")
+for name, r in rows.items():
+    print(f"| {name} | {r['accepted']} | {r['accepted_rps']:.0f} | {r['delivered_rps']:.0f} | "
+          f"{r['received']}/{r['expected']} | {r['p50']:.1f} ms | {r['p99']:.1f} ms |")
+ratio = rows["postgres-2"]["delivered_rps"] / rows["postgres-1"]["delivered_rps"]
+print(f"\n**Scaling ratio** (delivered/s, two instances on PostgreSQL ÷ one): **{ratio:.2f}**")
+PY
+mv "$RESULTS_FILE.tmp" "$RESULTS_FILE"
+cat "$RESULTS_FILE"
