@@ -6,7 +6,8 @@
 //! id without judging them, and the join with the accepted requests happens once the phase
 //! has sent everything: an arrival whose id was accepted is a callback (the first one) or a
 //! duplicate (any later one); any other id is unknown. Time-to-callback runs from the
-//! request's due time to its first callback's arrival.
+//! request's due time to its first callback's arrival; the delivery span, from the phase's
+//! start to the last of those first arrivals.
 //!
 //! It runs on its own listener and task, independent of the service: while the API is down,
 //! callbacks still land here.
@@ -56,6 +57,10 @@ pub struct CallbackTally {
     pub malformed: u64,
     /// From each accepted request's due time to its first callback.
     pub time_to_callback: Histogram<u64>,
+    /// From the phase's start to the latest first callback of an accepted request; `None`
+    /// if none arrived. Duplicates and unknown ids do not extend it: it measures when the
+    /// service had delivered every result that it delivered.
+    pub delivery_span: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -172,9 +177,13 @@ impl CallbackReceiver {
         outcome
     }
 
-    /// Matches the callbacks received so far with `accepted`, and forgets them (a later
-    /// phase starts from nothing).
-    pub fn take_tally(&self, accepted: &[(String, Instant)]) -> CallbackTally {
+    /// Matches the callbacks received so far with `accepted` (requests of the phase that
+    /// started at `phase_start`), and forgets them (a later phase starts from nothing).
+    pub fn take_tally(
+        &self,
+        accepted: &[(String, Instant)],
+        phase_start: Instant,
+    ) -> CallbackTally {
         let (arrivals, malformed) = {
             let mut log = self.shared.lock();
             (
@@ -189,7 +198,9 @@ impl CallbackReceiver {
             unknown: 0,
             malformed,
             time_to_callback: latency_histogram(),
+            delivery_span: None,
         };
+        let mut last_first: Option<Instant> = None;
         let mut due_by_id: HashMap<&str, Instant> = HashMap::with_capacity(accepted.len());
         for (id, due) in accepted {
             due_by_id.insert(id.as_str(), *due);
@@ -201,16 +212,18 @@ impl CallbackReceiver {
                 Some(due) => {
                     tally.received += 1;
                     tally.duplicates += count - 1;
-                    if let Some(first) = times.iter().min() {
+                    if let Some(&first) = times.iter().min() {
                         record(
                             &mut tally.time_to_callback,
                             first.saturating_duration_since(*due),
                         );
+                        last_first = Some(last_first.map_or(first, |last| last.max(first)));
                     }
                 }
                 None => tally.unknown += count,
             }
         }
+        tally.delivery_span = last_first.map(|last| last.saturating_duration_since(phase_start));
         tally
     }
 

@@ -17,6 +17,12 @@ pub enum LoadgenError {
     /// The callback receiver could not bind its address (port in use, host not local).
     #[error("cannot listen for callbacks on {addr}: {reason}")]
     CallbackListen { addr: String, reason: String },
+    /// No `--url` at all (the flag has a default; only a caller building the args can).
+    #[error("no --url given")]
+    NoUrl,
+    /// More `--url`s than workers: some URL would get no request.
+    #[error("-c {workers} is fewer than the {urls} --url values: each URL needs a worker")]
+    FewerWorkersThanUrls { workers: usize, urls: usize },
     /// `--url` cannot be used (not http://, a host that does not resolve).
     #[error("cannot use {url}: {reason}")]
     BadUrl { url: String, reason: String },

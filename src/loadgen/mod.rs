@@ -1,7 +1,11 @@
 //! `syncasync loadgen`: measures the service under load, both paths end to end (SPEC §8).
 //!
-//! A run checks that the service answers (`GET /healthz`), starts its own callback receiver
-//! (async), then runs one phase per mode (`both`: sync, then async), each reported apart.
+//! A run checks that the service answers (`GET /healthz`, at every `--url`), starts its own
+//! callback receiver (async), then runs one phase per mode (`both`: sync, then async), each
+//! reported apart. With several `--url`s, worker *i* sends to URL *i mod n* for the whole
+//! run: the workers, not the requests, are spread evenly over the instances of the service
+//! (a scale-out benchmark), so each instance gets as many requests as its workers get
+//! answered.
 //! Each worker keeps one keep-alive connection, so the run measures the service and not
 //! connection set-up (the original tool opened a session per request); see `connection.rs`
 //! for why it is not a pooled client. Latencies go to
@@ -45,7 +49,7 @@ pub use schedule::{Limit, Pace, Schedule, Ticket};
 use crate::model::Mode;
 use connection::{Connection, Target};
 use payload::Payloads;
-use phase::PhasePlan;
+use phase::{Destination, PhasePlan};
 use progress::Progress;
 
 /// How long the preflight `GET /healthz` may take: it asks "is anything there?", and a
@@ -84,9 +88,11 @@ impl ModeChoice {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadgenArgs {
-    /// Base URL of the service.
-    #[arg(long, default_value = "http://localhost:8000", value_parser = base_url)]
-    pub url: String,
+    /// Base URL of the service. Repeat it to spread the load over several instances: worker
+    /// i sends to URL i mod n, so -c must be at least the number of URLs.
+    #[arg(long = "url", value_name = "URL", default_value = "http://localhost:8000",
+          value_parser = base_url)]
+    pub urls: Vec<String>,
     /// Requests per mode.
     #[arg(short = 'n', long, default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -204,23 +210,51 @@ impl LoadgenArgs {
             None => Limit::Count(self.requests),
         }
     }
+}
 
-    /// The path of `endpoint` (`sync`, `async`, `healthz`) under the base URL's path.
-    fn path(&self, endpoint: &str) -> Result<Uri, LoadgenError> {
-        let bad = |reason: String| LoadgenError::BadUrl {
-            url: self.url.clone(),
-            reason,
-        };
-        let url = url::Url::parse(&format!("{}/{endpoint}", self.url))
-            .map_err(|err| bad(err.to_string()))?;
-        Uri::try_from(url.path()).map_err(|err| bad(err.to_string()))
+/// The path of `endpoint` (`sync`, `async`, `healthz`) under `base_url`'s path (a base URL
+/// `http://host/api` sends to `/api/sync`).
+fn endpoint_path(base_url: &str, endpoint: &str) -> Result<Uri, LoadgenError> {
+    let bad = |reason: String| LoadgenError::BadUrl {
+        url: base_url.to_string(),
+        reason,
+    };
+    let url =
+        url::Url::parse(&format!("{base_url}/{endpoint}")).map_err(|err| bad(err.to_string()))?;
+    Uri::try_from(url.path()).map_err(|err| bad(err.to_string()))
+}
+
+/// One instance of the service, as given by a `--url` and found by the preflight.
+struct Instance {
+    url: String,
+    target: Arc<Target>,
+}
+
+impl Instance {
+    /// Where a phase of `mode` sends its requests on this instance.
+    fn destination(&self, mode: Mode) -> Result<Destination, LoadgenError> {
+        Ok(Destination {
+            target: Arc::clone(&self.target),
+            path: endpoint_path(&self.url, mode.as_str())?,
+        })
     }
 }
 
 /// Runs the load test and returns its report; `stop` ends it early (the report then covers
-/// what was measured). Fails only if the run cannot start: the service does not answer at
-/// all, or the callback receiver cannot listen.
+/// what was measured). Fails only if the run cannot start: fewer workers than URLs, a
+/// service that does not answer at all, or a callback receiver that cannot listen.
 pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, LoadgenError> {
+    if args.urls.is_empty() {
+        return Err(LoadgenError::NoUrl);
+    }
+    // A URL without a worker would pass its preflight and then get no request at all: the
+    // report would claim a spread it did not make.
+    if args.concurrency < args.urls.len() {
+        return Err(LoadgenError::FewerWorkersThanUrls {
+            workers: args.concurrency,
+            urls: args.urls.len(),
+        });
+    }
     let modes = args.mode.modes();
     // Before any request: a callback may come back faster than its 200.
     let receiver = if modes.contains(&Mode::Async) {
@@ -229,18 +263,18 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
         None
     };
     let mut report = Report {
-        url: args.url.clone(),
+        urls: args.urls.clone(),
         interrupted: false,
         settings: args.settings(),
         modes: Vec::new(),
     };
-    let target = tokio::select! {
+    let instances = tokio::select! {
         biased;
         () = stop.cancelled() => {
             report.interrupted = true;
             return Ok(report);
         }
-        reached = preflight(&args) => Arc::new(reached?),
+        reached = preflight_all(&args.urls) => reached?,
     };
     let draw_progress = !args.no_progress && std::io::stderr().is_terminal();
     let tag: u32 = rand::random();
@@ -254,14 +288,17 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
         };
         let plan = PhasePlan {
             mode,
-            target: Arc::clone(&target),
-            path: args.path(mode.as_str())?,
+            destinations: instances
+                .iter()
+                .map(|instance| instance.destination(mode))
+                .collect::<Result<_, _>>()?,
             payloads: Payloads::new(args.data_size, args.iterations, callback_url, tag),
             schedule: Schedule::new(args.pace(), args.limit()),
             concurrency: args.concurrency,
             threads: args.threads,
             timeout: args.timeout,
         };
+        let started = plan.schedule.start();
         let progress = Progress::start(draw_progress, mode.as_str(), plan.schedule.planned());
         let outcome = phase::run(plan, &stop, progress.counter())
             .await
@@ -278,7 +315,10 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
                         .wait_for(accepted, args.callback_timeout, &stop)
                         .await
                 };
-                Some(CallbackReport::new(&receiver.take_tally(accepted), wait))
+                Some(CallbackReport::new(
+                    &receiver.take_tally(accepted, started),
+                    wait,
+                ))
             }
             _ => None,
         };
@@ -320,23 +360,37 @@ pub async fn run_and_report(
     Ok(())
 }
 
-/// Resolves `--url` and fails with one clear line when nothing answers HTTP there. Any
-/// HTTP answer passes: the question is whether there is a server, not whether it is
-/// healthy.
-async fn preflight(args: &LoadgenArgs) -> Result<Target, LoadgenError> {
+/// Preflights every URL, in the order given; the first that fails fails the run with its
+/// own line. One after the other: only a URL that never answers costs time (up to
+/// [`PREFLIGHT_TIMEOUT`]), and the run stops at the first such URL anyway.
+async fn preflight_all(urls: &[String]) -> Result<Vec<Instance>, LoadgenError> {
+    let mut instances = Vec::with_capacity(urls.len());
+    for url in urls {
+        instances.push(Instance {
+            url: url.clone(),
+            target: Arc::new(preflight(url).await?),
+        });
+    }
+    Ok(instances)
+}
+
+/// Resolves one base URL and fails with one clear line naming it when nothing answers HTTP
+/// there. Any HTTP answer passes: the question is whether there is a server, not whether
+/// it is healthy.
+async fn preflight(base_url: &str) -> Result<Target, LoadgenError> {
     let unreachable = |reason: String| LoadgenError::Unreachable {
-        url: args.url.clone(),
+        url: base_url.to_string(),
         reason,
     };
-    let url = url::Url::parse(&args.url).map_err(|err| LoadgenError::BadUrl {
-        url: args.url.clone(),
+    let url = url::Url::parse(base_url).map_err(|err| LoadgenError::BadUrl {
+        url: base_url.to_string(),
         reason: err.to_string(),
     })?;
     let target = Target::resolve(&url)
         .await
         .map_err(|err| unreachable(err.to_string()))?;
     let mut connection = Connection::new(Arc::new(target.clone()));
-    let healthz = args.path("healthz")?;
+    let healthz = endpoint_path(base_url, "healthz")?;
     let answer = tokio::time::timeout(PREFLIGHT_TIMEOUT, connection.get(&healthz));
     match answer.await {
         Ok(Ok(_)) => Ok(target),

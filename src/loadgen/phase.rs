@@ -1,5 +1,6 @@
 //! One phase of a run: `--concurrency` workers send one mode's requests (sync or async) on
-//! the shared schedule, and each counts what it saw in its own [`Tally`].
+//! the shared schedule, and each counts what it saw in its own [`Tally`]. Worker *i* sends
+//! to destination *i mod n* (one per `--url`) for the whole phase.
 //!
 //! A worker takes a ticket, waits for its due time (open loop), sends on its own keep-alive
 //! connection, reads the whole answer (the latency includes the body), and records the
@@ -12,6 +13,7 @@
 //! release service on the 2-core machine, this took the loadgen from 0.78 to 0.95–0.99 of
 //! wrk's request rate (see bench/README.md).
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,12 +30,19 @@ use super::schedule::{Pace, Schedule};
 use super::tally::{Cause, Tally, record};
 use crate::model::Mode;
 
+/// One instance of the service a phase sends to.
+pub struct Destination {
+    pub target: Arc<Target>,
+    /// `/sync` or `/async`, under that instance's base URL's path.
+    pub path: Uri,
+}
+
 /// What one phase needs to send its requests.
 pub struct PhasePlan {
     pub mode: Mode,
-    pub target: Arc<Target>,
-    /// `/sync` or `/async`, under the base URL's path.
-    pub path: Uri,
+    /// One per `--url`, in the order given; never empty, and no longer than `concurrency`
+    /// (so every destination has a worker).
+    pub destinations: Vec<Destination>,
     pub payloads: Payloads,
     pub schedule: Schedule,
     pub concurrency: usize,
@@ -62,9 +71,14 @@ pub async fn run(
     let plan = Arc::new(plan);
     let threads = plan.threads.clamp(1, plan.concurrency.max(1));
     let mut results = Vec::with_capacity(threads);
+    // Workers are numbered across threads, so that the round-robin over destinations is
+    // over all workers and not restarted on each thread.
+    let mut first_worker = 0;
     for t in 0..threads {
         // Workers spread evenly: the first `concurrency % threads` threads take one more.
         let workers = plan.concurrency / threads + usize::from(t < plan.concurrency % threads);
+        let numbers = first_worker..first_worker + workers;
+        first_worker += workers;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let plan = Arc::clone(&plan);
         let stop = stop.clone();
@@ -75,7 +89,7 @@ pub async fn run(
                 let tally = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map(|runtime| runtime.block_on(run_workers(workers, plan, stop, completed)));
+                    .map(|runtime| runtime.block_on(run_workers(numbers, plan, stop, completed)));
                 let _ = sender.send(tally);
             })?;
         results.push(receiver);
@@ -99,17 +113,19 @@ pub async fn run(
     })
 }
 
-/// Runs `n` workers on the current thread's runtime and merges their counts.
+/// Runs the workers numbered `numbers` on the current thread's runtime and merges their
+/// counts.
 async fn run_workers(
-    n: usize,
+    numbers: Range<usize>,
     plan: Arc<PhasePlan>,
     stop: CancellationToken,
     completed: Arc<AtomicU64>,
 ) -> Tally {
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..n {
+    for number in numbers {
         workers.spawn(worker(
             Arc::clone(&plan),
+            number,
             stop.clone(),
             Arc::clone(&completed),
         ));
@@ -124,9 +140,16 @@ async fn run_workers(
     tally
 }
 
-async fn worker(plan: Arc<PhasePlan>, stop: CancellationToken, completed: Arc<AtomicU64>) -> Tally {
+/// Worker number `number`: sends to destination `number mod n` until the schedule runs out.
+async fn worker(
+    plan: Arc<PhasePlan>,
+    number: usize,
+    stop: CancellationToken,
+    completed: Arc<AtomicU64>,
+) -> Tally {
     let mut tally = Tally::default();
-    let mut connection = Connection::new(Arc::clone(&plan.target));
+    let destination = &plan.destinations[number % plan.destinations.len()];
+    let mut connection = Connection::new(Arc::clone(&destination.target));
     loop {
         if stop.is_cancelled() {
             break;
@@ -142,7 +165,7 @@ async fn worker(plan: Arc<PhasePlan>, stop: CancellationToken, completed: Arc<At
             }
         }
         let body = Bytes::from(plan.payloads.body(ticket.index));
-        let exchange = tokio::time::timeout(plan.timeout, connection.post(&plan.path, body));
+        let exchange = tokio::time::timeout(plan.timeout, connection.post(&destination.path, body));
         let answer = tokio::select! {
             biased;
             () = stop.cancelled() => break,

@@ -24,7 +24,8 @@ const TOP_ERRORS: usize = 5;
 /// A whole run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    pub url: String,
+    /// Base URLs of the service, in the order given; worker i sent to `urls[i mod n]`.
+    pub urls: Vec<String>,
     /// Stopped by Ctrl-C (or the stop token): the numbers cover what was measured so far.
     pub interrupted: bool,
     pub settings: Settings,
@@ -111,6 +112,13 @@ pub struct CallbackReport {
     pub expected: u64,
     /// Accepted requests that got at least one callback.
     pub received: u64,
+    /// From the phase's start to the arrival of the last first callback (of an accepted
+    /// request); `null` if none arrived.
+    pub delivery_span_s: Option<f64>,
+    /// `received / delivery_span_s`: the rate at which results reached the client, to set
+    /// against `throughput_rps`, the rate at which requests were accepted; `null` if no
+    /// callback arrived.
+    pub delivered_rps: Option<f64>,
     pub missing: u64,
     /// Callbacks beyond the first for one request.
     pub duplicates: u64,
@@ -173,9 +181,14 @@ impl Percentiles {
 
 impl CallbackReport {
     pub fn new(tally: &CallbackTally, wait: WaitOutcome) -> Self {
+        let delivery_span_s = tally.delivery_span.map(|span| span.as_secs_f64());
         Self {
             expected: tally.expected,
             received: tally.received,
+            delivery_span_s,
+            delivered_rps: delivery_span_s
+                .filter(|&span| span > 0.0)
+                .map(|span| tally.received as f64 / span),
             missing: tally.expected.saturating_sub(tally.received),
             duplicates: tally.duplicates,
             unknown_ids: tally.unknown,
@@ -265,7 +278,21 @@ impl Report {
             Some(rate) => format!("open loop at {rate} req/s"),
             None => "closed loop".to_string(),
         };
-        let _ = writeln!(out, "syncasync loadgen: {}", self.url);
+        match self.urls.as_slice() {
+            [url] => {
+                let _ = writeln!(out, "syncasync loadgen: {url}");
+            }
+            urls => {
+                let _ = writeln!(
+                    out,
+                    "syncasync loadgen: {} URLs, workers assigned round-robin",
+                    urls.len()
+                );
+                for url in urls {
+                    let _ = writeln!(out, "  {url}");
+                }
+            }
+        }
         let _ = writeln!(
             out,
             "{amount}, concurrency {}, {pacing}, iterations {}, data {} B, timeout {}",
@@ -325,9 +352,13 @@ impl ModeReport {
                 Wait::TimedOut => " (stopped waiting: --callback-timeout)",
                 Wait::Interrupted => " (stopped waiting: interrupted)",
             };
+            let delivered = match (callbacks.delivered_rps, callbacks.delivery_span_s) {
+                (Some(rps), Some(span)) => format!(" ({rps:.1} delivered/s in {})", seconds(span)),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  callbacks     {} received of {} expected, {} missing, {} duplicates, {} unknown ids{}{wait}",
+                "  callbacks     {} received of {} expected{delivered}, {} missing, {} duplicates, {} unknown ids{}{wait}",
                 callbacks.received,
                 callbacks.expected,
                 callbacks.missing,
@@ -420,7 +451,7 @@ mod tests {
         }
         tally.failure(Cause::Timeout, "timed out".into(), now);
         Report {
-            url: "http://127.0.0.1:8000".into(),
+            urls: vec!["http://127.0.0.1:8000".into()],
             interrupted: false,
             settings: Settings {
                 requests: Some(115),
@@ -484,5 +515,64 @@ mod tests {
         assert!(json["modes"][0]["callbacks"].is_null());
         let back: Report = serde_json::from_value(json).expect("reads back");
         assert_eq!(back.modes[0].total, 115);
+    }
+
+    #[test]
+    fn several_urls_are_listed_in_text_and_json() {
+        let mut report = sample();
+        assert!(
+            report
+                .render_text()
+                .starts_with("syncasync loadgen: http://127.0.0.1:8000\n"),
+            "one URL stays on the first line"
+        );
+        report.urls.push("http://127.0.0.1:8001".into());
+        let text = report.render_text();
+        assert!(
+            text.starts_with(
+                "syncasync loadgen: 2 URLs, workers assigned round-robin\n  \
+                 http://127.0.0.1:8000\n  http://127.0.0.1:8001\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).expect("serialises");
+        assert_eq!(
+            json["urls"],
+            serde_json::json!(["http://127.0.0.1:8000", "http://127.0.0.1:8001"])
+        );
+        assert!(json.get("url").is_none());
+    }
+
+    fn callback_tally(received: u64, delivery_span: Option<Duration>) -> CallbackTally {
+        CallbackTally {
+            expected: 20,
+            received,
+            duplicates: 0,
+            unknown: 0,
+            malformed: 0,
+            time_to_callback: crate::loadgen::tally::latency_histogram(),
+            delivery_span,
+        }
+    }
+
+    #[test]
+    fn delivered_rps_is_received_over_the_delivery_span() {
+        let tally = callback_tally(20, Some(Duration::from_millis(250)));
+        let callbacks = CallbackReport::new(&tally, WaitOutcome::AllArrived);
+        assert_eq!(callbacks.delivery_span_s, Some(0.25));
+        assert_eq!(callbacks.delivered_rps, Some(80.0));
+
+        let mut report = sample();
+        report.modes[0].callbacks = Some(callbacks);
+        let text = report.render_text();
+        assert!(
+            text.contains("20 received of 20 expected (80.0 delivered/s in 0.250 s), 0 missing"),
+            "{text}"
+        );
+
+        let none = CallbackReport::new(&callback_tally(0, None), WaitOutcome::TimedOut);
+        assert_eq!((none.delivery_span_s, none.delivered_rps), (None, None));
+        let json = serde_json::to_value(&none).expect("serialises");
+        assert!(json["delivered_rps"].is_null() && json["delivery_span_s"].is_null());
     }
 }

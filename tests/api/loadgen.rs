@@ -337,11 +337,146 @@ async fn missing_callbacks_are_waited_for_up_to_the_callback_timeout() {
     assert_eq!(callbacks.wait, Wait::TimedOut);
     assert!(started.elapsed() >= Duration::from_millis(400));
     let text = report.render_text();
+    assert!(text.contains("12 received of 20 expected ("), "{text}");
+    assert!(text.contains(" delivered/s in "), "{text}");
+    assert!(text.contains("), 8 missing"), "{text}");
+    assert!(text.contains("--callback-timeout"), "{text}");
+}
+
+/// A scripted async service that accepts request i as `req-i` and POSTs its one callback
+/// `delay` after accepting it.
+fn delayed_callback_service(delay: Duration) -> Router {
+    Router::new()
+        .route(
+            "/async",
+            post(
+                move |State(next): State<Arc<AtomicU64>>, Json(body): Json<Value>| async move {
+                    let url = body["callback_url"].as_str().unwrap().to_string();
+                    let id = format!("req-{}", next.fetch_add(1, Ordering::SeqCst));
+                    tokio::spawn({
+                        let id = id.clone();
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            let callback = json!({"request_id": id, "status": "success",
+                                "result": {}, "error": null, "timestamp": "t"});
+                            let sent = client().post(&url).json(&callback).send().await;
+                            assert!(sent.unwrap().status().is_success());
+                        }
+                    });
+                    Json(json!({"status": "accepted", "request_id": id,
+                            "message": "Request accepted and queued for processing"}))
+                },
+            ),
+        )
+        .with_state(Arc::new(AtomicU64::new(0)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_rps_is_callbacks_received_over_the_span_to_the_last_one() {
+    let base = serve(delayed_callback_service(Duration::from_millis(100))).await;
+    let report = loadgen(&["--url", &base, "--mode", "async", "-n", "20", "-c", "4"]).await;
+
+    let phase = only(&report, Mode::Async);
+    assert_eq!((phase.total, phase.success), (20, 20));
+    let callbacks = phase.callbacks.as_ref().expect("callbacks");
+    assert_eq!((callbacks.received, callbacks.missing), (20, 0));
+    let span = callbacks.delivery_span_s.expect("a span");
+    let rps = callbacks.delivered_rps.expect("a rate");
+    let summary = format!("{phase:?}");
+    // Every callback leaves 100 ms after its accept, so the last one arrives at least
+    // 100 ms after the phase started, and after the last 200 was read.
+    assert!(span >= 0.100, "{summary}");
+    assert!(span >= phase.elapsed_s, "{summary}");
+    // ...and no sooner than the slowest time-to-callback (within the histogram's 0.1%).
+    let ttc = callbacks.time_to_callback_ms.as_ref().expect("ttc");
+    assert!(span * 1000.0 >= ttc.max * 0.999, "{summary}");
+    // The rate is the report's own received / span.
+    let recomputed = callbacks.received as f64 / span;
+    assert!((rps - recomputed).abs() <= 1e-9 * recomputed, "{summary}");
+    // Loose: 20 callbacks over at least 100 ms, and over less than 2 s on any machine.
+    assert!((10.0..=200.0).contains(&rps), "{summary}");
+    let text = report.render_text();
     assert!(
-        text.contains("12 received of 20 expected, 8 missing"),
+        text.contains(&format!(
+            "20 received of 20 expected ({rps:.1} delivered/s in "
+        )),
         "{text}"
     );
-    assert!(text.contains("--callback-timeout"), "{text}");
+}
+
+/// A sync server that answers `status` after 2 ms and counts the requests it got.
+async fn counting_server(status: StatusCode) -> (String, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let router = Router::new()
+        .route(
+            "/sync",
+            post(move |State(count): State<Arc<AtomicU64>>| async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                (status, ok_sync())
+            }),
+        )
+        .with_state(Arc::clone(&count));
+    (serve(router).await, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_urls_share_the_load_round_robin() {
+    // The same speed, told apart by their answers: A's are successes, B's are 503s.
+    let (a, a_count) = counting_server(StatusCode::OK).await;
+    let (b, b_count) = counting_server(StatusCode::SERVICE_UNAVAILABLE).await;
+    let report = loadgen(&[
+        "--url", &a, "--url", &b, "--mode", "sync", "-n", "200", "-c", "4",
+    ])
+    .await;
+
+    assert_eq!(report.urls, [a.clone(), b.clone()]);
+    let sync = only(&report, Mode::Sync);
+    let (a_count, b_count) = (
+        a_count.load(Ordering::SeqCst),
+        b_count.load(Ordering::SeqCst),
+    );
+    assert_eq!(a_count + b_count, 200, "every request went to one of them");
+    assert_eq!((sync.total, sync.success), (200, a_count), "{sync:?}");
+    assert_eq!(sync.failures.http.get("503"), Some(&b_count), "{sync:?}");
+    // Two workers each, at the same speed: about half each.
+    assert!(a_count >= 50 && b_count >= 50, "A {a_count}, B {b_count}");
+    let text = report.render_text();
+    assert!(
+        text.starts_with(&format!(
+            "syncasync loadgen: 2 URLs, workers assigned round-robin\n  {a}\n  {b}\n"
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_second_url_fails_the_run_in_one_line_naming_it() {
+    let (a, a_count) = counting_server(StatusCode::OK).await;
+    let port = unused_port().await.port();
+    let b = format!("http://127.0.0.1:{port}");
+    let err = run(
+        args(&["--url", &a, "--url", &b, "--mode", "sync"]),
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("nothing listens at the second URL");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot reach {b}: connection refused")
+    );
+    assert_eq!(a_count.load(Ordering::SeqCst), 0, "no load was sent");
+
+    let err = run(
+        args(&["--url", &a, "--url", &a, "--mode", "sync", "-c", "1"]),
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("one worker cannot serve two URLs");
+    assert_eq!(
+        err.to_string(),
+        "-c 1 is fewer than the 2 --url values: each URL needs a worker"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
