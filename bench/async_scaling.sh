@@ -12,7 +12,8 @@
 # bench/results/async_scaling.md; progress goes to stderr.
 #
 # Env overrides: REQUESTS (20000 per scenario), CONNECTIONS (50), ITERATIONS (1000),
-# WORKERS (APP_ASYNC_WORKER_COUNT, 50), PG_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres).
+# WORKERS (APP_ASYNC_WORKER_COUNT, 50), PG_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres),
+# KEEP_TMP=1 (keep the logs and loadgen reports in the temp dir).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -49,7 +50,11 @@ cleanup() {
     for db in "${databases[@]}"; do
         psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
     done
-    rm -rf -- "$tmp_dir"
+    if [[ -n "${KEEP_TMP:-}" ]]; then
+        log "kept $tmp_dir"
+    else
+        rm -rf -- "$tmp_dir"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
