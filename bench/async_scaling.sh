@@ -65,7 +65,9 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# start_instance DATABASE_URL LOG: starts one instance and prints its base URL.
+# start_instance DATABASE_URL LOG: starts one instance and sets INSTANCE_URL to its base
+# URL. Not called in a $(…) subshell: the server must be a child of this shell, for
+# stop_servers to stop it.
 start_instance() {
     local port
     port="$(free_port)"
@@ -76,18 +78,20 @@ start_instance() {
     pids+=("$!")
     local _
     for _ in $(seq 1 100); do
-        curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && { echo "http://127.0.0.1:$port"; return; }
+        curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && { INSTANCE_URL="http://127.0.0.1:$port"; return; }
         sleep 0.1
     done
     tail -n 20 "$2" >&2
     die "an instance on port $port did not start"
 }
 
+# new_pg_database SUFFIX: creates a database and sets DATABASE_URL to it (no subshell, so
+# that cleanup knows to drop it).
 new_pg_database() {
     local name="syncasync_bench_$$_$1"
     psql "$PG_ADMIN_URL" -qc "CREATE DATABASE \"$name\"" >/dev/null || die "cannot create database $name (is PostgreSQL up?)"
     databases+=("$name")
-    python3 -c 'import sys, urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path="/"+sys.argv[2]).geturl())' "$PG_ADMIN_URL" "$name"
+    DATABASE_URL="$(python3 -c 'import sys, urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path="/"+sys.argv[2]).geturl())' "$PG_ADMIN_URL" "$name")"
 }
 
 # scenario NAME INSTANCES DATABASE_URL: runs the load against INSTANCES instances sharing
@@ -96,7 +100,8 @@ scenario() {
     local name="$1" count="$2" database="$3" urls=() i
     log "scenario $name: $count instance(s)"
     for ((i = 0; i < count; i++)); do
-        urls+=(--url "$(start_instance "$database" "$tmp_dir/$name.log")")
+        start_instance "$database" "$tmp_dir/$name.log"
+        urls+=(--url "$INSTANCE_URL")
     done
     "$BIN" loadgen "${urls[@]}" --mode async -n "$REQUESTS" -c "$CONNECTIONS" \
         --iterations "$ITERATIONS" --callback-port 0 --callback-timeout 120s --no-progress \
@@ -111,8 +116,10 @@ log "building the release binary"
 cargo build --release --bin syncasync >&2
 
 scenario sqlite-1 1 "sqlite://$tmp_dir/bench.db"
-scenario postgres-1 1 "$(new_pg_database one)"
-scenario postgres-2 2 "$(new_pg_database two)"
+new_pg_database one
+scenario postgres-1 1 "$DATABASE_URL"
+new_pg_database two
+scenario postgres-2 2 "$DATABASE_URL"
 
 mkdir -p "$RESULTS_DIR"
 python3 - "$tmp_dir" "$REQUESTS" "$CONNECTIONS" "$ITERATIONS" "$WORKERS" >"$RESULTS_FILE.tmp" <<'PY'

@@ -36,7 +36,8 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// PostgreSQL connections per instance (plus one for job notifications).
+    /// Size of each of an instance's two PostgreSQL pools (requests; job bookkeeping), plus
+    /// one connection for job notifications.
     #[arg(long, env = "APP_DATABASE_POOL_SIZE", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
