@@ -33,16 +33,8 @@ wrk_pid=""
 tmp_dir=""
 server_log=""
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-die() {
-    printf '[bench] ERROR: %s\n' "$*" >&2
-    if [[ -n "$server_log" && -s "$server_log" ]]; then
-        printf '[bench] last lines of the server log (%s):\n' "$server_log" >&2
-        tail -n 20 "$server_log" | sed 's/^/    /' >&2
-    fi
-    exit 1
-}
+# shellcheck source=bench/lib/common.sh
+source "$ROOT/bench/lib/common.sh"
 
 cleanup() {
     local rc=$?
@@ -72,49 +64,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-require_uint() {   # name value min
-    if ! [[ "$2" =~ ^[0-9]+$ ]] || (( 10#$2 < $3 )); then
-        die "$1 must be an integer >= $3, got '$2'"
-    fi
-}
-
-# Floating-point helpers (bash has none): calc FORMAT EXPR-over-a-b-c A [B [C]]
-calc() { awk -v a="${3:-0}" -v b="${4:-0}" -v c="${5:-0}" "BEGIN { printf \"$1\", $2 }"; }
-
-ensure_wrk() {
-    command -v wrk >/dev/null 2>&1 && return 0
-    log "wrk not found: installing it with apt-get"
-    local -a sudo=()
-    if (( EUID != 0 )); then
-        command -v sudo >/dev/null 2>&1 || die "wrk is missing and installing it needs root (or sudo)"
-        sudo=(sudo)
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    if ! "${sudo[@]}" apt-get install -y wrk >&2; then
-        log "apt-get install failed: running apt-get update and retrying"
-        "${sudo[@]}" apt-get update >&2 || die "apt-get update failed"
-        "${sudo[@]}" apt-get install -y wrk >&2 || die "apt-get install -y wrk failed"
-    fi
-    command -v wrk >/dev/null 2>&1 || die "wrk still not on PATH after installing it"
-}
-
-free_port() {
-    if command -v python3 >/dev/null 2>&1; then
-        python3 -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-        return
-    fi
-    local p _
-    for _ in $(seq 1 200); do
-        p=$(( 20000 + RANDOM % 40000 ))
-        if [[ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]]; then
-            echo "$p"
-            return
-        fi
-    done
-    return 1
-}
 
 # run_wrk NAME WRK-ARGS...: runs wrk, keeps its output in $tmp_dir/NAME.txt
 run_wrk() {

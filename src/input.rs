@@ -74,41 +74,24 @@ impl FieldError {
     }
 }
 
-/// The body of `POST /sync`, for the API document. Bodies are checked by [`parse_sync`], which
-/// reports every broken rule at once; this type only describes them.
+// The request bodies as the API document shows them. Bodies are checked by `parse_sync` and
+// `parse_async`, which report every broken rule at once; these types only describe them
+// (their doc comments are the document's descriptions).
+
+/// The body of `POST /sync`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)]
 pub struct SyncRequest {
-    /// The input to hash: 1 to 10000 characters, not whitespace only.
-    #[schema(
-        min_length = 1,
-        max_length = 10000,
-        pattern = r"\S",
-        example = "hello world"
-    )]
-    data: String,
-    /// Rounds of SHA-256 after the first.
-    #[serde(default = "default_iterations")]
-    #[schema(minimum = 1, maximum = 1000000, default = 1000)]
-    iterations: u32,
+    #[serde(flatten)]
+    work: WorkFields,
 }
 
-/// The body of `POST /async`, for the API document (checked by [`parse_async`]).
+/// The body of `POST /async`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)]
 pub struct AsyncRequest {
-    /// The input to hash: 1 to 10000 characters, not whitespace only.
-    #[schema(
-        min_length = 1,
-        max_length = 10000,
-        pattern = r"\S",
-        example = "hello world"
-    )]
-    data: String,
-    /// Rounds of SHA-256 after the first.
-    #[serde(default = "default_iterations")]
-    #[schema(minimum = 1, maximum = 1000000, default = 1000)]
-    iterations: u32,
+    #[serde(flatten)]
+    work: WorkFields,
     /// Where the result is POSTed: `http` or `https`, at most 2048 characters; private,
     /// loopback and other non-public destinations are refused (SSRF protection).
     #[schema(
@@ -117,6 +100,24 @@ pub struct AsyncRequest {
         example = "https://example.com/webhooks/syncasync"
     )]
     callback_url: String,
+}
+
+/// The unit of work, in both bodies.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct WorkFields {
+    /// The input to hash: 1 to 10000 characters, not whitespace only.
+    #[schema(
+        min_length = 1,
+        max_length = 10000,
+        pattern = r"\S",
+        example = "hello world"
+    )]
+    data: String,
+    /// Rounds of SHA-256 after the first.
+    #[serde(default = "default_iterations")]
+    #[schema(minimum = 1, maximum = 1000000, default = 1000)]
+    iterations: u32,
 }
 
 fn default_iterations() -> u32 {

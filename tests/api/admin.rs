@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestApp, read, spawn_app, unused_port};
+use crate::helpers::{
+    Behaviour, Receiver, TestApp, ids, read, spawn_app, sync_request, unused_port,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -23,21 +25,6 @@ async fn cleanup_ok(app: &TestApp, token: &str) -> Value {
     let (status, body) = read(cleanup(app, Some(&format!("Bearer {token}"))).await).await;
     assert_eq!(status, 200, "{body}");
     body
-}
-
-async fn sync_request(app: &TestApp, data: &str) -> String {
-    let (status, body) = read(app.post_sync(&json!({"data": data, "iterations": 1})).await).await;
-    assert_eq!(status, 200, "{body}");
-    body["result"]["request_id"].as_str().unwrap().to_string()
-}
-
-fn ids(list: &Value) -> Vec<String> {
-    list["requests"]
-        .as_array()
-        .expect("requests array")
-        .iter()
-        .map(|r| r["id"].as_str().expect("id").to_string())
-        .collect()
 }
 
 /// Runs the cleanup and checks its report against what it removed.

@@ -268,6 +268,23 @@ pub async fn read(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// Makes a sync request (1 iteration) and returns its id.
+pub async fn sync_request(app: &TestApp, data: &str) -> String {
+    let (status, body) = read(app.post_sync(&json!({"data": data, "iterations": 1})).await).await;
+    assert_eq!(status, 200, "{body}");
+    body["result"]["request_id"].as_str().unwrap().to_string()
+}
+
+/// The ids of a `GET /requests` answer, in order.
+pub fn ids(list: &Value) -> Vec<String> {
+    list["requests"]
+        .as_array()
+        .expect("requests array")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
 /// `GET {address}{path}` as JSON.
 pub async fn get_json_at(client: &reqwest::Client, address: &str, path: &str) -> Value {
     let response = client

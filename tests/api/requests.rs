@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestApp, read, spawn_app, unused_port};
+use crate::helpers::{
+    Behaviour, Receiver, TestApp, ids, read, spawn_app, sync_request, unused_port,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -18,21 +20,6 @@ const SLOW_RETRIES: [&str; 4] = [
     "--callback-retry-max-delay",
     "30",
 ];
-
-async fn sync_request(app: &TestApp, data: &str) -> String {
-    let (status, body) = read(app.post_sync(&json!({"data": data, "iterations": 1})).await).await;
-    assert_eq!(status, 200, "{body}");
-    body["result"]["request_id"].as_str().unwrap().to_string()
-}
-
-fn ids(list: &Value) -> Vec<String> {
-    list["requests"]
-        .as_array()
-        .expect("requests array")
-        .iter()
-        .map(|r| r["id"].as_str().expect("id").to_string())
-        .collect()
-}
 
 /// The exact 422 body for one bad query parameter.
 fn query_error(param: &str, msg: &str, kind: &str) -> Value {
