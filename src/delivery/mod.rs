@@ -12,8 +12,9 @@ pub mod guard;
 pub mod retry;
 pub mod signing;
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -82,10 +83,16 @@ impl Dispatcher {
     pub async fn run(self, stop: CancellationToken, grace: Duration) {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.workers as usize));
+        // The jobs being worked on: only their leases are renewed. A job whose worker gave up
+        // without recording an outcome (a database error) is not here, so its lease runs out
+        // and another claim picks it up.
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let jobs = TaskTracker::new();
         let abandon = CancellationToken::new();
         let heartbeat_stop = CancellationToken::new();
-        let heartbeat = tokio::spawn(Arc::clone(&this).heartbeat(heartbeat_stop.clone()));
+        let heartbeat = tokio::spawn(
+            Arc::clone(&this).heartbeat(Arc::clone(&in_flight), heartbeat_stop.clone()),
+        );
 
         while !stop.is_cancelled() {
             let free = slots.available_permits();
@@ -105,11 +112,19 @@ impl Dispatcher {
                             };
                             let worker = Arc::clone(&this);
                             let abandon = abandon.clone();
+                            let in_flight = Arc::clone(&in_flight);
+                            let id = job.id.clone();
+                            if let Ok(mut ids) = in_flight.lock() {
+                                ids.insert(id.clone());
+                            }
                             jobs.spawn(async move {
                                 worker.stats.active.fetch_add(1, Ordering::Relaxed);
                                 tokio::select! {
                                     () = worker.process(job) => {}
                                     () = abandon.cancelled() => {}
+                                }
+                                if let Ok(mut ids) = in_flight.lock() {
+                                    ids.remove(&id);
                                 }
                                 worker.stats.active.fetch_sub(1, Ordering::Relaxed);
                                 drop(permit);
@@ -171,9 +186,13 @@ impl Dispatcher {
         }
     }
 
-    /// Renews this instance's leases every third of the lease while it works on jobs, so a
-    /// slow job is not taken over by another instance while this one is alive.
-    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+    /// Renews the leases of the jobs in flight every third of the lease, so a slow job is not
+    /// taken over by another instance while this one works on it.
+    async fn heartbeat(
+        self: Arc<Self>,
+        in_flight: Arc<Mutex<HashSet<String>>>,
+        stop: CancellationToken,
+    ) {
         let mut ticker = tokio::time::interval(self.lease / 3);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -181,10 +200,14 @@ impl Dispatcher {
                 _ = ticker.tick() => {}
                 () = stop.cancelled() => return,
             }
-            if self.stats.active() == 0 {
+            let ids: Vec<String> = match in_flight.lock() {
+                Ok(ids) => ids.iter().cloned().collect(),
+                Err(_) => continue,
+            };
+            if ids.is_empty() {
                 continue;
             }
-            if let Err(err) = self.store.heartbeat(&self.owner, self.lease).await {
+            if let Err(err) = self.store.heartbeat(&self.owner, &ids, self.lease).await {
                 tracing::error!(error = %err, "renewing job leases failed");
             }
         }

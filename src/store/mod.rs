@@ -183,13 +183,18 @@ impl Store {
         }
     }
 
-    /// Extends every lease `owner` holds by `lease` from now: a slow but live instance keeps
-    /// its jobs.
-    pub async fn heartbeat(&self, owner: &str, lease: Duration) -> StoreResult<u64> {
+    /// Extends the leases `owner` holds on `ids` by `lease` from now: a slow but live
+    /// instance keeps the jobs it is working on.
+    pub async fn heartbeat(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> StoreResult<u64> {
         match self {
             // One process per file: nobody else could take the jobs over.
             Store::Sqlite(_) => Ok(0),
-            Store::Postgres(s) => s.heartbeat(owner, lease).await,
+            Store::Postgres(s) => s.heartbeat(owner, ids, lease).await,
         }
     }
 

@@ -290,13 +290,19 @@ impl PgStore {
             .collect::<Result<Vec<_>, _>>()?)
     }
 
-    pub async fn heartbeat(&self, owner: &str, lease: Duration) -> StoreResult<u64> {
+    pub async fn heartbeat(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> StoreResult<u64> {
         let extended = sqlx::query(
             "UPDATE requests SET lease_expires_at = now() + make_interval(secs => $2)
-             WHERE lease_owner = $1 AND next_attempt_at IS NOT NULL",
+             WHERE id = ANY($3) AND lease_owner = $1",
         )
         .bind(owner)
         .bind(lease.as_secs_f64())
+        .bind(ids)
         .execute(&self.relaxed)
         .await?;
         Ok(extended.rows_affected())
