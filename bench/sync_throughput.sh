@@ -46,16 +46,7 @@ cleanup() {
             wait "$pid" 2>/dev/null || true
         fi
     done
-    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid" 2>/dev/null || true
-        local _
-        for _ in $(seq 1 50); do                     # up to 10 s for a graceful exit
-            kill -0 "$server_pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -KILL "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
+    stop_server "$server_pid"
     if [[ -n "$tmp_dir" ]]; then
         rm -rf -- "$tmp_dir"
     fi
