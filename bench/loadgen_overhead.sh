@@ -241,18 +241,10 @@ summary="$tmp_dir/summary.md"
     echo "Both tools run on the same machine as the server and take CPU from it; the tool that"
     echo "costs less per request leaves more to the server. The loadgen's latencies here are"
     echo "closed-loop, as wrk's are."
-    if (( ${#PROBLEMS[@]} > 0 )); then
-        echo
-        echo "**Problems:**"
-        printf -- '- %s\n' "${PROBLEMS[@]}"
-    fi
+    print_problems "${PROBLEMS[@]}"
 } >"$summary"
 
-cat "$summary"
-mkdir -p "$RESULTS_DIR"
-cp "$summary" "$RESULTS_FILE.tmp"
-mv "$RESULTS_FILE.tmp" "$RESULTS_FILE"
-log "summary written to ${RESULTS_FILE#"$ROOT"/}"
+publish_summary "$summary" "$RESULTS_FILE"
 
 if (( ${#PROBLEMS[@]} > 0 )); then
     die "the run had errors: ${PROBLEMS[*]}"

@@ -240,18 +240,10 @@ summary="$tmp_dir/summary.md"
     echo "| saturating load | POST /sync iterations=$SATURATION_ITERATIONS: ${R[saturation.rps]} req/s = $sat_units units/s ($sat_ratio of bound), p99 $(ms saturation.p99_ms) ms |"
     echo
     echo "wrk runs on the same machine as the server and takes CPU from it."
-    if (( ${#PROBLEMS[@]} > 0 )); then
-        echo
-        echo "**Problems:**"
-        printf -- '- %s\n' "${PROBLEMS[@]}"
-    fi
+    print_problems "${PROBLEMS[@]}"
 } >"$summary"
 
-cat "$summary"
-mkdir -p "$RESULTS_DIR"
-cp "$summary" "$RESULTS_FILE.tmp"
-mv "$RESULTS_FILE.tmp" "$RESULTS_FILE"
-log "summary written to ${RESULTS_FILE#"$ROOT"/}"
+publish_summary "$summary" "$RESULTS_FILE"
 
 if (( ${#PROBLEMS[@]} > 0 )); then
     die "the run had errors: ${PROBLEMS[*]}"

@@ -69,3 +69,21 @@ stop_server() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
+
+# print_problems PROBLEM...: the summary's "Problems" list, if there are any.
+print_problems() {
+    (( $# > 0 )) || return 0
+    echo
+    echo "**Problems:**"
+    printf -- '- %s\n' "$@"
+}
+
+# publish_summary SUMMARY RESULTS_FILE: prints the summary and replaces the results file
+# (written beside it first, so a failed write never leaves half a file).
+publish_summary() {
+    cat "$1"
+    mkdir -p "$(dirname "$2")"
+    cp "$1" "$2.tmp"
+    mv "$2.tmp" "$2"
+    log "summary written to ${2#"$ROOT"/}"
+}
