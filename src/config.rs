@@ -43,7 +43,9 @@ pub struct Config {
     pub database_pool_size: u32,
 
     /// Seconds a claimed job stays leased without a heartbeat; after an instance dies, others
-    /// take its jobs over once this passes. Heartbeats renew it every third of it.
+    /// take its jobs over once this passes. Heartbeats renew it every third of it. At least
+    /// 1 and at least twice APP_CALLBACK_TIMEOUT_SECONDS, so that one late heartbeat never
+    /// lets a second claim deliver a job whose delivery is still running.
     #[arg(long, env = "APP_JOB_LEASE_SECONDS", default_value_t = 30.0,
           value_parser = positive_seconds)]
     pub job_lease_seconds: f64,
@@ -55,7 +57,7 @@ pub struct Config {
 
     /// Unfinished async requests the queue holds; past that, `POST /async` answers 503.
     #[arg(long, env = "APP_ASYNC_QUEUE_MAX_SIZE", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_QUEUE_SIZE))]
     pub async_queue_max_size: u64,
 
     /// Timeout of one callback attempt, in seconds.
@@ -114,8 +116,9 @@ pub struct Config {
     pub work_duration_seconds: f64,
 
     /// Threads that run the work function (0: one per CPU core).
-    #[arg(long, env = "APP_COMPUTE_THREADS", default_value_t = 0)]
-    pub compute_threads: usize,
+    #[arg(long, env = "APP_COMPUTE_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1024))]
+    pub compute_threads: u64,
 
     /// Units of work waiting for a compute thread; past that, `POST /sync` answers 503.
     #[arg(long, env = "APP_COMPUTE_QUEUE_SIZE", default_value_t = 1024,
@@ -169,7 +172,7 @@ impl Config {
 
     pub fn compute_threads(&self) -> usize {
         if self.compute_threads > 0 {
-            self.compute_threads
+            usize::try_from(self.compute_threads).unwrap_or(1)
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
@@ -183,6 +186,15 @@ impl Config {
 
     /// Checks that cross settings; run once at start-up.
     pub fn validate(&self) -> Result<(), String> {
+        let min_lease = MIN_LEASE_SECONDS.max(2.0 * self.callback_timeout_seconds);
+        if self.job_lease_seconds < min_lease {
+            return Err(format!(
+                "APP_JOB_LEASE_SECONDS ({}) must be at least {min_lease}: 1 s, and twice \
+                 APP_CALLBACK_TIMEOUT_SECONDS ({}), so that a delivery still running is never \
+                 claimed again",
+                self.job_lease_seconds, self.callback_timeout_seconds
+            ));
+        }
         if self.callback_retry_base_delay > self.callback_retry_max_delay {
             return Err(format!(
                 "APP_CALLBACK_RETRY_BASE_DELAY ({}) must not exceed APP_CALLBACK_RETRY_MAX_DELAY ({})",
@@ -192,6 +204,14 @@ impl Config {
         Ok(())
     }
 }
+
+/// The shortest job lease: heartbeats come every third of it, and a timer of a few
+/// milliseconds would renew leases in a busy loop (or not at all, below a nanosecond).
+const MIN_LEASE_SECONDS: f64 = 1.0;
+
+/// The largest queue bound: far beyond any real queue, and small enough that arithmetic on
+/// it (percentages, signed database counts) cannot overflow.
+const MAX_QUEUE_SIZE: u64 = 1 << 40;
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s

@@ -151,6 +151,11 @@ pub struct RequestRecord {
     pub callback_attempts: u32,
     pub callback_last_error: Option<String>,
     pub result: Option<WorkResult>,
+    /// Why a request ended `failed` (or `callback_failed` without a delivery attempt), when
+    /// the reason is not a callback's: for example a sync request whose client hung up.
+    /// Absent otherwise, so that records look exactly like the original service's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Present only on `GET /requests/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<DeliveryAttempt>>,
@@ -181,6 +186,9 @@ pub struct HealthReport {
     pub queue_capacity: u64,
     pub active_workers: u64,
     pub database_ok: bool,
+    /// Why the database is not OK (unreachable, disk full), when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_error: Option<String>,
 }
 
 /// The body POSTed to a callback URL.

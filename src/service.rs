@@ -14,20 +14,55 @@ use crate::model::{Health, HealthReport, RequestList, RequestRecord, WorkResult,
 use crate::store::{
     CleanupReport, ListFilter, NewAsyncRequest, NewRequest, Redelivery, Store, StoreError,
 };
-use crate::work::{ComputePool, PoolError};
+use crate::work::{Cancel, ComputePool, PoolError};
+
+/// Cancels the work of a sync request if the request's future is dropped before it is
+/// disarmed, that is, if the client hangs up before the answer is ready.
+struct CancelOnDrop(Option<Cancel>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            cancel.set();
+        }
+    }
+}
 
 /// A sync request still `processing` after this long lost its instance: no unit of work
 /// takes nearly so long.
-const STALE_SYNC: chrono::Duration = chrono::Duration::hours(1);
+const STALE_SYNC: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What a sync request records when its client hung up before the result was ready.
+const CLIENT_GONE: &str =
+    "the client disconnected before the work finished; the work was cancelled";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("the service is overloaded")]
     Overloaded,
+    /// The database cannot take the request now; it may later.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Unavailable(StoreError),
+    #[error(transparent)]
+    Store(StoreError),
     #[error("the work could not be completed: {0}")]
     Work(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::QueueFull => ServiceError::Overloaded,
+            err if err.is_unavailable() => ServiceError::Unavailable(err),
+            err => ServiceError::Store(err),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -55,13 +90,17 @@ impl Service {
             iterations: input.iterations,
             created_at: Utc::now(),
         };
+        // If this future is dropped (the client hung up), the work is cancelled: skipped if it
+        // has not started, stopped between rounds if it has. Nobody would read its result.
+        let cancel = Cancel::default();
+        let on_drop = CancelOnDrop(Some(cancel.clone()));
         // Ask the pool first: under overload nothing is written for a request that is refused.
         let work = self
             .pool
-            .submit(input.data, input.iterations)
+            .submit_cancellable(input.data, input.iterations, cancel)
             .map_err(|err| match err {
                 PoolError::Busy => ServiceError::Overloaded,
-                PoolError::Closed => ServiceError::Work(err.to_string()),
+                PoolError::Closed | PoolError::Cancelled => ServiceError::Work(err.to_string()),
             })?;
         self.store.sync_started(new.clone())?;
         let store = self.store.clone();
@@ -82,14 +121,20 @@ impl Service {
                     Ok(result)
                 }
                 Err(err) => {
-                    store.sync_finished(&new, Err(&err.to_string())).await?;
-                    Err(ServiceError::Work(err.to_string()))
+                    let reason = match err {
+                        PoolError::Cancelled => CLIENT_GONE.to_string(),
+                        other => other.to_string(),
+                    };
+                    store.sync_finished(&new, Err(&reason)).await?;
+                    Err(ServiceError::Work(reason))
                 }
             }
         });
-        finish
+        let outcome = finish
             .await
-            .map_err(|err| ServiceError::Work(err.to_string()))?
+            .map_err(|err| ServiceError::Work(err.to_string()))?;
+        on_drop.disarm();
+        outcome
     }
 
     /// Records an async request durably and queues it; returns its id once committed.
@@ -105,15 +150,10 @@ impl Service {
             data: input.work.data,
             callback_url: input.callback_url.into(),
         };
-        match self.store.submit_async(new).await {
-            Ok(()) => {
-                tracing::info!(request_id = %id, "async request accepted");
-                self.wakeup.wake();
-                Ok(id)
-            }
-            Err(StoreError::QueueFull) => Err(ServiceError::Overloaded),
-            Err(err) => Err(err.into()),
-        }
+        self.store.submit_async(new).await?;
+        tracing::info!(request_id = %id, "async request accepted");
+        self.wakeup.wake();
+        Ok(id)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<RequestRecord>, ServiceError> {
@@ -125,11 +165,17 @@ impl Service {
     }
 
     pub async fn health(&self) -> HealthReport {
-        let database_ok = self.store.ping().await;
-        let queue_size = self.store.queue_size().await.unwrap_or(0);
-        let status = if !database_ok {
+        let database = self.store.ping().await;
+        let queue_size = if database.is_ok() {
+            self.store.queue_size().await.unwrap_or(0)
+        } else {
+            0
+        };
+        // In u128: a queue capacity near u64::MAX must not overflow the comparison.
+        let over_90_percent = u128::from(queue_size) * 10 > u128::from(self.queue_capacity) * 9;
+        let status = if database.is_err() {
             Health::Unhealthy
-        } else if queue_size * 10 > self.queue_capacity * 9 {
+        } else if over_90_percent {
             Health::Degraded
         } else {
             Health::Healthy
@@ -140,7 +186,8 @@ impl Service {
             queue_size,
             queue_capacity: self.queue_capacity,
             active_workers: self.workers.active(),
-            database_ok,
+            database_ok: database.is_ok(),
+            database_error: database.err(),
         }
     }
 
@@ -172,24 +219,20 @@ impl Service {
 
     /// Queues a `callback_failed` request for a fresh round of delivery attempts.
     pub async fn redeliver(&self, id: &str) -> Result<Redelivery, ServiceError> {
-        match self.store.redeliver(id).await {
-            Ok(outcome) => {
-                if outcome == Redelivery::Queued {
-                    self.wakeup.wake();
-                }
-                Ok(outcome)
-            }
-            Err(StoreError::QueueFull) => Err(ServiceError::Overloaded),
-            Err(err) => Err(err.into()),
+        let outcome = self.store.redeliver(id).await?;
+        if outcome == Redelivery::Queued {
+            self.wakeup.wake();
         }
+        Ok(outcome)
     }
 
     /// Runs the retention rules now (SPEC §6).
     pub async fn cleanup(&self) -> Result<CleanupReport, ServiceError> {
-        let cutoff = Utc::now()
-            - chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
-        let report = self.store.cleanup(cutoff, self.max_stored_requests).await?;
-        let failed = self.store.fail_stale_sync(Utc::now() - STALE_SYNC).await?;
+        let report = self
+            .store
+            .cleanup(self.retention, self.max_stored_requests)
+            .await?;
+        let failed = self.store.fail_stale_sync(STALE_SYNC).await?;
         if failed > 0 {
             tracing::warn!(
                 failed,

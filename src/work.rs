@@ -6,7 +6,7 @@
 //! at once ([`PoolError::Busy`]) instead of piling up unbounded memory and latency.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,22 @@ pub struct Hashes {
 /// Each round hashes `"{previous hex}:{i}"`; the buffer is reused so that a round costs one
 /// compression-function call pair and no allocation.
 pub fn compute(data: &str, iterations: u32) -> Hashes {
+    match compute_unless(data, iterations, &Cancel::never()) {
+        Some(hashes) => hashes,
+        None => unreachable!("a work that cannot be cancelled always finishes"),
+    }
+}
+
+/// Rounds between two looks at the cancel flag: about a tenth of a millisecond of hashing,
+/// so a cancelled million-iteration run stops within that, at no measurable cost.
+const CANCEL_CHECK_EVERY: u32 = 256;
+
+/// As [`compute`], but gives up (`None`) once `cancel` is set: checked before the first
+/// round and every [`CANCEL_CHECK_EVERY`] rounds.
+pub fn compute_unless(data: &str, iterations: u32, cancel: &Cancel) -> Option<Hashes> {
+    if cancel.is_set() {
+        return None;
+    }
     let input = Sha256::digest(data.as_bytes());
     let mut hex_digest = [0u8; 64];
     encode_hex(&input, &mut hex_digest);
@@ -34,14 +50,36 @@ pub fn compute(data: &str, iterations: u32) -> Hashes {
     let mut buf = [0u8; 64 + 1 + 10];
     buf[64] = b':';
     for i in 0..iterations {
+        if i % CANCEL_CHECK_EVERY == 0 && i > 0 && cancel.is_set() {
+            return None;
+        }
         buf[..64].copy_from_slice(&hex_digest);
         let digits = write_decimal(i, &mut buf[65..]);
         let digest = Sha256::digest(&buf[..65 + digits]);
         encode_hex(&digest, &mut hex_digest);
     }
-    Hashes {
+    Some(Hashes {
         input_hash,
         output_hash: hex_to_string(&hex_digest),
+    })
+}
+
+/// Tells queued or running work that nobody wants its result any more (a sync client hung
+/// up). Cheap to clone and to check: one shared atomic flag.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    fn never() -> Self {
+        Self::default()
+    }
+
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -89,6 +127,8 @@ pub enum PoolError {
     Busy,
     #[error("the compute pool has shut down")]
     Closed,
+    #[error("the work was cancelled: nobody was waiting for its result")]
+    Cancelled,
 }
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -148,12 +188,23 @@ impl ComputePool {
     /// Queues the work on the pool, or refuses at once if the queue is full. The returned
     /// [`PendingWork`] resolves when a pool thread has done it.
     pub fn submit(&self, data: String, iterations: u32) -> Result<PendingWork, PoolError> {
+        self.submit_cancellable(data, iterations, Cancel::never())
+    }
+
+    /// As [`submit`](Self::submit); the work is skipped, or stopped between rounds, once
+    /// `cancel` is set, and then resolves to [`PoolError::Cancelled`].
+    pub fn submit_cancellable(
+        &self,
+        data: String,
+        iterations: u32,
+        cancel: Cancel,
+    ) -> Result<PendingWork, PoolError> {
         let (reply, result) = oneshot::channel();
         let job: Job = Box::new(move || {
             let started = Instant::now();
-            let hashes = compute(&data, iterations);
+            let hashes = compute_unless(&data, iterations, &cancel);
             // The receiver is gone only if the caller gave up: nothing to do.
-            let _ = reply.send((hashes, started.elapsed()));
+            let _ = reply.send(hashes.map(|h| (h, started.elapsed())));
         });
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         if let Err(err) = self.sender.try_send(job) {
@@ -195,13 +246,17 @@ impl ComputePool {
 
 /// Work accepted by the pool.
 pub struct PendingWork {
-    result: oneshot::Receiver<(Hashes, Duration)>,
+    result: oneshot::Receiver<Option<(Hashes, Duration)>>,
     simulated_io: Duration,
 }
 
 impl PendingWork {
     pub async fn wait(self) -> Result<WorkOutput, PoolError> {
-        let (hashes, mut processing_time) = self.result.await.map_err(|_| PoolError::Closed)?;
+        let (hashes, mut processing_time) = self
+            .result
+            .await
+            .map_err(|_| PoolError::Closed)?
+            .ok_or(PoolError::Cancelled)?;
         if !self.simulated_io.is_zero() {
             tokio::time::sleep(self.simulated_io).await;
             processing_time += self.simulated_io;
@@ -274,6 +329,31 @@ mod tests {
             let len = write_decimal(n, &mut buf);
             assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), n.to_string());
         }
+    }
+
+    #[test]
+    fn cancelled_work_stops() {
+        let cancel = Cancel::default();
+        assert!(compute_unless("x", 10, &cancel).is_some());
+        cancel.set();
+        assert!(compute_unless("x", 1_000_000, &cancel).is_none());
+    }
+
+    #[tokio::test]
+    async fn cancelled_work_stops_mid_run_on_the_pool() {
+        let pool = ComputePool::new(1, 4, Duration::ZERO).unwrap();
+        let cancel = Cancel::default();
+        // About half a second of hashing in an optimised build; cancelled as soon as it runs.
+        let work = pool
+            .submit_cancellable("x".into(), 1_000_000, cancel.clone())
+            .unwrap();
+        while pool.busy() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = Instant::now();
+        cancel.set();
+        assert_eq!(work.wait().await.unwrap_err(), PoolError::Cancelled);
+        assert!(started.elapsed() < Duration::from_millis(200));
     }
 
     #[tokio::test]

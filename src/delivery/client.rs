@@ -28,12 +28,13 @@ use crate::model::{CallbackPayload, WorkResult};
 /// How much of a receiver's answer is kept in the attempt audit.
 const RESPONSE_BODY_LIMIT: usize = 1024;
 
-/// The error a resolution fails with when every address of a name is blocked.
+/// The error a resolution fails with when every address of a name is blocked. It does not
+/// name the addresses: it ends up in `callback_last_error`, which anyone who can list
+/// requests reads, and would let them map the internal DNS through us.
 #[derive(Debug, thiserror::Error)]
-#[error("{host} resolves only to blocked addresses ({addresses})")]
+#[error("{host} resolves only to blocked addresses")]
 pub struct BlockedDestination {
     host: String,
-    addresses: String,
 }
 
 /// Turns a name into addresses. A seam so that tests can map made-up names to chosen
@@ -83,12 +84,9 @@ impl Resolve for GuardedResolver {
                 .map(|ip| SocketAddr::new(*ip, 0))
                 .collect();
             if allowed.is_empty() {
-                let addresses = all
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(Box::new(BlockedDestination { host, addresses }) as Box<_>);
+                // For the operator only, at debug level: never stored, never at info.
+                tracing::debug!(host = %host, addresses = ?all, "every address of a callback host is blocked");
+                return Err(Box::new(BlockedDestination { host }) as Box<_>);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -280,8 +278,7 @@ impl CallbackClient {
                 Ok(None) | Err(_) => break,
             }
         }
-        body.truncate(RESPONSE_BODY_LIMIT);
-        let body = (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned());
+        let body = (!body.is_empty()).then(|| snippet(&body));
         Ok(Answer {
             status,
             retry_after,
@@ -324,7 +321,13 @@ impl Failure {
         } else {
             (AttemptKind::Other, "request error")
         };
-        Self::new(kind, format!("{label}: {}", error_chain(&err)))
+        // Without the URL: its query string may carry the receiver's secrets, and the message
+        // is stored and shown to anyone who can list requests.
+        let err = err.without_url();
+        Self::new(
+            kind,
+            snippet(format!("{label}: {}", error_chain(&err)).as_bytes()),
+        )
     }
 }
 
@@ -350,4 +353,41 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+/// What is kept of text that came from a receiver: at most [`RESPONSE_BODY_LIMIT`] bytes,
+/// cut at a character boundary, invalid UTF-8 and control characters other than tab and line
+/// breaks replaced by U+FFFD. Whatever a receiver answers (a NUL byte, binary, megabytes),
+/// what is stored is printable text every backend accepts.
+pub fn snippet(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(RESPONSE_BODY_LIMIT)]);
+    let mut kept = String::with_capacity(text.len());
+    for c in text.chars() {
+        let c = if c.is_control() && !matches!(c, '\t' | '\n' | '\r') {
+            char::REPLACEMENT_CHARACTER
+        } else {
+            c
+        };
+        if kept.len() + c.len_utf8() > RESPONSE_BODY_LIMIT {
+            break;
+        }
+        kept.push(c);
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RESPONSE_BODY_LIMIT, snippet};
+
+    #[test]
+    fn snippets_are_printable_and_capped() {
+        assert_eq!(snippet(b"{\"ok\":true}\0"), "{\"ok\":true}\u{fffd}");
+        assert_eq!(snippet(b"a\x01b\tc\r\n"), "a\u{fffd}b\tc\r\n");
+        assert_eq!(snippet(&[0xff, b'x']), "\u{fffd}x");
+        let long = "é".repeat(RESPONSE_BODY_LIMIT);
+        let kept = snippet(long.as_bytes());
+        assert!(kept.len() <= RESPONSE_BODY_LIMIT && kept.chars().all(|c| c == 'é'));
+        assert!(!snippet(&[0u8; 5000]).contains('\0'));
+    }
 }

@@ -53,6 +53,10 @@ pub const BLOCKED_V6: &[(Ipv6Addr, u8)] = &[
     (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), // link-local
     (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8), // multicast
     (Ipv6Addr::new(0x2001, 0x0db8, 0, 0, 0, 0, 0, 0), 32), // documentation
+    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32), // Teredo: tunnels to any IPv4
+    // Local-use NAT64 (RFC 8215): translates to IPv4 through a network's own translator,
+    // with the IPv4 address at a position only that network knows.
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
 ];
 
 /// Whether the service must never connect to `ip`.
@@ -81,13 +85,15 @@ fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, len: u8) -> bool {
 }
 
 /// The IPv4 address carried by an IPv6 address that is really an IPv4 destination:
-/// IPv4-mapped `::ffff:0:0/96`, IPv4-compatible `::/96` (deprecated, still routable on some
-/// stacks), NAT64 `64:ff9b::/96` and 6to4 `2002::/16`.
+/// IPv4-mapped `::ffff:0:0/96`, SIIT IPv4-translated `::ffff:0:0:0/96`, IPv4-compatible
+/// `::/96` (deprecated, still routable on some stacks), NAT64 `64:ff9b::/96` and 6to4
+/// `2002::/16`.
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let bits = u128::from(ip);
     let low32 = Ipv4Addr::from(bits as u32);
-    let prefixes_96: [Ipv6Addr; 3] = [
+    let prefixes_96: [Ipv6Addr; 4] = [
         Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+        Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0),
         Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0),
         Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0),
     ];
@@ -302,6 +308,14 @@ mod tests {
             "ffff::",
             "2001:db8::",
             "2001:db8:ffff::1",
+            // Teredo, whatever IPv4 it tunnels to.
+            "2001::",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:0:ffff:ffff:ffff:ffff:ffff:ffff",
+            // Local-use NAT64, whatever it carries.
+            "64:ff9b:1::",
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
         ] {
             assert!(blocked(ip), "{ip}");
         }
@@ -310,6 +324,8 @@ mod tests {
             "2001:4860::8888",
             "fec0::1",
             "2001:db9::1",
+            "2001:1::1",
+            "64:ff9b:2::1",
             "::2:1:1:1",
         ] {
             assert!(!blocked(ip), "{ip} is public and must not be blocked");
@@ -329,11 +345,20 @@ mod tests {
             "2002:7f00:1::",
             "2002:a00:1::1",
             "2002:c0a8:101::",
+            // SIIT IPv4-translated addresses (RFC 6145).
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a00:1",
+            "::ffff:0:169.254.169.254",
         ] {
             assert!(blocked(ip), "{ip}");
         }
         // The same forms carrying a public address are allowed.
-        for ip in ["::ffff:8.8.8.8", "64:ff9b::8.8.8.8", "2002:808:808::1"] {
+        for ip in [
+            "::ffff:8.8.8.8",
+            "::ffff:0:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+        ] {
             assert!(!blocked(ip), "{ip}");
         }
         assert_eq!(
@@ -369,6 +394,9 @@ mod tests {
             "http://[fe80::1]/cb",
             "http://[64:ff9b::7f00:1]/cb",
             "http://[2002:7f00:1::]/cb",
+            "http://[::ffff:0:7f00:1]/cb",
+            "http://[2001::1]/cb",
+            "http://[64:ff9b:1::a00:1]/cb",
             "http://user:pass@127.0.0.1:9999/cb",
         ] {
             match on().check_url(url) {

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::{self, Metrics};
 use crate::model::{DeliveryAttempt, WorkResult};
-use crate::store::{AttemptOutcome, Job, Store};
+use crate::store::{AttemptOutcome, Job, MAX_UNRECORDED_CLAIMS, Store};
 use crate::work::{ComputePool, PoolError};
 use client::{AttemptKind, CallbackClient};
 use retry::RetryPolicy;
@@ -38,6 +38,12 @@ const MIN_WAIT: Duration = Duration::from_millis(5);
 
 /// How long to wait before retrying a job's work when the compute queue is full.
 const COMPUTE_BUSY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Tries at recording an attempt while the database is unavailable, and the pause between
+/// them. The lease is renewed meanwhile, so the job is not delivered again; past the last
+/// try it is left to its lease (and counted as a claim without an outcome).
+const RECORD_TRIES: u32 = 5;
+const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Wakes the dispatcher when a job may have become claimable.
 #[derive(Clone, Default)]
@@ -62,6 +68,40 @@ impl WorkerStats {
     }
 }
 
+/// One job in flight: counted in [`WorkerStats`] and its claim token in the set whose leases
+/// the heartbeat renews, for exactly as long as this value lives, however the job's task
+/// ends (finished, abandoned at shutdown, or dropped with the runtime).
+struct InFlight {
+    stats: WorkerStats,
+    tokens: Arc<Mutex<HashSet<String>>>,
+    token: String,
+}
+
+impl InFlight {
+    fn start(stats: &WorkerStats, tokens: &Arc<Mutex<HashSet<String>>>, token: &str) -> Self {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(token.to_string());
+        Self {
+            stats: stats.clone(),
+            tokens: Arc::clone(tokens),
+            token: token.to_string(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.token);
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Dispatcher {
     pub store: Store,
     pub pool: ComputePool,
@@ -83,9 +123,9 @@ impl Dispatcher {
     pub async fn run(self, stop: CancellationToken, grace: Duration) {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.workers as usize));
-        // The jobs being worked on: only their leases are renewed. A job whose worker gave up
-        // without recording an outcome (a database error) is not here, so its lease runs out
-        // and another claim picks it up.
+        // The claim tokens of the jobs being worked on: only their leases are renewed. A job
+        // whose worker gave up without recording an outcome (a database error) is not here,
+        // so its lease runs out and another claim picks it up.
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let jobs = TaskTracker::new();
         let abandon = CancellationToken::new();
@@ -112,21 +152,13 @@ impl Dispatcher {
                             };
                             let worker = Arc::clone(&this);
                             let abandon = abandon.clone();
-                            let in_flight = Arc::clone(&in_flight);
-                            let id = job.id.clone();
-                            if let Ok(mut ids) = in_flight.lock() {
-                                ids.insert(id.clone());
-                            }
+                            let in_flight = InFlight::start(&this.stats, &in_flight, &job.token);
                             jobs.spawn(async move {
-                                worker.stats.active.fetch_add(1, Ordering::Relaxed);
                                 tokio::select! {
                                     () = worker.process(job) => {}
                                     () = abandon.cancelled() => {}
                                 }
-                                if let Ok(mut ids) = in_flight.lock() {
-                                    ids.remove(&id);
-                                }
-                                worker.stats.active.fetch_sub(1, Ordering::Relaxed);
+                                drop(in_flight);
                                 drop(permit);
                                 worker.wakeup.wake();
                             });
@@ -200,14 +232,16 @@ impl Dispatcher {
                 _ = ticker.tick() => {}
                 () = stop.cancelled() => return,
             }
-            let ids: Vec<String> = match in_flight.lock() {
-                Ok(ids) => ids.iter().cloned().collect(),
-                Err(_) => continue,
-            };
-            if ids.is_empty() {
+            let tokens: Vec<String> = in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect();
+            if tokens.is_empty() {
                 continue;
             }
-            if let Err(err) = self.store.heartbeat(&self.owner, &ids, self.lease).await {
+            if let Err(err) = self.store.heartbeat(&self.owner, &tokens, self.lease).await {
                 tracing::error!(error = %err, "renewing job leases failed");
             }
         }
@@ -216,6 +250,10 @@ impl Dispatcher {
     /// Works one claimed job through to its next state.
     async fn process(&self, job: Job) {
         tracing::debug!(request_id = %job.id, attempts = job.callback_attempts, "job claimed");
+        if job.unrecorded_claims > MAX_UNRECORDED_CLAIMS {
+            self.give_up_unrecordable(&job).await;
+            return;
+        }
         let result = match job.result.clone() {
             Some(result) => result,
             None => match self.compute(&job).await {
@@ -235,9 +273,7 @@ impl Dispatcher {
             AttemptOutcome::GaveUp
         } else {
             match self.policy.delay_after(round_attempt, report.retry_after) {
-                Some(delay) => AttemptOutcome::RetryAt(
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
-                ),
+                Some(delay) => AttemptOutcome::RetryAfter(delay),
                 None => AttemptOutcome::GaveUp,
             }
         };
@@ -259,13 +295,9 @@ impl Dispatcher {
             response_body: report.response_body,
             instance: Some(self.owner.clone()),
         };
-        match self
-            .store
-            .record_attempt(&job.id, &self.owner, &record, outcome)
-            .await
-        {
+        match self.record(&job, record, outcome).await {
             Ok(true) => match outcome {
-                AttemptOutcome::RetryAt(_) => self.wakeup.wake(),
+                AttemptOutcome::RetryAfter(_) => self.wakeup.wake(),
                 AttemptOutcome::Delivered => tracing::info!(
                     request_id = %job.id,
                     status = "callback_success",
@@ -284,6 +316,63 @@ impl Dispatcher {
             }
             Err(err) => {
                 tracing::error!(request_id = %job.id, error = %err, "recording the attempt failed; the job will be retried")
+            }
+        }
+    }
+
+    /// Records an attempt. While the database is unavailable the record is tried again (the
+    /// lease is still renewed, so nobody delivers the job meanwhile). A record refused for
+    /// any other reason is tried once more without what came from the receiver (its answer,
+    /// the error text): a receiver must not be able to make its attempts unrecordable and so
+    /// have the job delivered again and again.
+    async fn record(
+        &self,
+        job: &Job,
+        mut record: DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<bool, crate::store::StoreError> {
+        let mut tries = 0;
+        let mut stripped = false;
+        loop {
+            tries += 1;
+            let err = match self
+                .store
+                .record_attempt(&job.id, &self.owner, &job.token, &record, outcome)
+                .await
+            {
+                Ok(recorded) => return Ok(recorded),
+                Err(err) => err,
+            };
+            if err.is_unavailable() {
+                if tries >= RECORD_TRIES {
+                    return Err(err);
+                }
+                tokio::time::sleep(RECORD_RETRY_PAUSE).await;
+            } else if !stripped {
+                tracing::warn!(request_id = %job.id, error = %err, "recording the attempt failed; recording it without the receiver's answer");
+                record.response_body = None;
+                record.error = record
+                    .error
+                    .map(|_| "the error could not be recorded".into());
+                stripped = true;
+            } else {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Ends a job that has been claimed again and again without an outcome being recorded:
+    /// delivering it once more could only repeat that without bound.
+    async fn give_up_unrecordable(&self, job: &Job) {
+        let reason = format!(
+            "given up: claimed {} times without an outcome being recorded",
+            job.unrecorded_claims - 1
+        );
+        match self.store.give_up(&job.id, &job.token, &reason).await {
+            Ok(true) => tracing::error!(request_id = %job.id, "{reason}"),
+            Ok(false) => tracing::warn!(request_id = %job.id, "lease lost before giving up"),
+            Err(err) => {
+                tracing::error!(request_id = %job.id, error = %err, "giving up a job failed")
             }
         }
     }
@@ -309,7 +398,7 @@ impl Dispatcher {
         let status = match outcome {
             AttemptOutcome::Delivered => FinalStatus::callback_success,
             AttemptOutcome::GaveUp => FinalStatus::callback_failed,
-            AttemptOutcome::RetryAt(_) => return,
+            AttemptOutcome::RetryAfter(_) => return,
         };
         metrics
             .jobs_finished
@@ -337,7 +426,7 @@ impl Dispatcher {
                 Ok(output) => break output,
                 // Sync traffic has filled the compute queue: async work waits its turn.
                 Err(PoolError::Busy) => tokio::time::sleep(COMPUTE_BUSY_BACKOFF).await,
-                Err(PoolError::Closed) => return None,
+                Err(PoolError::Closed | PoolError::Cancelled) => return None,
             }
         };
         let result = WorkResult {
@@ -347,7 +436,7 @@ impl Dispatcher {
             iterations: job.iterations,
             processing_time_ms: output.processing_time.as_secs_f64() * 1000.0,
         };
-        match self.store.store_result(&job.id, &self.owner, &result).await {
+        match self.store.store_result(&job.id, &job.token, &result).await {
             Ok(true) => Some(result),
             Ok(false) => {
                 tracing::warn!(request_id = %job.id, "lease lost while computing");

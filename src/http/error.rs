@@ -26,6 +26,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("Server overloaded, please retry later")]
     Overloaded,
+    /// The database cannot be reached or written now; the request changed nothing.
+    #[error("Service temporarily unavailable (database), please retry later")]
+    Unavailable(#[source] ServiceError),
     #[error("Request body too large (limit {0} bytes)")]
     PayloadTooLarge(usize),
     #[error("Content-Type must be application/json")]
@@ -66,6 +69,7 @@ impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         match err {
             ServiceError::Overloaded => ApiError::Overloaded,
+            err @ ServiceError::Unavailable(_) => ApiError::Unavailable(err),
             other => ApiError::Internal(other),
         }
     }
@@ -78,6 +82,10 @@ impl IntoResponse for ApiError {
             ApiError::RequestNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(err) => {
+                tracing::warn!(error = %err, "request refused: database unavailable");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -98,7 +106,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         match self {
-            ApiError::Overloaded => {
+            ApiError::Overloaded | ApiError::Unavailable(_) => {
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECONDS),

@@ -17,7 +17,15 @@ macro_rules! finished_statuses {
 macro_rules! record_columns {
     () => {
         "id, mode, status, payload_hash, created_at, completed_at, callback_url, callback_attempts,
-         callback_last_error, iterations, input_hash, output_hash, processing_time_ms"
+         callback_last_error, iterations, input_hash, output_hash, processing_time_ms, error"
+    };
+}
+
+/// The columns both backends read into a `Job` (a claim's `RETURNING` list).
+macro_rules! job_columns {
+    () => {
+        "id, created_at, data, iterations, callback_url, callback_attempts, round_start_attempts,
+         input_hash, output_hash, processing_time_ms, lease_token, unrecorded_claims"
     };
 }
 
@@ -44,6 +52,10 @@ pub enum StoreError {
     QueueFull,
     #[error("the database writer has stopped")]
     WriterGone,
+    /// The database cannot take the request now (unreachable, restarting, disk full), but may
+    /// later: callers answer 503 with `Retry-After`, never 500.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("the database {path} is in use by another syncasync process")]
     Locked { path: String },
     #[error("cannot open the database: {0}")]
@@ -51,6 +63,20 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// Whether the failure says nothing about the request itself, only that the database
+    /// cannot serve it now: connection lost or refused, server shutting down or starting,
+    /// out of disk or connections. Retrying later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::WriterGone => true,
+            StoreError::Postgres(err) => postgres::is_unavailable(err),
+            StoreError::Sqlite(err) => sqlite::is_unavailable(err),
+            StoreError::QueueFull | StoreError::Locked { .. } | StoreError::Open(_) => false,
+        }
+    }
+}
 
 /// A request as first recorded.
 #[derive(Debug, Clone)]
@@ -85,14 +111,45 @@ pub struct Job {
     pub round_attempts: u32,
     /// Present when the work was already done (a retry never recomputes it).
     pub result: Option<WorkResult>,
+    /// This claim's own token. Every later write of the job names it and is refused once
+    /// another claim has taken the job over, so a worker whose lease ran out can never
+    /// overwrite a later claim's outcome.
+    pub token: String,
+    /// Claims of this job since an outcome was last recorded, this one included. Each claim
+    /// may have delivered the callback; a job that keeps being claimed without its outcome
+    /// ever being recorded is given up after [`MAX_UNRECORDED_CLAIMS`] instead of being
+    /// delivered again without bound.
+    pub unrecorded_claims: u32,
 }
+
+/// Claims of a job without a recorded outcome after which it is given up (`callback_failed`).
+/// A crash or a lost lease costs one; only a job that cannot be recorded, or that takes the
+/// process down, reaches this many.
+pub const MAX_UNRECORDED_CLAIMS: u32 = 5;
 
 /// What happens to a job after a delivery attempt.
 #[derive(Debug, Clone, Copy)]
 pub enum AttemptOutcome {
     Delivered,
-    RetryAt(DateTime<Utc>),
+    /// Due again after this delay, counted on the database's clock (so that instances whose
+    /// clocks disagree still agree on when a job is due).
+    RetryAfter(Duration),
     GaveUp,
+}
+
+impl AttemptOutcome {
+    /// The request's status once this outcome is recorded.
+    pub fn status(self) -> Status {
+        match self {
+            AttemptOutcome::Delivered => Status::CallbackSuccess,
+            AttemptOutcome::RetryAfter(_) => Status::CallbackPending,
+            AttemptOutcome::GaveUp => Status::CallbackFailed,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, AttemptOutcome::RetryAfter(_))
+    }
 }
 
 /// What `redeliver` found.
@@ -183,24 +240,21 @@ impl Store {
         }
     }
 
-    /// Extends the leases `owner` holds on `ids` by `lease` from now: a slow but live
-    /// instance keeps the jobs it is working on.
+    /// Extends the leases of the claims named by `tokens` (held by `owner`) by `lease` from
+    /// now: a slow but live worker keeps the jobs it is working on.
     pub async fn heartbeat(
         &self,
         owner: &str,
-        ids: &[String],
+        tokens: &[String],
         lease: Duration,
     ) -> StoreResult<u64> {
-        match self {
-            // One process per file: nobody else could take the jobs over.
-            Store::Sqlite(_) => Ok(0),
-            Store::Postgres(s) => s.heartbeat(owner, ids, lease).await,
-        }
+        dispatch!(self, s => s.heartbeat(owner, tokens, lease).await)
     }
 
-    /// Fails sync requests still `processing` that were created before `older_than`: their
-    /// instance died mid-request. (SQLite does this at start-up, its only chance.)
-    pub async fn fail_stale_sync(&self, older_than: DateTime<Utc>) -> StoreResult<u64> {
+    /// Fails sync requests still `processing` that were created more than `older_than` ago
+    /// (on the database's clock): their instance died mid-request. (SQLite does this at
+    /// start-up, its only chance.)
+    pub async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
         match self {
             Store::Sqlite(_) => Ok(0),
             Store::Postgres(s) => s.fail_stale_sync(older_than).await,
@@ -256,25 +310,33 @@ impl Store {
     }
 
     /// Stores the work result of a claimed job (`processing → callback_pending`).
-    /// Returns false if the lease was lost.
+    /// Returns false if the claim named by `token` no longer holds the job.
     pub async fn store_result(
         &self,
         id: &str,
-        owner: &str,
+        token: &str,
         result: &WorkResult,
     ) -> StoreResult<bool> {
-        dispatch!(self, s => s.store_result(id, owner, result).await)
+        dispatch!(self, s => s.store_result(id, token, result).await)
     }
 
-    /// Records a delivery attempt and what follows it, releasing the lease.
+    /// Records a delivery attempt made by `owner` under the claim `token`, and what follows
+    /// it, releasing the lease. Returns false (recording nothing) if the claim was lost.
     pub async fn record_attempt(
         &self,
         id: &str,
         owner: &str,
+        token: &str,
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<bool> {
-        dispatch!(self, s => s.record_attempt(id, owner, attempt, outcome).await)
+        dispatch!(self, s => s.record_attempt(id, owner, token, attempt, outcome).await)
+    }
+
+    /// Ends a claimed job as `callback_failed` without an attempt, with `reason` as its
+    /// last error: for a job that cannot be worked (see [`MAX_UNRECORDED_CLAIMS`]).
+    pub async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
+        dispatch!(self, s => s.give_up(id, token, reason).await)
     }
 
     /// Puts a `callback_failed` request back in the queue for a fresh round of attempts,
@@ -304,12 +366,13 @@ impl Store {
         }
     }
 
-    /// Whether the database answers a trivial query.
-    pub async fn ping(&self) -> bool {
+    /// Whether the database answers (and, on SQLite while writes fail, takes a write); if not,
+    /// why not.
+    pub async fn ping(&self) -> Result<(), String> {
         dispatch!(self, s => s.ping().await)
     }
 
-    /// Deletes finished requests finished before `cutoff`, then the oldest finished beyond
+    /// Deletes finished requests that finished more than `retention` ago, then the oldest finished beyond
     /// `max_stored`. Unfinished requests are never touched.
     ///
     /// Deletion goes in chunks of [`CLEANUP_CHUNK`] rows, each a short transaction found
@@ -317,12 +380,12 @@ impl Store {
     /// lock for long nor rescans the table per chunk; other writes interleave between chunks.
     pub async fn cleanup(
         &self,
-        cutoff: DateTime<Utc>,
+        retention: Duration,
         max_stored: u64,
     ) -> StoreResult<CleanupReport> {
         let mut report = CleanupReport::default();
         loop {
-            let deleted = dispatch!(self, s => s.delete_expired(cutoff, CLEANUP_CHUNK).await)?;
+            let deleted = dispatch!(self, s => s.delete_expired(retention, CLEANUP_CHUNK).await)?;
             report.expired += deleted;
             if deleted < CLEANUP_CHUNK {
                 break;

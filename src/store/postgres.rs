@@ -11,14 +11,17 @@
 //! - a new job is announced with `NOTIFY`, so idle instances wake at once without polling.
 //! - migrations run under an advisory lock, so instances starting together apply them once.
 //! - the queue bound is checked against a count of unfinished rows at most 100 ms old (taken
-//!   afresh near the bound). Other instances' submissions within that window can overshoot
-//!   the bound by that much; an exact bound would serialise every submission on one counter
-//!   row, and a count per submission scans the whole queue each time.
-//! - time comes from the database (`now()`) wherever instances compare it, so their clocks
-//!   need not agree.
+//!   afresh near the bound) plus this instance's own submissions since, each of which
+//!   reserves its place before it is inserted: one instance never exceeds the bound. Other
+//!   instances' submissions since the count are not seen, so with K instances the queue can
+//!   hold up to K × the bound in the worst case (each instance filling what it saw as free
+//!   within one count's lifetime); an exact shared bound would serialise every submission on
+//!   one counter row, and a count per submission scans the whole queue each time.
+//! - time comes from the database (`now()`) wherever instances compare it: due times, lease
+//!   expiries and retention are computed in SQL from delays, so a skewed clock on one
+//!   instance cannot delay or hurry the cluster.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -33,10 +36,16 @@ use super::{
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_requests.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_requests.sql"),
+    include_str!("../../migrations/postgres/0002_claims.sql"),
+];
 
 /// Any constant shared by all instances: the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x5359_4e43_4153_594e; // "SYNCASYN"
+
+/// Longest wait for a pooled connection (see `open`).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The channel new jobs are announced on.
 const JOBS_CHANNEL: &str = "syncasync_jobs";
@@ -51,6 +60,9 @@ pub struct PgStore {
     /// at-least-once delivery allows. Not waiting for the WAL flush on the three or four
     /// writes of every job is most of the queue's throughput.
     relaxed: PgPool,
+    /// One connection of its own for LISTEN, which holds it for as long as it listens: taken
+    /// from `pool`, it would leave a pool of one with nothing for requests.
+    listen_pool: PgPool,
     queue_capacity: i64,
     queue_count: Arc<QueueCount>,
     last_notify: Arc<std::sync::Mutex<Option<Instant>>>,
@@ -59,18 +71,70 @@ pub struct PgStore {
 /// Shortest time between two announcements of new jobs by one instance.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(20);
 
-/// The number of unfinished async requests as last counted. Counting is a scan of the whole
-/// queue, too dear for every submission under load, so a submission reuses a count up to
-/// [`COUNT_MAX_AGE`] old (plus what this instance added since). Near the bound the count is
-/// always taken afresh, so a stale count never refuses a request there is room for.
+/// This instance's view of the number of unfinished async requests. Counting is a scan of the
+/// whole queue, too dear for every submission under load, so a submission relies on a count
+/// up to [`COUNT_MAX_AGE`] old plus every submission this instance made since it was taken
+/// (committed, or still in flight: a place is reserved before the insert). Near the bound
+/// the count is taken afresh, so a stale count never refuses a request there is room for.
 struct QueueCount {
-    value: AtomicI64,
-    counted_at: std::sync::Mutex<Option<Instant>>,
+    state: std::sync::Mutex<CountState>,
+    /// One recount at a time: submissions arriving during a recount wait for its result.
+    recount: tokio::sync::Mutex<()>,
 }
 
-/// How old a queue count a submission may rely on. Other instances' submissions within this
-/// window are what the bound can be overshot by.
+#[derive(Default)]
+struct CountState {
+    /// Unfinished rows at the last count.
+    counted: i64,
+    counted_at: Option<Instant>,
+    /// Submissions this instance has completed, ever; and as of the start of the last count.
+    /// Those completed since the count started may or may not be in it: both are counted,
+    /// which can only over-estimate.
+    accepted: i64,
+    accepted_at_count: i64,
+    /// Reserved places whose insert has not finished.
+    in_flight: i64,
+}
+
+impl CountState {
+    fn estimate(&self) -> i64 {
+        self.counted + (self.accepted - self.accepted_at_count) + self.in_flight
+    }
+}
+
+/// How old a queue count a submission may rely on.
 const COUNT_MAX_AGE: Duration = Duration::from_millis(100);
+
+/// At the bound, the shortest time between two recounts: refused submissions must not turn
+/// into a scan of the queue each.
+const RECOUNT_AT_BOUND: Duration = Duration::from_millis(10);
+
+/// A place in the queue held for one submission. Dropped without [`Reservation::failed`]
+/// (committed, or abandoned mid-insert, which may still commit), it counts as accepted.
+struct Reservation {
+    count: Arc<QueueCount>,
+    failed: bool,
+}
+
+impl Reservation {
+    fn failed(mut self) {
+        self.failed = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut state = self
+            .count
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.in_flight -= 1;
+        if !self.failed {
+            state.accepted += 1;
+        }
+    }
+}
 
 impl PgStore {
     pub async fn open(url: &str, queue_capacity: u64, pool_size: u32) -> StoreResult<Self> {
@@ -78,20 +142,29 @@ impl PgStore {
         let pool_options = || {
             PgPoolOptions::new()
                 .max_connections(pool_size)
-                .acquire_timeout(Duration::from_secs(10))
+                // A request waits this long for a connection before it is answered 503: long
+                // enough for a busy pool, short enough that a client whose database has gone
+                // away hears so promptly instead of hanging.
+                .acquire_timeout(ACQUIRE_TIMEOUT)
         };
         let pool = pool_options().connect_with(options.clone()).await?;
         let relaxed = pool_options()
-            .connect_with(options.options([("synchronous_commit", "off")]))
+            .connect_with(options.clone().options([("synchronous_commit", "off")]))
             .await?;
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(options);
         migrate(&pool).await?;
         Ok(Self {
             pool,
             relaxed,
+            listen_pool,
             queue_capacity: i64::try_from(queue_capacity).unwrap_or(i64::MAX),
             queue_count: Arc::new(QueueCount {
-                value: AtomicI64::new(0),
-                counted_at: std::sync::Mutex::new(None),
+                state: std::sync::Mutex::new(CountState::default()),
+                recount: tokio::sync::Mutex::new(()),
             }),
             last_notify: Arc::new(std::sync::Mutex::new(None)),
         })
@@ -127,7 +200,7 @@ impl PgStore {
     }
 
     async fn try_listen(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let mut listener = PgListener::connect_with(&self.listen_pool).await?;
         listener.listen(JOBS_CHANNEL).await?;
         Ok(listener)
     }
@@ -151,17 +224,17 @@ impl PgStore {
         new: &NewRequest,
         outcome: Result<&WorkResult, &str>,
     ) -> StoreResult<()> {
-        let (status, result) = match outcome {
-            Ok(result) => ("completed", Some(result)),
-            Err(_) => ("failed", None),
+        let (status, result, error) = match outcome {
+            Ok(result) => ("completed", Some(result), None),
+            Err(reason) => ("failed", None, Some(reason)),
         };
         sqlx::query(
             "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                                   completed_at, input_hash, output_hash, processing_time_ms)
-             VALUES ($1, 'sync', $5, $2, $3, $4, now(), $6, $7, $8)
+                                   completed_at, input_hash, output_hash, processing_time_ms, error)
+             VALUES ($1, 'sync', $5, $2, $3, $4, now(), $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
                  input_hash = excluded.input_hash, output_hash = excluded.output_hash,
-                 processing_time_ms = excluded.processing_time_ms",
+                 processing_time_ms = excluded.processing_time_ms, error = excluded.error",
         )
         .bind(&new.id)
         .bind(&new.payload_hash)
@@ -171,17 +244,14 @@ impl PgStore {
         .bind(result.map(|r| r.input_hash.as_str()))
         .bind(result.map(|r| r.output_hash.as_str()))
         .bind(result.map(|r| r.processing_time_ms))
+        .bind(error)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<()> {
-        if self.queued_recently(false).await? >= self.queue_capacity
-            && self.queued_recently(true).await? >= self.queue_capacity
-        {
-            return Err(StoreError::QueueFull);
-        }
+        let reservation = self.reserve_place().await?;
         // The row and its announcement commit together (a NOTIFY is delivered at commit,
         // never before), in one statement. PostgreSQL serialises the commits of notifying
         // transactions, so at most one submission per NOTIFY_INTERVAL announces; the others
@@ -192,7 +262,7 @@ impl PgStore {
                 "WITH inserted AS (
                      INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
                                            callback_url, created_at, next_attempt_at)
-                     VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, $6)
+                     VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, now())
                      RETURNING id)
                  SELECT pg_notify($7, '') FROM inserted",
             )
@@ -200,23 +270,28 @@ impl PgStore {
             sqlx::query(
                 "INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
                                        callback_url, created_at, next_attempt_at)
-                 VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, $6)
+                 VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, now())
                  -- $7 is the channel, used by the announcing form only
                  RETURNING $7::text",
             )
         };
-        insert
+        let inserted = insert
             .bind(&new.request.id)
             .bind(&new.request.payload_hash)
-            .bind(&new.data)
+            .bind(new.data.as_bytes())
             .bind(i64::from(new.request.iterations))
             .bind(&new.callback_url)
             .bind(new.request.created_at)
             .bind(JOBS_CHANNEL)
             .execute(&self.pool)
-            .await?;
-        self.queue_count.value.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                reservation.failed();
+                Err(err.into())
+            }
+        }
     }
 
     /// Whether this submission should announce itself: the first after NOTIFY_INTERVAL.
@@ -231,24 +306,62 @@ impl PgStore {
         true
     }
 
-    /// Unfinished async requests, counted at most [`COUNT_MAX_AGE`] ago (or now, `fresh`).
-    async fn queued_recently(&self, fresh: bool) -> StoreResult<i64> {
-        let stale = {
-            let counted_at = self
-                .queue_count
-                .counted_at
-                .lock()
-                .map_err(|_| StoreError::WriterGone)?;
-            fresh || counted_at.is_none_or(|at| at.elapsed() > COUNT_MAX_AGE)
-        };
-        if stale {
-            let counted = self.count_queue().await?;
-            self.queue_count.value.store(counted, Ordering::Relaxed);
-            if let Ok(mut counted_at) = self.queue_count.counted_at.lock() {
-                *counted_at = Some(Instant::now());
-            }
+    /// Holds a place in the queue for one submission, or refuses with
+    /// [`StoreError::QueueFull`]. The check and the reservation happen under one lock, so
+    /// concurrent submissions to this instance cannot all see the same free place.
+    async fn reserve_place(&self) -> StoreResult<Reservation> {
+        let mut recounted = false;
+        loop {
+            let count_age = {
+                let mut state = self
+                    .queue_count
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let age = state.counted_at.map(|at| at.elapsed());
+                let fresh = age.is_some_and(|age| age <= COUNT_MAX_AGE);
+                if fresh && state.estimate() < self.queue_capacity {
+                    state.in_flight += 1;
+                    return Ok(Reservation {
+                        count: Arc::clone(&self.queue_count),
+                        failed: false,
+                    });
+                }
+                if recounted || (fresh && age.is_some_and(|age| age < RECOUNT_AT_BOUND)) {
+                    return Err(StoreError::QueueFull);
+                }
+                age
+            };
+            self.recount(count_age).await?;
+            recounted = true;
         }
-        Ok(self.queue_count.value.load(Ordering::Relaxed))
+    }
+
+    /// Counts the queue again, unless another submission did so while this one waited.
+    async fn recount(&self, seen_age: Option<Duration>) -> StoreResult<()> {
+        let _one_at_a_time = self.queue_count.recount.lock().await;
+        let accepted_before = {
+            let state = self
+                .queue_count
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let age = state.counted_at.map(|at| at.elapsed());
+            if age < seen_age || (seen_age.is_none() && age.is_some()) {
+                return Ok(());
+            }
+            state.accepted
+        };
+        let counted = self.count_queue().await?;
+        let mut state = self
+            .queue_count
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.counted = counted;
+        state.accepted_at_count = accepted_before;
+        state.counted_at = Some(Instant::now());
+        Ok(())
     }
 
     async fn count_queue(&self) -> StoreResult<i64> {
@@ -265,20 +378,26 @@ impl PgStore {
         limit: u32,
         lease: Duration,
     ) -> StoreResult<Vec<Job>> {
-        let rows = sqlx::query(
-            "UPDATE requests
-             SET status = CASE status WHEN 'pending' THEN 'processing' ELSE status END,
-                 lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2)
-             WHERE id IN (
-                 SELECT id FROM requests
+        // The rows are picked once, in a materialised CTE: with `WHERE id IN (SELECT … LIMIT
+        // n FOR UPDATE SKIP LOCKED)` the planner may run the subquery more than once and
+        // claim more than n rows.
+        let rows = sqlx::query(concat!(
+            "WITH picked AS MATERIALIZED (
+                 SELECT id AS picked_id FROM requests
                  WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now()
                    AND (lease_expires_at IS NULL OR lease_expires_at < now())
                  ORDER BY next_attempt_at
                  LIMIT $3
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, created_at, data, iterations, callback_url, callback_attempts,
-                       round_start_attempts, input_hash, output_hash, processing_time_ms",
-        )
+             UPDATE requests AS r
+             SET status = CASE r.status WHEN 'pending' THEN 'processing' ELSE r.status END,
+                 lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+                 lease_token = gen_random_uuid()::text,
+                 unrecorded_claims = r.unrecorded_claims + 1
+             FROM picked WHERE r.id = picked.picked_id
+             RETURNING ",
+            job_columns!()
+        ))
         .bind(owner)
         .bind(lease.as_secs_f64())
         .bind(i64::from(limit))
@@ -293,16 +412,16 @@ impl PgStore {
     pub async fn heartbeat(
         &self,
         owner: &str,
-        ids: &[String],
+        tokens: &[String],
         lease: Duration,
     ) -> StoreResult<u64> {
         let extended = sqlx::query(
             "UPDATE requests SET lease_expires_at = now() + make_interval(secs => $2)
-             WHERE id = ANY($3) AND lease_owner = $1",
+             WHERE lease_owner = $1 AND lease_token = ANY($3)",
         )
         .bind(owner)
         .bind(lease.as_secs_f64())
-        .bind(ids)
+        .bind(tokens)
         .execute(&self.relaxed)
         .await?;
         Ok(extended.rows_affected())
@@ -326,16 +445,16 @@ impl PgStore {
     pub async fn store_result(
         &self,
         id: &str,
-        owner: &str,
+        token: &str,
         result: &WorkResult,
     ) -> StoreResult<bool> {
         let updated = sqlx::query(
             "UPDATE requests SET status = 'callback_pending', input_hash = $3, output_hash = $4,
                     processing_time_ms = $5, data = NULL
-             WHERE id = $1 AND lease_owner = $2",
+             WHERE id = $1 AND lease_token = $2",
         )
         .bind(id)
-        .bind(owner)
+        .bind(token)
         .bind(&result.input_hash)
         .bind(&result.output_hash)
         .bind(result.processing_time_ms)
@@ -348,23 +467,24 @@ impl PgStore {
         &self,
         id: &str,
         owner: &str,
+        token: &str,
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<bool> {
-        let (status, finished, next_attempt_at) = match outcome {
-            AttemptOutcome::Delivered => ("callback_success", true, None),
-            AttemptOutcome::GaveUp => ("callback_failed", true, None),
-            AttemptOutcome::RetryAt(at) => ("callback_pending", false, Some(at)),
+        let retry_after = match outcome {
+            AttemptOutcome::RetryAfter(delay) => Some(delay.as_secs_f64()),
+            AttemptOutcome::Delivered | AttemptOutcome::GaveUp => None,
         };
-        // One statement: the attempt is recorded only if the lease still holds, and the
+        // One statement: the attempt is recorded only if the claim still holds, and the
         // request moves on in the same (implicit) transaction.
         let recorded = sqlx::query(
             "WITH moved AS (
                  UPDATE requests SET status = $3, completed_at = CASE WHEN $4 THEN now() END,
-                        next_attempt_at = $5, callback_attempts = $6,
+                        next_attempt_at = now() + make_interval(secs => $5), callback_attempts = $6,
                         callback_last_error = COALESCE($7, callback_last_error),
-                        lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = $1 AND lease_owner = $2
+                        lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+                        unrecorded_claims = 0
+                 WHERE id = $1 AND lease_token = $12
                  RETURNING id)
              INSERT INTO delivery_attempts
                  (request_id, attempt, started_at, duration_ms, status_code, error, response_body, claimed_by)
@@ -373,19 +493,35 @@ impl PgStore {
         )
         .bind(id)
         .bind(owner)
-        .bind(status)
-        .bind(finished)
-        .bind(next_attempt_at)
+        .bind(outcome.status().as_str())
+        .bind(outcome.is_final())
+        .bind(retry_after)
         .bind(i32::try_from(attempt.attempt).unwrap_or(i32::MAX))
         .bind(&attempt.error)
         .bind(attempt.started_at)
         .bind(attempt.duration_ms)
         .bind(attempt.status_code.map(i32::from))
         .bind(&attempt.response_body)
+        .bind(token)
         .execute(&self.relaxed)
         .await?;
         // Nothing inserted: the lease was lost and the job belongs to someone else now.
         Ok(recorded.rows_affected() == 1)
+    }
+
+    pub async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
+        let updated = sqlx::query(
+            "UPDATE requests SET status = 'callback_failed', completed_at = now(),
+                    next_attempt_at = NULL, callback_last_error = $3, error = $3,
+                    lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+             WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
     }
 
     pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
@@ -412,7 +548,8 @@ impl PgStore {
         // A new round: the retry budget counts from the attempts made so far.
         sqlx::query(
             "UPDATE requests SET status = 'callback_pending', completed_at = NULL,
-                    next_attempt_at = now(), round_start_attempts = callback_attempts
+                    next_attempt_at = now(), round_start_attempts = callback_attempts,
+                    unrecorded_claims = 0
              WHERE id = $1",
         )
         .bind(id)
@@ -427,10 +564,15 @@ impl PgStore {
     }
 
     pub async fn release(&self, owner: &str) -> StoreResult<u64> {
-        let released = sqlx::query("UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1")
-            .bind(owner)
-            .execute(&self.relaxed)
-            .await?;
+        // A job handed back untouched does not count as a claim without an outcome.
+        let released = sqlx::query(
+            "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+                    unrecorded_claims = greatest(unrecorded_claims - 1, 0)
+             WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.relaxed)
+        .await?;
         if released.rows_affected() > 0 {
             // Wake the other instances: the released jobs are due now.
             sqlx::query("SELECT pg_notify($1, '')")
@@ -521,26 +663,28 @@ impl PgStore {
         Ok(u64::try_from(self.count_queue().await?).unwrap_or(0))
     }
 
-    pub async fn ping(&self) -> bool {
+    pub async fn ping(&self) -> Result<(), String> {
         let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), ping).await,
-            Ok(Ok(1))
-        )
+        match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("the database did not answer within 2 s".into()),
+        }
     }
 
     // SKIP LOCKED: instances cleaning at the same time take different rows instead of
-    // waiting on each other.
-    pub async fn delete_expired(&self, cutoff: DateTime<Utc>, chunk: u64) -> StoreResult<u64> {
+    // waiting on each other. The rows are picked once (a materialised CTE), as in a claim.
+    pub async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
         let deleted = sqlx::query(concat!(
-            "DELETE FROM requests WHERE id IN (
+            "WITH picked AS MATERIALIZED (
                  SELECT id FROM requests
-                 WHERE created_at < $1 AND status IN ",
+                 WHERE created_at < now() - make_interval(secs => $1) AND status IN ",
             finished_statuses!(),
-            " AND COALESCE(completed_at, created_at) < $1
-                 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            " AND COALESCE(completed_at, created_at) < now() - make_interval(secs => $1)
+                 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM requests AS r USING picked WHERE r.id = picked.id"
         ))
-        .bind(cutoff)
+        .bind(retention.as_secs_f64())
         .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await?;
@@ -571,11 +715,12 @@ impl PgStore {
         chunk: u64,
     ) -> StoreResult<u64> {
         let deleted = sqlx::query(concat!(
-            "DELETE FROM requests WHERE id IN (
+            "WITH picked AS MATERIALIZED (
                  SELECT id FROM requests
                  WHERE (created_at, id) <= ($1, $2) AND status IN ",
             finished_statuses!(),
-            " ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            " ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+             DELETE FROM requests AS r USING picked WHERE r.id = picked.id"
         ))
         .bind(boundary.created_at)
         .bind(&boundary.id)
@@ -586,18 +731,21 @@ impl PgStore {
     }
 
     /// Sync requests left `processing` by an instance that died mid-request.
-    pub async fn fail_stale_sync(&self, older_than: DateTime<Utc>) -> StoreResult<u64> {
+    pub async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
         let failed = sqlx::query(
-            "UPDATE requests SET status = 'failed', completed_at = now()
-             WHERE mode = 'sync' AND status = 'processing' AND created_at < $1",
+            "UPDATE requests SET status = 'failed', completed_at = now(),
+                    error = 'the service stopped before the work finished'
+             WHERE mode = 'sync' AND status = 'processing'
+               AND created_at < now() - make_interval(secs => $1)",
         )
-        .bind(older_than)
+        .bind(older_than.as_secs_f64())
         .execute(&self.pool)
         .await?;
         Ok(failed.rows_affected())
     }
 
     pub async fn close(&self) {
+        self.listen_pool.close().await;
         self.pool.close().await;
         self.relaxed.close().await;
     }
@@ -658,6 +806,7 @@ fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
         callback_url: row.try_get("callback_url")?,
         callback_attempts: u32::try_from(row.try_get::<i32, _>("callback_attempts")?).unwrap_or(0),
         callback_last_error: row.try_get("callback_last_error")?,
+        error: row.try_get("error")?,
         attempts: None,
         id,
     })
@@ -683,16 +832,24 @@ fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
     let id: String = row.try_get("id")?;
     let callback_attempts = u32::try_from(row.try_get::<i32, _>("callback_attempts")?).unwrap_or(0);
     let round_start = u32::try_from(row.try_get::<i32, _>("round_start_attempts")?).unwrap_or(0);
+    let data = row
+        .try_get::<Option<Vec<u8>>, _>("data")?
+        .map(|bytes| String::from_utf8(bytes).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .transpose()?;
     Ok(Job {
         created_at: row.try_get("created_at")?,
         result: result_from_row(row, &id)?,
-        data: row.try_get("data")?,
+        data,
         iterations: u32::try_from(row.try_get::<i32, _>("iterations")?).unwrap_or(0),
         callback_url: row
             .try_get::<Option<String>, _>("callback_url")?
             .unwrap_or_default(),
         callback_attempts,
         round_attempts: callback_attempts.saturating_sub(round_start),
+        token: row
+            .try_get::<Option<String>, _>("lease_token")?
+            .unwrap_or_default(),
+        unrecorded_claims: u32::try_from(row.try_get::<i32, _>("unrecorded_claims")?).unwrap_or(0),
         id,
     })
 }
@@ -709,4 +866,24 @@ fn attempt_from_row(row: &PgRow) -> Result<DeliveryAttempt, sqlx::Error> {
         response_body: row.try_get("response_body")?,
         instance: row.try_get("claimed_by")?,
     })
+}
+
+/// Failures that are the database's rather than a request's: it cannot be reached, it is
+/// shutting down or starting (class 57P), the connection broke (class 08), it ran out of
+/// resources such as disk or connections (class 53), or the pool found no connection in time.
+pub(super) fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "53", "57P", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        _ => false,
+    }
 }

@@ -38,6 +38,7 @@ use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, Wo
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_requests.sql"),
     include_str!("../../migrations/sqlite/0002_attempt_instance.sql"),
+    include_str!("../../migrations/sqlite/0003_claims.sql"),
 ];
 
 /// Most commands folded into one transaction: bounds the latency a command waits for the
@@ -57,6 +58,9 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
     readers: Arc<Readers>,
     queue_size: Arc<AtomicU64>,
+    /// Why the last write failed for a reason outside any one request (disk full, I/O
+    /// error), until a write succeeds again: `/healthz` reports it.
+    write_failure: Arc<Mutex<Option<String>>>,
     // Held for the life of the store; the OS releases the lock when the process dies.
     _lock: Arc<File>,
 }
@@ -89,11 +93,13 @@ impl SqliteStore {
         .map_err(|e| StoreError::Open(e.to_string()))??;
 
         let queue_size = Arc::new(AtomicU64::new(queued));
+        let write_failure = Arc::new(Mutex::new(None));
         let (writer, commands) = mpsc::channel(WRITER_QUEUE);
         let mut writer_state = Writer {
             conn,
             queue_size: Arc::clone(&queue_size),
             queue_capacity,
+            write_failure: Arc::clone(&write_failure),
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -104,9 +110,10 @@ impl SqliteStore {
             writer,
             readers: Arc::new(Readers {
                 idle: Mutex::new(readers),
-                available: Semaphore::new(READERS),
+                available: Arc::new(Semaphore::new(READERS)),
             }),
             queue_size,
+            write_failure,
             _lock: Arc::new(lock),
         })
     }
@@ -169,6 +176,23 @@ impl SqliteStore {
         }
     }
 
+    pub async fn heartbeat(
+        &self,
+        owner: &str,
+        tokens: &[String],
+        lease: Duration,
+    ) -> StoreResult<u64> {
+        let op = Op::Heartbeat {
+            owner: owner.to_string(),
+            tokens: tokens.to_vec(),
+            lease,
+        };
+        match self.send(op).await? {
+            Reply::Count(n) => Ok(n),
+            _ => Ok(0),
+        }
+    }
+
     pub async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
         let now = Utc::now().timestamp_millis();
         let next: Option<i64> = self
@@ -186,12 +210,12 @@ impl SqliteStore {
     pub async fn store_result(
         &self,
         id: &str,
-        owner: &str,
+        token: &str,
         result: &WorkResult,
     ) -> StoreResult<bool> {
         let op = Op::StoreResult {
             id: id.to_string(),
-            owner: owner.to_string(),
+            token: token.to_string(),
             result: result.clone(),
         };
         Ok(matches!(self.send(op).await?, Reply::Updated(true)))
@@ -201,14 +225,25 @@ impl SqliteStore {
         &self,
         id: &str,
         owner: &str,
+        token: &str,
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<bool> {
         let op = Op::RecordAttempt {
             id: id.to_string(),
             owner: owner.to_string(),
+            token: token.to_string(),
             attempt: attempt.clone(),
             outcome,
+        };
+        Ok(matches!(self.send(op).await?, Reply::Updated(true)))
+    }
+
+    pub async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
+        let op = Op::GiveUp {
+            id: id.to_string(),
+            token: token.to_string(),
+            reason: reason.to_string(),
         };
         Ok(matches!(self.send(op).await?, Reply::Updated(true)))
     }
@@ -310,15 +345,37 @@ impl SqliteStore {
         self.queue_size.load(Ordering::Relaxed)
     }
 
-    pub async fn ping(&self) -> bool {
-        let ping = self.read(|conn| conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)));
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), ping).await,
-            Ok(Ok(1))
-        )
+    /// Whether the database answers, and if not, why. While writes are failing (a full disk),
+    /// a read is not proof of health: a probe write decides, so that `/healthz` turns healthy
+    /// again by itself once space returns, even if no traffic arrives to try.
+    pub async fn ping(&self) -> Result<(), String> {
+        let failing = self.write_failure().is_some();
+        let check = async {
+            if failing {
+                self.send(Op::Probe).await.map(|_| ())
+            } else {
+                self.read(|conn| conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(self.write_failure().unwrap_or_else(|| err.to_string())),
+            Err(_) => Err("the database did not answer within 2 s".into()),
+        }
     }
 
-    pub async fn delete_expired(&self, cutoff: DateTime<Utc>, chunk: u64) -> StoreResult<u64> {
+    fn write_failure(&self) -> Option<String> {
+        self.write_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         match self.send(Op::DeleteExpired { cutoff, chunk }).await? {
             Reply::Count(n) => Ok(n),
             _ => Ok(0),
@@ -365,40 +422,55 @@ impl SqliteStore {
     }
 
     /// Runs a read on an idle reader connection, on a blocking thread.
+    ///
+    /// The connection and its permit travel into the blocking task and are handed back there,
+    /// not after the `.await`: if the caller's future is dropped (a client hung up, a timeout
+    /// fired), the read still finishes on its thread and the connection still returns to the
+    /// pool. Returning it after the `.await` leaked one connection per dropped caller.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let _permit = self
-            .readers
-            .available
-            .acquire()
+        let permit = Arc::clone(&self.readers.available)
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::WriterGone)?;
-        let conn = self
-            .readers
-            .idle
-            .lock()
-            .map_err(|_| StoreError::WriterGone)?
-            .pop()
-            .ok_or(StoreError::WriterGone)?;
-        let (conn, result) = tokio::task::spawn_blocking(move || {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = readers.take()?;
             let result = f(&conn);
-            (conn, result)
+            readers.put_back(conn);
+            Ok(result?)
         })
         .await
-        .map_err(|e| StoreError::Open(e.to_string()))?;
-        if let Ok(mut idle) = self.readers.idle.lock() {
-            idle.push(conn);
-        }
-        Ok(result?)
+        .map_err(|e| StoreError::Open(e.to_string()))?
     }
 }
 
+/// The read connections. A permit of `available` entitles its holder to one connection of
+/// `idle`; both are given back together by the blocking task that used them.
 struct Readers {
     idle: Mutex<Vec<Connection>>,
-    available: Semaphore,
+    available: Arc<Semaphore>,
+}
+
+impl Readers {
+    fn take(&self) -> StoreResult<Connection> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .ok_or(StoreError::WriterGone)
+    }
+
+    fn put_back(&self, conn: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(conn);
+    }
 }
 
 /// The file a `sqlite://PATH` (or `sqlite:PATH`) URL names; query parameters are ignored.
@@ -488,11 +560,14 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 fn recover(conn: &mut Connection) -> StoreResult<u64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let released = tx.execute(
-        "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL",
+        "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+         WHERE lease_owner IS NOT NULL",
         [],
     )?;
     let failed = tx.execute(
-        "UPDATE requests SET status = 'failed', completed_at = ?1 WHERE mode = 'sync' AND status = 'processing'",
+        "UPDATE requests SET status = 'failed', completed_at = ?1,
+                error = 'the service stopped before the work finished'
+         WHERE mode = 'sync' AND status = 'processing'",
         [Utc::now().timestamp_millis()],
     )?;
     let queued: i64 = tx.query_row(
@@ -532,17 +607,30 @@ enum Op {
         limit: u32,
         lease: Duration,
     },
+    Heartbeat {
+        owner: String,
+        tokens: Vec<String>,
+        lease: Duration,
+    },
     StoreResult {
         id: String,
-        owner: String,
+        token: String,
         result: WorkResult,
     },
     RecordAttempt {
         id: String,
         owner: String,
+        token: String,
         attempt: DeliveryAttempt,
         outcome: AttemptOutcome,
     },
+    GiveUp {
+        id: String,
+        token: String,
+        reason: String,
+    },
+    /// A write that changes nothing anyone reads: does the database take writes again?
+    Probe,
     Redeliver {
         id: String,
     },
@@ -581,6 +669,7 @@ struct Writer {
     conn: Connection,
     queue_size: Arc<AtomicU64>,
     queue_capacity: u64,
+    write_failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Writer {
@@ -615,7 +704,9 @@ impl Writer {
     /// Applies a batch in one transaction and answers each command after the commit. If the
     /// transaction fails, each command is retried alone, so one bad write cannot fail others.
     fn commit_batch(&mut self, batch: &mut Vec<Command>) {
-        match self.apply_all(batch) {
+        let outcome = self.apply_all(batch);
+        self.note_write_health(&outcome);
+        match outcome {
             Ok(results) => {
                 for (command, applied) in batch.drain(..).zip(results) {
                     respond(command, applied.reply);
@@ -633,6 +724,27 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Remembers a failure that is the database's, not a request's (disk full, I/O error),
+    /// until a batch commits again.
+    fn note_write_health<T>(&self, outcome: &StoreResult<T>) {
+        let failure = match outcome {
+            Ok(_) => None,
+            Err(StoreError::Sqlite(err)) if is_unavailable(err) => Some(describe_failure(err)),
+            Err(_) => return,
+        };
+        let mut state = self
+            .write_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.is_some() != failure.is_some() {
+            match &failure {
+                Some(reason) => tracing::error!(reason = %reason, "database writes are failing"),
+                None => tracing::info!("database writes succeed again"),
+            }
+        }
+        *state = failure;
     }
 
     fn apply_all(&mut self, batch: &[Command]) -> StoreResult<Vec<Applied>> {
@@ -697,19 +809,19 @@ fn apply(
             Ok(done(Reply::Done))
         }
         Op::SyncFinished { new, outcome, at } => {
-            let (status, result) = match outcome {
-                Ok(result) => ("completed", Some(result)),
-                Err(_) => ("failed", None),
+            let (status, result, error) = match outcome {
+                Ok(result) => ("completed", Some(result), None),
+                Err(reason) => ("failed", None, Some(reason)),
             };
             // An upsert: the `processing` insert is fire-and-forget and may have been skipped
             // when the writer queue was full.
             tx.prepare_cached(
                 "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                                       completed_at, input_hash, output_hash, processing_time_ms)
-                 VALUES (?1, 'sync', ?5, ?2, ?3, ?4, ?6, ?7, ?8, ?9)
+                                       completed_at, input_hash, output_hash, processing_time_ms, error)
+                 VALUES (?1, 'sync', ?5, ?2, ?3, ?4, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
                      input_hash = excluded.input_hash, output_hash = excluded.output_hash,
-                     processing_time_ms = excluded.processing_time_ms",
+                     processing_time_ms = excluded.processing_time_ms, error = excluded.error",
             )?
             .execute(params![
                 new.id,
@@ -721,6 +833,7 @@ fn apply(
                 result.map(|r| &r.input_hash),
                 result.map(|r| &r.output_hash),
                 result.map(|r| r.processing_time_ms),
+                error,
             ])?;
             Ok(done(Reply::Done))
         }
@@ -757,19 +870,22 @@ fn apply(
             let now = Utc::now();
             let lease_until =
                 now + chrono::Duration::from_std(*lease).unwrap_or(chrono::Duration::MAX);
+            // SQLite evaluates the subquery once, so LIMIT bounds the claim exactly.
             let jobs = tx
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "UPDATE requests
                      SET status = CASE status WHEN 'pending' THEN 'processing' ELSE status END,
-                         lease_owner = ?1, lease_expires_at = ?2
+                         lease_owner = ?1, lease_expires_at = ?2,
+                         lease_token = lower(hex(randomblob(16))),
+                         unrecorded_claims = unrecorded_claims + 1
                      WHERE id IN (
                          SELECT id FROM requests
                          WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3
                            AND (lease_expires_at IS NULL OR lease_expires_at < ?3)
                          ORDER BY next_attempt_at LIMIT ?4)
-                     RETURNING id, created_at, data, iterations, callback_url, callback_attempts,
-                               round_start_attempts, input_hash, output_hash, processing_time_ms",
-                )?
+                     RETURNING ",
+                    job_columns!()
+                ))?
                 .query_map(
                     params![owner, millis(lease_until), millis(now), i64::from(*limit)],
                     job_from_row,
@@ -777,16 +893,32 @@ fn apply(
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(done(Reply::Jobs(jobs)))
         }
-        Op::StoreResult { id, owner, result } => {
+        Op::Heartbeat {
+            owner,
+            tokens,
+            lease,
+        } => {
+            let lease_until = millis(Utc::now())
+                .saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+            let mut renew = tx.prepare_cached(
+                "UPDATE requests SET lease_expires_at = ?3 WHERE lease_token = ?2 AND lease_owner = ?1",
+            )?;
+            let mut renewed = 0;
+            for token in tokens {
+                renewed += renew.execute(params![owner, token, lease_until])?;
+            }
+            Ok(done(Reply::Count(renewed as u64)))
+        }
+        Op::StoreResult { id, token, result } => {
             let updated = tx
                 .prepare_cached(
                     "UPDATE requests SET status = 'callback_pending', input_hash = ?3, output_hash = ?4,
                             processing_time_ms = ?5, data = NULL
-                     WHERE id = ?1 AND lease_owner = ?2",
+                     WHERE id = ?1 AND lease_token = ?2",
                 )?
                 .execute(params![
                     id,
-                    owner,
+                    token,
                     result.input_hash,
                     result.output_hash,
                     result.processing_time_ms
@@ -796,25 +928,30 @@ fn apply(
         Op::RecordAttempt {
             id,
             owner,
+            token,
             attempt,
             outcome,
         } => {
-            let (status, completed_at, next_attempt_at) = match outcome {
-                AttemptOutcome::Delivered => ("callback_success", Some(millis(Utc::now())), None),
-                AttemptOutcome::GaveUp => ("callback_failed", Some(millis(Utc::now())), None),
-                AttemptOutcome::RetryAt(at) => ("callback_pending", None, Some(millis(*at))),
+            let now = millis(Utc::now());
+            let (completed_at, next_attempt_at) = match outcome {
+                AttemptOutcome::Delivered | AttemptOutcome::GaveUp => (Some(now), None),
+                AttemptOutcome::RetryAfter(delay) => (
+                    None,
+                    Some(now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))),
+                ),
             };
             let updated = tx
                 .prepare_cached(
                     "UPDATE requests SET status = ?3, completed_at = ?4, next_attempt_at = ?5,
                             callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
-                            lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = ?1 AND lease_owner = ?2",
+                            lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+                            unrecorded_claims = 0
+                     WHERE id = ?1 AND lease_token = ?2",
                 )?
                 .execute(params![
                     id,
-                    owner,
-                    status,
+                    token,
+                    outcome.status().as_str(),
                     completed_at,
                     next_attempt_at,
                     attempt.attempt,
@@ -840,11 +977,31 @@ fn apply(
                 attempt.response_body,
                 owner,
             ])?;
-            let finished = !matches!(outcome, AttemptOutcome::RetryAt(_));
             Ok(Applied {
                 reply: Ok(Reply::Updated(true)),
-                queue_delta: if finished { -1 } else { 0 },
+                queue_delta: if outcome.is_final() { -1 } else { 0 },
             })
+        }
+        Op::GiveUp { id, token, reason } => {
+            let updated = tx
+                .prepare_cached(
+                    "UPDATE requests SET status = 'callback_failed', completed_at = ?3,
+                            next_attempt_at = NULL, callback_last_error = ?4, error = ?4,
+                            lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+                     WHERE id = ?1 AND lease_token = ?2",
+                )?
+                .execute(params![id, token, millis(Utc::now()), reason])?;
+            Ok(Applied {
+                reply: Ok(Reply::Updated(updated == 1)),
+                queue_delta: if updated == 1 { -1 } else { 0 },
+            })
+        }
+        Op::Probe => {
+            // Rewriting the schema version with its own value dirties page 1, so the commit
+            // must append to the WAL: it fails exactly when real writes would.
+            let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+            tx.pragma_update(None, "user_version", version)?;
+            Ok(done(Reply::Done))
         }
         Op::Redeliver { id } => {
             let status: Option<String> = tx
@@ -867,7 +1024,8 @@ fn apply(
             // A new round: the retry budget counts from the attempts made so far.
             tx.prepare_cached(
                 "UPDATE requests SET status = 'callback_pending', completed_at = NULL,
-                        next_attempt_at = ?2, round_start_attempts = callback_attempts
+                        next_attempt_at = ?2, round_start_attempts = callback_attempts,
+                        unrecorded_claims = 0
                  WHERE id = ?1",
             )?
             .execute(params![id, millis(Utc::now())])?;
@@ -878,8 +1036,11 @@ fn apply(
         }
         Op::Release { owner } => {
             let released = tx
+                // A job handed back untouched does not count as a claim without an outcome.
                 .prepare_cached(
-                    "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?1",
+                    "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+                            unrecorded_claims = max(unrecorded_claims - 1, 0)
+                     WHERE lease_owner = ?1",
                 )?
                 .execute([owner])?;
             Ok(done(Reply::Count(released as u64)))
@@ -944,6 +1105,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> {
         callback_url: row.get("callback_url")?,
         callback_attempts: row.get("callback_attempts")?,
         callback_last_error: row.get("callback_last_error")?,
+        error: row.get("error")?,
         attempts: None,
         id,
     })
@@ -979,6 +1141,8 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
             .unwrap_or_default(),
         callback_attempts,
         round_attempts: callback_attempts.saturating_sub(round_start),
+        token: row.get("lease_token")?,
+        unrecorded_claims: row.get("unrecorded_claims")?,
         id,
     })
 }
@@ -993,4 +1157,30 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryAttempt> {
         response_body: row.get("response_body")?,
         instance: row.get("claimed_by")?,
     })
+}
+
+/// Failures that are the database's rather than a request's: the disk is full or failing,
+/// the file cannot be opened, or the database stayed locked past the busy timeout.
+pub(super) fn is_unavailable(err: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        err.sqlite_error_code(),
+        Some(
+            DiskFull
+                | SystemIoFailure
+                | DatabaseBusy
+                | DatabaseLocked
+                | CannotOpen
+                | ReadOnly
+                | OutOfMemory
+        )
+    )
+}
+
+/// What `/healthz` says about a write failure.
+fn describe_failure(err: &rusqlite::Error) -> String {
+    match err.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => "disk full: the database cannot grow".into(),
+        _ => err.to_string(),
+    }
 }

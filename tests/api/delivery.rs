@@ -147,6 +147,8 @@ async fn hanging_and_failing_receivers_do_not_delay_a_working_one() {
     let app = spawn_app(&[
         "--callback-timeout-seconds",
         "5",
+        "--job-lease-seconds",
+        "10",
         "--callback-retry-base-delay",
         "1",
         "--callback-retry-max-delay",

@@ -35,6 +35,8 @@ impl ChildServer {
             .env("APP_PORT", &port)
             .env("APP_DATABASE_URL", database_url)
             .env("APP_JOB_LEASE_SECONDS", "2")
+            // A lease must be at least twice the callback timeout.
+            .env("APP_CALLBACK_TIMEOUT_SECONDS", "1")
             .env("APP_CALLBACK_BLOCK_PRIVATE_IPS", "false")
             .env("APP_CALLBACK_RETRY_BASE_DELAY", "0.05")
             .env("APP_CALLBACK_RETRY_MAX_DELAY", "0.2")
@@ -227,6 +229,7 @@ async fn sigterm_hands_unfinished_deliveries_back_and_restart_delivers_them() {
         &[
             ("APP_SHUTDOWN_GRACE_SECONDS", "1"),
             ("APP_CALLBACK_TIMEOUT_SECONDS", "60"),
+            ("APP_JOB_LEASE_SECONDS", "120"),
         ],
     )
     .await;

@@ -146,9 +146,10 @@ async fn start(
         "2",
         "--shutdown-grace-seconds",
         "5",
-        // Short leases, so that takeover after a stop is quick on a shared database.
+        // Short leases (at least twice the callback timeout), so that takeover after a stop is
+        // quick on a shared database.
         "--job-lease-seconds",
-        "3",
+        "4",
         "--database-pool-size",
         "4",
     ];
@@ -360,6 +361,8 @@ pub struct Behaviour {
     pub fail_status: u16,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// The body of a 2xx answer.
+    pub answer: &'static [u8],
 }
 
 impl Behaviour {
@@ -368,6 +371,15 @@ impl Behaviour {
             fail_first: 0,
             fail_status: 500,
             delay: Duration::ZERO,
+            answer: b"ok",
+        }
+    }
+
+    /// Accepts every callback, answering with `answer` as the body.
+    pub fn answering(answer: &'static [u8]) -> Self {
+        Self {
+            answer,
+            ..Self::accept()
         }
     }
 
@@ -503,7 +515,7 @@ async fn receive(
     State(state): State<ReceiverState>,
     headers: HeaderMap,
     raw: Bytes,
-) -> (StatusCode, &'static str) {
+) -> (StatusCode, &'static [u8]) {
     if !state.behaviour.delay.is_zero() {
         tokio::time::sleep(state.behaviour.delay).await;
     }
@@ -527,9 +539,9 @@ async fn receive(
     (
         code,
         if code.is_success() {
-            "ok"
+            state.behaviour.answer
         } else {
-            "receiver says no"
+            b"receiver says no"
         },
     )
 }

@@ -3,6 +3,7 @@
 //! feature) keeps the build to one link.
 
 mod helpers;
+mod hostile;
 
 mod admin;
 mod delivery;

@@ -149,6 +149,7 @@ async fn an_idle_instance_wakes_at_once_for_a_job_queued_by_another() {
         &[
             ("APP_ASYNC_WORKER_COUNT", "1"),
             ("APP_CALLBACK_TIMEOUT_SECONDS", "30"),
+            ("APP_JOB_LEASE_SECONDS", "60"),
             ("APP_SHUTDOWN_GRACE_SECONDS", "1"),
         ],
     )
@@ -197,12 +198,14 @@ async fn a_slow_but_live_instance_keeps_its_jobs() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    // Deliveries take 3 s, three times the 1 s lease: without heartbeats the other instance
-    // would take the jobs over and deliver them a second time.
-    let slow = Receiver::start(Behaviour::hang(Duration::from_secs(3))).await;
+    // Each job takes 3 s of (simulated) work before its delivery, three times the 1 s lease:
+    // without heartbeats the other instance would take the jobs over and deliver them a
+    // second time.
+    let slow = Receiver::start(Behaviour::accept()).await;
     let lease = [
         ("APP_JOB_LEASE_SECONDS", "1"),
-        ("APP_CALLBACK_TIMEOUT_SECONDS", "10"),
+        ("APP_CALLBACK_TIMEOUT_SECONDS", "0.5"),
+        ("APP_WORK_DURATION_SECONDS", "3"),
     ];
     let a = ChildServer::start(dir.path(), &database, &lease).await;
     let b = ChildServer::start(dir.path(), &database, &lease).await;

@@ -1,0 +1,300 @@
+//! The database goes away: PostgreSQL restarts, the disk under SQLite fills up. Requests
+//! that need the database get 503 with `Retry-After` (never 500), `/healthz` says why, and
+//! the service recovers by itself, losing nothing it acknowledged.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::{
+    Behaviour, Receiver, TestApp, assert_all_delivered, postgres_admin_url, read, spawn_app_on,
+    unused_port,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Whether this run must not skip what it cannot set up (CI=true).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Runs a command to completion; panics with its output if it fails.
+fn run(command: &mut Command) {
+    let output = command.output().expect("start command");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Submits async requests until one is refused with 503; returns the ids accepted before.
+async fn submit_until_refused(app: &TestApp, callback_url: &str) -> Vec<String> {
+    let mut accepted = Vec::new();
+    for n in 0..2000 {
+        let body = json!({"data": format!("outage {n} {}", "x".repeat(2000)), "iterations": 1, "callback_url": callback_url});
+        let response = app.post_async(&body).await;
+        let retry_after = response.headers().get("retry-after").cloned();
+        let (status, body) = read(response).await;
+        match status {
+            200 => accepted.push(body["request_id"].as_str().unwrap().to_string()),
+            503 => {
+                assert!(retry_after.is_some(), "a 503 carries Retry-After");
+                assert_eq!(body["status"], "error", "{body}");
+                return accepted;
+            }
+            other => panic!("while the database is failing: {other} {body}"),
+        }
+    }
+    panic!("2000 submissions accepted on a full disk");
+}
+
+/// Polls `/healthz` until its status code is `want`; returns the last report.
+async fn wait_for_health(app: &TestApp, want: u16) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, report) = read(app.get("/healthz").await).await;
+        if status == want {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz stayed {status}: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={megabytes}m"))
+            .arg("tmpfs")
+            .arg(&path));
+        Self { path, _dir: dir }
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 16 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_under_sqlite_is_a_503_and_writing_resumes_when_space_returns() {
+    if postgres_admin_url().is_some() {
+        eprintln!("skipped: a SQLite test (the PostgreSQL run has its own outage test)");
+        return;
+    }
+    if !is_root() {
+        assert!(
+            !in_ci(),
+            "CI runs as root, which mounting a small disk needs"
+        );
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let disk = SmallDisk::mount(8);
+    let database = format!("sqlite://{}", disk.path.join("full.db").display());
+    let app = spawn_app_on(tempfile::tempdir().unwrap(), &database, &[]).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let before = app.submit("before the disk fills", &receiver.url()).await;
+    app.wait_for_status(&before, "callback_success", WAIT).await;
+
+    let filler = disk.fill();
+    let mut acknowledged = submit_until_refused(&app, &receiver.url()).await;
+    let report = wait_for_health(&app, 503).await;
+    assert_eq!(report["status"], "unhealthy", "{report}");
+    assert!(
+        report["database_error"]
+            .as_str()
+            .unwrap()
+            .contains("disk full"),
+        "/healthz says why: {report}"
+    );
+    // The process lives and reads still work.
+    let (status, _) = read(app.get("/requests?limit=1").await).await;
+    assert_eq!(status, 200);
+
+    std::fs::remove_file(filler).unwrap();
+    // Healthy again with no traffic needed to notice, and writing resumes.
+    let report = wait_for_health(&app, 200).await;
+    assert_eq!(report["database_ok"], true, "{report}");
+    acknowledged.push(app.submit("after space returns", &receiver.url()).await);
+    for id in &acknowledged {
+        app.wait_for_status(id, "callback_success", WAIT).await;
+    }
+    acknowledged.push(before);
+    assert_all_delivered(&receiver, &acknowledged);
+    drop(app);
+}
+
+/// A PostgreSQL server of the test's own, on a free loopback port: a test may stop and
+/// restart it without touching the server other tests use.
+struct OwnPostgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnPostgres {
+    /// `None` where PostgreSQL's server binaries are not installed.
+    async fn start() -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|bin| bin.join("initdb").exists())?;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let port = unused_port().await.port();
+        let this = Self {
+            bin,
+            data,
+            port,
+            _dir: dir,
+        };
+        if is_root() {
+            // initdb refuses to run as root: the server runs as the postgres user.
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(this._dir.path()));
+        }
+        run(this
+            .as_owner("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&this.data));
+        this.pg_ctl_start();
+        Some(this)
+    }
+
+    fn as_owner(&self, tool: &str) -> Command {
+        let program = self.bin.join(tool);
+        if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.data.display()
+        );
+        run(self
+            .as_owner("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-l"])
+            .arg(self.data.join("server.log"))
+            .args(["-o", &options, "start"]));
+    }
+
+    fn stop(&self) {
+        run(self
+            .as_owner("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-m", "fast", "stop"]));
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .as_owner("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn postgresql_going_away_is_a_503_and_the_service_reconnects_by_itself() {
+    if postgres_admin_url().is_none() {
+        eprintln!("skipped: runs with the PostgreSQL suite (SYNCASYNC_TEST_POSTGRES_URL)");
+        return;
+    }
+    let Some(server) = OwnPostgres::start().await else {
+        assert!(!in_ci(), "CI has PostgreSQL's server binaries");
+        eprintln!("skipped: PostgreSQL's server binaries (initdb, pg_ctl) are not installed");
+        return;
+    };
+    let app = spawn_app_on(tempfile::tempdir().unwrap(), &server.url(), &[]).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        acknowledged.push(app.submit(&format!("before {n}"), &receiver.url()).await);
+    }
+
+    server.stop();
+    // Every endpoint that needs the database answers 503 with Retry-After, never 500.
+    let response = app
+        .post_async(&json!({"data": "while down", "iterations": 1, "callback_url": receiver.url()}))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    for path in ["/requests", &format!("/requests/{}", acknowledged[0])] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 503, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+    }
+    let (status, _) = read(
+        app.post_sync(&json!({"data": "while down", "iterations": 1}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 503);
+    let report = wait_for_health(&app, 503).await;
+    assert_eq!(report["database_ok"], false, "{report}");
+
+    server.pg_ctl_start();
+    wait_for_health(&app, 200).await;
+    acknowledged.push(app.submit("after the restart", &receiver.url()).await);
+    for id in &acknowledged {
+        app.wait_for_status(id, "callback_success", WAIT).await;
+    }
+    assert_all_delivered(&receiver, &acknowledged);
+    drop(app);
+}

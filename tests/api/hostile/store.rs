@@ -1,0 +1,449 @@
+//! Attacks on what the service keeps: connections, queue places, leases, stored text.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use syncasync::model::DeliveryAttempt;
+use syncasync::store::{AttemptOutcome, MAX_UNRECORDED_CLAIMS, NewAsyncRequest, NewRequest, Store};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::helpers::{
+    Behaviour, Receiver, fresh_database, postgres_admin_url, read, spawn_app, spawn_app_on,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// How a client hangs up.
+#[derive(Clone, Copy)]
+enum HangUp {
+    /// A FIN after the request: the server reads it all, then sees the client gone.
+    Close,
+    /// A reset: whatever the server has not read yet is lost, and its handler is dropped
+    /// wherever it is.
+    Reset,
+}
+
+/// Sends `request` on a raw socket and hangs up at once, before any answer.
+async fn send_and_hang_up(address: &str, request: &str, how: HangUp) {
+    let host = address.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    if let HangUp::Reset = how {
+        // A zero linger does not block on drop, which is what the deprecation warns of.
+        #[allow(deprecated)]
+        let _ = stream.set_linger(Some(Duration::ZERO));
+    }
+    drop(stream);
+}
+
+#[tokio::test]
+async fn clients_that_hang_up_mid_read_do_not_take_reads_down() {
+    let app = spawn_app(&[]).await;
+    for n in 0..60 {
+        let path = if n % 2 == 0 { "/healthz" } else { "/requests" };
+        send_and_hang_up(
+            &app.address,
+            &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+            if n % 3 == 0 {
+                HangUp::Reset
+            } else {
+                HangUp::Close
+            },
+        )
+        .await;
+    }
+    // Every read connection must have come back: a run of reads longer than the pool works.
+    for _ in 0..20 {
+        let (status, health) = read(app.get("/healthz").await).await;
+        assert_eq!(status, 200, "{health}");
+        assert_eq!(health["database_ok"], true, "{health}");
+        let (status, list) = read(app.get("/requests").await).await;
+        assert_eq!(status, 200, "{list}");
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[tokio::test]
+async fn nul_and_odd_characters_are_stored_and_worked_on_every_backend() {
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let app = spawn_app(&[]).await;
+    for data in [
+        "a\u{0}b",
+        "\u{0}",
+        "line\nbreak\ttab\u{1}\u{7f}",
+        "\u{fffd}\u{10ffff}",
+    ] {
+        let response = app
+            .post_async(&json!({"data": data, "iterations": 3, "callback_url": receiver.url()}))
+            .await;
+        let (status, body) = read(response).await;
+        assert_eq!(status, 200, "{data:?}: {body}");
+        let id = body["request_id"].as_str().unwrap().to_string();
+        let record = app.wait_for_status(&id, "callback_success", WAIT).await;
+        assert_eq!(
+            record["result"]["input_hash"],
+            sha256_hex(data.as_bytes()),
+            "{data:?}"
+        );
+        let expected = syncasync::work::compute(data, 3);
+        assert_eq!(record["result"]["output_hash"], expected.output_hash);
+
+        let (status, body) =
+            read(app.post_sync(&json!({"data": data, "iterations": 3})).await).await;
+        assert_eq!(status, 200, "{data:?}: {body}");
+        assert_eq!(body["result"]["output_hash"], expected.output_hash);
+    }
+}
+
+#[tokio::test]
+async fn a_receiver_answering_a_nul_byte_is_recorded_once_and_not_delivered_again() {
+    let receiver = Receiver::start(Behaviour::answering(b"{\"ok\":true}\0\x01\xff")).await;
+    let app = spawn_app(&[]).await;
+    let id = app.submit("nul answer", &receiver.url()).await;
+    let record = app.wait_for_status(&id, "callback_success", WAIT).await;
+    assert_eq!(record["callback_attempts"], 1, "{record}");
+    let body = record["attempts"][0]["response_body"].as_str().unwrap();
+    assert!(body.starts_with("{\"ok\":true}"), "{body:?}");
+    assert!(!body.contains('\0') && !body.contains('\u{1}'), "{body:?}");
+    // Time for a second delivery, were the record lost.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.received().len(), 1, "delivered exactly once");
+}
+
+/// Submits `n` async requests at once; returns how many were accepted.
+async fn submit_concurrently(address: &str, n: usize, callback_url: &str) -> usize {
+    let client = crate::helpers::client();
+    let submissions = (0..n).map(|i| {
+        let client = client.clone();
+        let url = format!("{address}/async");
+        let body =
+            json!({"data": format!("burst {i}"), "iterations": 1, "callback_url": callback_url});
+        async move {
+            let response = client.post(url).json(&body).send().await.expect("send");
+            match response.status().as_u16() {
+                200 => true,
+                503 => {
+                    assert!(response.headers().contains_key("retry-after"));
+                    false
+                }
+                other => panic!("unexpected {other}: {:?}", response.text().await),
+            }
+        }
+    });
+    futures_util::future::join_all(submissions)
+        .await
+        .into_iter()
+        .filter(|accepted| *accepted)
+        .count()
+}
+
+#[tokio::test]
+async fn the_queue_bound_holds_under_concurrent_submissions() {
+    // The receiver hangs, so nothing accepted finishes while the burst arrives.
+    let receiver = Receiver::start(Behaviour::hang(Duration::from_secs(5))).await;
+    let app = spawn_app(&["--async-queue-max-size", "4"]).await;
+    let accepted = submit_concurrently(&app.address, 16, &receiver.url()).await;
+    assert_eq!(accepted, 4, "exactly the bound is accepted");
+    let health = app.get_json("/healthz").await;
+    assert_eq!(health["queue_size"], 4, "{health}");
+}
+
+#[tokio::test]
+async fn two_instances_overshoot_the_bound_by_at_most_the_bound_each() {
+    let Some(_) = postgres_admin_url() else {
+        eprintln!("skipped: two instances share a queue only on PostgreSQL");
+        return;
+    };
+    let receiver = Receiver::start(Behaviour::hang(Duration::from_secs(5))).await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir_a.path()).await;
+    let a = spawn_app_on(dir_a, &database, &["--async-queue-max-size", "4"]).await;
+    let b = spawn_app_on(
+        tempfile::tempdir().unwrap(),
+        &database,
+        &["--async-queue-max-size", "4"],
+    )
+    .await;
+    let url = receiver.url();
+    let (on_a, on_b) = tokio::join!(
+        submit_concurrently(&a.address, 16, &url),
+        submit_concurrently(&b.address, 16, &url),
+    );
+    assert!(
+        on_a <= 4 && on_b <= 4,
+        "one instance never exceeds the bound: {on_a}, {on_b}"
+    );
+    assert!(on_a + on_b >= 4, "the bound is reached: {on_a} + {on_b}");
+    // Once each instance has counted the other's submissions, neither accepts more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(submit_concurrently(&a.address, 4, &receiver.url()).await, 0);
+    assert_eq!(submit_concurrently(&b.address, 4, &receiver.url()).await, 0);
+}
+
+#[tokio::test]
+async fn a_job_held_longer_than_its_lease_is_delivered_once() {
+    // 3 s of (simulated) work before each delivery, three times the 1 s lease: only the
+    // heartbeat keeps a second claim of the same process from delivering it again.
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let app = spawn_app(&[
+        "--job-lease-seconds",
+        "1",
+        "--callback-timeout-seconds",
+        "0.5",
+        "--work-duration-seconds",
+        "3",
+    ])
+    .await;
+    let url = receiver.url();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(app.submit(&format!("slow {n}"), &url).await);
+    }
+    for id in &ids {
+        let record = app.wait_for_status(id, "callback_success", WAIT).await;
+        assert_eq!(record["callback_attempts"], 1, "{record}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.received().len(),
+        3,
+        "each job delivered exactly once"
+    );
+}
+
+/// The store of a fresh database of the backend under test, for attacks below HTTP.
+async fn open_store(dir: &std::path::Path) -> Store {
+    let url = fresh_database(dir).await;
+    Store::open(&url, 100, 4).await.expect("store opens")
+}
+
+async fn queue_one(store: &Store, id: &str) {
+    store
+        .submit_async(NewAsyncRequest {
+            request: NewRequest {
+                id: id.to_string(),
+                payload_hash: "0".repeat(16),
+                iterations: 1,
+                created_at: chrono::Utc::now(),
+            },
+            data: "x".into(),
+            callback_url: "http://127.0.0.1:9/callback".into(),
+        })
+        .await
+        .expect("queued");
+}
+
+fn attempt(n: u32) -> DeliveryAttempt {
+    DeliveryAttempt {
+        attempt: n,
+        started_at: chrono::Utc::now(),
+        duration_ms: 1.0,
+        status_code: Some(200),
+        error: None,
+        response_body: None,
+        instance: None,
+    }
+}
+
+/// Waits out a lease of `LEASE`.
+const LEASE: Duration = Duration::from_millis(50);
+
+async fn claim_after_expiry(store: &Store, owner: &str) -> Vec<syncasync::store::Job> {
+    tokio::time::sleep(LEASE * 3).await;
+    store.claim_due(owner, 10, LEASE).await.expect("claim")
+}
+
+#[tokio::test]
+async fn a_stale_claim_cannot_overwrite_a_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    queue_one(&store, "job-1").await;
+    let first = store.claim_due("a", 10, LEASE).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // The first claim's lease runs out; a second claim takes the job over.
+    let second = claim_after_expiry(&store, "b").await;
+    assert_eq!(second.len(), 1);
+    assert_ne!(
+        first[0].token, second[0].token,
+        "each claim has its own token"
+    );
+
+    // The stale worker's writes are all refused, even under the same instance id.
+    let stale = &first[0].token;
+    assert_eq!(
+        store
+            .heartbeat("a", std::slice::from_ref(stale), LEASE)
+            .await
+            .unwrap(),
+        0
+    );
+    let result = syncasync::model::WorkResult {
+        request_id: "job-1".into(),
+        input_hash: "i".into(),
+        output_hash: "o".into(),
+        iterations: 1,
+        processing_time_ms: 1.0,
+    };
+    assert!(!store.store_result("job-1", stale, &result).await.unwrap());
+    assert!(
+        !store
+            .record_attempt("job-1", "a", stale, &attempt(1), AttemptOutcome::GaveUp)
+            .await
+            .unwrap()
+    );
+    assert!(!store.give_up("job-1", stale, "stale").await.unwrap());
+    // The live claim's are not.
+    let live = &second[0].token;
+    assert_eq!(
+        store
+            .heartbeat("b", std::slice::from_ref(live), Duration::from_secs(30))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        store
+            .record_attempt("job-1", "b", live, &attempt(1), AttemptOutcome::Delivered)
+            .await
+            .unwrap()
+    );
+    let record = store.get("job-1").await.unwrap().unwrap();
+    assert_eq!(record.status.as_str(), "callback_success");
+    assert_eq!(record.attempts.unwrap().len(), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_claim_takes_at_most_its_limit_and_claims_without_outcome_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    for n in 0..10 {
+        queue_one(&store, &format!("job-{n}")).await;
+    }
+    let claimed = store.claim_due("a", 3, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 3, "a claim never takes more than its limit");
+    assert!(claimed.iter().all(|job| job.unrecorded_claims == 1));
+    // Handing a job back untouched does not count against it.
+    assert_eq!(store.release("a").await.unwrap(), 3);
+    let again = store.claim_due("a", 10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 10);
+    assert!(
+        again.iter().all(|job| job.unrecorded_claims == 1),
+        "{again:?}"
+    );
+    // Claims whose lease ran out without an outcome add up, to past the limit.
+    let mut job = None;
+    for _ in 0..MAX_UNRECORDED_CLAIMS {
+        job = claim_after_expiry(&store, "a")
+            .await
+            .into_iter()
+            .find(|job| job.id == "job-0");
+    }
+    let job = job.expect("job-0 claimed again");
+    assert_eq!(job.unrecorded_claims, MAX_UNRECORDED_CLAIMS + 1);
+    assert!(
+        store
+            .give_up(&job.id, &job.token, "given up")
+            .await
+            .unwrap()
+    );
+    let record = store.get("job-0").await.unwrap().unwrap();
+    assert_eq!(record.status.as_str(), "callback_failed");
+    assert_eq!(record.callback_last_error.as_deref(), Some("given up"));
+    // A recorded outcome resets the count.
+    let job = claim_after_expiry(&store, "a")
+        .await
+        .into_iter()
+        .find(|job| job.id == "job-1")
+        .unwrap();
+    assert!(
+        store
+            .record_attempt(
+                &job.id,
+                "a",
+                &job.token,
+                &attempt(1),
+                AttemptOutcome::RetryAfter(Duration::ZERO)
+            )
+            .await
+            .unwrap()
+    );
+    let job = store
+        .claim_due("a", 10, LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|job| job.id == "job-1")
+        .unwrap();
+    assert_eq!(job.unrecorded_claims, 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_sync_client_that_hangs_up_cancels_its_work() {
+    // One compute thread: the million-iteration requests queue behind each other, so all but
+    // the first are cancelled before they start, and the first between rounds.
+    let app = spawn_app(&["--compute-threads", "1"]).await;
+    let body = json!({"data": "nobody waits for this", "iterations": 1_000_000}).to_string();
+    for _ in 0..6 {
+        send_and_hang_up(
+            &app.address,
+            &format!(
+                "POST /sync HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            HangUp::Close,
+        )
+        .await;
+    }
+    // A request the server saw whole before the hang-up may or may not reach its handler;
+    // every one that did is recorded, and none is left to run.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let list = app.get_json("/requests?mode=sync").await;
+        let records = list["requests"].as_array().unwrap();
+        if !records.is_empty() && records.iter().all(|r| r["status"] != "processing") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let list = app.get_json("/requests?mode=sync").await;
+    for record in list["requests"].as_array().unwrap() {
+        assert_eq!(record["status"], "failed", "{record}");
+        assert!(
+            record["error"]
+                .as_str()
+                .unwrap()
+                .contains("client disconnected"),
+            "{record}"
+        );
+        assert!(record["result"].is_null());
+    }
+    // Nothing is left hashing for nobody: uncancelled, the six would keep the one compute
+    // thread busy for seconds.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for series in [
+        "syncasync_compute_busy_threads ",
+        "syncasync_compute_queue_size ",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .expect(series);
+        assert!(line.ends_with(" 0"), "{line}");
+    }
+    // The pool is free for the next client at once.
+    let (status, _) = read(
+        app.post_sync(&json!({"data": "next", "iterations": 1}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
