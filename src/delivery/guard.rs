@@ -444,4 +444,122 @@ mod tests {
         assert_eq!(exact.chars().count(), MAX_URL_CHARS);
         assert!(on().check_url(&exact).is_ok());
     }
+
+    mod spellings {
+        //! Property: every spelling of a blocked address that the URL parser accepts is
+        //! refused at submit, and the same spellings of a public address are not.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        /// An address inside one of the blocked IPv4 ranges.
+        fn blocked_v4() -> impl Strategy<Value = Ipv4Addr> {
+            (0..BLOCKED_V4.len(), any::<u32>()).prop_map(|(i, bits)| {
+                let (net, len) = BLOCKED_V4[i];
+                let host_mask = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+                Ipv4Addr::from(u32::from(net) & !host_mask | bits & host_mask)
+            })
+        }
+
+        /// One part of a dotted IPv4 host in decimal, octal or hex (any case), as the URL
+        /// standard reads them.
+        fn part(value: u32, radix: u8, upper: bool) -> String {
+            match radix {
+                8 => format!("0{value:o}"),
+                16 if upper => format!("0X{value:X}"),
+                16 => format!("0x{value:x}"),
+                _ => value.to_string(),
+            }
+        }
+
+        /// The IPv4 host spelled with 1 to 4 parts, each in its own radix: `a.b.c.d`,
+        /// `a.b.cd`, `a.bcd`, `abcd` (the last part holds the remaining bytes).
+        fn ipv4_spelling(ip: Ipv4Addr, parts: usize, radixes: [u8; 4], upper: bool) -> String {
+            let bits = u32::from(ip);
+            let octets = ip.octets();
+            let leading = parts - 1;
+            let mut out: Vec<String> = (0..leading)
+                .map(|i| part(u32::from(octets[i]), radixes[i], upper))
+                .collect();
+            let rest_bits = 8 * (4 - leading) as u32;
+            let rest = bits & u32::MAX.checked_shr(32 - rest_bits).unwrap_or(u32::MAX);
+            out.push(part(rest, radixes[leading], upper));
+            out.join(".")
+        }
+
+        /// The address as an IPv6 literal that embeds it (mapped, SIIT, compatible,
+        /// NAT64, 6to4), in one of several textual forms.
+        fn ipv6_spellings(ip: Ipv4Addr) -> Vec<String> {
+            let [a, b, c, d] = ip.octets();
+            let hi = u16::from_be_bytes([a, b]);
+            let lo = u16::from_be_bytes([c, d]);
+            vec![
+                format!("[::ffff:{ip}]"),
+                format!("[::FFFF:{hi:x}:{lo:X}]"),
+                format!("[0:0:0:0:0:ffff:{ip}]"),
+                format!("[::ffff:0:{ip}]"),
+                format!("[64:ff9b::{ip}]"),
+                format!("[64:ff9b:0:0:0:0:{hi:x}:{lo:x}]"),
+                format!("[2002:{hi:x}:{lo:x}::1]"),
+            ]
+        }
+
+        fn url(host: &str, port: Option<u16>, userinfo: bool, dot: bool) -> String {
+            let userinfo = if userinfo { "user:pass@" } else { "" };
+            let dot = if dot && !host.starts_with('[') {
+                "."
+            } else {
+                ""
+            };
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            format!("http://{userinfo}{host}{dot}{port}/cb?x=1")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn every_spelling_of_a_blocked_ipv4_is_refused(
+                ip in blocked_v4(),
+                parts in 1usize..=4,
+                radixes in any::<[u8; 4]>().prop_map(|r| r.map(|x| [8, 10, 16][usize::from(x % 3)])),
+                upper in any::<bool>(),
+                port in proptest::option::of(1u16..),
+                userinfo in any::<bool>(),
+                dot in any::<bool>(),
+            ) {
+                let host = ipv4_spelling(ip, parts, radixes, upper);
+                let raw = url(&host, port, userinfo, dot);
+                // The spelling means the address (as the URL parser reads it) ...
+                let parsed = Url::parse(&raw).expect("the URL parser accepts the spelling");
+                prop_assert_eq!(parsed.host(), Some(Host::Ipv4(ip)), "{}", raw);
+                // ... and is refused.
+                prop_assert!(matches!(on().check_url(&raw), Err(UrlError::Blocked(_))), "{}", raw);
+            }
+
+            #[test]
+            fn every_ipv6_form_embedding_a_blocked_ipv4_is_refused(
+                ip in blocked_v4(),
+                form in 0usize..7,
+                port in proptest::option::of(1u16..),
+            ) {
+                let host = &ipv6_spellings(ip)[form];
+                let raw = url(host, port, false, false);
+                prop_assert!(Url::parse(&raw).is_ok(), "{}", raw);
+                prop_assert!(matches!(on().check_url(&raw), Err(UrlError::Blocked(_))), "{}", raw);
+            }
+
+            #[test]
+            fn the_same_spellings_of_a_public_address_pass(
+                bits in any::<u32>(),
+                parts in 1usize..=4,
+                radixes in any::<[u8; 4]>().prop_map(|r| r.map(|x| [8, 10, 16][usize::from(x % 3)])),
+            ) {
+                let ip = Ipv4Addr::from(bits);
+                prop_assume!(!is_blocked_v4(ip));
+                let raw = url(&ipv4_spelling(ip, parts, radixes, false), None, false, false);
+                prop_assert!(on().check_url(&raw).is_ok(), "{}", raw);
+            }
+        }
+    }
 }
