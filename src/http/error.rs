@@ -36,6 +36,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("Cannot read the request body: {0}")]
     BadBody(String),
+    #[error("Request body not received in time")]
+    BodyTimeout,
+    #[error("Invalid path: {0}")]
+    BadPath(String),
     #[error("Internal server error")]
     Internal(#[source] ServiceError),
 }
@@ -82,7 +86,8 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadBody(_) | ApiError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(err) => {
                 tracing::error!(error = %err, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -108,6 +113,13 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The body was not read to its end (or was drained only within a bound): the
+            // connection cannot carry another request.
+            ApiError::PayloadTooLarge(_) | ApiError::BodyTimeout => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

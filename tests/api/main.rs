@@ -8,6 +8,7 @@ mod admin;
 mod delivery;
 mod durability;
 mod guard;
+mod hostile;
 mod loadgen;
 mod observability;
 mod openapi;
