@@ -141,6 +141,7 @@ impl Application {
         let router = http::router(state);
         let connection_limits = ConnectionLimits {
             header_timeout: config.http_header_timeout(),
+            send_timeout: config.http_send_timeout(),
             max_header_bytes: config.http_max_header_bytes as usize,
             max_connections: config.http_max_connections as usize,
         };

@@ -149,6 +149,12 @@ pub struct Config {
           value_parser = http_timeout_seconds)]
     pub http_body_timeout_seconds: f64,
 
+    /// Seconds a response may wait for a client that stopped reading it (no progress at
+    /// all) before the connection is closed.
+    #[arg(long, env = "APP_HTTP_SEND_TIMEOUT_SECONDS", default_value_t = 30.0,
+          value_parser = http_timeout_seconds)]
+    pub http_send_timeout_seconds: f64,
+
     /// Largest request head (request line and headers), in bytes; larger gets 431.
     #[arg(long, env = "APP_HTTP_MAX_HEADER_BYTES", default_value_t = 64 * 1024,
           value_parser = clap::value_parser!(u32).range(1024..=MAX_HEADER_BYTES_LIMIT))]
@@ -232,6 +238,10 @@ impl Config {
 
     pub fn http_body_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.http_body_timeout_seconds)
+    }
+
+    pub fn http_send_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.http_send_timeout_seconds)
     }
 
     pub fn http_drain_timeout(&self) -> Duration {

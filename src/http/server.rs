@@ -10,6 +10,9 @@
 //!   is ready for its next request, not at the first byte of it: the same timer that cuts off
 //!   a client trickling its headers (slowloris) also closes a keep-alive connection left idle
 //!   that long. There is no separate idle timeout, and no need for one.
+//! - **Send timeout.** A client that stops reading its responses stalls our writes once the
+//!   socket buffers are full; hyper has no write timeout, so [`SendTimeout`] fails a write
+//!   that makes no progress for that long, and the connection is closed.
 //! - **Body timeout** is not here but in the body extractor (`extract.rs`), which knows when a
 //!   handler starts reading and can answer 408 in the API's error shape.
 //! - **Shutdown.** On the token, the loop stops and drops the listener at once (new connections
@@ -17,16 +20,21 @@
 //!   ones close now). Connections still busy when the grace period ends are dropped, which
 //!   drops their handlers too.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,6 +47,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(250);
 pub struct ConnectionLimits {
     /// Time to receive a request's head; also the keep-alive idle timeout (module docs).
     pub header_timeout: Duration,
+    /// Longest a write to the client may make no progress before the connection is closed.
+    pub send_timeout: Duration,
     /// Largest request line plus headers; hyper answers 431 beyond it.
     pub max_header_bytes: usize,
     /// Connections served at once.
@@ -88,7 +98,7 @@ pub async fn serve(
             },
         };
         connections.spawn(serve_connection(
-            stream,
+            SendTimeout::new(stream, limits.send_timeout),
             router.clone(),
             Arc::clone(&http),
             shutdown.clone(),
@@ -113,7 +123,7 @@ pub async fn serve(
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: SendTimeout<TcpStream>,
     router: Router,
     http: Arc<http1::Builder>,
     shutdown: CancellationToken,
@@ -121,7 +131,7 @@ async fn serve_connection(
     _permit: OwnedSemaphorePermit,
 ) {
     // Responses are written whole; Nagle's algorithm would only delay the last segment.
-    if let Err(err) = stream.set_nodelay(true) {
+    if let Err(err) = stream.inner.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY");
     }
     let service = TowerToHyperService::new(router);
@@ -152,4 +162,86 @@ fn is_per_connection(err: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
+}
+
+/// A socket whose writes fail once they have made no progress for `timeout` (a client that
+/// stopped reading), instead of waiting forever. Reads pass through: the header and body
+/// timeouts bound them.
+struct SendTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    /// Running while a write (or flush, or shutdown) is pending; reset by any progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> SendTimeout<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SendTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, poll)
+    }
 }

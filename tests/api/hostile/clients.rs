@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
     Outcome, RawResponse, assert_still_serving, connect, exchange, read_response, wait_closed,
@@ -157,6 +157,49 @@ async fn a_body_trickled_slower_than_the_body_timeout_gets_408() {
         started.elapsed()
     );
     wait_closed(&mut reader, ANSWER).await;
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_responses_is_cut_off_at_the_send_timeout() {
+    let app = spawn_app(&["--http-send-timeout-seconds", "1"]).await;
+    let asset = app
+        .get("/docs/swagger-ui-bundle.js")
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    // A small receive window, and requests for far more than the socket buffers hold
+    // (about 1.5 MB each, 16 of them, pipelined), never read while the server writes.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(super::socket_address(&app)).await.unwrap();
+    let requests = 16;
+    let request = b"GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: test\r\n\r\n";
+    stream.write_all(&request.repeat(requests)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The server gave up on the stalled connection: what it had written is there, then the
+    // end of the connection, long before all the responses.
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let reading = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+            Err(_) => panic!("the stalled connection is still open, {received} bytes read"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+        }
+    }
+    assert!(
+        received < asset.len() * requests,
+        "all {requests} responses were sent ({received} bytes): the connection was never cut"
+    );
+    assert!(
+        reading.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        reading.elapsed()
+    );
     assert_still_serving(&app).await;
 }
 
