@@ -733,3 +733,60 @@ async fn the_api_token_never_appears_in_the_log() {
     assert!(!log.contains(API_TOKEN), "the API token leaked");
     assert!(!log.contains(wrong), "a presented token leaked");
 }
+
+// --- Settings -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn absurd_http_settings_are_refused_at_start_in_one_line_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("never.db").display());
+    for (variable, value) in [
+        ("APP_HTTP_HEADER_TIMEOUT_SECONDS", "0"),
+        ("APP_HTTP_HEADER_TIMEOUT_SECONDS", "-1"),
+        ("APP_HTTP_HEADER_TIMEOUT_SECONDS", "nan"),
+        ("APP_HTTP_HEADER_TIMEOUT_SECONDS", "86400"),
+        ("APP_HTTP_BODY_TIMEOUT_SECONDS", "0"),
+        ("APP_HTTP_SEND_TIMEOUT_SECONDS", "1e12"),
+        ("APP_HTTP_MAX_CONNECTIONS", "0"),
+        ("APP_HTTP_MAX_CONNECTIONS", "many"),
+        ("APP_HTTP_MAX_CONNECTIONS", "2000000"),
+        ("APP_HTTP_MAX_HEADER_BYTES", "10"),
+        ("APP_HTTP_MAX_HEADER_BYTES", "100000000"),
+        ("APP_HTTP_DRAIN_MAX_BYTES", "-1"),
+        ("APP_HTTP_DRAIN_TIMEOUT_SECONDS", "61"),
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_syncasync"))
+            .arg("serve")
+            .env("APP_HOST", "127.0.0.1")
+            .env("APP_PORT", "0")
+            .env("APP_DATABASE_URL", &database)
+            .env(variable, value)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + ANSWER;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{variable}={value}: the service started");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{variable}={value}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{variable}={value}: {stderr}"
+        );
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(variable),
+            "{variable}={value}: {stderr}"
+        );
+    }
+}
