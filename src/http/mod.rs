@@ -61,7 +61,7 @@ impl FromRef<AppState> for BodyLimits {
         license(name = "MIT OR Apache-2.0"),
     ),
     components(schemas(crate::model::CallbackPayload)),
-    modifiers(&AdminToken),
+    modifiers(&BearerTokens),
     tags(
         (name = "work", description = "Submit work"),
         (name = "requests", description = "The record of every request"),
@@ -72,9 +72,9 @@ struct ApiDoc;
 
 /// The bearer tokens, as security schemes. Operations name the one they need: admin
 /// operations always, the others only when `APP_API_TOKEN` is set (see [`api`]).
-struct AdminToken;
+struct BearerTokens;
 
-impl Modify for AdminToken {
+impl Modify for BearerTokens {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         if let Some(components) = openapi.components.as_mut() {
             components.add_security_scheme(
@@ -156,6 +156,7 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(error::json_error_shape))
         // Bodies are read by `extract::JsonBody` under its own limits; this one holds any
         // other body extractor a route may come to use to the same size.
         .layer(DefaultBodyLimit::max(max_body_bytes))

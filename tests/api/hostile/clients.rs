@@ -468,7 +468,17 @@ async fn an_id_that_is_not_utf8_gets_the_json_404_on_every_route_with_an_id() {
         // The token is checked before anything else about the request.
         let (status, body) = read(app.client.post(&redeliver).send().await.unwrap()).await;
         assert_eq!(status, 401, "{body}");
+
+        // The docs page's assets are found by path too; its own errors get the shape.
+        let (status, body) = read(app.get(&format!("/docs/{id}")).await).await;
+        assert!((400..500).contains(&status), "/docs/{id}: {status}");
+        assert_eq!(body["status"], "error", "/docs/{id}: {body}");
     }
+    let (status, body) = read(app.get("/docs/no-such-asset.js").await).await;
+    assert_eq!(
+        (status, body),
+        (404, json!({"status": "error", "error": "Not Found"}))
+    );
 }
 
 #[tokio::test]
