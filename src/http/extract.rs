@@ -120,12 +120,12 @@ async fn drain(mut body: Body, limits: &BodyLimits) {
     }
     let mut left = limits.drain_max_bytes;
     let discard = async {
-        while let Some(Ok(frame)) = body.frame().await {
+        while left > 0 {
+            let Some(Ok(frame)) = body.frame().await else {
+                return;
+            };
             let read = frame.data_ref().map_or(0, |d| d.len() as u64);
             left = left.saturating_sub(read);
-            if left == 0 {
-                return;
-            }
         }
     };
     let _ = tokio::time::timeout(limits.drain_timeout, discard).await;
