@@ -98,9 +98,10 @@ pub async fn serve(
             },
         };
         connections.spawn(serve_connection(
-            SendTimeout::new(stream, limits.send_timeout),
+            stream,
             router.clone(),
             Arc::clone(&http),
+            limits.send_timeout,
             shutdown.clone(),
             abort.clone(),
             permit,
@@ -123,19 +124,20 @@ pub async fn serve(
 }
 
 async fn serve_connection(
-    stream: SendTimeout<TcpStream>,
+    stream: TcpStream,
     router: Router,
     http: Arc<http1::Builder>,
+    send_timeout: Duration,
     shutdown: CancellationToken,
     abort: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
     // Responses are written whole; Nagle's algorithm would only delay the last segment.
-    if let Err(err) = stream.inner.set_nodelay(true) {
+    if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY");
     }
-    let service = TowerToHyperService::new(router);
-    let connection = http.serve_connection(TokioIo::new(stream), service);
+    let io = TokioIo::new(SendTimeout::new(stream, send_timeout));
+    let connection = http.serve_connection(io, TowerToHyperService::new(router));
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
