@@ -2,8 +2,9 @@
 //!
 //! Start-up: open the store (migrate, recover), start the compute pool, bind the port.
 //! Shutdown, on the token: stop accepting connections and stop claiming jobs at once; let
-//! in-flight HTTP requests and deliveries finish within the grace period (deliveries still
-//! running then are handed back to the queue); commit pending writes and close the database.
+//! in-flight HTTP requests and deliveries finish within the grace period (connections still
+//! busy then are closed; deliveries still running are handed back to the queue); commit
+//! pending writes and close the database.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::delivery::guard::Guard;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::signing::Signer;
 use crate::delivery::{Dispatcher, Wakeup, WorkerStats};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, BodyLimits, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::retention;
 use crate::service::Service;
@@ -41,14 +42,13 @@ pub enum StartError {
     Pool(std::io::Error),
     #[error("cannot build the callback client: {0}")]
     Client(#[from] reqwest::Error),
-    #[error("server error: {0}")]
-    Serve(std::io::Error),
 }
 
 /// A service bound to its port, ready to run.
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    connection_limits: ConnectionLimits,
     service: Service,
     dispatcher: Dispatcher,
     config: Config,
@@ -130,9 +130,21 @@ impl Application {
         let state = AppState {
             service: service.clone(),
             admin_token: config.admin_token().map(Arc::from),
+            api_token: config.api_token().map(Arc::from),
+            body_limits: BodyLimits {
+                max_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+                read_timeout: config.http_body_timeout(),
+                drain_max_bytes: config.http_drain_max_bytes,
+                drain_timeout: config.http_drain_timeout(),
+            },
         };
-        let max_body = usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX);
-        let router = http::router(state, max_body);
+        let router = http::router(state);
+        let connection_limits = ConnectionLimits {
+            header_timeout: config.http_header_timeout(),
+            send_timeout: config.http_send_timeout(),
+            max_header_bytes: config.http_max_header_bytes as usize,
+            max_connections: config.http_max_connections as usize,
+        };
 
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
@@ -141,6 +153,7 @@ impl Application {
         Ok(Self {
             listener,
             router,
+            connection_limits,
             service,
             dispatcher,
             config,
@@ -158,12 +171,15 @@ impl Application {
         let Self {
             listener,
             router,
+            connection_limits,
             service,
             dispatcher,
             config,
         } = self;
         let grace = config.shutdown_grace();
-        tracing::info!(address = %listener.local_addr().map_err(StartError::Serve)?, "listening");
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "listening");
+        }
 
         let background = CancellationToken::new();
         let delivery = tokio::spawn(dispatcher.run(shutdown.clone(), grace));
@@ -179,18 +195,8 @@ impl Application {
             background.clone(),
         ));
 
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
-        let server = tokio::spawn(server);
-        shutdown.cancelled().await;
-
-        match tokio::time::timeout(grace, server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => tracing::error!(error = %err, "server error"),
-            Ok(Err(err)) => tracing::error!(error = %err, "server task failed"),
-            Err(_) => tracing::warn!("grace period over with HTTP requests still in flight"),
-        }
+        // Returns once every connection is closed, within the grace period of the shutdown.
+        http::serve(listener, router, connection_limits, shutdown.clone(), grace).await;
         // The dispatcher bounds its own drain by the same grace period.
         if let Err(err) = delivery.await {
             tracing::error!(error = %err, "delivery task failed");

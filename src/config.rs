@@ -134,6 +134,52 @@ pub struct Config {
     #[arg(long, env = "APP_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Bearer token every endpoint but `GET /healthz`, `/docs` and `/openapi.json` requires
+    /// (401 without it); unset, the API is open, as the original was. Admin endpoints take
+    /// the admin token instead.
+    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Seconds a client has to send a request's headers, counted from when the connection
+    /// is ready for a request: it also closes keep-alive connections idle that long.
+    #[arg(long, env = "APP_HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10.0,
+          value_parser = http_timeout_seconds)]
+    pub http_header_timeout_seconds: f64,
+
+    /// Seconds a client has to send a whole request body once its headers are in; past
+    /// that, 408 and the connection is closed.
+    #[arg(long, env = "APP_HTTP_BODY_TIMEOUT_SECONDS", default_value_t = 30.0,
+          value_parser = http_timeout_seconds)]
+    pub http_body_timeout_seconds: f64,
+
+    /// Seconds a response may wait for a client that stopped reading it (no progress at
+    /// all) before the connection is closed.
+    #[arg(long, env = "APP_HTTP_SEND_TIMEOUT_SECONDS", default_value_t = 30.0,
+          value_parser = http_timeout_seconds)]
+    pub http_send_timeout_seconds: f64,
+
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    #[arg(long, env = "APP_HTTP_MAX_HEADER_BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=MAX_HEADER_BYTES_LIMIT))]
+    pub http_max_header_bytes: u32,
+
+    /// Client connections served at once; at the cap, new connections wait in the kernel's
+    /// accept queue until one closes. Keep it below the process's open-file limit.
+    #[arg(long, env = "APP_HTTP_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+
+    /// Bytes of an oversized body read and discarded before the 413, so that a client that
+    /// sends its whole body before reading can still read the answer.
+    #[arg(long, env = "APP_HTTP_DRAIN_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(0..=1024 * 1024 * 1024))]
+    pub http_drain_max_bytes: u64,
+
+    /// Seconds spent at most discarding an oversized body before the 413.
+    #[arg(long, env = "APP_HTTP_DRAIN_TIMEOUT_SECONDS", default_value_t = 5.0,
+          value_parser = drain_seconds)]
+    pub http_drain_timeout_seconds: f64,
+
     /// Log line format on stderr: `text` for people, `json` (one object per line) for log
     /// pipelines. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "APP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -182,6 +228,27 @@ impl Config {
     /// never open the admin endpoints to an empty bearer token.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// The API token, empty treated as unset, as for [`admin_token`](Self::admin_token).
+    pub fn api_token(&self) -> Option<&str> {
+        self.api_token.as_deref().filter(|t| !t.is_empty())
+    }
+
+    pub fn http_header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.http_header_timeout_seconds)
+    }
+
+    pub fn http_body_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.http_body_timeout_seconds)
+    }
+
+    pub fn http_send_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.http_send_timeout_seconds)
+    }
+
+    pub fn http_drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.http_drain_timeout_seconds)
     }
 
     /// Checks that cross settings; run once at start-up.
@@ -236,6 +303,30 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     let v = parse_seconds(s)?;
     if v <= 0.0 {
         return Err(format!("`{s}` must be greater than 0"));
+    }
+    Ok(v)
+}
+
+/// hyper reads a request head into a buffer of about 400 KiB at most, so a larger header
+/// limit could never be reached.
+const MAX_HEADER_BYTES_LIMIT: i64 = 256 * 1024;
+
+/// An HTTP timeout: more than 0 (0 would close every connection at once) and at most an
+/// hour (longer is no longer a protection).
+fn http_timeout_seconds(s: &str) -> Result<f64, String> {
+    let v = positive_seconds(s)?;
+    if v > 3600.0 {
+        return Err(format!("`{s}` is more than 3600 seconds"));
+    }
+    Ok(v)
+}
+
+/// 0 answers an oversized body at once (no draining); at most a minute, since a draining
+/// request holds its connection.
+fn drain_seconds(s: &str) -> Result<f64, String> {
+    let v = non_negative_seconds(s)?;
+    if v > 60.0 {
+        return Err(format!("`{s}` is more than 60 seconds"));
     }
     Ok(v)
 }

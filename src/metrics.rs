@@ -2,10 +2,14 @@
 //!
 //! Counters and histograms are updated where things happen (the HTTP middleware, the
 //! delivery dispatcher); gauges that describe state (queue depth, pool use) are read when
-//! scraped, so they are never stale and cost nothing between scrapes. Labels are bounded:
-//! endpoints are route templates (`/requests/{id}`), never raw paths.
+//! scraped, so they are never stale and cost nothing between scrapes. Labels come from fixed
+//! sets, whatever a client sends: endpoints are route templates (`/requests/{id}`) or
+//! `unmatched`, never raw paths; methods are the standard ones or `other`.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write;
+
+use axum::http::Method;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,15 +21,46 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    pub method: MethodLabel,
     pub endpoint: String,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
-    pub method: String,
+    pub method: MethodLabel,
     pub endpoint: String,
+}
+
+/// An HTTP method as a label: one of the nine standard methods, or `other` for any token a
+/// client made up (each would otherwise be a new series, and a method can be kilobytes long).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct MethodLabel(&'static str);
+
+impl MethodLabel {
+    /// RFC 9110's methods and PATCH (RFC 5789); methods are case-sensitive.
+    const STANDARD: [&'static str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl From<&Method> for MethodLabel {
+    fn from(method: &Method) -> Self {
+        let name = Self::STANDARD
+            .into_iter()
+            .find(|standard| *standard == method.as_str());
+        MethodLabel(name.unwrap_or("other"))
+    }
+}
+
+impl EncodeLabelValue for MethodLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0)
+    }
 }
 
 /// How a delivery attempt ended.
@@ -218,5 +253,22 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::MethodLabel;
+
+    #[test]
+    fn method_labels_come_from_a_fixed_set() {
+        assert_eq!(MethodLabel::from(&Method::GET).as_str(), "GET");
+        assert_eq!(MethodLabel::from(&Method::PATCH).as_str(), "PATCH");
+        let made_up = Method::from_bytes("X".repeat(20_000).as_bytes()).unwrap();
+        assert_eq!(MethodLabel::from(&made_up).as_str(), "other");
+        let lowercase = Method::from_bytes(b"get").unwrap();
+        assert_eq!(MethodLabel::from(&lowercase).as_str(), "other");
     }
 }

@@ -4,15 +4,15 @@
 //! an unconfigured service does not even reveal them.
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
+use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Admin;
 use super::error::ErrorBody;
+use super::extract::PathId;
 use super::{ApiError, AppState};
 use crate::model::AcceptedResponse;
 use crate::store::Redelivery;
@@ -54,11 +54,10 @@ pub struct CleanupResponse {
     )
 )]
 async fn redeliver(
+    _: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    PathId(id): PathId,
 ) -> Result<Json<AcceptedResponse>, ApiError> {
-    authorize(&state, &headers)?;
     match state.service.redeliver(&id).await? {
         Redelivery::Queued => Ok(Json(AcceptedResponse {
             status: "accepted".into(),
@@ -85,10 +84,9 @@ async fn redeliver(
     )
 )]
 async fn cleanup(
+    _: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
 ) -> Result<Json<CleanupResponse>, ApiError> {
-    authorize(&state, &headers)?;
     let report = state.service.cleanup().await?;
     Ok(Json(CleanupResponse {
         status: "ok",
@@ -96,45 +94,4 @@ async fn cleanup(
         expired: report.expired,
         over_limit: report.over_limit,
     }))
-}
-
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state.admin_token.as_deref() else {
-        // Not reachable: the routes are mounted only with a token. Fail closed regardless.
-        return Err(ApiError::NotFound);
-    };
-    // The scheme is case-insensitive (RFC 9110 §11.1).
-    let presented = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map_or("", |(_, token)| token.trim());
-    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
-}
-
-/// Compares without an early exit, so response time does not reveal how much of a guessed
-/// token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn compares_tokens() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 }

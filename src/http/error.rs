@@ -1,9 +1,12 @@
 //! Every way a request can fail, and the one place that maps each to a status code and the
 //! original service's JSON error shape: `{"status":"error","error":"…"}` (plus `detail` for
 //! validation). Internal errors are logged in full and answered without their details.
+//! [`json_error_shape`] gives the same shape to the errors a library answers on its own.
 
 use axum::Json;
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -39,6 +42,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("Cannot read the request body: {0}")]
     BadBody(String),
+    #[error("Request body not received in time")]
+    BodyTimeout,
+    #[error("Invalid path: {0}")]
+    BadPath(String),
     #[error("Internal server error")]
     Internal(#[source] ServiceError),
 }
@@ -90,7 +97,8 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadBody(_) | ApiError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(err) => {
                 tracing::error!(error = %err, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -117,8 +125,45 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            // The body was not read to its end (or was drained only within a bound): the
+            // connection cannot carry another request.
+            ApiError::PayloadTooLarge(_) | ApiError::BodyTimeout => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response
     }
+}
+
+/// Middleware: an error answered outside our handlers (the docs page's bare 404 for an
+/// unknown asset, axum's plain-text 400 for a path it cannot decode) is given the API's error
+/// shape, with the status kept and the standard reason phrase as the message. Our own errors
+/// are JSON already and pass untouched.
+pub async fn json_error_shape(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let body = ErrorBody {
+        status: "error",
+        error: status.canonical_reason().unwrap_or("Error").to_owned(),
+        detail: None,
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    let mut response = (status, Json(body)).into_response();
+    // Headers the library set (Allow, WWW-Authenticate, …) still apply.
+    for (name, value) in &parts.headers {
+        response.headers_mut().insert(name, value.clone());
+    }
+    response
 }

@@ -1,18 +1,50 @@
-//! The JSON body extractor: content type, size limit and syntax, each with the status code
-//! the spec gives it (415, 413, 422) instead of axum's defaults.
+//! Extractors that answer every failure in the API's error shape, with the status code the
+//! spec gives it, instead of axum's plain-text defaults.
+//!
+//! [`JsonBody`] reads a request body under three bounds: its size (413), the time the
+//! client takes to send it (408), and, for an oversized one, how much of it is read and
+//! thrown away before answering. That last one is for clients that send a whole body before
+//! reading anything (Python's urllib and requests do): closing the socket on unread data
+//! makes the kernel reset the connection, and the client sees a broken pipe instead of the
+//! 413. Reading the rest first, within a bound, lets it read the answer (nginx calls this a
+//! lingering close). Both 413 and 408 close the connection.
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
-use axum::http::header::CONTENT_TYPE;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes, HttpBody as _};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::{CONTENT_TYPE, EXPECT};
+use axum::http::request::Parts;
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::error::ApiError;
 use crate::input::FieldError;
 
+/// The bounds on reading a request body.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    /// Largest body accepted (413 beyond).
+    pub max_bytes: usize,
+    /// Time to receive the whole body once the handler starts reading it (408 beyond).
+    pub read_timeout: Duration,
+    /// Most bytes of an oversized body read and discarded before the 413.
+    pub drain_max_bytes: u64,
+    /// Most time spent discarding them.
+    pub drain_timeout: Duration,
+}
+
 /// A request body parsed as JSON, not yet validated.
 pub struct JsonBody(pub Value);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl<S> FromRequest<S> for JsonBody
+where
+    S: Send + Sync,
+    BodyLimits: FromRef<S>,
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -23,17 +55,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map_or(usize::MAX, |l| l.0);
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::BadBody(rejection.body_text())
-            }
-        })?;
+        let bytes = read_body(req, &BodyLimits::from_ref(state)).await?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|err| {
             let offset = byte_offset(&bytes, err.line(), err.column());
             ApiError::Validation(vec![FieldError::invalid_json(
@@ -41,6 +63,91 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 format!("invalid JSON: {err}"),
             )])
         })
+    }
+}
+
+/// Reads the whole body within the limits (see the module docs).
+async fn read_body(req: Request, limits: &BodyLimits) -> Result<Bytes, ApiError> {
+    let too_large = ApiError::PayloadTooLarge(limits.max_bytes);
+    let waits_for_continue = req
+        .headers()
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut body = req.into_body();
+    // A Content-Length over the limit is refused before reading. A client that asked for
+    // `100 Continue` has not sent its body and will not: hyper sends the 100 only once the
+    // body is read, so there is nothing to drain.
+    if usize::try_from(body.size_hint().lower()).map_or(true, |n| n > limits.max_bytes) {
+        if !waits_for_continue {
+            drain(body, limits).await;
+        }
+        return Err(too_large);
+    }
+    let mut collected = BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| ApiError::BadBody(err.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                if collected.len() + data.len() > limits.max_bytes {
+                    return Ok(false);
+                }
+                collected.extend_from_slice(data);
+            }
+        }
+        Ok(true)
+    };
+    match tokio::time::timeout(limits.read_timeout, read).await {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(Err(err)) => Err(err),
+        Ok(Ok(true)) => Ok(collected.freeze()),
+        Ok(Ok(false)) => {
+            drain(body, limits).await;
+            Err(too_large)
+        }
+    }
+}
+
+/// Reads and discards what is left of an oversized body, within the drain bounds, so that
+/// the client can read the 413 (module docs). A body announced larger than the bound is not
+/// read at all: the client would be cut off mid-body all the same.
+async fn drain(mut body: Body, limits: &BodyLimits) {
+    if body
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n > limits.drain_max_bytes)
+    {
+        return;
+    }
+    let mut left = limits.drain_max_bytes;
+    let discard = async {
+        while left > 0 {
+            let Some(Ok(frame)) = body.frame().await else {
+                return;
+            };
+            let read = frame.data_ref().map_or(0, |d| d.len() as u64);
+            left = left.saturating_sub(read);
+        }
+    };
+    let _ = tokio::time::timeout(limits.drain_timeout, discard).await;
+}
+
+/// The `{id}` of `/requests/{id}…`. An id that is not UTF-8 once percent-decoded names no
+/// request (ids are ASCII), so it is a 404 like any other unknown id.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(PathId(id)),
+            Err(PathRejection::FailedToDeserializePathParams(err))
+                if matches!(err.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
+            {
+                Err(ApiError::RequestNotFound)
+            }
+            Err(other) => Err(ApiError::BadPath(other.body_text())),
+        }
     }
 }
 
@@ -53,10 +160,6 @@ fn byte_offset(body: &[u8], line: usize, column: usize) -> usize {
         .sum();
     (line_start + column.saturating_sub(1)).min(body.len())
 }
-
-/// The configured body limit, put in request extensions so that the 413 can name it.
-#[derive(Clone, Copy)]
-pub struct BodyLimit(pub usize);
 
 fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();

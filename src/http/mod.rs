@@ -1,5 +1,6 @@
 //! The HTTP layer: one file per resource, each exposing a `router()`; [`router`] merges them
-//! and adds what every route shares (body limit, JSON 404/405, request ids, metrics).
+//! and adds what every route shares (JSON 404/405, request ids, metrics, the API token);
+//! [`serve`] runs it on a listener under the connection limits.
 //!
 //! Each route is registered together with its OpenAPI description (`utoipa_axum::routes!`),
 //! so `GET /openapi.json` lists exactly the routes the router serves: the document cannot
@@ -7,28 +8,32 @@
 //! into the binary.
 
 mod admin;
+mod auth;
 mod error;
 mod extract;
 mod health;
 mod metrics;
 mod request_id;
 mod requests;
+mod server;
 mod submit;
 mod sync;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::middleware::{self, Next};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::middleware;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::service::Service;
 pub use error::ApiError;
-use extract::BodyLimit;
+pub use extract::BodyLimits;
+pub use server::{ConnectionLimits, serve};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -36,6 +41,15 @@ pub struct AppState {
     pub service: Service,
     /// `APP_ADMIN_TOKEN`; `None` hides the admin endpoints.
     pub admin_token: Option<Arc<str>>,
+    /// `APP_API_TOKEN`; `None` leaves the API open.
+    pub api_token: Option<Arc<str>>,
+    pub body_limits: BodyLimits,
+}
+
+impl FromRef<AppState> for BodyLimits {
+    fn from_ref(state: &AppState) -> Self {
+        state.body_limits
+    }
 }
 
 #[derive(OpenApi)]
@@ -47,7 +61,7 @@ pub struct AppState {
         license(name = "MIT OR Apache-2.0"),
     ),
     components(schemas(crate::model::CallbackPayload)),
-    modifiers(&AdminToken),
+    modifiers(&BearerTokens),
     tags(
         (name = "work", description = "Submit work"),
         (name = "requests", description = "The record of every request"),
@@ -56,50 +70,98 @@ pub struct AppState {
 )]
 struct ApiDoc;
 
-/// The bearer token of the admin endpoints, as a security scheme.
-struct AdminToken;
+/// The bearer tokens, as security schemes. Operations name the one they need: admin
+/// operations always, the others only when `APP_API_TOKEN` is set (see [`api`]).
+struct BearerTokens;
 
-impl Modify for AdminToken {
+impl Modify for BearerTokens {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         if let Some(components) = openapi.components.as_mut() {
             components.add_security_scheme(
                 "admin_token",
                 SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
             );
+            components.add_security_scheme(
+                "api_token",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
         }
     }
 }
 
-/// The API's routes with their OpenAPI document (admin routes only with a token).
-fn api(with_admin: bool) -> OpenApiRouter<AppState> {
-    let api = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The API's routes with their OpenAPI document. `/healthz` is open to all (load balancers
+/// do not hold tokens), admin routes (mounted only with an admin token) check the admin
+/// token themselves, and every other route needs the API token when one is set.
+fn api(state: &AppState) -> OpenApiRouter<AppState> {
+    let mut protected = OpenApiRouter::new()
         .merge(sync::router())
         .merge(submit::router())
         .merge(requests::router())
-        .merge(health::router())
         .merge(metrics::router());
-    if with_admin {
+    if let Some(token) = state.api_token.clone() {
+        protected = protected.route_layer(middleware::from_fn_with_state(
+            token,
+            auth::require_api_token,
+        ));
+        require_api_token_in_doc(protected.get_openapi_mut());
+    }
+    let api = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(protected)
+        .merge(health::router());
+    if state.admin_token.is_some() {
         api.merge(admin::router())
     } else {
         api
     }
 }
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let (routes, openapi) = api(state.admin_token.is_some()).split_for_parts();
+/// Marks every operation of `doc` as needing the API token, with its 401 answer.
+fn require_api_token_in_doc(doc: &mut utoipa::openapi::OpenApi) {
+    let unauthorized = Response::builder()
+        .description("Missing or wrong bearer token (APP_API_TOKEN)")
+        .content(
+            "application/json",
+            Content::new(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody")))),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation.security = Some(vec![SecurityRequirement::new(
+                "api_token",
+                Vec::<String>::new(),
+            )]);
+            operation
+                .responses
+                .responses
+                .insert("401".into(), RefOr::T(unauthorized.clone()));
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let (routes, openapi) = api(&state).split_for_parts();
+    let max_body_bytes = state.body_limits.max_bytes;
     routes
+        // Documentation stays public: it is how a client learns to send the token.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(error::json_error_shape))
+        // Bodies are read by `extract::JsonBody` under its own limits; this one holds any
+        // other body extractor a route may come to use to the same size.
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(
-            move |mut req: Request, next: Next| async move {
-                req.extensions_mut().insert(BodyLimit(max_body_bytes));
-                next.run(req).await
-            },
-        ))
-        // Outermost, so that every response (404s and 413s included) carries the id and is
-        // logged.
+        // Outermost, so that every response (401s, 404s and 413s included) carries the id
+        // and is logged.
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state.service.metrics),
             request_id::middleware,

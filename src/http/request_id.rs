@@ -5,7 +5,12 @@
 //! carries it, through the request's span; the access line at the end gives method, path,
 //! status and latency. It identifies the HTTP exchange; the id of an async request's work
 //! (`request_id` in the body) is logged beside it when the request is accepted.
+//!
+//! What a client chose is bounded before it reaches a log line or a metric: the method and
+//! path are logged cut to [`MAX_LOGGED_LEN`] bytes (a client can send kilobytes of either),
+//! and metric labels come from fixed sets (see `crate::metrics`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,12 +20,15 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use crate::metrics::{EndpointLabels, HttpLabels, Metrics};
+use crate::metrics::{EndpointLabels, HttpLabels, MethodLabel, Metrics};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest caller-supplied id we adopt; anything longer or odder is replaced.
 const MAX_LEN: usize = 128;
+
+/// Longest method or path logged as sent; longer ones are cut (and say so).
+const MAX_LOGGED_LEN: usize = 256;
 
 pub async fn middleware(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let id = req
@@ -30,7 +38,7 @@ pub async fn middleware(State(metrics): State<Arc<Metrics>>, req: Request, next:
         .cloned()
         .unwrap_or_else(fresh_id);
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = capped(req.uri().path(), MAX_LOGGED_LEN).into_owned();
     // The route template, so that ids in paths do not become metric labels.
     let endpoint = req
         .extensions()
@@ -44,10 +52,11 @@ pub async fn middleware(State(metrics): State<Arc<Metrics>>, req: Request, next:
     let elapsed = started.elapsed().as_secs_f64();
     let latency_ms = elapsed * 1000.0;
     let status = response.status().as_u16();
+    let method_label = MethodLabel::from(&method);
     metrics
         .http_requests
         .get_or_create(&HttpLabels {
-            method: method.to_string(),
+            method: method_label,
             endpoint: endpoint.clone(),
             status,
         })
@@ -55,14 +64,14 @@ pub async fn middleware(State(metrics): State<Arc<Metrics>>, req: Request, next:
     metrics
         .http_request_duration
         .get_or_create(&EndpointLabels {
-            method: method.to_string(),
+            method: method_label,
             endpoint,
         })
         .observe(elapsed);
     span.in_scope(|| {
         tracing::info!(
             target: "syncasync::access",
-            method = %method,
+            method = %capped(method.as_str(), MAX_LOGGED_LEN),
             path = %path,
             status,
             latency_ms = (latency_ms * 1000.0).round() / 1000.0,
@@ -71,6 +80,19 @@ pub async fn middleware(State(metrics): State<Arc<Metrics>>, req: Request, next:
     });
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     response
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary) plus a marker that says how
+/// long it was, or `text` itself when it fits.
+fn capped(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…[cut, {} bytes]", &text[..end], text.len()))
 }
 
 fn fresh_id() -> HeaderValue {
@@ -89,7 +111,18 @@ fn is_usable(id: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_usable;
+    use super::{capped, is_usable};
+
+    #[test]
+    fn logged_fields_are_capped() {
+        assert_eq!(capped("/requests", 256), "/requests");
+        let long = "/x".repeat(1000);
+        let cut = capped(&long, 256);
+        assert!(cut.starts_with(&long[..256]));
+        assert!(cut.ends_with("…[cut, 2000 bytes]"), "{cut}");
+        // Never splits a character.
+        assert_eq!(capped("ééé", 3), "é…[cut, 6 bytes]");
+    }
 
     #[test]
     fn usable_ids() {

@@ -1,13 +1,14 @@
 //! `GET /requests` and `GET /requests/{id}`: the record of every request.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
+use super::extract::PathId;
 use super::{ApiError, AppState};
 use crate::input::FieldError;
 use crate::model::{Mode, RequestList, RequestRecord, Status};
@@ -73,7 +74,7 @@ async fn list(
 )]
 async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<RequestRecord>, ApiError> {
     state
         .service

@@ -30,8 +30,10 @@ cleanup() {
 trap cleanup EXIT
 
 port=18765
+# Both tokens set (to one value, sent on every request): schemathesis then also checks that
+# every operation the document marks as protected refuses a request without its token.
 APP_HOST=127.0.0.1 APP_PORT=$port APP_DATABASE_URL="sqlite://$work/fuzz.db" \
-    APP_ADMIN_TOKEN=fuzz-token APP_CALLBACK_TIMEOUT_SECONDS=1 APP_CALLBACK_MAX_RETRIES=0 \
+    APP_ADMIN_TOKEN=fuzz-token APP_API_TOKEN=fuzz-token APP_CALLBACK_TIMEOUT_SECONDS=1 APP_CALLBACK_MAX_RETRIES=0 \
     RUST_LOG=warn "$binary" serve >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do
