@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::delivery::client::{CallbackClient, GuardedResolver, NameLookup, SystemLookup};
+use crate::delivery::destinations::Destinations;
 use crate::delivery::guard::Guard;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::signing::Signer;
@@ -99,6 +100,10 @@ impl Application {
         let wakeup = Wakeup::default();
         let workers = WorkerStats::default();
         let metrics = Arc::new(Metrics::new());
+        let destinations = Destinations::new(
+            config.callback_max_in_flight_per_destination,
+            config.breaker_policy(),
+        );
         let service = Service {
             store: store.clone(),
             pool: pool.clone(),
@@ -110,6 +115,7 @@ impl Application {
             max_stored_requests: config.max_stored_requests,
             worker_count: config.async_worker_count,
             metrics: Arc::clone(&metrics),
+            destinations: Arc::clone(&destinations),
         };
         let dispatcher = Dispatcher {
             store,
@@ -126,6 +132,7 @@ impl Application {
             wakeup,
             stats: workers,
             metrics,
+            destinations,
         };
         let state = AppState {
             service: service.clone(),

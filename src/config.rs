@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::delivery::destinations::BreakerPolicy;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -50,10 +52,36 @@ pub struct Config {
           value_parser = positive_seconds)]
     pub job_lease_seconds: f64,
 
-    /// Callback deliveries in flight at once.
-    #[arg(long, env = "APP_ASYNC_WORKER_COUNT", default_value_t = 10,
+    /// Callback deliveries in flight at once (jobs being worked on or delivered). An
+    /// in-flight delivery is a small future and a socket, so the default is sized for async
+    /// I/O rather than the original's 10 threads.
+    #[arg(long, env = "APP_ASYNC_WORKER_COUNT", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub async_worker_count: u32,
+
+    /// Callback deliveries in flight at once to one destination (scheme, host and port): a
+    /// slow or hung receiver holds at most this many of the workers.
+    #[arg(long, env = "APP_CALLBACK_MAX_IN_FLIGHT_PER_DESTINATION", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub callback_max_in_flight_per_destination: u32,
+
+    /// Consecutive failures that open a destination's circuit breaker: a timeout or a
+    /// connection failure counts 1, an HTTP 5xx, 408 or 429 counts ½, a 2xx resets the count.
+    /// While open, the destination's jobs wait (no attempt, no worker, no attempt lost).
+    #[arg(long, env = "APP_CALLBACK_BREAKER_THRESHOLD", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub callback_breaker_threshold: u32,
+
+    /// Seconds an opened breaker waits before letting one probe delivery through; each
+    /// failed probe doubles it, up to APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS.
+    #[arg(long, env = "APP_CALLBACK_BREAKER_COOLDOWN_SECONDS", default_value_t = 5.0,
+          value_parser = positive_seconds)]
+    pub callback_breaker_cooldown_seconds: f64,
+
+    /// Longest cool-down of a breaker, in seconds.
+    #[arg(long, env = "APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS", default_value_t = 300.0,
+          value_parser = positive_seconds)]
+    pub callback_breaker_max_cooldown_seconds: f64,
 
     /// Unfinished async requests the queue holds; past that, `POST /async` answers 503.
     #[arg(long, env = "APP_ASYNC_QUEUE_MAX_SIZE", default_value_t = 10_000,
@@ -251,8 +279,24 @@ impl Config {
         Duration::from_secs_f64(self.http_drain_timeout_seconds)
     }
 
+    /// The circuit breaker of each destination.
+    pub fn breaker_policy(&self) -> BreakerPolicy {
+        BreakerPolicy {
+            threshold: f64::from(self.callback_breaker_threshold),
+            cooldown: Duration::from_secs_f64(self.callback_breaker_cooldown_seconds),
+            max_cooldown: Duration::from_secs_f64(self.callback_breaker_max_cooldown_seconds),
+        }
+    }
+
     /// Checks that cross settings; run once at start-up.
     pub fn validate(&self) -> Result<(), String> {
+        if self.callback_breaker_cooldown_seconds > self.callback_breaker_max_cooldown_seconds {
+            return Err(format!(
+                "APP_CALLBACK_BREAKER_COOLDOWN_SECONDS ({}) must not exceed \
+                 APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS ({})",
+                self.callback_breaker_cooldown_seconds, self.callback_breaker_max_cooldown_seconds
+            ));
+        }
         let min_lease = MIN_LEASE_SECONDS.max(2.0 * self.callback_timeout_seconds);
         if self.job_lease_seconds < min_lease {
             return Err(format!(

@@ -98,6 +98,16 @@ pub struct ConnectionLabels {
     pub state: &'static str,
 }
 
+/// A callback destination: one of the [`TOP_DESTINATIONS`] busiest, or `other` for the rest,
+/// so that the number of series stays bounded however many destinations callers name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    pub destination: String,
+}
+
+/// Destinations given series of their own in `/metrics`.
+pub const TOP_DESTINATIONS: usize = 10;
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latencies from 0.5 ms to about 33 s.
@@ -124,6 +134,9 @@ pub struct Metrics {
     pub compute_threads: Gauge,
     pub db_connections: Family<ConnectionLabels, Gauge>,
     pub db_writer_queue: Gauge,
+    pub destination_in_flight: Family<DestinationLabels, Gauge>,
+    pub destination_recent_failures: Family<DestinationLabels, Gauge>,
+    pub destination_breaker_open: Family<DestinationLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -155,6 +168,9 @@ impl Metrics {
             compute_threads: Gauge::default(),
             db_connections: Family::default(),
             db_writer_queue: Gauge::default(),
+            destination_in_flight: Family::default(),
+            destination_recent_failures: Family::default(),
+            destination_breaker_open: Family::default(),
         };
         registry.register(
             "http_requests",
@@ -240,6 +256,21 @@ impl Metrics {
             "db_writer_queue",
             "Writes waiting for the SQLite writer (0 on PostgreSQL)",
             metrics.db_writer_queue.clone(),
+        );
+        registry.register(
+            "destination_in_flight",
+            "Callback deliveries in flight, by destination (the busiest ten, the rest as other)",
+            metrics.destination_in_flight.clone(),
+        );
+        registry.register(
+            "destination_recent_failures",
+            "Failed delivery attempts in the last five minutes, by destination",
+            metrics.destination_recent_failures.clone(),
+        );
+        registry.register(
+            "destination_breaker_open",
+            "Destinations whose circuit breaker is open or half-open (1), by destination",
+            metrics.destination_breaker_open.clone(),
         );
         Self {
             registry: root,

@@ -134,6 +134,10 @@ pub struct DeliveryAttempt {
     pub response_body: Option<String>,
     /// The service instance that made the attempt (its lease-owner id).
     pub instance: Option<String>,
+    /// Why the attempt started well after it was due, when it did (for example, the
+    /// destination's circuit breaker was open).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A request as `GET /requests` and `GET /requests/{id}` show it.

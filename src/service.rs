@@ -6,10 +6,11 @@ use std::sync::Arc;
 use chrono::Utc;
 use uuid::Uuid;
 
+use crate::delivery::destinations::{BreakerState, DestinationView, Destinations, destination_of};
 use crate::delivery::guard::Guard;
 use crate::delivery::{Wakeup, WorkerStats};
 use crate::input::{AsyncInput, WorkInput};
-use crate::metrics::{ConnectionLabels, Metrics};
+use crate::metrics::{ConnectionLabels, DestinationLabels, Metrics, TOP_DESTINATIONS};
 use crate::model::{Health, HealthReport, RequestList, RequestRecord, WorkResult, payload_hash};
 use crate::store::{
     CleanupReport, ListFilter, NewAsyncRequest, NewRequest, Redelivery, Store, StoreError,
@@ -78,6 +79,7 @@ pub struct Service {
     pub max_stored_requests: u64,
     pub worker_count: u32,
     pub metrics: Arc<Metrics>,
+    pub destinations: Arc<Destinations>,
 }
 
 impl Service {
@@ -148,6 +150,7 @@ impl Service {
                 created_at: Utc::now(),
             },
             data: input.work.data,
+            destination: destination_of(&input.callback_url),
             callback_url: input.callback_url.into(),
         };
         self.store.submit_async(new).await?;
@@ -214,7 +217,40 @@ impl Service {
             .get_or_create(&ConnectionLabels { state: "idle" })
             .set(gauge(db.idle));
         m.db_writer_queue.set(gauge(db.writer_queue));
+        self.destination_gauges();
         m.encode()
+    }
+
+    /// Sets the per-destination gauges afresh: the busiest destinations by name, the rest
+    /// summed as `other`, and none of those that have gone quiet.
+    fn destination_gauges(&self) {
+        let m = &self.metrics;
+        m.destination_in_flight.clear();
+        m.destination_recent_failures.clear();
+        m.destination_breaker_open.clear();
+        for (n, view) in self.destinations.snapshot().into_iter().enumerate() {
+            let labels = DestinationLabels {
+                destination: if n < TOP_DESTINATIONS {
+                    view.destination
+                } else {
+                    "other".into()
+                },
+            };
+            m.destination_in_flight
+                .get_or_create(&labels)
+                .inc_by(i64::from(view.in_flight));
+            m.destination_recent_failures
+                .get_or_create(&labels)
+                .inc_by(i64::try_from(view.recent_failures).unwrap_or(i64::MAX));
+            m.destination_breaker_open
+                .get_or_create(&labels)
+                .inc_by(i64::from(view.breaker != BreakerState::Closed));
+        }
+    }
+
+    /// Every destination this instance delivered to recently, busiest first.
+    pub fn destinations(&self) -> Vec<DestinationView> {
+        self.destinations.snapshot()
     }
 
     /// Queues a `callback_failed` request for a fresh round of delivery attempts.

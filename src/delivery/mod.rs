@@ -8,6 +8,7 @@
 //! due. The dispatcher sleeps until the earliest due time, a new submission, or a free slot.
 
 pub mod client;
+pub mod destinations;
 pub mod guard;
 pub mod retry;
 pub mod signing;
@@ -27,6 +28,7 @@ use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::{AttemptOutcome, Job, MAX_UNRECORDED_CLAIMS, Store};
 use crate::work::{ComputePool, PoolError};
 use client::{AttemptKind, CallbackClient};
+use destinations::{DestinationPermit, Destinations, Verdict};
 use retry::RetryPolicy;
 
 /// Longest the dispatcher sleeps without looking at the queue, as a safety net: due times
@@ -115,6 +117,8 @@ pub struct Dispatcher {
     pub wakeup: Wakeup,
     pub stats: WorkerStats,
     pub metrics: Arc<Metrics>,
+    /// In-flight counts and breakers per destination, shared with `GET /destinations`.
+    pub destinations: Arc<Destinations>,
 }
 
 impl Dispatcher {
@@ -138,9 +142,10 @@ impl Dispatcher {
             let free = slots.available_permits();
             let mut claimed = 0;
             if free > 0 {
+                let rooms = this.destinations.rooms();
                 match this
                     .store
-                    .claim_due(&this.owner, free as u32, this.lease)
+                    .claim_due(&this.owner, free as u32, this.lease, &rooms)
                     .await
                 {
                     Ok(batch) => {
@@ -153,9 +158,10 @@ impl Dispatcher {
                             let worker = Arc::clone(&this);
                             let abandon = abandon.clone();
                             let in_flight = InFlight::start(&this.stats, &in_flight, &job.token);
+                            let destination = this.destinations.start(&job.destination);
                             jobs.spawn(async move {
                                 tokio::select! {
-                                    () = worker.process(job) => {}
+                                    () = worker.process(job, destination) => {}
                                     () = abandon.cancelled() => {}
                                 }
                                 drop(in_flight);
@@ -168,11 +174,14 @@ impl Dispatcher {
                 }
             }
             // With every slot busy, or every free slot just filled (more may be due), the next
-            // look comes when a job finishes. Otherwise sleep until the earliest due time.
+            // look comes when a job finishes. Otherwise sleep until the earliest due time of a
+            // destination with room (the others' jobs wait for a delivery to finish, which
+            // wakes this loop) or until an open breaker lets a probe through.
             let wait = if free == 0 || claimed == free {
                 IDLE_POLL
             } else {
-                match this.store.next_due_at().await {
+                let rooms = this.destinations.rooms();
+                match this.store.next_due_at(&rooms).await {
                     Ok(Some(at)) => (at - Utc::now())
                         .to_std()
                         .unwrap_or(Duration::ZERO)
@@ -183,6 +192,10 @@ impl Dispatcher {
                         IDLE_POLL
                     }
                 }
+            };
+            let wait = match this.destinations.next_reopening() {
+                Some(at) => wait.min(at.saturating_duration_since(std::time::Instant::now())),
+                None => wait,
             };
             if wait.is_zero() && claimed > 0 {
                 continue;
@@ -247,8 +260,9 @@ impl Dispatcher {
         }
     }
 
-    /// Works one claimed job through to its next state.
-    async fn process(&self, job: Job) {
+    /// Works one claimed job through to its next state, its delivery counted in flight to its
+    /// destination by `destination`.
+    async fn process(&self, job: Job, destination: DestinationPermit) {
         tracing::debug!(request_id = %job.id, attempts = job.callback_attempts, "job claimed");
         if job.unrecorded_claims > MAX_UNRECORDED_CLAIMS {
             self.give_up_unrecordable(&job).await;
@@ -262,10 +276,12 @@ impl Dispatcher {
             },
         };
         let attempt = job.callback_attempts + 1;
+        let note = self.destinations.why_waited(&job.destination, job.due_at);
         let report = self
             .client
             .deliver(&job.callback_url, &result, attempt)
             .await;
+        destination.record(Verdict::of(report.kind, report.status_code));
         let round_attempt = job.round_attempts + 1;
         let outcome = if report.delivered() {
             AttemptOutcome::Delivered
@@ -294,6 +310,7 @@ impl Dispatcher {
             error: report.error,
             response_body: report.response_body,
             instance: Some(self.owner.clone()),
+            note,
         };
         match self.record(&job, record, outcome).await {
             Ok(true) => match outcome {

@@ -1,5 +1,5 @@
-//! `POST /admin/cleanup` and `POST /requests/{id}/redeliver`: operator actions, behind
-//! `Authorization: Bearer $APP_ADMIN_TOKEN`.
+//! `POST /admin/cleanup`, `POST /requests/{id}/redeliver` and `GET /destinations`: operator
+//! actions and views, behind `Authorization: Bearer $APP_ADMIN_TOKEN`.
 //! Without a configured token the routes are not mounted at all (404 for every method), so
 //! an unconfigured service does not even reveal them.
 
@@ -14,6 +14,7 @@ use super::auth::Admin;
 use super::error::ErrorBody;
 use super::extract::PathId;
 use super::{ApiError, AppState};
+use crate::delivery::destinations::DestinationView;
 use crate::model::AcceptedResponse;
 use crate::store::Redelivery;
 
@@ -21,6 +22,33 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(cleanup))
         .routes(routes!(redeliver))
+        .routes(routes!(destinations))
+}
+
+/// `GET /destinations` → 200.
+#[derive(Serialize, ToSchema)]
+pub struct DestinationList {
+    /// Busiest first: most deliveries in flight, then most recent failures.
+    destinations: Vec<DestinationView>,
+}
+
+/// Every callback destination (scheme, host, port) this instance delivered to recently: its
+/// deliveries in flight, its successes and failures of the last five minutes, and its
+/// circuit breaker. Breakers are per instance.
+#[utoipa::path(
+    get,
+    path = "/destinations",
+    tag = "operations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Destinations seen recently", body = DestinationList),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    )
+)]
+async fn destinations(_: Admin, State(state): State<AppState>) -> Json<DestinationList> {
+    Json(DestinationList {
+        destinations: state.service.destinations(),
+    })
 }
 
 /// `POST /admin/cleanup` → 200.

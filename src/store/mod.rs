@@ -25,7 +25,15 @@ macro_rules! record_columns {
 macro_rules! job_columns {
     () => {
         "id, created_at, data, iterations, callback_url, callback_attempts, round_start_attempts,
-         input_hash, output_hash, processing_time_ms, lease_token, unrecorded_claims"
+         input_hash, output_hash, processing_time_ms, lease_token, unrecorded_claims,
+         next_attempt_at"
+    };
+}
+
+/// The columns both backends read into a `DeliveryAttempt`.
+macro_rules! attempt_columns {
+    () => {
+        "attempt, started_at, duration_ms, status_code, error, response_body, claimed_by, note"
     };
 }
 
@@ -37,6 +45,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
 pub use postgres::PgStore;
@@ -93,6 +102,8 @@ pub struct NewAsyncRequest {
     pub request: NewRequest,
     pub data: String,
     pub callback_url: String,
+    /// `scheme://host:port` of the callback URL (`delivery::destinations::destination_of`).
+    pub destination: String,
 }
 
 /// A claimed unit of the async queue. The claimant holds its lease until it records the
@@ -105,6 +116,10 @@ pub struct Job {
     pub data: Option<String>,
     pub iterations: u32,
     pub callback_url: String,
+    /// `scheme://host:port` of `callback_url`: whose cap and breaker the delivery counts on.
+    pub destination: String,
+    /// When the job became due: how long it waited is `now - due_at`.
+    pub due_at: DateTime<Utc>,
     /// Attempts made so far, over every round.
     pub callback_attempts: u32,
     /// Attempts made in the current round (the retry budget is per round).
@@ -177,6 +192,12 @@ pub struct PoolStats {
     pub idle: u64,
     /// Writes waiting for the SQLite writer; 0 on PostgreSQL, which has no writer queue.
     pub writer_queue: u64,
+}
+
+/// Due rows a claim of `limit` jobs looks at: enough that destinations with little room do
+/// not starve the claim, few enough that a claim stays cheap with a long queue.
+pub(crate) fn claim_scan(limit: u32) -> u32 {
+    limit.saturating_mul(4).max(256)
 }
 
 /// Rows deleted per retention transaction: small enough that a chunk holds the SQLite writer
@@ -294,19 +315,22 @@ impl Store {
         dispatch!(self, s => s.submit_async(new).await)
     }
 
-    /// Claims up to `limit` due jobs for `owner`, leased for `lease`.
+    /// Claims up to `limit` due jobs for `owner`, leased for `lease`, oldest due first, and
+    /// of each destination at most its room in `rooms` (none of a destination without room:
+    /// those jobs are passed over, keeping their place, for jobs of other destinations).
     pub async fn claim_due(
         &self,
         owner: &str,
         limit: u32,
         lease: Duration,
+        rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
-        dispatch!(self, s => s.claim_due(owner, limit, lease).await)
+        dispatch!(self, s => s.claim_due(owner, limit, lease, rooms).await)
     }
 
-    /// When the next job that is not leased becomes due, if any.
-    pub async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        dispatch!(self, s => s.next_due_at().await)
+    /// When the next job that is not leased, and whose destination has room, becomes due.
+    pub async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
+        dispatch!(self, s => s.next_due_at(rooms).await)
     }
 
     /// Stores the work result of a claimed job (`processing → callback_pending`).

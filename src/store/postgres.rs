@@ -31,14 +31,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     AttemptOutcome, Job, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position, Redelivery,
-    StoreError, StoreResult,
+    StoreError, StoreResult, claim_scan,
 };
+use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_requests.sql"),
     include_str!("../../migrations/postgres/0002_claims.sql"),
+    include_str!("../../migrations/postgres/0003_destinations.sql"),
 ];
 
 /// Any constant shared by all instances: the advisory lock that serialises migrations.
@@ -261,16 +263,16 @@ impl PgStore {
             sqlx::query(
                 "WITH inserted AS (
                      INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
-                                           callback_url, created_at, next_attempt_at)
-                     VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, now())
+                                           callback_url, created_at, next_attempt_at, destination)
+                     VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, now(), $8)
                      RETURNING id)
                  SELECT pg_notify($7, '') FROM inserted",
             )
         } else {
             sqlx::query(
                 "INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
-                                       callback_url, created_at, next_attempt_at)
-                 VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, now())
+                                       callback_url, created_at, next_attempt_at, destination)
+                 VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, now(), $8)
                  -- $7 is the channel, used by the announcing form only
                  RETURNING $7::text",
             )
@@ -283,6 +285,7 @@ impl PgStore {
             .bind(&new.callback_url)
             .bind(new.request.created_at)
             .bind(JOBS_CHANNEL)
+            .bind(&new.destination)
             .execute(&self.pool)
             .await;
         match inserted {
@@ -377,18 +380,36 @@ impl PgStore {
         owner: &str,
         limit: u32,
         lease: Duration,
+        rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
-        // The rows are picked once, in a materialised CTE: with `WHERE id IN (SELECT … LIMIT
-        // n FOR UPDATE SKIP LOCKED)` the planner may run the subquery more than once and
-        // claim more than n rows.
+        // The first `scan` due rows whose destination has any room and whose breaker does
+        // not hold them back (unless overdue), locked; ranked within their destination; of
+        // each destination at most its room. Each step is a
+        // materialised CTE, evaluated once: with `WHERE id IN (SELECT … LIMIT n FOR UPDATE
+        // SKIP LOCKED)` the planner may run the subquery more than once and claim more than
+        // n rows. (Locking and ranking are separate steps: PostgreSQL does not allow FOR
+        // UPDATE with window functions. Rows scanned but not picked are unlocked at commit.)
+        let closed: Vec<&str> = rooms.closed().collect();
         let rows = sqlx::query(concat!(
-            "WITH picked AS MATERIALIZED (
-                 SELECT id AS picked_id FROM requests
+            "WITH scanned AS MATERIALIZED (
+                 SELECT id, next_attempt_at, COALESCE(destination, '') AS dest FROM requests
                  WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now()
                    AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                   AND NOT (COALESCE(destination, '') = ANY($4))
+                   AND (NOT (COALESCE(destination, '') = ANY($8))
+                        OR next_attempt_at <= now() - make_interval(secs => $9))
                  ORDER BY next_attempt_at
-                 LIMIT $3
-                 FOR UPDATE SKIP LOCKED)
+                 LIMIT $6
+                 FOR UPDATE SKIP LOCKED),
+             picked AS MATERIALIZED (
+                 SELECT id AS picked_id FROM (
+                     SELECT id, next_attempt_at,
+                            ROW_NUMBER() OVER (PARTITION BY dest ORDER BY next_attempt_at) AS rank,
+                            COALESCE(($5::jsonb ->> dest)::int, $7) AS room
+                     FROM scanned) AS ranked
+                 WHERE rank <= room
+                 ORDER BY next_attempt_at
+                 LIMIT $3)
              UPDATE requests AS r
              SET status = CASE r.status WHEN 'pending' THEN 'processing' ELSE r.status END,
                  lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
@@ -401,6 +422,12 @@ impl PgStore {
         .bind(owner)
         .bind(lease.as_secs_f64())
         .bind(i64::from(limit))
+        .bind(closed)
+        .bind(rooms.to_json())
+        .bind(i64::from(claim_scan(limit)))
+        .bind(i64::from(rooms.default))
+        .bind(&rooms.held)
+        .bind(rooms.overdue.as_secs_f64())
         .fetch_all(&self.relaxed)
         .await?;
         Ok(rows
@@ -427,12 +454,20 @@ impl PgStore {
         Ok(extended.rows_affected())
     }
 
-    pub async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+    pub async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
         // Due times are compared with the database's clock; translate to ours.
+        let closed: Vec<&str> = rooms.closed().collect();
         let row = sqlx::query(
-            "SELECT min(next_attempt_at) - now() AS wait FROM requests
-             WHERE next_attempt_at IS NOT NULL AND (lease_expires_at IS NULL OR lease_expires_at < now())",
+            "SELECT min(CASE WHEN COALESCE(destination, '') = ANY($2)
+                             THEN next_attempt_at + make_interval(secs => $3)
+                             ELSE next_attempt_at END) - now() AS wait
+             FROM requests
+             WHERE next_attempt_at IS NOT NULL AND (lease_expires_at IS NULL OR lease_expires_at < now())
+               AND NOT (COALESCE(destination, '') = ANY($1))",
         )
+        .bind(closed)
+        .bind(&rooms.held)
+        .bind(rooms.overdue.as_secs_f64())
         .fetch_one(&self.pool)
         .await?;
         let wait: Option<sqlx::postgres::types::PgInterval> = row.try_get("wait")?;
@@ -487,8 +522,9 @@ impl PgStore {
                  WHERE id = $1 AND lease_token = $12
                  RETURNING id)
              INSERT INTO delivery_attempts
-                 (request_id, attempt, started_at, duration_ms, status_code, error, response_body, claimed_by)
-             SELECT id, $6, $8, $9, $10, $7, $11, $2 FROM moved
+                 (request_id, attempt, started_at, duration_ms, status_code, error, response_body,
+                  claimed_by, note)
+             SELECT id, $6, $8, $9, $10, $7, $11, $2, $13 FROM moved
              ON CONFLICT (request_id, attempt) DO NOTHING",
         )
         .bind(id)
@@ -503,6 +539,7 @@ impl PgStore {
         .bind(attempt.status_code.map(i32::from))
         .bind(&attempt.response_body)
         .bind(token)
+        .bind(&attempt.note)
         .execute(&self.relaxed)
         .await?;
         // Nothing inserted: the lease was lost and the job belongs to someone else now.
@@ -596,10 +633,11 @@ impl PgStore {
             return Ok(None);
         };
         let mut record = record_from_row(&row)?;
-        let attempts = sqlx::query(
-            "SELECT attempt, started_at, duration_ms, status_code, error, response_body, claimed_by
-             FROM delivery_attempts WHERE request_id = $1 ORDER BY attempt",
-        )
+        let attempts = sqlx::query(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM delivery_attempts WHERE request_id = $1 ORDER BY attempt"
+        ))
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
@@ -830,6 +868,9 @@ fn result_from_row(row: &PgRow, id: &str) -> Result<Option<WorkResult>, sqlx::Er
 
 fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
     let id: String = row.try_get("id")?;
+    let callback_url: String = row
+        .try_get::<Option<String>, _>("callback_url")?
+        .unwrap_or_default();
     let callback_attempts = u32::try_from(row.try_get::<i32, _>("callback_attempts")?).unwrap_or(0);
     let round_start = u32::try_from(row.try_get::<i32, _>("round_start_attempts")?).unwrap_or(0);
     let data = row
@@ -841,9 +882,11 @@ fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
         result: result_from_row(row, &id)?,
         data,
         iterations: u32::try_from(row.try_get::<i32, _>("iterations")?).unwrap_or(0),
-        callback_url: row
-            .try_get::<Option<String>, _>("callback_url")?
+        destination: destination_of_str(&callback_url),
+        due_at: row
+            .try_get::<Option<DateTime<Utc>>, _>("next_attempt_at")?
             .unwrap_or_default(),
+        callback_url,
         callback_attempts,
         round_attempts: callback_attempts.saturating_sub(round_start),
         token: row
@@ -865,6 +908,7 @@ fn attempt_from_row(row: &PgRow) -> Result<DeliveryAttempt, sqlx::Error> {
         error: row.try_get("error")?,
         response_body: row.try_get("response_body")?,
         instance: row.try_get("claimed_by")?,
+        note: row.try_get("note")?,
     })
 }
 

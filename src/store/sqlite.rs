@@ -30,8 +30,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
     AttemptOutcome, Job, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position, Redelivery,
-    StoreError, StoreResult,
+    StoreError, StoreResult, claim_scan,
 };
+use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -39,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_requests.sql"),
     include_str!("../../migrations/sqlite/0002_attempt_instance.sql"),
     include_str!("../../migrations/sqlite/0003_claims.sql"),
+    include_str!("../../migrations/sqlite/0004_destinations.sql"),
 ];
 
 /// Most commands folded into one transaction: bounds the latency a command waits for the
@@ -164,11 +166,13 @@ impl SqliteStore {
         owner: &str,
         limit: u32,
         lease: Duration,
+        rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
         let op = Op::Claim {
             owner: owner.to_string(),
             limit,
             lease,
+            rooms: rooms.clone(),
         };
         match self.send(op).await? {
             Reply::Jobs(jobs) => Ok(jobs),
@@ -193,15 +197,22 @@ impl SqliteStore {
         }
     }
 
-    pub async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+    pub async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
         let now = Utc::now().timestamp_millis();
+        let held = rooms.held_json();
+        let overdue = i64::try_from(rooms.overdue.as_millis()).unwrap_or(i64::MAX);
+        let rooms = rooms.to_json();
         let next: Option<i64> = self
             .read(move |conn| {
                 conn.prepare_cached(
-                    "SELECT MIN(next_attempt_at) FROM requests
-                     WHERE next_attempt_at IS NOT NULL AND (lease_expires_at IS NULL OR lease_expires_at < ?1)",
+                    "SELECT MIN(CASE WHEN COALESCE(destination, '') IN (SELECT value FROM json_each(?3))
+                                     THEN next_attempt_at + ?4 ELSE next_attempt_at END)
+                     FROM requests
+                     WHERE next_attempt_at IS NOT NULL AND (lease_expires_at IS NULL OR lease_expires_at < ?1)
+                       AND COALESCE(destination, '') NOT IN
+                           (SELECT key FROM json_each(?2) WHERE value = 0)",
                 )?
-                .query_row([now], |row| row.get(0))
+                .query_row(params![now, rooms, held, overdue], |row| row.get(0))
             })
             .await?;
         Ok(next.map(from_millis))
@@ -282,10 +293,11 @@ impl SqliteStore {
                 return Ok(None);
             };
             let attempts = conn
-                .prepare_cached(
-                    "SELECT attempt, started_at, duration_ms, status_code, error, response_body, claimed_by
-                     FROM delivery_attempts WHERE request_id = ?1 ORDER BY attempt",
-                )?
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    attempt_columns!(),
+                    " FROM delivery_attempts WHERE request_id = ?1 ORDER BY attempt"
+                ))?
                 .query_map([&id], attempt_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             record.attempts = Some(attempts);
@@ -606,6 +618,7 @@ enum Op {
         owner: String,
         limit: u32,
         lease: Duration,
+        rooms: Rooms,
     },
     Heartbeat {
         owner: String,
@@ -846,8 +859,8 @@ fn apply(
             }
             tx.prepare_cached(
                 "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
-                                       created_at, next_attempt_at)
-                 VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?6)",
+                                       created_at, next_attempt_at, destination)
+                 VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
             )?
             .execute(params![
                 new.request.id,
@@ -856,6 +869,7 @@ fn apply(
                 new.request.iterations,
                 new.callback_url,
                 millis(new.request.created_at),
+                new.destination,
             ])?;
             Ok(Applied {
                 reply: Ok(Reply::Done),
@@ -866,11 +880,16 @@ fn apply(
             owner,
             limit,
             lease,
+            rooms,
         } => {
             let now = Utc::now();
             let lease_until =
                 now + chrono::Duration::from_std(*lease).unwrap_or(chrono::Duration::MAX);
-            // SQLite evaluates the subquery once, so LIMIT bounds the claim exactly.
+            // The first due rows whose destination has any room and whose breaker does not
+            // hold them back (unless overdue): `scan` of them, so the cost of a claim is
+            // bounded however many jobs wait on full destinations. Ranked within their
+            // destination; of each destination at most its room. SQLite evaluates the
+            // subquery once, so LIMIT bounds the claim exactly.
             let jobs = tx
                 .prepare_cached(concat!(
                     "UPDATE requests
@@ -879,15 +898,39 @@ fn apply(
                          lease_token = lower(hex(randomblob(16))),
                          unrecorded_claims = unrecorded_claims + 1
                      WHERE id IN (
-                         SELECT id FROM requests
-                         WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3
-                           AND (lease_expires_at IS NULL OR lease_expires_at < ?3)
+                         SELECT id FROM (
+                             SELECT id, next_attempt_at,
+                                    ROW_NUMBER() OVER (PARTITION BY dest ORDER BY next_attempt_at) AS rank,
+                                    COALESCE((SELECT value FROM json_each(?5) WHERE key = dest), ?6) AS room
+                             FROM (
+                                 SELECT id, next_attempt_at, COALESCE(destination, '') AS dest
+                                 FROM requests
+                                 WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3
+                                   AND (lease_expires_at IS NULL OR lease_expires_at < ?3)
+                                   AND COALESCE(destination, '') NOT IN
+                                       (SELECT key FROM json_each(?5) WHERE value = 0)
+                                   AND (COALESCE(destination, '') NOT IN (SELECT value FROM json_each(?8))
+                                        OR next_attempt_at <= ?9)
+                                 ORDER BY next_attempt_at LIMIT ?7))
+                         WHERE rank <= room
                          ORDER BY next_attempt_at LIMIT ?4)
                      RETURNING ",
                     job_columns!()
                 ))?
                 .query_map(
-                    params![owner, millis(lease_until), millis(now), i64::from(*limit)],
+                    params![
+                        owner,
+                        millis(lease_until),
+                        millis(now),
+                        i64::from(*limit),
+                        rooms.to_json(),
+                        i64::from(rooms.default),
+                        i64::from(claim_scan(*limit)),
+                        rooms.held_json(),
+                        millis(now).saturating_sub(
+                            i64::try_from(rooms.overdue.as_millis()).unwrap_or(i64::MAX)
+                        ),
+                    ],
                     job_from_row,
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -963,8 +1006,9 @@ fn apply(
             }
             tx.prepare_cached(
                 "INSERT INTO delivery_attempts
-                     (request_id, attempt, started_at, duration_ms, status_code, error, response_body, claimed_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     (request_id, attempt, started_at, duration_ms, status_code, error, response_body,
+                      claimed_by, note)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (request_id, attempt) DO NOTHING",
             )?
             .execute(params![
@@ -976,6 +1020,7 @@ fn apply(
                 attempt.error,
                 attempt.response_body,
                 owner,
+                attempt.note,
             ])?;
             Ok(Applied {
                 reply: Ok(Reply::Updated(true)),
@@ -1129,6 +1174,9 @@ fn result_from_row(row: &Row<'_>, id: &str) -> rusqlite::Result<Option<WorkResul
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let id: String = row.get("id")?;
+    let callback_url: String = row
+        .get::<_, Option<String>>("callback_url")?
+        .unwrap_or_default();
     let callback_attempts: u32 = row.get("callback_attempts")?;
     let round_start: u32 = row.get("round_start_attempts")?;
     Ok(Job {
@@ -1136,9 +1184,12 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         result: result_from_row(row, &id)?,
         data: row.get("data")?,
         iterations: row.get("iterations")?,
-        callback_url: row
-            .get::<_, Option<String>>("callback_url")?
-            .unwrap_or_default(),
+        destination: destination_of_str(&callback_url),
+        due_at: from_millis(
+            row.get::<_, Option<i64>>("next_attempt_at")?
+                .unwrap_or_default(),
+        ),
+        callback_url,
         callback_attempts,
         round_attempts: callback_attempts.saturating_sub(round_start),
         token: row.get("lease_token")?,
@@ -1156,6 +1207,7 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryAttempt> {
         error: row.get("error")?,
         response_body: row.get("response_body")?,
         instance: row.get("claimed_by")?,
+        note: row.get("note")?,
     })
 }
 

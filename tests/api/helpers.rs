@@ -218,6 +218,11 @@ impl TestApp {
     }
 
     /// Submits an async request and returns its id.
+    /// As [`submit`](Self::submit), with owned arguments (for many submissions at once).
+    pub async fn submit_owned(&self, data: String, callback_url: String) -> String {
+        self.submit(&data, &callback_url).await
+    }
+
     pub async fn submit(&self, data: &str, callback_url: &str) -> String {
         let response = self
             .post_async(&json!({"data": data, "iterations": 10, "callback_url": callback_url}))
@@ -363,6 +368,9 @@ pub struct Behaviour {
     pub delay: Duration,
     /// The body of a 2xx answer.
     pub answer: &'static [u8],
+    /// Answer every callback received within this long of the first one, whatever its
+    /// request, with `fail_status`: a destination that is down for a while, then recovers.
+    pub down_for: Duration,
 }
 
 impl Behaviour {
@@ -372,6 +380,16 @@ impl Behaviour {
             fail_status: 500,
             delay: Duration::ZERO,
             answer: b"ok",
+            down_for: Duration::ZERO,
+        }
+    }
+
+    /// Refuses with `status` every callback within `down_for` of the first, then accepts.
+    pub fn down_for(down_for: Duration, status: u16) -> Self {
+        Self {
+            down_for,
+            fail_status: status,
+            ..Self::accept()
         }
     }
 
@@ -419,6 +437,7 @@ pub struct Received {
 struct Log {
     received: Vec<Received>,
     attempts_by_id: HashMap<String, u32>,
+    first_at: Option<Instant>,
 }
 
 /// A callback receiver on 127.0.0.1.
@@ -522,9 +541,14 @@ async fn receive(
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let id = body["request_id"].as_str().unwrap_or_default().to_string();
     let mut log = state.log.lock().expect("log");
-    let seen = log.attempts_by_id.entry(id).or_insert(0);
-    *seen += 1;
-    let status = if *seen <= state.behaviour.fail_first {
+    let seen = {
+        let seen = log.attempts_by_id.entry(id).or_insert(0);
+        *seen += 1;
+        *seen
+    };
+    let first_at = *log.first_at.get_or_insert_with(Instant::now);
+    let down = first_at.elapsed() < state.behaviour.down_for;
+    let status = if down || seen <= state.behaviour.fail_first {
         state.behaviour.fail_status
     } else {
         200

@@ -4,6 +4,7 @@
 
 mod helpers;
 mod hostile;
+mod isolation;
 
 mod admin;
 mod delivery;

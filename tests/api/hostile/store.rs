@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use syncasync::delivery::destinations::Rooms;
 use syncasync::model::DeliveryAttempt;
 use syncasync::store::{AttemptOutcome, MAX_UNRECORDED_CLAIMS, NewAsyncRequest, NewRequest, Store};
 use tokio::io::AsyncWriteExt;
@@ -223,6 +224,10 @@ async fn open_store(dir: &std::path::Path) -> Store {
 }
 
 async fn queue_one(store: &Store, id: &str) {
+    queue_for(store, id, "http://127.0.0.1:9").await;
+}
+
+async fn queue_for(store: &Store, id: &str, destination: &str) {
     store
         .submit_async(NewAsyncRequest {
             request: NewRequest {
@@ -232,7 +237,8 @@ async fn queue_one(store: &Store, id: &str) {
                 created_at: chrono::Utc::now(),
             },
             data: "x".into(),
-            callback_url: "http://127.0.0.1:9/callback".into(),
+            callback_url: format!("{destination}/callback"),
+            destination: destination.into(),
         })
         .await
         .expect("queued");
@@ -247,6 +253,18 @@ fn attempt(n: u32) -> DeliveryAttempt {
         error: None,
         response_body: None,
         instance: None,
+        note: None,
+    }
+}
+
+/// A lease that outlives the test.
+const HELD: Duration = Duration::from_secs(600);
+
+/// Room for every job of every destination.
+fn roomy() -> Rooms {
+    Rooms {
+        default: 1000,
+        ..Rooms::default()
     }
 }
 
@@ -255,7 +273,10 @@ const LEASE: Duration = Duration::from_millis(50);
 
 async fn claim_after_expiry(store: &Store, owner: &str) -> Vec<syncasync::store::Job> {
     tokio::time::sleep(LEASE * 3).await;
-    store.claim_due(owner, 10, LEASE).await.expect("claim")
+    store
+        .claim_due(owner, 10, LEASE, &roomy())
+        .await
+        .expect("claim")
 }
 
 #[tokio::test]
@@ -263,7 +284,7 @@ async fn a_stale_claim_cannot_overwrite_a_later_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     queue_one(&store, "job-1").await;
-    let first = store.claim_due("a", 10, LEASE).await.unwrap();
+    let first = store.claim_due("a", 10, LEASE, &roomy()).await.unwrap();
     assert_eq!(first.len(), 1);
     // The first claim's lease runs out; a second claim takes the job over.
     let second = claim_after_expiry(&store, "b").await;
@@ -325,12 +346,12 @@ async fn a_claim_takes_at_most_its_limit_and_claims_without_outcome_are_counted(
     for n in 0..10 {
         queue_one(&store, &format!("job-{n}")).await;
     }
-    let claimed = store.claim_due("a", 3, LEASE).await.unwrap();
+    let claimed = store.claim_due("a", 3, LEASE, &roomy()).await.unwrap();
     assert_eq!(claimed.len(), 3, "a claim never takes more than its limit");
     assert!(claimed.iter().all(|job| job.unrecorded_claims == 1));
     // Handing a job back untouched does not count against it.
     assert_eq!(store.release("a").await.unwrap(), 3);
-    let again = store.claim_due("a", 10, LEASE).await.unwrap();
+    let again = store.claim_due("a", 10, LEASE, &roomy()).await.unwrap();
     assert_eq!(again.len(), 10);
     assert!(
         again.iter().all(|job| job.unrecorded_claims == 1),
@@ -374,7 +395,7 @@ async fn a_claim_takes_at_most_its_limit_and_claims_without_outcome_are_counted(
             .unwrap()
     );
     let job = store
-        .claim_due("a", 10, LEASE)
+        .claim_due("a", 10, LEASE, &roomy())
         .await
         .unwrap()
         .into_iter()
@@ -446,4 +467,90 @@ async fn a_sync_client_that_hangs_up_cancels_its_work() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_claim_takes_no_more_of_a_destination_than_its_room_and_passes_full_ones_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    // Due in this order: four of a hung destination, two of a busy one, two of a healthy one.
+    for (n, destination) in ["http://127.0.0.1:1"; 4]
+        .into_iter()
+        .chain(["http://127.0.0.1:2"; 2])
+        .chain(["http://127.0.0.1:3"; 2])
+        .enumerate()
+    {
+        queue_for(&store, &format!("job-{n}"), destination).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rooms = Rooms {
+        default: 10,
+        limited: vec![
+            ("http://127.0.0.1:1".into(), 0),
+            ("http://127.0.0.1:2".into(), 1),
+        ],
+        ..Rooms::default()
+    };
+    let claimed = store.claim_due("a", 10, HELD, &rooms).await.unwrap();
+    let mut ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["job-4", "job-6", "job-7"],
+        "none of the full destination, one of the busy one"
+    );
+    assert!(
+        claimed
+            .iter()
+            .all(|j| j.destination != "http://127.0.0.1:1")
+    );
+    // The full destination's jobs kept their place: with room, they come first.
+    let claimed = store.claim_due("a", 2, HELD, &roomy()).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["job-0", "job-1"]);
+    // When only full destinations have due jobs, nothing is due for the dispatcher either.
+    let full = Rooms {
+        default: 10,
+        limited: vec![
+            ("http://127.0.0.1:1".into(), 0),
+            ("http://127.0.0.1:2".into(), 0),
+        ],
+        ..Rooms::default()
+    };
+    assert!(store.next_due_at(&full).await.unwrap().is_none());
+    assert!(store.next_due_at(&roomy()).await.unwrap().is_some());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_held_destinations_jobs_wait_until_overdue() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    queue_for(&store, "held-1", "http://127.0.0.1:1").await;
+    queue_for(&store, "free-1", "http://127.0.0.1:2").await;
+    let held = |overdue: Duration| Rooms {
+        default: 10,
+        held: vec!["http://127.0.0.1:1".into()],
+        overdue,
+        ..Rooms::default()
+    };
+    let long = held(Duration::from_secs(3600));
+    let claimed = store.claim_due("a", 10, HELD, &long).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["free-1"], "a held destination's jobs are passed over");
+    // Its job is due again only once overdue.
+    let next = store.next_due_at(&long).await.unwrap().unwrap();
+    assert!(
+        next > chrono::Utc::now() + chrono::Duration::minutes(59),
+        "{next}"
+    );
+    // Once a job has waited longer than `overdue`, it goes anyway.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let claimed = store
+        .claim_due("a", 10, HELD, &held(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["held-1"]);
+    store.close().await;
 }
