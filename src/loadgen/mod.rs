@@ -111,6 +111,11 @@ pub struct LoadgenArgs {
     /// there.
     #[arg(long, default_value = "127.0.0.1")]
     pub callback_host: String,
+    /// Send async requests' callbacks to URL instead of the loadgen's own receiver (which is
+    /// then not started): only acceptance is measured. For load aimed at another receiver,
+    /// for example a hung one beside a measured run.
+    #[arg(long, value_name = "URL")]
+    pub callback_url: Option<String>,
     /// `iterations` of each request's work.
     #[arg(long, default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -257,7 +262,7 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
     }
     let modes = args.mode.modes();
     // Before any request: a callback may come back faster than its 200.
-    let receiver = if modes.contains(&Mode::Async) {
+    let receiver = if modes.contains(&Mode::Async) && args.callback_url.is_none() {
         Some(CallbackReceiver::start(&args.callback_host, args.callback_port).await?)
     } else {
         None
@@ -282,8 +287,9 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
         if stop.is_cancelled() {
             break;
         }
-        let callback_url = match (mode, &receiver) {
-            (Mode::Async, Some(receiver)) => Some(receiver.url()),
+        let callback_url = match (mode, &receiver, &args.callback_url) {
+            (Mode::Async, _, Some(url)) => Some(url.clone()),
+            (Mode::Async, Some(receiver), None) => Some(receiver.url().to_string()),
             _ => None,
         };
         let plan = PhasePlan {
@@ -292,7 +298,12 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
                 .iter()
                 .map(|instance| instance.destination(mode))
                 .collect::<Result<_, _>>()?,
-            payloads: Payloads::new(args.data_size, args.iterations, callback_url, tag),
+            payloads: Payloads::new(
+                args.data_size,
+                args.iterations,
+                callback_url.as_deref(),
+                tag,
+            ),
             schedule: Schedule::new(args.pace(), args.limit()),
             concurrency: args.concurrency,
             threads: args.threads,
