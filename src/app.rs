@@ -23,6 +23,7 @@ use crate::delivery::signing::Signer;
 use crate::delivery::{Dispatcher, Wakeup, WorkerStats};
 use crate::http::{self, AppState, BodyLimits, ConnectionLimits};
 use crate::metrics::Metrics;
+use crate::open_files;
 use crate::retention;
 use crate::service::Service;
 use crate::store::{Store, StoreError, redact_url};
@@ -32,8 +33,8 @@ use crate::work::ComputePool;
 pub enum StartError {
     #[error("{0}")]
     Config(String),
-    #[error("cannot open the database: {0}")]
-    Store(#[from] StoreError),
+    #[error("cannot use the database APP_DATABASE_URL={url}: {source}")]
+    Store { url: String, source: StoreError },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -43,6 +44,32 @@ pub enum StartError {
     Pool(std::io::Error),
     #[error("cannot build the callback client: {0}")]
     Client(#[from] reqwest::Error),
+}
+
+/// The client-connection cap: as configured, or fitted to the open-file limit (raised to
+/// its hard limit first), so that clients cannot take the descriptors deliveries need.
+fn fit_connections(config: &Config) -> Result<u64, StartError> {
+    let limit = open_files::raise_limit()
+        .map_err(|e| StartError::Config(format!("cannot read the open-file limit: {e}")))?;
+    let database = if config.database_url.starts_with("sqlite:") {
+        // The writer, the readers, the lock file and the WAL's two files.
+        8
+    } else {
+        2 * u64::from(config.database_pool_size) + 1
+    };
+    let cap = open_files::connection_cap(
+        u64::from(config.http_max_connections),
+        limit,
+        u64::from(config.async_worker_count),
+        database,
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
+    tracing::info!(
+        open_file_limit = limit,
+        max_connections = cap,
+        "connection cap"
+    );
+    Ok(cap)
 }
 
 /// A service bound to its port, ready to run.
@@ -67,6 +94,7 @@ impl Application {
         lookup: Arc<dyn NameLookup>,
     ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
+        let max_connections = fit_connections(&config)?;
         let signer = Signer::from_secrets(
             config
                 .callback_signing_secret
@@ -80,7 +108,11 @@ impl Application {
             config.async_queue_max_size,
             config.database_pool_size,
         )
-        .await?;
+        .await
+        .map_err(|source| StartError::Store {
+            url: redact_url(&config.database_url),
+            source,
+        })?;
         tracing::info!(database = %redact_url(&config.database_url), "database ready");
 
         let pool = ComputePool::new(
@@ -100,10 +132,7 @@ impl Application {
         let wakeup = Wakeup::default();
         let workers = WorkerStats::default();
         let metrics = Arc::new(Metrics::new());
-        let destinations = Destinations::new(
-            config.callback_max_in_flight_per_destination,
-            config.breaker_policy(),
-        );
+        let destinations = Destinations::new(config.per_destination_cap(), config.breaker_policy());
         let service = Service {
             store: store.clone(),
             pool: pool.clone(),
@@ -150,7 +179,7 @@ impl Application {
             header_timeout: config.http_header_timeout(),
             send_timeout: config.http_send_timeout(),
             max_header_bytes: config.http_max_header_bytes as usize,
-            max_connections: config.http_max_connections as usize,
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         };
 
         let addr = SocketAddr::new(config.host, config.port);

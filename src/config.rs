@@ -60,8 +60,9 @@ pub struct Config {
     pub async_worker_count: u32,
 
     /// Callback deliveries in flight at once to one destination (scheme, host and port): a
-    /// slow or hung receiver holds at most this many of the workers.
-    #[arg(long, env = "APP_CALLBACK_MAX_IN_FLIGHT_PER_DESTINATION", default_value_t = 64,
+    /// slow or hung receiver holds at most this many of the workers, and never more than
+    /// half of APP_ASYNC_WORKER_COUNT.
+    #[arg(long, env = "APP_CALLBACK_MAX_IN_FLIGHT_PER_DESTINATION", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub callback_max_in_flight_per_destination: u32,
 
@@ -124,18 +125,19 @@ pub struct Config {
     #[arg(long, env = "APP_CALLBACK_SIGNING_SECRET", hide_env_values = true)]
     pub callback_signing_secret: Option<String>,
 
-    /// Finished requests older than this many hours are deleted.
+    /// Finished requests older than this many hours are deleted (at most 10^6, about 114
+    /// years: beyond that a cut-off date leaves the database's date range).
     #[arg(long, env = "APP_REQUEST_RETENTION_HOURS", default_value_t = 24.0,
-          value_parser = non_negative_seconds)]
+          value_parser = retention_hours)]
     pub request_retention_hours: f64,
 
     /// At most this many finished requests are kept; the oldest beyond it are deleted.
     #[arg(long, env = "APP_MAX_STORED_REQUESTS", default_value_t = 100_000)]
     pub max_stored_requests: u64,
 
-    /// Seconds between two runs of the retention job.
+    /// Seconds between two runs of the retention job (at least 1).
     #[arg(long, env = "APP_CLEANUP_INTERVAL_SECONDS", default_value_t = 300.0,
-          value_parser = positive_seconds)]
+          value_parser = at_least_one_second)]
     pub cleanup_interval_seconds: f64,
 
     /// Simulated I/O added to every unit of work, in seconds (a sleep that holds no thread).
@@ -148,9 +150,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=1024))]
     pub compute_threads: u64,
 
-    /// Units of work waiting for a compute thread; past that, `POST /sync` answers 503.
+    /// Units of work waiting for a compute thread; past that, `POST /sync` answers 503. At
+    /// most 10^6: the queue's slots are allocated up front.
     #[arg(long, env = "APP_COMPUTE_QUEUE_SIZE", default_value_t = 1024,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub compute_queue_size: u64,
 
     /// Largest request body accepted, in bytes; larger bodies get 413.
@@ -192,9 +195,11 @@ pub struct Config {
     pub http_max_header_bytes: u32,
 
     /// Client connections served at once; at the cap, new connections wait in the kernel's
-    /// accept queue until one closes. Keep it below the process's open-file limit.
-    #[arg(long, env = "APP_HTTP_MAX_CONNECTIONS", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// accept queue until one closes. 0: as many as the open-file limit leaves after what
+    /// deliveries and the database need, at most 10000. A value that does not fit in the
+    /// open-file limit is refused at start.
+    #[arg(long, env = "APP_HTTP_MAX_CONNECTIONS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub http_max_connections: u32,
 
     /// Bytes of an oversized body read and discarded before the 413, so that a client that
@@ -279,6 +284,13 @@ impl Config {
         Duration::from_secs_f64(self.http_drain_timeout_seconds)
     }
 
+    /// Deliveries in flight per destination: as set, but at most half the workers, so that
+    /// one destination can never take them all.
+    pub fn per_destination_cap(&self) -> u32 {
+        self.callback_max_in_flight_per_destination
+            .min((self.async_worker_count / 2).max(1))
+    }
+
     /// The circuit breaker of each destination.
     pub fn breaker_policy(&self) -> BreakerPolicy {
         BreakerPolicy {
@@ -343,10 +355,28 @@ fn non_negative_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+fn at_least_one_second(s: &str) -> Result<f64, String> {
+    let v = parse_seconds(s)?;
+    if v < 1.0 {
+        return Err(format!("`{s}` must be at least 1"));
+    }
+    Ok(v)
+}
+
+fn retention_hours(s: &str) -> Result<f64, String> {
+    let v = non_negative_seconds(s)?;
+    if v > 1e6 {
+        return Err(format!("`{s}` is out of range (at most 1000000 hours)"));
+    }
+    Ok(v)
+}
+
+/// A time that must pass before something happens: at least a millisecond, since shorter
+/// ones round to zero in timers (which then fire at once, or refuse a zero period).
 fn positive_seconds(s: &str) -> Result<f64, String> {
     let v = parse_seconds(s)?;
-    if v <= 0.0 {
-        return Err(format!("`{s}` must be greater than 0"));
+    if v < 0.001 {
+        return Err(format!("`{s}` must be at least 0.001"));
     }
     Ok(v)
 }

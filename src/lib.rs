@@ -20,6 +20,8 @@ pub mod loadgen;
 pub mod metrics;
 /// Wire types and statuses.
 pub mod model;
+/// The open-file limit, and what fits in it.
+pub mod open_files;
 /// `syncasync receiver`: a callback receiver for manual tests.
 pub mod receiver;
 /// The background retention job.

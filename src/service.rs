@@ -17,6 +17,13 @@ use crate::store::{
 };
 use crate::work::{Cancel, ComputePool, PoolError};
 
+/// Whether `id` could name a request: ids are UUIDs, so anything longer than one or holding
+/// control characters (a NUL, which PostgreSQL cannot even compare with TEXT) names none, and
+/// the database is not asked.
+fn is_plausible_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control)
+}
+
 /// Cancels the work of a sync request if the request's future is dropped before it is
 /// disarmed, that is, if the client hangs up before the answer is ready.
 struct CancelOnDrop(Option<Cancel>);
@@ -160,6 +167,9 @@ impl Service {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<RequestRecord>, ServiceError> {
+        if !is_plausible_id(id) {
+            return Ok(None);
+        }
         Ok(self.store.get(id).await?)
     }
 
@@ -255,6 +265,9 @@ impl Service {
 
     /// Queues a `callback_failed` request for a fresh round of delivery attempts.
     pub async fn redeliver(&self, id: &str) -> Result<Redelivery, ServiceError> {
+        if !is_plausible_id(id) {
+            return Ok(Redelivery::NotFound);
+        }
         let outcome = self.store.redeliver(id).await?;
         if outcome == Redelivery::Queued {
             self.wakeup.wake();

@@ -20,10 +20,14 @@ use chrono::{SecondsFormat, Utc};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
+use super::destinations::KEEP_ALIVE_PER_DESTINATION;
 use super::guard::Guard;
 use super::retry::parse_retry_after;
 use super::signing::Signer;
 use crate::model::{CallbackPayload, WorkResult};
+
+/// How long an idle keep-alive connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How much of a receiver's answer is kept in the attempt audit.
 const RESPONSE_BODY_LIMIT: usize = 1024;
@@ -142,7 +146,11 @@ impl AttemptReport {
 
 #[derive(Clone)]
 pub struct CallbackClient {
-    http: reqwest::Client,
+    /// For the busiest destinations: connections kept alive between deliveries.
+    keep_alive: reqwest::Client,
+    /// For every other destination: a connection per delivery, closed after it, so that idle
+    /// connections (file descriptors) stay bounded however many destinations callers name.
+    one_shot: reqwest::Client,
     signer: Signer,
     guard: Guard,
 }
@@ -157,28 +165,51 @@ impl CallbackClient {
         // reqwest is built without a crypto provider (ring builds far faster than aws-lc);
         // installing it twice is harmless, so every client may try.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("syncasync/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .dns_resolver(Arc::new(resolver))
-            // A proxy would connect on our behalf to an address we never checked.
-            .no_proxy()
-            .build()?;
+        let resolver = Arc::new(resolver);
+        let build = |idle_per_destination: usize| {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("syncasync/", env!("CARGO_PKG_VERSION")))
+                .pool_max_idle_per_host(idle_per_destination)
+                .pool_idle_timeout(IDLE_TIMEOUT)
+                .dns_resolver(Arc::clone(&resolver))
+                // A proxy would connect on our behalf to an address we never checked.
+                .no_proxy()
+                .build()
+        };
         Ok(Self {
-            http,
+            keep_alive: build(KEEP_ALIVE_PER_DESTINATION)?,
+            one_shot: build(0)?,
             signer,
             guard,
         })
     }
 
-    /// POSTs the result of `request_id` to `url` as attempt number `attempt`.
+    /// POSTs the result of `request_id` to `url` as attempt number `attempt`, on a connection
+    /// of its own.
     pub async fn deliver(&self, url: &str, result: &WorkResult, attempt: u32) -> AttemptReport {
+        self.deliver_on(url, result, attempt, false).await
+    }
+
+    /// As [`deliver`](Self::deliver), on a kept-alive connection if `keep_alive` (for the
+    /// busiest destinations, see `destinations::KEEP_ALIVE_DESTINATIONS`).
+    pub async fn deliver_on(
+        &self,
+        url: &str,
+        result: &WorkResult,
+        attempt: u32,
+        keep_alive: bool,
+    ) -> AttemptReport {
         let started_at = Utc::now();
         let started = Instant::now();
-        let outcome = self.send(url, result, attempt, started_at).await;
+        let http = if keep_alive {
+            &self.keep_alive
+        } else {
+            &self.one_shot
+        };
+        let outcome = self.send(http, url, result, attempt, started_at).await;
         let duration = started.elapsed();
         match outcome {
             Ok(answer) => {
@@ -211,6 +242,7 @@ impl CallbackClient {
 
     async fn send(
         &self,
+        http: &reqwest::Client,
         url: &str,
         result: &WorkResult,
         attempt: u32,
@@ -243,8 +275,7 @@ impl CallbackClient {
         let body = serde_json::to_vec(&payload)
             .map_err(|e| Failure::new(AttemptKind::Invalid, e.to_string()))?;
         let webhook_timestamp = started_at.timestamp();
-        let mut request = self
-            .http
+        let mut request = http
             .post(parsed)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header("X-Request-ID", &result.request_id)

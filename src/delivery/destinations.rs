@@ -36,6 +36,22 @@ use utoipa::ToSchema;
 
 use super::client::AttemptKind;
 
+/// Destinations whose callbacks keep their connections alive between deliveries: the busiest
+/// by recent successes. Every other destination gets a connection per delivery, closed after
+/// it. Idle keep-alive connections are file descriptors, and callers choose destinations:
+/// pooling for every destination would let a caller naming thousands of them exhaust the
+/// descriptors, while the busiest few are where keeping connections alive pays.
+pub const KEEP_ALIVE_DESTINATIONS: usize = 8;
+
+/// Idle keep-alive connections kept per such destination.
+pub const KEEP_ALIVE_PER_DESTINATION: usize = 8;
+
+/// Idle keep-alive callback connections at most.
+pub const KEEP_ALIVE_CONNECTIONS: usize = KEEP_ALIVE_DESTINATIONS * KEEP_ALIVE_PER_DESTINATION;
+
+/// How often the busiest destinations are worked out again.
+const KEEP_ALIVE_REFRESH: Duration = Duration::from_secs(1);
+
 /// An idle destination with a closed breaker is forgotten after this long.
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 
@@ -271,6 +287,8 @@ pub struct DestinationView {
 /// The per-destination state of one instance.
 pub struct Destinations {
     state: Mutex<HashMap<String, Entry>>,
+    /// The destinations whose connections are kept alive, and when they were worked out.
+    keep_alive: Mutex<(Option<Instant>, Vec<String>)>,
     per_destination: u32,
     policy: BreakerPolicy,
     epoch: Instant,
@@ -280,6 +298,7 @@ impl Destinations {
     pub fn new(per_destination: u32, policy: BreakerPolicy) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(HashMap::new()),
+            keep_alive: Mutex::new((None, Vec::new())),
             per_destination,
             policy,
             epoch: Instant::now(),
@@ -315,6 +334,32 @@ impl Destinations {
             held,
             overdue: self.policy.max_cooldown,
         }
+    }
+
+    /// Whether deliveries to `destination` should keep their connection alive: it is one of
+    /// the [`KEEP_ALIVE_DESTINATIONS`] with the most successes in the recent window.
+    pub fn keeps_alive(&self, destination: &str) -> bool {
+        let now = Instant::now();
+        let mut cached = self
+            .keep_alive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached
+            .0
+            .is_none_or(|at| now.duration_since(at) >= KEEP_ALIVE_REFRESH)
+        {
+            let bucket = self.bucket(now);
+            let mut busiest: Vec<(u64, String)> = self
+                .lock()
+                .iter()
+                .map(|(d, e)| (e.recent.totals(bucket).0, d.clone()))
+                .filter(|(successes, _)| *successes > 0)
+                .collect();
+            busiest.sort_unstable_by_key(|(successes, _)| std::cmp::Reverse(*successes));
+            busiest.truncate(KEEP_ALIVE_DESTINATIONS);
+            *cached = (Some(now), busiest.into_iter().map(|(_, d)| d).collect());
+        }
+        cached.1.iter().any(|d| d == destination)
     }
 
     /// When an open breaker next lets a probe through, if any is open: the dispatcher looks

@@ -277,9 +277,10 @@ impl Dispatcher {
         };
         let attempt = job.callback_attempts + 1;
         let note = self.destinations.why_waited(&job.destination, job.due_at);
+        let keep_alive = self.destinations.keeps_alive(&job.destination);
         let report = self
             .client
-            .deliver(&job.callback_url, &result, attempt)
+            .deliver_on(&job.callback_url, &result, attempt, keep_alive)
             .await;
         destination.record(Verdict::of(report.kind, report.status_code));
         let round_attempt = job.round_attempts + 1;

@@ -67,7 +67,7 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the database {path} is in use by another syncasync process")]
     Locked { path: String },
-    #[error("cannot open the database: {0}")]
+    #[error("{0}")]
     Open(String),
 }
 
@@ -197,7 +197,7 @@ pub struct PoolStats {
 /// Due rows a claim of `limit` jobs looks at: enough that destinations with little room do
 /// not starve the claim, few enough that a claim stays cheap with a long queue.
 pub(crate) fn claim_scan(limit: u32) -> u32 {
-    limit.saturating_mul(4).max(256)
+    limit.saturating_mul(4).max(32)
 }
 
 /// Rows deleted per retention transaction: small enough that a chunk holds the SQLite writer
@@ -441,13 +441,51 @@ impl Store {
     }
 }
 
-/// A database URL fit for logs and error messages: any password is replaced.
+/// A database URL fit for logs and error messages: any password, in the user-info part or as
+/// a `password`/`sslpassword` query parameter (libpq accepts both), is replaced.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    let secret =
+        |key: &str| key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword");
+    if parsed.query_pairs().any(|(key, _)| secret(&key)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if secret(&key) {
+                    "***".into()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted_wherever_they_are() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        let redacted =
+            redact_url("postgres://u@h/db?sslmode=require&password=secret&SSLPassword=x");
+        assert!(
+            !redacted.contains("secret") && !redacted.contains("=x"),
+            "{redacted}"
+        );
+        assert!(redacted.contains("sslmode=require"), "{redacted}");
+        assert_eq!(redact_url("sqlite://requests.db"), "sqlite://requests.db");
     }
 }

@@ -63,6 +63,9 @@ pub struct SqliteStore {
     /// Why the last write failed for a reason outside any one request (disk full, I/O
     /// error), until a write succeeds again: `/healthz` reports it.
     write_failure: Arc<Mutex<Option<String>>>,
+    /// A read connection of `/healthz`'s own: a health check must not queue behind client
+    /// reads, or a busy but healthy service would report itself unhealthy.
+    health: Arc<Mutex<Connection>>,
     // Held for the life of the store; the OS releases the lock when the process dies.
     _lock: Arc<File>,
 }
@@ -83,12 +86,13 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Open(e.to_string()))??;
 
-        let readers = tokio::task::spawn_blocking({
+        let (readers, health) = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || {
-                (0..READERS)
+            move || -> rusqlite::Result<_> {
+                let readers = (0..READERS)
                     .map(|_| open_connection(&path, true))
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((readers, open_connection(&path, true)?))
             }
         })
         .await
@@ -116,6 +120,7 @@ impl SqliteStore {
             }),
             queue_size,
             write_failure,
+            health: Arc::new(Mutex::new(health)),
             _lock: Arc::new(lock),
         })
     }
@@ -366,9 +371,17 @@ impl SqliteStore {
             if failing {
                 self.send(Op::Probe).await.map(|_| ())
             } else {
-                self.read(|conn| conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)))
-                    .await
-                    .map(|_| ())
+                let health = Arc::clone(&self.health);
+                tokio::task::spawn_blocking(move || {
+                    health
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+                })
+                .await
+                .map_err(|e| StoreError::Open(e.to_string()))?
+                .map(|_| ())
+                .map_err(StoreError::from)
             }
         };
         match tokio::time::timeout(Duration::from_secs(2), check).await {
@@ -892,26 +905,30 @@ fn apply(
             // subquery once, so LIMIT bounds the claim exactly.
             let jobs = tx
                 .prepare_cached(concat!(
-                    "UPDATE requests
+                    "WITH room (dest, room) AS MATERIALIZED (SELECT key, value FROM json_each(?5)),
+                          held (dest) AS MATERIALIZED (SELECT value FROM json_each(?8))
+                     UPDATE requests
                      SET status = CASE status WHEN 'pending' THEN 'processing' ELSE status END,
                          lease_owner = ?1, lease_expires_at = ?2,
                          lease_token = lower(hex(randomblob(16))),
                          unrecorded_claims = unrecorded_claims + 1
                      WHERE id IN (
                          SELECT id FROM (
-                             SELECT id, next_attempt_at,
-                                    ROW_NUMBER() OVER (PARTITION BY dest ORDER BY next_attempt_at) AS rank,
-                                    COALESCE((SELECT value FROM json_each(?5) WHERE key = dest), ?6) AS room
+                             SELECT scanned.id, scanned.next_attempt_at,
+                                    ROW_NUMBER() OVER (PARTITION BY scanned.dest
+                                                       ORDER BY scanned.next_attempt_at) AS rank,
+                                    COALESCE(room.room, ?6) AS room
                              FROM (
                                  SELECT id, next_attempt_at, COALESCE(destination, '') AS dest
                                  FROM requests
                                  WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3
                                    AND (lease_expires_at IS NULL OR lease_expires_at < ?3)
                                    AND COALESCE(destination, '') NOT IN
-                                       (SELECT key FROM json_each(?5) WHERE value = 0)
-                                   AND (COALESCE(destination, '') NOT IN (SELECT value FROM json_each(?8))
+                                       (SELECT dest FROM room WHERE room = 0)
+                                   AND (COALESCE(destination, '') NOT IN (SELECT dest FROM held)
                                         OR next_attempt_at <= ?9)
-                                 ORDER BY next_attempt_at LIMIT ?7))
+                                 ORDER BY next_attempt_at LIMIT ?7) AS scanned
+                             LEFT JOIN room ON room.dest = scanned.dest)
                          WHERE rank <= room
                          ORDER BY next_attempt_at LIMIT ?4)
                      RETURNING ",

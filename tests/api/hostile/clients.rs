@@ -757,7 +757,6 @@ async fn absurd_http_settings_are_refused_at_start_in_one_line_naming_them() {
         ("APP_HTTP_HEADER_TIMEOUT_SECONDS", "86400"),
         ("APP_HTTP_BODY_TIMEOUT_SECONDS", "0"),
         ("APP_HTTP_SEND_TIMEOUT_SECONDS", "1e12"),
-        ("APP_HTTP_MAX_CONNECTIONS", "0"),
         ("APP_HTTP_MAX_CONNECTIONS", "many"),
         ("APP_HTTP_MAX_CONNECTIONS", "2000000"),
         ("APP_HTTP_MAX_HEADER_BYTES", "10"),

@@ -8,6 +8,7 @@ mod clients;
 mod input;
 mod leaks;
 mod outage;
+mod review;
 mod settings;
 mod store;
 

@@ -103,7 +103,11 @@ async fn extreme_but_accepted_settings_work() {
     let receiver = Receiver::start(Behaviour::accept()).await;
     // The largest queue bound, the smallest pool (on PostgreSQL, one connection per pool: the
     // job listener must not take it), the shortest lease.
+    // (The retention cut-off is computed by the database on PostgreSQL: the longest accepted
+    // retention must stay within its date range, which the cleanup below exercises.)
     let app = spawn_app(&[
+        "--admin-token",
+        "t",
         "--async-queue-max-size",
         "1099511627776",
         "--database-pool-size",
@@ -115,7 +119,7 @@ async fn extreme_but_accepted_settings_work() {
         "--max-stored-requests",
         "18446744073709551615",
         "--request-retention-hours",
-        "1000000000",
+        "1000000",
     ])
     .await;
     let (status, health) = read(app.get("/healthz").await).await;
@@ -129,4 +133,12 @@ async fn extreme_but_accepted_settings_work() {
     let (status, _) = read(app.get("/requests").await).await;
     assert_eq!(status, 200);
     assert_eq!(app.get("/metrics").await.status(), 200);
+    let cleanup = app
+        .client
+        .post(app.url("/admin/cleanup"))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleanup.status(), 200);
 }
