@@ -127,7 +127,12 @@ impl Application {
             config.callback_allowed_hosts.iter().cloned(),
         );
         let resolver = GuardedResolver::new(lookup, guard.clone());
-        let client = CallbackClient::new(config.callback_timeout(), signer, resolver)?;
+        let client = CallbackClient::new(
+            config.callback_timeout(),
+            signer,
+            resolver,
+            usize::try_from(config.per_destination_cap()).unwrap_or(usize::MAX),
+        )?;
 
         let wakeup = Wakeup::default();
         let workers = WorkerStats::default();

@@ -11,9 +11,6 @@
 /// Descriptors kept for the database files and pool, logs, the runtime and the listener.
 const RESERVE: u64 = 64;
 
-/// Idle keep-alive callback connections at most (see `delivery::destinations`).
-const KEEP_ALIVE_CONNECTIONS: u64 = crate::delivery::destinations::KEEP_ALIVE_CONNECTIONS as u64;
-
 /// Connections served when the cap is left to fit (`APP_HTTP_MAX_CONNECTIONS=0`) and the
 /// limit allows more.
 const AUTO_MAX_CONNECTIONS: u64 = 10_000;
@@ -55,7 +52,7 @@ pub fn raise_limit() -> std::io::Result<u64> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "APP_HTTP_MAX_CONNECTIONS ({connections}) does not fit in the open-file limit ({limit}, \
-     ulimit -n): {needed} descriptors are kept for APP_ASYNC_WORKER_COUNT deliveries (two \
+     ulimit -n): {needed} descriptors are kept for APP_ASYNC_WORKER_COUNT deliveries (three \
      each), the database pool and files, which leaves {left}; lower it (or 0 to fit), lower \
      APP_ASYNC_WORKER_COUNT, or raise the limit"
 )]
@@ -75,7 +72,9 @@ pub fn connection_cap(
     workers: u64,
     database_connections: u64,
 ) -> Result<u64, DoesNotFit> {
-    let needed = RESERVE + 2 * workers + KEEP_ALIVE_CONNECTIONS + database_connections;
+    // Per worker: its delivery's socket, and room for two idle kept-alive ones (at most four
+    // destinations keep as many as their cap, at most half the workers each).
+    let needed = RESERVE + 3 * workers + database_connections;
     let left = limit.saturating_sub(needed);
     let wanted = if requested == 0 {
         left.min(AUTO_MAX_CONNECTIONS)
@@ -103,18 +102,23 @@ mod tests {
 
     #[test]
     fn the_cap_fits_what_is_left() {
-        let kept = RESERVE + KEEP_ALIVE_CONNECTIONS;
         assert_eq!(connection_cap(0, 20_000, 256, 21), Ok(10_000));
-        assert_eq!(connection_cap(0, 1024, 256, 21), Ok(1024 - kept - 512 - 21));
-        assert_eq!(connection_cap(200, 1024, 256, 21), Ok(200));
-        assert!(connection_cap(500, 1024, 256, 21).is_err());
-        assert!(connection_cap(0, 256, 256, 21).is_err(), "nothing left");
+        assert_eq!(
+            connection_cap(0, 2048, 256, 21),
+            Ok(2048 - RESERVE - 768 - 21)
+        );
+        assert_eq!(connection_cap(200, 2048, 256, 21), Ok(200));
+        assert!(connection_cap(1500, 2048, 256, 21).is_err());
+        assert!(
+            connection_cap(0, 1024, 256, 21).is_err(),
+            "nothing useful left"
+        );
         assert_eq!(
             connection_cap(2, 512, 32, 5),
             Ok(2),
             "a small explicit cap is fine"
         );
-        assert_eq!(connection_cap(0, 512, 32, 5), Ok(512 - kept - 64 - 5));
+        assert_eq!(connection_cap(0, 512, 32, 5), Ok(512 - RESERVE - 96 - 5));
     }
 
     #[test]

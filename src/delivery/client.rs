@@ -20,7 +20,6 @@ use chrono::{SecondsFormat, Utc};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
-use super::destinations::KEEP_ALIVE_PER_DESTINATION;
 use super::guard::Guard;
 use super::retry::parse_retry_after;
 use super::signing::Signer;
@@ -156,10 +155,13 @@ pub struct CallbackClient {
 }
 
 impl CallbackClient {
+    /// `idle_per_destination`: idle connections kept for each of the busiest destinations
+    /// (their cap of deliveries in flight).
     pub fn new(
         timeout: Duration,
         signer: Signer,
         resolver: GuardedResolver,
+        idle_per_destination: usize,
     ) -> Result<Self, reqwest::Error> {
         let guard = resolver.guard.clone();
         // reqwest is built without a crypto provider (ring builds far faster than aws-lc);
@@ -180,7 +182,7 @@ impl CallbackClient {
                 .build()
         };
         Ok(Self {
-            keep_alive: build(KEEP_ALIVE_PER_DESTINATION)?,
+            keep_alive: build(idle_per_destination)?,
             one_shot: build(0)?,
             signer,
             guard,

@@ -37,17 +37,15 @@ use utoipa::ToSchema;
 use super::client::AttemptKind;
 
 /// Destinations whose callbacks keep their connections alive between deliveries: the busiest
-/// by recent successes. Every other destination gets a connection per delivery, closed after
-/// it. Idle keep-alive connections are file descriptors, and callers choose destinations:
-/// pooling for every destination would let a caller naming thousands of them exhaust the
-/// descriptors, while the busiest few are where keeping connections alive pays.
-pub const KEEP_ALIVE_DESTINATIONS: usize = 8;
-
-/// Idle keep-alive connections kept per such destination.
-pub const KEEP_ALIVE_PER_DESTINATION: usize = 8;
-
-/// Idle keep-alive callback connections at most.
-pub const KEEP_ALIVE_CONNECTIONS: usize = KEEP_ALIVE_DESTINATIONS * KEEP_ALIVE_PER_DESTINATION;
+/// by recent successes, each with as many idle connections as its cap of deliveries in
+/// flight (fewer would close and reopen connections under load: measured, half of all
+/// callbacks then paid a new connection). Every other destination gets a connection per
+/// delivery, closed after it. Idle keep-alive connections are file descriptors, and callers
+/// choose destinations: pooling for every destination would let a caller naming thousands
+/// of them exhaust the descriptors, while the busiest few are where keeping connections
+/// alive pays. With the cap at most half the workers, idle callback connections number at
+/// most twice the workers.
+pub const KEEP_ALIVE_DESTINATIONS: usize = 4;
 
 /// How often the busiest destinations are worked out again.
 const KEEP_ALIVE_REFRESH: Duration = Duration::from_secs(1);
@@ -344,22 +342,25 @@ impl Destinations {
             .keep_alive
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cached
+        let member = |set: &[String]| set.iter().any(|d| d == destination);
+        // Worked out again every second, and at once for a new destination while there are
+        // places left (so the first destinations keep their connections from the start).
+        let stale = cached
             .0
-            .is_none_or(|at| now.duration_since(at) >= KEEP_ALIVE_REFRESH)
-        {
+            .is_none_or(|at| now.duration_since(at) >= KEEP_ALIVE_REFRESH);
+        let room_for_it = cached.1.len() < KEEP_ALIVE_DESTINATIONS && !member(&cached.1);
+        if stale || room_for_it {
             let bucket = self.bucket(now);
-            let mut busiest: Vec<(u64, String)> = self
+            let mut busiest: Vec<((u64, u32), String)> = self
                 .lock()
                 .iter()
-                .map(|(d, e)| (e.recent.totals(bucket).0, d.clone()))
-                .filter(|(successes, _)| *successes > 0)
+                .map(|(d, e)| ((e.recent.totals(bucket).0, e.in_flight), d.clone()))
                 .collect();
-            busiest.sort_unstable_by_key(|(successes, _)| std::cmp::Reverse(*successes));
+            busiest.sort_unstable_by_key(|(activity, _)| std::cmp::Reverse(*activity));
             busiest.truncate(KEEP_ALIVE_DESTINATIONS);
             *cached = (Some(now), busiest.into_iter().map(|(_, d)| d).collect());
         }
-        cached.1.iter().any(|d| d == destination)
+        member(&cached.1)
     }
 
     /// When an open breaker next lets a probe through, if any is open: the dispatcher looks
@@ -667,6 +668,28 @@ mod tests {
             10,
             "a probe answered with a 4xx shows the destination up"
         );
+    }
+
+    #[test]
+    fn only_the_busiest_destinations_keep_connections_alive() {
+        let d = Destinations::new(10, policy());
+        // The first destinations keep theirs from their first delivery.
+        let first = d.start(A);
+        assert!(d.keeps_alive(A));
+        first.record(Verdict::Healthy);
+        // Of many, only the busiest few.
+        for n in 0..KEEP_ALIVE_DESTINATIONS + 3 {
+            let destination = format!("http://busy-{n}:80");
+            for _ in 0..=n {
+                d.start(&destination).record(Verdict::Healthy);
+            }
+        }
+        std::thread::sleep(KEEP_ALIVE_REFRESH);
+        let keeping: Vec<usize> = (0..KEEP_ALIVE_DESTINATIONS + 3)
+            .filter(|n| d.keeps_alive(&format!("http://busy-{n}:80")))
+            .collect();
+        assert_eq!(keeping, [3, 4, 5, 6], "the four with the most successes");
+        assert!(!d.keeps_alive(A));
     }
 
     #[test]

@@ -128,6 +128,7 @@ async fn a_name_with_allowed_and_blocked_addresses_connects_only_to_the_allowed_
         Duration::from_secs(5),
         Signer::default(),
         GuardedResolver::new(Arc::new(lookup), guard),
+        8,
     )
     .unwrap();
 
@@ -173,6 +174,7 @@ async fn ip_literals_are_checked_before_connecting() {
         Duration::from_secs(5),
         Signer::default(),
         GuardedResolver::new(Arc::new(StaticLookup::default()), Guard::new(true, [])),
+        8,
     )
     .unwrap();
     for url in [
@@ -198,6 +200,7 @@ async fn ip_literals_are_checked_before_connecting() {
         Duration::from_secs(5),
         Signer::default(),
         GuardedResolver::new(Arc::new(StaticLookup::default()), Guard::new(false, [])),
+        8,
     )
     .unwrap();
     let url = format!("http://127.0.0.1:{}/callback", receiver.address.port());
