@@ -7,68 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::assert_refused_in_one_line;
 use crate::helpers::{Behaviour, Receiver, read, spawn_app};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Starts the binary with `env` on a throwaway SQLite database; returns its exit code and
-/// stderr, or `None` if it was still running after `patience` (it accepted the settings).
-fn start_binary_with(env: &[(&str, &str)], patience: Duration) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_syncasync"));
-    command
-        .env("APP_HOST", "127.0.0.1")
-        .env("APP_PORT", "0")
-        .env(
-            "APP_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("s.db").display()),
-        )
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + patience;
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            // A signal (an abort) has no exit code: report it as -1, a failure.
-            break Some(status.code().unwrap_or(-1));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    {
-        use std::io::Read;
-        let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-    }
-    (code, stderr)
-}
-
-/// Fails unless the binary, started with `env`, stops at once with exit code 2 (as clap's
-/// own refusals do) or 1 and one line on stderr that names `variable`.
-fn assert_refused_in_one_line(env: &[(&str, &str)], variable: &str) {
-    let (code, stderr) = start_binary_with(env, Duration::from_secs(5));
-    assert!(
-        matches!(code, Some(1 | 2)),
-        "{env:?}: expected a clean refusal at start, got exit {code:?} with stderr:\n{stderr}"
-    );
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        // Log lines written before the refusal (migrations) are not the error.
-        .filter(|l| !l.contains(" INFO "))
-        .collect();
-    assert_eq!(lines.len(), 1, "{env:?}: not one line:\n{stderr}");
-    assert!(lines[0].contains(variable), "{env:?}: {stderr}");
-}
 
 // ---------------------------------------------------------------------------------------
 // Delivery isolation (SPEC §4 "Isolation")

@@ -1,56 +1,12 @@
 //! A careless operator: every setting that is accepted works, and one that would break
 //! something is refused at start with one line naming it.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
+use super::assert_refused_in_one_line;
 use crate::helpers::{Behaviour, Receiver, read, spawn_app};
-
-/// Starts the binary with `env` on a throwaway database; returns its exit code and stderr,
-/// or `None` if it was still running (and so accepted the settings) after a moment.
-fn start_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_syncasync"));
-    command
-        .env("APP_HOST", "127.0.0.1")
-        .env("APP_PORT", "0")
-        .env(
-            "APP_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("s.db").display()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if code.is_some() {
-        use std::io::Read;
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-    }
-    (code, stderr)
-}
 
 #[test]
 fn settings_that_would_break_something_are_refused_in_one_line_naming_them() {
@@ -91,10 +47,7 @@ fn settings_that_would_break_something_are_refused_in_one_line_naming_them() {
             "APP_CLEANUP_INTERVAL_SECONDS",
         ),
     ] {
-        let (code, stderr) = start_with(&env);
-        assert!(matches!(code, Some(c) if c != 0), "{env:?} was accepted");
-        assert_eq!(stderr.trim().lines().count(), 1, "{env:?}: {stderr}");
-        assert!(stderr.contains(variable), "{env:?}: {stderr}");
+        assert_refused_in_one_line(&env, variable);
     }
 }
 
