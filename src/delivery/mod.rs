@@ -2,10 +2,12 @@
 //! callback, and record each attempt with what follows it (done, retry at a time, given up).
 //!
 //! A dispatcher task claims jobs only when a worker slot is free (a semaphore of
-//! `APP_ASYNC_WORKER_COUNT` permits), so a claimed job always starts at once and leases are
-//! never held by jobs waiting in memory. A retry is not a sleeping task: the attempt is
-//! recorded with its due time and the slot is freed; the dispatcher claims it again when it is
-//! due. The dispatcher sleeps until the earliest due time, a new submission, or a free slot.
+//! `APP_ASYNC_WORKER_COUNT` permits), and of each destination only as many as it has room for
+//! ([`destinations`]: its cap and its circuit breaker), so a claimed job always starts at once
+//! and leases are never held by jobs waiting in memory. A retry is not a sleeping task: the
+//! attempt is recorded with its due time and the slot is freed; the dispatcher claims it again
+//! when it is due. The dispatcher sleeps until the earliest due time of a destination with
+//! room, a new submission, a free slot, or an open breaker's next probe.
 
 pub mod client;
 pub mod destinations;
@@ -387,7 +389,15 @@ impl Dispatcher {
             job.unrecorded_claims - 1
         );
         match self.store.give_up(&job.id, &job.token, &reason).await {
-            Ok(true) => tracing::error!(request_id = %job.id, "{reason}"),
+            Ok(true) => {
+                tracing::error!(request_id = %job.id, "{reason}");
+                self.metrics
+                    .jobs_finished
+                    .get_or_create(&crate::metrics::FinalLabels {
+                        status: crate::metrics::FinalStatus::callback_failed,
+                    })
+                    .inc();
+            }
             Ok(false) => tracing::warn!(request_id = %job.id, "lease lost before giving up"),
             Err(err) => {
                 tracing::error!(request_id = %job.id, error = %err, "giving up a job failed")
