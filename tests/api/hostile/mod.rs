@@ -5,6 +5,7 @@
 //! without bound. Every way in that is found gets a test here.
 
 mod clients;
+mod clock;
 mod input;
 mod leaks;
 mod outage;
@@ -226,4 +227,9 @@ pub fn assert_refused_in_one_line(env: &[(&str, &str)], variable: &str) {
         .collect();
     assert_eq!(lines.len(), 1, "{env:?}: not one line:\n{stderr}");
     assert!(lines[0].contains(variable), "{env:?}: {stderr}");
+}
+
+/// Whether this run must not skip what it cannot set up (CI=true).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
 }

@@ -8,17 +8,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::in_ci;
 use crate::helpers::{
     Behaviour, Receiver, TestApp, assert_all_delivered, postgres_admin_url, read, spawn_app_on,
     unused_port,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Whether this run must not skip what it cannot set up (CI=true).
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
 
 fn is_root() -> bool {
     Command::new("id")
