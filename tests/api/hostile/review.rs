@@ -90,50 +90,13 @@ fn a_bad_database_url_is_refused_naming_the_variable() {
 // without it these tests say so and pass, as the suite's other PostgreSQL tests do)
 // ---------------------------------------------------------------------------------------
 
-/// A database `review_<random>` on the configured server, dropped (forcibly) when this value
-/// is dropped, even if the test failed.
-struct ReviewDatabase {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl ReviewDatabase {
-    async fn create() -> Option<Self> {
-        use sqlx::Connection;
-        let Some(admin) = crate::helpers::postgres_admin_url() else {
-            eprintln!("skipped: needs PostgreSQL; set SYNCASYNC_TEST_POSTGRES_URL");
-            return None;
-        };
-        let name = format!("review_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&name);
-        Some(Self {
-            admin,
-            name,
-            url: url.to_string(),
-        })
+/// A fresh database on the configured PostgreSQL server, or `None` (the test is skipped).
+async fn postgres_database(dir: &std::path::Path) -> Option<String> {
+    if crate::helpers::postgres_admin_url().is_none() {
+        eprintln!("skipped: needs PostgreSQL; set SYNCASYNC_TEST_POSTGRES_URL");
+        return None;
     }
-}
-
-impl Drop for ReviewDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .arg(&self.admin)
-            .args([
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+    Some(crate::helpers::fresh_database(dir).await)
 }
 
 /// SPEC §2/§9: no input gets a 500. On PostgreSQL an id with a NUL character
@@ -142,12 +105,12 @@ impl Drop for ReviewDatabase {
 /// answers the 404 it should.)
 #[tokio::test]
 async fn an_id_with_a_nul_character_is_a_404_on_postgresql() {
-    let Some(db) = ReviewDatabase::create().await else {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(database) = postgres_database(dir.path()).await else {
         return;
     };
     let token = "review-admin-token";
-    let dir = tempfile::tempdir().unwrap();
-    let app = crate::helpers::spawn_app_on(dir, &db.url, &["--admin-token", token]).await;
+    let app = crate::helpers::spawn_app_on(dir, &database, &["--admin-token", token]).await;
     let (status, body) = read(app.get("/requests/a%00b").await).await;
     assert_eq!(status, 404, "GET: {body}");
     let response = app
@@ -169,14 +132,14 @@ async fn an_id_with_a_nul_character_is_a_404_on_postgresql() {
 /// `POST /admin/cleanup` answers 500.
 #[tokio::test]
 async fn the_longest_accepted_retention_still_cleans_up_on_postgresql() {
-    let Some(db) = ReviewDatabase::create().await else {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(database) = postgres_database(dir.path()).await else {
         return;
     };
     let token = "review-admin-token";
-    let dir = tempfile::tempdir().unwrap();
     let app = crate::helpers::spawn_app_on(
         dir,
-        &db.url,
+        &database,
         &[
             "--admin-token",
             token,
