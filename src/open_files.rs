@@ -109,9 +109,13 @@ mod tests {
         );
         assert_eq!(connection_cap(200, 2048, 256, 21), Ok(200));
         assert!(connection_cap(1500, 2048, 256, 21).is_err());
+        assert_eq!(
+            connection_cap(0, 1024, 256, 21),
+            Ok(1024 - RESERVE - 768 - 21)
+        );
         assert!(
-            connection_cap(0, 1024, 256, 21).is_err(),
-            "nothing useful left"
+            connection_cap(0, 860, 256, 21).is_err(),
+            "fewer than 16 left: nothing useful"
         );
         assert_eq!(
             connection_cap(2, 512, 32, 5),
