@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::durability::ChildServer;
-use crate::helpers::{client, fresh_database, unused_port};
+use crate::helpers::{client, fresh_database, unused_port, wait_for_status_at};
 
 #[tokio::test]
 async fn a_callback_urls_query_string_is_neither_stored_in_errors_nor_logged() {
@@ -35,22 +35,14 @@ async fn a_callback_urls_query_string_is_neither_stored_in_errors_nor_logged() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let record = loop {
-        let record: Value = client
-            .get(format!("{}/requests/{id}", server.address))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if record["status"] == "callback_failed" {
-            break record;
-        }
-        assert!(std::time::Instant::now() < deadline, "{record}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let record = wait_for_status_at(
+        &client,
+        &server.address,
+        &id,
+        "callback_failed",
+        std::time::Instant::now() + Duration::from_secs(20),
+    )
+    .await;
     let error = record["callback_last_error"].as_str().unwrap();
     assert!(error.contains("connection"), "{error}");
     for attempt in record["attempts"].as_array().unwrap() {

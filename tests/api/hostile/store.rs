@@ -8,10 +8,9 @@ use syncasync::delivery::destinations::Rooms;
 use syncasync::model::DeliveryAttempt;
 use syncasync::store::{AttemptOutcome, MAX_UNRECORDED_CLAIMS, NewAsyncRequest, NewRequest, Store};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::helpers::{
-    Behaviour, Receiver, fresh_database, postgres_admin_url, read, spawn_app, spawn_app_on,
+    Behaviour, Receiver, TestApp, fresh_database, postgres_admin_url, read, spawn_app, spawn_app_on,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -27,9 +26,8 @@ enum HangUp {
 }
 
 /// Sends `request` on a raw socket and hangs up at once, before any answer.
-async fn send_and_hang_up(address: &str, request: &str, how: HangUp) {
-    let host = address.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(host).await.expect("connect");
+async fn send_and_hang_up(app: &TestApp, request: &str, how: HangUp) {
+    let mut stream = super::connect(app).await;
     stream.write_all(request.as_bytes()).await.expect("write");
     if let HangUp::Reset = how {
         // A zero linger does not block on drop, which is what the deprecation warns of.
@@ -45,7 +43,7 @@ async fn clients_that_hang_up_mid_read_do_not_take_reads_down() {
     for n in 0..60 {
         let path = if n % 2 == 0 { "/healthz" } else { "/requests" };
         send_and_hang_up(
-            &app.address,
+            &app,
             &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
             if n % 3 == 0 {
                 HangUp::Reset
@@ -413,7 +411,7 @@ async fn a_sync_client_that_hangs_up_cancels_its_work() {
     let body = json!({"data": "nobody waits for this", "iterations": 1_000_000}).to_string();
     for _ in 0..6 {
         send_and_hang_up(
-            &app.address,
+            &app,
             &format!(
                 "POST /sync HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
