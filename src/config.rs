@@ -55,14 +55,14 @@ pub struct Config {
     /// Callback deliveries in flight at once (jobs being worked on or delivered). An
     /// in-flight delivery is a small future and a socket, so the default is sized for async
     /// I/O rather than the original's 10 threads.
-    #[arg(long, env = "APP_ASYNC_WORKER_COUNT", default_value_t = 256,
+    #[arg(long, env = "APP_ASYNC_WORKER_COUNT", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub async_worker_count: u32,
 
     /// Callback deliveries in flight at once to one destination (scheme, host and port): a
     /// slow or hung receiver holds at most this many of the workers, and never more than
     /// half of APP_ASYNC_WORKER_COUNT.
-    #[arg(long, env = "APP_CALLBACK_MAX_IN_FLIGHT_PER_DESTINATION", default_value_t = 128,
+    #[arg(long, env = "APP_CALLBACK_MAX_IN_FLIGHT_PER_DESTINATION", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub callback_max_in_flight_per_destination: u32,
 

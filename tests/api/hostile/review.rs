@@ -482,7 +482,7 @@ fn an_open_file_limit_too_small_for_the_settings_is_refused_in_one_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success(),
-        "started under ulimit -n 256 with 256 workers"
+        "started under ulimit -n 256 with the default 512 workers"
     );
     let lines: Vec<&str> = stderr
         .lines()
