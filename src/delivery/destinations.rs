@@ -242,6 +242,16 @@ pub struct Rooms {
 }
 
 impl Rooms {
+    /// Uses up one place of `destination`'s room (a job claimed for it).
+    pub fn take_one(&mut self, destination: &str) {
+        match self.limited.iter_mut().find(|(d, _)| d == destination) {
+            Some((_, room)) => *room = room.saturating_sub(1),
+            None => self
+                .limited
+                .push((destination.to_string(), self.default.saturating_sub(1))),
+        }
+    }
+
     /// The destinations with no room at all.
     pub fn closed(&self) -> impl Iterator<Item = &str> {
         self.limited

@@ -37,6 +37,7 @@ macro_rules! attempt_columns {
     };
 }
 
+mod due;
 mod postgres;
 mod sqlite;
 

@@ -29,6 +29,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use tokio_util::sync::CancellationToken;
 
+use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
 use super::{
     AttemptOutcome, Job, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position, Redelivery,
     StoreError, StoreResult, claim_scan,
@@ -41,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_requests.sql"),
     include_str!("../../migrations/postgres/0002_claims.sql"),
     include_str!("../../migrations/postgres/0003_destinations.sql"),
+    include_str!("../../migrations/postgres/0004_destination_index.sql"),
 ];
 
 /// Any constant shared by all instances: the advisory lock that serialises migrations.
@@ -382,34 +384,117 @@ impl PgStore {
         lease: Duration,
         rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
-        // The first `scan` due rows whose destination has any room and whose breaker does
-        // not hold them back (unless overdue), locked; ranked within their destination; of
-        // each destination at most its room. Each step is a
-        // materialised CTE, evaluated once: with `WHERE id IN (SELECT … LIMIT n FOR UPDATE
-        // SKIP LOCKED)` the planner may run the subquery more than once and claim more than
-        // n rows. (Locking and ranking are separate steps: PostgreSQL does not allow FOR
-        // UPDATE with window functions. Rows scanned but not picked are unlocked at commit.)
-        let closed: Vec<&str> = rooms.closed().collect();
+        // The first `scan` due rows in due order, locked, whatever their destination; of
+        // those, held destinations' only when overdue; ranked within their destination; of
+        // each destination at most its room. Each step is a materialised CTE, evaluated once:
+        // with `WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` the planner may run the
+        // subquery more than once and claim more than n rows. (Locking and ranking are
+        // separate steps: PostgreSQL does not allow FOR UPDATE with window functions. Rows
+        // scanned but not picked are unlocked at commit.) The outer select always yields a
+        // row, so the size of the window is known even when nothing was claimed.
+        let scan = claim_scan(limit);
         let rows = sqlx::query(concat!(
             "WITH scanned AS MATERIALIZED (
                  SELECT id, next_attempt_at, COALESCE(destination, '') AS dest FROM requests
                  WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now()
                    AND (lease_expires_at IS NULL OR lease_expires_at < now())
-                   AND NOT (COALESCE(destination, '') = ANY($4))
-                   AND (NOT (COALESCE(destination, '') = ANY($8))
-                        OR next_attempt_at <= now() - make_interval(secs => $9))
                  ORDER BY next_attempt_at
-                 LIMIT $6
+                 LIMIT $5
                  FOR UPDATE SKIP LOCKED),
              picked AS MATERIALIZED (
                  SELECT id AS picked_id FROM (
                      SELECT id, next_attempt_at,
                             ROW_NUMBER() OVER (PARTITION BY dest ORDER BY next_attempt_at) AS rank,
-                            COALESCE(($5::jsonb ->> dest)::int, $7) AS room
-                     FROM scanned) AS ranked
+                            COALESCE(($4::jsonb ->> dest)::int, $6) AS room
+                     FROM scanned
+                     WHERE NOT (dest = ANY($7))
+                        OR next_attempt_at <= now() - make_interval(secs => $8)) AS ranked
                  WHERE rank <= room
                  ORDER BY next_attempt_at
-                 LIMIT $3)
+                 LIMIT $3),
+             claimed AS (
+                 UPDATE requests AS r
+                 SET status = CASE r.status WHEN 'pending' THEN 'processing' ELSE r.status END,
+                     lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+                     lease_token = gen_random_uuid()::text,
+                     unrecorded_claims = r.unrecorded_claims + 1
+                 FROM picked WHERE r.id = picked.picked_id
+                 RETURNING ",
+            job_columns!(),
+            ")
+             SELECT (SELECT count(*) FROM scanned) AS window_rows, claimed.*
+             FROM (SELECT 1) AS one LEFT JOIN claimed ON true"
+        ))
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(i64::from(limit))
+        .bind(rooms.to_json())
+        .bind(i64::from(scan))
+        .bind(i64::from(rooms.default))
+        .bind(&rooms.held)
+        .bind(rooms.overdue.as_secs_f64())
+        .fetch_all(&self.relaxed)
+        .await?;
+        let window_rows: i64 = match rows.first() {
+            Some(row) => row.try_get("window_rows")?,
+            None => 0,
+        };
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<String>, _>("id")?.is_some() {
+                jobs.push(job_from_row(row)?);
+            }
+        }
+        let short = jobs.len() < limit as usize;
+        if short && window_rows >= i64::from(scan) {
+            // The window was full and left the claim short: destinations without room (a
+            // full or held destination's backlog) in front. Look destination by destination.
+            let mut rest = rooms.clone();
+            for job in &jobs {
+                rest.take_one(&job.destination);
+            }
+            let more = self
+                .claim_per_destination(owner, limit - jobs.len() as u32, lease, &rest)
+                .await?;
+            jobs.extend(more);
+        }
+        Ok(jobs)
+    }
+
+    /// Claims as [`claim_due`](Self::claim_due) does, but looking at each destination's due
+    /// jobs on their own (a seek per destination, through `requests_destination_due`).
+    async fn claim_per_destination(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        rooms: &Rooms,
+    ) -> StoreResult<Vec<Job>> {
+        let rows = sqlx::query(concat!(
+            "WITH RECURSIVE dests AS (
+                 (SELECT destination AS dest FROM requests
+                  WHERE next_attempt_at IS NOT NULL AND destination IS NOT NULL
+                  ORDER BY destination LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT destination FROM requests
+                         WHERE next_attempt_at IS NOT NULL AND destination > d.dest
+                         ORDER BY destination LIMIT 1)
+                 FROM dests AS d WHERE d.dest IS NOT NULL),
+             candidates AS MATERIALIZED (
+                 SELECT c.id, c.next_attempt_at FROM dests AS d
+                 CROSS JOIN LATERAL (
+                     SELECT id, next_attempt_at FROM requests
+                     WHERE destination = d.dest AND next_attempt_at IS NOT NULL
+                       AND next_attempt_at <= CASE WHEN d.dest = ANY($5)
+                                                   THEN now() - make_interval(secs => $6)
+                                                   ELSE now() END
+                       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                     ORDER BY next_attempt_at
+                     LIMIT LEAST(COALESCE(($4::jsonb ->> d.dest)::int, $7), $3)
+                     FOR UPDATE SKIP LOCKED) AS c
+                 WHERE d.dest IS NOT NULL),
+             picked AS MATERIALIZED (
+                 SELECT id AS picked_id FROM candidates ORDER BY next_attempt_at LIMIT $3)
              UPDATE requests AS r
              SET status = CASE r.status WHEN 'pending' THEN 'processing' ELSE r.status END,
                  lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
@@ -422,12 +507,10 @@ impl PgStore {
         .bind(owner)
         .bind(lease.as_secs_f64())
         .bind(i64::from(limit))
-        .bind(closed)
         .bind(rooms.to_json())
-        .bind(i64::from(claim_scan(limit)))
-        .bind(i64::from(rooms.default))
         .bind(&rooms.held)
         .bind(rooms.overdue.as_secs_f64())
+        .bind(i64::from(rooms.default))
         .fetch_all(&self.relaxed)
         .await?;
         Ok(rows
@@ -455,25 +538,63 @@ impl PgStore {
     }
 
     pub async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
-        // Due times are compared with the database's clock; translate to ours.
-        let closed: Vec<&str> = rooms.closed().collect();
-        let row = sqlx::query(
-            "SELECT min(CASE WHEN COALESCE(destination, '') = ANY($2)
-                             THEN next_attempt_at + make_interval(secs => $3)
-                             ELSE next_attempt_at END) - now() AS wait
+        // Due times are compared with the database's clock, in milliseconds; the answer is
+        // translated to ours.
+        let window = sqlx::query(
+            "SELECT COALESCE(destination, '') AS dest,
+                    (extract(epoch FROM next_attempt_at) * 1000)::bigint AS due,
+                    (extract(epoch FROM now()) * 1000)::bigint AS db_now
              FROM requests
-             WHERE next_attempt_at IS NOT NULL AND (lease_expires_at IS NULL OR lease_expires_at < now())
-               AND NOT (COALESCE(destination, '') = ANY($1))",
+             WHERE next_attempt_at IS NOT NULL
+               AND (lease_expires_at IS NULL OR lease_expires_at < now())
+             ORDER BY next_attempt_at LIMIT $1",
         )
-        .bind(closed)
-        .bind(&rooms.held)
-        .bind(rooms.overdue.as_secs_f64())
-        .fetch_one(&self.pool)
+        .bind(i64::from(NEXT_DUE_WINDOW))
+        .fetch_all(&self.pool)
         .await?;
-        let wait: Option<sqlx::postgres::types::PgInterval> = row.try_get("wait")?;
-        Ok(wait.map(|w| {
-            let micros = w.microseconds + i64::from(w.days) * 86_400_000_000;
-            Utc::now() + chrono::Duration::microseconds(micros)
+        let mut db_now = None;
+        let mut rows = Vec::with_capacity(window.len());
+        for row in &window {
+            db_now = Some(row.try_get::<i64, _>("db_now")?);
+            rows.push((row.try_get("dest")?, row.try_get("due")?));
+        }
+        let room = RoomLeft::new(rooms);
+        let earliest_due = match next_due_in_window(&rows, NEXT_DUE_WINDOW, &room) {
+            Ok(answer) => answer,
+            Err(mut so_far) => {
+                let firsts = sqlx::query(
+                    "WITH RECURSIVE dests AS (
+                         (SELECT destination AS dest FROM requests
+                          WHERE next_attempt_at IS NOT NULL AND destination IS NOT NULL
+                          ORDER BY destination LIMIT 1)
+                         UNION ALL
+                         SELECT (SELECT destination FROM requests
+                                 WHERE next_attempt_at IS NOT NULL AND destination > d.dest
+                                 ORDER BY destination LIMIT 1)
+                         FROM dests AS d WHERE d.dest IS NOT NULL)
+                     SELECT d.dest,
+                            (SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint
+                             FROM requests
+                             WHERE destination = d.dest AND next_attempt_at IS NOT NULL
+                               AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                             ORDER BY next_attempt_at LIMIT 1) AS due
+                     FROM dests AS d WHERE d.dest IS NOT NULL AND NOT (d.dest = ANY($1))",
+                )
+                .bind(rooms.closed().collect::<Vec<_>>())
+                .fetch_all(&self.pool)
+                .await?;
+                for row in &firsts {
+                    let destination: String = row.try_get("dest")?;
+                    if let Some(due) = row.try_get::<Option<i64>, _>("due")? {
+                        so_far = earliest(so_far, room.claimable_at(&destination, due));
+                    }
+                }
+                so_far
+            }
+        };
+        Ok(earliest_due.map(|due| {
+            let wait = due.saturating_sub(db_now.unwrap_or(due));
+            Utc::now() + chrono::Duration::milliseconds(wait)
         }))
     }
 

@@ -29,6 +29,7 @@ use rusqlite::{
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, millis_of, next_due_in_window};
 use super::{
     AttemptOutcome, Job, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position, Redelivery,
     StoreError, StoreResult, claim_scan,
@@ -42,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_attempt_instance.sql"),
     include_str!("../../migrations/sqlite/0003_claims.sql"),
     include_str!("../../migrations/sqlite/0004_destinations.sql"),
+    include_str!("../../migrations/sqlite/0005_destination_index.sql"),
 ];
 
 /// Most commands folded into one transaction: bounds the latency a command waits for the
@@ -205,22 +207,8 @@ impl SqliteStore {
 
     pub async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
         let now = Utc::now().timestamp_millis();
-        let held = rooms.held_json();
-        let overdue = i64::try_from(rooms.overdue.as_millis()).unwrap_or(i64::MAX);
-        let rooms = rooms.to_json();
-        let next: Option<i64> = self
-            .read(move |conn| {
-                conn.prepare_cached(
-                    "SELECT MIN(CASE WHEN COALESCE(destination, '') IN (SELECT value FROM json_each(?3))
-                                     THEN next_attempt_at + ?4 ELSE next_attempt_at END)
-                     FROM requests
-                     WHERE next_attempt_at IS NOT NULL AND (lease_expires_at IS NULL OR lease_expires_at < ?1)
-                       AND COALESCE(destination, '') NOT IN
-                           (SELECT key FROM json_each(?2) WHERE value = 0)",
-                )?
-                .query_row(params![now, rooms, held, overdue], |row| row.get(0))
-            })
-            .await?;
+        let rooms = rooms.clone();
+        let next = self.read(move |conn| next_due(conn, &rooms, now)).await?;
         Ok(next.map(from_millis))
     }
 
@@ -814,41 +802,160 @@ fn from_millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
-/// Claims due jobs: the first due rows whose destination has any room and whose breaker does
-/// not hold them back (unless overdue), `scan` of them, so the cost of a claim is bounded
-/// however many jobs wait on full destinations. Ranked within their destination; of each
-/// destination at most its room. SQLite evaluates the subquery once, so LIMIT bounds the
-/// claim exactly.
-const CLAIM: &str = concat!(
-    "WITH room (dest, room) AS MATERIALIZED (SELECT key, value FROM json_each(?5)),
-          held (dest) AS MATERIALIZED (SELECT value FROM json_each(?8))
-     UPDATE requests
+/// The first due rows in due order, whatever their destination: what a claim (and a look
+/// for the next due time, with `?1` in the far future) considers first.
+const DUE_WINDOW: &str = "SELECT id, COALESCE(destination, ''), next_attempt_at FROM requests
+     WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?1
+       AND (lease_expires_at IS NULL OR lease_expires_at < ?2)
+     ORDER BY next_attempt_at LIMIT ?3";
+
+/// The destinations with queued jobs, one index seek each (a loose index scan).
+const FIRST_DESTINATION: &str = "SELECT destination FROM requests
+     WHERE next_attempt_at IS NOT NULL AND destination IS NOT NULL
+     ORDER BY destination LIMIT 1";
+const NEXT_DESTINATION: &str = "SELECT destination FROM requests
+     WHERE next_attempt_at IS NOT NULL AND destination > ?1
+     ORDER BY destination LIMIT 1";
+
+/// One destination's first jobs due by `?2` and not leased.
+const DESTINATION_DUE: &str = "SELECT id, next_attempt_at FROM requests
+     WHERE destination = ?1 AND next_attempt_at IS NOT NULL AND next_attempt_at <= ?2
+       AND (lease_expires_at IS NULL OR lease_expires_at < ?3)
+     ORDER BY next_attempt_at LIMIT ?4";
+
+const CLAIM_ONE: &str = concat!(
+    "UPDATE requests
      SET status = CASE status WHEN 'pending' THEN 'processing' ELSE status END,
-         lease_owner = ?1, lease_expires_at = ?2,
-         lease_token = lower(hex(randomblob(16))),
+         lease_owner = ?2, lease_expires_at = ?3, lease_token = lower(hex(randomblob(16))),
          unrecorded_claims = unrecorded_claims + 1
-     WHERE id IN (
-         SELECT id FROM (
-             SELECT scanned.id, scanned.next_attempt_at,
-                    ROW_NUMBER() OVER (PARTITION BY scanned.dest
-                                       ORDER BY scanned.next_attempt_at) AS rank,
-                    COALESCE(room.room, ?6) AS room
-             FROM (
-                 SELECT id, next_attempt_at, COALESCE(destination, '') AS dest
-                 FROM requests
-                 WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3
-                   AND (lease_expires_at IS NULL OR lease_expires_at < ?3)
-                   AND COALESCE(destination, '') NOT IN
-                       (SELECT dest FROM room WHERE room = 0)
-                   AND (COALESCE(destination, '') NOT IN (SELECT dest FROM held)
-                        OR next_attempt_at <= ?9)
-                 ORDER BY next_attempt_at LIMIT ?7) AS scanned
-             LEFT JOIN room ON room.dest = scanned.dest)
-         WHERE rank <= room
-         ORDER BY next_attempt_at LIMIT ?4)
+     WHERE id = ?1
      RETURNING ",
     job_columns!()
 );
+
+/// Calls `f` with each destination that has queued jobs, in name order.
+fn each_destination(
+    conn: &Connection,
+    mut f: impl FnMut(&str) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let mut next: Option<String> = conn
+        .prepare_cached(FIRST_DESTINATION)?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    let mut step = conn.prepare_cached(NEXT_DESTINATION)?;
+    while let Some(destination) = next {
+        f(&destination)?;
+        next = step
+            .query_row([&destination], |row| row.get(0))
+            .optional()?;
+    }
+    Ok(())
+}
+
+/// Claims up to `limit` due jobs, in due order, taking of each destination at most its room
+/// and none of a held one unless overdue.
+///
+/// First the due rows in due order (`claim_scan(limit)` of them): the common case, a cost of
+/// the jobs claimed. When those rows belong to destinations without room (a full or held
+/// destination's backlog in front) and leave the claim short, it looks destination by
+/// destination instead, so jobs behind that backlog are found with a seek per destination
+/// rather than a walk over the backlog.
+fn claim(
+    conn: &Connection,
+    owner: &str,
+    limit: u32,
+    lease: Duration,
+    rooms: &Rooms,
+) -> rusqlite::Result<Vec<Job>> {
+    let now = millis(Utc::now());
+    let lease_until = now.saturating_add(millis_of(lease));
+    let wanted = limit as usize;
+    let scan = claim_scan(limit);
+
+    let window = conn
+        .prepare_cached(DUE_WINDOW)?
+        .query_map(params![now, now, scan], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut room = RoomLeft::new(rooms);
+    let mut picked = Vec::new();
+    let mut passed_over = false;
+    for (id, destination, due) in &window {
+        if picked.len() == wanted {
+            break;
+        }
+        if room.admits(destination, *due, now) {
+            room.take(destination);
+            picked.push(id.clone());
+        } else {
+            passed_over = true;
+        }
+    }
+
+    if picked.len() < wanted && passed_over && window.len() == scan as usize {
+        let room = RoomLeft::new(rooms);
+        let mut candidates: Vec<(i64, String)> = Vec::new();
+        let mut due_rows = conn.prepare_cached(DESTINATION_DUE)?;
+        each_destination(conn, |destination| {
+            let left = room.left(destination).min(limit);
+            if left == 0 {
+                return Ok(());
+            }
+            let until = room.due_by(destination, now);
+            let rows = due_rows.query_map(params![destination, until, now, left], |row| {
+                Ok((row.get(1)?, row.get(0)?))
+            })?;
+            for row in rows {
+                candidates.push(row?);
+            }
+            Ok(())
+        })?;
+        candidates.sort_unstable();
+        candidates.truncate(wanted);
+        picked = candidates.into_iter().map(|(_, id)| id).collect();
+    }
+
+    let mut claim_one = conn.prepare_cached(CLAIM_ONE)?;
+    picked
+        .iter()
+        .map(|id| claim_one.query_row(params![id, owner, lease_until], job_from_row))
+        .collect()
+}
+
+/// The earliest time a claim could take a job: of the destinations with room, the first due
+/// job not leased (a held destination's once it is overdue). `None` with nothing queued.
+fn next_due(conn: &Connection, rooms: &Rooms, now: i64) -> rusqlite::Result<Option<i64>> {
+    let room = RoomLeft::new(rooms);
+    let window = conn
+        .prepare_cached(DUE_WINDOW)?
+        .query_map(params![i64::MAX, now, NEXT_DUE_WINDOW], |row| {
+            Ok((row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut earliest_seen = match next_due_in_window(&window, NEXT_DUE_WINDOW, &room) {
+        Ok(answer) => return Ok(answer),
+        Err(so_far) => so_far,
+    };
+    let mut first_due = conn.prepare_cached(DESTINATION_DUE)?;
+    each_destination(conn, |destination| {
+        if room.left(destination) == 0 {
+            return Ok(());
+        }
+        let due: Option<i64> = first_due
+            .query_row(params![destination, i64::MAX, now, 1], |row| row.get(1))
+            .optional()?;
+        if let Some(due) = due {
+            earliest_seen = earliest(earliest_seen, room.claimable_at(destination, due));
+        }
+        Ok(())
+    })?;
+    Ok(earliest_seen)
+}
 
 /// Runs one command inside the open transaction. A database error aborts the whole batch;
 /// a refusal (queue full) is a reply, not an error.
@@ -937,28 +1044,7 @@ fn apply(
             lease,
             rooms,
         } => {
-            let now = Utc::now();
-            let lease_until =
-                now + chrono::Duration::from_std(*lease).unwrap_or(chrono::Duration::MAX);
-            let jobs = tx
-                .prepare_cached(CLAIM)?
-                .query_map(
-                    params![
-                        owner,
-                        millis(lease_until),
-                        millis(now),
-                        i64::from(*limit),
-                        rooms.to_json(),
-                        i64::from(rooms.default),
-                        i64::from(claim_scan(*limit)),
-                        rooms.held_json(),
-                        millis(now).saturating_sub(
-                            i64::try_from(rooms.overdue.as_millis()).unwrap_or(i64::MAX)
-                        ),
-                    ],
-                    job_from_row,
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
+            let jobs = claim(tx, owner, *limit, *lease, rooms)?;
             Ok(done(Reply::Jobs(jobs)))
         }
         Op::Heartbeat {
@@ -1267,31 +1353,169 @@ mod tests {
     use super::*;
     use rusqlite::StatementStatus;
 
+    const FULL: &str = "http://full:1";
+    const OTHER: &str = "http://other:2";
+
+    fn database() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_connection(&dir.path().join("claims.db"), false).unwrap();
+        migrate(&mut conn).unwrap();
+        (dir, conn)
+    }
+
+    /// Queues `count` jobs for `destination`, due at `first_due`, `first_due + 1`, … (ms).
+    fn queue(conn: &Connection, destination: &str, count: i64, first_due: i64) {
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
+                                       callback_url, created_at, next_attempt_at, destination)
+                 VALUES (?1, 'async', 'pending', 'h', 'x', 1, ?2, 0, ?3, ?2)",
+            )
+            .unwrap();
+        for i in 0..count {
+            insert
+                .execute(params![
+                    format!("{destination}/{}", first_due + i),
+                    destination,
+                    first_due + i
+                ])
+                .unwrap();
+        }
+    }
+
+    fn rooms(limited: &[(&str, u32)], held: &[&str]) -> Rooms {
+        Rooms {
+            default: 10,
+            limited: limited.iter().map(|(d, r)| (d.to_string(), *r)).collect(),
+            held: held.iter().map(|d| d.to_string()).collect(),
+            overdue: Duration::from_secs(60),
+        }
+    }
+
+    fn claimed_ids(conn: &Connection, limit: u32, rooms: &Rooms) -> Vec<String> {
+        claim(conn, "test", limit, Duration::from_secs(30), rooms)
+            .unwrap()
+            .into_iter()
+            .map(|job| job.id)
+            .collect()
+    }
+
+    /// Virtual-machine steps spent so far by every statement a claim or a look for the next
+    /// due time runs: a count of the work done that does not depend on the machine's speed.
+    fn steps(conn: &Connection) -> i32 {
+        [
+            DUE_WINDOW,
+            FIRST_DESTINATION,
+            NEXT_DESTINATION,
+            DESTINATION_DUE,
+            CLAIM_ONE,
+        ]
+        .iter()
+        .map(|sql| {
+            conn.prepare_cached(sql)
+                .unwrap()
+                .get_status(StatementStatus::VmStep)
+        })
+        .sum()
+    }
+
     /// A claim's limit changes with every claim (the free slots); each change must not cost a
     /// parse and a plan (it once took a third of the writer's CPU).
     #[test]
     fn a_claim_is_not_prepared_again_when_its_limit_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_connection(&dir.path().join("claims.db"), false).unwrap();
-        migrate(&mut conn).unwrap();
-        let rooms = Rooms {
-            default: 4,
-            limited: vec![("http://full:1".into(), 0)],
-            held: Vec::new(),
-            overdue: Duration::from_secs(300),
-        };
+        let (_dir, conn) = database();
+        queue(&conn, OTHER, 30, 1);
         for limit in 1..=20 {
-            let tx = conn.transaction().unwrap();
-            let claim = Op::Claim {
-                owner: "test".into(),
-                limit,
-                lease: Duration::from_secs(30),
-                rooms: rooms.clone(),
-            };
-            apply(&tx, &claim, 0, 10).unwrap();
-            tx.commit().unwrap();
+            claim(&conn, "test", limit, Duration::ZERO, &rooms(&[], &[])).unwrap();
         }
-        let statement = conn.prepare_cached(CLAIM).unwrap();
-        assert_eq!(statement.get_status(StatementStatus::RePrepare), 0);
+        for sql in [DUE_WINDOW, CLAIM_ONE] {
+            let statement = conn.prepare_cached(sql).unwrap();
+            assert_eq!(statement.get_status(StatementStatus::RePrepare), 0, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_claim_takes_due_jobs_in_due_order_within_each_destinations_room() {
+        let (_dir, conn) = database();
+        queue(&conn, FULL, 5, 1);
+        queue(&conn, OTHER, 2, 2);
+        let ids = claimed_ids(&conn, 10, &rooms(&[(FULL, 2)], &[]));
+        assert_eq!(
+            ids,
+            [
+                "http://full:1/1",
+                "http://full:1/2",
+                "http://other:2/2",
+                "http://other:2/3"
+            ]
+        );
+        // Leased now: the next claim passes them over.
+        let ids = claimed_ids(&conn, 1, &rooms(&[(FULL, 1)], &[]));
+        assert_eq!(ids, ["http://full:1/3"]);
+    }
+
+    #[test]
+    fn a_held_destination_gives_only_jobs_overdue_by_the_longest_cool_down() {
+        let (_dir, conn) = database();
+        let now = millis(Utc::now());
+        queue(&conn, FULL, 1, now - 120_000);
+        queue(&conn, FULL, 1, now - 1_000);
+        let ids = claimed_ids(&conn, 10, &rooms(&[], &[FULL]));
+        assert_eq!(ids, [format!("http://full:1/{}", now - 120_000)]);
+    }
+
+    #[test]
+    fn jobs_behind_a_full_destinations_backlog_are_found_without_walking_it() {
+        for (limited, held) in [(vec![(FULL, 0)], vec![]), (vec![], vec![FULL])] {
+            let (_dir, conn) = database();
+            let now = millis(Utc::now());
+            let backlog = 3_000;
+            queue(&conn, FULL, backlog, now - 10_000);
+            queue(&conn, OTHER, 2, now - 1_000);
+            let rooms = rooms(&limited, &held);
+            let before = steps(&conn);
+            let ids = claimed_ids(&conn, 4, &rooms);
+            assert_eq!(
+                ids,
+                [
+                    format!("http://other:2/{}", now - 1_000),
+                    format!("http://other:2/{}", now - 999)
+                ]
+            );
+            let spent = steps(&conn) - before;
+            assert!(
+                spent < 3_000,
+                "{spent} steps to claim past a backlog of {backlog}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_next_due_time_is_that_of_a_destination_with_room() {
+        let (_dir, conn) = database();
+        let now = millis(Utc::now());
+        queue(&conn, FULL, 3_000, 1);
+        assert_eq!(
+            next_due(&conn, &rooms(&[(FULL, 0)], &[]), now).unwrap(),
+            None
+        );
+        queue(&conn, OTHER, 1, now + 5_000);
+        let before = steps(&conn);
+        assert_eq!(
+            next_due(&conn, &rooms(&[(FULL, 0)], &[]), now).unwrap(),
+            Some(now + 5_000)
+        );
+        let spent = steps(&conn) - before;
+        assert!(
+            spent < 3_000,
+            "{spent} steps to look past a backlog of 3000"
+        );
+        // Held, the backlog counts from when it is overdue.
+        assert_eq!(
+            next_due(&conn, &rooms(&[], &[FULL]), now).unwrap(),
+            Some(1 + 60_000)
+        );
+        // With room and not held, its first job is due now.
+        assert_eq!(next_due(&conn, &rooms(&[], &[]), now).unwrap(), Some(1));
     }
 }

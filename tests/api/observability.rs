@@ -119,7 +119,7 @@ async fn metrics_move_with_traffic() {
     assert_eq!(moved("syncasync_jobs_claimed_total"), 3.0);
     assert_eq!(sample(&after, "syncasync_async_queue_size"), 0.0);
     assert_eq!(sample(&after, "syncasync_async_queue_capacity"), 50.0);
-    assert_eq!(sample(&after, "syncasync_delivery_workers"), 256.0);
+    assert_eq!(sample(&after, "syncasync_delivery_workers"), 512.0);
     assert!(sample(&after, "syncasync_compute_threads") >= 1.0);
     assert_eq!(sample(&after, "syncasync_compute_queue_capacity"), 1024.0);
     assert!(sample(&after, r#"syncasync_db_connections{state="in_use"}"#) >= 1.0);

@@ -520,6 +520,50 @@ async fn a_claim_takes_no_more_of_a_destination_than_its_room_and_passes_full_on
     store.close().await;
 }
 
+/// A backlog of a destination without room, longer than any claim looks at in due order,
+/// in front of another destination's jobs: a claim still finds those (the store then looks
+/// destination by destination), and so does the dispatcher's look for the next due time.
+#[tokio::test]
+async fn jobs_behind_a_backlog_longer_than_a_claims_window_are_still_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let backlog = "http://127.0.0.1:1";
+    // A claim of one looks at 32 due rows first; the queue holds 100.
+    for n in 0..90 {
+        queue_for(&store, &format!("backlog-{n}"), backlog).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    queue_for(&store, "behind-0", "http://127.0.0.1:2").await;
+    queue_for(&store, "behind-1", "http://127.0.0.1:2").await;
+    let full = Rooms {
+        default: 10,
+        limited: vec![(backlog.into(), 0)],
+        ..Rooms::default()
+    };
+    let held = Rooms {
+        default: 10,
+        held: vec![backlog.into()],
+        overdue: Duration::from_secs(600),
+        ..Rooms::default()
+    };
+    for rooms in [&full, &held] {
+        assert!(store.next_due_at(rooms).await.unwrap().is_some());
+    }
+    let claimed = store.claim_due("a", 1, HELD, &full).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["behind-0"]);
+    let claimed = store.claim_due("a", 4, HELD, &held).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["behind-1"]);
+    // Nothing left but the backlog, which has no room: nothing due for the dispatcher.
+    assert!(store.next_due_at(&full).await.unwrap().is_none());
+    // With room, the backlog goes first, in its order.
+    let claimed = store.claim_due("a", 2, HELD, &roomy()).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["backlog-0", "backlog-1"]);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn a_held_destinations_jobs_wait_until_overdue() {
     let dir = tempfile::tempdir().unwrap();

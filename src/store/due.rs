@@ -1,0 +1,166 @@
+//! Which queued jobs a claim may take and when the next one can be taken: the rules both
+//! backends apply to the rows their indexes give them, times in milliseconds of the
+//! database's clock.
+//!
+//! Both look at the first due rows in due order first (the common case costs what is
+//! claimed), and destination by destination only when those rows belong to destinations
+//! without room (a full or held destination's backlog in front): a seek per destination
+//! instead of a walk over that backlog.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::delivery::destinations::Rooms;
+
+/// How many due rows a look for the next due time considers before it looks destination by
+/// destination.
+pub(crate) const NEXT_DUE_WINDOW: u32 = 64;
+
+pub(crate) fn millis_of(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The room each destination has for a claim, used up as the claim picks jobs.
+pub(crate) struct RoomLeft<'a> {
+    default: u32,
+    limited: HashMap<&'a str, u32>,
+    held: HashSet<&'a str>,
+    taken: HashMap<String, u32>,
+    overdue: i64,
+}
+
+impl<'a> RoomLeft<'a> {
+    pub(crate) fn new(rooms: &'a Rooms) -> Self {
+        Self {
+            default: rooms.default,
+            limited: rooms
+                .limited
+                .iter()
+                .map(|(d, room)| (d.as_str(), *room))
+                .collect(),
+            held: rooms.held.iter().map(String::as_str).collect(),
+            taken: HashMap::new(),
+            overdue: millis_of(rooms.overdue),
+        }
+    }
+
+    pub(crate) fn left(&self, destination: &str) -> u32 {
+        let room = self
+            .limited
+            .get(destination)
+            .copied()
+            .unwrap_or(self.default);
+        room.saturating_sub(self.taken.get(destination).copied().unwrap_or(0))
+    }
+
+    pub(crate) fn is_held(&self, destination: &str) -> bool {
+        self.held.contains(destination)
+    }
+
+    /// The latest due time of `destination`'s jobs that a claim at `now` may take: now, or
+    /// for a held destination, only jobs overdue by the longest cool-down.
+    pub(crate) fn due_by(&self, destination: &str, now: i64) -> i64 {
+        if self.is_held(destination) {
+            now.saturating_sub(self.overdue)
+        } else {
+            now
+        }
+    }
+
+    /// When a job of `destination` due at `due` becomes claimable (room permitting).
+    pub(crate) fn claimable_at(&self, destination: &str, due: i64) -> i64 {
+        if self.is_held(destination) {
+            due.saturating_add(self.overdue)
+        } else {
+            due
+        }
+    }
+
+    /// Whether a job of `destination` due at `due` may be claimed at `now`.
+    pub(crate) fn admits(&self, destination: &str, due: i64, now: i64) -> bool {
+        self.left(destination) > 0 && due <= self.due_by(destination, now)
+    }
+
+    pub(crate) fn take(&mut self, destination: &str) {
+        *self.taken.entry(destination.to_string()).or_default() += 1;
+    }
+}
+
+/// What the first due rows (`window`, in due order, at most `window_limit`, none leased)
+/// say about the next due time: `Ok` with the answer, or `Err` with the earliest time seen so
+/// far when every row belonged to a destination without room and more rows may follow (then
+/// the backend asks destination by destination and folds the answers in with [`earliest`]).
+pub(crate) fn next_due_in_window(
+    window: &[(String, i64)],
+    window_limit: u32,
+    room: &RoomLeft<'_>,
+) -> Result<Option<i64>, Option<i64>> {
+    let mut so_far: Option<i64> = None;
+    for (destination, due) in window {
+        if room.left(destination) == 0 {
+            continue;
+        }
+        so_far = earliest(so_far, room.claimable_at(destination, *due));
+        if !room.is_held(destination) {
+            // Every later row is due no sooner than this one.
+            return Ok(so_far);
+        }
+    }
+    if window.len() < window_limit as usize {
+        Ok(so_far)
+    } else {
+        Err(so_far)
+    }
+}
+
+pub(crate) fn earliest(so_far: Option<i64>, at: i64) -> Option<i64> {
+    Some(so_far.map_or(at, |e| e.min(at)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "http://a:1";
+    const B: &str = "http://b:2";
+
+    fn rooms(limited: &[(&str, u32)], held: &[&str]) -> Rooms {
+        Rooms {
+            default: 2,
+            limited: limited.iter().map(|(d, r)| (d.to_string(), *r)).collect(),
+            held: held.iter().map(|d| d.to_string()).collect(),
+            overdue: Duration::from_millis(100),
+        }
+    }
+
+    #[test]
+    fn room_is_used_up_and_held_destinations_admit_only_overdue_jobs() {
+        let rooms = rooms(&[(A, 1)], &[B]);
+        let mut room = RoomLeft::new(&rooms);
+        assert!(room.admits(A, 1_000, 1_000));
+        room.take(A);
+        assert!(!room.admits(A, 1_000, 1_000), "A's one place is taken");
+        assert!(!room.admits(B, 950, 1_000), "held, not yet overdue");
+        assert!(room.admits(B, 900, 1_000), "held and overdue");
+        assert!(
+            room.admits("http://c:3", 1_000, 1_000),
+            "unknown: the default"
+        );
+        assert!(!room.admits("http://c:3", 1_001, 1_000), "not yet due");
+    }
+
+    #[test]
+    fn the_next_due_time_skips_full_destinations_and_waits_out_held_ones() {
+        let rooms = rooms(&[(A, 0)], &[B]);
+        let room = RoomLeft::new(&rooms);
+        let window = vec![(A.to_string(), 1), (B.to_string(), 2), ("c".into(), 500)];
+        assert_eq!(next_due_in_window(&window, 64, &room), Ok(Some(102)));
+        let window = vec![(A.to_string(), 1), (A.to_string(), 2)];
+        assert_eq!(next_due_in_window(&window, 64, &room), Ok(None));
+        assert_eq!(
+            next_due_in_window(&window, 2, &room),
+            Err(None),
+            "a full window of full destinations: look further"
+        );
+    }
+}
