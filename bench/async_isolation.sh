@@ -11,9 +11,11 @@
 #    taking the callbacks: delivered/s, and its ratio to the compute bound;
 # 3. unsaturated: the same at a fixed rate of a third of the clean delivered/s: time to
 #    callback p50/p99;
-# 4. hung: the clean run again (-c 45) while a second loadgen sends a tenth as many requests
-#    per second whose callbacks go to a receiver that never answers in time (`syncasync
-#    receiver --delay-ms 600000`): healthy delivered/s, and its ratio to the clean run.
+# 4. isolation, an A/B of the same load: twice `-c 45` of healthy requests while a second
+#    loadgen sends a tenth of the clean rate whose callbacks go elsewhere: (A) to a healthy
+#    `syncasync receiver`, (B) to one that never answers in time (`--delay-ms 600000`). The
+#    only difference between A and B is whether that receiver hangs: healthy delivered/s of
+#    B ÷ A is the isolation ratio.
 # The queue bound is raised to 10^7 in every run: jobs waiting on the hung receiver count
 # against it, and at the default (10000) they would fill it within seconds and turn the
 # measurement into one of 503s.
@@ -104,18 +106,29 @@ start_server unsaturated
 loadgen unsaturated -c "$CONNECTIONS" --rate "$rate"
 stop_server "$server_pid"; server_pid=""
 
-hung_port="$(free_port)"
-"$BIN" receiver --port "$hung_port" --delay-ms 600000 >"$tmp_dir/hung-receiver.log" 2>&1 &
-receiver_pid=$!
-hung_rate="$(calc '%.0f' 'a / 10' "$clean_rps")"
-log "hung: -c $((CONNECTIONS - 5)) healthy, plus $hung_rate requests/s to a hung receiver"
-start_server hung
-loadgen hung-side -c 5 --rate "$hung_rate" --callback-url "http://127.0.0.1:$hung_port/callback" &
-side_pid=$!
-loadgen hung -c "$((CONNECTIONS - 5))"
-wait "$side_pid" || die "the hung-side loadgen failed"
-curl -fsS "$SERVER_URL/metrics" >"$tmp_dir/hung-metrics.txt" || true
-stop_server "$server_pid"; server_pid=""
+side_rate="$(calc '%.0f' 'a / 10' "$clean_rps")"
+# side_run NAME RECEIVER_ARGS...: the service, a side receiver, a tenth of the clean rate to it
+# (-c 5) and healthy load beside it (-c CONNECTIONS-5).
+side_run() {
+    local name=$1
+    shift
+    local side_port
+    side_port="$(free_port)"
+    "$BIN" receiver --port "$side_port" "$@" >"$tmp_dir/$name-receiver.log" 2>&1 &
+    receiver_pid=$!
+    start_server "$name"
+    loadgen "$name-side" -c 5 --rate "$side_rate" --callback-url "http://127.0.0.1:$side_port/callback" &
+    local side_pid=$!
+    loadgen "$name" -c "$((CONNECTIONS - 5))"
+    wait "$side_pid" || die "the $name side loadgen failed"
+    curl -fsS "$SERVER_URL/metrics" >"$tmp_dir/$name-metrics.txt" || true
+    stop_server "$server_pid"; server_pid=""
+    stop_server "$receiver_pid"; receiver_pid=""
+}
+log "A: -c $((CONNECTIONS - 5)) healthy, plus $side_rate requests/s to a second, healthy receiver"
+side_run paired
+log "B: -c $((CONNECTIONS - 5)) healthy, plus $side_rate requests/s to a hung receiver"
+side_run hung --delay-ms 600000
 
 python3 - "$tmp_dir" "$bound" "$single" "$CONNECTIONS" "$ITERATIONS" "$DURATION" >"$tmp_dir/summary.md" <<'PY'
 import json, os, subprocess, sys, datetime
@@ -140,17 +153,20 @@ print("| run | accepted/s | delivered/s | ÷ compute bound | callbacks | time to
 print("|---|---|---|---|---|---|---|---|")
 clean = None
 for name, label in (("clean", f"clean, -c {connections}"), ("unsaturated", "unsaturated (a third of clean, open loop)"),
-                    ("hung", f"healthy, -c {int(connections) - 5}, beside a hung receiver")):
+                    ("paired", f"A: healthy, -c {int(connections) - 5}, beside a healthy receiver"),
+                    ("hung", f"B: healthy, -c {int(connections) - 5}, beside a hung receiver")):
     m, cb, ttc = row(name)
     if name == "clean":
         clean = cb["delivered_rps"]
-    overloaded = sum(v for k, v in (m.get("errors") or {}).items() if "503" in k) if isinstance(m.get("errors"), dict) else 0
     print(f"| {label} | {m['throughput_rps']:.0f} | {cb['delivered_rps']:.0f} | {cb['delivered_rps'] / bound:.2f} | "
           f"{cb['received']}/{cb['expected']} | {ttc.get('p50', float('nan')):.1f} ms | {ttc.get('p99', float('nan')):.1f} ms | {m.get('failed', 0)} |")
-side = mode("hung-side")
-print(f"| hung receiver's share (not awaited) | {side['throughput_rps']:.0f} | | | | | | {side.get('failed', 0)} |")
+for name, label in (("paired-side", "A: the healthy side receiver's share (not awaited)"),
+                    ("hung-side", "B: the hung receiver's share (not awaited)")):
+    side = mode(name)
+    print(f"| {label} | {side['throughput_rps']:.0f} | | | | | | {side.get('failed', 0)} |")
+_, paired_cb, _ = row("paired")
 _, hung_cb, _ = row("hung")
 print(f"\n**Clean delivered/s ÷ compute bound: {clean / bound:.2f}**; "
-      f"**healthy delivered/s beside a hung receiver ÷ clean: {hung_cb['delivered_rps'] / clean:.2f}**.")
+      f"**healthy delivered/s beside a hung receiver ÷ beside a healthy one (B ÷ A): {hung_cb['delivered_rps'] / paired_cb['delivered_rps']:.2f}**.")
 PY
 publish_summary "$tmp_dir/summary.md" "$RESULTS_FILE"
