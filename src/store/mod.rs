@@ -70,6 +70,13 @@ pub enum StoreError {
     Locked { path: String },
     #[error("{0}")]
     Open(String),
+    /// The SQLite writer answered a command with a reply of another kind: a bug, surfaced as
+    /// an error (500) rather than read as an empty or negative answer.
+    #[error("the database writer answered {got} where {expected} was expected")]
+    WrongReply {
+        expected: &'static str,
+        got: &'static str,
+    },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -83,7 +90,10 @@ impl StoreError {
             StoreError::Unavailable(_) | StoreError::WriterGone => true,
             StoreError::Postgres(err) => postgres::is_unavailable(err),
             StoreError::Sqlite(err) => sqlite::is_unavailable(err),
-            StoreError::QueueFull | StoreError::Locked { .. } | StoreError::Open(_) => false,
+            StoreError::QueueFull
+            | StoreError::Locked { .. }
+            | StoreError::Open(_)
+            | StoreError::WrongReply { .. } => false,
         }
     }
 }
@@ -473,6 +483,80 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+    use crate::model::{Mode, Status};
+
+    /// Every quoted word in the store's SQL (both backends, their migrations), outside test
+    /// code: status and mode names are spelled in SQL, so each must be one of the model's.
+    #[test]
+    fn every_status_spelled_in_sql_is_one_of_the_models() {
+        let sources = [
+            include_str!("sqlite.rs"),
+            include_str!("postgres.rs"),
+            include_str!("mod.rs"),
+            include_str!("due.rs"),
+            include_str!("../../migrations/sqlite/0001_requests.sql"),
+            include_str!("../../migrations/postgres/0001_requests.sql"),
+        ];
+        let known: Vec<&str> = Status::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain(Mode::ALL.iter().map(|m| m.as_str()))
+            .collect();
+        let mut seen = Vec::new();
+        for source in sources {
+            let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+            for word in quoted_words(code) {
+                assert!(
+                    known.contains(&word),
+                    "'{word}' in the store's SQL is not a status or mode of the model"
+                );
+                seen.push(word);
+            }
+        }
+        for status in Status::ALL {
+            assert!(
+                seen.contains(&status.as_str()),
+                "{status:?} is never spelled in SQL: is this test still reading the statements?"
+            );
+        }
+        // The finished statuses are exactly the model's final ones.
+        let finished: Vec<&str> = finished_statuses!()
+            .trim_matches(|c| c == '(' || c == ')')
+            .split(", ")
+            .map(|s| s.trim_matches('\''))
+            .collect();
+        let fin = [
+            Status::Completed,
+            Status::Failed,
+            Status::CallbackSuccess,
+            Status::CallbackFailed,
+        ]
+        .map(Status::as_str);
+        assert_eq!(finished, fin);
+    }
+
+    /// The words written between single quotes (`'pending'`), lowercase letters and `_`.
+    fn quoted_words(code: &str) -> Vec<&str> {
+        let bytes = code.as_bytes();
+        let mut words = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'\'' && bytes.get(i + 1).is_some_and(u8::is_ascii_lowercase) {
+                let start = i + 1;
+                let mut end = start;
+                while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+                    end += 1;
+                }
+                if bytes.get(end) == Some(&b'\'') && end - start > 1 {
+                    words.push(&code[start..end]);
+                    i = end + 1;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        words
+    }
 
     #[test]
     fn passwords_are_redacted_wherever_they_are() {

@@ -162,11 +162,11 @@ impl SqliteStore {
             outcome: outcome.cloned().map_err(str::to_string),
             at: Utc::now(),
         };
-        self.send(op).await.map(|_| ())
+        self.send(op).await?.done()
     }
 
     pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<()> {
-        self.send(Op::SubmitAsync(new)).await.map(|_| ())
+        self.send(Op::SubmitAsync(new)).await?.done()
     }
 
     pub async fn claim_due(
@@ -182,10 +182,7 @@ impl SqliteStore {
             lease,
             rooms: rooms.clone(),
         };
-        match self.send(op).await? {
-            Reply::Jobs(jobs) => Ok(jobs),
-            _ => Ok(Vec::new()),
-        }
+        self.send(op).await?.jobs()
     }
 
     pub async fn heartbeat(
@@ -199,10 +196,7 @@ impl SqliteStore {
             tokens: tokens.to_vec(),
             lease,
         };
-        match self.send(op).await? {
-            Reply::Count(n) => Ok(n),
-            _ => Ok(0),
-        }
+        self.send(op).await?.count()
     }
 
     pub async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
@@ -223,7 +217,7 @@ impl SqliteStore {
             token: token.to_string(),
             result: result.clone(),
         };
-        Ok(matches!(self.send(op).await?, Reply::Updated(true)))
+        self.send(op).await?.updated()
     }
 
     pub async fn record_attempt(
@@ -241,7 +235,7 @@ impl SqliteStore {
             attempt: attempt.clone(),
             outcome,
         };
-        Ok(matches!(self.send(op).await?, Reply::Updated(true)))
+        self.send(op).await?.updated()
     }
 
     pub async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
@@ -250,26 +244,21 @@ impl SqliteStore {
             token: token.to_string(),
             reason: reason.to_string(),
         };
-        Ok(matches!(self.send(op).await?, Reply::Updated(true)))
+        self.send(op).await?.updated()
     }
 
     pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
-        match self.send(Op::Redeliver { id: id.to_string() }).await? {
-            Reply::Redelivery(outcome) => Ok(outcome),
-            _ => Ok(Redelivery::NotFound),
-        }
+        self.send(Op::Redeliver { id: id.to_string() })
+            .await?
+            .redelivery()
     }
 
     pub async fn release(&self, owner: &str) -> StoreResult<u64> {
-        match self
-            .send(Op::Release {
-                owner: owner.to_string(),
-            })
-            .await?
-        {
-            Reply::Count(n) => Ok(n),
-            _ => Ok(0),
-        }
+        self.send(Op::Release {
+            owner: owner.to_string(),
+        })
+        .await?
+        .count()
     }
 
     pub async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
@@ -390,10 +379,9 @@ impl SqliteStore {
     pub async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        match self.send(Op::DeleteExpired { cutoff, chunk }).await? {
-            Reply::Count(n) => Ok(n),
-            _ => Ok(0),
-        }
+        self.send(Op::DeleteExpired { cutoff, chunk })
+            .await?
+            .count()
     }
 
     pub async fn nth_newest_finished(&self, n: u64) -> StoreResult<Option<Position>> {
@@ -424,10 +412,7 @@ impl SqliteStore {
             boundary: boundary.clone(),
             chunk,
         };
-        match self.send(op).await? {
-            Reply::Count(n) => Ok(n),
-            _ => Ok(0),
-        }
+        self.send(op).await?.count()
     }
 
     pub async fn close(&self) {
@@ -671,12 +656,69 @@ enum Op {
     Close,
 }
 
+/// What the writer answers. Each caller takes the kind it expects through one of the methods
+/// below: an answer of another kind is an error (a bug), never a default value.
+#[derive(Debug)]
 enum Reply {
     Done,
     Updated(bool),
     Count(u64),
     Jobs(Vec<Job>),
     Redelivery(Redelivery),
+}
+
+impl Reply {
+    fn kind(&self) -> &'static str {
+        match self {
+            Reply::Done => "done",
+            Reply::Updated(_) => "updated",
+            Reply::Count(_) => "count",
+            Reply::Jobs(_) => "jobs",
+            Reply::Redelivery(_) => "redelivery",
+        }
+    }
+
+    fn mismatch(&self, expected: &'static str) -> StoreError {
+        StoreError::WrongReply {
+            expected,
+            got: self.kind(),
+        }
+    }
+
+    fn done(self) -> StoreResult<()> {
+        match self {
+            Reply::Done => Ok(()),
+            other => Err(other.mismatch("done")),
+        }
+    }
+
+    fn updated(self) -> StoreResult<bool> {
+        match self {
+            Reply::Updated(updated) => Ok(updated),
+            other => Err(other.mismatch("updated")),
+        }
+    }
+
+    fn count(self) -> StoreResult<u64> {
+        match self {
+            Reply::Count(n) => Ok(n),
+            other => Err(other.mismatch("count")),
+        }
+    }
+
+    fn jobs(self) -> StoreResult<Vec<Job>> {
+        match self {
+            Reply::Jobs(jobs) => Ok(jobs),
+            other => Err(other.mismatch("jobs")),
+        }
+    }
+
+    fn redelivery(self) -> StoreResult<Redelivery> {
+        match self {
+            Reply::Redelivery(outcome) => Ok(outcome),
+            other => Err(other.mismatch("redelivery")),
+        }
+    }
 }
 
 /// What a command did besides its reply: how it changed the number of queued requests.
@@ -737,7 +779,13 @@ impl Writer {
                 for command in batch.drain(..) {
                     let single = std::slice::from_ref(&command);
                     let reply = match self.apply_all(single) {
-                        Ok(mut results) => results.pop().map_or(Ok(Reply::Done), |a| a.reply),
+                        Ok(mut results) => results.pop().map_or(
+                            Err(StoreError::WrongReply {
+                                expected: "an answer",
+                                got: "none",
+                            }),
+                            |a| a.reply,
+                        ),
                         Err(err) => Err(err),
                     };
                     respond(command, reply);
@@ -1417,6 +1465,29 @@ mod tests {
                 .get_status(StatementStatus::VmStep)
         })
         .sum()
+    }
+
+    /// A writer answer of another kind than the caller expects is an error naming both,
+    /// never an empty list, a 0 or a `false`.
+    #[test]
+    fn a_reply_of_the_wrong_kind_is_an_error_not_a_default() {
+        let err = Reply::Count(0).jobs().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::WrongReply {
+                    expected: "jobs",
+                    got: "count"
+                }
+            ),
+            "{err}"
+        );
+        assert!(Reply::Jobs(Vec::new()).count().is_err());
+        assert!(Reply::Done.updated().is_err());
+        assert!(Reply::Updated(true).redelivery().is_err());
+        assert!(Reply::Redelivery(Redelivery::Queued).done().is_err());
+        assert!(!Reply::Updated(false).updated().unwrap());
+        assert_eq!(Reply::Count(3).count().unwrap(), 3);
     }
 
     /// A claim's limit changes with every claim (the free slots); each change must not cost a
