@@ -920,32 +920,27 @@ fn claim(
     let wanted = limit as usize;
     let scan = claim_scan(limit);
 
-    let window = conn
-        .prepare_cached(DUE_WINDOW)?
-        .query_map(params![now, now, scan], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    // Read lazily: the window is read only as far as the claim needs.
     let mut room = RoomLeft::new(rooms);
     let mut picked = Vec::new();
     let mut passed_over = false;
-    for (id, destination, due) in &window {
-        if picked.len() == wanted {
-            break;
-        }
-        if room.admits(destination, *due, now) {
-            room.take(destination);
-            picked.push(id.clone());
+    let mut seen = 0;
+    let mut window = conn.prepare_cached(DUE_WINDOW)?;
+    let mut rows = window.query(params![now, now, scan])?;
+    while picked.len() < wanted {
+        let Some(row) = rows.next()? else { break };
+        seen += 1;
+        let destination: String = row.get(1)?;
+        if room.admits(&destination, row.get(2)?, now) {
+            room.take(&destination);
+            picked.push(row.get::<_, String>(0)?);
         } else {
             passed_over = true;
         }
     }
+    drop(rows);
 
-    if picked.len() < wanted && passed_over && window.len() == scan as usize {
+    if picked.len() < wanted && passed_over && seen == scan {
         let room = RoomLeft::new(rooms);
         let mut candidates: Vec<(i64, String)> = Vec::new();
         let mut due_rows = conn.prepare_cached(DESTINATION_DUE)?;
