@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use crate::delivery::guard::Guard;
 
@@ -116,9 +117,42 @@ struct WorkFields {
     data: String,
     /// Rounds of SHA-256 after the first.
     #[serde(default = "default_iterations")]
-    #[schema(minimum = 1, maximum = 1000000, default = 1000)]
+    #[schema(schema_with = iterations_schema)]
     iterations: u32,
 }
+
+/// `iterations` as the API document shows it: an integer from 1 to 1000000, or the same
+/// integer written as a string (`"100"`, accepted as the original did). The string's pattern
+/// admits exactly the strings that [`integer_in_string`] reads as an integer in range, so that
+/// a client (or a fuzzer) that trusts the document is never refused, and never accepted
+/// outside it.
+fn iterations_schema() -> Schema {
+    let integer = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(MAX_ITERATIONS));
+    let in_a_string = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(ITERATIONS_STRING_PATTERN));
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(integer)
+            .item(in_a_string)
+            .description(Some(
+                "Rounds of SHA-256 after the first: an integer from 1 to 1000000, or that \
+                 integer in a string (`\"100\"`, optionally signed `+` and surrounded by ASCII \
+                 whitespace).",
+            ))
+            .default(Some(DEFAULT_ITERATIONS.into()))
+            .build(),
+    )
+}
+
+/// 1..=1000000 in decimal, with leading zeros, an optional `+` and surrounding ASCII
+/// whitespace (`-` only ever precedes an integer below 1). ECMA-262, as JSON Schema reads it;
+/// `[0-9]` rather than `\d`, which other dialects read as any Unicode digit.
+const ITERATIONS_STRING_PATTERN: &str =
+    r"^[ \t\n\r\v\f]*\+?0*([1-9][0-9]{0,5}|1000000)[ \t\n\r\v\f]*$";
 
 fn default_iterations() -> u32 {
     DEFAULT_ITERATIONS
@@ -238,20 +272,25 @@ fn work_fields(object: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
             None
         }
     };
-    let iterations = match object.get("iterations") {
-        None => Some(DEFAULT_ITERATIONS),
-        // A number with no fractional part is an integer to JSON Schema (and to pydantic,
-        // which the original used): `10.0` is 10. Strings and booleans are not numbers.
-        Some(Value::Number(n)) if as_integer(n).is_some() => {
-            match as_integer(n).and_then(|n| u32::try_from(n).ok()) {
-                Some(n) if (1..=MAX_ITERATIONS).contains(&n) => Some(n),
-                _ => {
-                    errors.push(range_error());
-                    None
-                }
+    // A number with no fractional part is an integer to JSON Schema (and to pydantic, which
+    // the original used, in its lax mode): `10.0` is 10. So is an integer written as a
+    // string (`"10"`), which pydantic also read as one and clients of the original send.
+    // Either then meets the same range rule. Booleans are not integers here (SPEC §2).
+    let integer = match object.get("iterations") {
+        None => Some(i128::from(DEFAULT_ITERATIONS)),
+        Some(Value::Number(n)) => as_integer(n),
+        Some(Value::String(s)) => integer_in_string(s),
+        Some(_) => None,
+    };
+    let iterations = match integer {
+        Some(n) => match u32::try_from(n) {
+            Ok(n) if (1..=MAX_ITERATIONS).contains(&n) => Some(n),
+            _ => {
+                errors.push(range_error());
+                None
             }
-        }
-        Some(_) => {
+        },
+        None => {
             errors.push(FieldError::body(
                 Some("iterations"),
                 "int_type",
@@ -283,6 +322,32 @@ fn as_integer(n: &serde_json::Number) -> Option<i128> {
     let f = n.as_f64()?;
     // Beyond i64 the exact value does not matter: it is out of range either way.
     (f.is_finite() && f.fract() == 0.0).then(|| f.clamp(i64::MIN as f64, i64::MAX as f64) as i128)
+}
+
+/// The integer a string holds, read as pydantic's lax mode read `"100"` for an `int` field
+/// (kept strict): optional surrounding ASCII whitespace, an optional sign, then decimal
+/// digits only (no `_`, no `.`, no exponent). Digits beyond what an `i128` holds read as the
+/// largest one: out of range either way.
+fn integer_in_string(text: &str) -> Option<i128> {
+    let text = text.trim_matches(is_ascii_space);
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let magnitude = digits.bytes().fold(0i128, |n, digit| {
+        n.saturating_mul(10)
+            .saturating_add(i128::from(digit - b'0'))
+    });
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+/// ASCII whitespace, as Python's `string.whitespace` lists it.
+fn is_ascii_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
 }
 
 fn range_error() -> FieldError {
@@ -371,9 +436,9 @@ mod tests {
             assert_eq!(input.iterations, n);
         }
         for bad in [
-            json!("10"),
             json!(1.5),
             json!(true),
+            json!(false),
             json!(null),
             json!([1]),
         ] {
@@ -381,6 +446,89 @@ mod tests {
                 sync_errors(json!({"data": "a", "iterations": bad})),
                 ["iterations: must be an integer"]
             );
+        }
+    }
+
+    #[test]
+    fn iterations_in_a_string() {
+        // Decimal digits, an optional sign, surrounding ASCII whitespace: the integer.
+        for (good, n) in [
+            ("10", 10),
+            ("1", 1),
+            ("1000000", 1_000_000),
+            ("+42", 42),
+            ("007", 7),
+            (" \t42\n\r\u{b}\u{c}", 42),
+        ] {
+            let input = parse_sync(&json!({"data": "a", "iterations": good})).unwrap();
+            assert_eq!(input.iterations, n, "{good:?}");
+        }
+        // Then the same range rule as a number.
+        let range = "iterations: must be between 1 and 1000000";
+        for bad in [
+            "0",
+            "-0",
+            "-5",
+            "1000001",
+            "99999999999999999999999999999999999999999999999999",
+            "-99999999999999999999999999999999999999999999999999",
+        ] {
+            assert_eq!(
+                sync_errors(json!({"data": "a", "iterations": bad})),
+                [range],
+                "{bad:?}"
+            );
+        }
+        // Anything else in a string is not an integer.
+        for bad in [
+            "",
+            " ",
+            "+",
+            "-",
+            "1.5",
+            "10.0",
+            "1e3",
+            "abc",
+            "1_000",
+            "0x10",
+            "1 0",
+            "--1",
+            "+-1",
+            "１０",
+            "\u{a0}10",
+            "10\u{3000}",
+            "true",
+            "NaN",
+        ] {
+            assert_eq!(
+                sync_errors(json!({"data": "a", "iterations": bad})),
+                ["iterations: must be an integer"],
+                "{bad:?}"
+            );
+        }
+    }
+
+    mod iterations_pattern {
+        //! Property: every string the API document's pattern for `iterations` admits is
+        //! accepted, so a client that trusts the document is never refused.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn every_string_the_document_admits_is_accepted(
+                // proptest generates from a pattern without anchors; the anchors only say
+                // that the whole string matches, which generation gives anyway.
+                text in proptest::string::string_regex(
+                    ITERATIONS_STRING_PATTERN.trim_start_matches('^').trim_end_matches('$'),
+                ).unwrap(),
+            ) {
+                let input = parse_sync(&json!({"data": "a", "iterations": text}));
+                prop_assert!(input.is_ok(), "{:?}", text);
+            }
         }
     }
 

@@ -100,6 +100,18 @@ async fn the_document_lists_every_route_and_each_is_served() {
     ] {
         assert!(schemas.get(schema).is_some(), "schema {schema}");
     }
+    // `iterations` is documented as accepted: an integer in range, or one in a string.
+    let iterations = &schemas["WorkFields"]["properties"]["iterations"];
+    let types: Vec<&str> = iterations["oneOf"]
+        .as_array()
+        .expect("iterations: oneOf")
+        .iter()
+        .map(|branch| branch["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["integer", "string"], "{iterations}");
+    assert_eq!(iterations["oneOf"][0]["minimum"], 1);
+    assert_eq!(iterations["oneOf"][0]["maximum"], 1_000_000);
+    assert_eq!(iterations["default"], 1000);
     let params: Vec<&str> = doc["paths"]["/requests"]["get"]["parameters"]
         .as_array()
         .unwrap()

@@ -193,11 +193,21 @@ async fn iterations_must_be_an_integer_between_1_and_1000000() {
         (json!(i64::MIN), range.clone()),
         (json!(u64::MAX), range.clone()),
         (json!(0.0), range.clone()),
-        (json!(1e7), range),
+        (json!(1e7), range.clone()),
+        // An integer in a string meets the same range rule as a number.
+        (json!("0"), range.clone()),
+        (json!("-1"), range.clone()),
+        (json!(" 1000001 "), range),
         (json!(1.5), not_an_integer.clone()),
         (json!(10.5), not_an_integer.clone()),
-        (json!("10"), not_an_integer.clone()),
+        // A string that holds no integer is not one.
+        (json!("1.5"), not_an_integer.clone()),
+        (json!("abc"), not_an_integer.clone()),
+        (json!(""), not_an_integer.clone()),
+        (json!("1_000"), not_an_integer.clone()),
+        (json!("1e3"), not_an_integer.clone()),
         (json!(true), not_an_integer.clone()),
+        (json!(false), not_an_integer.clone()),
         (json!(null), not_an_integer.clone()),
         (json!([10]), not_an_integer.clone()),
         (json!({"n": 10}), not_an_integer),
@@ -255,6 +265,51 @@ async fn iterations_bounds_are_accepted_and_the_default_is_1000() {
             .await;
         assert_eq!(record["result"]["iterations"], iterations, "{id}");
     }
+}
+
+#[tokio::test]
+async fn iterations_written_as_a_string_count_as_the_integer() {
+    // The original's pydantic read `"100"` as 100, and its clients send that.
+    let setup = Setup::start(&[]).await;
+    let (status, numeric) = setup
+        .post("/sync", &json!({"data": "test data", "iterations": 100}))
+        .await;
+    assert_eq!(status, 200, "{numeric}");
+    for iterations in ["100", "+100", " 100\n", "0100"] {
+        let (status, body) = setup
+            .post(
+                "/sync",
+                &json!({"data": "test data", "iterations": iterations}),
+            )
+            .await;
+        assert_eq!(status, 200, "{iterations:?}: {body}");
+        assert_eq!(body["result"]["iterations"], 100, "{iterations:?}");
+        assert_eq!(
+            body["result"]["output_hash"], numeric["result"]["output_hash"],
+            "{iterations:?}"
+        );
+    }
+    // SPEC §1's test vector.
+    assert_eq!(
+        numeric["result"]["output_hash"],
+        "c05ae8cf2d0157a8276c179394cd8bd61b399cf63b0e0048c869853fa5b865f7"
+    );
+
+    // On /async too, checked on the stored result.
+    let (status, answer) = setup
+        .post("/async", &json!({"data": "test data", "iterations": "100"}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["request_id"].as_str().unwrap();
+    let record = setup
+        .app
+        .wait_for_status(id, "callback_success", Duration::from_secs(30))
+        .await;
+    assert_eq!(record["result"]["iterations"], 100);
+    assert_eq!(
+        record["result"]["output_hash"],
+        numeric["result"]["output_hash"]
+    );
 }
 
 #[tokio::test]
