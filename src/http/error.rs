@@ -1,7 +1,7 @@
 //! Every way a request can fail, and the one place that maps each to a status code and the
 //! original service's JSON error shape: `{"status":"error","error":"…"}` (plus `detail` for
-//! validation). Internal errors are logged in full and answered without their details.
-//! [`json_error_shape`] gives the same shape to the errors a library answers on its own.
+//! validation, and `"request_id":null` on a 404 or 503). Internal errors are logged in full
+//! and answered without their details. [`json_error_shape`] gives the same shape to the errors a library answers on its own.
 
 use axum::Json;
 use axum::extract::Request;
@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 
 use crate::input::FieldError;
 use crate::service::ServiceError;
@@ -62,6 +63,33 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     detail: Option<Vec<FieldError>>,
+    /// 404 and 503 only: `null`, as in the original's error bodies.
+    /// (`Some(())` is written as `null`; `None` leaves the field out.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = always_null)]
+    request_id: Option<()>,
+}
+
+impl ErrorBody {
+    fn new(status: StatusCode, error: String, detail: Option<Vec<FieldError>>) -> Self {
+        // The original's 404 and 503 bodies carried `"request_id": null` (SPEC §3), and
+        // clients written for it may read the field. Other statuses never had it.
+        let carries_request_id = matches!(
+            status,
+            StatusCode::NOT_FOUND | StatusCode::SERVICE_UNAVAILABLE
+        );
+        Self {
+            status: "error",
+            error,
+            detail,
+            request_id: carries_request_id.then_some(()),
+        }
+    }
+}
+
+/// The schema of a field that is always `null` when present.
+fn always_null() -> Object {
+    ObjectBuilder::new().schema_type(Type::Null).build()
 }
 
 fn summary(errors: &[FieldError]) -> String {
@@ -104,14 +132,11 @@ impl IntoResponse for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let body = ErrorBody {
-            status: "error",
-            error: self.to_string(),
-            detail: match &self {
-                ApiError::Validation(errors) => Some(errors.clone()),
-                _ => None,
-            },
+        let detail = match &self {
+            ApiError::Validation(errors) => Some(errors.clone()),
+            _ => None,
         };
+        let body = ErrorBody::new(status, self.to_string(), detail);
         let mut response = (status, Json(body)).into_response();
         match self {
             ApiError::Overloaded | ApiError::Unavailable(_) => {
@@ -152,11 +177,11 @@ pub async fn json_error_shape(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
-    let body = ErrorBody {
-        status: "error",
-        error: status.canonical_reason().unwrap_or("Error").to_owned(),
-        detail: None,
-    };
+    let body = ErrorBody::new(
+        status,
+        status.canonical_reason().unwrap_or("Error").to_owned(),
+        None,
+    );
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::CONTENT_TYPE);

@@ -77,7 +77,7 @@ async fn without_a_configured_token_the_admin_endpoint_does_not_exist() {
         assert_eq!(status, 404, "{authorization:?}");
         assert_eq!(
             body,
-            json!({"status": "error", "error": "Not Found"}),
+            json!({"status": "error", "error": "Not Found", "request_id": null}),
             "{authorization:?}"
         );
     }

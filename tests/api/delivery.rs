@@ -282,7 +282,7 @@ async fn redelivery_is_refused_for_other_statuses_unknown_ids_and_without_the_to
     assert_eq!(status, 404);
     assert_eq!(
         body,
-        json!({"status": "error", "error": "Request not found"})
+        json!({"status": "error", "error": "Request not found", "request_id": null})
     );
 
     assert_eq!(redeliver(&app, &id, None).await.0, 401);

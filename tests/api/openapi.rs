@@ -112,6 +112,13 @@ async fn the_document_lists_every_route_and_each_is_served() {
     assert_eq!(iterations["oneOf"][0]["minimum"], 1);
     assert_eq!(iterations["oneOf"][0]["maximum"], 1_000_000);
     assert_eq!(iterations["default"], 1000);
+    // The `"request_id": null` of 404 and 503 bodies is documented, and not required.
+    let error_body = &schemas["ErrorBody"];
+    assert_eq!(error_body["properties"]["request_id"]["type"], "null");
+    assert_eq!(
+        error_body["required"],
+        serde_json::json!(["status", "error"])
+    );
     let params: Vec<&str> = doc["paths"]["/requests"]["get"]["parameters"]
         .as_array()
         .unwrap()

@@ -305,7 +305,7 @@ async fn an_unknown_request_id_gets_404_request_not_found() {
         assert_eq!(code, 404, "{id}");
         assert_eq!(
             body,
-            json!({"status": "error", "error": "Request not found"}),
+            json!({"status": "error", "error": "Request not found", "request_id": null}),
             "{id}"
         );
     }
@@ -319,10 +319,11 @@ async fn unknown_routes_get_404_and_wrong_methods_get_405_in_json() {
         assert_eq!(code, 404, "{path}");
         assert_eq!(
             body,
-            json!({"status": "error", "error": "Not Found"}),
+            json!({"status": "error", "error": "Not Found", "request_id": null}),
             "{path}"
         );
     }
+    // Only 404 and 503 bodies carry `request_id` (as the original's did).
     let method_not_allowed = json!({"status": "error", "error": "Method Not Allowed"});
     let attempts = [
         (app.client.get(app.url("/sync")), "POST"),
@@ -401,7 +402,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_writes_nothing() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(
         body,
-        json!({"status": "error", "error": "Server overloaded, please retry later"})
+        json!({"status": "error", "error": "Server overloaded, please retry later", "request_id": null})
     );
 
     // Nothing was written for the refused request.
@@ -425,6 +426,37 @@ async fn a_full_queue_answers_503_with_retry_after_and_writes_nothing() {
         .post_async(&json!({"data": "four", "callback_url": down}))
         .await;
     assert_eq!(response.status(), 503);
+}
+
+#[tokio::test]
+async fn a_full_compute_queue_answers_sync_with_the_same_503() {
+    // One compute thread and one waiting slot: of sixteen million-round requests sent at
+    // once, all but the first two (each takes at least tens of milliseconds) are refused.
+    let app = spawn_app(&["--compute-threads", "1", "--compute-queue-size", "1"]).await;
+    let app = &app;
+    let answers = futures_util::future::join_all((0..16).map(|i| async move {
+        let body = json!({"data": format!("heavy {i}"), "iterations": 1_000_000});
+        let response = app.post_sync(&body).await;
+        let retry_after = response.headers().get("retry-after").cloned();
+        let (status, body) = read(response).await;
+        (status, body, retry_after)
+    }))
+    .await;
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(status, ..)| *status == 503)
+        .collect();
+    assert!(!refused.is_empty(), "{answers:?}");
+    for (_, body, retry_after) in refused {
+        assert!(retry_after.is_some(), "a 503 carries Retry-After");
+        assert_eq!(
+            *body,
+            json!({"status": "error", "error": "Server overloaded, please retry later", "request_id": null})
+        );
+    }
+    for (status, body, _) in &answers {
+        assert!(*status == 200 || *status == 503, "{status}: {body}");
+    }
 }
 
 #[tokio::test]

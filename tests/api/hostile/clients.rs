@@ -477,7 +477,10 @@ async fn an_id_that_is_not_utf8_gets_the_json_404_on_every_route_with_an_id() {
     let (status, body) = read(app.get("/docs/no-such-asset.js").await).await;
     assert_eq!(
         (status, body),
-        (404, json!({"status": "error", "error": "Not Found"}))
+        (
+            404,
+            json!({"status": "error", "error": "Not Found", "request_id": null})
+        )
     );
 }
 
