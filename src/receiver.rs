@@ -296,10 +296,22 @@ async fn clear(State(state): State<ReceiverState>) -> Json<Value> {
     Json(json!({"status": "cleared", "cleared": cleared}))
 }
 
-async fn stats(State(state): State<ReceiverState>) -> Json<ReceiverStats> {
+/// The body of `GET /stats`: the counters, and the count of unique request ids also under
+/// `unique_requests`, the original receiver's name for it, so that its scripts read it.
+#[derive(Serialize)]
+struct StatsBody {
+    #[serde(flatten)]
+    stats: ReceiverStats,
+    unique_requests: u64,
+}
+
+async fn stats(State(state): State<ReceiverState>) -> Json<StatsBody> {
     let log = match state.log.lock() {
         Ok(log) => log,
         Err(poisoned) => poisoned.into_inner(),
     };
-    Json(log.stats.clone())
+    Json(StatsBody {
+        stats: log.stats.clone(),
+        unique_requests: log.stats.unique_request_ids,
+    })
 }

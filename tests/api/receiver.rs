@@ -73,6 +73,8 @@ async fn records_callbacks_counts_duplicates_and_lists_them() {
     let (_, stats) = get(&base, "/stats").await;
     assert_eq!(stats["total_received"], 3);
     assert_eq!(stats["unique_request_ids"], 2);
+    // The original receiver's name for the same count.
+    assert_eq!(stats["unique_requests"], 2);
     assert_eq!(stats["duplicates"], 1);
     assert_eq!(stats["signature_failures"], 0);
 
@@ -98,7 +100,10 @@ async fn records_callbacks_counts_duplicates_and_lists_them() {
         .await
         .unwrap();
     assert_eq!(cleared["cleared"], 3);
-    assert_eq!(get(&base, "/stats").await.1["total_received"], 0);
+    let (_, stats) = get(&base, "/stats").await;
+    assert_eq!(stats["total_received"], 0);
+    assert_eq!(stats["unique_request_ids"], 0);
+    assert_eq!(stats["unique_requests"], 0);
 }
 
 #[tokio::test]
