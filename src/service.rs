@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use uuid::Uuid;
 
 use crate::delivery::destinations::{BreakerState, DestinationView, Destinations, destination_of};
 use crate::delivery::guard::Guard;
@@ -90,9 +89,9 @@ pub struct Service {
 }
 
 impl Service {
-    /// Does the work now and records it (`processing → completed`).
-    pub async fn run_sync(&self, input: WorkInput) -> Result<WorkResult, ServiceError> {
-        let id = Uuid::now_v7().to_string();
+    /// Does the work now and records it (`processing → completed`) as request `id`: a fresh
+    /// UUIDv7, minted by the HTTP layer so that its response and log lines carry it too.
+    pub async fn run_sync(&self, id: String, input: WorkInput) -> Result<WorkResult, ServiceError> {
         let new = NewRequest {
             id: id.clone(),
             payload_hash: payload_hash(&input.data),
@@ -146,9 +145,13 @@ impl Service {
         outcome
     }
 
-    /// Records an async request durably and queues it; returns its id once committed.
-    pub async fn submit_async(&self, input: AsyncInput) -> Result<String, ServiceError> {
-        let id = Uuid::now_v7().to_string();
+    /// Records an async request durably as request `id` (a fresh UUIDv7, as for
+    /// [`Service::run_sync`]) and queues it; returns the id once committed.
+    pub async fn submit_async(
+        &self,
+        id: String,
+        input: AsyncInput,
+    ) -> Result<String, ServiceError> {
         let new = NewAsyncRequest {
             request: NewRequest {
                 id: id.clone(),

@@ -1,23 +1,33 @@
 //! `X-Request-ID` on every response, and one log line per request.
 //!
-//! The id is the caller's when it sent a usable one (so a client's own correlation id runs
-//! through our logs), or a fresh UUIDv7. Every event logged while the request is handled
-//! carries it, through the request's span; the access line at the end gives method, path,
-//! status and latency. It identifies the HTTP exchange; the id of an async request's work
-//! (`request_id` in the body) is logged beside it when the request is accepted.
+//! Every call is given a fresh UUIDv7, minted here. A request the call creates (`POST /sync`,
+//! `POST /async`) is named by it: the handler takes it with [`NewRequestId`] and hands it
+//! back with [`CreatedRequest`], and the response's `X-Request-ID` is then that request's
+//! `request_id`, so that one id ties the response, the log lines, the stored record and the
+//! callback. The created id is always the server's, never a client's: it is the primary key
+//! of the record and the name every later call uses for it, so it must be unique and not
+//! chosen by whoever sends the request.
+//!
+//! The call's own id, for the access line and every event logged while the request is
+//! handled (through the request's span), is the caller's `X-Request-ID` when it sent a usable
+//! one (so a client's correlation id runs through our logs), else the minted one. Other
+//! endpoints answer with it. When a call created a request, the access line also gives its
+//! `request_id`; without a client id the two are the same.
 //!
 //! What a client chose is bounded before it reaches a log line or a metric: the method and
 //! path are logged cut to [`MAX_LOGGED_LEN`] bytes (a client can send kilobytes of either),
 //! and metric labels come from fixed sets (see `crate::metrics`).
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponseParts, Response, ResponseParts};
 use tracing::Instrument;
 
 use crate::metrics::{EndpointLabels, HttpLabels, MethodLabel, Metrics};
@@ -30,13 +40,51 @@ const MAX_LEN: usize = 128;
 /// Longest method or path logged as sent; longer ones are cut (and say so).
 const MAX_LOGGED_LEN: usize = 256;
 
-pub async fn middleware(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+/// The id a request created by this call takes: minted by [`middleware`] for every call.
+#[derive(Clone, Debug)]
+pub struct NewRequestId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for NewRequestId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        // Outside the middleware (a router assembled without it) a fresh id still names the
+        // request; only the tie to the response header is lost.
+        Ok(parts
+            .extensions
+            .get::<NewRequestId>()
+            .cloned()
+            .unwrap_or_else(|| NewRequestId(uuid::Uuid::now_v7().to_string())))
+    }
+}
+
+/// Part of a response: the call created the request with this id (a [`NewRequestId`]);
+/// [`middleware`] makes it the response's `X-Request-ID` and logs it.
+#[derive(Clone, Debug)]
+pub struct CreatedRequest(pub String);
+
+impl IntoResponseParts for CreatedRequest {
+    type Error = Infallible;
+
+    fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Infallible> {
+        res.extensions_mut().insert(self);
+        Ok(res)
+    }
+}
+
+pub async fn middleware(
+    State(metrics): State<Arc<Metrics>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let minted = uuid::Uuid::now_v7().to_string();
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
         .filter(|v| is_usable(v.as_bytes()))
         .cloned()
-        .unwrap_or_else(fresh_id);
+        .unwrap_or_else(|| header_value(&minted));
+    req.extensions_mut().insert(NewRequestId(minted));
     let method = req.method().clone();
     let path = capped(req.uri().path(), MAX_LOGGED_LEN).into_owned();
     // The route template, so that ids in paths do not become metric labels.
@@ -68,6 +116,10 @@ pub async fn middleware(State(metrics): State<Arc<Metrics>>, req: Request, next:
             endpoint,
         })
         .observe(elapsed);
+    let created = response
+        .extensions_mut()
+        .remove::<CreatedRequest>()
+        .map(|CreatedRequest(id)| id);
     span.in_scope(|| {
         tracing::info!(
             target: "syncasync::access",
@@ -75,10 +127,12 @@ pub async fn middleware(State(metrics): State<Arc<Metrics>>, req: Request, next:
             path = %path,
             status,
             latency_ms = (latency_ms * 1000.0).round() / 1000.0,
+            request_id = created.as_deref(),
             "request"
         );
     });
-    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    let header = created.as_deref().map_or(id, header_value);
+    response.headers_mut().insert(X_REQUEST_ID.clone(), header);
     response
 }
 
@@ -95,9 +149,9 @@ fn capped(text: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}…[cut, {} bytes]", &text[..end], text.len()))
 }
 
-fn fresh_id() -> HeaderValue {
-    let id = uuid::Uuid::now_v7().to_string();
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+/// An id of ours as a header value (a UUID always is one).
+fn header_value(id: &str) -> HeaderValue {
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Visible ASCII without spaces, at most [`MAX_LEN`] bytes: safe to echo and to log.

@@ -8,6 +8,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::extract::JsonBody;
+use super::request_id::{CreatedRequest, NewRequestId};
 use super::{ApiError, AppState};
 use crate::input::{AsyncRequest, parse_async};
 use crate::model::AcceptedResponse;
@@ -25,7 +26,10 @@ pub fn router() -> OpenApiRouter<AppState> {
     request_body = AsyncRequest,
     responses(
         (status = 200, description = "Committed and queued", body = AcceptedResponse,
-            headers(("Location" = String, description = "`/requests/{id}` of the new request"))),
+            headers(
+                ("Location" = String, description = "`/requests/{id}` of the new request"),
+                ("X-Request-ID" = String, description = "The new request's `request_id`"),
+            )),
         (status = 413, description = "Body over APP_MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
         (status = 422, description = "A rule is broken (including a refused callback URL); `detail` lists each", body = ErrorBody),
@@ -35,15 +39,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 async fn submit(
     State(state): State<AppState>,
+    NewRequestId(id): NewRequestId,
     JsonBody(body): JsonBody,
-) -> Result<(HeaderMap, Json<AcceptedResponse>), ApiError> {
+) -> Result<(CreatedRequest, HeaderMap, Json<AcceptedResponse>), ApiError> {
     let input = parse_async(&body, &state.service.guard).map_err(ApiError::Validation)?;
-    let request_id = state.service.submit_async(input).await?;
+    let request_id = state.service.submit_async(id, input).await?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/requests/{request_id}")) {
         headers.insert(header::LOCATION, location);
     }
     Ok((
+        CreatedRequest(request_id.clone()),
         headers,
         Json(AcceptedResponse {
             status: "accepted".into(),

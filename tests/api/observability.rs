@@ -177,6 +177,70 @@ async fn every_response_carries_a_request_id_and_a_valid_one_is_echoed() {
 }
 
 #[tokio::test]
+async fn sync_and_async_answer_with_the_created_request_id_as_x_request_id() {
+    // SPEC §3: one id for the response, the record and the callback. A client's own
+    // X-Request-ID does not name the request (it is not ours to make unique), so it is not
+    // echoed by these two; the request's id is.
+    let app = spawn_app(&[]).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let mut async_ids = Vec::new();
+    for client_id in [None, Some("client-chosen-7")] {
+        for path in ["/sync", "/async"] {
+            let mut request = app
+                .client
+                .post(app.url(path))
+                .json(&json!({"data": "one id", "iterations": 10, "callback_url": receiver.url()}));
+            if let Some(client_id) = client_id {
+                request = request.header("x-request-id", client_id);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path} {client_id:?}");
+            let header = response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body: Value = response.json().await.unwrap();
+            let id = match path {
+                "/sync" => &body["result"]["request_id"],
+                _ => &body["request_id"],
+            };
+            assert_eq!(header, id.as_str().unwrap(), "{path} {client_id:?}: {body}");
+            assert!(uuid::Uuid::parse_str(&header).is_ok(), "{header}");
+            // The record is found by it.
+            let record = app.get_json(&format!("/requests/{header}")).await;
+            assert_eq!(record["id"], header);
+            if path == "/async" {
+                async_ids.push(header);
+            }
+        }
+    }
+    assert_ne!(async_ids[0], async_ids[1]);
+    // The callback carries the same id.
+    let delivered = receiver.wait_for_deliveries(2, WAIT).await;
+    for id in &async_ids {
+        let callback = delivered
+            .iter()
+            .find(|c| c.body["request_id"] == id.as_str())
+            .expect("a callback for each");
+        assert_eq!(callback.headers["x-request-id"], id.as_str());
+    }
+
+    // A call that creates nothing answers with its own id: the client's, when it sent one.
+    for path in ["/sync", "/async"] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .header("x-request-id", "client-chosen-8")
+            .json(&json!({"data": ""}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422);
+        assert_eq!(response.headers()["x-request-id"], "client-chosen-8");
+    }
+}
+
+#[tokio::test]
 async fn json_logs_trace_a_request_through_its_life_and_never_show_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let database = fresh_database(dir.path()).await;
@@ -202,6 +266,19 @@ async fn json_logs_trace_a_request_through_its_life_and_never_show_secrets() {
         .await
         .unwrap();
     let id = response.json::<Value>().await.unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Without a client id, the call's id is the request's.
+    let sync_id = client
+        .post(format!("{}/sync", server.address))
+        .json(&json!({"data": "traced too", "iterations": 10}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["result"]["request_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -237,12 +314,21 @@ async fn json_logs_trace_a_request_through_its_life_and_never_show_secrets() {
     assert_eq!(access["method"], "POST");
     assert_eq!(access["status"], 200);
     assert!(access["latency_ms"].as_f64().is_some());
+    // The client's id traces the call; the access line also names the request it created.
     assert_eq!(access["span"]["x_request_id"], "trace-me-1");
+    assert_eq!(access["request_id"], id.as_str());
+    let access = lines
+        .iter()
+        .find(|l| l["message"] == "request" && l["path"] == "/sync")
+        .expect("an access line for POST /sync");
+    assert_eq!(access["span"]["x_request_id"], sync_id.as_str());
+    assert_eq!(access["request_id"], sync_id.as_str());
 
-    // The async request's life, by its id: accepted, each attempt, the final state.
+    // The async request's life, by its id: accepted, each attempt, the final state (the
+    // access line, logged when the answer is sent, may come before or after an attempt).
     let life: Vec<&str> = lines
         .iter()
-        .filter(|l| l["request_id"] == id.as_str())
+        .filter(|l| l["request_id"] == id.as_str() && l["message"] != "request")
         .map(|l| l["message"].as_str().unwrap())
         .collect();
     assert_eq!(
