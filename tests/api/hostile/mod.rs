@@ -4,6 +4,7 @@
 //! mid-request), and checks that the service keeps answering, loses nothing and holds nothing
 //! without bound. Every way in that is found gets a test here.
 
+mod claims;
 mod clients;
 mod clock;
 mod input;

@@ -1,0 +1,106 @@
+//! Review of the per-destination claim (store/due.rs, the loose index scans of both
+//! backends): rows the per-destination look cannot see, and rows whose recorded destination
+//! is not the one their deliveries count against.
+
+use std::time::Duration;
+
+use syncasync::delivery::destinations::Rooms;
+use syncasync::store::{NewAsyncRequest, NewRequest, Store};
+
+use crate::helpers::fresh_database;
+
+/// A lease that outlives the test.
+const HELD: Duration = Duration::from_secs(600);
+
+/// Runs `sql` on the test's database behind the store's back (what an older version of the
+/// service left in it).
+async fn raw_sql(url: &str, sql: &str) {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let conn = rusqlite::Connection::open(path).expect("open sqlite");
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute_batch(sql).expect(sql);
+    } else {
+        use sqlx::Connection;
+        let mut conn = sqlx::postgres::PgConnection::connect(url)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .expect(sql);
+        conn.close().await.unwrap();
+    }
+}
+
+async fn open(dir: &std::path::Path) -> (String, Store) {
+    let url = fresh_database(dir).await;
+    let store = Store::open(&url, 1000, 4).await.expect("store opens");
+    (url, store)
+}
+
+async fn queue_for(store: &Store, id: &str, destination: &str) {
+    store
+        .submit_async(NewAsyncRequest {
+            request: NewRequest {
+                id: id.to_string(),
+                payload_hash: "0".repeat(16),
+                iterations: 1,
+                created_at: chrono::Utc::now(),
+            },
+            data: "x".into(),
+            callback_url: format!("{destination}/callback"),
+            destination: destination.into(),
+        })
+        .await
+        .expect("queued");
+}
+
+const BACKLOG: &str = "http://127.0.0.1:1";
+const OLD: &str = "http://127.0.0.1:2";
+
+/// A request that finished (callback_failed) before the destination column existed has a
+/// NULL destination; an operator's redelivery puts it back in the queue as it is. Behind a
+/// backlog of a full destination longer than a claim's window, the claim looks destination by
+/// destination, and that look (FIRST_DESTINATION / NEXT_DESTINATION, the recursive CTE on
+/// PostgreSQL) skips NULL: the job is never claimed while the backlog lasts, even though the
+/// dispatcher's look for the next due time (whose window reaches it) says it is due now, so
+/// the dispatcher wakes every 5 ms to claim nothing.
+#[tokio::test]
+async fn a_redelivered_row_from_before_destinations_is_claimed_behind_a_full_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, store) = open(dir.path()).await;
+    queue_for(&store, "old", OLD).await;
+    // As a request that finished before migration 0004 (destinations) left it.
+    raw_sql(
+        &url,
+        "UPDATE requests SET destination = NULL, next_attempt_at = NULL,
+                status = 'callback_failed' WHERE id = 'old'",
+    )
+    .await;
+    // 40 due jobs of a full destination: more than a claim of one looks at in due order (32),
+    // fewer than the next-due look's window (64).
+    for n in 0..40 {
+        queue_for(&store, &format!("backlog-{n}"), BACKLOG).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        store.redeliver("old").await.unwrap(),
+        syncasync::store::Redelivery::Queued
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let full = Rooms {
+        default: 10,
+        limited: vec![(BACKLOG.into(), 0)],
+        ..Rooms::default()
+    };
+    let next = store.next_due_at(&full).await.unwrap();
+    let claimed = store.claim_due("a", 1, HELD, &full).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["old"],
+        "the only job with room was not claimed, while the next due time is {next:?} (now {})",
+        chrono::Utc::now()
+    );
+    store.close().await;
+}
