@@ -104,3 +104,37 @@ async fn a_redelivered_row_from_before_destinations_is_claimed_behind_a_full_bac
     );
     store.close().await;
 }
+
+/// Migration 0005 gives the jobs queued before destinations were recorded the empty
+/// destination, and claims count room by that column: those jobs count against a destination
+/// `''` that nothing is ever in flight to and that no breaker holds, while the dispatcher
+/// counts their deliveries against their real destination (`Job::destination`, from the URL).
+/// A full destination, or one whose breaker is open, still gets its old jobs claimed, all of
+/// them at once (up to the default room), past its cap and its breaker.
+#[tokio::test]
+async fn jobs_queued_before_destinations_count_against_their_own_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, store) = open(dir.path()).await;
+    for n in 0..3 {
+        queue_for(&store, &format!("old-{n}"), OLD).await;
+    }
+    // What migration 0005 does to a row queued before migration 0004.
+    raw_sql(&url, "UPDATE requests SET destination = '' WHERE id LIKE 'old-%'").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let full_and_held = Rooms {
+        default: 10,
+        limited: vec![(OLD.into(), 0)],
+        held: vec![OLD.into()],
+        overdue: Duration::from_secs(3600),
+    };
+    let claimed = store.claim_due("a", 10, HELD, &full_and_held).await.unwrap();
+    let taken: Vec<(&str, &str)> = claimed
+        .iter()
+        .map(|j| (j.id.as_str(), j.destination.as_str()))
+        .collect();
+    assert!(
+        taken.is_empty(),
+        "claimed for a destination with no room and an open breaker: {taken:?}"
+    );
+    store.close().await;
+}
