@@ -138,3 +138,33 @@ async fn jobs_queued_before_destinations_count_against_their_own_destination() {
     );
     store.close().await;
 }
+
+/// On PostgreSQL a claim whose first look (the due window) leaves it short runs a second
+/// statement, per destination, and that statement takes any row whose lease has run out by
+/// its own `now()`, the rows the first statement just leased included. With a short lease
+/// (the smallest APP_JOB_LEASE_SECONDS allowed is 0.001) one claim hands back the same job
+/// twice, under two tokens: the dispatcher starts two deliveries of it at once.
+#[tokio::test]
+async fn one_claim_never_returns_the_same_job_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_url, store) = open(dir.path()).await;
+    queue_for(&store, "first", OLD).await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    // A full destination's backlog fills the rest of a claim of two's window (32 rows).
+    for n in 0..40 {
+        queue_for(&store, &format!("backlog-{n}"), BACKLOG).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let full = Rooms {
+        default: 10,
+        limited: vec![(BACKLOG.into(), 0)],
+        ..Rooms::default()
+    };
+    let claimed = store
+        .claim_due("a", 2, Duration::from_millis(1), &full)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["first"], "one claim, one delivery per job");
+    store.close().await;
+}
