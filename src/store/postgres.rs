@@ -161,6 +161,7 @@ impl PgStore {
             .idle_timeout(None)
             .connect_lazy_with(options);
         migrate(&pool).await?;
+        backfill_destinations(&pool).await?;
         Ok(Self {
             pool,
             relaxed,
@@ -453,8 +454,9 @@ impl PgStore {
             for job in &jobs {
                 rest.take_one(&job.destination);
             }
+            let claimed: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
             let more = self
-                .claim_per_destination(owner, limit - jobs.len() as u32, lease, &rest)
+                .claim_per_destination(owner, limit - jobs.len() as u32, lease, &rest, &claimed)
                 .await?;
             jobs.extend(more);
         }
@@ -462,13 +464,16 @@ impl PgStore {
     }
 
     /// Claims as [`claim_due`](Self::claim_due) does, but looking at each destination's due
-    /// jobs on their own (a seek per destination, through `requests_destination_due`).
+    /// jobs on their own (a seek per destination, through `requests_destination_due`), past
+    /// `already` (this claim's first statement's jobs: their lease may have run out by this
+    /// statement's clock if it is very short, and a claim must not hand a job out twice).
     async fn claim_per_destination(
         &self,
         owner: &str,
         limit: u32,
         lease: Duration,
         rooms: &Rooms,
+        already: &[&str],
     ) -> StoreResult<Vec<Job>> {
         let rows = sqlx::query(concat!(
             "WITH RECURSIVE dests AS (
@@ -489,6 +494,7 @@ impl PgStore {
                                                    THEN now() - make_interval(secs => $6)
                                                    ELSE now() END
                        AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                       AND NOT (id = ANY($8))
                      ORDER BY next_attempt_at
                      LIMIT LEAST(COALESCE(($4::jsonb ->> d.dest)::int, $7), $3)
                      FOR UPDATE SKIP LOCKED) AS c
@@ -511,6 +517,7 @@ impl PgStore {
         .bind(&rooms.held)
         .bind(rooms.overdue.as_secs_f64())
         .bind(i64::from(rooms.default))
+        .bind(already)
         .fetch_all(&self.relaxed)
         .await?;
         Ok(rows
@@ -684,12 +691,12 @@ impl PgStore {
 
     pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
         let mut tx = self.pool.begin().await?;
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM requests WHERE id = $1 FOR UPDATE")
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, callback_url FROM requests WHERE id = $1 FOR UPDATE")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some(status) = status else {
+        let Some((status, callback_url)) = row else {
             return Ok(Redelivery::NotFound);
         };
         let status = parse_status(&status)?;
@@ -703,14 +710,19 @@ impl PgStore {
         if queued >= self.queue_capacity {
             return Err(StoreError::QueueFull);
         }
-        // A new round: the retry budget counts from the attempts made so far.
+        // A new round: the retry budget counts from the attempts made so far. The destination
+        // is written again: a request finished before destinations were recorded has none,
+        // and claims count room by it.
         sqlx::query(
             "UPDATE requests SET status = 'callback_pending', completed_at = NULL,
                     next_attempt_at = now(), round_start_attempts = callback_attempts,
-                    unrecorded_claims = 0
+                    unrecorded_claims = 0, destination = $2
              WHERE id = $1",
         )
         .bind(id)
+        .bind(destination_of_str(
+            callback_url.as_deref().unwrap_or_default(),
+        ))
         .execute(&mut *tx)
         .await?;
         sqlx::query("SELECT pg_notify($1, '')")
@@ -908,6 +920,40 @@ impl PgStore {
         self.pool.close().await;
         self.relaxed.close().await;
     }
+}
+
+/// Gives requests recorded before destinations were (schema version 3) the destination of
+/// their callback URL: claims count each destination's room by it. Parsed here, as the
+/// dispatcher parses it, so both count the same destination. Instances starting together may
+/// both do it; the writes agree.
+async fn backfill_destinations(pool: &PgPool) -> StoreResult<()> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, callback_url FROM requests
+         WHERE destination IS NULL AND callback_url IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (ids, destinations): (Vec<&str>, Vec<String>) = rows
+        .iter()
+        .map(|(id, url)| (id.as_str(), destination_of_str(url)))
+        .unzip();
+    sqlx::query(
+        "UPDATE requests SET destination = d.destination
+         FROM unnest($1::text[], $2::text[]) AS d (id, destination)
+         WHERE requests.id = d.id AND requests.destination IS NULL",
+    )
+    .bind(&ids)
+    .bind(&destinations)
+    .execute(pool)
+    .await?;
+    tracing::info!(
+        requests = rows.len(),
+        "recorded the destinations of older requests"
+    );
+    Ok(())
 }
 
 async fn migrate(pool: &PgPool) -> StoreResult<()> {

@@ -82,6 +82,7 @@ impl SqliteStore {
             move || -> StoreResult<(Connection, u64)> {
                 let mut conn = open_connection(&path, false)?;
                 migrate(&mut conn)?;
+                backfill_destinations(&mut conn)?;
                 let queued = recover(&mut conn)?;
                 Ok((conn, queued))
             }
@@ -531,6 +532,37 @@ fn lock_database(path: &Path) -> StoreResult<File> {
             Err(StoreError::Open(format!("{}: {e}", lock_path.display())))
         }
     }
+}
+
+/// Gives requests recorded before destinations were (schema version 4) the destination of
+/// their callback URL: claims count each destination's room by it. Parsed here, as the
+/// dispatcher parses it, so both count the same destination.
+fn backfill_destinations(conn: &mut Connection) -> StoreResult<()> {
+    let rows = conn
+        .prepare(
+            "SELECT id, callback_url FROM requests
+             WHERE destination IS NULL AND callback_url IS NOT NULL",
+        )?
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    {
+        let mut update = tx.prepare("UPDATE requests SET destination = ?2 WHERE id = ?1")?;
+        for (id, url) in &rows {
+            update.execute(params![id, destination_of_str(url)])?;
+        }
+    }
+    tx.commit()?;
+    tracing::info!(
+        requests = rows.len(),
+        "recorded the destinations of older requests"
+    );
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
@@ -1203,11 +1235,11 @@ fn apply(
             Ok(done(Reply::Done))
         }
         Op::Redeliver { id } => {
-            let status: Option<String> = tx
-                .prepare_cached("SELECT status FROM requests WHERE id = ?1")?
-                .query_row([id], |row| row.get(0))
+            let row: Option<(String, Option<String>)> = tx
+                .prepare_cached("SELECT status, callback_url FROM requests WHERE id = ?1")?
+                .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            let Some(status) = status else {
+            let Some((status, callback_url)) = row else {
                 return Ok(done(Reply::Redelivery(Redelivery::NotFound)));
             };
             let status = Status::parse(&status).ok_or_else(|| decode_error(0, &status))?;
@@ -1220,14 +1252,17 @@ fn apply(
                     queue_delta: 0,
                 });
             }
-            // A new round: the retry budget counts from the attempts made so far.
+            // A new round: the retry budget counts from the attempts made so far. The
+            // destination is written again: a request finished before destinations were
+            // recorded has none, and claims count room by it.
+            let destination = destination_of_str(callback_url.as_deref().unwrap_or_default());
             tx.prepare_cached(
                 "UPDATE requests SET status = 'callback_pending', completed_at = NULL,
                         next_attempt_at = ?2, round_start_attempts = callback_attempts,
-                        unrecorded_claims = 0
+                        unrecorded_claims = 0, destination = ?3
                  WHERE id = ?1",
             )?
-            .execute(params![id, millis(Utc::now())])?;
+            .execute(params![id, millis(Utc::now()), destination])?;
             Ok(Applied {
                 reply: Ok(Reply::Redelivery(Redelivery::Queued)),
                 queue_delta: 1,

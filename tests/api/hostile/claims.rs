@@ -105,12 +105,10 @@ async fn a_redelivered_row_from_before_destinations_is_claimed_behind_a_full_bac
     store.close().await;
 }
 
-/// Migration 0005 gives the jobs queued before destinations were recorded the empty
-/// destination, and claims count room by that column: those jobs count against a destination
-/// `''` that nothing is ever in flight to and that no breaker holds, while the dispatcher
-/// counts their deliveries against their real destination (`Job::destination`, from the URL).
-/// A full destination, or one whose breaker is open, still gets its old jobs claimed, all of
-/// them at once (up to the default room), past its cap and its breaker.
+/// Jobs queued by a version that did not record destinations (their column is NULL) get the
+/// destination of their callback URL when the store opens, the same the dispatcher counts
+/// their deliveries against: a full destination, or one whose breaker is open, does not get
+/// its old jobs claimed past its cap and its breaker.
 #[tokio::test]
 async fn jobs_queued_before_destinations_count_against_their_own_destination() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,8 +116,15 @@ async fn jobs_queued_before_destinations_count_against_their_own_destination() {
     for n in 0..3 {
         queue_for(&store, &format!("old-{n}"), OLD).await;
     }
-    // What migration 0005 does to a row queued before migration 0004.
-    raw_sql(&url, "UPDATE requests SET destination = '' WHERE id LIKE 'old-%'").await;
+    store.close().await;
+    drop(store);
+    // As a version before destinations (migration 0004) left them.
+    raw_sql(
+        &url,
+        "UPDATE requests SET destination = NULL WHERE id LIKE 'old-%'",
+    )
+    .await;
+    let store = Store::open(&url, 1000, 4).await.expect("store opens again");
     tokio::time::sleep(Duration::from_millis(5)).await;
     let full_and_held = Rooms {
         default: 10,
@@ -127,7 +132,10 @@ async fn jobs_queued_before_destinations_count_against_their_own_destination() {
         held: vec![OLD.into()],
         overdue: Duration::from_secs(3600),
     };
-    let claimed = store.claim_due("a", 10, HELD, &full_and_held).await.unwrap();
+    let claimed = store
+        .claim_due("a", 10, HELD, &full_and_held)
+        .await
+        .unwrap();
     let taken: Vec<(&str, &str)> = claimed
         .iter()
         .map(|j| (j.id.as_str(), j.destination.as_str()))
@@ -136,6 +144,14 @@ async fn jobs_queued_before_destinations_count_against_their_own_destination() {
         taken.is_empty(),
         "claimed for a destination with no room and an open breaker: {taken:?}"
     );
+    let two = Rooms {
+        default: 10,
+        limited: vec![(OLD.into(), 2)],
+        ..Rooms::default()
+    };
+    let claimed = store.claim_due("a", 10, HELD, &two).await.unwrap();
+    assert_eq!(claimed.len(), 2, "its room, not the default");
+    assert!(claimed.iter().all(|j| j.destination == OLD));
     store.close().await;
 }
 
