@@ -38,6 +38,22 @@ use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
+/// `dests (dest)`: each destination with queued jobs, one index seek each (a loose index scan
+/// of `requests_destination_due`), ending in a NULL row. For a `WITH RECURSIVE`.
+macro_rules! destinations_cte {
+    () => {
+        "dests AS (
+             (SELECT destination AS dest FROM requests
+              WHERE next_attempt_at IS NOT NULL AND destination IS NOT NULL
+              ORDER BY destination LIMIT 1)
+             UNION ALL
+             SELECT (SELECT destination FROM requests
+                     WHERE next_attempt_at IS NOT NULL AND destination > d.dest
+                     ORDER BY destination LIMIT 1)
+             FROM dests AS d WHERE d.dest IS NOT NULL)"
+    };
+}
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_requests.sql"),
     include_str!("../../migrations/postgres/0002_claims.sql"),
@@ -476,15 +492,9 @@ impl PgStore {
         already: &[&str],
     ) -> StoreResult<Vec<Job>> {
         let rows = sqlx::query(concat!(
-            "WITH RECURSIVE dests AS (
-                 (SELECT destination AS dest FROM requests
-                  WHERE next_attempt_at IS NOT NULL AND destination IS NOT NULL
-                  ORDER BY destination LIMIT 1)
-                 UNION ALL
-                 SELECT (SELECT destination FROM requests
-                         WHERE next_attempt_at IS NOT NULL AND destination > d.dest
-                         ORDER BY destination LIMIT 1)
-                 FROM dests AS d WHERE d.dest IS NOT NULL),
+            "WITH RECURSIVE ",
+            destinations_cte!(),
+            ",
              candidates AS MATERIALIZED (
                  SELECT c.id, c.next_attempt_at FROM dests AS d
                  CROSS JOIN LATERAL (
@@ -569,24 +579,18 @@ impl PgStore {
         let earliest_due = match next_due_in_window(&rows, NEXT_DUE_WINDOW, &room) {
             Ok(answer) => answer,
             Err(mut so_far) => {
-                let firsts = sqlx::query(
-                    "WITH RECURSIVE dests AS (
-                         (SELECT destination AS dest FROM requests
-                          WHERE next_attempt_at IS NOT NULL AND destination IS NOT NULL
-                          ORDER BY destination LIMIT 1)
-                         UNION ALL
-                         SELECT (SELECT destination FROM requests
-                                 WHERE next_attempt_at IS NOT NULL AND destination > d.dest
-                                 ORDER BY destination LIMIT 1)
-                         FROM dests AS d WHERE d.dest IS NOT NULL)
+                let firsts = sqlx::query(concat!(
+                    "WITH RECURSIVE ",
+                    destinations_cte!(),
+                    "
                      SELECT d.dest,
                             (SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint
                              FROM requests
                              WHERE destination = d.dest AND next_attempt_at IS NOT NULL
                                AND (lease_expires_at IS NULL OR lease_expires_at < now())
                              ORDER BY next_attempt_at LIMIT 1) AS due
-                     FROM dests AS d WHERE d.dest IS NOT NULL AND NOT (d.dest = ANY($1))",
-                )
+                     FROM dests AS d WHERE d.dest IS NOT NULL AND NOT (d.dest = ANY($1))"
+                ))
                 .bind(rooms.closed().collect::<Vec<_>>())
                 .fetch_all(&self.pool)
                 .await?;

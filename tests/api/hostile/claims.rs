@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use syncasync::delivery::destinations::Rooms;
-use syncasync::store::{NewAsyncRequest, NewRequest, Store};
+use syncasync::store::Store;
+
+use super::store::queue_for;
 
 use crate::helpers::fresh_database;
 
@@ -36,23 +38,6 @@ async fn open(dir: &std::path::Path) -> (String, Store) {
     let url = fresh_database(dir).await;
     let store = Store::open(&url, 1000, 4).await.expect("store opens");
     (url, store)
-}
-
-async fn queue_for(store: &Store, id: &str, destination: &str) {
-    store
-        .submit_async(NewAsyncRequest {
-            request: NewRequest {
-                id: id.to_string(),
-                payload_hash: "0".repeat(16),
-                iterations: 1,
-                created_at: chrono::Utc::now(),
-            },
-            data: "x".into(),
-            callback_url: format!("{destination}/callback"),
-            destination: destination.into(),
-        })
-        .await
-        .expect("queued");
 }
 
 const BACKLOG: &str = "http://127.0.0.1:1";

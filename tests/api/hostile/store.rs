@@ -225,7 +225,7 @@ async fn queue_one(store: &Store, id: &str) {
     queue_for(store, id, "http://127.0.0.1:9").await;
 }
 
-async fn queue_for(store: &Store, id: &str, destination: &str) {
+pub(super) async fn queue_for(store: &Store, id: &str, destination: &str) {
     store
         .submit_async(NewAsyncRequest {
             request: NewRequest {
