@@ -54,6 +54,20 @@ macro_rules! destinations_cte {
     };
 }
 
+/// Leases the rows of `picked (picked_id)` to owner `$1` for `$2` seconds, each with a token of
+/// its own, and returns them (the job columns follow).
+macro_rules! claim_picked {
+    () => {
+        "UPDATE requests AS r
+         SET status = CASE r.status WHEN 'pending' THEN 'processing' ELSE r.status END,
+             lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+             lease_token = gen_random_uuid()::text,
+             unrecorded_claims = r.unrecorded_claims + 1
+         FROM picked WHERE r.id = picked.picked_id
+         RETURNING "
+    };
+}
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_requests.sql"),
     include_str!("../../migrations/postgres/0002_claims.sql"),
@@ -429,14 +443,8 @@ impl PgStore {
                  WHERE rank <= room
                  ORDER BY next_attempt_at
                  LIMIT $3),
-             claimed AS (
-                 UPDATE requests AS r
-                 SET status = CASE r.status WHEN 'pending' THEN 'processing' ELSE r.status END,
-                     lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
-                     lease_token = gen_random_uuid()::text,
-                     unrecorded_claims = r.unrecorded_claims + 1
-                 FROM picked WHERE r.id = picked.picked_id
-                 RETURNING ",
+             claimed AS (",
+            claim_picked!(),
             job_columns!(),
             ")
              SELECT (SELECT count(*) FROM scanned) AS window_rows, claimed.*
@@ -511,13 +519,8 @@ impl PgStore {
                  WHERE d.dest IS NOT NULL),
              picked AS MATERIALIZED (
                  SELECT id AS picked_id FROM candidates ORDER BY next_attempt_at LIMIT $3)
-             UPDATE requests AS r
-             SET status = CASE r.status WHEN 'pending' THEN 'processing' ELSE r.status END,
-                 lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
-                 lease_token = gen_random_uuid()::text,
-                 unrecorded_claims = r.unrecorded_claims + 1
-             FROM picked WHERE r.id = picked.picked_id
-             RETURNING ",
+             ",
+            claim_picked!(),
             job_columns!()
         ))
         .bind(owner)
