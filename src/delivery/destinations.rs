@@ -260,13 +260,8 @@ impl Rooms {
             .map(|(d, _)| d.as_str())
     }
 
-    /// The held destinations as a JSON array, the form SQLite's statements read.
-    pub fn held_json(&self) -> String {
-        serde_json::Value::from(self.held.clone()).to_string()
-    }
-
-    /// The limited destinations as a JSON object `{"destination": room, …}`, the form both
-    /// backends' claim statements read.
+    /// The limited destinations as a JSON object `{"destination": room, …}`, the form
+    /// PostgreSQL's claim statements read.
     pub fn to_json(&self) -> String {
         let map: serde_json::Map<String, serde_json::Value> = self
             .limited
@@ -746,6 +741,5 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&rooms.to_json()).unwrap();
         assert_eq!(json, serde_json::json!({A: 0, "http://b:1": 3}));
         assert_eq!(rooms.closed().collect::<Vec<_>>(), [A]);
-        assert_eq!(rooms.held_json(), r#"["http://c:2"]"#);
     }
 }
