@@ -230,6 +230,11 @@ impl Application {
             let stop = background.clone();
             async move { store.listen(move || wakeup.wake(), stop).await }
         });
+        let remote_changes = tokio::spawn({
+            let store = service.store.clone();
+            let stop = background.clone();
+            async move { store.watch_remote_changes(stop).await }
+        });
         let cleanup = tokio::spawn(retention::run(
             service.clone(),
             config.cleanup_interval(),
@@ -245,6 +250,7 @@ impl Application {
         background.cancel();
         let _ = cleanup.await;
         let _ = notifications.await;
+        let _ = remote_changes.await;
         service.store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -53,6 +53,14 @@ impl FieldError {
         }
     }
 
+    pub fn header(name: &str, kind: &'static str, msg: impl Into<String>) -> Self {
+        Self {
+            loc: vec![Loc::Name("header".to_string()), Loc::Name(name.to_string())],
+            msg: msg.into(),
+            kind,
+        }
+    }
+
     /// A body that is not valid JSON, located by byte offset as FastAPI did.
     pub fn invalid_json(offset: usize, msg: impl Into<String>) -> Self {
         Self {

@@ -10,14 +10,17 @@
 mod admin;
 mod auth;
 mod error;
+mod events;
 mod extract;
 mod health;
+mod idempotency;
 mod metrics;
 mod request_id;
 mod requests;
 mod server;
 mod submit;
 mod sync;
+mod wait;
 
 use std::sync::Arc;
 
@@ -97,6 +100,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(sync::router())
         .merge(submit::router())
         .merge(requests::router())
+        .merge(events::router())
         .merge(metrics::router());
     if let Some(token) = state.api_token.clone() {
         protected = protected.route_layer(middleware::from_fn_with_state(
