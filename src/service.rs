@@ -103,6 +103,25 @@ impl<T> Answered<T> {
     }
 }
 
+fn new_async_request(
+    id: String,
+    input: AsyncInput,
+    idempotency: Option<IdempotencyKey>,
+) -> NewAsyncRequest {
+    NewAsyncRequest {
+        request: NewRequest {
+            id,
+            payload_hash: payload_hash(&input.work.data),
+            iterations: input.work.iterations,
+            created_at: Utc::now(),
+            idempotency,
+        },
+        data: input.work.data,
+        destination: destination_of(&input.callback_url),
+        callback_url: input.callback_url.into(),
+    }
+}
+
 /// What a request asked for, as its idempotency key's fingerprint: the mode and the parsed
 /// input, so that a replay whose JSON differs only in spelling (key order, `"100"` for
 /// `100`) is the same request, and one that differs in any value is not.
@@ -299,18 +318,7 @@ impl Service {
             ),
             key,
         });
-        let new = NewAsyncRequest {
-            request: NewRequest {
-                id: id.clone(),
-                payload_hash: payload_hash(&input.work.data),
-                iterations: input.work.iterations,
-                created_at: Utc::now(),
-                idempotency,
-            },
-            data: input.work.data,
-            destination: destination_of(&input.callback_url),
-            callback_url: input.callback_url.into(),
-        };
+        let new = new_async_request(id.clone(), input, idempotency);
         let mine = new.request.idempotency.clone();
         match self.store.submit_async(new).await? {
             Submitted::Created => {
@@ -330,6 +338,22 @@ impl Service {
                 })),
             },
         }
+    }
+
+    /// Records every request of a batch durably in one transaction, or none (overloaded)
+    /// when they do not all fit in the queue; returns their ids, in order, once committed.
+    pub async fn submit_batch(&self, inputs: Vec<AsyncInput>) -> Result<Vec<String>, ServiceError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch: Vec<NewAsyncRequest> = inputs
+            .into_iter()
+            .map(|input| new_async_request(uuid::Uuid::now_v7().to_string(), input, None))
+            .collect();
+        self.store.submit_batch(&batch).await?;
+        tracing::info!(size = batch.len(), first = %batch[0].request.id, "async batch accepted");
+        self.wakeup.wake();
+        Ok(batch.into_iter().map(|new| new.request.id).collect())
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<RequestRecord>, ServiceError> {

@@ -9,6 +9,7 @@
 
 mod admin;
 mod auth;
+mod batch;
 mod error;
 mod events;
 mod extract;
@@ -99,6 +100,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
     let mut protected = OpenApiRouter::new()
         .merge(sync::router())
         .merge(submit::router())
+        .merge(batch::router())
         .merge(requests::router())
         .merge(events::router())
         .merge(metrics::router());

@@ -433,6 +433,13 @@ impl Store {
         dispatch!(self, s => s.submit_async(new).await)
     }
 
+    /// Queues every request of `batch` in one transaction, or none of them
+    /// ([`StoreError::QueueFull`]) when they do not all fit in the queue. Batches carry no
+    /// idempotency keys.
+    pub async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
+        dispatch!(self, s => s.submit_batch(batch).await)
+    }
+
     /// Claims up to `limit` due jobs for `owner`, leased for `lease`, oldest due first, and
     /// of each destination at most its room in `rooms` (none of a destination without room:
     /// those jobs are passed over, keeping their place, for jobs of other destinations).

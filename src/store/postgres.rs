@@ -144,10 +144,12 @@ const COUNT_MAX_AGE: Duration = Duration::from_millis(100);
 /// into a scan of the queue each.
 const RECOUNT_AT_BOUND: Duration = Duration::from_millis(10);
 
-/// A place in the queue held for one submission. Dropped without [`Reservation::failed`]
-/// (committed, or abandoned mid-insert, which may still commit), it counts as accepted.
+/// Places in the queue held for one submission (one request, or a batch). Dropped without
+/// [`Reservation::failed`] (committed, or abandoned mid-insert, which may still commit), they
+/// count as accepted.
 struct Reservation {
     count: Arc<QueueCount>,
+    places: i64,
     failed: bool,
 }
 
@@ -164,9 +166,9 @@ impl Drop for Reservation {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.in_flight -= 1;
+        state.in_flight -= self.places;
         if !self.failed {
-            state.accepted += 1;
+            state.accepted += self.places;
         }
     }
 }
@@ -375,6 +377,58 @@ impl PgStore {
         ))
     }
 
+    /// Queues every request of `batch` in one statement (one transaction), or none of them
+    /// ([`StoreError::QueueFull`]) when they do not all fit.
+    pub async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
+        let places = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+        let reservation = self.reserve_places(places).await?;
+        let column = |f: fn(&NewAsyncRequest) -> String| batch.iter().map(f).collect::<Vec<_>>();
+        let inserted = sqlx::query(
+            "WITH inserted AS (
+                 INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
+                                       callback_url, created_at, next_attempt_at, destination)
+                 SELECT id, 'async', 'pending', payload_hash, data, iterations, callback_url,
+                        created_at, now(), destination
+                 FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
+                             $6::timestamptz[], $7::text[])
+                      AS batch(id, payload_hash, data, iterations, callback_url, created_at,
+                               destination)
+                 RETURNING 1)
+             -- One announcement for the whole batch (see insert_async on why they are rare).
+             SELECT pg_notify($8, '') WHERE EXISTS (SELECT FROM inserted)",
+        )
+        .bind(column(|n| n.request.id.clone()))
+        .bind(column(|n| n.request.payload_hash.clone()))
+        .bind(
+            batch
+                .iter()
+                .map(|n| n.data.as_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|n| i64::from(n.request.iterations))
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|n| n.callback_url.clone()))
+        .bind(
+            batch
+                .iter()
+                .map(|n| n.request.created_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|n| n.destination.clone()))
+        .bind(JOBS_CHANNEL)
+        .execute(&self.pool)
+        .await;
+        if let Err(err) = inserted {
+            reservation.failed();
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
     /// Inserts a queued request; false if its idempotency key is taken (nothing written).
     async fn insert_async(&self, new: &NewAsyncRequest) -> StoreResult<bool> {
         // The row and its announcement commit together (a NOTIFY is delivered at commit,
@@ -437,6 +491,11 @@ impl PgStore {
     /// [`StoreError::QueueFull`]. The check and the reservation happen under one lock, so
     /// concurrent submissions to this instance cannot all see the same free place.
     async fn reserve_place(&self) -> StoreResult<Reservation> {
+        self.reserve_places(1).await
+    }
+
+    /// Holds `places` places in the queue, all or none.
+    async fn reserve_places(&self, places: i64) -> StoreResult<Reservation> {
         let mut recounted = false;
         loop {
             let count_age = {
@@ -447,10 +506,11 @@ impl PgStore {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let age = state.counted_at.map(|at| at.elapsed());
                 let fresh = age.is_some_and(|age| age <= COUNT_MAX_AGE);
-                if fresh && state.estimate() < self.queue_capacity {
-                    state.in_flight += 1;
+                if fresh && state.estimate().saturating_add(places) <= self.queue_capacity {
+                    state.in_flight += places;
                     return Ok(Reservation {
                         count: Arc::clone(&self.queue_count),
+                        places,
                         failed: false,
                     });
                 }

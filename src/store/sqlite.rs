@@ -175,6 +175,10 @@ impl SqliteStore {
         self.send(Op::SubmitAsync(new)).await?.submitted()
     }
 
+    pub async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
+        self.send(Op::SubmitBatch(batch.to_vec())).await?.done()
+    }
+
     pub async fn claim_due(
         &self,
         owner: &str,
@@ -643,6 +647,8 @@ enum Op {
         at: DateTime<Utc>,
     },
     SubmitAsync(NewAsyncRequest),
+    /// All of them, or none when they do not all fit in the queue.
+    SubmitBatch(Vec<NewAsyncRequest>),
     Claim {
         owner: String,
         limit: u32,
@@ -1046,6 +1052,28 @@ fn next_due(conn: &Connection, rooms: &Rooms, now: i64) -> rusqlite::Result<Opti
     Ok(earliest_seen)
 }
 
+fn insert_async(tx: &Transaction<'_>, new: &NewAsyncRequest) -> rusqlite::Result<()> {
+    let (key, fingerprint) = new.request.key_columns();
+    tx.prepare_cached(
+        "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
+                               created_at, next_attempt_at, destination,
+                               idempotency_key, idempotency_fingerprint)
+         VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        new.request.id,
+        new.request.payload_hash,
+        new.data,
+        new.request.iterations,
+        new.callback_url,
+        millis(new.request.created_at),
+        new.destination,
+        key,
+        fingerprint,
+    ])?;
+    Ok(())
+}
+
 /// The request already holding `new`'s idempotency key, if it has one and it is taken. The
 /// writer is the only one writing, so nothing can take the key between this read and the
 /// insert that follows it in the same transaction.
@@ -1138,27 +1166,26 @@ fn apply(
                     queue_delta: 0,
                 });
             }
-            let (key, fingerprint) = new.request.key_columns();
-            tx.prepare_cached(
-                "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
-                                       created_at, next_attempt_at, destination,
-                                       idempotency_key, idempotency_fingerprint)
-                 VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                new.request.id,
-                new.request.payload_hash,
-                new.data,
-                new.request.iterations,
-                new.callback_url,
-                millis(new.request.created_at),
-                new.destination,
-                key,
-                fingerprint,
-            ])?;
+            insert_async(tx, new)?;
             Ok(Applied {
                 reply: Ok(Reply::Submitted(Submitted::Created)),
                 queue_delta: 1,
+            })
+        }
+        Op::SubmitBatch(batch) => {
+            let size = batch.len() as u64;
+            if queue_size.saturating_add(size) > queue_capacity {
+                return Ok(Applied {
+                    reply: Err(StoreError::QueueFull),
+                    queue_delta: 0,
+                });
+            }
+            for new in batch {
+                insert_async(tx, new)?;
+            }
+            Ok(Applied {
+                reply: Ok(Reply::Done),
+                queue_delta: i64::try_from(size).unwrap_or(i64::MAX),
             })
         }
         Op::Claim {

@@ -7,6 +7,7 @@ mod hostile;
 mod isolation;
 
 mod admin;
+mod batch;
 mod delivery;
 mod durability;
 mod guard;
