@@ -235,6 +235,16 @@ impl Application {
             let stop = background.clone();
             async move { store.watch_remote_changes(stop).await }
         });
+        // Clients waiting on a request must not hold the graceful shutdown for their whole
+        // wait: at the signal they are answered with what there is.
+        tokio::spawn({
+            let store = service.store.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                store.end_waits();
+            }
+        });
         let cleanup = tokio::spawn(retention::run(
             service.clone(),
             config.cleanup_interval(),

@@ -288,7 +288,10 @@ impl Service {
             change.as_mut().enable();
             let record = self.get(id).await?;
             match &record {
-                Some(r) if !r.status.is_finished() && tokio::time::Instant::now() < deadline => {}
+                Some(r)
+                    if !r.status.is_finished()
+                        && tokio::time::Instant::now() < deadline
+                        && !subscription.is_closed() => {}
                 _ => return Ok(record),
             }
             tokio::select! {

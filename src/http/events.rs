@@ -158,6 +158,10 @@ impl EventStream {
                 }
             }
             if progress.pending.is_empty() && !progress.finished {
+                // At shutdown the stream ends; the client resumes elsewhere or later.
+                if self.subscription.is_closed() {
+                    return None;
+                }
                 change.await;
             }
         }

@@ -11,7 +11,7 @@
 //! one query per tick and wakes the waiters of those that moved.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
@@ -23,6 +23,8 @@ pub struct Changes {
     /// Entries in `watched`: lets [`Changes::changed`] skip the lock when nobody waits, the
     /// common case on the delivery path.
     len: AtomicUsize,
+    /// Set at shutdown: every waiter is woken and answers with what it has.
+    closed: AtomicBool,
 }
 
 struct Watched {
@@ -55,6 +57,15 @@ impl Changes {
             return;
         }
         if let Some(entry) = self.lock().get(id) {
+            entry.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every waiter for good (shutdown): waits end at once with the state they have,
+    /// so that no client holds the graceful shutdown for the rest of its wait.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for entry in self.lock().values() {
             entry.notify.notify_waiters();
         }
     }
@@ -95,6 +106,11 @@ impl Subscription {
     /// that a change landing between the read and the wait is not missed.
     pub fn next_change(&self) -> Notified<'_> {
         self.notify.notified()
+    }
+
+    /// Whether the service is shutting down: waiting is over.
+    pub fn is_closed(&self) -> bool {
+        self.changes.closed.load(Ordering::SeqCst)
     }
 }
 
@@ -145,6 +161,21 @@ mod tests {
                 .is_err(),
             "another request's subscriber slept on"
         );
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_every_waiter_and_later_ones_see_it_closed() {
+        let changes = Arc::new(Changes::default());
+        let a = changes.subscribe("a");
+        let mut wait = std::pin::pin!(a.next_change());
+        wait.as_mut().enable();
+        assert!(!a.is_closed());
+        changes.close();
+        tokio::time::timeout(Duration::from_secs(1), wait)
+            .await
+            .expect("woken by the close");
+        assert!(a.is_closed());
+        assert!(changes.subscribe("b").is_closed());
     }
 
     #[test]

@@ -323,6 +323,11 @@ impl Store {
         self.changes.len()
     }
 
+    /// Ends every wait on a request now and later (shutdown).
+    pub fn end_waits(&self) {
+        self.changes.close();
+    }
+
     /// Calls `wake` whenever another instance queues a job, until `stop`. Only a shared
     /// database has other instances; with SQLite this returns at once.
     pub async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {

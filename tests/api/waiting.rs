@@ -258,3 +258,26 @@ async fn the_event_stream_of_an_unknown_request_is_a_404() {
     .await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test]
+async fn waiting_clients_are_answered_at_shutdown_not_cut_off() {
+    let receiver = Receiver::start(Behaviour::hang(Duration::from_secs(30))).await;
+    let app = spawn_app(&["--callback-max-retries", "5"]).await;
+    let id = app.submit("never finishes in time", &receiver.url()).await;
+    let url = app.url(&format!("/requests/{id}"));
+    let client = app.client.clone();
+    let waiter = tokio::spawn(async move {
+        client
+            .get(url)
+            .header("Prefer", "wait=60")
+            .send()
+            .await
+            .expect("answered, not cut off")
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.stop().await;
+    let response = waiter.await.expect("waiter");
+    assert_eq!(response.status(), 200);
+    let (_, record) = read(response).await;
+    assert_ne!(record["status"], "callback_success", "{record}");
+}
