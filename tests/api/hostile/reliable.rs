@@ -1,6 +1,6 @@
 //! Attacks on Idempotency-Key, waiting GETs, event streams and batches (break13): a client that
 //! hangs up and retries with its key, duplicates racing a hang-up, replays under overload.
-//! Each test names the behaviour it expects; those that fail today are `#[ignore = "BUG: …"]`.
+//! Each test names the behaviour it expects; each failed before its fix.
 
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,6 @@ async fn occupy_the_compute_thread(app: &TestApp) -> tokio::task::JoinHandle<u16
 /// replayed), not an error for ever: today the first request is recorded `failed` ("the client
 /// disconnected"), and every retry with that key replays that failure as a 500.
 #[tokio::test]
-#[ignore = "BUG: a sync request whose client hung up burns its Idempotency-Key: every retry gets 500"]
 async fn a_sync_retry_after_the_first_client_hung_up_gets_the_result() {
     let app = spawn_app(&["--compute-threads", "1"]).await;
     let blocker = occupy_the_compute_thread(&app).await;
@@ -99,7 +98,6 @@ async fn a_sync_retry_after_the_first_client_hung_up_gets_the_result() {
 /// client hangs up, the second (still connected, still wanting the result) must get it: today
 /// the first's cancellation is replayed to it as a 500.
 #[tokio::test]
-#[ignore = "BUG: a waiting duplicate gets 500 when the first client of its key hangs up"]
 async fn a_waiting_duplicate_still_gets_the_result_when_the_first_client_hangs_up() {
     let app = spawn_app(&["--compute-threads", "1"]).await;
     let blocker = occupy_the_compute_thread(&app).await;
@@ -123,7 +121,6 @@ async fn a_waiting_duplicate_still_gets_the_result_when_the_first_client_hangs_u
 /// hour), and every retry with the key waits 60 s and gets 409. SPEC §9: a client that hangs up
 /// at any instant releases everything its request held.
 #[tokio::test]
-#[ignore = "BUG: a keyed sync request whose client hangs up during the key's commit stays processing for ever"]
 async fn no_keyed_sync_request_is_left_processing_when_its_client_hangs_up() {
     let app = spawn_app(&[]).await;
     let hang_ups = (0..200u32).map(|i| {
@@ -151,7 +148,6 @@ async fn no_keyed_sync_request_is_left_processing_when_its_client_hangs_up() {
 /// asks the compute pool for a slot before looking at the key, so a client retrying a
 /// finished keyed request under overload is refused 503 although its result is stored.
 #[tokio::test]
-#[ignore = "BUG: a replay of a finished keyed sync request is refused 503 while the compute queue is full"]
 async fn a_finished_sync_key_is_replayed_even_when_the_compute_queue_is_full() {
     let app = spawn_app(&["--compute-threads", "1", "--compute-queue-size", "1"]).await;
     let body = json!({"data": "already done", "iterations": 1});
