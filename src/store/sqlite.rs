@@ -169,7 +169,7 @@ impl SqliteStore {
 
     pub async fn key_holder(&self, key: &str) -> StoreResult<Option<KeyHolder>> {
         let key = key.to_string();
-        Ok(self.read(move |conn| holder_of(conn, &key)).await?)
+        self.read(move |conn| holder_of(conn, &key)).await
     }
 
     pub async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
