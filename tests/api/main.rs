@@ -7,6 +7,7 @@ mod hostile;
 mod isolation;
 
 mod admin;
+mod dashboard;
 mod delivery;
 mod durability;
 mod guard;
