@@ -474,3 +474,77 @@ async fn drive(
     assert_no_console_errors(browser, "while using the dashboard").await;
     Ok(())
 }
+
+/// The pages without a browser: shells with no data, a strict CSP on everything under
+/// `/ui`, actions only with an admin token, the live endpoints behind the API token.
+#[tokio::test]
+async fn pages_are_data_free_shells_under_a_strict_policy() {
+    let app = spawn_app(&["--api-token", "api-secret"]).await;
+    let hostile = "%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    for path in [
+        "/ui".to_string(),
+        "/ui/requests".into(),
+        format!("/ui/requests/{hostile}"),
+        "/ui/destinations".into(),
+    ] {
+        let response = app.get(&path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let csp = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+        let html = response.text().await.unwrap();
+        // No inline script or style: the policy would refuse them.
+        assert_eq!(html.matches("<script").count(), 1, "{path}: {html}");
+        assert!(html.contains("<script src=\"/ui/assets/app."), "{path}");
+        assert!(!html.contains("style="), "{path}");
+        // Without an admin token, no action is offered.
+        assert!(!html.contains("id=\"redeliver\"") && !html.contains("id=\"bulk-check\""));
+        assert!(html.contains("data-api-token=\"1\""), "{path}");
+        assert!(!html.contains("<script>alert"), "{path}: {html}");
+    }
+    // The page names its assets; they are served from the binary, cached for good.
+    let html = app.get("/ui").await.text().await.unwrap();
+    let script = html
+        .split("<script src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let response = app.get(&script).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(!response.text().await.unwrap().contains("innerHTML"));
+    assert_eq!(app.get("/ui/assets/app.0000.js").await.status(), 404);
+    // The data endpoints need the API token, as the API does.
+    for path in ["/ui/api/overview", "/ui/api/stream", "/requests"] {
+        assert_eq!(app.get(path).await.status(), 401, "{path}");
+    }
+    let overview: Value = app
+        .client
+        .get(app.url("/ui/api/overview"))
+        .bearer_auth("api-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(overview["status_counts"].as_array().unwrap().len(), 7);
+    app.stop().await;
+}

@@ -5,6 +5,7 @@
 mod helpers;
 mod hostile;
 mod isolation;
+mod list_filters;
 
 mod admin;
 mod dashboard;
