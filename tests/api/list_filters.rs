@@ -60,7 +60,7 @@ async fn keyset_pages_walk_the_whole_list_in_order() {
     let record = app.get_json(&format!("/requests/{newest}")).await;
     let created = record["created_at"].as_str().unwrap().to_string();
     let from_newest = list(&app, &format!("created_from={created}")).await;
-    assert_eq!(from_newest, [newest.clone()]);
+    assert_eq!(from_newest, std::slice::from_ref(newest));
     let before_newest = list(&app, &format!("created_to={created}&limit=1000")).await;
     assert_eq!(before_newest, everything[1..]);
     app.stop().await;
@@ -133,7 +133,7 @@ async fn bulk_redelivery_takes_exactly_the_failed_requests_that_match() {
     let done = sync_request(&app, "not failed").await;
 
     let host = list(&app, "callback_host=localhost").await;
-    assert_eq!(host, [theirs.clone()]);
+    assert_eq!(host, std::slice::from_ref(&theirs));
     let port = refusing.address.port();
     let mut by_port = list(&app, &format!("callback_host=127.0.0.1:{port}")).await;
     by_port.sort();
