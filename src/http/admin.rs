@@ -133,7 +133,8 @@ const MAX_BULK_REDELIVER: u32 = 1000;
 const DEFAULT_BULK_REDELIVER: u32 = 100;
 
 /// The query of `POST /admin/redeliver`, for the API document: the filters of
-/// `GET /requests` (read by the same parser) and these.
+/// `GET /requests` (read by the same parser) and these. `status` is left out of the
+/// document: only `callback_failed` is allowed (any other is a 422), and it is implied.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
@@ -146,8 +147,6 @@ struct BulkQuery {
     limit: Option<u32>,
     /// Only requests of this mode.
     mode: Option<crate::model::Mode>,
-    /// Must be `callback_failed` if given: only those can be redelivered.
-    status: Option<Status>,
     /// Only requests created at or after this instant (RFC 3339).
     #[param(format = DateTime)]
     created_from: Option<String>,

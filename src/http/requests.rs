@@ -47,7 +47,8 @@ struct ListQuery {
     #[param(min_length = 1, max_length = 36, example = "0193a5")]
     id_prefix: Option<String>,
     /// Keyset paging: only requests after this one (a request id, usually the last of the
-    /// previous page) in the newest-first order. Every page is as fast as the first.
+    /// previous page) in the newest-first order. Every page is as fast as the first. An id
+    /// of no request (deleted since) is a 404: start again from the first page.
     #[param(max_length = 64)]
     before: Option<String>,
     /// Page size.
@@ -68,21 +69,13 @@ pub(super) struct ListParams {
 }
 
 impl ListParams {
-    /// The filter with its `before` cursor resolved, or a 422 naming `before` if that request
-    /// does not exist (any more).
+    /// The filter with its `before` cursor resolved, or a 404 if that request does not exist
+    /// (any more): the cursor names a resource, and any well-formed id is valid input.
     pub async fn resolve(self, state: &AppState) -> Result<ListFilter, ApiError> {
         let mut filter = self.filter;
         if let Some(id) = self.before {
-            match state.service.position(&id).await? {
-                Some(position) => filter.before = Some(position),
-                None => {
-                    return Err(ApiError::Validation(vec![FieldError::query(
-                        "before",
-                        "not_found",
-                        "no request has this id (it may have been deleted); start from the first page",
-                    )]));
-                }
-            }
+            let position = state.service.position(&id).await?;
+            filter.before = Some(position.ok_or(ApiError::RequestNotFound)?);
         }
         Ok(filter)
     }
@@ -96,6 +89,7 @@ impl ListParams {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of requests and the total that match", body = RequestList),
+        (status = 404, description = "The `before` request does not exist (any more)", body = ErrorBody),
         (status = 422, description = "A filter value is invalid; `detail` names it", body = ErrorBody),
     )
 )]

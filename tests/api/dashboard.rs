@@ -177,8 +177,12 @@ async fn submit(app: &TestApp, callback: &str) -> String {
     body["request_id"].as_str().expect("id").to_string()
 }
 
+fn screenshots() -> bool {
+    std::env::var("SYNCASYNC_SCREENSHOTS").is_ok_and(|v| v == "1")
+}
+
 async fn screenshot(browser: &Client, name: &str) {
-    if std::env::var("SYNCASYNC_SCREENSHOTS").is_ok_and(|v| v == "1") {
+    if screenshots() {
         let png = browser.screenshot().await.expect("screenshot");
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img");
         std::fs::create_dir_all(&dir).expect("docs/img");
@@ -317,6 +321,21 @@ async fn drive(
         ));
     }
 
+    // At a phone's width the page does not scroll sideways (the table scrolls in its box).
+    browser
+        .set_window_size(390, 844)
+        .await
+        .map_err(|e| e.to_string())?;
+    eventually(
+        browser,
+        "document.documentElement.scrollWidth <= window.innerWidth",
+        "the list to fit a phone's width",
+    )
+    .await;
+    browser
+        .set_window_size(1280, 1000)
+        .await
+        .map_err(|e| e.to_string())?;
     assert_no_console_errors(browser, "on the requests list").await;
 
     // The detail, from the list: the attempts, the receiver's answer shown as text.
@@ -458,6 +477,22 @@ async fn drive(
         .is_some_and(|c| c.contains("callback_success3"))
     {
         return Err(format!("the status counts are wrong: {counts}"));
+    }
+    if screenshots() {
+        // Half a minute of mixed traffic, some of it refused, so that the picture has shapes.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut n = 0u32;
+        while Instant::now() < deadline {
+            n += 1;
+            refusing.store(n % 40 < 8, Ordering::SeqCst);
+            sync_request(app, &format!("picture {n}")).await;
+            if n % 2 == 0 {
+                submit(app, hook).await;
+            }
+            tokio::time::sleep(Duration::from_millis(60 + u64::from(n % 7) * 20)).await;
+        }
+        refusing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
     screenshot(browser, "dashboard-overview.png").await;
     // The destinations view, with the admin token.

@@ -75,13 +75,19 @@ async fn junk_filters_are_422s_that_name_them() {
         ("callback_host=%3Cscript%3E", "callback_host"),
         ("id_prefix=%22%3E%3Cimg", "id_prefix"),
         ("before=", "before"),
-        // A cursor that names no request: the client must start again.
-        ("before=0193a5a0-0000-7000-8000-000000000000", "before"),
     ] {
         let (status, body) = read(app.get(&format!("/requests?{query}")).await).await;
         assert_eq!(status, 422, "{query}: {body}");
         assert_eq!(body["detail"][0]["loc"][1], field, "{query}: {body}");
     }
+    // A cursor that names no request (deleted since): the client must start again.
+    let (status, body) = read(
+        app.get("/requests?before=0193a5a0-0000-7000-8000-000000000000")
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "Request not found", "{body}");
     app.stop().await;
 }
 

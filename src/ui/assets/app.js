@@ -268,8 +268,7 @@
   function chart(title, unit, series, note) {
     const width = 300;
     const height = 80;
-    const now = Date.now();
-    const start = now - WINDOW_MS;
+    const [start, span] = timeSpan();
     let max = 0;
     for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
     const top = max > 0 ? max * 1.1 : 1;
@@ -289,7 +288,7 @@
           pen = false;
           return;
         }
-        const x = ((points[i].at - start) / WINDOW_MS) * width;
+        const x = ((points[i].at - start) / span) * width;
         const y = height - (v / top) * (height - 4) - 1;
         path += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
         pen = true;
@@ -311,9 +310,20 @@
     );
   }
 
+  // The charts' time axis: the last 15 minutes, or since the oldest sample when this
+  // instance has not been up that long (so a young history is not a sliver at the right).
+  function timeSpan() {
+    const now = Date.now();
+    const start = points.length ? Math.max(now - WINDOW_MS, Math.min(points[0].at, now - 60000)) : now - WINDOW_MS;
+    return [start, Math.max(1, now - start)];
+  }
+
   function renderCharts() {
     const box = document.getElementById("charts");
     if (!box) return;
+    const minutes = Math.round(timeSpan()[1] / 60000);
+    document.getElementById("charts-title").textContent =
+      minutes >= 15 ? "Last 15 minutes" : "Last " + Math.max(1, minutes) + " minute" + (minutes > 1 ? "s" : "") + " (since this instance started)";
     const pick = (key) => points.map((p) => p[key]);
     const causes = new Set();
     for (const p of points) {
@@ -426,7 +436,10 @@
       first.hidden = !before;
       showMessage("");
     } catch (error) {
-      report(error);
+      if (error.status === 404) {
+        report(new Error("The request this page started after no longer exists: start again from the newest page."));
+        document.getElementById("first-page").hidden = false;
+      } else report(error);
     } finally {
       listBusy = false;
     }
