@@ -486,7 +486,7 @@ async fn drive(
             n += 1;
             refusing.store(n % 40 < 8, Ordering::SeqCst);
             sync_request(app, &format!("picture {n}")).await;
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 submit(app, hook).await;
             }
             tokio::time::sleep(Duration::from_millis(60 + u64::from(n % 7) * 20)).await;
