@@ -154,10 +154,10 @@ struct BulkQuery {
     #[param(format = DateTime)]
     created_to: Option<String>,
     /// Only requests whose callback goes to this host (`host` or `host:port`).
-    #[param(max_length = 262)]
+    #[param(min_length = 1, max_length = 262, pattern = r"^[A-Za-z0-9._:\[\]-]+$")]
     callback_host: Option<String>,
     /// Only requests whose id starts with this.
-    #[param(min_length = 1, max_length = 36)]
+    #[param(min_length = 1, max_length = 36, pattern = "^[0-9A-Fa-f-]+$")]
     id_prefix: Option<String>,
 }
 

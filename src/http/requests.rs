@@ -41,15 +41,25 @@ struct ListQuery {
     created_to: Option<String>,
     /// Only async requests whose callback goes to this host (`host`, any port) or
     /// `host:port`; IPv6 hosts in brackets. Case-insensitive.
-    #[param(max_length = 262, example = "hooks.example.com")]
+    #[param(
+        min_length = 1,
+        max_length = 262,
+        pattern = r"^[A-Za-z0-9._:\[\]-]+$",
+        example = "hooks.example.com"
+    )]
     callback_host: Option<String>,
     /// Only requests whose id starts with this (hex digits and `-`, case-insensitive).
-    #[param(min_length = 1, max_length = 36, example = "0193a5")]
+    #[param(
+        min_length = 1,
+        max_length = 36,
+        pattern = "^[0-9A-Fa-f-]+$",
+        example = "0193a5"
+    )]
     id_prefix: Option<String>,
     /// Keyset paging: only requests after this one (a request id, usually the last of the
     /// previous page) in the newest-first order. Every page is as fast as the first. An id
     /// of no request (deleted since) is a 404: start again from the first page.
-    #[param(max_length = 64)]
+    #[param(min_length = 1, max_length = 64)]
     before: Option<String>,
     /// Page size.
     #[param(minimum = 1, maximum = 1000, default = 100)]
@@ -220,13 +230,15 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                 }
             }
             "before" => {
-                if !value.is_empty() && value.len() <= 64 && !value.chars().any(char::is_control) {
+                // Any id of up to 64 characters: one that names no request (control characters
+                // included) is answered as such, a 404.
+                if !value.is_empty() && value.chars().count() <= 64 {
                     before = Some(value.into_owned());
                 } else {
                     errors.push(FieldError::query(
                         "before",
                         "request_id",
-                        "must be a request id",
+                        "must be a request id (1 to 64 characters)",
                     ));
                 }
             }
@@ -299,7 +311,10 @@ mod tests {
                 "id_prefix",
             ),
             ("before=", "before"),
-            ("before=a%00b", "before"),
+            (
+                "before=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                "before",
+            ),
         ] {
             let errors = parse_filter(query).unwrap_err();
             assert_eq!(

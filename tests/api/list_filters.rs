@@ -171,14 +171,21 @@ async fn bulk_redelivery_takes_exactly_the_failed_requests_that_match() {
         (Some(2), Some(1), Some(1)),
         "{body}"
     );
+    // The one redelivered above may already have failed again (one attempt, the receiver
+    // still refuses), and then matches again: one or two this time.
     let (_, body) = bulk(&app, "callback_host=127.0.0.1", Some(TOKEN)).await;
-    assert_eq!(body["redelivered"], 1, "{body}");
+    assert!(
+        matches!(body["redelivered"].as_u64(), Some(1 | 2)),
+        "{body}"
+    );
     // Each was attempted again (and failed again: the receiver still refuses).
     for id in &ours {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             let record = app.get_json(&format!("/requests/{id}")).await;
-            if record["callback_attempts"] == 2 && record["status"] == "callback_failed" {
+            if record["callback_attempts"].as_u64() >= Some(2)
+                && record["status"] == "callback_failed"
+            {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "{record}");
