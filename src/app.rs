@@ -235,6 +235,21 @@ impl Application {
             let stop = background.clone();
             async move { store.listen(move || wakeup.wake(), stop).await }
         });
+        let remote_changes = tokio::spawn({
+            let store = service.store.clone();
+            let stop = background.clone();
+            async move { store.watch_remote_changes(stop).await }
+        });
+        // Clients waiting on a request must not hold the graceful shutdown for their whole
+        // wait: at the signal they are answered with what there is.
+        tokio::spawn({
+            let store = service.store.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                store.end_waits();
+            }
+        });
         // Stops (and ends the dashboard's live streams) as soon as shutdown begins, so that an
         // open dashboard does not hold the graceful shutdown for its whole grace period.
         let sampler = tokio::spawn(crate::ui::history::run(
@@ -258,6 +273,7 @@ impl Application {
         let _ = cleanup.await;
         let _ = sampler.await;
         let _ = notifications.await;
+        let _ = remote_changes.await;
         service.store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -16,6 +16,8 @@ use crate::delivery::guard::Guard;
 pub const MAX_DATA_CHARS: usize = 10_000;
 pub const MAX_ITERATIONS: u32 = 1_000_000;
 pub const DEFAULT_ITERATIONS: u32 = 1000;
+/// Most requests in one `POST /async/batch`.
+pub const MAX_BATCH_ITEMS: usize = 1000;
 
 /// One element of an error's location: a field name, or a position in the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -53,6 +55,26 @@ impl FieldError {
         }
     }
 
+    pub fn header(name: &str, kind: &'static str, msg: impl Into<String>) -> Self {
+        Self {
+            loc: vec![Loc::Name("header".to_string()), Loc::Name(name.to_string())],
+            msg: msg.into(),
+            kind,
+        }
+    }
+
+    /// The same error, located in item `index` of a batch's `requests`.
+    fn within_batch_item(mut self, index: usize) -> Self {
+        let rest = self.loc.split_off(1.min(self.loc.len()));
+        self.loc = vec![
+            Loc::Name("body".to_string()),
+            Loc::Name("requests".to_string()),
+            Loc::Position(index),
+        ];
+        self.loc.extend(rest);
+        self
+    }
+
     /// A body that is not valid JSON, located by byte offset as FastAPI did.
     pub fn invalid_json(offset: usize, msg: impl Into<String>) -> Self {
         Self {
@@ -85,6 +107,53 @@ impl FieldError {
 pub struct SyncRequest {
     #[serde(flatten)]
     work: WorkFields,
+}
+
+/// The body of `POST /async/batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct BatchRequest {
+    /// 1 to 1000 requests, each checked as `POST /async` checks its body.
+    #[schema(min_items = 1, max_items = 1000)]
+    requests: Vec<AsyncRequest>,
+}
+
+/// Reads a batch: a body-level error (not an object, no `requests` array, too few or too
+/// many items) refuses the whole batch; otherwise each item is checked on its own, its
+/// errors located under `["body", "requests", index, …]`.
+#[allow(clippy::type_complexity)]
+pub fn parse_batch(
+    body: &Value,
+    guard: &Guard,
+) -> Result<Vec<Result<AsyncInput, Vec<FieldError>>>, Vec<FieldError>> {
+    let object = as_object(body)?;
+    let rule = format!("must be an array of 1 to {MAX_BATCH_ITEMS} requests");
+    let items = match object.get("requests") {
+        None | Some(Value::Null) => {
+            return Err(vec![FieldError::body(
+                Some("requests"),
+                "missing",
+                "field required",
+            )]);
+        }
+        Some(Value::Array(items)) if (1..=MAX_BATCH_ITEMS).contains(&items.len()) => items,
+        Some(Value::Array(_)) => {
+            return Err(vec![FieldError::body(Some("requests"), "length", rule)]);
+        }
+        Some(_) => return Err(vec![FieldError::body(Some("requests"), "list_type", rule)]),
+    };
+    Ok(items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            parse_async(item, guard).map_err(|errors| {
+                errors
+                    .into_iter()
+                    .map(|error| error.within_batch_item(index))
+                    .collect()
+            })
+        })
+        .collect())
 }
 
 /// The body of `POST /async`.

@@ -134,6 +134,7 @@ pub struct Metrics {
     pub compute_threads: Gauge,
     pub db_connections: Family<ConnectionLabels, Gauge>,
     pub db_writer_queue: Gauge,
+    pub waited_on_requests: Gauge,
     pub destination_in_flight: Family<DestinationLabels, Gauge>,
     pub destination_recent_failures: Family<DestinationLabels, Gauge>,
     pub destination_breaker_open: Family<DestinationLabels, Gauge>,
@@ -168,6 +169,7 @@ impl Metrics {
             compute_threads: Gauge::default(),
             db_connections: Family::default(),
             db_writer_queue: Gauge::default(),
+            waited_on_requests: Gauge::default(),
             destination_in_flight: Family::default(),
             destination_recent_failures: Family::default(),
             destination_breaker_open: Family::default(),
@@ -226,6 +228,11 @@ impl Metrics {
             "delivery_workers",
             "Jobs that may be in flight at once (APP_ASYNC_WORKER_COUNT)",
             metrics.delivery_workers.clone(),
+        );
+        registry.register(
+            "waited_on_requests",
+            "Requests that clients are waiting on (Prefer: wait, event streams, repeated keys)",
+            metrics.waited_on_requests.clone(),
         );
         registry.register(
             "compute_queue_size",

@@ -10,10 +10,12 @@ use crate::delivery::guard::Guard;
 use crate::delivery::{Wakeup, WorkerStats};
 use crate::input::{AsyncInput, WorkInput};
 use crate::metrics::{ConnectionLabels, DestinationLabels, Metrics, TOP_DESTINATIONS};
-use crate::model::{Health, HealthReport, RequestList, RequestRecord, WorkResult, payload_hash};
+use crate::model::{
+    Health, HealthReport, Mode, RequestList, RequestRecord, Status, WorkResult, payload_hash,
+};
 use crate::store::{
-    CleanupReport, ListFilter, NewAsyncRequest, NewRequest, Position, Redelivery, StatusCounts,
-    Store, StoreError,
+    CleanupReport, IdempotencyKey, ListFilter, NewAsyncRequest, NewRequest, Position, Redelivery,
+    StatusCounts, Store, StoreError, Submitted,
 };
 use crate::work::{Cancel, ComputePool, PoolError};
 
@@ -61,6 +63,79 @@ pub enum ServiceError {
     Store(StoreError),
     #[error("the work could not be completed: {0}")]
     Work(String),
+    /// The idempotency key names a stored request that asked for something else.
+    #[error("Idempotency-Key `{0}` was already used for a different request")]
+    KeyReused(String),
+    /// The idempotency key names a request still being worked on, after waiting for it.
+    #[error("the request with Idempotency-Key `{0}` is still being processed")]
+    KeyInProgress(String),
+}
+
+/// How long a repeated sync request waits for the first of its key to finish before it is
+/// told to come back (409): as long as a waiting `GET` may.
+const KEY_WAIT: std::time::Duration = MAX_WAIT;
+
+/// The longest a client may ask to wait for a request to finish (`Prefer: wait`).
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a submission answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered<T> {
+    pub value: T,
+    /// True when the answer is the stored one of an earlier request with the same
+    /// idempotency key (nothing new was done).
+    pub replayed: bool,
+}
+
+impl<T> Answered<T> {
+    fn fresh(value: T) -> Self {
+        Answered {
+            value,
+            replayed: false,
+        }
+    }
+
+    fn replayed(value: T) -> Self {
+        Answered {
+            value,
+            replayed: true,
+        }
+    }
+}
+
+fn new_async_request(
+    id: String,
+    input: AsyncInput,
+    idempotency: Option<IdempotencyKey>,
+) -> NewAsyncRequest {
+    NewAsyncRequest {
+        request: NewRequest {
+            id,
+            payload_hash: payload_hash(&input.work.data),
+            iterations: input.work.iterations,
+            created_at: Utc::now(),
+            idempotency,
+        },
+        data: input.work.data,
+        destination: destination_of(&input.callback_url),
+        callback_url: input.callback_url.into(),
+    }
+}
+
+/// What a request asked for, as its idempotency key's fingerprint: the mode and the parsed
+/// input, so that a replay whose JSON differs only in spelling (key order, `"100"` for
+/// `100`) is the same request, and one that differs in any value is not.
+fn fingerprint(mode: Mode, iterations: u32, callback_url: Option<&str>, data: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    digest.update(mode.as_str().as_bytes());
+    digest.update(iterations.to_be_bytes());
+    let url = callback_url.unwrap_or_default();
+    // Lengths first: no two different inputs concatenate to the same bytes.
+    digest.update((url.len() as u64).to_be_bytes());
+    digest.update(url.as_bytes());
+    digest.update(data.as_bytes());
+    hex::encode(digest.finalize())
 }
 
 impl From<StoreError> for ServiceError {
@@ -103,12 +178,24 @@ pub struct Service {
 impl Service {
     /// Does the work now and records it (`processing → completed`) as request `id`: a fresh
     /// UUIDv7, minted by the HTTP layer so that its response and log lines carry it too.
-    pub async fn run_sync(&self, id: String, input: WorkInput) -> Result<WorkResult, ServiceError> {
+    ///
+    /// With an idempotency `key` whose request is stored, nothing is done: the answer is that
+    /// request's (once it finishes, if it is still running).
+    pub async fn run_sync(
+        &self,
+        id: String,
+        input: WorkInput,
+        key: Option<String>,
+    ) -> Result<Answered<WorkResult>, ServiceError> {
         let new = NewRequest {
             id: id.clone(),
             payload_hash: payload_hash(&input.data),
             iterations: input.iterations,
             created_at: Utc::now(),
+            idempotency: key.map(|key| IdempotencyKey {
+                fingerprint: fingerprint(Mode::Sync, input.iterations, None, &input.data),
+                key,
+            }),
         };
         // If this future is dropped (the client hung up), the work is cancelled: skipped if it
         // has not started, stopped between rounds if it has. Nobody would read its result.
@@ -122,7 +209,19 @@ impl Service {
                 PoolError::Busy => ServiceError::Overloaded,
                 PoolError::Closed | PoolError::Cancelled => ServiceError::Work(err.to_string()),
             })?;
-        self.store.sync_started(new.clone())?;
+        if new.idempotency.is_some() {
+            // Committed before the work starts: a concurrent duplicate must find the key.
+            if let Submitted::KeyTaken { id, fingerprint } =
+                self.store.sync_started_with_key(new.clone()).await?
+            {
+                // A replay does no work: cancel ours before it starts, not when the wait ends.
+                drop(on_drop);
+                drop(work);
+                return self.replay_sync(&new, id, &fingerprint).await;
+            }
+        } else {
+            self.store.sync_started(new.clone())?;
+        }
         let store = self.store.clone();
         let iterations = input.iterations;
         // The rest runs in its own task so that the record is completed even if the client
@@ -154,31 +253,121 @@ impl Service {
             .await
             .map_err(|err| ServiceError::Work(err.to_string()))?;
         on_drop.disarm();
-        outcome
+        outcome.map(Answered::fresh)
+    }
+
+    /// The answer of the sync request `holder` that took `new`'s idempotency key: its result,
+    /// or its failure, once it has finished.
+    async fn replay_sync(
+        &self,
+        new: &NewRequest,
+        holder: String,
+        fingerprint: &str,
+    ) -> Result<Answered<WorkResult>, ServiceError> {
+        let key = new
+            .idempotency
+            .as_ref()
+            .map(|k| k.key.clone())
+            .unwrap_or_default();
+        if new.idempotency.as_ref().map(|k| k.fingerprint.as_str()) != Some(fingerprint) {
+            return Err(ServiceError::KeyReused(key));
+        }
+        let Some(record) = self.wait_until_finished(&holder, KEY_WAIT).await? else {
+            // Deleted between the key's check and this read: as if never sent.
+            return Err(ServiceError::KeyInProgress(key));
+        };
+        match (record.status, record.result) {
+            (Status::Completed, Some(result)) => Ok(Answered::replayed(result)),
+            (Status::Failed, _) => Err(ServiceError::Work(record.error.unwrap_or_default())),
+            _ => Err(ServiceError::KeyInProgress(key)),
+        }
+    }
+
+    /// The record of request `id` as soon as it is finished, or as it is after `timeout`;
+    /// `None` if there is no such request. Sleeps between changes of the request: no query
+    /// runs while it does not change.
+    pub async fn wait_until_finished(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<RequestRecord>, ServiceError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let subscription = self.store.subscribe(id);
+        loop {
+            let mut change = std::pin::pin!(subscription.next_change());
+            // Registered before the read, so that a change landing after it still wakes us.
+            change.as_mut().enable();
+            let record = self.get(id).await?;
+            match &record {
+                Some(r)
+                    if !r.status.is_finished()
+                        && tokio::time::Instant::now() < deadline
+                        && !subscription.is_closed() => {}
+                _ => return Ok(record),
+            }
+            tokio::select! {
+                () = change => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
     }
 
     /// Records an async request durably as request `id` (a fresh UUIDv7, as for
     /// [`Service::run_sync`]) and queues it; returns the id once committed.
+    ///
+    /// With an idempotency `key` whose request is stored, nothing is written: the answer is
+    /// that request's id.
     pub async fn submit_async(
         &self,
         id: String,
         input: AsyncInput,
-    ) -> Result<String, ServiceError> {
-        let new = NewAsyncRequest {
-            request: NewRequest {
-                id: id.clone(),
-                payload_hash: payload_hash(&input.work.data),
-                iterations: input.work.iterations,
-                created_at: Utc::now(),
+        key: Option<String>,
+    ) -> Result<Answered<String>, ServiceError> {
+        let idempotency = key.map(|key| IdempotencyKey {
+            fingerprint: fingerprint(
+                Mode::Async,
+                input.work.iterations,
+                Some(input.callback_url.as_str()),
+                &input.work.data,
+            ),
+            key,
+        });
+        let new = new_async_request(id.clone(), input, idempotency);
+        let mine = new.request.idempotency.clone();
+        match self.store.submit_async(new).await? {
+            Submitted::Created => {
+                tracing::info!(request_id = %id, "async request accepted");
+                self.wakeup.wake();
+                Ok(Answered::fresh(id))
+            }
+            Submitted::KeyTaken { id, fingerprint } => match mine {
+                Some(mine) if mine.fingerprint == fingerprint => {
+                    tracing::info!(request_id = %id, "async request replayed by its idempotency key");
+                    Ok(Answered::replayed(id))
+                }
+                Some(mine) => Err(ServiceError::KeyReused(mine.key)),
+                None => Err(ServiceError::Store(StoreError::WrongReply {
+                    expected: "created",
+                    got: "key taken",
+                })),
             },
-            data: input.work.data,
-            destination: destination_of(&input.callback_url),
-            callback_url: input.callback_url.into(),
-        };
-        self.store.submit_async(new).await?;
-        tracing::info!(request_id = %id, "async request accepted");
+        }
+    }
+
+    /// Records every request of a batch durably in one transaction, or none (overloaded)
+    /// when they do not all fit in the queue; returns their ids, in order, once committed.
+    pub async fn submit_batch(&self, inputs: Vec<AsyncInput>) -> Result<Vec<String>, ServiceError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch: Vec<NewAsyncRequest> = inputs
+            .into_iter()
+            .map(|input| new_async_request(uuid::Uuid::now_v7().to_string(), input, None))
+            .collect();
+        self.store.submit_batch(&batch).await?;
+        tracing::info!(size = batch.len(), first = %batch[0].request.id, "async batch accepted");
         self.wakeup.wake();
-        Ok(id)
+        Ok(batch.into_iter().map(|new| new.request.id).collect())
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<RequestRecord>, ServiceError> {
@@ -216,7 +405,7 @@ impl Service {
         at_most: u32,
         dry_run: bool,
     ) -> Result<BulkRedelivery, ServiceError> {
-        filter.status = Some(crate::model::Status::CallbackFailed);
+        filter.status = Some(Status::CallbackFailed);
         filter.limit = if dry_run { 1 } else { at_most.max(1) };
         filter.offset = 0;
         let page = self.store.list(filter).await?;
@@ -296,6 +485,8 @@ impl Service {
             .get_or_create(&ConnectionLabels { state: "idle" })
             .set(gauge(db.idle));
         m.db_writer_queue.set(gauge(db.writer_queue));
+        m.waited_on_requests
+            .set(gauge(self.store.waited_on() as u64));
         self.destination_gauges();
         m.encode()
     }

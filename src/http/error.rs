@@ -105,6 +105,12 @@ impl From<ServiceError> for ApiError {
         match err {
             ServiceError::Overloaded => ApiError::Overloaded,
             err @ ServiceError::Unavailable(_) => ApiError::Unavailable(err),
+            err @ ServiceError::KeyReused(_) => ApiError::Validation(vec![FieldError::header(
+                super::idempotency::HEADER,
+                "idempotency_key_reused",
+                err.to_string(),
+            )]),
+            err @ ServiceError::KeyInProgress(_) => ApiError::Conflict(err.to_string()),
             other => ApiError::Internal(other),
         }
     }

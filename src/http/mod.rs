@@ -9,15 +9,19 @@
 
 mod admin;
 mod auth;
+mod batch;
 mod error;
+mod events;
 mod extract;
 mod health;
+mod idempotency;
 mod metrics;
 mod request_id;
 mod requests;
 mod server;
 mod submit;
 mod sync;
+mod wait;
 
 use std::sync::Arc;
 
@@ -99,7 +103,9 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
     let mut protected = OpenApiRouter::new()
         .merge(sync::router())
         .merge(submit::router())
+        .merge(batch::router())
         .merge(requests::router())
+        .merge(events::router())
         .merge(metrics::router());
     if let Some(token) = state.api_token.clone() {
         protected = protected.route_layer(middleware::from_fn_with_state(

@@ -9,6 +9,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::extract::PathId;
+use super::wait::{Applied, Wait};
 use super::{ApiError, AppState};
 use crate::input::FieldError;
 use crate::model::{Mode, RequestList, RequestRecord, Status};
@@ -113,26 +114,38 @@ async fn list(
     Ok(Json(state.service.list(filter).await?))
 }
 
-/// One request, with every callback delivery attempt.
+/// One request, with every callback delivery attempt; optionally waiting for it to finish.
 #[utoipa::path(
     get,
     path = "/requests/{id}",
     tag = "requests",
-    params(("id" = String, Path, description = "The request id")),
+    params(
+        ("id" = String, Path, description = "The request id"),
+        ("wait" = Option<u32>, Query, minimum = 0, maximum = 60,
+            description = "Seconds to wait for the request to finish before answering (as \
+            `Prefer: wait=N`)"),
+        ("Prefer" = Option<String>, Header,
+            description = "`wait=N` (RFC 7240): answer as soon as the request is finished, or \
+            after N seconds (at most 60) with its state then. No query runs while it waits."),
+    ),
     responses(
-        (status = 200, description = "The request and its `attempts`", body = RequestRecord),
+        (status = 200, description = "The request and its `attempts`", body = RequestRecord,
+            headers(("Preference-Applied" = String, description = "`wait=N` when the answer waited (up to N seconds)"))),
         (status = 404, description = "No such request", body = ErrorBody),
+        (status = 422, description = "`wait` is not a whole number of seconds from 0 to 60", body = ErrorBody),
     )
 )]
 async fn show(
     State(state): State<AppState>,
     PathId(id): PathId,
-) -> Result<Json<RequestRecord>, ApiError> {
-    state
-        .service
-        .get(&id)
-        .await?
-        .map(Json)
+    Wait(wait): Wait,
+) -> Result<(Applied, Json<RequestRecord>), ApiError> {
+    let record = match wait {
+        Some(wait) if !wait.is_zero() => state.service.wait_until_finished(&id, wait).await?,
+        _ => state.service.get(&id).await?,
+    };
+    record
+        .map(|record| (Applied(wait), Json(record)))
         .ok_or(ApiError::RequestNotFound)
 }
 

@@ -8,6 +8,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::extract::JsonBody;
+use super::idempotency::{IdempotencyKey, Replayed};
 use super::request_id::{CreatedRequest, NewRequestId};
 use super::{ApiError, AppState};
 use crate::input::{AsyncRequest, parse_async};
@@ -24,15 +25,25 @@ pub fn router() -> OpenApiRouter<AppState> {
     path = "/async",
     tag = "work",
     request_body = AsyncRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "1-255 printable ASCII characters (bare or a quoted string). Sent \
+            again with the same body while the first request is stored, the answer is the \
+            first request's and nothing new is queued; with a different body, 422."),
+    ),
     responses(
-        (status = 200, description = "Committed and queued", body = AcceptedResponse,
+        (status = 200, description = "Committed and queued (or, for a repeated Idempotency-Key, \
+            the first request's answer)", body = AcceptedResponse,
             headers(
                 ("Location" = String, description = "`/requests/{id}` of the new request"),
                 ("X-Request-ID" = String, description = "The new request's `request_id`"),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is an \
+                    earlier request's, replayed for its Idempotency-Key"),
             )),
         (status = 413, description = "Body over APP_MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "A rule is broken (including a refused callback URL); `detail` lists each", body = ErrorBody),
+        (status = 422, description = "A rule is broken (including a refused callback URL, a \
+            malformed Idempotency-Key, or one already used for another body); `detail` lists each", body = ErrorBody),
         (status = 503, description = "The async queue is full; nothing was written", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
@@ -40,16 +51,19 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn submit(
     State(state): State<AppState>,
     NewRequestId(id): NewRequestId,
+    IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody,
-) -> Result<(CreatedRequest, HeaderMap, Json<AcceptedResponse>), ApiError> {
+) -> Result<(CreatedRequest, Replayed, HeaderMap, Json<AcceptedResponse>), ApiError> {
     let input = parse_async(&body, &state.service.guard).map_err(ApiError::Validation)?;
-    let request_id = state.service.submit_async(id, input).await?;
+    let answered = state.service.submit_async(id, input, key).await?;
+    let request_id = answered.value;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/requests/{request_id}")) {
         headers.insert(header::LOCATION, location);
     }
     Ok((
         CreatedRequest(request_id.clone()),
+        Replayed(answered.replayed),
         headers,
         Json(AcceptedResponse {
             status: "accepted".into(),

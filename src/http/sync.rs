@@ -7,6 +7,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::extract::JsonBody;
+use super::idempotency::{IdempotencyKey, Replayed};
 use super::request_id::{CreatedRequest, NewRequestId};
 use super::{ApiError, AppState};
 use crate::input::{SyncRequest, parse_sync};
@@ -22,12 +23,26 @@ pub fn router() -> OpenApiRouter<AppState> {
     path = "/sync",
     tag = "work",
     request_body = SyncRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "1-255 printable ASCII characters (bare or a quoted string). Sent \
+            again with the same body while the first request is stored, the answer is the \
+            first request's stored result (after it finishes) and no work is done; with a \
+            different body, 422."),
+    ),
     responses(
         (status = 200, description = "The work's result", body = SyncResponse,
-            headers(("X-Request-ID" = String, description = "The request's `request_id`"))),
+            headers(
+                ("X-Request-ID" = String, description = "The request's `request_id`"),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is an \
+                    earlier request's, replayed for its Idempotency-Key"),
+            )),
+        (status = 409, description = "The request holding this Idempotency-Key is still \
+            running after a minute's wait; retry later", body = ErrorBody),
         (status = 413, description = "Body over APP_MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "A rule is broken; `detail` lists each", body = ErrorBody),
+        (status = 422, description = "A rule is broken (including a malformed Idempotency-Key, \
+            or one already used for another body); `detail` lists each", body = ErrorBody),
         (status = 503, description = "The compute queue is full", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
@@ -35,12 +50,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn run(
     State(state): State<AppState>,
     NewRequestId(id): NewRequestId,
+    IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody,
-) -> Result<(CreatedRequest, Json<SyncResponse>), ApiError> {
+) -> Result<(CreatedRequest, Replayed, Json<SyncResponse>), ApiError> {
     let input = parse_sync(&body).map_err(ApiError::Validation)?;
-    let result = state.service.run_sync(id, input).await?;
+    let answered = state.service.run_sync(id, input, key).await?;
+    let result = answered.value;
     Ok((
         CreatedRequest(result.request_id.clone()),
+        Replayed(answered.replayed),
         Json(SyncResponse {
             status: "success".into(),
             result,

@@ -20,6 +20,9 @@ pub enum LoadgenError {
     /// No `--url` at all (the flag has a default; only a caller building the args can).
     #[error("no --url given")]
     NoUrl,
+    /// Only async requests can be batched.
+    #[error("--batch needs --mode async (sync requests have no batch endpoint)")]
+    BatchNeedsAsync,
     /// More `--url`s than workers: some URL would get no request.
     #[error("-c {workers} is fewer than the {urls} --url values: each URL needs a worker")]
     FewerWorkersThanUrls { workers: usize, urls: usize },

@@ -144,6 +144,11 @@ pub struct LoadgenArgs {
     /// Also write the report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Send async requests N at a time in one `POST /async/batch` (1: each alone to
+    /// `POST /async`). Each request's latency is its batch's.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub batch: usize,
     /// Never draw the progress bar (it is drawn only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
@@ -199,6 +204,7 @@ impl LoadgenArgs {
             data_size: self.data_size,
             timeout_s: self.timeout.as_secs_f64(),
             callback_timeout_s: self.callback_timeout.as_secs_f64(),
+            batch: self.batch,
         }
     }
 
@@ -237,10 +243,14 @@ struct Instance {
 
 impl Instance {
     /// Where a phase of `mode` sends its requests on this instance.
-    fn destination(&self, mode: Mode) -> Result<Destination, LoadgenError> {
+    fn destination(&self, mode: Mode, batch: usize) -> Result<Destination, LoadgenError> {
+        let endpoint = match mode {
+            Mode::Async if batch > 1 => "async/batch",
+            mode => mode.as_str(),
+        };
         Ok(Destination {
             target: Arc::clone(&self.target),
-            path: endpoint_path(&self.url, mode.as_str())?,
+            path: endpoint_path(&self.url, endpoint)?,
         })
     }
 }
@@ -259,6 +269,9 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
             workers: args.concurrency,
             urls: args.urls.len(),
         });
+    }
+    if args.batch > 1 && args.mode != ModeChoice::Async {
+        return Err(LoadgenError::BatchNeedsAsync);
     }
     let modes = args.mode.modes();
     // Before any request: a callback may come back faster than its 200.
@@ -296,7 +309,7 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
             mode,
             destinations: instances
                 .iter()
-                .map(|instance| instance.destination(mode))
+                .map(|instance| instance.destination(mode, args.batch))
                 .collect::<Result<_, _>>()?,
             payloads: Payloads::new(
                 args.data_size,
@@ -308,6 +321,7 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
             concurrency: args.concurrency,
             threads: args.threads,
             timeout: args.timeout,
+            batch: args.batch,
         };
         let started = plan.schedule.start();
         let progress = Progress::start(draw_progress, mode.as_str(), plan.schedule.planned());

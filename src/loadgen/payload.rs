@@ -66,6 +66,19 @@ impl Payloads {
     }
 }
 
+/// A `POST /async/batch` body of the requests numbered `indexes`.
+pub fn batch_body(payloads: &Payloads, indexes: impl Iterator<Item = u64>) -> Vec<u8> {
+    let mut body = br#"{"requests":["#.to_vec();
+    for (n, index) in indexes.enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&payloads.body(index));
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
 /// `value` in lowercase hex without leading zeros, written into `buf`.
 fn hex_digits(value: u64, buf: &mut [u8; 16]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -113,6 +126,17 @@ mod tests {
         assert_eq!(body["callback_url"], "http://127.0.0.1:9/cb?a=\"b\"");
         // The tag's first 7 hex digits, then the index.
         assert_eq!(body["data"], "00000007");
+    }
+
+    #[test]
+    fn a_batch_body_holds_each_request_in_order() {
+        let payloads = Payloads::new(8, 3, Some("http://127.0.0.1:9/cb"), 1);
+        let batch = parse(&batch_body(&payloads, [4, 5, 6].into_iter()));
+        let items = batch["requests"].as_array().expect("requests");
+        assert_eq!(items.len(), 3);
+        for (item, index) in items.iter().zip([4u64, 5, 6]) {
+            assert_eq!(item, &parse(&payloads.body(index)));
+        }
     }
 
     #[test]

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{Connection, ExchangeError, Target};
 use super::error::describe;
-use super::payload::Payloads;
-use super::schedule::{Pace, Schedule};
+use super::payload::{Payloads, batch_body};
+use super::schedule::{Pace, Schedule, Ticket};
 use super::tally::{Cause, Tally, record};
 use crate::model::Mode;
 
@@ -49,6 +49,8 @@ pub struct PhasePlan {
     /// Threads the workers run on, each with its own single-threaded runtime.
     pub threads: usize,
     pub timeout: Duration,
+    /// Requests per exchange: above 1, async requests go together to `POST /async/batch`.
+    pub batch: usize,
 }
 
 /// What one phase measured.
@@ -150,22 +152,38 @@ async fn worker(
     let mut tally = Tally::default();
     let destination = &plan.destinations[number % plan.destinations.len()];
     let mut connection = Connection::new(Arc::clone(&destination.target));
+    let mut tickets: Vec<Ticket> = Vec::with_capacity(plan.batch);
     loop {
         if stop.is_cancelled() {
             break;
         }
-        let Some(ticket) = plan.schedule.next(Instant::now()) else {
+        tickets.clear();
+        while tickets.len() < plan.batch.max(1) {
+            match plan.schedule.next(Instant::now()) {
+                Some(ticket) => tickets.push(ticket),
+                None => break,
+            }
+        }
+        // A batch leaves when its last request is due.
+        let Some(last) = tickets.last() else {
             break;
         };
         if let Pace::Open { .. } = plan.schedule.pace() {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                () = tokio::time::sleep_until(ticket.due.into()) => {}
+                () = tokio::time::sleep_until(last.due.into()) => {}
             }
         }
-        let body = Bytes::from(plan.payloads.body(ticket.index));
-        let exchange = tokio::time::timeout(plan.timeout, connection.post(&destination.path, body));
+        let body = if plan.batch > 1 {
+            batch_body(&plan.payloads, tickets.iter().map(|t| t.index))
+        } else {
+            plan.payloads.body(last.index)
+        };
+        let exchange = tokio::time::timeout(
+            plan.timeout,
+            connection.post(&destination.path, Bytes::from(body)),
+        );
         let answer = tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -174,16 +192,30 @@ async fn worker(
         let done = Instant::now();
         match answer {
             Ok(Ok((status, body))) => {
-                record(
-                    &mut tally.latency,
-                    done.saturating_duration_since(ticket.due),
-                );
-                judge(&mut tally, plan.mode, status, &body, ticket.due, done);
+                for ticket in &tickets {
+                    record(
+                        &mut tally.latency,
+                        done.saturating_duration_since(ticket.due),
+                    );
+                }
+                if plan.batch > 1 {
+                    judge_batch(&mut tally, status, &body, &tickets, done);
+                } else {
+                    judge(&mut tally, plan.mode, status, &body, last.due, done);
+                }
             }
-            Ok(Err(err)) => tally.failure(cause(&err), describe(&err), done),
-            Err(_elapsed) => tally.failure(Cause::Timeout, "timed out".to_string(), done),
+            Ok(Err(err)) => {
+                for _ in &tickets {
+                    tally.failure(cause(&err), describe(&err), done);
+                }
+            }
+            Err(_elapsed) => {
+                for _ in &tickets {
+                    tally.failure(Cause::Timeout, "timed out".to_string(), done);
+                }
+            }
         }
-        completed.fetch_add(1, Ordering::Relaxed);
+        completed.fetch_add(tickets.len() as u64, Ordering::Relaxed);
     }
     tally
 }
@@ -205,11 +237,7 @@ fn judge(
     done: Instant,
 ) {
     if !status.is_success() {
-        let message = match status.canonical_reason() {
-            Some(reason) => format!("HTTP {} {reason}", status.as_u16()),
-            None => format!("HTTP {}", status.as_u16()),
-        };
-        tally.failure(Cause::Status(status.as_u16()), message, done);
+        tally.failure(Cause::Status(status.as_u16()), http_status(status), done);
         return;
     }
     match mode {
@@ -225,6 +253,63 @@ fn judge(
                 done,
             ),
         },
+    }
+}
+
+fn http_status(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("HTTP {} {reason}", status.as_u16()),
+        None => format!("HTTP {}", status.as_u16()),
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer {
+    results: Vec<BatchResult>,
+}
+
+#[derive(Deserialize)]
+struct BatchResult {
+    status: String,
+    request_id: Option<String>,
+}
+
+/// Records a `POST /async/batch` answer: each item accepted with a `request_id` awaits its
+/// callback; a refused item, or every item of a refused batch, is a failure.
+fn judge_batch(
+    tally: &mut Tally,
+    status: StatusCode,
+    body: &[u8],
+    tickets: &[Ticket],
+    done: Instant,
+) {
+    if !status.is_success() {
+        for _ in tickets {
+            tally.failure(Cause::Status(status.as_u16()), http_status(status), done);
+        }
+        return;
+    }
+    let results = match serde_json::from_slice::<BatchAnswer>(body) {
+        Ok(answer) if answer.results.len() == tickets.len() => answer.results,
+        _ => {
+            for _ in tickets {
+                tally.failure(
+                    Cause::Other,
+                    format!("HTTP {} without one result per request", status.as_u16()),
+                    done,
+                );
+            }
+            return;
+        }
+    };
+    for (ticket, result) in tickets.iter().zip(results) {
+        match result.request_id {
+            Some(id) if result.status == "accepted" => {
+                tally.accepted.push((id, ticket.due));
+                tally.success(done);
+            }
+            _ => tally.failure(Cause::Other, "refused within its batch".to_string(), done),
+        }
     }
 }
 

@@ -47,6 +47,13 @@ pub struct Settings {
     pub data_size: usize,
     pub timeout_s: f64,
     pub callback_timeout_s: f64,
+    /// Async requests per `POST /async/batch` (1: each sent alone to `POST /async`).
+    #[serde(default = "one")]
+    pub batch: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// How requests were paced.
@@ -301,6 +308,13 @@ impl Report {
             s.data_size,
             seconds(s.timeout_s)
         );
+        if s.batch > 1 {
+            let _ = writeln!(
+                out,
+                "async requests sent {} per POST /async/batch (latency: each request's batch)",
+                s.batch
+            );
+        }
         if self.interrupted {
             let _ = writeln!(
                 out,
@@ -463,6 +477,7 @@ mod tests {
                 data_size: 64,
                 timeout_s: 30.0,
                 callback_timeout_s: 30.0,
+                batch: 1,
             },
             modes: vec![ModeReport::new(
                 Mode::Sync,

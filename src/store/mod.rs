@@ -37,10 +37,12 @@ macro_rules! attempt_columns {
     };
 }
 
+mod changes;
 mod due;
 mod postgres;
 mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -49,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
+pub use changes::{Changes, Subscription};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -105,6 +108,38 @@ pub struct NewRequest {
     pub payload_hash: String,
     pub iterations: u32,
     pub created_at: DateTime<Utc>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+impl NewRequest {
+    /// Its row's `idempotency_key` and `idempotency_fingerprint`.
+    pub(crate) fn key_columns(&self) -> (Option<&str>, Option<&str>) {
+        match &self.idempotency {
+            Some(key) => (Some(&key.key), Some(&key.fingerprint)),
+            None => (None, None),
+        }
+    }
+}
+
+/// An `Idempotency-Key` and what the request that carried it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// A digest of the request's mode and input: a replay must ask for the same thing.
+    pub fingerprint: String,
+}
+
+/// What recording a new request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    Created,
+    /// Its idempotency key was taken by request `id`, created with `fingerprint`; nothing
+    /// was written.
+    KeyTaken {
+        id: String,
+        fingerprint: String,
+    },
 }
 
 /// An async request to be queued.
@@ -334,9 +369,17 @@ pub struct CleanupReport {
     pub over_limit: u64,
 }
 
-/// The storage backend, chosen by the database URL.
+/// The storage API: one backend, chosen by the database URL, and the waiters on changes
+/// of its requests (every write that changes a request wakes them, here, once for both
+/// backends).
 #[derive(Clone)]
-pub enum Store {
+pub struct Store {
+    backend: Backend,
+    changes: Arc<Changes>,
+}
+
+#[derive(Clone)]
+enum Backend {
     Sqlite(SqliteStore),
     Postgres(PgStore),
 }
@@ -344,35 +387,93 @@ pub enum Store {
 /// Calls the same method on whichever backend is in use.
 macro_rules! dispatch {
     ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            Store::Sqlite($s) => $call,
-            Store::Postgres($s) => $call,
+        match &$self.backend {
+            Backend::Sqlite($s) => $call,
+            Backend::Postgres($s) => $call,
         }
     };
 }
 
+/// How often another instance's changes to watched requests are looked for (PostgreSQL).
+const REMOTE_CHANGES_INTERVAL: Duration = Duration::from_millis(250);
+
 impl Store {
     /// Opens the database named by `url`, runs migrations, and recovers after a crash.
     pub async fn open(url: &str, queue_capacity: u64, pool_size: u32) -> StoreResult<Self> {
-        if url.starts_with("sqlite:") {
-            Ok(Store::Sqlite(SqliteStore::open(url, queue_capacity).await?))
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite(SqliteStore::open(url, queue_capacity).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Ok(Store::Postgres(
-                PgStore::open(url, queue_capacity, pool_size).await?,
-            ))
+            Backend::Postgres(PgStore::open(url, queue_capacity, pool_size).await?)
         } else {
-            Err(StoreError::Open(format!(
+            return Err(StoreError::Open(format!(
                 "unsupported database URL `{}` (expected sqlite://PATH or postgres://…)",
                 redact_url(url)
-            )))
-        }
+            )));
+        };
+        Ok(Store {
+            backend,
+            changes: Arc::new(Changes::default()),
+        })
+    }
+
+    /// Starts watching request `id` for changes (status, attempts) until the subscription
+    /// is dropped.
+    pub fn subscribe(&self, id: &str) -> Subscription {
+        self.changes.subscribe(id)
+    }
+
+    /// Requests someone is waiting on.
+    pub fn waited_on(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Ends every wait on a request now and later (shutdown).
+    pub fn end_waits(&self) {
+        self.changes.close();
     }
 
     /// Calls `wake` whenever another instance queues a job, until `stop`. Only a shared
     /// database has other instances; with SQLite this returns at once.
     pub async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
-        if let Store::Postgres(s) = self {
+        if let Backend::Postgres(s) = &self.backend {
             s.listen(wake, stop).await;
+        }
+    }
+
+    /// Wakes the waiters of watched requests that another instance changed, until `stop`:
+    /// one query per tick for all of them, and none while nobody waits. With SQLite (one
+    /// process per database) every change is this process's own and this returns at once.
+    pub async fn watch_remote_changes(&self, stop: CancellationToken) {
+        let Backend::Postgres(s) = &self.backend else {
+            return;
+        };
+        let mut seen: std::collections::HashMap<String, (Status, u32)> = Default::default();
+        let mut tick = tokio::time::interval(REMOTE_CHANGES_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let watched = self.changes.watched();
+            seen.retain(|id, _| watched.contains(id));
+            if watched.is_empty() {
+                continue;
+            }
+            let versions = match s.versions(&watched).await {
+                Ok(versions) => versions,
+                Err(err) => {
+                    tracing::debug!(error = %err, "looking for other instances' changes failed");
+                    continue;
+                }
+            };
+            for (id, version) in versions {
+                // A first sighting wakes too: the change may have landed between the
+                // waiter's read and this one. A spurious wake costs the waiter one read.
+                if seen.insert(id.clone(), version) != Some(version) {
+                    self.changes.changed(&id);
+                }
+            }
         }
     }
 
@@ -391,21 +492,22 @@ impl Store {
     /// (on the database's clock): their instance died mid-request. (SQLite does this at
     /// start-up, its only chance.)
     pub async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
-        match self {
-            Store::Sqlite(_) => Ok(0),
-            Store::Postgres(s) => s.fail_stale_sync(older_than).await,
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(0),
+            Backend::Postgres(s) => s.fail_stale_sync(older_than).await,
         }
     }
 
     /// Records a sync request as `processing`. Not awaited by design: the commit rides along
-    /// with the request's completion, which is.
+    /// with the request's completion, which is. (With an idempotency key, see
+    /// [`Store::sync_started_with_key`].)
     pub fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
-        match self {
-            Store::Sqlite(s) => s.sync_started(new),
-            Store::Postgres(s) => {
+        match &self.backend {
+            Backend::Sqlite(s) => s.sync_started(new),
+            Backend::Postgres(s) => {
                 let s = s.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = s.sync_started(new).await {
+                    if let Err(err) = s.sync_started(&new).await {
                         tracing::warn!(error = %err, "recording a sync request as processing failed");
                     }
                 });
@@ -421,13 +523,30 @@ impl Store {
         new: &NewRequest,
         outcome: Result<&WorkResult, &str>,
     ) -> StoreResult<()> {
-        dispatch!(self, s => s.sync_finished(new, outcome).await)
+        dispatch!(self, s => s.sync_finished(new, outcome).await)?;
+        self.changes.changed(&new.id);
+        Ok(())
+    }
+
+    /// Records a sync request that carries an idempotency key as `processing`, and returns
+    /// once it is committed: the committed key is what makes a concurrent duplicate find it
+    /// taken ([`Submitted::KeyTaken`], nothing written) rather than do the work twice.
+    pub async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
+        dispatch!(self, s => s.sync_started_with_key(new).await)
     }
 
     /// Queues an async request; returns once it is committed, or [`StoreError::QueueFull`]
-    /// with nothing written.
-    pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<()> {
+    /// with nothing written, or [`Submitted::KeyTaken`] (nothing written, whatever the queue)
+    /// if its idempotency key names a stored request.
+    pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<Submitted> {
         dispatch!(self, s => s.submit_async(new).await)
+    }
+
+    /// Queues every request of `batch` in one transaction, or none of them
+    /// ([`StoreError::QueueFull`]) when they do not all fit in the queue. Batches carry no
+    /// idempotency keys.
+    pub async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
+        dispatch!(self, s => s.submit_batch(batch).await)
     }
 
     /// Claims up to `limit` due jobs for `owner`, leased for `lease`, oldest due first, and
@@ -440,7 +559,11 @@ impl Store {
         lease: Duration,
         rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
-        dispatch!(self, s => s.claim_due(owner, limit, lease, rooms).await)
+        let jobs = dispatch!(self, s => s.claim_due(owner, limit, lease, rooms).await)?;
+        for job in &jobs {
+            self.changes.changed(&job.id);
+        }
+        Ok(jobs)
     }
 
     /// When the next job that is not leased, and whose destination has room, becomes due.
@@ -456,7 +579,9 @@ impl Store {
         token: &str,
         result: &WorkResult,
     ) -> StoreResult<bool> {
-        dispatch!(self, s => s.store_result(id, token, result).await)
+        let stored = dispatch!(self, s => s.store_result(id, token, result).await)?;
+        self.changes.changed(id);
+        Ok(stored)
     }
 
     /// Records a delivery attempt made by `owner` under the claim `token`, and what follows
@@ -469,19 +594,26 @@ impl Store {
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<bool> {
-        dispatch!(self, s => s.record_attempt(id, owner, token, attempt, outcome).await)
+        let recorded =
+            dispatch!(self, s => s.record_attempt(id, owner, token, attempt, outcome).await)?;
+        self.changes.changed(id);
+        Ok(recorded)
     }
 
     /// Ends a claimed job as `callback_failed` without an attempt, with `reason` as its
     /// last error: for a job that cannot be worked (see [`MAX_UNRECORDED_CLAIMS`]).
     pub async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
-        dispatch!(self, s => s.give_up(id, token, reason).await)
+        let given_up = dispatch!(self, s => s.give_up(id, token, reason).await)?;
+        self.changes.changed(id);
+        Ok(given_up)
     }
 
     /// Puts a `callback_failed` request back in the queue for a fresh round of attempts,
     /// keeping its earlier attempts in the audit. [`StoreError::QueueFull`] if there is no room.
     pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
-        dispatch!(self, s => s.redeliver(id).await)
+        let outcome = dispatch!(self, s => s.redeliver(id).await)?;
+        self.changes.changed(id);
+        Ok(outcome)
     }
 
     /// Hands claimed jobs back to the queue untouched (at shutdown).
@@ -509,9 +641,9 @@ impl Store {
 
     /// Unfinished async requests.
     pub async fn queue_size(&self) -> StoreResult<u64> {
-        match self {
-            Store::Sqlite(s) => Ok(s.queue_size()),
-            Store::Postgres(s) => s.queue_size().await,
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.queue_size()),
+            Backend::Postgres(s) => s.queue_size().await,
         }
     }
 

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
 use super::{
     AttemptOutcome, Job, ListFilter, ListParam, NewAsyncRequest, NewRequest, PoolStats, Position,
-    Redelivery, StatusCounts, StoreError, StoreResult, claim_scan, list_conditions,
+    Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan, list_conditions,
 };
 use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
@@ -73,6 +73,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_claims.sql"),
     include_str!("../../migrations/postgres/0003_destinations.sql"),
     include_str!("../../migrations/postgres/0004_destination_index.sql"),
+    include_str!("../../migrations/postgres/0005_idempotency.sql"),
 ];
 
 /// Any constant shared by all instances: the advisory lock that serialises migrations.
@@ -143,10 +144,12 @@ const COUNT_MAX_AGE: Duration = Duration::from_millis(100);
 /// into a scan of the queue each.
 const RECOUNT_AT_BOUND: Duration = Duration::from_millis(10);
 
-/// A place in the queue held for one submission. Dropped without [`Reservation::failed`]
-/// (committed, or abandoned mid-insert, which may still commit), it counts as accepted.
+/// Places in the queue held for one submission (one request, or a batch). Dropped without
+/// [`Reservation::failed`] (committed, or abandoned mid-insert, which may still commit), they
+/// count as accepted.
 struct Reservation {
     count: Arc<QueueCount>,
+    places: i64,
     failed: bool,
 }
 
@@ -163,9 +166,9 @@ impl Drop for Reservation {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.in_flight -= 1;
+        state.in_flight -= self.places;
         if !self.failed {
-            state.accepted += 1;
+            state.accepted += self.places;
         }
     }
 }
@@ -240,18 +243,80 @@ impl PgStore {
         Ok(listener)
     }
 
-    pub async fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at)
-             VALUES ($1, 'sync', 'processing', $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+    /// Records a sync request as `processing`; false if nothing was written (its id or its
+    /// idempotency key is taken).
+    pub async fn sync_started(&self, new: &NewRequest) -> StoreResult<bool> {
+        let (key, fingerprint) = new.key_columns();
+        // No conflict target: a taken id (a retried write) or a taken key both insert nothing.
+        let inserted = sqlx::query(
+            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                                   idempotency_key, idempotency_fingerprint)
+             VALUES ($1, 'sync', 'processing', $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING
+             RETURNING id",
         )
         .bind(&new.id)
         .bind(&new.payload_hash)
         .bind(i64::from(new.iterations))
         .bind(new.created_at)
-        .execute(&self.pool)
+        .bind(key)
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(())
+        Ok(inserted.is_some())
+    }
+
+    pub async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
+        // The request holding the key may be deleted (retention) between the insert that
+        // found the key taken and the read of its holder: then the key is free; try again.
+        for _ in 0..3 {
+            if self.sync_started(&new).await? {
+                return Ok(Submitted::Created);
+            }
+            if let Some(taken) = self.key_taken(&new).await? {
+                return Ok(taken);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "an idempotency key kept changing hands".into(),
+        ))
+    }
+
+    /// The request holding `new`'s idempotency key, other than `new` itself.
+    async fn key_taken(&self, new: &NewRequest) -> StoreResult<Option<Submitted>> {
+        let Some(idempotency) = &new.idempotency else {
+            return Ok(None);
+        };
+        let holder: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT id, idempotency_fingerprint FROM requests WHERE idempotency_key = $1",
+        )
+        .bind(&idempotency.key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(holder
+            .filter(|(id, _)| *id != new.id)
+            .map(|(id, fingerprint)| Submitted::KeyTaken {
+                id,
+                fingerprint: fingerprint.unwrap_or_default(),
+            }))
+    }
+
+    /// Status and attempts of each of `ids` still stored: what a waiter's wake-up depends on.
+    pub async fn versions(&self, ids: &[String]) -> StoreResult<Vec<(String, (Status, u32))>> {
+        let mut versions = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let rows: Vec<(String, String, i32)> = sqlx::query_as(
+                "SELECT id, status, callback_attempts FROM requests WHERE id = ANY($1)",
+            )
+            .bind(chunk)
+            .fetch_all(&self.pool)
+            .await?;
+            for (id, status, attempts) in rows {
+                if let Some(status) = Status::parse(&status) {
+                    versions.push((id, (status, u32::try_from(attempts).unwrap_or(0))));
+                }
+            }
+        }
+        Ok(versions)
     }
 
     pub async fn sync_finished(
@@ -285,8 +350,87 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<()> {
-        let reservation = self.reserve_place().await?;
+    pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<Submitted> {
+        // A replay is answered whatever the queue: it asks for nothing new.
+        if let Some(taken) = self.key_taken(&new.request).await? {
+            return Ok(taken);
+        }
+        // As for sync requests, a key's holder may vanish between the conflict and its read.
+        for _ in 0..3 {
+            let reservation = self.reserve_place().await?;
+            match self.insert_async(&new).await {
+                Ok(true) => return Ok(Submitted::Created),
+                Ok(false) => {
+                    reservation.failed();
+                    if let Some(taken) = self.key_taken(&new.request).await? {
+                        return Ok(taken);
+                    }
+                }
+                Err(err) => {
+                    reservation.failed();
+                    return Err(err);
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            "an idempotency key kept changing hands".into(),
+        ))
+    }
+
+    /// Queues every request of `batch` in one statement (one transaction), or none of them
+    /// ([`StoreError::QueueFull`]) when they do not all fit.
+    pub async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
+        let places = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+        let reservation = self.reserve_places(places).await?;
+        let column = |f: fn(&NewAsyncRequest) -> String| batch.iter().map(f).collect::<Vec<_>>();
+        let inserted = sqlx::query(
+            "WITH inserted AS (
+                 INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
+                                       callback_url, created_at, next_attempt_at, destination)
+                 SELECT id, 'async', 'pending', payload_hash, data, iterations, callback_url,
+                        created_at, now(), destination
+                 FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
+                             $6::timestamptz[], $7::text[])
+                      AS batch(id, payload_hash, data, iterations, callback_url, created_at,
+                               destination)
+                 RETURNING 1)
+             -- One announcement for the whole batch (see insert_async on why they are rare).
+             SELECT pg_notify($8, '') WHERE EXISTS (SELECT FROM inserted)",
+        )
+        .bind(column(|n| n.request.id.clone()))
+        .bind(column(|n| n.request.payload_hash.clone()))
+        .bind(
+            batch
+                .iter()
+                .map(|n| n.data.as_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|n| i64::from(n.request.iterations))
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|n| n.callback_url.clone()))
+        .bind(
+            batch
+                .iter()
+                .map(|n| n.request.created_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|n| n.destination.clone()))
+        .bind(JOBS_CHANNEL)
+        .execute(&self.pool)
+        .await;
+        if let Err(err) = inserted {
+            reservation.failed();
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// Inserts a queued request; false if its idempotency key is taken (nothing written).
+    async fn insert_async(&self, new: &NewAsyncRequest) -> StoreResult<bool> {
         // The row and its announcement commit together (a NOTIFY is delivered at commit,
         // never before), in one statement. PostgreSQL serialises the commits of notifying
         // transactions, so at most one submission per NOTIFY_INTERVAL announces; the others
@@ -296,20 +440,25 @@ impl PgStore {
             sqlx::query(
                 "WITH inserted AS (
                      INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
-                                           callback_url, created_at, next_attempt_at, destination)
-                     VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, now(), $8)
+                                           callback_url, created_at, next_attempt_at, destination,
+                                           idempotency_key, idempotency_fingerprint)
+                     VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, now(), $8, $9, $10)
+                     ON CONFLICT DO NOTHING
                      RETURNING id)
-                 SELECT pg_notify($7, '') FROM inserted",
+                 SELECT inserted.id FROM inserted CROSS JOIN LATERAL (SELECT pg_notify($7, '')) AS n",
             )
         } else {
             sqlx::query(
                 "INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
-                                       callback_url, created_at, next_attempt_at, destination)
-                 VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, now(), $8)
+                                       callback_url, created_at, next_attempt_at, destination,
+                                       idempotency_key, idempotency_fingerprint)
+                 VALUES ($1, 'async', 'pending', $2, $3, $4, $5, $6, now(), $8, $9, $10)
+                 ON CONFLICT DO NOTHING
                  -- $7 is the channel, used by the announcing form only
                  RETURNING $7::text",
             )
         };
+        let (key, fingerprint) = new.request.key_columns();
         let inserted = insert
             .bind(&new.request.id)
             .bind(&new.request.payload_hash)
@@ -319,15 +468,11 @@ impl PgStore {
             .bind(new.request.created_at)
             .bind(JOBS_CHANNEL)
             .bind(&new.destination)
-            .execute(&self.pool)
-            .await;
-        match inserted {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                reservation.failed();
-                Err(err.into())
-            }
-        }
+            .bind(key)
+            .bind(fingerprint)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(inserted.is_some())
     }
 
     /// Whether this submission should announce itself: the first after NOTIFY_INTERVAL.
@@ -346,6 +491,11 @@ impl PgStore {
     /// [`StoreError::QueueFull`]. The check and the reservation happen under one lock, so
     /// concurrent submissions to this instance cannot all see the same free place.
     async fn reserve_place(&self) -> StoreResult<Reservation> {
+        self.reserve_places(1).await
+    }
+
+    /// Holds `places` places in the queue, all or none.
+    async fn reserve_places(&self, places: i64) -> StoreResult<Reservation> {
         let mut recounted = false;
         loop {
             let count_age = {
@@ -356,10 +506,11 @@ impl PgStore {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let age = state.counted_at.map(|at| at.elapsed());
                 let fresh = age.is_some_and(|age| age <= COUNT_MAX_AGE);
-                if fresh && state.estimate() < self.queue_capacity {
-                    state.in_flight += 1;
+                if fresh && state.estimate().saturating_add(places) <= self.queue_capacity {
+                    state.in_flight += places;
                     return Ok(Reservation {
                         count: Arc::clone(&self.queue_count),
+                        places,
                         failed: false,
                     });
                 }

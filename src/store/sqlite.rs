@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, millis_of, next_due_in_window};
 use super::{
     AttemptOutcome, Job, ListFilter, ListParam, NewAsyncRequest, NewRequest, PoolStats, Position,
-    Redelivery, StatusCounts, StoreError, StoreResult, claim_scan, list_conditions,
+    Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan, list_conditions,
 };
 use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_claims.sql"),
     include_str!("../../migrations/sqlite/0004_destinations.sql"),
     include_str!("../../migrations/sqlite/0005_destination_index.sql"),
+    include_str!("../../migrations/sqlite/0006_idempotency.sql"),
 ];
 
 /// Most commands folded into one transaction: bounds the latency a command waits for the
@@ -166,8 +167,16 @@ impl SqliteStore {
         self.send(op).await?.done()
     }
 
-    pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<()> {
-        self.send(Op::SubmitAsync(new)).await?.done()
+    pub async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
+        self.send(Op::SyncStarted(new)).await?.submitted()
+    }
+
+    pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<Submitted> {
+        self.send(Op::SubmitAsync(new)).await?.submitted()
+    }
+
+    pub async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
+        self.send(Op::SubmitBatch(batch.to_vec())).await?.done()
     }
 
     pub async fn claim_due(
@@ -634,6 +643,8 @@ enum Op {
         at: DateTime<Utc>,
     },
     SubmitAsync(NewAsyncRequest),
+    /// All of them, or none when they do not all fit in the queue.
+    SubmitBatch(Vec<NewAsyncRequest>),
     Claim {
         owner: String,
         limit: u32,
@@ -693,6 +704,7 @@ enum Reply {
     Count(u64),
     Jobs(Vec<Job>),
     Redelivery(Redelivery),
+    Submitted(Submitted),
 }
 
 impl Reply {
@@ -703,6 +715,7 @@ impl Reply {
             Reply::Count(_) => "count",
             Reply::Jobs(_) => "jobs",
             Reply::Redelivery(_) => "redelivery",
+            Reply::Submitted(_) => "submitted",
         }
     }
 
@@ -738,6 +751,13 @@ impl Reply {
         match self {
             Reply::Jobs(jobs) => Ok(jobs),
             other => Err(other.mismatch("jobs")),
+        }
+    }
+
+    fn submitted(self) -> StoreResult<Submitted> {
+        match self {
+            Reply::Submitted(outcome) => Ok(outcome),
+            other => Err(other.mismatch("submitted")),
         }
     }
 
@@ -1028,6 +1048,47 @@ fn next_due(conn: &Connection, rooms: &Rooms, now: i64) -> rusqlite::Result<Opti
     Ok(earliest_seen)
 }
 
+fn insert_async(tx: &Transaction<'_>, new: &NewAsyncRequest) -> rusqlite::Result<()> {
+    let (key, fingerprint) = new.request.key_columns();
+    tx.prepare_cached(
+        "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
+                               created_at, next_attempt_at, destination,
+                               idempotency_key, idempotency_fingerprint)
+         VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        new.request.id,
+        new.request.payload_hash,
+        new.data,
+        new.request.iterations,
+        new.callback_url,
+        millis(new.request.created_at),
+        new.destination,
+        key,
+        fingerprint,
+    ])?;
+    Ok(())
+}
+
+/// The request already holding `new`'s idempotency key, if it has one and it is taken. The
+/// writer is the only one writing, so nothing can take the key between this read and the
+/// insert that follows it in the same transaction.
+fn key_taken(tx: &Transaction<'_>, new: &NewRequest) -> rusqlite::Result<Option<Submitted>> {
+    let Some(idempotency) = &new.idempotency else {
+        return Ok(None);
+    };
+    tx.prepare_cached(
+        "SELECT id, COALESCE(idempotency_fingerprint, '') FROM requests WHERE idempotency_key = ?1",
+    )?
+    .query_row([&idempotency.key], |row| {
+        Ok(Submitted::KeyTaken {
+            id: row.get(0)?,
+            fingerprint: row.get(1)?,
+        })
+    })
+    .optional()
+}
+
 /// Runs one command inside the open transaction. A database error aborts the whole batch;
 /// a refusal (queue full) is a reply, not an error.
 fn apply(
@@ -1042,17 +1103,24 @@ fn apply(
     };
     match op {
         Op::SyncStarted(new) => {
+            if let Some(taken) = key_taken(tx, new)? {
+                return Ok(done(Reply::Submitted(taken)));
+            }
+            let (key, fingerprint) = new.key_columns();
             tx.prepare_cached(
-                "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at)
-                 VALUES (?1, 'sync', 'processing', ?2, ?3, ?4) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                                       idempotency_key, idempotency_fingerprint)
+                 VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
             )?
             .execute(params![
                 new.id,
                 new.payload_hash,
                 new.iterations,
-                millis(new.created_at)
+                millis(new.created_at),
+                key,
+                fingerprint,
             ])?;
-            Ok(done(Reply::Done))
+            Ok(done(Reply::Submitted(Submitted::Created)))
         }
         Op::SyncFinished { new, outcome, at } => {
             let (status, result, error) = match outcome {
@@ -1084,29 +1152,36 @@ fn apply(
             Ok(done(Reply::Done))
         }
         Op::SubmitAsync(new) => {
+            // A replay is answered whatever the queue: it asks for nothing new.
+            if let Some(taken) = key_taken(tx, &new.request)? {
+                return Ok(done(Reply::Submitted(taken)));
+            }
             if queue_size >= queue_capacity {
                 return Ok(Applied {
                     reply: Err(StoreError::QueueFull),
                     queue_delta: 0,
                 });
             }
-            tx.prepare_cached(
-                "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
-                                       created_at, next_attempt_at, destination)
-                 VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
-            )?
-            .execute(params![
-                new.request.id,
-                new.request.payload_hash,
-                new.data,
-                new.request.iterations,
-                new.callback_url,
-                millis(new.request.created_at),
-                new.destination,
-            ])?;
+            insert_async(tx, new)?;
+            Ok(Applied {
+                reply: Ok(Reply::Submitted(Submitted::Created)),
+                queue_delta: 1,
+            })
+        }
+        Op::SubmitBatch(batch) => {
+            let size = batch.len() as u64;
+            if queue_size.saturating_add(size) > queue_capacity {
+                return Ok(Applied {
+                    reply: Err(StoreError::QueueFull),
+                    queue_delta: 0,
+                });
+            }
+            for new in batch {
+                insert_async(tx, new)?;
+            }
             Ok(Applied {
                 reply: Ok(Reply::Done),
-                queue_delta: 1,
+                queue_delta: i64::try_from(size).unwrap_or(i64::MAX),
             })
         }
         Op::Claim {

@@ -885,3 +885,63 @@ async fn sigint_stops_the_command_with_a_report() {
     assert!(stdout.contains("== sync"), "{stdout}");
     assert!(!stdout.contains("== async"), "{stdout}");
 }
+
+#[tokio::test]
+async fn batches_against_the_real_service_are_matched_request_by_request() {
+    let app = spawn_app(&[]).await;
+    // 95 is not a multiple of the batch: the last batch is short.
+    let report = loadgen(&[
+        "--url",
+        &app.address,
+        "--mode",
+        "async",
+        "--batch",
+        "10",
+        "-n",
+        "95",
+        "-c",
+        "3",
+        "--iterations",
+        "10",
+    ])
+    .await;
+    let async_ = only(&report, Mode::Async);
+    assert_eq!(
+        (async_.total, async_.success, async_.failed),
+        (95, 95, 0),
+        "{async_:?}"
+    );
+    let callbacks = async_.callbacks.as_ref().expect("callbacks");
+    assert_eq!(
+        (callbacks.expected, callbacks.received),
+        (95, 95),
+        "{callbacks:?}"
+    );
+    assert_eq!((callbacks.duplicates, callbacks.unknown_ids), (0, 0));
+    assert_eq!(report.settings.batch, 10);
+    assert!(report.render_text().contains("10 per POST /async/batch"));
+    assert_eq!(app.get_json("/requests?mode=async").await["total"], 95);
+}
+
+#[tokio::test]
+async fn a_batch_with_sync_is_refused_before_any_request() {
+    for mode in ["sync", "both"] {
+        let err = run(
+            args(&[
+                "--url",
+                "http://127.0.0.1:9",
+                "--mode",
+                mode,
+                "--batch",
+                "5",
+            ]),
+            CancellationToken::new(),
+        )
+        .await
+        .expect_err("refused");
+        assert!(
+            err.to_string().contains("--batch needs --mode async"),
+            "{err}"
+        );
+    }
+}

@@ -8,10 +8,12 @@ mod isolation;
 mod list_filters;
 
 mod admin;
+mod batch;
 mod dashboard;
 mod delivery;
 mod durability;
 mod guard;
+mod idempotency;
 mod loadgen;
 mod observability;
 mod openapi;
@@ -21,3 +23,4 @@ mod scale_out;
 mod ssrf;
 mod sync;
 mod validation;
+mod waiting;

@@ -12,8 +12,10 @@ use crate::helpers::{TestApp, read, spawn_app};
 const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/sync"),
     ("post", "/async"),
+    ("post", "/async/batch"),
     ("get", "/requests"),
     ("get", "/requests/{id}"),
+    ("get", "/requests/{id}/events"),
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("post", "/admin/cleanup"),

@@ -233,6 +233,7 @@ pub(super) async fn queue_for(store: &Store, id: &str, destination: &str) {
                 payload_hash: "0".repeat(16),
                 iterations: 1,
                 created_at: chrono::Utc::now(),
+                idempotency: None,
             },
             data: "x".into(),
             callback_url: format!("{destination}/callback"),
