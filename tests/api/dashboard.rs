@@ -583,3 +583,49 @@ async fn pages_are_data_free_shells_under_a_strict_policy() {
     assert_eq!(overview["status_counts"].as_array().unwrap().len(), 7);
     app.stop().await;
 }
+
+/// On PostgreSQL, the live stream of one instance shows what another instance did: its
+/// status counts are read from the shared database at every update. And an open stream
+/// does not hold the instance's shutdown.
+#[tokio::test]
+async fn the_stream_shows_other_instances_changes_on_postgres() {
+    let Some(admin) = crate::helpers::postgres_admin_url() else {
+        eprintln!("skipped: needs SYNCASYNC_TEST_POSTGRES_URL (a shared database)");
+        return;
+    };
+    let url = crate::helpers::create_postgres_database(&admin).await;
+    let watched = crate::helpers::spawn_app_on(tempfile::tempdir().unwrap(), &url, &[]).await;
+    let other = crate::helpers::spawn_app_on(tempfile::tempdir().unwrap(), &url, &[]).await;
+    let mut stream = watched
+        .client
+        .get(watched.url("/ui/api/stream"))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    sync_request(&other, "done elsewhere").await;
+    let deadline = Instant::now() + WAIT;
+    let mut seen = String::new();
+    loop {
+        let chunk = tokio::time::timeout(WAIT, stream.chunk())
+            .await
+            .expect("an update within the wait")
+            .expect("stream readable")
+            .expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if seen.contains(r#"{"status":"completed","count":1}"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no update showed it: {seen}");
+    }
+    other.stop().await;
+    // An open stream ends at shutdown rather than holding it for the grace period (5 s).
+    let stopping = Instant::now();
+    watched.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        stopping.elapsed()
+    );
+    drop(stream);
+}
