@@ -9,18 +9,22 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::Service;
+use crate::service::{Service, ServiceError};
+use crate::store::StatusCounts;
 
 /// How far back the charts go.
 pub const WINDOW: Duration = Duration::from_secs(15 * 60);
 /// How often a sample is taken (and a live update sent).
 pub const INTERVAL: Duration = Duration::from_secs(1);
+/// Status counts younger than this are shared rather than read again: a little under the
+/// stream's interval, so that every update still shows a fresh count.
+const COUNTS_MAX_AGE: Duration = Duration::from_millis(900);
 /// The time-to-callback quantiles are over this many samples: one second holds too few
 /// callbacks for a p99 worth drawing.
 const QUANTILE_SPAN: usize = 10;
@@ -60,10 +64,12 @@ pub struct Point {
     pub failures_per_s: BTreeMap<String, f64>,
 }
 
-/// The ring of samples, and the signal that ends the live streams at shutdown (an open
-/// stream would otherwise hold the server's graceful shutdown for its whole grace period).
+/// The ring of samples, the last status counts read, and the signal that ends the live
+/// streams at shutdown (an open stream would otherwise hold the server's graceful shutdown
+/// for its whole grace period).
 pub struct History {
     samples: Mutex<VecDeque<Sample>>,
+    counts: tokio::sync::Mutex<Option<(Instant, StatusCounts)>>,
     pub stopping: CancellationToken,
 }
 
@@ -71,12 +77,29 @@ impl Default for History {
     fn default() -> Self {
         Self {
             samples: Mutex::new(VecDeque::new()),
+            counts: tokio::sync::Mutex::new(None),
             stopping: CancellationToken::new(),
         }
     }
 }
 
 impl History {
+    /// The number of requests in each status, read from the database at most once per
+    /// [`COUNTS_MAX_AGE`] however many dashboards are open: each stream asks every second, and
+    /// on a large table the count is a scan of an index. Callers that ask while a read is
+    /// under way wait for it and share it.
+    pub async fn status_counts(&self, service: &Service) -> Result<StatusCounts, ServiceError> {
+        let mut cached = self.counts.lock().await;
+        if let Some((at, counts)) = cached.as_ref()
+            && at.elapsed() < COUNTS_MAX_AGE
+        {
+            return Ok(counts.clone());
+        }
+        let counts = service.status_counts().await?;
+        *cached = Some((Instant::now(), counts.clone()));
+        Ok(counts)
+    }
+
     fn samples(&self) -> std::sync::MutexGuard<'_, VecDeque<Sample>> {
         self.samples
             .lock()

@@ -183,7 +183,7 @@ struct StatusCount {
 }
 
 async fn status_counts(state: &AppState) -> Result<Vec<StatusCount>, ApiError> {
-    let counts = state.service.status_counts().await?;
+    let counts = state.dashboard.status_counts(&state.service).await?;
     Ok(Status::ALL
         .iter()
         .map(|&status| StatusCount {
@@ -203,9 +203,9 @@ async fn overview_json(State(state): State<AppState>) -> Result<Json<Overview>, 
     }))
 }
 
-/// An `overview` event every second until the client goes away or the service stops. Each
-/// open dashboard reads the status counts once a second: operators are few, and reading the
-/// database (not this instance's memory) is what shows other instances' changes.
+/// An `overview` event every second until the client goes away or the service stops. The
+/// status counts are read from the database (not this instance's memory), which is what
+/// shows other instances' changes; at most once a second, shared by every open dashboard.
 async fn stream(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
