@@ -36,6 +36,9 @@ pub struct Sample {
     pub at: i64,
     pub sync_requests: u64,
     pub async_requests: u64,
+    /// Calls of `POST /async/batch` (each may hold up to 1000 requests; no counter says how
+    /// many were accepted).
+    pub batch_calls: u64,
     pub delivered: u64,
     /// Failed delivery attempts by cause (the `outcome` of `delivery_attempts`).
     pub failures: BTreeMap<String, u64>,
@@ -53,6 +56,7 @@ pub struct Point {
     pub at: i64,
     pub sync_per_s: f64,
     pub async_per_s: f64,
+    pub batch_calls_per_s: f64,
     pub delivered_per_s: f64,
     /// Over the last [`QUANTILE_SPAN`] seconds; `None` without callbacks in them.
     pub time_to_callback_p50_ms: Option<f64>,
@@ -143,6 +147,7 @@ fn point(samples: &[&Sample], i: usize) -> Point {
         at: now.at,
         sync_per_s: rate(now.sync_requests, before.sync_requests),
         async_per_s: rate(now.async_requests, before.async_requests),
+        batch_calls_per_s: rate(now.batch_calls, before.batch_calls),
         delivered_per_s: rate(now.delivered, before.delivered),
         time_to_callback_p50_ms: quantile(&callbacks, 0.5).map(|s| s * 1000.0),
         time_to_callback_p99_ms: quantile(&callbacks, 0.99).map(|s| s * 1000.0),
@@ -225,6 +230,7 @@ pub fn parse_metrics(text: &str) -> Sample {
                 match label("endpoint") {
                     Some("/sync") => sample.sync_requests += count,
                     Some("/async") => sample.async_requests += count,
+                    Some("/async/batch") => sample.batch_calls += count,
                     _ => {}
                 }
             }
@@ -280,6 +286,7 @@ mod tests {
 syncasync_http_requests_total{method="POST",endpoint="/async",status="202"} 7
 syncasync_http_requests_total{method="POST",endpoint="/async",status="503"} 1
 syncasync_http_requests_total{method="POST",endpoint="/sync",status="200"} 3
+syncasync_http_requests_total{method="POST",endpoint="/async/batch",status="200"} 2
 syncasync_http_requests_total{method="GET",endpoint="/requests",status="200"} 9
 syncasync_jobs_finished_total{status="callback_success"} 5
 syncasync_jobs_finished_total{status="callback_failed"} 2
@@ -294,6 +301,7 @@ syncasync_callback_delivery_seconds_bucket{le="+Inf"} 5
     fn reads_the_counters_it_draws() {
         let s = parse_metrics(TEXT);
         assert_eq!((s.sync_requests, s.async_requests, s.delivered), (3, 8, 5));
+        assert_eq!(s.batch_calls, 2);
         assert_eq!(s.failures.get("http_error"), Some(&4));
         assert!(!s.failures.contains_key("success"));
         assert_eq!(s.time_to_callback.len(), 3);

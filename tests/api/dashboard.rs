@@ -465,18 +465,43 @@ async fn drive(
         "lines on the charts",
     )
     .await;
-    let counts = eventually(
+    // The counts follow the database within a second or two (read at most once a second).
+    eventually(
         browser,
         "[...document.querySelectorAll('#status-counts .count')]\
-           .map(c => c.textContent).join(' ')",
-        "the status counts",
+           .map(c => c.textContent).join(' ').includes('callback_success3')",
+        "the status counts to show the three delivered requests",
     )
     .await;
-    if !counts
-        .as_str()
-        .is_some_and(|c| c.contains("callback_success3"))
-    {
-        return Err(format!("the status counts are wrong: {counts}"));
+    // The charts draw this instance's real counters (read from its metrics once a second),
+    // not zeros.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let overview = app.get_json("/ui/api/overview").await;
+        let points = overview["points"].as_array().cloned().unwrap_or_default();
+        let seen = |key: &str| {
+            points
+                .iter()
+                .any(|p| p[key].as_f64().is_some_and(|v| v > 0.0))
+        };
+        let all_seen = [
+            "sync_per_s",
+            "async_per_s",
+            "delivered_per_s",
+            "time_to_callback_p50_ms",
+        ]
+        .into_iter()
+        .all(seen)
+            && points
+                .iter()
+                .any(|p| p["failures_per_s"]["http_error"].as_f64() > Some(0.0));
+        if all_seen {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the history misses some counter: {overview}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if screenshots() {
         // Half a minute of mixed traffic, some of it refused, so that the picture has shapes.

@@ -335,11 +335,16 @@
       values: points.map((p) => p.failures_per_s[cause] || 0),
       cls: "s" + (i % 4),
     }));
+    const requestSeries = [
+      { name: "sync", values: pick("sync_per_s"), cls: "s0" },
+      { name: "async", values: pick("async_per_s"), cls: "s1" },
+    ];
+    if (points.some((p) => p.batch_calls_per_s > 0)) {
+      requestSeries.push({ name: "batch calls", values: pick("batch_calls_per_s"), cls: "s3" });
+    }
     box.replaceChildren(
-      chart("Requests per second", "/s", [
-        { name: "sync", values: pick("sync_per_s"), cls: "s0" },
-        { name: "async", values: pick("async_per_s"), cls: "s1" },
-      ]),
+      chart("Requests per second", "/s", requestSeries,
+        requestSeries.length > 2 ? "A batch call (POST /async/batch) counts once, whatever it holds." : null),
       chart("Callbacks delivered per second", "/s", [
         { name: "delivered", values: pick("delivered_per_s"), cls: "s2" },
       ]),
