@@ -281,13 +281,22 @@ pub(crate) enum ListParam {
 /// filters in use (so each combination is its own statement, and the planner sees plain
 /// `status = ?` and `created_at <= ?` it can take to an index, never `? IS NULL OR …`).
 /// The SQL text is built from fixed fragments only; every value is a parameter.
-/// `placeholder(n)` spells the n-th parameter (1-based) in the backend's syntax.
 /// `with_cursor` adds the keyset condition of `before` (the total of a list leaves it out).
+/// How a backend's `WHERE` clause spells what differs between them.
+pub(crate) struct Dialect {
+    /// Spells the n-th parameter (1-based).
+    pub placeholder: fn(usize) -> String,
+    /// Text compares byte by byte (SQLite's `BINARY`), so an id prefix can be a range on the
+    /// primary key's index; under a locale's collation (PostgreSQL's default) it cannot.
+    pub bytewise_text: bool,
+}
+
 pub(crate) fn list_conditions(
     filter: &ListFilter,
     with_cursor: bool,
-    placeholder: impl Fn(usize) -> String,
+    dialect: &Dialect,
 ) -> (String, Vec<ListParam>) {
+    let placeholder = dialect.placeholder;
     let mut conditions: Vec<String> = Vec::new();
     let mut params = Vec::new();
     let next = |value: ListParam, params: &mut Vec<ListParam>| {
@@ -315,9 +324,24 @@ pub(crate) fn list_conditions(
         conditions.push(format!("destination LIKE {p} ESCAPE '\\'"));
     }
     if let Some(prefix) = &filter.id_prefix {
-        let length = prefix.chars().count();
-        let p = next(ListParam::Text(prefix.clone()), &mut params);
-        conditions.push(format!("substr(id, 1, {length}) = {p}"));
+        // A range on the primary key finds the few ids of a long prefix at once, but the
+        // rows it finds must then be sorted: for a short prefix, which may match every row
+        // (ids are UUIDv7, so they share their leading, time-based digits), walking the
+        // newest-first index and testing each row stops after one page instead. Eight hex
+        // digits narrow a UUIDv7 to about a minute. Measured at 100k rows: a 13-digit prefix
+        // 41 ms by the walk, 2.4 ms by the range; a 1-digit one 3 ms by the walk, 145 ms by
+        // the range.
+        if dialect.bytewise_text && prefix.len() >= 8 {
+            // Ids are lower-case hex and `-`, all below DEL: every id that starts with the
+            // prefix sorts between it and the prefix followed by DEL.
+            let from = next(ListParam::Text(prefix.clone()), &mut params);
+            let to = next(ListParam::Text(format!("{prefix}\u{7f}")), &mut params);
+            conditions.push(format!("id >= {from} AND id < {to}"));
+        } else {
+            let length = prefix.chars().count();
+            let p = next(ListParam::Text(prefix.clone()), &mut params);
+            conditions.push(format!("substr(id, 1, {length}) = {p}"));
+        }
     }
     if let (true, Some(before)) = (with_cursor, &filter.before) {
         // `created_at <= t` is the range an index on `created_at` serves; the rest only

@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
 use super::{
-    AttemptOutcome, Job, ListFilter, ListParam, NewAsyncRequest, NewRequest, PoolStats, Position,
-    Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan, list_conditions,
+    AttemptOutcome, Dialect, Job, ListFilter, ListParam, NewAsyncRequest, NewRequest, PoolStats,
+    Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan,
+    list_conditions,
 };
 use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
@@ -942,8 +943,8 @@ impl PgStore {
     }
 
     pub async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
-        let (total_where, total_params) = list_conditions(&filter, false, |n| format!("${n}"));
-        let (page_where, page_params) = list_conditions(&filter, true, |n| format!("${n}"));
+        let (total_where, total_params) = list_conditions(&filter, false, &DIALECT);
+        let (page_where, page_params) = list_conditions(&filter, true, &DIALECT);
         let n = page_params.len();
         // Built from the fixed fragments of `list_conditions` only; values are parameters.
         let total_sql = format!("SELECT count(*) FROM requests WHERE {total_where}");
@@ -1188,6 +1189,12 @@ fn parse_status(value: &str) -> Result<Status, sqlx::Error> {
     Status::parse(value)
         .ok_or_else(|| sqlx::Error::Decode(format!("unknown status {value:?}").into()))
 }
+
+/// This backend's spelling of list conditions.
+const DIALECT: Dialect = Dialect {
+    placeholder: |n| format!("${n}"),
+    bytewise_text: false,
+};
 
 fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
     let id: String = row.try_get("id")?;

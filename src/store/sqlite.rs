@@ -31,8 +31,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, millis_of, next_due_in_window};
 use super::{
-    AttemptOutcome, Job, ListFilter, ListParam, NewAsyncRequest, NewRequest, PoolStats, Position,
-    Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan, list_conditions,
+    AttemptOutcome, Dialect, Job, ListFilter, ListParam, NewAsyncRequest, NewRequest, PoolStats,
+    Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan,
+    list_conditions,
 };
 use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
@@ -1398,7 +1399,7 @@ fn decode_error(column: usize, value: &str) -> rusqlite::Error {
 
 /// A page of `filter` and the total that match, on `conn`.
 fn list_on(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<RequestList> {
-    let (total_where, total_params) = list_conditions(filter, false, |n| format!("?{n}"));
+    let (total_where, total_params) = list_conditions(filter, false, &DIALECT);
     let (page_sql, page_params) = list_page_sql(filter);
     let total: i64 = conn
         .prepare_cached(&format!(
@@ -1423,7 +1424,7 @@ fn list_on(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<RequestLi
 
 /// The statement of one page of `filter`, newest first, and its parameters.
 fn list_page_sql(filter: &ListFilter) -> (String, Vec<ListParam>) {
-    let (page_where, mut params) = list_conditions(filter, true, |n| format!("?{n}"));
+    let (page_where, mut params) = list_conditions(filter, true, &DIALECT);
     let n = params.len();
     let sql = format!(
         concat!(
@@ -1451,6 +1452,12 @@ fn sql_value(param: &ListParam) -> rusqlite::types::Value {
         ListParam::Int(n) => Value::Integer(*n),
     }
 }
+
+/// This backend's spelling of list conditions.
+const DIALECT: Dialect = Dialect {
+    placeholder: |n| format!("?{n}"),
+    bytewise_text: true,
+};
 
 fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> {
     let id: String = row.get("id")?;
@@ -1659,6 +1666,34 @@ mod tests {
             offset_steps > deep_steps * 100,
             "{offset_steps} vs {deep_steps}"
         );
+
+        // A long id prefix is a range on the primary key; a short one walks the index.
+        for (prefix, index) in [
+            ("00001", "requests_created_at"),
+            ("000012", "requests_created_at"),
+            ("00001234", "sqlite_autoindex_requests_1"),
+        ] {
+            let filter = ListFilter {
+                id_prefix: Some(prefix.into()),
+                ..first.clone()
+            };
+            let (sql, params) = list_page_sql(&filter);
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(params_from_iter(params.iter().map(sql_value)), |row| {
+                    row.get::<_, String>(3)
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(plan.join("; ").contains(index), "{prefix}: {plan:?}");
+            let (ids, _) = page_steps(&conn, &filter);
+            assert!(
+                !ids.is_empty() && ids.iter().all(|id| id.starts_with(prefix)),
+                "{prefix}: {ids:?}"
+            );
+        }
 
         for status in [None, Some(Status::Failed)] {
             let filter = ListFilter {

@@ -321,6 +321,43 @@ async fn drive(
         ));
     }
 
+    // A hidden tab stops the stream and with it every refresh; shown again, it resumes.
+    browser
+        .execute(
+            "window.__fetches = 0;\
+             const fetchNow = window.fetch;\
+             window.fetch = (...args) => { window.__fetches++; return fetchNow(...args); };\
+             window.__setHidden = (hidden) => {\
+               Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });\
+               document.dispatchEvent(new Event('visibilitychange'));\
+             };\
+             window.__setHidden(true);",
+            vec![],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let paused = browser
+        .execute(
+            "return [window.__fetches, document.getElementById('live').textContent];",
+            vec![],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if paused != json!([0, "paused"]) {
+        return Err(format!("a hidden tab kept fetching: {paused}"));
+    }
+    browser
+        .execute("window.__setHidden(false);", vec![])
+        .await
+        .map_err(|e| e.to_string())?;
+    eventually(
+        browser,
+        "document.getElementById('live').textContent === 'live' && window.__fetches >= 2",
+        "the stream and the refreshes to resume",
+    )
+    .await;
+
     // At a phone's width the page does not scroll sideways (the table scrolls in its box).
     browser
         .set_window_size(390, 844)
