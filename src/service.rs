@@ -14,8 +14,8 @@ use crate::model::{
     Health, HealthReport, Mode, RequestList, RequestRecord, Status, WorkResult, payload_hash,
 };
 use crate::store::{
-    CleanupReport, IdempotencyKey, ListFilter, NewAsyncRequest, NewRequest, Position, Redelivery,
-    StatusCounts, Store, StoreError, Submitted,
+    CleanupReport, IdempotencyKey, KeyHolder, ListFilter, NewAsyncRequest, NewRequest, Position,
+    Redelivery, StatusCounts, Store, StoreError, Submitted,
 };
 use crate::work::{Cancel, ComputePool, PoolError};
 
@@ -122,6 +122,30 @@ fn new_async_request(
     }
 }
 
+/// What doing a sync request's work came to.
+enum Worked {
+    Done(WorkResult),
+    /// Its idempotency key was taken by another request first; nothing was done.
+    KeyTaken,
+}
+
+/// Rounds of a keyed sync request: a holder that fails frees the key for the next round.
+const KEY_ROUNDS: usize = 3;
+
+fn new_sync_request(
+    id: String,
+    input: &WorkInput,
+    idempotency: Option<IdempotencyKey>,
+) -> NewRequest {
+    NewRequest {
+        id,
+        payload_hash: payload_hash(&input.data),
+        iterations: input.iterations,
+        created_at: Utc::now(),
+        idempotency,
+    }
+}
+
 /// What a request asked for, as its idempotency key's fingerprint: the mode and the parsed
 /// input, so that a replay whose JSON differs only in spelling (key order, `"100"` for
 /// `100`) is the same request, and one that differs in any value is not.
@@ -187,16 +211,45 @@ impl Service {
         input: WorkInput,
         key: Option<String>,
     ) -> Result<Answered<WorkResult>, ServiceError> {
-        let new = NewRequest {
-            id: id.clone(),
-            payload_hash: payload_hash(&input.data),
-            iterations: input.iterations,
-            created_at: Utc::now(),
-            idempotency: key.map(|key| IdempotencyKey {
-                fingerprint: fingerprint(Mode::Sync, input.iterations, None, &input.data),
-                key,
-            }),
+        let Some(key) = key else {
+            let new = new_sync_request(id, &input, None);
+            return match self.work_sync(new, input).await? {
+                Worked::Done(result) => Ok(Answered::fresh(result)),
+                Worked::KeyTaken => Err(ServiceError::Store(StoreError::WrongReply {
+                    expected: "created",
+                    got: "key taken",
+                })),
+            };
         };
+        let idempotency = IdempotencyKey {
+            fingerprint: fingerprint(Mode::Sync, input.iterations, None, &input.data),
+            key,
+        };
+        // A request that failed frees its key (it did no work anyone can reuse), so each
+        // round either answers or finds the key freed by a failure and takes it.
+        for _ in 0..KEY_ROUNDS {
+            // Looked up before the compute pool is asked, so that a replay is answered even
+            // while the pool is full, and takes no place in it.
+            if let Some(holder) = self.store.key_holder(&idempotency.key).await? {
+                match self.replay_sync(&idempotency, holder).await? {
+                    Some(answer) => return Ok(answer),
+                    None => continue,
+                }
+            }
+            let new = new_sync_request(id.clone(), &input, Some(idempotency.clone()));
+            match self.work_sync(new, input.clone()).await? {
+                Worked::Done(result) => return Ok(Answered::fresh(result)),
+                // A concurrent duplicate took the key first: replay it, next round.
+                Worked::KeyTaken => continue,
+            }
+        }
+        Err(ServiceError::KeyInProgress(idempotency.key))
+    }
+
+    /// Does the work of `new` and records it. With an idempotency key, the key is taken (the
+    /// `processing` row committed) before the work starts, or the work is cancelled and
+    /// [`Worked::KeyTaken`] returned.
+    async fn work_sync(&self, new: NewRequest, input: WorkInput) -> Result<Worked, ServiceError> {
         // If this future is dropped (the client hung up), the work is cancelled: skipped if it
         // has not started, stopped between rounds if it has. Nobody would read its result.
         let cancel = Cancel::default();
@@ -204,40 +257,42 @@ impl Service {
         // Ask the pool first: under overload nothing is written for a request that is refused.
         let work = self
             .pool
-            .submit_cancellable(input.data, input.iterations, cancel)
+            .submit_cancellable(input.data, input.iterations, cancel.clone())
             .map_err(|err| match err {
                 PoolError::Busy => ServiceError::Overloaded,
                 PoolError::Closed | PoolError::Cancelled => ServiceError::Work(err.to_string()),
             })?;
-        if new.idempotency.is_some() {
-            // Committed before the work starts: a concurrent duplicate must find the key.
-            if let Submitted::KeyTaken { id, fingerprint } =
-                self.store.sync_started_with_key(new.clone()).await?
-            {
-                // A replay does no work: cancel ours before it starts, not when the wait ends.
-                drop(on_drop);
-                drop(work);
-                return self.replay_sync(&new, id, &fingerprint).await;
-            }
-        } else {
+        let keyed = new.idempotency.is_some();
+        if !keyed {
             self.store.sync_started(new.clone())?;
         }
         let store = self.store.clone();
         let iterations = input.iterations;
         // The rest runs in its own task so that the record is completed even if the client
-        // hangs up mid-request: a sync request is never left `processing`.
+        // hangs up mid-request, the key's commit included: a sync request is never left
+        // `processing`, and a key is never left held by a request nobody works on.
         let finish = tokio::spawn(async move {
+            if keyed {
+                let taken = store.sync_started_with_key(new.clone()).await;
+                if !matches!(taken, Ok(Submitted::Created)) {
+                    cancel.set();
+                    return match taken {
+                        Err(err) => Err(err.into()),
+                        Ok(_) => Ok(Worked::KeyTaken),
+                    };
+                }
+            }
             match work.wait().await {
                 Ok(output) => {
                     let result = WorkResult {
-                        request_id: id.clone(),
+                        request_id: new.id.clone(),
                         input_hash: output.hashes.input_hash,
                         output_hash: output.hashes.output_hash,
                         iterations,
                         processing_time_ms: output.processing_time.as_secs_f64() * 1000.0,
                     };
                     store.sync_finished(&new, Ok(&result)).await?;
-                    Ok(result)
+                    Ok(Worked::Done(result))
                 }
                 Err(err) => {
                     let reason = match err {
@@ -253,33 +308,26 @@ impl Service {
             .await
             .map_err(|err| ServiceError::Work(err.to_string()))?;
         on_drop.disarm();
-        outcome.map(Answered::fresh)
+        outcome
     }
 
-    /// The answer of the sync request `holder` that took `new`'s idempotency key: its result,
-    /// or its failure, once it has finished.
+    /// The answer of `holder`, the sync request that holds the idempotency key: its result
+    /// once it has finished; `None` if it failed or is gone (either frees the key).
     async fn replay_sync(
         &self,
-        new: &NewRequest,
-        holder: String,
-        fingerprint: &str,
-    ) -> Result<Answered<WorkResult>, ServiceError> {
-        let key = new
-            .idempotency
-            .as_ref()
-            .map(|k| k.key.clone())
-            .unwrap_or_default();
-        if new.idempotency.as_ref().map(|k| k.fingerprint.as_str()) != Some(fingerprint) {
-            return Err(ServiceError::KeyReused(key));
+        idempotency: &IdempotencyKey,
+        holder: KeyHolder,
+    ) -> Result<Option<Answered<WorkResult>>, ServiceError> {
+        if holder.fingerprint != idempotency.fingerprint {
+            return Err(ServiceError::KeyReused(idempotency.key.clone()));
         }
-        let Some(record) = self.wait_until_finished(&holder, KEY_WAIT).await? else {
-            // Deleted between the key's check and this read: as if never sent.
-            return Err(ServiceError::KeyInProgress(key));
+        let Some(record) = self.wait_until_finished(&holder.id, KEY_WAIT).await? else {
+            return Ok(None);
         };
         match (record.status, record.result) {
-            (Status::Completed, Some(result)) => Ok(Answered::replayed(result)),
-            (Status::Failed, _) => Err(ServiceError::Work(record.error.unwrap_or_default())),
-            _ => Err(ServiceError::KeyInProgress(key)),
+            (Status::Completed, Some(result)) => Ok(Some(Answered::replayed(result))),
+            (Status::Failed, _) => Ok(None),
+            _ => Err(ServiceError::KeyInProgress(idempotency.key.clone())),
         }
     }
 
@@ -291,6 +339,9 @@ impl Service {
         id: &str,
         timeout: std::time::Duration,
     ) -> Result<Option<RequestRecord>, ServiceError> {
+        if !is_plausible_id(id) {
+            return Ok(None);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let subscription = self.store.subscribe(id);
         loop {
@@ -340,7 +391,7 @@ impl Service {
                 self.wakeup.wake();
                 Ok(Answered::fresh(id))
             }
-            Submitted::KeyTaken { id, fingerprint } => match mine {
+            Submitted::KeyTaken(KeyHolder { id, fingerprint }) => match mine {
                 Some(mine) if mine.fingerprint == fingerprint => {
                     tracing::info!(request_id = %id, "async request replayed by its idempotency key");
                     Ok(Answered::replayed(id))

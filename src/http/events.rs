@@ -77,10 +77,10 @@ impl Position {
             description = "The id of the last event received: the stream resumes after it"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `status` events (the record without \\
-            attempts) and `attempt` events (one audit entry each); each event's id is \\
+        (status = 200, description = "`text/event-stream`: `status` events (the record without \
+            attempts) and `attempt` events (one audit entry each); each event's id is \
             `ATTEMPTS.STATUS`. Ends after the final status.", content_type = "text/event-stream",
-            body = String),
+            body = ServerSentEvent),
         (status = 404, description = "No such request", body = ErrorBody),
     )
 )]
@@ -94,13 +94,15 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(Position::parse)
         .unwrap_or_default();
-    // Subscribed before the first read, so no change after it is missed.
-    let subscription = state.service.store.subscribe(&id);
     let record = state
         .service
         .get(&id)
         .await?
         .ok_or(ApiError::RequestNotFound)?;
+    // Subscribed once the request is known to exist (no watch on junk ids); a change between
+    // that read and this subscription is not missed, as the stream reads again before it
+    // first waits.
+    let subscription = state.service.store.subscribe(&id);
     let mut stream = EventStream {
         service: state.service.clone(),
         subscription,
@@ -117,6 +119,20 @@ async fn events(
         Some((Ok(event), stream))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// One event of the stream, as the API document shows it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ServerSentEvent {
+    /// `status` or `attempt`.
+    #[schema(pattern = "^(status|attempt)$")]
+    event: String,
+    /// The position after this event (`ATTEMPTS.STATUS`), for `Last-Event-ID`.
+    id: String,
+    /// JSON: a `RequestRecord` without `attempts` (`status`), or a `DeliveryAttempt`
+    /// (`attempt`).
+    data: String,
 }
 
 struct EventStream {

@@ -8,6 +8,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponseParts, ResponseParts};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::ApiError;
 use crate::input::FieldError;
@@ -17,8 +19,27 @@ pub const HEADER: &str = "Idempotency-Key";
 
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// Longest key accepted, in bytes.
+/// Longest key accepted, in bytes as sent (a quoted key's quotes included).
 pub const MAX_KEY_LEN: usize = 255;
+
+/// The header as the API document shows it on `POST /sync` and `POST /async`; read by
+/// [`IdempotencyKey`]. The pattern is exactly what [`parse`] accepts.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct KeyHeader {
+    /// 1 to 255 printable ASCII characters, bare or as a quoted string (`"…"`, with `\"`
+    /// and `\\` escapes). Sent again with the same request while the first is stored, the
+    /// answer is the first request's (`Idempotent-Replayed: true`) and nothing new is done;
+    /// with another request, 422.
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = r#"^(?:[\x21\x23-\x7E](?:[\x20-\x7E]*[\x21-\x7E])?|"(?:[\x20\x21\x23-\x5B\x5D-\x7E]|\\["\\])+")$"#
+    )]
+    idempotency_key: Option<String>,
+}
 
 /// The request's idempotency key, if it sent one; a malformed one is a 422.
 pub struct IdempotencyKey(pub Option<String>);
@@ -52,9 +73,15 @@ fn invalid(msg: &str) -> ApiError {
 /// A key: 1 to [`MAX_KEY_LEN`] printable ASCII characters, bare or as a quoted string.
 fn parse(raw: &[u8]) -> Result<String, &'static str> {
     const RULE: &str = "must be 1 to 255 printable ASCII characters, bare or \"quoted\"";
+    if raw.len() > MAX_KEY_LEN {
+        return Err(RULE);
+    }
     let key = match raw {
         [b'"', inner @ .., b'"'] => unquote(inner).ok_or(RULE)?,
         [b'"', ..] => return Err(RULE),
+        // HTTP strips a field value's outer whitespace before it gets here; the rule says so
+        // too, so that the document's pattern and this parser accept the same keys.
+        [b' ', ..] | [.., b' '] => return Err(RULE),
         bare => bare.to_vec(),
     };
     if key.is_empty() || key.len() > MAX_KEY_LEN || !key.iter().all(|b| (0x20..0x7f).contains(b)) {
@@ -100,7 +127,7 @@ impl IntoResponseParts for Replayed {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{KeyHeader, parse};
 
     #[test]
     fn bare_and_quoted_keys_are_the_same_key() {
@@ -131,5 +158,41 @@ mod tests {
             );
         }
         assert!(parse(&long[..255]).is_ok(), "255 bytes is within the limit");
+        let quoted = format!("\"{}\"", "k".repeat(254));
+        assert!(parse(quoted.as_bytes()).is_err(), "the quotes count");
+    }
+
+    /// The pattern the API document gives is the rule `parse` applies.
+    #[test]
+    fn the_documented_pattern_is_the_rule() {
+        use utoipa::IntoParams;
+        let params = KeyHeader::into_params(|| None);
+        let json = serde_json::to_value(&params[0]).expect("param as JSON");
+        let pattern = json["schema"]["pattern"]
+            .as_str()
+            .expect("a pattern")
+            .to_string();
+        let re = regex::Regex::new(&pattern).expect("the pattern compiles");
+        for key in [
+            "abc",
+            "a b",
+            "a\"b",
+            "\"q\"",
+            "\"a\\\"b\"",
+            "\"\"",
+            "\"x",
+            " lead",
+            "trail ",
+            "\"a\"b\"",
+            "tab\t",
+            "~!",
+            "\"sp ace\"",
+        ] {
+            assert_eq!(
+                re.is_match(key),
+                parse(key.as_bytes()).is_ok(),
+                "{key:?}: the document and the parser disagree"
+            );
+        }
     }
 }

@@ -109,13 +109,17 @@ pub async fn middleware(
             status,
         })
         .inc();
-    metrics
-        .http_request_duration
-        .get_or_create(&EndpointLabels {
-            method: method_label,
-            endpoint,
-        })
-        .observe(elapsed);
+    // A wait the client asked for (`Prefer: wait`) is not the service's latency: counted,
+    // it would make a route's percentiles say how patient its clients are.
+    if !response.headers().contains_key("preference-applied") {
+        metrics
+            .http_request_duration
+            .get_or_create(&EndpointLabels {
+                method: method_label,
+                endpoint,
+            })
+            .observe(elapsed);
+    }
     let created = response
         .extensions_mut()
         .remove::<CreatedRequest>()

@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::extract::JsonBody;
-use super::idempotency::{IdempotencyKey, Replayed};
+use super::idempotency::{IdempotencyKey, KeyHeader, Replayed};
 use super::request_id::{CreatedRequest, NewRequestId};
 use super::{ApiError, AppState};
 use crate::input::{AsyncRequest, parse_async};
@@ -25,12 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     path = "/async",
     tag = "work",
     request_body = AsyncRequest,
-    params(
-        ("Idempotency-Key" = Option<String>, Header,
-            description = "1-255 printable ASCII characters (bare or a quoted string). Sent \
-            again with the same body while the first request is stored, the answer is the \
-            first request's and nothing new is queued; with a different body, 422."),
-    ),
+    params(KeyHeader),
     responses(
         (status = 200, description = "Committed and queued (or, for a repeated Idempotency-Key, \
             the first request's answer)", body = AcceptedResponse,

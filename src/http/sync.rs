@@ -7,7 +7,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::extract::JsonBody;
-use super::idempotency::{IdempotencyKey, Replayed};
+use super::idempotency::{IdempotencyKey, KeyHeader, Replayed};
 use super::request_id::{CreatedRequest, NewRequestId};
 use super::{ApiError, AppState};
 use crate::input::{SyncRequest, parse_sync};
@@ -23,13 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     path = "/sync",
     tag = "work",
     request_body = SyncRequest,
-    params(
-        ("Idempotency-Key" = Option<String>, Header,
-            description = "1-255 printable ASCII characters (bare or a quoted string). Sent \
-            again with the same body while the first request is stored, the answer is the \
-            first request's stored result (after it finishes) and no work is done; with a \
-            different body, 422."),
-    ),
+    params(KeyHeader),
     responses(
         (status = 200, description = "The work's result", body = SyncResponse,
             headers(

@@ -134,12 +134,16 @@ pub struct IdempotencyKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Submitted {
     Created,
-    /// Its idempotency key was taken by request `id`, created with `fingerprint`; nothing
-    /// was written.
-    KeyTaken {
-        id: String,
-        fingerprint: String,
-    },
+    /// Its idempotency key was taken by another request; nothing was written.
+    KeyTaken(KeyHolder),
+}
+
+/// The request that holds an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHolder {
+    pub id: String,
+    /// What it was created with ([`IdempotencyKey::fingerprint`]).
+    pub fingerprint: String,
 }
 
 /// An async request to be queued.
@@ -480,7 +484,8 @@ impl Store {
                 _ = tick.tick() => {}
             }
             let watched = self.changes.watched();
-            seen.retain(|id, _| watched.contains(id));
+            let still_watched: std::collections::HashSet<&String> = watched.iter().collect();
+            seen.retain(|id, _| still_watched.contains(id));
             if watched.is_empty() {
                 continue;
             }
@@ -550,6 +555,12 @@ impl Store {
         dispatch!(self, s => s.sync_finished(new, outcome).await)?;
         self.changes.changed(&new.id);
         Ok(())
+    }
+
+    /// The request holding idempotency key `key`, if one is stored. A sync request that
+    /// failed no longer holds its key (nothing it did can be replayed).
+    pub async fn key_holder(&self, key: &str) -> StoreResult<Option<KeyHolder>> {
+        dispatch!(self, s => s.key_holder(key).await)
     }
 
     /// Records a sync request that carries an idempotency key as `processing`, and returns

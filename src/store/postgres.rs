@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
 use super::{
-    AttemptOutcome, Dialect, Job, ListFilter, ListParam, NewAsyncRequest, NewRequest, PoolStats,
-    Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan,
+    AttemptOutcome, Dialect, Job, KeyHolder, ListFilter, ListParam, NewAsyncRequest, NewRequest,
+    PoolStats, Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan,
     list_conditions,
 };
 use crate::delivery::destinations::{Rooms, destination_of_str};
@@ -287,18 +287,24 @@ impl PgStore {
         let Some(idempotency) = &new.idempotency else {
             return Ok(None);
         };
+        Ok(self
+            .key_holder(&idempotency.key)
+            .await?
+            .filter(|holder| holder.id != new.id)
+            .map(Submitted::KeyTaken))
+    }
+
+    pub async fn key_holder(&self, key: &str) -> StoreResult<Option<KeyHolder>> {
         let holder: Option<(String, Option<String>)> = sqlx::query_as(
             "SELECT id, idempotency_fingerprint FROM requests WHERE idempotency_key = $1",
         )
-        .bind(&idempotency.key)
+        .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(holder
-            .filter(|(id, _)| *id != new.id)
-            .map(|(id, fingerprint)| Submitted::KeyTaken {
-                id,
-                fingerprint: fingerprint.unwrap_or_default(),
-            }))
+        Ok(holder.map(|(id, fingerprint)| KeyHolder {
+            id,
+            fingerprint: fingerprint.unwrap_or_default(),
+        }))
     }
 
     /// Status and attempts of each of `ids` still stored: what a waiter's wake-up depends on.
@@ -335,7 +341,11 @@ impl PgStore {
              VALUES ($1, 'sync', $5, $2, $3, $4, now(), $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
                  input_hash = excluded.input_hash, output_hash = excluded.output_hash,
-                 processing_time_ms = excluded.processing_time_ms, error = excluded.error",
+                 processing_time_ms = excluded.processing_time_ms, error = excluded.error,
+                 -- A failed sync request did no work a replay could answer with: its key is
+                 -- free again, for the client's retry.
+                 idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
+                                   ELSE requests.idempotency_key END",
         )
         .bind(&new.id)
         .bind(&new.payload_hash)
@@ -1099,7 +1109,7 @@ impl PgStore {
     pub async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
         let failed = sqlx::query(
             "UPDATE requests SET status = 'failed', completed_at = now(),
-                    error = 'the service stopped before the work finished'
+                    error = 'the service stopped before the work finished', idempotency_key = NULL
              WHERE mode = 'sync' AND status = 'processing'
                AND created_at < now() - make_interval(secs => $1)",
         )

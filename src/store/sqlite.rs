@@ -31,8 +31,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, millis_of, next_due_in_window};
 use super::{
-    AttemptOutcome, Dialect, Job, ListFilter, ListParam, NewAsyncRequest, NewRequest, PoolStats,
-    Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan,
+    AttemptOutcome, Dialect, Job, KeyHolder, ListFilter, ListParam, NewAsyncRequest, NewRequest,
+    PoolStats, Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan,
     list_conditions,
 };
 use crate::delivery::destinations::{Rooms, destination_of_str};
@@ -166,6 +166,11 @@ impl SqliteStore {
             at: Utc::now(),
         };
         self.send(op).await?.done()
+    }
+
+    pub async fn key_holder(&self, key: &str) -> StoreResult<Option<KeyHolder>> {
+        let key = key.to_string();
+        self.read(move |conn| holder_of(conn, &key)).await
     }
 
     pub async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
@@ -608,7 +613,7 @@ fn recover(conn: &mut Connection) -> StoreResult<u64> {
     )?;
     let failed = tx.execute(
         "UPDATE requests SET status = 'failed', completed_at = ?1,
-                error = 'the service stopped before the work finished'
+                error = 'the service stopped before the work finished', idempotency_key = NULL
          WHERE mode = 'sync' AND status = 'processing'",
         [Utc::now().timestamp_millis()],
     )?;
@@ -1078,11 +1083,15 @@ fn key_taken(tx: &Transaction<'_>, new: &NewRequest) -> rusqlite::Result<Option<
     let Some(idempotency) = &new.idempotency else {
         return Ok(None);
     };
-    tx.prepare_cached(
+    Ok(holder_of(tx, &idempotency.key)?.map(Submitted::KeyTaken))
+}
+
+fn holder_of(conn: &Connection, key: &str) -> rusqlite::Result<Option<KeyHolder>> {
+    conn.prepare_cached(
         "SELECT id, COALESCE(idempotency_fingerprint, '') FROM requests WHERE idempotency_key = ?1",
     )?
-    .query_row([&idempotency.key], |row| {
-        Ok(Submitted::KeyTaken {
+    .query_row([key], |row| {
+        Ok(KeyHolder {
             id: row.get(0)?,
             fingerprint: row.get(1)?,
         })
@@ -1136,7 +1145,11 @@ fn apply(
                  VALUES (?1, 'sync', ?5, ?2, ?3, ?4, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
                      input_hash = excluded.input_hash, output_hash = excluded.output_hash,
-                     processing_time_ms = excluded.processing_time_ms, error = excluded.error",
+                     processing_time_ms = excluded.processing_time_ms, error = excluded.error,
+                     -- A failed sync request did no work a replay could answer with: its key
+                     -- is free again, for the client's retry.
+                     idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
+                                       ELSE requests.idempotency_key END",
             )?
             .execute(params![
                 new.id,

@@ -159,13 +159,18 @@ async fn malformed_keys_are_refused_before_anything_is_written() {
         .await
         .expect("sent");
     assert_eq!(response.status(), 422);
-    // A key of exactly 255 characters, and a quoted key, are fine; quoted and bare are one key.
+    // A key of exactly 255 characters is fine; quoted and bare are one key (the quotes
+    // count against the 255).
     let edge = "e".repeat(255);
     assert_eq!(post_keyed(&app, "/sync", &edge, &body).await.0, 200);
-    let (status, _, replayed, _) = post_keyed(&app, "/sync", &format!("\"{edge}\""), &body).await;
+    let inner = "q".repeat(253);
+    assert_eq!(post_keyed(&app, "/sync", &inner, &body).await.0, 200);
+    let (status, _, replayed, _) = post_keyed(&app, "/sync", &format!("\"{inner}\""), &body).await;
     assert_eq!((status, replayed), (200, true));
+    let (status, _, _, _) = post_keyed(&app, "/sync", &format!("\"{edge}\""), &body).await;
+    assert_eq!(status, 422, "a quoted key of 257 characters in all");
     let list = app.get_json("/requests").await;
-    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["total"], 2, "{list}");
 }
 
 #[tokio::test]

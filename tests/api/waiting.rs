@@ -67,6 +67,25 @@ async fn a_wait_that_runs_out_answers_the_current_state() {
             .map(|v| v.as_bytes()),
         Some(&b"wait=1"[..])
     );
+
+    // Waits the clients chose are not the route's latency.
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let waited: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("syncasync_http_request_duration_seconds_count"))
+        .filter(|l| l.contains("endpoint=\"/requests/{id}\""))
+        .collect();
+    assert!(waited.is_empty(), "{waited:?}");
+    // (A plain GET is counted, under the name looked for above.)
+    app.get(&format!("/requests/{id}")).await;
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("syncasync_http_request_duration_seconds_count")
+                && l.contains("endpoint=\"/requests/{id}\"")
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -46,6 +46,7 @@ status=0
 # The binary is CI's debug build, whose work function runs ~25x slower than a release build:
 # iterations near the maximum take seconds (about 4 s alone, 10 s beside another), so the
 # time limits are for a hung service, not a performance check.
+SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$PWD/tests/fuzz${PYTHONPATH:+:$PYTHONPATH}" \
 schemathesis run "http://127.0.0.1:$port/openapi.json" \
     --checks all \
     --max-examples "$examples" --seed 20261127 --generation-deterministic \

@@ -10,6 +10,7 @@ mod clock;
 mod input;
 mod leaks;
 mod outage;
+mod reliable;
 mod review;
 mod settings;
 mod store;
