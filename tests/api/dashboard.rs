@@ -177,6 +177,26 @@ async fn submit(app: &TestApp, callback: &str) -> String {
     body["request_id"].as_str().expect("id").to_string()
 }
 
+/// Clicks an element of a region the page re-renders every second (the list): an element
+/// found just before a refresh is stale by the time it is clicked, so look again.
+async fn click_live(browser: &Client, selector: &str) -> Result<(), String> {
+    let mut tries = 0;
+    loop {
+        let clicked = match browser.find(Locator::Css(selector)).await {
+            Ok(element) => element.click().await.map(|_| ()),
+            Err(err) => Err(err),
+        };
+        match clicked {
+            Ok(()) => return Ok(()),
+            Err(_) if tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => return Err(format!("clicking {selector}: {err}")),
+        }
+    }
+}
+
 fn screenshots() -> bool {
     std::env::var("SYNCASYNC_SCREENSHOTS").is_ok_and(|v| v == "1")
 }
@@ -376,13 +396,7 @@ async fn drive(
     assert_no_console_errors(browser, "on the requests list").await;
 
     // The detail, from the list: the attempts, the receiver's answer shown as text.
-    browser
-        .find(Locator::Css(&format!("#list tr[data-id=\"{failed}\"] a")))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    click_live(browser, &format!("#list tr[data-id=\"{failed}\"] a")).await?;
     eventually(
         browser,
         "document.querySelectorAll('#attempts li.attempt').length === 2",
