@@ -41,10 +41,42 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Also stops the browser chromedriver started, which a test that failed half-way never
+    /// closed: it would outlive chromedriver, orphaned.
     fn drop(&mut self) {
+        let driver = self.child.id();
+        for browser in children_of(driver) {
+            if let Ok(pid) = i32::try_from(browser) {
+                // SAFETY: kill(2) on a process id read from /proc just now; no memory involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The ids of the processes whose parent is `parent` (from /proc, Linux).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces, so read after its `)`.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 async fn start_driver() -> Option<Driver> {
