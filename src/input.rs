@@ -113,17 +113,17 @@ pub struct SyncRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)]
 pub struct BatchRequest {
-    /// 1 to 1000 requests, each an `AsyncRequest`. Items are checked one by one, as
-    /// `POST /async` checks its body: an item that breaks a rule (or is not an object at all)
-    /// is answered with its errors in `results`, and does not refuse the batch; so the
-    /// document puts no rule on the items themselves.
-    #[schema(min_items = 1, max_items = 1000)]
+    /// 1 to 1000 requests, each an object with the fields of `AsyncRequest`. Items are
+    /// checked one by one, as `POST /async` checks its body: an item that breaks a rule is
+    /// answered with its errors in `results` and does not refuse the batch, so the document
+    /// puts no rule on an item beyond being an object.
+    #[schema(min_items = 1, max_items = 1000, value_type = Vec<Object>)]
     requests: Vec<serde_json::Value>,
 }
 
 /// Reads a batch: a body-level error (not an object, no `requests` array, too few or too
-/// many items) refuses the whole batch; otherwise each item is checked on its own, its
-/// errors located under `["body", "requests", index, …]`.
+/// many items, an item that is not an object) refuses the whole batch; otherwise each item
+/// is checked on its own, its errors located under `["body", "requests", index, …]`.
 #[allow(clippy::type_complexity)]
 pub fn parse_batch(
     body: &Value,
@@ -145,6 +145,18 @@ pub fn parse_batch(
         }
         Some(_) => return Err(vec![FieldError::body(Some("requests"), "list_type", rule)]),
     };
+    // An item that is not even an object is a malformed batch, not a request to refuse.
+    let not_objects: Vec<FieldError> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| !item.is_object())
+        .map(|(index, _)| {
+            FieldError::body(None, "dict_type", "must be a JSON object").within_batch_item(index)
+        })
+        .collect();
+    if !not_objects.is_empty() {
+        return Err(not_objects);
+    }
     Ok(items
         .iter()
         .enumerate()

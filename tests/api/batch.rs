@@ -16,23 +16,19 @@ async fn valid_items_are_queued_together_and_invalid_ones_answered_by_index() {
         {"data": "bad iterations", "iterations": 0, "callback_url": receiver.url()},
         {"data": "third", "iterations": "5", "callback_url": receiver.url()},
         {"iterations": 10},
-        "not an object",
     ]});
     let (status, answer) = read(app.post_json("/async/batch", &batch).await).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         (answer["accepted"].clone(), answer["rejected"].clone()),
-        (json!(2), json!(3))
+        (json!(2), json!(2))
     );
     let results = answer["results"].as_array().expect("results");
     let statuses: Vec<&str> = results
         .iter()
         .map(|r| r["status"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(
-        statuses,
-        ["accepted", "rejected", "accepted", "rejected", "rejected"]
-    );
+    assert_eq!(statuses, ["accepted", "rejected", "accepted", "rejected"]);
     for (i, result) in results.iter().enumerate() {
         assert_eq!(result["index"], i, "{result}");
     }
@@ -53,10 +49,6 @@ async fn valid_items_are_queued_together_and_invalid_ones_answered_by_index() {
     assert!(
         missing.contains(&&json!(["body", "requests", 3, "callback_url"])),
         "{missing:?}"
-    );
-    assert_eq!(
-        results[4]["detail"][0]["loc"],
-        json!(["body", "requests", 4])
     );
 
     let ids: Vec<String> = [0, 2]
@@ -129,6 +121,15 @@ async fn malformed_batches_are_refused_whole() {
         (
             json!({"requests": vec![item.clone(); 1001]}),
             json!(["body", "requests"]),
+        ),
+        // An item that is not even an object makes the batch malformed: nothing is queued.
+        (
+            json!({"requests": [item.clone(), "not an object"]}),
+            json!(["body", "requests", 1]),
+        ),
+        (
+            json!({"requests": [item.clone(), null]}),
+            json!(["body", "requests", 1]),
         ),
     ] {
         let (status, answer) = read(app.post_json("/async/batch", &body).await).await;

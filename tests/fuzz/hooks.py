@@ -7,17 +7,31 @@ import schemathesis
 # The document's rule for an Idempotency-Key (see src/http/idempotency.rs).
 _VALID_KEY = re.compile(r'^(?:[\x21\x23-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])+")$')
 
+# Longest wait a fuzzed request may ask for: the run checks the answer, not the patience.
+_MAX_WAIT = 2
+
 
 @schemathesis.hook
-def before_call(ctx, case, **kwargs):
-    # A key is state: the same key with another body is a 422 by design (the draft's rule).
-    # A stateless generator reuses short strings ("null", "0") across bodies and would read
-    # that 422 as a valid request refused, so each valid bare key is made unique; malformed
-    # keys go as generated.
-    headers = case.headers or {}
+def map_headers(ctx, headers):
+    if not headers:
+        return headers
     for name in list(headers):
-        key = headers[name]
-        if name.lower() != "idempotency-key" or not isinstance(key, str) or not _VALID_KEY.match(key):
+        value = headers[name]
+        if not isinstance(value, str):
             continue
-        unique = uuid.uuid4().hex
-        headers[name] = f'"{unique}"' if key.startswith('"') else f"{key[:200]}-{unique}"
+        if name.lower() == "idempotency-key" and _VALID_KEY.match(value):
+            # A key is state: the same key with another body is a 422 by design. A stateless
+            # generator reuses short strings ("null", "0") across bodies and would read that
+            # 422 as a valid request refused, so each valid key is made unique.
+            unique = uuid.uuid4().hex
+            headers[name] = f'"{unique}"' if value.startswith('"') else f"{value[:200]}-{unique}"
+        elif name.lower() == "prefer":
+            headers[name] = re.sub(r"(?i)wait\s*=\s*\d+", f"wait={_MAX_WAIT}", value)
+    return headers
+
+
+@schemathesis.hook
+def map_query(ctx, query):
+    if query and isinstance(query.get("wait"), int) and 0 <= query["wait"] <= 60:
+        query["wait"] = min(query["wait"], _MAX_WAIT)
+    return query
