@@ -80,6 +80,7 @@ pub struct Application {
     service: Service,
     dispatcher: Dispatcher,
     config: Config,
+    dashboard: Arc<crate::ui::History>,
 }
 
 impl Application {
@@ -168,7 +169,9 @@ impl Application {
             metrics,
             destinations,
         };
+        let dashboard = Arc::new(crate::ui::History::default());
         let state = AppState {
+            dashboard: Arc::clone(&dashboard),
             service: service.clone(),
             admin_token: config.admin_token().map(Arc::from),
             api_token: config.api_token().map(Arc::from),
@@ -198,6 +201,7 @@ impl Application {
             service,
             dispatcher,
             config,
+            dashboard,
         })
     }
 
@@ -216,6 +220,7 @@ impl Application {
             service,
             dispatcher,
             config,
+            dashboard,
         } = self;
         let grace = config.shutdown_grace();
         if let Ok(address) = listener.local_addr() {
@@ -245,6 +250,13 @@ impl Application {
                 store.end_waits();
             }
         });
+        // Stops (and ends the dashboard's live streams) as soon as shutdown begins, so that an
+        // open dashboard does not hold the graceful shutdown for its whole grace period.
+        let sampler = tokio::spawn(crate::ui::history::run(
+            service.clone(),
+            dashboard,
+            shutdown.clone(),
+        ));
         let cleanup = tokio::spawn(retention::run(
             service.clone(),
             config.cleanup_interval(),
@@ -259,6 +271,7 @@ impl Application {
         }
         background.cancel();
         let _ = cleanup.await;
+        let _ = sampler.await;
         let _ = notifications.await;
         let _ = remote_changes.await;
         service.store.close().await;

@@ -32,5 +32,7 @@ pub mod service;
 pub mod shutdown;
 /// Persistence: requests, the queue, the delivery audit.
 pub mod store;
+/// The operator dashboard at `/ui`: pages, their script and style, the live overview.
+pub mod ui;
 /// The work function and its compute pool.
 pub mod work;

@@ -14,8 +14,8 @@ use crate::model::{
     Health, HealthReport, Mode, RequestList, RequestRecord, Status, WorkResult, payload_hash,
 };
 use crate::store::{
-    CleanupReport, IdempotencyKey, KeyHolder, ListFilter, NewAsyncRequest, NewRequest, Redelivery,
-    Store, StoreError, Submitted,
+    CleanupReport, IdempotencyKey, KeyHolder, ListFilter, NewAsyncRequest, NewRequest, Position,
+    Redelivery, StatusCounts, Store, StoreError, Submitted,
 };
 use crate::work::{Cancel, ComputePool, PoolError};
 
@@ -170,6 +170,17 @@ impl From<StoreError> for ServiceError {
             err => ServiceError::Store(err),
         }
     }
+}
+
+/// What [`Service::redeliver_matching`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkRedelivery {
+    /// `callback_failed` requests that match the filter (before this call).
+    pub matched: u64,
+    /// Queued again by this call.
+    pub redelivered: u64,
+    /// The queue filled up before every request of this call could be queued.
+    pub queue_full: bool,
 }
 
 #[derive(Clone)]
@@ -419,6 +430,60 @@ impl Service {
 
     pub async fn list(&self, filter: ListFilter) -> Result<RequestList, ServiceError> {
         Ok(self.store.list(filter).await?)
+    }
+
+    /// Where request `id` stands in the list order, for a `before` cursor; `None` if there is
+    /// no such request (any more).
+    pub async fn position(&self, id: &str) -> Result<Option<Position>, ServiceError> {
+        if !is_plausible_id(id) {
+            return Ok(None);
+        }
+        Ok(self.store.position(id).await?)
+    }
+
+    /// How many requests are in each status, over the whole database.
+    pub async fn status_counts(&self) -> Result<StatusCounts, ServiceError> {
+        Ok(self.store.status_counts().await?)
+    }
+
+    /// Redelivers up to `at_most` `callback_failed` requests that match `filter` (its status
+    /// is ignored), newest first, one store call each: every redelivery is its own short
+    /// write, so a large batch never holds the SQLite writer for long, and other writes
+    /// interleave. With `dry_run` nothing is changed and only `matched` is reported.
+    pub async fn redeliver_matching(
+        &self,
+        mut filter: ListFilter,
+        at_most: u32,
+        dry_run: bool,
+    ) -> Result<BulkRedelivery, ServiceError> {
+        filter.status = Some(Status::CallbackFailed);
+        filter.limit = if dry_run { 1 } else { at_most.max(1) };
+        filter.offset = 0;
+        let page = self.store.list(filter).await?;
+        let mut report = BulkRedelivery {
+            matched: page.total,
+            redelivered: 0,
+            queue_full: false,
+        };
+        if dry_run {
+            return Ok(report);
+        }
+        for record in page.requests {
+            match self.store.redeliver(&record.id).await {
+                Ok(Redelivery::Queued) => report.redelivered += 1,
+                // Redelivered or deleted by someone else since it was listed.
+                Ok(Redelivery::NotFound | Redelivery::WrongStatus(_)) => {}
+                Err(StoreError::QueueFull) => {
+                    report.queue_full = true;
+                    break;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        if report.redelivered > 0 {
+            self.wakeup.wake();
+        }
+        Ok(report)
     }
 
     pub async fn health(&self) -> HealthReport {

@@ -1,12 +1,13 @@
-//! `POST /admin/cleanup`, `POST /requests/{id}/redeliver` and `GET /destinations`: operator
+//! `POST /admin/cleanup`, `POST /requests/{id}/redeliver`, `POST /admin/redeliver` and
+//! `GET /destinations`: operator
 //! actions and views, behind `Authorization: Bearer $APP_ADMIN_TOKEN`.
 //! Without a configured token the routes are not mounted at all (404 for every method), so
 //! an unconfigured service does not even reveal them.
 
 use axum::Json;
-use axum::extract::State;
-use serde::Serialize;
-use utoipa::ToSchema;
+use axum::extract::{RawQuery, State};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -15,13 +16,15 @@ use super::error::ErrorBody;
 use super::extract::PathId;
 use super::{ApiError, AppState};
 use crate::delivery::destinations::DestinationView;
-use crate::model::AcceptedResponse;
+use crate::input::{FieldError, Loc};
+use crate::model::{AcceptedResponse, Status};
 use crate::store::Redelivery;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(cleanup))
         .routes(routes!(redeliver))
+        .routes(routes!(redeliver_matching))
         .routes(routes!(destinations))
 }
 
@@ -122,4 +125,150 @@ async fn cleanup(
         expired: report.expired,
         over_limit: report.over_limit,
     }))
+}
+
+/// Most requests one `POST /admin/redeliver` queues: each is its own short write, and this
+/// bounds how long one call (one click in the dashboard) keeps the writer busy.
+const MAX_BULK_REDELIVER: u32 = 1000;
+const DEFAULT_BULK_REDELIVER: u32 = 100;
+
+/// The query of `POST /admin/redeliver`, for the API document: the filters of
+/// `GET /requests` (read by the same parser) and these. `status` is left out of the
+/// document: only `callback_failed` is allowed (any other is a 422), and it is implied.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct BulkQuery {
+    /// Only count the matching requests; change nothing.
+    #[param(default = false)]
+    dry_run: Option<bool>,
+    /// Most requests redelivered by this call (newest first); call again for the rest.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// Only requests of this mode.
+    mode: Option<crate::model::Mode>,
+    /// Only requests created at or after this instant (RFC 3339).
+    #[param(format = DateTime)]
+    created_from: Option<String>,
+    /// Only requests created before this instant (RFC 3339).
+    #[param(format = DateTime)]
+    created_to: Option<String>,
+    /// Only requests whose callback goes to this host (`host` or `host:port`).
+    #[param(min_length = 1, max_length = 262, pattern = r"^[A-Za-z0-9._:\[\]-]+$")]
+    callback_host: Option<String>,
+    /// Only requests whose id starts with this.
+    #[param(min_length = 1, max_length = 36, pattern = "^[0-9A-Fa-f-]+$")]
+    id_prefix: Option<String>,
+}
+
+/// `POST /admin/redeliver` → 200.
+#[derive(Serialize, ToSchema)]
+pub struct BulkRedeliverResponse {
+    /// `callback_failed` requests that matched the filter before this call.
+    matched: u64,
+    /// Queued again by this call (0 for a dry run).
+    redelivered: u64,
+    /// Matching requests this call left `callback_failed` (over its limit, or the queue
+    /// was full): call again to redeliver them.
+    remaining: u64,
+    /// The async queue filled up during this call.
+    queue_full: bool,
+    dry_run: bool,
+}
+
+/// Put every `callback_failed` request that matches the filters of `GET /requests` back in
+/// the queue, up to `limit` per call, newest first. With `dry_run=true`, only count them (for
+/// a confirmation).
+#[utoipa::path(
+    post,
+    path = "/admin/redeliver",
+    tag = "operations",
+    params(BulkQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "How many matched and how many were queued", body = BulkRedeliverResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 422, description = "A filter value is invalid; `detail` names it", body = ErrorBody),
+    )
+)]
+async fn redeliver_matching(
+    _: Admin,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<BulkRedeliverResponse>, ApiError> {
+    let query = query.unwrap_or_default();
+    let (params, dry_run, at_most) = parse_bulk(&query).map_err(ApiError::Validation)?;
+    let report = state
+        .service
+        .redeliver_matching(params.filter, at_most, dry_run)
+        .await?;
+    Ok(Json(BulkRedeliverResponse {
+        matched: report.matched,
+        redelivered: report.redelivered,
+        remaining: report.matched.saturating_sub(report.redelivered),
+        queue_full: report.queue_full,
+        dry_run,
+    }))
+}
+
+/// The filters, `dry_run` and the per-call bound of a bulk redelivery.
+fn parse_bulk(query: &str) -> Result<(super::requests::ListParams, bool, u32), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut dry_run = false;
+    let mut at_most = DEFAULT_BULK_REDELIVER;
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "dry_run" => match value.as_ref() {
+                "true" | "1" => dry_run = true,
+                "false" | "0" => dry_run = false,
+                _ => errors.push(FieldError::query(
+                    "dry_run",
+                    "bool",
+                    "must be true or false",
+                )),
+            },
+            "limit" => match value.parse::<u32>() {
+                Ok(n) if (1..=MAX_BULK_REDELIVER).contains(&n) => at_most = n,
+                _ => errors.push(FieldError::query(
+                    "limit",
+                    "range",
+                    format!("must be an integer between 1 and {MAX_BULK_REDELIVER}"),
+                )),
+            },
+            "before" | "offset" => errors.push(FieldError::query(
+                key.as_ref(),
+                "not_allowed",
+                "a bulk redelivery takes every matching request, not a page",
+            )),
+            _ => {}
+        }
+    }
+    match super::requests::parse_filter(query) {
+        Ok(params) => {
+            if params
+                .filter
+                .status
+                .is_some_and(|s| s != Status::CallbackFailed)
+            {
+                errors.push(FieldError::query(
+                    "status",
+                    "enum",
+                    "only callback_failed requests can be redelivered",
+                ));
+            }
+            if errors.is_empty() {
+                return Ok((params, dry_run, at_most));
+            }
+        }
+        // The list parser also reads `limit`, with a wider range: keep only its other errors.
+        Err(list_errors) => {
+            let limit = Loc::Name("limit".into());
+            errors.extend(
+                list_errors
+                    .into_iter()
+                    .filter(|e| e.loc.last() != Some(&limit)),
+            );
+        }
+    }
+    Err(errors)
 }

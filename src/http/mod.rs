@@ -35,6 +35,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::service::Service;
+pub(crate) use auth::require_api_token;
 pub use error::ApiError;
 pub use extract::BodyLimits;
 pub use server::{ConnectionLimits, serve};
@@ -48,6 +49,8 @@ pub struct AppState {
     /// `APP_API_TOKEN`; `None` leaves the API open.
     pub api_token: Option<Arc<str>>,
     pub body_limits: BodyLimits,
+    /// The operator dashboard's last 15 minutes (`/ui`).
+    pub dashboard: Arc<crate::ui::History>,
 }
 
 impl FromRef<AppState> for BodyLimits {
@@ -160,6 +163,8 @@ pub fn router(state: AppState) -> Router {
     routes
         // Documentation stays public: it is how a client learns to send the token.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        // The dashboard: not API, so not in the document.
+        .merge(crate::ui::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(error::json_error_shape))

@@ -34,12 +34,62 @@ struct ListQuery {
     mode: Option<Mode>,
     /// Only requests in this status.
     status: Option<Status>,
+    /// Only requests created at or after this instant (RFC 3339).
+    #[param(format = DateTime)]
+    created_from: Option<String>,
+    /// Only requests created before this instant (RFC 3339).
+    #[param(format = DateTime)]
+    created_to: Option<String>,
+    /// Only async requests whose callback goes to this host (`host`, any port) or
+    /// `host:port`; IPv6 hosts in brackets. Case-insensitive.
+    #[param(
+        min_length = 1,
+        max_length = 262,
+        pattern = r"^[A-Za-z0-9._:\[\]-]+$",
+        example = "hooks.example.com"
+    )]
+    callback_host: Option<String>,
+    /// Only requests whose id starts with this (hex digits and `-`, case-insensitive).
+    #[param(
+        min_length = 1,
+        max_length = 36,
+        pattern = "^[0-9A-Fa-f-]+$",
+        example = "0193a5"
+    )]
+    id_prefix: Option<String>,
+    /// Keyset paging: only requests after this one (a request id, usually the last of the
+    /// previous page) in the newest-first order. Every page is as fast as the first. An id
+    /// of no request (deleted since) is a 404: start again from the first page.
+    #[param(min_length = 1, max_length = 64)]
+    before: Option<String>,
     /// Page size.
     #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<u32>,
-    /// Requests to skip (newest first).
+    /// Requests to skip (newest first). Deep offsets are slow on large tables: prefer
+    /// `before`.
     #[param(minimum = 0, default = 0)]
     offset: Option<u64>,
+}
+
+/// The list filters as read from a query: `before` names a request, which the handler
+/// looks up to make the cursor.
+#[derive(Debug)]
+pub(super) struct ListParams {
+    pub filter: ListFilter,
+    pub before: Option<String>,
+}
+
+impl ListParams {
+    /// The filter with its `before` cursor resolved, or a 404 if that request does not exist
+    /// (any more): the cursor names a resource, and any well-formed id is valid input.
+    pub async fn resolve(self, state: &AppState) -> Result<ListFilter, ApiError> {
+        let mut filter = self.filter;
+        if let Some(id) = self.before {
+            let position = state.service.position(&id).await?;
+            filter.before = Some(position.ok_or(ApiError::RequestNotFound)?);
+        }
+        Ok(filter)
+    }
 }
 
 /// Requests, newest first, optionally filtered, a page at a time.
@@ -50,6 +100,7 @@ struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of requests and the total that match", body = RequestList),
+        (status = 404, description = "The `before` request does not exist (any more)", body = ErrorBody),
         (status = 422, description = "A filter value is invalid; `detail` names it", body = ErrorBody),
     )
 )]
@@ -57,8 +108,9 @@ async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<RequestList>, ApiError> {
-    let filter =
+    let params =
         parse_filter(query.as_deref().unwrap_or_default()).map_err(ApiError::Validation)?;
+    let filter = params.resolve(&state).await?;
     Ok(Json(state.service.list(filter).await?))
 }
 
@@ -97,13 +149,31 @@ async fn show(
         .ok_or(ApiError::RequestNotFound)
 }
 
+/// Longest `callback_host`: a DNS name (253) and a port.
+const MAX_HOST_LEN: usize = 262;
+
 /// Reads the list filters; an unknown value is an error, never a silently empty list.
-fn parse_filter(query: &str) -> Result<ListFilter, Vec<FieldError>> {
+/// Parameters of other names are ignored.
+pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
     let mut filter = ListFilter {
         limit: DEFAULT_LIMIT,
         ..ListFilter::default()
     };
+    let mut before = None;
     let mut errors = Vec::new();
+    let timestamp = |field: &str, value: &str, errors: &mut Vec<FieldError>| {
+        match chrono::DateTime::parse_from_rfc3339(value) {
+            Ok(at) => Some(at.with_timezone(&chrono::Utc)),
+            Err(_) => {
+                errors.push(FieldError::query(
+                    field,
+                    "datetime",
+                    "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z",
+                ));
+                None
+            }
+        }
+    };
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
             "mode" => match Mode::parse(&value) {
@@ -141,11 +211,55 @@ fn parse_filter(query: &str) -> Result<ListFilter, Vec<FieldError>> {
                     "must be a non-negative integer",
                 )),
             },
+            "created_from" => filter.created_from = timestamp("created_from", &value, &mut errors),
+            "created_to" => filter.created_to = timestamp("created_to", &value, &mut errors),
+            "callback_host" => {
+                let host = value.to_ascii_lowercase();
+                let allowed = |c: char| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')
+                };
+                if !host.is_empty() && host.len() <= MAX_HOST_LEN && host.chars().all(allowed) {
+                    filter.callback_host = Some(host);
+                } else {
+                    errors.push(FieldError::query(
+                        "callback_host",
+                        "host",
+                        "must be a host name or address, optionally with :port",
+                    ));
+                }
+            }
+            "id_prefix" => {
+                let prefix = value.to_ascii_lowercase();
+                if (1..=36).contains(&prefix.len())
+                    && prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+                {
+                    filter.id_prefix = Some(prefix);
+                } else {
+                    errors.push(FieldError::query(
+                        "id_prefix",
+                        "id_prefix",
+                        "must be 1 to 36 hex digits or '-'",
+                    ));
+                }
+            }
+            "before" => {
+                // Any id of up to 64 characters: one that names no request (control characters
+                // included) is answered as such, a 404.
+                if !value.is_empty() && value.chars().count() <= 64 {
+                    before = Some(value.into_owned());
+                } else {
+                    errors.push(FieldError::query(
+                        "before",
+                        "request_id",
+                        "must be a request id (1 to 64 characters)",
+                    ));
+                }
+            }
             _ => {}
         }
     }
     if errors.is_empty() {
-        Ok(filter)
+        Ok(ListParams { filter, before })
     } else {
         Err(errors)
     }
@@ -157,12 +271,35 @@ mod tests {
 
     #[test]
     fn defaults_and_valid_filters() {
-        let f = parse_filter("").unwrap();
+        let f = parse_filter("").unwrap().filter;
         assert_eq!((f.mode, f.status, f.limit, f.offset), (None, None, 100, 0));
-        let f = parse_filter("mode=async&status=callback_failed&limit=1000&offset=5&x=y").unwrap();
+        let f = parse_filter("mode=async&status=callback_failed&limit=1000&offset=5&x=y")
+            .unwrap()
+            .filter;
         assert_eq!(f.mode, Some(Mode::Async));
         assert_eq!(f.status, Some(Status::CallbackFailed));
         assert_eq!((f.limit, f.offset), (1000, 5));
+    }
+
+    #[test]
+    fn new_filters_are_read_and_normalised() {
+        let p = parse_filter(
+            "created_from=2026-01-01T00:00:00Z&created_to=2026-01-02T01:00:00%2B01:00\
+             &callback_host=Hooks.Example.com:8443&id_prefix=0193A5&before=0193a5-x",
+        )
+        .unwrap();
+        let f = p.filter;
+        assert_eq!(
+            f.created_from.map(|t| t.to_rfc3339()),
+            Some("2026-01-01T00:00:00+00:00".into())
+        );
+        assert_eq!(
+            f.created_to.map(|t| t.to_rfc3339()),
+            Some("2026-01-02T00:00:00+00:00".into())
+        );
+        assert_eq!(f.callback_host.as_deref(), Some("hooks.example.com:8443"));
+        assert_eq!(f.id_prefix.as_deref(), Some("0193a5"));
+        assert_eq!(p.before.as_deref(), Some("0193a5-x"));
     }
 
     #[test]
@@ -175,6 +312,22 @@ mod tests {
             ("limit=ten", "limit"),
             ("offset=-1", "offset"),
             ("offset=99999999999999999999", "offset"),
+            ("created_from=yesterday", "created_from"),
+            ("created_to=2026-13-01T00:00:00Z", "created_to"),
+            ("callback_host=", "callback_host"),
+            ("callback_host=%3Cscript%3E", "callback_host"),
+            ("callback_host=a%25b", "callback_host"),
+            ("id_prefix=xyz", "id_prefix"),
+            ("id_prefix=", "id_prefix"),
+            (
+                "id_prefix=0123456789abcdef0123456789abcdef01234",
+                "id_prefix",
+            ),
+            ("before=", "before"),
+            (
+                "before=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                "before",
+            ),
         ] {
             let errors = parse_filter(query).unwrap_err();
             assert_eq!(

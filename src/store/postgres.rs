@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
 use super::{
-    AttemptOutcome, Job, KeyHolder, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position,
-    Redelivery, StoreError, StoreResult, Submitted, claim_scan,
+    AttemptOutcome, Dialect, Job, KeyHolder, ListFilter, ListParam, NewAsyncRequest, NewRequest,
+    PoolStats, Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan,
+    list_conditions,
 };
 use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
@@ -952,34 +953,43 @@ impl PgStore {
     }
 
     pub async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
-        macro_rules! condition {
-            () => {
-                "($1::text IS NULL OR mode = $1) AND ($2::text IS NULL OR status = $2)"
+        let (total_where, total_params) = list_conditions(&filter, false, &DIALECT);
+        let (page_where, page_params) = list_conditions(&filter, true, &DIALECT);
+        let n = page_params.len();
+        // Built from the fixed fragments of `list_conditions` only; values are parameters.
+        let total_sql = format!("SELECT count(*) FROM requests WHERE {total_where}");
+        let page_sql = format!(
+            concat!(
+                "SELECT ",
+                record_columns!(),
+                " FROM requests WHERE {} ORDER BY created_at DESC, id DESC LIMIT ${} OFFSET ${}"
+            ),
+            page_where,
+            n + 1,
+            n + 2
+        );
+        let mut total = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(total_sql));
+        for param in total_params {
+            total = match param {
+                ListParam::Text(text) => total.bind(text),
+                ListParam::Time(at) => total.bind(at),
+                ListParam::Int(n) => total.bind(n),
             };
         }
-        let mode = filter.mode.map(Mode::as_str);
-        let status = filter.status.map(Status::as_str);
-        let total: i64 = sqlx::query_scalar(concat!(
-            "SELECT count(*) FROM requests WHERE ",
-            condition!()
-        ))
-        .bind(mode)
-        .bind(status)
-        .fetch_one(&self.pool)
-        .await?;
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            record_columns!(),
-            " FROM requests WHERE ",
-            condition!(),
-            " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
-        ))
-        .bind(mode)
-        .bind(status)
-        .bind(i64::from(filter.limit))
-        .bind(i64::try_from(filter.offset).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
+        let total = total.fetch_one(&self.pool).await?;
+        let mut page = sqlx::query(sqlx::AssertSqlSafe(page_sql));
+        for param in page_params {
+            page = match param {
+                ListParam::Text(text) => page.bind(text),
+                ListParam::Time(at) => page.bind(at),
+                ListParam::Int(n) => page.bind(n),
+            };
+        }
+        let rows = page
+            .bind(i64::from(filter.limit))
+            .bind(i64::try_from(filter.offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(RequestList {
             total: u64::try_from(total).unwrap_or(0),
             requests: rows
@@ -987,6 +997,32 @@ impl PgStore {
                 .map(record_from_row)
                 .collect::<Result<Vec<_>, _>>()?,
         })
+    }
+
+    pub async fn position(&self, id: &str) -> StoreResult<Option<Position>> {
+        let row = sqlx::query("SELECT created_at, id FROM requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Some(Position {
+                created_at: row.try_get("created_at")?,
+                id: row.try_get("id")?,
+            }),
+            None => None,
+        })
+    }
+
+    pub async fn status_counts(&self) -> StoreResult<StatusCounts> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM requests GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for (status, n) in rows {
+            counts.push((parse_status(&status)?, u64::try_from(n).unwrap_or(0)));
+        }
+        Ok(counts)
     }
 
     pub fn pool_stats(&self) -> PoolStats {
@@ -1163,6 +1199,12 @@ fn parse_status(value: &str) -> Result<Status, sqlx::Error> {
     Status::parse(value)
         .ok_or_else(|| sqlx::Error::Decode(format!("unknown status {value:?}").into()))
 }
+
+/// This backend's spelling of list conditions.
+const DIALECT: Dialect = Dialect {
+    placeholder: |n| format!("${n}"),
+    bytewise_text: false,
+};
 
 fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
     let id: String = row.try_get("id")?;

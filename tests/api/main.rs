@@ -5,9 +5,11 @@
 mod helpers;
 mod hostile;
 mod isolation;
+mod list_filters;
 
 mod admin;
 mod batch;
+mod dashboard;
 mod delivery;
 mod durability;
 mod guard;

@@ -1,0 +1,660 @@
+// The syncasync dashboard. Pages are shells rendered by the server; this fills them from
+// the JSON API and keeps them live from /ui/api/stream.
+//
+// Everything that came from a request (ids, URLs, errors, receiver answers) is put in the
+// page with textContent or as a text node, never parsed as HTML. Tokens live in this tab's
+// sessionStorage and travel only as bearer headers.
+"use strict";
+
+(function () {
+  const body = document.body;
+  const page = body.dataset.page;
+  const adminEnabled = body.dataset.admin === "1";
+  const FINAL = new Set(["completed", "failed", "callback_success", "callback_failed"]);
+  const WINDOW_MS = 15 * 60 * 1000;
+
+  // ---- tokens -------------------------------------------------------------------------
+  const TOKEN_KEYS = { api: "syncasync.api_token", admin: "syncasync.admin_token" };
+
+  function token(kind) {
+    try {
+      return window.sessionStorage.getItem(TOKEN_KEYS[kind]) || "";
+    } catch (_) {
+      return "";
+    }
+  }
+
+  function setToken(kind, value) {
+    try {
+      if (value) window.sessionStorage.setItem(TOKEN_KEYS[kind], value);
+      else window.sessionStorage.removeItem(TOKEN_KEYS[kind]);
+    } catch (_) {
+      // Storage disabled: tokens last until the page is left.
+    }
+  }
+
+  function authHeaders(kind) {
+    const t = token(kind);
+    return t ? { Authorization: "Bearer " + t } : {};
+  }
+
+  function setupTokenForm() {
+    const form = document.getElementById("token-form");
+    if (!form) return;
+    const api = document.getElementById("api-token");
+    const admin = document.getElementById("admin-token");
+    const details = document.getElementById("tokens");
+    if ((api && !token("api")) || (admin && !token("admin"))) details.open = true;
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (api && api.value) setToken("api", api.value);
+      if (admin && admin.value) setToken("admin", admin.value);
+      if (api) api.value = "";
+      if (admin) admin.value = "";
+      details.open = false;
+      showMessage("");
+      refreshAll();
+      restartStream();
+    });
+    document.getElementById("token-clear").addEventListener("click", () => {
+      setToken("api", "");
+      setToken("admin", "");
+      details.open = true;
+    });
+  }
+
+  // ---- helpers --------------------------------------------------------------------------
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) {
+      if (child === undefined || child === null) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  function showMessage(text) {
+    const message = document.getElementById("message");
+    message.textContent = text;
+    message.hidden = !text;
+  }
+
+  class HttpError extends Error {
+    constructor(status, text) {
+      super(text);
+      this.status = status;
+    }
+  }
+
+  async function call(method, path, kind) {
+    const response = await fetch(path, {
+      method,
+      headers: authHeaders(kind),
+      cache: "no-store",
+    });
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (_) {
+      data = null;
+    }
+    if (!response.ok) {
+      let text = (data && data.error) || response.status + " " + response.statusText;
+      if (response.status === 401) {
+        text = kind === "admin"
+          ? "The admin token is missing or wrong: enter it under Tokens."
+          : "The API token is missing or wrong: enter it under Tokens.";
+        const details = document.getElementById("tokens");
+        if (details) details.open = true;
+      }
+      throw new HttpError(response.status, text);
+    }
+    return data;
+  }
+
+  function report(error) {
+    showMessage(error && error.message ? error.message : String(error));
+  }
+
+  function time(value) {
+    if (!value) return "—";
+    const date = new Date(value);
+    return isNaN(date) ? String(value) : date.toLocaleString();
+  }
+
+  function statusBadge(status) {
+    return el("span", { class: "badge status-" + status, text: status });
+  }
+
+  function requestLink(id) {
+    return el("a", { href: "/ui/requests/" + encodeURIComponent(id) }, el("code", { text: id }));
+  }
+
+  function hostOf(url) {
+    if (!url) return "—";
+    try {
+      return new URL(url).host;
+    } catch (_) {
+      return url;
+    }
+  }
+
+  function round(n) {
+    if (n === null || n === undefined) return "—";
+    if (n >= 100) return Math.round(n).toString();
+    if (n >= 10) return n.toFixed(1);
+    return n.toFixed(2).replace(/\.?0+$/, "") || "0";
+  }
+
+  // ---- live stream ------------------------------------------------------------------------
+  // fetch + a stream reader instead of EventSource, which cannot send the bearer header.
+  let streamControl = null;
+  let retryTimer = null;
+  const live = document.getElementById("live");
+
+  function setLive(text, ok) {
+    live.textContent = text;
+    live.className = ok ? "on" : "off";
+  }
+
+  async function startStream() {
+    if (streamControl || document.hidden) return;
+    const control = new AbortController();
+    streamControl = control;
+    try {
+      const response = await fetch("/ui/api/stream", {
+        headers: authHeaders("api"),
+        signal: control.signal,
+        cache: "no-store",
+      });
+      if (!response.ok) throw new HttpError(response.status, "live updates: " + response.status);
+      setLive("live", true);
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const chunk = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          handleEvent(chunk);
+        }
+      }
+    } catch (error) {
+      if (error.name !== "AbortError" && error.status === 401) report(error);
+    }
+    if (streamControl === control) {
+      streamControl = null;
+      setLive("reconnecting…", false);
+      clearTimeout(retryTimer);
+      retryTimer = setTimeout(startStream, 2000);
+    }
+  }
+
+  function stopStream(label) {
+    clearTimeout(retryTimer);
+    const control = streamControl;
+    streamControl = null;
+    if (control) control.abort();
+    setLive(label, false);
+  }
+
+  function restartStream() {
+    stopStream("connecting…");
+    startStream();
+  }
+
+  function handleEvent(chunk) {
+    let name = "message";
+    const data = [];
+    for (const line of chunk.split("\n")) {
+      if (line.startsWith("event:")) name = line.slice(6).trim();
+      else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+    }
+    if (name !== "overview" || data.length === 0) return;
+    let update;
+    try {
+      update = JSON.parse(data.join("\n"));
+    } catch (_) {
+      return;
+    }
+    onUpdate(update);
+  }
+
+  // Pause while the tab is hidden: no stream, no database reads for nobody.
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) stopStream("paused");
+    else {
+      refreshAll();
+      startStream();
+    }
+  });
+
+  // ---- overview ---------------------------------------------------------------------------
+  let points = [];
+
+  function renderCounts(counts) {
+    const box = document.getElementById("status-counts");
+    if (!box) return;
+    const list = el("dl", {});
+    let total = 0;
+    for (const { status, count } of counts) {
+      total += count;
+      const link = el("a", { href: "/ui/requests?status=" + encodeURIComponent(status) }, statusBadge(status));
+      list.append(el("div", { class: "count" }, el("dt", {}, link), el("dd", { text: count.toLocaleString() })));
+    }
+    list.append(el("div", { class: "count total" }, el("dt", { text: "all" }), el("dd", { text: total.toLocaleString() })));
+    box.replaceChildren(list);
+  }
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+    return node;
+  }
+
+  // A small line chart of `series` ([{name, values, cls}]) over `points`' times.
+  function chart(title, unit, series, note) {
+    const width = 300;
+    const height = 80;
+    const [start, span] = timeSpan();
+    let max = 0;
+    for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
+    const top = max > 0 ? max * 1.1 : 1;
+    const graphic = svg("svg", {
+      viewBox: "0 0 " + width + " " + height,
+      preserveAspectRatio: "none",
+      role: "img",
+      "aria-label": title,
+      class: "chart",
+    });
+    graphic.append(svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }));
+    for (const s of series) {
+      let path = "";
+      let pen = false;
+      s.values.forEach((v, i) => {
+        if (v === null || v === undefined) {
+          pen = false;
+          return;
+        }
+        const x = ((points[i].at - start) / span) * width;
+        const y = height - (v / top) * (height - 4) - 1;
+        path += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
+        pen = true;
+      });
+      if (path) graphic.append(svg("path", { d: path, class: "line " + s.cls }));
+    }
+    const legend = el("p", { class: "legend" });
+    for (const s of series) {
+      const last = s.values.length ? s.values[s.values.length - 1] : null;
+      legend.append(el("span", { class: "key " + s.cls }, s.name + " " + round(last) + (unit ? " " + unit : "")));
+    }
+    return el(
+      "figure",
+      { class: "chart-box" },
+      el("figcaption", {}, title, el("span", { class: "max", text: "max " + round(max) })),
+      graphic,
+      legend,
+      note ? el("p", { class: "hint", text: note }) : null,
+    );
+  }
+
+  // The charts' time axis: the last 15 minutes, or since the oldest sample when this
+  // instance has not been up that long (so a young history is not a sliver at the right).
+  function timeSpan() {
+    const now = Date.now();
+    const start = points.length ? Math.max(now - WINDOW_MS, Math.min(points[0].at, now - 60000)) : now - WINDOW_MS;
+    return [start, Math.max(1, now - start)];
+  }
+
+  function renderCharts() {
+    const box = document.getElementById("charts");
+    if (!box) return;
+    const minutes = Math.round(timeSpan()[1] / 60000);
+    document.getElementById("charts-title").textContent =
+      minutes >= 15 ? "Last 15 minutes" : "Last " + Math.max(1, minutes) + " minute" + (minutes > 1 ? "s" : "") + " (since this instance started)";
+    const pick = (key) => points.map((p) => p[key]);
+    const causes = new Set();
+    for (const p of points) {
+      for (const [cause, rate] of Object.entries(p.failures_per_s)) if (rate > 0) causes.add(cause);
+    }
+    const last = points[points.length - 1];
+    const failureSeries = [...causes].sort().map((cause, i) => ({
+      name: cause,
+      values: points.map((p) => p.failures_per_s[cause] || 0),
+      cls: "s" + (i % 4),
+    }));
+    const requestSeries = [
+      { name: "sync", values: pick("sync_per_s"), cls: "s0" },
+      { name: "async", values: pick("async_per_s"), cls: "s1" },
+    ];
+    if (points.some((p) => p.batch_calls_per_s > 0)) {
+      requestSeries.push({ name: "batch calls", values: pick("batch_calls_per_s"), cls: "s3" });
+    }
+    box.replaceChildren(
+      chart("Requests per second", "/s", requestSeries,
+        requestSeries.length > 2 ? "A batch call (POST /async/batch) counts once, whatever it holds." : null),
+      chart("Callbacks delivered per second", "/s", [
+        { name: "delivered", values: pick("delivered_per_s"), cls: "s2" },
+      ]),
+      chart("Time to callback", "ms", [
+        { name: "p50", values: pick("time_to_callback_p50_ms"), cls: "s0" },
+        { name: "p99", values: pick("time_to_callback_p99_ms"), cls: "s3" },
+      ], "From acceptance to delivered callback, over 10 s windows."),
+      chart("Queue depth", "", [{ name: "queued", values: pick("queue_size"), cls: "s1" }],
+        last ? "Capacity " + last.queue_capacity.toLocaleString() + " (" +
+          round((100 * last.queue_size) / Math.max(1, last.queue_capacity)) + "% used)." : null),
+      chart("Deliveries in flight", "", [{ name: "in flight", values: pick("in_flight"), cls: "s2" }],
+        last ? "Of " + last.workers + " workers." : null),
+      failureSeries.length
+        ? chart("Failed delivery attempts per second, by cause", "/s", failureSeries)
+        : el("figure", { class: "chart-box" }, el("figcaption", { text: "Failed delivery attempts" }),
+          el("p", { class: "hint", text: "None in the last 15 minutes." })),
+    );
+  }
+
+  async function loadOverview() {
+    const data = await call("GET", "/ui/api/overview", "api");
+    points = data.points;
+    renderCounts(data.status_counts);
+    renderCharts();
+  }
+
+  // ---- requests list ---------------------------------------------------------------------
+  const FILTERS = ["mode", "status", "created_from", "created_to", "callback_host", "id_prefix"];
+  const PAGE_SIZE = 50;
+  let listBusy = false;
+
+  // The filter of the address bar, as the API's query (times as RFC 3339).
+  function filterQuery() {
+    const here = new URLSearchParams(window.location.search);
+    const query = new URLSearchParams();
+    for (const key of FILTERS) {
+      const value = (here.get(key) || "").trim();
+      if (!value) continue;
+      if (key === "created_from" || key === "created_to") {
+        const date = new Date(value);
+        query.set(key, isNaN(date) ? value : date.toISOString());
+      } else query.set(key, value);
+    }
+    return query;
+  }
+
+  function fillFilterForm() {
+    const form = document.getElementById("filters");
+    const here = new URLSearchParams(window.location.search);
+    for (const key of FILTERS) {
+      const field = form.elements.namedItem(key);
+      if (field && here.has(key)) field.value = here.get(key);
+    }
+  }
+
+  async function loadList() {
+    if (listBusy) return;
+    listBusy = true;
+    try {
+      const here = new URLSearchParams(window.location.search);
+      const query = filterQuery();
+      query.set("limit", String(PAGE_SIZE));
+      const before = here.get("before");
+      if (before) query.set("before", before);
+      const data = await call("GET", "/requests?" + query.toString(), "api");
+      const rows = data.requests.map((r) =>
+        el(
+          "tr",
+          { "data-id": r.id, "data-status": r.status },
+          el("td", {}, requestLink(r.id)),
+          el("td", { text: r.mode }),
+          el("td", {}, statusBadge(r.status)),
+          el("td", { text: time(r.created_at) }),
+          el("td", { text: hostOf(r.callback_url) }),
+          el("td", { text: r.mode === "async" ? String(r.callback_attempts) : "—" }),
+          el("td", { class: "error-cell", text: r.callback_last_error || r.error || "" }),
+        ),
+      );
+      document.querySelector("#list tbody").replaceChildren(...rows);
+      document.getElementById("list-summary").textContent =
+        data.total.toLocaleString() + " matching" + (before ? " (an older page)" : "") +
+        (rows.length ? "" : "; none on this page");
+      const older = document.getElementById("older");
+      if (data.requests.length === PAGE_SIZE) {
+        const next = new URLSearchParams(here);
+        next.set("before", data.requests[data.requests.length - 1].id);
+        older.href = "/ui/requests?" + next.toString();
+        older.hidden = false;
+      } else older.hidden = true;
+      const first = document.getElementById("first-page");
+      const newest = new URLSearchParams(here);
+      newest.delete("before");
+      first.href = "/ui/requests" + (newest.toString() ? "?" + newest.toString() : "");
+      first.hidden = !before;
+      showMessage("");
+    } catch (error) {
+      if (error.status === 404) {
+        report(new Error("The request this page started after no longer exists: start again from the newest page."));
+        document.getElementById("first-page").hidden = false;
+      } else report(error);
+    } finally {
+      listBusy = false;
+    }
+  }
+
+  function setupBulk() {
+    const check = document.getElementById("bulk-check");
+    if (!check) return;
+    const confirmBox = document.getElementById("bulk-confirm");
+    const count = document.getElementById("bulk-count");
+    const go = document.getElementById("bulk-go");
+    const result = document.getElementById("bulk-result");
+    const status = new URLSearchParams(window.location.search).get("status");
+    if (status && status !== "callback_failed") {
+      check.disabled = true;
+      result.textContent = "Only callback_failed requests can be redelivered; this filter shows " + status + ".";
+      return;
+    }
+    const bulkQuery = () => {
+      const query = filterQuery();
+      query.delete("status");
+      return query;
+    };
+    check.addEventListener("click", async () => {
+      result.textContent = "";
+      try {
+        const query = bulkQuery();
+        query.set("dry_run", "true");
+        const data = await call("POST", "/admin/redeliver?" + query.toString(), "admin");
+        if (data.matched === 0) {
+          result.textContent = "No callback_failed request matches this filter.";
+          return;
+        }
+        count.textContent = data.matched.toLocaleString() + " callback_failed request" +
+          (data.matched === 1 ? "" : "s") + " match this filter" +
+          (data.matched > 1000 ? "; the first 1,000 will be redelivered now (run it again for the rest)." : ". Redeliver " + (data.matched === 1 ? "it" : "all of them") + "?");
+        go.dataset.count = String(Math.min(data.matched, 1000));
+        confirmBox.hidden = false;
+        go.focus();
+      } catch (error) {
+        result.textContent = error.message;
+      }
+    });
+    document.getElementById("bulk-cancel").addEventListener("click", () => {
+      confirmBox.hidden = true;
+      check.focus();
+    });
+    go.addEventListener("click", async () => {
+      confirmBox.hidden = true;
+      try {
+        const query = bulkQuery();
+        query.set("limit", go.dataset.count || "100");
+        const data = await call("POST", "/admin/redeliver?" + query.toString(), "admin");
+        result.textContent = "Redelivering " + data.redelivered.toLocaleString() + " request" +
+          (data.redelivered === 1 ? "" : "s") + "." +
+          (data.queue_full ? " The queue is full: the rest stay callback_failed." : "") +
+          (data.remaining > 0 ? " " + data.remaining.toLocaleString() + " still match." : "");
+        loadList();
+      } catch (error) {
+        result.textContent = error.message;
+      }
+    });
+  }
+
+  // ---- request detail ---------------------------------------------------------------------
+  const requestId = body.dataset.requestId;
+  let detailFinal = false;
+  let detailBusy = false;
+
+  function field(list, name, value, cls) {
+    list.append(el("dt", { text: name }), el("dd", { class: cls }, value === null || value === undefined || value === "" ? "—" : value));
+  }
+
+  async function loadDetail() {
+    if (detailBusy) return;
+    detailBusy = true;
+    try {
+      const r = await call("GET", "/requests/" + encodeURIComponent(requestId), "api");
+      detailFinal = FINAL.has(r.status);
+      const record = document.getElementById("record");
+      const list = document.createDocumentFragment();
+      field(list, "Status", statusBadge(r.status));
+      field(list, "Mode", r.mode);
+      field(list, "Created", time(r.created_at));
+      field(list, "Completed", time(r.completed_at));
+      field(list, "Callback URL", r.callback_url, "wrap");
+      field(list, "Callback attempts", r.mode === "async" ? String(r.callback_attempts) : null);
+      field(list, "Last callback error", r.callback_last_error, "wrap");
+      if (r.error) field(list, "Error", r.error, "wrap");
+      field(list, "Payload hash", r.payload_hash);
+      record.replaceChildren(list);
+      document.getElementById("result").textContent = r.result ? JSON.stringify(r.result, null, 2) : "—";
+      renderAttempts(r.attempts || []);
+      const actions = document.getElementById("actions");
+      if (actions) actions.hidden = r.status !== "callback_failed";
+      showMessage("");
+    } catch (error) {
+      if (error.status === 404) detailFinal = true;
+      report(error);
+    } finally {
+      detailBusy = false;
+    }
+  }
+
+  function renderAttempts(attempts) {
+    const box = document.getElementById("attempts");
+    if (attempts.length === 0) {
+      box.replaceChildren(el("p", { class: "hint", text: "No delivery attempt yet." }));
+      return;
+    }
+    const items = attempts.map((a) => {
+      const ok = a.status_code !== null && a.status_code >= 200 && a.status_code < 300;
+      const head = el(
+        "p",
+        { class: "attempt-head" },
+        el("strong", { text: "#" + a.attempt }),
+        " ",
+        el("span", { class: "badge " + (ok ? "status-callback_success" : "status-callback_failed"), text: a.status_code === null ? "no answer" : "HTTP " + a.status_code }),
+        " ",
+        time(a.started_at) + " · " + round(a.duration_ms) + " ms" + (a.instance ? " · instance " : ""),
+        a.instance ? el("code", { text: a.instance }) : null,
+      );
+      const item = el("li", { class: "attempt" }, head);
+      if (a.error) item.append(el("p", { class: "wrap error-text" }, "Error: ", a.error));
+      if (a.note) item.append(el("p", { class: "wrap hint" }, a.note));
+      if (a.response_body !== null && a.response_body !== undefined && a.response_body !== "") {
+        item.append(el("p", { class: "hint", text: "Answer (first 1 KiB):" }), el("pre", { class: "answer", text: a.response_body }));
+      }
+      return item;
+    });
+    box.replaceChildren(el("ol", { class: "timeline" }, ...items));
+  }
+
+  function setupRedeliver() {
+    const button = document.getElementById("redeliver");
+    if (!button) return;
+    button.addEventListener("click", async () => {
+      const result = document.getElementById("redeliver-result");
+      button.disabled = true;
+      try {
+        const data = await call("POST", "/requests/" + encodeURIComponent(requestId) + "/redeliver", "admin");
+        result.textContent = data.message;
+        detailFinal = false;
+        await loadDetail();
+      } catch (error) {
+        result.textContent = error.message;
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
+  // ---- destinations -----------------------------------------------------------------------
+  async function loadDestinations() {
+    const table = document.querySelector("#destinations tbody");
+    if (!table) return;
+    try {
+      const data = await call("GET", "/destinations", "admin");
+      const rows = data.destinations.map((d) =>
+        el(
+          "tr",
+          {},
+          el("td", {}, el("a", { href: "/ui/requests?callback_host=" + encodeURIComponent(hostOf(d.destination)) }, d.destination)),
+          el("td", {}, el("span", { class: "badge breaker-" + d.breaker, text: d.breaker })),
+          el("td", { text: String(d.in_flight) }),
+          el("td", { text: String(d.recent_successes) }),
+          el("td", { text: String(d.recent_failures) }),
+          el("td", { text: d.next_probe_at ? time(d.next_probe_at) : "—" }),
+        ),
+      );
+      if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: "6", class: "hint", text: "No destination delivered to recently." })));
+      table.replaceChildren(...rows);
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  // ---- wiring -------------------------------------------------------------------------------
+  function refreshAll() {
+    if (page === "overview") loadOverview().catch(report);
+    else if (page === "requests") loadList();
+    else if (page === "request") loadDetail();
+    else if (page === "destinations" && adminEnabled) loadDestinations();
+  }
+
+  function onUpdate(update) {
+    if (page === "overview") {
+      renderCounts(update.status_counts);
+      if (update.point && (!points.length || update.point.at > points[points.length - 1].at)) {
+        points.push(update.point);
+        const start = Date.now() - WINDOW_MS;
+        while (points.length && points[0].at < start) points.shift();
+        renderCharts();
+      }
+    } else if (page === "requests") {
+      // Only the newest page follows the stream; an older page stays put while it is read.
+      if (!new URLSearchParams(window.location.search).get("before")) loadList();
+    } else if (page === "request") {
+      if (!detailFinal) loadDetail();
+    } else if (page === "destinations" && adminEnabled) {
+      loadDestinations();
+    }
+  }
+
+  setupTokenForm();
+  if (page === "requests") {
+    fillFilterForm();
+    setupBulk();
+  }
+  if (page === "request") setupRedeliver();
+  refreshAll();
+  startStream();
+})();
