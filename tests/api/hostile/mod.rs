@@ -7,6 +7,7 @@
 mod claims;
 mod clients;
 mod clock;
+mod dashboard;
 mod input;
 mod leaks;
 mod outage;
