@@ -240,6 +240,18 @@ fn parse_bulk(query: &str) -> Result<(super::requests::ListParams, bool, u32), V
                 "not_allowed",
                 "a bulk redelivery takes every matching request, not a page",
             )),
+            // A list ignores a parameter it does not know; an action that changes every
+            // matching request must not: a misspelt filter would widen it to all of them.
+            name if !super::requests::FILTER_NAMES.contains(&name) => {
+                errors.push(FieldError::query(
+                    name,
+                    "unknown",
+                    format!(
+                        "is not a filter; the filters are: {}",
+                        super::requests::FILTER_NAMES.join(", ")
+                    ),
+                ))
+            }
             _ => {}
         }
     }

@@ -152,6 +152,19 @@ async fn show(
 /// Longest `callback_host`: a DNS name (253) and a port.
 const MAX_HOST_LEN: usize = 262;
 
+/// The parameters [`parse_filter`] reads.
+pub(super) const FILTER_NAMES: &[&str] = &[
+    "mode",
+    "status",
+    "limit",
+    "offset",
+    "created_from",
+    "created_to",
+    "callback_host",
+    "id_prefix",
+    "before",
+];
+
 /// Reads the list filters; an unknown value is an error, never a silently empty list.
 /// Parameters of other names are ignored.
 pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
