@@ -7,9 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    Behaviour, Receiver, TestApp, fresh_database, postgres_admin_url, read, spawn_app, spawn_app_on,
-};
+use crate::helpers::{Behaviour, Receiver, TestApp, fresh_database, read, spawn_app, spawn_app_on};
 
 async fn post_with_key(app: &TestApp, path: &str, key: &str, body: &Value) -> reqwest::Response {
     app.client
@@ -27,7 +25,7 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 
 /// Posts, and returns the status, the body, and the `Idempotent-Replayed` and `X-Request-ID`
 /// headers.
-async fn post_keyed(
+pub(crate) async fn post_keyed(
     app: &TestApp,
     path: &str,
     key: &str,
@@ -243,86 +241,4 @@ async fn a_key_outlives_a_restart() {
     assert_eq!((status, replayed), (200, true), "{again}");
     assert_eq!(again["request_id"], first["request_id"]);
     assert_eq!(app.get_json("/requests").await["total"], 1);
-}
-
-#[tokio::test]
-async fn instances_sharing_postgres_create_one_request_per_key() {
-    let Some(admin) = postgres_admin_url() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI must run this test: set SYNCASYNC_TEST_POSTGRES_URL");
-        }
-        eprintln!(
-            "skipped: needs PostgreSQL; set SYNCASYNC_TEST_POSTGRES_URL=postgres://…/postgres"
-        );
-        return;
-    };
-    let receiver = Receiver::start(Behaviour::accept()).await;
-    let database_url = crate::helpers::create_postgres_database(&admin).await;
-    let a = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
-    let b = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
-    let body = json!({"data": "shared", "iterations": 10, "callback_url": receiver.url()});
-    let answers = join_all((0..20).map(|i| {
-        let app = if i % 2 == 0 { &a } else { &b };
-        post_keyed(app, "/async", "shared-key", &body)
-    }))
-    .await;
-    let first = &answers[0].1["request_id"];
-    assert!(
-        answers
-            .iter()
-            .all(|(s, answer, _, _)| *s == 200 && answer["request_id"] == *first),
-        "{answers:?}"
-    );
-    assert_eq!(answers.iter().filter(|a| !a.2).count(), 1);
-    receiver
-        .wait_for_deliveries(1, Duration::from_secs(10))
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        receiver.received().len(),
-        1,
-        "one callback from two instances"
-    );
-}
-
-#[tokio::test]
-async fn a_repeat_on_another_instance_waits_for_the_first_and_answers_its_result() {
-    let Some(admin) = postgres_admin_url() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI must run this test: set SYNCASYNC_TEST_POSTGRES_URL");
-        }
-        eprintln!(
-            "skipped: needs PostgreSQL; set SYNCASYNC_TEST_POSTGRES_URL=postgres://…/postgres"
-        );
-        return;
-    };
-    let database_url = crate::helpers::create_postgres_database(&admin).await;
-    let a = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
-    let b = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
-    // Long enough that the repeat arrives on B while A is still working.
-    let body = json!({"data": "long work", "iterations": 100000});
-    let first = post_keyed(&a, "/sync", "cross-instance", &body);
-    let repeat = async {
-        // Sent once A's request is committed and still working, as B sees the database.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let list = b.get_json("/requests?mode=sync&status=processing").await;
-            if list["total"] == 1 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "A's request never showed up"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        post_keyed(&b, "/sync", "cross-instance", &body).await
-    };
-    let ((status_a, answer_a, replayed_a, _), (status_b, answer_b, replayed_b, _)) =
-        tokio::join!(first, repeat);
-    assert_eq!((status_a, replayed_a), (200, false), "{answer_a}");
-    // B learns of A's commit from the database (another instance's change), not by polling
-    // per request.
-    assert_eq!((status_b, replayed_b), (200, true), "{answer_b}");
-    assert_eq!(answer_a, answer_b);
 }

@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use futures_util::future::join_all;
+
 use crate::durability::ChildServer;
 use crate::helpers::{
     Behaviour, Receiver, assert_all_delivered, client, create_postgres_database, get_json_at,
-    postgres_admin_url, wait_for_active_workers, wait_for_status_at,
+    postgres_admin_url, spawn_app_on, wait_for_active_workers, wait_for_status_at,
 };
+use crate::idempotency::post_keyed;
 
 /// A fresh PostgreSQL database, or `None` (with the reason printed) when none is configured.
 async fn postgres_database() -> Option<String> {
@@ -274,4 +277,74 @@ async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
         .count();
     let expected: Vec<i32> = (1..=i32::try_from(migrations).unwrap()).collect();
     assert_eq!(versions, expected);
+}
+
+// Idempotency keys across instances (see idempotency.rs for the rest of their rules).
+
+#[tokio::test]
+async fn instances_sharing_postgres_create_one_request_per_key() {
+    let Some(database_url) = postgres_database().await else {
+        return;
+    };
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let a = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
+    let b = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
+    let body = json!({"data": "shared", "iterations": 10, "callback_url": receiver.url()});
+    let answers = join_all((0..20).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        post_keyed(app, "/async", "shared-key", &body)
+    }))
+    .await;
+    let first = &answers[0].1["request_id"];
+    assert!(
+        answers
+            .iter()
+            .all(|(s, answer, _, _)| *s == 200 && answer["request_id"] == *first),
+        "{answers:?}"
+    );
+    assert_eq!(answers.iter().filter(|a| !a.2).count(), 1);
+    receiver
+        .wait_for_deliveries(1, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "one callback from two instances"
+    );
+}
+
+#[tokio::test]
+async fn a_repeat_on_another_instance_waits_for_the_first_and_answers_its_result() {
+    let Some(database_url) = postgres_database().await else {
+        return;
+    };
+    let a = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
+    let b = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
+    // Long enough that the repeat arrives on B while A is still working.
+    let body = json!({"data": "long work", "iterations": 100000});
+    let first = post_keyed(&a, "/sync", "cross-instance", &body);
+    let repeat = async {
+        // Sent once A's request is committed and still working, as B sees the database.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = b.get_json("/requests?mode=sync&status=processing").await;
+            if list["total"] == 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "A's request never showed up"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        post_keyed(&b, "/sync", "cross-instance", &body).await
+    };
+    let ((status_a, answer_a, replayed_a, _), (status_b, answer_b, replayed_b, _)) =
+        tokio::join!(first, repeat);
+    assert_eq!((status_a, replayed_a), (200, false), "{answer_a}");
+    // B learns of A's commit from the database (another instance's change), not by polling
+    // per request.
+    assert_eq!((status_b, replayed_b), (200, true), "{answer_b}");
+    assert_eq!(answer_a, answer_b);
 }
