@@ -1004,13 +1004,7 @@ impl PgStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match row {
-            Some(row) => Some(Position {
-                created_at: row.try_get("created_at")?,
-                id: row.try_get("id")?,
-            }),
-            None => None,
-        })
+        row.map(|row| position_of(&row)).transpose()
     }
 
     pub async fn status_counts(&self) -> StoreResult<StatusCounts> {
@@ -1075,13 +1069,7 @@ impl PgStore {
         .bind(i64::try_from(n).unwrap_or(i64::MAX))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match row {
-            Some(row) => Some(Position {
-                created_at: row.try_get("created_at")?,
-                id: row.try_get("id")?,
-            }),
-            None => None,
-        })
+        row.map(|row| position_of(&row)).transpose()
     }
 
     pub async fn delete_finished_through(
@@ -1307,4 +1295,12 @@ pub(super) fn is_unavailable(err: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// The `(created_at, id)` of a row that selected both.
+fn position_of(row: &sqlx::postgres::PgRow) -> StoreResult<Position> {
+    Ok(Position {
+        created_at: row.try_get("created_at")?,
+        id: row.try_get("id")?,
+    })
 }

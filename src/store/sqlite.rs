@@ -1608,6 +1608,19 @@ mod tests {
         }
     }
 
+    /// SQLite's plan for one page of `filter`, a line per step.
+    fn query_plan(conn: &Connection, filter: &ListFilter) -> Vec<String> {
+        let (sql, params) = list_page_sql(filter);
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params_from_iter(params.iter().map(sql_value)), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// Runs one page of `filter` and returns its ids and the virtual-machine steps it took.
     fn page_steps(conn: &Connection, filter: &ListFilter) -> (Vec<String>, i32) {
         let (sql, params) = list_page_sql(filter);
@@ -1690,16 +1703,7 @@ mod tests {
                 id_prefix: Some(prefix.into()),
                 ..first.clone()
             };
-            let (sql, params) = list_page_sql(&filter);
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(params_from_iter(params.iter().map(sql_value)), |row| {
-                    row.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let plan = query_plan(&conn, &filter);
             assert!(plan.join("; ").contains(index), "{prefix}: {plan:?}");
             let (ids, _) = page_steps(&conn, &filter);
             assert!(
@@ -1713,17 +1717,7 @@ mod tests {
                 status,
                 ..deep.clone()
             };
-            let (sql, params) = list_page_sql(&filter);
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(params_from_iter(params.iter().map(sql_value)), |row| {
-                    row.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            let plan = plan.join("; ");
+            let plan = query_plan(&conn, &filter).join("; ");
             assert!(
                 plan.contains("SEARCH requests USING INDEX") && plan.contains("created_at<"),
                 "{status:?}: {plan}"
