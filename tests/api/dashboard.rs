@@ -267,12 +267,9 @@ async fn drive(
     app: &TestApp,
     hook: &str,
     refusing: &AtomicBool,
-) -> Result<(), String> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // The overview: counts and charts, live.
-    browser
-        .goto(&app.url("/ui"))
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.goto(&app.url("/ui")).await?;
     eventually(
         browser,
         "document.querySelectorAll('#charts figure').length === 6",
@@ -292,23 +289,17 @@ async fn drive(
              document.getElementById('admin-token').value = arguments[0];",
             vec![json!(ADMIN_TOKEN)],
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     browser
         .find(Locator::Css("#token-form button[type=submit]"))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .click()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
 
     assert_no_console_errors(browser, "on the overview").await;
 
     // A request submitted while the list is open appears without a reload.
-    browser
-        .goto(&app.url("/ui/requests"))
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.goto(&app.url("/ui/requests")).await?;
     eventually(
         browser,
         "document.querySelectorAll('#list tbody tr').length >= 1",
@@ -317,8 +308,7 @@ async fn drive(
     .await;
     browser
         .execute("window.__sameDocument = true;", vec![])
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let failed = submit(app, hook).await;
     eventually(
         browser,
@@ -342,15 +332,12 @@ async fn drive(
             "document.querySelector('#filters select[name=status]').value = 'callback_failed';",
             vec![],
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     browser
         .find(Locator::Css("#filters button[type=submit]"))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .click()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     eventually(
         browser,
         &format!(
@@ -365,12 +352,9 @@ async fn drive(
             "return [...document.querySelectorAll('#list tbody tr')].map(r => r.dataset.status);",
             vec![],
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if statuses != json!(["callback_failed"]) {
-        return Err(format!(
-            "the status filter let through other statuses: {statuses}"
-        ));
+        return Err(format!("the status filter let through other statuses: {statuses}").into());
     }
 
     // A hidden tab stops the stream and with it every refresh; shown again, it resumes.
@@ -386,23 +370,20 @@ async fn drive(
              window.__setHidden(true);",
             vec![],
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let paused = browser
         .execute(
             "return [window.__fetches, document.getElementById('live').textContent];",
             vec![],
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if paused != json!([0, "paused"]) {
-        return Err(format!("a hidden tab kept fetching: {paused}"));
+        return Err(format!("a hidden tab kept fetching: {paused}").into());
     }
     browser
         .execute("window.__setHidden(false);", vec![])
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     eventually(
         browser,
         "document.getElementById('live').textContent === 'live' && window.__fetches >= 2",
@@ -411,20 +392,14 @@ async fn drive(
     .await;
 
     // At a phone's width the page does not scroll sideways (the table scrolls in its box).
-    browser
-        .set_window_size(390, 844)
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.set_window_size(390, 844).await?;
     eventually(
         browser,
         "document.documentElement.scrollWidth <= window.innerWidth",
         "the list to fit a phone's width",
     )
     .await;
-    browser
-        .set_window_size(1280, 1000)
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.set_window_size(1280, 1000).await?;
     assert_no_console_errors(browser, "on the requests list").await;
 
     // The detail, from the list: the attempts, the receiver's answer shown as text.
@@ -444,12 +419,9 @@ async fn drive(
              };",
             vec![],
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if shown["answer"] != HOSTILE_ANSWER || shown["elements"] != 0 || !shown["pwned"].is_null() {
-        return Err(format!(
-            "the receiver's answer was not shown as plain text: {shown}"
-        ));
+        return Err(format!("the receiver's answer was not shown as plain text: {shown}").into());
     }
     screenshot(browser, "dashboard-request.png").await;
 
@@ -457,11 +429,9 @@ async fn drive(
     refusing.store(false, Ordering::SeqCst);
     browser
         .find(Locator::Id("redeliver"))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .click()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     eventually(
         browser,
         "document.querySelector('#record .badge').textContent === 'callback_success'",
@@ -486,8 +456,7 @@ async fn drive(
     refusing.store(false, Ordering::SeqCst);
     browser
         .goto(&app.url("/ui/requests?status=callback_failed"))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     eventually(
         browser,
         "document.querySelectorAll('#list tbody tr').length === 2",
@@ -496,11 +465,9 @@ async fn drive(
     .await;
     browser
         .find(Locator::Id("bulk-check"))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .click()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let count = eventually(
         browser,
         "!document.getElementById('bulk-confirm').hidden && \
@@ -512,15 +479,9 @@ async fn drive(
         .as_str()
         .is_some_and(|c| c.starts_with("2 callback_failed requests"))
     {
-        return Err(format!("the confirmation does not say how many: {count}"));
+        return Err(format!("the confirmation does not say how many: {count}").into());
     }
-    browser
-        .find(Locator::Id("bulk-go"))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.find(Locator::Id("bulk-go")).await?.click().await?;
     eventually(
         browser,
         "document.getElementById('bulk-result').textContent.startsWith('Redelivering 2 requests')",
@@ -538,10 +499,7 @@ async fn drive(
     .await;
 
     // Back to the overview for its picture, with the traffic of this test on the charts.
-    browser
-        .goto(&app.url("/ui"))
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.goto(&app.url("/ui")).await?;
     eventually(
         browser,
         "document.querySelectorAll('#charts path.line').length >= 4",
@@ -582,7 +540,7 @@ async fn drive(
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("the history misses some counter: {overview}"));
+            return Err(format!("the history misses some counter: {overview}").into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -604,10 +562,7 @@ async fn drive(
     }
     screenshot(browser, "dashboard-overview.png").await;
     // The destinations view, with the admin token.
-    browser
-        .goto(&app.url("/ui/destinations"))
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.goto(&app.url("/ui/destinations")).await?;
     eventually(
         browser,
         "document.querySelector('#destinations tbody td a')",
