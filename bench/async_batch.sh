@@ -51,11 +51,7 @@ run() {
         APP_CALLBACK_BLOCK_PRIVATE_IPS=false APP_ASYNC_QUEUE_MAX_SIZE=$((REQUESTS * 2)) \
         RUST_LOG=warn "$BIN" serve >>"$server_log" 2>&1 &
     server_pid=$!
-    local _
-    for _ in $(seq 1 100); do
-        curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    wait_healthy "http://127.0.0.1:$port"
     log "$name: $REQUESTS requests ($*)"
     "$BIN" loadgen --url "http://127.0.0.1:$port" --mode async -n "$REQUESTS" \
         --iterations "$ITERATIONS" --callback-port 0 --callback-timeout 120s --no-progress \

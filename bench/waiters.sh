@@ -76,12 +76,7 @@ measure() {
         APP_CALLBACK_TIMEOUT_SECONDS=30 APP_JOB_LEASE_SECONDS=90 RUST_LOG=warn \
         "$BIN" serve >>"$server_log" 2>&1 &
     server_pid=$!
-    local _
-    for _ in $(seq 1 100); do
-        curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null || die "the $backend instance did not start"
+    wait_healthy "http://127.0.0.1:$port"
 
     log "$backend: $REQUESTS requests to a receiver that does not answer"
     python3 - "$port" "$receiver_port" "$REQUESTS" >"$tmp_dir/ids" <<'PY'

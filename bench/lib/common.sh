@@ -57,6 +57,16 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.clos
     return 1
 }
 
+# wait_healthy BASE_URL [WHAT]: waits up to 10 s for GET /healthz to answer, or dies.
+wait_healthy() {
+    local _
+    for _ in $(seq 1 100); do
+        curl -fsS "$1/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    die "${2:-the service} at $1 did not answer GET /healthz within 10 s"
+}
+
 # stop_server PID: SIGTERM, up to 10 s for a graceful exit, then SIGKILL. PID may be empty.
 stop_server() {
     local pid=$1 _
