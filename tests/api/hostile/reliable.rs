@@ -187,3 +187,65 @@ async fn a_finished_sync_key_is_replayed_even_when_the_compute_queue_is_full() {
     let _ = blocker.await;
     let _ = queued.await;
 }
+
+/// Clients that hang up while they wait (`Prefer: wait`) or while they follow a request's
+/// events leave nothing behind: no watch on the request, and the service keeps answering.
+#[tokio::test]
+async fn waiters_and_event_streams_that_hang_up_leave_no_watch_behind() {
+    let receiver =
+        crate::helpers::Receiver::start(crate::helpers::Behaviour::hang(Duration::from_secs(30)))
+            .await;
+    let app = spawn_app(&["--callback-max-retries", "5"]).await;
+    let id = app.submit("never final in time", &receiver.url()).await;
+    let mut streams = Vec::new();
+    for n in 0..40 {
+        let path = if n % 2 == 0 {
+            format!("/requests/{id}")
+        } else {
+            format!("/requests/{id}/events")
+        };
+        let mut stream = connect(&app).await;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: test\r\nPrefer: wait=60\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("request written");
+        streams.push(stream);
+    }
+    let gauge = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("syncasync_waited_on_requests "))
+            .map(|v| v.trim().to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = app.get("/metrics").await.text().await.expect("metrics");
+        if gauge(&metrics).as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waits never started: {:?}",
+            gauge(&metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every client hangs up mid-wait, without reading a byte.
+    drop(streams);
+    loop {
+        let metrics = app.get("/metrics").await.text().await.expect("metrics");
+        if gauge(&metrics).as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hung-up waiters still watch the request: {:?}",
+            gauge(&metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = read(app.get(&format!("/requests/{id}")).await).await;
+    assert_eq!(status, 200);
+}
