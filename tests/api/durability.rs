@@ -21,32 +21,18 @@ pub struct ChildServer {
 
 impl ChildServer {
     /// Starts the binary on the database at `database_url`, logging to `dir/server.log`.
+    ///
+    /// The binary is the child itself, never a wrapper that forks it (such as the `faketime`
+    /// command): killing the child must kill the server. Anything a wrapper would do goes in
+    /// `extra_env` (an `LD_PRELOAD`, say).
     pub async fn start(dir: &Path, database_url: &str, extra_env: &[(&str, &str)]) -> Self {
-        Self::start_under(&[], dir, database_url, extra_env).await
-    }
-
-    /// As [`start`](Self::start), run by `wrapper` (a command and its arguments, such as
-    /// `faketime -f +1h`), which is given the binary and `serve` as its last arguments.
-    pub async fn start_under(
-        wrapper: &[&str],
-        dir: &Path,
-        database_url: &str,
-        extra_env: &[(&str, &str)],
-    ) -> Self {
         let port = unused_port().await.port().to_string();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("server.log"))
             .expect("log file");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(env!("CARGO_BIN_EXE_syncasync"));
-                command
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_syncasync")),
-        };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_syncasync"));
         command
             .arg("serve")
             .env("APP_HOST", "127.0.0.1")

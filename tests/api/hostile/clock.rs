@@ -2,7 +2,7 @@
 //! by PostgreSQL from delays, so an instance an hour ahead neither hides its jobs from the
 //! cluster for an hour nor delays their retries.
 
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -17,25 +17,24 @@ async fn an_instance_an_hour_ahead_still_gets_its_jobs_delivered_on_time() {
         eprintln!("skipped: clocks matter where instances share a database (PostgreSQL)");
         return;
     };
-    if Command::new("faketime").arg("--version").output().is_err() {
+    let Some(libfaketime) = libfaketime() else {
         assert!(!in_ci(), "CI installs faketime (.ci/run does)");
-        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+        eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let database = crate::helpers::fresh_database(dir.path()).await;
     // The instance's wall clock runs an hour ahead; its timers (the monotonic clock) do not.
-    let server = ChildServer::start_under(
-        &[
-            "env",
-            "FAKETIME_DONT_FAKE_MONOTONIC=1",
-            "faketime",
-            "-f",
-            "+1h",
-        ],
+    // The library is preloaded into the server itself: the `faketime` command would fork it,
+    // and killing the command would leave the server running.
+    let server = ChildServer::start(
         dir.path(),
         &database,
-        &[],
+        &[
+            ("LD_PRELOAD", &libfaketime),
+            ("FAKETIME", "+1h"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
     )
     .await;
     // The first attempt fails, so the job is also rescheduled (a retry due 50-100 ms later).
@@ -65,4 +64,19 @@ async fn an_instance_an_hour_ahead_still_gets_its_jobs_delivered_on_time() {
         created > chrono::Utc::now() + chrono::Duration::minutes(50),
         "the instance's clock was not skewed: {record}"
     );
+}
+
+/// Where Debian's `libfaketime` package puts the library: `/usr/lib/<multiarch>/faketime/`
+/// (or `/usr/lib/faketime/` on a distribution without multiarch directories).
+fn libfaketime() -> Option<String> {
+    let lib = PathBuf::from("/usr/lib");
+    let multiarch = std::fs::read_dir(&lib)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path());
+    std::iter::once(lib.clone())
+        .chain(multiarch)
+        .map(|dir| dir.join("faketime/libfaketime.so.1"))
+        .find(|candidate| candidate.is_file())
+        .map(|path| path.to_string_lossy().into_owned())
 }
