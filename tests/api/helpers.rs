@@ -111,10 +111,10 @@ impl NameLookup for StaticLookup {
     }
 }
 
-/// As [`spawn_app`], resolving callback host names with `lookup`.
+/// As [`spawn_app`] (on either backend), resolving callback host names with `lookup`.
 pub async fn spawn_app_with_lookup(extra: &[&str], lookup: StaticLookup) -> TestApp {
     let db_dir = tempfile::tempdir().expect("temp dir");
-    let database_url = format!("sqlite://{}", db_dir.path().join("test.db").display());
+    let database_url = fresh_database(db_dir.path()).await;
     start(db_dir, &database_url, extra, Arc::new(lookup)).await
 }
 
