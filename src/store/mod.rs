@@ -39,6 +39,7 @@ macro_rules! attempt_columns {
 
 mod changes;
 mod due;
+mod group_commit;
 mod postgres;
 mod sqlite;
 
@@ -772,7 +773,8 @@ mod tests {
     fn every_status_spelled_in_sql_is_one_of_the_models() {
         let sources = [
             include_str!("sqlite.rs"),
-            include_str!("postgres.rs"),
+            include_str!("postgres/mod.rs"),
+            include_str!("postgres/group_writes.rs"),
             include_str!("mod.rs"),
             include_str!("due.rs"),
             include_str!("../../migrations/sqlite/0001_requests.sql"),

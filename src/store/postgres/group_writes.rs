@@ -1,0 +1,226 @@
+//! The writes every async request makes, as multi-row statements for group commit
+//! ([`crate::store::group_commit`]): accepting it, storing its work result, recording each
+//! delivery attempt. One statement (`UNNEST` of one array per column) and one commit serve a
+//! whole batch; each write's answer is read from what the statement returns.
+//!
+//! Concurrent batches never wait for each other's rows: a job's result and its attempt are
+//! written one after the other by the one worker holding its claim, and the lease heartbeat
+//! skips rows a batch has locked. So batches cannot deadlock; should one fail all the same,
+//! its writes are retried one by one.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sqlx::postgres::PgPool;
+
+use super::{JOBS_CHANNEL, NOTIFY_INTERVAL};
+use crate::model::{DeliveryAttempt, WorkResult};
+use crate::store::group_commit::RunBatch;
+use crate::store::{AttemptOutcome, NewAsyncRequest, StoreResult};
+
+/// Queued requests (`POST /async`, one by one or a batch) inserted in one statement; each
+/// answer is whether that row was inserted (false: its idempotency key is taken). Commits
+/// durably: every acceptance follows its row's commit.
+pub(super) const INSERT_QUEUED: &str = "
+    WITH inserted AS (
+        INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
+                              created_at, next_attempt_at, destination, idempotency_key,
+                              idempotency_fingerprint)
+        SELECT id, 'async', 'pending', payload_hash, data, iterations, callback_url,
+               created_at, now(), destination, idempotency_key, idempotency_fingerprint
+        FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
+                    $6::timestamptz[], $7::text[], $8::text[], $9::text[])
+             AS queued(id, payload_hash, data, iterations, callback_url, created_at,
+                       destination, idempotency_key, idempotency_fingerprint)
+        -- No conflict target: a taken key (or a retried write's taken id) inserts nothing.
+        ON CONFLICT DO NOTHING
+        RETURNING id),
+    -- The rows and their announcement commit together (a NOTIFY is delivered at commit,
+    -- never before). Only when $11: PostgreSQL serialises the commits of notifying
+    -- transactions, so an instance announces at most once per NOTIFY_INTERVAL; the jobs of
+    -- the others are found by the instance that accepted them (woken locally) or by
+    -- whoever the last announcement woke. (A CTE without side effects runs only where it
+    -- is read: the scalar subquery below reads it once, when a row was inserted.)
+    announced AS (
+        SELECT pg_notify($10, '') WHERE $11)
+    SELECT id FROM inserted WHERE (SELECT count(*) FROM announced) >= 0";
+
+/// Binds `INSERT_QUEUED`'s parameters for `queued`.
+pub(super) fn insert_queued(
+    queued: &[NewAsyncRequest],
+    announce: bool,
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let text = |value: fn(&NewAsyncRequest) -> &str| column(queued, |n| value(n).to_owned());
+    let key = |n: &NewAsyncRequest| n.request.key_columns().0.map(str::to_owned);
+    let fingerprint = |n: &NewAsyncRequest| n.request.key_columns().1.map(str::to_owned);
+    sqlx::query(INSERT_QUEUED)
+        .bind(text(|n| &n.request.id))
+        .bind(text(|n| &n.request.payload_hash))
+        .bind(column(queued, |n| n.data.as_bytes().to_vec()))
+        .bind(column(queued, |n| i64::from(n.request.iterations)))
+        .bind(text(|n| &n.callback_url))
+        .bind(column(queued, |n| n.request.created_at))
+        .bind(text(|n| &n.destination))
+        .bind(column(queued, key))
+        .bind(column(queued, fingerprint))
+        .bind(JOBS_CHANNEL)
+        .bind(announce)
+}
+
+/// Inserts submissions of `POST /async`, batched.
+pub(super) struct InsertQueued {
+    pub pool: PgPool,
+    pub last_notify: Arc<Mutex<Option<Instant>>>,
+}
+
+impl InsertQueued {
+    /// Whether this batch should announce itself: the first after NOTIFY_INTERVAL.
+    fn take_notify_turn(&self) -> bool {
+        let Ok(mut last) = self.last_notify.lock() else {
+            return true;
+        };
+        if last.is_some_and(|at| at.elapsed() < NOTIFY_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
+impl RunBatch<NewAsyncRequest> for InsertQueued {
+    type Output = bool;
+
+    async fn run(&self, batch: &[NewAsyncRequest]) -> StoreResult<Vec<bool>> {
+        let inserted: Vec<String> = insert_queued(batch, self.take_notify_turn())
+            .try_map(|row: sqlx::postgres::PgRow| sqlx::Row::try_get(&row, 0))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(answered(
+            batch.iter().map(|n| n.request.id.as_str()),
+            &inserted,
+        ))
+    }
+}
+
+/// A claimed job's work result, to be stored under its claim.
+pub(crate) struct ResultWrite {
+    pub id: String,
+    pub token: String,
+    pub result: WorkResult,
+}
+
+/// Stores work results (`processing → callback_pending`), batched; each answer is whether
+/// the claim still held the job.
+pub(super) struct StoreResults {
+    pub pool: PgPool,
+}
+
+impl RunBatch<ResultWrite> for StoreResults {
+    type Output = bool;
+
+    async fn run(&self, batch: &[ResultWrite]) -> StoreResult<Vec<bool>> {
+        let updated: Vec<String> = sqlx::query_scalar(
+            "UPDATE requests AS r
+             SET status = 'callback_pending', input_hash = w.input_hash,
+                 output_hash = w.output_hash, processing_time_ms = w.processing_time_ms,
+                 data = NULL
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
+                  AS w(id, token, input_hash, output_hash, processing_time_ms)
+             WHERE r.id = w.id AND r.lease_token = w.token
+             RETURNING r.id",
+        )
+        .bind(column(batch, |w| w.id.as_str()))
+        .bind(column(batch, |w| w.token.as_str()))
+        .bind(column(batch, |w| w.result.input_hash.as_str()))
+        .bind(column(batch, |w| w.result.output_hash.as_str()))
+        .bind(column(batch, |w| w.result.processing_time_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(answered(batch.iter().map(|w| w.id.as_str()), &updated))
+    }
+}
+
+/// A delivery attempt made under a claim, and what follows it.
+pub(crate) struct AttemptWrite {
+    pub id: String,
+    pub owner: String,
+    pub token: String,
+    pub attempt: DeliveryAttempt,
+    pub outcome: AttemptOutcome,
+}
+
+/// Records delivery attempts and moves their requests on (releasing the claims), batched;
+/// each answer is whether the claim still held the job (if not, nothing is recorded).
+pub(super) struct RecordAttempts {
+    pub pool: PgPool,
+}
+
+impl RunBatch<AttemptWrite> for RecordAttempts {
+    type Output = bool;
+
+    async fn run(&self, batch: &[AttemptWrite]) -> StoreResult<Vec<bool>> {
+        let retry_after = |w: &AttemptWrite| match w.outcome {
+            AttemptOutcome::RetryAfter(delay) => Some(delay.as_secs_f64()),
+            AttemptOutcome::Delivered | AttemptOutcome::GaveUp => None,
+        };
+        // The attempt is recorded only where the claim still holds, and its request moves on
+        // in the same statement.
+        let recorded: Vec<String> = sqlx::query_scalar(
+            "WITH attempts AS (
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                                      $5::bool[], $6::float8[], $7::int[], $8::text[],
+                                      $9::timestamptz[], $10::float8[], $11::int[], $12::text[],
+                                      $13::text[])
+                      AS a(id, owner, token, status, is_final, retry_after, attempt, error,
+                           started_at, duration_ms, status_code, response_body, note)),
+             moved AS (
+                 UPDATE requests AS r
+                 SET status = a.status, completed_at = CASE WHEN a.is_final THEN now() END,
+                     next_attempt_at = now() + make_interval(secs => a.retry_after),
+                     callback_attempts = a.attempt,
+                     callback_last_error = COALESCE(a.error, r.callback_last_error),
+                     lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+                     unrecorded_claims = 0
+                 FROM attempts AS a
+                 WHERE r.id = a.id AND r.lease_token = a.token
+                 RETURNING r.id)
+             INSERT INTO delivery_attempts
+                 (request_id, attempt, started_at, duration_ms, status_code, error,
+                  response_body, claimed_by, note)
+             SELECT a.id, a.attempt, a.started_at, a.duration_ms, a.status_code, a.error,
+                    a.response_body, a.owner, a.note
+             FROM attempts AS a JOIN moved ON moved.id = a.id
+             ON CONFLICT (request_id, attempt) DO NOTHING
+             RETURNING request_id",
+        )
+        .bind(column(batch, |w| w.id.as_str()))
+        .bind(column(batch, |w| w.owner.as_str()))
+        .bind(column(batch, |w| w.token.as_str()))
+        .bind(column(batch, |w| w.outcome.status().as_str()))
+        .bind(column(batch, |w| w.outcome.is_final()))
+        .bind(column(batch, retry_after))
+        .bind(column(batch, |w| {
+            i32::try_from(w.attempt.attempt).unwrap_or(i32::MAX)
+        }))
+        .bind(column(batch, |w| w.attempt.error.as_deref()))
+        .bind(column(batch, |w| w.attempt.started_at))
+        .bind(column(batch, |w| w.attempt.duration_ms))
+        .bind(column(batch, |w| w.attempt.status_code.map(i32::from)))
+        .bind(column(batch, |w| w.attempt.response_body.as_deref()))
+        .bind(column(batch, |w| w.attempt.note.as_deref()))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(answered(batch.iter().map(|w| w.id.as_str()), &recorded))
+    }
+}
+
+/// One column of a batch: the array `UNNEST` turns back into rows.
+fn column<'a, T, V>(batch: &'a [T], value: impl Fn(&'a T) -> V) -> Vec<V> {
+    batch.iter().map(value).collect()
+}
+
+/// For each write's id, in order: whether the statement returned it.
+fn answered<'a>(ids: impl Iterator<Item = &'a str>, returned: &[String]) -> Vec<bool> {
+    let returned: std::collections::HashSet<&str> = returned.iter().map(String::as_str).collect();
+    ids.map(|id| returned.contains(id)).collect()
+}
