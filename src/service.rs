@@ -132,6 +132,13 @@ enum Worked {
 /// Rounds of a keyed sync request: a holder that fails frees the key for the next round.
 const KEY_ROUNDS: usize = 3;
 
+/// A sync request still working after this long is recorded as `processing` while it works:
+/// it shows in lists and on the dashboard, and is marked failed if the process dies before
+/// it finishes. One that finishes sooner, most of them, is written once, finished: half the
+/// writes, where nobody could have seen the difference (its id reaches the client with the
+/// answer).
+const RECORD_PROCESSING_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn new_sync_request(
     id: String,
     input: &WorkInput,
@@ -263,9 +270,6 @@ impl Service {
                 PoolError::Closed | PoolError::Cancelled => ServiceError::Work(err.to_string()),
             })?;
         let keyed = new.idempotency.is_some();
-        if !keyed {
-            self.store.sync_started(new.clone())?;
-        }
         let store = self.store.clone();
         let iterations = input.iterations;
         // The rest runs in its own task so that the record is completed even if the client
@@ -282,7 +286,24 @@ impl Service {
                     };
                 }
             }
-            match work.wait().await {
+            let worked = work.wait();
+            tokio::pin!(worked);
+            let outcome = if keyed {
+                // Already recorded as processing: the committed key is the record.
+                worked.await
+            } else {
+                match tokio::time::timeout(RECORD_PROCESSING_AFTER, &mut worked).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        if let Err(err) = store.sync_started(new.clone()) {
+                            cancel.set();
+                            return Err(err.into());
+                        }
+                        worked.await
+                    }
+                }
+            };
+            match outcome {
                 Ok(output) => {
                     let result = WorkResult {
                         request_id: new.id.clone(),

@@ -74,3 +74,48 @@ async fn iterations_default_to_1000() {
         "fe95811b8cb653eff38837427b8bb5d243daae5920c86cf8f494c8edc7e0b744"
     );
 }
+
+/// A sync request is written once, finished, unless it is still working after a moment
+/// (the service waits 50 ms): then it is recorded as `processing` while it works, so that
+/// lists and the dashboard show it and a crash leaves it marked failed.
+#[tokio::test]
+async fn a_sync_request_still_working_is_listed_as_processing_until_it_finishes() {
+    use std::time::{Duration, Instant};
+    // Each unit of work takes a second (simulated I/O, which holds no thread).
+    let app = spawn_app(&["--work-duration-seconds", "1"]).await;
+    let slow = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url("/sync");
+        async move {
+            let response = client
+                .post(url)
+                .json(&json!({"data": "slow", "iterations": 1}))
+                .send()
+                .await
+                .unwrap();
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let list = app.get_json("/requests?mode=sync&status=processing").await;
+        if let Some(record) = list["requests"].as_array().unwrap().first() {
+            break record.clone();
+        }
+        assert!(
+            !slow.is_finished(),
+            "the request finished without ever being listed as processing"
+        );
+        assert!(Instant::now() < deadline, "never listed: {list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(listed["result"].is_null(), "{listed}");
+    let answer = slow.await.unwrap();
+    assert_eq!(answer["status"], "success", "{answer}");
+    assert_eq!(answer["result"]["request_id"], listed["id"]);
+    let record = app
+        .get_json(&format!("/requests/{}", listed["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["result"], answer["result"], "{record}");
+}
