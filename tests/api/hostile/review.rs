@@ -374,7 +374,7 @@ async fn idle_client_connections_cannot_starve_callbacks_of_file_descriptors() {
 
 /// SPEC §3: `/healthz` is 503 `unhealthy` only when "the database does not answer". On
 /// SQLite the health ping takes one of the four reader connections in turn with client
-/// reads (`SqliteStore::ping` → `read`, a FIFO semaphore, `src/store/sqlite.rs`), under a
+/// reads (`SqliteStore::ping` → `read`, a FIFO semaphore, `src/store/sqlite/mod.rs`), under a
 /// 2 s timeout: a few dozen clients listing pages of `GET /requests?limit=1000` queue the
 /// ping behind them, and a healthy service reports itself unhealthy; a load balancer would
 /// take it out of rotation.

@@ -1,0 +1,319 @@
+//! The SQLite backend's own tests: claims and their cost, reply kinds, list plans.
+
+use rusqlite::{StatementStatus, params, params_from_iter};
+
+use super::claims::{
+    CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, NEXT_DESTINATION, claim,
+};
+use super::list::{list_page_sql, sql_value};
+use super::rows::millis;
+use super::*;
+
+const FULL: &str = "http://full:1";
+const OTHER: &str = "http://other:2";
+
+fn database() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_connection(&dir.path().join("claims.db"), false).unwrap();
+    migrate(&mut conn).unwrap();
+    (dir, conn)
+}
+
+/// Queues `count` jobs for `destination`, due at `first_due`, `first_due + 1`, … (ms).
+fn queue(conn: &Connection, destination: &str, count: i64, first_due: i64) {
+    let mut insert = conn
+        .prepare(
+            "INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
+                                   callback_url, created_at, next_attempt_at, destination)
+             VALUES (?1, 'async', 'pending', 'h', 'x', 1, ?2, 0, ?3, ?2)",
+        )
+        .unwrap();
+    for i in 0..count {
+        insert
+            .execute(params![
+                format!("{destination}/{}", first_due + i),
+                destination,
+                first_due + i
+            ])
+            .unwrap();
+    }
+}
+
+/// SQLite's plan for one page of `filter`, a line per step.
+fn query_plan(conn: &Connection, filter: &ListFilter) -> Vec<String> {
+    let (sql, params) = list_page_sql(filter);
+    conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map(params_from_iter(params.iter().map(sql_value)), |row| {
+            row.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Runs one page of `filter` and returns its ids and the virtual-machine steps it took.
+fn page_steps(conn: &Connection, filter: &ListFilter) -> (Vec<String>, i32) {
+    let (sql, params) = list_page_sql(filter);
+    let mut statement = conn.prepare(&sql).unwrap();
+    let ids = statement
+        .query_map(params_from_iter(params.iter().map(sql_value)), |row| {
+            row.get::<_, String>("id")
+        })
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    (ids, statement.get_status(StatementStatus::VmStep))
+}
+
+/// A page deep in 100k requests (by the `before` cursor) costs what the first page costs,
+/// counted in SQLite's virtual-machine steps, not in wall-clock time; and the statement
+/// searches an index rather than scanning the table, with or without a status filter.
+#[test]
+fn a_deep_keyset_page_costs_what_the_first_costs() {
+    let (_dir, conn) = database();
+    const ROWS: i64 = 100_000;
+    conn.execute_batch("BEGIN").unwrap();
+    {
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at)
+                 VALUES (?1, 'sync', ?2, 'h', 1, ?3)",
+            )
+            .unwrap();
+        for i in 0..ROWS {
+            // Pairs share a millisecond, so the cursor's tie-break on id is exercised.
+            let status = if i % 10 == 0 { "failed" } else { "completed" };
+            insert
+                .execute(params![format!("{i:08}"), status, i / 2])
+                .unwrap();
+        }
+    }
+    conn.execute_batch("COMMIT; ANALYZE").unwrap();
+    let first = ListFilter {
+        limit: 50,
+        ..ListFilter::default()
+    };
+    let (first_ids, first_steps) = page_steps(&conn, &first);
+    assert_eq!(first_ids[0], format!("{:08}", ROWS - 1));
+    // After the 99 000th newest, 00001000, which shares created_at 500 with 00001001
+    // (newer, so not on the page).
+    let deep = ListFilter {
+        before: Some(Position {
+            created_at: from_millis(500),
+            id: "00001000".into(),
+        }),
+        ..first.clone()
+    };
+    let (deep_ids, deep_steps) = page_steps(&conn, &deep);
+    let expected: Vec<String> = (950..1000).rev().map(|i| format!("{i:08}")).collect();
+    assert_eq!(deep_ids, expected);
+    assert!(
+        deep_steps <= first_steps * 2,
+        "deep page: {deep_steps} steps, first page: {first_steps}"
+    );
+    // The measure means something: the same depth by offset walks every row before it.
+    let by_offset = ListFilter {
+        offset: 99_000,
+        ..first.clone()
+    };
+    let (offset_ids, offset_steps) = page_steps(&conn, &by_offset);
+    assert_eq!(offset_ids, expected);
+    assert!(
+        offset_steps > deep_steps * 100,
+        "{offset_steps} vs {deep_steps}"
+    );
+
+    // A long id prefix is a range on the primary key; a short one walks the index.
+    for (prefix, index) in [
+        ("00001", "requests_created_at"),
+        ("000012", "requests_created_at"),
+        ("00001234", "sqlite_autoindex_requests_1"),
+    ] {
+        let filter = ListFilter {
+            id_prefix: Some(prefix.into()),
+            ..first.clone()
+        };
+        let plan = query_plan(&conn, &filter);
+        assert!(plan.join("; ").contains(index), "{prefix}: {plan:?}");
+        let (ids, _) = page_steps(&conn, &filter);
+        assert!(
+            !ids.is_empty() && ids.iter().all(|id| id.starts_with(prefix)),
+            "{prefix}: {ids:?}"
+        );
+    }
+
+    for status in [None, Some(Status::Failed)] {
+        let filter = ListFilter {
+            status,
+            ..deep.clone()
+        };
+        let plan = query_plan(&conn, &filter).join("; ");
+        assert!(
+            plan.contains("SEARCH requests USING INDEX") && plan.contains("created_at<"),
+            "{status:?}: {plan}"
+        );
+        let (ids, steps) = page_steps(&conn, &filter);
+        assert_eq!(ids.len(), 50);
+        assert!(steps <= first_steps * 2, "{status:?}: {steps} steps");
+    }
+}
+
+fn rooms(limited: &[(&str, u32)], held: &[&str]) -> Rooms {
+    Rooms {
+        default: 10,
+        limited: limited.iter().map(|(d, r)| (d.to_string(), *r)).collect(),
+        held: held.iter().map(|d| d.to_string()).collect(),
+        overdue: Duration::from_secs(60),
+    }
+}
+
+fn claimed_ids(conn: &Connection, limit: u32, rooms: &Rooms) -> Vec<String> {
+    claim(conn, "test", limit, Duration::from_secs(30), rooms)
+        .unwrap()
+        .into_iter()
+        .map(|job| job.id)
+        .collect()
+}
+
+/// Virtual-machine steps spent so far by every statement a claim or a look for the next
+/// due time runs: a count of the work done that does not depend on the machine's speed.
+fn steps(conn: &Connection) -> i32 {
+    [
+        DUE_WINDOW,
+        FIRST_DESTINATION,
+        NEXT_DESTINATION,
+        DESTINATION_DUE,
+        CLAIM_ONE,
+    ]
+    .iter()
+    .map(|sql| {
+        conn.prepare_cached(sql)
+            .unwrap()
+            .get_status(StatementStatus::VmStep)
+    })
+    .sum()
+}
+
+/// A writer answer of another kind than the caller expects is an error naming both,
+/// never an empty list, a 0 or a `false`.
+#[test]
+fn a_reply_of_the_wrong_kind_is_an_error_not_a_default() {
+    let err = Reply::Count(0).jobs().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::WrongReply {
+                expected: "jobs",
+                got: "count"
+            }
+        ),
+        "{err}"
+    );
+    assert!(Reply::Jobs(Vec::new()).count().is_err());
+    assert!(Reply::Done.updated().is_err());
+    assert!(Reply::Updated(true).redelivery().is_err());
+    assert!(Reply::Redelivery(Redelivery::Queued).done().is_err());
+    assert!(!Reply::Updated(false).updated().unwrap());
+    assert_eq!(Reply::Count(3).count().unwrap(), 3);
+}
+
+/// A claim's limit changes with every claim (the free slots); each change must not cost a
+/// parse and a plan (it once took a third of the writer's CPU).
+#[test]
+fn a_claim_is_not_prepared_again_when_its_limit_changes() {
+    let (_dir, conn) = database();
+    queue(&conn, OTHER, 30, 1);
+    for limit in 1..=20 {
+        claim(&conn, "test", limit, Duration::ZERO, &rooms(&[], &[])).unwrap();
+    }
+    for sql in [DUE_WINDOW, CLAIM_ONE] {
+        let statement = conn.prepare_cached(sql).unwrap();
+        assert_eq!(statement.get_status(StatementStatus::RePrepare), 0, "{sql}");
+    }
+}
+
+#[test]
+fn a_claim_takes_due_jobs_in_due_order_within_each_destinations_room() {
+    let (_dir, conn) = database();
+    queue(&conn, FULL, 5, 1);
+    queue(&conn, OTHER, 2, 2);
+    let ids = claimed_ids(&conn, 10, &rooms(&[(FULL, 2)], &[]));
+    assert_eq!(
+        ids,
+        [
+            "http://full:1/1",
+            "http://full:1/2",
+            "http://other:2/2",
+            "http://other:2/3"
+        ]
+    );
+    // Leased now: the next claim passes them over.
+    let ids = claimed_ids(&conn, 1, &rooms(&[(FULL, 1)], &[]));
+    assert_eq!(ids, ["http://full:1/3"]);
+}
+
+#[test]
+fn a_held_destination_gives_only_jobs_overdue_by_the_longest_cool_down() {
+    let (_dir, conn) = database();
+    let now = millis(Utc::now());
+    queue(&conn, FULL, 1, now - 120_000);
+    queue(&conn, FULL, 1, now - 1_000);
+    let ids = claimed_ids(&conn, 10, &rooms(&[], &[FULL]));
+    assert_eq!(ids, [format!("http://full:1/{}", now - 120_000)]);
+}
+
+#[test]
+fn jobs_behind_a_full_destinations_backlog_are_found_without_walking_it() {
+    for (limited, held) in [(vec![(FULL, 0)], vec![]), (vec![], vec![FULL])] {
+        let (_dir, conn) = database();
+        let now = millis(Utc::now());
+        let backlog = 3_000;
+        queue(&conn, FULL, backlog, now - 10_000);
+        queue(&conn, OTHER, 2, now - 1_000);
+        let rooms = rooms(&limited, &held);
+        let before = steps(&conn);
+        let ids = claimed_ids(&conn, 4, &rooms);
+        assert_eq!(
+            ids,
+            [
+                format!("http://other:2/{}", now - 1_000),
+                format!("http://other:2/{}", now - 999)
+            ]
+        );
+        let spent = steps(&conn) - before;
+        assert!(
+            spent < 3_000,
+            "{spent} steps to claim past a backlog of {backlog}"
+        );
+    }
+}
+
+#[test]
+fn the_next_due_time_is_that_of_a_destination_with_room() {
+    let (_dir, conn) = database();
+    let now = millis(Utc::now());
+    queue(&conn, FULL, 3_000, 1);
+    assert_eq!(
+        next_due(&conn, &rooms(&[(FULL, 0)], &[]), now).unwrap(),
+        None
+    );
+    queue(&conn, OTHER, 1, now + 5_000);
+    let before = steps(&conn);
+    assert_eq!(
+        next_due(&conn, &rooms(&[(FULL, 0)], &[]), now).unwrap(),
+        Some(now + 5_000)
+    );
+    let spent = steps(&conn) - before;
+    assert!(
+        spent < 3_000,
+        "{spent} steps to look past a backlog of 3000"
+    );
+    // Held, the backlog counts from when it is overdue.
+    assert_eq!(
+        next_due(&conn, &rooms(&[], &[FULL]), now).unwrap(),
+        Some(1 + 60_000)
+    );
+    // With room and not held, its first job is due now.
+    assert_eq!(next_due(&conn, &rooms(&[], &[]), now).unwrap(), Some(1));
+}
