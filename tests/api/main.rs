@@ -12,6 +12,7 @@ mod batch;
 mod dashboard;
 mod delivery;
 mod durability;
+mod group_commit;
 mod guard;
 mod idempotency;
 mod loadgen;
