@@ -5,14 +5,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    Behaviour, Receiver, TestApp, ids, read, spawn_app, sync_request, unused_port,
-};
+use crate::helpers::{Behaviour, Receiver, TestServer, ids, read, sync_request, unused_port};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// `POST /admin/cleanup` with the given Authorization header (none if `None`).
-async fn cleanup(app: &TestApp, authorization: Option<&str>) -> reqwest::Response {
+async fn cleanup(app: &TestServer, authorization: Option<&str>) -> reqwest::Response {
     let mut request = app.client.post(app.url("/admin/cleanup"));
     if let Some(value) = authorization {
         request = request.header("authorization", value);
@@ -21,7 +19,7 @@ async fn cleanup(app: &TestApp, authorization: Option<&str>) -> reqwest::Respons
 }
 
 /// Runs the cleanup with the right token and returns its report.
-async fn cleanup_ok(app: &TestApp, token: &str) -> Value {
+async fn cleanup_ok(app: &TestServer, token: &str) -> Value {
     let (status, body) = read(cleanup(app, Some(&format!("Bearer {token}"))).await).await;
     assert_eq!(status, 200, "{body}");
     body
@@ -32,7 +30,7 @@ async fn cleanup_ok(app: &TestApp, token: &str) -> Value {
 /// The background retention job also runs once at start-up (and, with retention 0, may
 /// already have removed a request that finished before it ran), so the report is compared
 /// with the records listed just before the cleanup, not with what the test created.
-async fn cleanup_and_compare(app: &TestApp, token: &str) -> (Value, Vec<String>) {
+async fn cleanup_and_compare(app: &TestServer, token: &str) -> (Value, Vec<String>) {
     let before = ids(&app.get_json("/requests?limit=1000").await);
     let report = cleanup_ok(app, token).await;
     let after = ids(&app.get_json("/requests?limit=1000").await);
@@ -49,7 +47,7 @@ async fn cleanup_and_compare(app: &TestApp, token: &str) -> (Value, Vec<String>)
 
 /// Waits until a delivered request is recorded as `callback_success`, or already deleted by
 /// the start-up run of the retention job (possible with retention 0).
-async fn wait_until_finished_or_gone(app: &TestApp, id: &str) {
+async fn wait_until_finished_or_gone(app: &TestServer, id: &str) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let response = app.get(&format!("/requests/{id}")).await;
@@ -71,7 +69,7 @@ fn unauthorized() -> Value {
 
 #[tokio::test]
 async fn without_a_configured_token_the_admin_endpoint_does_not_exist() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     for authorization in [None, Some("Bearer "), Some("Bearer s3cret"), Some("Bearer")] {
         let (status, body) = read(cleanup(&app, authorization).await).await;
         assert_eq!(status, 404, "{authorization:?}");
@@ -85,7 +83,10 @@ async fn without_a_configured_token_the_admin_endpoint_does_not_exist() {
 
 #[tokio::test]
 async fn an_empty_token_setting_does_not_open_the_endpoint() {
-    let app = spawn_app(&["--admin-token", ""]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", "")
+        .start()
+        .await;
     for authorization in [None, Some("Bearer "), Some("Bearer")] {
         let (status, _) = read(cleanup(&app, authorization).await).await;
         assert_eq!(status, 404, "{authorization:?}");
@@ -94,7 +95,10 @@ async fn an_empty_token_setting_does_not_open_the_endpoint() {
 
 #[tokio::test]
 async fn with_a_token_cleanup_needs_the_right_bearer_token() {
-    let app = spawn_app(&["--admin-token", "s3cret"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", "s3cret")
+        .start()
+        .await;
 
     for authorization in [
         None,
@@ -133,7 +137,10 @@ async fn with_a_token_cleanup_needs_the_right_bearer_token() {
 
 #[tokio::test]
 async fn the_bearer_scheme_is_case_insensitive() {
-    let app = spawn_app(&["--admin-token", "s3cret"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", "s3cret")
+        .start()
+        .await;
     for authorization in ["bearer s3cret", "BEARER s3cret"] {
         let (status, body) = read(cleanup(&app, Some(authorization)).await).await;
         assert_eq!(status, 200, "{authorization}: {body}");
@@ -142,14 +149,18 @@ async fn the_bearer_scheme_is_case_insensitive() {
 
 #[tokio::test]
 async fn without_a_token_no_method_reveals_the_admin_endpoint() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let (status, _) = read(app.get("/admin/cleanup").await).await;
     assert_eq!(status, 404);
 }
 
 #[tokio::test]
 async fn cleanup_keeps_only_the_newest_max_stored_requests() {
-    let app = spawn_app(&["--admin-token", "t", "--max-stored-requests", "3"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", "t")
+        .setting("max-stored-requests", "3")
+        .start()
+        .await;
     let mut submitted = Vec::new();
     for n in 0..5 {
         submitted.push(sync_request(&app, &format!("request {n}")).await);
@@ -176,18 +187,14 @@ async fn cleanup_keeps_only_the_newest_max_stored_requests() {
 
 #[tokio::test]
 async fn cleanup_never_deletes_an_unfinished_async_request() {
-    let app = spawn_app(&[
-        "--admin-token",
-        "t",
-        "--request-retention-hours",
-        "0",
+    let app = TestServer::builder()
+        .setting("admin-token", "t")
+        .setting("request-retention-hours", "0")
         // The receiver of the unfinished request is down; its first retry is >= 15 s away.
-        "--callback-retry-base-delay",
-        "30",
-        "--callback-retry-max-delay",
-        "30",
-    ])
-    .await;
+        .setting("callback-retry-base-delay", "30")
+        .setting("callback-retry-max-delay", "30")
+        .start()
+        .await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let down = format!("http://{}/callback", unused_port().await);
 
@@ -224,17 +231,13 @@ async fn cleanup_never_deletes_an_unfinished_async_request() {
 
 #[tokio::test]
 async fn the_stored_request_cap_also_spares_unfinished_requests() {
-    let app = spawn_app(&[
-        "--admin-token",
-        "t",
-        "--max-stored-requests",
-        "0",
-        "--callback-retry-base-delay",
-        "30",
-        "--callback-retry-max-delay",
-        "30",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("admin-token", "t")
+        .setting("max-stored-requests", "0")
+        .setting("callback-retry-base-delay", "30")
+        .setting("callback-retry-max-delay", "30")
+        .start()
+        .await;
     let down = format!("http://{}/callback", unused_port().await);
     let unfinished = app.submit("unfinished", &down).await;
     sync_request(&app, "finished 1").await;

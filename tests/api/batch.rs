@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, read, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestServer, read};
 
 #[tokio::test]
 async fn valid_items_are_queued_together_and_invalid_ones_answered_by_index() {
     let receiver = Receiver::start(Behaviour::accept()).await;
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let batch = json!({"requests": [
         {"data": "first", "iterations": 10, "callback_url": receiver.url()},
         {"data": "bad iterations", "iterations": 0, "callback_url": receiver.url()},
@@ -80,7 +80,10 @@ async fn valid_items_are_queued_together_and_invalid_ones_answered_by_index() {
 #[tokio::test]
 async fn a_batch_that_does_not_fit_is_refused_whole() {
     let receiver = Receiver::start(Behaviour::hang(Duration::from_secs(30))).await;
-    let app = spawn_app(&["--async-queue-max-size", "5"]).await;
+    let app = TestServer::builder()
+        .setting("async-queue-max-size", "5")
+        .start()
+        .await;
     let item = json!({"data": "x", "iterations": 1, "callback_url": receiver.url()});
     let six = json!({"requests": vec![item.clone(); 6]});
     let response = app.post_json("/async/batch", &six).await;
@@ -107,7 +110,7 @@ async fn a_batch_that_does_not_fit_is_refused_whole() {
 
 #[tokio::test]
 async fn malformed_batches_are_refused_whole() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let item = json!({"data": "x", "iterations": 1, "callback_url": "http://127.0.0.1:9/cb"});
     for (body, loc) in [
         (json!([item.clone()]), json!(["body"])),
@@ -165,7 +168,10 @@ async fn malformed_batches_are_refused_whole() {
 
 #[tokio::test]
 async fn each_item_passes_the_callback_guard() {
-    let app = spawn_app(&["--callback-block-private-ips", "true"]).await;
+    let app = TestServer::builder()
+        .setting("callback-block-private-ips", "true")
+        .start()
+        .await;
     let batch = json!({"requests": [
         {"data": "x", "iterations": 1, "callback_url": "http://127.0.0.1:9/cb"},
         {"data": "x", "iterations": 1, "callback_url": "http://[::1]:9/cb"},

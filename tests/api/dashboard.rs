@@ -22,7 +22,7 @@ use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, sync_request, unused_port};
+use crate::helpers::{TestServer, sync_request, unused_port};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -200,7 +200,7 @@ async fn start_receiver(refusing: Arc<AtomicBool>) -> SocketAddr {
     address
 }
 
-async fn submit(app: &TestApp, callback: &str) -> String {
+async fn submit(app: &TestServer, callback: &str) -> String {
     let response = app
         .post_async(&json!({ "data": "<b>dashboard</b>", "callback_url": callback }))
         .await;
@@ -247,7 +247,11 @@ async fn dashboard_in_a_real_browser() {
     let Some(driver) = start_driver().await else {
         return;
     };
-    let app = spawn_app(&["--admin-token", ADMIN_TOKEN, "--callback-max-retries", "1"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", ADMIN_TOKEN)
+        .setting("callback-max-retries", "1")
+        .start()
+        .await;
     let refusing = Arc::new(AtomicBool::new(true));
     let receiver = start_receiver(Arc::clone(&refusing)).await;
     let hook = format!("http://{receiver}/hook");
@@ -264,7 +268,7 @@ async fn dashboard_in_a_real_browser() {
 /// Everything the issue asks of the dashboard, in the browser.
 async fn drive(
     browser: &Client,
-    app: &TestApp,
+    app: &TestServer,
     hook: &str,
     refusing: &AtomicBool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -577,7 +581,10 @@ async fn drive(
 /// `/ui`, actions only with an admin token, the live endpoints behind the API token.
 #[tokio::test]
 async fn pages_are_data_free_shells_under_a_strict_policy() {
-    let app = spawn_app(&["--api-token", "api-secret"]).await;
+    let app = TestServer::builder()
+        .setting("api-token", "api-secret")
+        .start()
+        .await;
     let hostile = "%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E";
     for path in [
         "/ui".to_string(),
@@ -657,8 +664,8 @@ async fn the_stream_shows_other_instances_changes_on_postgres() {
         return;
     };
     let url = crate::helpers::create_postgres_database(&admin).await;
-    let watched = crate::helpers::spawn_app_on(tempfile::tempdir().unwrap(), &url, &[]).await;
-    let other = crate::helpers::spawn_app_on(tempfile::tempdir().unwrap(), &url, &[]).await;
+    let watched = TestServer::builder().database_url(&url).start().await;
+    let other = TestServer::builder().database_url(&url).start().await;
     let mut stream = watched
         .client
         .get(watched.url("/ui/api/stream"))

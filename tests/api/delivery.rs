@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, spawn_app, unused_port};
+use crate::helpers::{Behaviour, Receiver, TestServer, unused_port};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn async_request_is_delivered_with_body_and_headers() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let receiver = Receiver::start(Behaviour::accept()).await;
 
     let response = app
@@ -68,7 +68,7 @@ async fn async_request_is_delivered_with_body_and_headers() {
 
 #[tokio::test]
 async fn receiver_failing_twice_gets_three_attempts_then_success() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let receiver = Receiver::start(Behaviour::fail_first(2)).await;
     let id = app.submit("retry me", &receiver.url()).await;
 
@@ -103,7 +103,10 @@ async fn receiver_failing_twice_gets_three_attempts_then_success() {
 
 #[tokio::test]
 async fn receiver_that_is_down_ends_callback_failed_after_max_retries() {
-    let app = spawn_app(&["--callback-max-retries", "3"]).await;
+    let app = TestServer::builder()
+        .setting("callback-max-retries", "3")
+        .start()
+        .await;
     let down = format!("http://{}/callback", unused_port().await);
     let id = app.submit("nobody home", &down).await;
 
@@ -133,7 +136,10 @@ async fn receiver_that_is_down_ends_callback_failed_after_max_retries() {
 
 #[tokio::test]
 async fn non_2xx_answers_are_retried_and_recorded() {
-    let app = spawn_app(&["--callback-max-retries", "1"]).await;
+    let app = TestServer::builder()
+        .setting("callback-max-retries", "1")
+        .start()
+        .await;
     let receiver = Receiver::start(Behaviour::always_fail(404)).await;
     let id = app.submit("not found", &receiver.url()).await;
     let record = app.wait_for_status(&id, "callback_failed", WAIT).await;
@@ -144,17 +150,13 @@ async fn non_2xx_answers_are_retried_and_recorded() {
 #[tokio::test]
 async fn hanging_and_failing_receivers_do_not_delay_a_working_one() {
     // The default 10 workers; retries that wait hold no worker.
-    let app = spawn_app(&[
-        "--callback-timeout-seconds",
-        "5",
-        "--job-lease-seconds",
-        "10",
-        "--callback-retry-base-delay",
-        "1",
-        "--callback-retry-max-delay",
-        "2",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("callback-timeout-seconds", "5")
+        .setting("job-lease-seconds", "10")
+        .setting("callback-retry-base-delay", "1")
+        .setting("callback-retry-max-delay", "2")
+        .start()
+        .await;
     let hanging = Receiver::start(Behaviour::hang(Duration::from_secs(4))).await;
     let failing = Receiver::start(Behaviour::always_fail(503)).await;
     let good = Receiver::start(Behaviour::accept()).await;
@@ -187,7 +189,10 @@ async fn callbacks_are_signed_over_the_exact_bytes_sent() {
     use hmac::{Hmac, Mac};
 
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let app = spawn_app(&["--callback-signing-secret", secret]).await;
+    let app = TestServer::builder()
+        .setting("callback-signing-secret", secret)
+        .start()
+        .await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let id = app.submit("sign me", &receiver.url()).await;
     let callback = receiver.wait_for_deliveries(1, WAIT).await.remove(0);
@@ -204,7 +209,11 @@ async fn callbacks_are_signed_over_the_exact_bytes_sent() {
     assert_eq!(header("webhook-signature"), expected);
 }
 
-async fn redeliver(app: &crate::helpers::TestApp, id: &str, token: Option<&str>) -> (u16, Value) {
+async fn redeliver(
+    app: &crate::helpers::TestServer,
+    id: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
     let mut request = app
         .client
         .post(app.url(&format!("/requests/{id}/redeliver")));
@@ -218,7 +227,11 @@ async fn redeliver(app: &crate::helpers::TestApp, id: &str, token: Option<&str>)
 
 #[tokio::test]
 async fn a_failed_request_can_be_redelivered_with_a_fresh_round_and_its_history_kept() {
-    let app = spawn_app(&["--admin-token", "t", "--callback-max-retries", "1"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", "t")
+        .setting("callback-max-retries", "1")
+        .start()
+        .await;
     let address = unused_port().await;
     let id = app
         .submit("redeliver me", &format!("http://{address}/callback"))
@@ -256,7 +269,10 @@ async fn a_failed_request_can_be_redelivered_with_a_fresh_round_and_its_history_
 
 #[tokio::test]
 async fn redelivery_is_refused_for_other_statuses_unknown_ids_and_without_the_token() {
-    let app = spawn_app(&["--admin-token", "t"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", "t")
+        .start()
+        .await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let id = app.submit("delivered", &receiver.url()).await;
     app.wait_for_status(&id, "callback_success", WAIT).await;
@@ -289,13 +305,16 @@ async fn redelivery_is_refused_for_other_statuses_unknown_ids_and_without_the_to
     assert_eq!(redeliver(&app, &id, Some("wrong")).await.0, 401);
 
     // Without a configured token the endpoint does not exist.
-    let open = spawn_app(&[]).await;
+    let open = TestServer::builder().start().await;
     assert_eq!(redeliver(&open, &id, Some("t")).await.0, 404);
 }
 
 #[tokio::test]
 async fn attempts_record_the_start_of_the_receivers_answer() {
-    let app = spawn_app(&["--callback-max-retries", "0"]).await;
+    let app = TestServer::builder()
+        .setting("callback-max-retries", "0")
+        .start()
+        .await;
     let receiver = Receiver::start(Behaviour::always_fail(500)).await;
     let id = app.submit("what did it say", &receiver.url()).await;
     let record = app.wait_for_status(&id, "callback_failed", WAIT).await;
@@ -338,13 +357,11 @@ async fn a_retry_after_from_the_receiver_is_honoured() {
     let url = format!("http://{}/callback", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let app = spawn_app(&[
-        "--callback-retry-base-delay",
-        "0.05",
-        "--callback-retry-max-delay",
-        "5",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("callback-retry-base-delay", "0.05")
+        .setting("callback-retry-max-delay", "5")
+        .start()
+        .await;
     let id = app.submit("come back later", &url).await;
     let record = app.wait_for_status(&id, "callback_success", WAIT).await;
     let attempts = record["attempts"].as_array().unwrap();

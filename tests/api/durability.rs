@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Behaviour, Receiver, assert_all_delivered, client, fresh_database, get_json_at, spawn_app_on,
+    Behaviour, Receiver, TestServer, assert_all_delivered, client, fresh_database, get_json_at,
     unused_port, wait_for_active_workers, wait_for_status_at,
 };
 
@@ -279,25 +279,30 @@ async fn a_stopped_service_delivers_what_it_had_queued_after_restart() {
     // the service stops; after a restart (receiver up) the retry is delivered.
     let port = unused_port().await;
     let settings = [
-        "--callback-max-retries",
-        "5",
-        "--callback-retry-base-delay",
-        "1",
-        "--callback-retry-max-delay",
-        "1",
+        ("callback-max-retries", "5"),
+        ("callback-retry-base-delay", "1"),
+        ("callback-retry-max-delay", "1"),
     ];
     let dir = tempfile::tempdir().unwrap();
     let database_url = fresh_database(dir.path()).await;
-    let app = spawn_app_on(dir, &database_url, &settings).await;
+    let app = TestServer::builder()
+        .database_url(&database_url)
+        .settings(&settings)
+        .start()
+        .await;
     let url = format!("http://{port}/callback");
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(app.submit(&format!("queued {i}"), &url).await);
     }
-    let dir = app.stop().await;
+    app.stop().await;
 
     let receiver = Receiver::start_on(port, Behaviour::accept()).await;
-    let app = spawn_app_on(dir, &database_url, &settings).await;
+    let app = TestServer::builder()
+        .database_url(&database_url)
+        .settings(&settings)
+        .start()
+        .await;
     receiver
         .wait_for_deliveries(ids.len(), Duration::from_secs(30))
         .await;

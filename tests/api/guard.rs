@@ -15,7 +15,7 @@ use syncasync::delivery::guard::Guard;
 use syncasync::delivery::signing::Signer;
 use syncasync::model::WorkResult;
 
-use crate::helpers::{Behaviour, Receiver, StaticLookup, spawn_app_with_lookup};
+use crate::helpers::{Behaviour, Receiver, StaticLookup, TestServer};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -35,7 +35,11 @@ async fn a_name_that_resolves_to_loopback_is_refused_at_connect_and_not_retried(
     // 127.0.0.1 at delivery.
     let receiver = Receiver::start(Behaviour::accept()).await;
     let lookup = StaticLookup::default().with("rebind.test", &["127.0.0.1"]);
-    let app = spawn_app_with_lookup(&["--callback-block-private-ips", "true"], lookup).await;
+    let app = TestServer::builder()
+        .setting("callback-block-private-ips", "true")
+        .lookup(lookup)
+        .start()
+        .await;
     let url = format!("http://rebind.test:{}/callback", receiver.address.port());
 
     let id = app.submit("rebinding", &url).await;
@@ -63,7 +67,11 @@ async fn a_name_that_resolves_to_loopback_is_refused_at_connect_and_not_retried(
 async fn the_same_name_is_delivered_with_protection_off() {
     let receiver = Receiver::start(Behaviour::accept()).await;
     let lookup = StaticLookup::default().with("rebind.test", &["127.0.0.1"]);
-    let app = spawn_app_with_lookup(&["--callback-block-private-ips", "false"], lookup).await;
+    let app = TestServer::builder()
+        .setting("callback-block-private-ips", "false")
+        .lookup(lookup)
+        .start()
+        .await;
     let url = format!("http://rebind.test:{}/callback", receiver.address.port());
     let id = app.submit("protection off", &url).await;
     app.wait_for_status(&id, "callback_success", WAIT).await;
@@ -77,16 +85,12 @@ async fn allowed_hosts_bypass_the_guard() {
         .with("internal.test", &["127.0.0.1"])
         .with("localhost", &["127.0.0.1"])
         .with("other.test", &["127.0.0.1"]);
-    let app = spawn_app_with_lookup(
-        &[
-            "--callback-block-private-ips",
-            "true",
-            "--callback-allowed-hosts",
-            "internal.test,localhost",
-        ],
-        lookup,
-    )
-    .await;
+    let app = TestServer::builder()
+        .setting("callback-block-private-ips", "true")
+        .setting("callback-allowed-hosts", "internal.test,localhost")
+        .lookup(lookup)
+        .start()
+        .await;
     let port = receiver.address.port();
     let id = app
         .submit("trusted", &format!("http://internal.test:{port}/callback"))
@@ -225,8 +229,11 @@ async fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
     let redirect_url = format!("http://{}/callback", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, redirector).await });
 
-    let app =
-        spawn_app_with_lookup(&["--callback-max-retries", "1"], StaticLookup::default()).await;
+    let app = TestServer::builder()
+        .setting("callback-max-retries", "1")
+        .lookup(StaticLookup::default())
+        .start()
+        .await;
     let id = app.submit("redirected", &redirect_url).await;
     let record = app.wait_for_status(&id, "callback_failed", WAIT).await;
     let attempts = record["attempts"].as_array().unwrap();

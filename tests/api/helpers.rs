@@ -1,5 +1,10 @@
-//! The shared harness: start the real service on an ephemeral port with a fresh database,
-//! talk HTTP to it, and run callback receivers on 127.0.0.1 whose behaviour a test scripts.
+//! The shared harness: start the real service on an ephemeral port with a fresh database
+//! ([`TestServer`], in `server.rs`), talk HTTP to it, and run callback receivers on 127.0.0.1
+//! whose behaviour a test scripts.
+
+mod server;
+
+pub use server::TestServer;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,38 +17,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use clap::Parser;
 use serde_json::{Value, json};
-use syncasync::app::Application;
-use syncasync::config::Config;
-use syncasync::delivery::client::{LookupFuture, NameLookup, SystemLookup};
-use syncasync::shutdown::CancellationToken;
-use tempfile::TempDir;
+use syncasync::delivery::client::{LookupFuture, NameLookup};
 use tokio::task::JoinHandle;
-
-#[derive(Parser)]
-#[command(args_override_self = true)]
-struct TestCli {
-    #[command(flatten)]
-    config: Config,
-}
-
-/// A running service and a client for it.
-pub struct TestApp {
-    pub address: String,
-    pub client: reqwest::Client,
-    db_dir: Option<TempDir>,
-    shutdown: CancellationToken,
-    handle: Option<JoinHandle<()>>,
-}
-
-/// Settings for tests: loopback callbacks allowed, fast retries. `extra` adds or overrides
-/// flags, e.g. `&["--callback-max-retries", "1"]`.
-pub async fn spawn_app(extra: &[&str]) -> TestApp {
-    let db_dir = tempfile::tempdir().expect("temp dir");
-    let database_url = fresh_database(db_dir.path()).await;
-    spawn_app_on(db_dir, &database_url, extra).await
-}
 
 /// The environment variable that switches the suite to PostgreSQL: the URL of a database the
 /// tests may connect to in order to create one fresh database per test.
@@ -111,158 +87,12 @@ impl NameLookup for StaticLookup {
     }
 }
 
-/// As [`spawn_app`] (on either backend), resolving callback host names with `lookup`.
-pub async fn spawn_app_with_lookup(extra: &[&str], lookup: StaticLookup) -> TestApp {
-    let db_dir = tempfile::tempdir().expect("temp dir");
-    let database_url = fresh_database(db_dir.path()).await;
-    start(db_dir, &database_url, extra, Arc::new(lookup)).await
-}
-
-pub async fn spawn_app_on(db_dir: TempDir, database_url: &str, extra: &[&str]) -> TestApp {
-    start(db_dir, database_url, extra, Arc::new(SystemLookup)).await
-}
-
-async fn start(
-    db_dir: TempDir,
-    database_url: &str,
-    extra: &[&str],
-    lookup: Arc<dyn NameLookup>,
-) -> TestApp {
-    let mut args = vec![
-        "test",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--database-url",
-        database_url,
-        "--callback-block-private-ips",
-        "false",
-        "--callback-retry-base-delay",
-        "0.05",
-        "--callback-retry-max-delay",
-        "0.2",
-        "--callback-timeout-seconds",
-        "2",
-        "--shutdown-grace-seconds",
-        "5",
-        // Short leases (at least twice the callback timeout), so that takeover after a stop is
-        // quick on a shared database.
-        "--job-lease-seconds",
-        "4",
-        "--database-pool-size",
-        "4",
-    ];
-    args.extend_from_slice(extra);
-    let config = TestCli::try_parse_from(args).expect("test config").config;
-    let app = Application::build_with_lookup(config, lookup)
-        .await
-        .expect("application starts");
-    let address = format!("http://{}", app.local_addr());
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            app.run(shutdown).await.expect("application runs");
-        }
-    });
-    TestApp {
-        address,
-        client: client(),
-        db_dir: Some(db_dir),
-        shutdown,
-        handle: Some(handle),
-    }
-}
-
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("test client")
-}
-
-impl TestApp {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.address, path)
-    }
-
-    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
-    }
-
-    pub async fn post_sync(&self, body: &Value) -> reqwest::Response {
-        self.post_json("/sync", body).await
-    }
-
-    pub async fn post_async(&self, body: &Value) -> reqwest::Response {
-        self.post_json("/async", body).await
-    }
-
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request sent")
-    }
-
-    pub async fn get_json(&self, path: &str) -> Value {
-        self.get(path).await.json().await.expect("JSON body")
-    }
-
-    /// Submits an async request and returns its id.
-    /// As [`submit`](Self::submit), with owned arguments (for many submissions at once).
-    pub async fn submit_owned(&self, data: String, callback_url: String) -> String {
-        self.submit(&data, &callback_url).await
-    }
-
-    pub async fn submit(&self, data: &str, callback_url: &str) -> String {
-        let response = self
-            .post_async(&json!({"data": data, "iterations": 10, "callback_url": callback_url}))
-            .await;
-        assert_eq!(
-            response.status(),
-            200,
-            "submit: {:?}",
-            response.text().await
-        );
-        let body: Value = response.json().await.expect("JSON body");
-        body["request_id"].as_str().expect("request_id").to_string()
-    }
-
-    /// Polls `GET /requests/{id}` until its status is `status`.
-    pub async fn wait_for_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
-        wait_for_status_at(
-            &self.client,
-            &self.address,
-            id,
-            status,
-            Instant::now() + timeout,
-        )
-        .await
-    }
-
-    /// Stops the service the way SIGTERM does and waits for it to finish.
-    pub async fn stop(mut self) -> TempDir {
-        self.shutdown.cancel();
-        if let Some(handle) = self.handle.take() {
-            handle.await.expect("application stopped cleanly");
-        }
-        self.db_dir.take().expect("database directory")
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 /// The status and JSON body of a response; a body that is not JSON fails the test.
@@ -275,7 +105,7 @@ pub async fn read(response: reqwest::Response) -> (u16, Value) {
 }
 
 /// Makes a sync request (1 iteration) and returns its id.
-pub async fn sync_request(app: &TestApp, data: &str) -> String {
+pub async fn sync_request<P>(app: &TestServer<P>, data: &str) -> String {
     let (status, body) = read(app.post_sync(&json!({"data": data, "iterations": 1})).await).await;
     assert_eq!(status, 200, "{body}");
     body["result"]["request_id"].as_str().unwrap().to_string()

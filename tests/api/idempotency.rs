@@ -7,9 +7,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestApp, fresh_database, read, spawn_app, spawn_app_on};
+use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, read};
 
-async fn post_with_key(app: &TestApp, path: &str, key: &str, body: &Value) -> reqwest::Response {
+async fn post_with_key(app: &TestServer, path: &str, key: &str, body: &Value) -> reqwest::Response {
     app.client
         .post(app.url(path))
         .header("Idempotency-Key", key)
@@ -26,7 +26,7 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 /// Posts, and returns the status, the body, and the `Idempotent-Replayed` and `X-Request-ID`
 /// headers.
 pub(crate) async fn post_keyed(
-    app: &TestApp,
+    app: &TestServer,
     path: &str,
     key: &str,
     body: &Value,
@@ -43,7 +43,7 @@ pub(crate) async fn post_keyed(
 #[tokio::test]
 async fn a_repeated_async_key_answers_the_first_request_and_calls_back_once() {
     let receiver = Receiver::start(Behaviour::accept()).await;
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let body = json!({"data": "pay invoice 7", "iterations": 10, "callback_url": receiver.url()});
 
     let (status, first, replayed, header_id) = post_keyed(&app, "/async", "order-7", &body).await;
@@ -88,7 +88,7 @@ async fn a_repeated_async_key_answers_the_first_request_and_calls_back_once() {
 #[tokio::test]
 async fn a_key_reused_for_another_body_or_mode_is_refused_and_names_the_key() {
     let receiver = Receiver::start(Behaviour::accept()).await;
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let body = json!({"data": "a", "iterations": 10, "callback_url": receiver.url()});
     assert_eq!(post_keyed(&app, "/async", "k-1", &body).await.0, 200);
 
@@ -120,7 +120,7 @@ async fn a_key_reused_for_another_body_or_mode_is_refused_and_names_the_key() {
 
 #[tokio::test]
 async fn malformed_keys_are_refused_before_anything_is_written() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let body = json!({"data": "a", "iterations": 1});
     let long = "k".repeat(256);
     let bad: Vec<reqwest::header::HeaderValue> = vec![
@@ -174,7 +174,7 @@ async fn malformed_keys_are_refused_before_anything_is_written() {
 #[tokio::test]
 async fn concurrent_duplicates_of_one_key_create_exactly_one_request() {
     let receiver = Receiver::start(Behaviour::accept()).await;
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let body = json!({"data": "once", "iterations": 10, "callback_url": receiver.url()});
     let answers = join_all((0..40).map(|_| post_keyed(&app, "/async", "burst", &body))).await;
     let ids: Vec<&str> = answers
@@ -203,7 +203,7 @@ async fn concurrent_duplicates_of_one_key_create_exactly_one_request() {
 
 #[tokio::test]
 async fn a_repeated_sync_key_answers_the_stored_result_without_working_again() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let body = json!({"data": "slow one", "iterations": 20000});
     // Concurrent: the repeats arrive while the first is working, wait for it, and answer its
     // result.
@@ -231,12 +231,18 @@ async fn a_key_outlives_a_restart() {
     let receiver = Receiver::start(Behaviour::accept()).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let database_url = fresh_database(dir.path()).await;
-    let app = spawn_app_on(dir, &database_url, &[]).await;
+    let app = TestServer::builder()
+        .database_url(&database_url)
+        .start()
+        .await;
     let body = json!({"data": "durable", "iterations": 10, "callback_url": receiver.url()});
     let (_, first, _, _) = post_keyed(&app, "/async", "restart-key", &body).await;
-    let dir = app.stop().await;
+    app.stop().await;
 
-    let app = spawn_app_on(dir, &database_url, &[]).await;
+    let app = TestServer::builder()
+        .database_url(&database_url)
+        .start()
+        .await;
     let (status, again, replayed, _) = post_keyed(&app, "/async", "restart-key", &body).await;
     assert_eq!((status, replayed), (200, true), "{again}");
     assert_eq!(again["request_id"], first["request_id"]);

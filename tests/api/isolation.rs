@@ -6,25 +6,20 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use crate::helpers::{Behaviour, Receiver, TestApp, spawn_app, unused_port};
+use crate::helpers::{Behaviour, Receiver, TestServer, unused_port};
 
 const TOKEN: &str = "isolation-admin-token";
 
 /// The service's own defaults for everything delivery does (the harness shortens some).
-const DEFAULTS: &[&str] = &[
-    "--callback-timeout-seconds",
-    "10",
-    "--job-lease-seconds",
-    "30",
-    "--callback-retry-base-delay",
-    "1",
-    "--callback-retry-max-delay",
-    "30",
-    "--admin-token",
-    TOKEN,
+const DEFAULTS: &[(&str, &str)] = &[
+    ("callback-timeout-seconds", "10"),
+    ("job-lease-seconds", "30"),
+    ("callback-retry-base-delay", "1"),
+    ("callback-retry-max-delay", "30"),
+    ("admin-token", TOKEN),
 ];
 
-async fn destinations(app: &TestApp) -> Vec<Value> {
+async fn destinations(app: &TestServer) -> Vec<Value> {
     let response = app
         .client
         .get(app.url("/destinations"))
@@ -37,7 +32,7 @@ async fn destinations(app: &TestApp) -> Vec<Value> {
     body["destinations"].as_array().unwrap().clone()
 }
 
-async fn destination(app: &TestApp, port: u16) -> Option<Value> {
+async fn destination(app: &TestServer, port: u16) -> Option<Value> {
     let suffix = format!(":{port}");
     destinations(app)
         .await
@@ -46,12 +41,12 @@ async fn destination(app: &TestApp, port: u16) -> Option<Value> {
 }
 
 /// Submits `n` requests to `url` at once.
-async fn submit_many(app: &TestApp, n: usize, url: &str, tag: &str) -> Vec<String> {
+async fn submit_many(app: &TestServer, n: usize, url: &str, tag: &str) -> Vec<String> {
     join_all((0..n).map(|i| app.submit_owned(format!("{tag} {i}"), url.to_string()))).await
 }
 
 /// Submits one request to `receiver` and returns how long its callback took to arrive.
-async fn time_one_delivery(app: &TestApp, receiver: &Receiver, n: usize) -> Duration {
+async fn time_one_delivery(app: &TestServer, receiver: &Receiver, n: usize) -> Duration {
     let started = Instant::now();
     app.submit(&format!("healthy {n}"), &receiver.url()).await;
     receiver
@@ -62,7 +57,7 @@ async fn time_one_delivery(app: &TestApp, receiver: &Receiver, n: usize) -> Dura
 
 #[tokio::test]
 async fn with_default_settings_hung_and_dead_receivers_do_not_delay_a_healthy_one() {
-    let app = spawn_app(DEFAULTS).await;
+    let app = TestServer::builder().settings(DEFAULTS).start().await;
     let hung = Receiver::start(Behaviour::hang(Duration::from_secs(120))).await;
     let dead = format!("http://{}/callback", unused_port().await);
     let healthy = Receiver::start(Behaviour::accept()).await;
@@ -115,17 +110,13 @@ async fn with_default_settings_hung_and_dead_receivers_do_not_delay_a_healthy_on
 async fn every_request_ends_final_while_receivers_hang_or_refuse() {
     // A short timeout and short cool-downs: the dead destination's breaker opens, and its
     // jobs wait no longer than the longest cool-down for each attempt.
-    let app = spawn_app(&[
-        "--callback-timeout-seconds",
-        "1",
-        "--callback-max-retries",
-        "1",
-        "--callback-breaker-cooldown-seconds",
-        "0.5",
-        "--callback-breaker-max-cooldown-seconds",
-        "1",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("callback-timeout-seconds", "1")
+        .setting("callback-max-retries", "1")
+        .setting("callback-breaker-cooldown-seconds", "0.5")
+        .setting("callback-breaker-max-cooldown-seconds", "1")
+        .start()
+        .await;
     let hung = Receiver::start(Behaviour::hang(Duration::from_secs(120))).await;
     let dead = format!("http://{}/callback", unused_port().await);
     let healthy = Receiver::start(Behaviour::accept()).await;
@@ -146,17 +137,13 @@ async fn every_request_ends_final_while_receivers_hang_or_refuse() {
 
 #[tokio::test]
 async fn a_destination_that_recovers_is_closed_again_after_its_probe_succeeds() {
-    let app = spawn_app(&[
-        "--admin-token",
-        TOKEN,
-        "--callback-max-retries",
-        "10",
-        "--callback-breaker-threshold",
-        "5",
-        "--callback-breaker-cooldown-seconds",
-        "1.5",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .setting("callback-max-retries", "10")
+        .setting("callback-breaker-threshold", "5")
+        .setting("callback-breaker-cooldown-seconds", "1.5")
+        .start()
+        .await;
     // Down (503) for a second after the first callback, then up: the breaker opens within
     // that second, and its probe after the 1.5 s cool-down succeeds.
     let receiver = Receiver::start(Behaviour::down_for(Duration::from_secs(1), 503)).await;
@@ -195,17 +182,13 @@ async fn a_destination_that_recovers_is_closed_again_after_its_probe_succeeds() 
 
 #[tokio::test]
 async fn while_a_breaker_is_open_no_attempt_reaches_the_destination() {
-    let app = spawn_app(&[
-        "--admin-token",
-        TOKEN,
-        "--callback-max-retries",
-        "20",
-        "--callback-breaker-threshold",
-        "2",
-        "--callback-breaker-cooldown-seconds",
-        "2",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .setting("callback-max-retries", "20")
+        .setting("callback-breaker-threshold", "2")
+        .setting("callback-breaker-cooldown-seconds", "2")
+        .start()
+        .await;
     let receiver = Receiver::start(Behaviour::always_fail(503)).await;
     submit_many(&app, 10, &receiver.url(), "refused").await;
     // Four 503s (½ each) open it.

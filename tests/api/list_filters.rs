@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{Behaviour, Receiver, TestApp, ids, read, spawn_app, sync_request};
+use crate::helpers::{Behaviour, Receiver, TestServer, ids, read, sync_request};
 
 const WAIT: Duration = Duration::from_secs(20);
 const TOKEN: &str = "bulk-admin";
 
-async fn list(app: &TestApp, query: &str) -> Vec<String> {
+async fn list(app: &TestServer, query: &str) -> Vec<String> {
     ids(&app.get_json(&format!("/requests?{query}")).await)
 }
 
-async fn bulk(app: &TestApp, query: &str, token: Option<&str>) -> (u16, Value) {
+async fn bulk(app: &TestServer, query: &str, token: Option<&str>) -> (u16, Value) {
     let mut request = app
         .client
         .post(app.url(&format!("/admin/redeliver?{query}")));
@@ -27,7 +27,7 @@ async fn bulk(app: &TestApp, query: &str, token: Option<&str>) -> (u16, Value) {
 
 #[tokio::test]
 async fn keyset_pages_walk_the_whole_list_in_order() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     for n in 0..7 {
         sync_request(&app, &format!("page {n}")).await;
     }
@@ -68,7 +68,7 @@ async fn keyset_pages_walk_the_whole_list_in_order() {
 
 #[tokio::test]
 async fn junk_filters_are_422s_that_name_them() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     for (query, field) in [
         ("created_from=last%20week", "created_from"),
         ("created_to=1", "created_to"),
@@ -93,11 +93,14 @@ async fn junk_filters_are_422s_that_name_them() {
 
 #[tokio::test]
 async fn bulk_redelivery_is_hidden_without_a_token_and_closed_without_the_bearer() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let (status, _) = bulk(&app, "dry_run=true", None).await;
     assert_eq!(status, 404);
     app.stop().await;
-    let app = spawn_app(&["--admin-token", TOKEN]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .start()
+        .await;
     let (status, _) = bulk(&app, "dry_run=true", None).await;
     assert_eq!(status, 401);
     let (status, _) = bulk(&app, "dry_run=true", Some("wrong")).await;
@@ -126,7 +129,11 @@ async fn bulk_redelivery_is_hidden_without_a_token_and_closed_without_the_bearer
 /// filter picks the requests of one of them.
 #[tokio::test]
 async fn bulk_redelivery_takes_exactly_the_failed_requests_that_match() {
-    let app = spawn_app(&["--admin-token", TOKEN, "--callback-max-retries", "0"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .setting("callback-max-retries", "0")
+        .start()
+        .await;
     let refusing = Receiver::start(Behaviour::always_fail(500)).await;
     let other = Receiver::start(Behaviour::always_fail(500)).await;
     let here = refusing.url();

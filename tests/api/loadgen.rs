@@ -23,7 +23,7 @@ use syncasync::loadgen::{LoadgenArgs, ModeReport, Report, Wait, run};
 use syncasync::model::Mode;
 use syncasync::shutdown::CancellationToken;
 
-use crate::helpers::{client, spawn_app, unused_port};
+use crate::helpers::{TestServer, client, unused_port};
 
 #[derive(Parser)]
 #[command(args_override_self = true)]
@@ -701,7 +701,7 @@ async fn a_stop_ends_the_run_with_what_was_measured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_modes_against_the_real_service() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let report = loadgen(&[
         "--url",
         &app.address,
@@ -888,7 +888,7 @@ async fn sigint_stops_the_command_with_a_report() {
 
 #[tokio::test]
 async fn batches_against_the_real_service_are_matched_request_by_request() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     // 95 is not a multiple of the batch: the last batch is short.
     let report = loadgen(&[
         "--url",

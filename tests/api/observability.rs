@@ -7,12 +7,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::durability::ChildServer;
-use crate::helpers::{Behaviour, Receiver, client, fresh_database, spawn_app, unused_port};
+use crate::helpers::{Behaviour, Receiver, TestServer, client, fresh_database, unused_port};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Every sample of the scrape, by its series (name with labels).
-async fn scrape(app: &crate::helpers::TestApp) -> HashMap<String, f64> {
+async fn scrape(app: &crate::helpers::TestServer) -> HashMap<String, f64> {
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
@@ -46,13 +46,11 @@ fn sample(samples: &HashMap<String, f64>, series: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_move_with_traffic() {
-    let app = spawn_app(&[
-        "--callback-max-retries",
-        "1",
-        "--async-queue-max-size",
-        "50",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("callback-max-retries", "1")
+        .setting("async-queue-max-size", "50")
+        .start()
+        .await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let down = format!("http://{}/callback", unused_port().await);
     let before = scrape(&app).await;
@@ -127,7 +125,7 @@ async fn metrics_move_with_traffic() {
 
 #[tokio::test]
 async fn every_response_carries_a_request_id_and_a_valid_one_is_echoed() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let mine = app
         .client
         .get(app.url("/healthz"))
@@ -181,7 +179,7 @@ async fn sync_and_async_answer_with_the_created_request_id_as_x_request_id() {
     // SPEC §3: one id for the response, the record and the callback. A client's own
     // X-Request-ID does not name the request (it is not ours to make unique), so it is not
     // echoed by these two; the request's id is.
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let mut async_ids = Vec::new();
     for client_id in [None, Some("client-chosen-7")] {

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, read, spawn_app};
+use crate::helpers::{TestServer, read};
 
 /// Every operation of SPEC §3 and beyond, as the document must list it.
 const OPERATIONS: &[(&str, &str)] = &[
@@ -24,7 +24,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/destinations"),
 ];
 
-async fn document(app: &TestApp) -> Value {
+async fn document(app: &TestServer) -> Value {
     let (status, doc) = read(app.get("/openapi.json").await).await;
     assert_eq!(status, 200);
     doc
@@ -46,7 +46,10 @@ fn operations(doc: &Value) -> BTreeSet<(String, String)> {
 
 #[tokio::test]
 async fn the_document_lists_every_route_and_each_is_served() {
-    let app = spawn_app(&["--admin-token", "t"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", "t")
+        .start()
+        .await;
     let doc = document(&app).await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
@@ -146,7 +149,7 @@ async fn the_document_lists_every_route_and_each_is_served() {
 
 #[tokio::test]
 async fn without_an_admin_token_the_admin_routes_are_neither_served_nor_documented() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let documented = operations(&document(&app).await);
     assert!(!documented.contains(&("post".into(), "/admin/cleanup".into())));
     assert!(!documented.contains(&("post".into(), "/requests/{id}/redeliver".into())));
@@ -171,7 +174,10 @@ async fn the_document_is_valid_openapi() {
         eprintln!("skipped: pip install openapi-spec-validator to validate the document");
         return;
     }
-    let app = spawn_app(&["--admin-token", "t"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", "t")
+        .start()
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("openapi.json");
     std::fs::write(&path, serde_json::to_vec(&document(&app).await).unwrap()).unwrap();
@@ -190,7 +196,7 @@ async fn the_document_is_valid_openapi() {
 
 #[tokio::test]
 async fn the_docs_page_and_its_assets_are_served_from_the_binary() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let page = app.get("/docs/").await;
     assert_eq!(page.status(), 200);
     assert!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use syncasync::receiver::{ReceiverArgs, router};
 
-use crate::helpers::{Behaviour, Receiver, client, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestServer, client};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const WAIT: Duration = Duration::from_secs(20);
@@ -161,7 +161,10 @@ async fn with_a_secret_bad_or_missing_signatures_get_401() {
 #[tokio::test]
 async fn the_service_and_the_receiver_agree_on_signatures_end_to_end() {
     let receiver_base = start(args(|a| a.secret = Some(SECRET.into()))).await;
-    let app = spawn_app(&["--callback-signing-secret", SECRET]).await;
+    let app = TestServer::builder()
+        .setting("callback-signing-secret", SECRET)
+        .start()
+        .await;
     let id = app
         .submit("signed", &format!("{receiver_base}/callback"))
         .await;
@@ -179,7 +182,10 @@ async fn rotated_secrets_sign_with_each_and_old_receivers_still_verify() {
     let old_receiver = start(args(|a| a.secret = Some(SECRET.into()))).await;
     let new_receiver = start(args(|a| a.secret = Some(new_secret.into()))).await;
     let both = format!("{new_secret} {SECRET}");
-    let app = spawn_app(&["--callback-signing-secret", &both]).await;
+    let app = TestServer::builder()
+        .setting("callback-signing-secret", &both)
+        .start()
+        .await;
     for base in [&old_receiver, &new_receiver] {
         let id = app.submit("rotating", &format!("{base}/callback")).await;
         app.wait_for_status(&id, "callback_success", WAIT).await;
@@ -204,7 +210,10 @@ async fn a_real_delivery_verifies_with_the_reference_python_library() {
         );
         return;
     }
-    let app = spawn_app(&["--callback-signing-secret", SECRET]).await;
+    let app = TestServer::builder()
+        .setting("callback-signing-secret", SECRET)
+        .start()
+        .await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     app.submit("verify me", &receiver.url()).await;
     let callback = receiver.wait_for_deliveries(1, WAIT).await.remove(0);

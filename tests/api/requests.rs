@@ -6,19 +6,15 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    Behaviour, Receiver, TestApp, ids, read, spawn_app, sync_request, unused_port,
-};
+use crate::helpers::{Behaviour, Receiver, TestServer, ids, read, sync_request, unused_port};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Flags that keep an async request whose receiver is down in `callback_pending`: the first
 /// retry comes no sooner than 15 s (half the 30 s nominal delay).
-const SLOW_RETRIES: [&str; 4] = [
-    "--callback-retry-base-delay",
-    "30",
-    "--callback-retry-max-delay",
-    "30",
+const SLOW_RETRIES: &[(&str, &str)] = &[
+    ("callback-retry-base-delay", "30"),
+    ("callback-retry-max-delay", "30"),
 ];
 
 /// The exact 422 body for one bad query parameter.
@@ -32,7 +28,7 @@ fn query_error(param: &str, msg: &str, kind: &str) -> Value {
 
 /// Four sync and three async requests, interleaved; returns the ids in submission order
 /// and which of them are async. Every async request has been delivered on return.
-async fn mixed_history(app: &TestApp, receiver: &Receiver) -> (Vec<String>, HashSet<String>) {
+async fn mixed_history(app: &TestServer, receiver: &Receiver) -> (Vec<String>, HashSet<String>) {
     let mut all = Vec::new();
     let mut asyncs = HashSet::new();
     for n in 0..7 {
@@ -52,7 +48,7 @@ async fn mixed_history(app: &TestApp, receiver: &Receiver) -> (Vec<String>, Hash
 
 #[tokio::test]
 async fn requests_are_listed_newest_first_with_their_total() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let (submitted, asyncs) = mixed_history(&app, &receiver).await;
 
@@ -124,7 +120,7 @@ async fn requests_are_listed_newest_first_with_their_total() {
 
 #[tokio::test]
 async fn pages_do_not_overlap_and_together_cover_everything() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let (submitted, _) = mixed_history(&app, &receiver).await;
     let newest_first: Vec<String> = submitted.iter().rev().cloned().collect();
@@ -161,7 +157,7 @@ async fn pages_do_not_overlap_and_together_cover_everything() {
 
 #[tokio::test]
 async fn mode_and_status_filters_select_and_combine() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let (submitted, asyncs) = mixed_history(&app, &receiver).await;
     let newest_first = |keep_async: bool| -> Vec<String> {
@@ -216,7 +212,7 @@ async fn mode_and_status_filters_select_and_combine() {
 
 #[tokio::test]
 async fn the_default_limit_is_100() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let mut submitted = Vec::new();
     for n in 0..101 {
         submitted.push(sync_request(&app, &format!("request {n}")).await);
@@ -235,7 +231,7 @@ async fn the_default_limit_is_100() {
 
 #[tokio::test]
 async fn invalid_query_values_get_422_naming_the_parameter() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let mode = query_error("mode", "must be one of: sync, async", "enum");
     let status = query_error(
         "status",
@@ -293,7 +289,7 @@ async fn invalid_query_values_get_422_naming_the_parameter() {
 
 #[tokio::test]
 async fn an_unknown_request_id_gets_404_request_not_found() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     sync_request(&app, "something on record").await;
     for id in [
         "00000000-0000-0000-0000-000000000000",
@@ -313,7 +309,7 @@ async fn an_unknown_request_id_gets_404_request_not_found() {
 
 #[tokio::test]
 async fn unknown_routes_get_404_and_wrong_methods_get_405_in_json() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     for path in ["/", "/nope", "/requests/a/b", "/sync/extra", "/admin"] {
         let (code, body) = read(app.get(path).await).await;
         assert_eq!(code, 404, "{path}");
@@ -355,7 +351,10 @@ async fn unknown_routes_get_404_and_wrong_methods_get_405_in_json() {
 
 #[tokio::test]
 async fn healthz_reports_its_fields_with_their_types() {
-    let app = spawn_app(&["--async-queue-max-size", "50"]).await;
+    let app = TestServer::builder()
+        .setting("async-queue-max-size", "50")
+        .start()
+        .await;
     let response = app.get("/healthz").await;
     assert_eq!(response.status(), 200);
     let health: Value = response.json().await.unwrap();
@@ -376,9 +375,11 @@ async fn healthz_reports_its_fields_with_their_types() {
 
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after_and_writes_nothing() {
-    let mut flags = vec!["--async-queue-max-size", "2"];
-    flags.extend(SLOW_RETRIES);
-    let app = spawn_app(&flags).await;
+    let app = TestServer::builder()
+        .setting("async-queue-max-size", "2")
+        .settings(SLOW_RETRIES)
+        .start()
+        .await;
     let down = format!("http://{}/callback", unused_port().await);
 
     // Two requests whose receiver is down stay unfinished and fill the queue.
@@ -432,7 +433,11 @@ async fn a_full_queue_answers_503_with_retry_after_and_writes_nothing() {
 async fn a_full_compute_queue_answers_sync_with_the_same_503() {
     // One compute thread and one waiting slot: of sixteen million-round requests sent at
     // once, all but the first two (each takes at least tens of milliseconds) are refused.
-    let app = spawn_app(&["--compute-threads", "1", "--compute-queue-size", "1"]).await;
+    let app = TestServer::builder()
+        .setting("compute-threads", "1")
+        .setting("compute-queue-size", "1")
+        .start()
+        .await;
     let app = &app;
     let answers = futures_util::future::join_all((0..16).map(|i| async move {
         let body = json!({"data": format!("heavy {i}"), "iterations": 1_000_000});
@@ -461,9 +466,11 @@ async fn a_full_compute_queue_answers_sync_with_the_same_503() {
 
 #[tokio::test]
 async fn healthz_is_degraded_over_90_percent_full_and_still_200() {
-    let mut flags = vec!["--async-queue-max-size", "2"];
-    flags.extend(SLOW_RETRIES);
-    let app = spawn_app(&flags).await;
+    let app = TestServer::builder()
+        .setting("async-queue-max-size", "2")
+        .settings(SLOW_RETRIES)
+        .start()
+        .await;
     let down = format!("http://{}/callback", unused_port().await);
 
     let health = app.get_json("/healthz").await;
@@ -492,9 +499,11 @@ async fn healthz_is_degraded_over_90_percent_full_and_still_200() {
 
 #[tokio::test]
 async fn healthz_is_healthy_at_exactly_90_percent() {
-    let mut flags = vec!["--async-queue-max-size", "10"];
-    flags.extend(SLOW_RETRIES);
-    let app = spawn_app(&flags).await;
+    let app = TestServer::builder()
+        .setting("async-queue-max-size", "10")
+        .settings(SLOW_RETRIES)
+        .start()
+        .await;
     let down = format!("http://{}/callback", unused_port().await);
     for n in 0..9 {
         app.submit(&format!("request {n}"), &down).await;

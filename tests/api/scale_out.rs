@@ -12,8 +12,8 @@ use futures_util::future::join_all;
 
 use crate::durability::ChildServer;
 use crate::helpers::{
-    Behaviour, Receiver, assert_all_delivered, client, create_postgres_database, get_json_at,
-    postgres_admin_url, spawn_app_on, wait_for_active_workers, wait_for_status_at,
+    Behaviour, Receiver, TestServer, assert_all_delivered, client, create_postgres_database,
+    get_json_at, postgres_admin_url, wait_for_active_workers, wait_for_status_at,
 };
 use crate::idempotency::post_keyed;
 
@@ -287,8 +287,14 @@ async fn instances_sharing_postgres_create_one_request_per_key() {
         return;
     };
     let receiver = Receiver::start(Behaviour::accept()).await;
-    let a = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
-    let b = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
+    let a = TestServer::builder()
+        .database_url(&database_url)
+        .start()
+        .await;
+    let b = TestServer::builder()
+        .database_url(&database_url)
+        .start()
+        .await;
     let body = json!({"data": "shared", "iterations": 10, "callback_url": receiver.url()});
     let answers = join_all((0..20).map(|i| {
         let app = if i % 2 == 0 { &a } else { &b };
@@ -319,8 +325,14 @@ async fn a_repeat_on_another_instance_waits_for_the_first_and_answers_its_result
     let Some(database_url) = postgres_database().await else {
         return;
     };
-    let a = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
-    let b = spawn_app_on(tempfile::tempdir().expect("dir"), &database_url, &[]).await;
+    let a = TestServer::builder()
+        .database_url(&database_url)
+        .start()
+        .await;
+    let b = TestServer::builder()
+        .database_url(&database_url)
+        .start()
+        .await;
     // Long enough that the repeat arrives on B while A is still working.
     let body = json!({"data": "long work", "iterations": 100000});
     let first = post_keyed(&a, "/sync", "cross-instance", &body);

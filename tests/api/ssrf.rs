@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestApp, read, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestServer, read};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-const PROTECTION_ON: [&str; 2] = ["--callback-block-private-ips", "true"];
+const PROTECTION_ON: &[(&str, &str)] = &[("callback-block-private-ips", "true")];
 
 /// Every spelling of a loopback or unspecified host, with the host as the service reports
 /// it once the URL standard has normalised it.
@@ -60,7 +60,7 @@ fn blocked(host: &str) -> Value {
     })
 }
 
-async fn assert_nothing_written(app: &TestApp) {
+async fn assert_nothing_written(app: &TestServer) {
     let list = app.get_json("/requests?mode=async").await;
     assert_eq!(list, json!({"total": 0, "requests": []}));
     assert_eq!(app.get_json("/healthz").await["queue_size"], 0);
@@ -68,7 +68,7 @@ async fn assert_nothing_written(app: &TestApp) {
 
 #[tokio::test]
 async fn every_spelling_of_loopback_is_refused_at_submit() {
-    let app = spawn_app(&PROTECTION_ON).await;
+    let app = TestServer::builder().settings(PROTECTION_ON).start().await;
     for &(spelling, host) in LOOPBACK_SPELLINGS {
         for scheme in ["http", "https"] {
             for rest in [
@@ -95,7 +95,7 @@ async fn every_spelling_of_loopback_is_refused_at_submit() {
 
 #[tokio::test]
 async fn credentials_in_the_url_do_not_hide_a_loopback_host() {
-    let app = spawn_app(&PROTECTION_ON).await;
+    let app = TestServer::builder().settings(PROTECTION_ON).start().await;
     for (url, host) in [
         ("http://user:pass@127.0.0.1:9999/cb", "127.0.0.1"),
         ("http://trusted.localhost@127.0.0.1/", "127.0.0.1"),
@@ -115,7 +115,7 @@ async fn credentials_in_the_url_do_not_hide_a_loopback_host() {
 
 #[tokio::test]
 async fn a_refused_callback_is_reported_with_the_other_broken_fields() {
-    let app = spawn_app(&PROTECTION_ON).await;
+    let app = TestServer::builder().settings(PROTECTION_ON).start().await;
     let (status, body) = read(
         app.post_async(&json!({"data": " ", "callback_url": "http://127.1:8080/"}))
             .await,
@@ -160,7 +160,10 @@ fn the_protection_is_on_unless_turned_off() {
 #[tokio::test]
 async fn every_spelling_of_true_turns_the_protection_on() {
     for value in ["TRUE", "1", "yes", "on"] {
-        let app = spawn_app(&["--callback-block-private-ips", value]).await;
+        let app = TestServer::builder()
+            .setting("callback-block-private-ips", value)
+            .start()
+            .await;
         let (status, body) = read(
             app.post_async(&json!({"data": "x", "callback_url": "http://127.0.0.1/"}))
                 .await,
@@ -174,7 +177,7 @@ async fn every_spelling_of_true_turns_the_protection_on() {
 #[tokio::test]
 async fn with_protection_off_loopback_callbacks_are_accepted_and_delivered() {
     // The harness default: --callback-block-private-ips false.
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let port = receiver.address.port();
 
@@ -201,7 +204,7 @@ async fn with_protection_off_loopback_callbacks_are_accepted_and_delivered() {
 
 #[tokio::test]
 async fn with_protection_off_localhost_is_resolved_and_delivered() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let url = format!("http://localhost:{}/callback", receiver.address.port());
     let id = app.submit("by name", &url).await;

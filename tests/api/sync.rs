@@ -2,11 +2,11 @@
 
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::TestServer;
 
 #[tokio::test]
 async fn sync_returns_the_spec_test_vectors() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let vectors = [
         (
             "hello world",
@@ -61,7 +61,7 @@ async fn sync_returns_the_spec_test_vectors() {
 
 #[tokio::test]
 async fn iterations_default_to_1000() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let body: serde_json::Value = app
         .post_sync(&json!({"data": "hello world"}))
         .await

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Behaviour, Receiver, TestApp, read, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestServer, read};
 
 const PATHS: [&str; 2] = ["/sync", "/async"];
 const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
@@ -15,14 +15,14 @@ const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 /// A service and a receiver that accepts every callback, so that valid async submissions
 /// have somewhere to go.
 struct Setup {
-    app: TestApp,
+    app: TestServer,
     receiver: Receiver,
 }
 
 impl Setup {
-    async fn start(flags: &[&str]) -> Self {
+    async fn start(settings: &[(&str, &str)]) -> Self {
         Self {
-            app: spawn_app(flags).await,
+            app: TestServer::builder().settings(settings).start().await,
             receiver: Receiver::start(Behaviour::accept()).await,
         }
     }
@@ -59,7 +59,7 @@ impl Setup {
 }
 
 async fn post_raw(
-    app: &TestApp,
+    app: &TestServer,
     path: &str,
     content_type: Option<&[u8]>,
     body: impl Into<reqwest::Body>,
@@ -449,7 +449,7 @@ fn prefix_for(setup: &Setup, path: &str, encoded_data: &str) -> String {
 
 #[tokio::test]
 async fn a_body_over_the_size_limit_gets_413() {
-    let setup = Setup::start(&["--max-body-bytes", "1024"]).await;
+    let setup = Setup::start(&[("max-body-bytes", "1024")]).await;
     let too_large = json!({
         "status": "error",
         "error": "Request body too large (limit 1024 bytes)",

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestApp, read, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestServer, read};
 
-async fn get_waiting(app: &TestApp, id: &str, prefer: &str) -> (u16, Value, Option<String>) {
+async fn get_waiting(app: &TestServer, id: &str, prefer: &str) -> (u16, Value, Option<String>) {
     let response = app
         .client
         .get(app.url(&format!("/requests/{id}")))
@@ -30,7 +30,7 @@ async fn get_waiting(app: &TestApp, id: &str, prefer: &str) -> (u16, Value, Opti
 async fn a_waiting_get_answers_when_the_request_finishes() {
     // The receiver takes a second: the request is unfinished when the wait starts.
     let receiver = Receiver::start(Behaviour::hang(Duration::from_secs(1))).await;
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let id = app.submit("wait for me", &receiver.url()).await;
 
     let started = Instant::now();
@@ -49,7 +49,10 @@ async fn a_waiting_get_answers_when_the_request_finishes() {
 async fn a_wait_that_runs_out_answers_the_current_state() {
     // Never answers within the callback timeout (2 s in tests): the request stays unfinished.
     let receiver = Receiver::start(Behaviour::hang(Duration::from_secs(30))).await;
-    let app = spawn_app(&["--callback-max-retries", "5"]).await;
+    let app = TestServer::builder()
+        .setting("callback-max-retries", "5")
+        .start()
+        .await;
     let id = app.submit("slow receiver", &receiver.url()).await;
     let (status, record, applied) = get_waiting(&app, &id, "respond-async, wait=1").await;
     assert_eq!(status, 200);
@@ -90,7 +93,7 @@ async fn a_wait_that_runs_out_answers_the_current_state() {
 
 #[tokio::test]
 async fn wait_values_are_checked_or_bounded() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let id = crate::helpers::sync_request(&app, "done already").await;
     for bad in ["61", "-1", "soon", "1.5"] {
         let (status, body) = read(app.get(&format!("/requests/{id}?wait={bad}")).await).await;
@@ -113,15 +116,12 @@ async fn wait_values_are_checked_or_bounded() {
 #[tokio::test]
 async fn a_thousand_waiters_are_released_by_one_completion() {
     let receiver = Receiver::start(Behaviour::hang(Duration::from_secs(3))).await;
-    let app = spawn_app(&[
-        "--http-max-connections",
-        "4096",
-        "--callback-timeout-seconds",
-        "10",
-        "--job-lease-seconds",
-        "30",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("http-max-connections", "4096")
+        .setting("callback-timeout-seconds", "10")
+        .setting("job-lease-seconds", "30")
+        .start()
+        .await;
     let id = app.submit("awaited by many", &receiver.url()).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -194,7 +194,7 @@ fn parse_events(text: &str) -> Vec<(String, String, Value)> {
         .collect()
 }
 
-async fn read_stream(app: &TestApp, id: &str, last_event_id: Option<&str>) -> String {
+async fn read_stream(app: &TestServer, id: &str, last_event_id: Option<&str>) -> String {
     let mut request = app
         .client
         .get(app.url(&format!("/requests/{id}/events")))
@@ -217,7 +217,7 @@ async fn read_stream(app: &TestApp, id: &str, last_event_id: Option<&str>) -> St
 #[tokio::test]
 async fn the_event_stream_tells_every_attempt_and_ends_with_the_final_status() {
     let receiver = Receiver::start(Behaviour::fail_first(2)).await;
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let id = app.submit("followed", &receiver.url()).await;
     let events = parse_events(&read_stream(&app, &id, None).await);
 
@@ -269,7 +269,7 @@ async fn the_event_stream_tells_every_attempt_and_ends_with_the_final_status() {
 
 #[tokio::test]
 async fn the_event_stream_of_an_unknown_request_is_a_404() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let (status, body) = read(
         app.get("/requests/0198a7c2-0000-7000-8000-000000000000/events")
             .await,
@@ -281,7 +281,10 @@ async fn the_event_stream_of_an_unknown_request_is_a_404() {
 #[tokio::test]
 async fn waiting_clients_are_answered_at_shutdown_not_cut_off() {
     let receiver = Receiver::start(Behaviour::hang(Duration::from_secs(30))).await;
-    let app = spawn_app(&["--callback-max-retries", "5"]).await;
+    let app = TestServer::builder()
+        .setting("callback-max-retries", "5")
+        .start()
+        .await;
     let id = app.submit("never finishes in time", &receiver.url()).await;
     let url = app.url(&format!("/requests/{id}"));
     let client = app.client.clone();

@@ -13,7 +13,7 @@ use super::{
     Outcome, RawResponse, assert_still_serving, connect, exchange, read_response, wait_closed,
 };
 use crate::durability::ChildServer;
-use crate::helpers::{TestApp, client, fresh_database, read, spawn_app};
+use crate::helpers::{TestServer, client, fresh_database, read};
 
 const GET_HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
 
@@ -30,7 +30,10 @@ fn assert_error_shape(response: &RawResponse) {
 
 #[tokio::test]
 async fn a_client_trickling_its_headers_is_cut_off_at_the_header_timeout() {
-    let app = spawn_app(&["--http-header-timeout-seconds", "1"]).await;
+    let app = TestServer::builder()
+        .setting("http-header-timeout-seconds", "1")
+        .start()
+        .await;
     let stream = connect(&app).await;
     let (mut reader, mut writer) = stream.into_split();
     let started = Instant::now();
@@ -67,7 +70,10 @@ async fn a_client_trickling_its_headers_is_cut_off_at_the_header_timeout() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    let app = spawn_app(&["--http-header-timeout-seconds", "1"]).await;
+    let app = TestServer::builder()
+        .setting("http-header-timeout-seconds", "1")
+        .start()
+        .await;
     let mut stream = connect(&app).await;
     // Keep-alive works: two requests on one connection...
     for _ in 0..2 {
@@ -87,7 +93,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
 async fn at_the_connection_cap_a_new_connection_waits_until_one_closes() {
     // No other client may touch the service before the raw connections are open: the test
     // client's pooled connection would hold one of the two permits.
-    let app = spawn_app(&["--http-max-connections", "2"]).await;
+    let app = TestServer::builder()
+        .setting("http-max-connections", "2")
+        .start()
+        .await;
     let mut first = connect(&app).await;
     let mut second = connect(&app).await;
     for stream in [&mut first, &mut second] {
@@ -123,7 +132,10 @@ async fn at_the_connection_cap_a_new_connection_waits_until_one_closes() {
 
 #[tokio::test]
 async fn a_body_trickled_slower_than_the_body_timeout_gets_408() {
-    let app = spawn_app(&["--http-body-timeout-seconds", "1"]).await;
+    let app = TestServer::builder()
+        .setting("http-body-timeout-seconds", "1")
+        .start()
+        .await;
     let stream = connect(&app).await;
     let (mut reader, mut writer) = stream.into_split();
     let started = Instant::now();
@@ -162,7 +174,10 @@ async fn a_body_trickled_slower_than_the_body_timeout_gets_408() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_its_responses_is_cut_off_at_the_send_timeout() {
-    let app = spawn_app(&["--http-send-timeout-seconds", "1"]).await;
+    let app = TestServer::builder()
+        .setting("http-send-timeout-seconds", "1")
+        .start()
+        .await;
     let asset = app
         .get("/docs/swagger-ui-bundle.js")
         .await
@@ -205,7 +220,10 @@ async fn a_client_that_stops_reading_its_responses_is_cut_off_at_the_send_timeou
 
 #[tokio::test]
 async fn shutdown_closes_idle_connections_at_once() {
-    let app = spawn_app(&["--http-header-timeout-seconds", "30"]).await;
+    let app = TestServer::builder()
+        .setting("http-header-timeout-seconds", "30")
+        .start()
+        .await;
     let mut kept_alive = connect(&app).await;
     kept_alive.write_all(GET_HEALTHZ).await.unwrap();
     assert_eq!(
@@ -233,15 +251,12 @@ async fn shutdown_closes_idle_connections_at_once() {
 
 #[tokio::test]
 async fn a_client_stuck_mid_request_does_not_hold_the_shutdown_past_the_grace_period() {
-    let app = spawn_app(&[
-        "--http-header-timeout-seconds",
-        "60",
-        "--http-body-timeout-seconds",
-        "60",
-        "--shutdown-grace-seconds",
-        "1",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("http-header-timeout-seconds", "60")
+        .setting("http-body-timeout-seconds", "60")
+        .setting("shutdown-grace-seconds", "1")
+        .start()
+        .await;
     let mut mid_head = connect(&app).await;
     mid_head
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: te")
@@ -299,7 +314,7 @@ fn assert_readable_413(response: &RawResponse) {
 #[tokio::test]
 async fn an_oversized_body_sent_whole_before_reading_gets_a_readable_413() {
     // As Python's urllib and requests do: write the whole request, only then read.
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let body = big_body(2 * 1024 * 1024);
     let length_head = format!(
         "POST /sync HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
@@ -331,7 +346,7 @@ async fn an_oversized_body_sent_whole_before_reading_gets_a_readable_413() {
 
 #[tokio::test]
 async fn a_body_announced_beyond_the_drain_bound_gets_its_413_at_once() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     // 100 MiB announced, 64 KiB sent: reading the rest is not worth it, and not needed for
     // a client that reads while it writes.
     let mut stream = connect(&app).await;
@@ -362,7 +377,7 @@ async fn a_body_announced_beyond_the_drain_bound_gets_its_413_at_once() {
 
 #[tokio::test]
 async fn made_up_methods_and_long_paths_keep_metrics_small() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     for n in 0..200 {
         let method = Method::from_bytes(format!("{}{n}", "M".repeat(20_000)).as_bytes()).unwrap();
         let response = app
@@ -448,7 +463,10 @@ async fn logged_methods_and_paths_are_capped() {
 
 #[tokio::test]
 async fn an_id_that_is_not_utf8_gets_the_json_404_on_every_route_with_an_id() {
-    let app = spawn_app(&["--admin-token", "t"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", "t")
+        .start()
+        .await;
     let (status, unknown) = read(app.get("/requests/no-such-id").await).await;
     assert_eq!(status, 404);
     for id in ["%FF", "%C3%28", "abc%FFdef", "%ED%A0%80", "%F0%9F"] {
@@ -486,7 +504,7 @@ async fn an_id_that_is_not_utf8_gets_the_json_404_on_every_route_with_an_id() {
 
 #[tokio::test]
 async fn junk_requests_get_a_4xx_never_a_500_or_a_hang() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let huge_header = format!(
         "GET /healthz HTTP/1.1\r\nHost: test\r\nX-Huge: {}\r\n\r\n",
         "h".repeat(300 * 1024)
@@ -555,7 +573,12 @@ async fn junk_requests_get_a_4xx_never_a_500_or_a_hang() {
 const API_TOKEN: &str = "api-token-that-must-not-leak";
 
 /// Sends `method path` with the given bearer token (none if `None`).
-async fn call(app: &TestApp, method: &str, path: &str, token: Option<&str>) -> reqwest::Response {
+async fn call(
+    app: &TestServer,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> reqwest::Response {
     let mut request = app.client.request(
         Method::from_bytes(method.as_bytes()).unwrap(),
         app.url(path),
@@ -580,7 +603,10 @@ const PROTECTED: &[(&str, &str)] = &[
 
 #[tokio::test]
 async fn with_an_api_token_every_endpoint_but_healthz_and_the_docs_needs_it() {
-    let app = spawn_app(&["--api-token", API_TOKEN]).await;
+    let app = TestServer::builder()
+        .setting("api-token", API_TOKEN)
+        .start()
+        .await;
     for (method, path) in PROTECTED {
         for token in [None, Some("wrong"), Some(&API_TOKEN[1..]), Some("")] {
             let response = call(&app, method, path, token).await;
@@ -618,7 +644,11 @@ async fn with_an_api_token_every_endpoint_but_healthz_and_the_docs_needs_it() {
 
 #[tokio::test]
 async fn admin_endpoints_take_the_admin_token_and_only_it() {
-    let app = spawn_app(&["--api-token", API_TOKEN, "--admin-token", "admin-t"]).await;
+    let app = TestServer::builder()
+        .setting("api-token", API_TOKEN)
+        .setting("admin-token", "admin-t")
+        .start()
+        .await;
     for path in ["/admin/cleanup", "/requests/no-such-id/redeliver"] {
         let (status, _) = read(call(&app, "PUT", path, Some("admin-t")).await).await;
         assert_eq!(status, 405, "{path}");
@@ -647,7 +677,7 @@ async fn admin_endpoints_take_the_admin_token_and_only_it() {
 
 #[tokio::test]
 async fn an_empty_api_token_setting_leaves_the_api_open() {
-    let app = spawn_app(&["--api-token", ""]).await;
+    let app = TestServer::builder().setting("api-token", "").start().await;
     for (method, path) in PROTECTED {
         let status = call(&app, method, path, None).await.status();
         assert_ne!(status, 401, "{method} {path}");
@@ -656,7 +686,11 @@ async fn an_empty_api_token_setting_leaves_the_api_open() {
 
 #[tokio::test]
 async fn the_document_shows_which_operations_need_the_api_token() {
-    let with_token = spawn_app(&["--api-token", API_TOKEN, "--admin-token", "t"]).await;
+    let with_token = TestServer::builder()
+        .setting("api-token", API_TOKEN)
+        .setting("admin-token", "t")
+        .start()
+        .await;
     let doc = with_token.get_json("/openapi.json").await;
     assert_eq!(
         doc["components"]["securitySchemes"]["api_token"],
@@ -692,7 +726,7 @@ async fn the_document_shows_which_operations_need_the_api_token() {
         );
     }
 
-    let open = spawn_app(&[]).await;
+    let open = TestServer::builder().start().await;
     let doc = open.get_json("/openapi.json").await;
     assert!(doc["paths"]["/sync"]["post"].get("security").is_none());
     assert!(

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{Behaviour, Receiver, TestApp, read, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestServer, read};
 
 const WAIT: Duration = Duration::from_secs(20);
 const TOKEN: &str = "hostile-dashboard-admin";
 
-async fn bulk(app: &TestApp, query: &str) -> (u16, Value) {
+async fn bulk(app: &TestServer, query: &str) -> (u16, Value) {
     let request = app
         .client
         .post(app.url(&format!("/admin/redeliver?{query}")))
@@ -19,7 +19,7 @@ async fn bulk(app: &TestApp, query: &str) -> (u16, Value) {
 }
 
 /// Two callback_failed requests to a refusing receiver.
-async fn two_failed(app: &TestApp, receiver: &Receiver) -> Vec<String> {
+async fn two_failed(app: &TestServer, receiver: &Receiver) -> Vec<String> {
     let ids = vec![
         app.submit("one", &receiver.url()).await,
         app.submit("two", &receiver.url()).await,
@@ -35,7 +35,11 @@ async fn two_failed(app: &TestApp, receiver: &Receiver) -> Vec<String> {
 /// silently drops `callback-host=…` (or `host=`, `id=`) and redelivers every failed request.
 #[tokio::test]
 async fn bulk_redelivery_refuses_a_filter_name_it_does_not_know() {
-    let app = spawn_app(&["--admin-token", TOKEN, "--callback-max-retries", "0"]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .setting("callback-max-retries", "0")
+        .start()
+        .await;
     let refusing = Receiver::start(Behaviour::always_fail(500)).await;
     let failed = two_failed(&app, &refusing).await;
     for query in [

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::TestServer;
 
 /// Bodies worth trying: raw bytes, JSON text of any shape, and objects with the right field
 /// names holding values of every type (strings with NULs, huge and negative numbers, …).
@@ -51,7 +51,7 @@ fn bodies() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn any_body_gets_a_2xx_or_a_json_4xx() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let app = runtime.block_on(spawn_app(&[]));
+    let app = runtime.block_on(TestServer::builder().start());
     let mut runner = TestRunner::new(Config {
         cases: 400,
         failure_persistence: None,

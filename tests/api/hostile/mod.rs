@@ -24,17 +24,17 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::TestApp;
+use crate::helpers::TestServer;
 
 /// The service's socket address.
-pub fn socket_address(app: &TestApp) -> SocketAddr {
+pub fn socket_address(app: &TestServer) -> SocketAddr {
     app.address
         .trim_start_matches("http://")
         .parse()
         .expect("socket address")
 }
 
-pub async fn connect(app: &TestApp) -> TcpStream {
+pub async fn connect(app: &TestServer) -> TcpStream {
     TcpStream::connect(socket_address(app))
         .await
         .expect("connect to the service")
@@ -144,7 +144,7 @@ fn parse_response(bytes: &[u8]) -> Option<RawResponse> {
 }
 
 /// Sends `request` as is on a new connection and reads the answer.
-pub async fn exchange(app: &TestApp, request: &[u8], timeout: Duration) -> Outcome {
+pub async fn exchange(app: &TestServer, request: &[u8], timeout: Duration) -> Outcome {
     let mut stream = connect(app).await;
     stream.write_all(request).await.expect("request written");
     read_response(&mut stream, timeout).await
@@ -166,7 +166,7 @@ pub async fn wait_closed(stream: &mut (impl AsyncRead + Unpin), timeout: Duratio
 }
 
 /// The service still answers a plain request.
-pub async fn assert_still_serving(app: &TestApp) {
+pub async fn assert_still_serving(app: &TestServer) {
     let response = tokio::time::timeout(Duration::from_secs(10), app.get("/healthz"))
         .await
         .expect("GET /healthz answered in time");

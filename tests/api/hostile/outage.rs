@@ -10,8 +10,7 @@ use serde_json::json;
 
 use super::in_ci;
 use crate::helpers::{
-    Behaviour, Receiver, TestApp, assert_all_delivered, postgres_admin_url, read, spawn_app_on,
-    unused_port,
+    Behaviour, Receiver, TestServer, assert_all_delivered, postgres_admin_url, read, unused_port,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -35,7 +34,7 @@ fn run(command: &mut Command) {
 }
 
 /// Submits async requests until one is refused with 503; returns the ids accepted before.
-async fn submit_until_refused(app: &TestApp, callback_url: &str) -> Vec<String> {
+async fn submit_until_refused(app: &TestServer, callback_url: &str) -> Vec<String> {
     let mut accepted = Vec::new();
     for n in 0..2000 {
         let body = json!({"data": format!("outage {n} {}", "x".repeat(2000)), "iterations": 1, "callback_url": callback_url});
@@ -56,7 +55,7 @@ async fn submit_until_refused(app: &TestApp, callback_url: &str) -> Vec<String> 
 }
 
 /// Polls `/healthz` until its status code is `want`; returns the last report.
-async fn wait_for_health(app: &TestApp, want: u16) -> serde_json::Value {
+async fn wait_for_health(app: &TestServer, want: u16) -> serde_json::Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, report) = read(app.get("/healthz").await).await;
@@ -123,7 +122,7 @@ async fn a_full_disk_under_sqlite_is_a_503_and_writing_resumes_when_space_return
     }
     let disk = SmallDisk::mount(8);
     let database = format!("sqlite://{}", disk.path.join("full.db").display());
-    let app = spawn_app_on(tempfile::tempdir().unwrap(), &database, &[]).await;
+    let app = TestServer::builder().database_url(&database).start().await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let before = app.submit("before the disk fills", &receiver.url()).await;
     app.wait_for_status(&before, "callback_success", WAIT).await;
@@ -257,7 +256,10 @@ async fn postgresql_going_away_is_a_503_and_the_service_reconnects_by_itself() {
         eprintln!("skipped: PostgreSQL's server binaries (initdb, pg_ctl) are not installed");
         return;
     };
-    let app = spawn_app_on(tempfile::tempdir().unwrap(), &server.url(), &[]).await;
+    let app = TestServer::builder()
+        .database_url(&server.url())
+        .start()
+        .await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let mut acknowledged = Vec::new();
     for n in 0..20 {

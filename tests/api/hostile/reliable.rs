@@ -8,12 +8,12 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::connect;
-use crate::helpers::{TestApp, read, spawn_app};
+use crate::helpers::{TestServer, read};
 
 /// Sends `POST {path}` with `body` and an `Idempotency-Key` on a raw connection, and hangs up
 /// after `hang_up_after` without reading the answer.
 async fn post_and_hang_up(
-    app: &TestApp,
+    app: &TestServer,
     path: &str,
     key: &str,
     body: &Value,
@@ -34,7 +34,7 @@ async fn post_and_hang_up(
     drop(stream);
 }
 
-async fn post_keyed(app: &TestApp, path: &str, key: &str, body: &Value) -> (u16, Value) {
+async fn post_keyed(app: &TestServer, path: &str, key: &str, body: &Value) -> (u16, Value) {
     let response = app
         .client
         .post(app.url(path))
@@ -48,7 +48,7 @@ async fn post_keyed(app: &TestApp, path: &str, key: &str, body: &Value) -> (u16,
 
 /// A sync request (no key) that keeps the only compute thread busy for a while (about a
 /// second or more of hashing in the dev profile).
-async fn occupy_the_compute_thread(app: &TestApp) -> tokio::task::JoinHandle<u16> {
+async fn occupy_the_compute_thread(app: &TestServer) -> tokio::task::JoinHandle<u16> {
     let client = app.client.clone();
     let url = app.url("/sync");
     let handle = tokio::spawn(async move {
@@ -71,7 +71,10 @@ async fn occupy_the_compute_thread(app: &TestApp) -> tokio::task::JoinHandle<u16
 /// disconnected"), and every retry with that key replays that failure as a 500.
 #[tokio::test]
 async fn a_sync_retry_after_the_first_client_hung_up_gets_the_result() {
-    let app = spawn_app(&["--compute-threads", "1"]).await;
+    let app = TestServer::builder()
+        .setting("compute-threads", "1")
+        .start()
+        .await;
     let blocker = occupy_the_compute_thread(&app).await;
     let body = json!({"data": "charge card 42", "iterations": 1});
     // Queued behind the blocker when its client gives up.
@@ -99,7 +102,10 @@ async fn a_sync_retry_after_the_first_client_hung_up_gets_the_result() {
 /// the first's cancellation is replayed to it as a 500.
 #[tokio::test]
 async fn a_waiting_duplicate_still_gets_the_result_when_the_first_client_hangs_up() {
-    let app = spawn_app(&["--compute-threads", "1"]).await;
+    let app = TestServer::builder()
+        .setting("compute-threads", "1")
+        .start()
+        .await;
     let blocker = occupy_the_compute_thread(&app).await;
     let body = json!({"data": "duplicate", "iterations": 1});
     let first = post_and_hang_up(&app, "/sync", "dup-key", &body, Duration::from_millis(500));
@@ -122,7 +128,7 @@ async fn a_waiting_duplicate_still_gets_the_result_when_the_first_client_hangs_u
 /// at any instant releases everything its request held.
 #[tokio::test]
 async fn no_keyed_sync_request_is_left_processing_when_its_client_hangs_up() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let hang_ups = (0..200u32).map(|i| {
         let app = &app;
         async move {
@@ -149,7 +155,11 @@ async fn no_keyed_sync_request_is_left_processing_when_its_client_hangs_up() {
 /// finished keyed request under overload is refused 503 although its result is stored.
 #[tokio::test]
 async fn a_finished_sync_key_is_replayed_even_when_the_compute_queue_is_full() {
-    let app = spawn_app(&["--compute-threads", "1", "--compute-queue-size", "1"]).await;
+    let app = TestServer::builder()
+        .setting("compute-threads", "1")
+        .setting("compute-queue-size", "1")
+        .start()
+        .await;
     let body = json!({"data": "already done", "iterations": 1});
     let (status, first) = post_keyed(&app, "/sync", "done-key", &body).await;
     assert_eq!(status, 200, "{first}");
@@ -195,7 +205,10 @@ async fn waiters_and_event_streams_that_hang_up_leave_no_watch_behind() {
     let receiver =
         crate::helpers::Receiver::start(crate::helpers::Behaviour::hang(Duration::from_secs(30)))
             .await;
-    let app = spawn_app(&["--callback-max-retries", "5"]).await;
+    let app = TestServer::builder()
+        .setting("callback-max-retries", "5")
+        .start()
+        .await;
     let id = app.submit("never final in time", &receiver.url()).await;
     let mut streams = Vec::new();
     for n in 0..40 {

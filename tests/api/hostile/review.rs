@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::assert_refused_in_one_line;
-use crate::helpers::{Behaviour, Receiver, read, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestServer, read};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -22,15 +22,12 @@ const WAIT: Duration = Duration::from_secs(20);
 /// to a healthy receiver waits behind it for the full callback timeout.
 #[tokio::test]
 async fn one_slow_destination_cannot_take_every_worker() {
-    let app = spawn_app(&[
-        "--async-worker-count",
-        "4",
-        "--callback-timeout-seconds",
-        "6",
-        "--job-lease-seconds",
-        "12",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("async-worker-count", "4")
+        .setting("callback-timeout-seconds", "6")
+        .setting("job-lease-seconds", "12")
+        .start()
+        .await;
     let slow = Receiver::start(Behaviour::hang(Duration::from_secs(5))).await;
     let good = Receiver::start(Behaviour::accept()).await;
     for n in 0..8 {
@@ -90,13 +87,13 @@ fn a_bad_database_url_is_refused_naming_the_variable() {
 // without it these tests say so and pass, as the suite's other PostgreSQL tests do)
 // ---------------------------------------------------------------------------------------
 
-/// A fresh database on the configured PostgreSQL server, or `None` (the test is skipped).
-async fn postgres_database(dir: &std::path::Path) -> Option<String> {
+/// Whether the suite runs on PostgreSQL; says that the test is skipped if not.
+fn on_postgres() -> bool {
     if crate::helpers::postgres_admin_url().is_none() {
         eprintln!("skipped: needs PostgreSQL; set SYNCASYNC_TEST_POSTGRES_URL");
-        return None;
+        return false;
     }
-    Some(crate::helpers::fresh_database(dir).await)
+    true
 }
 
 /// SPEC §2/§9: no input gets a 500. On PostgreSQL an id with a NUL character
@@ -105,12 +102,14 @@ async fn postgres_database(dir: &std::path::Path) -> Option<String> {
 /// answers the 404 it should.)
 #[tokio::test]
 async fn an_id_with_a_nul_character_is_a_404_on_postgresql() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(database) = postgres_database(dir.path()).await else {
+    if !on_postgres() {
         return;
-    };
+    }
     let token = "review-admin-token";
-    let app = crate::helpers::spawn_app_on(dir, &database, &["--admin-token", token]).await;
+    let app = TestServer::builder()
+        .setting("admin-token", token)
+        .start()
+        .await;
     let (status, body) = read(app.get("/requests/a%00b").await).await;
     assert_eq!(status, 404, "GET: {body}");
     let response = app
@@ -122,7 +121,7 @@ async fn an_id_with_a_nul_character_is_a_404_on_postgresql() {
         .unwrap();
     let (status, body) = read(response).await;
     assert_eq!(status, 404, "redeliver: {body}");
-    drop(app.stop().await);
+    app.stop().await;
 }
 
 /// SPEC §9: every accepted setting works. `APP_REQUEST_RETENTION_HOURS` was accepted up to
@@ -132,24 +131,16 @@ async fn an_id_with_a_nul_character_is_a_404_on_postgresql() {
 /// `POST /admin/cleanup` answers 500.
 #[tokio::test]
 async fn the_longest_accepted_retention_still_cleans_up_on_postgresql() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(database) = postgres_database(dir.path()).await else {
+    if !on_postgres() {
         return;
-    };
+    }
     let token = "review-admin-token";
-    let app = crate::helpers::spawn_app_on(
-        dir,
-        &database,
-        &[
-            "--admin-token",
-            token,
-            "--request-retention-hours",
-            "1000000",
-            "--max-stored-requests",
-            "1",
-        ],
-    )
-    .await;
+    let app = TestServer::builder()
+        .setting("admin-token", token)
+        .setting("request-retention-hours", "1000000")
+        .setting("max-stored-requests", "1")
+        .start()
+        .await;
     for n in 0..3 {
         crate::helpers::sync_request(&app, &format!("keep at most one {n}")).await;
     }
@@ -163,7 +154,7 @@ async fn the_longest_accepted_retention_still_cleans_up_on_postgresql() {
     let (status, body) = read(response).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["over_limit"], 2, "{body}");
-    drop(app.stop().await);
+    app.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -383,7 +374,10 @@ async fn idle_client_connections_cannot_starve_callbacks_of_file_descriptors() {
 /// a lighter load that queued the ping just the same.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_stays_healthy_while_clients_read_lists() {
-    let app = spawn_app(&["--callback-max-retries", "0"]).await;
+    let app = TestServer::builder()
+        .setting("callback-max-retries", "0")
+        .start()
+        .await;
     // A thousand requests with long callback URLs (to a port where nothing listens).
     let dead = crate::helpers::unused_port().await;
     let url = format!("http://{dead}/{}", "a".repeat(2000));

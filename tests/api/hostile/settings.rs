@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::assert_refused_in_one_line;
-use crate::helpers::{Behaviour, Receiver, read, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestServer, read};
 
 #[test]
 fn settings_that_would_break_something_are_refused_in_one_line_naming_them() {
@@ -58,23 +58,16 @@ async fn extreme_but_accepted_settings_work() {
     // job listener must not take it), the shortest lease.
     // (The retention cut-off is computed by the database on PostgreSQL: the longest accepted
     // retention must stay within its date range, which the cleanup below exercises.)
-    let app = spawn_app(&[
-        "--admin-token",
-        "t",
-        "--async-queue-max-size",
-        "1099511627776",
-        "--database-pool-size",
-        "1",
-        "--job-lease-seconds",
-        "1",
-        "--callback-timeout-seconds",
-        "0.5",
-        "--max-stored-requests",
-        "18446744073709551615",
-        "--request-retention-hours",
-        "1000000",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("admin-token", "t")
+        .setting("async-queue-max-size", "1099511627776")
+        .setting("database-pool-size", "1")
+        .setting("job-lease-seconds", "1")
+        .setting("callback-timeout-seconds", "0.5")
+        .setting("max-stored-requests", "18446744073709551615")
+        .setting("request-retention-hours", "1000000")
+        .start()
+        .await;
     let (status, health) = read(app.get("/healthz").await).await;
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["queue_capacity"], 1_099_511_627_776u64);

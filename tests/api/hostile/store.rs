@@ -9,9 +9,7 @@ use syncasync::model::DeliveryAttempt;
 use syncasync::store::{AttemptOutcome, MAX_UNRECORDED_CLAIMS, NewAsyncRequest, NewRequest, Store};
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{
-    Behaviour, Receiver, TestApp, fresh_database, postgres_admin_url, read, spawn_app, spawn_app_on,
-};
+use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, postgres_admin_url, read};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -26,7 +24,7 @@ enum HangUp {
 }
 
 /// Sends `request` on a raw socket and hangs up at once, before any answer.
-async fn send_and_hang_up(app: &TestApp, request: &str, how: HangUp) {
+async fn send_and_hang_up(app: &TestServer, request: &str, how: HangUp) {
     let mut stream = super::connect(app).await;
     stream.write_all(request.as_bytes()).await.expect("write");
     if let HangUp::Reset = how {
@@ -39,7 +37,7 @@ async fn send_and_hang_up(app: &TestApp, request: &str, how: HangUp) {
 
 #[tokio::test]
 async fn clients_that_hang_up_mid_read_do_not_take_reads_down() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     for n in 0..60 {
         let path = if n % 2 == 0 { "/healthz" } else { "/requests" };
         send_and_hang_up(
@@ -70,7 +68,7 @@ fn sha256_hex(data: &[u8]) -> String {
 #[tokio::test]
 async fn nul_and_odd_characters_are_stored_and_worked_on_every_backend() {
     let receiver = Receiver::start(Behaviour::accept()).await;
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     for data in [
         "a\u{0}b",
         "\u{0}",
@@ -102,7 +100,7 @@ async fn nul_and_odd_characters_are_stored_and_worked_on_every_backend() {
 #[tokio::test]
 async fn a_receiver_answering_a_nul_byte_is_recorded_once_and_not_delivered_again() {
     let receiver = Receiver::start(Behaviour::answering(b"{\"ok\":true}\0\x01\xff")).await;
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let id = app.submit("nul answer", &receiver.url()).await;
     let record = app.wait_for_status(&id, "callback_success", WAIT).await;
     assert_eq!(record["callback_attempts"], 1, "{record}");
@@ -145,7 +143,10 @@ async fn submit_concurrently(address: &str, n: usize, callback_url: &str) -> usi
 async fn the_queue_bound_holds_under_concurrent_submissions() {
     // The receiver hangs, so nothing accepted finishes while the burst arrives.
     let receiver = Receiver::start(Behaviour::hang(Duration::from_secs(5))).await;
-    let app = spawn_app(&["--async-queue-max-size", "4"]).await;
+    let app = TestServer::builder()
+        .setting("async-queue-max-size", "4")
+        .start()
+        .await;
     let accepted = submit_concurrently(&app.address, 16, &receiver.url()).await;
     assert_eq!(accepted, 4, "exactly the bound is accepted");
     let health = app.get_json("/healthz").await;
@@ -159,15 +160,16 @@ async fn two_instances_overshoot_the_bound_by_at_most_the_bound_each() {
         return;
     };
     let receiver = Receiver::start(Behaviour::hang(Duration::from_secs(5))).await;
-    let dir_a = tempfile::tempdir().unwrap();
-    let database = fresh_database(dir_a.path()).await;
-    let a = spawn_app_on(dir_a, &database, &["--async-queue-max-size", "4"]).await;
-    let b = spawn_app_on(
-        tempfile::tempdir().unwrap(),
-        &database,
-        &["--async-queue-max-size", "4"],
-    )
-    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let instance = || {
+        TestServer::builder()
+            .database_url(&database)
+            .setting("async-queue-max-size", "4")
+            .start()
+    };
+    let a = instance().await;
+    let b = instance().await;
     let url = receiver.url();
     let (on_a, on_b) = tokio::join!(
         submit_concurrently(&a.address, 16, &url),
@@ -189,15 +191,12 @@ async fn a_job_held_longer_than_its_lease_is_delivered_once() {
     // 3 s of (simulated) work before each delivery, three times the 1 s lease: only the
     // heartbeat keeps a second claim of the same process from delivering it again.
     let receiver = Receiver::start(Behaviour::accept()).await;
-    let app = spawn_app(&[
-        "--job-lease-seconds",
-        "1",
-        "--callback-timeout-seconds",
-        "0.5",
-        "--work-duration-seconds",
-        "3",
-    ])
-    .await;
+    let app = TestServer::builder()
+        .setting("job-lease-seconds", "1")
+        .setting("callback-timeout-seconds", "0.5")
+        .setting("work-duration-seconds", "3")
+        .start()
+        .await;
     let url = receiver.url();
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -408,7 +407,10 @@ async fn a_claim_takes_at_most_its_limit_and_claims_without_outcome_are_counted(
 async fn a_sync_client_that_hangs_up_cancels_its_work() {
     // One compute thread: the million-iteration requests queue behind each other, so all but
     // the first are cancelled before they start, and the first between rounds.
-    let app = spawn_app(&["--compute-threads", "1"]).await;
+    let app = TestServer::builder()
+        .setting("compute-threads", "1")
+        .start()
+        .await;
     let body = json!({"data": "nobody waits for this", "iterations": 1_000_000}).to_string();
     for _ in 0..6 {
         send_and_hang_up(
