@@ -1,115 +1,14 @@
 //! Nothing acknowledged is lost: the service as a child process, killed with SIGKILL
 //! mid-burst or stopped with SIGTERM, then restarted on the same database.
 
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Behaviour, Receiver, TestServer, assert_all_delivered, client, fresh_database, get_json_at,
-    unused_port, wait_for_active_workers, wait_for_status_at,
+    Behaviour, Receiver, TestServer, assert_all_delivered, client, fresh_database, unused_port,
 };
-
-/// The real binary, started with the given settings on a database in `dir`.
-pub struct ChildServer {
-    child: Child,
-    pub address: String,
-}
-
-impl ChildServer {
-    /// Starts the binary on the database at `database_url`, logging to `dir/server.log`.
-    ///
-    /// The binary is the child itself, never a wrapper that forks it (such as the `faketime`
-    /// command): killing the child must kill the server. Anything a wrapper would do goes in
-    /// `extra_env` (an `LD_PRELOAD`, say).
-    pub async fn start(dir: &Path, database_url: &str, extra_env: &[(&str, &str)]) -> Self {
-        let port = unused_port().await.port().to_string();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("server.log"))
-            .expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_syncasync"));
-        command
-            .arg("serve")
-            .env("APP_HOST", "127.0.0.1")
-            .env("APP_PORT", &port)
-            .env("APP_DATABASE_URL", database_url)
-            .env("APP_JOB_LEASE_SECONDS", "2")
-            // A lease must be at least twice the callback timeout.
-            .env("APP_CALLBACK_TIMEOUT_SECONDS", "1")
-            .env("APP_CALLBACK_BLOCK_PRIVATE_IPS", "false")
-            .env("APP_CALLBACK_RETRY_BASE_DELAY", "0.05")
-            .env("APP_CALLBACK_RETRY_MAX_DELAY", "0.2")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        for (key, value) in extra_env {
-            command.env(key, value);
-        }
-        let child = command.spawn().expect("start the server binary");
-        let server = Self {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-        };
-        server.wait_until_healthy(dir).await;
-        server
-    }
-
-    async fn wait_until_healthy(&self, dir: &Path) {
-        let client = client();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(response) = client.get(format!("{}/healthz", self.address)).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-        panic!("server did not become healthy; log:\n{log}");
-    }
-
-    pub fn kill_9(&mut self) {
-        // Child::kill is SIGKILL on Unix: no handler runs, nothing is flushed.
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-    }
-
-    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn kill_9_mid_burst_loses_no_acknowledged_request() {
@@ -117,7 +16,11 @@ async fn kill_9_mid_burst_loses_no_acknowledged_request() {
     let database = fresh_database(dir.path()).await;
     // A receiver that takes a moment, so that deliveries are in flight at the kill.
     let receiver = Receiver::start(Behaviour::hang(Duration::from_millis(30))).await;
-    let mut server = ChildServer::start(dir.path(), &database, &[]).await;
+    let mut server = TestServer::builder()
+        .child()
+        .database_url(&database)
+        .start()
+        .await;
 
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut submitters = Vec::new();
@@ -162,11 +65,16 @@ async fn kill_9_mid_burst_loses_no_acknowledged_request() {
         acknowledged.len()
     );
 
-    let server = ChildServer::start(dir.path(), &database, &[]).await;
-    let client = client();
+    let server = TestServer::builder()
+        .child()
+        .database_url(&database)
+        .start()
+        .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &acknowledged {
-        wait_for_status_at(&client, &server.address, id, "callback_success", deadline).await;
+        server
+            .wait_for_status_until(id, "callback_success", deadline)
+            .await;
     }
     assert_all_delivered(&receiver, &acknowledged);
 
@@ -175,12 +83,7 @@ async fn kill_9_mid_burst_loses_no_acknowledged_request() {
     let deadline = Instant::now() + Duration::from_secs(30);
     for status in ["pending", "processing", "callback_pending"] {
         loop {
-            let list = get_json_at(
-                &client,
-                &server.address,
-                &format!("/requests?status={status}"),
-            )
-            .await;
+            let list = server.get_json(&format!("/requests?status={status}")).await;
             if list["total"] == 0 {
                 break;
             }
@@ -192,11 +95,12 @@ async fn kill_9_mid_burst_loses_no_acknowledged_request() {
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_sync_requests_finish_and_exits_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let database = fresh_database(dir.path()).await;
     // Each unit of work takes a second of simulated I/O, so the requests are surely in flight.
-    let mut server =
-        ChildServer::start(dir.path(), &database, &[("APP_WORK_DURATION_SECONDS", "1")]).await;
+    let mut server = TestServer::builder()
+        .child()
+        .setting("work-duration-seconds", "1")
+        .start()
+        .await;
     let mut in_flight = Vec::new();
     for n in 0..4 {
         let url = format!("{}/sync", server.address);
@@ -227,16 +131,14 @@ async fn sigterm_hands_unfinished_deliveries_back_and_restart_delivers_them() {
     let database = fresh_database(dir.path()).await;
     let hanging = Receiver::start(Behaviour::hang(Duration::from_secs(30))).await;
     let address = hanging.address;
-    let mut server = ChildServer::start(
-        dir.path(),
-        &database,
-        &[
-            ("APP_SHUTDOWN_GRACE_SECONDS", "1"),
-            ("APP_CALLBACK_TIMEOUT_SECONDS", "60"),
-            ("APP_JOB_LEASE_SECONDS", "120"),
-        ],
-    )
-    .await;
+    let mut server = TestServer::builder()
+        .child()
+        .database_url(&database)
+        .setting("shutdown-grace-seconds", "1")
+        .setting("callback-timeout-seconds", "60")
+        .setting("job-lease-seconds", "120")
+        .start()
+        .await;
     let client = client();
     let response = client
         .post(format!("{}/async", server.address))
@@ -252,7 +154,9 @@ async fn sigterm_hands_unfinished_deliveries_back_and_restart_delivers_them() {
         .to_string();
 
     // Wait until the delivery is in flight to the hanging receiver.
-    wait_for_active_workers(&client, &server.address, 1, Duration::from_secs(10)).await;
+    server
+        .wait_for_active_workers(1, Duration::from_secs(10))
+        .await;
     let stopping = Instant::now();
     server.sigterm();
     let status = server.wait_exit(Duration::from_secs(10)).await;
@@ -267,10 +171,15 @@ async fn sigterm_hands_unfinished_deliveries_back_and_restart_delivers_them() {
     // receiver works.
     hanging.stop().await;
     let good = Receiver::start_on(address, Behaviour::accept()).await;
-    let server = ChildServer::start(dir.path(), &database, &[]).await;
+    let server = TestServer::builder()
+        .child()
+        .database_url(&database)
+        .start()
+        .await;
     good.wait_for_deliveries(1, Duration::from_secs(30)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    wait_for_status_at(&client, &server.address, &id, "callback_success", deadline).await;
+    server
+        .wait_for_status(&id, "callback_success", Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 mod server;
 
-pub use server::TestServer;
+pub use server::{ChildProcess, TestServer};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -119,59 +119,6 @@ pub fn ids(list: &Value) -> Vec<String> {
         .iter()
         .map(|r| r["id"].as_str().expect("id").to_string())
         .collect()
-}
-
-/// `GET {address}{path}` as JSON.
-pub async fn get_json_at(client: &reqwest::Client, address: &str, path: &str) -> Value {
-    let response = client
-        .get(format!("{address}{path}"))
-        .send()
-        .await
-        .unwrap_or_else(|err| panic!("GET {path}: {err}"));
-    read(response).await.1
-}
-
-/// Polls `GET {address}/requests/{id}` until its status is `status`; fails the test at
-/// `deadline`.
-pub async fn wait_for_status_at(
-    client: &reqwest::Client,
-    address: &str,
-    id: &str,
-    status: &str,
-    deadline: Instant,
-) -> Value {
-    loop {
-        let record = get_json_at(client, address, &format!("/requests/{id}")).await;
-        if record["status"] == status {
-            return record;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "request {id} did not reach {status} in time; last: {record}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls `GET {address}/healthz` until `active_workers` is `n`.
-pub async fn wait_for_active_workers(
-    client: &reqwest::Client,
-    address: &str,
-    n: u64,
-    timeout: Duration,
-) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let health = get_json_at(client, address, "/healthz").await;
-        if health["active_workers"] == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "active_workers never reached {n}: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Fails the test unless every acknowledged id was delivered to `receiver` (with a 2xx).

@@ -1,6 +1,7 @@
-//! Integration tests: the real service on an ephemeral port with a fresh SQLite database,
-//! spoken to over HTTP, with callback receivers on 127.0.0.1. One test binary (modules per
-//! feature) keeps the build to one link.
+//! Integration tests: the real service on an ephemeral port with a fresh database (SQLite, or
+//! PostgreSQL when `SYNCASYNC_TEST_POSTGRES_URL` is set), in process or as the binary in a
+//! child process (`helpers::TestServer`), spoken to over HTTP, with callback receivers on
+//! 127.0.0.1. One test binary (modules per feature) keeps the build to one link.
 
 mod helpers;
 mod hostile;

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::durability::ChildServer;
-use crate::helpers::{Behaviour, Receiver, TestServer, client, fresh_database, unused_port};
+use crate::helpers::{Behaviour, Receiver, TestServer, client, unused_port};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -240,21 +239,16 @@ async fn sync_and_async_answer_with_the_created_request_id_as_x_request_id() {
 
 #[tokio::test]
 async fn json_logs_trace_a_request_through_its_life_and_never_show_secrets() {
-    let dir = tempfile::tempdir().unwrap();
-    let database = fresh_database(dir.path()).await;
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let token = "admin-token-that-must-not-leak";
     let receiver = Receiver::start(Behaviour::fail_first(1)).await;
-    let mut server = ChildServer::start(
-        dir.path(),
-        &database,
-        &[
-            ("APP_LOG_FORMAT", "json"),
-            ("APP_CALLBACK_SIGNING_SECRET", secret),
-            ("APP_ADMIN_TOKEN", token),
-        ],
-    )
-    .await;
+    let mut server = TestServer::builder()
+        .child()
+        .setting("log-format", "json")
+        .setting("callback-signing-secret", secret)
+        .setting("admin-token", token)
+        .start()
+        .await;
     let client = client();
     let response = client
         .post(format!("{}/async", server.address))
@@ -293,7 +287,7 @@ async fn json_logs_trace_a_request_through_its_life_and_never_show_secrets() {
     server.sigterm();
     server.wait_exit(Duration::from_secs(10)).await;
 
-    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let log = server.log();
     assert!(
         !log.contains(secret) && !log.contains(&secret[6..]),
         "the signing secret leaked"

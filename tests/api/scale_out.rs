@@ -10,10 +10,9 @@ use serde_json::{Value, json};
 
 use futures_util::future::join_all;
 
-use crate::durability::ChildServer;
 use crate::helpers::{
     Behaviour, Receiver, TestServer, assert_all_delivered, client, create_postgres_database,
-    get_json_at, postgres_admin_url, wait_for_active_workers, wait_for_status_at,
+    postgres_admin_url,
 };
 use crate::idempotency::post_keyed;
 
@@ -39,12 +38,16 @@ async fn three_instances_one_killed_mid_burst_lose_nothing_and_never_overlap() {
     let Some(database) = postgres_database().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(Behaviour::hang(Duration::from_millis(20))).await;
     let mut servers = Vec::new();
     for _ in 0..3 {
         servers.push(
-            ChildServer::start(dir.path(), &database, &[("APP_DATABASE_POOL_SIZE", "4")]).await,
+            TestServer::builder()
+                .child()
+                .database_url(&database)
+                .setting("database-pool-size", "4")
+                .start()
+                .await,
         );
     }
     let addresses: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
@@ -91,12 +94,13 @@ async fn three_instances_one_killed_mid_burst_lose_nothing_and_never_overlap() {
 
     // Every acknowledged request ends delivered; the dead instance's jobs are taken over
     // once their leases expire.
-    let survivor = &addresses[1];
+    let survivor = &servers[1];
     let deadline = Instant::now() + Duration::from_secs(90);
-    let client = client();
     let mut records = HashMap::new();
     for id in &acknowledged {
-        let record = wait_for_status_at(&client, survivor, id, "callback_success", deadline).await;
+        let record = survivor
+            .wait_for_status_until(id, "callback_success", deadline)
+            .await;
         records.insert(id.clone(), record);
     }
     assert_all_delivered(&receiver, &acknowledged);
@@ -142,21 +146,18 @@ async fn an_idle_instance_wakes_at_once_for_a_job_queued_by_another() {
     let Some(database) = postgres_database().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let hanging = Receiver::start(Behaviour::hang(Duration::from_secs(20))).await;
     let good = Receiver::start(Behaviour::accept()).await;
     // Instance A has one worker, and it will be stuck on a hanging receiver.
-    let a = ChildServer::start(
-        dir.path(),
-        &database,
-        &[
-            ("APP_ASYNC_WORKER_COUNT", "1"),
-            ("APP_CALLBACK_TIMEOUT_SECONDS", "30"),
-            ("APP_JOB_LEASE_SECONDS", "60"),
-            ("APP_SHUTDOWN_GRACE_SECONDS", "1"),
-        ],
-    )
-    .await;
+    let a = TestServer::builder()
+        .child()
+        .database_url(&database)
+        .setting("async-worker-count", "1")
+        .setting("callback-timeout-seconds", "30")
+        .setting("job-lease-seconds", "60")
+        .setting("shutdown-grace-seconds", "1")
+        .start()
+        .await;
     let client = client();
     let submit = |address: String, url: String| {
         let client = client.clone();
@@ -174,9 +175,13 @@ async fn an_idle_instance_wakes_at_once_for_a_job_queued_by_another() {
         }
     };
     submit(a.address.clone(), hanging.url()).await;
-    wait_for_active_workers(&client, &a.address, 1, Duration::from_secs(10)).await;
+    a.wait_for_active_workers(1, Duration::from_secs(10)).await;
     // B starts idle; give it time to fall asleep on the queue.
-    let b = ChildServer::start(dir.path(), &database, &[]).await;
+    let b = TestServer::builder()
+        .child()
+        .database_url(&database)
+        .start()
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let started = Instant::now();
@@ -190,8 +195,9 @@ async fn an_idle_instance_wakes_at_once_for_a_job_queued_by_another() {
     );
     // A's only worker is still stuck, so B made the delivery. (The receiver can see the
     // callback a moment before B records the attempt.)
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let record = wait_for_status_at(&client, &b.address, &id, "callback_success", deadline).await;
+    let record = b
+        .wait_for_status(&id, "callback_success", Duration::from_secs(10))
+        .await;
     assert_eq!(record["callback_attempts"], 1);
 }
 
@@ -200,18 +206,21 @@ async fn a_slow_but_live_instance_keeps_its_jobs() {
     let Some(database) = postgres_database().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     // Each job takes 3 s of (simulated) work before its delivery, three times the 1 s lease:
     // without heartbeats the other instance would take the jobs over and deliver them a
     // second time.
     let slow = Receiver::start(Behaviour::accept()).await;
-    let lease = [
-        ("APP_JOB_LEASE_SECONDS", "1"),
-        ("APP_CALLBACK_TIMEOUT_SECONDS", "0.5"),
-        ("APP_WORK_DURATION_SECONDS", "3"),
-    ];
-    let a = ChildServer::start(dir.path(), &database, &lease).await;
-    let b = ChildServer::start(dir.path(), &database, &lease).await;
+    let instance = || {
+        TestServer::builder()
+            .child()
+            .database_url(&database)
+            .setting("job-lease-seconds", "1")
+            .setting("callback-timeout-seconds", "0.5")
+            .setting("work-duration-seconds", "3")
+            .start()
+    };
+    let a = instance().await;
+    let b = instance().await;
     let client = client();
     let mut ids = Vec::new();
     for n in 0..4 {
@@ -240,8 +249,9 @@ async fn a_slow_but_live_instance_keeps_its_jobs() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     for id in &ids {
-        let record =
-            wait_for_status_at(&client, &a.address, id, "callback_success", deadline).await;
+        let record = a
+            .wait_for_status_until(id, "callback_success", deadline)
+            .await;
         assert_eq!(record["callback_attempts"], 1);
     }
 }
@@ -251,15 +261,15 @@ async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
     let Some(database) = postgres_database().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = tokio::join!(
-        ChildServer::start(dir.path(), &database, &[]),
-        ChildServer::start(dir.path(), &database, &[]),
-        ChildServer::start(dir.path(), &database, &[]),
-    );
-    let client = client();
+    let instance = || {
+        TestServer::builder()
+            .child()
+            .database_url(&database)
+            .start()
+    };
+    let (a, b, c) = tokio::join!(instance(), instance(), instance());
     for server in [&a, &b, &c] {
-        let health = get_json_at(&client, &server.address, "/healthz").await;
+        let health = server.get_json("/healthz").await;
         assert_eq!(health["database_ok"], true);
     }
     // Each migration ran exactly once.

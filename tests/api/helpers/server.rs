@@ -1,23 +1,40 @@
 //! The test server: the real service on an ephemeral port of 127.0.0.1, started by one
-//! builder, with typed helpers. The `Application` runs on the test's own runtime: quick to
-//! start, stopped the way SIGTERM stops the binary, and it may resolve callback host names
-//! with a test resolver ([`StaticLookup`]).
+//! builder in one of two ways, with the same typed helpers either way.
+//!
+//! - **In process** (the default): the `Application` runs on the test's own runtime. Quick to
+//!   start, stopped the way SIGTERM stops the binary, and it may resolve callback host names
+//!   with a test resolver ([`StaticLookup`]).
+//! - **As a child process** ([`TestServerBuilder::child`]): the built binary, for what only a
+//!   process shows: `kill -9`, SIGTERM and the exit code, the log, a preloaded library, an
+//!   open-file limit. The child is the server binary itself, never a wrapper that forks it
+//!   (such as the `faketime` command): killing the child must kill the server. Dropping the
+//!   handle kills it.
 //!
 //! ```ignore
 //! let app = TestServer::builder()
 //!     .setting("callback-max-retries", "1")
 //!     .start()
 //!     .await;
+//! let mut server = TestServer::builder()
+//!     .child()
+//!     .database_url(&database)
+//!     .env("RUST_LOG", "debug")
+//!     .start()
+//!     .await;
+//! server.kill_9();
 //! ```
 //!
-//! Settings are named as the service's flags, without the dashes; the builder checks each
-//! name against the service's own configuration.
+//! Settings are named as the service's flags, without the dashes. The builder checks each name
+//! against the service's own configuration and hands it over as that flag in process, and as
+//! the flag's `APP_*` variable to a child.
 //!
 //! Each server starts on a fresh database of the suite's backend (a SQLite file in the
 //! server's own temporary directory, or a new PostgreSQL database when
 //! `SYNCASYNC_TEST_POSTGRES_URL` is set) unless it is given one: several servers sharing a
 //! database, or a restart on the same one.
 
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +47,7 @@ use syncasync::shutdown::CancellationToken;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
-use super::{StaticLookup, client, fresh_database, read};
+use super::{StaticLookup, client, fresh_database, read, unused_port};
 
 /// What every in-process server runs with unless its test says otherwise: loopback callbacks
 /// allowed, fast retries, a short grace period, and short leases (at least twice the callback
@@ -45,12 +62,30 @@ const IN_PROCESS_SETTINGS: &[(&str, &str)] = &[
     ("database-pool-size", "4"),
 ];
 
+/// What every child server runs with unless its test says otherwise: as in process, with
+/// leases shorter still (a lease must be at least twice the callback timeout), so that a
+/// restart after `kill -9` takes the dead process's jobs over within two seconds; the
+/// service's own grace period and pool size.
+const CHILD_SETTINGS: &[(&str, &str)] = &[
+    ("callback-block-private-ips", "false"),
+    ("callback-retry-base-delay", "0.05"),
+    ("callback-retry-max-delay", "0.2"),
+    ("callback-timeout-seconds", "1"),
+    ("job-lease-seconds", "2"),
+];
+
+/// The environment every child server runs with unless its test says otherwise.
+const CHILD_ENV: &[(&str, &str)] = &[("RUST_LOG", "info")];
+
 /// Settings the builder sets itself, each with the method that chooses it.
 const OWN_SETTINGS: &[(&str, &str)] = &[
     ("host", "the server listens on 127.0.0.1"),
     ("port", "the server picks a free port"),
     ("database-url", "use .database_url()"),
 ];
+
+/// How long a server may take to answer its first `/healthz`.
+const STARTUP: Duration = Duration::from_secs(20);
 
 #[derive(Parser)]
 #[command(args_override_self = true)]
@@ -59,19 +94,24 @@ struct TestCli {
     config: Config,
 }
 
-/// The service's setting `name` (its flag without the dashes). Panics on a name the service
-/// does not know, or one the builder sets itself.
+/// The service's setting `name` (its flag without the dashes): the name and its `APP_*`
+/// variable. Panics on a name the service does not know, or one the builder sets itself.
 #[track_caller]
-fn known_setting(name: &str) -> String {
+fn known_setting(name: &str) -> (String, String) {
     if let Some((_, why)) = OWN_SETTINGS.iter().find(|(own, _)| *own == name) {
         panic!("the test server sets {name:?} itself: {why}");
     }
     let cli = TestCli::command();
-    assert!(
-        cli.get_arguments().any(|arg| arg.get_long() == Some(name)),
-        "the service has no setting --{name}"
-    );
-    name.to_string()
+    let arg = cli
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(name))
+        .unwrap_or_else(|| panic!("the service has no setting --{name}"));
+    let variable = arg
+        .get_env()
+        .unwrap_or_else(|| panic!("--{name} has no environment variable"))
+        .to_string_lossy()
+        .into_owned();
+    (name.to_string(), variable)
 }
 
 /// One setting as a test gave it.
@@ -79,15 +119,18 @@ fn known_setting(name: &str) -> String {
 struct Setting {
     /// The flag's name, without the dashes.
     name: String,
+    /// The flag's environment variable (`APP_…`), for a child.
+    variable: String,
     value: String,
 }
 
-/// Chooses how to start a [`TestServer`]: its kind's options (`K`), on which database, with
-/// which settings. Start with [`TestServer::builder`].
+/// Chooses how to start a [`TestServer`]: in process or as a child (`K`), on which database,
+/// with which settings. Start with [`TestServer::builder`].
 #[must_use = "a builder starts nothing until .start() is awaited"]
 pub struct TestServerBuilder<K> {
     database_url: Option<String>,
     settings: Vec<Setting>,
+    harness_settings: bool,
     kind: K,
 }
 
@@ -97,12 +140,19 @@ pub struct InProcessOptions {
     lookup: Option<StaticLookup>,
 }
 
+/// What only a child server can have.
+pub struct ChildOptions {
+    env: Vec<(String, String)>,
+    open_file_limit: Option<u32>,
+}
+
 impl TestServer {
     /// A builder for an in-process server on a fresh database, with the harness's settings.
     pub fn builder() -> TestServerBuilder<InProcessOptions> {
         TestServerBuilder {
             database_url: None,
             settings: Vec::new(),
+            harness_settings: true,
             kind: InProcessOptions::default(),
         }
     }
@@ -120,10 +170,11 @@ impl<K> TestServerBuilder<K> {
     /// `"callback-max-retries"`) to `value`, over the harness's value if it has one.
     #[track_caller]
     pub fn setting(mut self, name: &str, value: impl Into<String>) -> Self {
-        let name = known_setting(name);
+        let (name, variable) = known_setting(name);
         self.settings.retain(|s| s.name != name);
         self.settings.push(Setting {
             name,
+            variable,
             value: value.into(),
         });
         self
@@ -138,15 +189,27 @@ impl<K> TestServerBuilder<K> {
         self
     }
 
-    /// The settings to start with: the harness's `defaults`, each replaced by the test's own
-    /// value if it gave one, then the test's other settings.
+    /// Starts from the service's own defaults (what an operator gets) instead of the
+    /// harness's fast settings; only the test's own settings are added.
+    pub fn service_defaults(mut self) -> Self {
+        self.harness_settings = false;
+        self
+    }
+
+    /// The settings to start with: the harness's `defaults` (unless turned off), each
+    /// replaced by the test's own value if it gave one, then the test's other settings.
     fn resolved(&self, defaults: &[(&str, &str)]) -> Vec<Setting> {
+        let defaults = if self.harness_settings { defaults } else { &[] };
         let mut settings: Vec<Setting> = defaults
             .iter()
             .filter(|(name, _)| !self.settings.iter().any(|s| s.name == *name))
-            .map(|(name, value)| Setting {
-                name: known_setting(name),
-                value: value.to_string(),
+            .map(|(name, value)| {
+                let (name, variable) = known_setting(name);
+                Setting {
+                    name,
+                    variable,
+                    value: value.to_string(),
+                }
             })
             .collect();
         settings.extend(self.settings.iter().cloned());
@@ -154,7 +217,7 @@ impl<K> TestServerBuilder<K> {
     }
 
     /// The database to start on, and the server's own directory (which holds the fresh
-    /// SQLite database, if that is the one).
+    /// SQLite database, if that is the one, and a child's log).
     async fn database(&self) -> (String, TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = match &self.database_url {
@@ -163,6 +226,15 @@ impl<K> TestServerBuilder<K> {
         };
         (url, dir)
     }
+
+    fn with_kind<L>(self, kind: L) -> TestServerBuilder<L> {
+        TestServerBuilder {
+            database_url: self.database_url,
+            settings: self.settings,
+            harness_settings: self.harness_settings,
+            kind,
+        }
+    }
 }
 
 impl TestServerBuilder<InProcessOptions> {
@@ -170,6 +242,20 @@ impl TestServerBuilder<InProcessOptions> {
     pub fn lookup(mut self, lookup: StaticLookup) -> Self {
         self.kind.lookup = Some(lookup);
         self
+    }
+
+    /// Runs the built binary as a child process instead.
+    #[track_caller]
+    pub fn child(self) -> TestServerBuilder<ChildOptions> {
+        assert!(
+            self.kind.lookup.is_none(),
+            "a child server cannot use a test resolver: the resolver answers inside the test \
+             process, and a child resolves names with the system's"
+        );
+        self.with_kind(ChildOptions {
+            env: Vec::new(),
+            open_file_limit: None,
+        })
     }
 
     /// Starts the service on the test's runtime and returns once it listens.
@@ -216,8 +302,88 @@ impl TestServerBuilder<InProcessOptions> {
     }
 }
 
+impl TestServerBuilder<ChildOptions> {
+    /// Sets an environment variable of the child that is not a setting (`RUST_LOG`, an
+    /// `LD_PRELOAD`): what a wrapper command would otherwise do. Settings go through
+    /// [`setting`](Self::setting).
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        assert!(
+            !key.starts_with("APP_"),
+            "{key} is a setting: use .setting() with its flag's name"
+        );
+        self.kind.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Runs the child under an open-file limit of `limit` (`ulimit -n`).
+    pub fn open_file_limit(mut self, limit: u32) -> Self {
+        self.kind.open_file_limit = Some(limit);
+        self
+    }
+
+    /// Starts the binary and returns once it answers `GET /healthz` with 200.
+    pub async fn start(self) -> TestServer<ChildProcess> {
+        let (database_url, dir) = self.database().await;
+        let port = unused_port().await.port().to_string();
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let binary = env!("CARGO_BIN_EXE_syncasync");
+        let mut command = match self.kind.open_file_limit {
+            None => {
+                let mut command = Command::new(binary);
+                command.arg("serve");
+                command
+            }
+            // The shell sets the limit, then `exec` replaces it with the server: the child is
+            // still the server itself.
+            Some(limit) => {
+                let mut command = Command::new("sh");
+                command
+                    .arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" serve"))
+                    .arg(binary);
+                command
+            }
+        };
+        command
+            .env("APP_HOST", "127.0.0.1")
+            .env("APP_PORT", &port)
+            .env("APP_DATABASE_URL", &database_url);
+        for setting in self.resolved(CHILD_SETTINGS) {
+            command.env(setting.variable, setting.value);
+        }
+        let env = if self.harness_settings {
+            CHILD_ENV
+        } else {
+            &[]
+        };
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        for (key, value) in &self.kind.env {
+            command.env(key, value);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        let child = command.spawn().expect("start the server binary");
+        let mut server = TestServer {
+            address: format!("http://127.0.0.1:{port}"),
+            client: client(),
+            process: ChildProcess {
+                child,
+                log: log_path,
+            },
+            _dir: dir,
+        };
+        server.wait_until_healthy().await;
+        server
+    }
+}
+
 /// A running service, with a client for it and typed helpers. `P` is how it runs:
-/// [`InProcess`].
+/// [`InProcess`] (the default) or [`ChildProcess`].
 pub struct TestServer<P = InProcess> {
     /// `http://127.0.0.1:<port>`
     pub address: String,
@@ -237,6 +403,19 @@ pub struct InProcess {
 impl Drop for InProcess {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A child server's process: killed when its handle is dropped.
+pub struct ChildProcess {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -317,6 +496,22 @@ impl<P> TestServer<P> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Polls `GET /healthz` until `active_workers` is `n`.
+    pub async fn wait_for_active_workers(&self, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let health = self.get_json("/healthz").await;
+            if health["active_workers"] == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "active_workers never reached {n}: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl TestServer<InProcess> {
@@ -326,5 +521,67 @@ impl TestServer<InProcess> {
         if let Some(handle) = self.process.handle.take() {
             handle.await.expect("application stopped cleanly");
         }
+    }
+}
+
+impl TestServer<ChildProcess> {
+    /// Kills the server with SIGKILL (no handler runs, nothing is flushed) and reaps it.
+    pub fn kill_9(&mut self) {
+        // Child::kill is SIGKILL on Unix.
+        self.process.child.kill().expect("SIGKILL");
+        self.process.child.wait().expect("reaped");
+    }
+
+    /// Sends SIGTERM; [`wait_exit`](Self::wait_exit) waits for the server to stop.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
+    /// Waits for the server to exit; fails the test after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The server's process id (the binary's own: it is not behind a wrapper).
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
+    /// Everything the server wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.process.log).expect("server log")
+    }
+
+    async fn wait_until_healthy(&mut self) {
+        // A client of its own, so that the probe leaves no connection open in the server's
+        // count of descriptors or connections.
+        let client = client();
+        let deadline = Instant::now() + STARTUP;
+        while Instant::now() < deadline {
+            if let Ok(response) = client.get(self.url("/healthz")).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.process.child.try_wait() {
+                panic!("server exited at start ({status}); log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server did not become healthy; log:\n{}", self.log());
     }
 }

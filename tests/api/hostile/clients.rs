@@ -12,8 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{
     Outcome, RawResponse, assert_still_serving, connect, exchange, read_response, wait_closed,
 };
-use crate::durability::ChildServer;
-use crate::helpers::{TestServer, client, fresh_database, read};
+use crate::helpers::{TestServer, client, read};
 
 const GET_HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
 
@@ -415,9 +414,11 @@ async fn made_up_methods_and_long_paths_keep_metrics_small() {
 
 #[tokio::test]
 async fn logged_methods_and_paths_are_capped() {
-    let dir = tempfile::tempdir().unwrap();
-    let database = fresh_database(dir.path()).await;
-    let mut server = ChildServer::start(dir.path(), &database, &[("APP_LOG_FORMAT", "json")]).await;
+    let mut server = TestServer::builder()
+        .child()
+        .setting("log-format", "json")
+        .start()
+        .await;
     let client = client();
     let method = Method::from_bytes("M".repeat(20_000).as_bytes()).unwrap();
     let response = client
@@ -437,7 +438,7 @@ async fn logged_methods_and_paths_are_capped() {
     server.sigterm();
     server.wait_exit(Duration::from_secs(10)).await;
 
-    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let log = server.log();
     let lines: Vec<Value> = log
         .lines()
         .map(|line| {
@@ -738,19 +739,14 @@ async fn the_document_shows_which_operations_need_the_api_token() {
 
 #[tokio::test]
 async fn the_api_token_never_appears_in_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let database = fresh_database(dir.path()).await;
     let wrong = "a-wrong-guess-that-must-not-leak-either";
-    let mut server = ChildServer::start(
-        dir.path(),
-        &database,
-        &[
-            ("APP_LOG_FORMAT", "json"),
-            ("APP_API_TOKEN", API_TOKEN),
-            ("RUST_LOG", "debug"),
-        ],
-    )
-    .await;
+    let mut server = TestServer::builder()
+        .child()
+        .setting("log-format", "json")
+        .setting("api-token", API_TOKEN)
+        .env("RUST_LOG", "debug")
+        .start()
+        .await;
     let client = client();
     for token in [API_TOKEN, wrong] {
         for path in ["/requests", "/metrics", "/requests/x"] {
@@ -772,7 +768,7 @@ async fn the_api_token_never_appears_in_the_log() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.sigterm();
     server.wait_exit(Duration::from_secs(10)).await;
-    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let log = server.log();
     assert!(
         log.contains("\"status\":401"),
         "the wrong token was refused: {log}"

@@ -3,13 +3,12 @@
 //! cluster for an hour nor delays their retries.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::in_ci;
-use crate::durability::ChildServer;
-use crate::helpers::{Behaviour, Receiver, client, postgres_admin_url, wait_for_status_at};
+use crate::helpers::{Behaviour, Receiver, TestServer, client, postgres_admin_url};
 
 #[tokio::test]
 async fn an_instance_an_hour_ahead_still_gets_its_jobs_delivered_on_time() {
@@ -22,21 +21,16 @@ async fn an_instance_an_hour_ahead_still_gets_its_jobs_delivered_on_time() {
         eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let database = crate::helpers::fresh_database(dir.path()).await;
     // The instance's wall clock runs an hour ahead; its timers (the monotonic clock) do not.
     // The library is preloaded into the server itself: the `faketime` command would fork it,
     // and killing the command would leave the server running.
-    let server = ChildServer::start(
-        dir.path(),
-        &database,
-        &[
-            ("LD_PRELOAD", &libfaketime),
-            ("FAKETIME", "+1h"),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ],
-    )
-    .await;
+    let server = TestServer::builder()
+        .child()
+        .env("LD_PRELOAD", libfaketime)
+        .env("FAKETIME", "+1h")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start()
+        .await;
     // The first attempt fails, so the job is also rescheduled (a retry due 50-100 ms later).
     let receiver = Receiver::start(Behaviour::fail_first(1)).await;
     let client = client();
@@ -48,14 +42,9 @@ async fn an_instance_an_hour_ahead_still_gets_its_jobs_delivered_on_time() {
         .unwrap();
     let body: Value = response.json().await.unwrap();
     let id = body["request_id"].as_str().unwrap();
-    let record = wait_for_status_at(
-        &client,
-        &server.address,
-        id,
-        "callback_success",
-        Instant::now() + Duration::from_secs(15),
-    )
-    .await;
+    let record = server
+        .wait_for_status(id, "callback_success", Duration::from_secs(15))
+        .await;
     assert_eq!(record["callback_attempts"], 2, "{record}");
     // The skew was real: the instance stamped the request an hour ahead.
     let created: chrono::DateTime<chrono::Utc> =

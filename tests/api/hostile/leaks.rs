@@ -5,22 +5,16 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::durability::ChildServer;
-use crate::helpers::{client, fresh_database, unused_port, wait_for_status_at};
+use crate::helpers::{TestServer, client, unused_port};
 
 #[tokio::test]
 async fn a_callback_urls_query_string_is_neither_stored_in_errors_nor_logged() {
-    let dir = tempfile::tempdir().unwrap();
-    let database = fresh_database(dir.path()).await;
-    let mut server = ChildServer::start(
-        dir.path(),
-        &database,
-        &[
-            ("APP_LOG_FORMAT", "json"),
-            ("APP_CALLBACK_MAX_RETRIES", "1"),
-        ],
-    )
-    .await;
+    let mut server = TestServer::builder()
+        .child()
+        .setting("log-format", "json")
+        .setting("callback-max-retries", "1")
+        .start()
+        .await;
     let secret = "query-secret-7f3a";
     // Nothing listens there: every attempt fails with a connection error.
     let callback = format!("http://{}/cb?token={secret}", unused_port().await);
@@ -35,14 +29,9 @@ async fn a_callback_urls_query_string_is_neither_stored_in_errors_nor_logged() {
         .as_str()
         .unwrap()
         .to_string();
-    let record = wait_for_status_at(
-        &client,
-        &server.address,
-        &id,
-        "callback_failed",
-        std::time::Instant::now() + Duration::from_secs(20),
-    )
-    .await;
+    let record = server
+        .wait_for_status(&id, "callback_failed", Duration::from_secs(20))
+        .await;
     let error = record["callback_last_error"].as_str().unwrap();
     assert!(error.contains("connection"), "{error}");
     for attempt in record["attempts"].as_array().unwrap() {
@@ -52,7 +41,7 @@ async fn a_callback_urls_query_string_is_neither_stored_in_errors_nor_logged() {
 
     server.sigterm();
     server.wait_exit(Duration::from_secs(10)).await;
-    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let log = server.log();
     assert!(log.contains(&id), "the request's life is logged");
     assert!(
         !log.contains(secret),

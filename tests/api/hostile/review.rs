@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::assert_refused_in_one_line;
-use crate::helpers::{Behaviour, Receiver, TestServer, read};
+use crate::helpers::{Behaviour, ChildProcess, Receiver, TestServer, read};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -161,66 +161,29 @@ async fn the_longest_accepted_retention_still_cleans_up_on_postgresql() {
 // File descriptors held by the callback client
 // ---------------------------------------------------------------------------------------
 
-/// The binary under a file-descriptor limit of `nofile`, with `env`, logging to `dir`.
-struct LimitedServer {
-    child: std::process::Child,
-    address: String,
+/// The binary under an open-file limit of `nofile`, as an operator runs it (the service's own
+/// defaults, on SQLite in `dir`) but with loopback callbacks allowed, and `settings`.
+async fn limited_server(
+    dir: &std::path::Path,
+    nofile: u32,
+    settings: &[(&str, &str)],
+) -> TestServer<ChildProcess> {
+    TestServer::builder()
+        .child()
+        .service_defaults()
+        .open_file_limit(nofile)
+        .database_url(&format!("sqlite://{}", dir.join("s.db").display()))
+        .setting("callback-block-private-ips", "false")
+        .settings(settings)
+        .start()
+        .await
 }
 
-impl LimitedServer {
-    async fn start(dir: &std::path::Path, nofile: u32, env: &[(&str, &str)]) -> Self {
-        let port = crate::helpers::unused_port().await.port();
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(format!("ulimit -n {nofile} && exec \"$0\" serve"))
-            .arg(env!("CARGO_BIN_EXE_syncasync"))
-            .env("APP_HOST", "127.0.0.1")
-            .env("APP_PORT", port.to_string())
-            .env(
-                "APP_DATABASE_URL",
-                format!("sqlite://{}", dir.join("s.db").display()),
-            )
-            .env("APP_CALLBACK_BLOCK_PRIVATE_IPS", "false")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let server = Self {
-            child: command.spawn().unwrap(),
-            address: format!("http://127.0.0.1:{port}"),
-        };
-        let client = crate::helpers::client();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = client
-                .get(format!("{}/healthz", server.address))
-                .send()
-                .await
-                && r.status() == 200
-            {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "server did not start");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for LimitedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// How many file descriptors `server` holds open.
+fn open_fds(server: &TestServer<ChildProcess>) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// SPEC §9 "holds nothing without bound": the callback client pools idle keep-alive
@@ -239,22 +202,22 @@ async fn callbacks_to_many_destinations_do_not_exhaust_file_descriptors() {
     // The open-file limit must hold the deliveries in flight (two descriptors each), the
     // kept-alive callback connections and the connection cap: 16 workers and 16 connections
     // fit in 192.
-    let server = LimitedServer::start(
+    let server = limited_server(
         dir.path(),
         192,
         &[
-            ("APP_HTTP_MAX_CONNECTIONS", "16"),
-            ("APP_ASYNC_WORKER_COUNT", "16"),
-            ("APP_CALLBACK_MAX_RETRIES", "0"),
+            ("http-max-connections", "16"),
+            ("async-worker-count", "16"),
+            ("callback-max-retries", "0"),
         ],
     )
     .await;
-    let before = server.open_fds();
+    let before = open_fds(&server);
     let mut receivers = Vec::new();
     for _ in 0..DESTINATIONS {
         receivers.push(Receiver::start(Behaviour::accept()).await);
     }
-    let client = crate::helpers::client();
+    let client = &server.client;
     let mut ids = Vec::new();
     for receiver in &receivers {
         let response = client
@@ -274,7 +237,7 @@ async fn callbacks_to_many_destinations_do_not_exhaust_file_descriptors() {
         loop {
             let record = tokio::time::timeout(
                 Duration::from_secs(5),
-                crate::helpers::get_json_at(&client, &server.address, &format!("/requests/{id}")),
+                server.get_json(&format!("/requests/{id}")),
             )
             .await
             .expect("the service still accepts connections");
@@ -292,7 +255,7 @@ async fn callbacks_to_many_destinations_do_not_exhaust_file_descriptors() {
     }
     // Idle keep-alive connections are closed after 10 s.
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let held = server.open_fds().saturating_sub(before);
+    let held = open_fds(&server).saturating_sub(before);
     assert!(
         failed.is_empty(),
         "{} of {DESTINATIONS} callbacks failed (holding {held} more descriptors than at start), e.g. {:?}",
@@ -316,19 +279,19 @@ async fn callbacks_to_many_destinations_do_not_exhaust_file_descriptors() {
 async fn idle_client_connections_cannot_starve_callbacks_of_file_descriptors() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(Behaviour::accept()).await;
-    let server = LimitedServer::start(
+    let server = limited_server(
         dir.path(),
         256,
         &[
             // The work takes a moment, so the callback falls due while the connections are open.
-            ("APP_WORK_DURATION_SECONDS", "2"),
-            ("APP_CALLBACK_MAX_RETRIES", "0"),
+            ("work-duration-seconds", "2"),
+            ("callback-max-retries", "0"),
             // The connection cap is left to fit what the limit leaves beside 32 deliveries.
-            ("APP_ASYNC_WORKER_COUNT", "32"),
+            ("async-worker-count", "32"),
         ],
     )
     .await;
-    let client = crate::helpers::client();
+    let client = &server.client;
     let response = client
         .post(format!("{}/async", server.address))
         .json(&json!({"data": "fd", "iterations": 1, "callback_url": receiver.url()}))
@@ -348,14 +311,9 @@ async fn idle_client_connections_cannot_starve_callbacks_of_file_descriptors() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(idle);
 
-    let record = crate::helpers::wait_for_status_at(
-        &client,
-        &server.address,
-        &id,
-        "callback_success",
-        Instant::now() + Duration::from_secs(15),
-    )
-    .await;
+    let record = server
+        .wait_for_status(&id, "callback_success", Duration::from_secs(15))
+        .await;
     assert_eq!(record["callback_attempts"], 1, "{record}");
 }
 
