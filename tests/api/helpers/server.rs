@@ -585,3 +585,49 @@ impl TestServer<ChildProcess> {
         panic!("server did not become healthy; log:\n{}", self.log());
     }
 }
+
+/// The builder's own rules, checked without starting anything.
+mod checks {
+    use super::{CHILD_SETTINGS, StaticLookup, TestServer, known_setting};
+
+    #[test]
+    #[should_panic(expected = "the service has no setting --callback-max-retry")]
+    fn a_misspelt_setting_is_refused() {
+        let _ = TestServer::builder().setting("callback-max-retry", "1");
+    }
+
+    #[test]
+    #[should_panic(expected = "use .database_url()")]
+    fn the_database_is_chosen_with_its_own_method() {
+        let _ = TestServer::builder().setting("database-url", "sqlite://elsewhere.db");
+    }
+
+    #[test]
+    #[should_panic(expected = "a child server cannot use a test resolver")]
+    fn a_child_cannot_use_a_test_resolver() {
+        let _ = TestServer::builder()
+            .lookup(StaticLookup::default())
+            .child();
+    }
+
+    #[test]
+    fn a_setting_reaches_a_child_as_its_variable_over_the_harness_value() {
+        assert_eq!(
+            known_setting("callback-max-retries").1,
+            "APP_CALLBACK_MAX_RETRIES"
+        );
+        let builder = TestServer::builder()
+            .child()
+            .setting("job-lease-seconds", "9");
+        let leases: Vec<(String, String)> = builder
+            .resolved(CHILD_SETTINGS)
+            .into_iter()
+            .filter(|s| s.name == "job-lease-seconds")
+            .map(|s| (s.variable, s.value))
+            .collect();
+        assert_eq!(
+            leases,
+            [("APP_JOB_LEASE_SECONDS".to_string(), "9".to_string())]
+        );
+    }
+}
