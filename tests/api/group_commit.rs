@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, assert_all_delivered, spawn_app};
+use crate::helpers::{Behaviour, Receiver, TestServer, assert_all_delivered};
 
 #[tokio::test]
 async fn concurrent_acceptances_are_each_committed_before_their_answer_and_keys_stay_unique() {
-    let app = spawn_app(&[]).await;
+    let app = TestServer::builder().start().await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     // 200 submissions at once: 100 without a key, and 50 keys sent twice each (the same
     // body), so that duplicates land in the same batches as their originals.

@@ -82,7 +82,10 @@ async fn iterations_default_to_1000() {
 async fn a_sync_request_still_working_is_listed_as_processing_until_it_finishes() {
     use std::time::{Duration, Instant};
     // Each unit of work takes a second (simulated I/O, which holds no thread).
-    let app = spawn_app(&["--work-duration-seconds", "1"]).await;
+    let app = TestServer::builder()
+        .setting("work-duration-seconds", "1")
+        .start()
+        .await;
     let slow = tokio::spawn({
         let client = app.client.clone();
         let url = app.url("/sync");
