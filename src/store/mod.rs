@@ -41,6 +41,7 @@ mod changes;
 mod due;
 mod group_commit;
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::sync::Arc;
@@ -215,6 +216,16 @@ impl AttemptOutcome {
 
     pub fn is_final(self) -> bool {
         !matches!(self, AttemptOutcome::RetryAfter(_))
+    }
+}
+
+/// How a sync request's outcome is stored: its final status, its result, and why it failed.
+pub(crate) fn sync_outcome<'a>(
+    outcome: Result<&'a WorkResult, &'a str>,
+) -> (Status, Option<&'a WorkResult>, Option<&'a str>) {
+    match outcome {
+        Ok(result) => (Status::Completed, Some(result), None),
+        Err(reason) => (Status::Failed, None, Some(reason)),
     }
 }
 

@@ -35,13 +35,14 @@ use tokio_util::sync::CancellationToken;
 use self::group_writes::{AttemptWrite, InsertQueued, RecordAttempts, ResultWrite, StoreResults};
 use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
 use super::group_commit::GroupCommit;
+use super::rows::{self, JobColumns, RecordColumns, ResultColumns};
 use super::{
     AttemptOutcome, Dialect, Job, KeyHolder, ListFilter, ListParam, NewAsyncRequest, NewRequest,
     PoolStats, Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan,
-    list_conditions,
+    list_conditions, sync_outcome,
 };
 use crate::delivery::destinations::{Rooms, destination_of_str};
-use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
+use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
 /// `dests (dest)`: each destination with queued jobs, one index seek each (a loose index scan
@@ -380,10 +381,7 @@ impl PgStore {
         new: &NewRequest,
         outcome: Result<&WorkResult, &str>,
     ) -> StoreResult<()> {
-        let (status, result, error) = match outcome {
-            Ok(result) => ("completed", Some(result), None),
-            Err(reason) => ("failed", None, Some(reason)),
-        };
+        let (status, result, error) = sync_outcome(outcome);
         sqlx::query(
             "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
                                    completed_at, input_hash, output_hash, processing_time_ms, error)
@@ -400,7 +398,7 @@ impl PgStore {
         .bind(&new.payload_hash)
         .bind(i64::from(new.iterations))
         .bind(new.created_at)
-        .bind(status)
+        .bind(status.as_str())
         .bind(result.map(|r| r.input_hash.as_str()))
         .bind(result.map(|r| r.output_hash.as_str()))
         .bind(result.map(|r| r.processing_time_ms))
@@ -1118,8 +1116,7 @@ async fn migrate(pool: &PgPool) -> StoreResult<()> {
 }
 
 fn parse_status(value: &str) -> Result<Status, sqlx::Error> {
-    Status::parse(value)
-        .ok_or_else(|| sqlx::Error::Decode(format!("unknown status {value:?}").into()))
+    rows::parse_status(value).map_err(|err| sqlx::Error::Decode(Box::new(err)))
 }
 
 /// This backend's spelling of list conditions.
@@ -1129,71 +1126,57 @@ const DIALECT: Dialect = Dialect {
 };
 
 fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
-    let id: String = row.try_get("id")?;
-    let mode: String = row.try_get("mode")?;
-    let status: String = row.try_get("status")?;
-    Ok(RequestRecord {
-        result: result_from_row(row, &id)?,
-        mode: Mode::parse(&mode)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown mode {mode:?}").into()))?,
-        status: parse_status(&status)?,
+    RecordColumns {
+        id: row.try_get("id")?,
+        mode: row.try_get("mode")?,
+        status: row.try_get("status")?,
         payload_hash: row.try_get("payload_hash")?,
         created_at: row.try_get("created_at")?,
         completed_at: row.try_get("completed_at")?,
         callback_url: row.try_get("callback_url")?,
-        callback_attempts: u32::try_from(row.try_get::<i32, _>("callback_attempts")?).unwrap_or(0),
+        callback_attempts: count(row, "callback_attempts")?,
         callback_last_error: row.try_get("callback_last_error")?,
         error: row.try_get("error")?,
-        attempts: None,
-        id,
-    })
+        result: result_columns(row)?,
+    }
+    .into_record()
+    .map_err(|err| sqlx::Error::Decode(Box::new(err)))
 }
 
-fn result_from_row(row: &PgRow, id: &str) -> Result<Option<WorkResult>, sqlx::Error> {
-    let input_hash: Option<String> = row.try_get("input_hash")?;
-    let output_hash: Option<String> = row.try_get("output_hash")?;
-    let processing_time_ms: Option<f64> = row.try_get("processing_time_ms")?;
-    Ok(match (input_hash, output_hash, processing_time_ms) {
-        (Some(input_hash), Some(output_hash), Some(processing_time_ms)) => Some(WorkResult {
-            request_id: id.to_string(),
-            input_hash,
-            output_hash,
-            iterations: u32::try_from(row.try_get::<i32, _>("iterations")?).unwrap_or(0),
-            processing_time_ms,
-        }),
-        _ => None,
+fn result_columns(row: &PgRow) -> Result<ResultColumns, sqlx::Error> {
+    Ok(ResultColumns {
+        input_hash: row.try_get("input_hash")?,
+        output_hash: row.try_get("output_hash")?,
+        processing_time_ms: row.try_get("processing_time_ms")?,
+        iterations: count(row, "iterations")?,
     })
 }
 
 fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
-    let id: String = row.try_get("id")?;
-    let callback_url: String = row
-        .try_get::<Option<String>, _>("callback_url")?
-        .unwrap_or_default();
-    let callback_attempts = u32::try_from(row.try_get::<i32, _>("callback_attempts")?).unwrap_or(0);
-    let round_start = u32::try_from(row.try_get::<i32, _>("round_start_attempts")?).unwrap_or(0);
+    // `data` is stored as the bytes it arrived as (TEXT cannot hold a NUL); it was valid
+    // UTF-8 then.
     let data = row
         .try_get::<Option<Vec<u8>>, _>("data")?
         .map(|bytes| String::from_utf8(bytes).map_err(|e| sqlx::Error::Decode(Box::new(e))))
         .transpose()?;
-    Ok(Job {
+    Ok(JobColumns {
+        id: row.try_get("id")?,
         created_at: row.try_get("created_at")?,
-        result: result_from_row(row, &id)?,
         data,
-        iterations: u32::try_from(row.try_get::<i32, _>("iterations")?).unwrap_or(0),
-        destination: destination_of_str(&callback_url),
-        due_at: row
-            .try_get::<Option<DateTime<Utc>>, _>("next_attempt_at")?
-            .unwrap_or_default(),
-        callback_url,
-        callback_attempts,
-        round_attempts: callback_attempts.saturating_sub(round_start),
-        token: row
-            .try_get::<Option<String>, _>("lease_token")?
-            .unwrap_or_default(),
-        unrecorded_claims: u32::try_from(row.try_get::<i32, _>("unrecorded_claims")?).unwrap_or(0),
-        id,
-    })
+        callback_url: row.try_get("callback_url")?,
+        callback_attempts: count(row, "callback_attempts")?,
+        round_start_attempts: count(row, "round_start_attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        lease_token: row.try_get("lease_token")?,
+        unrecorded_claims: count(row, "unrecorded_claims")?,
+        result: result_columns(row)?,
+    }
+    .into_job())
+}
+
+/// A non-negative `INTEGER` column as a count.
+fn count(row: &PgRow, column: &str) -> Result<u32, sqlx::Error> {
+    Ok(u32::try_from(row.try_get::<i32, _>(column)?).unwrap_or(0))
 }
 
 fn attempt_from_row(row: &PgRow) -> Result<DeliveryAttempt, sqlx::Error> {

@@ -38,7 +38,7 @@ use super::{
     Redelivery, StatusCounts, StoreError, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
-use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
+use crate::model::{DeliveryAttempt, RequestList, RequestRecord, WorkResult};
 
 use self::claims::next_due;
 use self::list::list_on;
@@ -46,7 +46,7 @@ use self::open::{
     backfill_destinations, database_path, lock_database, migrate, open_connection, recover,
 };
 use self::readers::Readers;
-use self::rows::{attempt_from_row, decode_error, from_millis, record_from_row};
+use self::rows::{attempt_from_row, from_millis, parse_status, record_from_row};
 use self::writer::{Command, Op, Reply, WRITER_QUEUE, Writer};
 use self::writes::holder_of;
 
@@ -323,7 +323,7 @@ impl SqliteStore {
                 .query_map([], |row| {
                     let status: String = row.get(0)?;
                     let n: i64 = row.get(1)?;
-                    let status = Status::parse(&status).ok_or_else(|| decode_error(0, &status))?;
+                    let status = parse_status(&status)?;
                     Ok((status, u64::try_from(n).unwrap_or(0)))
                 })?
                 .collect()

@@ -1,11 +1,13 @@
-//! Rows into records, jobs and attempts; times as the Unix milliseconds SQLite stores.
+//! Reading SQLite's columns into the rows `store::rows` gives meaning to; times as the Unix
+//! milliseconds SQLite stores.
 
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::Row;
+use rusqlite::types::Type;
 
-use crate::delivery::destinations::destination_of_str;
-use crate::model::{DeliveryAttempt, Mode, RequestRecord, Status, WorkResult};
+use crate::model::{DeliveryAttempt, RequestRecord, Status};
 use crate::store::Job;
+use crate::store::rows::{self, JobColumns, RecordColumns, ResultColumns, UnknownValue};
 
 pub(super) fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -15,22 +17,20 @@ pub(super) fn from_millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
-pub(super) fn decode_error(column: usize, value: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        column,
-        rusqlite::types::Type::Text,
-        format!("unknown value {value:?}").into(),
-    )
+/// A stored status name as the model's.
+pub(super) fn parse_status(value: &str) -> rusqlite::Result<Status> {
+    rows::parse_status(value).map_err(unknown_value)
+}
+
+fn unknown_value(err: UnknownValue) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(err))
 }
 
 pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> {
-    let id: String = row.get("id")?;
-    let mode: String = row.get("mode")?;
-    let status: String = row.get("status")?;
-    Ok(RequestRecord {
-        result: result_from_row(row, &id)?,
-        mode: Mode::parse(&mode).ok_or_else(|| decode_error(1, &mode))?,
-        status: Status::parse(&status).ok_or_else(|| decode_error(2, &status))?,
+    RecordColumns {
+        id: row.get("id")?,
+        mode: row.get("mode")?,
+        status: row.get("status")?,
         payload_hash: row.get("payload_hash")?,
         created_at: from_millis(row.get("created_at")?),
         completed_at: row.get::<_, Option<i64>>("completed_at")?.map(from_millis),
@@ -38,51 +38,37 @@ pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> 
         callback_attempts: row.get("callback_attempts")?,
         callback_last_error: row.get("callback_last_error")?,
         error: row.get("error")?,
-        attempts: None,
-        id,
-    })
+        result: result_columns(row)?,
+    }
+    .into_record()
+    .map_err(unknown_value)
 }
 
-pub(super) fn result_from_row(row: &Row<'_>, id: &str) -> rusqlite::Result<Option<WorkResult>> {
-    let input_hash: Option<String> = row.get("input_hash")?;
-    let output_hash: Option<String> = row.get("output_hash")?;
-    let processing_time_ms: Option<f64> = row.get("processing_time_ms")?;
-    Ok(match (input_hash, output_hash, processing_time_ms) {
-        (Some(input_hash), Some(output_hash), Some(processing_time_ms)) => Some(WorkResult {
-            request_id: id.to_string(),
-            input_hash,
-            output_hash,
-            iterations: row.get("iterations")?,
-            processing_time_ms,
-        }),
-        _ => None,
+fn result_columns(row: &Row<'_>) -> rusqlite::Result<ResultColumns> {
+    Ok(ResultColumns {
+        input_hash: row.get("input_hash")?,
+        output_hash: row.get("output_hash")?,
+        processing_time_ms: row.get("processing_time_ms")?,
+        iterations: row.get("iterations")?,
     })
 }
 
 pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
-    let id: String = row.get("id")?;
-    let callback_url: String = row
-        .get::<_, Option<String>>("callback_url")?
-        .unwrap_or_default();
-    let callback_attempts: u32 = row.get("callback_attempts")?;
-    let round_start: u32 = row.get("round_start_attempts")?;
-    Ok(Job {
+    Ok(JobColumns {
+        id: row.get("id")?,
         created_at: from_millis(row.get("created_at")?),
-        result: result_from_row(row, &id)?,
         data: row.get("data")?,
-        iterations: row.get("iterations")?,
-        destination: destination_of_str(&callback_url),
-        due_at: from_millis(
-            row.get::<_, Option<i64>>("next_attempt_at")?
-                .unwrap_or_default(),
-        ),
-        callback_url,
-        callback_attempts,
-        round_attempts: callback_attempts.saturating_sub(round_start),
-        token: row.get("lease_token")?,
+        callback_url: row.get("callback_url")?,
+        callback_attempts: row.get("callback_attempts")?,
+        round_start_attempts: row.get("round_start_attempts")?,
+        next_attempt_at: row
+            .get::<_, Option<i64>>("next_attempt_at")?
+            .map(from_millis),
+        lease_token: row.get("lease_token")?,
         unrecorded_claims: row.get("unrecorded_claims")?,
-        id,
-    })
+        result: result_columns(row)?,
+    }
+    .into_job())
 }
 
 pub(super) fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryAttempt> {

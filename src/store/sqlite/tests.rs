@@ -8,6 +8,7 @@ use super::claims::{
 use super::list::{list_page_sql, sql_value};
 use super::rows::millis;
 use super::*;
+use crate::model::Status;
 
 const FULL: &str = "http://full:1";
 const OTHER: &str = "http://other:2";

@@ -4,12 +4,13 @@ use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::claims::claim;
-use super::rows::{decode_error, millis};
+use super::rows::{millis, parse_status};
 use super::writer::{Applied, Op, Reply};
 use crate::delivery::destinations::destination_of_str;
 use crate::model::Status;
 use crate::store::{
     AttemptOutcome, KeyHolder, NewAsyncRequest, NewRequest, Redelivery, StoreError, Submitted,
+    sync_outcome,
 };
 
 pub(super) fn insert_async(tx: &Transaction<'_>, new: &NewAsyncRequest) -> rusqlite::Result<()> {
@@ -94,10 +95,7 @@ pub(super) fn apply(
             Ok(done(Reply::Submitted(Submitted::Created)))
         }
         Op::SyncFinished { new, outcome, at } => {
-            let (status, result, error) = match outcome {
-                Ok(result) => ("completed", Some(result), None),
-                Err(reason) => ("failed", None, Some(reason)),
-            };
+            let (status, result, error) = sync_outcome(outcome.as_ref().map_err(String::as_str));
             // An upsert: the `processing` insert is fire-and-forget and may have been skipped
             // when the writer queue was full.
             tx.prepare_cached(
@@ -117,7 +115,7 @@ pub(super) fn apply(
                 new.payload_hash,
                 new.iterations,
                 millis(new.created_at),
-                status,
+                status.as_str(),
                 millis(*at),
                 result.map(|r| &r.input_hash),
                 result.map(|r| &r.output_hash),
@@ -288,7 +286,7 @@ pub(super) fn apply(
             let Some((status, callback_url)) = row else {
                 return Ok(done(Reply::Redelivery(Redelivery::NotFound)));
             };
-            let status = Status::parse(&status).ok_or_else(|| decode_error(0, &status))?;
+            let status = parse_status(&status)?;
             if status != Status::CallbackFailed {
                 return Ok(done(Reply::Redelivery(Redelivery::WrongStatus(status))));
             }

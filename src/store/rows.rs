@@ -1,0 +1,209 @@
+//! What a stored row means, once for both backends: each backend reads its columns into these
+//! plain structs (its own column types, no rules), and the rules that turn them into the
+//! model live here. A result is there only when the work finished (all three of its columns);
+//! the retry budget counts the attempts of the current round; the destination is derived
+//! from the callback URL; unknown mode or status names are errors, never a default.
+
+use chrono::{DateTime, Utc};
+
+use super::Job;
+use crate::delivery::destinations::destination_of_str;
+use crate::model::{Mode, RequestRecord, Status, WorkResult};
+
+/// A stored mode or status that the model does not know: a row written by a newer version,
+/// or damaged. Each backend reports it as its own decoding error.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {what} {value:?} in a stored request")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// The work-result columns of a row.
+#[derive(Debug, Default)]
+pub(crate) struct ResultColumns {
+    pub input_hash: Option<String>,
+    pub output_hash: Option<String>,
+    pub processing_time_ms: Option<f64>,
+    pub iterations: u32,
+}
+
+impl ResultColumns {
+    /// The result, if the work finished: all three of its columns are written together.
+    pub fn into_result(self, id: &str) -> Option<WorkResult> {
+        match (self.input_hash, self.output_hash, self.processing_time_ms) {
+            (Some(input_hash), Some(output_hash), Some(processing_time_ms)) => Some(WorkResult {
+                request_id: id.to_string(),
+                input_hash,
+                output_hash,
+                iterations: self.iterations,
+                processing_time_ms,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The columns of a row that make a [`RequestRecord`].
+#[derive(Debug)]
+pub(crate) struct RecordColumns {
+    pub id: String,
+    pub mode: String,
+    pub status: String,
+    pub payload_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub callback_url: Option<String>,
+    pub callback_attempts: u32,
+    pub callback_last_error: Option<String>,
+    pub error: Option<String>,
+    pub result: ResultColumns,
+}
+
+impl RecordColumns {
+    pub fn into_record(self) -> Result<RequestRecord, UnknownValue> {
+        Ok(RequestRecord {
+            mode: Mode::parse(&self.mode).ok_or_else(|| UnknownValue {
+                what: "mode",
+                value: self.mode.clone(),
+            })?,
+            status: parse_status(&self.status)?,
+            result: self.result.into_result(&self.id),
+            payload_hash: self.payload_hash,
+            created_at: self.created_at,
+            completed_at: self.completed_at,
+            callback_url: self.callback_url,
+            callback_attempts: self.callback_attempts,
+            callback_last_error: self.callback_last_error,
+            error: self.error,
+            attempts: None,
+            id: self.id,
+        })
+    }
+}
+
+/// A stored status name as the model's.
+pub(crate) fn parse_status(value: &str) -> Result<Status, UnknownValue> {
+    Status::parse(value).ok_or_else(|| UnknownValue {
+        what: "status",
+        value: value.to_string(),
+    })
+}
+
+/// The columns of a claimed row that make a [`Job`].
+#[derive(Debug)]
+pub(crate) struct JobColumns {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub data: Option<String>,
+    pub callback_url: Option<String>,
+    pub callback_attempts: u32,
+    /// `callback_attempts` when the current round of attempts began.
+    pub round_start_attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub lease_token: Option<String>,
+    pub unrecorded_claims: u32,
+    pub result: ResultColumns,
+}
+
+impl JobColumns {
+    pub fn into_job(self) -> Job {
+        let callback_url = self.callback_url.unwrap_or_default();
+        let iterations = self.result.iterations;
+        Job {
+            result: self.result.into_result(&self.id),
+            iterations,
+            created_at: self.created_at,
+            data: self.data,
+            destination: destination_of_str(&callback_url),
+            due_at: self.next_attempt_at.unwrap_or_default(),
+            callback_url,
+            callback_attempts: self.callback_attempts,
+            round_attempts: self
+                .callback_attempts
+                .saturating_sub(self.round_start_attempts),
+            token: self.lease_token.unwrap_or_default(),
+            unrecorded_claims: self.unrecorded_claims,
+            id: self.id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(complete: bool) -> ResultColumns {
+        ResultColumns {
+            input_hash: Some("in".into()),
+            output_hash: complete.then(|| "out".into()),
+            processing_time_ms: Some(1.5),
+            iterations: 7,
+        }
+    }
+
+    fn record(mode: &str, status: &str) -> RecordColumns {
+        RecordColumns {
+            id: "r".into(),
+            mode: mode.into(),
+            status: status.into(),
+            payload_hash: "h".into(),
+            created_at: DateTime::default(),
+            completed_at: None,
+            callback_url: None,
+            callback_attempts: 0,
+            callback_last_error: None,
+            error: None,
+            result: result(true),
+        }
+    }
+
+    #[test]
+    fn a_result_is_there_only_when_all_its_columns_are() {
+        let whole = result(true).into_result("r").unwrap();
+        assert_eq!(
+            (whole.request_id.as_str(), whole.iterations),
+            ("r", 7),
+            "{whole:?}"
+        );
+        assert!(result(false).into_result("r").is_none());
+        assert!(ResultColumns::default().into_result("r").is_none());
+    }
+
+    #[test]
+    fn every_stored_status_and_mode_reads_back_and_an_unknown_one_is_an_error() {
+        for status in Status::ALL {
+            for mode in Mode::ALL {
+                let read = record(mode.as_str(), status.as_str())
+                    .into_record()
+                    .unwrap();
+                assert_eq!((read.mode, read.status), (mode, status));
+            }
+        }
+        let err = record("async", "done").into_record().unwrap_err();
+        assert_eq!((err.what, err.value.as_str()), ("status", "done"));
+        let err = record("batch", "pending").into_record().unwrap_err();
+        assert_eq!(err.what, "mode");
+    }
+
+    #[test]
+    fn a_job_counts_the_attempts_of_its_round_and_knows_its_destination() {
+        let job = JobColumns {
+            id: "j".into(),
+            created_at: DateTime::default(),
+            data: None,
+            callback_url: Some("https://Example.com/hook?x=1".into()),
+            callback_attempts: 7,
+            round_start_attempts: 5,
+            next_attempt_at: None,
+            lease_token: Some("t".into()),
+            unrecorded_claims: 1,
+            result: result(true),
+        }
+        .into_job();
+        assert_eq!((job.callback_attempts, job.round_attempts), (7, 2));
+        assert_eq!(job.destination, "https://example.com:443");
+        assert_eq!(job.iterations, 7);
+        assert!(job.result.is_some());
+    }
+}
