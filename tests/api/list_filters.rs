@@ -30,6 +30,9 @@ async fn keyset_pages_walk_the_whole_list_in_order() {
     let app = TestServer::builder().start().await;
     for n in 0..7 {
         sync_request(&app, &format!("page {n}")).await;
+        // Creation times are kept to the millisecond, and the range checks below need each
+        // request's to be its own (a fast request can follow another within one).
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let everything = list(&app, "limit=1000").await;
     assert_eq!(everything.len(), 7);
