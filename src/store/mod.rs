@@ -219,6 +219,18 @@ impl AttemptOutcome {
     }
 }
 
+/// The number of migrations a database reports having applied, checked against the `known`
+/// ones of this build: a database migrated by a newer build is refused rather than used.
+pub(crate) fn applied_migrations(applied: i64, known: usize) -> StoreResult<usize> {
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > known {
+        return Err(StoreError::Open(format!(
+            "the database schema is version {applied}, newer than this build knows ({known}); upgrade syncasync"
+        )));
+    }
+    Ok(applied)
+}
+
 /// How a sync request's outcome is stored: its final status, its result, and why it failed.
 pub(crate) fn sync_outcome<'a>(
     outcome: Result<&'a WorkResult, &'a str>,
@@ -854,6 +866,32 @@ mod tests {
             i += 1;
         }
         words
+    }
+
+    #[test]
+    fn a_schema_newer_than_this_build_is_refused() {
+        assert_eq!(super::applied_migrations(3, 6).unwrap(), 3);
+        assert_eq!(super::applied_migrations(6, 6).unwrap(), 6);
+        let err = super::applied_migrations(7, 6).unwrap_err();
+        assert!(
+            err.to_string().contains("newer than this build knows (6)"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_database_migrated_by_a_newer_build_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("newer.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 999)
+            .unwrap();
+        let url = format!("sqlite://{}", path.display());
+        let Err(err) = super::Store::open(&url, 10, 1).await else {
+            panic!("a database of schema version 999 was opened");
+        };
+        assert!(err.to_string().contains("version 999"), "{err}");
     }
 
     #[test]

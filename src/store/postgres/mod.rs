@@ -38,8 +38,8 @@ use super::group_commit::GroupCommit;
 use super::rows::{self, JobColumns, RecordColumns, ResultColumns};
 use super::{
     AttemptOutcome, Dialect, Job, KeyHolder, ListFilter, ListParam, NewAsyncRequest, NewRequest,
-    PoolStats, Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted, claim_scan,
-    list_conditions, sync_outcome,
+    PoolStats, Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted,
+    applied_migrations, claim_scan, list_conditions, sync_outcome,
 };
 use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -1096,13 +1096,7 @@ async fn migrate(pool: &PgPool) -> StoreResult<()> {
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations")
         .fetch_one(&mut *tx)
         .await?;
-    let applied = usize::try_from(applied).unwrap_or(0);
-    if applied > MIGRATIONS.len() {
-        return Err(StoreError::Open(format!(
-            "the database schema is version {applied}, newer than this build knows ({}); upgrade syncasync",
-            MIGRATIONS.len()
-        )));
-    }
+    let applied = applied_migrations(applied, MIGRATIONS.len())?;
     for (n, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         sqlx::raw_sql(*sql).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")

@@ -9,7 +9,7 @@ use chrono::Utc;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, config::DbConfig, params};
 
 use crate::delivery::destinations::destination_of_str;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult, applied_migrations};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -117,13 +117,7 @@ pub(super) fn backfill_destinations(conn: &mut Connection) -> StoreResult<()> {
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let applied: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    let applied = usize::try_from(applied).unwrap_or(0);
-    if applied > MIGRATIONS.len() {
-        return Err(StoreError::Open(format!(
-            "the database schema is version {applied}, newer than this build knows ({}); upgrade syncasync",
-            MIGRATIONS.len()
-        )));
-    }
+    let applied = applied_migrations(applied, MIGRATIONS.len())?;
     for (n, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
