@@ -143,7 +143,8 @@ where
             }
         }
         Err(err) if err.is_unavailable() || writes.len() == 1 => {
-            // The database cannot take any write now: alone, each would fail the same way.
+            // A lone write's error is its own. An outage would fail each write alone the
+            // same way, so none is retried: every write hears of it.
             let reason = err.to_string();
             let mut replies = replies.into_iter();
             if let Some(first) = replies.next() {

@@ -599,3 +599,58 @@ async fn a_held_destinations_jobs_wait_until_overdue() {
     assert_eq!(ids, ["held-1"]);
     store.close().await;
 }
+
+/// Clients that hang up right after sending `POST /async` (their write may already be in a
+/// group-committed batch other callers wait on) leave no request stuck and no queue place
+/// held: every request that was stored is delivered, and the whole bound takes new
+/// submissions afterwards.
+#[tokio::test]
+async fn clients_that_hang_up_mid_submission_leave_nothing_stuck_and_no_place_held() {
+    const BOUND: usize = 30;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder()
+        .setting("async-queue-max-size", BOUND.to_string())
+        .start()
+        .await;
+    let body = json!({"data": "gone", "iterations": 1, "callback_url": receiver.url()}).to_string();
+    let request = format!(
+        "POST /async HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for n in 0..40 {
+        let how = if n % 2 == 0 {
+            HangUp::Reset
+        } else {
+            HangUp::Close
+        };
+        send_and_hang_up(&app, &request, how).await;
+    }
+    // Whatever was stored ends delivered: nothing is left pending or processing.
+    let deadline = std::time::Instant::now() + WAIT;
+    let stored = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let list = app.get_json("/requests?mode=async&limit=1000").await;
+        let records = list["requests"].as_array().unwrap().clone();
+        if records.iter().all(|r| r["status"] == "callback_success") {
+            break records;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+    };
+    assert!(
+        !stored.is_empty(),
+        "no submission reached the store: nothing was tested"
+    );
+    let delivered = receiver.delivered_ids();
+    for record in &stored {
+        assert!(delivered.iter().any(|id| *id == record["id"]), "{record}");
+    }
+    // No place is held by a submission whose client went away.
+    let bodies: Vec<_> = (0..BOUND)
+        .map(|n| json!({"data": format!("after {n}"), "iterations": 1, "callback_url": receiver.url()}))
+        .collect();
+    let answers =
+        futures_util::future::join_all(bodies.iter().map(|body| app.post_async(body))).await;
+    for answer in answers {
+        assert_eq!(answer.status(), 200);
+    }
+}
