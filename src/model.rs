@@ -71,7 +71,8 @@ impl Status {
         Self::ALL.into_iter().find(|m| m.as_str() == s)
     }
 
-    /// A finished request will never change again; only finished requests may be deleted.
+    /// A finished request changes no more (but for an operator's redelivery of a failed
+    /// callback); only finished requests may be deleted.
     pub fn is_finished(self) -> bool {
         matches!(
             self,

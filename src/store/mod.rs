@@ -40,6 +40,7 @@ macro_rules! attempt_columns {
 mod changes;
 mod due;
 mod group_commit;
+mod lifecycle;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -54,6 +55,8 @@ use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
 pub use changes::{Changes, Subscription};
+pub(crate) use lifecycle::sync_outcome;
+pub use lifecycle::{ABANDONED_SYNC_ERROR, AttemptOutcome, Change, Due, Effect, Tally, Transition};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -194,31 +197,6 @@ pub struct Job {
 /// process down, reaches this many.
 pub const MAX_UNRECORDED_CLAIMS: u32 = 5;
 
-/// What happens to a job after a delivery attempt.
-#[derive(Debug, Clone, Copy)]
-pub enum AttemptOutcome {
-    Delivered,
-    /// Due again after this delay, counted on the database's clock (so that instances whose
-    /// clocks disagree still agree on when a job is due).
-    RetryAfter(Duration),
-    GaveUp,
-}
-
-impl AttemptOutcome {
-    /// The request's status once this outcome is recorded.
-    pub fn status(self) -> Status {
-        match self {
-            AttemptOutcome::Delivered => Status::CallbackSuccess,
-            AttemptOutcome::RetryAfter(_) => Status::CallbackPending,
-            AttemptOutcome::GaveUp => Status::CallbackFailed,
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, AttemptOutcome::RetryAfter(_))
-    }
-}
-
 /// The number of migrations a database reports having applied, checked against the `known`
 /// ones of this build: a database migrated by a newer build is refused rather than used.
 pub(crate) fn applied_migrations(applied: i64, known: usize) -> StoreResult<usize> {
@@ -229,16 +207,6 @@ pub(crate) fn applied_migrations(applied: i64, known: usize) -> StoreResult<usiz
         )));
     }
     Ok(applied)
-}
-
-/// How a sync request's outcome is stored: its final status, its result, and why it failed.
-pub(crate) fn sync_outcome<'a>(
-    outcome: Result<&'a WorkResult, &'a str>,
-) -> (Status, Option<&'a WorkResult>, Option<&'a str>) {
-    match outcome {
-        Ok(result) => (Status::Completed, Some(result), None),
-        Err(reason) => (Status::Failed, None, Some(reason)),
-    }
 }
 
 /// What `redeliver` found.

@@ -16,6 +16,7 @@ mod durability;
 mod group_commit;
 mod guard;
 mod idempotency;
+mod lifecycle;
 mod loadgen;
 mod observability;
 mod openapi;

@@ -16,7 +16,7 @@ use sqlx::postgres::PgPool;
 use super::{JOBS_CHANNEL, NOTIFY_INTERVAL};
 use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::group_commit::RunBatch;
-use crate::store::{AttemptOutcome, NewAsyncRequest, StoreResult};
+use crate::store::{AttemptOutcome, NewAsyncRequest, StoreResult, Transition};
 
 /// Queued requests (`POST /async`, one by one or a batch) inserted in one statement; each
 /// answer is whether that row was inserted (false: its idempotency key is taken). Commits
@@ -159,10 +159,7 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
     type Output = bool;
 
     async fn run(&self, batch: &[AttemptWrite]) -> StoreResult<Vec<bool>> {
-        let retry_after = |w: &AttemptWrite| match w.outcome {
-            AttemptOutcome::RetryAfter(delay) => Some(delay.as_secs_f64()),
-            AttemptOutcome::Delivered | AttemptOutcome::GaveUp => None,
-        };
+        let transition = |w: &AttemptWrite| Transition::Attempted(w.outcome);
         // The attempt is recorded only where the claim still holds, and its request moves on
         // in the same statement.
         let recorded: Vec<String> = sqlx::query_scalar(
@@ -171,12 +168,12 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
                                       $5::bool[], $6::float8[], $7::int[], $8::text[],
                                       $9::timestamptz[], $10::float8[], $11::int[], $12::text[],
                                       $13::text[])
-                      AS a(id, owner, token, status, is_final, retry_after, attempt, error,
+                      AS a(id, owner, token, status, finishes, due_in, attempt, error,
                            started_at, duration_ms, status_code, response_body, note)),
              moved AS (
                  UPDATE requests AS r
-                 SET status = a.status, completed_at = CASE WHEN a.is_final THEN now() END,
-                     next_attempt_at = now() + make_interval(secs => a.retry_after),
+                 SET status = a.status, completed_at = CASE WHEN a.finishes THEN now() END,
+                     next_attempt_at = now() + make_interval(secs => a.due_in),
                      callback_attempts = a.attempt,
                      callback_last_error = COALESCE(a.error, r.callback_last_error),
                      lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
@@ -197,8 +194,8 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
         .bind(column(batch, |w| w.owner.as_str()))
         .bind(column(batch, |w| w.token.as_str()))
         .bind(column(batch, |w| w.outcome.status().as_str()))
-        .bind(column(batch, |w| w.outcome.is_final()))
-        .bind(column(batch, retry_after))
+        .bind(column(batch, |w| transition(w).finishes()))
+        .bind(column(batch, |w| transition(w).due_in_secs()))
         .bind(column(batch, |w| {
             i32::try_from(w.attempt.attempt).unwrap_or(i32::MAX)
         }))

@@ -37,9 +37,10 @@ use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
 use super::group_commit::GroupCommit;
 use super::rows::{self, JobColumns, RecordColumns, ResultColumns};
 use super::{
-    AttemptOutcome, Dialect, Job, KeyHolder, ListFilter, ListParam, NewAsyncRequest, NewRequest,
-    PoolStats, Position, Redelivery, StatusCounts, StoreError, StoreResult, Submitted,
-    applied_migrations, claim_scan, list_conditions, sync_outcome,
+    ABANDONED_SYNC_ERROR, AttemptOutcome, Dialect, Job, KeyHolder, ListFilter, ListParam,
+    NewAsyncRequest, NewRequest, PoolStats, Position, Redelivery, StatusCounts, StoreError,
+    StoreResult, Submitted, Transition, applied_migrations, claim_scan, list_conditions,
+    sync_outcome,
 };
 use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -801,7 +802,7 @@ impl PgStore {
             return Ok(Redelivery::NotFound);
         };
         let status = parse_status(&status)?;
-        if status != Status::CallbackFailed {
+        if !Transition::Redelivered.applies_to(status) {
             return Ok(Redelivery::WrongStatus(status));
         }
         let queued: i64 =
@@ -1029,11 +1030,12 @@ impl PgStore {
     pub async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
         let failed = sqlx::query(
             "UPDATE requests SET status = 'failed', completed_at = now(),
-                    error = 'the service stopped before the work finished', idempotency_key = NULL
+                    error = $2, idempotency_key = NULL
              WHERE mode = 'sync' AND status = 'processing'
                AND created_at < now() - make_interval(secs => $1)",
         )
         .bind(older_than.as_secs_f64())
+        .bind(ABANDONED_SYNC_ERROR)
         .execute(&self.pool)
         .await?;
         Ok(failed.rows_affected())

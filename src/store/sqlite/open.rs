@@ -9,7 +9,7 @@ use chrono::Utc;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, config::DbConfig, params};
 
 use crate::delivery::destinations::destination_of_str;
-use crate::store::{StoreError, StoreResult, applied_migrations};
+use crate::store::{ABANDONED_SYNC_ERROR, StoreError, StoreResult, applied_migrations};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -145,10 +145,9 @@ pub(super) fn recover(conn: &mut Connection) -> StoreResult<u64> {
         [],
     )?;
     let failed = tx.execute(
-        "UPDATE requests SET status = 'failed', completed_at = ?1,
-                error = 'the service stopped before the work finished', idempotency_key = NULL
+        "UPDATE requests SET status = 'failed', completed_at = ?1, error = ?2, idempotency_key = NULL
          WHERE mode = 'sync' AND status = 'processing'",
-        [Utc::now().timestamp_millis()],
+        params![Utc::now().timestamp_millis(), ABANDONED_SYNC_ERROR],
     )?;
     let queued: i64 = tx.query_row(
         "SELECT COUNT(*) FROM requests WHERE next_attempt_at IS NOT NULL",

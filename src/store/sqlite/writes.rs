@@ -7,9 +7,8 @@ use super::claims::claim;
 use super::rows::{millis, parse_status};
 use super::writer::{Applied, Op, Reply};
 use crate::delivery::destinations::destination_of_str;
-use crate::model::Status;
 use crate::store::{
-    AttemptOutcome, KeyHolder, NewAsyncRequest, NewRequest, Redelivery, StoreError, Submitted,
+    KeyHolder, NewAsyncRequest, NewRequest, Redelivery, StoreError, Submitted, Transition,
     sync_outcome,
 };
 
@@ -138,7 +137,7 @@ pub(super) fn apply(
             insert_async(tx, new)?;
             Ok(Applied {
                 reply: Ok(Reply::Submitted(Submitted::Created)),
-                queue_delta: 1,
+                queue_delta: Transition::Queued.queue_delta(),
             })
         }
         Op::SubmitBatch(batch) => {
@@ -154,7 +153,9 @@ pub(super) fn apply(
             }
             Ok(Applied {
                 reply: Ok(Reply::Done),
-                queue_delta: i64::try_from(size).unwrap_or(i64::MAX),
+                queue_delta: i64::try_from(size)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(Transition::Queued.queue_delta()),
             })
         }
         Op::Claim {
@@ -206,13 +207,11 @@ pub(super) fn apply(
             outcome,
         } => {
             let now = millis(Utc::now());
-            let (completed_at, next_attempt_at) = match outcome {
-                AttemptOutcome::Delivered | AttemptOutcome::GaveUp => (Some(now), None),
-                AttemptOutcome::RetryAfter(delay) => (
-                    None,
-                    Some(now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))),
-                ),
-            };
+            let transition = Transition::Attempted(*outcome);
+            let completed_at = transition.finishes().then_some(now);
+            let next_attempt_at = transition
+                .due_in_secs()
+                .map(|secs| now.saturating_add((secs * 1000.0).round() as i64));
             let updated = tx
                 .prepare_cached(
                     "UPDATE requests SET status = ?3, completed_at = ?4, next_attempt_at = ?5,
@@ -254,7 +253,7 @@ pub(super) fn apply(
             ])?;
             Ok(Applied {
                 reply: Ok(Reply::Updated(true)),
-                queue_delta: if outcome.is_final() { -1 } else { 0 },
+                queue_delta: transition.queue_delta(),
             })
         }
         Op::GiveUp { id, token, reason } => {
@@ -268,7 +267,11 @@ pub(super) fn apply(
                 .execute(params![id, token, millis(Utc::now()), reason])?;
             Ok(Applied {
                 reply: Ok(Reply::Updated(updated == 1)),
-                queue_delta: if updated == 1 { -1 } else { 0 },
+                queue_delta: if updated == 1 {
+                    Transition::GivenUp.queue_delta()
+                } else {
+                    0
+                },
             })
         }
         Op::Probe => {
@@ -287,7 +290,7 @@ pub(super) fn apply(
                 return Ok(done(Reply::Redelivery(Redelivery::NotFound)));
             };
             let status = parse_status(&status)?;
-            if status != Status::CallbackFailed {
+            if !Transition::Redelivered.applies_to(status) {
                 return Ok(done(Reply::Redelivery(Redelivery::WrongStatus(status))));
             }
             if queue_size >= queue_capacity {
@@ -309,7 +312,7 @@ pub(super) fn apply(
             .execute(params![id, millis(Utc::now()), destination])?;
             Ok(Applied {
                 reply: Ok(Reply::Redelivery(Redelivery::Queued)),
-                queue_delta: 1,
+                queue_delta: Transition::Redelivered.queue_delta(),
             })
         }
         Op::Release { owner } => {

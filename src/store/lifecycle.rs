@@ -1,0 +1,523 @@
+//! A request's life cycle: every change of state the store makes, and what each one writes.
+//!
+//! This is the one place the rules live. The backends carry them out in SQL: where a write's
+//! effect depends on its input (an attempt's outcome, a sync request's result) they bind what
+//! [`Transition::effect`] says; where it is fixed, their statement spells it, and
+//! `tests/api/lifecycle.rs` drives every transition through the [`Store`](super::Store) on
+//! each backend and checks the row against this table.
+//!
+//! ```text
+//!   POST /sync:   (new) ─SyncStarted→ processing ─SyncFinished→ completed | failed
+//!                                      └─SyncAbandoned (its instance died)→ failed
+//!   POST /async:  (new) ─Queued→ pending ─Claimed→ processing ─ResultStored→ callback_pending
+//!                 callback_pending ─Attempted→ callback_success | callback_pending (retry)
+//!                                              | callback_failed
+//!                 processing | callback_pending (claimed) ─GivenUp→ callback_failed
+//!                 callback_failed ─Redelivered→ callback_pending (a new round)
+//! ```
+
+use std::time::Duration;
+
+use crate::model::{Status, WorkResult};
+
+/// The error a sync request is left with when its instance stopped before its work finished.
+pub const ABANDONED_SYNC_ERROR: &str = "the service stopped before the work finished";
+
+/// What happens to a job after a delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Due again after this delay, counted on the database's clock (so that instances whose
+    /// clocks disagree still agree on when a job is due).
+    RetryAfter(Duration),
+    GaveUp,
+}
+
+impl AttemptOutcome {
+    /// The request's status once this outcome is recorded.
+    pub fn status(self) -> Status {
+        match self {
+            AttemptOutcome::Delivered => Status::CallbackSuccess,
+            AttemptOutcome::RetryAfter(_) => Status::CallbackPending,
+            AttemptOutcome::GaveUp => Status::CallbackFailed,
+        }
+    }
+
+    /// Whether the request is finished once this outcome is recorded.
+    pub fn is_final(self) -> bool {
+        !matches!(self, AttemptOutcome::RetryAfter(_))
+    }
+}
+
+/// How a sync request's outcome is stored: its final status, its result, and why it failed.
+pub(crate) fn sync_outcome<'a>(
+    outcome: Result<&'a WorkResult, &'a str>,
+) -> (Status, Option<&'a WorkResult>, Option<&'a str>) {
+    match outcome {
+        Ok(result) => (Status::Completed, Some(result), None),
+        Err(reason) => (Status::Failed, None, Some(reason)),
+    }
+}
+
+/// A change of a request's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// A sync request is recorded while its work runs (only one still working after a
+    /// moment, or one holding an idempotency key).
+    SyncStarted,
+    /// A sync request ends, with its result or why it failed.
+    SyncFinished { succeeded: bool },
+    /// A sync request is found `processing` after its instance died.
+    SyncAbandoned,
+    /// An async request is accepted: queued, due at once.
+    Queued,
+    /// A worker takes a due job under a lease of its own.
+    Claimed,
+    /// The claimed job's work is done; its input is no longer kept.
+    ResultStored,
+    /// A delivery attempt was made under the claim, with this outcome; the attempt is added
+    /// to the audit and its number becomes the request's attempt count.
+    Attempted(AttemptOutcome),
+    /// A claimed job that cannot be worked ends without an attempt
+    /// ([`MAX_UNRECORDED_CLAIMS`](super::MAX_UNRECORDED_CLAIMS)).
+    GivenUp,
+    /// An operator puts a failed delivery back in the queue for a new round of attempts.
+    Redelivered,
+    /// A claim is handed back untouched (at shutdown).
+    Released,
+}
+
+/// What a transition writes, beside the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effect {
+    /// `completed_at`.
+    pub finished: Change<()>,
+    /// When the job is next due (`next_attempt_at`): a job is in the queue while it has one.
+    pub due: Change<Due>,
+    /// The claim (owner, expiry, token).
+    pub lease: Change<()>,
+    /// Claims of the job since an outcome was last recorded.
+    pub unrecorded_claims: Tally,
+    /// Whether the request gives its idempotency key up (a failed sync request did nothing a
+    /// replay could answer with, so the client's retry may do the work).
+    pub frees_key: bool,
+    /// Whether the retry budget starts again from the attempts made so far.
+    pub new_round: bool,
+    /// Whether the write names the claim it is made under, and is refused (writing nothing)
+    /// once another claim has taken the job over.
+    pub under_claim: bool,
+}
+
+/// What a transition does to one column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<T> {
+    /// Written (`()`: with the time or claim of the write itself).
+    Set(T),
+    /// Emptied.
+    Cleared,
+    Kept,
+}
+
+/// When a queued job is next due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Now,
+    After(Duration),
+}
+
+/// What a transition does to a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    Increment,
+    /// Down by one, never below zero.
+    Decrement,
+    Reset,
+    Kept,
+}
+
+impl Transition {
+    /// The status a request is left in, given the one it was in (`None`: it is new); `None`
+    /// when the transition does not apply to a request in that status.
+    pub fn status_after(self, before: Option<Status>) -> Option<Status> {
+        use Status::*;
+        match (self, before) {
+            (Transition::SyncStarted | Transition::Queued, Some(_)) => None,
+            (Transition::SyncStarted, None) => Some(Processing),
+            (Transition::Queued, None) => Some(Pending),
+            // The `processing` row is written only for a slow request, so a fast one is new.
+            (Transition::SyncFinished { succeeded }, None | Some(Processing)) => {
+                Some(if succeeded { Completed } else { Failed })
+            }
+            (Transition::SyncAbandoned, Some(Processing)) => Some(Failed),
+            // A claim starts a pending job's work; a job past that (its work done, or its
+            // claim lost with the work half done) keeps its status.
+            (Transition::Claimed, Some(Pending)) => Some(Processing),
+            (
+                Transition::Claimed | Transition::Released,
+                Some(s @ (Processing | CallbackPending)),
+            ) => Some(s),
+            (Transition::ResultStored, Some(Processing)) => Some(CallbackPending),
+            (Transition::Attempted(outcome), Some(CallbackPending)) => Some(outcome.status()),
+            (Transition::GivenUp, Some(Processing | CallbackPending)) => Some(CallbackFailed),
+            (Transition::Redelivered, Some(CallbackFailed)) => Some(CallbackPending),
+            _ => None,
+        }
+    }
+
+    /// Whether the transition applies to a request in status `before`.
+    pub fn applies_to(self, before: Status) -> bool {
+        self.status_after(Some(before)).is_some()
+    }
+
+    /// Everything else it writes.
+    pub fn effect(self) -> Effect {
+        let keep = Effect {
+            finished: Change::Kept,
+            due: Change::Kept,
+            lease: Change::Kept,
+            unrecorded_claims: Tally::Kept,
+            frees_key: false,
+            new_round: false,
+            under_claim: false,
+        };
+        match self {
+            Transition::SyncStarted => keep,
+            Transition::SyncFinished { succeeded } => Effect {
+                finished: Change::Set(()),
+                frees_key: !succeeded,
+                ..keep
+            },
+            Transition::SyncAbandoned => Effect {
+                finished: Change::Set(()),
+                frees_key: true,
+                ..keep
+            },
+            Transition::Queued => Effect {
+                due: Change::Set(Due::Now),
+                ..keep
+            },
+            Transition::Claimed => Effect {
+                lease: Change::Set(()),
+                unrecorded_claims: Tally::Increment,
+                ..keep
+            },
+            Transition::ResultStored => Effect {
+                under_claim: true,
+                ..keep
+            },
+            Transition::Attempted(outcome) => Effect {
+                finished: if outcome.is_final() {
+                    Change::Set(())
+                } else {
+                    Change::Kept
+                },
+                due: match outcome {
+                    AttemptOutcome::RetryAfter(delay) => Change::Set(Due::After(delay)),
+                    AttemptOutcome::Delivered | AttemptOutcome::GaveUp => Change::Cleared,
+                },
+                lease: Change::Cleared,
+                unrecorded_claims: Tally::Reset,
+                under_claim: true,
+                ..keep
+            },
+            Transition::GivenUp => Effect {
+                finished: Change::Set(()),
+                due: Change::Cleared,
+                lease: Change::Cleared,
+                under_claim: true,
+                ..keep
+            },
+            Transition::Redelivered => Effect {
+                finished: Change::Cleared,
+                due: Change::Set(Due::Now),
+                unrecorded_claims: Tally::Reset,
+                new_round: true,
+                ..keep
+            },
+            // Handed back untouched, the claim does not count as one without an outcome.
+            Transition::Released => Effect {
+                lease: Change::Cleared,
+                unrecorded_claims: Tally::Decrement,
+                ..keep
+            },
+        }
+    }
+
+    /// How the number of queued jobs changes (the queue bound counts them).
+    pub fn queue_delta(self) -> i64 {
+        let queued_before = matches!(
+            self,
+            Transition::Claimed
+                | Transition::ResultStored
+                | Transition::Attempted(_)
+                | Transition::GivenUp
+                | Transition::Released
+        );
+        let queued_after = match self.effect().due {
+            Change::Set(_) => true,
+            Change::Cleared => false,
+            Change::Kept => queued_before,
+        };
+        i64::from(queued_after) - i64::from(queued_before)
+    }
+
+    /// `due`'s delay from the write, in seconds, or `None` when the write takes the job out
+    /// of the queue (or leaves its due time): what a backend binds for `next_attempt_at`.
+    pub fn due_in_secs(self) -> Option<f64> {
+        match self.effect().due {
+            Change::Set(Due::Now) => Some(0.0),
+            Change::Set(Due::After(delay)) => Some(delay.as_secs_f64()),
+            Change::Cleared | Change::Kept => None,
+        }
+    }
+
+    /// Whether the write finishes the request (`completed_at` becomes the time of the write).
+    pub fn finishes(self) -> bool {
+        self.effect().finished == Change::Set(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Status::*;
+
+    const RETRY: AttemptOutcome = AttemptOutcome::RetryAfter(Duration::from_millis(1500));
+
+    /// Every transition, with each status it applies to and the status it leaves: the whole
+    /// life cycle, which every other status is refused by.
+    #[test]
+    fn each_transition_applies_only_where_the_life_cycle_allows() {
+        /// The statuses a transition applies to (`None`: a new request), and what each becomes.
+        type Moves = &'static [(Option<Status>, Status)];
+        let table: &[(Transition, Moves)] = &[
+            (Transition::SyncStarted, &[(None, Processing)]),
+            (
+                Transition::SyncFinished { succeeded: true },
+                &[(None, Completed), (Some(Processing), Completed)],
+            ),
+            (
+                Transition::SyncFinished { succeeded: false },
+                &[(None, Failed), (Some(Processing), Failed)],
+            ),
+            (Transition::SyncAbandoned, &[(Some(Processing), Failed)]),
+            (Transition::Queued, &[(None, Pending)]),
+            (
+                Transition::Claimed,
+                &[
+                    (Some(Pending), Processing),
+                    (Some(Processing), Processing),
+                    (Some(CallbackPending), CallbackPending),
+                ],
+            ),
+            (
+                Transition::ResultStored,
+                &[(Some(Processing), CallbackPending)],
+            ),
+            (
+                Transition::Attempted(AttemptOutcome::Delivered),
+                &[(Some(CallbackPending), CallbackSuccess)],
+            ),
+            (
+                Transition::Attempted(RETRY),
+                &[(Some(CallbackPending), CallbackPending)],
+            ),
+            (
+                Transition::Attempted(AttemptOutcome::GaveUp),
+                &[(Some(CallbackPending), CallbackFailed)],
+            ),
+            (
+                Transition::GivenUp,
+                &[
+                    (Some(Processing), CallbackFailed),
+                    (Some(CallbackPending), CallbackFailed),
+                ],
+            ),
+            (
+                Transition::Redelivered,
+                &[(Some(CallbackFailed), CallbackPending)],
+            ),
+            (
+                Transition::Released,
+                &[
+                    (Some(Processing), Processing),
+                    (Some(CallbackPending), CallbackPending),
+                ],
+            ),
+        ];
+        let befores = std::iter::once(None).chain(Status::ALL.map(Some));
+        for (transition, allowed) in table {
+            for before in befores.clone() {
+                let expected = allowed
+                    .iter()
+                    .find(|(from, _)| *from == before)
+                    .map(|(_, to)| *to);
+                assert_eq!(
+                    transition.status_after(before),
+                    expected,
+                    "{transition:?} from {before:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_finished_request_changes_only_by_redelivery_of_a_failed_callback() {
+        let all = [
+            Transition::SyncStarted,
+            Transition::SyncFinished { succeeded: true },
+            Transition::SyncFinished { succeeded: false },
+            Transition::SyncAbandoned,
+            Transition::Queued,
+            Transition::Claimed,
+            Transition::ResultStored,
+            Transition::Attempted(AttemptOutcome::Delivered),
+            Transition::Attempted(RETRY),
+            Transition::Attempted(AttemptOutcome::GaveUp),
+            Transition::GivenUp,
+            Transition::Redelivered,
+            Transition::Released,
+        ];
+        for finished in Status::ALL.into_iter().filter(|s| s.is_finished()) {
+            let moves: Vec<_> = all.iter().filter(|t| t.applies_to(finished)).collect();
+            let expected: &[&Transition] = if finished == CallbackFailed {
+                &[&Transition::Redelivered]
+            } else {
+                &[]
+            };
+            assert_eq!(moves, expected, "from {finished:?}");
+        }
+    }
+
+    #[test]
+    fn an_attempts_outcome_decides_status_finish_and_due_time() {
+        let delivered = Transition::Attempted(AttemptOutcome::Delivered);
+        assert!(delivered.finishes());
+        assert_eq!(delivered.due_in_secs(), None);
+        assert_eq!(delivered.effect().due, Change::Cleared);
+
+        let retry = Transition::Attempted(RETRY);
+        assert!(!retry.finishes());
+        assert_eq!(retry.due_in_secs(), Some(1.5));
+
+        let gave_up = Transition::Attempted(AttemptOutcome::GaveUp);
+        assert!(gave_up.finishes());
+        assert_eq!(gave_up.effect().due, Change::Cleared);
+
+        for outcome in [AttemptOutcome::Delivered, RETRY, AttemptOutcome::GaveUp] {
+            let effect = Transition::Attempted(outcome).effect();
+            assert_eq!(effect.lease, Change::Cleared, "{outcome:?} ends the claim");
+            assert_eq!(effect.unrecorded_claims, Tally::Reset, "{outcome:?}");
+            assert!(
+                effect.under_claim,
+                "{outcome:?} is refused without the claim"
+            );
+        }
+    }
+
+    #[test]
+    fn only_writes_of_a_claimed_job_need_the_claim() {
+        for transition in [
+            Transition::ResultStored,
+            Transition::Attempted(AttemptOutcome::Delivered),
+            Transition::GivenUp,
+        ] {
+            assert!(transition.effect().under_claim, "{transition:?}");
+        }
+        for transition in [
+            Transition::Queued,
+            Transition::Claimed,
+            Transition::Redelivered,
+            Transition::Released,
+            Transition::SyncStarted,
+        ] {
+            assert!(!transition.effect().under_claim, "{transition:?}");
+        }
+    }
+
+    #[test]
+    fn claims_without_an_outcome_are_counted_up_and_reset() {
+        assert_eq!(
+            Transition::Claimed.effect().unrecorded_claims,
+            Tally::Increment
+        );
+        assert_eq!(
+            Transition::Released.effect().unrecorded_claims,
+            Tally::Decrement,
+            "a claim handed back untouched does not count"
+        );
+        assert_eq!(
+            Transition::Redelivered.effect().unrecorded_claims,
+            Tally::Reset
+        );
+        assert_eq!(Transition::Claimed.effect().lease, Change::Set(()));
+        assert_eq!(Transition::Released.effect().lease, Change::Cleared);
+    }
+
+    #[test]
+    fn a_sync_outcome_is_stored_as_its_transition_says() {
+        let result = WorkResult {
+            request_id: "r".into(),
+            input_hash: "i".into(),
+            output_hash: "o".into(),
+            processing_time_ms: 1.0,
+            iterations: 1,
+        };
+        for (outcome, succeeded) in [(Ok(&result), true), (Err("boom"), false)] {
+            let (status, stored, error) = sync_outcome(outcome);
+            let transition = Transition::SyncFinished { succeeded };
+            assert_eq!(Some(status), transition.status_after(None));
+            assert_eq!(Some(status), transition.status_after(Some(Processing)));
+            assert_eq!(stored.is_some(), succeeded);
+            assert_eq!(error.is_some(), !succeeded);
+        }
+    }
+
+    #[test]
+    fn only_a_failed_sync_request_frees_its_key() {
+        assert!(
+            Transition::SyncFinished { succeeded: false }
+                .effect()
+                .frees_key
+        );
+        assert!(Transition::SyncAbandoned.effect().frees_key);
+        assert!(
+            !Transition::SyncFinished { succeeded: true }
+                .effect()
+                .frees_key
+        );
+        assert!(!Transition::Queued.effect().frees_key);
+    }
+
+    #[test]
+    fn redelivery_starts_a_new_round_due_at_once() {
+        let effect = Transition::Redelivered.effect();
+        assert!(effect.new_round);
+        assert_eq!(effect.finished, Change::Cleared);
+        assert_eq!(Transition::Redelivered.due_in_secs(), Some(0.0));
+    }
+
+    #[test]
+    fn the_queue_counts_a_job_from_acceptance_to_its_last_attempt() {
+        assert_eq!(Transition::Queued.queue_delta(), 1);
+        assert_eq!(Transition::Redelivered.queue_delta(), 1);
+        assert_eq!(Transition::Claimed.queue_delta(), 0);
+        assert_eq!(Transition::ResultStored.queue_delta(), 0);
+        assert_eq!(Transition::Released.queue_delta(), 0);
+        assert_eq!(Transition::Attempted(RETRY).queue_delta(), 0);
+        assert_eq!(
+            Transition::Attempted(AttemptOutcome::Delivered).queue_delta(),
+            -1
+        );
+        assert_eq!(
+            Transition::Attempted(AttemptOutcome::GaveUp).queue_delta(),
+            -1
+        );
+        assert_eq!(Transition::GivenUp.queue_delta(), -1);
+        assert_eq!(Transition::SyncStarted.queue_delta(), 0);
+        assert_eq!(
+            Transition::SyncFinished { succeeded: true }.queue_delta(),
+            0
+        );
+    }
+}

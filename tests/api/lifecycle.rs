@@ -1,0 +1,533 @@
+//! Each rule of a request's life cycle (`store::Transition`), carried out by the suite's
+//! backend: every transition is made through the `Store`, and the row it leaves is read back
+//! with plain SQL and checked against what `Transition::status_after` and
+//! `Transition::effect` say, field by field. Run on SQLite and on PostgreSQL, this is what
+//! keeps the two backends' SQL to one set of rules.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::Utc;
+use syncasync::delivery::destinations::{Rooms, destination_of_str};
+use syncasync::model::{DeliveryAttempt, Status, WorkResult};
+use syncasync::store::{
+    ABANDONED_SYNC_ERROR, AttemptOutcome, Change, IdempotencyKey, Job, NewAsyncRequest, NewRequest,
+    Redelivery, Store, Submitted, Tally, Transition,
+};
+use tempfile::TempDir;
+
+use crate::helpers::fresh_database;
+
+const OWNER: &str = "lifecycle-test";
+const LEASE: Duration = Duration::from_secs(60);
+const CALLBACK: &str = "http://127.0.0.1:9/hook";
+
+/// What the rules say about a request's row, read with plain SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Row {
+    status: Status,
+    finished: bool,
+    queued: bool,
+    leased: bool,
+    unrecorded_claims: i64,
+    attempts: i64,
+    round_start_attempts: i64,
+    holds_key: bool,
+    error: Option<String>,
+}
+
+/// `ROW_SQL`'s columns as PostgreSQL types them.
+type PgRowColumns = (
+    String,
+    bool,
+    bool,
+    bool,
+    i32,
+    i32,
+    i32,
+    bool,
+    Option<String>,
+);
+
+const ROW_SQL: &str = "SELECT status, completed_at IS NOT NULL, next_attempt_at IS NOT NULL,
+        lease_token IS NOT NULL, unrecorded_claims, callback_attempts, round_start_attempts,
+        idempotency_key IS NOT NULL, error
+     FROM requests WHERE id = ";
+
+/// The store under test and a second way into its database.
+struct Bench {
+    store: Store,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Bench {
+    async fn open() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = fresh_database(dir.path()).await;
+        let store = Store::open(&url, 100, 4).await.expect("open the store");
+        Bench {
+            store,
+            url,
+            _dir: dir,
+        }
+    }
+
+    async fn row(&self, id: &str) -> Option<Row> {
+        if let Some(path) = self.url.strip_prefix("sqlite://") {
+            let conn = rusqlite::Connection::open(path).expect("open the SQLite file");
+            let mut statement = conn
+                .prepare(&format!("{ROW_SQL}?1"))
+                .expect("prepare the row query");
+            let mut rows = statement.query([id]).expect("query the row");
+            let row = rows.next().expect("read the row")?;
+            let status: String = row.get(0).expect("status");
+            Some(Row {
+                status: Status::parse(&status).expect("a known status"),
+                finished: row.get(1).expect("finished"),
+                queued: row.get(2).expect("queued"),
+                leased: row.get(3).expect("leased"),
+                unrecorded_claims: row.get(4).expect("unrecorded_claims"),
+                attempts: row.get(5).expect("callback_attempts"),
+                round_start_attempts: row.get(6).expect("round_start_attempts"),
+                holds_key: row.get(7).expect("holds_key"),
+                error: row.get(8).expect("error"),
+            })
+        } else {
+            use sqlx::Connection;
+            let mut conn = sqlx::postgres::PgConnection::connect(&self.url)
+                .await
+                .expect("connect to PostgreSQL");
+            let row: Option<PgRowColumns> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("{ROW_SQL}$1")))
+                    .bind(id)
+                    .fetch_optional(&mut conn)
+                    .await
+                    .expect("query the row");
+            row.map(|r| Row {
+                status: Status::parse(&r.0).expect("a known status"),
+                finished: r.1,
+                queued: r.2,
+                leased: r.3,
+                unrecorded_claims: r.4.into(),
+                attempts: r.5.into(),
+                round_start_attempts: r.6.into(),
+                holds_key: r.7,
+                error: r.8,
+            })
+        }
+    }
+
+    /// Runs `write` (which makes `transition` happen to request `id`) and checks that the row
+    /// it leaves is what the rules say, given the row before. Returns the write's answer.
+    async fn step<T>(
+        &self,
+        id: &str,
+        transition: Transition,
+        write: impl Future<Output = T>,
+    ) -> (T, Row) {
+        let before = self.row(id).await;
+        let queue_before = self.store.queue_size().await.expect("queue size");
+        let answer = write.await;
+        let after = self
+            .row(id)
+            .await
+            .unwrap_or_else(|| panic!("{transition:?} left no row for {id}"));
+        let queue_after = self.store.queue_size().await.expect("queue size");
+        assert_follows(transition, before.as_ref(), &after);
+        assert_eq!(
+            queue_after as i64 - queue_before as i64,
+            transition.queue_delta(),
+            "{transition:?}: the queue count"
+        );
+        (answer, after)
+    }
+
+    /// Runs a write made under a claim that is not the job's, which the rules say must be
+    /// refused, writing nothing.
+    async fn refused_without_claim(&self, id: &str, write: impl Future<Output = bool>) {
+        let before = self.row(id).await;
+        assert!(!write.await, "a write under a claim not held was accepted");
+        assert_eq!(
+            self.row(id).await,
+            before,
+            "a refused write changed the row"
+        );
+    }
+
+    async fn queue(&self, key: Option<&str>) -> String {
+        let new = async_request(key);
+        let id = new.request.id.clone();
+        let (submitted, _) = self
+            .step(&id, Transition::Queued, self.store.submit_async(new))
+            .await;
+        assert_eq!(submitted.expect("queued"), Submitted::Created);
+        id
+    }
+
+    /// Claims the job `id` (the only one due), checking the claim against the rules.
+    async fn claim(&self, id: &str) -> Job {
+        let (jobs, _) = self
+            .step(
+                id,
+                Transition::Claimed,
+                self.store.claim_due(OWNER, 10, LEASE, &rooms()),
+            )
+            .await;
+        let mut jobs = jobs.expect("claim");
+        assert_eq!(jobs.len(), 1, "one job is due");
+        let job = jobs.remove(0);
+        assert_eq!(job.id, id);
+        job
+    }
+
+    async fn store_result(&self, job: &Job) {
+        let result = work_result(&job.id);
+        self.refused_without_claim(&job.id, async {
+            self.store
+                .store_result(&job.id, "not-the-claim", &result)
+                .await
+                .expect("store a result")
+        })
+        .await;
+        let (stored, _) = self
+            .step(
+                &job.id,
+                Transition::ResultStored,
+                self.store.store_result(&job.id, &job.token, &result),
+            )
+            .await;
+        assert!(stored.expect("store a result"));
+    }
+
+    async fn attempt(&self, job: &Job, outcome: AttemptOutcome) -> Row {
+        let attempt = delivery_attempt(job.callback_attempts + 1);
+        self.refused_without_claim(&job.id, async {
+            self.store
+                .record_attempt(&job.id, OWNER, "not-the-claim", &attempt, outcome)
+                .await
+                .expect("record an attempt")
+        })
+        .await;
+        let (recorded, row) = self
+            .step(
+                &job.id,
+                Transition::Attempted(outcome),
+                self.store
+                    .record_attempt(&job.id, OWNER, &job.token, &attempt, outcome),
+            )
+            .await;
+        assert!(recorded.expect("record an attempt"));
+        assert_eq!(row.attempts, i64::from(attempt.attempt));
+        row
+    }
+}
+
+/// The row after `transition` against the rules, given the row before (`None`: no row yet).
+#[track_caller]
+fn assert_follows(transition: Transition, before: Option<&Row>, after: &Row) {
+    let what = |field: &str| format!("{transition:?} from {before:?}: {field}");
+    assert_eq!(
+        Some(after.status),
+        transition.status_after(before.map(|b| b.status)),
+        "{}",
+        what("status")
+    );
+    let kept = |field: fn(&Row) -> bool| before.is_some_and(field);
+    let effect = transition.effect();
+    let expect = |change: Change<()>, field: fn(&Row) -> bool| match change {
+        Change::Set(()) => true,
+        Change::Cleared => false,
+        Change::Kept => kept(field),
+    };
+    assert_eq!(
+        after.finished,
+        expect(effect.finished, |r| r.finished),
+        "{}",
+        what("finished")
+    );
+    let due = match effect.due {
+        Change::Set(_) => Change::Set(()),
+        Change::Cleared => Change::Cleared,
+        Change::Kept => Change::Kept,
+    };
+    assert_eq!(
+        after.queued,
+        expect(due, |r| r.queued),
+        "{}",
+        what("queued")
+    );
+    assert_eq!(
+        after.leased,
+        expect(effect.lease, |r| r.leased),
+        "{}",
+        what("leased")
+    );
+    let claims_before = before.map_or(0, |b| b.unrecorded_claims);
+    let claims = match effect.unrecorded_claims {
+        Tally::Increment => claims_before + 1,
+        Tally::Decrement => (claims_before - 1).max(0),
+        Tally::Reset => 0,
+        Tally::Kept => claims_before,
+    };
+    assert_eq!(
+        after.unrecorded_claims,
+        claims,
+        "{}",
+        what("unrecorded claims")
+    );
+    if effect.frees_key {
+        assert!(!after.holds_key, "{}", what("key freed"));
+    } else if let Some(before) = before {
+        assert_eq!(after.holds_key, before.holds_key, "{}", what("key kept"));
+    }
+    if effect.new_round {
+        assert_eq!(
+            after.round_start_attempts,
+            after.attempts,
+            "{}",
+            what("a new round")
+        );
+    } else if let Some(before) = before {
+        assert_eq!(
+            after.round_start_attempts,
+            before.round_start_attempts,
+            "{}",
+            what("the round")
+        );
+    }
+}
+
+fn rooms() -> Rooms {
+    Rooms {
+        default: 100,
+        ..Rooms::default()
+    }
+}
+
+fn new_request(key: Option<&str>) -> NewRequest {
+    NewRequest {
+        id: uuid::Uuid::now_v7().to_string(),
+        payload_hash: "0".repeat(64),
+        iterations: 1,
+        created_at: Utc::now(),
+        idempotency: key.map(|key| IdempotencyKey {
+            key: key.to_string(),
+            fingerprint: "fingerprint".into(),
+        }),
+    }
+}
+
+fn async_request(key: Option<&str>) -> NewAsyncRequest {
+    NewAsyncRequest {
+        request: new_request(key),
+        data: "data".into(),
+        callback_url: CALLBACK.into(),
+        destination: destination_of_str(CALLBACK),
+    }
+}
+
+fn work_result(id: &str) -> WorkResult {
+    WorkResult {
+        request_id: id.into(),
+        input_hash: "1".repeat(64),
+        output_hash: "2".repeat(64),
+        iterations: 1,
+        processing_time_ms: 0.5,
+    }
+}
+
+fn delivery_attempt(attempt: u32) -> DeliveryAttempt {
+    DeliveryAttempt {
+        attempt,
+        started_at: Utc::now(),
+        duration_ms: 1.0,
+        status_code: Some(500),
+        error: Some("HTTP 500".into()),
+        response_body: None,
+        instance: None,
+        note: None,
+    }
+}
+
+#[tokio::test]
+async fn an_async_request_moves_through_retries_failure_and_redelivery_as_the_rules_say() {
+    let bench = Bench::open().await;
+    let id = bench.queue(Some("async-key")).await;
+
+    let job = bench.claim(&id).await;
+    assert_eq!(job.unrecorded_claims, 1);
+    bench.store_result(&job).await;
+    bench
+        .attempt(&job, AttemptOutcome::RetryAfter(Duration::ZERO))
+        .await;
+
+    // The retry is due at once: claimed again, its work kept, the round going on.
+    let job = bench.claim(&id).await;
+    assert!(job.result.is_some(), "a retry does not redo the work");
+    assert_eq!((job.callback_attempts, job.round_attempts), (1, 1));
+    bench.attempt(&job, AttemptOutcome::GaveUp).await;
+
+    let (redelivered, _) = bench
+        .step(&id, Transition::Redelivered, bench.store.redeliver(&id))
+        .await;
+    assert_eq!(redelivered.expect("redeliver"), Redelivery::Queued);
+    let job = bench.claim(&id).await;
+    assert_eq!(
+        (job.callback_attempts, job.round_attempts),
+        (2, 0),
+        "a redelivery's round counts from the attempts made so far"
+    );
+    let row = bench.attempt(&job, AttemptOutcome::Delivered).await;
+    assert_eq!(row.status, Status::CallbackSuccess);
+
+    // A finished request only moves by redelivery of a failed callback.
+    assert_eq!(
+        bench.store.redeliver(&id).await.expect("redeliver"),
+        Redelivery::WrongStatus(Status::CallbackSuccess)
+    );
+    assert!(!Transition::Redelivered.applies_to(Status::CallbackSuccess));
+    assert_eq!(bench.row(&id).await, Some(row));
+    bench.store.close().await;
+}
+
+#[tokio::test]
+async fn a_retry_is_due_after_its_delay_on_the_databases_clock() {
+    let bench = Bench::open().await;
+    let id = bench.queue(None).await;
+    let job = bench.claim(&id).await;
+    bench.store_result(&job).await;
+    let delay = Duration::from_secs(3600);
+    bench.attempt(&job, AttemptOutcome::RetryAfter(delay)).await;
+    let claimed = bench
+        .store
+        .claim_due(OWNER, 10, LEASE, &rooms())
+        .await
+        .expect("claim");
+    assert!(claimed.is_empty(), "a job due in an hour was claimed now");
+    let due = bench
+        .store
+        .next_due_at(&rooms())
+        .await
+        .expect("next due")
+        .expect("the job is queued");
+    let in_secs = (due - Utc::now()).num_seconds();
+    assert!((3590..=3600).contains(&in_secs), "due in {in_secs} s");
+    bench.store.close().await;
+}
+
+#[tokio::test]
+async fn a_job_given_up_or_handed_back_follows_the_rules() {
+    let bench = Bench::open().await;
+    let id = bench.queue(None).await;
+    let job = bench.claim(&id).await;
+
+    // Handed back untouched: the claim is not counted, and the job is due again at once.
+    let (released, _) = bench
+        .step(&id, Transition::Released, bench.store.release(OWNER))
+        .await;
+    assert_eq!(released.expect("release"), 1);
+    let job_again = bench.claim(&id).await;
+    assert_ne!(job_again.token, job.token, "each claim has its own token");
+    assert_eq!(job_again.unrecorded_claims, 1);
+
+    // The first claim's token no longer holds the job.
+    bench
+        .refused_without_claim(&id, async {
+            bench
+                .store
+                .give_up(&id, &job.token, "stale claim")
+                .await
+                .expect("give up")
+        })
+        .await;
+    let (given_up, row) = bench
+        .step(
+            &id,
+            Transition::GivenUp,
+            bench
+                .store
+                .give_up(&id, &job_again.token, "cannot be worked"),
+        )
+        .await;
+    assert!(given_up.expect("give up"));
+    assert_eq!(row.error.as_deref(), Some("cannot be worked"));
+    bench.store.close().await;
+}
+
+#[tokio::test]
+async fn a_sync_request_is_recorded_as_the_rules_say() {
+    let bench = Bench::open().await;
+
+    // Fast: written once, finished.
+    let fast = new_request(None);
+    let result = work_result(&fast.id);
+    let (finished, _) = bench
+        .step(
+            &fast.id,
+            Transition::SyncFinished { succeeded: true },
+            bench.store.sync_finished(&fast, Ok(&result)),
+        )
+        .await;
+    finished.expect("record a sync request");
+
+    // Slow, holding a key, then failing: the key is free again for the client's retry.
+    let slow = new_request(Some("sync-key"));
+    let (started, row) = bench
+        .step(
+            &slow.id,
+            Transition::SyncStarted,
+            bench.store.sync_started_with_key(slow.clone()),
+        )
+        .await;
+    assert_eq!(started.expect("start"), Submitted::Created);
+    assert!(row.holds_key);
+    let (finished, _) = bench
+        .step(
+            &slow.id,
+            Transition::SyncFinished { succeeded: false },
+            bench.store.sync_finished(&slow, Err("the work failed")),
+        )
+        .await;
+    finished.expect("record a failure");
+    assert_eq!(bench.store.key_holder("sync-key").await.expect("key"), None);
+    bench.store.close().await;
+}
+
+#[tokio::test]
+async fn a_sync_request_left_processing_by_a_dead_instance_fails_and_frees_its_key() {
+    let bench = Bench::open().await;
+    let abandoned = new_request(Some("abandoned-key"));
+    bench
+        .store
+        .sync_started_with_key(abandoned.clone())
+        .await
+        .expect("start");
+    // An instance that dies mid-request leaves it `processing`; SQLite fails such requests
+    // when it opens the database again, PostgreSQL (whose other instances live on) once they
+    // are older than any request could run.
+    let before = bench.row(&abandoned.id).await;
+    let bench = if bench.url.starts_with("sqlite:") {
+        let Bench { store, url, _dir } = bench;
+        store.close().await;
+        drop(store);
+        let store = Store::open(&url, 100, 4).await.expect("reopen");
+        Bench { store, url, _dir }
+    } else {
+        let failed = bench
+            .store
+            .fail_stale_sync(Duration::ZERO)
+            .await
+            .expect("fail stale sync requests");
+        assert_eq!(failed, 1);
+        bench
+    };
+    let row = bench.row(&abandoned.id).await.expect("the request's row");
+    assert_follows(Transition::SyncAbandoned, before.as_ref(), &row);
+    assert_eq!(row.error.as_deref(), Some(ABANDONED_SYNC_ERROR));
+    assert_eq!(
+        bench.store.key_holder("abandoned-key").await.expect("key"),
+        None
+    );
+    bench.store.close().await;
+}
