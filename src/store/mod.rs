@@ -37,6 +37,7 @@ macro_rules! attempt_columns {
     };
 }
 
+mod backend;
 mod changes;
 mod due;
 mod group_commit;
@@ -54,11 +55,12 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
+use backend::Backend;
 pub use changes::{Changes, Subscription};
 pub(crate) use lifecycle::sync_outcome;
 pub use lifecycle::{ABANDONED_SYNC_ERROR, AttemptOutcome, Change, Due, Effect, Tally, Transition};
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+use postgres::PgStore;
+use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -394,22 +396,24 @@ pub struct CleanupReport {
 /// backends).
 #[derive(Clone)]
 pub struct Store {
-    backend: Backend,
+    backend: Chosen,
     changes: Arc<Changes>,
 }
 
+/// The backend in use. An enum, not a `dyn Backend`: the contract's methods are generic and
+/// return `impl Future`, which a trait object cannot, and two variants cost one match.
 #[derive(Clone)]
-enum Backend {
+enum Chosen {
     Sqlite(SqliteStore),
     Postgres(PgStore),
 }
 
-/// Calls the same method on whichever backend is in use.
+/// Calls the same [`Backend`] method on whichever backend is in use.
 macro_rules! dispatch {
     ($self:ident, $s:ident => $call:expr) => {
         match &$self.backend {
-            Backend::Sqlite($s) => $call,
-            Backend::Postgres($s) => $call,
+            Chosen::Sqlite($s) => $call,
+            Chosen::Postgres($s) => $call,
         }
     };
 }
@@ -421,9 +425,9 @@ impl Store {
     /// Opens the database named by `url`, runs migrations, and recovers after a crash.
     pub async fn open(url: &str, queue_capacity: u64, pool_size: u32) -> StoreResult<Self> {
         let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite(SqliteStore::open(url, queue_capacity).await?)
+            Chosen::Sqlite(SqliteStore::open(url, queue_capacity).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres(PgStore::open(url, queue_capacity, pool_size).await?)
+            Chosen::Postgres(PgStore::open(url, queue_capacity, pool_size).await?)
         } else {
             return Err(StoreError::Open(format!(
                 "unsupported database URL `{}` (expected sqlite://PATH or postgres://…)",
@@ -455,18 +459,16 @@ impl Store {
     /// Calls `wake` whenever another instance queues a job, until `stop`. Only a shared
     /// database has other instances; with SQLite this returns at once.
     pub async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
-        if let Backend::Postgres(s) = &self.backend {
-            s.listen(wake, stop).await;
-        }
+        dispatch!(self, s => s.listen(wake, stop).await)
     }
 
     /// Wakes the waiters of watched requests that another instance changed, until `stop`:
     /// one query per tick for all of them, and none while nobody waits. With SQLite (one
     /// process per database) every change is this process's own and this returns at once.
     pub async fn watch_remote_changes(&self, stop: CancellationToken) {
-        let Backend::Postgres(s) = &self.backend else {
+        if !dispatch!(self, s => s.has_other_instances()) {
             return;
-        };
+        }
         let mut seen: std::collections::HashMap<String, (Status, u32)> = Default::default();
         let mut tick = tokio::time::interval(REMOTE_CHANGES_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -481,7 +483,7 @@ impl Store {
             if watched.is_empty() {
                 continue;
             }
-            let versions = match s.versions(&watched).await {
+            let versions = match dispatch!(self, s => s.versions(&watched).await) {
                 Ok(versions) => versions,
                 Err(err) => {
                     tracing::debug!(error = %err, "looking for other instances' changes failed");
@@ -513,28 +515,14 @@ impl Store {
     /// (on the database's clock): their instance died mid-request. (SQLite does this at
     /// start-up, its only chance.)
     pub async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
-        match &self.backend {
-            Backend::Sqlite(_) => Ok(0),
-            Backend::Postgres(s) => s.fail_stale_sync(older_than).await,
-        }
+        dispatch!(self, s => s.fail_stale_sync(older_than).await)
     }
 
     /// Records a sync request as `processing`. Not awaited by design: the commit rides along
     /// with the request's completion, which is. (With an idempotency key, see
     /// [`Store::sync_started_with_key`].)
     pub fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.sync_started(new),
-            Backend::Postgres(s) => {
-                let s = s.clone();
-                tokio::spawn(async move {
-                    if let Err(err) = s.sync_started(&new).await {
-                        tracing::warn!(error = %err, "recording a sync request as processing failed");
-                    }
-                });
-                Ok(())
-            }
-        }
+        dispatch!(self, s => s.sync_started(new))
     }
 
     /// Records the end of a sync request (with the whole record, in case the `processing`
@@ -668,10 +656,7 @@ impl Store {
 
     /// Unfinished async requests.
     pub async fn queue_size(&self) -> StoreResult<u64> {
-        match &self.backend {
-            Backend::Sqlite(s) => Ok(s.queue_size()),
-            Backend::Postgres(s) => s.queue_size().await,
-        }
+        dispatch!(self, s => s.queue_size().await)
     }
 
     /// Whether the database answers (and, on SQLite while writes fail, takes a write); if not,

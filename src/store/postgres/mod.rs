@@ -33,6 +33,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use tokio_util::sync::CancellationToken;
 
 use self::group_writes::{AttemptWrite, InsertQueued, RecordAttempts, ResultWrite, StoreResults};
+use super::backend::Backend;
 use super::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
 use super::group_commit::GroupCommit;
 use super::rows::{self, JobColumns, RecordColumns, ResultColumns};
@@ -260,35 +261,6 @@ impl PgStore {
         })
     }
 
-    /// Listens for new-job announcements from every instance and calls `wake` for each,
-    /// until `stop`. Reconnects if the connection drops (sqlx's listener does that itself).
-    pub async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
-        let mut listener = loop {
-            match self.try_listen().await {
-                Ok(listener) => break listener,
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot LISTEN for new jobs; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        () = stop.cancelled() => return,
-                    }
-                }
-            }
-        };
-        loop {
-            tokio::select! {
-                notification = listener.recv() => match notification {
-                    Ok(_) => wake(),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "job notifications interrupted");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
-                () = stop.cancelled() => return,
-            }
-        }
-    }
-
     async fn try_listen(&self) -> Result<PgListener, sqlx::Error> {
         let mut listener = PgListener::connect_with(&self.listen_pool).await?;
         listener.listen(JOBS_CHANNEL).await?;
@@ -297,7 +269,7 @@ impl PgStore {
 
     /// Records a sync request as `processing`; false if nothing was written (its id or its
     /// idempotency key is taken).
-    pub async fn sync_started(&self, new: &NewRequest) -> StoreResult<bool> {
+    async fn insert_sync_started(&self, new: &NewRequest) -> StoreResult<bool> {
         let (key, fingerprint) = new.key_columns();
         // No conflict target: a taken id (a retried write) or a taken key both insert nothing.
         let inserted = sqlx::query(
@@ -317,22 +289,6 @@ impl PgStore {
         Ok(inserted.is_some())
     }
 
-    pub async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
-        // The request holding the key may be deleted (retention) between the insert that
-        // found the key taken and the read of its holder: then the key is free; try again.
-        for _ in 0..3 {
-            if self.sync_started(&new).await? {
-                return Ok(Submitted::Created);
-            }
-            if let Some(taken) = self.key_taken(&new).await? {
-                return Ok(taken);
-            }
-        }
-        Err(StoreError::Unavailable(
-            "an idempotency key kept changing hands".into(),
-        ))
-    }
-
     /// The request holding `new`'s idempotency key, other than `new` itself.
     async fn key_taken(&self, new: &NewRequest) -> StoreResult<Option<Submitted>> {
         let Some(idempotency) = &new.idempotency else {
@@ -343,115 +299,6 @@ impl PgStore {
             .await?
             .filter(|holder| holder.id != new.id)
             .map(Submitted::KeyTaken))
-    }
-
-    pub async fn key_holder(&self, key: &str) -> StoreResult<Option<KeyHolder>> {
-        let holder: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT id, idempotency_fingerprint FROM requests WHERE idempotency_key = $1",
-        )
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(holder.map(|(id, fingerprint)| KeyHolder {
-            id,
-            fingerprint: fingerprint.unwrap_or_default(),
-        }))
-    }
-
-    /// Status and attempts of each of `ids` still stored: what a waiter's wake-up depends on.
-    pub async fn versions(&self, ids: &[String]) -> StoreResult<Vec<(String, (Status, u32))>> {
-        let mut versions = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(1000) {
-            let rows: Vec<(String, String, i32)> = sqlx::query_as(
-                "SELECT id, status, callback_attempts FROM requests WHERE id = ANY($1)",
-            )
-            .bind(chunk)
-            .fetch_all(&self.pool)
-            .await?;
-            for (id, status, attempts) in rows {
-                if let Some(status) = Status::parse(&status) {
-                    versions.push((id, (status, u32::try_from(attempts).unwrap_or(0))));
-                }
-            }
-        }
-        Ok(versions)
-    }
-
-    pub async fn sync_finished(
-        &self,
-        new: &NewRequest,
-        outcome: Result<&WorkResult, &str>,
-    ) -> StoreResult<()> {
-        let (status, result, error) = sync_outcome(outcome);
-        sqlx::query(
-            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                                   completed_at, input_hash, output_hash, processing_time_ms, error)
-             VALUES ($1, 'sync', $5, $2, $3, $4, now(), $6, $7, $8, $9)
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
-                 input_hash = excluded.input_hash, output_hash = excluded.output_hash,
-                 processing_time_ms = excluded.processing_time_ms, error = excluded.error,
-                 -- A failed sync request did no work a replay could answer with: its key is
-                 -- free again, for the client's retry.
-                 idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
-                                   ELSE requests.idempotency_key END",
-        )
-        .bind(&new.id)
-        .bind(&new.payload_hash)
-        .bind(i64::from(new.iterations))
-        .bind(new.created_at)
-        .bind(status.as_str())
-        .bind(result.map(|r| r.input_hash.as_str()))
-        .bind(result.map(|r| r.output_hash.as_str()))
-        .bind(result.map(|r| r.processing_time_ms))
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<Submitted> {
-        // A replay is answered whatever the queue: it asks for nothing new.
-        if let Some(taken) = self.key_taken(&new.request).await? {
-            return Ok(taken);
-        }
-        // As for sync requests, a key's holder may vanish between the conflict and its read.
-        for _ in 0..3 {
-            let reservation = self.reserve_place().await?;
-            match self.queued.write(new.clone()).await {
-                Ok(true) => return Ok(Submitted::Created),
-                Ok(false) => {
-                    reservation.failed();
-                    if let Some(taken) = self.key_taken(&new.request).await? {
-                        return Ok(taken);
-                    }
-                }
-                Err(err) => {
-                    reservation.failed();
-                    return Err(err);
-                }
-            }
-        }
-        Err(StoreError::Unavailable(
-            "an idempotency key kept changing hands".into(),
-        ))
-    }
-
-    /// Queues every request of `batch` in one statement (one transaction), or none of them
-    /// ([`StoreError::QueueFull`]) when they do not all fit. Not group-committed: it is a
-    /// group already, and all-or-nothing.
-    pub async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
-        let places = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-        let reservation = self.reserve_places(places).await?;
-        // Batch items carry no idempotency keys, so every row is inserted; one announcement
-        // for the whole batch.
-        if let Err(err) = group_writes::insert_queued(batch, true)
-            .execute(&self.pool)
-            .await
-        {
-            reservation.failed();
-            return Err(err.into());
-        }
-        Ok(())
     }
 
     /// Holds a place in the queue for one submission, or refuses with
@@ -532,7 +379,230 @@ impl PgStore {
         )
     }
 
-    pub async fn claim_due(
+    /// Claims as [`claim_due`](Self::claim_due) does, but looking at each destination's due
+    /// jobs on their own (a seek per destination, through `requests_destination_due`), past
+    /// `already` (this claim's first statement's jobs: their lease may have run out by this
+    /// statement's clock if it is very short, and a claim must not hand a job out twice).
+    async fn claim_per_destination(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        rooms: &Rooms,
+        already: &[&str],
+    ) -> StoreResult<Vec<Job>> {
+        let rows = sqlx::query(concat!(
+            "WITH RECURSIVE ",
+            destinations_cte!(),
+            ",
+             candidates AS MATERIALIZED (
+                 SELECT c.id, c.next_attempt_at FROM dests AS d
+                 CROSS JOIN LATERAL (
+                     SELECT id, next_attempt_at FROM requests
+                     WHERE destination = d.dest AND next_attempt_at IS NOT NULL
+                       AND next_attempt_at <= CASE WHEN d.dest = ANY($5)
+                                                   THEN now() - make_interval(secs => $6)
+                                                   ELSE now() END
+                       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                       AND NOT (id = ANY($8))
+                     ORDER BY next_attempt_at
+                     LIMIT LEAST(COALESCE(($4::jsonb ->> d.dest)::int, $7), $3)
+                     FOR UPDATE SKIP LOCKED) AS c
+                 WHERE d.dest IS NOT NULL),
+             picked AS MATERIALIZED (
+                 SELECT id AS picked_id FROM candidates ORDER BY next_attempt_at LIMIT $3)
+             ",
+            claim_picked!(),
+            job_columns!()
+        ))
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(i64::from(limit))
+        .bind(rooms.to_json())
+        .bind(&rooms.held)
+        .bind(rooms.overdue.as_secs_f64())
+        .bind(i64::from(rooms.default))
+        .bind(already)
+        .fetch_all(&self.relaxed)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+impl Backend for PgStore {
+    /// Any number of instances may share the database and its queue.
+    fn has_other_instances(&self) -> bool {
+        true
+    }
+
+    fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.insert_sync_started(&new).await {
+                tracing::warn!(error = %err, "recording a sync request as processing failed");
+            }
+        });
+        Ok(())
+    }
+
+    /// Listens for new-job announcements from every instance and calls `wake` for each,
+    /// until `stop`. Reconnects if the connection drops (sqlx's listener does that itself).
+    async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
+        let mut listener = loop {
+            match self.try_listen().await {
+                Ok(listener) => break listener,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot LISTEN for new jobs; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = stop.cancelled() => return,
+                    }
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                notification = listener.recv() => match notification {
+                    Ok(_) => wake(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "job notifications interrupted");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
+        // The request holding the key may be deleted (retention) between the insert that
+        // found the key taken and the read of its holder: then the key is free; try again.
+        for _ in 0..3 {
+            if self.insert_sync_started(&new).await? {
+                return Ok(Submitted::Created);
+            }
+            if let Some(taken) = self.key_taken(&new).await? {
+                return Ok(taken);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "an idempotency key kept changing hands".into(),
+        ))
+    }
+
+    async fn key_holder(&self, key: &str) -> StoreResult<Option<KeyHolder>> {
+        let holder: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT id, idempotency_fingerprint FROM requests WHERE idempotency_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(holder.map(|(id, fingerprint)| KeyHolder {
+            id,
+            fingerprint: fingerprint.unwrap_or_default(),
+        }))
+    }
+
+    /// Status and attempts of each of `ids` still stored: what a waiter's wake-up depends on.
+    async fn versions(&self, ids: &[String]) -> StoreResult<Vec<(String, (Status, u32))>> {
+        let mut versions = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let rows: Vec<(String, String, i32)> = sqlx::query_as(
+                "SELECT id, status, callback_attempts FROM requests WHERE id = ANY($1)",
+            )
+            .bind(chunk)
+            .fetch_all(&self.pool)
+            .await?;
+            for (id, status, attempts) in rows {
+                if let Some(status) = Status::parse(&status) {
+                    versions.push((id, (status, u32::try_from(attempts).unwrap_or(0))));
+                }
+            }
+        }
+        Ok(versions)
+    }
+
+    async fn sync_finished(
+        &self,
+        new: &NewRequest,
+        outcome: Result<&WorkResult, &str>,
+    ) -> StoreResult<()> {
+        let (status, result, error) = sync_outcome(outcome);
+        sqlx::query(
+            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                                   completed_at, input_hash, output_hash, processing_time_ms, error)
+             VALUES ($1, 'sync', $5, $2, $3, $4, now(), $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
+                 input_hash = excluded.input_hash, output_hash = excluded.output_hash,
+                 processing_time_ms = excluded.processing_time_ms, error = excluded.error,
+                 -- A failed sync request did no work a replay could answer with: its key is
+                 -- free again, for the client's retry.
+                 idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
+                                   ELSE requests.idempotency_key END",
+        )
+        .bind(&new.id)
+        .bind(&new.payload_hash)
+        .bind(i64::from(new.iterations))
+        .bind(new.created_at)
+        .bind(status.as_str())
+        .bind(result.map(|r| r.input_hash.as_str()))
+        .bind(result.map(|r| r.output_hash.as_str()))
+        .bind(result.map(|r| r.processing_time_ms))
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<Submitted> {
+        // A replay is answered whatever the queue: it asks for nothing new.
+        if let Some(taken) = self.key_taken(&new.request).await? {
+            return Ok(taken);
+        }
+        // As for sync requests, a key's holder may vanish between the conflict and its read.
+        for _ in 0..3 {
+            let reservation = self.reserve_place().await?;
+            match self.queued.write(new.clone()).await {
+                Ok(true) => return Ok(Submitted::Created),
+                Ok(false) => {
+                    reservation.failed();
+                    if let Some(taken) = self.key_taken(&new.request).await? {
+                        return Ok(taken);
+                    }
+                }
+                Err(err) => {
+                    reservation.failed();
+                    return Err(err);
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            "an idempotency key kept changing hands".into(),
+        ))
+    }
+
+    /// Queues every request of `batch` in one statement (one transaction), or none of them
+    /// ([`StoreError::QueueFull`]) when they do not all fit. Not group-committed: it is a
+    /// group already, and all-or-nothing.
+    async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
+        let places = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+        let reservation = self.reserve_places(places).await?;
+        // Batch items carry no idempotency keys, so every row is inserted; one announcement
+        // for the whole batch.
+        if let Err(err) = group_writes::insert_queued(batch, true)
+            .execute(&self.pool)
+            .await
+        {
+            reservation.failed();
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    async fn claim_due(
         &self,
         owner: &str,
         limit: u32,
@@ -611,64 +681,7 @@ impl PgStore {
         Ok(jobs)
     }
 
-    /// Claims as [`claim_due`](Self::claim_due) does, but looking at each destination's due
-    /// jobs on their own (a seek per destination, through `requests_destination_due`), past
-    /// `already` (this claim's first statement's jobs: their lease may have run out by this
-    /// statement's clock if it is very short, and a claim must not hand a job out twice).
-    async fn claim_per_destination(
-        &self,
-        owner: &str,
-        limit: u32,
-        lease: Duration,
-        rooms: &Rooms,
-        already: &[&str],
-    ) -> StoreResult<Vec<Job>> {
-        let rows = sqlx::query(concat!(
-            "WITH RECURSIVE ",
-            destinations_cte!(),
-            ",
-             candidates AS MATERIALIZED (
-                 SELECT c.id, c.next_attempt_at FROM dests AS d
-                 CROSS JOIN LATERAL (
-                     SELECT id, next_attempt_at FROM requests
-                     WHERE destination = d.dest AND next_attempt_at IS NOT NULL
-                       AND next_attempt_at <= CASE WHEN d.dest = ANY($5)
-                                                   THEN now() - make_interval(secs => $6)
-                                                   ELSE now() END
-                       AND (lease_expires_at IS NULL OR lease_expires_at < now())
-                       AND NOT (id = ANY($8))
-                     ORDER BY next_attempt_at
-                     LIMIT LEAST(COALESCE(($4::jsonb ->> d.dest)::int, $7), $3)
-                     FOR UPDATE SKIP LOCKED) AS c
-                 WHERE d.dest IS NOT NULL),
-             picked AS MATERIALIZED (
-                 SELECT id AS picked_id FROM candidates ORDER BY next_attempt_at LIMIT $3)
-             ",
-            claim_picked!(),
-            job_columns!()
-        ))
-        .bind(owner)
-        .bind(lease.as_secs_f64())
-        .bind(i64::from(limit))
-        .bind(rooms.to_json())
-        .bind(&rooms.held)
-        .bind(rooms.overdue.as_secs_f64())
-        .bind(i64::from(rooms.default))
-        .bind(already)
-        .fetch_all(&self.relaxed)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(job_from_row)
-            .collect::<Result<Vec<_>, _>>()?)
-    }
-
-    pub async fn heartbeat(
-        &self,
-        owner: &str,
-        tokens: &[String],
-        lease: Duration,
-    ) -> StoreResult<u64> {
+    async fn heartbeat(&self, owner: &str, tokens: &[String], lease: Duration) -> StoreResult<u64> {
         let extended = sqlx::query(
             // A row a group-committed write has locked is skipped, not waited for: that write
             // is ending the claim anyway, and a heartbeat that waited could deadlock with a
@@ -687,7 +700,7 @@ impl PgStore {
         Ok(extended.rows_affected())
     }
 
-    pub async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
+    async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
         // Due times are compared with the database's clock, in milliseconds; the answer is
         // translated to ours.
         let window = sqlx::query(
@@ -742,12 +755,7 @@ impl PgStore {
         }))
     }
 
-    pub async fn store_result(
-        &self,
-        id: &str,
-        token: &str,
-        result: &WorkResult,
-    ) -> StoreResult<bool> {
+    async fn store_result(&self, id: &str, token: &str, result: &WorkResult) -> StoreResult<bool> {
         self.results
             .write(ResultWrite {
                 id: id.to_owned(),
@@ -757,7 +765,7 @@ impl PgStore {
             .await
     }
 
-    pub async fn record_attempt(
+    async fn record_attempt(
         &self,
         id: &str,
         owner: &str,
@@ -776,7 +784,7 @@ impl PgStore {
             .await
     }
 
-    pub async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
+    async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
         let updated = sqlx::query(
             "UPDATE requests SET status = 'callback_failed', completed_at = now(),
                     next_attempt_at = NULL, callback_last_error = $3, error = $3,
@@ -791,7 +799,7 @@ impl PgStore {
         Ok(updated.rows_affected() == 1)
     }
 
-    pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
+    async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
         let mut tx = self.pool.begin().await?;
         let row: Option<(String, Option<String>)> =
             sqlx::query_as("SELECT status, callback_url FROM requests WHERE id = $1 FOR UPDATE")
@@ -835,7 +843,7 @@ impl PgStore {
         Ok(Redelivery::Queued)
     }
 
-    pub async fn release(&self, owner: &str) -> StoreResult<u64> {
+    async fn release(&self, owner: &str) -> StoreResult<u64> {
         // A job handed back untouched does not count as a claim without an outcome.
         let released = sqlx::query(
             "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
@@ -855,7 +863,7 @@ impl PgStore {
         Ok(released.rows_affected())
     }
 
-    pub async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
+    async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
         let Some(row) = sqlx::query(concat!(
             "SELECT ",
             record_columns!(),
@@ -885,7 +893,7 @@ impl PgStore {
         Ok(Some(record))
     }
 
-    pub async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
+    async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
         let (total_where, total_params) = list_conditions(&filter, false, &DIALECT);
         let (page_where, page_params) = list_conditions(&filter, true, &DIALECT);
         let n = page_params.len();
@@ -932,7 +940,7 @@ impl PgStore {
         })
     }
 
-    pub async fn position(&self, id: &str) -> StoreResult<Option<Position>> {
+    async fn position(&self, id: &str) -> StoreResult<Option<Position>> {
         let row = sqlx::query("SELECT created_at, id FROM requests WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -940,7 +948,7 @@ impl PgStore {
         row.map(|row| position_of(&row)).transpose()
     }
 
-    pub async fn status_counts(&self) -> StoreResult<StatusCounts> {
+    async fn status_counts(&self) -> StoreResult<StatusCounts> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT status, count(*) FROM requests GROUP BY status")
                 .fetch_all(&self.pool)
@@ -952,7 +960,7 @@ impl PgStore {
         Ok(counts)
     }
 
-    pub fn pool_stats(&self) -> PoolStats {
+    fn pool_stats(&self) -> PoolStats {
         let idle = (self.pool.num_idle() + self.relaxed.num_idle()) as u64;
         PoolStats {
             in_use: u64::from(self.pool.size() + self.relaxed.size()).saturating_sub(idle),
@@ -961,11 +969,11 @@ impl PgStore {
         }
     }
 
-    pub async fn queue_size(&self) -> StoreResult<u64> {
+    async fn queue_size(&self) -> StoreResult<u64> {
         Ok(u64::try_from(self.count_queue().await?).unwrap_or(0))
     }
 
-    pub async fn ping(&self) -> Result<(), String> {
+    async fn ping(&self) -> Result<(), String> {
         let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool);
         match tokio::time::timeout(Duration::from_secs(2), ping).await {
             Ok(Ok(_)) => Ok(()),
@@ -976,7 +984,7 @@ impl PgStore {
 
     // SKIP LOCKED: instances cleaning at the same time take different rows instead of
     // waiting on each other. The rows are picked once (a materialised CTE), as in a claim.
-    pub async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
+    async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
         let deleted = sqlx::query(concat!(
             "WITH picked AS MATERIALIZED (
                  SELECT id FROM requests
@@ -993,7 +1001,7 @@ impl PgStore {
         Ok(deleted.rows_affected())
     }
 
-    pub async fn nth_newest_finished(&self, n: u64) -> StoreResult<Option<Position>> {
+    async fn nth_newest_finished(&self, n: u64) -> StoreResult<Option<Position>> {
         let row = sqlx::query(concat!(
             "SELECT created_at, id FROM requests WHERE status IN ",
             finished_statuses!(),
@@ -1005,11 +1013,7 @@ impl PgStore {
         row.map(|row| position_of(&row)).transpose()
     }
 
-    pub async fn delete_finished_through(
-        &self,
-        boundary: &Position,
-        chunk: u64,
-    ) -> StoreResult<u64> {
+    async fn delete_finished_through(&self, boundary: &Position, chunk: u64) -> StoreResult<u64> {
         let deleted = sqlx::query(concat!(
             "WITH picked AS MATERIALIZED (
                  SELECT id FROM requests
@@ -1027,7 +1031,7 @@ impl PgStore {
     }
 
     /// Sync requests left `processing` by an instance that died mid-request.
-    pub async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
+    async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
         let failed = sqlx::query(
             "UPDATE requests SET status = 'failed', completed_at = now(),
                     error = $2, idempotency_key = NULL
@@ -1041,7 +1045,7 @@ impl PgStore {
         Ok(failed.rows_affected())
     }
 
-    pub async fn close(&self) {
+    async fn close(&self) {
         self.listen_pool.close().await;
         self.pool.close().await;
         self.relaxed.close().await;

@@ -32,13 +32,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
+use super::backend::Backend;
 use super::{
     AttemptOutcome, Job, KeyHolder, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position,
     Redelivery, StatusCounts, StoreError, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
-use crate::model::{DeliveryAttempt, RequestList, RequestRecord, WorkResult};
+use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
 
 use self::claims::next_due;
 use self::list::list_on;
@@ -136,293 +138,11 @@ impl SqliteStore {
         response.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    pub fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
-        // try_send: a full writer queue means the database is the bottleneck; the row is then
-        // written by sync_finished's upsert instead, which waits its turn.
-        match self.writer.try_send(Command {
-            op: Op::SyncStarted(new),
-            reply: None,
-        }) {
-            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::WriterGone),
-        }
-    }
-
-    pub async fn sync_finished(
-        &self,
-        new: &NewRequest,
-        outcome: Result<&WorkResult, &str>,
-    ) -> StoreResult<()> {
-        let op = Op::SyncFinished {
-            new: new.clone(),
-            outcome: outcome.cloned().map_err(str::to_string),
-            at: Utc::now(),
-        };
-        self.send(op).await?.done()
-    }
-
-    pub async fn key_holder(&self, key: &str) -> StoreResult<Option<KeyHolder>> {
-        let key = key.to_string();
-        self.read(move |conn| holder_of(conn, &key)).await
-    }
-
-    pub async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
-        self.send(Op::SyncStarted(new)).await?.submitted()
-    }
-
-    pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<Submitted> {
-        self.send(Op::SubmitAsync(new)).await?.submitted()
-    }
-
-    pub async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
-        self.send(Op::SubmitBatch(batch.to_vec())).await?.done()
-    }
-
-    pub async fn claim_due(
-        &self,
-        owner: &str,
-        limit: u32,
-        lease: Duration,
-        rooms: &Rooms,
-    ) -> StoreResult<Vec<Job>> {
-        let op = Op::Claim {
-            owner: owner.to_string(),
-            limit,
-            lease,
-            rooms: rooms.clone(),
-        };
-        self.send(op).await?.jobs()
-    }
-
-    pub async fn heartbeat(
-        &self,
-        owner: &str,
-        tokens: &[String],
-        lease: Duration,
-    ) -> StoreResult<u64> {
-        let op = Op::Heartbeat {
-            owner: owner.to_string(),
-            tokens: tokens.to_vec(),
-            lease,
-        };
-        self.send(op).await?.count()
-    }
-
-    pub async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
-        let now = Utc::now().timestamp_millis();
-        let rooms = rooms.clone();
-        let next = self.read(move |conn| next_due(conn, &rooms, now)).await?;
-        Ok(next.map(from_millis))
-    }
-
-    pub async fn store_result(
-        &self,
-        id: &str,
-        token: &str,
-        result: &WorkResult,
-    ) -> StoreResult<bool> {
-        let op = Op::StoreResult {
-            id: id.to_string(),
-            token: token.to_string(),
-            result: result.clone(),
-        };
-        self.send(op).await?.updated()
-    }
-
-    pub async fn record_attempt(
-        &self,
-        id: &str,
-        owner: &str,
-        token: &str,
-        attempt: &DeliveryAttempt,
-        outcome: AttemptOutcome,
-    ) -> StoreResult<bool> {
-        let op = Op::RecordAttempt {
-            id: id.to_string(),
-            owner: owner.to_string(),
-            token: token.to_string(),
-            attempt: attempt.clone(),
-            outcome,
-        };
-        self.send(op).await?.updated()
-    }
-
-    pub async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
-        let op = Op::GiveUp {
-            id: id.to_string(),
-            token: token.to_string(),
-            reason: reason.to_string(),
-        };
-        self.send(op).await?.updated()
-    }
-
-    pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
-        self.send(Op::Redeliver { id: id.to_string() })
-            .await?
-            .redelivery()
-    }
-
-    pub async fn release(&self, owner: &str) -> StoreResult<u64> {
-        self.send(Op::Release {
-            owner: owner.to_string(),
-        })
-        .await?
-        .count()
-    }
-
-    pub async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
-        let id = id.to_string();
-        self.read(move |conn| {
-            let Some(mut record) = conn
-                .prepare_cached(concat!(
-                    "SELECT ",
-                    record_columns!(),
-                    " FROM requests WHERE id = ?1"
-                ))?
-                .query_row([&id], record_from_row)
-                .optional()?
-            else {
-                return Ok(None);
-            };
-            let attempts = conn
-                .prepare_cached(concat!(
-                    "SELECT ",
-                    attempt_columns!(),
-                    " FROM delivery_attempts WHERE request_id = ?1 ORDER BY attempt"
-                ))?
-                .query_map([&id], attempt_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            record.attempts = Some(attempts);
-            Ok(Some(record))
-        })
-        .await
-    }
-
-    pub async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
-        self.read(move |conn| list_on(conn, &filter)).await
-    }
-
-    pub async fn position(&self, id: &str) -> StoreResult<Option<Position>> {
-        let id = id.to_string();
-        self.read(move |conn| {
-            conn.prepare_cached("SELECT created_at, id FROM requests WHERE id = ?1")?
-                .query_row([&id], |row| {
-                    Ok(Position {
-                        created_at: from_millis(row.get(0)?),
-                        id: row.get(1)?,
-                    })
-                })
-                .optional()
-        })
-        .await
-    }
-
-    pub async fn status_counts(&self) -> StoreResult<StatusCounts> {
-        self.read(|conn| {
-            conn.prepare_cached("SELECT status, COUNT(*) FROM requests GROUP BY status")?
-                .query_map([], |row| {
-                    let status: String = row.get(0)?;
-                    let n: i64 = row.get(1)?;
-                    let status = parse_status(&status)?;
-                    Ok((status, u64::try_from(n).unwrap_or(0)))
-                })?
-                .collect()
-        })
-        .await
-    }
-
-    pub fn pool_stats(&self) -> PoolStats {
-        let idle = self.readers.available.available_permits() as u64;
-        PoolStats {
-            // The writer's connection is always in use.
-            in_use: READERS as u64 - idle + 1,
-            idle,
-            writer_queue: (WRITER_QUEUE - self.writer.capacity()) as u64,
-        }
-    }
-
-    pub fn queue_size(&self) -> u64 {
-        self.queue_size.load(Ordering::Relaxed)
-    }
-
-    /// Whether the database answers, and if not, why. While writes are failing (a full disk),
-    /// a read is not proof of health: a probe write decides, so that `/healthz` turns healthy
-    /// again by itself once space returns, even if no traffic arrives to try.
-    pub async fn ping(&self) -> Result<(), String> {
-        let failing = self.write_failure().is_some();
-        let check = async {
-            if failing {
-                self.send(Op::Probe).await.map(|_| ())
-            } else {
-                let health = Arc::clone(&self.health);
-                tokio::task::spawn_blocking(move || {
-                    health
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
-                })
-                .await
-                .map_err(|e| StoreError::Open(e.to_string()))?
-                .map(|_| ())
-                .map_err(StoreError::from)
-            }
-        };
-        match tokio::time::timeout(Duration::from_secs(2), check).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(self.write_failure().unwrap_or_else(|| err.to_string())),
-            Err(_) => Err("the database did not answer within 2 s".into()),
-        }
-    }
-
     fn write_failure(&self) -> Option<String> {
         self.write_failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
-    }
-
-    pub async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        self.send(Op::DeleteExpired { cutoff, chunk })
-            .await?
-            .count()
-    }
-
-    pub async fn nth_newest_finished(&self, n: u64) -> StoreResult<Option<Position>> {
-        let offset = i64::try_from(n).unwrap_or(i64::MAX);
-        self.read(move |conn| {
-            conn.prepare_cached(concat!(
-                "SELECT created_at, id FROM requests WHERE status IN ",
-                finished_statuses!(),
-                " ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?1"
-            ))?
-            .query_row([offset], |row| {
-                Ok(Position {
-                    created_at: from_millis(row.get(0)?),
-                    id: row.get(1)?,
-                })
-            })
-            .optional()
-        })
-        .await
-    }
-
-    pub async fn delete_finished_through(
-        &self,
-        boundary: &Position,
-        chunk: u64,
-    ) -> StoreResult<u64> {
-        let op = Op::DeleteFinishedThrough {
-            boundary: boundary.clone(),
-            chunk,
-        };
-        self.send(op).await?.count()
-    }
-
-    pub async fn close(&self) {
-        // Writes queued before this one are committed first; later ones get WriterGone.
-        let _ = self.send(Op::Close).await;
     }
 
     /// Runs a read on an idle reader connection, on a blocking thread.
@@ -450,6 +170,295 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Open(e.to_string()))?
+    }
+}
+
+impl Backend for SqliteStore {
+    /// The lock file keeps every other process out.
+    fn has_other_instances(&self) -> bool {
+        false
+    }
+
+    /// Every job is queued by this process, which wakes its dispatcher itself.
+    async fn listen(&self, _wake: impl Fn() + Send + 'static, _stop: CancellationToken) {}
+
+    /// Every change is this process's own, and wakes its waiters as it is made.
+    async fn versions(&self, _ids: &[String]) -> StoreResult<Vec<(String, (Status, u32))>> {
+        Ok(Vec::new())
+    }
+
+    /// Done when the database is opened (`open::recover`): with one process per database,
+    /// a sync request still `processing` then is one whose process died.
+    async fn fail_stale_sync(&self, _older_than: Duration) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
+        // try_send: a full writer queue means the database is the bottleneck; the row is then
+        // written by sync_finished's upsert instead, which waits its turn.
+        match self.writer.try_send(Command {
+            op: Op::SyncStarted(new),
+            reply: None,
+        }) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::WriterGone),
+        }
+    }
+
+    async fn sync_finished(
+        &self,
+        new: &NewRequest,
+        outcome: Result<&WorkResult, &str>,
+    ) -> StoreResult<()> {
+        let op = Op::SyncFinished {
+            new: new.clone(),
+            outcome: outcome.cloned().map_err(str::to_string),
+            at: Utc::now(),
+        };
+        self.send(op).await?.done()
+    }
+
+    async fn key_holder(&self, key: &str) -> StoreResult<Option<KeyHolder>> {
+        let key = key.to_string();
+        self.read(move |conn| holder_of(conn, &key)).await
+    }
+
+    async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
+        self.send(Op::SyncStarted(new)).await?.submitted()
+    }
+
+    async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<Submitted> {
+        self.send(Op::SubmitAsync(new)).await?.submitted()
+    }
+
+    async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
+        self.send(Op::SubmitBatch(batch.to_vec())).await?.done()
+    }
+
+    async fn claim_due(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        rooms: &Rooms,
+    ) -> StoreResult<Vec<Job>> {
+        let op = Op::Claim {
+            owner: owner.to_string(),
+            limit,
+            lease,
+            rooms: rooms.clone(),
+        };
+        self.send(op).await?.jobs()
+    }
+
+    async fn heartbeat(&self, owner: &str, tokens: &[String], lease: Duration) -> StoreResult<u64> {
+        let op = Op::Heartbeat {
+            owner: owner.to_string(),
+            tokens: tokens.to_vec(),
+            lease,
+        };
+        self.send(op).await?.count()
+    }
+
+    async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
+        let now = Utc::now().timestamp_millis();
+        let rooms = rooms.clone();
+        let next = self.read(move |conn| next_due(conn, &rooms, now)).await?;
+        Ok(next.map(from_millis))
+    }
+
+    async fn store_result(&self, id: &str, token: &str, result: &WorkResult) -> StoreResult<bool> {
+        let op = Op::StoreResult {
+            id: id.to_string(),
+            token: token.to_string(),
+            result: result.clone(),
+        };
+        self.send(op).await?.updated()
+    }
+
+    async fn record_attempt(
+        &self,
+        id: &str,
+        owner: &str,
+        token: &str,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<bool> {
+        let op = Op::RecordAttempt {
+            id: id.to_string(),
+            owner: owner.to_string(),
+            token: token.to_string(),
+            attempt: attempt.clone(),
+            outcome,
+        };
+        self.send(op).await?.updated()
+    }
+
+    async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
+        let op = Op::GiveUp {
+            id: id.to_string(),
+            token: token.to_string(),
+            reason: reason.to_string(),
+        };
+        self.send(op).await?.updated()
+    }
+
+    async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
+        self.send(Op::Redeliver { id: id.to_string() })
+            .await?
+            .redelivery()
+    }
+
+    async fn release(&self, owner: &str) -> StoreResult<u64> {
+        self.send(Op::Release {
+            owner: owner.to_string(),
+        })
+        .await?
+        .count()
+    }
+
+    async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let Some(mut record) = conn
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    record_columns!(),
+                    " FROM requests WHERE id = ?1"
+                ))?
+                .query_row([&id], record_from_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let attempts = conn
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    attempt_columns!(),
+                    " FROM delivery_attempts WHERE request_id = ?1 ORDER BY attempt"
+                ))?
+                .query_map([&id], attempt_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            record.attempts = Some(attempts);
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
+        self.read(move |conn| list_on(conn, &filter)).await
+    }
+
+    async fn position(&self, id: &str) -> StoreResult<Option<Position>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT created_at, id FROM requests WHERE id = ?1")?
+                .query_row([&id], |row| {
+                    Ok(Position {
+                        created_at: from_millis(row.get(0)?),
+                        id: row.get(1)?,
+                    })
+                })
+                .optional()
+        })
+        .await
+    }
+
+    async fn status_counts(&self) -> StoreResult<StatusCounts> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT status, COUNT(*) FROM requests GROUP BY status")?
+                .query_map([], |row| {
+                    let status: String = row.get(0)?;
+                    let n: i64 = row.get(1)?;
+                    let status = parse_status(&status)?;
+                    Ok((status, u64::try_from(n).unwrap_or(0)))
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let idle = self.readers.available.available_permits() as u64;
+        PoolStats {
+            // The writer's connection is always in use.
+            in_use: READERS as u64 - idle + 1,
+            idle,
+            writer_queue: (WRITER_QUEUE - self.writer.capacity()) as u64,
+        }
+    }
+
+    async fn queue_size(&self) -> StoreResult<u64> {
+        Ok(self.queue_size.load(Ordering::Relaxed))
+    }
+
+    /// Whether the database answers, and if not, why. While writes are failing (a full disk),
+    /// a read is not proof of health: a probe write decides, so that `/healthz` turns healthy
+    /// again by itself once space returns, even if no traffic arrives to try.
+    async fn ping(&self) -> Result<(), String> {
+        let failing = self.write_failure().is_some();
+        let check = async {
+            if failing {
+                self.send(Op::Probe).await.map(|_| ())
+            } else {
+                let health = Arc::clone(&self.health);
+                tokio::task::spawn_blocking(move || {
+                    health
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+                })
+                .await
+                .map_err(|e| StoreError::Open(e.to_string()))?
+                .map(|_| ())
+                .map_err(StoreError::from)
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(self.write_failure().unwrap_or_else(|| err.to_string())),
+            Err(_) => Err("the database did not answer within 2 s".into()),
+        }
+    }
+
+    async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        self.send(Op::DeleteExpired { cutoff, chunk })
+            .await?
+            .count()
+    }
+
+    async fn nth_newest_finished(&self, n: u64) -> StoreResult<Option<Position>> {
+        let offset = i64::try_from(n).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            conn.prepare_cached(concat!(
+                "SELECT created_at, id FROM requests WHERE status IN ",
+                finished_statuses!(),
+                " ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?1"
+            ))?
+            .query_row([offset], |row| {
+                Ok(Position {
+                    created_at: from_millis(row.get(0)?),
+                    id: row.get(1)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn delete_finished_through(&self, boundary: &Position, chunk: u64) -> StoreResult<u64> {
+        let op = Op::DeleteFinishedThrough {
+            boundary: boundary.clone(),
+            chunk,
+        };
+        self.send(op).await?.count()
+    }
+
+    async fn close(&self) {
+        // Writes queued before this one are committed first; later ones get WriterGone.
+        let _ = self.send(Op::Close).await;
     }
 }
 

@@ -617,6 +617,12 @@ async fn clients_that_hang_up_mid_submission_leave_nothing_stuck_and_no_place_he
         "POST /async HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
+    // One patient client first: on PostgreSQL the first submission counts the queue, and
+    // clients hanging up during that count never reach the write this test is about.
+    let first = app
+        .post_async(&json!({"data": "first", "iterations": 1, "callback_url": receiver.url()}))
+        .await;
+    assert_eq!(first.status(), 200);
     for n in 0..40 {
         let how = if n % 2 == 0 {
             HangUp::Reset
@@ -637,8 +643,8 @@ async fn clients_that_hang_up_mid_submission_leave_nothing_stuck_and_no_place_he
         assert!(std::time::Instant::now() < deadline, "{list}");
     };
     assert!(
-        !stored.is_empty(),
-        "no submission reached the store: nothing was tested"
+        stored.len() > 1,
+        "no hung-up submission reached the store: nothing was tested"
     );
     let delivered = receiver.delivered_ids();
     for record in &stored {
