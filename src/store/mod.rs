@@ -80,9 +80,10 @@ pub enum StoreError {
     Locked { path: String },
     #[error("{0}")]
     Open(String),
-    /// The SQLite writer answered a command with a reply of another kind: a bug, surfaced as
-    /// an error (500) rather than read as an empty or negative answer.
-    #[error("the database writer answered {got} where {expected} was expected")]
+    /// A write was answered with something it cannot be (a batch with fewer answers than
+    /// writes, a replay without the key it replays): a bug, surfaced as an error (500)
+    /// rather than read as an empty or negative answer.
+    #[error("a database write answered {got} where {expected} was expected")]
     WrongReply {
         expected: &'static str,
         got: &'static str,

@@ -49,15 +49,18 @@ use self::open::{
 };
 use self::readers::Readers;
 use self::rows::{attempt_from_row, from_millis, parse_status, record_from_row};
-use self::writer::{Command, Op, Reply, WRITER_QUEUE, Writer};
-use self::writes::holder_of;
+use self::writer::{Message, WRITER_QUEUE, Write, Writer};
+use self::writes::{
+    Claim, DeleteExpired, DeleteFinishedThrough, GiveUp, Heartbeat, Probe, RecordAttempt,
+    Redeliver, Release, SaveResult, SubmitAsync, SubmitBatch, SyncFinished, SyncStarted, holder_of,
+};
 
 /// Read connections. Reads are short; more connections than cores buys nothing.
 const READERS: usize = 4;
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: mpsc::Sender<Command>,
+    writer: mpsc::Sender<Message>,
     readers: Arc<Readers>,
     queue_size: Arc<AtomicU64>,
     /// Why the last write failed for a reason outside any one request (disk full, I/O
@@ -126,13 +129,11 @@ impl SqliteStore {
         })
     }
 
-    async fn send(&self, op: Op) -> StoreResult<Reply> {
+    /// Hands `write` to the writer and waits for its commit.
+    async fn send<W: Write>(&self, write: W) -> StoreResult<W::Output> {
         let (reply, response) = oneshot::channel();
         self.writer
-            .send(Command {
-                op,
-                reply: Some(reply),
-            })
+            .send(Message::write(write, reply))
             .await
             .map_err(|_| StoreError::WriterGone)?;
         response.await.map_err(|_| StoreError::WriterGone)?
@@ -196,10 +197,7 @@ impl Backend for SqliteStore {
     fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
         // try_send: a full writer queue means the database is the bottleneck; the row is then
         // written by sync_finished's upsert instead, which waits its turn.
-        match self.writer.try_send(Command {
-            op: Op::SyncStarted(new),
-            reply: None,
-        }) {
+        match self.writer.try_send(Message::background(SyncStarted(new))) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::WriterGone),
         }
@@ -210,12 +208,12 @@ impl Backend for SqliteStore {
         new: &NewRequest,
         outcome: Result<&WorkResult, &str>,
     ) -> StoreResult<()> {
-        let op = Op::SyncFinished {
+        self.send(SyncFinished {
             new: new.clone(),
             outcome: outcome.cloned().map_err(str::to_string),
             at: Utc::now(),
-        };
-        self.send(op).await?.done()
+        })
+        .await
     }
 
     async fn key_holder(&self, key: &str) -> StoreResult<Option<KeyHolder>> {
@@ -224,15 +222,15 @@ impl Backend for SqliteStore {
     }
 
     async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
-        self.send(Op::SyncStarted(new)).await?.submitted()
+        self.send(SyncStarted(new)).await
     }
 
     async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<Submitted> {
-        self.send(Op::SubmitAsync(new)).await?.submitted()
+        self.send(SubmitAsync(new)).await
     }
 
     async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
-        self.send(Op::SubmitBatch(batch.to_vec())).await?.done()
+        self.send(SubmitBatch(batch.to_vec())).await
     }
 
     async fn claim_due(
@@ -242,22 +240,22 @@ impl Backend for SqliteStore {
         lease: Duration,
         rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
-        let op = Op::Claim {
+        self.send(Claim {
             owner: owner.to_string(),
             limit,
             lease,
             rooms: rooms.clone(),
-        };
-        self.send(op).await?.jobs()
+        })
+        .await
     }
 
     async fn heartbeat(&self, owner: &str, tokens: &[String], lease: Duration) -> StoreResult<u64> {
-        let op = Op::Heartbeat {
+        self.send(Heartbeat {
             owner: owner.to_string(),
             tokens: tokens.to_vec(),
             lease,
-        };
-        self.send(op).await?.count()
+        })
+        .await
     }
 
     async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
@@ -268,12 +266,12 @@ impl Backend for SqliteStore {
     }
 
     async fn store_result(&self, id: &str, token: &str, result: &WorkResult) -> StoreResult<bool> {
-        let op = Op::StoreResult {
+        self.send(SaveResult {
             id: id.to_string(),
             token: token.to_string(),
             result: result.clone(),
-        };
-        self.send(op).await?.updated()
+        })
+        .await
     }
 
     async fn record_attempt(
@@ -284,37 +282,34 @@ impl Backend for SqliteStore {
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<bool> {
-        let op = Op::RecordAttempt {
+        self.send(RecordAttempt {
             id: id.to_string(),
             owner: owner.to_string(),
             token: token.to_string(),
             attempt: attempt.clone(),
             outcome,
-        };
-        self.send(op).await?.updated()
+        })
+        .await
     }
 
     async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
-        let op = Op::GiveUp {
+        self.send(GiveUp {
             id: id.to_string(),
             token: token.to_string(),
             reason: reason.to_string(),
-        };
-        self.send(op).await?.updated()
+        })
+        .await
     }
 
     async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
-        self.send(Op::Redeliver { id: id.to_string() })
-            .await?
-            .redelivery()
+        self.send(Redeliver { id: id.to_string() }).await
     }
 
     async fn release(&self, owner: &str) -> StoreResult<u64> {
-        self.send(Op::Release {
+        self.send(Release {
             owner: owner.to_string(),
         })
-        .await?
-        .count()
+        .await
     }
 
     async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
@@ -399,7 +394,7 @@ impl Backend for SqliteStore {
         let failing = self.write_failure().is_some();
         let check = async {
             if failing {
-                self.send(Op::Probe).await.map(|_| ())
+                self.send(Probe).await
             } else {
                 let health = Arc::clone(&self.health);
                 tokio::task::spawn_blocking(move || {
@@ -424,9 +419,7 @@ impl Backend for SqliteStore {
     async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        self.send(Op::DeleteExpired { cutoff, chunk })
-            .await?
-            .count()
+        self.send(DeleteExpired { cutoff, chunk }).await
     }
 
     async fn nth_newest_finished(&self, n: u64) -> StoreResult<Option<Position>> {
@@ -449,16 +442,19 @@ impl Backend for SqliteStore {
     }
 
     async fn delete_finished_through(&self, boundary: &Position, chunk: u64) -> StoreResult<u64> {
-        let op = Op::DeleteFinishedThrough {
+        self.send(DeleteFinishedThrough {
             boundary: boundary.clone(),
             chunk,
-        };
-        self.send(op).await?.count()
+        })
+        .await
     }
 
     async fn close(&self) {
-        // Writes queued before this one are committed first; later ones get WriterGone.
-        let _ = self.send(Op::Close).await;
+        // Writes queued before this are committed first; later ones get WriterGone.
+        let (done, closed) = oneshot::channel();
+        if self.writer.send(Message::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The SQLite backend's own tests: claims and their cost, reply kinds, list plans.
+//! The SQLite backend's own tests: the writer's protocol, claims and their cost, list plans.
 
 use rusqlite::{StatementStatus, params, params_from_iter};
 
@@ -7,6 +7,7 @@ use super::claims::{
 };
 use super::list::{list_page_sql, sql_value};
 use super::rows::millis;
+use super::writer::{Pending, QueueBound};
 use super::*;
 use crate::model::Status;
 
@@ -196,27 +197,108 @@ fn steps(conn: &Connection) -> i32 {
     .sum()
 }
 
-/// A writer answer of another kind than the caller expects is an error naming both,
-/// never an empty list, a 0 or a `false`.
+/// A write the database refuses, as a constraint or an I/O error would.
+struct Broken;
+
+impl Write for Broken {
+    type Output = ();
+
+    fn apply(
+        &self,
+        _tx: &rusqlite::Transaction<'_>,
+        _queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<()>> {
+        Err(rusqlite::Error::InvalidQuery)
+    }
+}
+
+/// `write` as the writer receives it, and the channel its caller waits on.
+fn pending<W: Write>(write: W) -> (Box<dyn Pending>, oneshot::Receiver<StoreResult<W::Output>>) {
+    let (reply, answer) = oneshot::channel();
+    let Message::Write(pending) = Message::write(write, reply) else {
+        panic!("a write became another message");
+    };
+    (pending, answer)
+}
+
+fn writer(conn: Connection, queue_capacity: u64) -> Writer {
+    Writer {
+        conn,
+        queue_size: Arc::new(AtomicU64::new(0)),
+        queue_capacity,
+        write_failure: Arc::default(),
+    }
+}
+
+fn async_request(id: &str) -> NewAsyncRequest {
+    NewAsyncRequest {
+        request: NewRequest {
+            id: id.into(),
+            payload_hash: "h".into(),
+            iterations: 1,
+            created_at: Utc::now(),
+            idempotency: None,
+        },
+        data: "x".into(),
+        callback_url: OTHER.into(),
+        destination: OTHER.into(),
+    }
+}
+
+/// Each caller is answered with its own write's kind of answer (the channel's type is the
+/// write's `Output`, so another kind cannot be sent); a write the database refuses fails
+/// alone, after its batch is retried write by write; a refusal of one write (the queue is
+/// full) is an answer, not a failure of the batch.
 #[test]
-fn a_reply_of_the_wrong_kind_is_an_error_not_a_default() {
-    let err = Reply::Count(0).jobs().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::WrongReply {
-                expected: "jobs",
-                got: "count"
-            }
-        ),
-        "{err}"
-    );
-    assert!(Reply::Jobs(Vec::new()).count().is_err());
-    assert!(Reply::Done.updated().is_err());
-    assert!(Reply::Updated(true).redelivery().is_err());
-    assert!(Reply::Redelivery(Redelivery::Queued).done().is_err());
-    assert!(!Reply::Updated(false).updated().unwrap());
-    assert_eq!(Reply::Count(3).count().unwrap(), 3);
+fn each_write_is_answered_in_its_own_kind_and_a_bad_one_fails_alone() {
+    let (_dir, conn) = database();
+    let mut writer = writer(conn, 1);
+    let (first, first_answer) = pending(SubmitAsync(async_request("first")));
+    let (broken, broken_answer) = pending(Broken);
+    let (over, over_answer) = pending(SubmitAsync(async_request("over the bound")));
+    let (release, release_answer) = pending(Release {
+        owner: "nobody".into(),
+    });
+    writer.commit_batch(&mut vec![first, broken, over, release]);
+
+    let submitted: Submitted = first_answer.blocking_recv().unwrap().unwrap();
+    assert_eq!(submitted, Submitted::Created);
+    assert!(matches!(
+        broken_answer.blocking_recv().unwrap(),
+        Err(StoreError::Sqlite(_))
+    ));
+    assert!(matches!(
+        over_answer.blocking_recv().unwrap(),
+        Err(StoreError::QueueFull)
+    ));
+    let released: u64 = release_answer.blocking_recv().unwrap().unwrap();
+    assert_eq!(released, 0);
+    assert_eq!(writer.queue_size.load(Ordering::Relaxed), 1);
+    let stored: i64 = writer
+        .conn
+        .query_row("SELECT count(*) FROM requests", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(stored, 1, "only the first submission fit");
+}
+
+/// A write whose caller stopped waiting (a client hung up) is still made.
+#[test]
+fn a_write_stands_when_its_caller_is_gone() {
+    let (_dir, conn) = database();
+    let mut writer = writer(conn, 10);
+    let (write, answer) = pending(SubmitAsync(async_request("orphan")));
+    drop(answer);
+    writer.commit_batch(&mut vec![write]);
+    let stored: i64 = writer
+        .conn
+        .query_row(
+            "SELECT count(*) FROM requests WHERE id = 'orphan'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 1);
+    assert_eq!(writer.queue_size.load(Ordering::Relaxed), 1);
 }
 
 /// A claim's limit changes with every claim (the free slots); each change must not cost a

@@ -1,173 +1,137 @@
 //! The writer thread and its command protocol: every write is a command; the thread applies
 //! whatever commands are waiting in one transaction, commits once, then answers each.
+//!
+//! Each kind of write is a type of its own (`writes.rs`) that names what it answers
+//! ([`Write::Output`]), and its caller waits on a channel of exactly that type. A command's
+//! answer therefore cannot be of another kind: the compiler checks it, so no caller has to.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::writes::apply;
 use super::{describe_failure, is_unavailable};
-use crate::delivery::destinations::Rooms;
-use crate::model::{DeliveryAttempt, WorkResult};
-use crate::store::{
-    AttemptOutcome, Job, NewAsyncRequest, NewRequest, Position, Redelivery, StoreError,
-    StoreResult, Submitted,
-};
+use crate::store::{StoreError, StoreResult};
 
-/// batch ahead of it.
+/// Most commands in one transaction: bounds how long a write waits for the batch ahead of it.
 pub(super) const MAX_BATCH: usize = 512;
 
 /// Commands waiting for the writer; senders wait when it is full (backpressure).
 pub(super) const WRITER_QUEUE: usize = 8192;
 
-/// One write, with the caller waiting for its commit (or not, for fire-and-forget writes).
-pub(super) struct Command {
-    pub(super) op: Op,
-    pub(super) reply: Option<oneshot::Sender<StoreResult<Reply>>>,
+/// One kind of write.
+pub(super) trait Write: Send + 'static {
+    /// What its caller is answered once the write is committed.
+    type Output: Send + 'static;
+
+    /// Applies the write inside the writer's open transaction. `Err` is a database error,
+    /// which aborts the whole batch; `Ok(Err(_))` refuses this write alone (the queue is
+    /// full), which writes nothing and commits with the rest.
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<Self::Output>>;
 }
 
-pub(super) enum Op {
-    SyncStarted(NewRequest),
-    SyncFinished {
-        new: NewRequest,
-        outcome: Result<WorkResult, String>,
-        at: DateTime<Utc>,
-    },
-    SubmitAsync(NewAsyncRequest),
-    /// All of them, or none when they do not all fit in the queue.
-    SubmitBatch(Vec<NewAsyncRequest>),
-    Claim {
-        owner: String,
-        limit: u32,
-        lease: Duration,
-        rooms: Rooms,
-    },
-    Heartbeat {
-        owner: String,
-        tokens: Vec<String>,
-        lease: Duration,
-    },
-    StoreResult {
-        id: String,
-        token: String,
-        result: WorkResult,
-    },
-    RecordAttempt {
-        id: String,
-        owner: String,
-        token: String,
-        attempt: DeliveryAttempt,
-        outcome: AttemptOutcome,
-    },
-    GiveUp {
-        id: String,
-        token: String,
-        reason: String,
-    },
-    /// A write that changes nothing anyone reads: does the database take writes again?
-    Probe,
-    Redeliver {
-        id: String,
-    },
-    Release {
-        owner: String,
-    },
-    /// Up to `chunk` finished requests that finished before `cutoff`.
-    DeleteExpired {
-        cutoff: DateTime<Utc>,
-        chunk: u64,
-    },
-    /// Up to `chunk` of the oldest finished requests, at or before `boundary`.
-    DeleteFinishedThrough {
-        boundary: Position,
-        chunk: u64,
-    },
-    /// Commit what came before it, then close the connection (handled by the writer loop).
-    Close,
+/// The number of unfinished async requests, which every write that queues or finishes one
+/// keeps exact, and the bound on it. Writes in one batch see each other's changes.
+pub(super) struct QueueBound {
+    pub(super) size: u64,
+    pub(super) capacity: u64,
 }
 
-/// What the writer answers. Each caller takes the kind it expects through one of the methods
-/// below: an answer of another kind is an error (a bug), never a default value.
-#[derive(Debug)]
-pub(super) enum Reply {
-    Done,
-    Updated(bool),
-    Count(u64),
-    Jobs(Vec<Job>),
-    Redelivery(Redelivery),
-    Submitted(Submitted),
-}
-
-impl Reply {
-    pub(super) fn kind(&self) -> &'static str {
-        match self {
-            Reply::Done => "done",
-            Reply::Updated(_) => "updated",
-            Reply::Count(_) => "count",
-            Reply::Jobs(_) => "jobs",
-            Reply::Redelivery(_) => "redelivery",
-            Reply::Submitted(_) => "submitted",
-        }
+impl QueueBound {
+    /// Whether `places` more requests fit.
+    pub(super) fn has_room(&self, places: u64) -> bool {
+        self.size.saturating_add(places) <= self.capacity
     }
 
-    pub(super) fn mismatch(&self, expected: &'static str) -> StoreError {
-        StoreError::WrongReply {
-            expected,
-            got: self.kind(),
-        }
-    }
-
-    pub(super) fn done(self) -> StoreResult<()> {
-        match self {
-            Reply::Done => Ok(()),
-            other => Err(other.mismatch("done")),
-        }
-    }
-
-    pub(super) fn updated(self) -> StoreResult<bool> {
-        match self {
-            Reply::Updated(updated) => Ok(updated),
-            other => Err(other.mismatch("updated")),
-        }
-    }
-
-    pub(super) fn count(self) -> StoreResult<u64> {
-        match self {
-            Reply::Count(n) => Ok(n),
-            other => Err(other.mismatch("count")),
-        }
-    }
-
-    pub(super) fn jobs(self) -> StoreResult<Vec<Job>> {
-        match self {
-            Reply::Jobs(jobs) => Ok(jobs),
-            other => Err(other.mismatch("jobs")),
-        }
-    }
-
-    pub(super) fn submitted(self) -> StoreResult<Submitted> {
-        match self {
-            Reply::Submitted(outcome) => Ok(outcome),
-            other => Err(other.mismatch("submitted")),
-        }
-    }
-
-    pub(super) fn redelivery(self) -> StoreResult<Redelivery> {
-        match self {
-            Reply::Redelivery(outcome) => Ok(outcome),
-            other => Err(other.mismatch("redelivery")),
-        }
+    pub(super) fn change(&mut self, delta: i64) {
+        self.size = self.size.saturating_add_signed(delta);
     }
 }
 
-/// What a command did besides its reply: how it changed the number of queued requests.
-pub(super) struct Applied {
-    pub(super) reply: StoreResult<Reply>,
-    pub(super) queue_delta: i64,
+/// What the writer's queue carries.
+pub(super) enum Message {
+    Write(Box<dyn Pending>),
+    /// Commit what came before, checkpoint the WAL, and stop; later writes are refused.
+    Close(oneshot::Sender<()>),
+}
+
+impl Message {
+    /// A write whose caller waits on `reply` for its answer.
+    pub(super) fn write<W: Write>(
+        write: W,
+        reply: oneshot::Sender<StoreResult<W::Output>>,
+    ) -> Self {
+        Message::Write(Box::new(Command {
+            write,
+            reply: Some(reply),
+            answer: None,
+        }))
+    }
+
+    /// A write nobody waits for: a failure is logged.
+    pub(super) fn background<W: Write>(write: W) -> Self {
+        Message::Write(Box::new(Command {
+            write,
+            reply: None,
+            answer: None,
+        }))
+    }
+}
+
+/// A write waiting in the writer's queue, what it answers hidden, so that writes of every
+/// kind share one queue.
+pub(super) trait Pending: Send {
+    /// Applies it (again, after a failed batch) inside the open transaction.
+    fn apply(&mut self, tx: &Transaction<'_>, queue: &mut QueueBound) -> rusqlite::Result<()>;
+    /// The transaction it was applied in is committed: answer the caller.
+    fn committed(self: Box<Self>);
+    /// It could not be written.
+    fn failed(self: Box<Self>, err: StoreError);
+}
+
+struct Command<W: Write> {
+    write: W,
+    reply: Option<oneshot::Sender<StoreResult<W::Output>>>,
+    /// Its answer, from the last time it was applied, until the commit.
+    answer: Option<StoreResult<W::Output>>,
+}
+
+impl<W: Write> Pending for Command<W> {
+    fn apply(&mut self, tx: &Transaction<'_>, queue: &mut QueueBound) -> rusqlite::Result<()> {
+        self.answer = Some(self.write.apply(tx, queue)?);
+        Ok(())
+    }
+
+    fn committed(self: Box<Self>) {
+        let answer = self.answer.unwrap_or(Err(StoreError::WrongReply {
+            expected: "an answer",
+            got: "none",
+        }));
+        respond(self.reply, answer);
+    }
+
+    fn failed(self: Box<Self>, err: StoreError) {
+        respond(self.reply, Err(err));
+    }
+}
+
+fn respond<T>(reply: Option<oneshot::Sender<StoreResult<T>>>, answer: StoreResult<T>) {
+    match reply {
+        // The caller may have gone (client disconnected); the write stands regardless.
+        Some(reply) => {
+            let _ = reply.send(answer);
+        }
+        None => {
+            if let Err(err) = answer {
+                tracing::warn!(error = %err, "background write failed");
+            }
+        }
+    }
 }
 
 pub(super) struct Writer {
@@ -178,60 +142,55 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn run(&mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = commands.blocking_recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match commands.try_recv() {
-                    Ok(command) => batch.push(command),
-                    Err(_) => break,
+    pub(super) fn run(&mut self, mut messages: mpsc::Receiver<Message>) {
+        let mut batch: Vec<Box<dyn Pending>> = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = messages.blocking_recv() {
+            let mut next = Some(first);
+            let mut closer = None;
+            while let Some(message) = next.take() {
+                match message {
+                    Message::Write(write) => batch.push(write),
+                    Message::Close(done) => {
+                        closer = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() < MAX_BATCH {
+                    next = messages.try_recv().ok();
                 }
             }
-            let closer = batch
-                .iter()
-                .position(|c| matches!(c.op, Op::Close))
-                .map(|i| batch.remove(i));
             if !batch.is_empty() {
                 self.commit_batch(&mut batch);
             }
-            if let Some(closer) = closer {
+            if let Some(done) = closer {
                 // Leave the WAL checkpointed so the database file is complete on its own.
                 if let Err(err) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
                     tracing::warn!(error = %err, "WAL checkpoint at shutdown failed");
                 }
-                respond(closer, Ok(Reply::Done));
+                let _ = done.send(());
                 return;
             }
         }
     }
 
-    /// Applies a batch in one transaction and answers each command after the commit. If the
-    /// transaction fails, each command is retried alone, so one bad write cannot fail others.
-    pub(super) fn commit_batch(&mut self, batch: &mut Vec<Command>) {
+    /// Applies a batch in one transaction and answers each write after the commit. If the
+    /// transaction fails, each write is retried alone, so one bad write cannot fail others.
+    pub(super) fn commit_batch(&mut self, batch: &mut Vec<Box<dyn Pending>>) {
         let outcome = self.apply_all(batch);
         self.note_write_health(&outcome);
         match outcome {
-            Ok(results) => {
-                for (command, applied) in batch.drain(..).zip(results) {
-                    respond(command, applied.reply);
+            Ok(()) => {
+                for write in batch.drain(..) {
+                    write.committed();
                 }
             }
             Err(err) => {
                 tracing::warn!(error = %err, size = batch.len(), "batch write failed; retrying writes one by one");
-                for command in batch.drain(..) {
-                    let single = std::slice::from_ref(&command);
-                    let reply = match self.apply_all(single) {
-                        Ok(mut results) => results.pop().map_or(
-                            Err(StoreError::WrongReply {
-                                expected: "an answer",
-                                got: "none",
-                            }),
-                            |a| a.reply,
-                        ),
-                        Err(err) => Err(err),
-                    };
-                    respond(command, reply);
+                for mut write in batch.drain(..) {
+                    match self.apply_all(std::slice::from_mut(&mut write)) {
+                        Ok(()) => write.committed(),
+                        Err(err) => write.failed(err),
+                    }
                 }
             }
         }
@@ -258,29 +217,19 @@ impl Writer {
         *state = failure;
     }
 
-    pub(super) fn apply_all(&mut self, batch: &[Command]) -> StoreResult<Vec<Applied>> {
+    fn apply_all(&mut self, batch: &mut [Box<dyn Pending>]) -> StoreResult<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut results = Vec::with_capacity(batch.len());
-        // Commands in one batch see each other's effect on the queue bound.
-        let mut queue_size = self.queue_size.load(Ordering::Relaxed);
-        for command in batch {
-            let applied = apply(&tx, &command.op, queue_size, self.queue_capacity)?;
-            queue_size = queue_size.saturating_add_signed(applied.queue_delta);
-            results.push(applied);
+        let mut queue = QueueBound {
+            size: self.queue_size.load(Ordering::Relaxed),
+            capacity: self.queue_capacity,
+        };
+        for write in batch.iter_mut() {
+            write.apply(&tx, &mut queue)?;
         }
         tx.commit()?;
-        self.queue_size.store(queue_size, Ordering::Relaxed);
-        Ok(results)
-    }
-}
-
-pub(super) fn respond(command: Command, reply: StoreResult<Reply>) {
-    if let Some(sender) = command.reply {
-        // The caller may have gone (client disconnected); the write stands regardless.
-        let _ = sender.send(reply);
-    } else if let Err(err) = reply {
-        tracing::warn!(error = %err, "background write failed");
+        self.queue_size.store(queue.size, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -1,16 +1,30 @@
-//! The SQL of each write command, run inside the writer's open transaction.
+//! Every kind of write, with the SQL it runs inside the writer's open transaction and what
+//! it answers.
 
-use chrono::Utc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::claims::claim;
 use super::rows::{millis, parse_status};
-use super::writer::{Applied, Op, Reply};
-use crate::delivery::destinations::destination_of_str;
+use super::writer::{QueueBound, Write};
+use crate::delivery::destinations::{Rooms, destination_of_str};
+use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::{
-    KeyHolder, NewAsyncRequest, NewRequest, Redelivery, StoreError, Submitted, Transition,
-    sync_outcome,
+    AttemptOutcome, Job, KeyHolder, NewAsyncRequest, NewRequest, Position, Redelivery, StoreError,
+    StoreResult, Submitted, Transition, sync_outcome,
 };
+
+/// A write's answer, when nothing refuses it.
+fn done<T>(answer: T) -> rusqlite::Result<StoreResult<T>> {
+    Ok(Ok(answer))
+}
+
+/// A write refused because the queue is full: nothing is written.
+fn queue_full<T>() -> rusqlite::Result<StoreResult<T>> {
+    Ok(Err(StoreError::QueueFull))
+}
 
 pub(super) fn insert_async(tx: &Transaction<'_>, new: &NewAsyncRequest) -> rusqlite::Result<()> {
     let (key, fingerprint) = new.request.key_columns();
@@ -60,306 +74,462 @@ pub(super) fn holder_of(conn: &Connection, key: &str) -> rusqlite::Result<Option
     .optional()
 }
 
-/// Runs one command inside the open transaction. A database error aborts the whole batch;
-/// a refusal (queue full) is a reply, not an error.
-pub(super) fn apply(
-    tx: &Transaction<'_>,
-    op: &Op,
-    queue_size: u64,
-    queue_capacity: u64,
-) -> rusqlite::Result<Applied> {
-    let done = |reply| Applied {
-        reply: Ok(reply),
-        queue_delta: 0,
-    };
-    match op {
-        Op::SyncStarted(new) => {
-            if let Some(taken) = key_taken(tx, new)? {
-                return Ok(done(Reply::Submitted(taken)));
-            }
-            let (key, fingerprint) = new.key_columns();
-            tx.prepare_cached(
-                "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                                       idempotency_key, idempotency_fingerprint)
-                 VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-            )?
-            .execute(params![
-                new.id,
-                new.payload_hash,
-                new.iterations,
-                millis(new.created_at),
-                key,
-                fingerprint,
-            ])?;
-            Ok(done(Reply::Submitted(Submitted::Created)))
+/// A sync request recorded as `processing` (in the background, or holding a key).
+pub(super) struct SyncStarted(pub NewRequest);
+
+impl Write for SyncStarted {
+    type Output = Submitted;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<Submitted>> {
+        let new = &self.0;
+        if let Some(taken) = key_taken(tx, new)? {
+            return done(taken);
         }
-        Op::SyncFinished { new, outcome, at } => {
-            let (status, result, error) = sync_outcome(outcome.as_ref().map_err(String::as_str));
-            // An upsert: the `processing` insert is fire-and-forget and may have been skipped
-            // when the writer queue was full.
-            tx.prepare_cached(
-                "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                                       completed_at, input_hash, output_hash, processing_time_ms, error)
-                 VALUES (?1, 'sync', ?5, ?2, ?3, ?4, ?6, ?7, ?8, ?9, ?10)
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
-                     input_hash = excluded.input_hash, output_hash = excluded.output_hash,
-                     processing_time_ms = excluded.processing_time_ms, error = excluded.error,
-                     -- A failed sync request did no work a replay could answer with: its key
-                     -- is free again, for the client's retry.
-                     idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
-                                       ELSE requests.idempotency_key END",
-            )?
-            .execute(params![
-                new.id,
-                new.payload_hash,
-                new.iterations,
-                millis(new.created_at),
-                status.as_str(),
-                millis(*at),
-                result.map(|r| &r.input_hash),
-                result.map(|r| &r.output_hash),
-                result.map(|r| r.processing_time_ms),
-                error,
-            ])?;
-            Ok(done(Reply::Done))
+        let (key, fingerprint) = new.key_columns();
+        tx.prepare_cached(
+            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                                   idempotency_key, idempotency_fingerprint)
+             VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            new.id,
+            new.payload_hash,
+            new.iterations,
+            millis(new.created_at),
+            key,
+            fingerprint,
+        ])?;
+        done(Submitted::Created)
+    }
+}
+
+/// A sync request's end, with the whole record.
+pub(super) struct SyncFinished {
+    pub new: NewRequest,
+    pub outcome: Result<WorkResult, String>,
+    pub at: DateTime<Utc>,
+}
+
+impl Write for SyncFinished {
+    type Output = ();
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<()>> {
+        let new = &self.new;
+        let (status, result, error) = sync_outcome(self.outcome.as_ref().map_err(String::as_str));
+        // An upsert: the `processing` row is written only for a slow request, and its
+        // background write may have been skipped when the writer queue was full.
+        tx.prepare_cached(
+            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                                   completed_at, input_hash, output_hash, processing_time_ms, error)
+             VALUES (?1, 'sync', ?5, ?2, ?3, ?4, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
+                 input_hash = excluded.input_hash, output_hash = excluded.output_hash,
+                 processing_time_ms = excluded.processing_time_ms, error = excluded.error,
+                 -- A failed sync request did no work a replay could answer with: its key
+                 -- is free again, for the client's retry.
+                 idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
+                                   ELSE requests.idempotency_key END",
+        )?
+        .execute(params![
+            new.id,
+            new.payload_hash,
+            new.iterations,
+            millis(new.created_at),
+            status.as_str(),
+            millis(self.at),
+            result.map(|r| &r.input_hash),
+            result.map(|r| &r.output_hash),
+            result.map(|r| r.processing_time_ms),
+            error,
+        ])?;
+        done(())
+    }
+}
+
+/// An async request queued, within the bound, unless its key is taken.
+pub(super) struct SubmitAsync(pub NewAsyncRequest);
+
+impl Write for SubmitAsync {
+    type Output = Submitted;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<Submitted>> {
+        // A replay is answered whatever the queue: it asks for nothing new.
+        if let Some(taken) = key_taken(tx, &self.0.request)? {
+            return done(taken);
         }
-        Op::SubmitAsync(new) => {
-            // A replay is answered whatever the queue: it asks for nothing new.
-            if let Some(taken) = key_taken(tx, &new.request)? {
-                return Ok(done(Reply::Submitted(taken)));
-            }
-            if queue_size >= queue_capacity {
-                return Ok(Applied {
-                    reply: Err(StoreError::QueueFull),
-                    queue_delta: 0,
-                });
-            }
+        if !queue.has_room(1) {
+            return queue_full();
+        }
+        insert_async(tx, &self.0)?;
+        queue.change(Transition::Queued.queue_delta());
+        done(Submitted::Created)
+    }
+}
+
+/// Async requests queued all together, or none when they do not all fit.
+pub(super) struct SubmitBatch(pub Vec<NewAsyncRequest>);
+
+impl Write for SubmitBatch {
+    type Output = ();
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<()>> {
+        if !queue.has_room(self.0.len() as u64) {
+            return queue_full();
+        }
+        for new in &self.0 {
             insert_async(tx, new)?;
-            Ok(Applied {
-                reply: Ok(Reply::Submitted(Submitted::Created)),
-                queue_delta: Transition::Queued.queue_delta(),
-            })
+            queue.change(Transition::Queued.queue_delta());
         }
-        Op::SubmitBatch(batch) => {
-            let size = batch.len() as u64;
-            if queue_size.saturating_add(size) > queue_capacity {
-                return Ok(Applied {
-                    reply: Err(StoreError::QueueFull),
-                    queue_delta: 0,
-                });
-            }
-            for new in batch {
-                insert_async(tx, new)?;
-            }
-            Ok(Applied {
-                reply: Ok(Reply::Done),
-                queue_delta: i64::try_from(size)
-                    .unwrap_or(i64::MAX)
-                    .saturating_mul(Transition::Queued.queue_delta()),
-            })
+        done(())
+    }
+}
+
+/// Due jobs claimed for `owner`.
+pub(super) struct Claim {
+    pub owner: String,
+    pub limit: u32,
+    pub lease: Duration,
+    pub rooms: Rooms,
+}
+
+impl Write for Claim {
+    type Output = Vec<Job>;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<Vec<Job>>> {
+        done(claim(tx, &self.owner, self.limit, self.lease, &self.rooms)?)
+    }
+}
+
+/// Leases extended; answers how many.
+pub(super) struct Heartbeat {
+    pub owner: String,
+    pub tokens: Vec<String>,
+    pub lease: Duration,
+}
+
+impl Write for Heartbeat {
+    type Output = u64;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<u64>> {
+        let lease_until = millis(Utc::now())
+            .saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
+        let mut renew = tx.prepare_cached(
+            "UPDATE requests SET lease_expires_at = ?3 WHERE lease_token = ?2 AND lease_owner = ?1",
+        )?;
+        let mut renewed = 0;
+        for token in &self.tokens {
+            renewed += renew.execute(params![self.owner, token, lease_until])?;
         }
-        Op::Claim {
-            owner,
-            limit,
-            lease,
-            rooms,
-        } => {
-            let jobs = claim(tx, owner, *limit, *lease, rooms)?;
-            Ok(done(Reply::Jobs(jobs)))
-        }
-        Op::Heartbeat {
-            owner,
-            tokens,
-            lease,
-        } => {
-            let lease_until = millis(Utc::now())
-                .saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-            let mut renew = tx.prepare_cached(
-                "UPDATE requests SET lease_expires_at = ?3 WHERE lease_token = ?2 AND lease_owner = ?1",
-            )?;
-            let mut renewed = 0;
-            for token in tokens {
-                renewed += renew.execute(params![owner, token, lease_until])?;
-            }
-            Ok(done(Reply::Count(renewed as u64)))
-        }
-        Op::StoreResult { id, token, result } => {
-            let updated = tx
-                .prepare_cached(
-                    "UPDATE requests SET status = 'callback_pending', input_hash = ?3, output_hash = ?4,
-                            processing_time_ms = ?5, data = NULL
-                     WHERE id = ?1 AND lease_token = ?2",
-                )?
-                .execute(params![
-                    id,
-                    token,
-                    result.input_hash,
-                    result.output_hash,
-                    result.processing_time_ms
-                ])?;
-            Ok(done(Reply::Updated(updated == 1)))
-        }
-        Op::RecordAttempt {
-            id,
-            owner,
-            token,
-            attempt,
-            outcome,
-        } => {
-            let now = millis(Utc::now());
-            let transition = Transition::Attempted(*outcome);
-            let completed_at = transition.finishes().then_some(now);
-            let next_attempt_at = transition
-                .due_in_secs()
-                .map(|secs| now.saturating_add((secs * 1000.0).round() as i64));
-            let updated = tx
-                .prepare_cached(
-                    "UPDATE requests SET status = ?3, completed_at = ?4, next_attempt_at = ?5,
-                            callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
-                            lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
-                            unrecorded_claims = 0
-                     WHERE id = ?1 AND lease_token = ?2",
-                )?
-                .execute(params![
-                    id,
-                    token,
-                    outcome.status().as_str(),
-                    completed_at,
-                    next_attempt_at,
-                    attempt.attempt,
-                    attempt.error
-                ])?;
-            if updated == 0 {
-                // The lease was lost: the job belongs to someone else now; record nothing.
-                return Ok(done(Reply::Updated(false)));
-            }
-            tx.prepare_cached(
-                "INSERT INTO delivery_attempts
-                     (request_id, attempt, started_at, duration_ms, status_code, error, response_body,
-                      claimed_by, note)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (request_id, attempt) DO NOTHING",
+        done(renewed as u64)
+    }
+}
+
+/// A claimed job's work result; answers whether the claim still held it.
+pub(super) struct SaveResult {
+    pub id: String,
+    pub token: String,
+    pub result: WorkResult,
+}
+
+impl Write for SaveResult {
+    type Output = bool;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<bool>> {
+        let updated = tx
+            .prepare_cached(
+                "UPDATE requests SET status = 'callback_pending', input_hash = ?3, output_hash = ?4,
+                        processing_time_ms = ?5, data = NULL
+                 WHERE id = ?1 AND lease_token = ?2",
             )?
             .execute(params![
-                id,
-                attempt.attempt,
-                millis(attempt.started_at),
-                attempt.duration_ms,
-                attempt.status_code,
-                attempt.error,
-                attempt.response_body,
-                owner,
-                attempt.note,
+                self.id,
+                self.token,
+                self.result.input_hash,
+                self.result.output_hash,
+                self.result.processing_time_ms
             ])?;
-            Ok(Applied {
-                reply: Ok(Reply::Updated(true)),
-                queue_delta: transition.queue_delta(),
-            })
-        }
-        Op::GiveUp { id, token, reason } => {
-            let updated = tx
-                .prepare_cached(
-                    "UPDATE requests SET status = 'callback_failed', completed_at = ?3,
-                            next_attempt_at = NULL, callback_last_error = ?4, error = ?4,
-                            lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
-                     WHERE id = ?1 AND lease_token = ?2",
-                )?
-                .execute(params![id, token, millis(Utc::now()), reason])?;
-            Ok(Applied {
-                reply: Ok(Reply::Updated(updated == 1)),
-                queue_delta: if updated == 1 {
-                    Transition::GivenUp.queue_delta()
-                } else {
-                    0
-                },
-            })
-        }
-        Op::Probe => {
-            // Rewriting the schema version with its own value dirties page 1, so the commit
-            // must append to the WAL: it fails exactly when real writes would.
-            let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
-            tx.pragma_update(None, "user_version", version)?;
-            Ok(done(Reply::Done))
-        }
-        Op::Redeliver { id } => {
-            let row: Option<(String, Option<String>)> = tx
-                .prepare_cached("SELECT status, callback_url FROM requests WHERE id = ?1")?
-                .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            let Some((status, callback_url)) = row else {
-                return Ok(done(Reply::Redelivery(Redelivery::NotFound)));
-            };
-            let status = parse_status(&status)?;
-            if !Transition::Redelivered.applies_to(status) {
-                return Ok(done(Reply::Redelivery(Redelivery::WrongStatus(status))));
-            }
-            if queue_size >= queue_capacity {
-                return Ok(Applied {
-                    reply: Err(StoreError::QueueFull),
-                    queue_delta: 0,
-                });
-            }
-            // A new round: the retry budget counts from the attempts made so far. The
-            // destination is written again: a request finished before destinations were
-            // recorded has none, and claims count room by it.
-            let destination = destination_of_str(callback_url.as_deref().unwrap_or_default());
-            tx.prepare_cached(
-                "UPDATE requests SET status = 'callback_pending', completed_at = NULL,
-                        next_attempt_at = ?2, round_start_attempts = callback_attempts,
-                        unrecorded_claims = 0, destination = ?3
-                 WHERE id = ?1",
+        done(updated == 1)
+    }
+}
+
+/// A delivery attempt and what follows it; answers whether the claim still held the job.
+pub(super) struct RecordAttempt {
+    pub id: String,
+    pub owner: String,
+    pub token: String,
+    pub attempt: DeliveryAttempt,
+    pub outcome: AttemptOutcome,
+}
+
+impl Write for RecordAttempt {
+    type Output = bool;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<bool>> {
+        let now = millis(Utc::now());
+        let transition = Transition::Attempted(self.outcome);
+        let completed_at = transition.finishes().then_some(now);
+        let next_attempt_at = transition
+            .due_in_secs()
+            .map(|secs| now.saturating_add((secs * 1000.0).round() as i64));
+        let attempt = &self.attempt;
+        let updated = tx
+            .prepare_cached(
+                "UPDATE requests SET status = ?3, completed_at = ?4, next_attempt_at = ?5,
+                        callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
+                        lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+                        unrecorded_claims = 0
+                 WHERE id = ?1 AND lease_token = ?2",
             )?
-            .execute(params![id, millis(Utc::now()), destination])?;
-            Ok(Applied {
-                reply: Ok(Reply::Redelivery(Redelivery::Queued)),
-                queue_delta: Transition::Redelivered.queue_delta(),
-            })
+            .execute(params![
+                self.id,
+                self.token,
+                self.outcome.status().as_str(),
+                completed_at,
+                next_attempt_at,
+                attempt.attempt,
+                attempt.error
+            ])?;
+        if updated == 0 {
+            // The lease was lost: the job belongs to someone else now; record nothing.
+            return done(false);
         }
-        Op::Release { owner } => {
-            let released = tx
-                // A job handed back untouched does not count as a claim without an outcome.
-                .prepare_cached(
-                    "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
-                            unrecorded_claims = max(unrecorded_claims - 1, 0)
-                     WHERE lease_owner = ?1",
-                )?
-                .execute([owner])?;
-            Ok(done(Reply::Count(released as u64)))
+        tx.prepare_cached(
+            "INSERT INTO delivery_attempts
+                 (request_id, attempt, started_at, duration_ms, status_code, error, response_body,
+                  claimed_by, note)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (request_id, attempt) DO NOTHING",
+        )?
+        .execute(params![
+            self.id,
+            attempt.attempt,
+            millis(attempt.started_at),
+            attempt.duration_ms,
+            attempt.status_code,
+            attempt.error,
+            attempt.response_body,
+            self.owner,
+            attempt.note,
+        ])?;
+        queue.change(transition.queue_delta());
+        done(true)
+    }
+}
+
+/// A claimed job ended without an attempt; answers whether the claim still held it.
+pub(super) struct GiveUp {
+    pub id: String,
+    pub token: String,
+    pub reason: String,
+}
+
+impl Write for GiveUp {
+    type Output = bool;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<bool>> {
+        let updated = tx
+            .prepare_cached(
+                "UPDATE requests SET status = 'callback_failed', completed_at = ?3,
+                        next_attempt_at = NULL, callback_last_error = ?4, error = ?4,
+                        lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+                 WHERE id = ?1 AND lease_token = ?2",
+            )?
+            .execute(params![
+                self.id,
+                self.token,
+                millis(Utc::now()),
+                self.reason
+            ])?;
+        if updated == 1 {
+            queue.change(Transition::GivenUp.queue_delta());
         }
-        Op::DeleteExpired { cutoff, chunk } => {
-            // Finished before the cutoff implies created before it: the created_at index
-            // bounds the scan, oldest first.
-            let deleted = tx
-                .prepare_cached(concat!(
-                    "DELETE FROM requests WHERE id IN (
-                         SELECT id FROM requests
-                         WHERE created_at < ?1 AND status IN ",
-                    finished_statuses!(),
-                    " AND COALESCE(completed_at, created_at) < ?1
-                         ORDER BY created_at LIMIT ?2)"
-                ))?
-                .execute(params![
-                    millis(*cutoff),
-                    i64::try_from(*chunk).unwrap_or(i64::MAX)
-                ])?;
-            Ok(done(Reply::Count(deleted as u64)))
+        done(updated == 1)
+    }
+}
+
+/// A write that changes nothing anyone reads: does the database take writes again?
+pub(super) struct Probe;
+
+impl Write for Probe {
+    type Output = ();
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<()>> {
+        // Rewriting the schema version with its own value dirties page 1, so the commit
+        // must append to the WAL: it fails exactly when real writes would.
+        let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        tx.pragma_update(None, "user_version", version)?;
+        done(())
+    }
+}
+
+/// A failed delivery put back in the queue for a new round, within the bound.
+pub(super) struct Redeliver {
+    pub id: String,
+}
+
+impl Write for Redeliver {
+    type Output = Redelivery;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<Redelivery>> {
+        let row: Option<(String, Option<String>)> = tx
+            .prepare_cached("SELECT status, callback_url FROM requests WHERE id = ?1")?
+            .query_row([&self.id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let Some((status, callback_url)) = row else {
+            return done(Redelivery::NotFound);
+        };
+        let status = parse_status(&status)?;
+        if !Transition::Redelivered.applies_to(status) {
+            return done(Redelivery::WrongStatus(status));
         }
-        Op::DeleteFinishedThrough { boundary, chunk } => {
-            let deleted = tx
-                .prepare_cached(concat!(
-                    "DELETE FROM requests WHERE id IN (
-                         SELECT id FROM requests
-                         WHERE (created_at < ?1 OR (created_at = ?1 AND id <= ?2)) AND status IN ",
-                    finished_statuses!(),
-                    " ORDER BY created_at LIMIT ?3)"
-                ))?
-                .execute(params![
-                    millis(boundary.created_at),
-                    boundary.id,
-                    i64::try_from(*chunk).unwrap_or(i64::MAX)
-                ])?;
-            Ok(done(Reply::Count(deleted as u64)))
+        if !queue.has_room(1) {
+            return queue_full();
         }
-        Op::Close => Ok(done(Reply::Done)),
+        // A new round: the retry budget counts from the attempts made so far. The
+        // destination is written again: a request finished before destinations were
+        // recorded has none, and claims count room by it.
+        let destination = destination_of_str(callback_url.as_deref().unwrap_or_default());
+        tx.prepare_cached(
+            "UPDATE requests SET status = 'callback_pending', completed_at = NULL,
+                    next_attempt_at = ?2, round_start_attempts = callback_attempts,
+                    unrecorded_claims = 0, destination = ?3
+             WHERE id = ?1",
+        )?
+        .execute(params![self.id, millis(Utc::now()), destination])?;
+        queue.change(Transition::Redelivered.queue_delta());
+        done(Redelivery::Queued)
+    }
+}
+
+/// `owner`'s claims handed back untouched; answers how many.
+pub(super) struct Release {
+    pub owner: String,
+}
+
+impl Write for Release {
+    type Output = u64;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<u64>> {
+        let released = tx
+            // A job handed back untouched does not count as a claim without an outcome.
+            .prepare_cached(
+                "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+                        unrecorded_claims = max(unrecorded_claims - 1, 0)
+                 WHERE lease_owner = ?1",
+            )?
+            .execute([&self.owner])?;
+        done(released as u64)
+    }
+}
+
+/// Up to `chunk` requests that finished before `cutoff`; answers how many were deleted.
+pub(super) struct DeleteExpired {
+    pub cutoff: DateTime<Utc>,
+    pub chunk: u64,
+}
+
+impl Write for DeleteExpired {
+    type Output = u64;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<u64>> {
+        // Finished before the cutoff implies created before it: the created_at index bounds
+        // the scan, oldest first.
+        let deleted = tx
+            .prepare_cached(concat!(
+                "DELETE FROM requests WHERE id IN (
+                     SELECT id FROM requests
+                     WHERE created_at < ?1 AND status IN ",
+                finished_statuses!(),
+                " AND COALESCE(completed_at, created_at) < ?1
+                     ORDER BY created_at LIMIT ?2)"
+            ))?
+            .execute(params![
+                millis(self.cutoff),
+                i64::try_from(self.chunk).unwrap_or(i64::MAX)
+            ])?;
+        done(deleted as u64)
+    }
+}
+
+/// Up to `chunk` of the oldest finished requests, at or before `boundary`.
+pub(super) struct DeleteFinishedThrough {
+    pub boundary: Position,
+    pub chunk: u64,
+}
+
+impl Write for DeleteFinishedThrough {
+    type Output = u64;
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _queue: &mut QueueBound,
+    ) -> rusqlite::Result<StoreResult<u64>> {
+        let deleted = tx
+            .prepare_cached(concat!(
+                "DELETE FROM requests WHERE id IN (
+                     SELECT id FROM requests
+                     WHERE (created_at < ?1 OR (created_at = ?1 AND id <= ?2)) AND status IN ",
+                finished_statuses!(),
+                " ORDER BY created_at LIMIT ?3)"
+            ))?
+            .execute(params![
+                millis(self.boundary.created_at),
+                self.boundary.id,
+                i64::try_from(self.chunk).unwrap_or(i64::MAX)
+            ])?;
+        done(deleted as u64)
     }
 }
