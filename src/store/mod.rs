@@ -1,9 +1,20 @@
 //! The storage API the rest of the service sees: requests, the async job queue, and the
 //! delivery audit. All SQL lives below this module.
 //!
-//! Two backends sit behind [`Store`]: SQLite ([`sqlite`], the embedded default, one process
-//! per database file) and PostgreSQL ([`postgres`], several instances sharing one database
-//! and one queue). Callers never know which one they talk to.
+//! Two backends sit behind [`Store`]: SQLite (`sqlite/`, the embedded default, one process
+//! per database file) and PostgreSQL (`postgres/`, several instances sharing one database
+//! and one queue). Callers never know which one they talk to. Where to read:
+//!
+//! - [`Store`] (here): the API, and the waiters woken by every change, for both backends.
+//! - `backend.rs`: the contract each backend implements, with where they differ in kind.
+//! - `lifecycle.rs`: the rules: which status each change applies to and leaves, and what
+//!   else it writes. Backends carry them out; `tests/api/lifecycle.rs` holds them to it.
+//! - `rows.rs`: what a stored row means, read once for both backends.
+//! - `sqlite/`: a writer thread that group-commits, and reader connections.
+//! - `postgres/`: instances coordinating through rows, with group commit
+//!   (`group_commit.rs`) for the writes of every async request.
+//! - `list.rs`, `due.rs`, `changes.rs`: list filters, due times with destination room, and
+//!   waiters on a request's changes.
 
 /// Statuses that never change again, in SQL list form for `IN`: shared by both backends'
 /// SQL (a macro, so that statements stay `&'static str` literals built with `concat!`).
@@ -40,8 +51,10 @@ macro_rules! attempt_columns {
 mod backend;
 mod changes;
 mod due;
+mod error;
 mod group_commit;
 mod lifecycle;
+mod list;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -53,61 +66,17 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::destinations::Rooms;
-use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
+use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
 
 use backend::Backend;
 pub use changes::{Changes, Subscription};
+pub use error::{StoreError, StoreResult};
 pub(crate) use lifecycle::sync_outcome;
 pub use lifecycle::{ABANDONED_SYNC_ERROR, AttemptOutcome, Change, Due, Effect, Tally, Transition};
+pub use list::ListFilter;
+pub(crate) use list::{Dialect, ListParam, list_conditions};
 use postgres::PgStore;
 use sqlite::SqliteStore;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
-    Postgres(#[from] sqlx::Error),
-    #[error("the async queue is full")]
-    QueueFull,
-    #[error("the database writer has stopped")]
-    WriterGone,
-    /// The database cannot take the request now (unreachable, restarting, disk full), but may
-    /// later: callers answer 503 with `Retry-After`, never 500.
-    #[error("the database is unavailable: {0}")]
-    Unavailable(String),
-    #[error("the database {path} is in use by another syncasync process")]
-    Locked { path: String },
-    #[error("{0}")]
-    Open(String),
-    /// A write was answered with something it cannot be (a batch with fewer answers than
-    /// writes, a replay without the key it replays): a bug, surfaced as an error (500)
-    /// rather than read as an empty or negative answer.
-    #[error("a database write answered {got} where {expected} was expected")]
-    WrongReply {
-        expected: &'static str,
-        got: &'static str,
-    },
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
-
-impl StoreError {
-    /// Whether the failure says nothing about the request itself, only that the database
-    /// cannot serve it now: connection lost or refused, server shutting down or starting,
-    /// out of disk or connections. Retrying later may succeed.
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            StoreError::Unavailable(_) | StoreError::WriterGone => true,
-            StoreError::Postgres(err) => postgres::is_unavailable(err),
-            StoreError::Sqlite(err) => sqlite::is_unavailable(err),
-            StoreError::QueueFull
-            | StoreError::Locked { .. }
-            | StoreError::Open(_)
-            | StoreError::WrongReply { .. } => false,
-        }
-    }
-}
 
 /// A request as first recorded.
 #[derive(Debug, Clone)]
@@ -221,142 +190,8 @@ pub enum Redelivery {
     WrongStatus(Status),
 }
 
-/// Filters of `GET /requests`.
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    pub mode: Option<Mode>,
-    pub status: Option<Status>,
-    /// Created at or after this instant.
-    pub created_from: Option<DateTime<Utc>>,
-    /// Created before this instant.
-    pub created_to: Option<DateTime<Utc>>,
-    /// The callback's destination host, lower-case: `host` (any scheme and port) or
-    /// `host:port` (any scheme).
-    pub callback_host: Option<String>,
-    /// Ids that start with this, lower-case.
-    pub id_prefix: Option<String>,
-    /// Keyset paging: only requests after this one in the newest-first order. Unlike
-    /// `offset`, page N costs what page 1 costs, however deep it is.
-    pub before: Option<Position>,
-    pub limit: u32,
-    pub offset: u64,
-}
-
-impl ListFilter {
-    /// The `LIKE` pattern (escape character `\`) that matches `callback_host` in the
-    /// `destination` column (`scheme://host:port`).
-    fn destination_pattern(&self) -> Option<String> {
-        let host = self.callback_host.as_deref()?;
-        let escaped = host
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        // An IPv6 host is bracketed, so a colon after `]`, or any colon without brackets, is
-        // a port.
-        let has_port = match host.rfind(']') {
-            Some(end) => host[end..].contains(':'),
-            None => host.contains(':'),
-        };
-        Some(if has_port {
-            format!("%://{escaped}")
-        } else {
-            format!("%://{escaped}:%")
-        })
-    }
-}
-
 /// How many requests are in each status.
 pub type StatusCounts = Vec<(Status, u64)>;
-
-/// A parameter of a list statement, in the order of its placeholders.
-pub(crate) enum ListParam {
-    Text(String),
-    Time(DateTime<Utc>),
-    /// Page size and offset, which the backends add after the conditions.
-    Int(i64),
-}
-
-/// The `WHERE` clause of a list statement for `filter` and its parameters, with only the
-/// filters in use (so each combination is its own statement, and the planner sees plain
-/// `status = ?` and `created_at <= ?` it can take to an index, never `? IS NULL OR …`).
-/// The SQL text is built from fixed fragments only; every value is a parameter.
-/// `with_cursor` adds the keyset condition of `before` (the total of a list leaves it out).
-/// How a backend's `WHERE` clause spells what differs between them.
-pub(crate) struct Dialect {
-    /// Spells the n-th parameter (1-based).
-    pub placeholder: fn(usize) -> String,
-    /// Text compares byte by byte (SQLite's `BINARY`), so an id prefix can be a range on the
-    /// primary key's index; under a locale's collation (PostgreSQL's default) it cannot.
-    pub bytewise_text: bool,
-}
-
-pub(crate) fn list_conditions(
-    filter: &ListFilter,
-    with_cursor: bool,
-    dialect: &Dialect,
-) -> (String, Vec<ListParam>) {
-    let placeholder = dialect.placeholder;
-    let mut conditions: Vec<String> = Vec::new();
-    let mut params = Vec::new();
-    let next = |value: ListParam, params: &mut Vec<ListParam>| {
-        params.push(value);
-        placeholder(params.len())
-    };
-    if let Some(mode) = filter.mode {
-        let p = next(ListParam::Text(mode.as_str().into()), &mut params);
-        conditions.push(format!("mode = {p}"));
-    }
-    if let Some(status) = filter.status {
-        let p = next(ListParam::Text(status.as_str().into()), &mut params);
-        conditions.push(format!("status = {p}"));
-    }
-    if let Some(from) = filter.created_from {
-        let p = next(ListParam::Time(from), &mut params);
-        conditions.push(format!("created_at >= {p}"));
-    }
-    if let Some(to) = filter.created_to {
-        let p = next(ListParam::Time(to), &mut params);
-        conditions.push(format!("created_at < {p}"));
-    }
-    if let Some(pattern) = filter.destination_pattern() {
-        let p = next(ListParam::Text(pattern), &mut params);
-        conditions.push(format!("destination LIKE {p} ESCAPE '\\'"));
-    }
-    if let Some(prefix) = &filter.id_prefix {
-        // A range on the primary key finds the few ids of a long prefix at once, but the
-        // rows it finds must then be sorted: for a short prefix, which may match every row
-        // (ids are UUIDv7, so they share their leading, time-based digits), walking the
-        // newest-first index and testing each row stops after one page instead. Eight hex
-        // digits narrow a UUIDv7 to about a minute. Measured at 100k rows: a 13-digit prefix
-        // 41 ms by the walk, 2.4 ms by the range; a 1-digit one 3 ms by the walk, 145 ms by
-        // the range.
-        if dialect.bytewise_text && prefix.len() >= 8 {
-            // Ids are lower-case hex and `-`, all below DEL: every id that starts with the
-            // prefix sorts between it and the prefix followed by DEL.
-            let from = next(ListParam::Text(prefix.clone()), &mut params);
-            let to = next(ListParam::Text(format!("{prefix}\u{7f}")), &mut params);
-            conditions.push(format!("id >= {from} AND id < {to}"));
-        } else {
-            let length = prefix.chars().count();
-            let p = next(ListParam::Text(prefix.clone()), &mut params);
-            conditions.push(format!("substr(id, 1, {length}) = {p}"));
-        }
-    }
-    if let (true, Some(before)) = (with_cursor, &filter.before) {
-        // `created_at <= t` is the range an index on `created_at` serves; the rest only
-        // sorts out the requests created in the same instant as the cursor.
-        let at = next(ListParam::Time(before.created_at), &mut params);
-        let id = next(ListParam::Text(before.id.clone()), &mut params);
-        conditions.push(format!(
-            "created_at <= {at} AND (created_at < {at} OR id < {id})"
-        ));
-    }
-    if conditions.is_empty() {
-        ("1 = 1".into(), params)
-    } else {
-        (conditions.join(" AND "), params)
-    }
-}
 
 /// How the database connections are used right now.
 #[derive(Debug, Clone, Copy, Default)]
