@@ -7,7 +7,7 @@ use super::claims::{
 };
 use super::list::{list_page_sql, sql_value};
 use super::rows::millis;
-use super::writer::{Pending, QueueBound};
+use super::writer::{Applied, Pending, QueueBound};
 use super::*;
 use crate::model::Status;
 
@@ -203,11 +203,7 @@ struct Broken;
 impl Write for Broken {
     type Output = ();
 
-    fn apply(
-        &self,
-        _tx: &rusqlite::Transaction<'_>,
-        _queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<()>> {
+    fn apply(&self, _tx: &rusqlite::Transaction<'_>, _queue: &mut QueueBound) -> Applied<()> {
         Err(rusqlite::Error::InvalidQuery)
     }
 }

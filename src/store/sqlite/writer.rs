@@ -20,19 +20,18 @@ pub(super) const MAX_BATCH: usize = 512;
 /// Commands waiting for the writer; senders wait when it is full (backpressure).
 pub(super) const WRITER_QUEUE: usize = 8192;
 
+/// What applying a write gives: `Err` is a database error, which aborts the whole batch;
+/// `Ok(Err(_))` refuses this write alone (the queue is full), which writes nothing and commits
+/// with the rest.
+pub(super) type Applied<T> = rusqlite::Result<StoreResult<T>>;
+
 /// One kind of write.
 pub(super) trait Write: Send + 'static {
     /// What its caller is answered once the write is committed.
     type Output: Send + 'static;
 
-    /// Applies the write inside the writer's open transaction. `Err` is a database error,
-    /// which aborts the whole batch; `Ok(Err(_))` refuses this write alone (the queue is
-    /// full), which writes nothing and commits with the rest.
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<Self::Output>>;
+    /// Applies the write inside the writer's open transaction.
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<Self::Output>;
 }
 
 /// The number of unfinished async requests, which every write that queues or finishes one

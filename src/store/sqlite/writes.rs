@@ -8,21 +8,21 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::claims::claim;
 use super::rows::{millis, parse_status};
-use super::writer::{QueueBound, Write};
+use super::writer::{Applied, QueueBound, Write};
 use crate::delivery::destinations::{Rooms, destination_of_str};
 use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::{
     AttemptOutcome, Job, KeyHolder, NewAsyncRequest, NewRequest, Position, Redelivery, StoreError,
-    StoreResult, Submitted, Transition, sync_outcome,
+    Submitted, Transition, sync_outcome,
 };
 
 /// A write's answer, when nothing refuses it.
-fn done<T>(answer: T) -> rusqlite::Result<StoreResult<T>> {
+fn done<T>(answer: T) -> Applied<T> {
     Ok(Ok(answer))
 }
 
 /// A write refused because the queue is full: nothing is written.
-fn queue_full<T>() -> rusqlite::Result<StoreResult<T>> {
+fn queue_full<T>() -> Applied<T> {
     Ok(Err(StoreError::QueueFull))
 }
 
@@ -80,11 +80,7 @@ pub(super) struct SyncStarted(pub NewRequest);
 impl Write for SyncStarted {
     type Output = Submitted;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        _queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<Submitted>> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<Submitted> {
         let new = &self.0;
         if let Some(taken) = key_taken(tx, new)? {
             return done(taken);
@@ -117,11 +113,7 @@ pub(super) struct SyncFinished {
 impl Write for SyncFinished {
     type Output = ();
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        _queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<()>> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<()> {
         let new = &self.new;
         let (status, result, error) = sync_outcome(self.outcome.as_ref().map_err(String::as_str));
         // An upsert: the `processing` row is written only for a slow request, and its
@@ -160,11 +152,7 @@ pub(super) struct SubmitAsync(pub NewAsyncRequest);
 impl Write for SubmitAsync {
     type Output = Submitted;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<Submitted>> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<Submitted> {
         // A replay is answered whatever the queue: it asks for nothing new.
         if let Some(taken) = key_taken(tx, &self.0.request)? {
             return done(taken);
@@ -184,11 +172,7 @@ pub(super) struct SubmitBatch(pub Vec<NewAsyncRequest>);
 impl Write for SubmitBatch {
     type Output = ();
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<()>> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<()> {
         if !queue.has_room(self.0.len() as u64) {
             return queue_full();
         }
@@ -211,11 +195,7 @@ pub(super) struct Claim {
 impl Write for Claim {
     type Output = Vec<Job>;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        _queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<Vec<Job>>> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<Vec<Job>> {
         done(claim(tx, &self.owner, self.limit, self.lease, &self.rooms)?)
     }
 }
@@ -230,11 +210,7 @@ pub(super) struct Heartbeat {
 impl Write for Heartbeat {
     type Output = u64;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        _queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<u64>> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
         let lease_until = millis(Utc::now())
             .saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
         let mut renew = tx.prepare_cached(
@@ -258,11 +234,7 @@ pub(super) struct SaveResult {
 impl Write for SaveResult {
     type Output = bool;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        _queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<bool>> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<bool> {
         let updated = tx
             .prepare_cached(
                 "UPDATE requests SET status = 'callback_pending', input_hash = ?3, output_hash = ?4,
@@ -292,11 +264,7 @@ pub(super) struct RecordAttempt {
 impl Write for RecordAttempt {
     type Output = bool;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<bool>> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<bool> {
         let now = millis(Utc::now());
         let transition = Transition::Attempted(self.outcome);
         let completed_at = transition.finishes().then_some(now);
@@ -358,11 +326,7 @@ pub(super) struct GiveUp {
 impl Write for GiveUp {
     type Output = bool;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<bool>> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<bool> {
         let updated = tx
             .prepare_cached(
                 "UPDATE requests SET status = 'callback_failed', completed_at = ?3,
@@ -389,11 +353,7 @@ pub(super) struct Probe;
 impl Write for Probe {
     type Output = ();
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        _queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<()>> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<()> {
         // Rewriting the schema version with its own value dirties page 1, so the commit
         // must append to the WAL: it fails exactly when real writes would.
         let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -410,11 +370,7 @@ pub(super) struct Redeliver {
 impl Write for Redeliver {
     type Output = Redelivery;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<Redelivery>> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<Redelivery> {
         let row: Option<(String, Option<String>)> = tx
             .prepare_cached("SELECT status, callback_url FROM requests WHERE id = ?1")?
             .query_row([&self.id], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -453,11 +409,7 @@ pub(super) struct Release {
 impl Write for Release {
     type Output = u64;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        _queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<u64>> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
         let released = tx
             // A job handed back untouched does not count as a claim without an outcome.
             .prepare_cached(
@@ -479,11 +431,7 @@ pub(super) struct DeleteExpired {
 impl Write for DeleteExpired {
     type Output = u64;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        _queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<u64>> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
         // Finished before the cutoff implies created before it: the created_at index bounds
         // the scan, oldest first.
         let deleted = tx
@@ -512,11 +460,7 @@ pub(super) struct DeleteFinishedThrough {
 impl Write for DeleteFinishedThrough {
     type Output = u64;
 
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        _queue: &mut QueueBound,
-    ) -> rusqlite::Result<StoreResult<u64>> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
         let deleted = tx
             .prepare_cached(concat!(
                 "DELETE FROM requests WHERE id IN (
