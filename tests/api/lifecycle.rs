@@ -531,3 +531,73 @@ async fn a_sync_request_left_processing_by_a_dead_instance_fails_and_frees_its_k
     );
     bench.store.close().await;
 }
+
+/// A worker whose lease ran out (another claim took the job over) finishes at the same
+/// moment as the new claimant, so both writes reach the store together (on PostgreSQL, one
+/// group-committed statement). The stale claim's writes must be refused and write nothing,
+/// whatever they share a batch with: a stale `store_result` answered `true` lets its worker
+/// deliver the job alongside the new claimant, and a stale attempt must not enter the audit.
+#[tokio::test]
+async fn a_stale_claims_writes_are_refused_even_when_they_share_a_batch_with_the_claims() {
+    let bench = Bench::open().await;
+    let id = bench.queue(None).await;
+    let short = Duration::from_millis(200);
+    let stale = bench
+        .store
+        .claim_due("stale-worker", 10, short, &rooms())
+        .await
+        .expect("claim")
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let current = bench.claim(&id).await;
+    assert_ne!(stale.token, current.token);
+
+    let result = work_result(&id);
+    let (stale_stored, current_stored) = tokio::join!(
+        bench.store.store_result(&id, &stale.token, &result),
+        bench.store.store_result(&id, &current.token, &result),
+    );
+    assert!(current_stored.expect("store the result"));
+    assert!(
+        !stale_stored.expect("store the result"),
+        "a result stored under a claim that no longer holds the job was acknowledged"
+    );
+
+    let mut stale_attempt = delivery_attempt(1);
+    stale_attempt.error = Some("stale worker's attempt".into());
+    let mut current_attempt = delivery_attempt(1);
+    current_attempt.status_code = Some(200);
+    current_attempt.error = None;
+    let (stale_recorded, current_recorded) = tokio::join!(
+        bench.store.record_attempt(
+            &id,
+            "stale-worker",
+            &stale.token,
+            &stale_attempt,
+            AttemptOutcome::GaveUp
+        ),
+        bench.store.record_attempt(
+            &id,
+            OWNER,
+            &current.token,
+            &current_attempt,
+            AttemptOutcome::Delivered
+        ),
+    );
+    assert!(current_recorded.expect("record an attempt"));
+    assert!(
+        !stale_recorded.expect("record an attempt"),
+        "an attempt under a claim that no longer holds the job was acknowledged"
+    );
+    let record = bench.store.get(&id).await.expect("get").expect("stored");
+    assert_eq!(record.status, Status::CallbackSuccess);
+    let attempts = record.attempts.expect("attempts");
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(
+        attempts[0].instance.as_deref(),
+        Some(OWNER),
+        "the audit holds the stale claim's attempt: {attempts:?}"
+    );
+    assert_eq!(attempts[0].status_code, Some(200));
+    bench.store.close().await;
+}

@@ -119,7 +119,9 @@ impl RunBatch<ResultWrite> for StoreResults {
     type Output = bool;
 
     async fn run(&self, batch: &[ResultWrite]) -> StoreResult<Vec<bool>> {
-        let updated: Vec<String> = sqlx::query_scalar(
+        // Answered by id and claim: a stale claim's write may share the batch with the
+        // write of the claim that took the job over, and only the latter stored anything.
+        let updated: Vec<(String, String)> = sqlx::query_as(
             "UPDATE requests AS r
              SET status = 'callback_pending', input_hash = w.input_hash,
                  output_hash = w.output_hash, processing_time_ms = w.processing_time_ms,
@@ -127,7 +129,7 @@ impl RunBatch<ResultWrite> for StoreResults {
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
                   AS w(id, token, input_hash, output_hash, processing_time_ms)
              WHERE r.id = w.id AND r.lease_token = w.token
-             RETURNING r.id",
+             RETURNING r.id, w.token",
         )
         .bind(column(batch, |w| w.id.as_str()))
         .bind(column(batch, |w| w.token.as_str()))
@@ -136,7 +138,10 @@ impl RunBatch<ResultWrite> for StoreResults {
         .bind(column(batch, |w| w.result.processing_time_ms))
         .fetch_all(&self.pool)
         .await?;
-        Ok(answered(batch.iter().map(|w| w.id.as_str()), &updated))
+        Ok(answered_claims(
+            batch.iter().map(|w| (w.id.as_str(), w.token.as_str())),
+            &updated,
+        ))
     }
 }
 
@@ -161,8 +166,11 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
     async fn run(&self, batch: &[AttemptWrite]) -> StoreResult<Vec<bool>> {
         let transition = |w: &AttemptWrite| Transition::Attempted(w.outcome);
         // The attempt is recorded only where the claim still holds, and its request moves on
-        // in the same statement.
-        let recorded: Vec<String> = sqlx::query_scalar(
+        // in the same statement. Each write is answered by its id and claim (a stale claim's
+        // attempt may share the batch with the current claim's, and must neither enter the
+        // audit nor be acknowledged), and by whether its request moved on, as on SQLite: an
+        // attempt number already in the audit does not make a held claim look lost.
+        let recorded: Vec<(String, String)> = sqlx::query_as(
             "WITH attempts AS (
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
                                       $5::bool[], $6::float8[], $7::int[], $8::text[],
@@ -180,15 +188,16 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
                      unrecorded_claims = 0
                  FROM attempts AS a
                  WHERE r.id = a.id AND r.lease_token = a.token
-                 RETURNING r.id)
-             INSERT INTO delivery_attempts
-                 (request_id, attempt, started_at, duration_ms, status_code, error,
-                  response_body, claimed_by, note)
-             SELECT a.id, a.attempt, a.started_at, a.duration_ms, a.status_code, a.error,
-                    a.response_body, a.owner, a.note
-             FROM attempts AS a JOIN moved ON moved.id = a.id
-             ON CONFLICT (request_id, attempt) DO NOTHING
-             RETURNING request_id",
+                 RETURNING r.id, a.token),
+             audited AS (
+                 INSERT INTO delivery_attempts
+                     (request_id, attempt, started_at, duration_ms, status_code, error,
+                      response_body, claimed_by, note)
+                 SELECT a.id, a.attempt, a.started_at, a.duration_ms, a.status_code, a.error,
+                        a.response_body, a.owner, a.note
+                 FROM attempts AS a JOIN moved ON moved.id = a.id AND moved.token = a.token
+                 ON CONFLICT (request_id, attempt) DO NOTHING)
+             SELECT id, token FROM moved",
         )
         .bind(column(batch, |w| w.id.as_str()))
         .bind(column(batch, |w| w.owner.as_str()))
@@ -207,7 +216,10 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
         .bind(column(batch, |w| w.attempt.note.as_deref()))
         .fetch_all(&self.pool)
         .await?;
-        Ok(answered(batch.iter().map(|w| w.id.as_str()), &recorded))
+        Ok(answered_claims(
+            batch.iter().map(|w| (w.id.as_str(), w.token.as_str())),
+            &recorded,
+        ))
     }
 }
 
@@ -220,4 +232,16 @@ fn column<'a, T, V>(batch: &'a [T], value: impl Fn(&'a T) -> V) -> Vec<V> {
 fn answered<'a>(ids: impl Iterator<Item = &'a str>, returned: &[String]) -> Vec<bool> {
     let returned: std::collections::HashSet<&str> = returned.iter().map(String::as_str).collect();
     ids.map(|id| returned.contains(id)).collect()
+}
+
+/// For each write's `(id, claim token)`, in order: whether the statement returned that pair.
+fn answered_claims<'a>(
+    claims: impl Iterator<Item = (&'a str, &'a str)>,
+    returned: &[(String, String)],
+) -> Vec<bool> {
+    let returned: std::collections::HashSet<(&str, &str)> = returned
+        .iter()
+        .map(|(id, token)| (id.as_str(), token.as_str()))
+        .collect();
+    claims.map(|claim| returned.contains(&claim)).collect()
 }
