@@ -63,9 +63,13 @@ struct Bench {
 
 impl Bench {
     async fn open() -> Self {
+        Self::with_queue_bound(100).await
+    }
+
+    async fn with_queue_bound(bound: u64) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = fresh_database(dir.path()).await;
-        let store = Store::open(&url, 100, 4).await.expect("open the store");
+        let store = Store::open(&url, bound, 4).await.expect("open the store");
         Bench {
             store,
             url,
@@ -599,5 +603,37 @@ async fn a_stale_claims_writes_are_refused_even_when_they_share_a_batch_with_the
         "the audit holds the stale claim's attempt: {attempts:?}"
     );
     assert_eq!(attempts[0].status_code, Some(200));
+    bench.store.close().await;
+}
+
+/// A redelivery takes a place in the queue as a submission does, and a submission that
+/// follows it on the same instance counts it: with a bound of 2, one queued request and one
+/// redelivered, a third is refused and the queue never holds more than the bound.
+#[tokio::test]
+async fn a_redelivery_counts_against_the_queue_bound_for_the_submissions_after_it() {
+    let bench = Bench::with_queue_bound(2).await;
+    let failed = bench.queue(None).await;
+    let job = bench.claim(&failed).await;
+    bench.store_result(&job).await;
+    bench.attempt(&job, AttemptOutcome::GaveUp).await;
+
+    // Past any count of the queue the store may rely on, so the next submission counts it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let first = bench.store.submit_async(async_request(None)).await;
+    assert_eq!(first.expect("room for one"), Submitted::Created);
+    assert_eq!(
+        bench.store.redeliver(&failed).await.expect("redeliver"),
+        Redelivery::Queued
+    );
+    let over = bench.store.submit_async(async_request(None)).await;
+    let queued = bench.store.queue_size().await.expect("queue size");
+    assert!(
+        queued <= 2,
+        "the queue holds {queued} requests with a bound of 2 (the last submission: {over:?})"
+    );
+    assert!(
+        matches!(over, Err(syncasync::store::StoreError::QueueFull)),
+        "{over:?}"
+    );
     bench.store.close().await;
 }

@@ -152,6 +152,14 @@ struct CountState {
     in_flight: i64,
 }
 
+impl QueueCount {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CountState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl CountState {
     fn estimate(&self) -> i64 {
         self.counted + (self.accepted - self.accepted_at_count) + self.in_flight
@@ -342,6 +350,25 @@ impl PgStore {
             self.recount(count_age).await?;
             recounted = true;
         }
+    }
+
+    /// Holds one place in the queue given `counted`, a count of the queue just taken (with
+    /// `accepted_before` this instance's acceptances as it started), which becomes this
+    /// instance's count; or refuses with [`StoreError::QueueFull`].
+    fn reserve_after_count(&self, counted: i64, accepted_before: i64) -> StoreResult<Reservation> {
+        let mut state = self.queue_count.lock();
+        state.counted = counted;
+        state.accepted_at_count = accepted_before;
+        state.counted_at = Some(Instant::now());
+        if state.estimate().saturating_add(1) > self.queue_capacity {
+            return Err(StoreError::QueueFull);
+        }
+        state.in_flight += 1;
+        Ok(Reservation {
+            count: Arc::clone(&self.queue_count),
+            places: 1,
+            failed: false,
+        })
     }
 
     /// Counts the queue again, unless another submission did so while this one waited.
@@ -813,13 +840,14 @@ impl Backend for PgStore {
         if !Transition::Redelivered.applies_to(status) {
             return Ok(Redelivery::WrongStatus(status));
         }
+        // The place is held as a submission's is, so that this instance's submissions that
+        // follow (or run alongside) count it; the count taken here becomes the instance's.
+        let accepted_before = self.queue_count.lock().accepted;
         let queued: i64 =
             sqlx::query_scalar("SELECT count(*) FROM requests WHERE next_attempt_at IS NOT NULL")
                 .fetch_one(&mut *tx)
                 .await?;
-        if queued >= self.queue_capacity {
-            return Err(StoreError::QueueFull);
-        }
+        let reservation = self.reserve_after_count(queued, accepted_before)?;
         // A new round: the retry budget counts from the attempts made so far. The destination
         // is written again: a request finished before destinations were recorded has none,
         // and claims count room by it.
@@ -840,6 +868,7 @@ impl Backend for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        drop(reservation);
         Ok(Redelivery::Queued)
     }
 
