@@ -13,7 +13,8 @@
 //!                 callback_pending ─Attempted→ callback_success | callback_pending (retry)
 //!                                              | callback_failed
 //!                 processing | callback_pending (claimed) ─GivenUp→ callback_failed
-//!                 callback_failed ─Redelivered→ callback_pending (a new round)
+//!                 callback_failed ─Redelivered→ callback_pending (a new round; if it was
+//!                                 given up before its work, ResultStored follows its claim)
 //! ```
 
 use std::time::Duration;
@@ -156,7 +157,9 @@ impl Transition {
                 Transition::Claimed | Transition::Released,
                 Some(s @ (Processing | CallbackPending)),
             ) => Some(s),
-            (Transition::ResultStored, Some(Processing)) => Some(CallbackPending),
+            // A job given up before its work was done, then redelivered, is claimed in
+            // `callback_pending` without a result: its claim does the work and stores it.
+            (Transition::ResultStored, Some(Processing | CallbackPending)) => Some(CallbackPending),
             (Transition::Attempted(outcome), Some(CallbackPending)) => Some(outcome.status()),
             (Transition::GivenUp, Some(Processing | CallbackPending)) => Some(CallbackFailed),
             (Transition::Redelivered, Some(CallbackFailed)) => Some(CallbackPending),
@@ -312,7 +315,10 @@ mod tests {
             ),
             (
                 Transition::ResultStored,
-                &[(Some(Processing), CallbackPending)],
+                &[
+                    (Some(Processing), CallbackPending),
+                    (Some(CallbackPending), CallbackPending),
+                ],
             ),
             (
                 Transition::Attempted(AttemptOutcome::Delivered),

@@ -637,3 +637,33 @@ async fn a_redelivery_counts_against_the_queue_bound_for_the_submissions_after_i
     );
     bench.store.close().await;
 }
+
+/// A job given up before its work was done (claimed again and again while `processing`)
+/// and then redelivered has no result: the claim of its new round must do the work and
+/// store it, by a transition the rules allow, and it is then delivered as any other.
+#[tokio::test]
+async fn a_job_given_up_before_its_work_and_redelivered_has_its_work_done_by_the_rules() {
+    let bench = Bench::open().await;
+    let id = bench.queue(None).await;
+    let job = bench.claim(&id).await;
+    let (given_up, row) = bench
+        .step(
+            &id,
+            Transition::GivenUp,
+            bench.store.give_up(&id, &job.token, "cannot be worked"),
+        )
+        .await;
+    assert!(given_up.expect("give up"));
+    assert_eq!(row.status, Status::CallbackFailed);
+    let (redelivered, _) = bench
+        .step(&id, Transition::Redelivered, bench.store.redeliver(&id))
+        .await;
+    assert_eq!(redelivered.expect("redeliver"), Redelivery::Queued);
+    let job = bench.claim(&id).await;
+    assert!(job.result.is_none(), "the work was never done");
+    assert!(job.data.is_some(), "its input is still kept");
+    bench.store_result(&job).await;
+    let row = bench.attempt(&job, AttemptOutcome::Delivered).await;
+    assert_eq!(row.status, Status::CallbackSuccess);
+    bench.store.close().await;
+}
