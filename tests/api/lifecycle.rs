@@ -667,3 +667,46 @@ async fn a_job_given_up_before_its_work_and_redelivered_has_its_work_done_by_the
     assert_eq!(row.status, Status::CallbackSuccess);
     bench.store.close().await;
 }
+
+/// A sync request declared abandoned (PostgreSQL fails a `processing` sync request by its
+/// age, which a live one reaches when `APP_WORK_DURATION_SECONDS` passes the hour, or when
+/// its instance's clock runs an hour behind the database's) is finished: when its work then
+/// ends, the rules say `SyncFinished` no longer applies, and the row must stay as it is
+/// (its key was freed, and may already be another request's).
+#[tokio::test]
+async fn a_sync_request_failed_as_abandoned_is_not_rewritten_when_its_work_ends() {
+    let bench = Bench::open().await;
+    let slow = new_request(Some("slow-key"));
+    bench
+        .store
+        .sync_started_with_key(slow.clone())
+        .await
+        .expect("start");
+    let failed = bench
+        .store
+        .fail_stale_sync(Duration::ZERO)
+        .await
+        .expect("fail stale sync requests");
+    let before = bench.row(&slow.id).await.expect("the row");
+    if failed == 0 {
+        // SQLite fails them only when it opens the database: nothing to check here.
+        assert_eq!(before.status, Status::Processing);
+        bench.store.close().await;
+        return;
+    }
+    assert_eq!(before.status, Status::Failed);
+    let transition = Transition::SyncFinished { succeeded: true };
+    assert_eq!(transition.status_after(Some(Status::Failed)), None);
+    let result = work_result(&slow.id);
+    bench
+        .store
+        .sync_finished(&slow, Ok(&result))
+        .await
+        .expect("record the end");
+    assert_eq!(
+        bench.row(&slow.id).await,
+        Some(before),
+        "a finished (failed) sync request was rewritten"
+    );
+    bench.store.close().await;
+}

@@ -568,7 +568,10 @@ impl Backend for PgStore {
                  -- A failed sync request did no work a replay could answer with: its key is
                  -- free again, for the client's retry.
                  idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
-                                   ELSE requests.idempotency_key END",
+                                   ELSE requests.idempotency_key END
+             -- Only a request still working ends so (SyncFinished applies to `processing`):
+             -- one already failed as abandoned stays as it is, its key possibly reused.
+             WHERE requests.status = 'processing'",
         )
         .bind(&new.id)
         .bind(&new.payload_hash)
