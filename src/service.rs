@@ -44,8 +44,8 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// A sync request still `processing` after this long lost its instance: no unit of work
-/// takes nearly so long.
+/// A sync request still `processing` this long after its work's own wait
+/// (`APP_WORK_DURATION_SECONDS`) lost its instance: no hashing takes nearly so long.
 const STALE_SYNC: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What a sync request records when its client hung up before the result was ready.
@@ -613,7 +613,9 @@ impl Service {
             .store
             .cleanup(self.retention, self.max_stored_requests)
             .await?;
-        let failed = self.store.fail_stale_sync(STALE_SYNC).await?;
+        // A live request is never failed: however long the configured wait, it is added.
+        let stale = STALE_SYNC.saturating_add(self.pool.simulated_io());
+        let failed = self.store.fail_stale_sync(stale).await?;
         if failed > 0 {
             tracing::warn!(
                 failed,

@@ -233,6 +233,11 @@ impl ComputePool {
         self.queue_capacity
     }
 
+    /// What each unit of work waits beside its hashing (`APP_WORK_DURATION_SECONDS`).
+    pub fn simulated_io(&self) -> Duration {
+        self.simulated_io
+    }
+
     /// Jobs waiting for a thread.
     pub fn queued(&self) -> usize {
         self.stats.queued.load(Ordering::Relaxed)

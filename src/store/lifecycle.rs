@@ -99,6 +99,8 @@ pub struct Effect {
     pub lease: Change<()>,
     /// Claims of the job since an outcome was last recorded.
     pub unrecorded_claims: Tally,
+    /// Why the request failed (`error`): a redelivered request has not failed (yet).
+    pub error: Change<()>,
     /// Whether the request gives its idempotency key up (a failed sync request did nothing a
     /// replay could answer with, so the client's retry may do the work).
     pub frees_key: bool,
@@ -179,6 +181,7 @@ impl Transition {
             due: Change::Kept,
             lease: Change::Kept,
             unrecorded_claims: Tally::Kept,
+            error: Change::Kept,
             frees_key: false,
             new_round: false,
             under_claim: false,
@@ -187,11 +190,17 @@ impl Transition {
             Transition::SyncStarted => keep,
             Transition::SyncFinished { succeeded } => Effect {
                 finished: Change::Set(()),
+                error: if succeeded {
+                    Change::Cleared
+                } else {
+                    Change::Set(())
+                },
                 frees_key: !succeeded,
                 ..keep
             },
             Transition::SyncAbandoned => Effect {
                 finished: Change::Set(()),
+                error: Change::Set(()),
                 frees_key: true,
                 ..keep
             },
@@ -227,6 +236,7 @@ impl Transition {
                 finished: Change::Set(()),
                 due: Change::Cleared,
                 lease: Change::Cleared,
+                error: Change::Set(()),
                 under_claim: true,
                 ..keep
             },
@@ -234,6 +244,7 @@ impl Transition {
                 finished: Change::Cleared,
                 due: Change::Set(Due::Now),
                 unrecorded_claims: Tally::Reset,
+                error: Change::Cleared,
                 new_round: true,
                 ..keep
             },
@@ -500,6 +511,11 @@ mod tests {
         let effect = Transition::Redelivered.effect();
         assert!(effect.new_round);
         assert_eq!(effect.finished, Change::Cleared);
+        assert_eq!(
+            effect.error,
+            Change::Cleared,
+            "a request given up and redelivered has not failed"
+        );
         assert_eq!(Transition::Redelivered.due_in_secs(), Some(0.0));
     }
 

@@ -280,6 +280,12 @@ fn assert_follows(transition: Transition, before: Option<&Row>, after: &Row) {
         "{}",
         what("unrecorded claims")
     );
+    assert_eq!(
+        after.error.is_some(),
+        expect(effect.error, |r| r.error.is_some()),
+        "{}",
+        what("error")
+    );
     if effect.frees_key {
         assert!(!after.holds_key, "{}", what("key freed"));
     } else if let Some(before) = before {

@@ -197,11 +197,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut state = self
-            .count
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self.count.lock();
         state.in_flight -= self.places;
         if !self.failed {
             state.accepted += self.places;
@@ -321,11 +317,7 @@ impl PgStore {
         let mut recounted = false;
         loop {
             let count_age = {
-                let mut state = self
-                    .queue_count
-                    .state
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut state = self.queue_count.lock();
                 let age = state.counted_at.map(|at| at.elapsed());
                 let after = state.estimate().saturating_add(places);
                 let max_age = if after <= self.queue_capacity / 2 {
@@ -375,11 +367,7 @@ impl PgStore {
     async fn recount(&self, seen_age: Option<Duration>) -> StoreResult<()> {
         let _one_at_a_time = self.queue_count.recount.lock().await;
         let accepted_before = {
-            let state = self
-                .queue_count
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = self.queue_count.lock();
             let age = state.counted_at.map(|at| at.elapsed());
             if age < seen_age || (seen_age.is_none() && age.is_some()) {
                 return Ok(());
@@ -387,11 +375,7 @@ impl PgStore {
             state.accepted
         };
         let counted = self.count_queue().await?;
-        let mut state = self
-            .queue_count
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self.queue_count.lock();
         state.counted = counted;
         state.accepted_at_count = accepted_before;
         state.counted_at = Some(Instant::now());
@@ -855,7 +839,7 @@ impl Backend for PgStore {
         // is written again: a request finished before destinations were recorded has none,
         // and claims count room by it.
         sqlx::query(
-            "UPDATE requests SET status = 'callback_pending', completed_at = NULL,
+            "UPDATE requests SET status = 'callback_pending', completed_at = NULL, error = NULL,
                     next_attempt_at = now(), round_start_attempts = callback_attempts,
                     unrecorded_claims = 0, destination = $2
              WHERE id = $1",

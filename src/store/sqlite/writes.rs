@@ -393,7 +393,7 @@ impl Write for Redeliver {
         // recorded has none, and claims count room by it.
         let destination = destination_of_str(callback_url.as_deref().unwrap_or_default());
         tx.prepare_cached(
-            "UPDATE requests SET status = 'callback_pending', completed_at = NULL,
+            "UPDATE requests SET status = 'callback_pending', completed_at = NULL, error = NULL,
                     next_attempt_at = ?2, round_start_attempts = callback_attempts,
                     unrecorded_claims = 0, destination = ?3
              WHERE id = ?1",
