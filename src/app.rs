@@ -151,6 +151,7 @@ impl Application {
             worker_count: config.async_worker_count,
             metrics: Arc::clone(&metrics),
             destinations: Arc::clone(&destinations),
+            sync_records: tokio_util::task::TaskTracker::new(),
         };
         let dispatcher = Dispatcher {
             store,
@@ -268,6 +269,16 @@ impl Application {
         // The dispatcher bounds its own drain by the same grace period.
         if let Err(err) = delivery.await {
             tracing::error!(error = %err, "delivery task failed");
+        }
+        // A sync request whose client hung up is still being recorded (its work cancelled):
+        // the record must reach the store before it closes, or the request stays
+        // `processing` (and on PostgreSQL holds its idempotency key) until found stale.
+        service.sync_records.close();
+        if tokio::time::timeout(grace, service.sync_records.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sync requests still being recorded at shutdown were abandoned");
         }
         background.cancel();
         let _ = cleanup.await;

@@ -204,6 +204,9 @@ pub struct Service {
     pub worker_count: u32,
     pub metrics: Arc<Metrics>,
     pub destinations: Arc<Destinations>,
+    /// The tasks that finish sync requests' records, which outlive a client that hung up:
+    /// shutdown waits for them before it closes the store.
+    pub sync_records: tokio_util::task::TaskTracker,
 }
 
 impl Service {
@@ -275,7 +278,7 @@ impl Service {
         // The rest runs in its own task so that the record is completed even if the client
         // hangs up mid-request, the key's commit included: a sync request is never left
         // `processing`, and a key is never left held by a request nobody works on.
-        let finish = tokio::spawn(async move {
+        let finish = self.sync_records.spawn(async move {
             if keyed {
                 let taken = store.sync_started_with_key(new.clone()).await;
                 if !matches!(taken, Ok(Submitted::Created)) {

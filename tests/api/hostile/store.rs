@@ -660,3 +660,37 @@ async fn clients_that_hang_up_mid_submission_leave_nothing_stuck_and_no_place_he
         assert_eq!(answer.status(), 200);
     }
 }
+
+/// A sync request whose client hangs up just before a shutdown is still being recorded (its
+/// work ends a second later): the shutdown waits for that record before closing the store,
+/// so the request is found finished after a restart, never left `processing` (which SQLite
+/// would fail as abandoned at start-up, and PostgreSQL only after an hour, holding its
+/// idempotency key until then).
+#[tokio::test]
+async fn a_sync_request_whose_client_left_is_recorded_before_shutdown_closes_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let app = TestServer::builder()
+        .database_url(&database)
+        .setting("work-duration-seconds", "1")
+        .start()
+        .await;
+    let body = json!({"data": "left at shutdown", "iterations": 1}).to_string();
+    let request = format!(
+        "POST /sync HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nIdempotency-Key: left-at-shutdown\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = super::connect(&app).await;
+    stream.write_all(request.as_bytes()).await.expect("write");
+    // Long enough for the request to be recorded as processing and its work to start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    app.stop().await;
+
+    let app = TestServer::builder().database_url(&database).start().await;
+    let list = app.get_json("/requests?mode=sync").await;
+    let records = list["requests"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{list}");
+    assert_eq!(records[0]["status"], "completed", "{list}");
+}
