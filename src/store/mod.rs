@@ -282,6 +282,18 @@ impl Store {
         self.changes.subscribe(id)
     }
 
+    /// Wakes the waiters of request `id` when dropped, at the end of a write that changes it:
+    /// whether the write completed, failed, or its caller went away mid-way (it may still be
+    /// committed then). A waiter woken for nothing reads the request once more. (A caller
+    /// gone while its write is still in flight wakes the waiters before the commit; they then
+    /// see it at their next wake, or on PostgreSQL at the next look for remote changes.)
+    fn wake_when_done<'a>(&'a self, id: &'a str) -> WakeWhenDone<'a> {
+        WakeWhenDone {
+            changes: &self.changes,
+            id,
+        }
+    }
+
     /// Requests someone is waiting on.
     pub fn waited_on(&self) -> usize {
         self.changes.len()
@@ -368,9 +380,8 @@ impl Store {
         new: &NewRequest,
         outcome: Result<&WorkResult, &str>,
     ) -> StoreResult<()> {
-        dispatch!(self, s => s.sync_finished(new, outcome).await)?;
-        self.changes.changed(&new.id);
-        Ok(())
+        let _wake = self.wake_when_done(&new.id);
+        dispatch!(self, s => s.sync_finished(new, outcome).await)
     }
 
     /// The request holding idempotency key `key`, if one is stored. A sync request that
@@ -430,9 +441,8 @@ impl Store {
         token: &str,
         result: &WorkResult,
     ) -> StoreResult<bool> {
-        let stored = dispatch!(self, s => s.store_result(id, token, result).await)?;
-        self.changes.changed(id);
-        Ok(stored)
+        let _wake = self.wake_when_done(id);
+        dispatch!(self, s => s.store_result(id, token, result).await)
     }
 
     /// Records a delivery attempt made by `owner` under the claim `token`, and what follows
@@ -445,26 +455,22 @@ impl Store {
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<bool> {
-        let recorded =
-            dispatch!(self, s => s.record_attempt(id, owner, token, attempt, outcome).await)?;
-        self.changes.changed(id);
-        Ok(recorded)
+        let _wake = self.wake_when_done(id);
+        dispatch!(self, s => s.record_attempt(id, owner, token, attempt, outcome).await)
     }
 
     /// Ends a claimed job as `callback_failed` without an attempt, with `reason` as its
     /// last error: for a job that cannot be worked (see [`MAX_UNRECORDED_CLAIMS`]).
     pub async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
-        let given_up = dispatch!(self, s => s.give_up(id, token, reason).await)?;
-        self.changes.changed(id);
-        Ok(given_up)
+        let _wake = self.wake_when_done(id);
+        dispatch!(self, s => s.give_up(id, token, reason).await)
     }
 
     /// Puts a `callback_failed` request back in the queue for a fresh round of attempts,
     /// keeping its earlier attempts in the audit. [`StoreError::QueueFull`] if there is no room.
     pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
-        let outcome = dispatch!(self, s => s.redeliver(id).await)?;
-        self.changes.changed(id);
-        Ok(outcome)
+        let _wake = self.wake_when_done(id);
+        dispatch!(self, s => s.redeliver(id).await)
     }
 
     /// Hands claimed jobs back to the queue untouched (at shutdown).
@@ -543,6 +549,18 @@ impl Store {
     /// Flushes pending writes and closes the database.
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)
+    }
+}
+
+/// See [`Store::wake_when_done`].
+struct WakeWhenDone<'a> {
+    changes: &'a Changes,
+    id: &'a str,
+}
+
+impl Drop for WakeWhenDone<'_> {
+    fn drop(&mut self) {
+        self.changes.changed(self.id);
     }
 }
 
@@ -681,6 +699,41 @@ mod tests {
             panic!("a database of schema version 999 was opened");
         };
         assert!(err.to_string().contains("version 999"), "{err}");
+    }
+
+    /// A write whose caller stops polling it once it is handed to the database, and drops
+    /// it after the commit (a client that hung up, a delivery abandoned at shutdown), still
+    /// wakes the request's waiters.
+    #[tokio::test]
+    async fn a_write_dropped_after_its_commit_still_wakes_the_waiters() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("wake.db").display());
+        let store = super::Store::open(&url, 10, 1).await.unwrap();
+        let new = super::NewRequest {
+            id: "dropped-writer".into(),
+            payload_hash: "0".repeat(16),
+            iterations: 1,
+            created_at: chrono::Utc::now(),
+            idempotency: None,
+        };
+        let subscription = store.subscribe(&new.id);
+        let woken = subscription.next_change();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        {
+            let write = store.sync_finished(&new, Err("failed"));
+            tokio::pin!(write);
+            assert!(futures_util::poll!(write.as_mut()).is_pending());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while store.get(&new.id).await.unwrap().is_none() {
+                assert!(std::time::Instant::now() < deadline, "never committed");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(1), woken)
+            .await
+            .expect("the waiter was not woken");
+        store.close().await;
     }
 
     #[test]
