@@ -173,7 +173,7 @@ impl Application {
         let dashboard = Arc::new(crate::ui::History::default());
         let state = AppState {
             dashboard: Arc::clone(&dashboard),
-            service: service.clone(),
+            service: Arc::new(service.clone()),
             admin_token: config.admin_token().map(Arc::from),
             api_token: config.api_token().map(Arc::from),
             body_limits: BodyLimits {

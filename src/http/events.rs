@@ -136,7 +136,7 @@ struct ServerSentEvent {
 }
 
 struct EventStream {
-    service: Service,
+    service: std::sync::Arc<Service>,
     subscription: Subscription,
     progress: Progress,
 }

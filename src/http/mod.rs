@@ -43,7 +43,9 @@ pub use server::{ConnectionLimits, serve};
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub service: Service,
+    /// Behind one `Arc`: the state is cloned for every request (extractors, middleware), and
+    /// a `Service` clone is a dozen reference counts.
+    pub service: Arc<Service>,
     /// `APP_ADMIN_TOKEN`; `None` hides the admin endpoints.
     pub admin_token: Option<Arc<str>>,
     /// `APP_API_TOKEN`; `None` leaves the API open.
