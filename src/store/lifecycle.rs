@@ -13,9 +13,12 @@
 //!                 callback_pending ─Attempted→ callback_success | callback_pending (retry)
 //!                                              | callback_failed
 //!                 processing | callback_pending (claimed) ─GivenUp→ callback_failed
-//!                 callback_failed ─Redelivered→ callback_pending (a new round; if it was
-//!                                 given up before its work, ResultStored follows its claim)
+//!                 callback_failed ─Redelivered→ callback_pending (a new round), or pending
+//!                                 when it was given up before its work was done
 //! ```
+//!
+//! A claim whose lease runs out (its instance died or stalled) needs no write: the job is
+//! claimable again, and its next claim counts one more claim without an outcome.
 
 use std::time::Duration;
 
@@ -83,7 +86,9 @@ pub enum Transition {
     /// ([`MAX_UNRECORDED_CLAIMS`](super::MAX_UNRECORDED_CLAIMS)).
     GivenUp,
     /// An operator puts a failed delivery back in the queue for a new round of attempts.
-    Redelivered,
+    /// `work_done`: whether its work result is stored (a job given up before its work has
+    /// none, and waits for the work again, as a new one does).
+    Redelivered { work_done: bool },
     /// A claim is handed back untouched (at shutdown).
     Released,
 }
@@ -159,12 +164,12 @@ impl Transition {
                 Transition::Claimed | Transition::Released,
                 Some(s @ (Processing | CallbackPending)),
             ) => Some(s),
-            // A job given up before its work was done, then redelivered, is claimed in
-            // `callback_pending` without a result: its claim does the work and stores it.
-            (Transition::ResultStored, Some(Processing | CallbackPending)) => Some(CallbackPending),
+            (Transition::ResultStored, Some(Processing)) => Some(CallbackPending),
             (Transition::Attempted(outcome), Some(CallbackPending)) => Some(outcome.status()),
             (Transition::GivenUp, Some(Processing | CallbackPending)) => Some(CallbackFailed),
-            (Transition::Redelivered, Some(CallbackFailed)) => Some(CallbackPending),
+            (Transition::Redelivered { work_done }, Some(CallbackFailed)) => {
+                Some(if work_done { CallbackPending } else { Pending })
+            }
             _ => None,
         }
     }
@@ -240,7 +245,7 @@ impl Transition {
                 under_claim: true,
                 ..keep
             },
-            Transition::Redelivered => Effect {
+            Transition::Redelivered { .. } => Effect {
                 finished: Change::Cleared,
                 due: Change::Set(Due::Now),
                 unrecorded_claims: Tally::Reset,
@@ -326,10 +331,7 @@ mod tests {
             ),
             (
                 Transition::ResultStored,
-                &[
-                    (Some(Processing), CallbackPending),
-                    (Some(CallbackPending), CallbackPending),
-                ],
+                &[(Some(Processing), CallbackPending)],
             ),
             (
                 Transition::Attempted(AttemptOutcome::Delivered),
@@ -351,8 +353,12 @@ mod tests {
                 ],
             ),
             (
-                Transition::Redelivered,
+                Transition::Redelivered { work_done: true },
                 &[(Some(CallbackFailed), CallbackPending)],
+            ),
+            (
+                Transition::Redelivered { work_done: false },
+                &[(Some(CallbackFailed), Pending)],
             ),
             (
                 Transition::Released,
@@ -392,13 +398,17 @@ mod tests {
             Transition::Attempted(RETRY),
             Transition::Attempted(AttemptOutcome::GaveUp),
             Transition::GivenUp,
-            Transition::Redelivered,
+            Transition::Redelivered { work_done: true },
+            Transition::Redelivered { work_done: false },
             Transition::Released,
         ];
         for finished in Status::ALL.into_iter().filter(|s| s.is_finished()) {
             let moves: Vec<_> = all.iter().filter(|t| t.applies_to(finished)).collect();
             let expected: &[&Transition] = if finished == CallbackFailed {
-                &[&Transition::Redelivered]
+                &[
+                    &Transition::Redelivered { work_done: true },
+                    &Transition::Redelivered { work_done: false },
+                ]
             } else {
                 &[]
             };
@@ -444,7 +454,7 @@ mod tests {
         for transition in [
             Transition::Queued,
             Transition::Claimed,
-            Transition::Redelivered,
+            Transition::Redelivered { work_done: true },
             Transition::Released,
             Transition::SyncStarted,
         ] {
@@ -464,7 +474,9 @@ mod tests {
             "a claim handed back untouched does not count"
         );
         assert_eq!(
-            Transition::Redelivered.effect().unrecorded_claims,
+            Transition::Redelivered { work_done: true }
+                .effect()
+                .unrecorded_claims,
             Tally::Reset
         );
         assert_eq!(Transition::Claimed.effect().lease, Change::Set(()));
@@ -508,7 +520,7 @@ mod tests {
 
     #[test]
     fn redelivery_starts_a_new_round_due_at_once() {
-        let effect = Transition::Redelivered.effect();
+        let effect = Transition::Redelivered { work_done: true }.effect();
         assert!(effect.new_round);
         assert_eq!(effect.finished, Change::Cleared);
         assert_eq!(
@@ -516,13 +528,16 @@ mod tests {
             Change::Cleared,
             "a request given up and redelivered has not failed"
         );
-        assert_eq!(Transition::Redelivered.due_in_secs(), Some(0.0));
+        assert_eq!(
+            Transition::Redelivered { work_done: false }.due_in_secs(),
+            Some(0.0)
+        );
     }
 
     #[test]
     fn the_queue_counts_a_job_from_acceptance_to_its_last_attempt() {
         assert_eq!(Transition::Queued.queue_delta(), 1);
-        assert_eq!(Transition::Redelivered.queue_delta(), 1);
+        assert_eq!(Transition::Redelivered { work_done: true }.queue_delta(), 1);
         assert_eq!(Transition::Claimed.queue_delta(), 0);
         assert_eq!(Transition::ResultStored.queue_delta(), 0);
         assert_eq!(Transition::Released.queue_delta(), 0);

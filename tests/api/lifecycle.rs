@@ -379,7 +379,11 @@ async fn an_async_request_moves_through_retries_failure_and_redelivery_as_the_ru
     bench.attempt(&job, AttemptOutcome::GaveUp).await;
 
     let (redelivered, _) = bench
-        .step(&id, Transition::Redelivered, bench.store.redeliver(&id))
+        .step(
+            &id,
+            Transition::Redelivered { work_done: true },
+            bench.store.redeliver(&id),
+        )
         .await;
     assert_eq!(redelivered.expect("redeliver"), Redelivery::Queued);
     let job = bench.claim(&id).await;
@@ -396,7 +400,7 @@ async fn an_async_request_moves_through_retries_failure_and_redelivery_as_the_ru
         bench.store.redeliver(&id).await.expect("redeliver"),
         Redelivery::WrongStatus(Status::CallbackSuccess)
     );
-    assert!(!Transition::Redelivered.applies_to(Status::CallbackSuccess));
+    assert!(!Transition::Redelivered { work_done: true }.applies_to(Status::CallbackSuccess));
     assert_eq!(bench.row(&id).await, Some(row));
     bench.store.close().await;
 }
@@ -645,8 +649,8 @@ async fn a_redelivery_counts_against_the_queue_bound_for_the_submissions_after_i
 }
 
 /// A job given up before its work was done (claimed again and again while `processing`)
-/// and then redelivered has no result: the claim of its new round must do the work and
-/// store it, by a transition the rules allow, and it is then delivered as any other.
+/// and then redelivered has no result: it waits as `pending`, as a new job does, and the
+/// claim of its new round does the work and stores it; it is then delivered as any other.
 #[tokio::test]
 async fn a_job_given_up_before_its_work_and_redelivered_has_its_work_done_by_the_rules() {
     let bench = Bench::open().await;
@@ -661,10 +665,15 @@ async fn a_job_given_up_before_its_work_and_redelivered_has_its_work_done_by_the
         .await;
     assert!(given_up.expect("give up"));
     assert_eq!(row.status, Status::CallbackFailed);
-    let (redelivered, _) = bench
-        .step(&id, Transition::Redelivered, bench.store.redeliver(&id))
+    let (redelivered, row) = bench
+        .step(
+            &id,
+            Transition::Redelivered { work_done: false },
+            bench.store.redeliver(&id),
+        )
         .await;
     assert_eq!(redelivered.expect("redeliver"), Redelivery::Queued);
+    assert_eq!(row.status, Status::Pending);
     let job = bench.claim(&id).await;
     assert!(job.result.is_none(), "the work was never done");
     assert!(job.data.is_some(), "its input is still kept");

@@ -815,18 +815,20 @@ impl Backend for PgStore {
 
     async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT status, callback_url FROM requests WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((status, callback_url)) = row else {
+        let row: Option<(String, Option<String>, bool)> = sqlx::query_as(
+            "SELECT status, callback_url, output_hash IS NOT NULL FROM requests
+             WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, callback_url, work_done)) = row else {
             return Ok(Redelivery::NotFound);
         };
         let status = parse_status(&status)?;
-        if !Transition::Redelivered.applies_to(status) {
+        let Some(next) = Transition::Redelivered { work_done }.status_after(Some(status)) else {
             return Ok(Redelivery::WrongStatus(status));
-        }
+        };
         // The place is held as a submission's is, so that this instance's submissions that
         // follow (or run alongside) count it; the count taken here becomes the instance's.
         let accepted_before = self.queue_count.lock().accepted;
@@ -839,7 +841,7 @@ impl Backend for PgStore {
         // is written again: a request finished before destinations were recorded has none,
         // and claims count room by it.
         sqlx::query(
-            "UPDATE requests SET status = 'callback_pending', completed_at = NULL, error = NULL,
+            "UPDATE requests SET status = $3, completed_at = NULL, error = NULL,
                     next_attempt_at = now(), round_start_attempts = callback_attempts,
                     unrecorded_claims = 0, destination = $2
              WHERE id = $1",
@@ -848,6 +850,7 @@ impl Backend for PgStore {
         .bind(destination_of_str(
             callback_url.as_deref().unwrap_or_default(),
         ))
+        .bind(next.as_str())
         .execute(&mut *tx)
         .await?;
         sqlx::query("SELECT pg_notify($1, '')")

@@ -374,17 +374,22 @@ impl Write for Redeliver {
     type Output = Redelivery;
 
     fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<Redelivery> {
-        let row: Option<(String, Option<String>)> = tx
-            .prepare_cached("SELECT status, callback_url FROM requests WHERE id = ?1")?
-            .query_row([&self.id], |row| Ok((row.get(0)?, row.get(1)?)))
+        let row: Option<(String, Option<String>, bool)> = tx
+            .prepare_cached(
+                "SELECT status, callback_url, output_hash IS NOT NULL FROM requests WHERE id = ?1",
+            )?
+            .query_row([&self.id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
             .optional()?;
-        let Some((status, callback_url)) = row else {
+        let Some((status, callback_url, work_done)) = row else {
             return done(Redelivery::NotFound);
         };
         let status = parse_status(&status)?;
-        if !Transition::Redelivered.applies_to(status) {
+        let transition = Transition::Redelivered { work_done };
+        let Some(next) = transition.status_after(Some(status)) else {
             return done(Redelivery::WrongStatus(status));
-        }
+        };
         if !queue.has_room(1) {
             return queue_full();
         }
@@ -393,13 +398,18 @@ impl Write for Redeliver {
         // recorded has none, and claims count room by it.
         let destination = destination_of_str(callback_url.as_deref().unwrap_or_default());
         tx.prepare_cached(
-            "UPDATE requests SET status = 'callback_pending', completed_at = NULL, error = NULL,
+            "UPDATE requests SET status = ?4, completed_at = NULL, error = NULL,
                     next_attempt_at = ?2, round_start_attempts = callback_attempts,
                     unrecorded_claims = 0, destination = ?3
              WHERE id = ?1",
         )?
-        .execute(params![self.id, millis(Utc::now()), destination])?;
-        queue.change(Transition::Redelivered.queue_delta());
+        .execute(params![
+            self.id,
+            millis(Utc::now()),
+            destination,
+            next.as_str()
+        ])?;
+        queue.change(transition.queue_delta());
         done(Redelivery::Queued)
     }
 }
