@@ -29,6 +29,10 @@ use crate::service::Service;
 use crate::store::{Store, StoreError, redact_url};
 use crate::work::ComputePool;
 
+/// How long the shutdown waits, once its grace period is over, for the sync requests whose
+/// work it abandoned to be recorded as failed.
+const ABANDONED_SYNC_RECORDS: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
@@ -152,6 +156,7 @@ impl Application {
             metrics: Arc::clone(&metrics),
             destinations: Arc::clone(&destinations),
             sync_records: tokio_util::task::TaskTracker::new(),
+            sync_abandon: CancellationToken::new(),
         };
         let dispatcher = Dispatcher {
             store,
@@ -229,6 +234,17 @@ impl Application {
         }
 
         let background = CancellationToken::new();
+        // The grace period runs from the signal, for sync work as for HTTP and deliveries:
+        // sync work still running when it ends is abandoned (and recorded as failed).
+        let mut sync_deadline = tokio::spawn({
+            let shutdown = shutdown.clone();
+            let abandon = service.sync_abandon.clone();
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+                abandon.cancel();
+            }
+        });
         let delivery = tokio::spawn(dispatcher.run(shutdown.clone(), grace));
         let notifications = tokio::spawn({
             let store = service.store.clone();
@@ -273,11 +289,19 @@ impl Application {
         // A sync request whose client hung up is still being recorded (its work cancelled):
         // the record must reach the store before it closes, or the request stays
         // `processing` (and on PostgreSQL holds its idempotency key) until found stale.
+        // Waited for until the grace period ends; then the work still running is abandoned,
+        // and its requests are recorded as failed (a write each, bounded on its own).
         service.sync_records.close();
-        if tokio::time::timeout(grace, service.sync_records.wait())
-            .await
-            .is_err()
-        {
+        let records = service.sync_records.wait();
+        tokio::pin!(records);
+        let recorded = tokio::select! {
+            () = &mut records => true,
+            _ = &mut sync_deadline => {
+                tokio::time::timeout(ABANDONED_SYNC_RECORDS, records).await.is_ok()
+            }
+        };
+        sync_deadline.abort();
+        if !recorded {
             tracing::warn!("sync requests still being recorded at shutdown were abandoned");
         }
         background.cancel();

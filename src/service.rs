@@ -14,8 +14,8 @@ use crate::model::{
     Health, HealthReport, Mode, RequestList, RequestRecord, Status, WorkResult, payload_hash,
 };
 use crate::store::{
-    CleanupReport, IdempotencyKey, KeyHolder, ListFilter, NewAsyncRequest, NewRequest, Position,
-    Redelivery, StatusCounts, Store, StoreError, Submitted,
+    ABANDONED_SYNC_ERROR, CleanupReport, IdempotencyKey, KeyHolder, ListFilter, NewAsyncRequest,
+    NewRequest, Position, Redelivery, StatusCounts, Store, StoreError, Submitted,
 };
 use crate::work::{Cancel, ComputePool, PoolError};
 
@@ -207,6 +207,10 @@ pub struct Service {
     /// The tasks that finish sync requests' records, which outlive a client that hung up:
     /// shutdown waits for them before it closes the store.
     pub sync_records: tokio_util::task::TaskTracker,
+    /// Cancelled when the shutdown's grace period is over: sync work still running stops, and
+    /// its request is recorded as failed ([`ABANDONED_SYNC_ERROR`]) rather than left
+    /// `processing` by a store that closes under it.
+    pub sync_abandon: tokio_util::sync::CancellationToken,
 }
 
 impl Service {
@@ -275,6 +279,7 @@ impl Service {
         let keyed = new.idempotency.is_some();
         let store = self.store.clone();
         let iterations = input.iterations;
+        let abandon = self.sync_abandon.clone();
         // The rest runs in its own task so that the record is completed even if the client
         // hangs up mid-request, the key's commit included: a sync request is never left
         // `processing`, and a key is never left held by a request nobody works on.
@@ -289,7 +294,13 @@ impl Service {
                     };
                 }
             }
-            let worked = work.wait();
+            // `None`: the grace period of a shutdown ended first.
+            let worked = async {
+                tokio::select! {
+                    outcome = work.wait() => Some(outcome),
+                    () = abandon.cancelled() => None,
+                }
+            };
             tokio::pin!(worked);
             let outcome = if keyed {
                 // Already recorded as processing: the committed key is the record.
@@ -305,6 +316,11 @@ impl Service {
                         worked.await
                     }
                 }
+            };
+            let Some(outcome) = outcome else {
+                cancel.set();
+                store.sync_finished(&new, Err(ABANDONED_SYNC_ERROR)).await?;
+                return Err(ServiceError::Work(ABANDONED_SYNC_ERROR.to_string()));
             };
             match outcome {
                 Ok(output) => {

@@ -694,3 +694,42 @@ async fn a_sync_request_whose_client_left_is_recorded_before_shutdown_closes_the
     assert_eq!(records.len(), 1, "{list}");
     assert_eq!(records[0]["status"], "completed", "{list}");
 }
+
+/// A sync request whose work outlives the grace period (its client still waiting when the
+/// shutdown begins): the shutdown ends within the grace period, not a second one after the
+/// HTTP drain, and the request is recorded as failed before the store closes, never left
+/// `processing` (on PostgreSQL, its idempotency key held for an hour).
+#[tokio::test]
+async fn a_sync_request_outliving_the_grace_period_is_failed_within_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let app = TestServer::builder()
+        .database_url(&database)
+        .setting("shutdown-grace-seconds", "1")
+        .setting("work-duration-seconds", "6")
+        .start()
+        .await;
+    let body = json!({"data": "outlives the grace", "iterations": 1}).to_string();
+    let request = format!(
+        "POST /sync HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nIdempotency-Key: outlives-the-grace\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // The client stays connected: its request is in flight when the shutdown begins.
+    let mut stream = super::connect(&app).await;
+    stream.write_all(request.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    app.stop().await;
+    let took = started.elapsed();
+    drop(stream);
+    assert!(
+        took < Duration::from_millis(1800),
+        "a 1 s grace period, and the shutdown took {took:?}"
+    );
+
+    let app = TestServer::builder().database_url(&database).start().await;
+    let list = app.get_json("/requests?mode=sync").await;
+    let records = list["requests"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{list}");
+    assert_eq!(records[0]["status"], "failed", "{list}");
+}
