@@ -3,7 +3,8 @@
 //! Start-up: open the store (migrate, recover), start the compute pool, bind the port.
 //! Shutdown, on the token: stop accepting connections and stop claiming jobs at once; let
 //! in-flight HTTP requests and deliveries finish within the grace period (connections still
-//! busy then are closed; deliveries still running are handed back to the queue); commit
+//! busy then are closed; deliveries still running are handed back to the queue; sync work
+//! still running is stopped and recorded as failed); commit
 //! pending writes and close the database.
 
 use std::net::SocketAddr;
