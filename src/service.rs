@@ -510,7 +510,13 @@ impl Service {
         }
         for record in page.requests {
             match self.store.redeliver(&record.id).await {
-                Ok(Redelivery::Queued) => report.redelivered += 1,
+                Ok(Redelivery::Queued) => {
+                    report.redelivered += 1;
+                    // At once, not after the loop: a client hanging up or a store error
+                    // mid-loop must not leave the jobs already queued waiting for the
+                    // dispatcher's idle poll. Wakes coalesce.
+                    self.wakeup.wake();
+                }
                 // Redelivered or deleted by someone else since it was listed.
                 Ok(Redelivery::NotFound | Redelivery::WrongStatus(_)) => {}
                 Err(StoreError::QueueFull) => {
@@ -519,9 +525,6 @@ impl Service {
                 }
                 Err(err) => return Err(err.into()),
             }
-        }
-        if report.redelivered > 0 {
-            self.wakeup.wake();
         }
         Ok(report)
     }
