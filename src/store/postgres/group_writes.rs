@@ -97,7 +97,7 @@ impl RunBatch<NewAsyncRequest> for InsertQueued {
             .await?;
         Ok(answered(
             batch.iter().map(|n| n.request.id.as_str()),
-            &inserted,
+            inserted.iter().map(String::as_str),
         ))
     }
 }
@@ -138,9 +138,11 @@ impl RunBatch<ResultWrite> for StoreResults {
         .bind(column(batch, |w| w.result.processing_time_ms))
         .fetch_all(&self.pool)
         .await?;
-        Ok(answered_claims(
+        Ok(answered(
             batch.iter().map(|w| (w.id.as_str(), w.token.as_str())),
-            &updated,
+            updated
+                .iter()
+                .map(|(id, token)| (id.as_str(), token.as_str())),
         ))
     }
 }
@@ -216,9 +218,11 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
         .bind(column(batch, |w| w.attempt.note.as_deref()))
         .fetch_all(&self.pool)
         .await?;
-        Ok(answered_claims(
+        Ok(answered(
             batch.iter().map(|w| (w.id.as_str(), w.token.as_str())),
-            &recorded,
+            recorded
+                .iter()
+                .map(|(id, token)| (id.as_str(), token.as_str())),
         ))
     }
 }
@@ -228,20 +232,12 @@ fn column<'a, T, V>(batch: &'a [T], value: impl Fn(&'a T) -> V) -> Vec<V> {
     batch.iter().map(value).collect()
 }
 
-/// For each write's id, in order: whether the statement returned it.
-fn answered<'a>(ids: impl Iterator<Item = &'a str>, returned: &[String]) -> Vec<bool> {
-    let returned: std::collections::HashSet<&str> = returned.iter().map(String::as_str).collect();
-    ids.map(|id| returned.contains(id)).collect()
-}
-
-/// For each write's `(id, claim token)`, in order: whether the statement returned that pair.
-fn answered_claims<'a>(
-    claims: impl Iterator<Item = (&'a str, &'a str)>,
-    returned: &[(String, String)],
+/// For each write's key, in order: whether the statement returned it (an id, or an id and
+/// the claim it was made under).
+fn answered<K: Eq + std::hash::Hash>(
+    keys: impl Iterator<Item = K>,
+    returned: impl IntoIterator<Item = K>,
 ) -> Vec<bool> {
-    let returned: std::collections::HashSet<(&str, &str)> = returned
-        .iter()
-        .map(|(id, token)| (id.as_str(), token.as_str()))
-        .collect();
-    claims.map(|claim| returned.contains(&claim)).collect()
+    let returned: std::collections::HashSet<K> = returned.into_iter().collect();
+    keys.map(|key| returned.contains(&key)).collect()
 }

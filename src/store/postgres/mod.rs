@@ -164,7 +164,30 @@ impl CountState {
     fn estimate(&self) -> i64 {
         self.counted + (self.accepted - self.accepted_at_count) + self.in_flight
     }
+
+    /// Takes `counted`, a count of the queue that started when this instance had accepted
+    /// `accepted_before` submissions, as the count from now on.
+    fn set_count(&mut self, counted: i64, accepted_before: i64) {
+        self.counted = counted;
+        self.accepted_at_count = accepted_before;
+        self.counted_at = Some(Instant::now());
+    }
 }
+
+impl QueueCount {
+    /// Holds `places` places, under the lock that checked there is room for them.
+    fn hold(self: &Arc<Self>, state: &mut CountState, places: i64) -> Reservation {
+        state.in_flight += places;
+        Reservation {
+            count: Arc::clone(self),
+            places,
+            failed: false,
+        }
+    }
+}
+
+/// The unfinished async requests: every job that still has a due time.
+const COUNT_QUEUE: &str = "SELECT count(*) FROM requests WHERE next_attempt_at IS NOT NULL";
 
 /// How old a queue count a submission may rely on when it would fill more than half the
 /// queue. (Only other instances' submissions since the count are missing from the estimate:
@@ -327,12 +350,7 @@ impl PgStore {
                 };
                 let fresh = age.is_some_and(|age| age <= max_age);
                 if fresh && after <= self.queue_capacity {
-                    state.in_flight += places;
-                    return Ok(Reservation {
-                        count: Arc::clone(&self.queue_count),
-                        places,
-                        failed: false,
-                    });
+                    return Ok(self.queue_count.hold(&mut state, places));
                 }
                 if recounted || (fresh && age.is_some_and(|age| age < RECOUNT_AT_BOUND)) {
                     return Err(StoreError::QueueFull);
@@ -349,18 +367,11 @@ impl PgStore {
     /// instance's count; or refuses with [`StoreError::QueueFull`].
     fn reserve_after_count(&self, counted: i64, accepted_before: i64) -> StoreResult<Reservation> {
         let mut state = self.queue_count.lock();
-        state.counted = counted;
-        state.accepted_at_count = accepted_before;
-        state.counted_at = Some(Instant::now());
+        state.set_count(counted, accepted_before);
         if state.estimate().saturating_add(1) > self.queue_capacity {
             return Err(StoreError::QueueFull);
         }
-        state.in_flight += 1;
-        Ok(Reservation {
-            count: Arc::clone(&self.queue_count),
-            places: 1,
-            failed: false,
-        })
+        Ok(self.queue_count.hold(&mut state, 1))
     }
 
     /// Counts the queue again, unless another submission did so while this one waited.
@@ -375,19 +386,14 @@ impl PgStore {
             state.accepted
         };
         let counted = self.count_queue().await?;
-        let mut state = self.queue_count.lock();
-        state.counted = counted;
-        state.accepted_at_count = accepted_before;
-        state.counted_at = Some(Instant::now());
+        self.queue_count.lock().set_count(counted, accepted_before);
         Ok(())
     }
 
     async fn count_queue(&self) -> StoreResult<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM requests WHERE next_attempt_at IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(COUNT_QUEUE)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Claims as [`claim_due`](Self::claim_due) does, but looking at each destination's due
@@ -832,10 +838,7 @@ impl Backend for PgStore {
         // The place is held as a submission's is, so that this instance's submissions that
         // follow (or run alongside) count it; the count taken here becomes the instance's.
         let accepted_before = self.queue_count.lock().accepted;
-        let queued: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM requests WHERE next_attempt_at IS NOT NULL")
-                .fetch_one(&mut *tx)
-                .await?;
+        let queued: i64 = sqlx::query_scalar(COUNT_QUEUE).fetch_one(&mut *tx).await?;
         let reservation = self.reserve_after_count(queued, accepted_before)?;
         // A new round: the retry budget counts from the attempts made so far. The destination
         // is written again: a request finished before destinations were recorded has none,
