@@ -291,20 +291,19 @@ async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
 
 // Idempotency keys across instances (see idempotency.rs for the rest of their rules).
 
+/// Two in-process instances with the harness's settings, sharing the database `url`.
+async fn two_instances(url: &str) -> (TestServer, TestServer) {
+    let instance = || TestServer::builder().database_url(url).start();
+    (instance().await, instance().await)
+}
+
 #[tokio::test]
 async fn instances_sharing_postgres_create_one_request_per_key() {
     let Some(database_url) = postgres_database().await else {
         return;
     };
     let receiver = Receiver::start(Behaviour::accept()).await;
-    let a = TestServer::builder()
-        .database_url(&database_url)
-        .start()
-        .await;
-    let b = TestServer::builder()
-        .database_url(&database_url)
-        .start()
-        .await;
+    let (a, b) = two_instances(&database_url).await;
     let body = json!({"data": "shared", "iterations": 10, "callback_url": receiver.url()});
     let answers = join_all((0..20).map(|i| {
         let app = if i % 2 == 0 { &a } else { &b };
@@ -335,14 +334,7 @@ async fn a_repeat_on_another_instance_waits_for_the_first_and_answers_its_result
     let Some(database_url) = postgres_database().await else {
         return;
     };
-    let a = TestServer::builder()
-        .database_url(&database_url)
-        .start()
-        .await;
-    let b = TestServer::builder()
-        .database_url(&database_url)
-        .start()
-        .await;
+    let (a, b) = two_instances(&database_url).await;
     // Long enough that the repeat arrives on B while A is still working.
     let body = json!({"data": "long work", "iterations": 100000});
     let first = post_keyed(&a, "/sync", "cross-instance", &body);

@@ -40,6 +40,16 @@ pub async fn connect(app: &TestServer) -> TcpStream {
         .expect("connect to the service")
 }
 
+/// A `POST` of JSON `body` to `path` as it goes on the wire, with `extra` header lines
+/// (each ending in `\r\n`).
+pub fn json_post(path: &str, extra: &str, body: &Value) -> String {
+    let body = body.to_string();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// A response as read off the wire.
 #[derive(Debug)]
 pub struct RawResponse {

@@ -612,10 +612,10 @@ async fn clients_that_hang_up_mid_submission_leave_nothing_stuck_and_no_place_he
         .setting("async-queue-max-size", BOUND.to_string())
         .start()
         .await;
-    let body = json!({"data": "gone", "iterations": 1, "callback_url": receiver.url()}).to_string();
-    let request = format!(
-        "POST /async HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let request = super::json_post(
+        "/async",
+        "",
+        &json!({"data": "gone", "iterations": 1, "callback_url": receiver.url()}),
     );
     // One patient client first: on PostgreSQL the first submission counts the queue, and
     // clients hanging up during that count never reach the write this test is about.
@@ -675,10 +675,10 @@ async fn a_sync_request_whose_client_left_is_recorded_before_shutdown_closes_the
         .setting("work-duration-seconds", "1")
         .start()
         .await;
-    let body = json!({"data": "left at shutdown", "iterations": 1}).to_string();
-    let request = format!(
-        "POST /sync HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nIdempotency-Key: left-at-shutdown\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let request = super::json_post(
+        "/sync",
+        "Idempotency-Key: left-at-shutdown\r\n",
+        &json!({"data": "left at shutdown", "iterations": 1}),
     );
     let mut stream = super::connect(&app).await;
     stream.write_all(request.as_bytes()).await.expect("write");
@@ -709,10 +709,10 @@ async fn a_sync_request_outliving_the_grace_period_is_failed_within_it() {
         .setting("work-duration-seconds", "6")
         .start()
         .await;
-    let body = json!({"data": "outlives the grace", "iterations": 1}).to_string();
-    let request = format!(
-        "POST /sync HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nIdempotency-Key: outlives-the-grace\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let request = super::json_post(
+        "/sync",
+        "Idempotency-Key: outlives-the-grace\r\n",
+        &json!({"data": "outlives the grace", "iterations": 1}),
     );
     // The client stays connected: its request is in flight when the shutdown begins.
     let mut stream = super::connect(&app).await;
