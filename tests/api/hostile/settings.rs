@@ -88,3 +88,53 @@ async fn extreme_but_accepted_settings_work() {
         .unwrap();
     assert_eq!(cleanup.status(), 200);
 }
+
+/// No grace period at all and the longest work duration accepted: the stale-sync sweep,
+/// whose threshold the work duration stretches, still runs; and a sync request in flight at
+/// shutdown is abandoned at once and recorded as failed, the stop prompt instead of waiting
+/// on 31 years of work.
+#[tokio::test]
+async fn no_grace_and_the_longest_work_duration_stop_promptly_and_record_the_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = crate::helpers::fresh_database(dir.path()).await;
+    let app = TestServer::builder()
+        .database_url(&database)
+        .setting("admin-token", "t")
+        .setting("shutdown-grace-seconds", "0")
+        .setting("work-duration-seconds", "1000000000")
+        .start()
+        .await;
+    let cleanup = app
+        .client
+        .post(app.url("/admin/cleanup"))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleanup.status(), 200);
+
+    let request = super::json_post(
+        "/sync",
+        "Idempotency-Key: works-for-ever\r\n",
+        &json!({"data": "for ever", "iterations": 1}),
+    );
+    let mut stream = super::connect(&app).await;
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    app.stop().await;
+    let took = started.elapsed();
+    drop(stream);
+    assert!(
+        took < Duration::from_millis(1800),
+        "no grace period, and the shutdown took {took:?}"
+    );
+
+    let app = TestServer::builder().database_url(&database).start().await;
+    let list = app.get_json("/requests?mode=sync").await;
+    let records = list["requests"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{list}");
+    assert_eq!(records[0]["status"], "failed", "{list}");
+}
