@@ -153,6 +153,7 @@ impl Application {
             guard,
             retention: config.retention(),
             max_stored_requests: config.max_stored_requests,
+            list_count_limit: config.list_count_limit,
             worker_count: config.async_worker_count,
             metrics: Arc::clone(&metrics),
             destinations: Arc::clone(&destinations),

@@ -135,6 +135,14 @@ pub struct Config {
     #[arg(long, env = "APP_MAX_STORED_REQUESTS", default_value_t = 100_000)]
     pub max_stored_requests: u64,
 
+    /// The most matching requests the `total` of `GET /requests` counts when the list is
+    /// filtered beyond mode and status (time range, callback host, id prefix); past it the
+    /// answer says `"total_capped": true`. Totals filtered by mode and status only are
+    /// always exact, from counts kept as requests change.
+    #[arg(long, env = "APP_LIST_COUNT_LIMIT", default_value_t = crate::store::DEFAULT_COUNT_LIMIT,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub list_count_limit: u64,
+
     /// Seconds between two runs of the retention job (at least 1).
     #[arg(long, env = "APP_CLEANUP_INTERVAL_SECONDS", default_value_t = 300.0,
           value_parser = at_least_one_second)]

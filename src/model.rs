@@ -169,7 +169,14 @@ pub struct RequestRecord {
 /// `GET /requests` → 200.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RequestList {
+    /// The requests that match. Exact when the list is filtered by mode and status at most;
+    /// a filter beyond those stops counting at `APP_LIST_COUNT_LIMIT` (then `total_capped`).
     pub total: u64,
+    /// Present, `true`, when `total` stopped at `APP_LIST_COUNT_LIMIT`: at least that many
+    /// match.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(value_type = Option<bool>)]
+    pub total_capped: bool,
     pub requests: Vec<RequestRecord>,
 }
 

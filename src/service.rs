@@ -184,6 +184,8 @@ impl From<StoreError> for ServiceError {
 pub struct BulkRedelivery {
     /// `callback_failed` requests that match the filter (before this call).
     pub matched: u64,
+    /// `matched` stopped at the list count limit: at least that many match.
+    pub matched_capped: bool,
     /// Queued again by this call.
     pub redelivered: u64,
     /// The queue filled up before every request of this call could be queued.
@@ -201,6 +203,8 @@ pub struct Service {
     pub guard: Guard,
     pub retention: std::time::Duration,
     pub max_stored_requests: u64,
+    /// The most rows a list's `total` counts for a filter beyond mode and status.
+    pub list_count_limit: u64,
     pub worker_count: u32,
     pub metrics: Arc<Metrics>,
     pub destinations: Arc<Destinations>,
@@ -468,7 +472,8 @@ impl Service {
         Ok(self.store.get(id).await?)
     }
 
-    pub async fn list(&self, filter: ListFilter) -> Result<RequestList, ServiceError> {
+    pub async fn list(&self, mut filter: ListFilter) -> Result<RequestList, ServiceError> {
+        filter.count_limit = self.list_count_limit;
         Ok(self.store.list(filter).await?)
     }
 
@@ -499,9 +504,11 @@ impl Service {
         filter.status = Some(Status::CallbackFailed);
         filter.limit = if dry_run { 1 } else { at_most.max(1) };
         filter.offset = 0;
+        filter.count_limit = self.list_count_limit;
         let page = self.store.list(filter).await?;
         let mut report = BulkRedelivery {
             matched: page.total,
+            matched_capped: page.total_capped,
             redelivered: 0,
             queue_full: false,
         };

@@ -70,6 +70,19 @@ pub fn destination_of(url: &url::Url) -> String {
     }
 }
 
+/// The host of a destination (`scheme://host:port` → `host`, an IPv6 host with its
+/// brackets): what the `callback_host` list filter matches. (Migrations that fill it for
+/// older rows compute the same in SQL.)
+pub fn destination_host(destination: &str) -> &str {
+    let authority = destination
+        .split_once("://")
+        .map_or(destination, |(_, rest)| rest);
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
 /// As [`destination_of`], from a stored URL; a URL that no longer parses is its own
 /// destination (its delivery fails at once anyway).
 pub fn destination_of_str(url: &str) -> String {
@@ -599,6 +612,15 @@ mod tests {
         );
         assert_eq!(destination_of(&url("http://[::1]:9/cb")), "http://[::1]:9");
         assert_eq!(destination_of_str("not a url"), "not a url");
+    }
+
+    #[test]
+    fn a_destinations_host_drops_scheme_and_port() {
+        assert_eq!(destination_host(A), "a.example");
+        assert_eq!(destination_host("https://a.example:443"), "a.example");
+        assert_eq!(destination_host("http://[::1]:9"), "[::1]");
+        assert_eq!(destination_host("http://1.2.3.4:8080"), "1.2.3.4");
+        assert_eq!(destination_host("not a url"), "not a url");
     }
 
     #[test]

@@ -166,6 +166,11 @@ struct BulkQuery {
 pub struct BulkRedeliverResponse {
     /// `callback_failed` requests that matched the filter before this call.
     matched: u64,
+    /// Present, `true`, when `matched` stopped at `APP_LIST_COUNT_LIMIT` (a filter beyond
+    /// mode and status): at least that many match.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(value_type = Option<bool>)]
+    matched_capped: bool,
     /// Queued again by this call (0 for a dry run).
     redelivered: u64,
     /// Matching requests this call left `callback_failed` (over its limit, or the queue
@@ -204,6 +209,7 @@ async fn redeliver_matching(
         .await?;
     Ok(Json(BulkRedeliverResponse {
         matched: report.matched,
+        matched_capped: report.matched_capped,
         redelivered: report.redelivered,
         remaining: report.matched.saturating_sub(report.redelivered),
         queue_full: report.queue_full,

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     AttemptOutcome, Job, KeyHolder, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position,
-    Redelivery, StatusCounts, StoreResult, Submitted,
+    Redelivery, StatementPlan, StatusCounts, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -163,18 +163,16 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         chunk: u64,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 
-    /// The `n`-th newest finished request (0: the newest), if there are that many.
-    fn nth_newest_finished(
+    /// Deletes the oldest finished requests beyond the newest `max_stored` of them, up to
+    /// `chunk` at a time; instances cleaning at once never delete past the limit together.
+    fn delete_over_limit(
         &self,
-        n: u64,
-    ) -> impl Future<Output = StoreResult<Option<Position>>> + Send;
-
-    /// Deletes up to `chunk` finished requests at or before `boundary`, oldest first.
-    fn delete_finished_through(
-        &self,
-        boundary: &Position,
+        max_stored: u64,
         chunk: u64,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// The plan of every statement on a hot path (see `store::plans`).
+    fn explain_hot(&self) -> impl Future<Output = StoreResult<Vec<StatementPlan>>> + Send;
 
     fn pool_stats(&self) -> PoolStats;
 

@@ -7,7 +7,7 @@ use super::Position;
 use crate::model::{Mode, Status};
 
 /// Filters of `GET /requests`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ListFilter {
     pub mode: Option<Mode>,
     pub status: Option<Status>,
@@ -25,28 +25,78 @@ pub struct ListFilter {
     pub before: Option<Position>,
     pub limit: u32,
     pub offset: u64,
+    /// The most matching rows a `total` counts, for a filter the kept counts cannot answer
+    /// (`APP_LIST_COUNT_LIMIT`): past it, the total says "at least this many".
+    pub count_limit: u64,
+}
+
+/// `APP_LIST_COUNT_LIMIT`'s default: a count that stops here takes milliseconds, and a
+/// person paging through a list needs no more precise a number.
+pub const DEFAULT_COUNT_LIMIT: u64 = 10_000;
+
+impl Default for ListFilter {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            status: None,
+            created_from: None,
+            created_to: None,
+            callback_host: None,
+            id_prefix: None,
+            before: None,
+            limit: 100,
+            offset: 0,
+            count_limit: DEFAULT_COUNT_LIMIT,
+        }
+    }
 }
 
 impl ListFilter {
-    /// The `LIKE` pattern (escape character `\`) that matches `callback_host` in the
-    /// `destination` column (`scheme://host:port`).
-    fn destination_pattern(&self) -> Option<String> {
-        let host = self.callback_host.as_deref()?;
-        let escaped = host
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        // An IPv6 host is bracketed, so a colon after `]`, or any colon without brackets, is
-        // a port.
-        let has_port = match host.rfind(']') {
-            Some(end) => host[end..].contains(':'),
-            None => host.contains(':'),
-        };
-        Some(if has_port {
-            format!("%://{escaped}")
+    /// Whether the filter uses no more than the original's (mode and status, and paging):
+    /// its `total` is then the sum of the kept counts, exact and at no cost. A filter beyond
+    /// those counts its matching rows, up to [`ListFilter::count_limit`].
+    pub(crate) fn counted_by_status(&self) -> bool {
+        self.created_from.is_none()
+            && self.created_to.is_none()
+            && self.callback_host.is_none()
+            && self.id_prefix.is_none()
+    }
+
+    /// The order of a page, newest first: by creation time, or, for an id prefix, by id
+    /// (ids are UUIDv7, which begin with their creation time in milliseconds): the prefix's
+    /// requests are then one range of the primary key, walked from its end, however many
+    /// the prefix matches.
+    pub(crate) fn order_by(&self) -> &'static str {
+        if self.id_prefix.is_some() {
+            "id DESC"
         } else {
-            format!("%://{escaped}:%")
-        })
+            "created_at DESC, id DESC"
+        }
+    }
+}
+
+/// A list's `total`: counted exactly, or counted until it passed the count limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Total {
+    pub n: u64,
+    pub capped: bool,
+}
+
+impl Total {
+    /// The total of a count of matching rows that stopped after `limit + 1`.
+    pub(crate) fn of_count(counted: i64, limit: u64) -> Self {
+        let counted = u64::try_from(counted).unwrap_or(0);
+        if counted > limit {
+            Total {
+                n: limit,
+                capped: true,
+            }
+        } else {
+            Total {
+                n: counted,
+                capped: false,
+            }
+        }
     }
 }
 
@@ -62,9 +112,6 @@ pub(crate) enum ListParam {
 pub(crate) struct Dialect {
     /// Spells the n-th parameter (1-based).
     pub placeholder: fn(usize) -> String,
-    /// Text compares byte by byte (SQLite's `BINARY`), so an id prefix can be a range on the
-    /// primary key's index; under a locale's collation (PostgreSQL's default) it cannot.
-    pub bytewise_text: bool,
 }
 
 /// The `WHERE` clause of a list statement for `filter` and its parameters, with only the
@@ -100,42 +147,98 @@ pub(crate) fn list_conditions(
         let p = next(ListParam::Time(to), &mut params);
         conditions.push(format!("created_at < {p}"));
     }
-    if let Some(pattern) = filter.destination_pattern() {
-        let p = next(ListParam::Text(pattern), &mut params);
-        conditions.push(format!("destination LIKE {p} ESCAPE '\\'"));
-    }
-    if let Some(prefix) = &filter.id_prefix {
-        // A range on the primary key finds the few ids of a long prefix at once, but the
-        // rows it finds must then be sorted: for a short prefix, which may match every row
-        // (ids are UUIDv7, so they share their leading, time-based digits), walking the
-        // newest-first index and testing each row stops after one page instead. Eight hex
-        // digits narrow a UUIDv7 to about a minute. Measured at 100k rows: a 13-digit prefix
-        // 41 ms by the walk, 2.4 ms by the range; a 1-digit one 3 ms by the walk, 145 ms by
-        // the range.
-        if dialect.bytewise_text && prefix.len() >= 8 {
-            // Ids are lower-case hex and `-`, all below DEL: every id that starts with the
-            // prefix sorts between it and the prefix followed by DEL.
-            let from = next(ListParam::Text(prefix.clone()), &mut params);
-            let to = next(ListParam::Text(format!("{prefix}\u{7f}")), &mut params);
-            conditions.push(format!("id >= {from} AND id < {to}"));
-        } else {
-            let length = prefix.chars().count();
-            let p = next(ListParam::Text(prefix.clone()), &mut params);
-            conditions.push(format!("substr(id, 1, {length}) = {p}"));
+    if let Some(host) = &filter.callback_host {
+        // `host:port` (an IPv6 host is bracketed, so a colon after `]`, or any colon without
+        // brackets, starts a port): the host, then the destination, by either scheme.
+        let port_at = match host.rfind(']') {
+            Some(end) => host[end..].find(':').map(|i| end + i),
+            None => host.find(':'),
+        };
+        let (name, port) = match port_at {
+            Some(at) => (&host[..at], Some(&host[at + 1..])),
+            None => (host.as_str(), None),
+        };
+        let p = next(ListParam::Text(name.to_string()), &mut params);
+        conditions.push(format!("callback_host = {p}"));
+        if let Some(port) = port {
+            let http = next(
+                ListParam::Text(format!("http://{name}:{port}")),
+                &mut params,
+            );
+            let https = next(
+                ListParam::Text(format!("https://{name}:{port}")),
+                &mut params,
+            );
+            conditions.push(format!("destination IN ({http}, {https})"));
         }
     }
+    if let Some(prefix) = &filter.id_prefix {
+        // Ids are lower-case hex and `-`, all below DEL, and compare byte by byte on both
+        // backends: every id that starts with the prefix sorts between it and the prefix
+        // followed by DEL.
+        let from = next(ListParam::Text(prefix.clone()), &mut params);
+        let to = next(ListParam::Text(format!("{prefix}\u{7f}")), &mut params);
+        conditions.push(format!("id >= {from} AND id < {to}"));
+    }
     if let (true, Some(before)) = (with_cursor, &filter.before) {
-        // `created_at <= t` is the range an index on `created_at` serves; the rest only
-        // sorts out the requests created in the same instant as the cursor.
-        let at = next(ListParam::Time(before.created_at), &mut params);
-        let id = next(ListParam::Text(before.id.clone()), &mut params);
-        conditions.push(format!(
-            "created_at <= {at} AND (created_at < {at} OR id < {id})"
-        ));
+        if filter.id_prefix.is_some() {
+            // In id order (see `ListFilter::order_by`).
+            let id = next(ListParam::Text(before.id.clone()), &mut params);
+            conditions.push(format!("id < {id}"));
+        } else {
+            // `created_at <= t` is the range an index on `created_at` serves; the rest only
+            // sorts out the requests created in the same instant as the cursor.
+            let at = next(ListParam::Time(before.created_at), &mut params);
+            let id = next(ListParam::Text(before.id.clone()), &mut params);
+            conditions.push(format!(
+                "created_at <= {at} AND (created_at < {at} OR id < {id})"
+            ));
+        }
     }
     if conditions.is_empty() {
         ("1 = 1".into(), params)
     } else {
         (conditions.join(" AND "), params)
     }
+}
+
+/// The statement of one page of `filter`, newest first, and its parameters (the page's size
+/// and offset last).
+pub(crate) fn page_sql(filter: &ListFilter, dialect: &Dialect) -> (String, Vec<ListParam>) {
+    let (conditions, mut params) = list_conditions(filter, true, dialect);
+    let limit = (dialect.placeholder)(params.len() + 1);
+    let offset = (dialect.placeholder)(params.len() + 2);
+    // Built from the fixed fragments of `list_conditions` only; values are parameters.
+    let sql = format!(
+        concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM requests WHERE {} ORDER BY {} LIMIT {} OFFSET {}"
+        ),
+        conditions,
+        filter.order_by(),
+        limit,
+        offset
+    );
+    params.push(ListParam::Int(i64::from(filter.limit)));
+    params.push(ListParam::Int(
+        i64::try_from(filter.offset).unwrap_or(i64::MAX),
+    ));
+    (sql, params)
+}
+
+/// The statement counting the rows of `filter` up to one past its count limit, and its
+/// parameters.
+pub(crate) fn count_sql(filter: &ListFilter, dialect: &Dialect) -> (String, Vec<ListParam>) {
+    let (conditions, mut params) = list_conditions(filter, false, dialect);
+    let limit = (dialect.placeholder)(params.len() + 1);
+    params.push(ListParam::Int(
+        i64::try_from(filter.count_limit.saturating_add(1)).unwrap_or(i64::MAX),
+    ));
+    (
+        format!(
+            "SELECT count(*) FROM (SELECT 1 FROM requests WHERE {conditions} LIMIT {limit}) AS matching"
+        ),
+        params,
+    )
 }

@@ -24,6 +24,13 @@ macro_rules! finished_statuses {
     };
 }
 
+/// Statuses of a request still in the queue, in SQL list form for `IN`.
+macro_rules! unfinished_statuses {
+    () => {
+        "('pending', 'processing', 'callback_pending')"
+    };
+}
+
 /// The columns both backends read into a `RequestRecord`.
 macro_rules! record_columns {
     () => {
@@ -55,6 +62,7 @@ mod error;
 mod group_commit;
 mod lifecycle;
 mod list;
+mod plans;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -73,8 +81,9 @@ pub use changes::{Changes, Subscription};
 pub use error::{StoreError, StoreResult};
 pub(crate) use lifecycle::sync_outcome;
 pub use lifecycle::{ABANDONED_SYNC_ERROR, AttemptOutcome, Change, Due, Effect, Tally, Transition};
-pub use list::ListFilter;
-pub(crate) use list::{Dialect, ListParam, list_conditions};
+pub use list::{DEFAULT_COUNT_LIMIT, ListFilter};
+pub(crate) use list::{Dialect, ListParam, Total, count_sql, page_sql};
+pub use plans::StatementPlan;
 use postgres::PgStore;
 use sqlite::SqliteStore;
 
@@ -511,8 +520,9 @@ impl Store {
     /// `max_stored`. Unfinished requests are never touched.
     ///
     /// Deletion goes in chunks of [`CLEANUP_CHUNK`] rows, each a short transaction found
-    /// through the `created_at` index, so that a backlog of millions neither holds the write
-    /// lock for long nor rescans the table per chunk; other writes interleave between chunks.
+    /// through the `created_at` index, oldest first, so that a backlog of millions neither
+    /// holds the write lock for long nor rescans the table per chunk; other writes interleave
+    /// between chunks. How many are over the limit is read from the kept counts.
     pub async fn cleanup(
         &self,
         retention: Duration,
@@ -526,19 +536,21 @@ impl Store {
                 break;
             }
         }
-        // The boundary is found once: requests finishing meanwhile are newer and stay.
-        let Some(boundary) = dispatch!(self, s => s.nth_newest_finished(max_stored).await)? else {
-            return Ok(report);
-        };
         loop {
             let deleted =
-                dispatch!(self, s => s.delete_finished_through(&boundary, CLEANUP_CHUNK).await)?;
+                dispatch!(self, s => s.delete_over_limit(max_stored, CLEANUP_CHUNK).await)?;
             report.over_limit += deleted;
             if deleted < CLEANUP_CHUNK {
                 break;
             }
         }
         Ok(report)
+    }
+
+    /// How the database runs each statement on a hot path (see `plans.rs`): for tests, and
+    /// for an operator checking a database with a history.
+    pub async fn explain_hot_statements(&self) -> StoreResult<Vec<StatementPlan>> {
+        dispatch!(self, s => s.explain_hot().await)
     }
 
     /// Connections in use and idle, and writes waiting (for `/metrics`).

@@ -4,6 +4,7 @@
 //! 127.0.0.1. One test binary (modules per feature) keeps the build to one link.
 
 mod helpers;
+mod history;
 mod hostile;
 mod isolation;
 mod list_filters;

@@ -14,6 +14,7 @@ use std::time::Instant;
 use sqlx::postgres::PgPool;
 
 use super::{JOBS_CHANNEL, NOTIFY_INTERVAL};
+use crate::delivery::destinations::destination_host;
 use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::group_commit::RunBatch;
 use crate::store::{AttemptOutcome, NewAsyncRequest, StoreResult, Transition};
@@ -22,28 +23,68 @@ use crate::store::{AttemptOutcome, NewAsyncRequest, StoreResult, Transition};
 /// answer is whether that row was inserted (false: its idempotency key is taken). Commits
 /// durably: every acceptance follows its row's commit.
 pub(super) const INSERT_QUEUED: &str = "
-    WITH inserted AS (
-        INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
-                              created_at, next_attempt_at, destination, idempotency_key,
-                              idempotency_fingerprint)
-        SELECT id, 'async', 'pending', payload_hash, data, iterations, callback_url,
-               created_at, now(), destination, idempotency_key, idempotency_fingerprint
-        FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
-                    $6::timestamptz[], $7::text[], $8::text[], $9::text[])
-             AS queued(id, payload_hash, data, iterations, callback_url, created_at,
-                       destination, idempotency_key, idempotency_fingerprint)
-        -- No conflict target: a taken key (or a retried write's taken id) inserts nothing.
-        ON CONFLICT DO NOTHING
-        RETURNING id),
-    -- The rows and their announcement commit together (a NOTIFY is delivered at commit,
-    -- never before). Only when $11: PostgreSQL serialises the commits of notifying
-    -- transactions, so an instance announces at most once per NOTIFY_INTERVAL; the jobs of
-    -- the others are found by the instance that accepted them (woken locally) or by
-    -- whoever the last announcement woke. (A CTE without side effects runs only where it
-    -- is read: the scalar subquery below reads it once, when a row was inserted.)
-    announced AS (
-        SELECT pg_notify($10, '') WHERE $11)
-    SELECT id FROM inserted WHERE (SELECT count(*) FROM announced) >= 0";
+     WITH inserted AS (
+         INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
+                               created_at, next_attempt_at, destination, callback_host,
+                               idempotency_key, idempotency_fingerprint)
+         SELECT id, 'async', 'pending', payload_hash, data, iterations, callback_url,
+                created_at, now(), destination, callback_host, idempotency_key,
+                idempotency_fingerprint
+         FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
+                     $6::timestamptz[], $7::text[], $8::text[], $9::text[], $12::text[])
+              AS queued(id, payload_hash, data, iterations, callback_url, created_at,
+                        destination, idempotency_key, idempotency_fingerprint, callback_host)
+         -- No conflict target: a taken key (or a retried write's taken id) inserts nothing.
+         ON CONFLICT DO NOTHING
+         RETURNING id),
+     -- The rows and their announcement commit together (a NOTIFY is delivered at commit,
+     -- never before). Only when $11: PostgreSQL serialises the commits of notifying
+     -- transactions, so an instance announces at most once per NOTIFY_INTERVAL; the jobs of
+     -- the others are found by the instance that accepted them (woken locally) or by
+     -- whoever the last announcement woke. (A CTE without side effects runs only where it
+     -- is read: the scalar subquery below reads it once, when a row was inserted.)
+     announced AS (
+         SELECT pg_notify($10, '') WHERE $11)
+     SELECT id FROM inserted WHERE (SELECT count(*) FROM announced) >= 0";
+
+/// Work results stored under their claims (`processing → callback_pending`); returns the id and claim of each stored.
+pub(super) const STORE_RESULTS: &str = "UPDATE requests AS r
+     SET status = 'callback_pending', input_hash = w.input_hash,
+         output_hash = w.output_hash, processing_time_ms = w.processing_time_ms,
+         data = NULL
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
+          AS w(id, token, input_hash, output_hash, processing_time_ms)
+     WHERE r.id = w.id AND r.lease_token = w.token
+     RETURNING r.id, w.token";
+
+/// Delivery attempts recorded where their claim still holds, each request moved on in the same statement; returns the id and claim of each recorded.
+pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                              $5::bool[], $6::float8[], $7::int[], $8::text[],
+                              $9::timestamptz[], $10::float8[], $11::int[], $12::text[],
+                              $13::text[])
+              AS a(id, owner, token, status, finishes, due_in, attempt, error,
+                   started_at, duration_ms, status_code, response_body, note)),
+     moved AS (
+         UPDATE requests AS r
+         SET status = a.status, completed_at = CASE WHEN a.finishes THEN now() END,
+             next_attempt_at = now() + make_interval(secs => a.due_in),
+             callback_attempts = a.attempt,
+             callback_last_error = COALESCE(a.error, r.callback_last_error),
+             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+             unrecorded_claims = 0
+         FROM attempts AS a
+         WHERE r.id = a.id AND r.lease_token = a.token
+         RETURNING r.id, a.token),
+     audited AS (
+         INSERT INTO delivery_attempts
+             (request_id, attempt, started_at, duration_ms, status_code, error,
+              response_body, claimed_by, note)
+         SELECT a.id, a.attempt, a.started_at, a.duration_ms, a.status_code, a.error,
+                a.response_body, a.owner, a.note
+         FROM attempts AS a JOIN moved ON moved.id = a.id AND moved.token = a.token
+         ON CONFLICT (request_id, attempt) DO NOTHING)
+     SELECT id, token FROM moved";
 
 /// Binds `INSERT_QUEUED`'s parameters for `queued`.
 pub(super) fn insert_queued(
@@ -65,6 +106,7 @@ pub(super) fn insert_queued(
         .bind(column(queued, fingerprint))
         .bind(JOBS_CHANNEL)
         .bind(announce)
+        .bind(text(|n| destination_host(&n.destination)))
 }
 
 /// Inserts submissions of `POST /async`, batched.
@@ -121,23 +163,14 @@ impl RunBatch<ResultWrite> for StoreResults {
     async fn run(&self, batch: &[ResultWrite]) -> StoreResult<Vec<bool>> {
         // Answered by id and claim: a stale claim's write may share the batch with the
         // write of the claim that took the job over, and only the latter stored anything.
-        let updated: Vec<(String, String)> = sqlx::query_as(
-            "UPDATE requests AS r
-             SET status = 'callback_pending', input_hash = w.input_hash,
-                 output_hash = w.output_hash, processing_time_ms = w.processing_time_ms,
-                 data = NULL
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
-                  AS w(id, token, input_hash, output_hash, processing_time_ms)
-             WHERE r.id = w.id AND r.lease_token = w.token
-             RETURNING r.id, w.token",
-        )
-        .bind(column(batch, |w| w.id.as_str()))
-        .bind(column(batch, |w| w.token.as_str()))
-        .bind(column(batch, |w| w.result.input_hash.as_str()))
-        .bind(column(batch, |w| w.result.output_hash.as_str()))
-        .bind(column(batch, |w| w.result.processing_time_ms))
-        .fetch_all(&self.pool)
-        .await?;
+        let updated: Vec<(String, String)> = sqlx::query_as(STORE_RESULTS)
+            .bind(column(batch, |w| w.id.as_str()))
+            .bind(column(batch, |w| w.token.as_str()))
+            .bind(column(batch, |w| w.result.input_hash.as_str()))
+            .bind(column(batch, |w| w.result.output_hash.as_str()))
+            .bind(column(batch, |w| w.result.processing_time_ms))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(answered(
             batch.iter().map(|w| (w.id.as_str(), w.token.as_str())),
             updated
@@ -172,52 +205,24 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
         // attempt may share the batch with the current claim's, and must neither enter the
         // audit nor be acknowledged), and by whether its request moved on, as on SQLite: an
         // attempt number already in the audit does not make a held claim look lost.
-        let recorded: Vec<(String, String)> = sqlx::query_as(
-            "WITH attempts AS (
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
-                                      $5::bool[], $6::float8[], $7::int[], $8::text[],
-                                      $9::timestamptz[], $10::float8[], $11::int[], $12::text[],
-                                      $13::text[])
-                      AS a(id, owner, token, status, finishes, due_in, attempt, error,
-                           started_at, duration_ms, status_code, response_body, note)),
-             moved AS (
-                 UPDATE requests AS r
-                 SET status = a.status, completed_at = CASE WHEN a.finishes THEN now() END,
-                     next_attempt_at = now() + make_interval(secs => a.due_in),
-                     callback_attempts = a.attempt,
-                     callback_last_error = COALESCE(a.error, r.callback_last_error),
-                     lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
-                     unrecorded_claims = 0
-                 FROM attempts AS a
-                 WHERE r.id = a.id AND r.lease_token = a.token
-                 RETURNING r.id, a.token),
-             audited AS (
-                 INSERT INTO delivery_attempts
-                     (request_id, attempt, started_at, duration_ms, status_code, error,
-                      response_body, claimed_by, note)
-                 SELECT a.id, a.attempt, a.started_at, a.duration_ms, a.status_code, a.error,
-                        a.response_body, a.owner, a.note
-                 FROM attempts AS a JOIN moved ON moved.id = a.id AND moved.token = a.token
-                 ON CONFLICT (request_id, attempt) DO NOTHING)
-             SELECT id, token FROM moved",
-        )
-        .bind(column(batch, |w| w.id.as_str()))
-        .bind(column(batch, |w| w.owner.as_str()))
-        .bind(column(batch, |w| w.token.as_str()))
-        .bind(column(batch, |w| w.outcome.status().as_str()))
-        .bind(column(batch, |w| transition(w).finishes()))
-        .bind(column(batch, |w| transition(w).due_in_secs()))
-        .bind(column(batch, |w| {
-            i32::try_from(w.attempt.attempt).unwrap_or(i32::MAX)
-        }))
-        .bind(column(batch, |w| w.attempt.error.as_deref()))
-        .bind(column(batch, |w| w.attempt.started_at))
-        .bind(column(batch, |w| w.attempt.duration_ms))
-        .bind(column(batch, |w| w.attempt.status_code.map(i32::from)))
-        .bind(column(batch, |w| w.attempt.response_body.as_deref()))
-        .bind(column(batch, |w| w.attempt.note.as_deref()))
-        .fetch_all(&self.pool)
-        .await?;
+        let recorded: Vec<(String, String)> = sqlx::query_as(RECORD_ATTEMPTS)
+            .bind(column(batch, |w| w.id.as_str()))
+            .bind(column(batch, |w| w.owner.as_str()))
+            .bind(column(batch, |w| w.token.as_str()))
+            .bind(column(batch, |w| w.outcome.status().as_str()))
+            .bind(column(batch, |w| transition(w).finishes()))
+            .bind(column(batch, |w| transition(w).due_in_secs()))
+            .bind(column(batch, |w| {
+                i32::try_from(w.attempt.attempt).unwrap_or(i32::MAX)
+            }))
+            .bind(column(batch, |w| w.attempt.error.as_deref()))
+            .bind(column(batch, |w| w.attempt.started_at))
+            .bind(column(batch, |w| w.attempt.duration_ms))
+            .bind(column(batch, |w| w.attempt.status_code.map(i32::from)))
+            .bind(column(batch, |w| w.attempt.response_body.as_deref()))
+            .bind(column(batch, |w| w.attempt.note.as_deref()))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(answered(
             batch.iter().map(|w| (w.id.as_str(), w.token.as_str())),
             recorded

@@ -4,20 +4,16 @@ use rusqlite::{Connection, params_from_iter};
 
 use super::rows::record_from_row;
 use crate::model::RequestList;
-use crate::store::{Dialect, ListFilter, ListParam, list_conditions};
+use crate::store::{Dialect, ListFilter, ListParam, Total, count_sql, page_sql};
+
+/// The kept count of the requests of a mode and a status (either may be `NULL`: any).
+pub(super) const COUNT_BY_STATUS: &str = "SELECT COALESCE(sum(n), 0) FROM request_counts
+     WHERE (?1 IS NULL OR mode = ?1) AND (?2 IS NULL OR status = ?2)";
 
 /// A page of `filter` and the total that match, on `conn`.
 pub(super) fn list_on(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<RequestList> {
-    let (total_where, total_params) = list_conditions(filter, false, &DIALECT);
+    let total = total_of(conn, filter)?;
     let (page_sql, page_params) = list_page_sql(filter);
-    let total: i64 = conn
-        .prepare_cached(&format!(
-            "SELECT COUNT(*) FROM requests WHERE {total_where}"
-        ))?
-        .query_row(
-            params_from_iter(total_params.iter().map(sql_value)),
-            |row| row.get(0),
-        )?;
     let requests = conn
         .prepare_cached(&page_sql)?
         .query_map(
@@ -26,30 +22,45 @@ pub(super) fn list_on(conn: &Connection, filter: &ListFilter) -> rusqlite::Resul
         )?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(RequestList {
-        total: u64::try_from(total).unwrap_or(0),
+        total: total.n,
+        total_capped: total.capped,
         requests,
     })
 }
 
-/// The statement of one page of `filter`, newest first, and its parameters.
+/// How many requests match `filter`: the kept count for the original's filters, else a
+/// count of matching rows that stops past the filter's count limit.
+fn total_of(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Total> {
+    if filter.counted_by_status() {
+        let n: i64 = conn.prepare_cached(COUNT_BY_STATUS)?.query_row(
+            (
+                filter.mode.map(|m| m.as_str()),
+                filter.status.map(|s| s.as_str()),
+            ),
+            |row| row.get(0),
+        )?;
+        return Ok(Total {
+            n: u64::try_from(n).unwrap_or(0),
+            capped: false,
+        });
+    }
+    let (sql, params) = list_count_sql(filter);
+    let counted: i64 = conn
+        .prepare_cached(&sql)?
+        .query_row(params_from_iter(params.iter().map(sql_value)), |row| {
+            row.get(0)
+        })?;
+    Ok(Total::of_count(counted, filter.count_limit))
+}
+
+/// The statement counting the rows of `filter` up to one past its count limit.
+pub(super) fn list_count_sql(filter: &ListFilter) -> (String, Vec<ListParam>) {
+    count_sql(filter, &DIALECT)
+}
+
+/// The statement of one page of `filter`, newest first.
 pub(super) fn list_page_sql(filter: &ListFilter) -> (String, Vec<ListParam>) {
-    let (page_where, mut params) = list_conditions(filter, true, &DIALECT);
-    let n = params.len();
-    let sql = format!(
-        concat!(
-            "SELECT ",
-            record_columns!(),
-            " FROM requests WHERE {} ORDER BY created_at DESC, id DESC LIMIT ?{} OFFSET ?{}"
-        ),
-        page_where,
-        n + 1,
-        n + 2
-    );
-    params.push(ListParam::Int(i64::from(filter.limit)));
-    params.push(ListParam::Int(
-        i64::try_from(filter.offset).unwrap_or(i64::MAX),
-    ));
-    (sql, params)
+    page_sql(filter, &DIALECT)
 }
 
 /// A list parameter as SQLite stores it (times as Unix milliseconds).
@@ -65,5 +76,4 @@ pub(super) fn sql_value(param: &ListParam) -> rusqlite::types::Value {
 /// This backend's spelling of list conditions.
 pub(super) const DIALECT: Dialect = Dialect {
     placeholder: |n| format!("?{n}"),
-    bytewise_text: true,
 };

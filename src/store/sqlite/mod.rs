@@ -19,6 +19,7 @@
 mod claims;
 mod list;
 mod open;
+mod plans;
 mod readers;
 mod rows;
 mod writer;
@@ -37,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::backend::Backend;
 use super::{
     AttemptOutcome, Job, KeyHolder, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position,
-    Redelivery, StatusCounts, StoreError, StoreResult, Submitted,
+    Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -51,9 +52,26 @@ use self::readers::Readers;
 use self::rows::{attempt_from_row, from_millis, parse_status, record_from_row};
 use self::writer::{Message, WRITER_QUEUE, Write, Writer};
 use self::writes::{
-    Claim, DeleteExpired, DeleteFinishedThrough, GiveUp, Heartbeat, Probe, RecordAttempt,
-    Redeliver, Release, SaveResult, SubmitAsync, SubmitBatch, SyncFinished, SyncStarted, holder_of,
+    Claim, DeleteExpired, DeleteOverLimit, GiveUp, Heartbeat, Probe, RecordAttempt, Redeliver,
+    Release, SaveResult, SubmitAsync, SubmitBatch, SyncFinished, SyncStarted, holder_of,
 };
+
+/// A request's record.
+const RECORD_BY_ID: &str = concat!("SELECT ", record_columns!(), " FROM requests WHERE id = ?1");
+
+/// A request's delivery attempts, in order.
+const ATTEMPTS_OF: &str = concat!(
+    "SELECT ",
+    attempt_columns!(),
+    " FROM delivery_attempts WHERE request_id = ?1 ORDER BY attempt"
+);
+
+/// Where a request stands in the list order.
+const POSITION_OF: &str = "SELECT created_at, id FROM requests WHERE id = ?1";
+
+/// The requests in each status, from the kept counts.
+const STATUS_COUNTS: &str =
+    "SELECT status, sum(n) FROM request_counts GROUP BY status HAVING sum(n) > 0";
 
 /// Read connections. Reads are short; more connections than cores buys nothing.
 const READERS: usize = 4;
@@ -81,8 +99,8 @@ impl SqliteStore {
             let path = path.clone();
             move || -> StoreResult<(Connection, u64)> {
                 let mut conn = open_connection(&path, false)?;
-                migrate(&mut conn)?;
-                backfill_destinations(&mut conn)?;
+                let schema_before = migrate(&mut conn)?;
+                backfill_destinations(&mut conn, schema_before)?;
                 let queued = recover(&mut conn)?;
                 Ok((conn, queued))
             }
@@ -316,22 +334,14 @@ impl Backend for SqliteStore {
         let id = id.to_string();
         self.read(move |conn| {
             let Some(mut record) = conn
-                .prepare_cached(concat!(
-                    "SELECT ",
-                    record_columns!(),
-                    " FROM requests WHERE id = ?1"
-                ))?
+                .prepare_cached(RECORD_BY_ID)?
                 .query_row([&id], record_from_row)
                 .optional()?
             else {
                 return Ok(None);
             };
             let attempts = conn
-                .prepare_cached(concat!(
-                    "SELECT ",
-                    attempt_columns!(),
-                    " FROM delivery_attempts WHERE request_id = ?1 ORDER BY attempt"
-                ))?
+                .prepare_cached(ATTEMPTS_OF)?
                 .query_map([&id], attempt_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             record.attempts = Some(attempts);
@@ -347,7 +357,7 @@ impl Backend for SqliteStore {
     async fn position(&self, id: &str) -> StoreResult<Option<Position>> {
         let id = id.to_string();
         self.read(move |conn| {
-            conn.prepare_cached("SELECT created_at, id FROM requests WHERE id = ?1")?
+            conn.prepare_cached(POSITION_OF)?
                 .query_row([&id], |row| {
                     Ok(Position {
                         created_at: from_millis(row.get(0)?),
@@ -361,7 +371,7 @@ impl Backend for SqliteStore {
 
     async fn status_counts(&self) -> StoreResult<StatusCounts> {
         self.read(|conn| {
-            conn.prepare_cached("SELECT status, COUNT(*) FROM requests GROUP BY status")?
+            conn.prepare_cached(STATUS_COUNTS)?
                 .query_map([], |row| {
                     let status: String = row.get(0)?;
                     let n: i64 = row.get(1)?;
@@ -422,31 +432,12 @@ impl Backend for SqliteStore {
         self.send(DeleteExpired { cutoff, chunk }).await
     }
 
-    async fn nth_newest_finished(&self, n: u64) -> StoreResult<Option<Position>> {
-        let offset = i64::try_from(n).unwrap_or(i64::MAX);
-        self.read(move |conn| {
-            conn.prepare_cached(concat!(
-                "SELECT created_at, id FROM requests WHERE status IN ",
-                finished_statuses!(),
-                " ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?1"
-            ))?
-            .query_row([offset], |row| {
-                Ok(Position {
-                    created_at: from_millis(row.get(0)?),
-                    id: row.get(1)?,
-                })
-            })
-            .optional()
-        })
-        .await
+    async fn explain_hot(&self) -> StoreResult<Vec<StatementPlan>> {
+        self.read(plans::explain_hot).await
     }
 
-    async fn delete_finished_through(&self, boundary: &Position, chunk: u64) -> StoreResult<u64> {
-        self.send(DeleteFinishedThrough {
-            boundary: boundary.clone(),
-            chunk,
-        })
-        .await
+    async fn delete_over_limit(&self, max_stored: u64, chunk: u64) -> StoreResult<u64> {
+        self.send(DeleteOverLimit { max_stored, chunk }).await
     }
 
     async fn close(&self) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, config::DbConfig, params};
 
-use crate::delivery::destinations::destination_of_str;
+use crate::delivery::destinations::{destination_host, destination_of_str};
 use crate::store::{ABANDONED_SYNC_ERROR, StoreError, StoreResult, applied_migrations};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -19,7 +19,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0004_destinations.sql"),
     include_str!("../../../migrations/sqlite/0005_destination_index.sql"),
     include_str!("../../../migrations/sqlite/0006_idempotency.sql"),
+    include_str!("../../../migrations/sqlite/0007_history.sql"),
 ];
+
+/// The first schema version whose requests record their destination (0004).
+const DESTINATIONS_RECORDED: usize = 4;
 
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -85,9 +89,17 @@ pub(super) fn lock_database(path: &Path) -> StoreResult<File> {
 }
 
 /// Gives requests recorded before destinations were (schema version 4) the destination of
-/// their callback URL: claims count each destination's room by it. Parsed here, as the
-/// dispatcher parses it, so both count the same destination.
-pub(super) fn backfill_destinations(conn: &mut Connection) -> StoreResult<()> {
+/// their callback URL, and its host: claims count each destination's room by it, and the
+/// `callback_host` filter finds it. Parsed here, as the dispatcher parses it, so both count
+/// the same destination. Only for a database that was older than that when it was opened
+/// (`schema_before`): a read of every request, done once, not at every start.
+pub(super) fn backfill_destinations(
+    conn: &mut Connection,
+    schema_before: usize,
+) -> StoreResult<()> {
+    if schema_before == 0 || schema_before >= DESTINATIONS_RECORDED {
+        return Ok(());
+    }
     let rows = conn
         .prepare(
             "SELECT id, callback_url FROM requests
@@ -102,9 +114,11 @@ pub(super) fn backfill_destinations(conn: &mut Connection) -> StoreResult<()> {
     }
     let tx = conn.transaction()?;
     {
-        let mut update = tx.prepare("UPDATE requests SET destination = ?2 WHERE id = ?1")?;
+        let mut update =
+            tx.prepare("UPDATE requests SET destination = ?2, callback_host = ?3 WHERE id = ?1")?;
         for (id, url) in &rows {
-            update.execute(params![id, destination_of_str(url)])?;
+            let destination = destination_of_str(url);
+            update.execute(params![id, destination, destination_host(&destination)])?;
         }
     }
     tx.commit()?;
@@ -115,7 +129,8 @@ pub(super) fn backfill_destinations(conn: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
-pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+/// Applies the migrations the database has not had yet; answers the schema version it had.
+pub(super) fn migrate(conn: &mut Connection) -> StoreResult<usize> {
     let applied: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let applied = applied_migrations(applied, MIGRATIONS.len())?;
     for (n, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
@@ -129,8 +144,22 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
         tx.commit()?;
         tracing::info!(version = n + 1, "applied schema migration");
     }
-    Ok(())
+    Ok(applied)
 }
+
+/// Every lease, handed back (by the lease-owner index: only leased jobs are in it).
+pub(super) const RELEASE_ALL: &str =
+    "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+     WHERE lease_owner IS NOT NULL";
+
+/// Sync requests left `processing` by a process that died (by the status index).
+pub(super) const FAIL_ABANDONED_SYNC: &str =
+    "UPDATE requests SET status = 'failed', completed_at = ?1, error = ?2, idempotency_key = NULL
+     WHERE mode = 'sync' AND status = 'processing'";
+
+/// The unfinished async requests (by the queue's index: only they have a due time).
+pub(super) const COUNT_QUEUED: &str =
+    "SELECT COUNT(*) FROM requests WHERE next_attempt_at IS NOT NULL";
 
 /// Puts the database back in a consistent state after the previous process ended, however it
 /// ended. This process holds the lock, so no lease can belong to a live worker: every leased
@@ -139,21 +168,12 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
 /// Returns the number of unfinished async requests.
 pub(super) fn recover(conn: &mut Connection) -> StoreResult<u64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let released = tx.execute(
-        "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
-         WHERE lease_owner IS NOT NULL",
-        [],
-    )?;
+    let released = tx.execute(RELEASE_ALL, [])?;
     let failed = tx.execute(
-        "UPDATE requests SET status = 'failed', completed_at = ?1, error = ?2, idempotency_key = NULL
-         WHERE mode = 'sync' AND status = 'processing'",
+        FAIL_ABANDONED_SYNC,
         params![Utc::now().timestamp_millis(), ABANDONED_SYNC_ERROR],
     )?;
-    let queued: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM requests WHERE next_attempt_at IS NOT NULL",
-        [],
-        |row| row.get(0),
-    )?;
+    let queued: i64 = tx.query_row(COUNT_QUEUED, [], |row| row.get(0))?;
     tx.commit()?;
     let queued = u64::try_from(queued).unwrap_or(0);
     if released + failed > 0 || queued > 0 {

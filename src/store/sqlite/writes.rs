@@ -9,12 +9,94 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::claims::claim;
 use super::rows::{millis, parse_status};
 use super::writer::{Applied, QueueBound, Write};
-use crate::delivery::destinations::{Rooms, destination_of_str};
+use crate::delivery::destinations::{Rooms, destination_host};
 use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::{
-    AttemptOutcome, Job, KeyHolder, NewAsyncRequest, NewRequest, Position, Redelivery, StoreError,
-    Submitted, Transition, sync_outcome,
+    AttemptOutcome, Job, KeyHolder, NewAsyncRequest, NewRequest, Redelivery, StoreError, Submitted,
+    Transition, sync_outcome,
 };
+
+/// An async request, queued.
+pub(super) const INSERT_ASYNC: &str =
+    "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
+                           created_at, next_attempt_at, destination, callback_host,
+                           idempotency_key, idempotency_fingerprint)
+     VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10)";
+
+/// The request holding an idempotency key.
+pub(super) const KEY_HOLDER: &str =
+    "SELECT id, COALESCE(idempotency_fingerprint, '') FROM requests WHERE idempotency_key = ?1";
+
+/// A sync request, `processing`.
+pub(super) const INSERT_SYNC_STARTED: &str =
+    "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                           idempotency_key, idempotency_fingerprint)
+     VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING";
+
+/// A sync request's end, with the whole record.
+pub(super) const UPSERT_SYNC_FINISHED: &str =
+    "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                           completed_at, input_hash, output_hash, processing_time_ms, error)
+     VALUES (?1, 'sync', ?5, ?2, ?3, ?4, ?6, ?7, ?8, ?9, ?10)
+     ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
+         input_hash = excluded.input_hash, output_hash = excluded.output_hash,
+         processing_time_ms = excluded.processing_time_ms, error = excluded.error,
+         -- A failed sync request did no work a replay could answer with: its key
+         -- is free again, for the client's retry.
+         idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
+                           ELSE requests.idempotency_key END
+     -- Only a request still working ends so (SyncFinished applies to `processing`):
+     -- one already failed as abandoned stays as it is, its key possibly reused.
+     WHERE requests.status = 'processing'";
+
+/// One claim's lease, renewed, found by its token (not by its owner, whose other leases
+/// would be walked for every token renewed).
+pub(super) const RENEW_LEASE: &str = "UPDATE requests INDEXED BY requests_lease_token
+     SET lease_expires_at = ?3 WHERE lease_token = ?2 AND lease_owner = ?1";
+
+/// A claimed job's work result.
+pub(super) const SAVE_RESULT: &str =
+    "UPDATE requests SET status = 'callback_pending', input_hash = ?3, output_hash = ?4,
+            processing_time_ms = ?5, data = NULL
+     WHERE id = ?1 AND lease_token = ?2";
+
+/// A delivery attempt's effect on its request.
+pub(super) const RECORD_ATTEMPT: &str =
+    "UPDATE requests SET status = ?3, completed_at = ?4, next_attempt_at = ?5,
+            callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
+            lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+            unrecorded_claims = 0
+     WHERE id = ?1 AND lease_token = ?2";
+
+/// A delivery attempt, in the audit.
+pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts
+         (request_id, attempt, started_at, duration_ms, status_code, error, response_body,
+          claimed_by, note)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+     ON CONFLICT (request_id, attempt) DO NOTHING";
+
+/// A claimed job ended without an attempt.
+pub(super) const GIVE_UP: &str =
+    "UPDATE requests SET status = 'callback_failed', completed_at = ?3,
+            next_attempt_at = NULL, callback_last_error = ?4, error = ?4,
+            lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+     WHERE id = ?1 AND lease_token = ?2";
+
+/// What a redelivery needs to know of a request.
+pub(super) const REDELIVERY_OF: &str =
+    "SELECT status, output_hash IS NOT NULL FROM requests WHERE id = ?1";
+
+/// A request put back in the queue for a new round.
+pub(super) const REDELIVER: &str =
+    "UPDATE requests SET status = ?3, completed_at = NULL, error = NULL,
+            next_attempt_at = ?2, round_start_attempts = callback_attempts, unrecorded_claims = 0
+     WHERE id = ?1";
+
+/// An owner's claims handed back (by owner: the lease-owner index).
+pub(super) const RELEASE: &str =
+    "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+            unrecorded_claims = max(unrecorded_claims - 1, 0)
+     WHERE lease_owner = ?1";
 
 /// A write's answer, when nothing refuses it.
 fn done<T>(answer: T) -> Applied<T> {
@@ -28,13 +110,7 @@ fn queue_full<T>() -> Applied<T> {
 
 pub(super) fn insert_async(tx: &Transaction<'_>, new: &NewAsyncRequest) -> rusqlite::Result<()> {
     let (key, fingerprint) = new.request.key_columns();
-    tx.prepare_cached(
-        "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
-                               created_at, next_attempt_at, destination,
-                               idempotency_key, idempotency_fingerprint)
-         VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
+    tx.prepare_cached(INSERT_ASYNC)?.execute(params![
         new.request.id,
         new.request.payload_hash,
         new.data,
@@ -42,6 +118,7 @@ pub(super) fn insert_async(tx: &Transaction<'_>, new: &NewAsyncRequest) -> rusql
         new.callback_url,
         millis(new.request.created_at),
         new.destination,
+        destination_host(&new.destination),
         key,
         fingerprint,
     ])?;
@@ -62,16 +139,14 @@ pub(super) fn key_taken(
 }
 
 pub(super) fn holder_of(conn: &Connection, key: &str) -> rusqlite::Result<Option<KeyHolder>> {
-    conn.prepare_cached(
-        "SELECT id, COALESCE(idempotency_fingerprint, '') FROM requests WHERE idempotency_key = ?1",
-    )?
-    .query_row([key], |row| {
-        Ok(KeyHolder {
-            id: row.get(0)?,
-            fingerprint: row.get(1)?,
+    conn.prepare_cached(KEY_HOLDER)?
+        .query_row([key], |row| {
+            Ok(KeyHolder {
+                id: row.get(0)?,
+                fingerprint: row.get(1)?,
+            })
         })
-    })
-    .optional()
+        .optional()
 }
 
 /// A sync request recorded as `processing` (in the background, or holding a key).
@@ -86,12 +161,7 @@ impl Write for SyncStarted {
             return done(taken);
         }
         let (key, fingerprint) = new.key_columns();
-        tx.prepare_cached(
-            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                                   idempotency_key, idempotency_fingerprint)
-             VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-        )?
-        .execute(params![
+        tx.prepare_cached(INSERT_SYNC_STARTED)?.execute(params![
             new.id,
             new.payload_hash,
             new.iterations,
@@ -118,22 +188,7 @@ impl Write for SyncFinished {
         let (status, result, error) = sync_outcome(self.outcome.as_ref().map_err(String::as_str));
         // An upsert: the `processing` row is written only for a slow request, and its
         // background write may have been skipped when the writer queue was full.
-        tx.prepare_cached(
-            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                                   completed_at, input_hash, output_hash, processing_time_ms, error)
-             VALUES (?1, 'sync', ?5, ?2, ?3, ?4, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
-                 input_hash = excluded.input_hash, output_hash = excluded.output_hash,
-                 processing_time_ms = excluded.processing_time_ms, error = excluded.error,
-                 -- A failed sync request did no work a replay could answer with: its key
-                 -- is free again, for the client's retry.
-                 idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
-                                   ELSE requests.idempotency_key END
-             -- Only a request still working ends so (SyncFinished applies to `processing`):
-             -- one already failed as abandoned stays as it is, its key possibly reused.
-             WHERE requests.status = 'processing'",
-        )?
-        .execute(params![
+        tx.prepare_cached(UPSERT_SYNC_FINISHED)?.execute(params![
             new.id,
             new.payload_hash,
             new.iterations,
@@ -216,9 +271,7 @@ impl Write for Heartbeat {
     fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
         let lease_until = millis(Utc::now())
             .saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
-        let mut renew = tx.prepare_cached(
-            "UPDATE requests SET lease_expires_at = ?3 WHERE lease_token = ?2 AND lease_owner = ?1",
-        )?;
+        let mut renew = tx.prepare_cached(RENEW_LEASE)?;
         let mut renewed = 0;
         for token in &self.tokens {
             renewed += renew.execute(params![self.owner, token, lease_until])?;
@@ -238,19 +291,13 @@ impl Write for SaveResult {
     type Output = bool;
 
     fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<bool> {
-        let updated = tx
-            .prepare_cached(
-                "UPDATE requests SET status = 'callback_pending', input_hash = ?3, output_hash = ?4,
-                        processing_time_ms = ?5, data = NULL
-                 WHERE id = ?1 AND lease_token = ?2",
-            )?
-            .execute(params![
-                self.id,
-                self.token,
-                self.result.input_hash,
-                self.result.output_hash,
-                self.result.processing_time_ms
-            ])?;
+        let updated = tx.prepare_cached(SAVE_RESULT)?.execute(params![
+            self.id,
+            self.token,
+            self.result.input_hash,
+            self.result.output_hash,
+            self.result.processing_time_ms
+        ])?;
         done(updated == 1)
     }
 }
@@ -275,35 +322,20 @@ impl Write for RecordAttempt {
             .due_in_secs()
             .map(|secs| now.saturating_add((secs * 1000.0).round() as i64));
         let attempt = &self.attempt;
-        let updated = tx
-            .prepare_cached(
-                "UPDATE requests SET status = ?3, completed_at = ?4, next_attempt_at = ?5,
-                        callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
-                        lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
-                        unrecorded_claims = 0
-                 WHERE id = ?1 AND lease_token = ?2",
-            )?
-            .execute(params![
-                self.id,
-                self.token,
-                self.outcome.status().as_str(),
-                completed_at,
-                next_attempt_at,
-                attempt.attempt,
-                attempt.error
-            ])?;
+        let updated = tx.prepare_cached(RECORD_ATTEMPT)?.execute(params![
+            self.id,
+            self.token,
+            self.outcome.status().as_str(),
+            completed_at,
+            next_attempt_at,
+            attempt.attempt,
+            attempt.error
+        ])?;
         if updated == 0 {
             // The lease was lost: the job belongs to someone else now; record nothing.
             return done(false);
         }
-        tx.prepare_cached(
-            "INSERT INTO delivery_attempts
-                 (request_id, attempt, started_at, duration_ms, status_code, error, response_body,
-                  claimed_by, note)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (request_id, attempt) DO NOTHING",
-        )?
-        .execute(params![
+        tx.prepare_cached(INSERT_ATTEMPT)?.execute(params![
             self.id,
             attempt.attempt,
             millis(attempt.started_at),
@@ -330,19 +362,12 @@ impl Write for GiveUp {
     type Output = bool;
 
     fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<bool> {
-        let updated = tx
-            .prepare_cached(
-                "UPDATE requests SET status = 'callback_failed', completed_at = ?3,
-                        next_attempt_at = NULL, callback_last_error = ?4, error = ?4,
-                        lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
-                 WHERE id = ?1 AND lease_token = ?2",
-            )?
-            .execute(params![
-                self.id,
-                self.token,
-                millis(Utc::now()),
-                self.reason
-            ])?;
+        let updated = tx.prepare_cached(GIVE_UP)?.execute(params![
+            self.id,
+            self.token,
+            millis(Utc::now()),
+            self.reason
+        ])?;
         if updated == 1 {
             queue.change(Transition::GivenUp.queue_delta());
         }
@@ -374,15 +399,11 @@ impl Write for Redeliver {
     type Output = Redelivery;
 
     fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<Redelivery> {
-        let row: Option<(String, Option<String>, bool)> = tx
-            .prepare_cached(
-                "SELECT status, callback_url, output_hash IS NOT NULL FROM requests WHERE id = ?1",
-            )?
-            .query_row([&self.id], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })
+        let row: Option<(String, bool)> = tx
+            .prepare_cached(REDELIVERY_OF)?
+            .query_row([&self.id], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
-        let Some((status, callback_url, work_done)) = row else {
+        let Some((status, work_done)) = row else {
             return done(Redelivery::NotFound);
         };
         let status = parse_status(&status)?;
@@ -393,20 +414,10 @@ impl Write for Redeliver {
         if !queue.has_room(1) {
             return queue_full();
         }
-        // A new round: the retry budget counts from the attempts made so far. The
-        // destination is written again: a request finished before destinations were
-        // recorded has none, and claims count room by it.
-        let destination = destination_of_str(callback_url.as_deref().unwrap_or_default());
-        tx.prepare_cached(
-            "UPDATE requests SET status = ?4, completed_at = NULL, error = NULL,
-                    next_attempt_at = ?2, round_start_attempts = callback_attempts,
-                    unrecorded_claims = 0, destination = ?3
-             WHERE id = ?1",
-        )?
-        .execute(params![
+        // A new round: the retry budget counts from the attempts made so far.
+        tx.prepare_cached(REDELIVER)?.execute(params![
             self.id,
             millis(Utc::now()),
-            destination,
             next.as_str()
         ])?;
         queue.change(transition.queue_delta());
@@ -425,11 +436,7 @@ impl Write for Release {
     fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
         let released = tx
             // A job handed back untouched does not count as a claim without an outcome.
-            .prepare_cached(
-                "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
-                        unrecorded_claims = max(unrecorded_claims - 1, 0)
-                 WHERE lease_owner = ?1",
-            )?
+            .prepare_cached(RELEASE)?
             .execute([&self.owner])?;
         done(released as u64)
     }
@@ -445,48 +452,65 @@ impl Write for DeleteExpired {
     type Output = u64;
 
     fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
-        // Finished before the cutoff implies created before it: the created_at index bounds
-        // the scan, oldest first.
-        let deleted = tx
-            .prepare_cached(concat!(
-                "DELETE FROM requests WHERE id IN (
-                     SELECT id FROM requests
-                     WHERE created_at < ?1 AND status IN ",
-                finished_statuses!(),
-                " AND COALESCE(completed_at, created_at) < ?1
-                     ORDER BY created_at LIMIT ?2)"
-            ))?
-            .execute(params![
-                millis(self.cutoff),
-                i64::try_from(self.chunk).unwrap_or(i64::MAX)
-            ])?;
+        let deleted = tx.prepare_cached(DELETE_EXPIRED)?.execute(params![
+            millis(self.cutoff),
+            i64::try_from(self.chunk).unwrap_or(i64::MAX)
+        ])?;
         done(deleted as u64)
     }
 }
 
-/// Up to `chunk` of the oldest finished requests, at or before `boundary`.
-pub(super) struct DeleteFinishedThrough {
-    pub boundary: Position,
+/// Up to `chunk` of the oldest finished requests beyond the newest `max_stored` finished
+/// ones; answers how many were deleted. How many are beyond comes from the kept counts, read
+/// in the same transaction as the delete.
+pub(super) struct DeleteOverLimit {
+    pub max_stored: u64,
     pub chunk: u64,
 }
 
-impl Write for DeleteFinishedThrough {
+impl Write for DeleteOverLimit {
     type Output = u64;
 
     fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
+        let finished: i64 = tx
+            .prepare_cached(COUNT_FINISHED)?
+            .query_row([], |row| row.get(0))?;
+        let excess = u64::try_from(finished)
+            .unwrap_or(0)
+            .saturating_sub(self.max_stored);
+        if excess == 0 {
+            return done(0);
+        }
         let deleted = tx
-            .prepare_cached(concat!(
-                "DELETE FROM requests WHERE id IN (
-                     SELECT id FROM requests
-                     WHERE (created_at < ?1 OR (created_at = ?1 AND id <= ?2)) AND status IN ",
-                finished_statuses!(),
-                " ORDER BY created_at LIMIT ?3)"
-            ))?
-            .execute(params![
-                millis(self.boundary.created_at),
-                self.boundary.id,
-                i64::try_from(self.chunk).unwrap_or(i64::MAX)
-            ])?;
+            .prepare_cached(DELETE_OLDEST_FINISHED)?
+            .execute([i64::try_from(excess.min(self.chunk)).unwrap_or(i64::MAX)])?;
         done(deleted as u64)
     }
 }
+
+/// The finished requests, from the kept counts.
+pub(super) const COUNT_FINISHED: &str = concat!(
+    "SELECT COALESCE(sum(n), 0) FROM request_counts WHERE status IN ",
+    finished_statuses!()
+);
+
+/// The `?1` oldest finished requests, found by walking the creation-time index from its
+/// start (the status index would find every finished request, then sort them).
+pub(super) const DELETE_OLDEST_FINISHED: &str = concat!(
+    "DELETE FROM requests WHERE id IN (
+         SELECT id FROM requests INDEXED BY requests_created_at
+         WHERE status IN ",
+    finished_statuses!(),
+    " ORDER BY created_at LIMIT ?1)"
+);
+
+/// Up to `?2` requests finished before `?1`, oldest first, by the creation-time index:
+/// finished before the cut-off implies created before it.
+pub(super) const DELETE_EXPIRED: &str = concat!(
+    "DELETE FROM requests WHERE id IN (
+         SELECT id FROM requests INDEXED BY requests_created_at
+         WHERE created_at < ?1 AND status IN ",
+    finished_statuses!(),
+    " AND COALESCE(completed_at, created_at) < ?1
+         ORDER BY created_at LIMIT ?2)"
+);

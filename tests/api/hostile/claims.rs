@@ -43,25 +43,74 @@ async fn open(dir: &std::path::Path) -> (String, Store) {
 const BACKLOG: &str = "http://127.0.0.1:1";
 const OLD: &str = "http://127.0.0.1:2";
 
-/// A request that finished (callback_failed) before the destination column existed has a
-/// NULL destination; an operator's redelivery puts it back in the queue as it is. Behind a
-/// backlog of a full destination longer than a claim's window, the claim looks destination by
-/// destination, and that look (FIRST_DESTINATION / NEXT_DESTINATION, the recursive CTE on
-/// PostgreSQL) skips NULL: the job is never claimed while the backlog lasts, even though the
-/// dispatcher's look for the next due time (whose window reaches it) says it is due now, so
-/// the dispatcher wakes every 5 ms to claim nothing.
+/// A database as the last version before destinations (SQLite schema 3, PostgreSQL schema 2)
+/// left it, holding `requests`: `(id, status, next_attempt_at set)`, all to `OLD`.
+async fn database_from_before_destinations(
+    dir: &std::path::Path,
+    requests: &[(&str, &str, bool)],
+) -> String {
+    let url = fresh_database(dir).await;
+    let (schema, record_version) = if url.starts_with("sqlite://") {
+        (
+            [
+                include_str!("../../../migrations/sqlite/0001_requests.sql"),
+                include_str!("../../../migrations/sqlite/0002_attempt_instance.sql"),
+                include_str!("../../../migrations/sqlite/0003_claims.sql"),
+            ]
+            .join("\n"),
+            "PRAGMA user_version = 3;",
+        )
+    } else {
+        (
+            [
+                include_str!("../../../migrations/postgres/0001_requests.sql"),
+                include_str!("../../../migrations/postgres/0002_claims.sql"),
+            ]
+            .join("\n"),
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,
+                                             applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             INSERT INTO schema_migrations (version) VALUES (1), (2);",
+        )
+    };
+    let (now, due) = if url.starts_with("sqlite://") {
+        (
+            "CAST(strftime('%s','now') AS INTEGER) * 1000",
+            "CAST(strftime('%s','now') AS INTEGER) * 1000 - 1000",
+        )
+    } else {
+        ("now()", "now() - interval '1 second'")
+    };
+    let rows: Vec<String> = requests
+        .iter()
+        .map(|(id, status, queued)| {
+            let next = if *queued { due } else { "NULL" };
+            format!(
+                "INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
+                                       callback_url, created_at, next_attempt_at)
+                 VALUES ('{id}', 'async', '{status}', '0000000000000000', NULL, 1,
+                         '{OLD}/callback', {now}, {next});"
+            )
+        })
+        .collect();
+    raw_sql(
+        &url,
+        &format!("{schema}\n{record_version}\n{}", rows.join("\n")),
+    )
+    .await;
+    url
+}
+
+/// A request that finished (callback_failed) before destinations were recorded gets its
+/// destination when the upgrade migrates the database, so an operator's redelivery of it is
+/// found by the per-destination look: behind a backlog of a full destination longer than a
+/// claim's window, the claim looks destination by destination, and a job without a
+/// destination would never be claimed while the backlog lasts.
 #[tokio::test]
 async fn a_redelivered_row_from_before_destinations_is_claimed_behind_a_full_backlog() {
     let dir = tempfile::tempdir().unwrap();
-    let (url, store) = open(dir.path()).await;
-    queue_for(&store, "old", OLD).await;
-    // As a request that finished before migration 0004 (destinations) left it.
-    raw_sql(
-        &url,
-        "UPDATE requests SET destination = NULL, next_attempt_at = NULL,
-                status = 'callback_failed' WHERE id = 'old'",
-    )
-    .await;
+    let url =
+        database_from_before_destinations(dir.path(), &[("old", "callback_failed", false)]).await;
+    let store = Store::open(&url, 1000, 4).await.expect("store opens");
     // 40 due jobs of a full destination: more than a claim of one looks at in due order (32),
     // fewer than the next-due look's window (64).
     for n in 0..40 {
@@ -87,30 +136,35 @@ async fn a_redelivered_row_from_before_destinations_is_claimed_behind_a_full_bac
         "the only job with room was not claimed, while the next due time is {next:?} (now {})",
         chrono::Utc::now()
     );
+    // And the upgrade gave it its host too: the `callback_host` filter finds it.
+    let listed = store
+        .list(syncasync::store::ListFilter {
+            callback_host: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 1);
     store.close().await;
 }
 
-/// Jobs queued by a version that did not record destinations (their column is NULL) get the
-/// destination of their callback URL when the store opens, the same the dispatcher counts
-/// their deliveries against: a full destination, or one whose breaker is open, does not get
-/// its old jobs claimed past its cap and its breaker.
+/// Jobs queued by a version that did not record destinations get the destination of their
+/// callback URL when the upgrade migrates the database, the same the dispatcher counts their
+/// deliveries against: a full destination, or one whose breaker is open, does not get its
+/// old jobs claimed past its cap and its breaker.
 #[tokio::test]
 async fn jobs_queued_before_destinations_count_against_their_own_destination() {
     let dir = tempfile::tempdir().unwrap();
-    let (url, store) = open(dir.path()).await;
-    for n in 0..3 {
-        queue_for(&store, &format!("old-{n}"), OLD).await;
-    }
-    store.close().await;
-    drop(store);
-    // As a version before destinations (migration 0004) left them.
-    raw_sql(
-        &url,
-        "UPDATE requests SET destination = NULL WHERE id LIKE 'old-%'",
+    let url = database_from_before_destinations(
+        dir.path(),
+        &[
+            ("old-0", "pending", true),
+            ("old-1", "pending", true),
+            ("old-2", "callback_pending", true),
+        ],
     )
     .await;
-    let store = Store::open(&url, 1000, 4).await.expect("store opens again");
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    let store = Store::open(&url, 1000, 4).await.expect("store opens");
     let full_and_held = Rooms {
         default: 10,
         limited: vec![(OLD.into(), 0)],
@@ -137,6 +191,10 @@ async fn jobs_queued_before_destinations_count_against_their_own_destination() {
     let claimed = store.claim_due("a", 10, HELD, &two).await.unwrap();
     assert_eq!(claimed.len(), 2, "its room, not the default");
     assert!(claimed.iter().all(|j| j.destination == OLD));
+    // The kept counts began with the upgrade's own count of the rows.
+    let counts = store.status_counts().await.unwrap();
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 3, "{counts:?}");
     store.close().await;
 }
 

@@ -1,0 +1,267 @@
+//! Claiming due jobs, renewing their leases, and finding when the next one is due, by the
+//! rules of `store::due`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::PgStore;
+use super::rows::job_from_row;
+use crate::delivery::destinations::Rooms;
+use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
+use crate::store::{Job, StoreResult, claim_scan};
+
+/// `dests (dest)`: each destination with queued jobs, one index seek each (a loose index scan
+/// of `requests_destination_due`), ending in a NULL row. For a `WITH RECURSIVE`.
+macro_rules! destinations_cte {
+    () => {
+        "dests AS (
+             (SELECT destination AS dest FROM requests
+              WHERE next_attempt_at IS NOT NULL AND destination IS NOT NULL
+              ORDER BY destination LIMIT 1)
+             UNION ALL
+             SELECT (SELECT destination FROM requests
+                     WHERE next_attempt_at IS NOT NULL AND destination > d.dest
+                     ORDER BY destination LIMIT 1)
+             FROM dests AS d WHERE d.dest IS NOT NULL)"
+    };
+}
+
+/// Leases the rows of `picked (picked_id)` to owner `$1` for `$2` seconds, each with a token of
+/// its own, and returns them (the job columns follow).
+macro_rules! claim_picked {
+    () => {
+        "UPDATE requests AS r
+         SET status = CASE r.status WHEN 'pending' THEN 'processing' ELSE r.status END,
+             lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+             lease_token = gen_random_uuid()::text,
+             unrecorded_claims = r.unrecorded_claims + 1
+         FROM picked WHERE r.id = picked.picked_id
+         RETURNING "
+    };
+}
+
+/// Due jobs claimed destination by destination (a seek each), within each one's room.
+pub(super) const CLAIM_PER_DESTINATION: &str = concat!(
+    "WITH RECURSIVE ",
+    destinations_cte!(),
+    ",
+             candidates AS MATERIALIZED (
+                 SELECT c.id, c.next_attempt_at FROM dests AS d
+                 CROSS JOIN LATERAL (
+                     SELECT id, next_attempt_at FROM requests
+                     WHERE destination = d.dest AND next_attempt_at IS NOT NULL
+                       AND next_attempt_at <= CASE WHEN d.dest = ANY($5)
+                                                   THEN now() - make_interval(secs => $6)
+                                                   ELSE now() END
+                       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                       AND NOT (id = ANY($8))
+                     ORDER BY next_attempt_at
+                     LIMIT LEAST(COALESCE(($4::jsonb ->> d.dest)::int, $7), $3)
+                     FOR UPDATE SKIP LOCKED) AS c
+                 WHERE d.dest IS NOT NULL),
+             picked AS MATERIALIZED (
+                 SELECT id AS picked_id FROM candidates ORDER BY next_attempt_at LIMIT $3)
+             ",
+    claim_picked!(),
+    job_columns!()
+);
+
+/// Due jobs claimed from the first due rows in due order, within each destination's room; and how many rows that window held.
+pub(super) const CLAIM_WINDOW: &str = concat!(
+    "WITH scanned AS MATERIALIZED (
+                 SELECT id, next_attempt_at, COALESCE(destination, '') AS dest FROM requests
+                 WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now()
+                   AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                 ORDER BY next_attempt_at
+                 LIMIT $5
+                 FOR UPDATE SKIP LOCKED),
+             picked AS MATERIALIZED (
+                 SELECT id AS picked_id FROM (
+                     SELECT id, next_attempt_at,
+                            ROW_NUMBER() OVER (PARTITION BY dest ORDER BY next_attempt_at) AS rank,
+                            COALESCE(($4::jsonb ->> dest)::int, $6) AS room
+                     FROM scanned
+                     WHERE NOT (dest = ANY($7))
+                        OR next_attempt_at <= now() - make_interval(secs => $8)) AS ranked
+                 WHERE rank <= room
+                 ORDER BY next_attempt_at
+                 LIMIT $3),
+             claimed AS (",
+    claim_picked!(),
+    job_columns!(),
+    ")
+             SELECT (SELECT count(*) FROM scanned) AS window_rows, claimed.*
+             FROM (SELECT 1) AS one LEFT JOIN claimed ON true"
+);
+
+/// An owner's leases named by their tokens, renewed.
+pub(super) const RENEW_LEASES: &str =
+    // A row a group-committed write has locked is skipped, not waited for: that write
+    // is ending the claim anyway, and a heartbeat that waited could deadlock with a
+    // batch locking the same rows in another order. A skipped lease is renewed on the
+    // next beat, a third of the lease later.
+    "UPDATE requests SET lease_expires_at = now() + make_interval(secs => $2)
+             WHERE id IN (SELECT id FROM requests
+                          WHERE lease_owner = $1 AND lease_token = ANY($3)
+                          FOR UPDATE SKIP LOCKED)";
+
+/// The first due rows not leased, in due order, with the database's clock.
+pub(super) const NEXT_DUE_WINDOW_ROWS: &str = "SELECT COALESCE(destination, '') AS dest,
+            (extract(epoch FROM next_attempt_at) * 1000)::bigint AS due,
+            (extract(epoch FROM now()) * 1000)::bigint AS db_now
+     FROM requests
+     WHERE next_attempt_at IS NOT NULL
+       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+     ORDER BY next_attempt_at LIMIT $1";
+
+/// Each destination's first due job not leased (a seek each).
+pub(super) const FIRST_DUE_PER_DESTINATION: &str = concat!(
+    "WITH RECURSIVE ",
+    destinations_cte!(),
+    "
+                     SELECT d.dest,
+                            (SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint
+                             FROM requests
+                             WHERE destination = d.dest AND next_attempt_at IS NOT NULL
+                               AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                             ORDER BY next_attempt_at LIMIT 1) AS due
+                     FROM dests AS d WHERE d.dest IS NOT NULL AND NOT (d.dest = ANY($1))"
+);
+
+impl PgStore {
+    /// Claims as [`claim_due`](Self::claim_due) does, but looking at each destination's due
+    /// jobs on their own (a seek per destination, through `requests_destination_due`), past
+    /// `already` (this claim's first statement's jobs: their lease may have run out by this
+    /// statement's clock if it is very short, and a claim must not hand a job out twice).
+    async fn claim_per_destination(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        rooms: &Rooms,
+        already: &[&str],
+    ) -> StoreResult<Vec<Job>> {
+        let rows = sqlx::query(CLAIM_PER_DESTINATION)
+            .bind(owner)
+            .bind(lease.as_secs_f64())
+            .bind(i64::from(limit))
+            .bind(rooms.to_json())
+            .bind(&rooms.held)
+            .bind(rooms.overdue.as_secs_f64())
+            .bind(i64::from(rooms.default))
+            .bind(already)
+            .fetch_all(&self.relaxed)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub(super) async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        rooms: &Rooms,
+    ) -> StoreResult<Vec<Job>> {
+        // The first `scan` due rows in due order, locked, whatever their destination; of
+        // those, held destinations' only when overdue; ranked within their destination; of
+        // each destination at most its room. Each step is a materialised CTE, evaluated once:
+        // with `WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` the planner may run the
+        // subquery more than once and claim more than n rows. (Locking and ranking are
+        // separate steps: PostgreSQL does not allow FOR UPDATE with window functions. Rows
+        // scanned but not picked are unlocked at commit.) The outer select always yields a
+        // row, so the size of the window is known even when nothing was claimed.
+        let scan = claim_scan(limit);
+        let rows = sqlx::query(CLAIM_WINDOW)
+            .bind(owner)
+            .bind(lease.as_secs_f64())
+            .bind(i64::from(limit))
+            .bind(rooms.to_json())
+            .bind(i64::from(scan))
+            .bind(i64::from(rooms.default))
+            .bind(&rooms.held)
+            .bind(rooms.overdue.as_secs_f64())
+            .fetch_all(&self.relaxed)
+            .await?;
+        let window_rows: i64 = match rows.first() {
+            Some(row) => row.try_get("window_rows")?,
+            None => 0,
+        };
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<String>, _>("id")?.is_some() {
+                jobs.push(job_from_row(row)?);
+            }
+        }
+        let short = jobs.len() < limit as usize;
+        if short && window_rows >= i64::from(scan) {
+            // The window was full and left the claim short: destinations without room (a
+            // full or held destination's backlog) in front. Look destination by destination.
+            let mut rest = rooms.clone();
+            for job in &jobs {
+                rest.take_one(&job.destination);
+            }
+            let claimed: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+            let more = self
+                .claim_per_destination(owner, limit - jobs.len() as u32, lease, &rest, &claimed)
+                .await?;
+            jobs.extend(more);
+        }
+        Ok(jobs)
+    }
+
+    pub(super) async fn renew_leases(
+        &self,
+        owner: &str,
+        tokens: &[String],
+        lease: Duration,
+    ) -> StoreResult<u64> {
+        let extended = sqlx::query(RENEW_LEASES)
+            .bind(owner)
+            .bind(lease.as_secs_f64())
+            .bind(tokens)
+            .execute(&self.relaxed)
+            .await?;
+        Ok(extended.rows_affected())
+    }
+
+    pub(super) async fn next_due(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
+        // Due times are compared with the database's clock, in milliseconds; the answer is
+        // translated to ours.
+        let window = sqlx::query(NEXT_DUE_WINDOW_ROWS)
+            .bind(i64::from(NEXT_DUE_WINDOW))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut db_now = None;
+        let mut rows = Vec::with_capacity(window.len());
+        for row in &window {
+            db_now = Some(row.try_get::<i64, _>("db_now")?);
+            rows.push((row.try_get("dest")?, row.try_get("due")?));
+        }
+        let room = RoomLeft::new(rooms);
+        let earliest_due = match next_due_in_window(&rows, NEXT_DUE_WINDOW, &room) {
+            Ok(answer) => answer,
+            Err(mut so_far) => {
+                let firsts = sqlx::query(FIRST_DUE_PER_DESTINATION)
+                    .bind(rooms.closed().collect::<Vec<_>>())
+                    .fetch_all(&self.pool)
+                    .await?;
+                for row in &firsts {
+                    let destination: String = row.try_get("dest")?;
+                    if let Some(due) = row.try_get::<Option<i64>, _>("due")? {
+                        so_far = earliest(so_far, room.claimable_at(&destination, due));
+                    }
+                }
+                so_far
+            }
+        };
+        Ok(earliest_due.map(|due| {
+            let wait = due.saturating_sub(db_now.unwrap_or(due));
+            Utc::now() + chrono::Duration::milliseconds(wait)
+        }))
+    }
+}

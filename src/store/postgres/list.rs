@@ -1,0 +1,107 @@
+//! `GET /requests`: a page of a filter and its total.
+
+use chrono::{DateTime, Utc};
+
+use super::PgStore;
+use super::rows::record_from_row;
+use crate::model::RequestList;
+use crate::store::{Dialect, ListFilter, ListParam, StoreResult, Total, count_sql, page_sql};
+
+/// The kept count of the requests of a mode and a status (either may be `NULL`: any).
+pub(super) const COUNT_BY_STATUS: &str = "SELECT COALESCE(sum(n), 0)::bigint FROM request_counts
+     WHERE ($1::text IS NULL OR mode = $1) AND ($2::text IS NULL OR status = $2)";
+
+/// This backend's spelling of list conditions.
+pub(super) const DIALECT: Dialect = Dialect {
+    placeholder: |n| format!("${n}"),
+};
+
+/// Something that takes bind parameters: a query, or a scalar query.
+pub(super) trait Bind: Sized {
+    fn bind_text(self, text: String) -> Self;
+    fn bind_time(self, at: DateTime<Utc>) -> Self;
+    fn bind_int(self, n: i64) -> Self;
+}
+
+impl<'q> Bind for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_text(self, text: String) -> Self {
+        self.bind(text)
+    }
+    fn bind_time(self, at: DateTime<Utc>) -> Self {
+        self.bind(at)
+    }
+    fn bind_int(self, n: i64) -> Self {
+        self.bind(n)
+    }
+}
+
+impl<'q, O> Bind for sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    fn bind_text(self, text: String) -> Self {
+        self.bind(text)
+    }
+    fn bind_time(self, at: DateTime<Utc>) -> Self {
+        self.bind(at)
+    }
+    fn bind_int(self, n: i64) -> Self {
+        self.bind(n)
+    }
+}
+
+/// Binds a list statement's parameters, in order.
+pub(super) fn bind_list_params<Q: Bind>(query: Q, params: Vec<ListParam>) -> Q {
+    params.into_iter().fold(query, |query, param| match param {
+        ListParam::Text(text) => query.bind_text(text),
+        ListParam::Time(at) => query.bind_time(at),
+        ListParam::Int(n) => query.bind_int(n),
+    })
+}
+
+/// The statement counting the rows of `filter` up to one past its count limit.
+pub(super) fn list_count_sql(filter: &ListFilter) -> (String, Vec<ListParam>) {
+    count_sql(filter, &DIALECT)
+}
+
+/// The statement of one page of `filter`, newest first.
+pub(super) fn list_page_sql(filter: &ListFilter) -> (String, Vec<ListParam>) {
+    page_sql(filter, &DIALECT)
+}
+
+impl PgStore {
+    /// How many requests match `filter`: the kept count for the original's filters, else a
+    /// count of matching rows that stops past the filter's count limit.
+    async fn total_of(&self, filter: &ListFilter) -> StoreResult<Total> {
+        if filter.counted_by_status() {
+            let n: i64 = sqlx::query_scalar(COUNT_BY_STATUS)
+                .bind(filter.mode.map(|m| m.as_str()))
+                .bind(filter.status.map(|s| s.as_str()))
+                .fetch_one(&self.pool)
+                .await?;
+            return Ok(Total {
+                n: u64::try_from(n).unwrap_or(0),
+                capped: false,
+            });
+        }
+        let (sql, params) = list_count_sql(filter);
+        let counted: i64 = bind_list_params(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), params)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Total::of_count(counted, filter.count_limit))
+    }
+
+    /// A page of `filter` and the total that match.
+    pub(super) async fn list_page(&self, filter: ListFilter) -> StoreResult<RequestList> {
+        let total = self.total_of(&filter).await?;
+        let (sql, params) = list_page_sql(&filter);
+        let rows = bind_list_params(sqlx::query(sqlx::AssertSqlSafe(sql)), params)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(RequestList {
+            total: total.n,
+            total_capped: total.capped,
+            requests: rows
+                .iter()
+                .map(record_from_row)
+                .collect::<Result<Vec<_>, _>>()?,
+        })
+    }
+}

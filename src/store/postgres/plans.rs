@@ -1,0 +1,145 @@
+//! PostgreSQL's hot statements and their plans: see `store::plans`.
+//!
+//! Each statement is prepared and explained with a generic plan (`plan_cache_mode =
+//! force_generic_plan`), the plan PostgreSQL settles on for a statement run again and again
+//! whatever its parameters, so no parameter values are needed (all are NULL) and nothing
+//! is executed.
+
+use sqlx::postgres::PgPool;
+
+use super::claims::{
+    CLAIM_PER_DESTINATION, CLAIM_WINDOW, FIRST_DUE_PER_DESTINATION, NEXT_DUE_WINDOW_ROWS,
+    RENEW_LEASES,
+};
+use super::group_writes::{INSERT_QUEUED, RECORD_ATTEMPTS, STORE_RESULTS};
+use super::list::{COUNT_BY_STATUS, list_count_sql, list_page_sql};
+use super::queue_count::COUNT_QUEUE;
+use super::writes::{
+    DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP, INSERT_SYNC_STARTED, REDELIVER,
+    REDELIVERY_OF, RELEASE, UPSERT_SYNC_FINISHED,
+};
+use super::{ATTEMPTS_OF, KEY_HOLDER, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS, VERSIONS};
+use crate::store::StoreResult;
+use crate::store::plans::{StatementPlan, list_filters};
+
+/// Every statement on a hot path, named by what it is for, and whether it is a list page.
+fn hot_statements() -> Vec<(String, String, bool)> {
+    let fixed: &[(&str, &str)] = &[
+        ("submit: idempotency key", KEY_HOLDER),
+        ("submit: async requests", INSERT_QUEUED),
+        ("submit: queue size", COUNT_QUEUE),
+        ("sync: processing", INSERT_SYNC_STARTED),
+        ("sync: finished", UPSERT_SYNC_FINISHED),
+        ("claim: due window", CLAIM_WINDOW),
+        ("claim: per destination", CLAIM_PER_DESTINATION),
+        ("next due: window", NEXT_DUE_WINDOW_ROWS),
+        ("next due: per destination", FIRST_DUE_PER_DESTINATION),
+        ("heartbeat", RENEW_LEASES),
+        ("work results", STORE_RESULTS),
+        ("attempts", RECORD_ATTEMPTS),
+        ("give up", GIVE_UP),
+        ("redeliver: read", REDELIVERY_OF),
+        ("redeliver: queue", REDELIVER),
+        ("release at shutdown", RELEASE),
+        ("stale sync requests", FAIL_STALE_SYNC),
+        ("waiters: versions", VERSIONS),
+        ("read a request", RECORD_BY_ID),
+        ("read its attempts", ATTEMPTS_OF),
+        ("list cursor", POSITION_OF),
+        ("status counts", STATUS_COUNTS),
+        ("list total by status", COUNT_BY_STATUS),
+        ("retention: expired", DELETE_EXPIRED),
+        ("retention: over the limit", DELETE_OVER_LIMIT),
+    ];
+    let mut statements: Vec<(String, String, bool)> = fixed
+        .iter()
+        .map(|(name, sql)| ((*name).to_string(), (*sql).to_string(), false))
+        .collect();
+    for (name, filter) in list_filters() {
+        statements.push((format!("list page: {name}"), list_page_sql(&filter).0, true));
+        if !filter.counted_by_status() {
+            statements.push((
+                format!("list total: {name}"),
+                list_count_sql(&filter).0,
+                false,
+            ));
+        }
+    }
+    statements
+}
+
+/// The number of parameters (`$n`) a statement takes.
+fn parameters(sql: &str) -> usize {
+    let bytes = sql.as_bytes();
+    let mut most = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' {
+            let digits: String = sql[i + 1..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(n) = digits.parse::<usize>() {
+                most = most.max(n);
+            }
+            i += digits.len();
+        }
+        i += 1;
+    }
+    most
+}
+
+/// The plan of every hot statement, on one connection of `pool`.
+pub(super) async fn explain_hot(pool: &PgPool) -> StoreResult<Vec<StatementPlan>> {
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await?;
+    let mut plans = Vec::new();
+    for (statement, sql, is_list_page) in hot_statements() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PREPARE syncasync_explained AS {sql}"
+        )))
+        .execute(&mut *conn)
+        .await?;
+        let nulls = vec!["NULL"; parameters(&sql)].join(", ");
+        let execute = if nulls.is_empty() {
+            "EXPLAIN EXECUTE syncasync_explained".to_string()
+        } else {
+            format!("EXPLAIN EXECUTE syncasync_explained({nulls})")
+        };
+        let steps: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(execute))
+            .fetch_all(&mut *conn)
+            .await?;
+        sqlx::raw_sql("DEALLOCATE syncasync_explained")
+            .execute(&mut *conn)
+            .await?;
+        let scans_table = steps.iter().any(|step| {
+            step.contains("Seq Scan on requests") || step.contains("Seq Scan on delivery_attempts")
+        });
+        let sorts = steps
+            .iter()
+            .any(|step| step.trim_start().starts_with("->  Sort") || step.starts_with("Sort"));
+        plans.push(StatementPlan {
+            statement,
+            plan: steps.join("\n"),
+            scans_table,
+            sorts,
+            is_list_page,
+        });
+    }
+    sqlx::raw_sql("RESET plan_cache_mode")
+        .execute(&mut *conn)
+        .await?;
+    Ok(plans)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parameters_are_counted_by_the_highest_number() {
+        assert_eq!(super::parameters("SELECT 1"), 0);
+        assert_eq!(super::parameters("SELECT $1, $12, $3"), 12);
+        assert_eq!(super::parameters("SELECT '$' || $2"), 2);
+    }
+}

@@ -1,0 +1,86 @@
+//! The SQL of the writes that are not group-committed (`group_writes.rs` has those).
+
+/// The advisory lock that serialises the deletions of requests over the stored limit.
+pub(super) const CLEANUP_LOCK: i64 = 0x5359_4e43_434c_4e55; // "SYNCCLNU"
+
+/// Up to `$2` of the oldest finished requests beyond the newest `$1` finished ones, found by
+/// walking the creation-time index from its start; how many are beyond comes from the kept
+/// counts. (The picked ids are deleted as an array, one primary-key lookup each: joined
+/// instead, a plan for an unknown number of them may hash the whole table.)
+pub(super) const DELETE_OVER_LIMIT: &str = concat!(
+    "WITH excess AS (
+         SELECT GREATEST(COALESCE(sum(n), 0) - $1, 0) AS n FROM request_counts
+         WHERE status IN ",
+    finished_statuses!(),
+    "),
+     picked AS MATERIALIZED (
+         SELECT id FROM requests WHERE status IN ",
+    finished_statuses!(),
+    " ORDER BY created_at LIMIT LEAST($2, (SELECT n FROM excess)) FOR UPDATE SKIP LOCKED)
+     DELETE FROM requests WHERE id = ANY (ARRAY(SELECT id FROM picked))"
+);
+
+/// A sync request, `processing`; nothing if its id or its idempotency key is taken.
+pub(super) const INSERT_SYNC_STARTED: &str =
+    "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                           idempotency_key, idempotency_fingerprint)
+     VALUES ($1, 'sync', 'processing', $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING
+     RETURNING id";
+
+/// A sync request's end, with the whole record.
+pub(super) const UPSERT_SYNC_FINISHED: &str =
+    "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                           completed_at, input_hash, output_hash, processing_time_ms, error)
+     VALUES ($1, 'sync', $5, $2, $3, $4, now(), $6, $7, $8, $9)
+     ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
+         input_hash = excluded.input_hash, output_hash = excluded.output_hash,
+         processing_time_ms = excluded.processing_time_ms, error = excluded.error,
+         -- A failed sync request did no work a replay could answer with: its key is
+         -- free again, for the client's retry.
+         idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
+                           ELSE requests.idempotency_key END
+     -- Only a request still working ends so (SyncFinished applies to `processing`):
+     -- one already failed as abandoned stays as it is, its key possibly reused.
+     WHERE requests.status = 'processing'";
+
+/// A claimed job ended without an attempt.
+pub(super) const GIVE_UP: &str =
+    "UPDATE requests SET status = 'callback_failed', completed_at = now(),
+            next_attempt_at = NULL, callback_last_error = $3, error = $3,
+            lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+     WHERE id = $1 AND lease_token = $2";
+
+/// What a redelivery needs to know of a request, locked.
+pub(super) const REDELIVERY_OF: &str =
+    "SELECT status, output_hash IS NOT NULL FROM requests WHERE id = $1 FOR UPDATE";
+
+/// A request put back in the queue for a new round.
+pub(super) const REDELIVER: &str =
+    "UPDATE requests SET status = $2, completed_at = NULL, error = NULL,
+            next_attempt_at = now(), round_start_attempts = callback_attempts,
+            unrecorded_claims = 0
+     WHERE id = $1";
+
+/// An owner's claims handed back (by the lease-owner index).
+pub(super) const RELEASE: &str =
+    "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
+            unrecorded_claims = greatest(unrecorded_claims - 1, 0)
+     WHERE lease_owner = $1";
+
+/// Up to `$2` requests finished more than `$1` seconds ago, oldest first, by the creation-time index; instances cleaning at the same time take different rows (SKIP LOCKED).
+pub(super) const DELETE_EXPIRED: &str = concat!(
+    "WITH picked AS MATERIALIZED (
+                 SELECT id FROM requests
+                 WHERE created_at < now() - make_interval(secs => $1) AND status IN ",
+    finished_statuses!(),
+    " AND COALESCE(completed_at, created_at) < now() - make_interval(secs => $1)
+                 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM requests WHERE id = ANY (ARRAY(SELECT id FROM picked))"
+);
+
+/// Sync requests left `processing` more than `$1` seconds by an instance that died.
+pub(super) const FAIL_STALE_SYNC: &str =
+    "UPDATE requests SET status = 'failed', completed_at = now(),
+            error = $2, idempotency_key = NULL
+     WHERE mode = 'sync' AND status = 'processing'
+       AND created_at < now() - make_interval(secs => $1)";

@@ -1,0 +1,96 @@
+//! SQLite's hot statements and their plans (`EXPLAIN QUERY PLAN`): see `store::plans`.
+
+use rusqlite::Connection;
+
+use super::claims::{CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, NEXT_DESTINATION};
+use super::list::{COUNT_BY_STATUS, list_count_sql, list_page_sql};
+use super::open::{COUNT_QUEUED, FAIL_ABANDONED_SYNC, RELEASE_ALL};
+use super::writes::{
+    COUNT_FINISHED, DELETE_EXPIRED, DELETE_OLDEST_FINISHED, GIVE_UP, INSERT_ASYNC, INSERT_ATTEMPT,
+    INSERT_SYNC_STARTED, KEY_HOLDER, RECORD_ATTEMPT, REDELIVER, REDELIVERY_OF, RELEASE,
+    RENEW_LEASE, SAVE_RESULT, UPSERT_SYNC_FINISHED,
+};
+use super::{ATTEMPTS_OF, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS};
+use crate::store::plans::{StatementPlan, list_filters};
+
+/// Every statement on a hot path, named by what it is for.
+fn hot_statements() -> Vec<(String, String, bool)> {
+    let fixed: &[(&str, &str)] = &[
+        ("submit: idempotency key", KEY_HOLDER),
+        ("submit: async request", INSERT_ASYNC),
+        ("sync: processing", INSERT_SYNC_STARTED),
+        ("sync: finished", UPSERT_SYNC_FINISHED),
+        ("claim: due window", DUE_WINDOW),
+        ("claim: first destination", FIRST_DESTINATION),
+        ("claim: next destination", NEXT_DESTINATION),
+        ("claim: a destination's due jobs", DESTINATION_DUE),
+        ("claim: lease a job", CLAIM_ONE),
+        ("heartbeat", RENEW_LEASE),
+        ("work result", SAVE_RESULT),
+        ("attempt: request", RECORD_ATTEMPT),
+        ("attempt: audit", INSERT_ATTEMPT),
+        ("give up", GIVE_UP),
+        ("redeliver: read", REDELIVERY_OF),
+        ("redeliver: queue", REDELIVER),
+        ("release at shutdown", RELEASE),
+        ("start-up: release leases", RELEASE_ALL),
+        ("start-up: fail abandoned sync", FAIL_ABANDONED_SYNC),
+        ("start-up: queue size", COUNT_QUEUED),
+        ("read a request", RECORD_BY_ID),
+        ("read its attempts", ATTEMPTS_OF),
+        ("list cursor", POSITION_OF),
+        ("status counts", STATUS_COUNTS),
+        ("list total by status", COUNT_BY_STATUS),
+        ("retention: expired", DELETE_EXPIRED),
+        ("retention: finished count", COUNT_FINISHED),
+        ("retention: over the limit", DELETE_OLDEST_FINISHED),
+    ];
+    let mut statements: Vec<(String, String, bool)> = fixed
+        .iter()
+        .map(|(name, sql)| ((*name).to_string(), (*sql).to_string(), false))
+        .collect();
+    for (name, filter) in list_filters() {
+        statements.push((format!("list page: {name}"), list_page_sql(&filter).0, true));
+        if !filter.counted_by_status() {
+            statements.push((
+                format!("list total: {name}"),
+                list_count_sql(&filter).0,
+                false,
+            ));
+        }
+    }
+    statements
+}
+
+/// The plan of every hot statement on `conn`.
+pub(super) fn explain_hot(conn: &Connection) -> rusqlite::Result<Vec<StatementPlan>> {
+    hot_statements()
+        .into_iter()
+        .map(|(statement, sql, is_list_page)| {
+            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            // The plan does not depend on the values (the planner's stability guarantee is on,
+            // see `open_connection`): every parameter is NULL.
+            let nulls = vec![rusqlite::types::Null; explain.parameter_count()];
+            let steps: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(nulls), |row| {
+                    row.get::<_, String>(3)
+                })?
+                .collect::<Result<_, _>>()?;
+            // `SCAN t` alone reads the whole table; `SCAN t USING … INDEX` walks an index
+            // (in order, to a LIMIT, or a partial index of the few rows it holds).
+            let scans_table = steps
+                .iter()
+                .any(|step| step == "SCAN requests" || step == "SCAN delivery_attempts");
+            let sorts = steps
+                .iter()
+                .any(|step| step.contains("TEMP B-TREE FOR ORDER BY"));
+            Ok(StatementPlan {
+                statement,
+                plan: steps.join("\n"),
+                scans_table,
+                sorts,
+                is_list_page,
+            })
+        })
+        .collect()
+}
