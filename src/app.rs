@@ -143,7 +143,7 @@ impl Application {
         let wakeup = Wakeup::default();
         let workers = WorkerStats::default();
         let metrics = Arc::new(Metrics::new());
-        let destinations = Destinations::new(config.per_destination_cap(), config.breaker_policy());
+        let destinations = Destinations::new(config.isolation_policy());
         let service = Service {
             store: store.clone(),
             pool: pool.clone(),
@@ -176,6 +176,7 @@ impl Application {
             stats: workers,
             metrics,
             destinations,
+            slow_after: config.callback_slow_after(),
         };
         let dashboard = Arc::new(crate::ui::History::default());
         let state = AppState {

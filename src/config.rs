@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::delivery::destinations::BreakerPolicy;
+use crate::delivery::destinations::{BreakerPolicy, IsolationPolicy};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,6 +65,28 @@ pub struct Config {
     #[arg(long, env = "APP_CALLBACK_MAX_IN_FLIGHT_PER_DESTINATION", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub callback_max_in_flight_per_destination: u32,
+
+    /// Callback deliveries in flight at once to destinations that have not earned a share of
+    /// their own (new ones, failing ones, slow ones: any a caller can invent), all together.
+    /// The destinations that answered recently keep the rest of the workers. 0: a quarter of
+    /// APP_ASYNC_WORKER_COUNT (at least 1).
+    #[arg(long, env = "APP_CALLBACK_MAX_IN_FLIGHT_UNPROVEN", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub callback_max_in_flight_unproven: u32,
+
+    /// Seconds after which a delivery still waiting for its receiver gives its worker back
+    /// (it finishes in a pool of slow deliveries, as many as the workers) and its destination
+    /// loses its reserved share until it answers: receivers that hang cannot hold the workers.
+    #[arg(long, env = "APP_CALLBACK_SLOW_AFTER_SECONDS", default_value_t = 2.0,
+          value_parser = positive_seconds)]
+    pub callback_slow_after_seconds: f64,
+
+    /// Destinations whose delivery state (earned room, breaker, recent outcomes) is kept
+    /// beyond those with deliveries in flight; past it, the longest idle are forgotten and
+    /// start again as new.
+    #[arg(long, env = "APP_CALLBACK_TRACKED_DESTINATIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    pub callback_tracked_destinations: u64,
 
     /// Consecutive failures that open a destination's circuit breaker: a timeout or a
     /// connection failure counts 1, an HTTP 5xx, 408 or 429 counts ½, a 2xx resets the count.
@@ -299,13 +321,26 @@ impl Config {
             .min((self.async_worker_count / 2).max(1))
     }
 
-    /// The circuit breaker of each destination.
-    pub fn breaker_policy(&self) -> BreakerPolicy {
-        BreakerPolicy {
-            threshold: f64::from(self.callback_breaker_threshold),
-            cooldown: Duration::from_secs_f64(self.callback_breaker_cooldown_seconds),
-            max_cooldown: Duration::from_secs_f64(self.callback_breaker_max_cooldown_seconds),
+    /// How deliveries are shared out between destinations.
+    pub fn isolation_policy(&self) -> IsolationPolicy {
+        let unproven_share = match self.callback_max_in_flight_unproven {
+            0 => (self.async_worker_count / 4).max(1),
+            n => n,
+        };
+        IsolationPolicy {
+            per_destination: self.per_destination_cap(),
+            unproven_share,
+            tracked: usize::try_from(self.callback_tracked_destinations).unwrap_or(usize::MAX),
+            breaker: BreakerPolicy {
+                threshold: f64::from(self.callback_breaker_threshold),
+                cooldown: Duration::from_secs_f64(self.callback_breaker_cooldown_seconds),
+                max_cooldown: Duration::from_secs_f64(self.callback_breaker_max_cooldown_seconds),
+            },
         }
+    }
+
+    pub fn callback_slow_after(&self) -> Duration {
+        Duration::from_secs_f64(self.callback_slow_after_seconds)
     }
 
     /// Checks that cross settings; run once at start-up.

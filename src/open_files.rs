@@ -52,7 +52,7 @@ pub fn raise_limit() -> std::io::Result<u64> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "APP_HTTP_MAX_CONNECTIONS ({connections}) does not fit in the open-file limit ({limit}, \
-     ulimit -n): {needed} descriptors are kept for APP_ASYNC_WORKER_COUNT deliveries (three \
+     ulimit -n): {needed} descriptors are kept for APP_ASYNC_WORKER_COUNT deliveries (four \
      each), the database pool and files, which leaves {left}; lower it (or 0 to fit), lower \
      APP_ASYNC_WORKER_COUNT, or raise the limit"
 )]
@@ -72,9 +72,10 @@ pub fn connection_cap(
     workers: u64,
     database_connections: u64,
 ) -> Result<u64, DoesNotFit> {
-    // Per worker: its delivery's socket, and room for two idle kept-alive ones (at most four
-    // destinations keep as many as their cap, at most half the workers each).
-    let needed = RESERVE + 3 * workers + database_connections;
+    // Per worker: its delivery's socket, the socket of a slow delivery that left it (the
+    // slow pool is as large as the workers), and room for two idle kept-alive ones (at most
+    // four destinations keep as many as their cap, at most half the workers each).
+    let needed = RESERVE + 4 * workers + database_connections;
     let left = limit.saturating_sub(needed);
     let wanted = if requested == 0 {
         left.min(AUTO_MAX_CONNECTIONS)
@@ -105,16 +106,16 @@ mod tests {
         assert_eq!(connection_cap(0, 20_000, 256, 21), Ok(10_000));
         assert_eq!(
             connection_cap(0, 2048, 256, 21),
-            Ok(2048 - RESERVE - 768 - 21)
+            Ok(2048 - RESERVE - 1024 - 21)
         );
         assert_eq!(connection_cap(200, 2048, 256, 21), Ok(200));
         assert!(connection_cap(1500, 2048, 256, 21).is_err());
         assert_eq!(
-            connection_cap(0, 1024, 256, 21),
-            Ok(1024 - RESERVE - 768 - 21)
+            connection_cap(0, 1200, 256, 21),
+            Ok(1200 - RESERVE - 1024 - 21)
         );
         assert!(
-            connection_cap(0, 860, 256, 21).is_err(),
+            connection_cap(0, 1100, 256, 21).is_err(),
             "fewer than 16 left: nothing useful"
         );
         assert_eq!(
@@ -122,7 +123,7 @@ mod tests {
             Ok(2),
             "a small explicit cap is fine"
         );
-        assert_eq!(connection_cap(0, 512, 32, 5), Ok(512 - RESERVE - 96 - 5));
+        assert_eq!(connection_cap(0, 512, 32, 5), Ok(512 - RESERVE - 128 - 5));
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //!
 //! A dispatcher task claims jobs only when a worker slot is free (a semaphore of
 //! `APP_ASYNC_WORKER_COUNT` permits), and of each destination only as many as it has room for
-//! ([`destinations`]: its cap and its circuit breaker), so a claimed job always starts at once
-//! and leases are never held by jobs waiting in memory. A retry is not a sleeping task: the
-//! attempt is recorded with its due time and the slot is freed; the dispatcher claims it again
-//! when it is due. The dispatcher sleeps until the earliest due time of a destination with
-//! room, a new submission, a free slot, or an open breaker's next probe.
+//! ([`destinations`]: what it has earned, its breaker, and the share it draws on), so a claimed
+//! job always starts at once and leases are never held by jobs waiting in memory. A retry is
+//! not a sleeping task: the attempt is recorded with its due time and the slot is freed; the
+//! dispatcher claims it again when it is due. A delivery still waiting for its receiver after
+//! `APP_CALLBACK_SLOW_AFTER_SECONDS` gives its worker slot back and finishes in a pool of slow
+//! deliveries of its own (as many as the workers), so receivers that hang cannot hold the
+//! workers. The dispatcher sleeps until the earliest due time of a destination with room, a
+//! new submission, a free slot, or an open breaker's next probe.
 
 pub mod client;
 pub mod destinations;
@@ -21,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,7 +33,7 @@ use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::{AttemptOutcome, Job, MAX_UNRECORDED_CLAIMS, Store};
 use crate::work::{ComputePool, PoolError};
 use client::{AttemptKind, CallbackClient};
-use destinations::{DestinationPermit, Destinations, Verdict};
+use destinations::{DestinationPermit, Destinations, Rooms, Share, Verdict};
 use retry::RetryPolicy;
 
 /// Longest the dispatcher sleeps without looking at the queue, as a safety net: due times
@@ -106,6 +109,32 @@ impl Drop for InFlight {
     }
 }
 
+/// A delivery's place: a worker slot, or once the delivery has gone slow and the slow pool
+/// had room, a slot of that pool instead.
+struct Slot {
+    worker: Option<OwnedSemaphorePermit>,
+    slow_pool: Arc<Semaphore>,
+    slow: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    /// Moves to the slow pool if it has room, giving the worker slot back; answers whether
+    /// it moved.
+    fn leave_workers(&mut self) -> bool {
+        if self.slow.is_some() {
+            return true;
+        }
+        match Arc::clone(&self.slow_pool).try_acquire_owned() {
+            Ok(slow) => {
+                self.slow = Some(slow);
+                self.worker = None;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 pub struct Dispatcher {
     pub store: Store,
     pub pool: ComputePool,
@@ -121,6 +150,8 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
     /// In-flight counts and breakers per destination, shared with `GET /destinations`.
     pub destinations: Arc<Destinations>,
+    /// A delivery still waiting for its receiver after this long leaves the workers.
+    pub slow_after: Duration,
 }
 
 impl Dispatcher {
@@ -129,6 +160,9 @@ impl Dispatcher {
     pub async fn run(self, stop: CancellationToken, grace: Duration) {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.workers as usize));
+        // Deliveries gone slow leave `slots` for this pool, as large: the workers go on with
+        // other destinations while receivers that hang hold only these.
+        let slow_slots = Arc::new(Semaphore::new(this.workers as usize));
         // The claim tokens of the jobs being worked on: only their leases are renewed. A job
         // whose worker gave up without recording an outcome (a database error) is not here,
         // so its lease runs out and another claim picks it up.
@@ -143,46 +177,45 @@ impl Dispatcher {
         while !stop.is_cancelled() {
             let free = slots.available_permits();
             let mut claimed = 0;
+            let mut filled = false;
             if free > 0 {
-                let rooms = this.destinations.rooms();
-                match this
-                    .store
-                    .claim_due(&this.owner, free as u32, this.lease, &rooms)
-                    .await
-                {
-                    Ok(batch) => {
-                        claimed = batch.len();
-                        this.metrics.jobs_claimed.inc_by(claimed as u64);
-                        for job in batch {
-                            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                                break;
-                            };
-                            let worker = Arc::clone(&this);
-                            let abandon = abandon.clone();
-                            let in_flight = InFlight::start(&this.stats, &in_flight, &job.token);
-                            let destination = this.destinations.start(&job.destination);
-                            jobs.spawn(async move {
-                                tokio::select! {
-                                    () = worker.process(job, destination) => {}
-                                    () = abandon.cancelled() => {}
-                                }
-                                drop(in_flight);
-                                drop(permit);
-                                worker.wakeup.wake();
-                            });
+                let (batch, all_taken) = this.claim(free).await;
+                claimed = batch.len();
+                filled = all_taken;
+                this.metrics.jobs_claimed.inc_by(claimed as u64);
+                for (job, share) in batch {
+                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                        break;
+                    };
+                    let mut slot = Slot {
+                        worker: Some(permit),
+                        slow_pool: Arc::clone(&slow_slots),
+                        slow: None,
+                    };
+                    let worker = Arc::clone(&this);
+                    let abandon = abandon.clone();
+                    let in_flight = InFlight::start(&this.stats, &in_flight, &job.token);
+                    let destination = this.destinations.start(&job.destination, share);
+                    jobs.spawn(async move {
+                        tokio::select! {
+                            () = worker.process(job, destination, &mut slot) => {}
+                            () = abandon.cancelled() => {}
                         }
-                    }
-                    Err(err) => tracing::error!(error = %err, "claiming jobs failed"),
+                        drop(in_flight);
+                        drop(slot);
+                        worker.wakeup.wake();
+                    });
                 }
             }
-            // With every slot busy, or every free slot just filled (more may be due), the next
-            // look comes when a job finishes. Otherwise sleep until the earliest due time of a
-            // destination with room (the others' jobs wait for a delivery to finish, which
-            // wakes this loop) or until an open breaker lets a probe through.
-            let wait = if free == 0 || claimed == free {
+            // With every slot busy, or every place a claim could fill just filled (more may be
+            // due), the next look comes when a job finishes. Otherwise sleep until the
+            // earliest due time of a destination with room (the others' jobs wait for a
+            // delivery to finish, which wakes this loop) or until an open breaker lets a
+            // probe through.
+            let wait = if free == 0 || filled {
                 IDLE_POLL
             } else {
-                let rooms = this.destinations.rooms();
+                let rooms = this.destinations.claimable().either();
                 match this.store.next_due_at(&rooms).await {
                     Ok(Some(at)) => (at - Utc::now())
                         .to_std()
@@ -233,6 +266,50 @@ impl Dispatcher {
         }
     }
 
+    /// Claims up to `free` due jobs: first for the proven destinations, which may fill every
+    /// free slot, then for all the others, within what is left of their share. Answers the
+    /// jobs with the share each was claimed in, and whether a claim took all it was allowed
+    /// (more may be due).
+    async fn claim(&self, free: usize) -> (Vec<(Job, Share)>, bool) {
+        let claimable = self.destinations.claimable();
+        let mut claimed = Vec::new();
+        let mut filled = false;
+        if claimable.proven.has_room() {
+            match self.claim_in(free, &claimable.proven).await {
+                Some(jobs) => {
+                    filled |= jobs.len() == free;
+                    claimed.extend(jobs.into_iter().map(|job| (job, Share::Proven)));
+                }
+                None => return (claimed, false),
+            }
+        }
+        let left = free
+            .saturating_sub(claimed.len())
+            .min(claimable.unproven_free as usize);
+        if left > 0
+            && let Some(jobs) = self.claim_in(left, &claimable.unproven).await
+        {
+            filled |= jobs.len() == left;
+            claimed.extend(jobs.into_iter().map(|job| (job, Share::Unproven)));
+        }
+        (claimed, filled)
+    }
+
+    /// Up to `limit` due jobs within `rooms`; `None` (logged) if the store failed.
+    async fn claim_in(&self, limit: usize, rooms: &Rooms) -> Option<Vec<Job>> {
+        match self
+            .store
+            .claim_due(&self.owner, limit as u32, self.lease, rooms)
+            .await
+        {
+            Ok(jobs) => Some(jobs),
+            Err(err) => {
+                tracing::error!(error = %err, "claiming jobs failed");
+                None
+            }
+        }
+    }
+
     /// Renews the leases of the jobs in flight every third of the lease, so a slow job is not
     /// taken over by another instance while this one works on it.
     async fn heartbeat(
@@ -263,8 +340,8 @@ impl Dispatcher {
     }
 
     /// Works one claimed job through to its next state, its delivery counted in flight to its
-    /// destination by `destination`.
-    async fn process(&self, job: Job, destination: DestinationPermit) {
+    /// destination by `destination`, holding `slot`.
+    async fn process(&self, job: Job, mut destination: DestinationPermit, slot: &mut Slot) {
         tracing::debug!(request_id = %job.id, attempts = job.callback_attempts, "job claimed");
         if job.unrecorded_claims > MAX_UNRECORDED_CLAIMS {
             self.give_up_unrecordable(&job).await;
@@ -280,10 +357,22 @@ impl Dispatcher {
         let attempt = job.callback_attempts + 1;
         let note = self.destinations.why_waited(&job.destination, job.due_at);
         let keep_alive = self.destinations.keeps_alive(&job.destination);
-        let report = self
+        let delivery = self
             .client
-            .deliver_on(&job.callback_url, &result, attempt, keep_alive)
-            .await;
+            .deliver_on(&job.callback_url, &result, attempt, keep_alive);
+        tokio::pin!(delivery);
+        let report = tokio::select! {
+            report = &mut delivery => report,
+            () = tokio::time::sleep(self.slow_after) => {
+                let moved = slot.leave_workers();
+                destination.went_slow(moved);
+                if moved {
+                    // A worker slot, and perhaps a place in the unproven share, came free.
+                    self.wakeup.wake();
+                }
+                delivery.await
+            }
+        };
         destination.record(Verdict::of(report.kind, report.status_code));
         let round_attempt = job.round_attempts + 1;
         let outcome = if report.delivered() {

@@ -148,6 +148,9 @@ pub struct Behaviour {
     /// Answer every callback received within this long of the first one, whatever its
     /// request, with `fail_status`: a destination that is down for a while, then recovers.
     pub down_for: Duration,
+    /// Callbacks answered at once before `delay` applies: a destination that is healthy for
+    /// a while, then hangs.
+    pub prompt_first: usize,
 }
 
 impl Behaviour {
@@ -158,6 +161,16 @@ impl Behaviour {
             delay: Duration::ZERO,
             answer: b"ok",
             down_for: Duration::ZERO,
+            prompt_first: 0,
+        }
+    }
+
+    /// Answers the first `n` callbacks at once, then takes `delay` over each.
+    pub fn hang_after(n: usize, delay: Duration) -> Self {
+        Self {
+            delay,
+            prompt_first: n,
+            ..Self::accept()
         }
     }
 
@@ -215,6 +228,8 @@ struct Log {
     received: Vec<Received>,
     attempts_by_id: HashMap<String, u32>,
     first_at: Option<Instant>,
+    /// Callbacks that arrived, answered or not.
+    arrived: usize,
 }
 
 /// A callback receiver on 127.0.0.1.
@@ -312,7 +327,12 @@ async fn receive(
     headers: HeaderMap,
     raw: Bytes,
 ) -> (StatusCode, &'static [u8]) {
-    if !state.behaviour.delay.is_zero() {
+    let arrived = {
+        let mut log = state.log.lock().expect("log");
+        log.arrived += 1;
+        log.arrived
+    };
+    if !state.behaviour.delay.is_zero() && arrived > state.behaviour.prompt_first {
         tokio::time::sleep(state.behaviour.delay).await;
     }
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);

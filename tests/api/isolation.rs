@@ -78,11 +78,13 @@ async fn with_default_settings_hung_and_dead_receivers_do_not_delay_a_healthy_on
             "healthy callback {n} took {took:?} behind hung and dead receivers"
         );
     }
-    // The hung destination holds its deliveries in flight; the dead one's breaker is open.
+    // The hung destination holds only what it earned, one delivery (it never answered); the
+    // dead one's breaker is open.
     let view = destination(&app, hung.address.port())
         .await
         .expect("hung destination");
-    assert_eq!(view["in_flight"], 50, "{view}");
+    assert_eq!(view["in_flight"], 1, "{view}");
+    assert_eq!(view["proven"], false, "{view}");
     let dead_port = dead.split(':').nth(2).unwrap().split('/').next().unwrap();
     let view = destination(&app, dead_port.parse().unwrap())
         .await
@@ -99,7 +101,7 @@ async fn with_default_settings_hung_and_dead_receivers_do_not_delay_a_healthy_on
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains(&format!(
-            "syncasync_destination_in_flight{{destination=\"http://127.0.0.1:{}\"}} 50",
+            "syncasync_destination_in_flight{{destination=\"http://127.0.0.1:{}\"}} 1",
             hung.address.port()
         )),
         "{metrics}"
@@ -121,8 +123,10 @@ async fn every_request_ends_final_while_receivers_hang_or_refuse() {
     let dead = format!("http://{}/callback", unused_port().await);
     let healthy = Receiver::start(Behaviour::accept()).await;
     let hung_url = hung.url();
+    // A destination that never answers has earned room for one delivery at a time: its five
+    // requests take ten attempts of a second each, one after the other.
     let (hung_ids, dead_ids) = tokio::join!(
-        submit_many(&app, 50, &hung_url, "hung"),
+        submit_many(&app, 5, &hung_url, "hung"),
         submit_many(&app, 50, &dead, "dead"),
     );
     let healthy_id = app.submit("healthy", &healthy.url()).await;
@@ -219,4 +223,159 @@ async fn while_a_breaker_is_open_no_attempt_reaches_the_destination() {
     assert_eq!(receiver.received().len(), at_open + 1, "one probe");
     let view = destination(&app, receiver.address.port()).await.unwrap();
     assert_eq!(view["breaker"], "open", "{view}");
+}
+
+/// Delivers `n` callbacks to `receiver` one after the other: a destination that answers
+/// earns its share of the workers.
+async fn prove(app: &TestServer, receiver: &Receiver, n: usize) {
+    let before = receiver.delivered_ids().len();
+    for i in 0..n {
+        app.submit(&format!("proving {i}"), &receiver.url()).await;
+    }
+    receiver
+        .wait_for_deliveries(before + n, Duration::from_secs(10))
+        .await;
+}
+
+/// Times `n` callbacks to `receiver`, one at a time; each must take less than `within`.
+async fn each_delivered_within(app: &TestServer, receiver: &Receiver, n: usize, within: Duration) {
+    let before = receiver.delivered_ids().len();
+    for i in 1..=n {
+        let took = time_one_delivery(app, receiver, before + i).await;
+        assert!(
+            took < within,
+            "callback {i} to the healthy destination took {took:?}"
+        );
+    }
+}
+
+/// Two, then fifty, destinations that accept and never answer, each with a backlog, beside a
+/// destination that answers: the healthy one keeps its share of the workers, with the
+/// service's default worker count and with the original's 10.
+async fn hung_destinations_beside_a_healthy_one(workers: Option<&str>) {
+    let mut builder = TestServer::builder().settings(DEFAULTS);
+    if let Some(workers) = workers {
+        builder = builder.setting("async-worker-count", workers);
+    }
+    let app = builder.start().await;
+    let healthy = Receiver::start(Behaviour::accept()).await;
+    prove(&app, &healthy, 3).await;
+    let mut hung = Vec::new();
+    for count in [2, 50] {
+        while hung.len() < count {
+            hung.push(Receiver::start(Behaviour::hang(Duration::from_secs(120))).await);
+        }
+        for receiver in &hung {
+            submit_many(&app, 5, &receiver.url(), "hung").await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        each_delivered_within(&app, &healthy, 5, Duration::from_secs(1)).await;
+        // However many hang, together they hold at most their share.
+        let holding: u64 = destinations(&app)
+            .await
+            .iter()
+            .filter(|d| d["proven"] == false)
+            .map(|d| d["in_flight"].as_u64().unwrap())
+            .sum();
+        let workers: u64 = workers.map_or(512, |w| w.parse().unwrap());
+        assert!(
+            holding <= (workers / 4).max(1) + workers,
+            "{count} hung destinations hold {holding} deliveries"
+        );
+        let view = destination(&app, healthy.address.port()).await.unwrap();
+        assert_eq!(view["proven"], true, "{view}");
+    }
+}
+
+#[tokio::test]
+async fn hung_destinations_leave_a_healthy_one_its_share_with_default_workers() {
+    hung_destinations_beside_a_healthy_one(None).await;
+}
+
+#[tokio::test]
+async fn hung_destinations_leave_a_healthy_one_its_share_with_ten_workers() {
+    hung_destinations_beside_a_healthy_one(Some("10")).await;
+}
+
+/// A caller naming a new destination with every request (any host:port is one) gets them
+/// all the unproven share and no more: with ten workers and three hundred never-seen names
+/// that all lead to a receiver that never answers, a healthy destination's callbacks arrive
+/// at once.
+#[tokio::test]
+async fn a_stream_of_new_destinations_that_hang_cannot_take_the_workers() {
+    let hung = Receiver::start(Behaviour::hang(Duration::from_secs(120))).await;
+    let mut lookup = crate::helpers::StaticLookup::default();
+    let names: Vec<String> = (0..300).map(|n| format!("new-{n}.test")).collect();
+    for name in &names {
+        lookup = lookup.with(name, &["127.0.0.1"]);
+    }
+    let app = TestServer::builder()
+        .settings(DEFAULTS)
+        .setting("async-worker-count", "10")
+        .lookup(lookup)
+        .start()
+        .await;
+    let healthy = Receiver::start(Behaviour::accept()).await;
+    prove(&app, &healthy, 3).await;
+    let port = hung.address.port();
+    join_all(names.iter().map(|name| {
+        app.submit_owned(
+            format!("new {name}"),
+            format!("http://{name}:{port}/callback"),
+        )
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    each_delivered_within(&app, &healthy, 5, Duration::from_secs(1)).await;
+    let tracked = destinations(&app).await;
+    let new_in_flight: u64 = tracked
+        .iter()
+        .filter(|d| d["destination"].as_str().unwrap().contains(".test:"))
+        .map(|d| d["in_flight"].as_u64().unwrap())
+        .sum();
+    assert!(
+        new_in_flight <= 2 + 10,
+        "new destinations hold {new_in_flight} deliveries (share 2, slow pool 10)"
+    );
+}
+
+/// Destinations that earned a large share and then hang give the workers back once their
+/// deliveries go slow: with ten workers, two such destinations hold all ten for at most
+/// APP_CALLBACK_SLOW_AFTER_SECONDS, and a third, healthy one is served then.
+#[tokio::test]
+async fn destinations_that_hang_after_earning_a_share_give_the_workers_back() {
+    let app = TestServer::builder()
+        .settings(DEFAULTS)
+        .setting("async-worker-count", "10")
+        .setting("callback-slow-after-seconds", "1")
+        .start()
+        .await;
+    let healthy = Receiver::start(Behaviour::accept()).await;
+    prove(&app, &healthy, 3).await;
+    // Each answers its first 40 callbacks at once (earning room for five, half the
+    // workers), then hangs.
+    let turning = [
+        Receiver::start(Behaviour::hang_after(40, Duration::from_secs(120))).await,
+        Receiver::start(Behaviour::hang_after(40, Duration::from_secs(120))).await,
+    ];
+    for receiver in &turning {
+        submit_many(&app, 40, &receiver.url(), "earning").await;
+        receiver
+            .wait_for_deliveries(40, Duration::from_secs(10))
+            .await;
+        let view = destination(&app, receiver.address.port()).await.unwrap();
+        assert_eq!(view["in_flight_limit"], 5, "{view}");
+    }
+    for receiver in &turning {
+        submit_many(&app, 20, &receiver.url(), "hanging").await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Within the slow threshold they may hold every worker; past it they hold none.
+    each_delivered_within(&app, &healthy, 3, Duration::from_millis(2500)).await;
+    each_delivered_within(&app, &healthy, 5, Duration::from_secs(1)).await;
+    for receiver in &turning {
+        let view = destination(&app, receiver.address.port()).await.unwrap();
+        assert_eq!(view["proven"], false, "{view}");
+        assert!(view["slow"].as_u64().unwrap() >= 1, "{view}");
+    }
 }

@@ -42,11 +42,22 @@ macro_rules! claim_picked {
     };
 }
 
-/// Due jobs claimed destination by destination (a seek each), within each one's room.
-pub(super) const CLAIM_PER_DESTINATION: &str = concat!(
-    "WITH RECURSIVE ",
-    destinations_cte!(),
-    ",
+/// `dests (dest)`: the destinations of `$9`, for a claim that may only take jobs of listed
+/// destinations (see `Rooms::listed_only`).
+macro_rules! listed_destinations_cte {
+    () => {
+        "dests AS (SELECT unnest($9::text[]) AS dest)"
+    };
+}
+
+/// Due jobs claimed destination by destination (a seek each, for each destination of
+/// `$dests`), within each one's room.
+macro_rules! claim_per_destination {
+    ($dests:expr) => {
+        concat!(
+            "WITH RECURSIVE ",
+            $dests,
+            ",
              candidates AS MATERIALIZED (
                  SELECT c.id, c.next_attempt_at FROM dests AS d
                  CROSS JOIN LATERAL (
@@ -64,9 +75,18 @@ pub(super) const CLAIM_PER_DESTINATION: &str = concat!(
              picked AS MATERIALIZED (
                  SELECT id AS picked_id FROM candidates ORDER BY next_attempt_at LIMIT $3)
              ",
-    claim_picked!(),
-    job_columns!()
-);
+            claim_picked!(),
+            job_columns!()
+        )
+    };
+}
+
+/// Due jobs claimed destination by destination, of every destination with queued jobs.
+pub(super) const CLAIM_PER_DESTINATION: &str = claim_per_destination!(destinations_cte!());
+
+/// Due jobs claimed destination by destination, of the destinations listed in `$9` only.
+pub(super) const CLAIM_PER_LISTED_DESTINATION: &str =
+    claim_per_destination!(listed_destinations_cte!());
 
 /// Due jobs claimed from the first due rows in due order, within each destination's room; and how many rows that window held.
 pub(super) const CLAIM_WINDOW: &str = concat!(
@@ -116,19 +136,31 @@ pub(super) const NEXT_DUE_WINDOW_ROWS: &str = "SELECT COALESCE(destination, '') 
        AND (lease_expires_at IS NULL OR lease_expires_at < now())
      ORDER BY next_attempt_at LIMIT $1";
 
-/// Each destination's first due job not leased (a seek each).
-pub(super) const FIRST_DUE_PER_DESTINATION: &str = concat!(
-    "WITH RECURSIVE ",
-    destinations_cte!(),
-    "
-                     SELECT d.dest,
-                            (SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint
-                             FROM requests
-                             WHERE destination = d.dest AND next_attempt_at IS NOT NULL
-                               AND (lease_expires_at IS NULL OR lease_expires_at < now())
-                             ORDER BY next_attempt_at LIMIT 1) AS due
-                     FROM dests AS d WHERE d.dest IS NOT NULL AND NOT (d.dest = ANY($1))"
-);
+/// Each destination's first due job not leased (a seek each), of every destination of
+/// `$dests` not in `$1`.
+macro_rules! first_due_per_destination {
+    ($dests:expr) => {
+        concat!(
+            "WITH RECURSIVE ",
+            $dests,
+            "
+             SELECT d.dest,
+                    (SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint
+                     FROM requests
+                     WHERE destination = d.dest AND next_attempt_at IS NOT NULL
+                       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                     ORDER BY next_attempt_at LIMIT 1) AS due
+             FROM dests AS d WHERE d.dest IS NOT NULL AND NOT (d.dest = ANY($1))"
+        )
+    };
+}
+
+/// Each destination's first due job not leased, of every destination with queued jobs.
+pub(super) const FIRST_DUE_PER_DESTINATION: &str = first_due_per_destination!(destinations_cte!());
+
+/// Each destination's first due job not leased, of the destinations listed in `$2` only.
+pub(super) const FIRST_DUE_PER_LISTED_DESTINATION: &str =
+    first_due_per_destination!("dests AS (SELECT unnest($2::text[]) AS dest)");
 
 impl PgStore {
     /// Claims as [`claim_due`](Self::claim_due) does, but looking at each destination's due
@@ -143,7 +175,15 @@ impl PgStore {
         rooms: &Rooms,
         already: &[&str],
     ) -> StoreResult<Vec<Job>> {
-        let rows = sqlx::query(CLAIM_PER_DESTINATION)
+        // Only listed destinations can have room: those are looked at, not every
+        // destination with queued jobs (a caller may have queued jobs for thousands).
+        let listed: Vec<&str> = rooms.open().collect();
+        let statement = if rooms.listed_only() {
+            CLAIM_PER_LISTED_DESTINATION
+        } else {
+            CLAIM_PER_DESTINATION
+        };
+        let query = sqlx::query(statement)
             .bind(owner)
             .bind(lease.as_secs_f64())
             .bind(i64::from(limit))
@@ -151,9 +191,13 @@ impl PgStore {
             .bind(&rooms.held)
             .bind(rooms.overdue.as_secs_f64())
             .bind(i64::from(rooms.default))
-            .bind(already)
-            .fetch_all(&self.relaxed)
-            .await?;
+            .bind(already);
+        let query = if rooms.listed_only() {
+            query.bind(listed)
+        } else {
+            query
+        };
+        let rows = query.fetch_all(&self.relaxed).await?;
         Ok(rows
             .iter()
             .map(job_from_row)
@@ -246,10 +290,19 @@ impl PgStore {
         let earliest_due = match next_due_in_window(&rows, NEXT_DUE_WINDOW, &room) {
             Ok(answer) => answer,
             Err(mut so_far) => {
-                let firsts = sqlx::query(FIRST_DUE_PER_DESTINATION)
-                    .bind(rooms.closed().collect::<Vec<_>>())
-                    .fetch_all(&self.pool)
-                    .await?;
+                let closed: Vec<&str> = rooms.closed().collect();
+                let firsts = if rooms.listed_only() {
+                    sqlx::query(FIRST_DUE_PER_LISTED_DESTINATION)
+                        .bind(closed)
+                        .bind(rooms.open().collect::<Vec<_>>())
+                        .fetch_all(&self.pool)
+                        .await?
+                } else {
+                    sqlx::query(FIRST_DUE_PER_DESTINATION)
+                        .bind(closed)
+                        .fetch_all(&self.pool)
+                        .await?
+                };
                 for row in &firsts {
                     let destination: String = row.try_get("dest")?;
                     if let Some(due) = row.try_get::<Option<i64>, _>("due")? {

@@ -8,8 +8,8 @@
 use sqlx::postgres::PgPool;
 
 use super::claims::{
-    CLAIM_PER_DESTINATION, CLAIM_WINDOW, FIRST_DUE_PER_DESTINATION, NEXT_DUE_WINDOW_ROWS,
-    RENEW_LEASES,
+    CLAIM_PER_DESTINATION, CLAIM_PER_LISTED_DESTINATION, CLAIM_WINDOW, FIRST_DUE_PER_DESTINATION,
+    FIRST_DUE_PER_LISTED_DESTINATION, NEXT_DUE_WINDOW_ROWS, RENEW_LEASES,
 };
 use super::group_writes::{INSERT_QUEUED, RECORD_ATTEMPTS, STORE_RESULTS};
 use super::list::{COUNT_BY_STATUS, list_count_sql, list_page_sql};
@@ -32,8 +32,16 @@ fn hot_statements() -> Vec<(String, String, bool)> {
         ("sync: finished", UPSERT_SYNC_FINISHED),
         ("claim: due window", CLAIM_WINDOW),
         ("claim: per destination", CLAIM_PER_DESTINATION),
+        (
+            "claim: per listed destination",
+            CLAIM_PER_LISTED_DESTINATION,
+        ),
         ("next due: window", NEXT_DUE_WINDOW_ROWS),
         ("next due: per destination", FIRST_DUE_PER_DESTINATION),
+        (
+            "next due: per listed destination",
+            FIRST_DUE_PER_LISTED_DESTINATION,
+        ),
         ("heartbeat", RENEW_LEASES),
         ("work results", STORE_RESULTS),
         ("attempts", RECORD_ATTEMPTS),

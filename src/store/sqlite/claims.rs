@@ -42,11 +42,20 @@ pub(super) const CLAIM_ONE: &str = concat!(
     job_columns!()
 );
 
-/// Calls `f` with each destination that has queued jobs, in name order.
+/// Calls `f` with each destination that may have room: those listed in `rooms` when only
+/// they can (a caller may have queued jobs for thousands of others), else each destination
+/// that has queued jobs, in name order.
 pub(super) fn each_destination(
     conn: &Connection,
+    rooms: &Rooms,
     mut f: impl FnMut(&str) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
+    if rooms.listed_only() {
+        for destination in rooms.open() {
+            f(destination)?;
+        }
+        return Ok(());
+    }
     let mut next: Option<String> = conn
         .prepare_cached(FIRST_DESTINATION)?
         .query_row([], |row| row.get(0))
@@ -105,7 +114,7 @@ pub(super) fn claim(
         let room = RoomLeft::new(rooms);
         let mut candidates: Vec<(i64, String)> = Vec::new();
         let mut due_rows = conn.prepare_cached(DESTINATION_DUE)?;
-        each_destination(conn, |destination| {
+        each_destination(conn, rooms, |destination| {
             let left = room.left(destination).min(limit);
             if left == 0 {
                 return Ok(());
@@ -150,7 +159,7 @@ pub(super) fn next_due(
         Err(so_far) => so_far,
     };
     let mut first_due = conn.prepare_cached(DESTINATION_DUE)?;
-    each_destination(conn, |destination| {
+    each_destination(conn, rooms, |destination| {
         if room.left(destination) == 0 {
             return Ok(());
         }

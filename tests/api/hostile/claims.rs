@@ -227,3 +227,47 @@ async fn one_claim_never_returns_the_same_job_twice() {
     assert_eq!(ids, ["first"], "one claim, one delivery per job");
     store.close().await;
 }
+
+/// A claim for the proven destinations alone (no room by default, room for the listed ones)
+/// takes only their jobs, and finds them behind a backlog of others' jobs longer than its
+/// window without a look at each of the others.
+#[tokio::test]
+async fn a_claim_with_no_room_by_default_takes_only_listed_destinations_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_url, store) = open(dir.path()).await;
+    for n in 0..40 {
+        queue_for(
+            &store,
+            &format!("other-{n}"),
+            &format!("http://127.0.0.1:{}", 1000 + n),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    queue_for(&store, "listed", OLD).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let listed_only = Rooms {
+        default: 0,
+        limited: vec![(OLD.into(), 1), (BACKLOG.into(), 0)],
+        ..Rooms::default()
+    };
+    let next = store.next_due_at(&listed_only).await.unwrap();
+    assert!(next.is_some(), "the listed destination's job is due");
+    let claimed = store.claim_due("a", 5, HELD, &listed_only).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["listed"]);
+    let nothing = Rooms {
+        default: 0,
+        limited: vec![(OLD.into(), 0)],
+        ..Rooms::default()
+    };
+    assert!(
+        store
+            .claim_due("a", 5, HELD, &nothing)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.next_due_at(&nothing).await.unwrap(), None);
+    store.close().await;
+}

@@ -1,0 +1,830 @@
+//! Per-destination isolation: how many deliveries each destination (scheme, host, port) may
+//! have in flight, and which share of the workers it draws on, so that no receiver, nor any
+//! set of receivers, however slow, dead or numerous, delays callbacks to the others.
+//!
+//! - **Earned concurrency.** A destination starts with room for one delivery in flight. Each
+//!   success of a delivery that used its whole room adds one (so a busy, healthy destination
+//!   doubles its room every round trip, up to `per_destination`); each failure halves it. A
+//!   receiver that hangs keeps only what it had earned.
+//! - **Reserved share.** A destination that answered with a 2xx in the last
+//!   [`RECENT_WINDOW`], has no failure since and no delivery gone slow is *proven*: it draws
+//!   on every worker. All the others (new, failing, slow, or held by their breaker: anything
+//!   a caller can invent by the thousand) share at most `unproven_share` deliveries in
+//!   flight between them, so the proven ones always keep the rest. The dispatcher claims for
+//!   the two separately ([`Destinations::claimable`]); the store claims no more jobs of a
+//!   destination than its room, so a job that must wait holds no worker slot and no lease,
+//!   keeps its place in the queue, and jobs behind it are claimed past it.
+//! - **Slow deliveries.** A delivery still waiting for its receiver after the slow threshold
+//!   makes its destination unproven until it ends, and (the dispatcher's part) leaves the
+//!   workers and the unproven share for a pool of slow deliveries of its own, so a
+//!   destination that hangs after earning a large room gives the workers back within that
+//!   threshold, not the callback timeout.
+//! - **Breaker** (`breaker.rs`). Failures open a destination's circuit breaker: its jobs wait
+//!   without an attempt and without a slot until a probe succeeds. A job that has waited
+//!   longer than the maximum cool-down goes anyway (within its room): every job's wait is
+//!   bounded, so the jobs of a destination that never recovers still end, `callback_failed`,
+//!   instead of filling the queue one probe at a time.
+//! - All of it is per instance: instances sharing a PostgreSQL database each learn a
+//!   destination's health from their own attempts (no extra database round trip per
+//!   delivery), so with K instances a dead destination gets up to K probes per cool-down.
+//!
+//! State is kept only for destinations seen recently: one idle for [`FORGET_AFTER`] is
+//! forgotten whatever its breaker, and past `tracked` destinations the longest idle are
+//! forgotten first, so the map is bounded however many destinations callers name (a forgotten
+//! destination starts again as a new one, in the unproven share).
+
+mod breaker;
+mod recent;
+mod rooms;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use breaker::Breaker;
+pub use breaker::{BreakerPolicy, BreakerState, Verdict};
+pub use recent::RECENT_WINDOW;
+use recent::{BUCKET, Recent};
+pub use rooms::{Claimable, Rooms};
+
+/// Destinations whose callbacks keep their connections alive between deliveries: the busiest
+/// by recent successes, each with as many idle connections as its cap of deliveries in
+/// flight (fewer would close and reopen connections under load: measured, half of all
+/// callbacks then paid a new connection). Every other destination gets a connection per
+/// delivery, closed after it. Idle keep-alive connections are file descriptors, and callers
+/// choose destinations: pooling for every destination would let a caller naming thousands
+/// of them exhaust the descriptors, while the busiest few are where keeping connections
+/// alive pays. With the cap at most half the workers, idle callback connections number at
+/// most twice the workers.
+pub const KEEP_ALIVE_DESTINATIONS: usize = 4;
+
+/// How often the busiest destinations are worked out again.
+const KEEP_ALIVE_REFRESH: Duration = Duration::from_secs(1);
+
+/// A destination idle this long (nothing in flight) is forgotten.
+pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// The room a destination starts with, and has while it is unknown.
+pub const INITIAL_ROOM: u32 = 1;
+
+/// The identity of a destination: `scheme://host:port`, lower-case, with the scheme's default
+/// port written out, so every spelling of one endpoint shares one cap and one breaker.
+pub fn destination_of(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    match url.port_or_known_default() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
+}
+
+/// The host of a destination (`scheme://host:port` → `host`, an IPv6 host with its
+/// brackets): what the `callback_host` list filter matches. (Migrations that fill it for
+/// older rows compute the same in SQL.)
+pub fn destination_host(destination: &str) -> &str {
+    let authority = destination
+        .split_once("://")
+        .map_or(destination, |(_, rest)| rest);
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// As [`destination_of`], from a stored URL; a URL that no longer parses is its own
+/// destination (its delivery fails at once anyway).
+pub fn destination_of_str(url: &str) -> String {
+    url::Url::parse(url).map_or_else(|_| url.to_string(), |u| destination_of(&u))
+}
+
+/// How deliveries are shared out between destinations.
+#[derive(Debug, Clone, Copy)]
+pub struct IsolationPolicy {
+    /// The most deliveries in flight to one destination, however much it has earned.
+    pub per_destination: u32,
+    /// The most deliveries in flight to unproven destinations, all together.
+    pub unproven_share: u32,
+    /// Destinations tracked beyond those with deliveries in flight.
+    pub tracked: usize,
+    pub breaker: BreakerPolicy,
+}
+
+/// Which share a delivery was started in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// Its destination is proven: it draws on every worker.
+    Proven,
+    /// It counts against the unproven share.
+    Unproven,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    in_flight: u32,
+    /// Deliveries in flight past the slow threshold.
+    slow: u32,
+    /// The deliveries it may have in flight, as earned (before the cap).
+    room: u32,
+    last_success: Option<Instant>,
+    breaker: Breaker,
+    recent: Recent,
+    last_active: Instant,
+    /// When the breaker last opened and last closed, and when the destination was last
+    /// full: to tell an attempt's audit why it waited.
+    last_opened: Option<DateTime<Utc>>,
+    last_closed: Option<DateTime<Utc>>,
+    last_full: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Self {
+        Self {
+            in_flight: 0,
+            slow: 0,
+            room: INITIAL_ROOM,
+            last_success: None,
+            breaker: Breaker::CLOSED,
+            recent: Recent::default(),
+            last_active: now,
+            last_opened: None,
+            last_closed: None,
+            last_full: None,
+        }
+    }
+
+    /// Answered with a 2xx recently, nothing against it since, nothing in flight gone slow.
+    fn is_proven(&self, now: Instant) -> bool {
+        self.slow == 0
+            && self.breaker.is_clear()
+            && self
+                .last_success
+                .is_some_and(|at| now.duration_since(at) <= RECENT_WINDOW)
+    }
+
+    /// The most it may have in flight now.
+    fn allowed(&self, cap: u32) -> u32 {
+        self.room.min(cap)
+    }
+
+    /// Room for more deliveries, and whether the breaker holds the destination's jobs back.
+    fn room_left(&self, cap: u32) -> (u32, bool) {
+        self.breaker
+            .room(self.allowed(cap).saturating_sub(self.in_flight))
+    }
+
+    /// Whether the breaker was open (or half-open) at any time since `since`.
+    fn was_open_since(&self, since: DateTime<Utc>) -> bool {
+        let Some(opened) = self.last_opened else {
+            return false;
+        };
+        let closed = self.last_closed.filter(|closed| *closed >= opened);
+        closed.is_none_or(|closed| closed >= since)
+    }
+
+    fn is_forgettable(&self, now: Instant) -> bool {
+        self.in_flight == 0 && now.duration_since(self.last_active) > FORGET_AFTER
+    }
+}
+
+/// One destination as `GET /destinations` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DestinationView {
+    /// `scheme://host:port`.
+    pub destination: String,
+    pub in_flight: u32,
+    /// The deliveries it may have in flight now, as earned by its successes (at most
+    /// APP_CALLBACK_MAX_IN_FLIGHT_PER_DESTINATION).
+    pub in_flight_limit: u32,
+    /// Whether it draws on every worker (it answered recently, nothing against it since), or
+    /// shares the unproven destinations' part (APP_CALLBACK_MAX_IN_FLIGHT_UNPROVEN).
+    pub proven: bool,
+    /// Deliveries in flight past APP_CALLBACK_SLOW_AFTER_SECONDS.
+    pub slow: u32,
+    /// Delivered attempts in the last five minutes.
+    pub recent_successes: u64,
+    /// Failed attempts in the last five minutes.
+    pub recent_failures: u64,
+    pub breaker: BreakerState,
+    /// When an open breaker lets its next probe through (RFC 3339), if it is open.
+    pub next_probe_at: Option<String>,
+}
+
+/// The destinations of one instance, and the deliveries in the unproven share.
+struct State {
+    entries: HashMap<String, Entry>,
+    unproven_in_flight: u32,
+}
+
+/// The per-destination state of one instance.
+pub struct Destinations {
+    state: Mutex<State>,
+    /// The destinations whose connections are kept alive, and when they were worked out.
+    keep_alive: Mutex<(Option<Instant>, Vec<String>)>,
+    policy: IsolationPolicy,
+    epoch: Instant,
+}
+
+impl Destinations {
+    pub fn new(policy: IsolationPolicy) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                entries: HashMap::new(),
+                unproven_in_flight: 0,
+            }),
+            keep_alive: Mutex::new((None, Vec::new())),
+            policy,
+            epoch: Instant::now(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What a claim may take now, in each share. Also forgets destinations idle too long.
+    pub fn claimable(&self) -> Claimable {
+        let now = Instant::now();
+        let cap = self.policy.per_destination;
+        let mut state = self.lock();
+        state.entries.retain(|_, entry| !entry.is_forgettable(now));
+        let overdue = self.policy.breaker.max_cooldown;
+        let mut proven = Rooms {
+            default: 0,
+            overdue,
+            ..Rooms::default()
+        };
+        let mut unproven = Rooms {
+            default: INITIAL_ROOM.min(cap),
+            overdue,
+            ..Rooms::default()
+        };
+        for (destination, entry) in state.entries.iter_mut() {
+            entry.breaker.refresh(now);
+            let (room, held) = entry.room_left(cap);
+            if entry.is_proven(now) {
+                proven.limited.push((destination.clone(), room));
+                unproven.limited.push((destination.clone(), 0));
+            } else {
+                // A destination the claim would treat as unknown need not be listed.
+                if room != unproven.default || held {
+                    unproven.limited.push((destination.clone(), room));
+                }
+                if held {
+                    unproven.held.push(destination.clone());
+                }
+            }
+        }
+        Claimable {
+            proven,
+            unproven,
+            unproven_free: self
+                .policy
+                .unproven_share
+                .saturating_sub(state.unproven_in_flight),
+        }
+    }
+
+    /// Whether deliveries to `destination` should keep their connection alive: it is one of
+    /// the [`KEEP_ALIVE_DESTINATIONS`] with the most successes in the recent window.
+    pub fn keeps_alive(&self, destination: &str) -> bool {
+        let now = Instant::now();
+        let mut cached = self
+            .keep_alive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let member = |set: &[String]| set.iter().any(|d| d == destination);
+        // Worked out again every second, and at once for a new destination while there are
+        // places left (so the first destinations keep their connections from the start).
+        let stale = cached
+            .0
+            .is_none_or(|at| now.duration_since(at) >= KEEP_ALIVE_REFRESH);
+        let room_for_it = cached.1.len() < KEEP_ALIVE_DESTINATIONS && !member(&cached.1);
+        if stale || room_for_it {
+            let bucket = self.bucket(now);
+            let mut busiest: Vec<((u64, u32), String)> = self
+                .lock()
+                .entries
+                .iter()
+                .map(|(d, e)| ((e.recent.totals(bucket).0, e.in_flight), d.clone()))
+                .collect();
+            busiest.sort_unstable_by_key(|(activity, _)| std::cmp::Reverse(*activity));
+            busiest.truncate(KEEP_ALIVE_DESTINATIONS);
+            *cached = (Some(now), busiest.into_iter().map(|(_, d)| d).collect());
+        }
+        member(&cached.1)
+    }
+
+    /// When an open breaker next lets a probe through, if any is open: the dispatcher looks
+    /// at the queue again then.
+    pub fn next_reopening(&self) -> Option<Instant> {
+        self.lock()
+            .entries
+            .values()
+            .filter_map(|entry| match entry.breaker {
+                Breaker::Open { until, .. } => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Counts a delivery to `destination`, claimed in `share`, as in flight until the
+    /// returned permit is dropped. In a half-open breaker, this delivery is the probe.
+    pub fn start(self: &Arc<Self>, destination: &str, share: Share) -> DestinationPermit {
+        let now = Instant::now();
+        let cap = self.policy.per_destination;
+        let mut state = self.lock();
+        if !state.entries.contains_key(destination) {
+            self.make_room(&mut state);
+        }
+        if share == Share::Unproven {
+            state.unproven_in_flight += 1;
+        }
+        let entry = state
+            .entries
+            .entry(destination.to_string())
+            .or_insert_with(|| Entry::new(now));
+        entry.breaker.refresh(now);
+        entry.in_flight += 1;
+        entry.last_active = now;
+        let probe = entry.breaker.start_probe();
+        let saturated = entry.in_flight >= entry.allowed(cap);
+        if entry.in_flight >= cap {
+            entry.last_full = Some(Utc::now());
+        }
+        DestinationPermit {
+            destinations: Arc::clone(self),
+            destination: destination.to_string(),
+            probe,
+            saturated,
+            share: Some(share),
+            slow: false,
+            verdict: None,
+        }
+    }
+
+    /// Before a new destination is added to a full map: forgets the longest idle eighth of
+    /// the tracked destinations (those with nothing in flight), so that a caller naming a new
+    /// destination with every request costs one sort per eighth, not one per request.
+    fn make_room(&self, state: &mut State) {
+        if state.entries.len() < self.policy.tracked {
+            return;
+        }
+        let mut idle: Vec<(Instant, String)> = state
+            .entries
+            .iter()
+            .filter(|(_, e)| e.in_flight == 0)
+            .map(|(d, e)| (e.last_active, d.clone()))
+            .collect();
+        idle.sort_unstable();
+        let forget = (self.policy.tracked / 8).max(1);
+        for (_, destination) in idle.into_iter().take(forget) {
+            state.entries.remove(&destination);
+        }
+    }
+
+    /// Why a job due at `due_at` waited until now, if it waited long enough to say (more than
+    /// a second): the destination's breaker was open, or the destination was full, or every
+    /// worker was busy.
+    pub fn why_waited(&self, destination: &str, due_at: DateTime<Utc>) -> Option<String> {
+        let waited = (Utc::now() - due_at).to_std().ok()?;
+        if waited < Duration::from_secs(1) {
+            return None;
+        }
+        let state = self.lock();
+        let entry = state.entries.get(destination);
+        let reason = if entry.is_some_and(|e| e.was_open_since(due_at)) {
+            "the destination's circuit breaker was open"
+        } else if entry.and_then(|e| e.last_full).is_some_and(|t| t >= due_at) {
+            "the destination had its most deliveries in flight"
+        } else {
+            "every delivery worker was busy"
+        };
+        Some(format!("waited {:.1} s: {reason}", waited.as_secs_f64()))
+    }
+
+    fn slowed(&self, permit: &mut DestinationPermit, leaves_share: bool) {
+        let mut state = self.lock();
+        if leaves_share && permit.share.take() == Some(Share::Unproven) {
+            state.unproven_in_flight = state.unproven_in_flight.saturating_sub(1);
+        }
+        if !permit.slow {
+            permit.slow = true;
+            if let Some(entry) = state.entries.get_mut(&permit.destination) {
+                entry.slow += 1;
+                tracing::info!(
+                    destination = permit.destination,
+                    "a delivery went slow: the destination shares the unproven part until it answers"
+                );
+            }
+        }
+    }
+
+    fn finish(&self, permit: &DestinationPermit) {
+        let now = Instant::now();
+        let bucket = self.bucket(now);
+        let cap = self.policy.per_destination;
+        let mut state = self.lock();
+        if permit.share == Some(Share::Unproven) {
+            state.unproven_in_flight = state.unproven_in_flight.saturating_sub(1);
+        }
+        let Some(entry) = state.entries.get_mut(&permit.destination) else {
+            return;
+        };
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        if permit.slow {
+            entry.slow = entry.slow.saturating_sub(1);
+        }
+        entry.last_active = now;
+        entry.breaker.refresh(now);
+        let Some(verdict) = permit.verdict else {
+            // Abandoned (shutdown) without an outcome: a probe that never reported leaves
+            // room for another.
+            if permit.probe {
+                entry.breaker.abandon_probe();
+            }
+            return;
+        };
+        match verdict {
+            Verdict::Healthy => {
+                entry.recent.add(bucket, true);
+                entry.last_success = Some(now);
+                if permit.saturated {
+                    entry.room = entry.room.saturating_add(1).min(cap);
+                }
+            }
+            Verdict::Failed(_) => {
+                entry.recent.add(bucket, false);
+                entry.room = (entry.room / 2).max(INITIAL_ROOM);
+            }
+            Verdict::Neutral => {}
+        }
+        let next = entry
+            .breaker
+            .after(verdict, permit.probe, now, &self.policy.breaker);
+        let destination = permit.destination.as_str();
+        if next.is_open() && !entry.breaker.is_open() {
+            entry.last_opened = Some(Utc::now());
+            tracing::warn!(destination, "circuit breaker opened: deliveries to it wait");
+        }
+        if matches!(next, Breaker::Closed { .. })
+            && !matches!(entry.breaker, Breaker::Closed { .. })
+        {
+            entry.last_closed = Some(Utc::now());
+            tracing::info!(destination, "circuit breaker closed: deliveries resume");
+        }
+        entry.breaker = next;
+    }
+
+    fn bucket(&self, now: Instant) -> u64 {
+        now.duration_since(self.epoch).as_secs() / BUCKET.as_secs()
+    }
+
+    /// Deliveries in flight in the unproven share.
+    pub fn unproven_in_flight(&self) -> u32 {
+        self.lock().unproven_in_flight
+    }
+
+    /// Every destination seen recently, busiest first.
+    pub fn snapshot(&self) -> Vec<DestinationView> {
+        let now = Instant::now();
+        let bucket = self.bucket(now);
+        let cap = self.policy.per_destination;
+        let mut state = self.lock();
+        let mut views: Vec<DestinationView> = state
+            .entries
+            .iter_mut()
+            .map(|(destination, entry)| {
+                entry.breaker.refresh(now);
+                let (recent_successes, recent_failures) = entry.recent.totals(bucket);
+                let next_probe_at = match entry.breaker {
+                    Breaker::Open { until, .. } => {
+                        let at = Utc::now()
+                            + chrono::Duration::from_std(until.saturating_duration_since(now))
+                                .unwrap_or_default();
+                        Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    }
+                    _ => None,
+                };
+                DestinationView {
+                    destination: destination.clone(),
+                    in_flight: entry.in_flight,
+                    in_flight_limit: entry.allowed(cap),
+                    proven: entry.is_proven(now),
+                    slow: entry.slow,
+                    recent_successes,
+                    recent_failures,
+                    breaker: entry.breaker.state(),
+                    next_probe_at,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| {
+            (b.in_flight, b.recent_failures, b.recent_successes)
+                .cmp(&(a.in_flight, a.recent_failures, a.recent_successes))
+                .then_with(|| a.destination.cmp(&b.destination))
+        });
+        views
+    }
+}
+
+/// One delivery in flight to a destination. Report its verdict with [`record`]; dropped
+/// without one (the delivery was abandoned), it only frees its place.
+///
+/// [`record`]: DestinationPermit::record
+pub struct DestinationPermit {
+    destinations: Arc<Destinations>,
+    destination: String,
+    probe: bool,
+    /// It used the destination's whole room when it started: its success earns more.
+    saturated: bool,
+    /// The share it counts against, until it leaves it (gone slow).
+    share: Option<Share>,
+    slow: bool,
+    verdict: Option<Verdict>,
+}
+
+impl DestinationPermit {
+    /// The delivery has run past the slow threshold: its destination is unproven until it
+    /// ends, and, when `leaves_share`, it no longer counts against the unproven share (the
+    /// dispatcher moved it to the slow pool).
+    pub fn went_slow(&mut self, leaves_share: bool) {
+        let destinations = Arc::clone(&self.destinations);
+        destinations.slowed(self, leaves_share);
+    }
+
+    pub fn record(mut self, verdict: Verdict) {
+        self.verdict = Some(verdict);
+    }
+}
+
+impl Drop for DestinationPermit {
+    fn drop(&mut self) {
+        self.destinations.finish(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> IsolationPolicy {
+        IsolationPolicy {
+            per_destination: 10,
+            unproven_share: 3,
+            tracked: 64,
+            breaker: BreakerPolicy {
+                threshold: 2.0,
+                cooldown: Duration::from_millis(50),
+                max_cooldown: Duration::from_millis(120),
+            },
+        }
+    }
+
+    /// Room for jobs of `dest` that are not overdue, in whichever share it is in: none while
+    /// its breaker holds them back.
+    fn room(d: &Destinations, dest: &str) -> u32 {
+        let claimable = d.claimable();
+        if let Some((_, room)) = claimable.proven.limited.iter().find(|(x, _)| x == dest) {
+            return *room;
+        }
+        let rooms = claimable.unproven;
+        if rooms.held.iter().any(|h| h == dest) {
+            return 0;
+        }
+        rooms
+            .limited
+            .iter()
+            .find(|(x, _)| x == dest)
+            .map_or(rooms.default, |(_, r)| *r)
+    }
+
+    fn is_proven(d: &Destinations, dest: &str) -> bool {
+        d.claimable().proven.limited.iter().any(|(x, _)| x == dest)
+    }
+
+    const A: &str = "http://a.example:80";
+
+    #[test]
+    fn destinations_are_scheme_host_and_port() {
+        let url = |s: &str| url::Url::parse(s).unwrap();
+        assert_eq!(destination_of(&url("http://A.Example/x?y")), A);
+        assert_eq!(destination_of(&url("http://a.example:80/other")), A);
+        assert_eq!(
+            destination_of(&url("https://a.example/")),
+            "https://a.example:443"
+        );
+        assert_eq!(destination_of(&url("http://[::1]:9/cb")), "http://[::1]:9");
+        assert_eq!(destination_of_str("not a url"), "not a url");
+    }
+
+    #[test]
+    fn a_destinations_host_drops_scheme_and_port() {
+        assert_eq!(destination_host(A), "a.example");
+        assert_eq!(destination_host("https://a.example:443"), "a.example");
+        assert_eq!(destination_host("http://[::1]:9"), "[::1]");
+        assert_eq!(destination_host("http://1.2.3.4:8080"), "1.2.3.4");
+        assert_eq!(destination_host("not a url"), "not a url");
+    }
+
+    #[test]
+    fn a_new_destination_earns_its_room_by_succeeding_at_it() {
+        let d = Destinations::new(policy());
+        assert_eq!(room(&d, A), INITIAL_ROOM, "unknown: one delivery");
+        assert!(!is_proven(&d, A));
+        let first = d.start(A, Share::Unproven);
+        assert_eq!(room(&d, A), 0);
+        first.record(Verdict::Healthy);
+        assert!(is_proven(&d, A), "a 2xx proves it");
+        assert_eq!(
+            room(&d, A),
+            2,
+            "a success that used the whole room adds one"
+        );
+        // Two at once, both succeed: four.
+        let (x, y) = (d.start(A, Share::Proven), d.start(A, Share::Proven));
+        x.record(Verdict::Healthy);
+        y.record(Verdict::Healthy);
+        assert_eq!(
+            room(&d, A),
+            3,
+            "only the one that filled the room earns more"
+        );
+        // Unused room earns nothing: one at a time, however many succeed.
+        for _ in 0..20 {
+            d.start(A, Share::Proven).record(Verdict::Healthy);
+        }
+        assert_eq!(room(&d, A), 3);
+        // Used, it grows up to the cap and no further.
+        for _ in 0..20 {
+            let held: Vec<_> = (0..room(&d, A))
+                .map(|_| d.start(A, Share::Proven))
+                .collect();
+            for permit in held {
+                permit.record(Verdict::Healthy);
+            }
+        }
+        assert_eq!(room(&d, A), 10, "the per-destination cap");
+        // A failure halves it and takes the destination out of the reserved share.
+        d.start(A, Share::Proven).record(Verdict::Failed(0.5));
+        assert!(!is_proven(&d, A));
+        assert_eq!(room(&d, A), 5);
+        d.start(A, Share::Unproven).record(Verdict::Healthy);
+        assert!(is_proven(&d, A), "answering again proves it again");
+    }
+
+    #[test]
+    fn unproven_destinations_share_their_part_and_slow_ones_can_leave_it() {
+        let d = Destinations::new(policy());
+        assert_eq!(d.claimable().unproven_free, 3);
+        let mut hung: Vec<_> = (0..3)
+            .map(|n| d.start(&format!("http://hung-{n}:80"), Share::Unproven))
+            .collect();
+        assert_eq!(
+            d.claimable().unproven_free,
+            0,
+            "three destinations, one share"
+        );
+        // A proven destination's deliveries do not count against it.
+        d.start(A, Share::Unproven).record(Verdict::Healthy);
+        let proven = d.start(A, Share::Proven);
+        assert_eq!(d.claimable().unproven_free, 0);
+        drop(proven);
+        // Gone slow and moved to the slow pool, a delivery leaves the share.
+        hung[0].went_slow(true);
+        assert_eq!(d.claimable().unproven_free, 1);
+        // Gone slow without a place in the slow pool, it stays in it.
+        hung[1].went_slow(false);
+        assert_eq!(d.claimable().unproven_free, 1);
+        // Marking twice changes nothing, and ending frees exactly what was held.
+        hung[0].went_slow(true);
+        assert_eq!(d.claimable().unproven_free, 1);
+        hung.clear();
+        assert_eq!(d.claimable().unproven_free, 3);
+        assert_eq!(d.unproven_in_flight(), 0);
+    }
+
+    #[test]
+    fn a_proven_destination_with_a_slow_delivery_is_unproven_until_it_ends() {
+        let d = Destinations::new(policy());
+        d.start(A, Share::Unproven).record(Verdict::Healthy);
+        assert!(is_proven(&d, A));
+        let mut slow = d.start(A, Share::Proven);
+        slow.went_slow(true);
+        assert!(!is_proven(&d, A));
+        let view = d
+            .snapshot()
+            .into_iter()
+            .find(|v| v.destination == A)
+            .unwrap();
+        assert_eq!((view.slow, view.proven), (1, false));
+        slow.record(Verdict::Healthy);
+        assert!(is_proven(&d, A));
+    }
+
+    #[test]
+    fn failures_open_the_breaker_and_a_probe_decides() {
+        let d = Destinations::new(policy());
+        // 5xx count half: three of them stay below the threshold of 2.
+        for _ in 0..3 {
+            d.start(A, Share::Unproven).record(Verdict::Failed(0.5));
+        }
+        assert_eq!(room(&d, A), 1);
+        // A 2xx resets the score.
+        d.start(A, Share::Unproven).record(Verdict::Healthy);
+        d.start(A, Share::Unproven).record(Verdict::Failed(1.0));
+        assert_eq!(room(&d, A), 1);
+        d.start(A, Share::Unproven).record(Verdict::Failed(1.0));
+        assert_eq!(room(&d, A), 0, "two timeouts open it");
+        assert!(d.next_reopening().is_some());
+        assert_eq!(d.snapshot()[0].breaker, BreakerState::Open);
+
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(room(&d, A), 1, "half-open: room for one probe");
+        let probe = d.start(A, Share::Unproven);
+        assert_eq!(room(&d, A), 0, "only one probe");
+        probe.record(Verdict::Failed(1.0));
+        assert_eq!(room(&d, A), 0, "a failed probe opens it again");
+        // For twice the cool-down: still open after the first cool-down.
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(room(&d, A), 0);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(room(&d, A), 1);
+        d.start(A, Share::Unproven).record(Verdict::Healthy);
+        assert_eq!(room(&d, A), 2, "a successful probe closes it");
+        assert_eq!(d.snapshot()[0].breaker, BreakerState::Closed);
+    }
+
+    #[test]
+    fn neutral_answers_do_not_count_and_an_abandoned_probe_frees_the_turn() {
+        let d = Destinations::new(policy());
+        for _ in 0..10 {
+            d.start(A, Share::Unproven).record(Verdict::Neutral);
+        }
+        assert_eq!(room(&d, A), 1);
+        assert!(!is_proven(&d, A), "a 4xx proves nothing");
+        d.start(A, Share::Unproven).record(Verdict::Failed(1.0));
+        d.start(A, Share::Unproven).record(Verdict::Failed(1.0));
+        std::thread::sleep(Duration::from_millis(60));
+        drop(d.start(A, Share::Unproven));
+        assert_eq!(room(&d, A), 1, "the next probe may go");
+        d.start(A, Share::Unproven).record(Verdict::Neutral);
+        assert_eq!(
+            d.snapshot()[0].breaker,
+            BreakerState::Closed,
+            "a probe answered with a 4xx shows the destination up"
+        );
+    }
+
+    #[test]
+    fn the_map_stays_bounded_however_many_destinations_are_named() {
+        let d = Destinations::new(IsolationPolicy {
+            tracked: 16,
+            ..policy()
+        });
+        let busy = d.start(A, Share::Unproven);
+        for n in 0..1000 {
+            d.start(&format!("http://invented-{n}:80"), Share::Unproven)
+                .record(Verdict::Failed(1.0));
+        }
+        let tracked = d.snapshot();
+        assert!(
+            tracked.len() <= 16,
+            "{} destinations tracked",
+            tracked.len()
+        );
+        assert!(
+            tracked.iter().any(|v| v.destination == A),
+            "a destination with a delivery in flight is never forgotten"
+        );
+        drop(busy);
+        assert_eq!(d.unproven_in_flight(), 0);
+    }
+
+    #[test]
+    fn only_the_busiest_destinations_keep_connections_alive() {
+        let d = Destinations::new(policy());
+        // The first destinations keep theirs from their first delivery.
+        let first = d.start(A, Share::Unproven);
+        assert!(d.keeps_alive(A));
+        first.record(Verdict::Healthy);
+        // Of many, only the busiest few.
+        for n in 0..KEEP_ALIVE_DESTINATIONS + 3 {
+            let destination = format!("http://busy-{n}:80");
+            for _ in 0..=n {
+                d.start(&destination, Share::Unproven)
+                    .record(Verdict::Healthy);
+            }
+        }
+        std::thread::sleep(KEEP_ALIVE_REFRESH);
+        let keeping: Vec<usize> = (0..KEEP_ALIVE_DESTINATIONS + 3)
+            .filter(|n| d.keeps_alive(&format!("http://busy-{n}:80")))
+            .collect();
+        assert_eq!(keeping, [3, 4, 5, 6], "the four with the most successes");
+        assert!(!d.keeps_alive(A));
+    }
+}
