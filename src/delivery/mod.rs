@@ -33,7 +33,7 @@ use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::{AttemptOutcome, Job, MAX_UNRECORDED_CLAIMS, Store};
 use crate::work::{ComputePool, PoolError};
 use client::{AttemptKind, CallbackClient};
-use destinations::{DestinationPermit, Destinations, Rooms, Share, Verdict};
+use destinations::{DestinationPermit, Destinations, Share, Verdict};
 use retry::RetryPolicy;
 
 /// Longest the dispatcher sleeps without looking at the queue, as a safety net: due times
@@ -215,12 +215,9 @@ impl Dispatcher {
             let wait = if free == 0 || filled {
                 IDLE_POLL
             } else {
-                let rooms = this.destinations.claimable().either();
-                match this.store.next_due_at(&rooms).await {
-                    Ok(Some(at)) => (at - Utc::now())
-                        .to_std()
-                        .unwrap_or(Duration::ZERO)
-                        .min(IDLE_POLL),
+                let rooms = this.destinations.rooms();
+                match this.store.next_due_in(&this.owner, &rooms).await {
+                    Ok(Some(wait)) => wait.min(IDLE_POLL),
                     Ok(None) => IDLE_POLL,
                     Err(err) => {
                         tracing::error!(error = %err, "reading the queue failed");
@@ -266,52 +263,42 @@ impl Dispatcher {
         }
     }
 
-    /// Claims up to `free` due jobs: first for the proven destinations, which may fill every
-    /// free slot, then for all the others, within what is left of their share. Answers the
-    /// jobs with the share each was claimed in, and whether a claim took all it was allowed
+    /// Claims up to `free` due jobs within the destinations' rooms: the proven destinations'
+    /// from every free slot, the others' within what is left of their share. Answers each
+    /// job with the share it counts against, and whether the claim took all it asked for
     /// (more may be due).
     async fn claim(&self, free: usize) -> (Vec<(Job, Share)>, bool) {
-        let claimable = self.destinations.claimable();
-        let mut claimed = Vec::new();
-        let mut filled = false;
-        if claimable.proven.has_room() {
-            match self.claim_in(free, &claimable.proven).await {
-                Some(jobs) => {
-                    filled |= jobs.len() == free;
-                    claimed.extend(jobs.into_iter().map(|job| (job, Share::Proven)));
-                }
-                None => return (claimed, false),
-            }
-        }
-        let left = free
-            .saturating_sub(claimed.len())
-            .min(claimable.unproven_free as usize);
-        if left > 0
-            && let Some(jobs) = self.claim_in(left, &claimable.unproven).await
-        {
-            filled |= jobs.len() == left;
-            claimed.extend(jobs.into_iter().map(|job| (job, Share::Unproven)));
-        }
-        (claimed, filled)
-    }
-
-    /// Up to `limit` due jobs within `rooms`; `None` (logged) if the store failed.
-    async fn claim_in(&self, limit: usize, rooms: &Rooms) -> Option<Vec<Job>> {
+        let rooms = self.destinations.rooms();
         match self
             .store
-            .claim_due(&self.owner, limit as u32, self.lease, rooms)
+            .claim_due(&self.owner, free as u32, self.lease, &rooms)
             .await
         {
-            Ok(jobs) => Some(jobs),
+            Ok(jobs) => {
+                let filled = jobs.len() == free;
+                let jobs = jobs
+                    .into_iter()
+                    .map(|job| {
+                        let share = if rooms.is_reserved(&job.destination) {
+                            Share::Proven
+                        } else {
+                            Share::Unproven
+                        };
+                        (job, share)
+                    })
+                    .collect();
+                (jobs, filled)
+            }
             Err(err) => {
                 tracing::error!(error = %err, "claiming jobs failed");
-                None
+                (Vec::new(), false)
             }
         }
     }
 
     /// Renews the leases of the jobs in flight every third of the lease, so a slow job is not
-    /// taken over by another instance while this one works on it.
+    /// taken over by another instance while this one works on it (on the monotonic clock: a
+    /// step of the wall clock neither hurries nor delays it).
     async fn heartbeat(
         self: Arc<Self>,
         in_flight: Arc<Mutex<HashSet<String>>>,
@@ -330,11 +317,18 @@ impl Dispatcher {
                 .iter()
                 .cloned()
                 .collect();
-            if tokens.is_empty() {
-                continue;
-            }
-            if let Err(err) = self.store.heartbeat(&self.owner, &tokens, self.lease).await {
-                tracing::error!(error = %err, "renewing job leases failed");
+            // Run with nothing in flight too: it also hands back this instance's jobs whose
+            // worker gave up without an outcome, which no claim of its own takes back.
+            match self.store.heartbeat(&self.owner, &tokens, self.lease).await {
+                Ok(leases) if leases.released > 0 => {
+                    tracing::warn!(
+                        released = leases.released,
+                        "handed back jobs whose worker gave up without an outcome"
+                    );
+                    self.wakeup.wake();
+                }
+                Ok(_) => {}
+                Err(err) => tracing::error!(error = %err, "renewing job leases failed"),
             }
         }
     }

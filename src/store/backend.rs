@@ -18,12 +18,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptOutcome, Job, KeyHolder, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position,
-    Redelivery, StatementPlan, StatusCounts, StoreResult, Submitted,
+    AttemptOutcome, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest, NewRequest, PoolStats,
+    Position, Redelivery, StatementPlan, StatusCounts, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -99,19 +98,22 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         rooms: &Rooms,
     ) -> impl Future<Output = StoreResult<Vec<Job>>> + Send;
 
-    /// Extends the leases of `owner`'s claims named by `tokens`.
+    /// Extends the leases of `owner`'s claims named by `tokens`; hands back its other claims
+    /// whose lease ran out.
     fn heartbeat(
         &self,
         owner: &str,
         tokens: &[String],
         lease: Duration,
-    ) -> impl Future<Output = StoreResult<u64>> + Send;
+    ) -> impl Future<Output = StoreResult<Leases>> + Send;
 
-    /// When the next claimable job becomes due, on this process's clock.
-    fn next_due_at(
+    /// How long until the next job `owner` may claim becomes due, measured on the clock the
+    /// backend compares due times with.
+    fn next_due_in(
         &self,
+        owner: &str,
         rooms: &Rooms,
-    ) -> impl Future<Output = StoreResult<Option<DateTime<Utc>>>> + Send;
+    ) -> impl Future<Output = StoreResult<Option<Duration>>> + Send;
 
     fn store_result(
         &self,

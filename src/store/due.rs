@@ -20,11 +20,14 @@ pub(crate) fn millis_of(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The room each destination has for a claim, used up as the claim picks jobs.
+/// The room each destination has for a claim, and the shared budget of the destinations not
+/// reserved, used up as the claim picks jobs.
 pub(crate) struct RoomLeft<'a> {
     default: u32,
     limited: HashMap<&'a str, u32>,
     held: HashSet<&'a str>,
+    reserved: HashSet<&'a str>,
+    shared: u32,
     taken: HashMap<String, u32>,
     overdue: i64,
 }
@@ -39,18 +42,27 @@ impl<'a> RoomLeft<'a> {
                 .map(|(d, room)| (d.as_str(), *room))
                 .collect(),
             held: rooms.held.iter().map(String::as_str).collect(),
+            reserved: rooms.reserved.iter().map(String::as_str).collect(),
+            shared: rooms.shared,
             taken: HashMap::new(),
             overdue: millis_of(rooms.overdue),
         }
     }
 
+    /// Jobs of `destination` a claim may still take: its room, and for a destination that is
+    /// not reserved, no more than what is left of the shared budget.
     pub(crate) fn left(&self, destination: &str) -> u32 {
         let room = self
             .limited
             .get(destination)
             .copied()
             .unwrap_or(self.default);
-        room.saturating_sub(self.taken.get(destination).copied().unwrap_or(0))
+        let left = room.saturating_sub(self.taken.get(destination).copied().unwrap_or(0));
+        if self.reserved.contains(destination) {
+            left
+        } else {
+            left.min(self.shared)
+        }
     }
 
     pub(crate) fn is_held(&self, destination: &str) -> bool {
@@ -83,6 +95,9 @@ impl<'a> RoomLeft<'a> {
 
     pub(crate) fn take(&mut self, destination: &str) {
         *self.taken.entry(destination.to_string()).or_default() += 1;
+        if !self.reserved.contains(destination) {
+            self.shared = self.shared.saturating_sub(1);
+        }
     }
 }
 
@@ -130,7 +145,30 @@ mod tests {
             limited: limited.iter().map(|(d, r)| (d.to_string(), *r)).collect(),
             held: held.iter().map(|d| d.to_string()).collect(),
             overdue: Duration::from_millis(100),
+            ..Rooms::default()
         }
+    }
+
+    #[test]
+    fn destinations_not_reserved_share_one_budget() {
+        let rooms = Rooms {
+            reserved: vec![A.into()],
+            shared: 2,
+            ..rooms(&[(A, 5)], &[])
+        };
+        let mut room = RoomLeft::new(&rooms);
+        for _ in 0..5 {
+            assert!(room.admits(A, 1, 1), "reserved: its own room only");
+            room.take(A);
+        }
+        assert!(!room.admits(A, 1, 1));
+        assert!(room.admits(B, 1, 1));
+        room.take(B);
+        assert!(room.admits("http://c:3", 1, 1));
+        room.take("http://c:3");
+        assert!(!room.admits(B, 1, 1), "the shared budget is used up");
+        assert!(!room.admits("http://d:4", 1, 1));
+        assert_eq!(room.left(B), 0);
     }
 
     #[test]

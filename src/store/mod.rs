@@ -190,6 +190,16 @@ pub(crate) fn applied_migrations(applied: i64, known: usize) -> StoreResult<usiz
     Ok(applied)
 }
 
+/// What a heartbeat did to its owner's leases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leases {
+    /// Leases of jobs in flight, extended.
+    pub renewed: u64,
+    /// The owner's other leases that had run out (jobs whose worker gave up without an
+    /// outcome), handed back to the queue.
+    pub released: u64,
+}
+
 /// What `redeliver` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redelivery {
@@ -358,13 +368,16 @@ impl Store {
     }
 
     /// Extends the leases of the claims named by `tokens` (held by `owner`) by `lease` from
-    /// now: a slow but live worker keeps the jobs it is working on.
+    /// now: a slow but live worker keeps the jobs it is working on. Hands back `owner`'s
+    /// other claims whose lease ran out: no claim of `owner` takes its own jobs back, so those
+    /// (their worker gave up without recording an outcome) would otherwise wait for another
+    /// instance, or for ever.
     pub async fn heartbeat(
         &self,
         owner: &str,
         tokens: &[String],
         lease: Duration,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Leases> {
         dispatch!(self, s => s.heartbeat(owner, tokens, lease).await)
     }
 
@@ -423,6 +436,8 @@ impl Store {
     /// Claims up to `limit` due jobs for `owner`, leased for `lease`, oldest due first, and
     /// of each destination at most its room in `rooms` (none of a destination without room:
     /// those jobs are passed over, keeping their place, for jobs of other destinations).
+    /// A job leased by `owner` is never claimed by it again, even once its lease has run out
+    /// (a clock stepped forward, a stalled heartbeat): its heartbeat hands those back.
     pub async fn claim_due(
         &self,
         owner: &str,
@@ -437,9 +452,10 @@ impl Store {
         Ok(jobs)
     }
 
-    /// When the next job that is not leased, and whose destination has room, becomes due.
-    pub async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
-        dispatch!(self, s => s.next_due_at(rooms).await)
+    /// How long until the next job `owner` may claim, whose destination has room, becomes
+    /// due (zero if one is due already); `None` if none is queued.
+    pub async fn next_due_in(&self, owner: &str, rooms: &Rooms) -> StoreResult<Option<Duration>> {
+        dispatch!(self, s => s.next_due_in(owner, rooms).await)
     }
 
     /// Stores the work result of a claimed job (`processing → callback_pending`).

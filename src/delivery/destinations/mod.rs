@@ -10,10 +10,11 @@
 //!   [`RECENT_WINDOW`], has no failure since and no delivery gone slow is *proven*: it draws
 //!   on every worker. All the others (new, failing, slow, or held by their breaker: anything
 //!   a caller can invent by the thousand) share at most `unproven_share` deliveries in
-//!   flight between them, so the proven ones always keep the rest. The dispatcher claims for
-//!   the two separately ([`Destinations::claimable`]); the store claims no more jobs of a
-//!   destination than its room, so a job that must wait holds no worker slot and no lease,
-//!   keeps its place in the queue, and jobs behind it are claimed past it.
+//!   flight between them, so the proven ones always keep the rest. The dispatcher asks for
+//!   [`Destinations::rooms`] before each claim; the store claims no more jobs of a
+//!   destination than its room, and of the unproven ones no more than their share, so a job
+//!   that must wait holds no worker slot and no lease, keeps its place in the queue, and
+//!   jobs behind it are claimed past it.
 //! - **Slow deliveries.** A delivery still waiting for its receiver after the slow threshold
 //!   makes its destination unproven until it ends, and (the dispatcher's part) leaves the
 //!   workers and the unproven share for a pool of slow deliveries of its own, so a
@@ -49,7 +50,7 @@ use breaker::Breaker;
 pub use breaker::{BreakerPolicy, BreakerState, Verdict};
 pub use recent::RECENT_WINDOW;
 use recent::{BUCKET, Recent};
-pub use rooms::{Claimable, Rooms};
+pub use rooms::Rooms;
 
 /// Destinations whose callbacks keep their connections alive between deliveries: the busiest
 /// by recent successes, each with as many idle connections as its cap of deliveries in
@@ -246,47 +247,39 @@ impl Destinations {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// What a claim may take now, in each share. Also forgets destinations idle too long.
-    pub fn claimable(&self) -> Claimable {
+    /// What a claim may take now: each destination's room, the proven ones reserved, the
+    /// others sharing what is left of the unproven share. Also forgets destinations idle too
+    /// long.
+    pub fn rooms(&self) -> Rooms {
         let now = Instant::now();
         let cap = self.policy.per_destination;
         let mut state = self.lock();
         state.entries.retain(|_, entry| !entry.is_forgettable(now));
-        let overdue = self.policy.breaker.max_cooldown;
-        let mut proven = Rooms {
-            default: 0,
-            overdue,
-            ..Rooms::default()
-        };
-        let mut unproven = Rooms {
+        let mut rooms = Rooms {
             default: INITIAL_ROOM.min(cap),
-            overdue,
+            overdue: self.policy.breaker.max_cooldown,
+            shared: self
+                .policy
+                .unproven_share
+                .saturating_sub(state.unproven_in_flight),
             ..Rooms::default()
         };
         for (destination, entry) in state.entries.iter_mut() {
             entry.breaker.refresh(now);
             let (room, held) = entry.room_left(cap);
-            if entry.is_proven(now) {
-                proven.limited.push((destination.clone(), room));
-                unproven.limited.push((destination.clone(), 0));
-            } else {
-                // A destination the claim would treat as unknown need not be listed.
-                if room != unproven.default || held {
-                    unproven.limited.push((destination.clone(), room));
-                }
-                if held {
-                    unproven.held.push(destination.clone());
-                }
+            let proven = entry.is_proven(now);
+            // A destination the claim would treat as unknown need not be listed.
+            if proven || held || room != rooms.default {
+                rooms.limited.push((destination.clone(), room));
+            }
+            if held {
+                rooms.held.push(destination.clone());
+            }
+            if proven {
+                rooms.reserved.push(destination.clone());
             }
         }
-        Claimable {
-            proven,
-            unproven,
-            unproven_free: self
-                .policy
-                .unproven_share
-                .saturating_sub(state.unproven_in_flight),
-        }
+        rooms
     }
 
     /// Whether deliveries to `destination` should keep their connection alive: it is one of
@@ -352,7 +345,6 @@ impl Destinations {
         entry.in_flight += 1;
         entry.last_active = now;
         let probe = entry.breaker.start_probe();
-        let saturated = entry.in_flight >= entry.allowed(cap);
         if entry.in_flight >= cap {
             entry.last_full = Some(Utc::now());
         }
@@ -360,7 +352,6 @@ impl Destinations {
             destinations: Arc::clone(self),
             destination: destination.to_string(),
             probe,
-            saturated,
             share: Some(share),
             slow: false,
             verdict: None,
@@ -453,7 +444,9 @@ impl Destinations {
             Verdict::Healthy => {
                 entry.recent.add(bucket, true);
                 entry.last_success = Some(now);
-                if permit.saturated {
+                // Each success while at least half the room is in use adds one: a busy
+                // destination's room doubles every round trip, an idle one's stays.
+                if (entry.in_flight + 1).saturating_mul(2) >= entry.allowed(cap) {
                     entry.room = entry.room.saturating_add(1).min(cap);
                 }
             }
@@ -540,8 +533,6 @@ pub struct DestinationPermit {
     destinations: Arc<Destinations>,
     destination: String,
     probe: bool,
-    /// It used the destination's whole room when it started: its success earns more.
-    saturated: bool,
     /// The share it counts against, until it leaves it (gone slow).
     share: Option<Share>,
     slow: bool,
@@ -588,11 +579,7 @@ mod tests {
     /// Room for jobs of `dest` that are not overdue, in whichever share it is in: none while
     /// its breaker holds them back.
     fn room(d: &Destinations, dest: &str) -> u32 {
-        let claimable = d.claimable();
-        if let Some((_, room)) = claimable.proven.limited.iter().find(|(x, _)| x == dest) {
-            return *room;
-        }
-        let rooms = claimable.unproven;
+        let rooms = d.rooms();
         if rooms.held.iter().any(|h| h == dest) {
             return 0;
         }
@@ -604,7 +591,7 @@ mod tests {
     }
 
     fn is_proven(d: &Destinations, dest: &str) -> bool {
-        d.claimable().proven.limited.iter().any(|(x, _)| x == dest)
+        d.rooms().is_reserved(dest)
     }
 
     const A: &str = "http://a.example:80";
@@ -680,31 +667,27 @@ mod tests {
     #[test]
     fn unproven_destinations_share_their_part_and_slow_ones_can_leave_it() {
         let d = Destinations::new(policy());
-        assert_eq!(d.claimable().unproven_free, 3);
+        assert_eq!(d.rooms().shared, 3);
         let mut hung: Vec<_> = (0..3)
             .map(|n| d.start(&format!("http://hung-{n}:80"), Share::Unproven))
             .collect();
-        assert_eq!(
-            d.claimable().unproven_free,
-            0,
-            "three destinations, one share"
-        );
+        assert_eq!(d.rooms().shared, 0, "three destinations, one share");
         // A proven destination's deliveries do not count against it.
         d.start(A, Share::Unproven).record(Verdict::Healthy);
         let proven = d.start(A, Share::Proven);
-        assert_eq!(d.claimable().unproven_free, 0);
+        assert_eq!(d.rooms().shared, 0);
         drop(proven);
         // Gone slow and moved to the slow pool, a delivery leaves the share.
         hung[0].went_slow(true);
-        assert_eq!(d.claimable().unproven_free, 1);
+        assert_eq!(d.rooms().shared, 1);
         // Gone slow without a place in the slow pool, it stays in it.
         hung[1].went_slow(false);
-        assert_eq!(d.claimable().unproven_free, 1);
+        assert_eq!(d.rooms().shared, 1);
         // Marking twice changes nothing, and ending frees exactly what was held.
         hung[0].went_slow(true);
-        assert_eq!(d.claimable().unproven_free, 1);
+        assert_eq!(d.rooms().shared, 1);
         hung.clear();
-        assert_eq!(d.claimable().unproven_free, 3);
+        assert_eq!(d.rooms().shared, 3);
         assert_eq!(d.unproven_in_flight(), 0);
     }
 

@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::PgStore;
 use super::rows::job_from_row;
+use super::{JOBS_CHANNEL, PgStore};
 use crate::delivery::destinations::Rooms;
 use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
-use crate::store::{Job, StoreResult, claim_scan};
+use crate::store::{Job, Leases, StoreResult, claim_scan};
 
 /// `dests (dest)`: each destination with queued jobs, one index seek each (a loose index scan
 /// of `requests_destination_due`), ending in a NULL row. For a `WITH RECURSIVE`.
@@ -42,16 +41,44 @@ macro_rules! claim_picked {
     };
 }
 
-/// `dests (dest)`: the destinations of `$9`, for a claim that may only take jobs of listed
-/// destinations (see `Rooms::listed_only`).
+/// A row the claim of owner `$1` may take: not leased, or its lease ran out (on the
+/// database's clock) and it is another instance's. An instance never takes its own jobs
+/// back: its heartbeat releases those it no longer works on, so a job it is still
+/// delivering is never claimed by it again, whatever happens to the clock.
+macro_rules! claimable_lease {
+    ($owner:literal) => {
+        concat!(
+            "(lease_expires_at IS NULL OR (lease_expires_at < now() AND lease_owner <> ",
+            $owner,
+            "))"
+        )
+    };
+}
+
+/// `dests (dest)`: the destinations of `$11`, for a claim that may only take jobs of a few
+/// destinations (see `Rooms::only`).
 macro_rules! listed_destinations_cte {
     () => {
-        "dests AS (SELECT unnest($9::text[]) AS dest)"
+        "dests AS (SELECT unnest($11::text[]) AS dest)"
+    };
+}
+
+/// Of `candidates (id, next_attempt_at, dest)`, already within each destination's room, those
+/// the shared budget admits (`$10` in all of the destinations not reserved in `$9`), in due
+/// order: a running count of the unreserved ones.
+macro_rules! within_shared_budget {
+    () => {
+        "SELECT id, next_attempt_at FROM (
+             SELECT id, next_attempt_at, dest = ANY($9) AS reserved,
+                    count(*) FILTER (WHERE NOT (dest = ANY($9)))
+                        OVER (ORDER BY next_attempt_at, id) AS shared_rank
+             FROM candidates) AS budgeted
+         WHERE reserved OR shared_rank <= $10"
     };
 }
 
 /// Due jobs claimed destination by destination (a seek each, for each destination of
-/// `$dests`), within each one's room.
+/// `$dests`), within each one's room and the shared budget.
 macro_rules! claim_per_destination {
     ($dests:expr) => {
         concat!(
@@ -59,21 +86,25 @@ macro_rules! claim_per_destination {
             $dests,
             ",
              candidates AS MATERIALIZED (
-                 SELECT c.id, c.next_attempt_at FROM dests AS d
+                 SELECT c.id, c.next_attempt_at, d.dest FROM dests AS d
                  CROSS JOIN LATERAL (
                      SELECT id, next_attempt_at FROM requests
                      WHERE destination = d.dest AND next_attempt_at IS NOT NULL
                        AND next_attempt_at <= CASE WHEN d.dest = ANY($5)
                                                    THEN now() - make_interval(secs => $6)
                                                    ELSE now() END
-                       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                       AND ",
+            claimable_lease!("$1"),
+            "
                        AND NOT (id = ANY($8))
                      ORDER BY next_attempt_at
                      LIMIT LEAST(COALESCE(($4::jsonb ->> d.dest)::int, $7), $3)
                      FOR UPDATE SKIP LOCKED) AS c
                  WHERE d.dest IS NOT NULL),
              picked AS MATERIALIZED (
-                 SELECT id AS picked_id FROM candidates ORDER BY next_attempt_at LIMIT $3)
+                 SELECT id AS picked_id FROM (",
+            within_shared_budget!(),
+            ") AS admitted ORDER BY next_attempt_at LIMIT $3)
              ",
             claim_picked!(),
             job_columns!()
@@ -84,57 +115,72 @@ macro_rules! claim_per_destination {
 /// Due jobs claimed destination by destination, of every destination with queued jobs.
 pub(super) const CLAIM_PER_DESTINATION: &str = claim_per_destination!(destinations_cte!());
 
-/// Due jobs claimed destination by destination, of the destinations listed in `$9` only.
+/// Due jobs claimed destination by destination, of the destinations listed in `$11` only.
 pub(super) const CLAIM_PER_LISTED_DESTINATION: &str =
     claim_per_destination!(listed_destinations_cte!());
 
-/// Due jobs claimed from the first due rows in due order, within each destination's room; and how many rows that window held.
+/// Due jobs claimed from the first due rows in due order, within each destination's room and
+/// the shared budget; and how many rows that window held.
 pub(super) const CLAIM_WINDOW: &str = concat!(
     "WITH scanned AS MATERIALIZED (
-                 SELECT id, next_attempt_at, COALESCE(destination, '') AS dest FROM requests
-                 WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now()
-                   AND (lease_expires_at IS NULL OR lease_expires_at < now())
-                 ORDER BY next_attempt_at
-                 LIMIT $5
-                 FOR UPDATE SKIP LOCKED),
-             picked AS MATERIALIZED (
-                 SELECT id AS picked_id FROM (
-                     SELECT id, next_attempt_at,
-                            ROW_NUMBER() OVER (PARTITION BY dest ORDER BY next_attempt_at) AS rank,
-                            COALESCE(($4::jsonb ->> dest)::int, $6) AS room
-                     FROM scanned
-                     WHERE NOT (dest = ANY($7))
-                        OR next_attempt_at <= now() - make_interval(secs => $8)) AS ranked
-                 WHERE rank <= room
-                 ORDER BY next_attempt_at
-                 LIMIT $3),
-             claimed AS (",
+         SELECT id, next_attempt_at, COALESCE(destination, '') AS dest FROM requests
+         WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now() AND ",
+    claimable_lease!("$1"),
+    " ORDER BY next_attempt_at
+         LIMIT $5
+         FOR UPDATE SKIP LOCKED),
+     candidates AS MATERIALIZED (
+         SELECT id, next_attempt_at, dest FROM (
+             SELECT id, next_attempt_at, dest,
+                    ROW_NUMBER() OVER (PARTITION BY dest ORDER BY next_attempt_at) AS rank,
+                    COALESCE(($4::jsonb ->> dest)::int, $6) AS room
+             FROM scanned
+             WHERE NOT (dest = ANY($7))
+                OR next_attempt_at <= now() - make_interval(secs => $8)) AS ranked
+         WHERE rank <= room),
+     picked AS MATERIALIZED (
+         SELECT id AS picked_id FROM (",
+    within_shared_budget!(),
+    ") AS admitted ORDER BY next_attempt_at LIMIT $3),
+     claimed AS (",
     claim_picked!(),
     job_columns!(),
     ")
-             SELECT (SELECT count(*) FROM scanned) AS window_rows, claimed.*
-             FROM (SELECT 1) AS one LEFT JOIN claimed ON true"
+     SELECT (SELECT count(*) FROM scanned) AS window_rows, claimed.*
+     FROM (SELECT 1) AS one LEFT JOIN claimed ON true"
 );
 
-/// An owner's leases named by their tokens, renewed.
-pub(super) const RENEW_LEASES: &str =
-    // A row a group-committed write has locked is skipped, not waited for: that write
-    // is ending the claim anyway, and a heartbeat that waited could deadlock with a
-    // batch locking the same rows in another order. A skipped lease is renewed on the
-    // next beat, a third of the lease later.
-    "UPDATE requests SET lease_expires_at = now() + make_interval(secs => $2)
-             WHERE id IN (SELECT id FROM requests
-                          WHERE lease_owner = $1 AND lease_token = ANY($3)
-                          FOR UPDATE SKIP LOCKED)";
+/// An owner's (`$1`) leases named by their tokens (`$3`), renewed for `$2` seconds; its other
+/// leases that ran out, released (their worker gave up without an outcome). A row a
+/// group-committed write has locked is skipped, not waited for: that write is ending the
+/// claim anyway, and a heartbeat that waited could deadlock with a batch locking the same
+/// rows in another order. A skipped lease is renewed on the next beat, a third of the lease
+/// later.
+pub(super) const RENEW_LEASES: &str = "WITH renewed AS (
+         UPDATE requests SET lease_expires_at = now() + make_interval(secs => $2)
+         WHERE id IN (SELECT id FROM requests
+                      WHERE lease_owner = $1 AND lease_token = ANY($3)
+                      FOR UPDATE SKIP LOCKED)
+         RETURNING 1),
+     released AS (
+         UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+         WHERE id IN (SELECT id FROM requests
+                      WHERE lease_owner = $1 AND NOT (lease_token = ANY($3))
+                        AND lease_expires_at < now()
+                      FOR UPDATE SKIP LOCKED)
+         RETURNING 1)
+     SELECT (SELECT count(*) FROM renewed), (SELECT count(*) FROM released)";
 
 /// The first due rows not leased, in due order, with the database's clock.
-pub(super) const NEXT_DUE_WINDOW_ROWS: &str = "SELECT COALESCE(destination, '') AS dest,
+pub(super) const NEXT_DUE_WINDOW_ROWS: &str = concat!(
+    "SELECT COALESCE(destination, '') AS dest,
             (extract(epoch FROM next_attempt_at) * 1000)::bigint AS due,
             (extract(epoch FROM now()) * 1000)::bigint AS db_now
      FROM requests
-     WHERE next_attempt_at IS NOT NULL
-       AND (lease_expires_at IS NULL OR lease_expires_at < now())
-     ORDER BY next_attempt_at LIMIT $1";
+     WHERE next_attempt_at IS NOT NULL AND ",
+    claimable_lease!("$2"),
+    " ORDER BY next_attempt_at LIMIT $1"
+);
 
 /// Each destination's first due job not leased (a seek each), of every destination of
 /// `$dests` not in `$1`.
@@ -147,8 +193,9 @@ macro_rules! first_due_per_destination {
              SELECT d.dest,
                     (SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint
                      FROM requests
-                     WHERE destination = d.dest AND next_attempt_at IS NOT NULL
-                       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                     WHERE destination = d.dest AND next_attempt_at IS NOT NULL AND ",
+            claimable_lease!("$2"),
+            "
                      ORDER BY next_attempt_at LIMIT 1) AS due
              FROM dests AS d WHERE d.dest IS NOT NULL AND NOT (d.dest = ANY($1))"
         )
@@ -158,9 +205,9 @@ macro_rules! first_due_per_destination {
 /// Each destination's first due job not leased, of every destination with queued jobs.
 pub(super) const FIRST_DUE_PER_DESTINATION: &str = first_due_per_destination!(destinations_cte!());
 
-/// Each destination's first due job not leased, of the destinations listed in `$2` only.
+/// Each destination's first due job not leased, of the destinations listed in `$3` only.
 pub(super) const FIRST_DUE_PER_LISTED_DESTINATION: &str =
-    first_due_per_destination!("dests AS (SELECT unnest($2::text[]) AS dest)");
+    first_due_per_destination!("dests AS (SELECT unnest($3::text[]) AS dest)");
 
 impl PgStore {
     /// Claims as [`claim_due`](Self::claim_due) does, but looking at each destination's due
@@ -175,10 +222,10 @@ impl PgStore {
         rooms: &Rooms,
         already: &[&str],
     ) -> StoreResult<Vec<Job>> {
-        // Only listed destinations can have room: those are looked at, not every
+        // When only a few destinations can have room, those are looked at, not every
         // destination with queued jobs (a caller may have queued jobs for thousands).
-        let listed: Vec<&str> = rooms.open().collect();
-        let statement = if rooms.listed_only() {
+        let only = rooms.only();
+        let statement = if only.is_some() {
             CLAIM_PER_LISTED_DESTINATION
         } else {
             CLAIM_PER_DESTINATION
@@ -191,11 +238,12 @@ impl PgStore {
             .bind(&rooms.held)
             .bind(rooms.overdue.as_secs_f64())
             .bind(i64::from(rooms.default))
-            .bind(already);
-        let query = if rooms.listed_only() {
-            query.bind(listed)
-        } else {
-            query
+            .bind(already)
+            .bind(&rooms.reserved)
+            .bind(i64::from(rooms.shared));
+        let query = match only {
+            Some(only) => query.bind(only),
+            None => query,
         };
         let rows = query.fetch_all(&self.relaxed).await?;
         Ok(rows
@@ -229,6 +277,8 @@ impl PgStore {
             .bind(i64::from(rooms.default))
             .bind(&rooms.held)
             .bind(rooms.overdue.as_secs_f64())
+            .bind(&rooms.reserved)
+            .bind(i64::from(rooms.shared))
             .fetch_all(&self.relaxed)
             .await?;
         let window_rows: i64 = match rows.first() {
@@ -263,21 +313,36 @@ impl PgStore {
         owner: &str,
         tokens: &[String],
         lease: Duration,
-    ) -> StoreResult<u64> {
-        let extended = sqlx::query(RENEW_LEASES)
+    ) -> StoreResult<Leases> {
+        let (renewed, released): (i64, i64) = sqlx::query_as(RENEW_LEASES)
             .bind(owner)
             .bind(lease.as_secs_f64())
             .bind(tokens)
-            .execute(&self.relaxed)
+            .fetch_one(&self.relaxed)
             .await?;
-        Ok(extended.rows_affected())
+        if released > 0 {
+            // Due now, for any instance: wake them (this one included, through LISTEN).
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(JOBS_CHANNEL)
+                .execute(&self.relaxed)
+                .await?;
+        }
+        Ok(Leases {
+            renewed: u64::try_from(renewed).unwrap_or(0),
+            released: u64::try_from(released).unwrap_or(0),
+        })
     }
 
-    pub(super) async fn next_due(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
+    pub(super) async fn next_due(
+        &self,
+        owner: &str,
+        rooms: &Rooms,
+    ) -> StoreResult<Option<Duration>> {
         // Due times are compared with the database's clock, in milliseconds; the answer is
-        // translated to ours.
+        // how long from the database's now.
         let window = sqlx::query(NEXT_DUE_WINDOW_ROWS)
             .bind(i64::from(NEXT_DUE_WINDOW))
+            .bind(owner)
             .fetch_all(&self.pool)
             .await?;
         let mut db_now = None;
@@ -291,15 +356,17 @@ impl PgStore {
             Ok(answer) => answer,
             Err(mut so_far) => {
                 let closed: Vec<&str> = rooms.closed().collect();
-                let firsts = if rooms.listed_only() {
+                let firsts = if let Some(only) = rooms.only() {
                     sqlx::query(FIRST_DUE_PER_LISTED_DESTINATION)
                         .bind(closed)
-                        .bind(rooms.open().collect::<Vec<_>>())
+                        .bind(owner)
+                        .bind(only)
                         .fetch_all(&self.pool)
                         .await?
                 } else {
                     sqlx::query(FIRST_DUE_PER_DESTINATION)
                         .bind(closed)
+                        .bind(owner)
                         .fetch_all(&self.pool)
                         .await?
                 };
@@ -314,7 +381,7 @@ impl PgStore {
         };
         Ok(earliest_due.map(|due| {
             let wait = due.saturating_sub(db_now.unwrap_or(due));
-            Utc::now() + chrono::Duration::milliseconds(wait)
+            Duration::from_millis(u64::try_from(wait).unwrap_or(0))
         }))
     }
 }

@@ -43,7 +43,6 @@ mod writes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -58,9 +57,9 @@ use self::writes::{
 use super::backend::Backend;
 use super::group_commit::GroupCommit;
 use super::{
-    ABANDONED_SYNC_ERROR, AttemptOutcome, Job, KeyHolder, ListFilter, NewAsyncRequest, NewRequest,
-    PoolStats, Position, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult,
-    Submitted, Transition, sync_outcome,
+    ABANDONED_SYNC_ERROR, AttemptOutcome, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest,
+    NewRequest, PoolStats, Position, Redelivery, StatementPlan, StatusCounts, StoreError,
+    StoreResult, Submitted, Transition, sync_outcome,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -387,12 +386,17 @@ impl Backend for PgStore {
         self.claim(owner, limit, lease, rooms).await
     }
 
-    async fn heartbeat(&self, owner: &str, tokens: &[String], lease: Duration) -> StoreResult<u64> {
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        tokens: &[String],
+        lease: Duration,
+    ) -> StoreResult<Leases> {
         self.renew_leases(owner, tokens, lease).await
     }
 
-    async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
-        self.next_due(rooms).await
+    async fn next_due_in(&self, owner: &str, rooms: &Rooms) -> StoreResult<Option<Duration>> {
+        self.next_due(owner, rooms).await
     }
 
     async fn store_result(&self, id: &str, token: &str, result: &WorkResult) -> StoreResult<bool> {

@@ -2,21 +2,31 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::rows::{job_from_row, millis};
+use super::clock::queue_now;
+use super::rows::job_from_row;
 use crate::delivery::destinations::Rooms;
 use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, millis_of, next_due_in_window};
 use crate::store::{Job, claim_scan};
 
+/// A row `?2` may claim at `?1` (the queue clock): not leased, or its lease ran out and it
+/// is another owner's (an owner never takes its own jobs back: its heartbeat releases those
+/// it no longer works on).
+macro_rules! claimable_lease {
+    () => {
+        "(lease_expires_at IS NULL OR (lease_expires_at < ?1 AND lease_owner <> ?2))"
+    };
+}
+
 /// The first due rows in due order, whatever their destination: what a claim (and a look
-/// for the next due time, with `?1` in the far future) considers first.
-pub(super) const DUE_WINDOW: &str =
+/// for the next due time, with `?3` in the far future) considers first.
+pub(super) const DUE_WINDOW: &str = concat!(
     "SELECT id, COALESCE(destination, ''), next_attempt_at FROM requests
-     WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?1
-       AND (lease_expires_at IS NULL OR lease_expires_at < ?2)
-     ORDER BY next_attempt_at LIMIT ?3";
+     WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3 AND ",
+    claimable_lease!(),
+    " ORDER BY next_attempt_at LIMIT ?4"
+);
 
 /// The destinations with queued jobs, one index seek each (a loose index scan).
 pub(super) const FIRST_DESTINATION: &str = "SELECT destination FROM requests
@@ -26,11 +36,13 @@ pub(super) const NEXT_DESTINATION: &str = "SELECT destination FROM requests
      WHERE next_attempt_at IS NOT NULL AND destination > ?1
      ORDER BY destination LIMIT 1";
 
-/// One destination's first jobs due by `?2` and not leased.
-pub(super) const DESTINATION_DUE: &str = "SELECT id, next_attempt_at FROM requests
-     WHERE destination = ?1 AND next_attempt_at IS NOT NULL AND next_attempt_at <= ?2
-       AND (lease_expires_at IS NULL OR lease_expires_at < ?3)
-     ORDER BY next_attempt_at LIMIT ?4";
+/// One destination's (`?3`) first jobs due by `?4` and claimable.
+pub(super) const DESTINATION_DUE: &str = concat!(
+    "SELECT id, next_attempt_at FROM requests
+     WHERE destination = ?3 AND next_attempt_at IS NOT NULL AND next_attempt_at <= ?4 AND ",
+    claimable_lease!(),
+    " ORDER BY next_attempt_at LIMIT ?5"
+);
 
 pub(super) const CLAIM_ONE: &str = concat!(
     "UPDATE requests
@@ -42,7 +54,7 @@ pub(super) const CLAIM_ONE: &str = concat!(
     job_columns!()
 );
 
-/// Calls `f` with each destination that may have room: those listed in `rooms` when only
+/// Calls `f` with each destination that may have room: the few `rooms` names when only
 /// they can (a caller may have queued jobs for thousands of others), else each destination
 /// that has queued jobs, in name order.
 pub(super) fn each_destination(
@@ -50,8 +62,8 @@ pub(super) fn each_destination(
     rooms: &Rooms,
     mut f: impl FnMut(&str) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
-    if rooms.listed_only() {
-        for destination in rooms.open() {
+    if let Some(only) = rooms.only() {
+        for destination in only {
             f(destination)?;
         }
         return Ok(());
@@ -85,7 +97,7 @@ pub(super) fn claim(
     lease: Duration,
     rooms: &Rooms,
 ) -> rusqlite::Result<Vec<Job>> {
-    let now = millis(Utc::now());
+    let now = queue_now();
     let lease_until = now.saturating_add(millis_of(lease));
     let wanted = limit as usize;
     let scan = claim_scan(limit);
@@ -96,7 +108,7 @@ pub(super) fn claim(
     let mut passed_over = false;
     let mut seen = 0;
     let mut window = conn.prepare_cached(DUE_WINDOW)?;
-    let mut rows = window.query(params![now, now, scan])?;
+    let mut rows = window.query(params![now, owner, now, scan])?;
     while picked.len() < wanted {
         let Some(row) = rows.next()? else { break };
         seen += 1;
@@ -111,8 +123,10 @@ pub(super) fn claim(
     drop(rows);
 
     if picked.len() < wanted && passed_over && seen == scan {
+        // Each destination's first jobs within its room, then, in due order, those the
+        // rooms and the shared budget admit together.
         let room = RoomLeft::new(rooms);
-        let mut candidates: Vec<(i64, String)> = Vec::new();
+        let mut candidates: Vec<(i64, String, String)> = Vec::new();
         let mut due_rows = conn.prepare_cached(DESTINATION_DUE)?;
         each_destination(conn, rooms, |destination| {
             let left = room.left(destination).min(limit);
@@ -120,17 +134,27 @@ pub(super) fn claim(
                 return Ok(());
             }
             let until = room.due_by(destination, now);
-            let rows = due_rows.query_map(params![destination, until, now, left], |row| {
-                Ok((row.get(1)?, row.get(0)?))
-            })?;
+            let rows = due_rows
+                .query_map(params![now, owner, destination, until, left], |row| {
+                    Ok((row.get(1)?, row.get(0)?, destination.to_string()))
+                })?;
             for row in rows {
                 candidates.push(row?);
             }
             Ok(())
         })?;
         candidates.sort_unstable();
-        candidates.truncate(wanted);
-        picked = candidates.into_iter().map(|(_, id)| id).collect();
+        let mut room = RoomLeft::new(rooms);
+        picked.clear();
+        for (due, id, destination) in candidates {
+            if picked.len() == wanted {
+                break;
+            }
+            if room.admits(&destination, due, now) {
+                room.take(&destination);
+                picked.push(id);
+            }
+        }
     }
 
     let mut claim_one = conn.prepare_cached(CLAIM_ONE)?;
@@ -140,17 +164,19 @@ pub(super) fn claim(
         .collect()
 }
 
-/// The earliest time a claim could take a job: of the destinations with room, the first due
-/// job not leased (a held destination's once it is overdue). `None` with nothing queued.
+/// The earliest time (on the queue clock) a claim of `owner` could take a job: of the
+/// destinations with room, the first due job it may claim (a held destination's once it is
+/// overdue). `None` with nothing queued.
 pub(super) fn next_due(
     conn: &Connection,
+    owner: &str,
     rooms: &Rooms,
     now: i64,
 ) -> rusqlite::Result<Option<i64>> {
     let room = RoomLeft::new(rooms);
     let window = conn
         .prepare_cached(DUE_WINDOW)?
-        .query_map(params![i64::MAX, now, NEXT_DUE_WINDOW], |row| {
+        .query_map(params![now, owner, i64::MAX, NEXT_DUE_WINDOW], |row| {
             Ok((row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -164,7 +190,9 @@ pub(super) fn next_due(
             return Ok(());
         }
         let due: Option<i64> = first_due
-            .query_row(params![destination, i64::MAX, now, 1], |row| row.get(1))
+            .query_row(params![now, owner, destination, i64::MAX, 1], |row| {
+                row.get(1)
+            })
             .optional()?;
         if let Some(due) = due {
             earliest_seen = earliest(earliest_seen, room.claimable_at(destination, due));

@@ -17,6 +17,7 @@
 //! database and refuses to start if another process holds it.
 
 mod claims;
+mod clock;
 mod list;
 mod open;
 mod plans;
@@ -30,20 +31,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::Backend;
 use super::{
-    AttemptOutcome, Job, KeyHolder, ListFilter, NewAsyncRequest, NewRequest, PoolStats, Position,
-    Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult, Submitted,
+    AttemptOutcome, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest, NewRequest, PoolStats,
+    Position, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
 
 use self::claims::next_due;
+use self::clock::queue_now;
 use self::list::list_on;
 use self::open::{
     backfill_destinations, database_path, lock_database, migrate, open_connection, recover,
@@ -267,7 +269,12 @@ impl Backend for SqliteStore {
         .await
     }
 
-    async fn heartbeat(&self, owner: &str, tokens: &[String], lease: Duration) -> StoreResult<u64> {
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        tokens: &[String],
+        lease: Duration,
+    ) -> StoreResult<Leases> {
         self.send(Heartbeat {
             owner: owner.to_string(),
             tokens: tokens.to_vec(),
@@ -276,11 +283,14 @@ impl Backend for SqliteStore {
         .await
     }
 
-    async fn next_due_at(&self, rooms: &Rooms) -> StoreResult<Option<DateTime<Utc>>> {
-        let now = Utc::now().timestamp_millis();
+    async fn next_due_in(&self, owner: &str, rooms: &Rooms) -> StoreResult<Option<Duration>> {
+        let now = queue_now();
         let rooms = rooms.clone();
-        let next = self.read(move |conn| next_due(conn, &rooms, now)).await?;
-        Ok(next.map(from_millis))
+        let owner = owner.to_string();
+        let next = self
+            .read(move |conn| next_due(conn, &owner, &rooms, now))
+            .await?;
+        Ok(next.map(|due| Duration::from_millis(u64::try_from(due - now).unwrap_or(0))))
     }
 
     async fn store_result(&self, id: &str, token: &str, result: &WorkResult) -> StoreResult<bool> {

@@ -171,6 +171,7 @@ fn rooms(limited: &[(&str, u32)], held: &[&str]) -> Rooms {
         limited: limited.iter().map(|(d, r)| (d.to_string(), *r)).collect(),
         held: held.iter().map(|d| d.to_string()).collect(),
         overdue: Duration::from_secs(60),
+        ..Rooms::default()
     }
 }
 
@@ -378,13 +379,13 @@ fn the_next_due_time_is_that_of_a_destination_with_room() {
     let now = millis(Utc::now());
     queue(&conn, FULL, 3_000, 1);
     assert_eq!(
-        next_due(&conn, &rooms(&[(FULL, 0)], &[]), now).unwrap(),
+        next_due(&conn, "test", &rooms(&[(FULL, 0)], &[]), now).unwrap(),
         None
     );
     queue(&conn, OTHER, 1, now + 5_000);
     let before = steps(&conn);
     assert_eq!(
-        next_due(&conn, &rooms(&[(FULL, 0)], &[]), now).unwrap(),
+        next_due(&conn, "test", &rooms(&[(FULL, 0)], &[]), now).unwrap(),
         Some(now + 5_000)
     );
     let spent = steps(&conn) - before;
@@ -394,9 +395,12 @@ fn the_next_due_time_is_that_of_a_destination_with_room() {
     );
     // Held, the backlog counts from when it is overdue.
     assert_eq!(
-        next_due(&conn, &rooms(&[], &[FULL]), now).unwrap(),
+        next_due(&conn, "test", &rooms(&[], &[FULL]), now).unwrap(),
         Some(1 + 60_000)
     );
     // With room and not held, its first job is due now.
-    assert_eq!(next_due(&conn, &rooms(&[], &[]), now).unwrap(), Some(1));
+    assert_eq!(
+        next_due(&conn, "test", &rooms(&[], &[]), now).unwrap(),
+        Some(1)
+    );
 }

@@ -7,13 +7,15 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::claims::claim;
+use super::clock::queue_now;
 use super::rows::{millis, parse_status};
 use super::writer::{Applied, QueueBound, Write};
 use crate::delivery::destinations::{Rooms, destination_host};
 use crate::model::{DeliveryAttempt, WorkResult};
+use crate::store::due::millis_of;
 use crate::store::{
-    AttemptOutcome, Job, KeyHolder, NewAsyncRequest, NewRequest, Redelivery, StoreError, Submitted,
-    Transition, sync_outcome,
+    AttemptOutcome, Job, KeyHolder, Leases, NewAsyncRequest, NewRequest, Redelivery, StoreError,
+    Submitted, Transition, sync_outcome,
 };
 
 /// An async request, queued.
@@ -21,7 +23,7 @@ pub(super) const INSERT_ASYNC: &str =
     "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
                            created_at, next_attempt_at, destination, callback_host,
                            idempotency_key, idempotency_fingerprint)
-     VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10)";
+     VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?11, ?7, ?8, ?9, ?10)";
 
 /// The request holding an idempotency key.
 pub(super) const KEY_HOLDER: &str =
@@ -53,6 +55,15 @@ pub(super) const UPSERT_SYNC_FINISHED: &str =
 /// would be walked for every token renewed).
 pub(super) const RENEW_LEASE: &str = "UPDATE requests INDEXED BY requests_lease_token
      SET lease_expires_at = ?3 WHERE lease_token = ?2 AND lease_owner = ?1";
+
+/// An owner's claims whose lease ran out (by the lease-owner index).
+pub(super) const EXPIRED_LEASES_OF: &str = "SELECT id, lease_token FROM requests
+     WHERE lease_owner = ?1 AND lease_expires_at < ?2";
+
+/// One claim handed back, its lease gone (it still counts as a claim without an outcome).
+pub(super) const RELEASE_CLAIM: &str =
+    "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+     WHERE id = ?1 AND lease_token = ?2";
 
 /// A claimed job's work result.
 pub(super) const SAVE_RESULT: &str =
@@ -121,6 +132,7 @@ pub(super) fn insert_async(tx: &Transaction<'_>, new: &NewAsyncRequest) -> rusql
         destination_host(&new.destination),
         key,
         fingerprint,
+        queue_now(),
     ])?;
     Ok(())
 }
@@ -258,7 +270,9 @@ impl Write for Claim {
     }
 }
 
-/// Leases extended; answers how many.
+/// The leases of `owner`'s claims named by `tokens` extended; its other claims whose lease
+/// ran out released (their worker gave up without an outcome, and no claim of this owner may
+/// take them over: it never takes its own leased jobs).
 pub(super) struct Heartbeat {
     pub owner: String,
     pub tokens: Vec<String>,
@@ -266,17 +280,33 @@ pub(super) struct Heartbeat {
 }
 
 impl Write for Heartbeat {
-    type Output = u64;
+    type Output = Leases;
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
-        let lease_until = millis(Utc::now())
-            .saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<Leases> {
+        let now = queue_now();
+        let lease_until = now.saturating_add(millis_of(self.lease));
         let mut renew = tx.prepare_cached(RENEW_LEASE)?;
         let mut renewed = 0;
         for token in &self.tokens {
             renewed += renew.execute(params![self.owner, token, lease_until])?;
         }
-        done(renewed as u64)
+        let expired: Vec<(String, String)> = tx
+            .prepare_cached(EXPIRED_LEASES_OF)?
+            .query_map(params![self.owner, now], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut release = tx.prepare_cached(RELEASE_CLAIM)?;
+        let mut released = 0;
+        for (id, token) in expired {
+            if !self.tokens.contains(&token) {
+                released += release.execute(params![id, token])?;
+            }
+        }
+        done(Leases {
+            renewed: renewed as u64,
+            released: released as u64,
+        })
     }
 }
 
@@ -315,12 +345,11 @@ impl Write for RecordAttempt {
     type Output = bool;
 
     fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<bool> {
-        let now = millis(Utc::now());
         let transition = Transition::Attempted(self.outcome);
-        let completed_at = transition.finishes().then_some(now);
+        let completed_at = transition.finishes().then(|| millis(Utc::now()));
         let next_attempt_at = transition
             .due_in_secs()
-            .map(|secs| now.saturating_add((secs * 1000.0).round() as i64));
+            .map(|secs| queue_now().saturating_add((secs * 1000.0).round() as i64));
         let attempt = &self.attempt;
         let updated = tx.prepare_cached(RECORD_ATTEMPT)?.execute(params![
             self.id,
@@ -415,11 +444,8 @@ impl Write for Redeliver {
             return queue_full();
         }
         // A new round: the retry budget counts from the attempts made so far.
-        tx.prepare_cached(REDELIVER)?.execute(params![
-            self.id,
-            millis(Utc::now()),
-            next.as_str()
-        ])?;
+        tx.prepare_cached(REDELIVER)?
+            .execute(params![self.id, queue_now(), next.as_str()])?;
         queue.change(transition.queue_delta());
         done(Redelivery::Queued)
     }

@@ -127,7 +127,7 @@ async fn a_redelivered_row_from_before_destinations_is_claimed_behind_a_full_bac
         limited: vec![(BACKLOG.into(), 0)],
         ..Rooms::default()
     };
-    let next = store.next_due_at(&full).await.unwrap();
+    let next = store.next_due_in("a", &full).await.unwrap();
     let claimed = store.claim_due("a", 1, HELD, &full).await.unwrap();
     let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(
@@ -170,6 +170,7 @@ async fn jobs_queued_before_destinations_count_against_their_own_destination() {
         limited: vec![(OLD.into(), 0)],
         held: vec![OLD.into()],
         overdue: Duration::from_secs(3600),
+        ..Rooms::default()
     };
     let claimed = store
         .claim_due("a", 10, HELD, &full_and_held)
@@ -251,7 +252,7 @@ async fn a_claim_with_no_room_by_default_takes_only_listed_destinations_jobs() {
         limited: vec![(OLD.into(), 1), (BACKLOG.into(), 0)],
         ..Rooms::default()
     };
-    let next = store.next_due_at(&listed_only).await.unwrap();
+    let next = store.next_due_in("a", &listed_only).await.unwrap();
     assert!(next.is_some(), "the listed destination's job is due");
     let claimed = store.claim_due("a", 5, HELD, &listed_only).await.unwrap();
     let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
@@ -268,6 +269,44 @@ async fn a_claim_with_no_room_by_default_takes_only_listed_destinations_jobs() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(store.next_due_at(&nothing).await.unwrap(), None);
+    assert_eq!(store.next_due_in("a", &nothing).await.unwrap(), None);
     store.close().await;
+}
+
+/// The destinations not reserved share one budget however the claim finds their jobs: in the
+/// first due rows, or destination by destination behind a full destination's backlog.
+#[tokio::test]
+async fn unreserved_destinations_share_one_budget_in_every_claim() {
+    const RESERVED: &str = "http://127.0.0.1:3";
+    for backlog in [0, 40] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_url, store) = open(dir.path()).await;
+        for n in 0..backlog {
+            queue_for(&store, &format!("backlog-{n}"), BACKLOG).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        for n in 0..3 {
+            queue_for(&store, &format!("reserved-{n}"), RESERVED).await;
+            queue_for(&store, &format!("b-{n}"), "http://127.0.0.1:4").await;
+            queue_for(&store, &format!("c-{n}"), "http://127.0.0.1:5").await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let rooms = Rooms {
+            default: 5,
+            limited: vec![(BACKLOG.into(), 0)],
+            reserved: vec![RESERVED.into()],
+            shared: 2,
+            ..Rooms::default()
+        };
+        let claimed = store.claim_due("a", 8, HELD, &rooms).await.unwrap();
+        let reserved = claimed.iter().filter(|j| j.destination == RESERVED).count();
+        let others = claimed.len() - reserved;
+        assert_eq!(
+            (reserved, others),
+            (3, 2),
+            "backlog {backlog}: {:?}",
+            claimed.iter().map(|j| &j.id).collect::<Vec<_>>()
+        );
+        store.close().await;
+    }
 }

@@ -1,6 +1,10 @@
-//! An instance whose clock is wrong: on a shared database, due times and leases are computed
-//! by PostgreSQL from delays, so an instance an hour ahead neither hides its jobs from the
-//! cluster for an hour nor delays their retries.
+//! Clocks that are wrong or jump. On a shared database, due times and leases are computed by
+//! PostgreSQL from delays, so an instance an hour ahead neither hides its jobs from the
+//! cluster for an hour nor delays their retries. Within one process (SQLite), leases and due
+//! times follow the monotonic clock: a step of the wall clock while it runs (libfaketime,
+//! re-reading its offset from a file) neither lets the job being delivered be claimed and
+//! delivered again, nor postpones a retry by the size of the step. And on either backend, an
+//! instance never claims back a job it holds, however its lease looks.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::in_ci;
-use crate::helpers::{Behaviour, Receiver, TestServer, client, postgres_admin_url};
+use crate::helpers::{Behaviour, ChildProcess, Receiver, TestServer, client, postgres_admin_url};
 
 #[tokio::test]
 async fn an_instance_an_hour_ahead_still_gets_its_jobs_delivered_on_time() {
@@ -68,4 +72,171 @@ fn libfaketime() -> Option<String> {
         .map(|dir| dir.join("faketime/libfaketime.so.1"))
         .find(|candidate| candidate.is_file())
         .map(|path| path.to_string_lossy().into_owned())
+}
+
+/// The binary on SQLite with its wall clock offset by what `offset_file` says (`+0` to start
+/// with; rewriting the file steps the clock within a second), its monotonic clock untouched,
+/// as a real step (NTP, `date -s`) leaves it. `None` without libfaketime (outside CI).
+async fn server_with_a_steppable_clock(
+    offset_file: &std::path::Path,
+    settings: &[(&str, &str)],
+) -> Option<TestServer<ChildProcess>> {
+    let Some(libfaketime) = libfaketime() else {
+        assert!(!in_ci(), "CI installs faketime (.ci/run does)");
+        eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
+        return None;
+    };
+    // The variant for threaded programs: the offset changes under the service's threads.
+    let libfaketime = libfaketime.replace("libfaketime.so.1", "libfaketimeMT.so.1");
+    std::fs::write(offset_file, "+0").unwrap();
+    let dir = offset_file.parent().unwrap();
+    Some(
+        TestServer::builder()
+            .child()
+            .database_url(&format!("sqlite://{}", dir.join("clock.db").display()))
+            .env("LD_PRELOAD", libfaketime)
+            .env("FAKETIME_TIMESTAMP_FILE", offset_file.to_string_lossy())
+            .env("FAKETIME_CACHE_DURATION", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .settings(settings)
+            .start()
+            .await,
+    )
+}
+
+/// Waits (up to 3 s) until the service stamps a new sync request `by` away from now: the
+/// step has reached it.
+async fn wait_for_the_step(server: &TestServer<ChildProcess>, by: chrono::Duration) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let response = client()
+            .post(format!("{}/sync", server.address))
+            .json(&json!({"data": "what time is it", "iterations": 1}))
+            .send()
+            .await
+            .unwrap();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let record = server.get_json(&format!("/requests/{id}")).await;
+        let created: chrono::DateTime<chrono::Utc> =
+            record["created_at"].as_str().unwrap().parse().unwrap();
+        let offset = created - chrono::Utc::now();
+        if (by > chrono::Duration::zero() && offset > by)
+            || (by < chrono::Duration::zero() && offset < by)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service's clock did not step: {offset}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn submit(server: &TestServer<ChildProcess>, data: &str, callback: &str) -> String {
+    let response = client()
+        .post(format!("{}/async", server.address))
+        .json(&json!({"data": data, "iterations": 1, "callback_url": callback}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    body["request_id"].as_str().unwrap().to_string()
+}
+
+/// The wall clock jumps two minutes ahead while a callback is being delivered (the
+/// receiver takes 4 s): the job's 30 s lease has not run out, and nothing claims it again.
+/// (With leases on the wall clock, the next claim found it expired and delivered it a
+/// second time, at once.)
+#[tokio::test]
+async fn a_clock_stepped_forward_does_not_deliver_a_job_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    let Some(server) = server_with_a_steppable_clock(
+        &offset,
+        &[
+            ("job-lease-seconds", "30"),
+            ("callback-timeout-seconds", "10"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let slow = Receiver::start(Behaviour::hang(Duration::from_secs(4))).await;
+    let quick = Receiver::start(Behaviour::accept()).await;
+    let id = submit(&server, "stepped", &slow.url()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(&offset, "+120").unwrap();
+    wait_for_the_step(&server, chrono::Duration::seconds(100)).await;
+    // Other submissions make the dispatcher claim again while the first is in flight.
+    let mut after = String::new();
+    for n in 0..5 {
+        after = submit(&server, &format!("after the step {n}"), &quick.url()).await;
+    }
+    quick.wait_for_deliveries(5, Duration::from_secs(10)).await;
+    // The step was real: the service stamps requests two minutes ahead now.
+    let stamped = server.get_json(&format!("/requests/{after}")).await;
+    let created: chrono::DateTime<chrono::Utc> =
+        stamped["created_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        created > chrono::Utc::now() + chrono::Duration::seconds(100),
+        "the clock did not step: {stamped}"
+    );
+    let record = server
+        .wait_for_status(&id, "callback_success", Duration::from_secs(15))
+        .await;
+    assert_eq!(record["callback_attempts"], 1, "{record}");
+    let deliveries = slow
+        .received()
+        .iter()
+        .filter(|r| r.body["request_id"] == id.as_str())
+        .count();
+    assert_eq!(deliveries, 1, "the job was delivered again while in flight");
+}
+
+/// The wall clock jumps ten minutes back right after a failed attempt: its retry, due six or
+/// seven seconds later, comes then, not ten minutes later.
+#[tokio::test]
+async fn a_clock_stepped_back_does_not_postpone_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    let Some(server) = server_with_a_steppable_clock(
+        &offset,
+        &[
+            ("callback-retry-base-delay", "6"),
+            ("callback-retry-max-delay", "7"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let receiver = Receiver::start(Behaviour::fail_first(1)).await;
+    let id = submit(&server, "stepped back", &receiver.url()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while receiver.received().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no first attempt");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(&offset, "-600").unwrap();
+    wait_for_the_step(&server, chrono::Duration::seconds(-500)).await;
+    let record = server
+        .wait_for_status(&id, "callback_success", Duration::from_secs(15))
+        .await;
+    assert_eq!(record["callback_attempts"], 2, "{record}");
+    // The step was real: the retry was stamped ten minutes back.
+    let retried: chrono::DateTime<chrono::Utc> = record["attempts"][1]["started_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retried < chrono::Utc::now() - chrono::Duration::seconds(500),
+        "the clock did not step: {record}"
+    );
 }
