@@ -154,6 +154,7 @@ impl Application {
             retention: config.retention(),
             max_stored_requests: config.max_stored_requests,
             list_count_limit: config.list_count_limit,
+            health_write_wait: config.health_write_wait(),
             worker_count: config.async_worker_count,
             metrics: Arc::clone(&metrics),
             destinations: Arc::clone(&destinations),

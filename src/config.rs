@@ -165,6 +165,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub list_count_limit: u64,
 
+    /// `GET /healthz` says `degraded` while a database write has been waiting longer than
+    /// this many seconds (a writer stuck behind a slow statement, a database taking its time
+    /// over writes while it still answers reads).
+    #[arg(long, env = "APP_HEALTH_WRITE_WAIT_SECONDS", default_value_t = 5.0,
+          value_parser = positive_seconds)]
+    pub health_write_wait_seconds: f64,
+
     /// Seconds between two runs of the retention job (at least 1).
     #[arg(long, env = "APP_CLEANUP_INTERVAL_SECONDS", default_value_t = 300.0,
           value_parser = at_least_one_second)]
@@ -337,6 +344,10 @@ impl Config {
                 max_cooldown: Duration::from_secs_f64(self.callback_breaker_max_cooldown_seconds),
             },
         }
+    }
+
+    pub fn health_write_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.health_write_wait_seconds)
     }
 
     pub fn callback_slow_after(&self) -> Duration {

@@ -198,9 +198,12 @@ pub struct HealthReport {
     pub queue_capacity: u64,
     pub active_workers: u64,
     pub database_ok: bool,
-    /// Why the database is not OK (unreachable, disk full), when it is not.
+    /// Why the database is not OK (unreachable, disk full, read-only), when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_error: Option<String>,
+    /// Why the status is not `healthy`, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The body POSTed to a callback URL.

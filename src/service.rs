@@ -205,6 +205,8 @@ pub struct Service {
     pub max_stored_requests: u64,
     /// The most rows a list's `total` counts for a filter beyond mode and status.
     pub list_count_limit: u64,
+    /// `/healthz` says degraded while a database write has waited longer than this.
+    pub health_write_wait: std::time::Duration,
     pub worker_count: u32,
     pub metrics: Arc<Metrics>,
     pub destinations: Arc<Destinations>,
@@ -545,12 +547,27 @@ impl Service {
         };
         // In u128: a queue capacity near u64::MAX must not overflow the comparison.
         let over_90_percent = u128::from(queue_size) * 10 > u128::from(self.queue_capacity) * 9;
-        let status = if database.is_err() {
-            Health::Unhealthy
+        let write_wait = self
+            .store
+            .write_wait()
+            .filter(|waited| *waited > self.health_write_wait);
+        let (status, reason) = if let Err(err) = &database {
+            (Health::Unhealthy, Some(err.clone()))
+        } else if let Some(waited) = write_wait {
+            (
+                Health::Degraded,
+                Some(format!(
+                    "a database write has waited {:.1} s",
+                    waited.as_secs_f64()
+                )),
+            )
         } else if over_90_percent {
-            Health::Degraded
+            (
+                Health::Degraded,
+                Some("the async queue is over 90% full".into()),
+            )
         } else {
-            Health::Healthy
+            (Health::Healthy, None)
         };
         HealthReport {
             status,
@@ -560,6 +577,7 @@ impl Service {
             active_workers: self.workers.active(),
             database_ok: database.is_ok(),
             database_error: database.err(),
+            reason,
         }
     }
 

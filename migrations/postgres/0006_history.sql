@@ -85,3 +85,7 @@ INSERT INTO request_counts (mode, status, shard, n)
 ALTER TABLE requests SET (autovacuum_vacuum_scale_factor = 0.02,
                           autovacuum_analyze_scale_factor = 0.02);
 ALTER TABLE delivery_attempts SET (autovacuum_vacuum_scale_factor = 0.02);
+
+-- A row `/healthz` rewrites while writes have been failing (a read-only server, a full
+-- disk): does the database take writes again?
+CREATE TABLE write_probe (id INTEGER PRIMARY KEY, at TIMESTAMPTZ NOT NULL);

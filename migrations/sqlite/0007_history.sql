@@ -50,3 +50,7 @@ UPDATE requests
     WHERE destination IS NOT NULL;
 CREATE INDEX requests_callback_host ON requests (callback_host, created_at)
     WHERE callback_host IS NOT NULL;
+
+-- A table `/healthz` writes to and empties again while writes have been failing: does the
+-- database take a batch's worth of writes again?
+CREATE TABLE write_probe (id INTEGER PRIMARY KEY, filler BLOB);

@@ -13,14 +13,17 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health))
 }
 
-/// Queue, workers and database. `degraded`: the async queue is over 90% full.
+/// Queue, workers and database. `degraded`: the async queue is over 90% full, or a database
+/// write has waited longer than APP_HEALTH_WRITE_WAIT_SECONDS. `unhealthy` (503): the
+/// database does not answer, or writes fail (disk full, a read-only server) until a write
+/// succeeds again. `reason` says why when it is not healthy.
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "operations",
     responses(
         (status = 200, description = "Healthy or degraded", body = HealthReport),
-        (status = 503, description = "Unhealthy: the database does not answer", body = HealthReport),
+        (status = 503, description = "Unhealthy: the database does not answer or takes no writes", body = HealthReport),
     )
 )]
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthReport>) {

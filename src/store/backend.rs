@@ -155,8 +155,12 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     /// Unfinished async requests.
     fn queue_size(&self) -> impl Future<Output = StoreResult<u64>> + Send;
 
-    /// Whether the database answers (and takes a write, while writes have been failing).
+    /// Whether the database answers a read (within `PING_TIMEOUT`); if not, why not.
     fn ping(&self) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// A write that changes nothing anyone reads, as large as a busy batch of writes: does
+    /// the database take writes again?
+    fn probe_write(&self) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Deletes up to `chunk` requests finished more than `retention` ago.
     fn delete_expired(

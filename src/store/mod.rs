@@ -60,6 +60,7 @@ mod changes;
 mod due;
 mod error;
 mod group_commit;
+mod health;
 mod lifecycle;
 mod list;
 mod plans;
@@ -79,6 +80,7 @@ use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResu
 use backend::Backend;
 pub use changes::{Changes, Subscription};
 pub use error::{StoreError, StoreResult};
+use health::WriteHealth;
 pub(crate) use lifecycle::sync_outcome;
 pub use lifecycle::{ABANDONED_SYNC_ERROR, AttemptOutcome, Change, Due, Effect, Tally, Transition};
 pub use list::{DEFAULT_COUNT_LIMIT, ListFilter};
@@ -253,6 +255,7 @@ pub struct CleanupReport {
 pub struct Store {
     backend: Chosen,
     changes: Arc<Changes>,
+    health: Arc<WriteHealth>,
 }
 
 /// The backend in use. An enum, not a `dyn Backend`: the contract's methods are generic and
@@ -273,6 +276,9 @@ macro_rules! dispatch {
     };
 }
 
+/// Longest a health check waits for the database.
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often another instance's changes to watched requests are looked for (PostgreSQL).
 const REMOTE_CHANGES_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -292,6 +298,7 @@ impl Store {
         Ok(Store {
             backend,
             changes: Arc::new(Changes::default()),
+            health: Arc::default(),
         })
     }
 
@@ -378,14 +385,14 @@ impl Store {
         tokens: &[String],
         lease: Duration,
     ) -> StoreResult<Leases> {
-        dispatch!(self, s => s.heartbeat(owner, tokens, lease).await)
+        dispatch!(self, s => self.health.watch(s.heartbeat(owner, tokens, lease)).await)
     }
 
     /// Fails sync requests still `processing` that were created more than `older_than` ago
     /// (on the database's clock): their instance died mid-request. (SQLite does this at
     /// start-up, its only chance.)
     pub async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
-        dispatch!(self, s => s.fail_stale_sync(older_than).await)
+        dispatch!(self, s => self.health.watch(s.fail_stale_sync(older_than)).await)
     }
 
     /// Records a sync request as `processing`. Not awaited by design: the commit rides along
@@ -403,7 +410,7 @@ impl Store {
         outcome: Result<&WorkResult, &str>,
     ) -> StoreResult<()> {
         let _wake = self.wake_when_done(&new.id);
-        dispatch!(self, s => s.sync_finished(new, outcome).await)
+        dispatch!(self, s => self.health.watch(s.sync_finished(new, outcome)).await)
     }
 
     /// The request holding idempotency key `key`, if one is stored. A sync request that
@@ -416,21 +423,21 @@ impl Store {
     /// once it is committed: the committed key is what makes a concurrent duplicate find it
     /// taken ([`Submitted::KeyTaken`], nothing written) rather than do the work twice.
     pub async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
-        dispatch!(self, s => s.sync_started_with_key(new).await)
+        dispatch!(self, s => self.health.watch(s.sync_started_with_key(new)).await)
     }
 
     /// Queues an async request; returns once it is committed, or [`StoreError::QueueFull`]
     /// with nothing written, or [`Submitted::KeyTaken`] (nothing written, whatever the queue)
     /// if its idempotency key names a stored request.
     pub async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<Submitted> {
-        dispatch!(self, s => s.submit_async(new).await)
+        dispatch!(self, s => self.health.watch(s.submit_async(new)).await)
     }
 
     /// Queues every request of `batch` in one transaction, or none of them
     /// ([`StoreError::QueueFull`]) when they do not all fit in the queue. Batches carry no
     /// idempotency keys.
     pub async fn submit_batch(&self, batch: &[NewAsyncRequest]) -> StoreResult<()> {
-        dispatch!(self, s => s.submit_batch(batch).await)
+        dispatch!(self, s => self.health.watch(s.submit_batch(batch)).await)
     }
 
     /// Claims up to `limit` due jobs for `owner`, leased for `lease`, oldest due first, and
@@ -445,7 +452,8 @@ impl Store {
         lease: Duration,
         rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
-        let jobs = dispatch!(self, s => s.claim_due(owner, limit, lease, rooms).await)?;
+        let jobs =
+            dispatch!(self, s => self.health.watch(s.claim_due(owner, limit, lease, rooms)).await)?;
         for job in &jobs {
             self.changes.changed(&job.id);
         }
@@ -467,7 +475,7 @@ impl Store {
         result: &WorkResult,
     ) -> StoreResult<bool> {
         let _wake = self.wake_when_done(id);
-        dispatch!(self, s => s.store_result(id, token, result).await)
+        dispatch!(self, s => self.health.watch(s.store_result(id, token, result)).await)
     }
 
     /// Records a delivery attempt made by `owner` under the claim `token`, and what follows
@@ -481,26 +489,26 @@ impl Store {
         outcome: AttemptOutcome,
     ) -> StoreResult<bool> {
         let _wake = self.wake_when_done(id);
-        dispatch!(self, s => s.record_attempt(id, owner, token, attempt, outcome).await)
+        dispatch!(self, s => self.health.watch(s.record_attempt(id, owner, token, attempt, outcome)).await)
     }
 
     /// Ends a claimed job as `callback_failed` without an attempt, with `reason` as its
     /// last error: for a job that cannot be worked (see [`MAX_UNRECORDED_CLAIMS`]).
     pub async fn give_up(&self, id: &str, token: &str, reason: &str) -> StoreResult<bool> {
         let _wake = self.wake_when_done(id);
-        dispatch!(self, s => s.give_up(id, token, reason).await)
+        dispatch!(self, s => self.health.watch(s.give_up(id, token, reason)).await)
     }
 
     /// Puts a `callback_failed` request back in the queue for a fresh round of attempts,
     /// keeping its earlier attempts in the audit. [`StoreError::QueueFull`] if there is no room.
     pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
         let _wake = self.wake_when_done(id);
-        dispatch!(self, s => s.redeliver(id).await)
+        dispatch!(self, s => self.health.watch(s.redeliver(id)).await)
     }
 
     /// Hands claimed jobs back to the queue untouched (at shutdown).
     pub async fn release(&self, owner: &str) -> StoreResult<u64> {
-        dispatch!(self, s => s.release(owner).await)
+        dispatch!(self, s => self.health.watch(s.release(owner)).await)
     }
 
     pub async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
@@ -526,10 +534,34 @@ impl Store {
         dispatch!(self, s => s.queue_size().await)
     }
 
-    /// Whether the database answers (and, on SQLite while writes fail, takes a write); if not,
-    /// why not.
+    /// Whether the database answers, and while writes have been failing, whether it takes a
+    /// write again (a probe as large as a busy batch of writes: a full disk still takes a
+    /// tiny one); if not, why not. The probe lets the service turn healthy by itself once
+    /// the database recovers, even if no traffic arrives to try.
     pub async fn ping(&self) -> Result<(), String> {
-        dispatch!(self, s => s.ping().await)
+        let Some(failing) = self.health.failure() else {
+            return dispatch!(self, s => s.ping().await);
+        };
+        let probe = async { dispatch!(self, s => s.probe_write().await) };
+        match tokio::time::timeout(PING_TIMEOUT, probe).await {
+            Ok(Ok(())) => {
+                self.health.clear();
+                Ok(())
+            }
+            Ok(Err(err)) if err.is_unavailable() => Err(err.unavailable_reason()),
+            Ok(Err(_)) => Err(failing),
+            Err(_) => Err(format!(
+                "{failing} (a probe write did not finish within {} s)",
+                PING_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// How long the oldest write in progress has waited, if any is: a database that answers
+    /// reads but takes long over writes (a writer behind a slow statement, locks) is not
+    /// healthy either.
+    pub fn write_wait(&self) -> Option<Duration> {
+        self.health.oldest_wait()
     }
 
     /// Deletes finished requests that finished more than `retention` ago, then the oldest finished beyond
@@ -546,15 +578,14 @@ impl Store {
     ) -> StoreResult<CleanupReport> {
         let mut report = CleanupReport::default();
         loop {
-            let deleted = dispatch!(self, s => s.delete_expired(retention, CLEANUP_CHUNK).await)?;
+            let deleted = dispatch!(self, s => self.health.watch(s.delete_expired(retention, CLEANUP_CHUNK)).await)?;
             report.expired += deleted;
             if deleted < CLEANUP_CHUNK {
                 break;
             }
         }
         loop {
-            let deleted =
-                dispatch!(self, s => s.delete_over_limit(max_stored, CLEANUP_CHUNK).await)?;
+            let deleted = dispatch!(self, s => self.health.watch(s.delete_over_limit(max_stored, CLEANUP_CHUNK)).await)?;
             report.over_limit += deleted;
             if deleted < CLEANUP_CHUNK {
                 break;

@@ -58,8 +58,8 @@ use super::backend::Backend;
 use super::group_commit::GroupCommit;
 use super::{
     ABANDONED_SYNC_ERROR, AttemptOutcome, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest,
-    NewRequest, PoolStats, Position, Redelivery, StatementPlan, StatusCounts, StoreError,
-    StoreResult, Submitted, Transition, sync_outcome,
+    NewRequest, PING_TIMEOUT, PoolStats, Position, Redelivery, StatementPlan, StatusCounts,
+    StoreError, StoreResult, Submitted, Transition, sync_outcome,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -545,12 +545,25 @@ impl Backend for PgStore {
         Ok(u64::try_from(self.count_queue().await?).unwrap_or(0))
     }
 
+    async fn probe_write(&self) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO write_probe (id, at) VALUES (1, now())
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), String> {
         let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool);
-        match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        match tokio::time::timeout(PING_TIMEOUT, ping).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err("the database did not answer within 2 s".into()),
+            Err(_) => Err(format!(
+                "the database did not answer within {} s",
+                PING_TIMEOUT.as_secs()
+            )),
         }
     }
 
@@ -602,7 +615,8 @@ impl Backend for PgStore {
 
 /// Failures that are the database's rather than a request's: it cannot be reached, it is
 /// shutting down or starting (class 57P), the connection broke (class 08), it ran out of
-/// resources such as disk or connections (class 53), or the pool found no connection in time.
+/// resources such as disk or connections (class 53), it takes no writes (25006), or the pool
+/// found no connection in time.
 pub(super) fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
@@ -611,10 +625,13 @@ pub(super) fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::BeginFailed => true,
+        // And a read-only server (25006: a standby, a demoted primary after a failover):
+        // writes fail until the service reaches a primary again.
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            ["08", "53", "57P", "58"]
-                .iter()
-                .any(|class| code.starts_with(class))
+            code == "25006"
+                || ["08", "53", "57P", "58"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
         }),
         _ => false,
     }

@@ -38,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::Backend;
 use super::{
-    AttemptOutcome, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest, NewRequest, PoolStats,
-    Position, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult, Submitted,
+    AttemptOutcome, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest, NewRequest, PING_TIMEOUT,
+    PoolStats, Position, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult,
+    Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -83,9 +84,6 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Message>,
     readers: Arc<Readers>,
     queue_size: Arc<AtomicU64>,
-    /// Why the last write failed for a reason outside any one request (disk full, I/O
-    /// error), until a write succeeds again: `/healthz` reports it.
-    write_failure: Arc<Mutex<Option<String>>>,
     /// A read connection of `/healthz`'s own: a health check must not queue behind client
     /// reads, or a busy but healthy service would report itself unhealthy.
     health: Arc<Mutex<Connection>>,
@@ -123,13 +121,11 @@ impl SqliteStore {
         .map_err(|e| StoreError::Open(e.to_string()))??;
 
         let queue_size = Arc::new(AtomicU64::new(queued));
-        let write_failure = Arc::new(Mutex::new(None));
         let (writer, commands) = mpsc::channel(WRITER_QUEUE);
         let mut writer_state = Writer {
             conn,
             queue_size: Arc::clone(&queue_size),
             queue_capacity,
-            write_failure: Arc::clone(&write_failure),
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -143,7 +139,6 @@ impl SqliteStore {
                 available: Arc::new(Semaphore::new(READERS)),
             }),
             queue_size,
-            write_failure,
             health: Arc::new(Mutex::new(health)),
             _lock: Arc::new(lock),
         })
@@ -157,13 +152,6 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::WriterGone)?;
         response.await.map_err(|_| StoreError::WriterGone)?
-    }
-
-    fn write_failure(&self) -> Option<String> {
-        self.write_failure
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 
     /// Runs a read on an idle reader connection, on a blocking thread.
@@ -407,33 +395,27 @@ impl Backend for SqliteStore {
         Ok(self.queue_size.load(Ordering::Relaxed))
     }
 
-    /// Whether the database answers, and if not, why. While writes are failing (a full disk),
-    /// a read is not proof of health: a probe write decides, so that `/healthz` turns healthy
-    /// again by itself once space returns, even if no traffic arrives to try.
     async fn ping(&self) -> Result<(), String> {
-        let failing = self.write_failure().is_some();
-        let check = async {
-            if failing {
-                self.send(Probe).await
-            } else {
-                let health = Arc::clone(&self.health);
-                tokio::task::spawn_blocking(move || {
-                    health
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
-                })
-                .await
-                .map_err(|e| StoreError::Open(e.to_string()))?
-                .map(|_| ())
-                .map_err(StoreError::from)
-            }
-        };
-        match tokio::time::timeout(Duration::from_secs(2), check).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(self.write_failure().unwrap_or_else(|| err.to_string())),
-            Err(_) => Err("the database did not answer within 2 s".into()),
+        let health = Arc::clone(&self.health);
+        let read = tokio::task::spawn_blocking(move || {
+            health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+        });
+        match tokio::time::timeout(PING_TIMEOUT, read).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(err))) => Err(StoreError::from(err).unavailable_reason()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!(
+                "the database did not answer within {} s",
+                PING_TIMEOUT.as_secs()
+            )),
         }
+    }
+
+    async fn probe_write(&self) -> StoreResult<()> {
+        self.send(Probe).await
     }
 
     async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
@@ -475,14 +457,6 @@ pub(super) fn is_unavailable(err: &rusqlite::Error) -> bool {
                 | OutOfMemory
         )
     )
-}
-
-/// What `/healthz` says about a write failure.
-fn describe_failure(err: &rusqlite::Error) -> String {
-    match err.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => "disk full: the database cannot grow".into(),
-        _ => err.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -227,7 +227,6 @@ fn writer(conn: Connection, queue_capacity: u64) -> Writer {
         conn,
         queue_size: Arc::new(AtomicU64::new(0)),
         queue_capacity,
-        write_failure: Arc::default(),
     }
 }
 

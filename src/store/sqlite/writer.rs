@@ -5,13 +5,12 @@
 //! ([`Write::Output`]), and its caller waits on a channel of exactly that type. A command's
 //! answer therefore cannot be of another kind: the compiler checks it, so no caller has to.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{describe_failure, is_unavailable};
 use crate::store::{StoreError, StoreResult};
 
 /// Most commands in one transaction: bounds how long a write waits for the batch ahead of it.
@@ -137,7 +136,6 @@ pub(super) struct Writer {
     pub(super) conn: Connection,
     pub(super) queue_size: Arc<AtomicU64>,
     pub(super) queue_capacity: u64,
-    pub(super) write_failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Writer {
@@ -175,9 +173,7 @@ impl Writer {
     /// Applies a batch in one transaction and answers each write after the commit. If the
     /// transaction fails, each write is retried alone, so one bad write cannot fail others.
     pub(super) fn commit_batch(&mut self, batch: &mut Vec<Box<dyn Pending>>) {
-        let outcome = self.apply_all(batch);
-        self.note_write_health(&outcome);
-        match outcome {
+        match self.apply_all(batch) {
             Ok(()) => {
                 for write in batch.drain(..) {
                     write.committed();
@@ -193,27 +189,6 @@ impl Writer {
                 }
             }
         }
-    }
-
-    /// Remembers a failure that is the database's, not a request's (disk full, I/O error),
-    /// until a batch commits again.
-    pub(super) fn note_write_health<T>(&self, outcome: &StoreResult<T>) {
-        let failure = match outcome {
-            Ok(_) => None,
-            Err(StoreError::Sqlite(err)) if is_unavailable(err) => Some(describe_failure(err)),
-            Err(_) => return,
-        };
-        let mut state = self
-            .write_failure
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.is_some() != failure.is_some() {
-            match &failure {
-                Some(reason) => tracing::error!(reason = %reason, "database writes are failing"),
-                None => tracing::info!("database writes succeed again"),
-            }
-        }
-        *state = failure;
     }
 
     fn apply_all(&mut self, batch: &mut [Box<dyn Pending>]) -> StoreResult<()> {

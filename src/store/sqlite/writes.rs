@@ -407,14 +407,21 @@ impl Write for GiveUp {
 /// A write that changes nothing anyone reads: does the database take writes again?
 pub(super) struct Probe;
 
+/// What a probe writes and takes back: a busy batch of writes fills this much of the WAL,
+/// and a full disk can still take a page or two (a probe that rewrote one page passed while
+/// every submission failed).
+const PROBE_BYTES: i64 = 1 << 20;
+
 impl Write for Probe {
     type Output = ();
 
     fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<()> {
-        // Rewriting the schema version with its own value dirties page 1, so the commit
-        // must append to the WAL: it fails exactly when real writes would.
-        let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
-        tx.pragma_update(None, "user_version", version)?;
+        // Written and deleted in one transaction: the commit still appends every page the
+        // row took to the WAL (and grows the file, if it must), which is what fails on a full
+        // disk; the table is left empty.
+        tx.prepare_cached("INSERT INTO write_probe (filler) VALUES (zeroblob(?1))")?
+            .execute([PROBE_BYTES])?;
+        tx.prepare_cached("DELETE FROM write_probe")?.execute([])?;
         done(())
     }
 }

@@ -130,6 +130,15 @@ async fn a_full_disk_under_sqlite_is_a_503_and_writing_resumes_when_space_return
     let filler = disk.fill();
     let mut acknowledged = submit_until_refused(&app, &receiver.url()).await;
     let report = wait_for_health(&app, 503).await;
+    // For as long as submissions fail, so does /healthz: a probe write the size of one page
+    // still fit on this disk, and reported healthy between refusals.
+    for n in 0..10 {
+        let body = json!({"data": format!("still full {n} {}", "x".repeat(2000)), "iterations": 1, "callback_url": receiver.url()});
+        let (status, _) = read(app.post_async(&body).await).await;
+        assert_eq!(status, 503, "the disk is still full");
+        let (status, report) = read(app.get("/healthz").await).await;
+        assert_eq!(status, 503, "healthy while writes fail: {report}");
+    }
     assert_eq!(report["status"], "unhealthy", "{report}");
     assert!(
         report["database_error"]
@@ -295,4 +304,141 @@ async fn postgresql_going_away_is_a_503_and_the_service_reconnects_by_itself() {
     }
     assert_all_delivered(&receiver, &acknowledged);
     drop(app);
+}
+
+/// A PostgreSQL that takes no writes (a standby promoted away from, a primary demoted by a
+/// failover: SQLSTATE 25006) while it still answers reads: submissions get 503 with
+/// Retry-After, never 500, `/healthz` is unhealthy and says why, and both recover by
+/// themselves once the server takes writes again.
+#[tokio::test]
+async fn a_read_only_postgresql_is_a_503_and_unhealthy_until_it_takes_writes() {
+    if postgres_admin_url().is_none() {
+        eprintln!("skipped: runs with the PostgreSQL suite (SYNCASYNC_TEST_POSTGRES_URL)");
+        return;
+    }
+    let Some(server) = OwnPostgres::start().await else {
+        assert!(!in_ci(), "CI has PostgreSQL's server binaries");
+        eprintln!("skipped: PostgreSQL's server binaries (initdb, pg_ctl) are not installed");
+        return;
+    };
+    let app = TestServer::builder()
+        .database_url(&server.url())
+        .start()
+        .await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let mut acknowledged = vec![app.submit("before", &receiver.url()).await];
+    let read_only = |on: bool| {
+        let url = server.url();
+        async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "ALTER SYSTEM SET default_transaction_read_only = {on}"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            sqlx::raw_sql("SELECT pg_reload_conf()")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    read_only(true).await;
+    // Submissions are refused as the server's sessions take the new default.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let response = app
+            .post_async(
+                &json!({"data": "read-only", "iterations": 1, "callback_url": receiver.url()}),
+            )
+            .await;
+        let retry_after = response.headers().contains_key("retry-after");
+        let (status, body) = read(response).await;
+        if status == 200 {
+            acknowledged.push(body["request_id"].as_str().unwrap().to_string());
+            assert!(Instant::now() < deadline, "still taking writes");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(retry_after, "a 503 carries Retry-After");
+        break;
+    }
+    let report = wait_for_health(&app, 503).await;
+    assert_eq!(report["status"], "unhealthy", "{report}");
+    assert!(
+        report["database_error"]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
+        "/healthz says why: {report}"
+    );
+    // Reads still work.
+    let (status, _) = read(app.get("/requests?limit=1").await).await;
+    assert_eq!(status, 200);
+
+    read_only(false).await;
+    let report = wait_for_health(&app, 200).await;
+    assert_eq!(report["status"], "healthy", "{report}");
+    acknowledged.push(app.submit("after", &receiver.url()).await);
+    for id in &acknowledged {
+        app.wait_for_status(id, "callback_success", WAIT).await;
+    }
+    assert_all_delivered(&receiver, &acknowledged);
+}
+
+/// A database that answers reads but keeps a write waiting (here another connection holds
+/// SQLite's write lock for a while) makes `/healthz` degraded, and says why, while the write
+/// waits; healthy again once it went through.
+#[tokio::test]
+async fn a_write_that_waits_makes_health_degraded() {
+    if postgres_admin_url().is_some() {
+        eprintln!("skipped: a SQLite test (holding the write lock from outside)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.db");
+    let app = TestServer::builder()
+        .database_url(&format!("sqlite://{}", path.display()))
+        .setting("health-write-wait-seconds", "0.5")
+        .start()
+        .await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let submission = {
+        let client = app.client.clone();
+        let url = app.url("/async");
+        let callback = receiver.url();
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"data": "waiting", "iterations": 1, "callback_url": callback}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, report) = read(app.get("/healthz").await).await;
+    assert_eq!(status, 200, "degraded still serves: {report}");
+    assert_eq!(report["status"], "degraded", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("write has waited"),
+        "{report}"
+    );
+    holder.join().unwrap();
+    let (status, body) = read(submission.await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let report = wait_for_health(&app, 200).await;
+    assert_eq!(report["status"], "healthy", "{report}");
 }
