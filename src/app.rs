@@ -22,7 +22,7 @@ use crate::delivery::guard::Guard;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::signing::Signer;
 use crate::delivery::{Dispatcher, Wakeup, WorkerStats};
-use crate::http::{self, AppState, BodyLimits, ConnectionLimits};
+use crate::http::{self, AppState, BodyLimits, ConnectionLimits, LongLived};
 use crate::metrics::Metrics;
 use crate::open_files;
 use crate::retention;
@@ -75,6 +75,24 @@ fn fit_connections(config: &Config) -> Result<u64, StartError> {
         "connection cap"
     );
     Ok(cap)
+}
+
+/// The connections event streams and waits may hold at once: as configured, or half the
+/// client connections; never all of them, which would leave none for `/healthz` and short
+/// requests.
+fn long_lived_cap(configured: u32, max_connections: u64) -> Result<usize, StartError> {
+    let cap = match configured {
+        0 => (max_connections / 2).max(1),
+        n => u64::from(n),
+    };
+    if cap >= max_connections {
+        return Err(StartError::Config(format!(
+            "APP_HTTP_MAX_LONG_LIVED ({cap}) leaves too few of the {max_connections} client \
+             connections (APP_HTTP_MAX_CONNECTIONS) for /healthz and short requests; lower it \
+             (or 0 for half of them)"
+        )));
+    }
+    Ok(usize::try_from(cap).unwrap_or(usize::MAX))
 }
 
 /// A service bound to its port, ready to run.
@@ -180,7 +198,12 @@ impl Application {
             slow_after: config.callback_slow_after(),
         };
         let dashboard = Arc::new(crate::ui::History::default());
+        let long_lived = LongLived::new(
+            long_lived_cap(config.http_max_long_lived, max_connections)?,
+            config.http_stream_max_lifetime(),
+        );
         let state = AppState {
+            long_lived,
             dashboard: Arc::clone(&dashboard),
             service: Arc::new(service.clone()),
             admin_token: config.admin_token().map(Arc::from),

@@ -239,6 +239,21 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub http_max_connections: u32,
 
+    /// Event streams and waits (`GET /requests/{id}/events`, the dashboard's live stream,
+    /// `GET /requests/{id}` with `Prefer: wait`) open at once. Past it a stream is refused
+    /// (503, `Retry-After`, connection closed) and a wait answers at once, so that
+    /// long-lived requests never take the connections `/healthz` and short requests need.
+    /// 0: half of the client connections (APP_HTTP_MAX_CONNECTIONS, as fitted).
+    #[arg(long, env = "APP_HTTP_MAX_LONG_LIVED", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub http_max_long_lived: u32,
+
+    /// Seconds an event stream lasts at most; then it ends, and the client resumes it
+    /// (`Last-Event-ID`; a browser's EventSource reconnects by itself).
+    #[arg(long, env = "APP_HTTP_STREAM_MAX_SECONDS", default_value_t = 300.0,
+          value_parser = http_timeout_seconds)]
+    pub http_stream_max_seconds: f64,
+
     /// Bytes of an oversized body read and discarded before the 413, so that a client that
     /// sends its whole body before reading can still read the answer.
     #[arg(long, env = "APP_HTTP_DRAIN_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
@@ -315,6 +330,10 @@ impl Config {
 
     pub fn http_send_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.http_send_timeout_seconds)
+    }
+
+    pub fn http_stream_max_lifetime(&self) -> Duration {
+        Duration::from_secs_f64(self.http_stream_max_seconds)
     }
 
     pub fn http_drain_timeout(&self) -> Duration {

@@ -135,6 +135,7 @@ pub struct Metrics {
     pub db_connections: Family<ConnectionLabels, Gauge>,
     pub db_writer_queue: Gauge,
     pub waited_on_requests: Gauge,
+    pub long_lived_requests: Gauge,
     pub destination_in_flight: Family<DestinationLabels, Gauge>,
     pub destination_recent_failures: Family<DestinationLabels, Gauge>,
     pub destination_breaker_open: Family<DestinationLabels, Gauge>,
@@ -170,6 +171,7 @@ impl Metrics {
             db_connections: Family::default(),
             db_writer_queue: Gauge::default(),
             waited_on_requests: Gauge::default(),
+            long_lived_requests: Gauge::default(),
             destination_in_flight: Family::default(),
             destination_recent_failures: Family::default(),
             destination_breaker_open: Family::default(),
@@ -233,6 +235,11 @@ impl Metrics {
             "waited_on_requests",
             "Requests that clients are waiting on (Prefer: wait, event streams, repeated keys)",
             metrics.waited_on_requests.clone(),
+        );
+        registry.register(
+            "http_long_lived_requests",
+            "Event streams and waits open now (at most APP_HTTP_MAX_LONG_LIVED)",
+            metrics.long_lived_requests.clone(),
         );
         registry.register(
             "compute_queue_size",

@@ -30,6 +30,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("Server overloaded, please retry later")]
     Overloaded,
+    /// Every place for event streams and waits is taken.
+    #[error("Too many open event streams and waits, please retry later")]
+    TooManyLongLived,
     /// The database cannot be reached or written now; the request changed nothing.
     #[error("Service temporarily unavailable (database), please retry later")]
     Unavailable(#[source] ServiceError),
@@ -122,7 +125,7 @@ impl IntoResponse for ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RequestNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded | ApiError::TooManyLongLived => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unavailable(err) => {
                 tracing::warn!(error = %err, "request refused: database unavailable");
                 StatusCode::SERVICE_UNAVAILABLE
@@ -150,6 +153,16 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECONDS),
                 );
+            }
+            // Closed after the answer: a client opening streams by the thousand must not keep
+            // the connections the refused ones came on.
+            ApiError::TooManyLongLived => {
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::Unauthorized => {
                 response

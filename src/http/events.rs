@@ -66,7 +66,8 @@ impl Position {
 }
 
 /// The request's status changes and delivery attempts as they happen, ending after its final
-/// status. `Last-Event-ID` resumes after the event it names.
+/// status, or after APP_HTTP_STREAM_MAX_SECONDS: `Last-Event-ID` resumes after the event it
+/// names.
 #[utoipa::path(
     get,
     path = "/requests/{id}/events",
@@ -82,6 +83,8 @@ impl Position {
             `ATTEMPTS.STATUS`. Ends after the final status.", content_type = "text/event-stream",
             body = ServerSentEvent),
         (status = 404, description = "No such request", body = ErrorBody),
+        (status = 503, description = "Every place for event streams and waits \
+            (APP_HTTP_MAX_LONG_LIVED) is taken; `Retry-After`", body = ErrorBody),
     )
 )]
 async fn events(
@@ -89,6 +92,10 @@ async fn events(
     PathId(id): PathId,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let place = state
+        .long_lived
+        .try_hold()
+        .ok_or(ApiError::TooManyLongLived)?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -118,6 +125,7 @@ async fn events(
         let event = stream.next().await?;
         Some((Ok(event), stream))
     });
+    let events = state.long_lived.bounded(events, place);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 

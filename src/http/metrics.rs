@@ -24,6 +24,11 @@ pub fn router() -> OpenApiRouter<AppState> {
     )
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state
+        .service
+        .metrics
+        .long_lived_requests
+        .set(i64::try_from(state.long_lived.in_use()).unwrap_or(i64::MAX));
     (
         [(CONTENT_TYPE, OPENMETRICS)],
         state.service.metrics_text().await,

@@ -15,6 +15,7 @@ mod events;
 mod extract;
 mod health;
 mod idempotency;
+mod long_lived;
 mod metrics;
 mod request_id;
 mod requests;
@@ -38,6 +39,7 @@ use crate::service::Service;
 pub(crate) use auth::require_api_token;
 pub use error::ApiError;
 pub use extract::BodyLimits;
+pub use long_lived::LongLived;
 pub use server::{ConnectionLimits, serve};
 
 /// What every handler can reach.
@@ -51,6 +53,8 @@ pub struct AppState {
     /// `APP_API_TOKEN`; `None` leaves the API open.
     pub api_token: Option<Arc<str>>,
     pub body_limits: BodyLimits,
+    /// The cap and lifetime of event streams and waits.
+    pub long_lived: LongLived,
     /// The operator dashboard's last 15 minutes (`/ui`).
     pub dashboard: Arc<crate::ui::History>,
 }

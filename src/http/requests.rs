@@ -140,12 +140,20 @@ async fn show(
     PathId(id): PathId,
     Wait(wait): Wait,
 ) -> Result<(Applied, Json<RequestRecord>), ApiError> {
-    let record = match wait {
-        Some(wait) if !wait.is_zero() => state.service.wait_until_finished(&id, wait).await?,
-        _ => state.service.get(&id).await?,
+    // A wait holds a place among the long-lived requests; with none free, the answer is the
+    // request as it is now (a preference the server may decline, RFC 7240).
+    let place = wait
+        .filter(|wait| !wait.is_zero())
+        .and_then(|_| state.long_lived.try_hold());
+    let (record, applied) = match (wait, place) {
+        (Some(wait), Some(_place)) => (
+            state.service.wait_until_finished(&id, wait).await?,
+            Some(wait),
+        ),
+        _ => (state.service.get(&id).await?, None),
     };
     record
-        .map(|record| (Applied(wait), Json(record)))
+        .map(|record| (Applied(applied), Json(record)))
         .ok_or(ApiError::RequestNotFound)
 }
 

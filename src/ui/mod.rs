@@ -208,7 +208,9 @@ async fn overview_json(State(state): State<AppState>) -> Result<Json<Overview>, 
 /// shows other instances' changes; at most once a second, shared by every open dashboard.
 async fn stream(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let long_lived = state.long_lived.clone();
+    let place = long_lived.try_hold().ok_or(ApiError::TooManyLongLived)?;
     let updates = futures_util::stream::unfold(
         (state, tokio::time::interval(history::INTERVAL)),
         |(state, mut ticks)| async move {
@@ -230,5 +232,6 @@ async fn stream(
             Some((Ok(event), (state, ticks)))
         },
     );
-    Sse::new(updates).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let updates = long_lived.bounded(updates, place);
+    Ok(Sse::new(updates).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -10,6 +10,7 @@ mod clock;
 mod dashboard;
 mod input;
 mod leaks;
+mod long_lived;
 mod outage;
 mod reliable;
 mod review;
