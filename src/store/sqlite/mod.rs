@@ -13,8 +13,8 @@
 //!
 //! Because every write passes through the writer, it also owns the exact count of unfinished
 //! async requests, so the queue bound is enforced with no race and no extra query. That only
-//! holds if one process uses the file, so the store takes an exclusive lock file beside the
-//! database and refuses to start if another process holds it.
+//! holds if one process uses the file, so the store takes an exclusive lock on the database
+//! file itself (whatever path names it) and refuses to start if another process holds it.
 
 mod claims;
 mod clock;
@@ -87,7 +87,8 @@ pub struct SqliteStore {
     /// A read connection of `/healthz`'s own: a health check must not queue behind client
     /// reads, or a busy but healthy service would report itself unhealthy.
     health: Arc<Mutex<Connection>>,
-    // Held for the life of the store; the OS releases the lock when the process dies.
+    // Held for the life of the store; the OS releases the lock when the process dies. Last, so
+    // that it is closed after the connections (see `open::lock_database`).
     _lock: Arc<File>,
 }
 
@@ -126,6 +127,8 @@ impl SqliteStore {
             conn,
             queue_size: Arc::clone(&queue_size),
             queue_capacity,
+            checkpointed_at: std::time::Instant::now(),
+            written_since_checkpoint: false,
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -183,7 +186,7 @@ impl SqliteStore {
 }
 
 impl Backend for SqliteStore {
-    /// The lock file keeps every other process out.
+    /// The lock on the database file keeps every other process out.
     fn has_other_instances(&self) -> bool {
         false
     }

@@ -27,6 +27,9 @@ const DESTINATIONS_RECORDED: usize = 4;
 
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The size the WAL file is cut back to, in bytes: a second's worth of busy writing.
+const JOURNAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
+
 /// The file a `sqlite://PATH` (or `sqlite:PATH`) URL names; query parameters are ignored.
 pub(super) fn database_path(url: &str) -> StoreResult<PathBuf> {
     let rest = url
@@ -63,27 +66,37 @@ pub(super) fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<
         // FULL: a commit survives power loss, not only a process crash. Group commit keeps
         // the cost to one fsync per batch.
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Each time the log starts again from its beginning (see the writer's checkpoints),
+        // a file grown past this is cut back to it.
+        conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
 
+/// Takes the exclusive lock that makes this the one process using the database: a lock on
+/// the database file itself (`flock`), so every path that names it (a symlink, a hard link,
+/// `./` or not) meets the same lock. Creates the file if it does not exist yet (SQLite takes
+/// an empty file as an empty database).
+///
+/// The descriptor stays open for as long as the store lives and is closed after SQLite's
+/// connections (it is the store's last field): closing any descriptor of a file drops the
+/// POSIX locks SQLite's own connections hold on it, so it must not be closed while they work.
 pub(super) fn lock_database(path: &Path) -> StoreResult<File> {
-    let mut lock_path = PathBuf::from(path);
-    lock_path.as_mut_os_string().push(".lock");
     let file = File::options()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
-        .open(&lock_path)
-        .map_err(|e| StoreError::Open(format!("{}: {e}", lock_path.display())))?;
+        .open(path)
+        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
             path: path.display().to_string(),
         }),
         Err(std::fs::TryLockError::Error(e)) => {
-            Err(StoreError::Open(format!("{}: {e}", lock_path.display())))
+            Err(StoreError::Open(format!("{}: {e}", path.display())))
         }
     }
 }

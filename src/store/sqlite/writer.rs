@@ -7,10 +7,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::open::BUSY_TIMEOUT;
 use crate::store::{StoreError, StoreResult};
 
 /// Most commands in one transaction: bounds how long a write waits for the batch ahead of it.
@@ -136,7 +138,21 @@ pub(super) struct Writer {
     pub(super) conn: Connection,
     pub(super) queue_size: Arc<AtomicU64>,
     pub(super) queue_capacity: u64,
+    /// When the WAL was last checkpointed, and whether anything was committed since.
+    pub(super) checkpointed_at: Instant,
+    pub(super) written_since_checkpoint: bool,
 }
+
+/// How often the writer checkpoints the WAL while it writes. SQLite's own checkpoints (after
+/// a commit, every 1000 pages) copy what no reader still needs, but never start the WAL
+/// again from its beginning while readers keep it in use, and under continuous reads it grew
+/// by the megabyte each second; a checkpoint that waits for the readers of the log to move
+/// to the database file does, and `journal_size_limit` then cuts the file back.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long that checkpoint waits for readers (each holds the log for one short read) before
+/// it gives up until the next: the writer waits with it.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(100);
 
 impl Writer {
     pub(super) fn run(&mut self, mut messages: mpsc::Receiver<Message>) {
@@ -158,6 +174,10 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit_batch(&mut batch);
+                self.written_since_checkpoint = true;
+            }
+            if self.written_since_checkpoint && self.checkpointed_at.elapsed() >= CHECKPOINT_EVERY {
+                self.checkpoint();
             }
             if let Some(done) = closer {
                 // Leave the WAL checkpointed so the database file is complete on its own.
@@ -167,6 +187,27 @@ impl Writer {
                 let _ = done.send(());
                 return;
             }
+        }
+    }
+
+    /// Copies the WAL into the database and, once no reader uses it, starts it again from
+    /// its beginning (RESTART), waiting at most [`CHECKPOINT_WAIT`] for readers.
+    fn checkpoint(&mut self) {
+        self.checkpointed_at = Instant::now();
+        self.written_since_checkpoint = false;
+        let restarted = self.conn.busy_timeout(CHECKPOINT_WAIT).and_then(|()| {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+        });
+        if let Err(err) = self.conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(error = %err, "restoring the busy timeout failed");
+        }
+        match restarted {
+            // 1: readers still used the log; the next checkpoint tries again.
+            Ok(busy) => self.written_since_checkpoint |= busy != 0,
+            Err(err) => tracing::debug!(error = %err, "WAL checkpoint did not complete"),
         }
     }
 

@@ -15,6 +15,7 @@ mod outage;
 mod reliable;
 mod review;
 mod settings;
+mod sqlite_files;
 mod store;
 
 use std::net::SocketAddr;
