@@ -20,7 +20,6 @@ use crate::delivery::client::{CallbackClient, GuardedResolver, NameLookup, Syste
 use crate::delivery::destinations::Destinations;
 use crate::delivery::guard::Guard;
 use crate::delivery::retry::RetryPolicy;
-use crate::delivery::signing::Signer;
 use crate::delivery::{Dispatcher, Wakeup, WorkerStats};
 use crate::http::{self, AppState, BodyLimits, ConnectionLimits};
 use crate::metrics::Metrics;
@@ -101,13 +100,7 @@ impl Application {
     ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
         let max_connections = fit_connections(&config)?;
-        let signer = Signer::from_secrets(
-            config
-                .callback_signing_secret
-                .as_deref()
-                .unwrap_or_default(),
-        )
-        .map_err(|e| StartError::Config(format!("APP_CALLBACK_SIGNING_SECRET: {e}")))?;
+        let signer = config.callback_signing_secret.clone().unwrap_or_default();
 
         let store = Store::open(
             &config.database_url,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::delivery::destinations::{BreakerPolicy, IsolationPolicy};
+use crate::delivery::signing::Signer;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,8 +145,10 @@ pub struct Config {
     pub callback_allowed_hosts: Vec<String>,
 
     /// Sign callbacks (Standard Webhooks): one or more space-separated `whsec_<base64>` secrets.
-    #[arg(long, env = "APP_CALLBACK_SIGNING_SECRET", hide_env_values = true)]
-    pub callback_signing_secret: Option<String>,
+    /// Whitespace around the list (a secret file's last newline) is ignored.
+    #[arg(long, env = "APP_CALLBACK_SIGNING_SECRET", hide_env_values = true,
+          value_parser = Signer::from_secrets)]
+    pub callback_signing_secret: Option<Signer>,
 
     /// Finished requests older than this many hours are deleted (at most 10^6, about 114
     /// years: beyond that a cut-off date leaves the database's date range).
@@ -192,13 +195,15 @@ pub struct Config {
     pub max_body_bytes: u64,
 
     /// Bearer token for `POST /admin/*`; without it the admin endpoints answer 404.
-    #[arg(long, env = "APP_ADMIN_TOKEN", hide_env_values = true)]
+    /// Whitespace around it (a secret file's last newline) is ignored; whitespace, control or
+    /// non-ASCII characters inside it are refused, since no header could carry them.
+    #[arg(long, env = "APP_ADMIN_TOKEN", hide_env_values = true, value_parser = bearer_token)]
     pub admin_token: Option<String>,
 
     /// Bearer token every endpoint but `GET /healthz`, `/docs` and `/openapi.json` requires
     /// (401 without it); unset, the API is open, as the original was. Admin endpoints take
-    /// the admin token instead.
-    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true)]
+    /// the admin token instead. Read as APP_ADMIN_TOKEN is.
+    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = bearer_token)]
     pub api_token: Option<String>,
 
     /// Seconds a client has to send a request's headers, counted from when the connection
@@ -448,6 +453,25 @@ fn drain_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// A bearer token as written in a variable, often read from a file that ends with a newline:
+/// the whitespace around it is trimmed. What is left must be a token a client can send
+/// (visible ASCII, as a header value carries it), or nobody could authenticate; an empty
+/// value stays empty, which means unset. The reasons never quote the token: it is a secret.
+fn bearer_token(s: &str) -> Result<String, String> {
+    let token = s.trim_ascii();
+    if token.is_empty() && !s.is_empty() {
+        return Err("is only whitespace".to_string());
+    }
+    if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(if c.is_whitespace() || c.is_control() {
+            "must not contain whitespace or control characters".to_string()
+        } else {
+            "must hold only visible ASCII characters".to_string()
+        });
+    }
+    Ok(token.to_string())
+}
+
 /// Accepts the spellings Python's original accepted through pydantic (`true/false`, `1/0`,
 /// `yes/no`, `on/off`), case-insensitively.
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -488,8 +512,55 @@ pub fn one_line_error(command: &clap::Command, err: &clap::Error) -> Option<Stri
     let reason = std::error::Error::source(err)
         .map(|s| s.to_string())
         .unwrap_or_else(|| "invalid value".to_string());
+    // A secret's value is never echoed, not even a wrong one: stderr ends up in logs.
+    let value = if arg.is_hide_env_values_set() {
+        String::new()
+    } else {
+        format!(" {value:?}")
+    };
     Some(match env {
-        Some(env) => format!("invalid value {value:?} for {env} ({flag}): {reason}"),
-        None => format!("invalid value {value:?} for {flag}: {reason}"),
+        Some(env) => format!("invalid value{value} for {env} ({flag}): {reason}"),
+        None => format!("invalid value{value} for {flag}: {reason}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn a_token_is_trimmed_of_the_whitespace_around_it() {
+        assert_eq!(bearer_token("s3cret\n").unwrap(), "s3cret");
+        assert_eq!(bearer_token(" \ts3cret\r\n").unwrap(), "s3cret");
+        assert_eq!(bearer_token("a-b.c_d~e+f/g=").unwrap(), "a-b.c_d~e+f/g=");
+        // Empty is unset, as before.
+        assert_eq!(bearer_token("").unwrap(), "");
+    }
+
+    #[test]
+    fn a_token_no_client_could_send_is_refused_without_being_quoted() {
+        for (value, reason) in [
+            ("\n", "is only whitespace"),
+            ("  ", "is only whitespace"),
+            (
+                "two words",
+                "must not contain whitespace or control characters",
+            ),
+            (
+                "tab\there",
+                "must not contain whitespace or control characters",
+            ),
+            (
+                "bell\u{7}",
+                "must not contain whitespace or control characters",
+            ),
+            (
+                "line\nbreak",
+                "must not contain whitespace or control characters",
+            ),
+            ("pässword", "must hold only visible ASCII characters"),
+        ] {
+            assert_eq!(bearer_token(value).unwrap_err(), reason, "{value:?}");
+        }
+    }
 }

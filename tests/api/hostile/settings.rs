@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use syncasync::delivery::signing::Signer;
 
 use super::assert_refused_in_one_line;
 use crate::helpers::{Behaviour, Receiver, TestServer, read};
@@ -137,4 +138,89 @@ async fn no_grace_and_the_longest_work_duration_stop_promptly_and_record_the_aba
     let records = list["requests"].as_array().unwrap();
     assert_eq!(records.len(), 1, "{list}");
     assert_eq!(records[0]["status"], "failed", "{list}");
+}
+
+/// Secrets are often read from a file, which ends with a newline: the newline is not part of
+/// the secret, and the service authenticates with the token as written without it.
+#[tokio::test]
+async fn secrets_with_a_trailing_newline_work_as_written_without_it() {
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder()
+        .child()
+        .setting("api-token", "api-s3cret\n")
+        .setting("admin-token", " admin-s3cret\r\n")
+        .setting(
+            "callback-signing-secret",
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n",
+        )
+        .start()
+        .await;
+    let list = app
+        .client
+        .get(app.url("/requests"))
+        .bearer_auth("api-s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 200);
+    let cleanup = app
+        .client
+        .post(app.url("/admin/cleanup"))
+        .bearer_auth("admin-s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleanup.status(), 200);
+    let submitted = app
+        .client
+        .post(app.url("/async"))
+        .bearer_auth("api-s3cret")
+        .json(&json!({"data": "signed", "iterations": 1, "callback_url": receiver.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 200);
+    let callback = &receiver
+        .wait_for_deliveries(1, Duration::from_secs(20))
+        .await[0];
+    let header = |name: &str| callback.headers[name].to_str().unwrap().to_string();
+    let signer = Signer::from_secrets("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+    assert!(
+        signer.verify(
+            &header("webhook-id"),
+            header("webhook-timestamp").parse().unwrap(),
+            &callback.raw,
+            &header("webhook-signature"),
+        ),
+        "the callback is signed with the secret as written without its newline"
+    );
+}
+
+/// A token that is nothing but whitespace, or that holds whitespace or control characters no
+/// client could send, would lock everyone out: refused at start, naming the variable and
+/// never quoting the secret. So is a signing secret that is not a list of `whsec_` secrets.
+#[test]
+fn secrets_nobody_could_use_are_refused_in_one_line_without_quoting_them() {
+    for (variable, value) in [
+        ("APP_API_TOKEN", "\n"),
+        ("APP_API_TOKEN", "leaky secret"),
+        ("APP_API_TOKEN", "leaky\tsecret"),
+        ("APP_ADMIN_TOKEN", "\r\n"),
+        ("APP_ADMIN_TOKEN", "leaky\u{7}secret"),
+        ("APP_ADMIN_TOKEN", "leaky-sécret"),
+        ("APP_CALLBACK_SIGNING_SECRET", " \n"),
+        ("APP_CALLBACK_SIGNING_SECRET", "leaky-secret"),
+        (
+            "APP_CALLBACK_SIGNING_SECRET",
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\nwhsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+    ] {
+        assert_refused_in_one_line(&[(variable, value)], variable);
+        let (_, stderr) = super::start_binary_with(&[(variable, value)], Duration::from_secs(5));
+        assert!(!stderr.contains("leaky"), "{variable}={value:?}: {stderr}");
+        assert!(
+            !stderr.contains("C2FVsBQIhrscChlQIMV"),
+            "{variable}={value:?}: {stderr}"
+        );
+    }
 }
