@@ -46,12 +46,12 @@ pub struct Config {
     pub database_pool_size: u32,
 
     /// Seconds a claimed job stays leased without a heartbeat; after an instance dies, others
-    /// take its jobs over once this passes. Heartbeats renew it every third of it. At least
-    /// 1 and at least twice APP_CALLBACK_TIMEOUT_SECONDS, so that one late heartbeat never
-    /// lets a second claim deliver a job whose delivery is still running.
-    #[arg(long, env = "APP_JOB_LEASE_SECONDS", default_value_t = 30.0,
-          value_parser = positive_seconds)]
-    pub job_lease_seconds: f64,
+    /// take its jobs over once this passes. Heartbeats renew it every third of it. Unset: 30,
+    /// or twice APP_CALLBACK_TIMEOUT_SECONDS plus 5 if that is longer. Set: at least 1 and at
+    /// least twice APP_CALLBACK_TIMEOUT_SECONDS, so that one late heartbeat never lets a
+    /// second claim deliver a job whose delivery is still running.
+    #[arg(long, env = "APP_JOB_LEASE_SECONDS", value_parser = positive_seconds)]
+    pub job_lease_seconds: Option<f64>,
 
     /// Callback deliveries in flight at once (jobs being worked on or delivered). An
     /// in-flight delivery is a small future and a socket, so the default is sized for async
@@ -264,8 +264,11 @@ impl Config {
         Duration::from_secs_f64(self.callback_timeout_seconds)
     }
 
+    /// The job lease: as set, or derived from the callback timeout (see the setting).
     pub fn job_lease(&self) -> Duration {
-        Duration::from_secs_f64(self.job_lease_seconds)
+        let derived =
+            DEFAULT_LEASE_SECONDS.max(2.0 * self.callback_timeout_seconds + LEASE_MARGIN_SECONDS);
+        Duration::from_secs_f64(self.job_lease_seconds.unwrap_or(derived))
     }
 
     pub fn work_duration(&self) -> Duration {
@@ -357,13 +360,14 @@ impl Config {
                 self.callback_breaker_cooldown_seconds, self.callback_breaker_max_cooldown_seconds
             ));
         }
+        // Only a lease set explicitly can be too short: the derived one never is.
         let min_lease = MIN_LEASE_SECONDS.max(2.0 * self.callback_timeout_seconds);
-        if self.job_lease_seconds < min_lease {
+        if let Some(lease) = self.job_lease_seconds.filter(|&lease| lease < min_lease) {
             return Err(format!(
-                "APP_JOB_LEASE_SECONDS ({}) must be at least {min_lease}: 1 s, and twice \
+                "APP_JOB_LEASE_SECONDS ({lease}) must be at least {min_lease}: 1 s, and twice \
                  APP_CALLBACK_TIMEOUT_SECONDS ({}), so that a delivery still running is never \
-                 claimed again",
-                self.job_lease_seconds, self.callback_timeout_seconds
+                 claimed again (unset, it follows the timeout)",
+                self.callback_timeout_seconds
             ));
         }
         if self.callback_retry_base_delay > self.callback_retry_max_delay {
@@ -375,6 +379,13 @@ impl Config {
         Ok(())
     }
 }
+
+/// The job lease when neither it nor a long callback timeout says otherwise.
+const DEFAULT_LEASE_SECONDS: f64 = 30.0;
+
+/// What a derived lease adds to twice the callback timeout: room for a heartbeat's own
+/// database write to be slow without the lease running out under a delivery.
+const LEASE_MARGIN_SECONDS: f64 = 5.0;
 
 /// The shortest job lease: heartbeats come every third of it, and a timer of a few
 /// milliseconds would renew leases in a busy loop (or not at all, below a nanosecond).
@@ -526,7 +537,58 @@ pub fn one_line_error(command: &clap::Command, err: &clap::Error) -> Option<Stri
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::{Config, bearer_token};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        let args = std::iter::once("test").chain(args.iter().copied());
+        Cli::try_parse_from(args).expect("settings").config
+    }
+
+    #[test]
+    fn an_unset_lease_follows_the_callback_timeout() {
+        for (timeout, lease) in [("10", 30.0), ("12.5", 30.0), ("20", 45.0), ("60", 125.0)] {
+            let config = parse(&["--callback-timeout-seconds", timeout]);
+            assert_eq!(config.validate(), Ok(()), "timeout {timeout}");
+            assert_eq!(
+                config.job_lease(),
+                Duration::from_secs_f64(lease),
+                "timeout {timeout}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lease_set_explicitly_is_kept_or_refused() {
+        let config = parse(&[
+            "--job-lease-seconds",
+            "4",
+            "--callback-timeout-seconds",
+            "2",
+        ]);
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.job_lease(), Duration::from_secs(4));
+        let config = parse(&[
+            "--job-lease-seconds",
+            "30",
+            "--callback-timeout-seconds",
+            "20",
+        ]);
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.starts_with("APP_JOB_LEASE_SECONDS (30) must be at least 40"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_token_is_trimmed_of_the_whitespace_around_it() {

@@ -224,3 +224,28 @@ fn secrets_nobody_could_use_are_refused_in_one_line_without_quoting_them() {
         );
     }
 }
+
+/// The original service accepted callback timeouts of 20 s and more with no lease setting at
+/// all (it had none): without an explicit APP_JOB_LEASE_SECONDS the lease follows the
+/// timeout instead of refusing to start.
+#[test]
+fn long_callback_timeouts_start_without_a_lease_setting() {
+    for timeout in ["10", "20", "60"] {
+        let (code, stderr) = super::start_binary_with(
+            &[("APP_CALLBACK_TIMEOUT_SECONDS", timeout)],
+            Duration::from_secs(3),
+        );
+        assert_eq!(
+            code, None,
+            "APP_CALLBACK_TIMEOUT_SECONDS={timeout} alone was refused:\n{stderr}"
+        );
+    }
+    // A lease set explicitly too short for the timeout is still refused.
+    assert_refused_in_one_line(
+        &[
+            ("APP_CALLBACK_TIMEOUT_SECONDS", "20"),
+            ("APP_JOB_LEASE_SECONDS", "30"),
+        ],
+        "APP_JOB_LEASE_SECONDS",
+    );
+}
