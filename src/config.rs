@@ -18,12 +18,30 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where `serve` listens. The original (uvicorn) took host names as well as addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenHost {
+    Ip(IpAddr),
+    /// A host name, resolved at start (the resolver's answer may change; the sockets do not).
+    Name(String),
+}
+
+impl std::fmt::Display for ListenHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenHost::Ip(ip) => ip.fmt(f),
+            ListenHost::Name(name) => f.write_str(name),
+        }
+    }
+}
+
 /// Settings of `syncasync serve`.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, env = "APP_HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    /// Address to listen on: an IP address, or a host name (`localhost`), resolved once at
+    /// start; the service listens on every address it resolves to.
+    #[arg(long, env = "APP_HOST", default_value = "0.0.0.0", value_parser = listen_host)]
+    pub host: ListenHost,
 
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "APP_PORT", default_value_t = 8000)]
@@ -464,6 +482,45 @@ fn drain_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// An IP address (IPv6 with or without brackets) or a host name. A port or a scheme is not
+/// part of it, and is refused here rather than sent to the resolver, which would only say
+/// that the name is unknown.
+fn listen_host(s: &str) -> Result<ListenHost, String> {
+    let host = s.trim_ascii();
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = literal.parse() {
+        return Ok(ListenHost::Ip(ip));
+    }
+    if is_host_name(host) {
+        return Ok(ListenHost::Name(host.to_ascii_lowercase()));
+    }
+    Err(if host.contains([':', '/']) {
+        "is not an IP address or a host name (the port is APP_PORT)".to_string()
+    } else {
+        "is not an IP address or a host name".to_string()
+    })
+}
+
+/// Dot-separated labels of letters, digits, hyphens (and underscores, which host files
+/// hold), none empty or longer than 63 bytes, 253 bytes in all, with an optional final dot.
+fn is_host_name(s: &str) -> bool {
+    let name = s.strip_suffix('.').unwrap_or(s);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// A bearer token as written in a variable, often read from a file that ends with a newline:
 /// the whitespace around it is trimmed. What is left must be a token a client can send
 /// (visible ASCII, as a header value carries it), or nobody could authenticate; an empty
@@ -552,6 +609,32 @@ mod tests {
     fn parse(args: &[&str]) -> Config {
         let args = std::iter::once("test").chain(args.iter().copied());
         Cli::try_parse_from(args).expect("settings").config
+    }
+
+    #[test]
+    fn the_host_is_an_ip_address_or_a_host_name() {
+        use super::{ListenHost, listen_host};
+        let ip = |s: &str| ListenHost::Ip(s.parse().unwrap());
+        let name = |s: &str| ListenHost::Name(s.to_string());
+        assert_eq!(listen_host("0.0.0.0"), Ok(ip("0.0.0.0")));
+        assert_eq!(listen_host("::"), Ok(ip("::")));
+        assert_eq!(listen_host("[::1]"), Ok(ip("::1")));
+        assert_eq!(listen_host("localhost"), Ok(name("localhost")));
+        assert_eq!(listen_host(" Api.Internal\n"), Ok(name("api.internal")));
+        assert_eq!(listen_host("my_service"), Ok(name("my_service")));
+        for bad in [
+            "",
+            "0.0.0.0:8000",
+            "localhost:8000",
+            "http://localhost",
+            "not a host",
+            "-leading.hyphen",
+            "a..b",
+            "[::1",
+            &"a".repeat(64),
+        ] {
+            assert!(listen_host(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

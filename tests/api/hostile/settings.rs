@@ -249,3 +249,94 @@ fn long_callback_timeouts_start_without_a_lease_setting() {
         "APP_JOB_LEASE_SECONDS",
     );
 }
+
+/// Starts the binary with `env` (APP_PORT set to a free port) and returns it once it answers
+/// `GET /healthz` on `loopback` (`127.0.0.1` or `[::1]`), with its base URL there; fails the
+/// test if it exits or does not answer in time.
+async fn start_listening_on(
+    env: &[(&str, &str)],
+    loopback: &str,
+    database: &std::path::Path,
+) -> (std::process::Child, String) {
+    let port = crate::helpers::unused_port().await.port().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_syncasync"))
+        .env("APP_PORT", &port)
+        .env(
+            "APP_DATABASE_URL",
+            format!("sqlite://{}", database.display()),
+        )
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let address = format!("http://{loopback}:{port}");
+    let client = crate::helpers::client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = client.get(format!("{address}/healthz")).send().await
+            && response.status() == 200
+        {
+            return (child, address);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            panic!("{env:?}: exited at start ({status}):\n{stderr}");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{env:?}: not answering on {address}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The original took host names for APP_HOST (`localhost`): the name is resolved at start and
+/// the service listens on what it resolves to. IP literals work as before, IPv6 bracketed or
+/// not.
+#[tokio::test]
+async fn a_host_name_is_resolved_at_start_and_listened_on() {
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    for (host, loopback) in [
+        ("localhost", "127.0.0.1"),
+        ("LocalHost", "127.0.0.1"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("[::1]", "[::1]"),
+        ("::1", "[::1]"),
+    ] {
+        if loopback == "[::1]" && !ipv6 {
+            eprintln!("no IPv6 loopback here: APP_HOST={host} not tried");
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, address) =
+            start_listening_on(&[("APP_HOST", host)], loopback, &dir.path().join("s.db")).await;
+        let (status, _) = read(
+            crate::helpers::client()
+                .post(format!("{address}/sync"))
+                .json(&json!({"data": host, "iterations": 1}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(status, 200, "APP_HOST={host}");
+    }
+}
+
+/// A host name that does not resolve, or that is not a host name at all, is refused at start.
+#[test]
+fn a_host_that_cannot_be_listened_on_is_refused_in_one_line() {
+    for host in [
+        "no-such-host.invalid",
+        "not a host",
+        "0.0.0.0:8000",
+        "http://localhost",
+    ] {
+        assert_refused_in_one_line(&[("APP_HOST", host)], "APP_HOST");
+    }
+}
