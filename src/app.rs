@@ -210,7 +210,7 @@ impl Application {
 
         let guard = Guard::new(
             config.callback_block_private_ips,
-            config.callback_allowed_hosts.iter().cloned(),
+            config.callback_allowed_hosts.clone().unwrap_or_default(),
         );
         let resolver = GuardedResolver::new(lookup, guard.clone());
         let client = CallbackClient::new(

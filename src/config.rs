@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::delivery::destinations::{BreakerPolicy, IsolationPolicy};
+use crate::delivery::guard::AllowedHosts;
 use crate::delivery::signing::Signer;
 
 /// How log lines are written.
@@ -156,11 +157,12 @@ pub struct Config {
           action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub callback_block_private_ips: bool,
 
-    /// Host names (or IP literals) that bypass SSRF protection, comma-separated: for callbacks
-    /// to a known internal service. Anyone who can submit requests can make the service POST
-    /// to these hosts.
-    #[arg(long, env = "APP_CALLBACK_ALLOWED_HOSTS", value_delimiter = ',', num_args = 0..)]
-    pub callback_allowed_hosts: Vec<String>,
+    /// Host names (or IP addresses) that bypass SSRF protection, comma-separated: for
+    /// callbacks to a known internal service. Anyone who can submit requests can make the
+    /// service POST to these hosts. Each entry is a host alone, on every port (IPv6 may be
+    /// bracketed); one with a scheme, port, path or user info is refused.
+    #[arg(long, env = "APP_CALLBACK_ALLOWED_HOSTS")]
+    pub callback_allowed_hosts: Option<AllowedHosts>,
 
     /// Sign callbacks (Standard Webhooks): one or more space-separated `whsec_<base64>` secrets.
     /// Whitespace around the list (a secret file's last newline) is ignored.

@@ -340,3 +340,45 @@ fn a_host_that_cannot_be_listened_on_is_refused_in_one_line() {
         assert_refused_in_one_line(&[("APP_HOST", host)], "APP_HOST");
     }
 }
+
+/// Entries of APP_CALLBACK_ALLOWED_HOSTS are compared with the host of a callback URL: one
+/// written with a scheme, a port or a path would never match, so it is refused at start,
+/// naming the entry.
+#[test]
+fn allowed_hosts_that_could_never_match_are_refused_naming_the_entry() {
+    for entry in [
+        "hooks.internal:8443",
+        "https://hooks.internal",
+        "hooks.internal/callback",
+        "user@hooks.internal",
+        "[fd00::1]:8443",
+        "hooks internal",
+        "*.internal",
+        "[fd00::1",
+    ] {
+        let list = format!("billing.internal, {entry}");
+        let (code, stderr) = super::start_binary_with(
+            &[("APP_CALLBACK_ALLOWED_HOSTS", &list)],
+            Duration::from_secs(5),
+        );
+        assert!(matches!(code, Some(1 | 2)), "{entry:?} accepted: {stderr}");
+        assert_refused_in_one_line(
+            &[("APP_CALLBACK_ALLOWED_HOSTS", &list)],
+            "APP_CALLBACK_ALLOWED_HOSTS",
+        );
+        assert!(
+            stderr.contains(&format!("`{entry}`")),
+            "{entry:?} not named: {stderr}"
+        );
+    }
+    // Spaces around entries, any case, IPv6 with or without brackets and a trailing comma
+    // are fine.
+    let (code, stderr) = super::start_binary_with(
+        &[(
+            "APP_CALLBACK_ALLOWED_HOSTS",
+            " Hooks.Internal , 10.0.0.7,[fd00::1], fd00::2, billing.internal.,",
+        )],
+        Duration::from_secs(3),
+    );
+    assert_eq!(code, None, "refused: {stderr}");
+}
