@@ -220,9 +220,13 @@ pub struct Config {
     #[arg(long, env = "APP_ADMIN_TOKEN", hide_env_values = true, value_parser = bearer_token)]
     pub admin_token: Option<String>,
 
-    /// Bearer token every endpoint but `GET /healthz`, `/docs` and `/openapi.json` requires
-    /// (401 without it); unset, the API is open, as the original was. Admin endpoints take
-    /// the admin token instead. Read as APP_ADMIN_TOKEN is.
+    /// Bearer token every endpoint requires (401 without it) but `GET /healthz` and the
+    /// dashboard's pages and assets under `/ui` (which hold no data, and ask for the token);
+    /// unset, the API is open, as the original was. `/openapi.json` and `/docs` need it too:
+    /// a browser cannot add the header to a page load, so open `/docs` with a client that
+    /// sends it (a browser extension that sets request headers, or a proxy that adds it), or
+    /// fetch the document with `curl -H "Authorization: Bearer $APP_API_TOKEN"`. Admin
+    /// endpoints take the admin token instead. Read as APP_ADMIN_TOKEN is.
     #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = bearer_token)]
     pub api_token: Option<String>,
 
