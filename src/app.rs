@@ -15,12 +15,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::Config;
+use crate::config::{Config, ListenHost};
 use crate::delivery::client::{CallbackClient, GuardedResolver, NameLookup, SystemLookup};
 use crate::delivery::destinations::Destinations;
 use crate::delivery::guard::Guard;
 use crate::delivery::retry::RetryPolicy;
-use crate::delivery::signing::Signer;
 use crate::delivery::{Dispatcher, Wakeup, WorkerStats};
 use crate::http::{self, AppState, BodyLimits, ConnectionLimits, LongLived};
 use crate::metrics::Metrics;
@@ -40,6 +39,11 @@ pub enum StartError {
     Config(String),
     #[error("cannot use the database APP_DATABASE_URL={url}: {source}")]
     Store { url: String, source: StoreError },
+    #[error("cannot resolve APP_HOST={host}: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -95,9 +99,88 @@ fn long_lived_cap(configured: u32, max_connections: u64) -> Result<usize, StartE
     Ok(usize::try_from(cap).unwrap_or(usize::MAX))
 }
 
+/// The addresses `host` stands for: an IP address as is, a host name as the system resolves
+/// it (once, at start), without repeats.
+async fn listen_addresses(host: &ListenHost, port: u16) -> Result<Vec<SocketAddr>, StartError> {
+    let name = match host {
+        ListenHost::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
+        ListenHost::Name(name) => name,
+    };
+    let unresolved = |source| StartError::Resolve {
+        host: name.clone(),
+        source,
+    };
+    let mut addresses: Vec<SocketAddr> = Vec::new();
+    for address in tokio::net::lookup_host((name.as_str(), port))
+        .await
+        .map_err(unresolved)?
+    {
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    if addresses.is_empty() {
+        return Err(unresolved(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no address",
+        )));
+    }
+    tracing::info!(host = %name, addresses = ?addresses, "APP_HOST resolved");
+    Ok(addresses)
+}
+
+/// Listens on every address. With port 0, the first address bound picks the port and the
+/// others take the same one, so that the service has one port whichever address a client
+/// reaches. Among several addresses, one of a kind this machine cannot listen on (`::1`
+/// where IPv6 is off, though `localhost` names it) is skipped with a warning as long as
+/// another is bound; any other failure stops the start. Returns the listeners and the first
+/// one's address.
+async fn bind(addresses: &[SocketAddr]) -> Result<(Vec<TcpListener>, SocketAddr), StartError> {
+    let mut listeners = Vec::new();
+    let mut first: Option<SocketAddr> = None;
+    let mut skipped = None;
+    for mut addr in addresses.iter().copied() {
+        if let Some(first) = first {
+            addr.set_port(first.port());
+        }
+        let bound = match TcpListener::bind(addr).await {
+            Ok(listener) => listener.local_addr().map(|local| (listener, local)),
+            Err(err) => Err(err),
+        };
+        match bound {
+            Ok((listener, local)) => {
+                first.get_or_insert(local);
+                listeners.push(listener);
+            }
+            Err(source) if addresses.len() > 1 && cannot_listen_here(&source) => {
+                tracing::warn!(address = %addr, error = %source, "cannot listen on this address of APP_HOST; skipped");
+                skipped = Some(StartError::Bind { addr, source });
+            }
+            Err(source) => return Err(StartError::Bind { addr, source }),
+        }
+    }
+    match (first, skipped) {
+        (Some(first), _) => Ok((listeners, first)),
+        (None, Some(err)) => Err(err),
+        (None, None) => Err(StartError::Config(
+            "APP_HOST gave no address to listen on".to_string(),
+        )),
+    }
+}
+
+/// The machine has no such address or address family; unlike "in use" or "permission
+/// denied", nothing an operator meant is lost by skipping it.
+fn cannot_listen_here(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::AddrNotAvailable
+        || err.raw_os_error() == Some(libc::EAFNOSUPPORT)
+}
+
 /// A service bound to its port, ready to run.
 pub struct Application {
-    listener: TcpListener,
+    /// One per address of APP_HOST (at least one).
+    listeners: Vec<TcpListener>,
+    /// The first listener's address.
+    address: SocketAddr,
     router: axum::Router,
     connection_limits: ConnectionLimits,
     service: Service,
@@ -118,14 +201,11 @@ impl Application {
         lookup: Arc<dyn NameLookup>,
     ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
+        // Resolved before anything else is opened: a name that does not resolve is a setting
+        // to fix, found before the database is touched.
+        let listen_addresses = listen_addresses(&config.host, config.port).await?;
         let max_connections = fit_connections(&config)?;
-        let signer = Signer::from_secrets(
-            config
-                .callback_signing_secret
-                .as_deref()
-                .unwrap_or_default(),
-        )
-        .map_err(|e| StartError::Config(format!("APP_CALLBACK_SIGNING_SECRET: {e}")))?;
+        let signer = config.callback_signing_secret.clone().unwrap_or_default();
 
         let store = Store::open(
             &config.database_url,
@@ -148,7 +228,7 @@ impl Application {
 
         let guard = Guard::new(
             config.callback_block_private_ips,
-            config.callback_allowed_hosts.iter().cloned(),
+            config.callback_allowed_hosts.clone().unwrap_or_default(),
         );
         let resolver = GuardedResolver::new(lookup, guard.clone());
         let client = CallbackClient::new(
@@ -223,12 +303,10 @@ impl Application {
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         };
 
-        let addr = SocketAddr::new(config.host, config.port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let (listeners, address) = bind(&listen_addresses).await?;
         Ok(Self {
-            listener,
+            listeners,
+            address,
             router,
             connection_limits,
             service,
@@ -238,16 +316,16 @@ impl Application {
         })
     }
 
+    /// The address the service listens on (the first, if APP_HOST named several).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::new(self.config.host, self.config.port))
+        self.address
     }
 
     /// Serves until `shutdown` is cancelled, then stops in order (see the module docs).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let Self {
-            listener,
+            listeners,
+            address: _,
             router,
             connection_limits,
             service,
@@ -256,7 +334,7 @@ impl Application {
             dashboard,
         } = self;
         let grace = config.shutdown_grace();
-        if let Ok(address) = listener.local_addr() {
+        for address in listeners.iter().filter_map(|l| l.local_addr().ok()) {
             tracing::info!(%address, "listening");
         }
 
@@ -308,7 +386,14 @@ impl Application {
         ));
 
         // Returns once every connection is closed, within the grace period of the shutdown.
-        http::serve(listener, router, connection_limits, shutdown.clone(), grace).await;
+        http::serve(
+            listeners,
+            router,
+            connection_limits,
+            shutdown.clone(),
+            grace,
+        )
+        .await;
         // The dispatcher bounds its own drain by the same grace period.
         if let Err(err) = delivery.await {
             tracing::error!(error = %err, "delivery task failed");
@@ -339,5 +424,46 @@ impl Application {
         service.store.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::bind;
+
+    #[tokio::test]
+    async fn every_address_of_a_name_is_listened_on_at_one_port() {
+        let v4: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let v6: SocketAddr = "[::1]:0".parse().unwrap();
+        if std::net::TcpListener::bind(v6).is_err() {
+            eprintln!("no IPv6 loopback here: not tried");
+            return;
+        }
+        let (listeners, first) = bind(&[v4, v6]).await.unwrap();
+        let addresses: Vec<SocketAddr> =
+            listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        assert_eq!(addresses.len(), 2);
+        assert_eq!(first, addresses[0]);
+        assert!(addresses[0].is_ipv4() && addresses[1].is_ipv6());
+        assert_ne!(first.port(), 0);
+        assert_eq!(addresses[0].port(), addresses[1].port());
+    }
+
+    #[tokio::test]
+    async fn an_address_this_machine_does_not_have_is_skipped_only_beside_others() {
+        // TEST-NET-1: documentation only, never an address of this machine.
+        let absent: SocketAddr = "192.0.2.1:0".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (listeners, first) = bind(&[absent, loopback]).await.unwrap();
+        assert_eq!(listeners.len(), 1);
+        assert!(first.ip().is_loopback());
+        assert!(bind(&[absent]).await.is_err());
+        // Taken is not absent: that stops the start.
+        let holder = std::net::TcpListener::bind(loopback).unwrap();
+        let taken = holder.local_addr().unwrap();
+        let beside: SocketAddr = SocketAddr::new([127, 0, 0, 2].into(), taken.port());
+        assert!(bind(&[beside, taken]).await.is_err());
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::delivery::destinations::{BreakerPolicy, IsolationPolicy};
+use crate::delivery::guard::AllowedHosts;
+use crate::delivery::signing::Signer;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -17,12 +19,30 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where `serve` listens. The original (uvicorn) took host names as well as addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenHost {
+    Ip(IpAddr),
+    /// A host name, resolved at start (the resolver's answer may change; the sockets do not).
+    Name(String),
+}
+
+impl std::fmt::Display for ListenHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenHost::Ip(ip) => ip.fmt(f),
+            ListenHost::Name(name) => f.write_str(name),
+        }
+    }
+}
+
 /// Settings of `syncasync serve`.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, env = "APP_HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    /// Address to listen on: an IP address, or a host name (`localhost`), resolved once at
+    /// start; the service listens on every address it resolves to.
+    #[arg(long, env = "APP_HOST", default_value = "0.0.0.0", value_parser = listen_host)]
+    pub host: ListenHost,
 
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "APP_PORT", default_value_t = 8000)]
@@ -45,12 +65,12 @@ pub struct Config {
     pub database_pool_size: u32,
 
     /// Seconds a claimed job stays leased without a heartbeat; after an instance dies, others
-    /// take its jobs over once this passes. Heartbeats renew it every third of it. At least
-    /// 1 and at least twice APP_CALLBACK_TIMEOUT_SECONDS, so that one late heartbeat never
-    /// lets a second claim deliver a job whose delivery is still running.
-    #[arg(long, env = "APP_JOB_LEASE_SECONDS", default_value_t = 30.0,
-          value_parser = positive_seconds)]
-    pub job_lease_seconds: f64,
+    /// take its jobs over once this passes. Heartbeats renew it every third of it. Unset: 30,
+    /// or twice APP_CALLBACK_TIMEOUT_SECONDS plus 5 if that is longer. Set: at least 1 and at
+    /// least twice APP_CALLBACK_TIMEOUT_SECONDS, so that one late heartbeat never lets a
+    /// second claim deliver a job whose delivery is still running.
+    #[arg(long, env = "APP_JOB_LEASE_SECONDS", value_parser = positive_seconds)]
+    pub job_lease_seconds: Option<f64>,
 
     /// Callback deliveries in flight at once (jobs being worked on or delivered). An
     /// in-flight delivery is a small future and a socket, so the default is sized for async
@@ -137,15 +157,18 @@ pub struct Config {
           action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub callback_block_private_ips: bool,
 
-    /// Host names (or IP literals) that bypass SSRF protection, comma-separated: for callbacks
-    /// to a known internal service. Anyone who can submit requests can make the service POST
-    /// to these hosts.
-    #[arg(long, env = "APP_CALLBACK_ALLOWED_HOSTS", value_delimiter = ',', num_args = 0..)]
-    pub callback_allowed_hosts: Vec<String>,
+    /// Host names (or IP addresses) that bypass SSRF protection, comma-separated: for
+    /// callbacks to a known internal service. Anyone who can submit requests can make the
+    /// service POST to these hosts. Each entry is a host alone, on every port (IPv6 may be
+    /// bracketed); one with a scheme, port, path or user info is refused.
+    #[arg(long, env = "APP_CALLBACK_ALLOWED_HOSTS")]
+    pub callback_allowed_hosts: Option<AllowedHosts>,
 
     /// Sign callbacks (Standard Webhooks): one or more space-separated `whsec_<base64>` secrets.
-    #[arg(long, env = "APP_CALLBACK_SIGNING_SECRET", hide_env_values = true)]
-    pub callback_signing_secret: Option<String>,
+    /// Whitespace around the list (a secret file's last newline) is ignored.
+    #[arg(long, env = "APP_CALLBACK_SIGNING_SECRET", hide_env_values = true,
+          value_parser = Signer::from_secrets)]
+    pub callback_signing_secret: Option<Signer>,
 
     /// Finished requests older than this many hours are deleted (at most 10^6, about 114
     /// years: beyond that a cut-off date leaves the database's date range).
@@ -199,13 +222,19 @@ pub struct Config {
     pub max_body_bytes: u64,
 
     /// Bearer token for `POST /admin/*`; without it the admin endpoints answer 404.
-    #[arg(long, env = "APP_ADMIN_TOKEN", hide_env_values = true)]
+    /// Whitespace around it (a secret file's last newline) is ignored; whitespace, control or
+    /// non-ASCII characters inside it are refused, since no header could carry them.
+    #[arg(long, env = "APP_ADMIN_TOKEN", hide_env_values = true, value_parser = bearer_token)]
     pub admin_token: Option<String>,
 
-    /// Bearer token every endpoint but `GET /healthz`, `/docs` and `/openapi.json` requires
-    /// (401 without it); unset, the API is open, as the original was. Admin endpoints take
-    /// the admin token instead.
-    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true)]
+    /// Bearer token every endpoint requires (401 without it) but `GET /healthz` and the
+    /// dashboard's pages and assets under `/ui` (which hold no data, and ask for the token);
+    /// unset, the API is open, as the original was. `/openapi.json` and `/docs` need it too:
+    /// a browser cannot add the header to a page load, so open `/docs` with a client that
+    /// sends it (a browser extension that sets request headers, or a proxy that adds it), or
+    /// fetch the document with `curl -H "Authorization: Bearer $APP_API_TOKEN"`. Admin
+    /// endpoints take the admin token instead. Read as APP_ADMIN_TOKEN is.
+    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = bearer_token)]
     pub api_token: Option<String>,
 
     /// Seconds a client has to send a request's headers, counted from when the connection
@@ -281,8 +310,11 @@ impl Config {
         Duration::from_secs_f64(self.callback_timeout_seconds)
     }
 
+    /// The job lease: as set, or derived from the callback timeout (see the setting).
     pub fn job_lease(&self) -> Duration {
-        Duration::from_secs_f64(self.job_lease_seconds)
+        let derived =
+            DEFAULT_LEASE_SECONDS.max(2.0 * self.callback_timeout_seconds + LEASE_MARGIN_SECONDS);
+        Duration::from_secs_f64(self.job_lease_seconds.unwrap_or(derived))
     }
 
     pub fn work_duration(&self) -> Duration {
@@ -382,13 +414,14 @@ impl Config {
                 self.callback_breaker_cooldown_seconds, self.callback_breaker_max_cooldown_seconds
             ));
         }
+        // Only a lease set explicitly can be too short: the derived one never is.
         let min_lease = MIN_LEASE_SECONDS.max(2.0 * self.callback_timeout_seconds);
-        if self.job_lease_seconds < min_lease {
+        if let Some(lease) = self.job_lease_seconds.filter(|&lease| lease < min_lease) {
             return Err(format!(
-                "APP_JOB_LEASE_SECONDS ({}) must be at least {min_lease}: 1 s, and twice \
+                "APP_JOB_LEASE_SECONDS ({lease}) must be at least {min_lease}: 1 s, and twice \
                  APP_CALLBACK_TIMEOUT_SECONDS ({}), so that a delivery still running is never \
-                 claimed again",
-                self.job_lease_seconds, self.callback_timeout_seconds
+                 claimed again (unset, it follows the timeout)",
+                self.callback_timeout_seconds
             ));
         }
         if self.callback_retry_base_delay > self.callback_retry_max_delay {
@@ -400,6 +433,13 @@ impl Config {
         Ok(())
     }
 }
+
+/// The job lease when neither it nor a long callback timeout says otherwise.
+const DEFAULT_LEASE_SECONDS: f64 = 30.0;
+
+/// What a derived lease adds to twice the callback timeout: room for a heartbeat's own
+/// database write to be slow without the lease running out under a delivery.
+const LEASE_MARGIN_SECONDS: f64 = 5.0;
 
 /// The shortest job lease: heartbeats come every third of it, and a timer of a few
 /// milliseconds would renew leases in a busy loop (or not at all, below a nanosecond).
@@ -478,6 +518,64 @@ fn drain_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// An IP address (IPv6 with or without brackets) or a host name. A port or a scheme is not
+/// part of it, and is refused here rather than sent to the resolver, which would only say
+/// that the name is unknown.
+fn listen_host(s: &str) -> Result<ListenHost, String> {
+    let host = s.trim_ascii();
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = literal.parse() {
+        return Ok(ListenHost::Ip(ip));
+    }
+    if is_host_name(host) {
+        return Ok(ListenHost::Name(host.to_ascii_lowercase()));
+    }
+    Err(if host.contains([':', '/']) {
+        "is not an IP address or a host name (the port is APP_PORT)".to_string()
+    } else {
+        "is not an IP address or a host name".to_string()
+    })
+}
+
+/// Dot-separated labels of letters, digits, hyphens (and underscores, which host files
+/// hold), none empty or longer than 63 bytes, 253 bytes in all, with an optional final dot.
+fn is_host_name(s: &str) -> bool {
+    let name = s.strip_suffix('.').unwrap_or(s);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// A bearer token as written in a variable, often read from a file that ends with a newline:
+/// the whitespace around it is trimmed. What is left must be a token a client can send
+/// (visible ASCII, as a header value carries it), or nobody could authenticate; an empty
+/// value stays empty, which means unset. The reasons never quote the token: it is a secret.
+fn bearer_token(s: &str) -> Result<String, String> {
+    let token = s.trim_ascii();
+    if token.is_empty() && !s.is_empty() {
+        return Err("is only whitespace".to_string());
+    }
+    if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(if c.is_whitespace() || c.is_control() {
+            "must not contain whitespace or control characters".to_string()
+        } else {
+            "must hold only visible ASCII characters".to_string()
+        });
+    }
+    Ok(token.to_string())
+}
+
 /// Accepts the spellings Python's original accepted through pydantic (`true/false`, `1/0`,
 /// `yes/no`, `on/off`), case-insensitively.
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -518,8 +616,132 @@ pub fn one_line_error(command: &clap::Command, err: &clap::Error) -> Option<Stri
     let reason = std::error::Error::source(err)
         .map(|s| s.to_string())
         .unwrap_or_else(|| "invalid value".to_string());
+    // A secret's value is never echoed, not even a wrong one: stderr ends up in logs.
+    let value = if arg.is_hide_env_values_set() {
+        String::new()
+    } else {
+        format!(" {value:?}")
+    };
     Some(match env {
-        Some(env) => format!("invalid value {value:?} for {env} ({flag}): {reason}"),
-        None => format!("invalid value {value:?} for {flag}: {reason}"),
+        Some(env) => format!("invalid value{value} for {env} ({flag}): {reason}"),
+        None => format!("invalid value{value} for {flag}: {reason}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::{Config, bearer_token};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        let args = std::iter::once("test").chain(args.iter().copied());
+        Cli::try_parse_from(args).expect("settings").config
+    }
+
+    #[test]
+    fn the_host_is_an_ip_address_or_a_host_name() {
+        use super::{ListenHost, listen_host};
+        let ip = |s: &str| ListenHost::Ip(s.parse().unwrap());
+        let name = |s: &str| ListenHost::Name(s.to_string());
+        assert_eq!(listen_host("0.0.0.0"), Ok(ip("0.0.0.0")));
+        assert_eq!(listen_host("::"), Ok(ip("::")));
+        assert_eq!(listen_host("[::1]"), Ok(ip("::1")));
+        assert_eq!(listen_host("localhost"), Ok(name("localhost")));
+        assert_eq!(listen_host(" Api.Internal\n"), Ok(name("api.internal")));
+        assert_eq!(listen_host("my_service"), Ok(name("my_service")));
+        for bad in [
+            "",
+            "0.0.0.0:8000",
+            "localhost:8000",
+            "http://localhost",
+            "not a host",
+            "-leading.hyphen",
+            "a..b",
+            "[::1",
+            &"a".repeat(64),
+        ] {
+            assert!(listen_host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_unset_lease_follows_the_callback_timeout() {
+        for (timeout, lease) in [("10", 30.0), ("12.5", 30.0), ("20", 45.0), ("60", 125.0)] {
+            let config = parse(&["--callback-timeout-seconds", timeout]);
+            assert_eq!(config.validate(), Ok(()), "timeout {timeout}");
+            assert_eq!(
+                config.job_lease(),
+                Duration::from_secs_f64(lease),
+                "timeout {timeout}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lease_set_explicitly_is_kept_or_refused() {
+        let config = parse(&[
+            "--job-lease-seconds",
+            "4",
+            "--callback-timeout-seconds",
+            "2",
+        ]);
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.job_lease(), Duration::from_secs(4));
+        let config = parse(&[
+            "--job-lease-seconds",
+            "30",
+            "--callback-timeout-seconds",
+            "20",
+        ]);
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.starts_with("APP_JOB_LEASE_SECONDS (30) must be at least 40"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_token_is_trimmed_of_the_whitespace_around_it() {
+        assert_eq!(bearer_token("s3cret\n").unwrap(), "s3cret");
+        assert_eq!(bearer_token(" \ts3cret\r\n").unwrap(), "s3cret");
+        assert_eq!(bearer_token("a-b.c_d~e+f/g=").unwrap(), "a-b.c_d~e+f/g=");
+        // Empty is unset, as before.
+        assert_eq!(bearer_token("").unwrap(), "");
+    }
+
+    #[test]
+    fn a_token_no_client_could_send_is_refused_without_being_quoted() {
+        for (value, reason) in [
+            ("\n", "is only whitespace"),
+            ("  ", "is only whitespace"),
+            (
+                "two words",
+                "must not contain whitespace or control characters",
+            ),
+            (
+                "tab\there",
+                "must not contain whitespace or control characters",
+            ),
+            (
+                "bell\u{7}",
+                "must not contain whitespace or control characters",
+            ),
+            (
+                "line\nbreak",
+                "must not contain whitespace or control characters",
+            ),
+            ("pässword", "must hold only visible ASCII characters"),
+        ] {
+            assert_eq!(bearer_token(value).unwrap_err(), reason, "{value:?}");
+        }
+    }
 }

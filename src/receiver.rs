@@ -1,12 +1,13 @@
 //! `syncasync receiver`: a callback receiver for trying the service by hand and rehearsing
 //! failures (SPEC §8).
 //!
-//! It keeps the last `--max-stored` callbacks in memory (older ones are dropped, so a long
-//! run cannot exhaust memory), counts duplicates by `webhook-id`/`request_id`, can fail a
+//! It keeps the last `--max-stored` callbacks in memory, and counts duplicates by
+//! `webhook-id`/`request_id` among the last `--max-stored` ids it accepted: a sender chooses
+//! both, so older ones are forgotten and a long run cannot exhaust memory. It can fail a
 //! share of callbacks (`--fail-rate`) or answer slowly (`--delay-ms`) to exercise retries, and
 //! with `--secret` verifies Standard Webhooks signatures, refusing bad ones with 401.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,7 +49,8 @@ pub struct ReceiverArgs {
     /// callbacks with a missing or bad signature get 401.
     #[arg(long, env = "RECEIVER_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
-    /// Callbacks kept in memory; the oldest are dropped beyond it.
+    /// Callbacks kept in memory, and ids remembered for duplicate counting; the oldest are
+    /// dropped beyond it (a repeat of a forgotten id counts as new).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_stored: u64,
 }
@@ -86,14 +88,70 @@ pub struct ReceiverStats {
     pub failed_on_purpose: u64,
     pub signature_failures: u64,
     pub stored: u64,
+    /// Ids remembered for duplicate counting (at most `--max-stored`).
+    #[serde(default)]
+    pub tracked_ids: u64,
 }
 
-#[derive(Default)]
 struct Log {
     callbacks: VecDeque<ReceivedCallback>,
-    /// Ids that were accepted (2xx) at least once: a later delivery of one is a duplicate.
-    accepted_ids: HashMap<String, u32>,
+    /// Ids that were accepted (2xx) recently: a later delivery of one is a duplicate.
+    accepted_ids: RecentIds,
     stats: ReceiverStats,
+}
+
+impl Log {
+    fn new(max_stored: usize) -> Self {
+        Self {
+            callbacks: VecDeque::new(),
+            accepted_ids: RecentIds::new(max_stored),
+            stats: ReceiverStats::default(),
+        }
+    }
+}
+
+/// The last `capacity` distinct ids accepted, the oldest forgotten first. Kept as digests: a
+/// sender chooses the ids, and a long one then costs no more memory than a short one.
+struct RecentIds {
+    capacity: usize,
+    oldest_first: VecDeque<IdDigest>,
+    remembered: HashSet<IdDigest>,
+}
+
+/// 128 bits of SHA-256: distinct ids collide with negligible probability, even ids chosen
+/// to collide.
+type IdDigest = [u8; 16];
+
+impl RecentIds {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            oldest_first: VecDeque::new(),
+            remembered: HashSet::new(),
+        }
+    }
+
+    /// Records an acceptance of `id`; whether it was accepted before (and not yet forgotten).
+    fn accept(&mut self, id: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let mut digest = IdDigest::default();
+        digest.copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
+        if self.remembered.contains(&digest) {
+            return true;
+        }
+        while self.oldest_first.len() >= self.capacity {
+            if let Some(oldest) = self.oldest_first.pop_front() {
+                self.remembered.remove(&oldest);
+            }
+        }
+        self.oldest_first.push_back(digest);
+        self.remembered.insert(digest);
+        false
+    }
+
+    fn len(&self) -> usize {
+        self.oldest_first.len()
+    }
 }
 
 #[derive(Clone)]
@@ -125,12 +183,13 @@ pub fn router(args: &ReceiverArgs) -> Result<Router, ReceiverError> {
         .as_deref()
         .map(Signer::from_secrets)
         .transpose()?;
+    let max_stored = usize::try_from(args.max_stored).unwrap_or(usize::MAX);
     let state = ReceiverState {
-        log: Arc::new(Mutex::new(Log::default())),
+        log: Arc::new(Mutex::new(Log::new(max_stored))),
         signer,
         fail_rate: args.fail_rate,
         delay: Duration::from_millis(args.delay_ms),
-        max_stored: usize::try_from(args.max_stored).unwrap_or(usize::MAX),
+        max_stored,
     };
     Ok(Router::new()
         .route("/callback", post(receive))
@@ -194,14 +253,13 @@ async fn receive(
         StatusCode::OK => {
             log.stats.accepted += 1;
             if let Some(key) = key {
-                let seen = log.accepted_ids.entry(key).or_insert(0);
-                *seen += 1;
-                duplicate = *seen > 1;
+                duplicate = log.accepted_ids.accept(&key);
                 if duplicate {
                     log.stats.duplicates += 1;
                 } else {
                     log.stats.unique_request_ids += 1;
                 }
+                log.stats.tracked_ids = log.accepted_ids.len() as u64;
             }
         }
         _ => log.stats.failed_on_purpose += 1,
@@ -292,7 +350,7 @@ async fn clear(State(state): State<ReceiverState>) -> Json<Value> {
         Err(poisoned) => poisoned.into_inner(),
     };
     let cleared = log.callbacks.len();
-    *log = Log::default();
+    *log = Log::new(state.max_stored);
     Json(json!({"status": "cleared", "cleared": cleared}))
 }
 

@@ -13,12 +13,16 @@
 //!
 //! Host names in `APP_CALLBACK_ALLOWED_HOSTS` bypass both checks: for callbacks to a known
 //! internal service. Whoever can submit requests can then make the service POST to those
-//! hosts, so list only hosts built to receive these callbacks.
+//! hosts, so list only hosts built to receive these callbacks. Each entry is read as the URL
+//! parser reads a URL's host ([`AllowedHost`]), so an entry and a callback URL naming the
+//! same host compare equal; an entry that could never equal a host (one with a port or a
+//! scheme) is refused at start instead of silently matching nothing.
 //!
 //! The blocked ranges are one table, [`BLOCKED_V4`] and [`BLOCKED_V6`].
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use url::{Host, Url};
@@ -121,6 +125,131 @@ pub enum UrlError {
     Blocked(String),
 }
 
+/// A host an operator trusts (an entry of `APP_CALLBACK_ALLOWED_HOSTS`): a host name
+/// (lower-case, punycode, without a final dot) or an IP address, as a callback URL's host
+/// is read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AllowedHost {
+    Name(String),
+    Ip(IpAddr),
+}
+
+/// Why an entry of `APP_CALLBACK_ALLOWED_HOSTS` was refused; each names the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowedHostError {
+    #[error("`{0}` has a scheme: list the host alone")]
+    Scheme(String),
+    #[error("`{0}` has user info: list the host alone")]
+    UserInfo(String),
+    #[error("`{0}` has a path: list the host alone")]
+    Path(String),
+    #[error("`{0}` has a port: a host is allowed on every port, list it alone")]
+    Port(String),
+    #[error("`{0}` is not a host name or an IP address")]
+    Invalid(String),
+}
+
+impl FromStr for AllowedHost {
+    type Err = AllowedHostError;
+
+    /// A host name, or an IP address (IPv6 with or without brackets); nothing else.
+    fn from_str(entry: &str) -> Result<Self, AllowedHostError> {
+        let refuse = |reason: fn(String) -> AllowedHostError| Err(reason(entry.to_string()));
+        if entry.contains("://") {
+            return refuse(AllowedHostError::Scheme);
+        }
+        if entry.contains('@') {
+            return refuse(AllowedHostError::UserInfo);
+        }
+        if entry.contains(['/', '\\', '?', '#']) {
+            return refuse(AllowedHostError::Path);
+        }
+        if let Ok(ip) = entry.parse() {
+            return Ok(AllowedHost::Ip(ip));
+        }
+        if let Some(bracketed) = entry.strip_prefix('[') {
+            return match bracketed.split_once(']') {
+                Some((ip, "")) => match ip.parse::<Ipv6Addr>() {
+                    Ok(ip) => Ok(AllowedHost::Ip(IpAddr::V6(ip))),
+                    Err(_) => refuse(AllowedHostError::Invalid),
+                },
+                Some((_, port)) if port.starts_with(':') => refuse(AllowedHostError::Port),
+                _ => refuse(AllowedHostError::Invalid),
+            };
+        }
+        if let Some((_, port)) = entry.rsplit_once(':') {
+            return if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+                refuse(AllowedHostError::Port)
+            } else {
+                refuse(AllowedHostError::Invalid)
+            };
+        }
+        // The URL parser's own reading: case, punycode and the spellings of an IPv4 address
+        // (`0x7f.1`) come out as they do for a callback URL.
+        match Host::parse(entry) {
+            Ok(Host::Ipv4(ip)) => Ok(AllowedHost::Ip(IpAddr::V4(ip))),
+            Ok(Host::Ipv6(ip)) => Ok(AllowedHost::Ip(IpAddr::V6(ip))),
+            Ok(Host::Domain(name)) if is_plain_domain(&name) => Ok(AllowedHost::of_url_host(&name)),
+            _ => refuse(AllowedHostError::Invalid),
+        }
+    }
+}
+
+impl AllowedHost {
+    /// A callback URL's host (as the URL parser wrote it) in the form entries are kept in.
+    fn of_url_host(host: &str) -> Self {
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        match literal.parse() {
+            Ok(ip) => AllowedHost::Ip(ip),
+            Err(_) => AllowedHost::Name(normalize_host(host)),
+        }
+    }
+}
+
+/// Labels of letters, digits, hyphens and underscores, none empty, with an optional final
+/// dot: what a host name can be, once the URL parser has lower-cased and punycoded it. A
+/// wildcard (`*.internal`) is not one, and would never match.
+fn is_plain_domain(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// `APP_CALLBACK_ALLOWED_HOSTS`: entries separated by commas, with the spaces around each and
+/// empty ones (a trailing comma) ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedHosts(Vec<AllowedHost>);
+
+impl FromStr for AllowedHosts {
+    type Err = AllowedHostError;
+
+    fn from_str(list: &str) -> Result<Self, AllowedHostError> {
+        list.split(',')
+            .map(str::trim_ascii)
+            .filter(|entry| !entry.is_empty())
+            .map(AllowedHost::from_str)
+            .collect::<Result<_, _>>()
+            .map(AllowedHosts)
+    }
+}
+
+impl IntoIterator for AllowedHosts {
+    type Item = AllowedHost;
+    type IntoIter = std::vec::IntoIter<AllowedHost>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 /// The SSRF policy in force: whether protection is on, which addresses count as blocked,
 /// and which host names an operator trusts anyway (`APP_CALLBACK_ALLOWED_HOSTS`).
 ///
@@ -130,7 +259,7 @@ pub enum UrlError {
 pub struct Guard {
     enabled: bool,
     blocked: fn(IpAddr) -> bool,
-    allowed_hosts: Arc<HashSet<String>>,
+    allowed_hosts: Arc<HashSet<AllowedHost>>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -143,19 +272,12 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
-    /// `allowed_hosts` bypass the guard entirely: host names (or IP literals) exactly as they
-    /// appear in callback URLs, compared case-insensitively.
-    pub fn new(enabled: bool, allowed_hosts: impl IntoIterator<Item = String>) -> Self {
+    /// `allowed_hosts` bypass the guard entirely.
+    pub fn new(enabled: bool, allowed_hosts: impl IntoIterator<Item = AllowedHost>) -> Self {
         Self {
             enabled,
             blocked: is_blocked,
-            allowed_hosts: Arc::new(
-                allowed_hosts
-                    .into_iter()
-                    .map(|h| normalize_host(&h))
-                    .filter(|h| !h.is_empty())
-                    .collect(),
-            ),
+            allowed_hosts: Arc::new(allowed_hosts.into_iter().collect()),
         }
     }
 
@@ -176,7 +298,8 @@ impl Guard {
     }
 
     fn is_allowed_host(&self, host: &str) -> bool {
-        !self.allowed_hosts.is_empty() && self.allowed_hosts.contains(&normalize_host(host))
+        !self.allowed_hosts.is_empty()
+            && self.allowed_hosts.contains(&AllowedHost::of_url_host(host))
     }
 
     /// Parses and checks a callback URL at submit time (no DNS). With protection off, only
@@ -234,19 +357,26 @@ mod tests {
         Guard::new(false, [])
     }
 
+    fn allowed(list: &str) -> Guard {
+        Guard::new(true, list.parse::<AllowedHosts>().unwrap())
+    }
+
     #[test]
     fn allowed_hosts_bypass_the_guard_at_submit_and_at_connect() {
-        let guard = Guard::new(
-            true,
-            [
-                "Internal.Example.".to_string(),
-                "10.1.2.3".to_string(),
-                "[fd00::1]".to_string(),
-            ],
-        );
+        let guard =
+            allowed(" Internal.Example. , 10.1.2.3,[fd00::1], fd00::2, 0x7f.2, ::ffff:a00:1,");
         assert!(guard.check_url("http://internal.example/cb").is_ok());
+        assert!(guard.check_url("http://INTERNAL.example.:1/cb").is_ok());
         assert!(guard.check_url("http://10.1.2.3:8080/cb").is_ok());
         assert!(guard.check_url("http://[fd00::1]/cb").is_ok());
+        assert!(guard.check_url("http://[fd00:0::2]/cb").is_ok());
+        assert!(guard.check_url("http://127.0.0.2/cb").is_ok());
+        assert!(guard.check_url("http://[::ffff:10.0.0.1]/cb").is_ok());
+        // Written as an IPv4 address, 10.0.0.1 is not the IPv6 entry that maps it.
+        assert!(matches!(
+            guard.check_url("http://10.0.0.1/cb"),
+            Err(UrlError::Blocked(_))
+        ));
         assert!(matches!(
             guard.check_url("http://10.1.2.4/cb"),
             Err(UrlError::Blocked(_))
@@ -256,6 +386,68 @@ mod tests {
         assert!(!guard.allows("other.example", private));
         assert!(guard.allows("other.example", "8.8.8.8".parse().unwrap()));
         assert!(off().allows("anything", private));
+    }
+
+    #[test]
+    fn an_allowed_host_is_a_host_alone() {
+        let host = |s: &str| s.parse::<AllowedHost>();
+        let ip = |s: &str| Ok(AllowedHost::Ip(s.parse().unwrap()));
+        assert_eq!(
+            host("Hooks.Internal"),
+            Ok(AllowedHost::Name("hooks.internal".into()))
+        );
+        assert_eq!(
+            host("hooks.internal."),
+            Ok(AllowedHost::Name("hooks.internal".into()))
+        );
+        assert_eq!(
+            host("my_service"),
+            Ok(AllowedHost::Name("my_service".into()))
+        );
+        assert_eq!(
+            host("bücher.example"),
+            Ok(AllowedHost::Name("xn--bcher-kva.example".into()))
+        );
+        assert_eq!(host("10.0.0.7"), ip("10.0.0.7"));
+        assert_eq!(host("2130706433"), ip("127.0.0.1"));
+        assert_eq!(host("[fd00::1]"), ip("fd00::1"));
+        assert_eq!(host("fd00::1"), ip("fd00::1"));
+        for (entry, refused) in [
+            (
+                "https://hooks.internal",
+                AllowedHostError::Scheme as fn(String) -> _,
+            ),
+            ("hooks.internal:8443", AllowedHostError::Port),
+            ("[fd00::1]:8443", AllowedHostError::Port),
+            ("hooks.internal/callback", AllowedHostError::Path),
+            ("hooks.internal?x", AllowedHostError::Path),
+            ("user@hooks.internal", AllowedHostError::UserInfo),
+            ("hooks internal", AllowedHostError::Invalid),
+            ("*.internal", AllowedHostError::Invalid),
+            ("a..b", AllowedHostError::Invalid),
+            ("[fd00::1", AllowedHostError::Invalid),
+            ("[10.0.0.1]", AllowedHostError::Invalid),
+            ("hooks.internal:", AllowedHostError::Invalid),
+            ("300.1.1.1", AllowedHostError::Invalid),
+        ] {
+            assert_eq!(host(entry), Err(refused(entry.to_string())), "{entry}");
+        }
+        assert_eq!(
+            "a, b ,,c,"
+                .parse::<AllowedHosts>()
+                .unwrap()
+                .into_iter()
+                .count(),
+            3
+        );
+        assert_eq!(
+            "a, https://b"
+                .parse::<AllowedHosts>()
+                .unwrap_err()
+                .to_string(),
+            "`https://b` has a scheme: list the host alone"
+        );
+        assert_eq!("".parse::<AllowedHosts>(), Ok(AllowedHosts::default()));
     }
 
     #[test]

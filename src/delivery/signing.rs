@@ -19,6 +19,10 @@ pub enum SecretError {
     Base64,
     #[error("a secret's key must not be empty")]
     Empty,
+    #[error("is only whitespace")]
+    Blank,
+    #[error("secrets must be separated by spaces, with no other whitespace or control characters")]
+    Separator,
 }
 
 /// The keys callbacks are signed with, each kept as an HMAC already keyed (cloning one is
@@ -36,10 +40,24 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Parses one or more space-separated `whsec_…` secrets.
+    /// Parses one or more space-separated `whsec_…` secrets; an empty string signs nothing.
+    /// Whitespace around the list is not part of it (a secret file ends with a newline), but
+    /// a list that is nothing but whitespace is refused rather than read as "no signing": a
+    /// secret meant to be set and silently lost would leave callbacks unsigned.
     pub fn from_secrets(secrets: &str) -> Result<Self, SecretError> {
-        let keys = secrets
-            .split_whitespace()
+        let list = secrets.trim_ascii();
+        if list.is_empty() && !secrets.is_empty() {
+            return Err(SecretError::Blank);
+        }
+        if list
+            .chars()
+            .any(|c| c != ' ' && (c.is_whitespace() || c.is_control()))
+        {
+            return Err(SecretError::Separator);
+        }
+        let keys = list
+            .split(' ')
+            .filter(|secret| !secret.is_empty())
             .map(|secret| {
                 let encoded = secret.strip_prefix(PREFIX).ok_or(SecretError::Prefix)?;
                 let key = STANDARD.decode(encoded).map_err(|_| SecretError::Base64)?;
@@ -148,6 +166,21 @@ mod tests {
     }
 
     #[test]
+    fn whitespace_around_the_secrets_is_not_part_of_them() {
+        let signer = Signer::from_secrets("\n whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\r\n").unwrap();
+        assert_eq!(
+            signer
+                .sign(
+                    "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+                    1649367553,
+                    br#"{"email":"test@example.com","username":"test_user"}"#,
+                )
+                .as_deref(),
+            Some("v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=")
+        );
+    }
+
+    #[test]
     fn signs_with_every_secret_for_rotation() {
         let signer = Signer::from_secrets(
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD  whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -173,6 +206,18 @@ mod tests {
         assert_eq!(
             Signer::from_secrets("whsec_").unwrap_err(),
             SecretError::Empty
+        );
+        assert_eq!(Signer::from_secrets(" \n").unwrap_err(), SecretError::Blank);
+        assert_eq!(
+            Signer::from_secrets(
+                "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\twhsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            )
+            .unwrap_err(),
+            SecretError::Separator
+        );
+        assert_eq!(
+            Signer::from_secrets("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD,whsec_x").unwrap_err(),
+            SecretError::Base64
         );
         let off = Signer::from_secrets("").unwrap();
         assert!(!off.is_enabled());

@@ -5,7 +5,7 @@
 //! Each route is registered together with its OpenAPI description (`utoipa_axum::routes!`),
 //! so `GET /openapi.json` lists exactly the routes the router serves: the document cannot
 //! drift from the code. `GET /docs` is an interactive page for it, with its assets built
-//! into the binary.
+//! into the binary. Both need the API token when one is set, as the API does.
 
 mod admin;
 mod auth;
@@ -166,9 +166,18 @@ fn require_api_token_in_doc(doc: &mut utoipa::openapi::OpenApi) {
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api(&state).split_for_parts();
     let max_body_bytes = state.body_limits.max_bytes;
+    let mut docs = Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi));
+    if let Some(token) = state.api_token.clone() {
+        // The document maps every operation: whoever may not call the API need not read it
+        // (SPEC §9). A browser cannot add the header to a page load, so the page is opened
+        // with a client that sends it (see APP_API_TOKEN's help).
+        docs = docs.route_layer(middleware::from_fn_with_state(
+            token,
+            auth::require_api_token,
+        ));
+    }
     routes
-        // Documentation stays public: it is how a client learns to send the token.
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .merge(docs)
         // The dashboard: not API, so not in the document.
         .merge(crate::ui::router(&state))
         .fallback(not_found)

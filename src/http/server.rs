@@ -15,7 +15,11 @@
 //!   that makes no progress for that long, and the connection is closed.
 //! - **Body timeout** is not here but in the body extractor (`extract.rs`), which knows when a
 //!   handler starts reading and can answer 408 in the API's error shape.
-//! - **Shutdown.** On the token, the loop stops and drops the listener at once (new connections
+//! - **Several addresses.** A host name may stand for several addresses (`localhost`: 127.0.0.1
+//!   and ::1); one loop accepts from every listener, under the one connection cap, starting
+//!   each search after the listener it last served so that a busy address cannot starve
+//!   another.
+//! - **Shutdown.** On the token, the loop stops and drops the listeners at once (new connections
 //!   are refused); every connection is told to finish its in-flight request and close (idle
 //!   ones close now). Connections still busy when the grace period ends are dropped, which
 //!   drops their handlers too.
@@ -55,10 +59,10 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then lets in-flight requests
+/// Serves `router` on `listeners` until `shutdown` is cancelled, then lets in-flight requests
 /// finish for at most `grace` (see the module docs). Returns when every connection is closed.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     router: Router,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
@@ -73,6 +77,7 @@ pub async fn serve(
     let connections = TaskTracker::new();
     // Cancelled when the grace period is over: connections still open are dropped.
     let abort = CancellationToken::new();
+    let mut next_listener = 0;
 
     loop {
         let permit = tokio::select! {
@@ -85,7 +90,7 @@ pub async fn serve(
         };
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
+            accepted = accept_any(&listeners, &mut next_listener) => match accepted {
                 Ok((stream, _peer)) => stream,
                 Err(err) if is_per_connection(&err) => continue,
                 Err(err) => {
@@ -108,7 +113,7 @@ pub async fn serve(
         ));
     }
     // New connections are refused from here on, not left to wait in the backlog.
-    drop(listener);
+    drop(listeners);
     connections.close();
     if tokio::time::timeout(grace, connections.wait())
         .await
@@ -121,6 +126,26 @@ pub async fn serve(
         abort.cancel();
         connections.wait().await;
     }
+}
+
+/// The next connection waiting on any of `listeners`, searched from `next` on (see the module
+/// docs); `next` moves past the listener it came from.
+async fn accept_any(
+    listeners: &[TcpListener],
+    next: &mut usize,
+) -> io::Result<(TcpStream, std::net::SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        let count = listeners.len();
+        for offset in 0..count {
+            let index = (*next + offset) % count;
+            if let Poll::Ready(accepted) = listeners[index].poll_accept(cx) {
+                *next = (index + 1) % count;
+                return Poll::Ready(accepted);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn serve_connection(

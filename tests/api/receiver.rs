@@ -128,6 +128,52 @@ async fn memory_is_bounded_to_the_last_n_callbacks() {
     );
 }
 
+/// A sender chooses its `webhook-id`s: the receiver remembers the last `--max-stored` of them
+/// for duplicate counting, not every one it ever saw.
+#[tokio::test]
+async fn duplicate_counting_remembers_only_the_last_n_ids() {
+    let base = start(args(|a| a.max_stored = 5)).await;
+    let long = "x".repeat(4096);
+    for n in 0..200 {
+        let id = format!("msg-{n}-{long}");
+        assert_eq!(
+            post_callback(&base, &format!("id-{n}"), &[("webhook-id", id)]).await,
+            200
+        );
+    }
+    // Without a webhook-id, the request id is the key: bounded the same way.
+    for n in 0..20 {
+        post_callback(&base, &format!("no-header-{n}"), &[]).await;
+    }
+    let (_, stats) = get(&base, "/stats").await;
+    assert_eq!(stats["tracked_ids"], 5, "{stats}");
+    assert_eq!(stats["stored"], 5, "{stats}");
+    assert_eq!(stats["unique_request_ids"], 220, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+
+    // Repeats of recent ids are still duplicates ...
+    for n in [19, 17, 19] {
+        post_callback(&base, &format!("no-header-{n}"), &[]).await;
+    }
+    let (_, stats) = get(&base, "/stats").await;
+    assert_eq!(stats["duplicates"], 3, "{stats}");
+    assert_eq!(stats["tracked_ids"], 5, "{stats}");
+    // ... and one forgotten long ago counts as new.
+    post_callback(&base, "id-0", &[("webhook-id", format!("msg-0-{long}"))]).await;
+    let (_, stats) = get(&base, "/stats").await;
+    assert_eq!(stats["duplicates"], 3, "{stats}");
+    assert_eq!(stats["unique_request_ids"], 221, "{stats}");
+    assert_eq!(stats["tracked_ids"], 5, "{stats}");
+
+    client()
+        .delete(format!("{base}/callbacks"))
+        .send()
+        .await
+        .unwrap();
+    let (_, stats) = get(&base, "/stats").await;
+    assert_eq!(stats["tracked_ids"], 0, "{stats}");
+}
+
 #[tokio::test]
 async fn fail_rate_one_fails_every_callback() {
     let base = start(args(|a| a.fail_rate = 1.0)).await;

@@ -42,13 +42,18 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null || { cat "$work/server.log"; echo "fuzz: the service did not start" >&2; exit 1; }
 
+# The document needs the API token like the rest of the API, and schemathesis sends its
+# --header with the test requests only: the document is fetched here and read from a file.
+curl -fsS -H "Authorization: Bearer fuzz-token" "http://127.0.0.1:$port/openapi.json" >"$work/openapi.json" ||
+    { echo "fuzz: cannot read /openapi.json with the API token" >&2; exit 1; }
+
 status=0
 # The binary is CI's debug build, whose work function runs ~25x slower than a release build:
 # iterations near the maximum take seconds (about 4 s alone, 10 s beside another), so the
 # time limits are for a hung service, not a performance check.
 # hooks.py and schemathesis.toml keep idempotency keys unique and waits short (see there).
 SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$PWD/tests/fuzz${PYTHONPATH:+:$PYTHONPATH}" \
-schemathesis --config-file tests/fuzz/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
+schemathesis --config-file tests/fuzz/schemathesis.toml run "$work/openapi.json" --url "http://127.0.0.1:$port" \
     --max-examples "$examples" --seed 20261127 --generation-deterministic \
     --header "Authorization: Bearer fuzz-token" \
     --request-timeout 60 --max-response-time 45 --workers 2 \

@@ -600,10 +600,16 @@ const PROTECTED: &[(&str, &str)] = &[
     ("GET", "/requests"),
     ("GET", "/requests/no-such-id"),
     ("GET", "/metrics"),
+    // The document and its page describe the API: who may not call it need not read them.
+    ("GET", "/openapi.json"),
+    ("GET", "/docs/"),
+    ("GET", "/docs/swagger-ui-bundle.js"),
+    // The dashboard's data.
+    ("GET", "/ui/api/overview"),
 ];
 
 #[tokio::test]
-async fn with_an_api_token_every_endpoint_but_healthz_and_the_docs_needs_it() {
+async fn with_an_api_token_every_endpoint_but_healthz_and_the_dashboard_shell_needs_it() {
     let app = TestServer::builder()
         .setting("api-token", API_TOKEN)
         .start()
@@ -638,7 +644,23 @@ async fn with_an_api_token_every_endpoint_but_healthz_and_the_docs_needs_it() {
             "{method} {path} with the token"
         );
     }
-    for open in ["/healthz", "/openapi.json", "/docs/"] {
+    // `/docs` only redirects to the page, which needs the token.
+    let redirect = call(&app, "GET", "/docs", None).await;
+    assert_eq!(redirect.status(), 401, "GET /docs");
+    // What holds no data stays open: health for load balancers, the dashboard's shell and
+    // assets (which ask for the token and send it with every call for data).
+    let shell = app.get("/ui").await;
+    assert_eq!(shell.status(), 200);
+    let html = shell.text().await.unwrap();
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|part| part.starts_with("/ui/assets/"))
+        .collect();
+    assert_eq!(assets.len(), 2, "{html}");
+    for open in ["/healthz", "/ui/requests", "/ui/destinations"]
+        .into_iter()
+        .chain(assets)
+    {
         assert_eq!(app.get(open).await.status(), 200, "{open}");
     }
 }
@@ -692,7 +714,16 @@ async fn the_document_shows_which_operations_need_the_api_token() {
         .setting("admin-token", "t")
         .start()
         .await;
-    let doc = with_token.get_json("/openapi.json").await;
+    let doc: Value = with_token
+        .client
+        .get(with_token.url("/openapi.json"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         doc["components"]["securitySchemes"]["api_token"],
         json!({"type": "http", "scheme": "bearer"})

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use syncasync::delivery::signing::Signer;
 
 use super::assert_refused_in_one_line;
 use crate::helpers::{Behaviour, Receiver, TestServer, read};
@@ -137,4 +138,247 @@ async fn no_grace_and_the_longest_work_duration_stop_promptly_and_record_the_aba
     let records = list["requests"].as_array().unwrap();
     assert_eq!(records.len(), 1, "{list}");
     assert_eq!(records[0]["status"], "failed", "{list}");
+}
+
+/// Secrets are often read from a file, which ends with a newline: the newline is not part of
+/// the secret, and the service authenticates with the token as written without it.
+#[tokio::test]
+async fn secrets_with_a_trailing_newline_work_as_written_without_it() {
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder()
+        .child()
+        .setting("api-token", "api-s3cret\n")
+        .setting("admin-token", " admin-s3cret\r\n")
+        .setting(
+            "callback-signing-secret",
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n",
+        )
+        .start()
+        .await;
+    let list = app
+        .client
+        .get(app.url("/requests"))
+        .bearer_auth("api-s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 200);
+    let cleanup = app
+        .client
+        .post(app.url("/admin/cleanup"))
+        .bearer_auth("admin-s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleanup.status(), 200);
+    let submitted = app
+        .client
+        .post(app.url("/async"))
+        .bearer_auth("api-s3cret")
+        .json(&json!({"data": "signed", "iterations": 1, "callback_url": receiver.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 200);
+    let callback = &receiver
+        .wait_for_deliveries(1, Duration::from_secs(20))
+        .await[0];
+    let header = |name: &str| callback.headers[name].to_str().unwrap().to_string();
+    let signer = Signer::from_secrets("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+    assert!(
+        signer.verify(
+            &header("webhook-id"),
+            header("webhook-timestamp").parse().unwrap(),
+            &callback.raw,
+            &header("webhook-signature"),
+        ),
+        "the callback is signed with the secret as written without its newline"
+    );
+}
+
+/// A token that is nothing but whitespace, or that holds whitespace or control characters no
+/// client could send, would lock everyone out: refused at start, naming the variable and
+/// never quoting the secret. So is a signing secret that is not a list of `whsec_` secrets.
+#[test]
+fn secrets_nobody_could_use_are_refused_in_one_line_without_quoting_them() {
+    for (variable, value) in [
+        ("APP_API_TOKEN", "\n"),
+        ("APP_API_TOKEN", "leaky secret"),
+        ("APP_API_TOKEN", "leaky\tsecret"),
+        ("APP_ADMIN_TOKEN", "\r\n"),
+        ("APP_ADMIN_TOKEN", "leaky\u{7}secret"),
+        ("APP_ADMIN_TOKEN", "leaky-sécret"),
+        ("APP_CALLBACK_SIGNING_SECRET", " \n"),
+        ("APP_CALLBACK_SIGNING_SECRET", "leaky-secret"),
+        (
+            "APP_CALLBACK_SIGNING_SECRET",
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\nwhsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+    ] {
+        assert_refused_in_one_line(&[(variable, value)], variable);
+        let (_, stderr) = super::start_binary_with(&[(variable, value)], Duration::from_secs(5));
+        assert!(!stderr.contains("leaky"), "{variable}={value:?}: {stderr}");
+        assert!(
+            !stderr.contains("C2FVsBQIhrscChlQIMV"),
+            "{variable}={value:?}: {stderr}"
+        );
+    }
+}
+
+/// The original service accepted callback timeouts of 20 s and more with no lease setting at
+/// all (it had none): without an explicit APP_JOB_LEASE_SECONDS the lease follows the
+/// timeout instead of refusing to start.
+#[test]
+fn long_callback_timeouts_start_without_a_lease_setting() {
+    for timeout in ["10", "20", "60"] {
+        let (code, stderr) = super::start_binary_with(
+            &[("APP_CALLBACK_TIMEOUT_SECONDS", timeout)],
+            Duration::from_secs(3),
+        );
+        assert_eq!(
+            code, None,
+            "APP_CALLBACK_TIMEOUT_SECONDS={timeout} alone was refused:\n{stderr}"
+        );
+    }
+    // A lease set explicitly too short for the timeout is still refused.
+    assert_refused_in_one_line(
+        &[
+            ("APP_CALLBACK_TIMEOUT_SECONDS", "20"),
+            ("APP_JOB_LEASE_SECONDS", "30"),
+        ],
+        "APP_JOB_LEASE_SECONDS",
+    );
+}
+
+/// Starts the binary with `env` (APP_PORT set to a free port) and returns it once it answers
+/// `GET /healthz` on `loopback` (`127.0.0.1` or `[::1]`), with its base URL there; fails the
+/// test if it exits or does not answer in time.
+async fn start_listening_on(
+    env: &[(&str, &str)],
+    loopback: &str,
+    database: &std::path::Path,
+) -> (std::process::Child, String) {
+    let port = crate::helpers::unused_port().await.port().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_syncasync"))
+        .env("APP_PORT", &port)
+        .env(
+            "APP_DATABASE_URL",
+            format!("sqlite://{}", database.display()),
+        )
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let address = format!("http://{loopback}:{port}");
+    let client = crate::helpers::client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = client.get(format!("{address}/healthz")).send().await
+            && response.status() == 200
+        {
+            return (child, address);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            panic!("{env:?}: exited at start ({status}):\n{stderr}");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{env:?}: not answering on {address}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The original took host names for APP_HOST (`localhost`): the name is resolved at start and
+/// the service listens on what it resolves to. IP literals work as before, IPv6 bracketed or
+/// not.
+#[tokio::test]
+async fn a_host_name_is_resolved_at_start_and_listened_on() {
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    for (host, loopback) in [
+        ("localhost", "127.0.0.1"),
+        ("LocalHost", "127.0.0.1"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("[::1]", "[::1]"),
+        ("::1", "[::1]"),
+    ] {
+        if loopback == "[::1]" && !ipv6 {
+            eprintln!("no IPv6 loopback here: APP_HOST={host} not tried");
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, address) =
+            start_listening_on(&[("APP_HOST", host)], loopback, &dir.path().join("s.db")).await;
+        let (status, _) = read(
+            crate::helpers::client()
+                .post(format!("{address}/sync"))
+                .json(&json!({"data": host, "iterations": 1}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(status, 200, "APP_HOST={host}");
+    }
+}
+
+/// A host name that does not resolve, or that is not a host name at all, is refused at start.
+#[test]
+fn a_host_that_cannot_be_listened_on_is_refused_in_one_line() {
+    for host in [
+        "no-such-host.invalid",
+        "not a host",
+        "0.0.0.0:8000",
+        "http://localhost",
+    ] {
+        assert_refused_in_one_line(&[("APP_HOST", host)], "APP_HOST");
+    }
+}
+
+/// Entries of APP_CALLBACK_ALLOWED_HOSTS are compared with the host of a callback URL: one
+/// written with a scheme, a port or a path would never match, so it is refused at start,
+/// naming the entry.
+#[test]
+fn allowed_hosts_that_could_never_match_are_refused_naming_the_entry() {
+    for entry in [
+        "hooks.internal:8443",
+        "https://hooks.internal",
+        "hooks.internal/callback",
+        "user@hooks.internal",
+        "[fd00::1]:8443",
+        "hooks internal",
+        "*.internal",
+        "[fd00::1",
+    ] {
+        let list = format!("billing.internal, {entry}");
+        let (code, stderr) = super::start_binary_with(
+            &[("APP_CALLBACK_ALLOWED_HOSTS", &list)],
+            Duration::from_secs(5),
+        );
+        assert!(matches!(code, Some(1 | 2)), "{entry:?} accepted: {stderr}");
+        assert_refused_in_one_line(
+            &[("APP_CALLBACK_ALLOWED_HOSTS", &list)],
+            "APP_CALLBACK_ALLOWED_HOSTS",
+        );
+        assert!(
+            stderr.contains(&format!("`{entry}`")),
+            "{entry:?} not named: {stderr}"
+        );
+    }
+    // Spaces around entries, any case, IPv6 with or without brackets and a trailing comma
+    // are fine.
+    let (code, stderr) = super::start_binary_with(
+        &[(
+            "APP_CALLBACK_ALLOWED_HOSTS",
+            " Hooks.Internal , 10.0.0.7,[fd00::1], fd00::2, billing.internal.,",
+        )],
+        Duration::from_secs(3),
+    );
+    assert_eq!(code, None, "refused: {stderr}");
 }
