@@ -50,6 +50,7 @@ use self::clock::queue_now;
 use self::list::list_on;
 use self::open::{
     backfill_destinations, database_path, lock_database, migrate, open_connection, recover,
+    wal_path,
 };
 use self::readers::Readers;
 use self::rows::{attempt_from_row, from_millis, parse_status, record_from_row};
@@ -127,8 +128,8 @@ impl SqliteStore {
             conn,
             queue_size: Arc::clone(&queue_size),
             queue_capacity,
-            checkpointed_at: std::time::Instant::now(),
-            written_since_checkpoint: false,
+            wal: wal_path(&path),
+            wal_looked_at: std::time::Instant::now(),
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())

@@ -45,6 +45,13 @@ pub(super) fn database_path(url: &str) -> StoreResult<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
+/// The write-ahead log of the database at `path`.
+pub(super) fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = PathBuf::from(path);
+    wal.as_mut_os_string().push("-wal");
+    wal
+}
+
 pub(super) fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX

@@ -227,8 +227,8 @@ fn writer(conn: Connection, queue_capacity: u64) -> Writer {
         conn,
         queue_size: Arc::new(AtomicU64::new(0)),
         queue_capacity,
-        checkpointed_at: std::time::Instant::now(),
-        written_since_checkpoint: false,
+        wal: std::path::PathBuf::new(),
+        wal_looked_at: std::time::Instant::now(),
     }
 }
 

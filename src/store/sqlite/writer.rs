@@ -5,6 +5,7 @@
 //! ([`Write::Output`]), and its caller waits on a channel of exactly that type. A command's
 //! answer therefore cannot be of another kind: the compiler checks it, so no caller has to.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -138,21 +139,25 @@ pub(super) struct Writer {
     pub(super) conn: Connection,
     pub(super) queue_size: Arc<AtomicU64>,
     pub(super) queue_capacity: u64,
-    /// When the WAL was last checkpointed, and whether anything was committed since.
-    pub(super) checkpointed_at: Instant,
-    pub(super) written_since_checkpoint: bool,
+    /// The write-ahead log's file, and when its size was last looked at.
+    pub(super) wal: PathBuf,
+    pub(super) wal_looked_at: Instant,
 }
 
-/// How often the writer checkpoints the WAL while it writes. SQLite's own checkpoints (after
-/// a commit, every 1000 pages) copy what no reader still needs, but never start the WAL
-/// again from its beginning while readers keep it in use, and under continuous reads it grew
-/// by the megabyte each second; a checkpoint that waits for the readers of the log to move
-/// to the database file does, and `journal_size_limit` then cuts the file back.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How often the writer looks at the size of the WAL while it writes.
+const WAL_LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// The WAL size past which the writer checkpoints it itself. SQLite's own checkpoints (after
+/// a commit, every 1000 pages: 4 MiB) copy what no reader still needs, but never start the
+/// log again from its beginning while readers keep it in use: under continuous reads it grew
+/// by megabytes a second. Past this size, a checkpoint that waits (a little) for the readers
+/// of the log to move to the database file does; `journal_size_limit` then cuts the file
+/// back to 4 MiB. Only then: that checkpoint holds the writer while it waits and copies.
+const WAL_RESTART_SIZE: u64 = 8 * 1024 * 1024;
 
 /// How long that checkpoint waits for readers (each holds the log for one short read) before
-/// it gives up until the next: the writer waits with it.
-const CHECKPOINT_WAIT: Duration = Duration::from_millis(100);
+/// it gives up until the next look: the writer waits with it.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(50);
 
 impl Writer {
     pub(super) fn run(&mut self, mut messages: mpsc::Receiver<Message>) {
@@ -174,10 +179,9 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit_batch(&mut batch);
-                self.written_since_checkpoint = true;
-            }
-            if self.written_since_checkpoint && self.checkpointed_at.elapsed() >= CHECKPOINT_EVERY {
-                self.checkpoint();
+                if self.wal_looked_at.elapsed() >= WAL_LOOK_EVERY {
+                    self.restart_a_large_wal();
+                }
             }
             if let Some(done) = closer {
                 // Leave the WAL checkpointed so the database file is complete on its own.
@@ -190,12 +194,15 @@ impl Writer {
         }
     }
 
-    /// Copies the WAL into the database and, once no reader uses it, starts it again from
-    /// its beginning (RESTART), waiting at most [`CHECKPOINT_WAIT`] for readers.
-    fn checkpoint(&mut self) {
-        self.checkpointed_at = Instant::now();
-        self.written_since_checkpoint = false;
-        let restarted = self.conn.busy_timeout(CHECKPOINT_WAIT).and_then(|()| {
+    /// When the WAL has grown past [`WAL_RESTART_SIZE`], copies it into the database and,
+    /// once no reader uses it, starts it again from its beginning (RESTART), waiting at most
+    /// [`CHECKPOINT_WAIT`] for readers.
+    fn restart_a_large_wal(&mut self) {
+        self.wal_looked_at = Instant::now();
+        if std::fs::metadata(&self.wal).map_or(0, |m| m.len()) <= WAL_RESTART_SIZE {
+            return;
+        }
+        let checkpointed = self.conn.busy_timeout(CHECKPOINT_WAIT).and_then(|()| {
             self.conn
                 .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
                     row.get::<_, i64>(0)
@@ -204,10 +211,9 @@ impl Writer {
         if let Err(err) = self.conn.busy_timeout(BUSY_TIMEOUT) {
             tracing::warn!(error = %err, "restoring the busy timeout failed");
         }
-        match restarted {
-            // 1: readers still used the log; the next checkpoint tries again.
-            Ok(busy) => self.written_since_checkpoint |= busy != 0,
-            Err(err) => tracing::debug!(error = %err, "WAL checkpoint did not complete"),
+        // 1 (busy): readers still used the log; the next look tries again.
+        if let Err(err) = checkpointed {
+            tracing::debug!(error = %err, "WAL checkpoint did not complete");
         }
     }
 

@@ -9,9 +9,9 @@ use serde_json::json;
 use crate::helpers::{Behaviour, Receiver, TestServer, postgres_admin_url, read};
 
 /// Writes, twelve readers that never pause, and two more connections that always keep a read
-/// transaction open between them (each for 20 ms, overlapping), for ten seconds: the WAL is
-/// checkpointed, started again and cut back while the service runs (it grew to 45 MB in 40 s
-/// when SQLite's own checkpoints found it always in use).
+/// transaction open between them (each for 20 ms, overlapping), for twelve seconds: the WAL
+/// is checkpointed, started again and cut back while the service runs, once past 8 MiB (it
+/// grew to 45 MB in 40 s when SQLite's own checkpoints found it always in use).
 #[tokio::test]
 async fn the_wal_stays_bounded_under_continuous_reads() {
     if postgres_admin_url().is_some() {
@@ -27,7 +27,7 @@ async fn the_wal_stays_bounded_under_continuous_reads() {
         .await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let wal = dir.path().join("wal.db-wal");
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + Duration::from_secs(12);
     let overlapping: Vec<_> = (0..2)
         .map(|n| {
             let path = path.clone();
@@ -93,7 +93,7 @@ async fn the_wal_stays_bounded_under_continuous_reads() {
     }
     eprintln!("largest WAL: {} KiB", largest / 1024);
     assert!(
-        largest < 12 * 1024 * 1024,
+        largest < 14 * 1024 * 1024,
         "the WAL reached {} KiB",
         largest / 1024
     );
