@@ -33,45 +33,16 @@ WORKERS="${WORKERS:-}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
 
 tmp_dir="$(mktemp -d)"
-pids=()
-databases=()
-
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
-
-stop_servers() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    pids=()
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT
-    stop_servers
-    local db
-    for db in "${databases[@]}"; do
-        psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
-    done
-    if [[ -n "${KEEP_TMP:-}" ]]; then
-        log "kept $tmp_dir"
-    else
-        rm -rf -- "$tmp_dir"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
+server_log=""
+# shellcheck source=bench/lib/common.sh
+source "$ROOT/bench/lib/common.sh"
+trap cleanup_on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
 # start_instance DATABASE_URL LOG: starts one instance and sets INSTANCE_URL to its base
 # URL. Not called in a $(…) subshell: the server must be a child of this shell, for
-# stop_servers to stop it.
+# stop_started to stop it.
 start_instance() {
     local port
     port="$(free_port)"
@@ -82,7 +53,7 @@ start_instance() {
     env APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="$1" \
         APP_CALLBACK_BLOCK_PRIVATE_IPS=false APP_ASYNC_QUEUE_MAX_SIZE=10000000 RUST_LOG=warn \
         "${settings[@]}" "$BIN" serve >>"$2" 2>&1 &
-    pids+=("$!")
+    started_pids+=("$!")
     local _
     for _ in $(seq 1 100); do
         curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && { INSTANCE_URL="http://127.0.0.1:$port"; return; }
@@ -90,15 +61,6 @@ start_instance() {
     done
     tail -n 20 "$2" >&2
     die "an instance on port $port did not start"
-}
-
-# new_pg_database SUFFIX: creates a database and sets DATABASE_URL to it (no subshell, so
-# that cleanup knows to drop it).
-new_pg_database() {
-    local name="syncasync_bench_$$_$1"
-    psql "$PG_ADMIN_URL" -qc "CREATE DATABASE \"$name\"" >/dev/null || die "cannot create database $name (is PostgreSQL up?)"
-    databases+=("$name")
-    DATABASE_URL="$(python3 -c 'import sys, urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path="/"+sys.argv[2]).geturl())' "$PG_ADMIN_URL" "$name")"
 }
 
 # cpu_seconds PID...: user + system CPU seconds the processes have used so far
@@ -118,13 +80,13 @@ scenario() {
         start_instance "$database" "$tmp_dir/$name.log"
         urls+=(--url "$INSTANCE_URL")
     done
-    before="$(cpu_seconds "${pids[@]}")"
+    before="$(cpu_seconds "${started_pids[@]}")"
     "$BIN" loadgen "${urls[@]}" --mode async --duration "${DURATION}s" -c "$CONNECTIONS" \
         --iterations "$ITERATIONS" --callback-port 0 --callback-timeout 120s --no-progress \
         --json "$tmp_dir/$name.json" >"$tmp_dir/$name.txt" || die "loadgen failed in scenario $name"
-    after="$(cpu_seconds "${pids[@]}")"
+    after="$(cpu_seconds "${started_pids[@]}")"
     awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f\n", a - b }' >"$tmp_dir/$name.cpu"
-    stop_servers
+    stop_started
 }
 
 command -v psql >/dev/null || die "psql is needed (PostgreSQL client)"

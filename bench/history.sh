@@ -33,31 +33,10 @@ ITERATIONS="${ITERATIONS:-1000}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
 
 tmp_dir="$(mktemp -d)"
-pids=()
-databases=()
 server_log=""
 # shellcheck source=bench/lib/common.sh
 source "$ROOT/bench/lib/common.sh"
-
-stop_servers() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    pids=()
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT
-    stop_servers
-    local db
-    for db in "${databases[@]}"; do
-        psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
-    done
-    if [[ -n "${KEEP_TMP:-}" ]]; then log "kept $tmp_dir"; else rm -rf -- "$tmp_dir"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
+trap cleanup_on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -72,7 +51,7 @@ start_instance() {
         APP_CALLBACK_BLOCK_PRIVATE_IPS=false APP_ASYNC_QUEUE_MAX_SIZE=10000000 \
         APP_REQUEST_RETENTION_HOURS=100000 APP_MAX_STORED_REQUESTS=100000000 RUST_LOG=warn \
         "$BIN" serve >>"$2" 2>&1 &
-    pids+=("$!")
+    started_pids+=("$!")
     local _
     for _ in $(seq 1 3000); do
         if curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then
@@ -83,13 +62,6 @@ start_instance() {
         sleep 0.02
     done
     die "the service on port $port did not start"
-}
-
-new_pg_database() {
-    local name="syncasync_bench_$$_$1"
-    psql "$PG_ADMIN_URL" -qc "CREATE DATABASE \"$name\"" >/dev/null || die "cannot create database $name"
-    databases+=("$name")
-    DATABASE_URL="$(python3 -c 'import sys, urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path="/"+sys.argv[2]).geturl())' "$PG_ADMIN_URL" "$name")"
 }
 
 # median_ms PATH: the median of 5 GETs of PATH, in milliseconds
@@ -112,7 +84,7 @@ run() {
         database="$DATABASE_URL"
     fi
     start_instance "$database" "$tmp_dir/$name.log"
-    stop_servers
+    stop_started
     log "$name: writing $size finished requests"
     local t0; t0="$(date +%s%N)"
     python3 "$ROOT/bench/lib/history.py" "$database" "$size"
@@ -137,7 +109,7 @@ run() {
         --json "$tmp_dir/$name.load.json" >"$tmp_dir/$name.load.txt" || die "loadgen failed ($name)"
     kill "$stream_pid" 2>/dev/null || true
     wait "$stream_pid" 2>/dev/null || true
-    stop_servers
+    stop_started
     python3 - "$tmp_dir/$name.load.json" >"$tmp_dir/$name.json" <<PY
 import json, sys
 mode = json.load(open(sys.argv[1]))["modes"][0]

@@ -36,31 +36,10 @@ BACKENDS="${BACKENDS:-sqlite postgres}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
 
 tmp_dir="$(mktemp -d)"
-pids=()
-databases=()
 server_log=""
 # shellcheck source=bench/lib/common.sh
 source "$ROOT/bench/lib/common.sh"
-
-stop_all() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    pids=()
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT
-    stop_all
-    local db
-    for db in "${databases[@]}"; do
-        psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
-    done
-    if [[ -n "${KEEP_TMP:-}" ]]; then log "kept $tmp_dir"; else rm -rf -- "$tmp_dir"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
+trap cleanup_on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -75,23 +54,21 @@ soak() {
     if [[ "$backend" == sqlite ]]; then
         database="sqlite://$tmp_dir/soak.db"
     else
-        local name="syncasync_soak_$$"
-        psql "$PG_ADMIN_URL" -qc "CREATE DATABASE \"$name\"" >/dev/null || die "cannot create $name"
-        databases+=("$name")
-        database="$(python3 -c 'import sys, urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path="/"+sys.argv[2]).geturl())' "$PG_ADMIN_URL" "$name")"
+        new_pg_database soak
+        database="$DATABASE_URL"
     fi
     port="$(free_port)"; side_port="$(free_port)"; hung_port="$(free_port)"
     server_log="$tmp_dir/$backend.log"
     "$BIN" receiver --port "$side_port" --fail-rate 0.2 >/dev/null 2>&1 &
-    pids+=("$!")
+    started_pids+=("$!")
     "$BIN" receiver --port "$hung_port" --delay-ms 600000 >/dev/null 2>&1 &
-    pids+=("$!")
+    started_pids+=("$!")
     env APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="$database" \
         APP_CALLBACK_BLOCK_PRIVATE_IPS=false APP_ASYNC_QUEUE_MAX_SIZE=1000000 \
         APP_REQUEST_RETENTION_HOURS=100000 APP_MAX_STORED_REQUESTS=100000000 RUST_LOG=warn \
         "$BIN" serve >>"$server_log" 2>&1 &
     service_pid=$!
-    pids+=("$service_pid")
+    started_pids+=("$service_pid")
     wait_for "http://127.0.0.1:$port/healthz"
     wait_for "http://127.0.0.1:$side_port/stats"
     log "$backend: ${DURATION} s at $RATE/s, $SIDE_RATE/s to a failing receiver, $HUNG_RATE/s to a hung one"
@@ -113,7 +90,7 @@ soak() {
     wait "$side" "$hung" || true
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
-    stop_all
+    stop_started
     cp "$tmp_dir/soak-$backend.csv" "$RESULTS/soak-$backend.csv"
 }
 

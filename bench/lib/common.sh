@@ -97,3 +97,42 @@ publish_summary() {
     mv "$2.tmp" "$2"
     log "summary written to ${2#"$ROOT"/}"
 }
+
+# Processes a script starts in the background (`started_pids+=("$!")`) and PostgreSQL
+# databases it creates (`new_pg_database`), stopped and dropped by `stop_started` and
+# `cleanup_on_exit` (install it with `trap cleanup_on_exit EXIT`), which also removes
+# `tmp_dir` unless KEEP_TMP is set.
+started_pids=()
+created_databases=()
+
+stop_started() {
+    local pid
+    for pid in "${started_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${started_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    started_pids=()
+}
+
+# new_pg_database SUFFIX: creates a database on PG_ADMIN_URL's server and sets DATABASE_URL to
+# it (not in a $(…) subshell, so that cleanup_on_exit knows to drop it).
+new_pg_database() {
+    local name="syncasync_bench_$$_$1"
+    psql "$PG_ADMIN_URL" -qc "CREATE DATABASE \"$name\"" >/dev/null ||
+        die "cannot create database $name (is PostgreSQL up?)"
+    created_databases+=("$name")
+    DATABASE_URL="$(python3 -c 'import sys, urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path="/"+sys.argv[2]).geturl())' "$PG_ADMIN_URL" "$name")"
+}
+
+cleanup_on_exit() {
+    local rc=$? db
+    trap - EXIT
+    stop_started
+    for db in "${created_databases[@]}"; do
+        psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+    if [[ -n "${KEEP_TMP:-}" ]]; then
+        log "kept $tmp_dir"
+    else
+        rm -rf -- "$tmp_dir"
+    fi
+    exit "$rc"
+}

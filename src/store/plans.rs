@@ -6,7 +6,7 @@
 
 use chrono::{Duration, Utc};
 
-use super::{ListFilter, Position};
+use super::{Dialect, ListFilter, Position, count_sql, page_sql};
 use crate::model::{Mode, Status};
 
 /// One hot statement and its plan.
@@ -24,9 +24,44 @@ pub struct StatementPlan {
     pub is_list_page: bool,
 }
 
+/// A statement to explain.
+pub(crate) struct HotStatement {
+    pub name: String,
+    pub sql: String,
+    pub is_list_page: bool,
+}
+
+/// A backend's `fixed` statements (named by what they are for), then for each of
+/// [`list_filters`] its page and, where it is counted row by row, its total, in `dialect`.
+pub(crate) fn hot_statements(fixed: &[(&str, &str)], dialect: &Dialect) -> Vec<HotStatement> {
+    let mut statements: Vec<HotStatement> = fixed
+        .iter()
+        .map(|(name, sql)| HotStatement {
+            name: (*name).to_string(),
+            sql: (*sql).to_string(),
+            is_list_page: false,
+        })
+        .collect();
+    for (name, filter) in list_filters() {
+        statements.push(HotStatement {
+            name: format!("list page: {name}"),
+            sql: page_sql(&filter, dialect).0,
+            is_list_page: true,
+        });
+        if !filter.counted_by_status() {
+            statements.push(HotStatement {
+                name: format!("list total: {name}"),
+                sql: count_sql(&filter, dialect).0,
+                is_list_page: false,
+            });
+        }
+    }
+    statements
+}
+
 /// The list filters whose pages and totals are explained: each filter on its own, and the
 /// cursor with and without one.
-pub(crate) fn list_filters() -> Vec<(&'static str, ListFilter)> {
+fn list_filters() -> Vec<(&'static str, ListFilter)> {
     let base = ListFilter {
         limit: 100,
         ..ListFilter::default()

@@ -16,38 +16,19 @@ use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, read};
 /// an index wherever one serves, few enough to write in a second or two.
 const HISTORY: u64 = 100_000;
 
-/// Writes `n` finished requests (sync and async, in every final status, async ones with an
-/// attempt each, created over the last day, ids shaped and ordered as UUIDv7 are) and a few
-/// queued and leased jobs straight into the database at `url`, then refreshes the planner's
-/// statistics.
+/// Writes `n` finished requests (the history `bench/history.sh` writes too:
+/// `bench/lib/history-*.sql`) straight into the database at `url`, then refreshes the
+/// planner's statistics.
 pub async fn fill_history(url: &str, n: u64) {
+    let history = |sql: &str| {
+        sql.replace("{n}", &n.to_string())
+            .replace("{last}", &(n - 1).to_string())
+    };
     if let Some(path) = url.strip_prefix("sqlite://") {
         let mut conn = rusqlite::Connection::open(path).expect("open the SQLite file");
         let tx = conn.transaction().expect("begin");
-        tx.execute_batch(&format!(
-            "WITH RECURSIVE g(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM g WHERE x < {last}),
-                  r AS (SELECT x, CAST(strftime('%s','now') AS INTEGER) * 1000 - 86400000
-                                  + x * (86400000 / {n}) AS t FROM g)
-             INSERT INTO requests (id, mode, status, payload_hash, iterations, callback_url,
-                                   destination, callback_host, created_at, completed_at,
-                                   input_hash, output_hash, processing_time_ms,
-                                   callback_attempts)
-             SELECT printf('%08x-%04x-7%03x-8%03x-%012x', t / 65536, t % 65536, x % 4096,
-                           x % 4096, x),
-                    CASE WHEN x % 3 = 0 THEN 'sync' ELSE 'async' END,
-                    CASE WHEN x % 3 = 0 THEN (CASE WHEN x % 30 = 0 THEN 'failed' ELSE 'completed' END)
-                         ELSE (CASE WHEN x % 20 = 1 THEN 'callback_failed' ELSE 'callback_success' END) END,
-                    'feedfacefeedface', 1000,
-                    CASE WHEN x % 3 = 0 THEN NULL ELSE 'http://hooks' || (x % 50) || '.example:80/cb' END,
-                    CASE WHEN x % 3 = 0 THEN NULL ELSE 'http://hooks' || (x % 50) || '.example:80' END,
-                    CASE WHEN x % 3 = 0 THEN NULL ELSE 'hooks' || (x % 50) || '.example' END,
-                    t, t + 5, 'in', 'out', 0.5, CASE WHEN x % 3 = 0 THEN 0 ELSE 1 END
-             FROM r;
-             INSERT INTO delivery_attempts (request_id, attempt, started_at, duration_ms, status_code)
-             SELECT id, 1, created_at, 1.0, 200 FROM requests WHERE mode = 'async';",
-            last = n - 1,
-        ))
-        .expect("write the history");
+        tx.execute_batch(&history(include_str!("../../bench/lib/history-sqlite.sql")))
+            .expect("write the history");
         tx.commit().expect("commit the history");
         conn.execute_batch("ANALYZE").expect("analyze");
     } else {
@@ -55,35 +36,16 @@ pub async fn fill_history(url: &str, n: u64) {
         let mut conn = sqlx::postgres::PgConnection::connect(url)
             .await
             .expect("connect to PostgreSQL");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "WITH r AS (SELECT x, (extract(epoch FROM now()) * 1000)::bigint - 86400000
-                              + x * (86400000 / {n}) AS t
-                        FROM generate_series(0, {last}) AS x)
-             INSERT INTO requests (id, mode, status, payload_hash, iterations, callback_url,
-                                   destination, callback_host, created_at, completed_at,
-                                   input_hash, output_hash, processing_time_ms,
-                                   callback_attempts)
-             SELECT lpad(to_hex(t / 65536), 8, '0') || '-' || lpad(to_hex(t % 65536), 4, '0')
-                    || '-7' || lpad(to_hex(x % 4096), 3, '0') || '-8' || lpad(to_hex(x % 4096), 3, '0')
-                    || '-' || lpad(to_hex(x), 12, '0'),
-                    CASE WHEN x % 3 = 0 THEN 'sync' ELSE 'async' END,
-                    CASE WHEN x % 3 = 0 THEN (CASE WHEN x % 30 = 0 THEN 'failed' ELSE 'completed' END)
-                         ELSE (CASE WHEN x % 20 = 1 THEN 'callback_failed' ELSE 'callback_success' END) END,
-                    'feedfacefeedface', 1000,
-                    CASE WHEN x % 3 = 0 THEN NULL ELSE 'http://hooks' || (x % 50) || '.example:80/cb' END,
-                    CASE WHEN x % 3 = 0 THEN NULL ELSE 'http://hooks' || (x % 50) || '.example:80' END,
-                    CASE WHEN x % 3 = 0 THEN NULL ELSE 'hooks' || (x % 50) || '.example' END,
-                    to_timestamp(t / 1000.0), to_timestamp((t + 5) / 1000.0),
-                    'in', 'out', 0.5, CASE WHEN x % 3 = 0 THEN 0 ELSE 1 END
-             FROM r;
-             INSERT INTO delivery_attempts (request_id, attempt, started_at, duration_ms, status_code)
-             SELECT id, 1, created_at, 1.0, 200 FROM requests WHERE mode = 'async';
-             ANALYZE requests; ANALYZE delivery_attempts; ANALYZE request_counts;",
-            last = n - 1,
-        )))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(history(include_str!(
+            "../../bench/lib/history-postgres.sql"
+        ))))
         .execute(&mut conn)
         .await
         .expect("write the history");
+        sqlx::raw_sql("ANALYZE requests; ANALYZE delivery_attempts; ANALYZE request_counts;")
+            .execute(&mut conn)
+            .await
+            .expect("analyze");
     }
 }
 

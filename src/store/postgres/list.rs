@@ -56,16 +56,6 @@ pub(super) fn bind_list_params<Q: Bind>(query: Q, params: Vec<ListParam>) -> Q {
     })
 }
 
-/// The statement counting the rows of `filter` up to one past its count limit.
-pub(super) fn list_count_sql(filter: &ListFilter) -> (String, Vec<ListParam>) {
-    count_sql(filter, &DIALECT)
-}
-
-/// The statement of one page of `filter`, newest first.
-pub(super) fn list_page_sql(filter: &ListFilter) -> (String, Vec<ListParam>) {
-    page_sql(filter, &DIALECT)
-}
-
 impl PgStore {
     /// How many requests match `filter`: the kept count for the original's filters, else a
     /// count of matching rows that stops past the filter's count limit.
@@ -81,7 +71,7 @@ impl PgStore {
                 capped: false,
             });
         }
-        let (sql, params) = list_count_sql(filter);
+        let (sql, params) = count_sql(filter, &DIALECT);
         let counted: i64 = bind_list_params(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), params)
             .fetch_one(&self.pool)
             .await?;
@@ -91,7 +81,7 @@ impl PgStore {
     /// A page of `filter` and the total that match.
     pub(super) async fn list_page(&self, filter: ListFilter) -> StoreResult<RequestList> {
         let total = self.total_of(&filter).await?;
-        let (sql, params) = list_page_sql(&filter);
+        let (sql, params) = page_sql(&filter, &DIALECT);
         let rows = bind_list_params(sqlx::query(sqlx::AssertSqlSafe(sql)), params)
             .fetch_all(&self.pool)
             .await?;

@@ -12,7 +12,7 @@ use super::claims::{
     FIRST_DUE_PER_LISTED_DESTINATION, NEXT_DUE_WINDOW_ROWS, RENEW_LEASES,
 };
 use super::group_writes::{INSERT_QUEUED, RECORD_ATTEMPTS, STORE_RESULTS};
-use super::list::{COUNT_BY_STATUS, list_count_sql, list_page_sql};
+use super::list::{COUNT_BY_STATUS, DIALECT};
 use super::queue_count::COUNT_QUEUE;
 use super::writes::{
     DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP, INSERT_SYNC_STARTED, REDELIVER,
@@ -20,61 +20,44 @@ use super::writes::{
 };
 use super::{ATTEMPTS_OF, KEY_HOLDER, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS, VERSIONS};
 use crate::store::StoreResult;
-use crate::store::plans::{StatementPlan, list_filters};
+use crate::store::plans::{StatementPlan, hot_statements};
 
-/// Every statement on a hot path, named by what it is for, and whether it is a list page.
-fn hot_statements() -> Vec<(String, String, bool)> {
-    let fixed: &[(&str, &str)] = &[
-        ("submit: idempotency key", KEY_HOLDER),
-        ("submit: async requests", INSERT_QUEUED),
-        ("submit: queue size", COUNT_QUEUE),
-        ("sync: processing", INSERT_SYNC_STARTED),
-        ("sync: finished", UPSERT_SYNC_FINISHED),
-        ("claim: due window", CLAIM_WINDOW),
-        ("claim: per destination", CLAIM_PER_DESTINATION),
-        (
-            "claim: per listed destination",
-            CLAIM_PER_LISTED_DESTINATION,
-        ),
-        ("next due: window", NEXT_DUE_WINDOW_ROWS),
-        ("next due: per destination", FIRST_DUE_PER_DESTINATION),
-        (
-            "next due: per listed destination",
-            FIRST_DUE_PER_LISTED_DESTINATION,
-        ),
-        ("heartbeat", RENEW_LEASES),
-        ("work results", STORE_RESULTS),
-        ("attempts", RECORD_ATTEMPTS),
-        ("give up", GIVE_UP),
-        ("redeliver: read", REDELIVERY_OF),
-        ("redeliver: queue", REDELIVER),
-        ("release at shutdown", RELEASE),
-        ("stale sync requests", FAIL_STALE_SYNC),
-        ("waiters: versions", VERSIONS),
-        ("read a request", RECORD_BY_ID),
-        ("read its attempts", ATTEMPTS_OF),
-        ("list cursor", POSITION_OF),
-        ("status counts", STATUS_COUNTS),
-        ("list total by status", COUNT_BY_STATUS),
-        ("retention: expired", DELETE_EXPIRED),
-        ("retention: over the limit", DELETE_OVER_LIMIT),
-    ];
-    let mut statements: Vec<(String, String, bool)> = fixed
-        .iter()
-        .map(|(name, sql)| ((*name).to_string(), (*sql).to_string(), false))
-        .collect();
-    for (name, filter) in list_filters() {
-        statements.push((format!("list page: {name}"), list_page_sql(&filter).0, true));
-        if !filter.counted_by_status() {
-            statements.push((
-                format!("list total: {name}"),
-                list_count_sql(&filter).0,
-                false,
-            ));
-        }
-    }
-    statements
-}
+/// Every statement on a hot path, named by what it is for (and the list statements).
+const FIXED: &[(&str, &str)] = &[
+    ("submit: idempotency key", KEY_HOLDER),
+    ("submit: async requests", INSERT_QUEUED),
+    ("submit: queue size", COUNT_QUEUE),
+    ("sync: processing", INSERT_SYNC_STARTED),
+    ("sync: finished", UPSERT_SYNC_FINISHED),
+    ("claim: due window", CLAIM_WINDOW),
+    ("claim: per destination", CLAIM_PER_DESTINATION),
+    (
+        "claim: per listed destination",
+        CLAIM_PER_LISTED_DESTINATION,
+    ),
+    ("next due: window", NEXT_DUE_WINDOW_ROWS),
+    ("next due: per destination", FIRST_DUE_PER_DESTINATION),
+    (
+        "next due: per listed destination",
+        FIRST_DUE_PER_LISTED_DESTINATION,
+    ),
+    ("heartbeat", RENEW_LEASES),
+    ("work results", STORE_RESULTS),
+    ("attempts", RECORD_ATTEMPTS),
+    ("give up", GIVE_UP),
+    ("redeliver: read", REDELIVERY_OF),
+    ("redeliver: queue", REDELIVER),
+    ("release at shutdown", RELEASE),
+    ("stale sync requests", FAIL_STALE_SYNC),
+    ("waiters: versions", VERSIONS),
+    ("read a request", RECORD_BY_ID),
+    ("read its attempts", ATTEMPTS_OF),
+    ("list cursor", POSITION_OF),
+    ("status counts", STATUS_COUNTS),
+    ("list total by status", COUNT_BY_STATUS),
+    ("retention: expired", DELETE_EXPIRED),
+    ("retention: over the limit", DELETE_OVER_LIMIT),
+];
 
 /// The number of parameters (`$n`) a statement takes.
 fn parameters(sql: &str) -> usize {
@@ -104,7 +87,8 @@ pub(super) async fn explain_hot(pool: &PgPool) -> StoreResult<Vec<StatementPlan>
         .execute(&mut *conn)
         .await?;
     let mut plans = Vec::new();
-    for (statement, sql, is_list_page) in hot_statements() {
+    for hot in hot_statements(FIXED, &DIALECT) {
+        let sql = hot.sql;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "PREPARE syncasync_explained AS {sql}"
         )))
@@ -129,11 +113,11 @@ pub(super) async fn explain_hot(pool: &PgPool) -> StoreResult<Vec<StatementPlan>
             .iter()
             .any(|step| step.trim_start().starts_with("->  Sort") || step.starts_with("Sort"));
         plans.push(StatementPlan {
-            statement,
+            statement: hot.name,
             plan: steps.join("\n"),
             scans_table,
             sorts,
-            is_list_page,
+            is_list_page: hot.is_list_page,
         });
     }
     sqlx::raw_sql("RESET plan_cache_mode")

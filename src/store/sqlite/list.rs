@@ -13,11 +13,11 @@ pub(super) const COUNT_BY_STATUS: &str = "SELECT COALESCE(sum(n), 0) FROM reques
 /// A page of `filter` and the total that match, on `conn`.
 pub(super) fn list_on(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<RequestList> {
     let total = total_of(conn, filter)?;
-    let (page_sql, page_params) = list_page_sql(filter);
+    let (sql, params) = page_sql(filter, &DIALECT);
     let requests = conn
-        .prepare_cached(&page_sql)?
+        .prepare_cached(&sql)?
         .query_map(
-            params_from_iter(page_params.iter().map(sql_value)),
+            params_from_iter(params.iter().map(sql_value)),
             record_from_row,
         )?
         .collect::<Result<Vec<_>, _>>()?;
@@ -44,23 +44,13 @@ fn total_of(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Total> {
             capped: false,
         });
     }
-    let (sql, params) = list_count_sql(filter);
+    let (sql, params) = count_sql(filter, &DIALECT);
     let counted: i64 = conn
         .prepare_cached(&sql)?
         .query_row(params_from_iter(params.iter().map(sql_value)), |row| {
             row.get(0)
         })?;
     Ok(Total::of_count(counted, filter.count_limit))
-}
-
-/// The statement counting the rows of `filter` up to one past its count limit.
-pub(super) fn list_count_sql(filter: &ListFilter) -> (String, Vec<ListParam>) {
-    count_sql(filter, &DIALECT)
-}
-
-/// The statement of one page of `filter`, newest first.
-pub(super) fn list_page_sql(filter: &ListFilter) -> (String, Vec<ListParam>) {
-    page_sql(filter, &DIALECT)
 }
 
 /// A list parameter as SQLite stores it (times as Unix milliseconds).

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 use super::claims::{CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, NEXT_DESTINATION};
-use super::list::{COUNT_BY_STATUS, list_count_sql, list_page_sql};
+use super::list::{COUNT_BY_STATUS, DIALECT};
 use super::open::{COUNT_QUEUED, FAIL_ABANDONED_SYNC, RELEASE_ALL};
 use super::writes::{
     COUNT_FINISHED, DELETE_EXPIRED, DELETE_OLDEST_FINISHED, GIVE_UP, INSERT_ASYNC, INSERT_ATTEMPT,
@@ -11,63 +11,46 @@ use super::writes::{
     RENEW_LEASE, SAVE_RESULT, UPSERT_SYNC_FINISHED,
 };
 use super::{ATTEMPTS_OF, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS};
-use crate::store::plans::{StatementPlan, list_filters};
+use crate::store::plans::{StatementPlan, hot_statements};
 
-/// Every statement on a hot path, named by what it is for.
-fn hot_statements() -> Vec<(String, String, bool)> {
-    let fixed: &[(&str, &str)] = &[
-        ("submit: idempotency key", KEY_HOLDER),
-        ("submit: async request", INSERT_ASYNC),
-        ("sync: processing", INSERT_SYNC_STARTED),
-        ("sync: finished", UPSERT_SYNC_FINISHED),
-        ("claim: due window", DUE_WINDOW),
-        ("claim: first destination", FIRST_DESTINATION),
-        ("claim: next destination", NEXT_DESTINATION),
-        ("claim: a destination's due jobs", DESTINATION_DUE),
-        ("claim: lease a job", CLAIM_ONE),
-        ("heartbeat", RENEW_LEASE),
-        ("work result", SAVE_RESULT),
-        ("attempt: request", RECORD_ATTEMPT),
-        ("attempt: audit", INSERT_ATTEMPT),
-        ("give up", GIVE_UP),
-        ("redeliver: read", REDELIVERY_OF),
-        ("redeliver: queue", REDELIVER),
-        ("release at shutdown", RELEASE),
-        ("start-up: release leases", RELEASE_ALL),
-        ("start-up: fail abandoned sync", FAIL_ABANDONED_SYNC),
-        ("start-up: queue size", COUNT_QUEUED),
-        ("read a request", RECORD_BY_ID),
-        ("read its attempts", ATTEMPTS_OF),
-        ("list cursor", POSITION_OF),
-        ("status counts", STATUS_COUNTS),
-        ("list total by status", COUNT_BY_STATUS),
-        ("retention: expired", DELETE_EXPIRED),
-        ("retention: finished count", COUNT_FINISHED),
-        ("retention: over the limit", DELETE_OLDEST_FINISHED),
-    ];
-    let mut statements: Vec<(String, String, bool)> = fixed
-        .iter()
-        .map(|(name, sql)| ((*name).to_string(), (*sql).to_string(), false))
-        .collect();
-    for (name, filter) in list_filters() {
-        statements.push((format!("list page: {name}"), list_page_sql(&filter).0, true));
-        if !filter.counted_by_status() {
-            statements.push((
-                format!("list total: {name}"),
-                list_count_sql(&filter).0,
-                false,
-            ));
-        }
-    }
-    statements
-}
+/// Every statement on a hot path, named by what it is for (and the list statements).
+const FIXED: &[(&str, &str)] = &[
+    ("submit: idempotency key", KEY_HOLDER),
+    ("submit: async request", INSERT_ASYNC),
+    ("sync: processing", INSERT_SYNC_STARTED),
+    ("sync: finished", UPSERT_SYNC_FINISHED),
+    ("claim: due window", DUE_WINDOW),
+    ("claim: first destination", FIRST_DESTINATION),
+    ("claim: next destination", NEXT_DESTINATION),
+    ("claim: a destination's due jobs", DESTINATION_DUE),
+    ("claim: lease a job", CLAIM_ONE),
+    ("heartbeat", RENEW_LEASE),
+    ("work result", SAVE_RESULT),
+    ("attempt: request", RECORD_ATTEMPT),
+    ("attempt: audit", INSERT_ATTEMPT),
+    ("give up", GIVE_UP),
+    ("redeliver: read", REDELIVERY_OF),
+    ("redeliver: queue", REDELIVER),
+    ("release at shutdown", RELEASE),
+    ("start-up: release leases", RELEASE_ALL),
+    ("start-up: fail abandoned sync", FAIL_ABANDONED_SYNC),
+    ("start-up: queue size", COUNT_QUEUED),
+    ("read a request", RECORD_BY_ID),
+    ("read its attempts", ATTEMPTS_OF),
+    ("list cursor", POSITION_OF),
+    ("status counts", STATUS_COUNTS),
+    ("list total by status", COUNT_BY_STATUS),
+    ("retention: expired", DELETE_EXPIRED),
+    ("retention: finished count", COUNT_FINISHED),
+    ("retention: over the limit", DELETE_OLDEST_FINISHED),
+];
 
 /// The plan of every hot statement on `conn`.
 pub(super) fn explain_hot(conn: &Connection) -> rusqlite::Result<Vec<StatementPlan>> {
-    hot_statements()
+    hot_statements(FIXED, &DIALECT)
         .into_iter()
-        .map(|(statement, sql, is_list_page)| {
-            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        .map(|hot| {
+            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", hot.sql))?;
             // The plan does not depend on the values (the planner's stability guarantee is on,
             // see `open_connection`): every parameter is NULL.
             let nulls = vec![rusqlite::types::Null; explain.parameter_count()];
@@ -85,11 +68,11 @@ pub(super) fn explain_hot(conn: &Connection) -> rusqlite::Result<Vec<StatementPl
                 .iter()
                 .any(|step| step.contains("TEMP B-TREE FOR ORDER BY"));
             Ok(StatementPlan {
-                statement,
+                statement: hot.name,
                 plan: steps.join("\n"),
                 scans_table,
                 sorts,
-                is_list_page,
+                is_list_page: hot.is_list_page,
             })
         })
         .collect()

@@ -5,11 +5,12 @@ use rusqlite::{StatementStatus, params, params_from_iter};
 use super::claims::{
     CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, NEXT_DESTINATION, claim,
 };
-use super::list::{list_page_sql, sql_value};
+use super::list::{DIALECT, sql_value};
 use super::rows::millis;
 use super::writer::{Applied, Pending, QueueBound};
 use super::*;
 use crate::model::Status;
+use crate::store::page_sql;
 
 const FULL: &str = "http://full:1";
 const OTHER: &str = "http://other:2";
@@ -43,7 +44,7 @@ fn queue(conn: &Connection, destination: &str, count: i64, first_due: i64) {
 
 /// SQLite's plan for one page of `filter`, a line per step.
 fn query_plan(conn: &Connection, filter: &ListFilter) -> Vec<String> {
-    let (sql, params) = list_page_sql(filter);
+    let (sql, params) = page_sql(filter, &DIALECT);
     conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
         .unwrap()
         .query_map(params_from_iter(params.iter().map(sql_value)), |row| {
@@ -56,7 +57,7 @@ fn query_plan(conn: &Connection, filter: &ListFilter) -> Vec<String> {
 
 /// Runs one page of `filter` and returns its ids and the virtual-machine steps it took.
 fn page_steps(conn: &Connection, filter: &ListFilter) -> (Vec<String>, i32) {
-    let (sql, params) = list_page_sql(filter);
+    let (sql, params) = page_sql(filter, &DIALECT);
     let mut statement = conn.prepare(&sql).unwrap();
     let ids = statement
         .query_map(params_from_iter(params.iter().map(sql_value)), |row| {

@@ -254,22 +254,31 @@ impl Drop for OwnPostgres {
     }
 }
 
-#[tokio::test]
-async fn postgresql_going_away_is_a_503_and_the_service_reconnects_by_itself() {
+/// A PostgreSQL of the test's own, the service on it and a receiver; `None` (said why) outside
+/// the PostgreSQL suite or without PostgreSQL's server binaries.
+async fn service_on_its_own_postgresql() -> Option<(OwnPostgres, TestServer, Receiver)> {
     if postgres_admin_url().is_none() {
         eprintln!("skipped: runs with the PostgreSQL suite (SYNCASYNC_TEST_POSTGRES_URL)");
-        return;
+        return None;
     }
     let Some(server) = OwnPostgres::start().await else {
         assert!(!in_ci(), "CI has PostgreSQL's server binaries");
         eprintln!("skipped: PostgreSQL's server binaries (initdb, pg_ctl) are not installed");
-        return;
+        return None;
     };
     let app = TestServer::builder()
         .database_url(&server.url())
         .start()
         .await;
     let receiver = Receiver::start(Behaviour::accept()).await;
+    Some((server, app, receiver))
+}
+
+#[tokio::test]
+async fn postgresql_going_away_is_a_503_and_the_service_reconnects_by_itself() {
+    let Some((server, app, receiver)) = service_on_its_own_postgresql().await else {
+        return;
+    };
     let mut acknowledged = Vec::new();
     for n in 0..20 {
         acknowledged.push(app.submit(&format!("before {n}"), &receiver.url()).await);
@@ -312,20 +321,9 @@ async fn postgresql_going_away_is_a_503_and_the_service_reconnects_by_itself() {
 /// themselves once the server takes writes again.
 #[tokio::test]
 async fn a_read_only_postgresql_is_a_503_and_unhealthy_until_it_takes_writes() {
-    if postgres_admin_url().is_none() {
-        eprintln!("skipped: runs with the PostgreSQL suite (SYNCASYNC_TEST_POSTGRES_URL)");
-        return;
-    }
-    let Some(server) = OwnPostgres::start().await else {
-        assert!(!in_ci(), "CI has PostgreSQL's server binaries");
-        eprintln!("skipped: PostgreSQL's server binaries (initdb, pg_ctl) are not installed");
+    let Some((server, app, receiver)) = service_on_its_own_postgresql().await else {
         return;
     };
-    let app = TestServer::builder()
-        .database_url(&server.url())
-        .start()
-        .await;
-    let receiver = Receiver::start(Behaviour::accept()).await;
     let mut acknowledged = vec![app.submit("before", &receiver.url()).await];
     let read_only = |on: bool| {
         let url = server.url();

@@ -1,0 +1,27 @@
+-- A history of {n} finished requests for a migrated syncasync database ({last} = {n} - 1):
+-- a third sync (completed, one in ten failed), the rest async (callback_success, one in
+-- twenty callback_failed) with one delivery attempt each, created evenly over the day before
+-- now, ids shaped and ordered as the service's UUIDv7, callbacks spread over 50 hosts. Used by
+-- bench/lib/history.py and tests/api/history.rs; the kept counts follow through the
+-- schema's triggers.
+WITH r AS (SELECT x, (extract(epoch FROM now()) * 1000)::bigint - 86400000
+                     + x * 86400000 / {n} AS t
+           FROM generate_series(0::bigint, {last}) AS x)
+INSERT INTO requests (id, mode, status, payload_hash, iterations, callback_url, destination,
+                      callback_host, created_at, completed_at, input_hash, output_hash,
+                      processing_time_ms, callback_attempts)
+SELECT lpad(to_hex(t / 65536), 8, '0') || '-' || lpad(to_hex(t % 65536), 4, '0')
+       || '-7' || lpad(to_hex(x % 4096), 3, '0') || '-8' || lpad(to_hex(x % 4096), 3, '0')
+       || '-' || lpad(to_hex(x), 12, '0'),
+       CASE WHEN x % 3 = 0 THEN 'sync' ELSE 'async' END,
+       CASE WHEN x % 3 = 0 THEN (CASE WHEN x % 30 = 0 THEN 'failed' ELSE 'completed' END)
+            ELSE (CASE WHEN x % 20 = 1 THEN 'callback_failed' ELSE 'callback_success' END) END,
+       'feedfacefeedface', 1000,
+       CASE WHEN x % 3 = 0 THEN NULL ELSE 'http://hooks' || (x % 50) || '.example:80/cb' END,
+       CASE WHEN x % 3 = 0 THEN NULL ELSE 'http://hooks' || (x % 50) || '.example:80' END,
+       CASE WHEN x % 3 = 0 THEN NULL ELSE 'hooks' || (x % 50) || '.example' END,
+       to_timestamp(t / 1000.0), to_timestamp((t + 5) / 1000.0),
+       'in', 'out', 0.5, CASE WHEN x % 3 = 0 THEN 0 ELSE 1 END
+FROM r;
+INSERT INTO delivery_attempts (request_id, attempt, started_at, duration_ms, status_code)
+SELECT id, 1, created_at, 1.0, 200 FROM requests WHERE mode = 'async' AND status <> 'pending';
