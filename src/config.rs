@@ -381,11 +381,13 @@ impl Config {
 
     /// How deliveries are shared out between destinations.
     pub fn isolation_policy(&self) -> IsolationPolicy {
+        // As set, but at most half the workers: the proven destinations always keep the rest.
         let unproven_share = match self.callback_max_in_flight_unproven {
             0 => (self.async_worker_count / 4).max(1),
-            n => n,
+            n => n.min((self.async_worker_count / 2).max(1)),
         };
         IsolationPolicy {
+            workers: self.async_worker_count,
             per_destination: self.per_destination_cap(),
             unproven_share,
             tracked: usize::try_from(self.callback_tracked_destinations).unwrap_or(usize::MAX),

@@ -8,8 +8,8 @@
 //! not a sleeping task: the attempt is recorded with its due time and the slot is freed; the
 //! dispatcher claims it again when it is due. A delivery still waiting for its receiver after
 //! `APP_CALLBACK_SLOW_AFTER_SECONDS` gives its worker slot back and finishes in a pool of slow
-//! deliveries of its own (as many as the workers), so receivers that hang cannot hold the
-//! workers. The dispatcher sleeps until the earliest due time of a destination with room, a
+//! deliveries of its own (as many as the workers; when that is full, it moves as soon as a
+//! place frees up), so receivers that hang cannot hold the workers. The dispatcher sleeps until the earliest due time of a destination with room, a
 //! new submission, a free slot, or an open breaker's next probe.
 
 pub mod client;
@@ -126,12 +126,23 @@ impl Slot {
         }
         match Arc::clone(&self.slow_pool).try_acquire_owned() {
             Ok(slow) => {
-                self.slow = Some(slow);
-                self.worker = None;
+                self.move_to(slow);
                 true
             }
             Err(_) => false,
         }
+    }
+
+    /// A place in the slow pool, once one frees up (in turn: the pool is first come, first
+    /// served).
+    fn place_in_slow_pool(&self) -> impl Future<Output = Option<OwnedSemaphorePermit>> + use<> {
+        let pool = Arc::clone(&self.slow_pool);
+        async move { pool.acquire_owned().await.ok() }
+    }
+
+    fn move_to(&mut self, slow: OwnedSemaphorePermit) {
+        self.slow = Some(slow);
+        self.worker = None;
     }
 }
 
@@ -363,8 +374,21 @@ impl Dispatcher {
                 if moved {
                     // A worker slot, and perhaps a place in the unproven share, came free.
                     self.wakeup.wake();
+                    delivery.await
+                } else {
+                    // The slow pool is full: keep the worker slot only until a place in it
+                    // frees up, not for the rest of the callback timeout.
+                    let place = slot.place_in_slow_pool();
+                    tokio::select! {
+                        report = &mut delivery => report,
+                        Some(place) = place => {
+                            slot.move_to(place);
+                            destination.went_slow(true);
+                            self.wakeup.wake();
+                            delivery.await
+                        }
+                    }
                 }
-                delivery.await
             }
         };
         destination.record(Verdict::of(report.kind, report.status_code));

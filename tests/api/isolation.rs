@@ -340,8 +340,9 @@ async fn a_stream_of_new_destinations_that_hang_cannot_take_the_workers() {
 }
 
 /// Destinations that earned a large share and then hang give the workers back once their
-/// deliveries go slow: with ten workers, two such destinations hold all ten for at most
-/// APP_CALLBACK_SLOW_AFTER_SECONDS, and a third, healthy one is served then.
+/// deliveries go slow: with ten workers, two such destinations hold at most two thirds of
+/// them (a third each, with two busy), and those only for APP_CALLBACK_SLOW_AFTER_SECONDS;
+/// a third, healthy one is served at once throughout.
 #[tokio::test]
 async fn destinations_that_hang_after_earning_a_share_give_the_workers_back() {
     let app = TestServer::builder()
@@ -370,12 +371,90 @@ async fn destinations_that_hang_after_earning_a_share_give_the_workers_back() {
         submit_many(&app, 20, &receiver.url(), "hanging").await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // Within the slow threshold they may hold every worker; past it they hold none.
-    each_delivered_within(&app, &healthy, 3, Duration::from_millis(2500)).await;
-    each_delivered_within(&app, &healthy, 5, Duration::from_secs(1)).await;
+    each_delivered_within(&app, &healthy, 8, Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     for receiver in &turning {
         let view = destination(&app, receiver.address.port()).await.unwrap();
         assert_eq!(view["proven"], false, "{view}");
         assert!(view["slow"].as_u64().unwrap() >= 1, "{view}");
     }
+}
+
+/// Two destinations that answer every callback, but each in 1.2 s (under the slow threshold,
+/// so they stay proven), with a backlog: busy proven destinations share the workers so that
+/// some are always free (ten workers, two busy: three each), and a healthy receiver's
+/// callback, due after both backlogs, goes at once instead of waiting for them.
+#[tokio::test]
+async fn two_slow_but_answering_destinations_cannot_delay_a_healthy_one() {
+    let app = TestServer::builder()
+        .settings(DEFAULTS)
+        .setting("async-worker-count", "10")
+        .start()
+        .await;
+    let healthy = Receiver::start(Behaviour::accept()).await;
+    prove(&app, &healthy, 3).await;
+    // Each answers its first 40 callbacks at once (earning room for five, the cap with ten
+    // workers), then takes 1.2 s over each, and always answers 200.
+    let slow = [
+        Receiver::start(Behaviour::hang_after(40, Duration::from_millis(1200))).await,
+        Receiver::start(Behaviour::hang_after(40, Duration::from_millis(1200))).await,
+    ];
+    for receiver in &slow {
+        submit_many(&app, 40, &receiver.url(), "earning").await;
+        receiver
+            .wait_for_deliveries(40, Duration::from_secs(10))
+            .await;
+        let view = destination(&app, receiver.address.port()).await.unwrap();
+        assert_eq!(view["in_flight_limit"], 5, "{view}");
+    }
+    for receiver in &slow {
+        submit_many(&app, 30, &receiver.url(), "backlog").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    each_delivered_within(&app, &healthy, 3, Duration::from_secs(1)).await;
+    let in_flight: Vec<u64> = join_all(
+        slow.iter()
+            .map(|receiver| destination(&app, receiver.address.port())),
+    )
+    .await
+    .into_iter()
+    .map(|view| view.unwrap()["in_flight"].as_u64().unwrap())
+    .collect();
+    // The first to get busy may have half the workers, the second a third: never all.
+    assert!(
+        in_flight.iter().sum::<u64>() <= 8,
+        "two busy destinations hold {in_flight:?} of ten workers"
+    );
+}
+
+/// Once the pool of slow deliveries is full, a delivery that goes slow keeps its worker only
+/// until a place in the pool frees up, never for the whole callback timeout: four workers,
+/// four destinations that earned room for two each and then hang (two fill the slow pool,
+/// the other two go slow behind them), and a healthy receiver's callbacks still go at once.
+#[tokio::test]
+async fn hung_destinations_cannot_keep_the_workers_once_the_slow_pool_is_full() {
+    let app = TestServer::builder()
+        .settings(DEFAULTS)
+        .setting("async-worker-count", "4")
+        .start()
+        .await;
+    let healthy = Receiver::start(Behaviour::accept()).await;
+    prove(&app, &healthy, 3).await;
+    let mut turning = Vec::new();
+    for _ in 0..4 {
+        turning.push(Receiver::start(Behaviour::hang_after(10, Duration::from_secs(60))).await);
+    }
+    for receiver in &turning {
+        submit_many(&app, 10, &receiver.url(), "earning").await;
+        receiver
+            .wait_for_deliveries(10, Duration::from_secs(10))
+            .await;
+        let view = destination(&app, receiver.address.port()).await.unwrap();
+        assert_eq!(view["in_flight_limit"], 2, "{view}");
+    }
+    for receiver in &turning {
+        submit_many(&app, 2, &receiver.url(), "hanging").await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    each_delivered_within(&app, &healthy, 3, Duration::from_secs(2)).await;
 }

@@ -6,6 +6,10 @@
 //!   success of a delivery that used its whole room adds one (so a busy, healthy destination
 //!   doubles its room every round trip, up to `per_destination`); each failure halves it. A
 //!   receiver that hangs keeps only what it had earned.
+//! - **Fair share of the workers.** A destination with nothing in flight starts with one
+//!   delivery; once busy it takes the rest of its room, but with n proven destinations busy
+//!   at most `workers / (n + 1)` (so at most half with one): destinations that answer slowly
+//!   but surely, however many, always leave workers free for the others.
 //! - **Reserved share.** A destination that answered with a 2xx in the last
 //!   [`RECENT_WINDOW`], has no failure since and no delivery gone slow is *proven*: it draws
 //!   on every worker. All the others (new, failing, slow, or held by their breaker: anything
@@ -104,6 +108,9 @@ pub fn destination_of_str(url: &str) -> String {
 /// How deliveries are shared out between destinations.
 #[derive(Debug, Clone, Copy)]
 pub struct IsolationPolicy {
+    /// The delivery workers: with deliveries in flight to n proven destinations, each may
+    /// have at most `workers / (n + 1)`, so the busy ones together always leave a share free.
+    pub workers: u32,
     /// The most deliveries in flight to one destination, however much it has earned.
     pub per_destination: u32,
     /// The most deliveries in flight to unproven destinations, all together.
@@ -252,9 +259,14 @@ impl Destinations {
     /// long.
     pub fn rooms(&self) -> Rooms {
         let now = Instant::now();
-        let cap = self.policy.per_destination;
         let mut state = self.lock();
         state.entries.retain(|_, entry| !entry.is_forgettable(now));
+        let busy = state
+            .entries
+            .values()
+            .filter(|entry| entry.in_flight > 0 && entry.is_proven(now))
+            .count();
+        let cap = self.fair_cap(busy);
         let mut rooms = Rooms {
             default: INITIAL_ROOM.min(cap),
             overdue: self.policy.breaker.max_cooldown,
@@ -266,6 +278,15 @@ impl Destinations {
         };
         for (destination, entry) in state.entries.iter_mut() {
             entry.breaker.refresh(now);
+            // A destination with nothing in flight starts again with one delivery, and takes
+            // the rest of its room once busy (the next claim, at once): one claim never
+            // starts several idle destinations at their full room, which together could
+            // take every worker before any of them counted as busy.
+            let cap = if entry.in_flight == 0 {
+                INITIAL_ROOM.min(cap)
+            } else {
+                cap
+            };
             let (room, held) = entry.room_left(cap);
             let proven = entry.is_proven(now);
             // A destination the claim would treat as unknown need not be listed.
@@ -280,6 +301,18 @@ impl Destinations {
             }
         }
         rooms
+    }
+
+    /// The most deliveries one destination may have in flight while `busy` proven
+    /// destinations have some: its share of the workers with room left for one more
+    /// destination (a newcomer, or the unproven ones), and never more than `per_destination`.
+    /// One busy destination may take half the workers, two a third each, and so on: however
+    /// many answer slowly but surely, a healthy one's callbacks find a free worker.
+    fn fair_cap(&self, busy: usize) -> u32 {
+        let parts = u32::try_from(busy).unwrap_or(u32::MAX).saturating_add(1);
+        (self.policy.workers / parts)
+            .max(1)
+            .min(self.policy.per_destination)
     }
 
     /// Whether deliveries to `destination` should keep their connection alive: it is one of
@@ -565,6 +598,7 @@ mod tests {
 
     fn policy() -> IsolationPolicy {
         IsolationPolicy {
+            workers: 20,
             per_destination: 10,
             unproven_share: 3,
             tracked: 64,
@@ -588,6 +622,23 @@ mod tests {
             .iter()
             .find(|(x, _)| x == dest)
             .map_or(rooms.default, |(_, r)| *r)
+    }
+
+    /// The room `dest` has earned (what it may have in flight once busy).
+    fn earned(d: &Destinations, dest: &str) -> u32 {
+        d.snapshot()
+            .into_iter()
+            .find(|v| v.destination == dest)
+            .map_or(INITIAL_ROOM, |v| v.in_flight_limit)
+    }
+
+    /// Starts as many deliveries to `dest` as it has room for, claim after claim.
+    fn fill(d: &Arc<Destinations>, dest: &str, share: Share) -> Vec<DestinationPermit> {
+        let mut held = Vec::new();
+        while room(d, dest) > 0 {
+            held.push(d.start(dest, share));
+        }
+        held
     }
 
     fn is_proven(d: &Destinations, dest: &str) -> bool {
@@ -628,16 +679,16 @@ mod tests {
         first.record(Verdict::Healthy);
         assert!(is_proven(&d, A), "a 2xx proves it");
         assert_eq!(
-            room(&d, A),
+            earned(&d, A),
             2,
             "a success that used the whole room adds one"
         );
-        // Two at once, both succeed: four.
-        let (x, y) = (d.start(A, Share::Proven), d.start(A, Share::Proven));
-        x.record(Verdict::Healthy);
-        y.record(Verdict::Healthy);
+        // Two at once, both succeed: three.
+        let both = fill(&d, A, Share::Proven);
+        assert_eq!(both.len(), 2);
+        both.into_iter().for_each(|p| p.record(Verdict::Healthy));
         assert_eq!(
-            room(&d, A),
+            earned(&d, A),
             3,
             "only the one that filled the room earns more"
         );
@@ -645,23 +696,67 @@ mod tests {
         for _ in 0..20 {
             d.start(A, Share::Proven).record(Verdict::Healthy);
         }
-        assert_eq!(room(&d, A), 3);
+        assert_eq!(earned(&d, A), 3);
         // Used, it grows up to the cap and no further.
         for _ in 0..20 {
-            let held: Vec<_> = (0..room(&d, A))
-                .map(|_| d.start(A, Share::Proven))
-                .collect();
-            for permit in held {
+            for permit in fill(&d, A, Share::Proven) {
                 permit.record(Verdict::Healthy);
             }
         }
-        assert_eq!(room(&d, A), 10, "the per-destination cap");
+        assert_eq!(earned(&d, A), 10, "the per-destination cap");
         // A failure halves it and takes the destination out of the reserved share.
         d.start(A, Share::Proven).record(Verdict::Failed(0.5));
         assert!(!is_proven(&d, A));
-        assert_eq!(room(&d, A), 5);
+        assert_eq!(earned(&d, A), 5);
         d.start(A, Share::Unproven).record(Verdict::Healthy);
         assert!(is_proven(&d, A), "answering again proves it again");
+    }
+
+    #[test]
+    fn an_idle_destination_starts_with_one_delivery_then_takes_its_room() {
+        let d = Destinations::new(policy());
+        d.start(A, Share::Unproven).record(Verdict::Healthy);
+        for _ in 0..20 {
+            fill(&d, A, Share::Proven)
+                .into_iter()
+                .for_each(|p| p.record(Verdict::Healthy));
+        }
+        assert_eq!((earned(&d, A), room(&d, A)), (10, 1), "idle: one");
+        let first = d.start(A, Share::Proven);
+        assert_eq!(room(&d, A), 9, "busy: the rest of its room");
+        drop(first);
+    }
+
+    #[test]
+    fn busy_proven_destinations_leave_some_workers_free() {
+        let d = Destinations::new(policy());
+        let (a, b) = (A, "http://b.example:80");
+        for destination in [a, b] {
+            d.start(destination, Share::Unproven)
+                .record(Verdict::Healthy);
+            for _ in 0..20 {
+                fill(&d, destination, Share::Proven)
+                    .into_iter()
+                    .for_each(|p| p.record(Verdict::Healthy));
+            }
+        }
+        let first = d.start(a, Share::Proven);
+        assert_eq!(
+            room(&d, a),
+            9,
+            "one busy destination may have half of twenty"
+        );
+        let second = d.start(b, Share::Proven);
+        assert_eq!(
+            (room(&d, a), room(&d, b)),
+            (5, 5),
+            "two busy: a third of the workers each"
+        );
+        let third = d.start("http://c.example:80", Share::Unproven);
+        assert_eq!(room(&d, a), 5, "only proven destinations count as busy");
+        drop((first, third));
+        assert_eq!(room(&d, b), 9, "b alone: half again");
+        drop(second);
     }
 
     #[test]
@@ -738,7 +833,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(room(&d, A), 1);
         d.start(A, Share::Unproven).record(Verdict::Healthy);
-        assert_eq!(room(&d, A), 2, "a successful probe closes it");
+        assert_eq!(earned(&d, A), 2, "a successful probe closes it");
         assert_eq!(d.snapshot()[0].breaker, BreakerState::Closed);
     }
 
