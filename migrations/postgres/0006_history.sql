@@ -16,8 +16,23 @@ ALTER TABLE delivery_attempts ADD CONSTRAINT delivery_attempts_request_id_fkey
 ALTER TABLE requests ADD COLUMN callback_host TEXT;
 UPDATE requests SET callback_host = substring(destination FROM '^[a-z]+://(.*):[0-9]+$')
     WHERE destination IS NOT NULL;
-CREATE INDEX requests_callback_host ON requests (callback_host, created_at)
+CREATE INDEX requests_callback_host ON requests (callback_host, created_at, id)
     WHERE callback_host IS NOT NULL;
+-- With a status too (the operator's "what failed to reach this host"): the walk reads only
+-- the host's requests in that status, however many others the host has.
+CREATE INDEX requests_callback_host_status ON requests (callback_host, status, created_at, id)
+    WHERE callback_host IS NOT NULL;
+
+-- A list page is ordered by creation time, then id. With the id in each list index the index
+-- gives the whole order and a page reads only the rows it returns; without it PostgreSQL
+-- walks the creation-time index and checks each row's status or mode (every row of the
+-- history, for a status few requests have).
+DROP INDEX requests_created_at;
+CREATE INDEX requests_created_at ON requests (created_at, id);
+DROP INDEX requests_mode_created_at;
+CREATE INDEX requests_mode_created_at ON requests (mode, created_at, id);
+DROP INDEX requests_status_created_at;
+CREATE INDEX requests_status_created_at ON requests (status, created_at, id);
 
 -- The number of requests in each mode and status, kept by the triggers below with every
 -- insert, status change and delete, whichever instance makes it: the dashboard, `/healthz`,

@@ -50,6 +50,10 @@ UPDATE requests
     WHERE destination IS NOT NULL;
 CREATE INDEX requests_callback_host ON requests (callback_host, created_at)
     WHERE callback_host IS NOT NULL;
+-- With a status too (the operator's "what failed to reach this host"): the walk reads only
+-- the host's requests in that status, however many others the host has.
+CREATE INDEX requests_callback_host_status ON requests (callback_host, status, created_at)
+    WHERE callback_host IS NOT NULL;
 
 -- A table `/healthz` writes to and empties again while writes have been failing: does the
 -- database take a batch's worth of writes again?

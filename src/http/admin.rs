@@ -246,6 +246,14 @@ fn parse_bulk(query: &str) -> Result<(super::requests::ListParams, bool, u32), V
                 "not_allowed",
                 "a bulk redelivery takes every matching request, not a page",
             )),
+            // It filters on `callback_failed` too, and an id prefix is never combined with
+            // another filter (see `requests::parse_filter`).
+            "id_prefix" => errors.push(FieldError::query(
+                "id_prefix",
+                "not_allowed",
+                "a bulk redelivery takes no id prefix: redeliver one request with \
+                 POST /requests/{id}/redeliver",
+            )),
             // A list ignores a parameter it does not know; an action that changes every
             // matching request must not: a misspelt filter would widen it to all of them.
             name if !super::requests::FILTER_NAMES.contains(&name) => {

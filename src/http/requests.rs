@@ -49,7 +49,9 @@ struct ListQuery {
         example = "hooks.example.com"
     )]
     callback_host: Option<String>,
-    /// Only requests whose id starts with this (hex digits and `-`, case-insensitive).
+    /// Only requests whose id starts with this (hex digits and `-`, case-insensitive). A
+    /// lookup by id: it takes no other filter (mode, status, created_from, created_to,
+    /// callback_host), only paging.
     #[param(
         min_length = 1,
         max_length = 36,
@@ -279,6 +281,22 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
             _ => {}
         }
     }
+    let narrowed = filter.mode.is_some()
+        || filter.status.is_some()
+        || filter.created_from.is_some()
+        || filter.created_to.is_some()
+        || filter.callback_host.is_some();
+    if filter.id_prefix.is_some() && narrowed {
+        // A prefix is a range of the primary key and every other filter a range of its own
+        // index: together, no index serves both, and a short prefix with a filter that
+        // matches little would read the whole history.
+        errors.push(FieldError::query(
+            "id_prefix",
+            "id_prefix",
+            "finds requests by id and cannot be combined with mode, status, created_from, \
+             created_to or callback_host (narrow by time with created_from and created_to)",
+        ));
+    }
     if errors.is_empty() {
         Ok(ListParams { filter, before })
     } else {
@@ -306,7 +324,7 @@ mod tests {
     fn new_filters_are_read_and_normalised() {
         let p = parse_filter(
             "created_from=2026-01-01T00:00:00Z&created_to=2026-01-02T01:00:00%2B01:00\
-             &callback_host=Hooks.Example.com:8443&id_prefix=0193A5&before=0193a5-x",
+             &callback_host=Hooks.Example.com:8443&before=0193a5-x",
         )
         .unwrap();
         let f = p.filter;
@@ -319,8 +337,9 @@ mod tests {
             Some("2026-01-02T00:00:00+00:00".into())
         );
         assert_eq!(f.callback_host.as_deref(), Some("hooks.example.com:8443"));
-        assert_eq!(f.id_prefix.as_deref(), Some("0193a5"));
         assert_eq!(p.before.as_deref(), Some("0193a5-x"));
+        let p = parse_filter("id_prefix=0193A5&before=0193a5-x&limit=5").unwrap();
+        assert_eq!(p.filter.id_prefix.as_deref(), Some("0193a5"));
     }
 
     #[test]
@@ -339,6 +358,13 @@ mod tests {
             ("callback_host=%3Cscript%3E", "callback_host"),
             ("callback_host=a%25b", "callback_host"),
             ("id_prefix=xyz", "id_prefix"),
+            ("id_prefix=0&status=pending", "id_prefix"),
+            ("id_prefix=0193&mode=sync", "id_prefix"),
+            ("id_prefix=0193&callback_host=a.example", "id_prefix"),
+            (
+                "id_prefix=0193&created_from=2026-01-01T00:00:00Z",
+                "id_prefix",
+            ),
             ("id_prefix=", "id_prefix"),
             (
                 "id_prefix=0123456789abcdef0123456789abcdef01234",

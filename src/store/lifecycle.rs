@@ -22,10 +22,25 @@
 
 use std::time::Duration;
 
-use crate::model::{Status, WorkResult};
+use crate::model::{Mode, Status, WorkResult};
 
 /// The error a sync request is left with when its instance stopped before its work finished.
 pub const ABANDONED_SYNC_ERROR: &str = "the service stopped before the work finished";
+
+/// The statuses a request of `mode` passes through (the diagram above): only `processing`
+/// is shared.
+pub(crate) fn statuses_of(mode: Mode) -> &'static [Status] {
+    match mode {
+        Mode::Sync => &[Status::Processing, Status::Completed, Status::Failed],
+        Mode::Async => &[
+            Status::Pending,
+            Status::Processing,
+            Status::CallbackPending,
+            Status::CallbackSuccess,
+            Status::CallbackFailed,
+        ],
+    }
+}
 
 /// What happens to a job after a delivery attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -516,6 +516,14 @@ impl Store {
     }
 
     pub async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
+        if filter.matches_nothing() {
+            return Ok(RequestList {
+                total: 0,
+                total_capped: false,
+                requests: Vec::new(),
+            });
+        }
+        let filter = filter.without_implied_mode();
         dispatch!(self, s => s.list(filter).await)
     }
 

@@ -6,7 +6,7 @@
 
 use chrono::{Duration, Utc};
 
-use super::{Dialect, ListFilter, Position, count_sql, page_sql};
+use super::{Dialect, ListFilter, ListParam, Position, count_sql, page_sql};
 use crate::model::{Mode, Status};
 
 /// One hot statement and its plan.
@@ -22,6 +22,39 @@ pub struct StatementPlan {
     pub sorts: bool,
     /// Whether it is a list page, whose order must come from an index.
     pub is_list_page: bool,
+    /// Columns the statement filters on by equality that the index it walks does not
+    /// constrain: each row of the walk is read and checked against them, so a combination
+    /// that matches little reads every row the index holds.
+    pub unserved: Vec<String>,
+}
+
+impl StatementPlan {
+    /// The plan of `hot`, from the planner's `steps`: `scans_table` and `sorts` as the
+    /// backend reads them, and the equality filters missing from `index_conditions` (the
+    /// steps, or parts of steps, that say what the index walk is constrained by).
+    pub(crate) fn of(
+        hot: HotStatement,
+        steps: &[String],
+        scans_table: bool,
+        sorts: bool,
+        index_conditions: &str,
+        constrains: impl Fn(&str, &str) -> bool,
+    ) -> Self {
+        let unserved = hot
+            .equalities
+            .iter()
+            .filter(|column| !constrains(index_conditions, column))
+            .map(|column| (*column).to_string())
+            .collect();
+        StatementPlan {
+            statement: hot.name,
+            plan: steps.join("\n"),
+            scans_table,
+            sorts,
+            is_list_page: hot.is_list_page,
+            unserved,
+        }
+    }
 }
 
 /// A statement to explain.
@@ -29,6 +62,11 @@ pub(crate) struct HotStatement {
     pub name: String,
     pub sql: String,
     pub is_list_page: bool,
+    /// The columns it filters on by equality (a list statement's mode, status and host).
+    pub equalities: Vec<&'static str>,
+    /// A list statement's parameters, for a backend that plans each list statement with its
+    /// values (PostgreSQL: see `ListFilter::order_by`); empty for the others.
+    pub params: Vec<ListParam>,
 }
 
 /// A backend's `fixed` statements (named by what they are for), then for each of
@@ -40,27 +78,48 @@ pub(crate) fn hot_statements(fixed: &[(&str, &str)], dialect: &Dialect) -> Vec<H
             name: (*name).to_string(),
             sql: (*sql).to_string(),
             is_list_page: false,
+            equalities: Vec::new(),
+            params: Vec::new(),
         })
         .collect();
     for (name, filter) in list_filters() {
+        // As `Store::list` runs it.
+        let filter = filter.without_implied_mode();
+        let equalities: Vec<&'static str> = [
+            filter.mode.map(|_| "mode"),
+            filter.status.map(|_| "status"),
+            filter.callback_host.as_ref().map(|_| "callback_host"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let (sql, params) = page_sql(&filter, dialect);
         statements.push(HotStatement {
             name: format!("list page: {name}"),
-            sql: page_sql(&filter, dialect).0,
+            sql,
             is_list_page: true,
+            equalities: equalities.clone(),
+            params,
         });
         if !filter.counted_by_status() {
+            let (sql, params) = count_sql(&filter, dialect);
             statements.push(HotStatement {
                 name: format!("list total: {name}"),
-                sql: count_sql(&filter, dialect).0,
+                sql,
                 is_list_page: false,
+                equalities,
+                params,
             });
         }
     }
     statements
 }
 
-/// The list filters whose pages and totals are explained: each filter on its own, and the
-/// cursor with and without one.
+/// The list filters whose pages and totals are explained: each filter on its own, the
+/// combinations an operator uses, and the cursor with and without one. (An id prefix is
+/// never combined with another filter: see `http::requests`.) Their statuses are ones the
+/// history has few of, the case an index must serve: a status most requests have is found
+/// as well by walking the newest requests.
 fn list_filters() -> Vec<(&'static str, ListFilter)> {
     let base = ListFilter {
         limit: 100,
@@ -82,7 +141,7 @@ fn list_filters() -> Vec<(&'static str, ListFilter)> {
         (
             "status",
             ListFilter {
-                status: Some(Status::CallbackFailed),
+                status: Some(Status::Pending),
                 ..base.clone()
             },
         ),
@@ -91,6 +150,47 @@ fn list_filters() -> Vec<(&'static str, ListFilter)> {
             ListFilter {
                 mode: Some(Mode::Sync),
                 status: Some(Status::Failed),
+                ..base.clone()
+            },
+        ),
+        (
+            "async and status",
+            ListFilter {
+                mode: Some(Mode::Async),
+                status: Some(Status::CallbackPending),
+                ..base.clone()
+            },
+        ),
+        (
+            "callback_host and status",
+            ListFilter {
+                callback_host: Some("hooks.example.com".into()),
+                status: Some(Status::CallbackPending),
+                ..base.clone()
+            },
+        ),
+        (
+            "async, callback_host and status",
+            ListFilter {
+                mode: Some(Mode::Async),
+                callback_host: Some("hooks.example.com:8443".into()),
+                status: Some(Status::CallbackPending),
+                ..base.clone()
+            },
+        ),
+        (
+            "status and created range",
+            ListFilter {
+                status: Some(Status::Pending),
+                created_from: Some(Utc::now() - Duration::hours(1)),
+                ..base.clone()
+            },
+        ),
+        (
+            "callback_host and created range",
+            ListFilter {
+                callback_host: Some("hooks.example.com".into()),
+                created_to: Some(Utc::now()),
                 ..base.clone()
             },
         ),
@@ -133,7 +233,7 @@ fn list_filters() -> Vec<(&'static str, ListFilter)> {
         (
             "status and before",
             ListFilter {
-                status: Some(Status::Completed),
+                status: Some(Status::Processing),
                 before: before.clone(),
                 ..base.clone()
             },

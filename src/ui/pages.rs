@@ -130,7 +130,9 @@ pub fn requests(shell: Shell) -> Markup {
             label { "Created from " input name="created_from" type="datetime-local" step="1"; }
             label { "to " input name="created_to" type="datetime-local" step="1"; }
             label { "Callback host " input name="callback_host" type="text" placeholder="host or host:port" maxlength="262"; }
-            label { "Id or prefix " input name="id_prefix" type="text" placeholder="0193…" maxlength="36"; }
+            label title="Finds requests by id; the other filters are not applied with it" {
+                "Id or prefix " input name="id_prefix" type="text" placeholder="0193…" maxlength="36";
+            }
             button type="submit" { "Filter" }
             " "
             a href="/ui/requests" { "Clear" }

@@ -12,7 +12,7 @@ use super::claims::{
     FIRST_DUE_PER_LISTED_DESTINATION, NEXT_DUE_WINDOW_ROWS, RENEW_LEASES,
 };
 use super::group_writes::{INSERT_QUEUED, RECORD_ATTEMPTS, STORE_RESULTS};
-use super::list::{COUNT_BY_STATUS, DIALECT};
+use super::list::{COUNT_BY_STATUS, DIALECT, bind_list_params};
 use super::queue_count::COUNT_QUEUE;
 use super::writes::{
     DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP, INSERT_SYNC_STARTED, REDELIVER,
@@ -80,6 +80,28 @@ fn parameters(sql: &str) -> usize {
     most
 }
 
+/// The generic plan of `sql`, with every parameter NULL.
+async fn generic_plan(conn: &mut sqlx::PgConnection, sql: &str) -> StoreResult<Vec<String>> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE syncasync_explained AS {sql}"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let nulls = vec!["NULL"; parameters(sql)].join(", ");
+    let execute = if nulls.is_empty() {
+        "EXPLAIN EXECUTE syncasync_explained".to_string()
+    } else {
+        format!("EXPLAIN EXECUTE syncasync_explained({nulls})")
+    };
+    let steps: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(execute))
+        .fetch_all(&mut *conn)
+        .await?;
+    sqlx::raw_sql("DEALLOCATE syncasync_explained")
+        .execute(&mut *conn)
+        .await?;
+    Ok(steps)
+}
+
 /// The plan of every hot statement, on one connection of `pool`.
 pub(super) async fn explain_hot(pool: &PgPool) -> StoreResult<Vec<StatementPlan>> {
     let mut conn = pool.acquire().await?;
@@ -88,37 +110,55 @@ pub(super) async fn explain_hot(pool: &PgPool) -> StoreResult<Vec<StatementPlan>
         .await?;
     let mut plans = Vec::new();
     for hot in hot_statements(FIXED, &DIALECT) {
-        let sql = hot.sql;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "PREPARE syncasync_explained AS {sql}"
-        )))
-        .execute(&mut *conn)
-        .await?;
-        let nulls = vec!["NULL"; parameters(&sql)].join(", ");
-        let execute = if nulls.is_empty() {
-            "EXPLAIN EXECUTE syncasync_explained".to_string()
+        let steps = if hot.params.is_empty() {
+            generic_plan(&mut conn, &hot.sql).await?
         } else {
-            format!("EXPLAIN EXECUTE syncasync_explained({nulls})")
+            // A list statement is planned with its values every time it runs (it is never
+            // prepared for reuse, see `list.rs`): explained the same way.
+            let params = hot.params.clone();
+            let explain = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", hot.sql)))
+                .persistent(false);
+            sqlx::raw_sql("SET plan_cache_mode = force_custom_plan")
+                .execute(&mut *conn)
+                .await?;
+            let steps: Vec<String> = bind_list_params(explain, params)
+                .fetch_all(&mut *conn)
+                .await?;
+            sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+                .execute(&mut *conn)
+                .await?;
+            steps
         };
-        let steps: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(execute))
-            .fetch_all(&mut *conn)
-            .await?;
-        sqlx::raw_sql("DEALLOCATE syncasync_explained")
-            .execute(&mut *conn)
-            .await?;
         let scans_table = steps.iter().any(|step| {
             step.contains("Seq Scan on requests") || step.contains("Seq Scan on delivery_attempts")
         });
         let sorts = steps
             .iter()
             .any(|step| step.trim_start().starts_with("->  Sort") || step.starts_with("Sort"));
-        plans.push(StatementPlan {
-            statement: hot.name,
-            plan: steps.join("\n"),
+        // `Index Cond: ((callback_host = $1) AND (status = $2))` (or a bitmap scan's
+        // `Recheck Cond`): what the index walk is constrained by; a `Filter:` is checked row
+        // by row.
+        let conditions = steps
+            .iter()
+            .filter(|step| step.contains("Index Cond:") || step.contains("Recheck Cond:"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        // A statement planned with its values may rightly walk the newest requests and check
+        // each row for a value most of them have (found at once); only a generic plan must
+        // serve every filter from its index. (`tests/api/history.rs` times list pages with
+        // rare values on a long history.)
+        let planned_with_values = !hot.params.is_empty();
+        plans.push(StatementPlan::of(
+            hot,
+            &steps,
             scans_table,
             sorts,
-            is_list_page: hot.is_list_page,
-        });
+            &conditions,
+            |conditions, column| {
+                planned_with_values || conditions.contains(&format!("({column} = "))
+            },
+        ));
     }
     sqlx::raw_sql("RESET plan_cache_mode")
         .execute(&mut *conn)

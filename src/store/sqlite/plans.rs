@@ -67,13 +67,24 @@ pub(super) fn explain_hot(conn: &Connection) -> rusqlite::Result<Vec<StatementPl
             let sorts = steps
                 .iter()
                 .any(|step| step.contains("TEMP B-TREE FOR ORDER BY"));
-            Ok(StatementPlan {
-                statement: hot.name,
-                plan: steps.join("\n"),
+            // `SEARCH requests USING INDEX i (callback_host=? AND status=?)`: the columns in
+            // parentheses are what the index walk is constrained by.
+            let searches = steps
+                .iter()
+                .filter(|step| {
+                    step.starts_with("SEARCH requests") || step.starts_with("SCAN requests")
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n");
+            Ok(StatementPlan::of(
+                hot,
+                &steps,
                 scans_table,
                 sorts,
-                is_list_page: hot.is_list_page,
-            })
+                &searches,
+                |conditions, column| conditions.contains(&format!("{column}=?")),
+            ))
         })
         .collect()
 }

@@ -376,10 +376,16 @@
   const PAGE_SIZE = 50;
   let listBusy = false;
 
-  // The filter of the address bar, as the API's query (times as RFC 3339).
+  // The filter of the address bar, as the API's query (times as RFC 3339). An id prefix finds
+  // requests by id: the API takes it alone, so the other filters are left out with it.
   function filterQuery() {
     const here = new URLSearchParams(window.location.search);
     const query = new URLSearchParams();
+    const idPrefix = (here.get("id_prefix") || "").trim();
+    if (idPrefix) {
+      query.set("id_prefix", idPrefix);
+      return query;
+    }
     for (const key of FILTERS) {
       const value = (here.get(key) || "").trim();
       if (!value) continue;
@@ -457,7 +463,13 @@
     const count = document.getElementById("bulk-count");
     const go = document.getElementById("bulk-go");
     const result = document.getElementById("bulk-result");
-    const status = new URLSearchParams(window.location.search).get("status");
+    const here = new URLSearchParams(window.location.search);
+    const status = here.get("status");
+    if ((here.get("id_prefix") || "").trim()) {
+      check.disabled = true;
+      result.textContent = "A search by id redelivers nothing in bulk; open the request to redeliver it.";
+      return;
+    }
     if (status && status !== "callback_failed") {
       check.disabled = true;
       result.textContent = "Only callback_failed requests can be redelivered; this filter shows " + status + ".";
