@@ -61,10 +61,12 @@ fn fit_connections(config: &Config) -> Result<u64, StartError> {
     let limit = open_files::raise_limit()
         .map_err(|e| StartError::Config(format!("cannot read the open-file limit: {e}")))?;
     let database = if config.database_url.starts_with("sqlite:") {
-        // The writer, the readers, the lock file and the WAL's two files.
-        8
+        // The writer, four readers, the queue's and the health check's readers, the lock
+        // file and the WAL's two files.
+        10
     } else {
-        2 * u64::from(config.database_pool_size) + 1
+        // The pool, its relaxed twin, and the listener's and the health check's connections.
+        2 * u64::from(config.database_pool_size) + 2
     };
     let cap = open_files::connection_cap(
         u64::from(config.http_max_connections),

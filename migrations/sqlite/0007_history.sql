@@ -58,3 +58,8 @@ CREATE INDEX requests_callback_host_status ON requests (callback_host, status, c
 -- A table `/healthz` writes to and empties again while writes have been failing: does the
 -- database take a batch's worth of writes again?
 CREATE TABLE write_probe (id INTEGER PRIMARY KEY, filler BLOB);
+
+-- The queue's clock (Unix ms) as the writer last stamped it, every second: a process that
+-- opens the database goes on from it if the wall clock is behind it, so a wall clock set back
+-- while the service was down does not postpone the queued jobs by the size of the step.
+CREATE TABLE queue_clock (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);

@@ -10,7 +10,58 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{StoreError, StoreResult};
+use super::{Job, Leases, Redelivery, StoreError, StoreResult, Submitted};
+
+/// Whether a write that succeeded wrote anything. Only one that did proves the database takes
+/// writes: on a full disk, a transaction that changes nothing (a heartbeat with nothing in
+/// flight, a claim with nothing due, a cleanup with nothing expired) still commits.
+pub(crate) trait Wrote {
+    fn wrote(&self) -> bool;
+}
+
+impl Wrote for () {
+    fn wrote(&self) -> bool {
+        true
+    }
+}
+
+/// Rows changed, or whether the one named was.
+impl Wrote for bool {
+    fn wrote(&self) -> bool {
+        *self
+    }
+}
+
+/// Rows changed.
+impl Wrote for u64 {
+    fn wrote(&self) -> bool {
+        *self > 0
+    }
+}
+
+impl Wrote for Leases {
+    fn wrote(&self) -> bool {
+        self.renewed + self.released > 0
+    }
+}
+
+impl Wrote for Vec<Job> {
+    fn wrote(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl Wrote for Submitted {
+    fn wrote(&self) -> bool {
+        matches!(self, Submitted::Created)
+    }
+}
+
+impl Wrote for Redelivery {
+    fn wrote(&self) -> bool {
+        matches!(self, Redelivery::Queued)
+    }
+}
 
 #[derive(Default)]
 pub(crate) struct WriteHealth {
@@ -23,7 +74,7 @@ pub(crate) struct WriteHealth {
 
 impl WriteHealth {
     /// Runs `write`, timed while it is in progress, and notes how it ended.
-    pub(crate) async fn watch<T>(
+    pub(crate) async fn watch<T: Wrote>(
         &self,
         write: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
@@ -39,12 +90,13 @@ impl WriteHealth {
         Timed { health: self, n }
     }
 
-    /// A write that failed because of the database marks it failing; one that succeeded
-    /// clears that. A write refused for a reason of its own (a full queue, a taken key)
-    /// says nothing about the database.
-    pub(crate) fn note<T>(&self, result: &StoreResult<T>) {
+    /// A write that failed because of the database marks it failing; one that wrote something
+    /// clears that. A write refused for a reason of its own (a full queue, a taken key), or
+    /// one that had nothing to write, says nothing about the database.
+    fn note<T: Wrote>(&self, result: &StoreResult<T>) {
         match result {
-            Ok(_) => self.clear(),
+            Ok(done) if done.wrote() => self.clear(),
+            Ok(_) => {}
             Err(err) if err.is_unavailable() => {
                 let reason = err.unavailable_reason();
                 let mut failure = lock(&self.failure);
@@ -132,6 +184,13 @@ mod tests {
             .watch(async { Err::<(), _>(StoreError::Unavailable("gone".into())) })
             .await;
         assert!(health.failure().unwrap().contains("gone"));
+        let _ = health.watch(async { Ok(0_u64) }).await;
+        let _ = health.watch(async { Ok(Vec::<Job>::new()) }).await;
+        let _ = health.watch(async { Ok(Leases::default()) }).await;
+        assert!(
+            health.failure().is_some(),
+            "a write that changed nothing commits on a full disk too"
+        );
         let _ = health.watch(async { Ok(()) }).await;
         assert_eq!(health.failure(), None);
     }

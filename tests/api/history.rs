@@ -354,3 +354,55 @@ async fn list_pages_that_match_little_cost_the_same_on_a_long_history() {
     let (status, body) = read(big.get("/requests?id_prefix=0&status=pending").await).await;
     assert_eq!(status, 422, "{body}");
 }
+
+/// Clients that keep every reader busy (deep `offset` pages walk the rows they skip) delay
+/// neither the dispatcher's look at the queue nor `/healthz`: on SQLite each has a connection
+/// and a thread of its own; on PostgreSQL the claim and the health check have pools of their
+/// own. A callback to a healthy receiver goes at once, and `/healthz` stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reading_deep_pages_delay_neither_deliveries_nor_health() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = server_with_history(dir.path(), 300_000).await;
+    let healthy = Receiver::start(Behaviour::accept()).await;
+    app.submit("before the readers", &healthy.url()).await;
+    healthy
+        .wait_for_deliveries(1, Duration::from_secs(10))
+        .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let readers: Vec<_> = (0..256)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = app.url("/requests?limit=1000&offset=250000");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    if let Ok(response) = client.get(&url).send().await {
+                        let _ = response.bytes().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut slowest = Duration::ZERO;
+    for n in 2..=4 {
+        app.submit("while clients read", &healthy.url()).await;
+        let acknowledged = Instant::now();
+        healthy
+            .wait_for_deliveries(n, Duration::from_secs(30))
+            .await;
+        slowest = slowest.max(acknowledged.elapsed());
+        let (status, body) = read(app.get("/healthz").await).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "healthy", "{body}");
+    }
+    stop.cancel();
+    for reader in readers {
+        let _ = reader.await;
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "while clients read deep pages, a callback took {slowest:?} after its submission was \
+         answered"
+    );
+}

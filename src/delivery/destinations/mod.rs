@@ -8,8 +8,8 @@
 //!   receiver that hangs keeps only what it had earned.
 //! - **Fair share of the workers.** A destination with nothing in flight starts with one
 //!   delivery; once busy it takes the rest of its room, but with n proven destinations busy
-//!   at most `workers / (n + 1)` (so at most half with one): destinations that answer slowly
-//!   but surely, however many, always leave workers free for the others.
+//!   at most `(workers - unproven_share) / (n + 1)`: destinations that answer slowly but
+//!   surely, however many, leave workers free for the others, beside the unproven share.
 //! - **Reserved share.** A destination that answered with a 2xx in the last
 //!   [`RECENT_WINDOW`], has no failure since and no delivery gone slow is *proven*: it draws
 //!   on every worker. All the others (new, failing, slow, or held by their breaker: anything
@@ -23,7 +23,10 @@
 //!   makes its destination unproven until it ends, and (the dispatcher's part) leaves the
 //!   workers and the unproven share for a pool of slow deliveries of its own, so a
 //!   destination that hangs after earning a large room gives the workers back within that
-//!   threshold, not the callback timeout.
+//!   threshold, not the callback timeout. While that pool is full, the delivery keeps its
+//!   worker and counts against the unproven share (whichever share it was claimed in), so
+//!   proven destinations that all hang at once cannot, together with the unproven ones,
+//!   take every worker.
 //! - **Breaker** (`breaker.rs`). Failures open a destination's circuit breaker: its jobs wait
 //!   without an attempt and without a slot until a probe succeeds. A job that has waited
 //!   longer than the maximum cool-down goes anyway (within its room): every job's wait is
@@ -304,13 +307,18 @@ impl Destinations {
     }
 
     /// The most deliveries one destination may have in flight while `busy` proven
-    /// destinations have some: its share of the workers with room left for one more
-    /// destination (a newcomer, or the unproven ones), and never more than `per_destination`.
-    /// One busy destination may take half the workers, two a third each, and so on: however
-    /// many answer slowly but surely, a healthy one's callbacks find a free worker.
+    /// destinations have some: its share of the proven destinations' workers (those beside
+    /// the unproven share) with room left for one more destination, and never more than
+    /// `per_destination`. One busy destination may take half of them, two a third each, and
+    /// so on: however many answer slowly but surely, or turn slow all at once, a healthy
+    /// one's callbacks find a free worker.
     fn fair_cap(&self, busy: usize) -> u32 {
         let parts = u32::try_from(busy).unwrap_or(u32::MAX).saturating_add(1);
-        (self.policy.workers / parts)
+        let proven_part = self
+            .policy
+            .workers
+            .saturating_sub(self.policy.unproven_share);
+        (proven_part / parts)
             .max(1)
             .min(self.policy.per_destination)
     }
@@ -433,8 +441,15 @@ impl Destinations {
 
     fn slowed(&self, permit: &mut DestinationPermit, leaves_share: bool) {
         let mut state = self.lock();
-        if leaves_share && permit.share.take() == Some(Share::Unproven) {
-            state.unproven_in_flight = state.unproven_in_flight.saturating_sub(1);
+        if leaves_share {
+            if permit.share.take() == Some(Share::Unproven) {
+                state.unproven_in_flight = state.unproven_in_flight.saturating_sub(1);
+            }
+        } else if permit.share == Some(Share::Proven) {
+            // Still on a worker, now for an unproven destination: it counts where those do.
+            // Claimed while its destination was proven, it counted in no share until now.
+            permit.share = Some(Share::Unproven);
+            state.unproven_in_flight += 1;
         }
         if !permit.slow {
             permit.slow = true;
@@ -574,8 +589,9 @@ pub struct DestinationPermit {
 
 impl DestinationPermit {
     /// The delivery has run past the slow threshold: its destination is unproven until it
-    /// ends, and, when `leaves_share`, it no longer counts against the unproven share (the
-    /// dispatcher moved it to the slow pool).
+    /// ends. When `leaves_share` (the dispatcher moved it to the slow pool), it no longer
+    /// counts against the unproven share; otherwise (it keeps its worker) it does, whichever
+    /// share it was claimed in.
     pub fn went_slow(&mut self, leaves_share: bool) {
         let destinations = Arc::clone(&self.destinations);
         destinations.slowed(self, leaves_share);
@@ -723,7 +739,11 @@ mod tests {
         }
         assert_eq!((earned(&d, A), room(&d, A)), (10, 1), "idle: one");
         let first = d.start(A, Share::Proven);
-        assert_eq!(room(&d, A), 9, "busy: the rest of its room");
+        assert_eq!(
+            room(&d, A),
+            7,
+            "busy: the rest of its room, up to half the proven destinations' 17 workers"
+        );
         drop(first);
     }
 
@@ -740,22 +760,23 @@ mod tests {
                     .for_each(|p| p.record(Verdict::Healthy));
             }
         }
+        // Twenty workers, three of them the unproven share: the proven ones share 17.
         let first = d.start(a, Share::Proven);
         assert_eq!(
             room(&d, a),
-            9,
-            "one busy destination may have half of twenty"
+            7,
+            "one busy destination may have half of seventeen (8), one in flight"
         );
         let second = d.start(b, Share::Proven);
         assert_eq!(
             (room(&d, a), room(&d, b)),
-            (5, 5),
-            "two busy: a third of the workers each"
+            (4, 4),
+            "two busy: a third of seventeen each"
         );
         let third = d.start("http://c.example:80", Share::Unproven);
-        assert_eq!(room(&d, a), 5, "only proven destinations count as busy");
+        assert_eq!(room(&d, a), 4, "only proven destinations count as busy");
         drop((first, third));
-        assert_eq!(room(&d, b), 9, "b alone: half again");
+        assert_eq!(room(&d, b), 7, "b alone: half again");
         drop(second);
     }
 
@@ -781,6 +802,17 @@ mod tests {
         // Marking twice changes nothing, and ending frees exactly what was held.
         hung[0].went_slow(true);
         assert_eq!(d.rooms().shared, 1);
+        // A delivery claimed while its destination was proven that goes slow and keeps its
+        // worker joins the share, and leaves it again once it moves.
+        let mut turned = d.start(A, Share::Proven);
+        turned.went_slow(false);
+        assert_eq!(d.rooms().shared, 0);
+        turned.went_slow(true);
+        assert_eq!(d.rooms().shared, 1);
+        let mut turned_again = d.start(A, Share::Proven);
+        turned_again.went_slow(false);
+        assert_eq!(d.rooms().shared, 0);
+        drop((turned, turned_again));
         hung.clear();
         assert_eq!(d.rooms().shared, 3);
         assert_eq!(d.unproven_in_flight(), 0);

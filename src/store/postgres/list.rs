@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use super::PgStore;
 use super::rows::record_from_row;
 use crate::model::RequestList;
-use crate::store::{Dialect, ListFilter, ListParam, StoreResult, Total, count_sql, page_sql};
+use crate::store::{
+    Dialect, ListFilter, ListParam, StoreError, StoreResult, Total, count_sql, page_sql,
+};
 
 /// The kept count of the requests of a mode and a status (either may be `NULL`: any).
 pub(super) const COUNT_BY_STATUS: &str = "SELECT COALESCE(sum(n), 0)::bigint FROM request_counts
@@ -87,6 +89,11 @@ impl PgStore {
 
     /// A page of `filter` and the total that match.
     pub(super) async fn list_page(&self, filter: ListFilter) -> StoreResult<RequestList> {
+        let _slot = self
+            .list_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         let total = self.total_of(&filter).await?;
         let (sql, params) = page_sql(&filter, &DIALECT);
         let page = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);

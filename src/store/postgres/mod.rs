@@ -107,6 +107,13 @@ pub struct PgStore {
     /// One connection of its own for LISTEN, which holds it for as long as it listens: taken
     /// from `pool`, it would leave a pool of one with nothing for requests.
     listen_pool: PgPool,
+    /// One connection of its own for `/healthz`'s ping and write probe: behind clients
+    /// reading long lists in `pool`, a busy but healthy service would report itself unhealthy.
+    health_pool: PgPool,
+    /// Places for list pages in `pool`, half of it: clients paging deep into a long history
+    /// take a while each, and however many of them there are, acceptance and every other
+    /// write still find a connection.
+    list_slots: Arc<tokio::sync::Semaphore>,
     queue_capacity: i64,
     queue_count: Arc<QueueCount>,
     /// The writes every async request makes, group-committed (see `group_writes`).
@@ -145,6 +152,10 @@ impl PgStore {
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
+            .connect_lazy_with(options.clone());
+        let health_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
         let schema_before = migrate(&pool).await?;
         if schema_before > 0 && schema_before < DESTINATIONS_RECORDED {
@@ -177,6 +188,8 @@ impl PgStore {
             pool,
             relaxed,
             listen_pool,
+            health_pool,
+            list_slots: Arc::new(tokio::sync::Semaphore::new((pool_size as usize / 2).max(1))),
             queued,
             results,
             attempts,
@@ -550,13 +563,13 @@ impl Backend for PgStore {
             "INSERT INTO write_probe (id, at) VALUES (1, now())
              ON CONFLICT (id) DO UPDATE SET at = excluded.at",
         )
-        .execute(&self.pool)
+        .execute(&self.health_pool)
         .await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<(), String> {
-        let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool);
+        let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.health_pool);
         match tokio::time::timeout(PING_TIMEOUT, ping).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(err.to_string()),
@@ -608,6 +621,7 @@ impl Backend for PgStore {
 
     async fn close(&self) {
         self.listen_pool.close().await;
+        self.health_pool.close().await;
         self.pool.close().await;
         self.relaxed.close().await;
     }

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::clock::queue_now;
 use super::rows::job_from_row;
 use crate::delivery::destinations::Rooms;
 use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, millis_of, next_due_in_window};
@@ -82,7 +81,7 @@ pub(super) fn each_destination(
     Ok(())
 }
 
-/// Claims up to `limit` due jobs, in due order, taking of each destination at most its room
+/// Claims up to `limit` jobs due by `now` (the queue's time), in due order, taking of each destination at most its room
 /// and none of a held one unless overdue.
 ///
 /// First the due rows in due order (`claim_scan(limit)` of them): the common case, a cost of
@@ -96,8 +95,8 @@ pub(super) fn claim(
     limit: u32,
     lease: Duration,
     rooms: &Rooms,
+    now: i64,
 ) -> rusqlite::Result<Vec<Job>> {
-    let now = queue_now();
     let lease_until = now.saturating_add(millis_of(lease));
     let wanted = limit as usize;
     let scan = claim_scan(limit);

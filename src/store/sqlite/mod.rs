@@ -27,13 +27,13 @@ mod writer;
 mod writes;
 
 use std::fs::File;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::Backend;
@@ -46,7 +46,7 @@ use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
 
 use self::claims::next_due;
-use self::clock::queue_now;
+use self::clock::{QueueClock, STAMP_EVERY};
 use self::list::list_on;
 use self::open::{
     backfill_destinations, database_path, lock_database, migrate, open_connection, recover,
@@ -83,11 +83,17 @@ const READERS: usize = 4;
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: mpsc::Sender<Message>,
-    readers: Arc<Readers>,
+    /// Client reads.
+    readers: Readers,
+    /// The dispatcher's look at the queue (when is the next job due): clients reading long
+    /// lists must not hold up deliveries.
+    queue_reader: Readers,
+    /// `/healthz`'s read: a health check must not queue behind client reads, or a busy but
+    /// healthy service would report itself unhealthy.
+    health: Readers,
     queue_size: Arc<AtomicU64>,
-    /// A read connection of `/healthz`'s own: a health check must not queue behind client
-    /// reads, or a busy but healthy service would report itself unhealthy.
-    health: Arc<Mutex<Connection>>,
+    /// Due times and leases are on this clock (see `clock`).
+    clock: QueueClock,
     // Held for the life of the store; the OS releases the lock when the process dies. Last, so
     // that it is closed after the connections (see `open::lock_database`).
     _lock: Arc<File>,
@@ -97,30 +103,34 @@ impl SqliteStore {
     pub async fn open(url: &str, queue_capacity: u64) -> StoreResult<Self> {
         let path = database_path(url)?;
         let lock = lock_database(&path)?;
-        let (conn, queued) = tokio::task::spawn_blocking({
+        let (conn, queued, clock) = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || -> StoreResult<(Connection, u64)> {
+            move || -> StoreResult<(Connection, u64, QueueClock)> {
                 let mut conn = open_connection(&path, false)?;
                 let schema_before = migrate(&mut conn)?;
                 backfill_destinations(&mut conn, schema_before)?;
                 let queued = recover(&mut conn)?;
-                Ok((conn, queued))
+                let clock = QueueClock::resume(&conn)?;
+                Ok((conn, queued, clock))
             }
         })
         .await
         .map_err(|e| StoreError::Open(e.to_string()))??;
 
-        let (readers, health) = tokio::task::spawn_blocking({
+        let (readers, queue_reader, health) = tokio::task::spawn_blocking({
             let path = path.clone();
             move || -> rusqlite::Result<_> {
-                let readers = (0..READERS)
-                    .map(|_| open_connection(&path, true))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((readers, open_connection(&path, true)?))
+                let open = |n| {
+                    (0..n)
+                        .map(|_| open_connection(&path, true))
+                        .collect::<Result<Vec<_>, _>>()
+                };
+                Ok((open(READERS)?, open(1)?, open(1)?))
             }
         })
         .await
         .map_err(|e| StoreError::Open(e.to_string()))??;
+        let lock = Arc::new(lock);
 
         let queue_size = Arc::new(AtomicU64::new(queued));
         let (writer, commands) = mpsc::channel(WRITER_QUEUE);
@@ -130,21 +140,23 @@ impl SqliteStore {
             queue_capacity,
             wal: wal_path(&path),
             wal_looked_at: std::time::Instant::now(),
+            clock,
+            stamped_at: None,
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_state.run(commands))
             .map_err(|e| StoreError::Open(format!("cannot start the writer thread: {e}")))?;
+        tokio::spawn(tick(writer.downgrade()));
 
         Ok(Self {
             writer,
-            readers: Arc::new(Readers {
-                idle: Mutex::new(readers),
-                available: Arc::new(Semaphore::new(READERS)),
-            }),
+            readers: Readers::start("sqlite-reader", readers, &lock)?,
+            queue_reader: Readers::start("sqlite-queue", queue_reader, &lock)?,
+            health: Readers::start("sqlite-health", health, &lock)?,
             queue_size,
-            health: Arc::new(Mutex::new(health)),
-            _lock: Arc::new(lock),
+            clock,
+            _lock: lock,
         })
     }
 
@@ -158,31 +170,30 @@ impl SqliteStore {
         response.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Runs a read on an idle reader connection, on a blocking thread.
-    ///
-    /// The connection and its permit travel into the blocking task and are handed back there,
-    /// not after the `.await`: if the caller's future is dropped (a client hung up, a timeout
-    /// fired), the read still finishes on its thread and the connection still returns to the
-    /// pool. Returning it after the `.await` leaked one connection per dropped caller.
+    /// Runs a client's read on the first idle reader connection.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let permit = Arc::clone(&self.readers.available)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        let readers = Arc::clone(&self.readers);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let conn = readers.take()?;
-            let result = f(&conn);
-            readers.put_back(conn);
-            Ok(result?)
-        })
-        .await
-        .map_err(|e| StoreError::Open(e.to_string()))?
+        self.readers.run(f).await
+    }
+}
+
+/// Reminds the writer every second that time goes by, so that it stamps the queue's time
+/// while idle too; ends with the store. A writer busy enough to have a full queue stamps in
+/// its batches.
+async fn tick(writer: mpsc::WeakSender<Message>) {
+    let mut ticks = tokio::time::interval(STAMP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(writer) = writer.upgrade() else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Closed(_)) = writer.try_send(Message::Tick) {
+            return;
+        }
     }
 }
 
@@ -276,11 +287,12 @@ impl Backend for SqliteStore {
     }
 
     async fn next_due_in(&self, owner: &str, rooms: &Rooms) -> StoreResult<Option<Duration>> {
-        let now = queue_now();
+        let now = self.clock.now();
         let rooms = rooms.clone();
         let owner = owner.to_string();
         let next = self
-            .read(move |conn| next_due(conn, &owner, &rooms, now))
+            .queue_reader
+            .run(move |conn| next_due(conn, &owner, &rooms, now))
             .await?;
         Ok(next.map(|due| Duration::from_millis(u64::try_from(due - now).unwrap_or(0))))
     }
@@ -386,11 +398,11 @@ impl Backend for SqliteStore {
     }
 
     fn pool_stats(&self) -> PoolStats {
-        let idle = self.readers.available.available_permits() as u64;
+        let (busy, idle) = self.readers.usage();
         PoolStats {
             // The writer's connection is always in use.
-            in_use: READERS as u64 - idle + 1,
-            idle,
+            in_use: busy as u64 + 1,
+            idle: idle as u64,
             writer_queue: (WRITER_QUEUE - self.writer.capacity()) as u64,
         }
     }
@@ -400,17 +412,12 @@ impl Backend for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), String> {
-        let health = Arc::clone(&self.health);
-        let read = tokio::task::spawn_blocking(move || {
-            health
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
-        });
+        let read = self
+            .health
+            .run(|conn| conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)));
         match tokio::time::timeout(PING_TIMEOUT, read).await {
-            Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err(err))) => Err(StoreError::from(err).unavailable_reason()),
-            Ok(Err(err)) => Err(err.to_string()),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.unavailable_reason()),
             Err(_) => Err(format!(
                 "the database did not answer within {} s",
                 PING_TIMEOUT.as_secs()
@@ -437,6 +444,11 @@ impl Backend for SqliteStore {
     }
 
     async fn close(&self) {
+        // The readers let go first, so the writer's connection is the last to close (SQLite
+        // checkpoints the WAL then).
+        for readers in [&self.readers, &self.queue_reader, &self.health] {
+            readers.close().await;
+        }
         // Writes queued before this are committed first; later ones get WriterGone.
         let (done, closed) = oneshot::channel();
         if self.writer.send(Message::Close(done)).await.is_ok() {

@@ -1,33 +1,143 @@
-//! The read connections: a pool of its own beside the writer (WAL lets them read while it
-//! writes).
+//! Read connections, each on a thread of its own beside the writer (WAL lets them read while
+//! it writes).
+//!
+//! A read is a closure sent to the threads of a group; the first idle one runs it on its
+//! connection and sends the answer back. The connections never leave their threads, so a
+//! caller whose future is dropped (a client hung up, a timeout fired) costs nothing: the read
+//! finishes and its answer is dropped. And the threads are the store's own, not the runtime's
+//! shared pool of blocking threads: whatever else blocks there (name lookups of callback
+//! hosts that never answer), reads, the dispatcher's look at the queue and the health check
+//! still run. Each group has its own queue, so clients reading long lists delay neither the
+//! dispatcher nor `/healthz`.
 
+use std::fs::File;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{StoreError, StoreResult};
 
-/// The read connections. A permit of `available` entitles its holder to one connection of
-/// `idle`; both are given back together by the blocking task that used them.
+/// A read waiting for a connection.
+type Read = Box<dyn FnOnce(&Connection) + Send>;
+
+/// What a group's threads take from its queue.
+enum Task {
+    Read(Read),
+    /// Close the connection and end the thread.
+    Stop,
+}
+
+/// Reads queued per connection of a group before callers wait to queue more.
+const QUEUED_PER_CONNECTION: usize = 64;
+
+/// A group of read connections, each on its own thread, sharing one queue. Its threads end
+/// on [`Readers::close`], or once every clone is dropped.
+#[derive(Clone)]
 pub(super) struct Readers {
-    pub(super) idle: Mutex<Vec<Connection>>,
-    pub(super) available: Arc<Semaphore>,
+    reads: mpsc::Sender<Task>,
+    connections: usize,
+    busy: Arc<AtomicUsize>,
+    /// One per thread, answered once it has closed its connection and let go of the lock.
+    ended: Arc<Mutex<Vec<oneshot::Receiver<()>>>>,
 }
 
 impl Readers {
-    pub(super) fn take(&self) -> StoreResult<Connection> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
-            .ok_or(StoreError::WriterGone)
+    /// Starts a thread named `name-N` for each of `connections`. Each thread holds `lock`
+    /// (the database's lock file) until it has closed its connection: closing the lock's
+    /// descriptor first would drop SQLite's own locks on the file (see
+    /// `open::lock_database`).
+    pub(super) fn start(
+        name: &str,
+        connections: Vec<Connection>,
+        lock: &Arc<File>,
+    ) -> StoreResult<Self> {
+        let count = connections.len();
+        let (reads, queue) = mpsc::channel::<Task>(QUEUED_PER_CONNECTION * count.max(1));
+        let queue = Arc::new(Mutex::new(queue));
+        let busy = Arc::new(AtomicUsize::new(0));
+        let mut ended = Vec::with_capacity(count);
+        for (n, conn) in connections.into_iter().enumerate() {
+            let queue = Arc::clone(&queue);
+            let busy = Arc::clone(&busy);
+            let lock = Arc::clone(lock);
+            let (end, ended_rx) = oneshot::channel::<()>();
+            ended.push(ended_rx);
+            std::thread::Builder::new()
+                .name(format!("{name}-{n}"))
+                .spawn(move || {
+                    loop {
+                        // One idle thread waits on the queue at a time; the others wait for it
+                        // to take a read and let go.
+                        let next = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .blocking_recv();
+                        let Some(Task::Read(read)) = next else {
+                            // Stopped, or the store is gone.
+                            drop(conn);
+                            drop(lock);
+                            let _ = end.send(());
+                            return;
+                        };
+                        busy.fetch_add(1, Ordering::Relaxed);
+                        read(&conn);
+                        busy.fetch_sub(1, Ordering::Relaxed);
+                    }
+                })
+                .map_err(|e| StoreError::Open(format!("cannot start the {name} thread: {e}")))?;
+        }
+        Ok(Self {
+            reads,
+            connections: count,
+            busy,
+            ended: Arc::new(Mutex::new(ended)),
+        })
     }
 
-    pub(super) fn put_back(&self, conn: Connection) {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(conn);
+    /// Runs `f` on the first idle connection of the group and answers what it returned.
+    pub(super) async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (answer, answered) = oneshot::channel();
+        let read: Read = Box::new(move |conn| {
+            // The caller may have gone: then nobody wants the answer.
+            let _ = answer.send(f(conn));
+        });
+        self.reads
+            .send(Task::Read(read))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok(answered.await.map_err(|_| StoreError::WriterGone)??)
+    }
+
+    /// Lets the reads queued before it finish, then closes every connection of the group and
+    /// answers once all its threads have let go of the database (so it can be opened again at
+    /// once). Reads after it fail.
+    pub(super) async fn close(&self) {
+        for _ in 0..self.connections {
+            if self.reads.send(Task::Stop).await.is_err() {
+                break;
+            }
+        }
+        let ended = std::mem::take(
+            &mut *self
+                .ended
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for thread in ended {
+            // An error means the thread is gone already.
+            let _ = thread.await;
+        }
+    }
+
+    /// Connections running a read now, and idle ones.
+    pub(super) fn usage(&self) -> (usize, usize) {
+        let busy = self.busy.load(Ordering::Relaxed).min(self.connections);
+        (busy, self.connections - busy)
     }
 }

@@ -7,7 +7,7 @@ use super::claims::{
 };
 use super::list::{DIALECT, sql_value};
 use super::rows::millis;
-use super::writer::{Applied, Pending, QueueBound};
+use super::writer::{Applied, Pending, Queue};
 use super::*;
 use crate::model::Status;
 use crate::store::page_sql;
@@ -177,7 +177,7 @@ fn rooms(limited: &[(&str, u32)], held: &[&str]) -> Rooms {
 }
 
 fn claimed_ids(conn: &Connection, limit: u32, rooms: &Rooms) -> Vec<String> {
-    claim(conn, "test", limit, Duration::from_secs(30), rooms)
+    claim(conn, "test", limit, Duration::from_secs(30), rooms, now())
         .unwrap()
         .into_iter()
         .map(|job| job.id)
@@ -209,7 +209,7 @@ struct Broken;
 impl Write for Broken {
     type Output = ();
 
-    fn apply(&self, _tx: &rusqlite::Transaction<'_>, _queue: &mut QueueBound) -> Applied<()> {
+    fn apply(&self, _tx: &rusqlite::Transaction<'_>, _queue: &mut Queue) -> Applied<()> {
         Err(rusqlite::Error::InvalidQuery)
     }
 }
@@ -230,7 +230,14 @@ fn writer(conn: Connection, queue_capacity: u64) -> Writer {
         queue_capacity,
         wal: std::path::PathBuf::new(),
         wal_looked_at: std::time::Instant::now(),
+        clock: QueueClock::starting_at(now()),
+        stamped_at: None,
     }
+}
+
+/// The wall clock's time, as the queue's clock starts.
+fn now() -> i64 {
+    Utc::now().timestamp_millis()
 }
 
 fn async_request(id: &str) -> NewAsyncRequest {
@@ -311,7 +318,15 @@ fn a_claim_is_not_prepared_again_when_its_limit_changes() {
     let (_dir, conn) = database();
     queue(&conn, OTHER, 30, 1);
     for limit in 1..=20 {
-        claim(&conn, "test", limit, Duration::ZERO, &rooms(&[], &[])).unwrap();
+        claim(
+            &conn,
+            "test",
+            limit,
+            Duration::ZERO,
+            &rooms(&[], &[]),
+            now(),
+        )
+        .unwrap();
     }
     for sql in [DUE_WINDOW, CLAIM_ONE] {
         let statement = conn.prepare_cached(sql).unwrap();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::clock::{QueueClock, STAMP, STAMP_EVERY};
 use super::open::BUSY_TIMEOUT;
 use crate::store::{StoreError, StoreResult};
 
@@ -33,17 +34,19 @@ pub(super) trait Write: Send + 'static {
     type Output: Send + 'static;
 
     /// Applies the write inside the writer's open transaction.
-    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<Self::Output>;
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<Self::Output>;
 }
 
-/// The number of unfinished async requests, which every write that queues or finishes one
-/// keeps exact, and the bound on it. Writes in one batch see each other's changes.
-pub(super) struct QueueBound {
+/// The queue as a batch sees it: the number of unfinished async requests, which every write
+/// that queues or finishes one keeps exact (writes in one batch see each other's changes),
+/// the bound on it, and the time on the queue's clock when the batch began.
+pub(super) struct Queue {
     pub(super) size: u64,
     pub(super) capacity: u64,
+    pub(super) now: i64,
 }
 
-impl QueueBound {
+impl Queue {
     /// Whether `places` more requests fit.
     pub(super) fn has_room(&self, places: u64) -> bool {
         self.size.saturating_add(places) <= self.capacity
@@ -57,6 +60,9 @@ impl QueueBound {
 /// What the writer's queue carries.
 pub(super) enum Message {
     Write(Box<dyn Pending>),
+    /// A second has passed: the writer stamps the queue's time if it has not lately (when it
+    /// is idle, nothing else would).
+    Tick,
     /// Commit what came before, checkpoint the WAL, and stop; later writes are refused.
     Close(oneshot::Sender<()>),
 }
@@ -88,7 +94,7 @@ impl Message {
 /// kind share one queue.
 pub(super) trait Pending: Send {
     /// Applies it (again, after a failed batch) inside the open transaction.
-    fn apply(&mut self, tx: &Transaction<'_>, queue: &mut QueueBound) -> rusqlite::Result<()>;
+    fn apply(&mut self, tx: &Transaction<'_>, queue: &mut Queue) -> rusqlite::Result<()>;
     /// The transaction it was applied in is committed: answer the caller.
     fn committed(self: Box<Self>);
     /// It could not be written.
@@ -103,7 +109,7 @@ struct Command<W: Write> {
 }
 
 impl<W: Write> Pending for Command<W> {
-    fn apply(&mut self, tx: &Transaction<'_>, queue: &mut QueueBound) -> rusqlite::Result<()> {
+    fn apply(&mut self, tx: &Transaction<'_>, queue: &mut Queue) -> rusqlite::Result<()> {
         self.answer = Some(self.write.apply(tx, queue)?);
         Ok(())
     }
@@ -142,6 +148,9 @@ pub(super) struct Writer {
     /// The write-ahead log's file, and when its size was last looked at.
     pub(super) wal: PathBuf,
     pub(super) wal_looked_at: Instant,
+    pub(super) clock: QueueClock,
+    /// When the queue's time was last stamped into the database.
+    pub(super) stamped_at: Option<Instant>,
 }
 
 /// How often the writer looks at the size of the WAL while it writes.
@@ -168,6 +177,7 @@ impl Writer {
             while let Some(message) = next.take() {
                 match message {
                     Message::Write(write) => batch.push(write),
+                    Message::Tick => {}
                     Message::Close(done) => {
                         closer = Some(done);
                         break;
@@ -182,6 +192,8 @@ impl Writer {
                 if self.wal_looked_at.elapsed() >= WAL_LOOK_EVERY {
                     self.restart_a_large_wal();
                 }
+            } else if closer.is_some() || self.stamp_due() {
+                self.stamp_alone();
             }
             if let Some(done) = closer {
                 // Leave the WAL checkpointed so the database file is complete on its own.
@@ -217,6 +229,22 @@ impl Writer {
         }
     }
 
+    fn stamp_due(&self) -> bool {
+        self.stamped_at.is_none_or(|at| at.elapsed() >= STAMP_EVERY)
+    }
+
+    /// Stamps the queue's time in a transaction of its own. A failure (a full disk) waits for
+    /// the next tick: the writes that fail then say so to their callers and to `/healthz`.
+    fn stamp_alone(&mut self) {
+        let stamped = self
+            .conn
+            .execute(STAMP, [self.clock.now()])
+            .map(|_| self.stamped_at = Some(Instant::now()));
+        if let Err(err) = stamped {
+            tracing::debug!(error = %err, "stamping the queue's time failed");
+        }
+    }
+
     /// Applies a batch in one transaction and answers each write after the commit. If the
     /// transaction fails, each write is retried alone, so one bad write cannot fail others.
     pub(super) fn commit_batch(&mut self, batch: &mut Vec<Box<dyn Pending>>) {
@@ -239,17 +267,25 @@ impl Writer {
     }
 
     fn apply_all(&mut self, batch: &mut [Box<dyn Pending>]) -> StoreResult<()> {
+        let stamp = self.stamp_due();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut queue = QueueBound {
+        let mut queue = Queue {
             size: self.queue_size.load(Ordering::Relaxed),
             capacity: self.queue_capacity,
+            now: self.clock.now(),
         };
         for write in batch.iter_mut() {
             write.apply(&tx, &mut queue)?;
         }
+        if stamp {
+            tx.execute(STAMP, [queue.now])?;
+        }
         tx.commit()?;
+        if stamp {
+            self.stamped_at = Some(Instant::now());
+        }
         self.queue_size.store(queue.size, Ordering::Relaxed);
         Ok(())
     }

@@ -7,9 +7,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::claims::claim;
-use super::clock::queue_now;
 use super::rows::{millis, parse_status};
-use super::writer::{Applied, QueueBound, Write};
+use super::writer::{Applied, Queue, Write};
 use crate::delivery::destinations::{Rooms, destination_host};
 use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::due::millis_of;
@@ -119,7 +118,12 @@ fn queue_full<T>() -> Applied<T> {
     Ok(Err(StoreError::QueueFull))
 }
 
-pub(super) fn insert_async(tx: &Transaction<'_>, new: &NewAsyncRequest) -> rusqlite::Result<()> {
+/// Inserts `new`, due at `now` (the queue's time).
+pub(super) fn insert_async(
+    tx: &Transaction<'_>,
+    new: &NewAsyncRequest,
+    now: i64,
+) -> rusqlite::Result<()> {
     let (key, fingerprint) = new.request.key_columns();
     tx.prepare_cached(INSERT_ASYNC)?.execute(params![
         new.request.id,
@@ -132,7 +136,7 @@ pub(super) fn insert_async(tx: &Transaction<'_>, new: &NewAsyncRequest) -> rusql
         destination_host(&new.destination),
         key,
         fingerprint,
-        queue_now(),
+        now,
     ])?;
     Ok(())
 }
@@ -167,7 +171,7 @@ pub(super) struct SyncStarted(pub NewRequest);
 impl Write for SyncStarted {
     type Output = Submitted;
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<Submitted> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<Submitted> {
         let new = &self.0;
         if let Some(taken) = key_taken(tx, new)? {
             return done(taken);
@@ -195,7 +199,7 @@ pub(super) struct SyncFinished {
 impl Write for SyncFinished {
     type Output = ();
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<()> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<()> {
         let new = &self.new;
         let (status, result, error) = sync_outcome(self.outcome.as_ref().map_err(String::as_str));
         // An upsert: the `processing` row is written only for a slow request, and its
@@ -222,7 +226,7 @@ pub(super) struct SubmitAsync(pub NewAsyncRequest);
 impl Write for SubmitAsync {
     type Output = Submitted;
 
-    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<Submitted> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<Submitted> {
         // A replay is answered whatever the queue: it asks for nothing new.
         if let Some(taken) = key_taken(tx, &self.0.request)? {
             return done(taken);
@@ -230,7 +234,7 @@ impl Write for SubmitAsync {
         if !queue.has_room(1) {
             return queue_full();
         }
-        insert_async(tx, &self.0)?;
+        insert_async(tx, &self.0, queue.now)?;
         queue.change(Transition::Queued.queue_delta());
         done(Submitted::Created)
     }
@@ -242,12 +246,12 @@ pub(super) struct SubmitBatch(pub Vec<NewAsyncRequest>);
 impl Write for SubmitBatch {
     type Output = ();
 
-    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<()> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<()> {
         if !queue.has_room(self.0.len() as u64) {
             return queue_full();
         }
         for new in &self.0 {
-            insert_async(tx, new)?;
+            insert_async(tx, new, queue.now)?;
             queue.change(Transition::Queued.queue_delta());
         }
         done(())
@@ -265,8 +269,15 @@ pub(super) struct Claim {
 impl Write for Claim {
     type Output = Vec<Job>;
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<Vec<Job>> {
-        done(claim(tx, &self.owner, self.limit, self.lease, &self.rooms)?)
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<Vec<Job>> {
+        done(claim(
+            tx,
+            &self.owner,
+            self.limit,
+            self.lease,
+            &self.rooms,
+            queue.now,
+        )?)
     }
 }
 
@@ -282,8 +293,8 @@ pub(super) struct Heartbeat {
 impl Write for Heartbeat {
     type Output = Leases;
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<Leases> {
-        let now = queue_now();
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<Leases> {
+        let now = queue.now;
         let lease_until = now.saturating_add(millis_of(self.lease));
         let mut renew = tx.prepare_cached(RENEW_LEASE)?;
         let mut renewed = 0;
@@ -320,7 +331,7 @@ pub(super) struct SaveResult {
 impl Write for SaveResult {
     type Output = bool;
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<bool> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<bool> {
         let updated = tx.prepare_cached(SAVE_RESULT)?.execute(params![
             self.id,
             self.token,
@@ -344,12 +355,12 @@ pub(super) struct RecordAttempt {
 impl Write for RecordAttempt {
     type Output = bool;
 
-    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<bool> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<bool> {
         let transition = Transition::Attempted(self.outcome);
         let completed_at = transition.finishes().then(|| millis(Utc::now()));
         let next_attempt_at = transition
             .due_in_secs()
-            .map(|secs| queue_now().saturating_add((secs * 1000.0).round() as i64));
+            .map(|secs| queue.now.saturating_add((secs * 1000.0).round() as i64));
         let attempt = &self.attempt;
         let updated = tx.prepare_cached(RECORD_ATTEMPT)?.execute(params![
             self.id,
@@ -390,7 +401,7 @@ pub(super) struct GiveUp {
 impl Write for GiveUp {
     type Output = bool;
 
-    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<bool> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<bool> {
         let updated = tx.prepare_cached(GIVE_UP)?.execute(params![
             self.id,
             self.token,
@@ -415,7 +426,7 @@ const PROBE_BYTES: i64 = 1 << 20;
 impl Write for Probe {
     type Output = ();
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<()> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<()> {
         // Written and deleted in one transaction: the commit still appends every page the
         // row took to the WAL (and grows the file, if it must), which is what fails on a full
         // disk; the table is left empty.
@@ -434,7 +445,7 @@ pub(super) struct Redeliver {
 impl Write for Redeliver {
     type Output = Redelivery;
 
-    fn apply(&self, tx: &Transaction<'_>, queue: &mut QueueBound) -> Applied<Redelivery> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<Redelivery> {
         let row: Option<(String, bool)> = tx
             .prepare_cached(REDELIVERY_OF)?
             .query_row([&self.id], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -452,7 +463,7 @@ impl Write for Redeliver {
         }
         // A new round: the retry budget counts from the attempts made so far.
         tx.prepare_cached(REDELIVER)?
-            .execute(params![self.id, queue_now(), next.as_str()])?;
+            .execute(params![self.id, queue.now, next.as_str()])?;
         queue.change(transition.queue_delta());
         done(Redelivery::Queued)
     }
@@ -466,7 +477,7 @@ pub(super) struct Release {
 impl Write for Release {
     type Output = u64;
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<u64> {
         let released = tx
             // A job handed back untouched does not count as a claim without an outcome.
             .prepare_cached(RELEASE)?
@@ -484,7 +495,7 @@ pub(super) struct DeleteExpired {
 impl Write for DeleteExpired {
     type Output = u64;
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<u64> {
         let deleted = tx.prepare_cached(DELETE_EXPIRED)?.execute(params![
             millis(self.cutoff),
             i64::try_from(self.chunk).unwrap_or(i64::MAX)
@@ -504,7 +515,7 @@ pub(super) struct DeleteOverLimit {
 impl Write for DeleteOverLimit {
     type Output = u64;
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut QueueBound) -> Applied<u64> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<u64> {
         let finished: i64 = tx
             .prepare_cached(COUNT_FINISHED)?
             .query_row([], |row| row.get(0))?;

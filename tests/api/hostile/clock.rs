@@ -74,11 +74,13 @@ fn libfaketime() -> Option<String> {
         .map(|path| path.to_string_lossy().into_owned())
 }
 
-/// The binary on SQLite with its wall clock offset by what `offset_file` says (`+0` to start
-/// with; rewriting the file steps the clock within a second), its monotonic clock untouched,
-/// as a real step (NTP, `date -s`) leaves it. `None` without libfaketime (outside CI).
+/// The binary on SQLite with its wall clock offset by what `offset_file` says (`start` to
+/// begin with, such as `+0`; rewriting the file steps the clock within a second), its
+/// monotonic clock untouched, as a real step (NTP, `date -s`) leaves it. `None` without
+/// libfaketime (outside CI).
 async fn server_with_a_steppable_clock(
     offset_file: &std::path::Path,
+    start: &str,
     settings: &[(&str, &str)],
 ) -> Option<TestServer<ChildProcess>> {
     let Some(libfaketime) = libfaketime() else {
@@ -88,7 +90,7 @@ async fn server_with_a_steppable_clock(
     };
     // The variant for threaded programs: the offset changes under the service's threads.
     let libfaketime = libfaketime.replace("libfaketime.so.1", "libfaketimeMT.so.1");
-    std::fs::write(offset_file, "+0").unwrap();
+    std::fs::write(offset_file, start).unwrap();
     let dir = offset_file.parent().unwrap();
     Some(
         TestServer::builder()
@@ -157,6 +159,7 @@ async fn a_clock_stepped_forward_does_not_deliver_a_job_twice() {
     let offset = dir.path().join("offset");
     let Some(server) = server_with_a_steppable_clock(
         &offset,
+        "+0",
         &[
             ("job-lease-seconds", "30"),
             ("callback-timeout-seconds", "10"),
@@ -206,6 +209,7 @@ async fn a_clock_stepped_back_does_not_postpone_a_retry() {
     let offset = dir.path().join("offset");
     let Some(server) = server_with_a_steppable_clock(
         &offset,
+        "+0",
         &[
             ("callback-retry-base-delay", "6"),
             ("callback-retry-max-delay", "7"),
@@ -239,4 +243,50 @@ async fn a_clock_stepped_back_does_not_postpone_a_retry() {
         retried < chrono::Utc::now() - chrono::Duration::seconds(500),
         "the clock did not step: {record}"
     );
+}
+
+/// A service whose wall clock ran an hour ahead queues a retry, dies (SIGKILL), and starts
+/// again with the clock corrected: the retry is still due within seconds (the queue's time
+/// goes on from where the dead process left it), not in an hour.
+#[tokio::test]
+async fn a_restart_after_the_clock_was_corrected_does_not_postpone_queued_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    let settings = [
+        ("callback-retry-base-delay", "6"),
+        ("callback-retry-max-delay", "7"),
+    ];
+    let Some(mut ahead) = server_with_a_steppable_clock(&offset, "+3600", &settings).await else {
+        return;
+    };
+    let receiver = Receiver::start(Behaviour::fail_first(1)).await;
+    let id = submit(&ahead, "queued an hour ahead", &receiver.url()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while receiver.received().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no first attempt");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = ahead.get_json(&format!("/requests/{id}")).await;
+    let created: chrono::DateTime<chrono::Utc> =
+        first["created_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        created > chrono::Utc::now() + chrono::Duration::minutes(50),
+        "the clock was not an hour ahead: {first}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ahead.kill_9();
+
+    let corrected = TestServer::builder()
+        .child()
+        .database_url(&format!(
+            "sqlite://{}",
+            dir.path().join("clock.db").display()
+        ))
+        .settings(&settings)
+        .start()
+        .await;
+    let record = corrected
+        .wait_for_status(&id, "callback_success", Duration::from_secs(20))
+        .await;
+    assert_eq!(record["callback_attempts"], 2, "{record}");
 }

@@ -122,7 +122,13 @@ async fn a_full_disk_under_sqlite_is_a_503_and_writing_resumes_when_space_return
     }
     let disk = SmallDisk::mount(8);
     let database = format!("sqlite://{}", disk.path.join("full.db").display());
-    let app = TestServer::builder().database_url(&database).start().await;
+    // A heartbeat every second: the service's own idle writes run often while the disk is full.
+    let app = TestServer::builder()
+        .database_url(&database)
+        .setting("callback-timeout-seconds", "1")
+        .setting("job-lease-seconds", "3")
+        .start()
+        .await;
     let receiver = Receiver::start(Behaviour::accept()).await;
     let before = app.submit("before the disk fills", &receiver.url()).await;
     app.wait_for_status(&before, "callback_success", WAIT).await;
@@ -140,6 +146,14 @@ async fn a_full_disk_under_sqlite_is_a_503_and_writing_resumes_when_space_return
         assert_eq!(status, 503, "healthy while writes fail: {report}");
     }
     assert_eq!(report["status"], "unhealthy", "{report}");
+    // With no traffic, the service's own writes that change nothing (heartbeats with nothing
+    // in flight, claims with nothing due: they commit on a full disk too) do not make it
+    // look healthy.
+    for _ in 0..7 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (status, report) = read(app.get("/healthz").await).await;
+        assert_eq!(status, 503, "healthy with the disk still full: {report}");
+    }
     assert!(
         report["database_error"]
             .as_str()
@@ -365,6 +379,14 @@ async fn a_read_only_postgresql_is_a_503_and_unhealthy_until_it_takes_writes() {
     }
     let report = wait_for_health(&app, 503).await;
     assert_eq!(report["status"], "unhealthy", "{report}");
+    // With no traffic, the service's own writes that change nothing (heartbeats with nothing
+    // in flight, claims with nothing due: they commit on a full disk too) do not make it
+    // look healthy.
+    for _ in 0..7 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (status, report) = read(app.get("/healthz").await).await;
+        assert_eq!(status, 503, "healthy with the disk still full: {report}");
+    }
     assert!(
         report["database_error"]
             .as_str()
