@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{Config, ListenHost};
-use crate::delivery::client::{CallbackClient, GuardedResolver, NameLookup, SystemLookup};
+use crate::delivery::client::{CallbackClient, GuardedResolver};
 use crate::delivery::destinations::Destinations;
 use crate::delivery::guard::Guard;
+use crate::delivery::lookup::{DnsLookup, NameLookup};
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::{Dispatcher, Wakeup, WorkerStats};
 use crate::http::{self, AppState, BodyLimits, ConnectionLimits, LongLived};
@@ -193,7 +194,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        Self::build_with_lookup(config, Arc::new(SystemLookup)).await
+        Self::build_with_lookup(config, DnsLookup::system()).await
     }
 
     /// As [`build`](Self::build), resolving callback host names through `lookup`: the seam

@@ -10,9 +10,7 @@
 //! a receiver steer the service to a URL that was never checked.
 
 use std::error::Error as _;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,6 +19,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use super::guard::Guard;
+use super::lookup::NameLookup;
 use super::retry::parse_retry_after;
 use super::signing::Signer;
 use crate::model::{CallbackPayload, WorkResult};
@@ -38,27 +37,6 @@ const RESPONSE_BODY_LIMIT: usize = 1024;
 #[error("{host} resolves only to blocked addresses")]
 pub struct BlockedDestination {
     host: String,
-}
-
-/// Turns a name into addresses. A seam so that tests can map made-up names to chosen
-/// addresses without a DNS server.
-pub trait NameLookup: Send + Sync + 'static {
-    fn lookup(&self, host: String) -> LookupFuture;
-}
-
-/// What a [`NameLookup`] returns: every address of the name.
-pub type LookupFuture = Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
-
-/// The system resolver (getaddrinfo, on a blocking thread).
-pub struct SystemLookup;
-
-impl NameLookup for SystemLookup {
-    fn lookup(&self, host: String) -> LookupFuture {
-        Box::pin(async move {
-            let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            Ok(addrs.map(|a| a.ip()).collect())
-        })
-    }
 }
 
 /// Resolves through a [`NameLookup`] and keeps only the addresses the [`Guard`] allows.

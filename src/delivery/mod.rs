@@ -15,6 +15,7 @@
 pub mod client;
 pub mod destinations;
 pub mod guard;
+pub mod lookup;
 pub mod retry;
 pub mod signing;
 

@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde_json::{Value, json};
-use syncasync::delivery::client::{LookupFuture, NameLookup};
+use syncasync::delivery::lookup::{LookupFuture, NameLookup};
 use tokio::task::JoinHandle;
 
 /// The environment variable that switches the suite to PostgreSQL: the URL of a database the

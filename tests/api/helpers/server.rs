@@ -42,7 +42,7 @@ use clap::{CommandFactory, Parser};
 use serde_json::{Value, json};
 use syncasync::app::Application;
 use syncasync::config::Config;
-use syncasync::delivery::client::{NameLookup, SystemLookup};
+use syncasync::delivery::lookup::{DnsLookup, NameLookup};
 use syncasync::shutdown::CancellationToken;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -277,7 +277,7 @@ impl TestServerBuilder<InProcessOptions> {
         let config = TestCli::try_parse_from(args).expect("test config").config;
         let lookup: Arc<dyn NameLookup> = match self.kind.lookup {
             Some(lookup) => Arc::new(lookup),
-            None => Arc::new(SystemLookup),
+            None => DnsLookup::system(),
         };
         let app = Application::build_with_lookup(config, lookup)
             .await
