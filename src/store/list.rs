@@ -163,6 +163,9 @@ pub(crate) enum ListParam {
 pub(crate) struct Dialect {
     /// Spells the n-th parameter (1-based).
     pub placeholder: fn(usize) -> String,
+    /// Whether the list indexes end with `id` (PostgreSQL's do; SQLite's end with the rowid),
+    /// so that a count in the page's order, `id` included, still walks one of them.
+    pub indexes_hold_id: bool,
 }
 
 /// The `WHERE` clause of a list statement for `filter` and its parameters, with only the
@@ -287,8 +290,14 @@ pub(crate) fn count_sql(filter: &ListFilter, dialect: &Dialect) -> (String, Vec<
         i64::try_from(filter.count_limit.saturating_add(1)).unwrap_or(i64::MAX),
     ));
     // In the page's order, so that the planner walks the same index (see
-    // `ListFilter::order_by`) and stops after the limit, rather than reading the table.
+    // `ListFilter::order_by`) and stops after the limit, rather than reading the table; on
+    // SQLite without the page's tie-break on `id`, which its indexes do not hold (sorting
+    // each run of equal times made a capped count 40 times slower).
     let order = filter.order_by();
+    let order = match order.strip_suffix(", id DESC") {
+        Some(without_id) if !dialect.indexes_hold_id => without_id,
+        _ => &order,
+    };
     (
         format!(
             "SELECT count(*) FROM (SELECT 1 FROM requests WHERE {conditions} ORDER BY {order} \

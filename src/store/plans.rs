@@ -18,7 +18,8 @@ pub struct StatementPlan {
     pub plan: String,
     /// Whether the plan reads every row of `requests` or `delivery_attempts`.
     pub scans_table: bool,
-    /// Whether the plan sorts every row it finds (a list page's order not given by an index).
+    /// Whether the plan sorts the rows it finds: a list page's order, or any order of another
+    /// statement, not given by an index.
     pub sorts: bool,
     /// Whether it is a list page, whose order must come from an index.
     pub is_list_page: bool,

@@ -132,9 +132,15 @@ pub(super) async fn explain_hot(pool: &PgPool) -> StoreResult<Vec<StatementPlan>
         let scans_table = steps.iter().any(|step| {
             step.contains("Seq Scan on requests") || step.contains("Seq Scan on delivery_attempts")
         });
-        let sorts = steps
-            .iter()
-            .any(|step| step.trim_start().starts_with("->  Sort") || step.starts_with("Sort"));
+        // A list page's sort would order every row it matched. The claims sort the few
+        // candidates they picked (at most the free workers), by design; and a list total is
+        // planned with its values, so a sort there is the planner's choice for the rows those
+        // values match (a bitmap scan and a sort of a few thousand, an index walk to the
+        // count limit for more).
+        let sorts = hot.is_list_page
+            && steps
+                .iter()
+                .any(|step| step.trim_start().starts_with("->  Sort") || step.starts_with("Sort"));
         // `Index Cond: ((callback_host = $1) AND (status = $2))` (or a bitmap scan's
         // `Recheck Cond`): what the index walk is constrained by; a `Filter:` is checked row
         // by row.

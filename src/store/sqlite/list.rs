@@ -66,4 +66,5 @@ pub(super) fn sql_value(param: &ListParam) -> rusqlite::types::Value {
 /// This backend's spelling of list conditions.
 pub(super) const DIALECT: Dialect = Dialect {
     placeholder: |n| format!("?{n}"),
+    indexes_hold_id: false,
 };
