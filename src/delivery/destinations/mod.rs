@@ -8,8 +8,9 @@
 //!   receiver that hangs keeps only what it had earned.
 //! - **Fair share of the workers.** A destination with nothing in flight starts with one
 //!   delivery; once busy it takes the rest of its room, but with n proven destinations busy
-//!   at most `(workers - unproven_share) / (n + 1)`: destinations that answer slowly but
-//!   surely, however many, leave workers free for the others, beside the unproven share.
+//!   at most `(workers - u) / (n + 1)`, u being the deliveries in flight in the unproven
+//!   share: destinations that answer slowly but surely, however many, leave workers free for
+//!   the others.
 //! - **Reserved share.** A destination that answered with a 2xx in the last
 //!   [`RECENT_WINDOW`], has no failure since and no delivery gone slow is *proven*: it draws
 //!   on every worker. All the others (new, failing, slow, or held by their breaker: anything
@@ -269,7 +270,7 @@ impl Destinations {
             .values()
             .filter(|entry| entry.in_flight > 0 && entry.is_proven(now))
             .count();
-        let cap = self.fair_cap(busy);
+        let cap = self.fair_cap(busy, state.unproven_in_flight);
         let mut rooms = Rooms {
             default: INITIAL_ROOM.min(cap),
             overdue: self.policy.breaker.max_cooldown,
@@ -307,18 +308,14 @@ impl Destinations {
     }
 
     /// The most deliveries one destination may have in flight while `busy` proven
-    /// destinations have some: its share of the proven destinations' workers (those beside
-    /// the unproven share) with room left for one more destination, and never more than
-    /// `per_destination`. One busy destination may take half of them, two a third each, and
-    /// so on: however many answer slowly but surely, or turn slow all at once, a healthy
-    /// one's callbacks find a free worker.
-    fn fair_cap(&self, busy: usize) -> u32 {
+    /// destinations have some and `unproven` deliveries hold workers in the unproven share:
+    /// its part of the other workers with room left for one more destination, and never
+    /// more than `per_destination`. One busy destination may take half of them, two a third
+    /// each, and so on: however many answer slowly but surely, or turn slow all at once, a
+    /// healthy one's callbacks find a free worker.
+    fn fair_cap(&self, busy: usize, unproven: u32) -> u32 {
         let parts = u32::try_from(busy).unwrap_or(u32::MAX).saturating_add(1);
-        let proven_part = self
-            .policy
-            .workers
-            .saturating_sub(self.policy.unproven_share);
-        (proven_part / parts)
+        (self.policy.workers.saturating_sub(unproven) / parts)
             .max(1)
             .min(self.policy.per_destination)
     }
@@ -739,11 +736,7 @@ mod tests {
         }
         assert_eq!((earned(&d, A), room(&d, A)), (10, 1), "idle: one");
         let first = d.start(A, Share::Proven);
-        assert_eq!(
-            room(&d, A),
-            7,
-            "busy: the rest of its room, up to half the proven destinations' 17 workers"
-        );
+        assert_eq!(room(&d, A), 9, "busy: the rest of its room");
         drop(first);
     }
 
@@ -760,23 +753,29 @@ mod tests {
                     .for_each(|p| p.record(Verdict::Healthy));
             }
         }
-        // Twenty workers, three of them the unproven share: the proven ones share 17.
         let first = d.start(a, Share::Proven);
         assert_eq!(
             room(&d, a),
-            7,
-            "one busy destination may have half of seventeen (8), one in flight"
+            9,
+            "one busy destination may have half of twenty"
         );
         let second = d.start(b, Share::Proven);
         assert_eq!(
             (room(&d, a), room(&d, b)),
-            (4, 4),
-            "two busy: a third of seventeen each"
+            (5, 5),
+            "two busy: a third of the workers each"
         );
         let third = d.start("http://c.example:80", Share::Unproven);
-        assert_eq!(room(&d, a), 4, "only proven destinations count as busy");
-        drop((first, third));
-        assert_eq!(room(&d, b), 7, "b alone: half again");
+        let fourth = d.start("http://d.example:80", Share::Unproven);
+        assert_eq!(
+            room(&d, a),
+            5,
+            "two unproven deliveries leave 18 workers: still 6 each, one in flight"
+        );
+        let fifth = d.start("http://e.example:80", Share::Unproven);
+        assert_eq!(room(&d, a), 4, "three leave 17: 5 each");
+        drop((first, third, fourth, fifth));
+        assert_eq!(room(&d, b), 9, "b alone: half again");
         drop(second);
     }
 
