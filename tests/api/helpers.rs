@@ -315,6 +315,19 @@ impl Receiver {
         }
     }
 
+    /// Waits until `n` callbacks arrived, whatever they were answered.
+    pub async fn wait_for_attempts(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.received().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} callbacks arrived within {timeout:?}",
+                self.received().len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops listening; returns once the port is free again.
     pub async fn stop(self) {
         self.task.abort();

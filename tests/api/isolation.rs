@@ -237,6 +237,19 @@ async fn prove(app: &TestServer, receiver: &Receiver, n: usize) {
         .await;
 }
 
+/// Delivers `n` callbacks to each of `receivers`, which answer them at once and so earn
+/// room, and checks that each earned room for `limit` deliveries in flight.
+async fn earn(app: &TestServer, receivers: &[Receiver], n: usize, limit: u64) {
+    for receiver in receivers {
+        submit_many(app, n, &receiver.url(), "earning").await;
+        receiver
+            .wait_for_deliveries(n, Duration::from_secs(10))
+            .await;
+        let view = destination(app, receiver.address.port()).await.unwrap();
+        assert_eq!(view["in_flight_limit"], limit, "{view}");
+    }
+}
+
 /// Times `n` callbacks to `receiver`, one at a time; each must take less than `within`.
 async fn each_delivered_within(app: &TestServer, receiver: &Receiver, n: usize, within: Duration) {
     let before = receiver.delivered_ids().len();
@@ -361,14 +374,7 @@ async fn destinations_that_hang_after_earning_a_share_give_the_workers_back() {
         Receiver::start(Behaviour::hang_after(40, Duration::from_secs(120))).await,
         Receiver::start(Behaviour::hang_after(40, Duration::from_secs(120))).await,
     ];
-    for receiver in &turning {
-        submit_many(&app, 40, &receiver.url(), "earning").await;
-        receiver
-            .wait_for_deliveries(40, Duration::from_secs(10))
-            .await;
-        let view = destination(&app, receiver.address.port()).await.unwrap();
-        assert_eq!(view["in_flight_limit"], 5, "{view}");
-    }
+    earn(&app, &turning, 40, 5).await;
     for receiver in &turning {
         submit_many(&app, 20, &receiver.url(), "hanging").await;
     }
@@ -401,14 +407,7 @@ async fn two_slow_but_answering_destinations_cannot_delay_a_healthy_one() {
         Receiver::start(Behaviour::hang_after(40, Duration::from_millis(1200))).await,
         Receiver::start(Behaviour::hang_after(40, Duration::from_millis(1200))).await,
     ];
-    for receiver in &slow {
-        submit_many(&app, 40, &receiver.url(), "earning").await;
-        receiver
-            .wait_for_deliveries(40, Duration::from_secs(10))
-            .await;
-        let view = destination(&app, receiver.address.port()).await.unwrap();
-        assert_eq!(view["in_flight_limit"], 5, "{view}");
-    }
+    earn(&app, &slow, 40, 5).await;
     for receiver in &slow {
         submit_many(&app, 30, &receiver.url(), "backlog").await;
     }
@@ -446,14 +445,7 @@ async fn hung_destinations_cannot_keep_the_workers_once_the_slow_pool_is_full() 
     for _ in 0..4 {
         turning.push(Receiver::start(Behaviour::hang_after(10, Duration::from_secs(60))).await);
     }
-    for receiver in &turning {
-        submit_many(&app, 10, &receiver.url(), "earning").await;
-        receiver
-            .wait_for_deliveries(10, Duration::from_secs(10))
-            .await;
-        let view = destination(&app, receiver.address.port()).await.unwrap();
-        assert_eq!(view["in_flight_limit"], 2, "{view}");
-    }
+    earn(&app, &turning, 10, 2).await;
     for receiver in &turning {
         submit_many(&app, 2, &receiver.url(), "hanging").await;
     }
