@@ -134,7 +134,8 @@ const DEFAULT_BULK_REDELIVER: u32 = 100;
 
 /// The query of `POST /admin/redeliver`, for the API document: the filters of
 /// `GET /requests` (read by the same parser) and these. `status` is left out of the
-/// document: only `callback_failed` is allowed (any other is a 422), and it is implied.
+/// document (only `callback_failed` is allowed, and it is implied), and so is `id_prefix`
+/// (refused: one request is redelivered with `POST /requests/{id}/redeliver`).
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
@@ -156,9 +157,6 @@ struct BulkQuery {
     /// Only requests whose callback goes to this host (`host` or `host:port`).
     #[param(min_length = 1, max_length = 262, pattern = r"^[A-Za-z0-9._:\[\]-]+$")]
     callback_host: Option<String>,
-    /// Only requests whose id starts with this.
-    #[param(min_length = 1, max_length = 36, pattern = "^[0-9A-Fa-f-]+$")]
-    id_prefix: Option<String>,
 }
 
 /// `POST /admin/redeliver` → 200.

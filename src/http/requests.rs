@@ -293,8 +293,8 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
         errors.push(FieldError::query(
             "id_prefix",
             "id_prefix",
-            "finds requests by id and cannot be combined with mode, status, created_from, \
-             created_to or callback_host (narrow by time with created_from and created_to)",
+            "finds requests by id and takes no other filter (mode, status, created_from, \
+             created_to, callback_host): use it alone, with paging only",
         ));
     }
     if errors.is_empty() {
