@@ -51,12 +51,16 @@ async fn an_instance_an_hour_ahead_still_gets_its_jobs_delivered_on_time() {
         .await;
     assert_eq!(record["callback_attempts"], 2, "{record}");
     // The skew was real: the instance stamped the request an hour ahead.
-    let created: chrono::DateTime<chrono::Utc> =
-        record["created_at"].as_str().unwrap().parse().unwrap();
+    let created = stamped_at(&record);
     assert!(
         created > chrono::Utc::now() + chrono::Duration::minutes(50),
         "the instance's clock was not skewed: {record}"
     );
+}
+
+/// When the service says `record` was created (its clock, skewed or not).
+fn stamped_at(record: &Value) -> chrono::DateTime<chrono::Utc> {
+    record["created_at"].as_str().unwrap().parse().unwrap()
 }
 
 /// Where Debian's `libfaketime` package puts the library: `/usr/lib/<multiarch>/faketime/`
@@ -122,8 +126,7 @@ async fn wait_for_the_step(server: &TestServer<ChildProcess>, by: chrono::Durati
             .unwrap()
             .to_string();
         let record = server.get_json(&format!("/requests/{id}")).await;
-        let created: chrono::DateTime<chrono::Utc> =
-            record["created_at"].as_str().unwrap().parse().unwrap();
+        let created = stamped_at(&record);
         let offset = created - chrono::Utc::now();
         if (by > chrono::Duration::zero() && offset > by)
             || (by < chrono::Duration::zero() && offset < by)
@@ -183,8 +186,7 @@ async fn a_clock_stepped_forward_does_not_deliver_a_job_twice() {
     quick.wait_for_deliveries(5, Duration::from_secs(10)).await;
     // The step was real: the service stamps requests two minutes ahead now.
     let stamped = server.get_json(&format!("/requests/{after}")).await;
-    let created: chrono::DateTime<chrono::Utc> =
-        stamped["created_at"].as_str().unwrap().parse().unwrap();
+    let created = stamped_at(&stamped);
     assert!(
         created > chrono::Utc::now() + chrono::Duration::seconds(100),
         "the clock did not step: {stamped}"
@@ -259,8 +261,7 @@ async fn a_restart_after_the_clock_was_corrected_does_not_postpone_queued_jobs()
     let id = submit(&ahead, "queued an hour ahead", &receiver.url()).await;
     receiver.wait_for_attempts(1, Duration::from_secs(10)).await;
     let first = ahead.get_json(&format!("/requests/{id}")).await;
-    let created: chrono::DateTime<chrono::Utc> =
-        first["created_at"].as_str().unwrap().parse().unwrap();
+    let created = stamped_at(&first);
     assert!(
         created > chrono::Utc::now() + chrono::Duration::minutes(50),
         "the clock was not an hour ahead: {first}"
