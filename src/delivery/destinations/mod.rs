@@ -6,11 +6,15 @@
 //!   success of a delivery that used its whole room adds one (so a busy, healthy destination
 //!   doubles its room every round trip, up to `per_destination`); each failure halves it. A
 //!   receiver that hangs keeps only what it had earned.
-//! - **Fair share of the workers.** A destination with nothing in flight starts with one
-//!   delivery; once busy it takes the rest of its room, but with n proven destinations busy
-//!   at most `(workers - u) / (n + 1)`, u being the deliveries in flight in the unproven
-//!   share: destinations that answer slowly but surely, however many, leave workers free for
-//!   the others.
+//! - **Fair share of the workers.** Once busy a destination takes its room, but with n
+//!   proven destinations busy at most `(workers - u) / (n + 1)`, u being the deliveries in
+//!   flight in the unproven share: destinations that answer slowly but surely, however many,
+//!   leave workers free for the others. A destination with nothing in flight that answered
+//!   in the last [`RECENT_WINDOW`] takes its room at once, counted as busy beside the busy
+//!   ones (a quick receiver seldom has a delivery in flight when the next claim runs, and
+//!   one delivery per claim would hold it to the claim rate); any other idle destination
+//!   starts with one delivery, so that one claim never starts many unknown destinations at
+//!   once.
 //! - **Reserved share.** A destination that answered with a 2xx in the last
 //!   [`RECENT_WINDOW`], has no failure since and no delivery gone slow is *proven*: it draws
 //!   on every worker. All the others (new, failing, slow, or held by their breaker: anything
@@ -169,11 +173,13 @@ impl Entry {
 
     /// Answered with a 2xx recently, nothing against it since, nothing in flight gone slow.
     fn is_proven(&self, now: Instant) -> bool {
-        self.slow == 0
-            && self.breaker.is_clear()
-            && self
-                .last_success
-                .is_some_and(|at| now.duration_since(at) <= RECENT_WINDOW)
+        self.slow == 0 && self.breaker.is_clear() && self.answered_recently(now)
+    }
+
+    /// Answered with a 2xx in the last [`RECENT_WINDOW`], whatever came since.
+    fn answered_recently(&self, now: Instant) -> bool {
+        self.last_success
+            .is_some_and(|at| now.duration_since(at) <= RECENT_WINDOW)
     }
 
     /// The most it may have in flight now.
@@ -271,6 +277,12 @@ impl Destinations {
             .filter(|entry| entry.in_flight > 0 && entry.is_proven(now))
             .count();
         let cap = self.fair_cap(busy, state.unproven_in_flight);
+        let waking = state
+            .entries
+            .values()
+            .filter(|entry| entry.in_flight == 0 && entry.answered_recently(now))
+            .count();
+        let waking_cap = self.fair_cap(busy + waking, state.unproven_in_flight);
         let mut rooms = Rooms {
             default: INITIAL_ROOM.min(cap),
             overdue: self.policy.breaker.max_cooldown,
@@ -282,14 +294,15 @@ impl Destinations {
         };
         for (destination, entry) in state.entries.iter_mut() {
             entry.breaker.refresh(now);
-            // A destination with nothing in flight starts again with one delivery, and takes
-            // the rest of its room once busy (the next claim, at once): one claim never
-            // starts several idle destinations at their full room, which together could
-            // take every worker before any of them counted as busy.
-            let cap = if entry.in_flight == 0 {
-                INITIAL_ROOM.min(cap)
-            } else {
-                cap
+            // An idle destination that answered recently takes its room at once, as if busy
+            // beside the busy ones; any other idle one starts with one delivery and takes the
+            // rest of its room once busy (the next claim): one claim never starts many idle
+            // destinations at a room that together could take every worker before any of
+            // them counted as busy.
+            let cap = match (entry.in_flight, entry.answered_recently(now)) {
+                (0, true) => waking_cap,
+                (0, false) => INITIAL_ROOM.min(cap),
+                _ => cap,
             };
             let (room, held) = entry.room_left(cap);
             let proven = entry.is_proven(now);
@@ -726,7 +739,7 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_destination_starts_with_one_delivery_then_takes_its_room() {
+    fn an_idle_destination_that_answered_takes_its_room_at_once() {
         let d = Destinations::new(policy());
         d.start(A, Share::Unproven).record(Verdict::Healthy);
         for _ in 0..20 {
@@ -734,9 +747,47 @@ mod tests {
                 .into_iter()
                 .for_each(|p| p.record(Verdict::Healthy));
         }
-        assert_eq!((earned(&d, A), room(&d, A)), (10, 1), "idle: one");
-        let first = d.start(A, Share::Proven);
-        assert_eq!(room(&d, A), 9, "busy: the rest of its room");
+        assert_eq!(
+            (earned(&d, A), room(&d, A)),
+            (10, 10),
+            "idle, answered: its room"
+        );
+        // A failure since does not send it back to one at a time: a receiver that fails one
+        // callback in five and answers at once still gets more than one per claim.
+        d.start(A, Share::Proven).record(Verdict::Failed(0.5));
+        assert_eq!((earned(&d, A), room(&d, A)), (5, 5));
+    }
+
+    #[test]
+    fn idle_destinations_that_answered_share_the_workers_as_if_busy() {
+        // Twenty workers, per-destination cap ten: three idle destinations with a room of
+        // ten each may start five each (20 / (3 + 1)), so together they leave a quarter.
+        let d = Destinations::new(policy());
+        let dests = [
+            "http://a.example:80",
+            "http://b.example:80",
+            "http://c.example:80",
+        ];
+        for dest in dests {
+            d.start(dest, Share::Unproven).record(Verdict::Healthy);
+            for _ in 0..20 {
+                fill(&d, dest, Share::Proven)
+                    .into_iter()
+                    .for_each(|p| p.record(Verdict::Healthy));
+            }
+        }
+        for dest in dests {
+            assert_eq!((earned(&d, dest), room(&d, dest)), (10, 5), "{dest}");
+        }
+    }
+
+    #[test]
+    fn an_idle_destination_that_never_answered_starts_with_one_delivery() {
+        let d = Destinations::new(policy());
+        d.start(A, Share::Unproven).record(Verdict::Failed(0.5));
+        assert_eq!(room(&d, A), 1, "idle, never answered: one");
+        let first = d.start(A, Share::Unproven);
+        assert_eq!(room(&d, A), 0, "busy: its room, which is one");
         drop(first);
     }
 
