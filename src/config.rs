@@ -299,6 +299,13 @@ pub struct Config {
     #[arg(long, env = "APP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// How times are written in the API, the callback body and events: `naive` as the
+    /// original wrote them (UTC without a zone, `2026-12-02T06:19:37.098857`), or `rfc3339`
+    /// (`2026-12-02T06:19:37.098857Z`).
+    #[arg(long, env = "APP_TIMESTAMP_FORMAT", value_enum,
+          default_value_t = crate::timestamps::TimestampFormat::Naive)]
+    pub timestamp_format: crate::timestamps::TimestampFormat,
+
     /// Seconds to let in-flight work finish after SIGTERM/SIGINT before exiting.
     #[arg(long, env = "APP_SHUTDOWN_GRACE_SECONDS", default_value_t = 30.0,
           value_parser = non_negative_seconds)]

@@ -32,6 +32,8 @@ pub mod service;
 pub mod shutdown;
 /// Persistence: requests, the queue, the delivery audit.
 pub mod store;
+/// How times are written on the wire.
+pub mod timestamps;
 /// The operator dashboard at `/ui`: pages, their script and style, the live overview.
 pub mod ui;
 /// The work function and its compute pool.

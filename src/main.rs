@@ -102,6 +102,7 @@ fn receiver(args: ReceiverArgs) -> ExitCode {
 
 fn serve(config: Config) -> ExitCode {
     let _logs = init_logging(config.log_format);
+    syncasync::timestamps::choose(config.timestamp_format);
     run_async(|shutdown| async move {
         let app = Application::build(config)
             .await

@@ -3,8 +3,8 @@
 //! Field names and status strings are the original service's: clients written for it must
 //! keep working, so nothing here is renamed without a spec change.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize, Serializer};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// How a request was submitted.
@@ -81,21 +81,6 @@ impl Status {
     }
 }
 
-/// Timestamps go on the wire as RFC 3339 UTC with millisecond precision.
-pub fn serialize_timestamp<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
-
-fn serialize_opt_timestamp<S: Serializer>(
-    t: &Option<DateTime<Utc>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => serialize_timestamp(t, s),
-        None => s.serialize_none(),
-    }
-}
-
 /// The outcome of one unit of work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkResult {
@@ -126,7 +111,7 @@ pub struct AcceptedResponse {
 pub struct DeliveryAttempt {
     /// 1-based, counting every attempt the request has had.
     pub attempt: u32,
-    #[serde(serialize_with = "serialize_timestamp")]
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub started_at: DateTime<Utc>,
     pub duration_ms: f64,
     pub status_code: Option<u16>,
@@ -148,9 +133,9 @@ pub struct RequestRecord {
     pub mode: Mode,
     pub status: Status,
     pub payload_hash: String,
-    #[serde(serialize_with = "serialize_timestamp")]
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "serialize_opt_timestamp")]
+    #[serde(serialize_with = "crate::timestamps::serialize_opt")]
     pub completed_at: Option<DateTime<Utc>>,
     pub callback_url: Option<String>,
     pub callback_attempts: u32,

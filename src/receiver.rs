@@ -25,7 +25,6 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::signing::Signer;
-use crate::model::serialize_timestamp;
 
 /// How far a `webhook-timestamp` may be from the receiver's clock (Standard Webhooks'
 /// recommended tolerance): older signed messages are replays.
@@ -66,7 +65,7 @@ fn fraction(s: &str) -> Result<f64, String> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ReceivedCallback {
     pub request_id: Option<String>,
-    #[serde(serialize_with = "serialize_timestamp")]
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub received_at: DateTime<Utc>,
     pub attempt: Option<u32>,
     pub webhook_id: Option<String>,

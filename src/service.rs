@@ -118,7 +118,7 @@ fn new_async_request(
         },
         data: input.work.data,
         destination: destination_of(&input.callback_url),
-        callback_url: input.callback_url.into(),
+        callback_url: input.callback_url_as_sent,
     }
 }
 
@@ -330,12 +330,13 @@ impl Service {
             };
             match outcome {
                 Ok(output) => {
+                    let processing_time_ms = output.processing_time_ms();
                     let result = WorkResult {
                         request_id: new.id.clone(),
                         input_hash: output.hashes.input_hash,
                         output_hash: output.hashes.output_hash,
                         iterations,
-                        processing_time_ms: output.processing_time.as_secs_f64() * 1000.0,
+                        processing_time_ms,
                     };
                     store.sync_finished(&new, Ok(&result)).await?;
                     Ok(Worked::Done(result))
@@ -424,7 +425,7 @@ impl Service {
             fingerprint: fingerprint(
                 Mode::Async,
                 input.work.iterations,
-                Some(input.callback_url.as_str()),
+                Some(input.callback_url_as_sent.as_str()),
                 &input.work.data,
             ),
             key,

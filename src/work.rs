@@ -121,6 +121,14 @@ pub struct WorkOutput {
     pub processing_time: Duration,
 }
 
+impl WorkOutput {
+    /// The processing time in milliseconds, rounded to three decimals as the original
+    /// reported it (`round(ms, 3)`).
+    pub fn processing_time_ms(&self) -> f64 {
+        (self.processing_time.as_secs_f64() * 1_000_000.0).round() / 1000.0
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
     #[error("the compute queue is full")]

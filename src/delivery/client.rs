@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
@@ -250,7 +250,7 @@ impl CallbackClient {
             status: "success".into(),
             result: result.clone(),
             error: None,
-            timestamp: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            timestamp: crate::timestamps::format(&started_at),
         };
         let body = serde_json::to_vec(&payload)
             .map_err(|e| Failure::new(AttemptKind::Invalid, e.to_string()))?;

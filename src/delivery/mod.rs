@@ -565,12 +565,13 @@ impl Dispatcher {
                 Err(PoolError::Closed | PoolError::Cancelled) => return None,
             }
         };
+        let processing_time_ms = output.processing_time_ms();
         let result = WorkResult {
             request_id: job.id.clone(),
             input_hash: output.hashes.input_hash,
             output_hash: output.hashes.output_hash,
             iterations: job.iterations,
-            processing_time_ms: output.processing_time.as_secs_f64() * 1000.0,
+            processing_time_ms,
         };
         match self.store.store_result(&job.id, &job.token, &result).await {
             Ok(true) => Some(result),

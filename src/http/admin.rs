@@ -229,20 +229,21 @@ fn parse_bulk(query: &str) -> Result<(super::requests::ListParams, bool, u32), V
                     "dry_run",
                     "bool",
                     "must be true or false",
+                    &value,
                 )),
             },
-            "limit" => match value.parse::<u32>() {
-                Ok(n) if (1..=MAX_BULK_REDELIVER).contains(&n) => at_most = n,
-                _ => errors.push(FieldError::query(
-                    "limit",
-                    "range",
-                    format!("must be an integer between 1 and {MAX_BULK_REDELIVER}"),
-                )),
-            },
+            "limit" => {
+                match super::requests::query_int("limit", &value, 1, i64::from(MAX_BULK_REDELIVER))
+                {
+                    Ok(n) => at_most = u32::try_from(n).unwrap_or(DEFAULT_BULK_REDELIVER),
+                    Err(error) => errors.push(error),
+                }
+            }
             "before" | "offset" => errors.push(FieldError::query(
                 key.as_ref(),
                 "not_allowed",
                 "a bulk redelivery takes every matching request, not a page",
+                &value,
             )),
             // It filters on `callback_failed` too, and an id prefix is never combined with
             // another filter (see `requests::parse_filter`).
@@ -251,6 +252,7 @@ fn parse_bulk(query: &str) -> Result<(super::requests::ListParams, bool, u32), V
                 "not_allowed",
                 "a bulk redelivery takes no id prefix: redeliver one request with \
                  POST /requests/{id}/redeliver",
+                &value,
             )),
             // A list ignores a parameter it does not know; an action that changes every
             // matching request must not: a misspelt filter would widen it to all of them.
@@ -262,6 +264,7 @@ fn parse_bulk(query: &str) -> Result<(super::requests::ListParams, bool, u32), V
                         "is not a filter; the filters are: {}",
                         super::requests::FILTER_NAMES.join(", ")
                     ),
+                    &value,
                 ))
             }
             _ => {}
@@ -278,6 +281,7 @@ fn parse_bulk(query: &str) -> Result<(super::requests::ListParams, bool, u32), V
                     "status",
                     "enum",
                     "only callback_failed requests can be redelivered",
+                    params.filter.status.map_or("", |s| s.as_str()),
                 ));
             }
             if errors.is_empty() {

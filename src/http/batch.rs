@@ -68,11 +68,12 @@ async fn submit_batch(
     JsonBody(body): JsonBody,
 ) -> Result<Json<BatchResponse>, ApiError> {
     // Silently ignoring a key would let a client believe its retries are safe.
-    if key.is_some() {
+    if let Some(key) = key {
         return Err(ApiError::Validation(vec![FieldError::header(
             HEADER,
             "idempotency_key_unsupported",
             "batches take no Idempotency-Key; send requests that need one to POST /async",
+            &key,
         )]));
     }
     let items = parse_batch(&body, &state.service.guard).map_err(ApiError::Validation)?;

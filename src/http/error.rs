@@ -108,10 +108,11 @@ impl From<ServiceError> for ApiError {
         match err {
             ServiceError::Overloaded => ApiError::Overloaded,
             err @ ServiceError::Unavailable(_) => ApiError::Unavailable(err),
-            err @ ServiceError::KeyReused(_) => ApiError::Validation(vec![FieldError::header(
+            ServiceError::KeyReused(key) => ApiError::Validation(vec![FieldError::header(
                 super::idempotency::HEADER,
                 "idempotency_key_reused",
-                err.to_string(),
+                ServiceError::KeyReused(key.clone()).to_string(),
+                &key,
             )]),
             err @ ServiceError::KeyInProgress(_) => ApiError::Conflict(err.to_string()),
             other => ApiError::Internal(other),
@@ -119,8 +120,31 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// The body the original's framework (Starlette) gave an unknown path or method:
+/// `{"detail":"Not Found"}`. Clients of the original match on it.
+#[derive(Serialize, ToSchema)]
+pub struct FrameworkErrorBody {
+    #[schema(example = "Not Found")]
+    detail: &'static str,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        match self {
+            ApiError::NotFound => {
+                let body = FrameworkErrorBody {
+                    detail: "Not Found",
+                };
+                return (StatusCode::NOT_FOUND, Json(body)).into_response();
+            }
+            ApiError::MethodNotAllowed => {
+                let body = FrameworkErrorBody {
+                    detail: "Method Not Allowed",
+                };
+                return (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response();
+            }
+            _ => {}
+        }
         let status = match &self {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RequestNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -184,8 +208,9 @@ impl IntoResponse for ApiError {
 
 /// Middleware: an error answered outside our handlers (the docs page's bare 404 for an
 /// unknown asset, axum's plain-text 400 for a path it cannot decode) is given the API's error
-/// shape, with the status kept and the standard reason phrase as the message. Our own errors
-/// are JSON already and pass untouched.
+/// shape, with the status kept and the standard reason phrase as the message (a 404 or 405
+/// the framework's, as for any unknown path). Our own errors are JSON already and pass
+/// untouched.
 pub async fn json_error_shape(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status();
@@ -196,15 +221,21 @@ pub async fn json_error_shape(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
-    let body = ErrorBody::new(
-        status,
-        status.canonical_reason().unwrap_or("Error").to_owned(),
-        None,
-    );
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::CONTENT_TYPE);
-    let mut response = (status, Json(body)).into_response();
+    let mut response = match status {
+        StatusCode::NOT_FOUND => ApiError::NotFound.into_response(),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.into_response(),
+        _ => {
+            let body = ErrorBody::new(
+                status,
+                status.canonical_reason().unwrap_or("Error").to_owned(),
+                None,
+            );
+            (status, Json(body)).into_response()
+        }
+    };
     // Headers the library set (Allow, WWW-Authenticate, …) still apply.
     for (name, value) in &parts.headers {
         response.headers_mut().insert(name, value.clone());

@@ -56,13 +56,33 @@ where
             return Err(ApiError::UnsupportedMediaType);
         }
         let bytes = read_body(req, &BodyLimits::from_ref(state)).await?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|err| {
-            let offset = byte_offset(&bytes, err.line(), err.column());
-            ApiError::Validation(vec![FieldError::invalid_json(
-                offset,
-                format!("invalid JSON: {err}"),
-            )])
-        })
+        parse_json(&bytes)
+            .map(JsonBody)
+            .map_err(ApiError::Validation)
+    }
+}
+
+/// A body as the original's framework read it: nothing at all is a missing body; a leading
+/// UTF-8 byte order mark is skipped (Python's `json.loads` skips it); a syntax error is
+/// located by character position.
+fn parse_json(bytes: &[u8]) -> Result<Value, Vec<FieldError>> {
+    if bytes.is_empty() {
+        return Err(vec![FieldError::empty_body()]);
+    }
+    let text = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    serde_json::from_slice(text).map_err(|err| {
+        let offset = byte_offset(text, err.line(), err.column());
+        let position = String::from_utf8_lossy(&text[..offset]).chars().count();
+        vec![FieldError::invalid_json(position, complaint(&err))]
+    })
+}
+
+/// What serde_json found wrong, without its "at line 1 column 5" (the position is in `loc`).
+fn complaint(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
     }
 }
 
@@ -173,6 +193,28 @@ fn is_json(content_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::is_json;
+
+    #[test]
+    fn bodies_are_read_as_the_original_read_them() {
+        use super::parse_json;
+        use serde_json::json;
+        assert_eq!(
+            parse_json(b"\xef\xbb\xbf{\"a\":1}").unwrap(),
+            json!({"a": 1})
+        );
+        let empty = serde_json::to_value(parse_json(b"").unwrap_err()).unwrap();
+        assert_eq!(empty[0]["type"], "missing");
+        assert_eq!(empty[0]["loc"], json!(["body"]));
+        assert_eq!(empty[0]["input"], json!(null));
+        // Positions count characters, as Python's do: "é" is one.
+        let broken =
+            serde_json::to_value(parse_json("{\"é\": 1,}".as_bytes()).unwrap_err()).unwrap();
+        assert_eq!(broken[0]["type"], "json_invalid");
+        assert_eq!(broken[0]["loc"], json!(["body", 8]), "where Python puts it");
+        assert_eq!(broken[0]["msg"], "JSON decode error");
+        assert_eq!(broken[0]["input"], json!({}));
+        assert!(broken[0]["ctx"]["error"].is_string());
+    }
 
     #[test]
     fn json_error_positions_are_byte_offsets() {

@@ -54,19 +54,20 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         };
         // Two keys on one request: which one would the client expect to be used?
         if values.next().is_some() {
-            return Err(invalid("must be sent once"));
+            return Err(invalid("must be sent once", value.as_bytes()));
         }
         parse(value.as_bytes())
             .map(|key| IdempotencyKey(Some(key)))
-            .map_err(invalid)
+            .map_err(|msg| invalid(msg, value.as_bytes()))
     }
 }
 
-fn invalid(msg: &str) -> ApiError {
+fn invalid(msg: &str, raw: &[u8]) -> ApiError {
     ApiError::Validation(vec![FieldError::header(
         HEADER,
         "idempotency_key_invalid",
         msg,
+        &String::from_utf8_lossy(raw),
     )])
 }
 

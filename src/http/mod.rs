@@ -27,8 +27,10 @@ mod wait;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::{DefaultBodyLimit, FromRef, Request};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
+use axum::response::IntoResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
@@ -165,6 +167,7 @@ fn require_api_token_in_doc(doc: &mut utoipa::openapi::OpenApi) {
 
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api(&state).split_for_parts();
+    let api_paths = Arc::new(PathMatcher::new(openapi.paths.paths.keys()));
     let max_body_bytes = state.body_limits.max_bytes;
     let mut docs = Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi));
     if let Some(token) = state.api_token.clone() {
@@ -180,7 +183,7 @@ pub fn router(state: AppState) -> Router {
         .merge(docs)
         // The dashboard: not API, so not in the document.
         .merge(crate::ui::router(&state))
-        .fallback(not_found)
+        .fallback(move |req: Request| not_found(Arc::clone(&api_paths), req))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(error::json_error_shape))
         // Bodies are read by `extract::JsonBody` under its own limits; this one holds any
@@ -195,8 +198,46 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::NotFound
+/// The API's paths (`/requests/{id}`), to tell whether a path is one of them.
+struct PathMatcher(matchit::Router<()>);
+
+impl PathMatcher {
+    fn new<'a>(paths: impl Iterator<Item = &'a String>) -> Self {
+        let mut router = matchit::Router::new();
+        for path in paths {
+            // The document's paths are the router's, so each is a valid, distinct route.
+            let _ = router.insert(path.as_str(), ());
+        }
+        Self(router)
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        self.0.at(path).is_ok()
+    }
+}
+
+/// An unknown path. One that is an API path but for a trailing slash (`POST /sync/`) is
+/// redirected to it with a 307, which keeps the method and body, as the original's framework
+/// did (Starlette's `redirect_slashes`); the Location is relative, so that it holds behind a
+/// proxy that terminates TLS.
+async fn not_found(api_paths: Arc<PathMatcher>, req: Request) -> axum::response::Response {
+    let path = req.uri().path();
+    if let Some(trimmed) = path.strip_suffix('/').filter(|p| !p.is_empty())
+        && api_paths.matches(trimmed)
+    {
+        let location = match req.uri().query() {
+            Some(query) => format!("{trimmed}?{query}"),
+            None => trimmed.to_string(),
+        };
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            return (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(header::LOCATION, location)],
+            )
+                .into_response();
+        }
+    }
+    ApiError::NotFound.into_response()
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -11,7 +11,7 @@ use super::error::ErrorBody;
 use super::extract::PathId;
 use super::wait::{Applied, Wait};
 use super::{ApiError, AppState};
-use crate::input::FieldError;
+use crate::input::{FieldError, Part, bounded_int};
 use crate::model::{Mode, RequestList, RequestRecord, Status};
 use crate::store::ListFilter;
 
@@ -175,6 +175,18 @@ pub(super) const FILTER_NAMES: &[&str] = &[
     "before",
 ];
 
+/// An integer query parameter, read as the original read one ([`crate::input::lax_int`]:
+/// `limit=1.0` is 1), within `min..=max`.
+pub(super) fn query_int(field: &str, value: &str, min: i64, max: i64) -> Result<i64, FieldError> {
+    bounded_int(
+        Part::Query,
+        field,
+        &serde_json::Value::from(value),
+        min,
+        max,
+    )
+}
+
 /// Reads the list filters; an unknown value is an error, never a silently empty list.
 /// Parameters of other names are ignored.
 pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
@@ -184,19 +196,21 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
     };
     let mut before = None;
     let mut errors = Vec::new();
-    let timestamp = |field: &str, value: &str, errors: &mut Vec<FieldError>| {
-        match chrono::DateTime::parse_from_rfc3339(value) {
-            Ok(at) => Some(at.with_timezone(&chrono::Utc)),
-            Err(_) => {
+    let timestamp =
+        |field: &str, value: &str, errors: &mut Vec<FieldError>| match crate::timestamps::parse(
+            value,
+        ) {
+            Some(at) => Some(at),
+            None => {
                 errors.push(FieldError::query(
                     field,
                     "datetime",
-                    "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z",
+                    "must be a timestamp, e.g. 2026-01-31T12:00:00 (UTC) or 2026-01-31T12:00:00Z",
+                    value,
                 ));
                 None
             }
-        }
-    };
+        };
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
             "mode" => match Mode::parse(&value) {
@@ -205,6 +219,7 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                     "mode",
                     "enum",
                     "must be one of: sync, async",
+                    &value,
                 )),
             },
             "status" => match Status::parse(&value) {
@@ -215,24 +230,18 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                         "status",
                         "enum",
                         format!("must be one of: {}", allowed.join(", ")),
+                        &value,
                     ));
                 }
             },
-            "limit" => match value.parse::<u32>() {
-                Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => filter.limit = limit,
-                _ => errors.push(FieldError::query(
-                    "limit",
-                    "range",
-                    format!("must be an integer between 1 and {MAX_LIMIT}"),
-                )),
+            // Read as the original read them (`limit=1.0` is 1).
+            "limit" => match query_int("limit", &value, 1, i64::from(MAX_LIMIT)) {
+                Ok(limit) => filter.limit = u32::try_from(limit).unwrap_or(DEFAULT_LIMIT),
+                Err(error) => errors.push(error),
             },
-            "offset" => match value.parse::<u64>() {
-                Ok(offset) if i64::try_from(offset).is_ok() => filter.offset = offset,
-                _ => errors.push(FieldError::query(
-                    "offset",
-                    "range",
-                    "must be a non-negative integer",
-                )),
+            "offset" => match query_int("offset", &value, 0, i64::MAX) {
+                Ok(offset) => filter.offset = offset.unsigned_abs(),
+                Err(error) => errors.push(error),
             },
             "created_from" => filter.created_from = timestamp("created_from", &value, &mut errors),
             "created_to" => filter.created_to = timestamp("created_to", &value, &mut errors),
@@ -248,6 +257,7 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                         "callback_host",
                         "host",
                         "must be a host name or address, optionally with :port",
+                        &value,
                     ));
                 }
             }
@@ -262,6 +272,7 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                         "id_prefix",
                         "id_prefix",
                         "must be 1 to 36 hex digits or '-'",
+                        &value,
                     ));
                 }
             }
@@ -275,6 +286,7 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                         "before",
                         "request_id",
                         "must be a request id (1 to 64 characters)",
+                        &value,
                     ));
                 }
             }
@@ -295,6 +307,7 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
             "id_prefix",
             "finds requests by id and takes no other filter (mode, status, created_from, \
              created_to, callback_host): use it alone, with paging only",
+            filter.id_prefix.as_deref().unwrap_or_default(),
         ));
     }
     if errors.is_empty() {

@@ -53,6 +53,7 @@ fn parse_query(value: &str) -> Result<Duration, ApiError> {
                 "must be a whole number of seconds between 0 and {}",
                 MAX_WAIT.as_secs()
             ),
+            value,
         )])),
     }
 }

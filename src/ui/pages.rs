@@ -127,7 +127,7 @@ pub fn requests(shell: Shell) -> Markup {
                     @for status in Status::ALL { option value=(status.as_str()) { (status.as_str()) } }
                 }
             }
-            label { "Created from " input name="created_from" type="datetime-local" step="1"; }
+            label { "Created from (UTC) " input name="created_from" type="datetime-local" step="1"; }
             label { "to " input name="created_to" type="datetime-local" step="1"; }
             label { "Callback host " input name="callback_host" type="text" placeholder="host or host:port" maxlength="262"; }
             label title="Finds requests by id; the other filters are not applied with it" {

@@ -73,11 +73,7 @@ async fn without_a_configured_token_the_admin_endpoint_does_not_exist() {
     for authorization in [None, Some("Bearer "), Some("Bearer s3cret"), Some("Bearer")] {
         let (status, body) = read(cleanup(&app, authorization).await).await;
         assert_eq!(status, 404, "{authorization:?}");
-        assert_eq!(
-            body,
-            json!({"status": "error", "error": "Not Found", "request_id": null}),
-            "{authorization:?}"
-        );
+        assert_eq!(body, json!({"detail": "Not Found"}), "{authorization:?}");
     }
 }
 

@@ -87,6 +87,14 @@ impl NameLookup for StaticLookup {
     }
 }
 
+/// A time the service wrote (naive UTC by default, or RFC 3339), as a UTC instant.
+pub fn parse_time(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("a timestamp: {value}"));
+    syncasync::timestamps::parse(text).unwrap_or_else(|| panic!("a timestamp: {text}"))
+}
+
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()

@@ -11,6 +11,7 @@ mod list_filters;
 
 mod admin;
 mod batch;
+mod compat;
 mod dashboard;
 mod delivery;
 mod durability;

@@ -114,8 +114,7 @@ async fn three_instances_one_killed_mid_burst_lose_nothing_and_never_overlap() {
             .unwrap()
             .iter()
             .map(|a| {
-                let start = chrono::DateTime::parse_from_rfc3339(a["started_at"].as_str().unwrap())
-                    .unwrap();
+                let start = crate::helpers::parse_time(&a["started_at"]);
                 let start_ms = start.timestamp_millis() as f64;
                 let instance = a["instance"].as_str().unwrap().to_string();
                 (

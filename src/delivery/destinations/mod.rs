@@ -557,7 +557,7 @@ impl Destinations {
                         let at = Utc::now()
                             + chrono::Duration::from_std(until.saturating_duration_since(now))
                                 .unwrap_or_default();
-                        Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                        Some(crate::timestamps::format(&at))
                     }
                     _ => None,
                 };

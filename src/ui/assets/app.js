@@ -122,10 +122,17 @@
     showMessage(error && error.message ? error.message : String(error));
   }
 
+  // The API writes times in UTC, without a zone by default (as the original did): read
+  // them as UTC whatever the browser's zone, and show them as UTC, as the logs do.
+  function parseTime(value) {
+    const text = String(value);
+    return new Date(/(Z|[+-]\d\d:\d\d)$/.test(text) ? text : text + "Z");
+  }
+
   function time(value) {
     if (!value) return "—";
-    const date = new Date(value);
-    return isNaN(date) ? String(value) : date.toLocaleString();
+    const date = parseTime(value);
+    return isNaN(date) ? String(value) : date.toISOString().slice(0, 19).replace("T", " ") + " UTC";
   }
 
   function statusBadge(status) {
@@ -389,10 +396,9 @@
     for (const key of FILTERS) {
       const value = (here.get(key) || "").trim();
       if (!value) continue;
-      if (key === "created_from" || key === "created_to") {
-        const date = new Date(value);
-        query.set(key, isNaN(date) ? value : date.toISOString());
-      } else query.set(key, value);
+      // Times in the form are UTC, as everywhere on the dashboard; the API reads a time
+      // without a zone as UTC.
+      query.set(key, value);
     }
     return query;
   }

@@ -60,7 +60,7 @@ async fn an_instance_an_hour_ahead_still_gets_its_jobs_delivered_on_time() {
 
 /// When the service says `record` was created (its clock, skewed or not).
 fn stamped_at(record: &Value) -> chrono::DateTime<chrono::Utc> {
-    record["created_at"].as_str().unwrap().parse().unwrap()
+    crate::helpers::parse_time(&record["created_at"])
 }
 
 /// Where Debian's `libfaketime` package puts the library: `/usr/lib/<multiarch>/faketime/`
@@ -232,11 +232,7 @@ async fn a_clock_stepped_back_does_not_postpone_a_retry() {
         .await;
     assert_eq!(record["callback_attempts"], 2, "{record}");
     // The step was real: the retry was stamped ten minutes back.
-    let retried: chrono::DateTime<chrono::Utc> = record["attempts"][1]["started_at"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retried = crate::helpers::parse_time(&record["attempts"][1]["started_at"]);
     assert!(
         retried < chrono::Utc::now() - chrono::Duration::seconds(500),
         "the clock did not step: {record}"
