@@ -401,7 +401,7 @@ impl Dispatcher {
         } else {
             match self.policy.delay_after(round_attempt, report.retry_after) {
                 Some(delay) => AttemptOutcome::RetryAfter(delay),
-                None => AttemptOutcome::GaveUp,
+                None => AttemptOutcome::RetriesExhausted,
             }
         };
         tracing::info!(
@@ -432,7 +432,7 @@ impl Dispatcher {
                     attempts = attempt,
                     "async request finished"
                 ),
-                AttemptOutcome::GaveUp => tracing::warn!(
+                AttemptOutcome::GaveUp | AttemptOutcome::RetriesExhausted => tracing::warn!(
                     request_id = %job.id,
                     status = "callback_failed",
                     attempts = attempt,
@@ -533,7 +533,9 @@ impl Dispatcher {
             .observe(report.duration.as_secs_f64());
         let status = match outcome {
             AttemptOutcome::Delivered => FinalStatus::callback_success,
-            AttemptOutcome::GaveUp => FinalStatus::callback_failed,
+            AttemptOutcome::GaveUp | AttemptOutcome::RetriesExhausted => {
+                FinalStatus::callback_failed
+            }
             AttemptOutcome::RetryAfter(_) => return,
         };
         metrics

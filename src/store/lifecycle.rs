@@ -49,7 +49,10 @@ pub enum AttemptOutcome {
     /// Due again after this delay, counted on the database's clock (so that instances whose
     /// clocks disagree still agree on when a job is due).
     RetryAfter(Duration),
+    /// Given up at once: the failure is one no retry can mend (a blocked destination).
     GaveUp,
+    /// Given up after the last retry the policy allows.
+    RetriesExhausted,
 }
 
 impl AttemptOutcome {
@@ -58,7 +61,19 @@ impl AttemptOutcome {
         match self {
             AttemptOutcome::Delivered => Status::CallbackSuccess,
             AttemptOutcome::RetryAfter(_) => Status::CallbackPending,
-            AttemptOutcome::GaveUp => Status::CallbackFailed,
+            AttemptOutcome::GaveUp | AttemptOutcome::RetriesExhausted => Status::CallbackFailed,
+        }
+    }
+
+    /// The request's `callback_last_error` once this outcome of an attempt that failed with
+    /// `error` is recorded: the attempt's error, or, when it was the last retry, the
+    /// original's `Max retries exceeded: <cause>` (clients of the original match on it).
+    pub fn last_error(self, error: Option<&str>) -> Option<String> {
+        match (self, error) {
+            (AttemptOutcome::RetriesExhausted, Some(error)) => {
+                Some(format!("Max retries exceeded: {error}"))
+            }
+            (_, error) => error.map(str::to_owned),
         }
     }
 
@@ -245,7 +260,9 @@ impl Transition {
                 },
                 due: match outcome {
                     AttemptOutcome::RetryAfter(delay) => Change::Set(Due::After(delay)),
-                    AttemptOutcome::Delivered | AttemptOutcome::GaveUp => Change::Cleared,
+                    AttemptOutcome::Delivered
+                    | AttemptOutcome::GaveUp
+                    | AttemptOutcome::RetriesExhausted => Change::Cleared,
                 },
                 lease: Change::Cleared,
                 unrecorded_claims: Tally::Reset,
@@ -361,6 +378,10 @@ mod tests {
                 &[(Some(CallbackPending), CallbackFailed)],
             ),
             (
+                Transition::Attempted(AttemptOutcome::RetriesExhausted),
+                &[(Some(CallbackPending), CallbackFailed)],
+            ),
+            (
                 Transition::GivenUp,
                 &[
                     (Some(Processing), CallbackFailed),
@@ -445,8 +466,28 @@ mod tests {
         let gave_up = Transition::Attempted(AttemptOutcome::GaveUp);
         assert!(gave_up.finishes());
         assert_eq!(gave_up.effect().due, Change::Cleared);
+        let exhausted = Transition::Attempted(AttemptOutcome::RetriesExhausted);
+        assert!(exhausted.finishes());
+        assert_eq!(exhausted.effect().due, Change::Cleared);
+        assert_eq!(
+            AttemptOutcome::RetriesExhausted
+                .last_error(Some("HTTP 500"))
+                .as_deref(),
+            Some("Max retries exceeded: HTTP 500")
+        );
+        assert_eq!(
+            AttemptOutcome::GaveUp
+                .last_error(Some("blocked"))
+                .as_deref(),
+            Some("blocked")
+        );
 
-        for outcome in [AttemptOutcome::Delivered, RETRY, AttemptOutcome::GaveUp] {
+        for outcome in [
+            AttemptOutcome::Delivered,
+            RETRY,
+            AttemptOutcome::GaveUp,
+            AttemptOutcome::RetriesExhausted,
+        ] {
             let effect = Transition::Attempted(outcome).effect();
             assert_eq!(effect.lease, Change::Cleared, "{outcome:?} ends the claim");
             assert_eq!(effect.unrecorded_claims, Tally::Reset, "{outcome:?}");

@@ -115,10 +115,22 @@ async fn receiver_that_is_down_ends_callback_failed_after_max_retries() {
         record["callback_attempts"], 4,
         "the first attempt and 3 retries"
     );
+    // As the original wrote it, with the last attempt's cause after the colon.
     let error = record["callback_last_error"].as_str().unwrap();
-    assert!(error.contains("connection"), "{error}");
+    assert!(
+        error.starts_with("Max retries exceeded: ") && error.contains("connection"),
+        "{error}"
+    );
     let attempts = record["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 4);
+    assert_eq!(
+        format!(
+            "Max retries exceeded: {}",
+            attempts[3]["error"].as_str().unwrap()
+        ),
+        error,
+        "the attempt itself keeps its own error"
+    );
     assert!(
         attempts
             .iter()
@@ -144,7 +156,10 @@ async fn non_2xx_answers_are_retried_and_recorded() {
     let id = app.submit("not found", &receiver.url()).await;
     let record = app.wait_for_status(&id, "callback_failed", WAIT).await;
     assert_eq!(record["callback_attempts"], 2);
-    assert_eq!(record["callback_last_error"], "HTTP 404");
+    assert_eq!(
+        record["callback_last_error"],
+        "Max retries exceeded: HTTP 404"
+    );
 }
 
 #[tokio::test]

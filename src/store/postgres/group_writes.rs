@@ -62,15 +62,15 @@ pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
                               $5::bool[], $6::float8[], $7::int[], $8::text[],
                               $9::timestamptz[], $10::float8[], $11::int[], $12::text[],
-                              $13::text[])
+                              $13::text[], $14::text[])
               AS a(id, owner, token, status, finishes, due_in, attempt, error,
-                   started_at, duration_ms, status_code, response_body, note)),
+                   started_at, duration_ms, status_code, response_body, note, last_error)),
      moved AS (
          UPDATE requests AS r
          SET status = a.status, completed_at = CASE WHEN a.finishes THEN now() END,
              next_attempt_at = now() + make_interval(secs => a.due_in),
              callback_attempts = a.attempt,
-             callback_last_error = COALESCE(a.error, r.callback_last_error),
+             callback_last_error = COALESCE(a.last_error, r.callback_last_error),
              lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
              unrecorded_claims = 0
          FROM attempts AS a
@@ -221,6 +221,9 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
             .bind(column(batch, |w| w.attempt.status_code.map(i32::from)))
             .bind(column(batch, |w| w.attempt.response_body.as_deref()))
             .bind(column(batch, |w| w.attempt.note.as_deref()))
+            .bind(column(batch, |w| {
+                w.outcome.last_error(w.attempt.error.as_deref())
+            }))
             .fetch_all(&self.pool)
             .await?;
         Ok(answered(

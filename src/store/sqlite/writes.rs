@@ -369,7 +369,7 @@ impl Write for RecordAttempt {
             completed_at,
             next_attempt_at,
             attempt.attempt,
-            attempt.error
+            self.outcome.last_error(attempt.error.as_deref())
         ])?;
         if updated == 0 {
             // The lease was lost: the job belongs to someone else now; record nothing.
