@@ -81,6 +81,19 @@ impl Status {
     }
 }
 
+/// A time, in UTC, as the API writes one: ISO 8601 without a zone, with microseconds, as
+/// the original wrote them (`2026-12-02T06:19:37.098857`), or with `Z` under
+/// `APP_TIMESTAMP_FORMAT=rfc3339`. (Not the document's `date-time` format, which requires
+/// the zone.) Only describes the field in the API document.
+#[derive(ToSchema)]
+#[schema(
+    value_type = String,
+    example = "2026-12-02T06:19:37.098857",
+    pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z?$"
+)]
+#[allow(dead_code)]
+pub struct Timestamp(String);
+
 /// The outcome of one unit of work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkResult {
@@ -111,7 +124,9 @@ pub struct AcceptedResponse {
 pub struct DeliveryAttempt {
     /// 1-based, counting every attempt the request has had.
     pub attempt: u32,
+    /// UTC (see [`Timestamp`]).
     #[serde(serialize_with = "crate::timestamps::serialize")]
+    #[schema(value_type = Timestamp)]
     pub started_at: DateTime<Utc>,
     pub duration_ms: f64,
     pub status_code: Option<u16>,
@@ -134,8 +149,10 @@ pub struct RequestRecord {
     pub status: Status,
     pub payload_hash: String,
     #[serde(serialize_with = "crate::timestamps::serialize")]
+    #[schema(value_type = Timestamp)]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "crate::timestamps::serialize_opt")]
+    #[schema(value_type = Option<Timestamp>)]
     pub completed_at: Option<DateTime<Utc>>,
     pub callback_url: Option<String>,
     pub callback_attempts: u32,

@@ -71,8 +71,9 @@ pub struct FieldError {
     /// error, by character position), `["body", "requests", 3, "data"]`.
     pub loc: Vec<Loc>,
     pub msg: String,
-    /// The value that broke the rule (for a missing field, the object it is missing from).
-    #[schema(value_type = Object)]
+    /// The value that broke the rule, of any JSON type (for a missing field, the object it
+    /// is missing from).
+    #[schema(value_type = Value)]
     pub input: Value,
     /// The rule's parameters (`{"ge": 1}`), when it has any.
     #[serde(skip_serializing_if = "Option::is_none")]
