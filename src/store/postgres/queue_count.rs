@@ -30,6 +30,9 @@ pub(super) struct CountState {
     /// which can only over-estimate.
     accepted: i64,
     accepted_at_count: i64,
+    /// Whether submissions completed while the last count ran: each is counted twice if
+    /// it committed before the count's snapshot, so the estimate may be high by that many.
+    settling: bool,
     /// Reserved places whose insert has not finished.
     in_flight: i64,
 }
@@ -59,6 +62,7 @@ impl CountState {
     /// `accepted_before` submissions, as the count from now on.
     fn set_count(&mut self, counted: i64, accepted_before: i64) {
         self.counted = counted;
+        self.settling = self.accepted != accepted_before;
         self.accepted_at_count = accepted_before;
         self.counted_at = Some(Instant::now());
     }
@@ -97,6 +101,11 @@ pub(super) const COUNT_MAX_AGE_FAR: Duration = Duration::from_secs(1);
 /// into a scan of the queue each.
 pub(super) const RECOUNT_AT_BOUND: Duration = Duration::from_millis(10);
 
+/// How many counts one submission may take. A count that raced completing submissions may
+/// have counted them twice; the next one counts them once, so a refusal rests on a count no
+/// submission completed during, unless submissions keep completing through every count.
+const MOST_RECOUNTS: u32 = 3;
+
 /// Places in the queue held for one submission (one request, or a batch). Dropped without
 /// [`Reservation::failed`] (committed, or abandoned mid-insert, which may still commit), they
 /// count as accepted.
@@ -132,7 +141,7 @@ impl PgStore {
 
     /// Holds `places` places in the queue, all or none.
     pub(super) async fn reserve_places(&self, places: i64) -> StoreResult<Reservation> {
-        let mut recounted = false;
+        let mut recounts = 0;
         loop {
             let count_age = {
                 let mut state = self.queue_count.lock();
@@ -147,13 +156,14 @@ impl PgStore {
                 if fresh && after <= self.queue_capacity {
                     return Ok(self.queue_count.hold(&mut state, places));
                 }
-                if recounted || (fresh && age.is_some_and(|age| age < RECOUNT_AT_BOUND)) {
+                let recent = fresh && age.is_some_and(|age| age < RECOUNT_AT_BOUND);
+                if recounts >= MOST_RECOUNTS || ((recounts > 0 || recent) && !state.settling) {
                     return Err(StoreError::QueueFull);
                 }
                 age
             };
             self.recount(count_age).await?;
-            recounted = true;
+            recounts += 1;
         }
     }
 
@@ -194,5 +204,31 @@ impl PgStore {
         Ok(sqlx::query_scalar(COUNT_QUEUE)
             .fetch_one(&self.pool)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CountState;
+
+    #[test]
+    fn a_count_that_submissions_completed_during_is_settling_and_high_by_them() {
+        let mut state = CountState {
+            accepted: 5,
+            ..CountState::default()
+        };
+        state.set_count(5, 5);
+        assert!(!state.settling);
+        assert_eq!(state.estimate(), 5);
+        // Two submissions completed while the count ran: the count may hold them already,
+        // and the estimate adds them again.
+        state.accepted = 7;
+        state.set_count(7, 5);
+        assert!(state.settling);
+        assert_eq!(state.estimate(), 9);
+        // The next count, with nothing completing during it, is exact.
+        state.set_count(7, 7);
+        assert!(!state.settling);
+        assert_eq!(state.estimate(), 7);
     }
 }
