@@ -44,13 +44,18 @@ macro_rules! claim_picked {
 /// A row the claim of owner `$1` may take: not leased, or its lease ran out (on the
 /// database's clock) and it is another instance's. An instance never takes its own jobs
 /// back: its heartbeat releases those it no longer works on, so a job it is still
-/// delivering is never claimed by it again, whatever happens to the clock.
+/// delivering is never claimed by it again, whatever happens to the clock. Written as a
+/// `CASE`, which the planner takes as a filter: from the equivalent `OR` it derives index
+/// conditions on `lease_expires_at IS NULL` and `lease_owner IS NOT NULL`, and for a generic
+/// plan may then read every due row through a bitmap and sort them, instead of walking
+/// `requests_due` in order and stopping at the limit.
 macro_rules! claimable_lease {
     ($owner:literal) => {
         concat!(
-            "(lease_expires_at IS NULL OR (lease_expires_at < now() AND lease_owner <> ",
+            "(CASE WHEN lease_expires_at IS NULL THEN true
+                   ELSE lease_expires_at < now() AND lease_owner <> ",
             $owner,
-            "))"
+            " END)"
         )
     };
 }
@@ -119,14 +124,34 @@ pub(super) const CLAIM_PER_DESTINATION: &str = claim_per_destination!(destinatio
 pub(super) const CLAIM_PER_LISTED_DESTINATION: &str =
     claim_per_destination!(listed_destinations_cte!());
 
-/// Due jobs claimed from the first due rows in due order, within each destination's room and
-/// the shared budget; and how many rows that window held.
+/// Due jobs claimed from the first `$5` due rows in due order (the window), within each
+/// destination's room and the shared budget; and whether the window was full (as many due
+/// rows as it can hold: the claim may have left some out).
+///
+/// The window is found first, without locks: its last due time is the horizon. Then, of the
+/// rows up to the horizon, only those the claim could take are locked: not a held
+/// destination's (unless overdue) nor a destination's without room. A held destination's
+/// backlog at the head of the queue is walked, at most a window of it, but never locked, so a
+/// claim costs the same with a hung receiver's thousands of jobs in front as without them.
 pub(super) const CLAIM_WINDOW: &str = concat!(
-    "WITH scanned AS MATERIALIZED (
-         SELECT id, next_attempt_at, COALESCE(destination, '') AS dest FROM requests
-         WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now() AND ",
+    "WITH horizon AS MATERIALIZED (
+         SELECT max(next_attempt_at) AS at, count(*) AS due_rows FROM (
+             SELECT next_attempt_at FROM requests
+             WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now() AND ",
     claimable_lease!("$1"),
-    " ORDER BY next_attempt_at
+    "
+             ORDER BY next_attempt_at LIMIT $5) AS first_due),
+     scanned AS MATERIALIZED (
+         SELECT id, next_attempt_at, COALESCE(destination, '') AS dest FROM requests
+         WHERE next_attempt_at IS NOT NULL
+           AND next_attempt_at <= (SELECT at FROM horizon)
+           AND ",
+    claimable_lease!("$1"),
+    "
+           AND (NOT (COALESCE(destination, '') = ANY($7))
+                OR next_attempt_at <= now() - make_interval(secs => $8))
+           AND COALESCE(($4::jsonb ->> COALESCE(destination, ''))::int, $6) > 0
+         ORDER BY next_attempt_at
          LIMIT $5
          FOR UPDATE SKIP LOCKED),
      candidates AS MATERIALIZED (
@@ -134,9 +159,7 @@ pub(super) const CLAIM_WINDOW: &str = concat!(
              SELECT id, next_attempt_at, dest,
                     ROW_NUMBER() OVER (PARTITION BY dest ORDER BY next_attempt_at) AS rank,
                     COALESCE(($4::jsonb ->> dest)::int, $6) AS room
-             FROM scanned
-             WHERE NOT (dest = ANY($7))
-                OR next_attempt_at <= now() - make_interval(secs => $8)) AS ranked
+             FROM scanned) AS ranked
          WHERE rank <= room),
      picked AS MATERIALIZED (
          SELECT id AS picked_id FROM (",
@@ -146,7 +169,7 @@ pub(super) const CLAIM_WINDOW: &str = concat!(
     claim_picked!(),
     job_columns!(),
     ")
-     SELECT (SELECT count(*) FROM scanned) AS window_rows, claimed.*
+     SELECT (SELECT due_rows >= $5 FROM horizon) AS window_full, claimed.*
      FROM (SELECT 1) AS one LEFT JOIN claimed ON true"
 );
 
@@ -259,14 +282,12 @@ impl PgStore {
         lease: Duration,
         rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
-        // The first `scan` due rows in due order, locked, whatever their destination; of
-        // those, held destinations' only when overdue; ranked within their destination; of
-        // each destination at most its room. Each step is a materialised CTE, evaluated once:
-        // with `WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` the planner may run the
-        // subquery more than once and claim more than n rows. (Locking and ranking are
-        // separate steps: PostgreSQL does not allow FOR UPDATE with window functions. Rows
-        // scanned but not picked are unlocked at commit.) The outer select always yields a
-        // row, so the size of the window is known even when nothing was claimed.
+        // Each step is a materialised CTE, evaluated once: with `WHERE id IN (SELECT … LIMIT n
+        // FOR UPDATE SKIP LOCKED)` the planner may run the subquery more than once and claim
+        // more than n rows. (Locking and ranking are separate steps: PostgreSQL does not allow
+        // FOR UPDATE with window functions. Rows locked but not picked are unlocked at
+        // commit.) The outer select always yields a row, so whether the window was full is
+        // known even when nothing was claimed.
         let scan = claim_scan(limit);
         let rows = sqlx::query(CLAIM_WINDOW)
             .bind(owner)
@@ -281,9 +302,11 @@ impl PgStore {
             .bind(i64::from(rooms.shared))
             .fetch_all(&self.relaxed)
             .await?;
-        let window_rows: i64 = match rows.first() {
-            Some(row) => row.try_get("window_rows")?,
-            None => 0,
+        let window_full = match rows.first() {
+            Some(row) => row
+                .try_get::<Option<bool>, _>("window_full")?
+                .unwrap_or(false),
+            None => false,
         };
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -292,7 +315,7 @@ impl PgStore {
             }
         }
         let short = jobs.len() < limit as usize;
-        if short && window_rows >= i64::from(scan) {
+        if short && window_full {
             // The window was full and left the claim short: destinations without room (a
             // full or held destination's backlog) in front. Look destination by destination.
             let mut rest = rooms.clone();
