@@ -310,3 +310,51 @@ async fn unreserved_destinations_share_one_budget_in_every_claim() {
         store.close().await;
     }
 }
+
+/// On PostgreSQL a claim locks only the rows it could take. A held destination's backlog
+/// (a receiver that hangs, its breaker open) sits at the head of the queue for as long as the
+/// destination is held: a claim that locked it only to leave it would write a row lock into
+/// each of those rows, and flush it, on every claim of every instance.
+#[tokio::test]
+async fn a_claim_leaves_held_and_full_destinations_rows_unlocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, store) = open(dir.path()).await;
+    if url.starts_with("sqlite://") {
+        println!("skipped: SQLite has no row locks (one writer claims at a time)");
+        store.close().await;
+        return;
+    }
+    const FULL: &str = "http://127.0.0.1:4";
+    for n in 0..40 {
+        queue_for(&store, &format!("held-{n}"), BACKLOG).await;
+        queue_for(&store, &format!("full-{n}"), FULL).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    queue_for(&store, "free", OLD).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let rooms = Rooms {
+        default: 10,
+        limited: vec![(FULL.into(), 0)],
+        held: vec![BACKLOG.into()],
+        overdue: Duration::from_secs(3600),
+        ..Rooms::default()
+    };
+    let claimed = store.claim_due("a", 2, HELD, &rooms).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["free"]);
+
+    use sqlx::Connection;
+    let mut conn = sqlx::postgres::PgConnection::connect(&url)
+        .await
+        .expect("connect");
+    // A row lock stays in the row (its xmax) after the claim's transaction ends.
+    let locked: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM requests WHERE id <> 'free' AND xmax::text <> '0' ORDER BY id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(locked.is_empty(), "rows locked and left: {locked:?}");
+    conn.close().await.unwrap();
+    store.close().await;
+}
