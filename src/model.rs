@@ -154,6 +154,15 @@ pub struct RequestRecord {
     #[serde(serialize_with = "crate::timestamps::serialize_opt")]
     #[schema(value_type = Option<Timestamp>)]
     pub completed_at: Option<DateTime<Utc>>,
+    /// When an async request's delivery ended (its last attempt, or given up): *beyond* the
+    /// original, whose `completed_at` is when the work finished, as here. Absent until then,
+    /// and on sync requests.
+    #[serde(
+        serialize_with = "crate::timestamps::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<Timestamp>)]
+    pub delivered_at: Option<DateTime<Utc>>,
     pub callback_url: Option<String>,
     pub callback_attempts: u32,
     pub callback_last_error: Option<String>,

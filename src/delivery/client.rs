@@ -22,7 +22,8 @@ use super::guard::Guard;
 use super::lookup::NameLookup;
 use super::retry::parse_retry_after;
 use super::signing::Signer;
-use crate::model::{CallbackPayload, WorkResult};
+use crate::model::CallbackPayload;
+use crate::store::FinishedWork;
 
 /// How long an idle keep-alive connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,8 +170,8 @@ impl CallbackClient {
 
     /// POSTs the result of `request_id` to `url` as attempt number `attempt`, on a connection
     /// of its own.
-    pub async fn deliver(&self, url: &str, result: &WorkResult, attempt: u32) -> AttemptReport {
-        self.deliver_on(url, result, attempt, false).await
+    pub async fn deliver(&self, url: &str, work: &FinishedWork, attempt: u32) -> AttemptReport {
+        self.deliver_on(url, work, attempt, false).await
     }
 
     /// As [`deliver`](Self::deliver), on a kept-alive connection if `keep_alive` (for the
@@ -178,7 +179,7 @@ impl CallbackClient {
     pub async fn deliver_on(
         &self,
         url: &str,
-        result: &WorkResult,
+        work: &FinishedWork,
         attempt: u32,
         keep_alive: bool,
     ) -> AttemptReport {
@@ -189,7 +190,7 @@ impl CallbackClient {
         } else {
             &self.one_shot
         };
-        let outcome = self.send(http, url, result, attempt, started_at).await;
+        let outcome = self.send(http, url, work, attempt, started_at).await;
         let duration = started.elapsed();
         match outcome {
             Ok(answer) => {
@@ -224,7 +225,7 @@ impl CallbackClient {
         &self,
         http: &reqwest::Client,
         url: &str,
-        result: &WorkResult,
+        work: &FinishedWork,
         attempt: u32,
         started_at: chrono::DateTime<Utc>,
     ) -> Result<Answer, Failure> {
@@ -245,12 +246,15 @@ impl CallbackClient {
             ));
         }
 
+        // The body is the same on every attempt (a receiver may dedupe or verify by it); the
+        // attempt's own time travels in `webhook-timestamp`, which the signature covers.
+        let result = &work.result;
         let payload = CallbackPayload {
             request_id: result.request_id.clone(),
             status: "success".into(),
             result: result.clone(),
             error: None,
-            timestamp: crate::timestamps::format(&started_at),
+            timestamp: crate::timestamps::format(&work.completed_at),
         };
         let body = serde_json::to_vec(&payload)
             .map_err(|e| Failure::new(AttemptKind::Invalid, e.to_string()))?;

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::{self, Metrics};
 use crate::model::{DeliveryAttempt, WorkResult};
-use crate::store::{AttemptOutcome, Job, MAX_UNRECORDED_CLAIMS, Store};
+use crate::store::{AttemptOutcome, FinishedWork, Job, MAX_UNRECORDED_CLAIMS, Store};
 use crate::work::{ComputePool, PoolError};
 use client::{AttemptKind, CallbackClient};
 use destinations::{DestinationPermit, Destinations, Share, Verdict};
@@ -353,10 +353,10 @@ impl Dispatcher {
             self.give_up_unrecordable(&job).await;
             return;
         }
-        let result = match job.result.clone() {
-            Some(result) => result,
+        let work = match job.work.clone() {
+            Some(work) => work,
             None => match self.compute(&job).await {
-                Some(result) => result,
+                Some(work) => work,
                 None => return,
             },
         };
@@ -365,7 +365,7 @@ impl Dispatcher {
         let keep_alive = self.destinations.keeps_alive(&job.destination);
         let delivery = self
             .client
-            .deliver_on(&job.callback_url, &result, attempt, keep_alive);
+            .deliver_on(&job.callback_url, &work, attempt, keep_alive);
         tokio::pin!(delivery);
         let report = tokio::select! {
             report = &mut delivery => report,
@@ -554,7 +554,7 @@ impl Dispatcher {
 
     /// Does the work of a job and stores the result before any delivery, so a retry never
     /// recomputes it. Returns `None` if the job must be left to the queue.
-    async fn compute(&self, job: &Job) -> Option<WorkResult> {
+    async fn compute(&self, job: &Job) -> Option<FinishedWork> {
         let Some(data) = job.data.clone() else {
             tracing::error!(request_id = %job.id, "job has neither a result nor its input");
             return None;
@@ -568,15 +568,15 @@ impl Dispatcher {
             }
         };
         let processing_time_ms = output.processing_time_ms();
-        let result = WorkResult {
+        let work = FinishedWork::now(WorkResult {
             request_id: job.id.clone(),
             input_hash: output.hashes.input_hash,
             output_hash: output.hashes.output_hash,
             iterations: job.iterations,
             processing_time_ms,
-        };
-        match self.store.store_result(&job.id, &job.token, &result).await {
-            Ok(true) => Some(result),
+        });
+        match self.store.store_result(&job.id, &job.token, &work).await {
+            Ok(true) => Some(work),
             Ok(false) => {
                 tracing::warn!(request_id = %job.id, "lease lost while computing");
                 None

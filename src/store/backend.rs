@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptOutcome, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest, NewRequest, PoolStats,
-    Position, Redelivery, StatementPlan, StatusCounts, StoreResult, Submitted,
+    AttemptOutcome, FinishedWork, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest, NewRequest,
+    PoolStats, Position, Redelivery, StatementPlan, StatusCounts, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -119,7 +119,7 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         &self,
         id: &str,
         token: &str,
-        result: &WorkResult,
+        work: &FinishedWork,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
     fn record_attempt(

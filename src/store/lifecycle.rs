@@ -126,8 +126,11 @@ pub enum Transition {
 /// What a transition writes, beside the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Effect {
-    /// `completed_at`.
-    pub finished: Change<()>,
+    /// `completed_at`: the work finished (a sync request's end, an async request's result
+    /// stored). Written once: a redelivery does not do the work again.
+    pub completed: Change<()>,
+    /// `delivered_at`: an async request's delivery ended (its last attempt, or given up).
+    pub delivered: Change<()>,
     /// When the job is next due (`next_attempt_at`): a job is in the queue while it has one.
     pub due: Change<Due>,
     /// The claim (owner, expiry, token).
@@ -212,7 +215,8 @@ impl Transition {
     /// Everything else it writes.
     pub fn effect(self) -> Effect {
         let keep = Effect {
-            finished: Change::Kept,
+            completed: Change::Kept,
+            delivered: Change::Kept,
             due: Change::Kept,
             lease: Change::Kept,
             unrecorded_claims: Tally::Kept,
@@ -224,7 +228,7 @@ impl Transition {
         match self {
             Transition::SyncStarted => keep,
             Transition::SyncFinished { succeeded } => Effect {
-                finished: Change::Set(()),
+                completed: Change::Set(()),
                 error: if succeeded {
                     Change::Cleared
                 } else {
@@ -234,7 +238,7 @@ impl Transition {
                 ..keep
             },
             Transition::SyncAbandoned => Effect {
-                finished: Change::Set(()),
+                completed: Change::Set(()),
                 error: Change::Set(()),
                 frees_key: true,
                 ..keep
@@ -249,11 +253,12 @@ impl Transition {
                 ..keep
             },
             Transition::ResultStored => Effect {
+                completed: Change::Set(()),
                 under_claim: true,
                 ..keep
             },
             Transition::Attempted(outcome) => Effect {
-                finished: if outcome.is_final() {
+                delivered: if outcome.is_final() {
                     Change::Set(())
                 } else {
                     Change::Kept
@@ -270,7 +275,7 @@ impl Transition {
                 ..keep
             },
             Transition::GivenUp => Effect {
-                finished: Change::Set(()),
+                delivered: Change::Set(()),
                 due: Change::Cleared,
                 lease: Change::Cleared,
                 error: Change::Set(()),
@@ -278,7 +283,7 @@ impl Transition {
                 ..keep
             },
             Transition::Redelivered { .. } => Effect {
-                finished: Change::Cleared,
+                delivered: Change::Cleared,
                 due: Change::Set(Due::Now),
                 unrecorded_claims: Tally::Reset,
                 error: Change::Cleared,
@@ -322,9 +327,10 @@ impl Transition {
         }
     }
 
-    /// Whether the write finishes the request (`completed_at` becomes the time of the write).
-    pub fn finishes(self) -> bool {
-        self.effect().finished == Change::Set(())
+    /// Whether the write ends the request's delivery (`delivered_at` becomes the time of the
+    /// write).
+    pub fn ends_delivery(self) -> bool {
+        self.effect().delivered == Change::Set(())
     }
 }
 
@@ -455,19 +461,19 @@ mod tests {
     #[test]
     fn an_attempts_outcome_decides_status_finish_and_due_time() {
         let delivered = Transition::Attempted(AttemptOutcome::Delivered);
-        assert!(delivered.finishes());
+        assert!(delivered.ends_delivery());
         assert_eq!(delivered.due_in_secs(), None);
         assert_eq!(delivered.effect().due, Change::Cleared);
 
         let retry = Transition::Attempted(RETRY);
-        assert!(!retry.finishes());
+        assert!(!retry.ends_delivery());
         assert_eq!(retry.due_in_secs(), Some(1.5));
 
         let gave_up = Transition::Attempted(AttemptOutcome::GaveUp);
-        assert!(gave_up.finishes());
+        assert!(gave_up.ends_delivery());
         assert_eq!(gave_up.effect().due, Change::Cleared);
         let exhausted = Transition::Attempted(AttemptOutcome::RetriesExhausted);
-        assert!(exhausted.finishes());
+        assert!(exhausted.ends_delivery());
         assert_eq!(exhausted.effect().due, Change::Cleared);
         assert_eq!(
             AttemptOutcome::RetriesExhausted
@@ -578,7 +584,12 @@ mod tests {
     fn redelivery_starts_a_new_round_due_at_once() {
         let effect = Transition::Redelivered { work_done: true }.effect();
         assert!(effect.new_round);
-        assert_eq!(effect.finished, Change::Cleared);
+        assert_eq!(effect.delivered, Change::Cleared);
+        assert_eq!(
+            effect.completed,
+            Change::Kept,
+            "the work is not done again, so when it finished stands"
+        );
         assert_eq!(
             effect.error,
             Change::Cleared,

@@ -34,8 +34,9 @@ macro_rules! unfinished_statuses {
 /// The columns both backends read into a `RequestRecord`.
 macro_rules! record_columns {
     () => {
-        "id, mode, status, payload_hash, created_at, completed_at, callback_url, callback_attempts,
-         callback_last_error, iterations, input_hash, output_hash, processing_time_ms, error"
+        "id, mode, status, payload_hash, created_at, completed_at, delivered_at, callback_url,
+         callback_attempts, callback_last_error, iterations, input_hash, output_hash,
+         processing_time_ms, error"
     };
 }
 
@@ -43,8 +44,8 @@ macro_rules! record_columns {
 macro_rules! job_columns {
     () => {
         "id, created_at, data, iterations, callback_url, callback_attempts, round_start_attempts,
-         input_hash, output_hash, processing_time_ms, lease_token, unrecorded_claims,
-         next_attempt_at"
+         input_hash, output_hash, processing_time_ms, completed_at, lease_token,
+         unrecorded_claims, next_attempt_at"
     };
 }
 
@@ -71,7 +72,7 @@ mod sqlite;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::destinations::Rooms;
@@ -163,7 +164,7 @@ pub struct Job {
     /// Attempts made in the current round (the retry budget is per round).
     pub round_attempts: u32,
     /// Present when the work was already done (a retry never recomputes it).
-    pub result: Option<WorkResult>,
+    pub work: Option<FinishedWork>,
     /// This claim's own token. Every later write of the job names it and is refused once
     /// another claim has taken the job over, so a worker whose lease ran out can never
     /// overwrite a later claim's outcome.
@@ -173,6 +174,25 @@ pub struct Job {
     /// ever being recorded is given up after [`MAX_UNRECORDED_CLAIMS`] instead of being
     /// delivered again without bound.
     pub unrecorded_claims: u32,
+}
+
+/// A job's work result and when the work finished (its `completed_at`, to the millisecond
+/// both backends keep): the callback's `timestamp`, so the body is the same on every attempt,
+/// before a restart and after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedWork {
+    pub result: WorkResult,
+    pub completed_at: DateTime<Utc>,
+}
+
+impl FinishedWork {
+    /// `result`, finished now.
+    pub fn now(result: WorkResult) -> Self {
+        Self {
+            result,
+            completed_at: Utc::now().trunc_subsecs(3),
+        }
+    }
 }
 
 /// Claims of a job without a recorded outcome after which it is given up (`callback_failed`).
@@ -472,10 +492,10 @@ impl Store {
         &self,
         id: &str,
         token: &str,
-        result: &WorkResult,
+        work: &FinishedWork,
     ) -> StoreResult<bool> {
         let _wake = self.wake_when_done(id);
-        dispatch!(self, s => self.health.watch(s.store_result(id, token, result)).await)
+        dispatch!(self, s => self.health.watch(s.store_result(id, token, work)).await)
     }
 
     /// Records a delivery attempt made by `owner` under the claim `token`, and what follows

@@ -2,11 +2,13 @@
 //! plain structs (its own column types, no rules), and the rules that turn them into the
 //! model live here. A result is there only when the work finished (all three of its columns);
 //! the retry budget counts the attempts of the current round; the destination is derived
-//! from the callback URL; unknown mode or status names are errors, never a default.
+//! from the callback URL; unknown mode or status names are errors, never a default; a row
+//! finished before `delivered_at` was recorded reads its `completed_at` as the end of
+//! delivery, which is what it was then.
 
 use chrono::{DateTime, Utc};
 
-use super::Job;
+use super::{FinishedWork, Job};
 use crate::delivery::destinations::destination_of_str;
 use crate::model::{Mode, RequestRecord, Status, WorkResult};
 
@@ -53,6 +55,7 @@ pub(crate) struct RecordColumns {
     pub payload_hash: String,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
     pub callback_url: Option<String>,
     pub callback_attempts: u32,
     pub callback_last_error: Option<String>,
@@ -62,16 +65,25 @@ pub(crate) struct RecordColumns {
 
 impl RecordColumns {
     pub fn into_record(self) -> Result<RequestRecord, UnknownValue> {
+        let mode = Mode::parse(&self.mode).ok_or_else(|| UnknownValue {
+            what: "mode",
+            value: self.mode.clone(),
+        })?;
+        let status = parse_status(&self.status)?;
+        // A final async row without `delivered_at` was finished by a version that wrote the
+        // end of delivery as `completed_at` (and nothing for the end of the work).
+        let delivered_at = match self.delivered_at {
+            None if mode == Mode::Async && status.is_finished() => self.completed_at,
+            recorded => recorded,
+        };
         Ok(RequestRecord {
-            mode: Mode::parse(&self.mode).ok_or_else(|| UnknownValue {
-                what: "mode",
-                value: self.mode.clone(),
-            })?,
-            status: parse_status(&self.status)?,
+            mode,
+            status,
             result: self.result.into_result(&self.id),
             payload_hash: self.payload_hash,
             created_at: self.created_at,
             completed_at: self.completed_at,
+            delivered_at,
             callback_url: self.callback_url,
             callback_attempts: self.callback_attempts,
             callback_last_error: self.callback_last_error,
@@ -104,14 +116,25 @@ pub(crate) struct JobColumns {
     pub lease_token: Option<String>,
     pub unrecorded_claims: u32,
     pub result: ResultColumns,
+    pub completed_at: Option<DateTime<Utc>>,
 }
 
 impl JobColumns {
     pub fn into_job(self) -> Job {
         let callback_url = self.callback_url.unwrap_or_default();
         let iterations = self.result.iterations;
+        // A result stored by a version that did not record when the work finished: its
+        // acceptance is the one time known for it, and keeps its callback the same on every
+        // attempt.
+        let completed_at = self.completed_at.unwrap_or(self.created_at);
         Job {
-            result: self.result.into_result(&self.id),
+            work: self
+                .result
+                .into_result(&self.id)
+                .map(|result| FinishedWork {
+                    result,
+                    completed_at,
+                }),
             iterations,
             created_at: self.created_at,
             data: self.data,
@@ -150,6 +173,7 @@ mod tests {
             payload_hash: "h".into(),
             created_at: DateTime::default(),
             completed_at: None,
+            delivered_at: None,
             callback_url: None,
             callback_attempts: 0,
             callback_last_error: None,
@@ -199,11 +223,43 @@ mod tests {
             lease_token: Some("t".into()),
             unrecorded_claims: 1,
             result: result(true),
+            completed_at: Some(at(5)),
         }
         .into_job();
         assert_eq!((job.callback_attempts, job.round_attempts), (7, 2));
         assert_eq!(job.destination, "https://example.com:443");
         assert_eq!(job.iterations, 7);
-        assert!(job.result.is_some());
+        assert_eq!(job.work.map(|w| w.completed_at), Some(at(5)));
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    #[test]
+    fn a_row_finished_before_delivered_at_was_recorded_reads_completed_at_as_its_delivery() {
+        let legacy = |mode: &str, status: &str| RecordColumns {
+            completed_at: Some(at(9)),
+            ..record(mode, status)
+        };
+        let read = legacy("async", "callback_failed").into_record().unwrap();
+        assert_eq!(
+            (read.completed_at, read.delivered_at),
+            (Some(at(9)), Some(at(9)))
+        );
+        let unfinished = legacy("async", "callback_pending").into_record().unwrap();
+        assert_eq!(unfinished.delivered_at, None, "its delivery has not ended");
+        let sync = legacy("sync", "completed").into_record().unwrap();
+        assert_eq!(sync.delivered_at, None, "a sync request is not delivered");
+        let recorded = RecordColumns {
+            delivered_at: Some(at(12)),
+            ..legacy("async", "callback_success")
+        }
+        .into_record()
+        .unwrap();
+        assert_eq!(
+            (recorded.completed_at, recorded.delivered_at),
+            (Some(at(9)), Some(at(12)))
+        );
     }
 }

@@ -258,6 +258,47 @@ async fn records_and_callbacks_read_as_the_originals() {
 }
 
 #[tokio::test]
+async fn an_async_requests_completed_at_is_when_its_work_finished_and_every_attempt_sends_the_same_body()
+ {
+    let app = TestServer::builder().start().await;
+    let receiver = Receiver::start(Behaviour::fail_first(2)).await;
+    let id = app.submit("the same body", &receiver.url()).await;
+    let record = app.wait_for_status(&id, "callback_success", WAIT).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 3, "two failures, then the success");
+
+    // As the original: the body, its `timestamp` included, is built once, when the work
+    // finished; only the Standard Webhooks headers say when each attempt was made.
+    for other in &received[1..] {
+        assert_eq!(
+            other.raw, received[0].raw,
+            "the body changed between attempts"
+        );
+    }
+    let stamps: Vec<&str> = received
+        .iter()
+        .map(|r| r.headers["webhook-timestamp"].to_str().unwrap())
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+    assert_eq!(record["completed_at"], received[0].body["timestamp"]);
+
+    // `completed_at` is when the work finished, before the first attempt; `delivered_at`
+    // (beyond the original) when the delivery ended, at the last.
+    let completed = crate::helpers::parse_time(&record["completed_at"]);
+    let delivered = crate::helpers::parse_time(&record["delivered_at"]);
+    let attempts = record["attempts"].as_array().unwrap();
+    let first = crate::helpers::parse_time(&attempts[0]["started_at"]);
+    let last = crate::helpers::parse_time(&attempts[2]["started_at"]);
+    assert!(completed <= first, "{record}");
+    assert!(last <= delivered, "{record}");
+
+    // A sync record has no delivery, and no `delivered_at`, as the original's.
+    let sync = crate::helpers::sync_request(&app, "sync").await;
+    let sync = app.get_json(&format!("/requests/{sync}")).await;
+    assert!(sync.get("delivered_at").is_none(), "{sync}");
+}
+
+#[tokio::test]
 async fn timestamps_can_be_written_as_rfc3339() {
     let app = TestServer::builder()
         .setting("timestamp-format", "rfc3339")

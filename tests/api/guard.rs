@@ -14,19 +14,20 @@ use syncasync::delivery::client::{CallbackClient, GuardedResolver};
 use syncasync::delivery::guard::Guard;
 use syncasync::delivery::signing::Signer;
 use syncasync::model::WorkResult;
+use syncasync::store::FinishedWork;
 
 use crate::helpers::{Behaviour, Receiver, StaticLookup, TestServer};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn result() -> WorkResult {
-    WorkResult {
+fn result() -> FinishedWork {
+    FinishedWork::now(WorkResult {
         request_id: "guard-test".into(),
         input_hash: "a".repeat(64),
         output_hash: "b".repeat(64),
         iterations: 1,
         processing_time_ms: 0.1,
-    }
+    })
 }
 
 #[tokio::test]

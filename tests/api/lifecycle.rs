@@ -11,8 +11,8 @@ use chrono::Utc;
 use syncasync::delivery::destinations::{Rooms, destination_of_str};
 use syncasync::model::{DeliveryAttempt, Status, WorkResult};
 use syncasync::store::{
-    ABANDONED_SYNC_ERROR, AttemptOutcome, Change, IdempotencyKey, Job, NewAsyncRequest, NewRequest,
-    Redelivery, Store, Submitted, Tally, Transition,
+    ABANDONED_SYNC_ERROR, AttemptOutcome, Change, FinishedWork, IdempotencyKey, Job,
+    NewAsyncRequest, NewRequest, Redelivery, Store, Submitted, Tally, Transition,
 };
 use tempfile::TempDir;
 
@@ -26,7 +26,8 @@ const CALLBACK: &str = "http://127.0.0.1:9/hook";
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Row {
     status: Status,
-    finished: bool,
+    completed: bool,
+    delivered: bool,
     queued: bool,
     leased: bool,
     unrecorded_claims: i64,
@@ -42,6 +43,7 @@ type PgRowColumns = (
     bool,
     bool,
     bool,
+    bool,
     i32,
     i32,
     i32,
@@ -49,7 +51,8 @@ type PgRowColumns = (
     Option<String>,
 );
 
-const ROW_SQL: &str = "SELECT status, completed_at IS NOT NULL, next_attempt_at IS NOT NULL,
+const ROW_SQL: &str = "SELECT status, completed_at IS NOT NULL, delivered_at IS NOT NULL,
+        next_attempt_at IS NOT NULL,
         lease_token IS NOT NULL, unrecorded_claims, callback_attempts, round_start_attempts,
         idempotency_key IS NOT NULL, error
      FROM requests WHERE id = ";
@@ -88,14 +91,15 @@ impl Bench {
             let status: String = row.get(0).expect("status");
             Some(Row {
                 status: Status::parse(&status).expect("a known status"),
-                finished: row.get(1).expect("finished"),
-                queued: row.get(2).expect("queued"),
-                leased: row.get(3).expect("leased"),
-                unrecorded_claims: row.get(4).expect("unrecorded_claims"),
-                attempts: row.get(5).expect("callback_attempts"),
-                round_start_attempts: row.get(6).expect("round_start_attempts"),
-                holds_key: row.get(7).expect("holds_key"),
-                error: row.get(8).expect("error"),
+                completed: row.get(1).expect("completed"),
+                delivered: row.get(2).expect("delivered"),
+                queued: row.get(3).expect("queued"),
+                leased: row.get(4).expect("leased"),
+                unrecorded_claims: row.get(5).expect("unrecorded_claims"),
+                attempts: row.get(6).expect("callback_attempts"),
+                round_start_attempts: row.get(7).expect("round_start_attempts"),
+                holds_key: row.get(8).expect("holds_key"),
+                error: row.get(9).expect("error"),
             })
         } else {
             use sqlx::Connection;
@@ -110,14 +114,15 @@ impl Bench {
                     .expect("query the row");
             row.map(|r| Row {
                 status: Status::parse(&r.0).expect("a known status"),
-                finished: r.1,
-                queued: r.2,
-                leased: r.3,
-                unrecorded_claims: r.4.into(),
-                attempts: r.5.into(),
-                round_start_attempts: r.6.into(),
-                holds_key: r.7,
-                error: r.8,
+                completed: r.1,
+                delivered: r.2,
+                queued: r.3,
+                leased: r.4,
+                unrecorded_claims: r.5.into(),
+                attempts: r.6.into(),
+                round_start_attempts: r.7.into(),
+                holds_key: r.8,
+                error: r.9,
             })
         }
     }
@@ -185,8 +190,9 @@ impl Bench {
         job
     }
 
-    async fn store_result(&self, job: &Job) {
-        let result = work_result(&job.id);
+    /// Stores the job's result, checking the write against the rules; returns what it stored.
+    async fn store_result(&self, job: &Job) -> FinishedWork {
+        let result = FinishedWork::now(work_result(&job.id));
         self.refused_without_claim(&job.id, async {
             self.store
                 .store_result(&job.id, "not-the-claim", &result)
@@ -202,6 +208,7 @@ impl Bench {
             )
             .await;
         assert!(stored.expect("store a result"));
+        result
     }
 
     async fn attempt(&self, job: &Job, outcome: AttemptOutcome) -> Row {
@@ -245,10 +252,16 @@ fn assert_follows(transition: Transition, before: Option<&Row>, after: &Row) {
         Change::Kept => kept(field),
     };
     assert_eq!(
-        after.finished,
-        expect(effect.finished, |r| r.finished),
+        after.completed,
+        expect(effect.completed, |r| r.completed),
         "{}",
-        what("finished")
+        what("completed")
+    );
+    assert_eq!(
+        after.delivered,
+        expect(effect.delivered, |r| r.delivered),
+        "{}",
+        what("delivered")
     );
     let due = match effect.due {
         Change::Set(_) => Change::Set(()),
@@ -367,14 +380,15 @@ async fn an_async_request_moves_through_retries_failure_and_redelivery_as_the_ru
 
     let job = bench.claim(&id).await;
     assert_eq!(job.unrecorded_claims, 1);
-    bench.store_result(&job).await;
+    let stored = bench.store_result(&job).await;
     bench
         .attempt(&job, AttemptOutcome::RetryAfter(Duration::ZERO))
         .await;
 
-    // The retry is due at once: claimed again, its work kept, the round going on.
+    // The retry is due at once: claimed again, its work kept, the round going on. When the
+    // work finished is read back exactly: it is the callback's `timestamp` on every attempt.
     let job = bench.claim(&id).await;
-    assert!(job.result.is_some(), "a retry does not redo the work");
+    assert_eq!(job.work, Some(stored), "a retry does not redo the work");
     assert_eq!((job.callback_attempts, job.round_attempts), (1, 1));
     bench.attempt(&job, AttemptOutcome::GaveUp).await;
 
@@ -566,7 +580,7 @@ async fn a_stale_claims_writes_are_refused_even_when_they_share_a_batch_with_the
     let current = bench.claim(&id).await;
     assert_ne!(stale.token, current.token);
 
-    let result = work_result(&id);
+    let result = FinishedWork::now(work_result(&id));
     let (stale_stored, current_stored) = tokio::join!(
         bench.store.store_result(&id, &stale.token, &result),
         bench.store.store_result(&id, &current.token, &result),
@@ -675,7 +689,7 @@ async fn a_job_given_up_before_its_work_and_redelivered_has_its_work_done_by_the
     assert_eq!(redelivered.expect("redeliver"), Redelivery::Queued);
     assert_eq!(row.status, Status::Pending);
     let job = bench.claim(&id).await;
-    assert!(job.result.is_none(), "the work was never done");
+    assert!(job.work.is_none(), "the work was never done");
     assert!(job.data.is_some(), "its input is still kept");
     bench.store_result(&job).await;
     let row = bench.attempt(&job, AttemptOutcome::Delivered).await;

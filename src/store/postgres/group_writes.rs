@@ -15,9 +15,9 @@ use sqlx::postgres::PgPool;
 
 use super::{JOBS_CHANNEL, NOTIFY_INTERVAL};
 use crate::delivery::destinations::destination_host;
-use crate::model::{DeliveryAttempt, WorkResult};
+use crate::model::DeliveryAttempt;
 use crate::store::group_commit::RunBatch;
-use crate::store::{AttemptOutcome, NewAsyncRequest, StoreResult, Transition};
+use crate::store::{AttemptOutcome, FinishedWork, NewAsyncRequest, StoreResult, Transition};
 
 /// Queued requests (`POST /async`, one by one or a batch) inserted in one statement; each
 /// answer is whether that row was inserted (false: its idempotency key is taken). Commits
@@ -51,9 +51,10 @@ pub(super) const INSERT_QUEUED: &str = "
 pub(super) const STORE_RESULTS: &str = "UPDATE requests AS r
      SET status = 'callback_pending', input_hash = w.input_hash,
          output_hash = w.output_hash, processing_time_ms = w.processing_time_ms,
-         data = NULL
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
-          AS w(id, token, input_hash, output_hash, processing_time_ms)
+         completed_at = w.completed_at, data = NULL
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
+                 $6::timestamptz[])
+          AS w(id, token, input_hash, output_hash, processing_time_ms, completed_at)
      WHERE r.id = w.id AND r.lease_token = w.token
      RETURNING r.id, w.token";
 
@@ -63,11 +64,11 @@ pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
                               $5::bool[], $6::float8[], $7::int[], $8::text[],
                               $9::timestamptz[], $10::float8[], $11::int[], $12::text[],
                               $13::text[], $14::text[])
-              AS a(id, owner, token, status, finishes, due_in, attempt, error,
+              AS a(id, owner, token, status, ends_delivery, due_in, attempt, error,
                    started_at, duration_ms, status_code, response_body, note, last_error)),
      moved AS (
          UPDATE requests AS r
-         SET status = a.status, completed_at = CASE WHEN a.finishes THEN now() END,
+         SET status = a.status, delivered_at = CASE WHEN a.ends_delivery THEN now() END,
              next_attempt_at = now() + make_interval(secs => a.due_in),
              callback_attempts = a.attempt,
              callback_last_error = COALESCE(a.last_error, r.callback_last_error),
@@ -148,7 +149,7 @@ impl RunBatch<NewAsyncRequest> for InsertQueued {
 pub(crate) struct ResultWrite {
     pub id: String,
     pub token: String,
-    pub result: WorkResult,
+    pub work: FinishedWork,
 }
 
 /// Stores work results (`processing → callback_pending`), batched; each answer is whether
@@ -166,9 +167,10 @@ impl RunBatch<ResultWrite> for StoreResults {
         let updated: Vec<(String, String)> = sqlx::query_as(STORE_RESULTS)
             .bind(column(batch, |w| w.id.as_str()))
             .bind(column(batch, |w| w.token.as_str()))
-            .bind(column(batch, |w| w.result.input_hash.as_str()))
-            .bind(column(batch, |w| w.result.output_hash.as_str()))
-            .bind(column(batch, |w| w.result.processing_time_ms))
+            .bind(column(batch, |w| w.work.result.input_hash.as_str()))
+            .bind(column(batch, |w| w.work.result.output_hash.as_str()))
+            .bind(column(batch, |w| w.work.result.processing_time_ms))
+            .bind(column(batch, |w| w.work.completed_at))
             .fetch_all(&self.pool)
             .await?;
         Ok(answered(
@@ -210,7 +212,7 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
             .bind(column(batch, |w| w.owner.as_str()))
             .bind(column(batch, |w| w.token.as_str()))
             .bind(column(batch, |w| w.outcome.status().as_str()))
-            .bind(column(batch, |w| transition(w).finishes()))
+            .bind(column(batch, |w| transition(w).ends_delivery()))
             .bind(column(batch, |w| transition(w).due_in_secs()))
             .bind(column(batch, |w| {
                 i32::try_from(w.attempt.attempt).unwrap_or(i32::MAX)

@@ -57,9 +57,9 @@ use self::writes::{
 use super::backend::Backend;
 use super::group_commit::GroupCommit;
 use super::{
-    ABANDONED_SYNC_ERROR, AttemptOutcome, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest,
-    NewRequest, PING_TIMEOUT, PoolStats, Position, Redelivery, StatementPlan, StatusCounts,
-    StoreError, StoreResult, Submitted, Transition, sync_outcome,
+    ABANDONED_SYNC_ERROR, AttemptOutcome, FinishedWork, Job, KeyHolder, Leases, ListFilter,
+    NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats, Position, Redelivery, StatementPlan,
+    StatusCounts, StoreError, StoreResult, Submitted, Transition, sync_outcome,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -412,12 +412,12 @@ impl Backend for PgStore {
         self.next_due(owner, rooms).await
     }
 
-    async fn store_result(&self, id: &str, token: &str, result: &WorkResult) -> StoreResult<bool> {
+    async fn store_result(&self, id: &str, token: &str, work: &FinishedWork) -> StoreResult<bool> {
         self.results
             .write(ResultWrite {
                 id: id.to_owned(),
                 token: token.to_owned(),
-                result: result.clone(),
+                work: work.clone(),
             })
             .await
     }

@@ -19,6 +19,7 @@ pub(super) fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error>
         payload_hash: row.try_get("payload_hash")?,
         created_at: row.try_get("created_at")?,
         completed_at: row.try_get("completed_at")?,
+        delivered_at: row.try_get("delivered_at")?,
         callback_url: row.try_get("callback_url")?,
         callback_attempts: count(row, "callback_attempts")?,
         callback_last_error: row.try_get("callback_last_error")?,
@@ -56,6 +57,7 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
         lease_token: row.try_get("lease_token")?,
         unrecorded_claims: count(row, "unrecorded_claims")?,
         result: result_columns(row)?,
+        completed_at: row.try_get("completed_at")?,
     }
     .into_job())
 }

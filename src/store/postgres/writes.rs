@@ -45,7 +45,7 @@ pub(super) const UPSERT_SYNC_FINISHED: &str =
 
 /// A claimed job ended without an attempt.
 pub(super) const GIVE_UP: &str =
-    "UPDATE requests SET status = 'callback_failed', completed_at = now(),
+    "UPDATE requests SET status = 'callback_failed', delivered_at = now(),
             next_attempt_at = NULL, callback_last_error = $3, error = $3,
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
      WHERE id = $1 AND lease_token = $2";
@@ -56,7 +56,7 @@ pub(super) const REDELIVERY_OF: &str =
 
 /// A request put back in the queue for a new round.
 pub(super) const REDELIVER: &str =
-    "UPDATE requests SET status = $2, completed_at = NULL, error = NULL,
+    "UPDATE requests SET status = $2, delivered_at = NULL, error = NULL,
             next_attempt_at = now(), round_start_attempts = callback_attempts,
             unrecorded_claims = 0
      WHERE id = $1";
@@ -73,7 +73,7 @@ pub(super) const DELETE_EXPIRED: &str = concat!(
                  SELECT id FROM requests
                  WHERE created_at < now() - make_interval(secs => $1) AND status IN ",
     finished_statuses!(),
-    " AND COALESCE(completed_at, created_at) < now() - make_interval(secs => $1)
+    " AND COALESCE(delivered_at, completed_at, created_at) < now() - make_interval(secs => $1)
                  ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
              DELETE FROM requests WHERE id = ANY (ARRAY(SELECT id FROM picked))"
 );

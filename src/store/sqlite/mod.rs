@@ -38,9 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::Backend;
 use super::{
-    AttemptOutcome, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest, NewRequest, PING_TIMEOUT,
-    PoolStats, Position, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult,
-    Submitted,
+    AttemptOutcome, FinishedWork, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest, NewRequest,
+    PING_TIMEOUT, PoolStats, Position, Redelivery, StatementPlan, StatusCounts, StoreError,
+    StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -297,11 +297,11 @@ impl Backend for SqliteStore {
         Ok(next.map(|due| Duration::from_millis(u64::try_from(due - now).unwrap_or(0))))
     }
 
-    async fn store_result(&self, id: &str, token: &str, result: &WorkResult) -> StoreResult<bool> {
+    async fn store_result(&self, id: &str, token: &str, work: &FinishedWork) -> StoreResult<bool> {
         self.send(SaveResult {
             id: id.to_string(),
             token: token.to_string(),
-            result: result.clone(),
+            work: work.clone(),
         })
         .await
     }

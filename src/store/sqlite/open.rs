@@ -20,6 +20,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0005_destination_index.sql"),
     include_str!("../../../migrations/sqlite/0006_idempotency.sql"),
     include_str!("../../../migrations/sqlite/0007_history.sql"),
+    include_str!("../../../migrations/sqlite/0008_delivered_at.sql"),
 ];
 
 /// The first schema version whose requests record their destination (0004).

@@ -34,6 +34,7 @@ pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> 
         payload_hash: row.get("payload_hash")?,
         created_at: from_millis(row.get("created_at")?),
         completed_at: row.get::<_, Option<i64>>("completed_at")?.map(from_millis),
+        delivered_at: row.get::<_, Option<i64>>("delivered_at")?.map(from_millis),
         callback_url: row.get("callback_url")?,
         callback_attempts: row.get("callback_attempts")?,
         callback_last_error: row.get("callback_last_error")?,
@@ -67,6 +68,7 @@ pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         lease_token: row.get("lease_token")?,
         unrecorded_claims: row.get("unrecorded_claims")?,
         result: result_columns(row)?,
+        completed_at: row.get::<_, Option<i64>>("completed_at")?.map(from_millis),
     }
     .into_job())
 }

@@ -13,8 +13,8 @@ use crate::delivery::destinations::{Rooms, destination_host};
 use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::due::millis_of;
 use crate::store::{
-    AttemptOutcome, Job, KeyHolder, Leases, NewAsyncRequest, NewRequest, Redelivery, StoreError,
-    Submitted, Transition, sync_outcome,
+    AttemptOutcome, FinishedWork, Job, KeyHolder, Leases, NewAsyncRequest, NewRequest, Redelivery,
+    StoreError, Submitted, Transition, sync_outcome,
 };
 
 /// An async request, queued.
@@ -67,12 +67,12 @@ pub(super) const RELEASE_CLAIM: &str =
 /// A claimed job's work result.
 pub(super) const SAVE_RESULT: &str =
     "UPDATE requests SET status = 'callback_pending', input_hash = ?3, output_hash = ?4,
-            processing_time_ms = ?5, data = NULL
+            processing_time_ms = ?5, completed_at = ?6, data = NULL
      WHERE id = ?1 AND lease_token = ?2";
 
 /// A delivery attempt's effect on its request.
 pub(super) const RECORD_ATTEMPT: &str =
-    "UPDATE requests SET status = ?3, completed_at = ?4, next_attempt_at = ?5,
+    "UPDATE requests SET status = ?3, delivered_at = ?4, next_attempt_at = ?5,
             callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
             unrecorded_claims = 0
@@ -87,7 +87,7 @@ pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts
 
 /// A claimed job ended without an attempt.
 pub(super) const GIVE_UP: &str =
-    "UPDATE requests SET status = 'callback_failed', completed_at = ?3,
+    "UPDATE requests SET status = 'callback_failed', delivered_at = ?3,
             next_attempt_at = NULL, callback_last_error = ?4, error = ?4,
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
      WHERE id = ?1 AND lease_token = ?2";
@@ -98,7 +98,7 @@ pub(super) const REDELIVERY_OF: &str =
 
 /// A request put back in the queue for a new round.
 pub(super) const REDELIVER: &str =
-    "UPDATE requests SET status = ?3, completed_at = NULL, error = NULL,
+    "UPDATE requests SET status = ?3, delivered_at = NULL, error = NULL,
             next_attempt_at = ?2, round_start_attempts = callback_attempts, unrecorded_claims = 0
      WHERE id = ?1";
 
@@ -325,7 +325,7 @@ impl Write for Heartbeat {
 pub(super) struct SaveResult {
     pub id: String,
     pub token: String,
-    pub result: WorkResult,
+    pub work: FinishedWork,
 }
 
 impl Write for SaveResult {
@@ -335,9 +335,10 @@ impl Write for SaveResult {
         let updated = tx.prepare_cached(SAVE_RESULT)?.execute(params![
             self.id,
             self.token,
-            self.result.input_hash,
-            self.result.output_hash,
-            self.result.processing_time_ms
+            self.work.result.input_hash,
+            self.work.result.output_hash,
+            self.work.result.processing_time_ms,
+            millis(self.work.completed_at)
         ])?;
         done(updated == 1)
     }
@@ -357,7 +358,7 @@ impl Write for RecordAttempt {
 
     fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<bool> {
         let transition = Transition::Attempted(self.outcome);
-        let completed_at = transition.finishes().then(|| millis(Utc::now()));
+        let delivered_at = transition.ends_delivery().then(|| millis(Utc::now()));
         let next_attempt_at = transition
             .due_in_secs()
             .map(|secs| queue.now.saturating_add((secs * 1000.0).round() as i64));
@@ -366,7 +367,7 @@ impl Write for RecordAttempt {
             self.id,
             self.token,
             self.outcome.status().as_str(),
-            completed_at,
+            delivered_at,
             next_attempt_at,
             attempt.attempt,
             self.outcome.last_error(attempt.error.as_deref())
@@ -555,6 +556,6 @@ pub(super) const DELETE_EXPIRED: &str = concat!(
          SELECT id FROM requests INDEXED BY requests_created_at
          WHERE created_at < ?1 AND status IN ",
     finished_statuses!(),
-    " AND COALESCE(completed_at, created_at) < ?1
+    " AND COALESCE(delivered_at, completed_at, created_at) < ?1
          ORDER BY created_at LIMIT ?2)"
 );

@@ -547,7 +547,8 @@
       field(list, "Status", statusBadge(r.status));
       field(list, "Mode", r.mode);
       field(list, "Created", time(r.created_at));
-      field(list, "Completed", time(r.completed_at));
+      field(list, r.mode === "async" ? "Work finished" : "Completed", time(r.completed_at));
+      if (r.mode === "async") field(list, "Delivery ended", time(r.delivered_at));
       field(list, "Callback URL", r.callback_url, "wrap");
       field(list, "Callback attempts", r.mode === "async" ? String(r.callback_attempts) : null);
       field(list, "Last callback error", r.callback_last_error, "wrap");

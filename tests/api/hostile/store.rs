@@ -340,13 +340,13 @@ async fn a_stale_claim_cannot_overwrite_a_later_one() {
             .renewed,
         0
     );
-    let result = syncasync::model::WorkResult {
+    let result = syncasync::store::FinishedWork::now(syncasync::model::WorkResult {
         request_id: "job-1".into(),
         input_hash: "i".into(),
         output_hash: "o".into(),
         iterations: 1,
         processing_time_ms: 1.0,
-    };
+    });
     assert!(!store.store_result("job-1", stale, &result).await.unwrap());
     assert!(
         !store
