@@ -360,6 +360,11 @@ impl Application {
             let stop = background.clone();
             async move { store.listen(move || wakeup.wake(), stop).await }
         });
+        let maintenance = tokio::spawn({
+            let store = service.store.clone();
+            let stop = background.clone();
+            async move { store.maintain(stop).await }
+        });
         let remote_changes = tokio::spawn({
             let store = service.store.clone();
             let stop = background.clone();
@@ -424,6 +429,7 @@ impl Application {
         let _ = sampler.await;
         let _ = notifications.await;
         let _ = remote_changes.await;
+        let _ = maintenance.await;
         service.store.close().await;
         tracing::info!("stopped");
         Ok(())

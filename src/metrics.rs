@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 /// The content type of the text `GET /metrics` returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -134,6 +134,7 @@ pub struct Metrics {
     pub compute_threads: Gauge,
     pub db_connections: Family<ConnectionLabels, Gauge>,
     pub db_writer_queue: Gauge,
+    pub db_engine_memory: Gauge,
     pub waited_on_requests: Gauge,
     pub long_lived_requests: Gauge,
     pub destination_in_flight: Family<DestinationLabels, Gauge>,
@@ -170,6 +171,7 @@ impl Metrics {
             compute_threads: Gauge::default(),
             db_connections: Family::default(),
             db_writer_queue: Gauge::default(),
+            db_engine_memory: Gauge::default(),
             waited_on_requests: Gauge::default(),
             long_lived_requests: Gauge::default(),
             destination_in_flight: Family::default(),
@@ -270,6 +272,12 @@ impl Metrics {
             "db_writer_queue",
             "Writes waiting for the SQLite writer (0 on PostgreSQL)",
             metrics.db_writer_queue.clone(),
+        );
+        registry.register_with_unit(
+            "db_engine_memory",
+            "Memory SQLite holds in this process, its page caches included (0 on PostgreSQL)",
+            Unit::Bytes,
+            metrics.db_engine_memory.clone(),
         );
         registry.register(
             "destination_in_flight",

@@ -605,6 +605,7 @@ impl Service {
             .get_or_create(&ConnectionLabels { state: "idle" })
             .set(gauge(db.idle));
         m.db_writer_queue.set(gauge(db.writer_queue));
+        m.db_engine_memory.set(gauge(db.engine_memory));
         m.waited_on_requests
             .set(gauge(self.store.waited_on() as u64));
         self.destination_gauges();

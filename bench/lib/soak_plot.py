@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 PANELS = [
     ("rss_mib", "resident memory (MiB)"),
+    ("engine_mib", "of which SQLite's (MiB)"),
     ("async_p99_ms", "POST /async p99 (ms)"),
     ("callback_p99_ms", "time to callback p99 (ms)"),
     ("delivered_per_s", "callbacks delivered per s"),
@@ -39,7 +40,7 @@ def main():
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(10, 2.6 * len(PANELS)), sharex=True)
     for ax, (key, title) in zip(axes, PANELS):
         for name, rows in data.items():
-            ax.plot([r["elapsed_s"] / 60 for r in rows], [r[key] for r in rows], label=name)
+            ax.plot([r["elapsed_s"] / 60 for r in rows], [r.get(key, float("nan")) for r in rows], label=name)
         ax.set_ylabel(title, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper left", fontsize=8)
@@ -50,9 +51,9 @@ def main():
     print("|---|---|---|---|---|")
     for name, rows in data.items():
         fifth = max(1, len(rows) // 5)
-        for key, title in PANELS[:4]:
+        for key, title in PANELS[:5]:
             def med(part):
-                values = [r[key] for r in part if r[key] == r[key]]
+                values = [r[key] for r in part if r.get(key, float("nan")) == r.get(key, float("nan"))]
                 return statistics.median(values) if values else float("nan")
             first, last = med(rows[:fifth]), med(rows[-fifth:])
             ratio = last / first if first else float("nan")

@@ -7,7 +7,8 @@ Columns: elapsed seconds; the process's resident memory (MiB) and CPU seconds; /
 queue size; finished requests stored (from the request list's total); over the interval just
 ended, POST /async answers per second and their p50/p99 latency, callbacks delivered per
 second and their p50/p99 time to callback (from the /metrics histograms: interpolated within a
-bucket); and the database's size on disk (MiB).
+bucket); the database's size on disk (MiB); and the memory SQLite holds in the process (MiB, its
+page caches: part of the resident memory, 0 on PostgreSQL).
 """
 import csv
 import os
@@ -91,7 +92,7 @@ def main():
         w = csv.writer(f)
         w.writerow(["elapsed_s", "rss_mib", "cpu_s", "health", "queue_size", "stored",
                     "async_per_s", "async_p50_ms", "async_p99_ms", "delivered_per_s",
-                    "callback_p50_ms", "callback_p99_ms", "database_mib"])
+                    "callback_p50_ms", "callback_p99_ms", "database_mib", "engine_mib"])
         while True:
             time.sleep(interval)
             try:
@@ -119,7 +120,8 @@ def main():
                         round(quantile(req_now, req_before, 0.99), 2), round(delivered / interval),
                         round(quantile(cb_now, cb_before, 0.5), 2),
                         round(quantile(cb_now, cb_before, 0.99), 2),
-                        round(database_size(database), 1) if database else ""])
+                        round(database_size(database), 1) if database else "",
+                        round(total(now, "syncasync_db_engine_memory_bytes") / 2**20, 1)])
             f.flush()
             before = now
 

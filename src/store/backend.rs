@@ -37,6 +37,10 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     /// nothing to report.
     fn has_other_instances(&self) -> bool;
 
+    /// Keeps the database in shape for the queue until `stop` (on PostgreSQL, vacuums the
+    /// queue's tables when autovacuum is off).
+    fn maintain(&self, stop: CancellationToken) -> impl Future<Output = ()> + Send;
+
     /// Calls `wake` whenever another instance queues a job, until `stop`.
     fn listen(
         &self,

@@ -241,6 +241,9 @@ pub struct PoolStats {
     pub idle: u64,
     /// Writes waiting for the SQLite writer; 0 on PostgreSQL, which has no writer queue.
     pub writer_queue: u64,
+    /// Bytes the database engine holds in this process: SQLite's page caches (bounded per
+    /// connection) and prepared statements; 0 on PostgreSQL, whose memory is the server's.
+    pub engine_memory: u64,
 }
 
 /// Due rows a claim of `limit` jobs looks at: enough that destinations with little room do
@@ -348,6 +351,12 @@ impl Store {
     /// Ends every wait on a request now and later (shutdown).
     pub fn end_waits(&self) {
         self.changes.close();
+    }
+
+    /// Keeps the database in shape for the queue until `stop`: on PostgreSQL with autovacuum
+    /// off, vacuums the queue's tables as their dead rows build up.
+    pub async fn maintain(&self, stop: CancellationToken) {
+        dispatch!(self, s => s.maintain(stop).await)
     }
 
     /// Calls `wake` whenever another instance queues a job, until `stop`. Only a shared

@@ -38,6 +38,7 @@ mod open;
 mod plans;
 mod queue_count;
 mod rows;
+mod vacuum;
 mod writes;
 
 use std::sync::Arc;
@@ -110,6 +111,9 @@ pub struct PgStore {
     /// One connection of its own for `/healthz`'s ping and write probe: behind clients
     /// reading long lists in `pool`, a busy but healthy service would report itself unhealthy.
     health_pool: PgPool,
+    /// One connection of its own for vacuuming the queue's tables when autovacuum is off
+    /// (`vacuum`): a vacuum takes seconds, which no request should wait behind.
+    maintenance_pool: PgPool,
     /// Places for list pages in `pool`, half of it: clients paging deep into a long history
     /// take a while each, and however many of them there are, acceptance and every other
     /// write still find a connection.
@@ -156,6 +160,9 @@ impl PgStore {
         let health_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
+        let maintenance_pool = PgPoolOptions::new()
+            .max_connections(1)
             .connect_lazy_with(options);
         let schema_before = migrate(&pool).await?;
         if schema_before > 0 && schema_before < DESTINATIONS_RECORDED {
@@ -189,6 +196,7 @@ impl PgStore {
             relaxed,
             listen_pool,
             health_pool,
+            maintenance_pool,
             list_slots: Arc::new(tokio::sync::Semaphore::new((pool_size as usize / 2).max(1))),
             queued,
             results,
@@ -252,6 +260,10 @@ impl Backend for PgStore {
 
     /// Listens for new-job announcements from every instance and calls `wake` for each,
     /// until `stop`. Reconnects if the connection drops (sqlx's listener does that itself).
+    async fn maintain(&self, stop: CancellationToken) {
+        vacuum::keep_vacuumed(self.maintenance_pool.clone(), stop).await;
+    }
+
     async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
         let mut listener = loop {
             match self.try_listen().await {
@@ -551,6 +563,7 @@ impl Backend for PgStore {
             in_use: u64::from(self.pool.size() + self.relaxed.size()).saturating_sub(idle),
             idle,
             writer_queue: 0,
+            engine_memory: 0,
         }
     }
 
@@ -622,6 +635,7 @@ impl Backend for PgStore {
     async fn close(&self) {
         self.listen_pool.close().await;
         self.health_pool.close().await;
+        self.maintenance_pool.close().await;
         self.pool.close().await;
         self.relaxed.close().await;
     }

@@ -203,6 +203,9 @@ impl Backend for SqliteStore {
         false
     }
 
+    /// The writer checkpoints the WAL as it goes; there is nothing else to keep.
+    async fn maintain(&self, _stop: CancellationToken) {}
+
     /// Every job is queued by this process, which wakes its dispatcher itself.
     async fn listen(&self, _wake: impl Fn() + Send + 'static, _stop: CancellationToken) {}
 
@@ -404,6 +407,7 @@ impl Backend for SqliteStore {
             in_use: busy as u64 + 1,
             idle: idle as u64,
             writer_queue: (WRITER_QUEUE - self.writer.capacity()) as u64,
+            engine_memory: memory_used(),
         }
     }
 
@@ -455,6 +459,16 @@ impl Backend for SqliteStore {
             let _ = closed.await;
         }
     }
+}
+
+/// Bytes SQLite holds in this process, over every connection: mostly page caches, each
+/// bounded by its connection's `cache_size` (SQLite's default, 2 MiB), so the total levels off
+/// once the caches are full, however large the database grows.
+fn memory_used() -> u64 {
+    // SAFETY: `sqlite3_memory_used` takes no arguments and reads a counter SQLite keeps under
+    // its own mutex (the bundled build is threadsafe); any thread may call it at any time.
+    let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    u64::try_from(used).unwrap_or(0)
 }
 
 /// Failures that are the database's rather than a request's: the disk is full or failing,

@@ -11,6 +11,7 @@ mod dashboard;
 mod input;
 mod leaks;
 mod long_lived;
+mod maintenance;
 mod outage;
 mod reliable;
 mod review;
