@@ -63,15 +63,21 @@ pub fn serialize_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S
 }
 
 /// A time a client sent: RFC 3339 (any offset), or ISO 8601 without a zone, read as UTC (as
-/// the service writes them by default, so that a client can send a time back as it got it).
+/// the service writes them by default, so that a client can send a time back as it got it),
+/// its seconds optional (a browser's `datetime-local` field leaves out `:00`).
 pub fn parse(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Some(at.with_timezone(&Utc));
     }
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-        .iter()
-        .find_map(|pattern| NaiveDateTime::parse_from_str(text, pattern).ok())
-        .map(|naive| naive.and_utc())
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|pattern| NaiveDateTime::parse_from_str(text, pattern).ok())
+    .map(|naive| naive.and_utc())
 }
 
 #[cfg(test)]
@@ -109,10 +115,17 @@ mod tests {
             "2026-01-31T12:00:00",
             "2026-01-31T12:00:00.000000",
             "2026-01-31 12:00:00",
+            "2026-01-31T12:00",
         ] {
             assert_eq!(parse(text), Some(t), "{text}");
         }
-        for text in ["2026-01-31", "yesterday", "", "2026-01-31T25:00:00"] {
+        for text in [
+            "2026-01-31",
+            "yesterday",
+            "",
+            "2026-01-31T25:00:00",
+            "2026-01-31T12",
+        ] {
             assert_eq!(parse(text), None, "{text}");
         }
     }

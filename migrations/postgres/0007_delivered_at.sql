@@ -3,3 +3,11 @@
 -- column existed have none; their `completed_at` was the end of delivery and is read as
 -- such (`store::rows`), so the history is not rewritten on upgrade.
 ALTER TABLE requests ADD COLUMN delivered_at TIMESTAMPTZ;
+-- A request still being delivered has its result but no `completed_at` (it was written at
+-- the end of delivery). Its work finished before its first attempt started, or, without
+-- one, by now: every later attempt's callback carries that time (the status index finds the
+-- few such rows).
+UPDATE requests SET completed_at = COALESCE(
+        (SELECT min(a.started_at) FROM delivery_attempts AS a WHERE a.request_id = requests.id),
+        date_trunc('milliseconds', now()))
+    WHERE status = 'callback_pending' AND completed_at IS NULL;

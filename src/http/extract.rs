@@ -48,9 +48,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        // A missing Content-Type is read as JSON, as the original (FastAPI) did; a different
-        // one is refused.
+        // A missing or empty Content-Type is read as JSON, as the original (FastAPI) did; a
+        // different one is refused.
         if let Some(content_type) = req.headers().get(CONTENT_TYPE)
+            && !content_type.is_empty()
             && !is_json(content_type.to_str().unwrap_or_default())
         {
             return Err(ApiError::UnsupportedMediaType);
@@ -152,7 +153,9 @@ async fn drain(mut body: Body, limits: &BodyLimits) {
 }
 
 /// The `{id}` of `/requests/{id}…`. An id that is not UTF-8 once percent-decoded names no
-/// request (ids are ASCII), so it is a 404 like any other unknown id.
+/// request (ids are ASCII), so it is a 404 like any other unknown id. One with a `/` once
+/// decoded (`abc%2Fdef`) is a path no route has, as the original's framework, which routes
+/// the decoded path, answered it.
 pub struct PathId(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathId {
@@ -160,6 +163,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) if id.contains('/') => Err(ApiError::NotFound),
             Ok(Path(id)) => Ok(PathId(id)),
             Err(PathRejection::FailedToDeserializePathParams(err))
                 if matches!(err.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>

@@ -1,5 +1,7 @@
 //! `GET /requests` and `GET /requests/{id}`: the record of every request.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use serde::Deserialize;
@@ -211,18 +213,31 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                 None
             }
         };
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+    // A parameter given more than once is read once, with its last value, as the original's
+    // framework (Starlette) read it.
+    let pairs: Vec<_> = url::form_urlencoded::parse(query.as_bytes()).collect();
+    let last: HashMap<&str, usize> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| (key.as_ref(), i))
+        .collect();
+    let read_once = pairs
+        .iter()
+        .enumerate()
+        .filter(|(i, (key, _))| last.get(key.as_ref()) == Some(i))
+        .map(|(_, pair)| pair);
+    for (key, value) in read_once {
         match key.as_ref() {
-            "mode" => match Mode::parse(&value) {
+            "mode" => match Mode::parse(value) {
                 Some(mode) => filter.mode = Some(mode),
                 None => errors.push(FieldError::query(
                     "mode",
                     "enum",
                     "must be one of: sync, async",
-                    &value,
+                    value,
                 )),
             },
-            "status" => match Status::parse(&value) {
+            "status" => match Status::parse(value) {
                 Some(status) => filter.status = Some(status),
                 None => {
                     let allowed: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
@@ -230,21 +245,21 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                         "status",
                         "enum",
                         format!("must be one of: {}", allowed.join(", ")),
-                        &value,
+                        value,
                     ));
                 }
             },
             // Read as the original read them (`limit=1.0` is 1).
-            "limit" => match query_int("limit", &value, 1, i64::from(MAX_LIMIT)) {
+            "limit" => match query_int("limit", value, 1, i64::from(MAX_LIMIT)) {
                 Ok(limit) => filter.limit = u32::try_from(limit).unwrap_or(DEFAULT_LIMIT),
                 Err(error) => errors.push(error),
             },
-            "offset" => match query_int("offset", &value, 0, i64::MAX) {
+            "offset" => match query_int("offset", value, 0, i64::MAX) {
                 Ok(offset) => filter.offset = offset.unsigned_abs(),
                 Err(error) => errors.push(error),
             },
-            "created_from" => filter.created_from = timestamp("created_from", &value, &mut errors),
-            "created_to" => filter.created_to = timestamp("created_to", &value, &mut errors),
+            "created_from" => filter.created_from = timestamp("created_from", value, &mut errors),
+            "created_to" => filter.created_to = timestamp("created_to", value, &mut errors),
             "callback_host" => {
                 let host = value.to_ascii_lowercase();
                 let allowed = |c: char| {
@@ -257,7 +272,7 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                         "callback_host",
                         "host",
                         "must be a host name or address, optionally with :port",
-                        &value,
+                        value,
                     ));
                 }
             }
@@ -272,7 +287,7 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                         "id_prefix",
                         "id_prefix",
                         "must be 1 to 36 hex digits or '-'",
-                        &value,
+                        value,
                     ));
                 }
             }
@@ -280,13 +295,13 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                 // Any id of up to 64 characters: one that names no request (control characters
                 // included) is answered as such, a 404.
                 if !value.is_empty() && value.chars().count() <= 64 {
-                    before = Some(value.into_owned());
+                    before = Some(value.to_string());
                 } else {
                     errors.push(FieldError::query(
                         "before",
                         "request_id",
                         "must be a request id (1 to 64 characters)",
-                        &value,
+                        value,
                     ));
                 }
             }

@@ -8,8 +8,10 @@
 //! - a JSON number with no fractional part is that integer (`100.0`); with one, it is
 //!   refused (`int_from_float`), as is one beyond 64 bits (`int_parsing_size`);
 //! - a string is read as Python reads an integer literal, with an optional sign and `_`
-//!   between digits (`"+1_000"`), but no surrounding whitespace; or as a plain integer
-//!   followed by a point and only zeros (`"100."`, `"100.000"`, without `_`);
+//!   between digits (`"+1_000"`, and one right after the sign: `"+_1"`), but no surrounding
+//!   whitespace; or as a plain integer followed by a point and only zeros (`"100."`,
+//!   `"100.000"`, without `_`); a string longer than 4300 characters is refused unread
+//!   (`int_parsing_size`, Python's limit on the digits `int()` converts);
 //! - anything else (`null`, arrays, objects) is not an integer (`int_type`).
 
 use serde_json::Value;
@@ -23,7 +25,7 @@ pub enum NotAnInt {
     Parsing,
     /// A number with a fractional part.
     FromFloat,
-    /// A number with no fractional part, but beyond 64 bits.
+    /// A number with no fractional part, but beyond 64 bits; a string over 4300 characters.
     ParsingSize,
 }
 
@@ -53,6 +55,9 @@ impl NotAnInt {
     }
 }
 
+/// The longest string read as an integer: pydantic refuses a longer one before reading it.
+const MAX_INT_STRING: usize = 4300;
+
 /// The integer `value` stands for. Integers beyond `i128` saturate: they are out of any range
 /// the service checks either way.
 pub fn lax_int(value: &Value) -> Result<i128, NotAnInt> {
@@ -75,6 +80,7 @@ pub fn lax_int(value: &Value) -> Result<i128, NotAnInt> {
                 Ok(f as i128)
             }
         }
+        Value::String(s) if s.len() > MAX_INT_STRING => Err(NotAnInt::ParsingSize),
         Value::String(s) => int_in_str(s).ok_or(NotAnInt::Parsing),
         _ => Err(NotAnInt::Type),
     }
@@ -94,15 +100,18 @@ pub fn int_in_str(text: &str) -> Option<i128> {
     }
 }
 
-/// An optional sign, then decimal digits; with `underscores`, single `_` between digits.
+/// An optional sign, then decimal digits; with `underscores`, single `_` between digits or
+/// right after the sign.
 fn digits(text: &str, underscores: bool) -> Option<i128> {
     let (negative, rest) = match text.as_bytes().first()? {
         b'-' => (true, &text[1..]),
         b'+' => (false, &text[1..]),
         _ => (false, text),
     };
+    let signed = rest.len() < text.len();
     let mut magnitude = 0i128;
-    let mut previous_was_digit = false;
+    // A `_` may follow a digit, or the sign ("+_1" is 1 to pydantic, though not to `int()`).
+    let mut previous_was_digit = signed && underscores;
     let mut any = false;
     for b in rest.bytes() {
         match b {
@@ -142,6 +151,9 @@ mod tests {
             ("+5.0", 5),
             ("-0", 0),
             ("0.0", 0),
+            ("+_1", 1),
+            ("+_1_0", 10),
+            ("-_1", -1),
         ] {
             assert_eq!(int_in_str(text), Some(n), "{text:?}");
         }
@@ -157,6 +169,9 @@ mod tests {
             "\t100",
             "1__000",
             "_100",
+            "+__1",
+            "+_",
+            "+_1.0",
             "100_",
             "1_000.0",
             "100.5",
@@ -187,5 +202,12 @@ mod tests {
         assert_eq!(lax_int(&json!(null)), Err(NotAnInt::Type));
         assert_eq!(lax_int(&json!([1])), Err(NotAnInt::Type));
         assert_eq!(lax_int(&json!("1e3")), Err(NotAnInt::Parsing));
+        let longest = format!("{}12", "0".repeat(4298));
+        assert_eq!(lax_int(&json!(longest)), Ok(12));
+        assert_eq!(
+            lax_int(&json!(format!("0{longest}"))),
+            Err(NotAnInt::ParsingSize),
+            "over 4300 characters, however small the number"
+        );
     }
 }

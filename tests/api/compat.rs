@@ -319,3 +319,136 @@ async fn timestamps_can_be_written_as_rfc3339() {
         "{created}"
     );
 }
+
+/// Runs `sql` on the test's database behind the store's back.
+async fn raw_sql(url: &str, sql: &str) {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let conn = rusqlite::Connection::open(path).expect("open sqlite");
+        conn.execute_batch(sql).expect(sql);
+    } else {
+        use sqlx::Connection;
+        let mut conn = sqlx::postgres::PgConnection::connect(url)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .expect(sql);
+        conn.close().await.unwrap();
+    }
+}
+
+/// A database as the last version before `delivered_at` left it: `completed_at` was written
+/// at the end of delivery. A request finished then reads it as when its delivery ended; one
+/// still being delivered gets, as its work's end, the start of its first attempt, and its
+/// callback carries that time on every attempt after the upgrade.
+#[tokio::test]
+async fn an_upgrade_reads_completed_at_as_the_version_before_wrote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::helpers::fresh_database(dir.path()).await;
+    let sqlite = url.starts_with("sqlite://");
+    let (schema, version, time) = if sqlite {
+        let files = [
+            include_str!("../../migrations/sqlite/0001_requests.sql"),
+            include_str!("../../migrations/sqlite/0002_attempt_instance.sql"),
+            include_str!("../../migrations/sqlite/0003_claims.sql"),
+            include_str!("../../migrations/sqlite/0004_destinations.sql"),
+            include_str!("../../migrations/sqlite/0005_destination_index.sql"),
+            include_str!("../../migrations/sqlite/0006_idempotency.sql"),
+            include_str!("../../migrations/sqlite/0007_history.sql"),
+        ];
+        (
+            files.join("\n"),
+            "PRAGMA user_version = 7;".to_string(),
+            (|secs: i64| (secs * 1000).to_string()) as fn(i64) -> String,
+        )
+    } else {
+        let files = [
+            include_str!("../../migrations/postgres/0001_requests.sql"),
+            include_str!("../../migrations/postgres/0002_claims.sql"),
+            include_str!("../../migrations/postgres/0003_destinations.sql"),
+            include_str!("../../migrations/postgres/0004_destination_index.sql"),
+            include_str!("../../migrations/postgres/0005_idempotency.sql"),
+            include_str!("../../migrations/postgres/0006_history.sql"),
+        ];
+        (
+            files.join("\n"),
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,
+                                             applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6);"
+                .to_string(),
+            (|secs: i64| format!("to_timestamp({secs})")) as fn(i64) -> String,
+        )
+    };
+    let row = |id: &str, status: &str, completed: &str| {
+        format!(
+            "INSERT INTO requests (id, mode, status, payload_hash, iterations, callback_url,
+                                   destination, callback_host, created_at, completed_at,
+                                   input_hash, output_hash, processing_time_ms,
+                                   callback_attempts)
+             VALUES ('{id}', 'async', '{status}', 'h', 1, 'http://127.0.0.1:9/cb',
+                     'http://127.0.0.1:9', '127.0.0.1', {}, {completed}, 'i', 'o', 0.5, 1);
+             INSERT INTO delivery_attempts (request_id, attempt, started_at, duration_ms,
+                                            status_code)
+             VALUES ('{id}', 1, {}, 1.0, 500);",
+            time(1_000),
+            time(1_010),
+        )
+    };
+    raw_sql(
+        &url,
+        &format!(
+            "{schema}\n{version}\n{}\n{}",
+            row("finished", "callback_failed", &time(1_020)),
+            row("delivering", "callback_pending", "NULL")
+        ),
+    )
+    .await;
+
+    let app = TestServer::builder().database_url(&url).start().await;
+    let finished = app.get_json("/requests/finished").await;
+    assert_eq!(
+        finished["completed_at"], finished["delivered_at"],
+        "{finished}"
+    );
+    let delivering = app.get_json("/requests/delivering").await;
+    assert_eq!(
+        delivering["completed_at"], delivering["attempts"][0]["started_at"],
+        "{delivering}"
+    );
+    assert!(delivering.get("delivered_at").is_none(), "{delivering}");
+}
+
+/// Details of how the original's framework read a request: an empty Content-Type is no
+/// Content-Type (read as JSON); a query parameter given twice counts once, with its last
+/// value; an id with a `/` once decoded is a path no route has.
+#[tokio::test]
+async fn the_frameworks_reading_of_headers_queries_and_paths() {
+    let app = TestServer::builder().start().await;
+    let response = app
+        .client
+        .post(app.url("/sync"))
+        .header("content-type", "")
+        .body(r#"{"data":"x","iterations":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    for (query, status) in [("limit=abc&limit=5", 200), ("limit=5&limit=abc", 422)] {
+        let response = app.get(&format!("/requests?{query}")).await;
+        assert_eq!(response.status().as_u16(), status, "{query}");
+    }
+    let list = app.get_json("/requests?limit=7&limit=1").await;
+    assert_eq!(list["requests"].as_array().unwrap().len(), 1, "{list}");
+
+    for path in ["/requests/abc%2Fdef", "/requests/abc%2Fdef/redeliver"] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            json!({"detail": "Not Found"}),
+            "{path}"
+        );
+    }
+}

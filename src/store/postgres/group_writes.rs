@@ -68,7 +68,12 @@ pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
                    started_at, duration_ms, status_code, response_body, note, last_error)),
      moved AS (
          UPDATE requests AS r
-         SET status = a.status, delivered_at = CASE WHEN a.ends_delivery THEN now() END,
+         -- Delivery ended with the last attempt: when it ended on the instance's clock, as
+         -- the attempt's own times and every other time in a record are.
+         SET status = a.status,
+             delivered_at = CASE WHEN a.ends_delivery
+                                 THEN a.started_at + make_interval(secs => a.duration_ms / 1000)
+                            END,
              next_attempt_at = now() + make_interval(secs => a.due_in),
              callback_attempts = a.attempt,
              callback_last_error = COALESCE(a.last_error, r.callback_last_error),

@@ -44,6 +44,7 @@ mod writes;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -458,6 +459,7 @@ impl Backend for PgStore {
             .bind(id)
             .bind(token)
             .bind(reason)
+            .bind(Utc::now())
             .execute(&self.pool)
             .await?;
         Ok(updated.rows_affected() == 1)

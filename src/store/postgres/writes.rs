@@ -43,9 +43,10 @@ pub(super) const UPSERT_SYNC_FINISHED: &str =
      -- one already failed as abandoned stays as it is, its key possibly reused.
      WHERE requests.status = 'processing'";
 
-/// A claimed job ended without an attempt.
+/// A claimed job ended without an attempt, at `$4` (the instance's clock, as every time in a
+/// record but the queue's due times).
 pub(super) const GIVE_UP: &str =
-    "UPDATE requests SET status = 'callback_failed', delivered_at = now(),
+    "UPDATE requests SET status = 'callback_failed', delivered_at = $4,
             next_attempt_at = NULL, callback_last_error = $3, error = $3,
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
      WHERE id = $1 AND lease_token = $2";

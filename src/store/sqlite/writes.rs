@@ -358,11 +358,14 @@ impl Write for RecordAttempt {
 
     fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<bool> {
         let transition = Transition::Attempted(self.outcome);
-        let delivered_at = transition.ends_delivery().then(|| millis(Utc::now()));
+        let attempt = &self.attempt;
+        // Delivery ended with the last attempt: when that attempt ended.
+        let delivered_at = transition
+            .ends_delivery()
+            .then(|| millis(attempt.started_at) + attempt.duration_ms.round() as i64);
         let next_attempt_at = transition
             .due_in_secs()
             .map(|secs| queue.now.saturating_add((secs * 1000.0).round() as i64));
-        let attempt = &self.attempt;
         let updated = tx.prepare_cached(RECORD_ATTEMPT)?.execute(params![
             self.id,
             self.token,
