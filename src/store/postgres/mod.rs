@@ -164,7 +164,7 @@ impl PgStore {
             .connect_lazy_with(options.clone());
         let maintenance_pool = PgPoolOptions::new()
             .max_connections(1)
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.options(vacuum::SESSION_OPTIONS));
         let schema_before = migrate(&pool).await?;
         if schema_before > 0 && schema_before < DESTINATIONS_RECORDED {
             backfill_destinations(&pool).await?;
@@ -262,7 +262,7 @@ impl Backend for PgStore {
     /// Listens for new-job announcements from every instance and calls `wake` for each,
     /// until `stop`. Reconnects if the connection drops (sqlx's listener does that itself).
     async fn maintain(&self, stop: CancellationToken) {
-        vacuum::keep_vacuumed(self.maintenance_pool.clone(), stop).await;
+        vacuum::keep_vacuumed(self.maintenance_pool.clone(), self.pool.clone(), stop).await;
     }
 
     async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
