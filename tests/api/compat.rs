@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestServer, read};
+use crate::helpers::{Behaviour, Receiver, TestServer, raw_sql, read};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -318,24 +318,6 @@ async fn timestamps_can_be_written_as_rfc3339() {
         chrono::DateTime::parse_from_rfc3339(created).is_ok(),
         "{created}"
     );
-}
-
-/// Runs `sql` on the test's database behind the store's back.
-async fn raw_sql(url: &str, sql: &str) {
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        let conn = rusqlite::Connection::open(path).expect("open sqlite");
-        conn.execute_batch(sql).expect(sql);
-    } else {
-        use sqlx::Connection;
-        let mut conn = sqlx::postgres::PgConnection::connect(url)
-            .await
-            .expect("connect");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(&mut conn)
-            .await
-            .expect(sql);
-        conn.close().await.unwrap();
-    }
 }
 
 /// A database as the last version before `delivered_at` left it: `completed_at` was written

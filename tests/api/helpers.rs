@@ -32,6 +32,26 @@ pub fn postgres_admin_url() -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
+/// Runs `sql` on the test's database behind the store's back (what an older version of the
+/// service left in it).
+pub async fn raw_sql(url: &str, sql: &str) {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let conn = rusqlite::Connection::open(path).expect("open sqlite");
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute_batch(sql).expect(sql);
+    } else {
+        use sqlx::Connection;
+        let mut conn = sqlx::postgres::PgConnection::connect(url)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .expect(sql);
+        conn.close().await.unwrap();
+    }
+}
+
 /// A new, empty database for one test: a SQLite file in `dir`, or, when the suite runs on
 /// PostgreSQL, a new database on that server (named `syncasync_test_…`; CI drops them).
 pub async fn fresh_database(dir: &Path) -> String {

@@ -9,30 +9,10 @@ use syncasync::store::Store;
 
 use super::store::queue_for;
 
-use crate::helpers::fresh_database;
+use crate::helpers::{fresh_database, raw_sql};
 
 /// A lease that outlives the test.
 const HELD: Duration = Duration::from_secs(600);
-
-/// Runs `sql` on the test's database behind the store's back (what an older version of the
-/// service left in it).
-async fn raw_sql(url: &str, sql: &str) {
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        let conn = rusqlite::Connection::open(path).expect("open sqlite");
-        conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        conn.execute_batch(sql).expect(sql);
-    } else {
-        use sqlx::Connection;
-        let mut conn = sqlx::postgres::PgConnection::connect(url)
-            .await
-            .expect("connect");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(&mut conn)
-            .await
-            .expect(sql);
-        conn.close().await.unwrap();
-    }
-}
 
 async fn open(dir: &std::path::Path) -> (String, Store) {
     let url = fresh_database(dir).await;
