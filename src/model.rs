@@ -151,6 +151,8 @@ pub struct RequestRecord {
     #[serde(serialize_with = "crate::timestamps::serialize")]
     #[schema(value_type = Timestamp)]
     pub created_at: DateTime<Utc>,
+    /// When the work finished: a sync request's end; an async request's result, before its
+    /// delivery (as in the original). `null` until then.
     #[serde(serialize_with = "crate::timestamps::serialize_opt")]
     #[schema(value_type = Option<Timestamp>)]
     pub completed_at: Option<DateTime<Utc>>,

@@ -164,7 +164,7 @@ impl PgStore {
             .connect_lazy_with(options.clone());
         let maintenance_pool = PgPoolOptions::new()
             .max_connections(1)
-            .connect_lazy_with(options.options(vacuum::SESSION_OPTIONS));
+            .connect_lazy_with(vacuum::session(options));
         let schema_before = migrate(&pool).await?;
         if schema_before > 0 && schema_before < DESTINATIONS_RECORDED {
             backfill_destinations(&pool).await?;

@@ -10,7 +10,8 @@
 //! so once in its log. With autovacuum on it does nothing: autovacuum does this better.
 //!
 //! What a manual vacuum does not do by itself, the keeper does:
-//! - it is throttled as autovacuum is (`vacuum_cost_delay`) and runs no parallel workers;
+//! - it is throttled as autovacuum is (`vacuum_cost_delay`), runs no parallel workers, and
+//!   analyses a table at most every ten minutes (the statistics of a queue change slowly);
 //! - it is not repeated while the dead rows it could not remove (an old transaction still
 //!   sees them) are what keeps the count over the bound: only rows dead since count;
 //! - it is cancelled at shutdown, which otherwise waits for it;
@@ -26,7 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgPool;
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::StoreResult;
@@ -37,10 +39,18 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// The longest wait between two tries after failures.
 const MOST_BACKOFF: Duration = Duration::from_secs(300);
 
-/// The maintenance connection's session: throttled as autovacuum is by default (2 ms after
-/// each 200 units of page work), no parallel index workers, no time limit of the role's.
-pub(super) const SESSION_OPTIONS: [(&str, &str); 2] =
-    [("vacuum_cost_delay", "2"), ("statement_timeout", "0")];
+/// How often a table vacuumed by the keeper is analysed too: the planner's statistics of a
+/// queue change slowly, and an ANALYZE reads a sample of the whole table.
+const ANALYZE_EVERY: Duration = Duration::from_secs(600);
+
+/// The maintenance connection: throttled as autovacuum is by default (2 ms after each 200
+/// units of page work), no time limit of the role's, and a vacuum's seconds not logged as a
+/// slow statement (each pass is logged once, by the keeper).
+pub(super) fn session(options: PgConnectOptions) -> PgConnectOptions {
+    options
+        .options([("vacuum_cost_delay", "2"), ("statement_timeout", "0")])
+        .disable_statement_logging()
+}
 
 /// Each table's live and dead rows (the statistics' estimates), whether autovacuum is on for
 /// it (on for the server and not turned off for the table), whether the server keeps the
@@ -128,6 +138,8 @@ struct Keeper {
     /// Dead rows each table still had after its last vacuum: rows an old transaction still
     /// sees, which no vacuum removes until it ends.
     left_dead: HashMap<String, i64>,
+    /// When each table was last analysed by the keeper.
+    analysed: HashMap<String, Instant>,
 }
 
 impl Keeper {
@@ -191,10 +203,18 @@ impl Keeper {
                 continue;
             }
             // The table's name comes from the catalogue query above, which names only these.
-            let statement = match name {
-                "requests" => "VACUUM (ANALYZE, SKIP_LOCKED, PARALLEL 0) requests",
-                "delivery_attempts" => {
+            let analyse = self
+                .analysed
+                .get(name)
+                .is_none_or(|at| at.elapsed() >= ANALYZE_EVERY);
+            let statement = match (name, analyse) {
+                ("requests", true) => "VACUUM (ANALYZE, SKIP_LOCKED, PARALLEL 0) requests",
+                ("requests", false) => "VACUUM (SKIP_LOCKED, PARALLEL 0) requests",
+                ("delivery_attempts", true) => {
                     "VACUUM (ANALYZE, SKIP_LOCKED, PARALLEL 0) delivery_attempts"
+                }
+                ("delivery_attempts", false) => {
+                    "VACUUM (SKIP_LOCKED, PARALLEL 0) delivery_attempts"
                 }
                 _ => continue,
             };
@@ -208,6 +228,9 @@ impl Keeper {
             let vacuumed = sqlx::raw_sql(statement).execute(&mut *conn).await;
             running.store(0, Ordering::Release);
             vacuumed?;
+            if analyse {
+                self.analysed.insert(name.to_owned(), Instant::now());
+            }
             // The vacuum's own counts are in the statistics as it ends.
             let after: i64 =
                 sqlx::query_scalar("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = $1")
