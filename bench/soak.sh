@@ -17,8 +17,12 @@
 # table. All traffic stays on loopback. Writes bench/results/soak.md (and the samples as
 # bench/results/soak-BACKEND.csv); progress goes to stderr.
 #
+# HISTORY=N starts each run on a database already holding N finished requests (written by
+# bench/lib/history.py after a first start has migrated it), so that what grows with the
+# history (B-tree depth, the pages a write touches) is apart from what grows with time.
+#
 # Env overrides: DURATION (1800 s per backend), RATE (1000), SIDE_RATE (50), HUNG_RATE (2),
-# ITERATIONS (1000), BACKENDS ("sqlite postgres"), PG_ADMIN_URL
+# ITERATIONS (1000), HISTORY (0), BACKENDS ("sqlite postgres"), PG_ADMIN_URL
 # (postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable), KEEP_TMP=1.
 set -euo pipefail
 
@@ -32,6 +36,7 @@ RATE="${RATE:-1000}"
 SIDE_RATE="${SIDE_RATE:-50}"
 HUNG_RATE="${HUNG_RATE:-2}"
 ITERATIONS="${ITERATIONS:-1000}"
+HISTORY="${HISTORY:-0}"
 BACKENDS="${BACKENDS:-sqlite postgres}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
 
@@ -63,6 +68,15 @@ soak() {
     started_pids+=("$!")
     "$BIN" receiver --port "$hung_port" --delay-ms 600000 >/dev/null 2>&1 &
     started_pids+=("$!")
+    if (( HISTORY > 0 )); then
+        log "$backend: migrating, then writing $HISTORY finished requests"
+        env APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="$database" RUST_LOG=warn \
+            "$BIN" serve >>"$server_log" 2>&1 &
+        service_pid=$!
+        wait_for "http://127.0.0.1:$port/healthz"
+        kill "$service_pid"; wait "$service_pid" || true
+        python3 "$ROOT/bench/lib/history.py" "$database" "$HISTORY"
+    fi
     env APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="$database" \
         APP_CALLBACK_BLOCK_PRIVATE_IPS=false APP_ASYNC_QUEUE_MAX_SIZE=1000000 \
         APP_REQUEST_RETENTION_HOURS=100000 APP_MAX_STORED_REQUESTS=100000000 RUST_LOG=warn \
@@ -114,7 +128,7 @@ done
     echo "Per backend: ${DURATION} s of \`loadgen --mode async --rate $RATE --iterations $ITERATIONS\` (measured), beside"
     echo "$SIDE_RATE/s to a receiver failing a fifth of its callbacks at random and $HUNG_RATE/s to one that never"
     echo "answers in time; default settings but retention and the queue bound raised, so the history grows all"
-    echo "along. Sampled every 10 s (medians over the first and the last fifth of the run); plot: \`soak.png\`."
+    echo "along, from $HISTORY finished requests at the start. Sampled every 10 s (medians over the first and the last fifth of the run); plot: \`soak.png\`."
     echo
     python3 "$ROOT/bench/lib/soak_plot.py" "$RESULTS/soak.png" "${plots[@]}"
     echo

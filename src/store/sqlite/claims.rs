@@ -19,9 +19,13 @@ macro_rules! claimable_lease {
 }
 
 /// The first due rows in due order, whatever their destination: what a claim (and a look
-/// for the next due time, with `?3` in the far future) considers first.
+/// for the next due time, with `?3` in the far future) considers first. Rows by their rowid,
+/// which the due index holds: a row passed over (its destination held or full: a backlog
+/// that can run to thousands of rows in front of the claimable ones) costs an index entry,
+/// not a seek into the table for its id (measured: 0.3 ms instead of 3-5 ms for a window of
+/// 1,100 rows held by an open breaker).
 pub(super) const DUE_WINDOW: &str = concat!(
-    "SELECT id, COALESCE(destination, ''), next_attempt_at FROM requests
+    "SELECT rowid, COALESCE(destination, ''), next_attempt_at FROM requests
      WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3 AND ",
     claimable_lease!(),
     " ORDER BY next_attempt_at LIMIT ?4"
@@ -35,9 +39,9 @@ pub(super) const NEXT_DESTINATION: &str = "SELECT destination FROM requests
      WHERE next_attempt_at IS NOT NULL AND destination > ?1
      ORDER BY destination LIMIT 1";
 
-/// One destination's (`?3`) first jobs due by `?4` and claimable.
+/// One destination's (`?3`) first jobs due by `?4` and claimable (by rowid, as above).
 pub(super) const DESTINATION_DUE: &str = concat!(
-    "SELECT id, next_attempt_at FROM requests
+    "SELECT rowid, next_attempt_at FROM requests
      WHERE destination = ?3 AND next_attempt_at IS NOT NULL AND next_attempt_at <= ?4 AND ",
     claimable_lease!(),
     " ORDER BY next_attempt_at LIMIT ?5"
@@ -48,7 +52,7 @@ pub(super) const CLAIM_ONE: &str = concat!(
      SET status = CASE status WHEN 'pending' THEN 'processing' ELSE status END,
          lease_owner = ?2, lease_expires_at = ?3, lease_token = lower(hex(randomblob(16))),
          unrecorded_claims = unrecorded_claims + 1
-     WHERE id = ?1
+     WHERE rowid = ?1
      RETURNING ",
     job_columns!()
 );
@@ -114,7 +118,7 @@ pub(super) fn claim(
         let destination: String = row.get(1)?;
         if room.admits(&destination, row.get(2)?, now) {
             room.take(&destination);
-            picked.push(row.get::<_, String>(0)?);
+            picked.push(row.get::<_, i64>(0)?);
         } else {
             passed_over = true;
         }
@@ -125,7 +129,7 @@ pub(super) fn claim(
         // Each destination's first jobs within its room, then, in due order, those the
         // rooms and the shared budget admit together.
         let room = RoomLeft::new(rooms);
-        let mut candidates: Vec<(i64, String, String)> = Vec::new();
+        let mut candidates: Vec<(i64, i64, String)> = Vec::new();
         let mut due_rows = conn.prepare_cached(DESTINATION_DUE)?;
         each_destination(conn, rooms, |destination| {
             let left = room.left(destination).min(limit);
