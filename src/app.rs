@@ -245,6 +245,7 @@ impl Application {
         let workers = WorkerStats::default();
         let metrics = Arc::new(Metrics::new());
         let destinations = Destinations::new(config.isolation_policy());
+        let running = crate::delivery::Running::default();
         let service = Service {
             store: store.clone(),
             pool: pool.clone(),
@@ -252,6 +253,7 @@ impl Application {
             workers: workers.clone(),
             queue_capacity: config.async_queue_max_size,
             guard,
+            control_limits: config.control_limits(),
             retention: config.retention(),
             max_stored_requests: config.max_stored_requests,
             list_count_limit: config.list_count_limit,
@@ -259,6 +261,7 @@ impl Application {
             worker_count: config.async_worker_count,
             metrics: Arc::clone(&metrics),
             destinations: Arc::clone(&destinations),
+            running: running.clone(),
             sync_records: tokio_util::task::TaskTracker::new(),
             sync_abandon: CancellationToken::new(),
         };
@@ -279,6 +282,7 @@ impl Application {
             metrics,
             destinations,
             slow_after: config.callback_slow_after(),
+            running,
         };
         let dashboard = Arc::new(crate::ui::History::default());
         let long_lived = LongLived::new(

@@ -131,12 +131,20 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=MAX_QUEUE_SIZE))]
     pub async_queue_max_size: u64,
 
-    /// Timeout of one callback attempt, in seconds.
+    /// Furthest ahead, in seconds, a request may schedule its work (`run_at`,
+    /// `delay_seconds`; default 30 days, at most 10 years). Scheduled requests are in the
+    /// queue from their acceptance, so they count against `APP_ASYNC_QUEUE_MAX_SIZE`.
+    #[arg(long, env = "APP_MAX_SCHEDULE_DELAY_SECONDS", default_value_t = 2_592_000.0,
+          value_parser = schedule_delay_seconds)]
+    pub max_schedule_delay_seconds: f64,
+
+    /// Timeout of one callback attempt, in seconds (the longest a request may ask for).
     #[arg(long, env = "APP_CALLBACK_TIMEOUT_SECONDS", default_value_t = 10.0,
           value_parser = positive_seconds)]
     pub callback_timeout_seconds: f64,
 
-    /// Attempts after the first before a callback is given up (`callback_failed`).
+    /// Attempts after the first before a callback is given up (`callback_failed`); the most
+    /// a request may ask for.
     #[arg(long, env = "APP_CALLBACK_MAX_RETRIES", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub callback_max_retries: u32,
@@ -313,6 +321,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// What a request may ask for beyond the original's fields: the operator's settings are
+    /// the caps.
+    pub fn control_limits(&self) -> crate::input::ControlLimits {
+        crate::input::ControlLimits {
+            max_schedule_delay: Duration::from_secs_f64(self.max_schedule_delay_seconds),
+            max_retries: self.callback_max_retries,
+            max_callback_timeout: self.callback_timeout(),
+        }
+    }
+
     pub fn callback_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.callback_timeout_seconds)
     }
@@ -484,6 +502,19 @@ fn at_least_one_second(s: &str) -> Result<f64, String> {
     }
     Ok(v)
 }
+
+fn schedule_delay_seconds(s: &str) -> Result<f64, String> {
+    let v = non_negative_seconds(s)?;
+    if v > MAX_SCHEDULE_DELAY_SECONDS {
+        return Err(format!(
+            "`{s}` is more than {MAX_SCHEDULE_DELAY_SECONDS} seconds (10 years)"
+        ));
+    }
+    Ok(v)
+}
+
+/// Ten years: a due time further ahead is a mistake, not a plan.
+const MAX_SCHEDULE_DELAY_SECONDS: f64 = 315_360_000.0;
 
 fn retention_hours(s: &str) -> Result<f64, String> {
     let v = non_negative_seconds(s)?;

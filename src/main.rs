@@ -29,8 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service (the default).
-    Serve(Config),
+    /// Run the service (the default). Boxed: the settings outweigh every other command's.
+    Serve(Box<Config>),
     /// Generate load against a running service and report latencies, throughput and
     /// time-to-callback per mode.
     Loadgen(LoadgenArgs),
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             println!("{{\"iterations\":{iterations},\"units_per_second\":{rate:.1}}}");
             ExitCode::SUCCESS
         }
-        Some(Command::Serve(config)) => serve(config),
+        Some(Command::Serve(config)) => serve(*config),
         Some(Command::Loadgen(args)) => loadgen(args),
         Some(Command::Receiver(args)) => receiver(args),
         None => serve(cli.serve),

@@ -86,6 +86,7 @@ pub struct AttemptLabels {
 pub enum FinalStatus {
     callback_success,
     callback_failed,
+    cancelled,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -16,7 +16,8 @@ pub enum Mode {
 }
 
 /// Every state a request can be in. Sync: `processing → completed | failed`.
-/// Async: `pending → processing → callback_pending → callback_success | callback_failed`.
+/// Async: `pending → processing → callback_pending → callback_success | callback_failed`,
+/// and (*beyond*) `cancelled` from any of the first three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -27,6 +28,7 @@ pub enum Status {
     CallbackPending,
     CallbackSuccess,
     CallbackFailed,
+    Cancelled,
 }
 
 impl Mode {
@@ -45,7 +47,7 @@ impl Mode {
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Pending,
         Status::Processing,
         Status::Completed,
@@ -53,6 +55,7 @@ impl Status {
         Status::CallbackPending,
         Status::CallbackSuccess,
         Status::CallbackFailed,
+        Status::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Status {
             Status::CallbackPending => "callback_pending",
             Status::CallbackSuccess => "callback_success",
             Status::CallbackFailed => "callback_failed",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -76,7 +80,11 @@ impl Status {
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            Status::Completed | Status::Failed | Status::CallbackSuccess | Status::CallbackFailed
+            Status::Completed
+                | Status::Failed
+                | Status::CallbackSuccess
+                | Status::CallbackFailed
+                | Status::Cancelled
         )
     }
 }
@@ -168,6 +176,32 @@ pub struct RequestRecord {
     pub callback_url: Option<String>,
     pub callback_attempts: u32,
     pub callback_last_error: Option<String>,
+    /// When its next work or delivery attempt is due (*beyond*): present while it waits in
+    /// the queue, absent while an attempt is under way and once it is final.
+    #[serde(
+        serialize_with = "crate::timestamps::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<Timestamp>)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Why it waits past `next_attempt_at`, or before it for a reason other than its own
+    /// backoff (*beyond*); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<WaitingFor>,
+    /// The time its work was scheduled for, when it asked for one (`run_at` or
+    /// `delay_seconds`; *beyond*).
+    #[serde(
+        serialize_with = "crate::timestamps::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<Timestamp>)]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Its own retry budget, when it asked for one (*beyond*).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_max_retries: Option<u32>,
+    /// Its own timeout per attempt, in seconds, when it asked for one (*beyond*).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_timeout_seconds: Option<f64>,
     pub result: Option<WorkResult>,
     /// Why a request ended `failed` (or `callback_failed` without a delivery attempt), when
     /// the reason is not a callback's: for example a sync request whose client hung up.
@@ -177,6 +211,20 @@ pub struct RequestRecord {
     /// Present only on `GET /requests/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<DeliveryAttempt>>,
+}
+
+/// Why a queued request is not being worked on although it is due, or why it is not due yet
+/// when that is not its own retry backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitingFor {
+    /// Its `run_at` has not come.
+    Schedule,
+    /// Its destination's circuit breaker is open (as this instance sees it): no attempt
+    /// until a probe succeeds.
+    BreakerOpen,
+    /// Its destination has its most deliveries in flight.
+    DestinationFull,
 }
 
 /// `GET /requests` → 200.

@@ -5,17 +5,20 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use crate::delivery::destinations::{BreakerState, DestinationView, Destinations, destination_of};
+use crate::delivery::destinations::{
+    BreakerState, DestinationView, Destinations, destination_of, destination_of_str,
+};
 use crate::delivery::guard::Guard;
-use crate::delivery::{Wakeup, WorkerStats};
+use crate::delivery::{Running, Wakeup, WorkerStats};
 use crate::input::{AsyncInput, WorkInput};
 use crate::metrics::{ConnectionLabels, DestinationLabels, Metrics, TOP_DESTINATIONS};
 use crate::model::{
     Health, HealthReport, Mode, RequestList, RequestRecord, Status, WorkResult, payload_hash,
 };
 use crate::store::{
-    ABANDONED_SYNC_ERROR, CleanupReport, IdempotencyKey, KeyHolder, ListFilter, NewAsyncRequest,
-    NewRequest, Position, Redelivery, StatusCounts, Store, StoreError, Submitted,
+    ABANDONED_SYNC_ERROR, Cancellation, CleanupReport, IdempotencyKey, KeyHolder, ListFilter,
+    MadeDue, NewAsyncRequest, NewRequest, Position, Redelivery, StatusCounts, Store, StoreError,
+    Submitted,
 };
 use crate::work::{Cancel, ComputePool, PoolError};
 
@@ -119,6 +122,7 @@ fn new_async_request(
         data: input.work.data,
         destination: destination_of(&input.callback_url),
         callback_url: input.callback_url_as_sent,
+        controls: input.controls,
     }
 }
 
@@ -156,7 +160,13 @@ fn new_sync_request(
 /// What a request asked for, as its idempotency key's fingerprint: the mode and the parsed
 /// input, so that a replay whose JSON differs only in spelling (key order, `"100"` for
 /// `100`) is the same request, and one that differs in any value is not.
-fn fingerprint(mode: Mode, iterations: u32, callback_url: Option<&str>, data: &str) -> String {
+fn fingerprint(
+    mode: Mode,
+    iterations: u32,
+    callback_url: Option<&str>,
+    controls: &str,
+    data: &str,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
     digest.update(mode.as_str().as_bytes());
@@ -165,6 +175,12 @@ fn fingerprint(mode: Mode, iterations: u32, callback_url: Option<&str>, data: &s
     // Lengths first: no two different inputs concatenate to the same bytes.
     digest.update((url.len() as u64).to_be_bytes());
     digest.update(url.as_bytes());
+    // Only when the request asked for controls: the fingerprints of other requests (and
+    // the keys stored before controls existed) stay as they were.
+    if !controls.is_empty() {
+        digest.update((controls.len() as u64).to_be_bytes());
+        digest.update(controls.as_bytes());
+    }
     digest.update(data.as_bytes());
     hex::encode(digest.finalize())
 }
@@ -201,6 +217,8 @@ pub struct Service {
     pub queue_capacity: u64,
     /// The SSRF policy, shared with the callback client.
     pub guard: Guard,
+    /// What a request may ask for beyond the original's fields (the operator's caps).
+    pub control_limits: crate::input::ControlLimits,
     pub retention: std::time::Duration,
     pub max_stored_requests: u64,
     /// The most rows a list's `total` counts for a filter beyond mode and status.
@@ -210,6 +228,8 @@ pub struct Service {
     pub worker_count: u32,
     pub metrics: Arc<Metrics>,
     pub destinations: Arc<Destinations>,
+    /// The async jobs this instance is working on (a cancel stops their work).
+    pub running: Running,
     /// The tasks that finish sync requests' records, which outlive a client that hung up:
     /// shutdown waits for them before it closes the store.
     pub sync_records: tokio_util::task::TaskTracker,
@@ -242,7 +262,7 @@ impl Service {
             };
         };
         let idempotency = IdempotencyKey {
-            fingerprint: fingerprint(Mode::Sync, input.iterations, None, &input.data),
+            fingerprint: fingerprint(Mode::Sync, input.iterations, None, "", &input.data),
             key,
         };
         // A request that failed frees its key (it did no work anyone can reuse), so each
@@ -426,6 +446,7 @@ impl Service {
                 Mode::Async,
                 input.work.iterations,
                 Some(input.callback_url_as_sent.as_str()),
+                &input.controls.fingerprint(),
                 &input.work.data,
             ),
             key,
@@ -472,12 +493,35 @@ impl Service {
         if !is_plausible_id(id) {
             return Ok(None);
         }
-        Ok(self.store.get(id).await?)
+        Ok(self
+            .store
+            .get(id)
+            .await?
+            .map(|record| self.with_hold(record)))
     }
 
     pub async fn list(&self, mut filter: ListFilter) -> Result<RequestList, ServiceError> {
         filter.count_limit = self.list_count_limit;
-        Ok(self.store.list(filter).await?)
+        let mut list = self.store.list(filter).await?;
+        list.requests = list
+            .requests
+            .into_iter()
+            .map(|record| self.with_hold(record))
+            .collect();
+        Ok(list)
+    }
+
+    /// `record` with what holds it back beyond its due time, if anything does: its
+    /// destination's breaker or cap (this instance's view; the store knows only schedules).
+    fn with_hold(&self, mut record: RequestRecord) -> RequestRecord {
+        let due = record.next_attempt_at.is_some_and(|at| at <= Utc::now());
+        if due
+            && record.waiting_for.is_none()
+            && let Some(url) = &record.callback_url
+        {
+            record.waiting_for = self.destinations.holding(&destination_of_str(url));
+        }
+        record
     }
 
     /// Where request `id` stands in the list order, for a `before` cursor; `None` if there is
@@ -645,6 +689,39 @@ impl Service {
     }
 
     /// Queues a `callback_failed` request for a fresh round of delivery attempts.
+    /// Cancels an async request that is not final (SPEC §11), and stops its work if this
+    /// instance is doing it (another instance's worker finds out at its next heartbeat).
+    pub async fn cancel(&self, id: &str) -> Result<Cancellation, ServiceError> {
+        if !is_plausible_id(id) {
+            return Ok(Cancellation::NotFound);
+        }
+        let outcome = self.store.cancel(id).await?;
+        if let Cancellation::Cancelled { in_flight } = outcome {
+            let stopped = self.running.stop_request(id);
+            tracing::info!(request_id = %id, delivery_in_flight = in_flight, work_stopped = stopped, "async request cancelled");
+            self.metrics
+                .jobs_finished
+                .get_or_create(&crate::metrics::FinalLabels {
+                    status: crate::metrics::FinalStatus::cancelled,
+                })
+                .inc();
+        }
+        Ok(outcome)
+    }
+
+    /// Makes a queued request due now (an operator's retry now, SPEC §11).
+    pub async fn make_due(&self, id: &str) -> Result<MadeDue, ServiceError> {
+        if !is_plausible_id(id) {
+            return Ok(MadeDue::NotFound);
+        }
+        let outcome = self.store.make_due(id).await?;
+        if outcome == MadeDue::Due {
+            tracing::info!(request_id = %id, "request made due now");
+            self.wakeup.wake();
+        }
+        Ok(outcome)
+    }
+
     pub async fn redeliver(&self, id: &str) -> Result<Redelivery, ServiceError> {
         if !is_plausible_id(id) {
             return Ok(Redelivery::NotFound);

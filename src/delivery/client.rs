@@ -171,17 +171,19 @@ impl CallbackClient {
     /// POSTs the result of `request_id` to `url` as attempt number `attempt`, on a connection
     /// of its own.
     pub async fn deliver(&self, url: &str, work: &FinishedWork, attempt: u32) -> AttemptReport {
-        self.deliver_on(url, work, attempt, false).await
+        self.deliver_on(url, work, attempt, false, None).await
     }
 
     /// As [`deliver`](Self::deliver), on a kept-alive connection if `keep_alive` (for the
-    /// busiest destinations, see `destinations::KEEP_ALIVE_DESTINATIONS`).
+    /// busiest destinations, see `destinations::KEEP_ALIVE_DESTINATIONS`), within `timeout`
+    /// when the request asked for a shorter one than the client's.
     pub async fn deliver_on(
         &self,
         url: &str,
         work: &FinishedWork,
         attempt: u32,
         keep_alive: bool,
+        timeout: Option<Duration>,
     ) -> AttemptReport {
         let started_at = Utc::now();
         let started = Instant::now();
@@ -190,7 +192,9 @@ impl CallbackClient {
         } else {
             &self.one_shot
         };
-        let outcome = self.send(http, url, work, attempt, started_at).await;
+        let outcome = self
+            .send(http, url, work, attempt, started_at, timeout)
+            .await;
         let duration = started.elapsed();
         match outcome {
             Ok(answer) => {
@@ -228,6 +232,7 @@ impl CallbackClient {
         work: &FinishedWork,
         attempt: u32,
         started_at: chrono::DateTime<Utc>,
+        timeout: Option<Duration>,
     ) -> Result<Answer, Failure> {
         let parsed = url::Url::parse(url).map_err(|e| {
             Failure::new(AttemptKind::Invalid, format!("invalid callback URL: {e}"))
@@ -266,6 +271,9 @@ impl CallbackClient {
             .header("X-Attempt", attempt.to_string())
             .header("webhook-id", &result.request_id)
             .header("webhook-timestamp", webhook_timestamp.to_string());
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(signature) = self
             .signer
             .sign(&result.request_id, webhook_timestamp, &body)

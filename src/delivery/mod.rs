@@ -19,7 +19,7 @@ pub mod lookup;
 pub mod retry;
 pub mod signing;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::{self, Metrics};
 use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::{AttemptOutcome, FinishedWork, Job, MAX_UNRECORDED_CLAIMS, Store};
-use crate::work::{ComputePool, PoolError};
+use crate::work::{Cancel, ComputePool, PoolError};
 use client::{AttemptKind, CallbackClient};
 use destinations::{DestinationPermit, Destinations, Share, Verdict};
 use retry::RetryPolicy;
@@ -76,36 +76,80 @@ impl WorkerStats {
     }
 }
 
-/// One job in flight: counted in [`WorkerStats`] and its claim token in the set whose leases
-/// the heartbeat renews, for exactly as long as this value lives, however the job's task
-/// ends (finished, abandoned at shutdown, or dropped with the runtime).
+/// The jobs this instance is working on, by claim token: the leases the heartbeat renews,
+/// and the work a cancel stops (of a request cancelled here, or, found by the heartbeat, one
+/// whose claim another instance's cancel ended).
+#[derive(Clone, Default)]
+pub struct Running(Arc<Mutex<HashMap<String, RunningJob>>>);
+
+struct RunningJob {
+    id: String,
+    stop: Cancel,
+}
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningJob>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn tokens(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Stops the work of request `id`, if this instance is doing it; answers whether it was.
+    /// A delivery already under way is not stopped: it may land, and is audited.
+    pub fn stop_request(&self, id: &str) -> bool {
+        let running = self.lock();
+        let job = running.values().find(|job| job.id == id);
+        job.inspect(|job| job.stop.set()).is_some()
+    }
+
+    /// Stops the work of the jobs whose claims (`tokens`) no row holds any more.
+    fn stop_claims(&self, tokens: &[String]) {
+        let running = self.lock();
+        for token in tokens {
+            if let Some(job) = running.get(token) {
+                job.stop.set();
+            }
+        }
+    }
+}
+
+/// One job in flight: counted in [`WorkerStats`] and in [`Running`], for exactly as long as
+/// this value lives, however the job's task ends (finished, abandoned at shutdown, or dropped
+/// with the runtime).
 struct InFlight {
     stats: WorkerStats,
-    tokens: Arc<Mutex<HashSet<String>>>,
+    running: Running,
     token: String,
+    stop: Cancel,
 }
 
 impl InFlight {
-    fn start(stats: &WorkerStats, tokens: &Arc<Mutex<HashSet<String>>>, token: &str) -> Self {
+    fn start(stats: &WorkerStats, running: &Running, job: &Job) -> Self {
         stats.active.fetch_add(1, Ordering::Relaxed);
-        tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(token.to_string());
+        let stop = Cancel::default();
+        running.lock().insert(
+            job.token.clone(),
+            RunningJob {
+                id: job.id.clone(),
+                stop: stop.clone(),
+            },
+        );
         Self {
             stats: stats.clone(),
-            tokens: Arc::clone(tokens),
-            token: token.to_string(),
+            running: running.clone(),
+            token: job.token.clone(),
+            stop,
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.token);
+        self.running.lock().remove(&self.token);
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -164,6 +208,8 @@ pub struct Dispatcher {
     pub destinations: Arc<Destinations>,
     /// A delivery still waiting for its receiver after this long leaves the workers.
     pub slow_after: Duration,
+    /// The jobs being worked on, shared with the service (a cancel stops their work).
+    pub running: Running,
 }
 
 impl Dispatcher {
@@ -175,16 +221,13 @@ impl Dispatcher {
         // Deliveries gone slow leave `slots` for this pool, as large: the workers go on with
         // other destinations while receivers that hang hold only these.
         let slow_slots = Arc::new(Semaphore::new(this.workers as usize));
-        // The claim tokens of the jobs being worked on: only their leases are renewed. A job
-        // whose worker gave up without recording an outcome (a database error) is not here,
-        // so its lease runs out and another claim picks it up.
-        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        // Only the leases of the jobs in `running` are renewed. A job whose worker gave up
+        // without recording an outcome (a database error) is not there, so its lease runs out
+        // and another claim picks it up.
         let jobs = TaskTracker::new();
         let abandon = CancellationToken::new();
         let heartbeat_stop = CancellationToken::new();
-        let heartbeat = tokio::spawn(
-            Arc::clone(&this).heartbeat(Arc::clone(&in_flight), heartbeat_stop.clone()),
-        );
+        let heartbeat = tokio::spawn(Arc::clone(&this).heartbeat(heartbeat_stop.clone()));
 
         while !stop.is_cancelled() {
             let free = slots.available_permits();
@@ -206,11 +249,12 @@ impl Dispatcher {
                     };
                     let worker = Arc::clone(&this);
                     let abandon = abandon.clone();
-                    let in_flight = InFlight::start(&this.stats, &in_flight, &job.token);
+                    let in_flight = InFlight::start(&this.stats, &this.running, &job);
                     let destination = this.destinations.start(&job.destination, share);
                     jobs.spawn(async move {
+                        let stop = in_flight.stop.clone();
                         tokio::select! {
-                            () = worker.process(job, destination, &mut slot) => {}
+                            () = worker.process(job, destination, &mut slot, stop) => {}
                             () = abandon.cancelled() => {}
                         }
                         drop(in_flight);
@@ -311,11 +355,7 @@ impl Dispatcher {
     /// Renews the leases of the jobs in flight every third of the lease, so a slow job is not
     /// taken over by another instance while this one works on it (on the monotonic clock: a
     /// step of the wall clock neither hurries nor delays it).
-    async fn heartbeat(
-        self: Arc<Self>,
-        in_flight: Arc<Mutex<HashSet<String>>>,
-        stop: CancellationToken,
-    ) {
+    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(self.lease / 3);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -323,23 +363,21 @@ impl Dispatcher {
                 _ = ticker.tick() => {}
                 () = stop.cancelled() => return,
             }
-            let tokens: Vec<String> = in_flight
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .iter()
-                .cloned()
-                .collect();
+            let tokens = self.running.tokens();
             // Run with nothing in flight too: it also hands back this instance's jobs whose
             // worker gave up without an outcome, which no claim of its own takes back.
             match self.store.heartbeat(&self.owner, &tokens, self.lease).await {
-                Ok(leases) if leases.released > 0 => {
-                    tracing::warn!(
-                        released = leases.released,
-                        "handed back jobs whose worker gave up without an outcome"
-                    );
-                    self.wakeup.wake();
+                Ok(leases) => {
+                    // Cancelled (on any instance) while their work runs: stop it.
+                    self.running.stop_claims(&leases.lost);
+                    if leases.released > 0 {
+                        tracing::warn!(
+                            released = leases.released,
+                            "handed back jobs whose worker gave up without an outcome"
+                        );
+                        self.wakeup.wake();
+                    }
                 }
-                Ok(_) => {}
                 Err(err) => tracing::error!(error = %err, "renewing job leases failed"),
             }
         }
@@ -347,7 +385,13 @@ impl Dispatcher {
 
     /// Works one claimed job through to its next state, its delivery counted in flight to its
     /// destination by `destination`, holding `slot`.
-    async fn process(&self, job: Job, mut destination: DestinationPermit, slot: &mut Slot) {
+    async fn process(
+        &self,
+        job: Job,
+        mut destination: DestinationPermit,
+        slot: &mut Slot,
+        stop: Cancel,
+    ) {
         tracing::debug!(request_id = %job.id, attempts = job.callback_attempts, "job claimed");
         if job.unrecorded_claims > MAX_UNRECORDED_CLAIMS {
             self.give_up_unrecordable(&job).await;
@@ -355,7 +399,7 @@ impl Dispatcher {
         }
         let work = match job.work.clone() {
             Some(work) => work,
-            None => match self.compute(&job).await {
+            None => match self.compute(&job, stop).await {
                 Some(work) => work,
                 None => return,
             },
@@ -363,9 +407,13 @@ impl Dispatcher {
         let attempt = job.callback_attempts + 1;
         let note = self.destinations.why_waited(&job.destination, job.due_at);
         let keep_alive = self.destinations.keeps_alive(&job.destination);
-        let delivery = self
-            .client
-            .deliver_on(&job.callback_url, &work, attempt, keep_alive);
+        let delivery = self.client.deliver_on(
+            &job.callback_url,
+            &work,
+            attempt,
+            keep_alive,
+            job.callback_timeout,
+        );
         tokio::pin!(delivery);
         let report = tokio::select! {
             report = &mut delivery => report,
@@ -399,7 +447,8 @@ impl Dispatcher {
         } else if report.permanent() {
             AttemptOutcome::GaveUp
         } else {
-            match self.policy.delay_after(round_attempt, report.retry_after) {
+            let policy = self.policy.with_max_retries(job.max_retries);
+            match policy.delay_after(round_attempt, report.retry_after) {
                 Some(delay) => AttemptOutcome::RetryAfter(delay),
                 None => AttemptOutcome::RetriesExhausted,
             }
@@ -555,17 +604,30 @@ impl Dispatcher {
 
     /// Does the work of a job and stores the result before any delivery, so a retry never
     /// recomputes it. Returns `None` if the job must be left to the queue.
-    async fn compute(&self, job: &Job) -> Option<FinishedWork> {
+    async fn compute(&self, job: &Job, stop: Cancel) -> Option<FinishedWork> {
         let Some(data) = job.data.clone() else {
             tracing::error!(request_id = %job.id, "job has neither a result nor its input");
             return None;
         };
         let output = loop {
-            match self.pool.run(data.clone(), job.iterations).await {
-                Ok(output) => break output,
+            let work = self
+                .pool
+                .submit_cancellable(data.clone(), job.iterations, stop.clone());
+            match work {
+                Ok(pending) => match pending.wait().await {
+                    Ok(output) => break output,
+                    Err(PoolError::Cancelled) => {
+                        tracing::info!(request_id = %job.id, "work stopped: the request was cancelled");
+                        return None;
+                    }
+                    Err(_) => return None,
+                },
                 // Sync traffic has filled the compute queue: async work waits its turn.
                 Err(PoolError::Busy) => tokio::time::sleep(COMPUTE_BUSY_BACKOFF).await,
                 Err(PoolError::Closed | PoolError::Cancelled) => return None,
+            }
+            if stop.is_set() {
+                return None;
             }
         };
         let processing_time_ms = output.processing_time_ms();
@@ -579,7 +641,7 @@ impl Dispatcher {
         match self.store.store_result(&job.id, &job.token, &work).await {
             Ok(true) => Some(work),
             Ok(false) => {
-                tracing::warn!(request_id = %job.id, "lease lost while computing");
+                tracing::info!(request_id = %job.id, "claim ended while computing (cancelled, or its lease lost)");
                 None
             }
             Err(err) => {

@@ -14,6 +14,15 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// This policy with a request's own retry budget, when it asked for one (never above
+    /// the operator's: input checking sees to that, and this caps it again).
+    pub fn with_max_retries(self, asked: Option<u32>) -> Self {
+        Self {
+            max_retries: asked.map_or(self.max_retries, |n| n.min(self.max_retries)),
+            ..self
+        }
+    }
+
     /// How long to wait after the `attempt`-th failed attempt of a round (1-based), or `None`
     /// when the retries are used up.
     ///

@@ -18,12 +18,13 @@ use super::{ApiError, AppState};
 use crate::delivery::destinations::DestinationView;
 use crate::input::{FieldError, Loc};
 use crate::model::{AcceptedResponse, Status};
-use crate::store::Redelivery;
+use crate::store::{MadeDue, Redelivery};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(cleanup))
         .routes(routes!(redeliver))
+        .routes(routes!(retry_now))
         .routes(routes!(redeliver_matching))
         .routes(routes!(destinations))
 }
@@ -98,6 +99,45 @@ async fn redeliver(
         Redelivery::NotFound => Err(ApiError::RequestNotFound),
         Redelivery::WrongStatus(status) => Err(ApiError::Conflict(format!(
             "Only a request in callback_failed can be redelivered; this one is {}",
+            status.as_str()
+        ))),
+    }
+}
+
+/// Make a queued request due now: a retry waiting for its backoff (or work waiting for its
+/// schedule) is tried at once, its attempt count kept. An open circuit breaker still holds
+/// it, as it holds every job of its destination.
+#[utoipa::path(
+    post,
+    path = "/requests/{id}/retry",
+    tag = "operations",
+    params(("id" = String, Path, description = "The request id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Due now", body = AcceptedResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such request", body = ErrorBody),
+        (status = 409, description = "Not queued (final), or an attempt is under way", body = ErrorBody),
+    )
+)]
+async fn retry_now(
+    _: Admin,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<AcceptedResponse>, ApiError> {
+    match state.service.make_due(&id).await? {
+        MadeDue::Due => Ok(Json(AcceptedResponse {
+            status: "accepted".into(),
+            request_id: id,
+            message: "Request due now".into(),
+        })),
+        MadeDue::NotFound => Err(ApiError::RequestNotFound),
+        MadeDue::UnderWay => Err(ApiError::Conflict(
+            "An attempt is under way; its outcome decides what comes next".into(),
+        )),
+        MadeDue::WrongStatus(status) => Err(ApiError::Conflict(format!(
+            "Only a queued request can be retried now; this one is {} (redeliver a \
+             callback_failed one)",
             status.as_str()
         ))),
     }

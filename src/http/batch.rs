@@ -76,7 +76,8 @@ async fn submit_batch(
             &key,
         )]));
     }
-    let items = parse_batch(&body, &state.service.guard).map_err(ApiError::Validation)?;
+    let items = parse_batch(&body, &state.service.guard, &state.service.control_limits)
+        .map_err(ApiError::Validation)?;
     let mut valid = Vec::new();
     let mut refused = Vec::new();
     for (index, item) in items.into_iter().enumerate() {

@@ -10,6 +10,7 @@
 mod admin;
 mod auth;
 mod batch;
+mod control;
 mod error;
 mod events;
 mod extract;
@@ -37,6 +38,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::input::ControlLimits;
 use crate::service::Service;
 pub(crate) use auth::require_api_token;
 pub use error::ApiError;
@@ -113,6 +115,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(submit::router())
         .merge(batch::router())
         .merge(requests::router())
+        .merge(control::router())
         .merge(events::router())
         .merge(metrics::router());
     if let Some(token) = state.api_token.clone() {
@@ -165,8 +168,52 @@ fn require_api_token_in_doc(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// `doc` with the operator's caps on what a request may ask for (SPEC §11) as the maxima of
+/// those fields: the settings are read at start-up, after the document is derived, and a
+/// client (or a fuzzer) that trusts the document must not be refused.
+fn with_operator_caps(
+    mut doc: utoipa::openapi::OpenApi,
+    limits: &ControlLimits,
+) -> utoipa::openapi::OpenApi {
+    use utoipa::Number;
+    use utoipa::openapi::schema::Schema;
+    let maxima = [
+        (
+            "delay_seconds",
+            Number::Float(limits.max_schedule_delay.as_secs_f64()),
+        ),
+        (
+            "callback_max_retries",
+            Number::UInt(limits.max_retries as usize),
+        ),
+        (
+            "callback_timeout_seconds",
+            Number::Float(limits.max_callback_timeout.as_secs_f64()),
+        ),
+    ];
+    let Some(components) = doc.components.as_mut() else {
+        return doc;
+    };
+    // `AsyncRequest` is an `allOf` of the work fields and its own (a flattened struct).
+    let Some(RefOr::T(Schema::AllOf(all_of))) = components.schemas.get_mut("AsyncRequest") else {
+        return doc;
+    };
+    for part in &mut all_of.items {
+        let RefOr::T(Schema::Object(object)) = part else {
+            continue;
+        };
+        for (name, maximum) in &maxima {
+            if let Some(RefOr::T(Schema::Object(field))) = object.properties.get_mut(*name) {
+                field.maximum = Some(maximum.clone());
+            }
+        }
+    }
+    doc
+}
+
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api(&state).split_for_parts();
+    let openapi = with_operator_caps(openapi, &state.service.control_limits);
     let api_paths = Arc::new(PathMatcher::new(openapi.paths.paths.keys()));
     let max_body_bytes = state.body_limits.max_bytes;
     let mut docs = Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi));

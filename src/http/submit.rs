@@ -49,7 +49,8 @@ async fn submit(
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> Result<(CreatedRequest, Replayed, HeaderMap, Json<AcceptedResponse>), ApiError> {
-    let input = parse_async(&body, &state.service.guard).map_err(ApiError::Validation)?;
+    let input = parse_async(&body, &state.service.guard, &state.service.control_limits)
+        .map_err(ApiError::Validation)?;
     let answered = state.service.submit_async(id, input, key).await?;
     let request_id = answered.value;
     let mut headers = HeaderMap::new();

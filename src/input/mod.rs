@@ -5,6 +5,7 @@
 //! serde, because a client needs to hear which field broke which rule (all of them at once),
 //! in the original's `{"loc": ["body", field], "msg": …}` shape, and not serde's first error.
 
+mod controls;
 mod errors;
 mod lax_int;
 
@@ -15,6 +16,7 @@ use utoipa::ToSchema;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use crate::delivery::guard::Guard;
+pub use controls::{ControlLimits, Controls};
 pub use errors::{FieldError, Loc, Part};
 pub use lax_int::{NotAnInt, int_in_str, lax_int};
 
@@ -57,6 +59,7 @@ pub struct BatchRequest {
 pub fn parse_batch(
     body: &Value,
     guard: &Guard,
+    limits: &ControlLimits,
 ) -> Result<Vec<Result<AsyncInput, Vec<FieldError>>>, Vec<FieldError>> {
     let object = as_object(body)?;
     let items = match object.get("requests") {
@@ -119,7 +122,7 @@ pub fn parse_batch(
         .iter()
         .enumerate()
         .map(|(index, item)| {
-            parse_async(item, guard).map_err(|errors| {
+            parse_async(item, guard, limits).map_err(|errors| {
                 errors
                     .into_iter()
                     .map(|error| error.within_batch_item(index))
@@ -143,6 +146,23 @@ pub struct AsyncRequest {
         example = "https://example.com/webhooks/syncasync"
     )]
     callback_url: String,
+    /// *Beyond the original*: no work before this time (RFC 3339; without a zone, UTC; a
+    /// time already past means at once), at most `APP_MAX_SCHEDULE_DELAY_SECONDS` ahead.
+    /// Not with `delay_seconds`.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-03T09:00:00Z")]
+    run_at: Option<String>,
+    /// *Beyond the original*: no work before this many seconds from acceptance, at most
+    /// `APP_MAX_SCHEDULE_DELAY_SECONDS`. Not with `run_at`.
+    #[schema(minimum = 0, example = 60)]
+    delay_seconds: Option<f64>,
+    /// *Beyond the original*: this request's retry budget, at most (and by default)
+    /// `APP_CALLBACK_MAX_RETRIES`.
+    #[schema(minimum = 0)]
+    callback_max_retries: Option<u32>,
+    /// *Beyond the original*: this request's timeout per delivery attempt, in seconds, more
+    /// than 0 and at most (and by default) `APP_CALLBACK_TIMEOUT_SECONDS`.
+    #[schema(exclusive_minimum = 0)]
+    callback_timeout_seconds: Option<f64>,
 }
 
 /// The unit of work, in both bodies.
@@ -221,6 +241,8 @@ pub struct AsyncInput {
     /// The URL exactly as the client wrote it: what the record shows, as the original did
     /// (`Url` would have written a space as `%20`).
     pub callback_url_as_sent: String,
+    /// What it asked for beyond the original's fields.
+    pub controls: Controls,
 }
 
 /// Validates a `POST /sync` body.
@@ -234,8 +256,13 @@ pub fn parse_sync(body: &Value) -> Result<WorkInput, Vec<FieldError>> {
     }
 }
 
-/// Validates a `POST /async` body, including the submit-time SSRF check of the callback URL.
-pub fn parse_async(body: &Value, guard: &Guard) -> Result<AsyncInput, Vec<FieldError>> {
+/// Validates a `POST /async` body, including the submit-time SSRF check of the callback URL
+/// and the control fields within `limits`.
+pub fn parse_async(
+    body: &Value,
+    guard: &Guard,
+    limits: &ControlLimits,
+) -> Result<AsyncInput, Vec<FieldError>> {
     let object = as_object(body)?;
     let mut errors = Vec::new();
     let work = work_fields(object, &mut errors);
@@ -256,11 +283,13 @@ pub fn parse_async(body: &Value, guard: &Guard) -> Result<AsyncInput, Vec<FieldE
             None
         }
     };
+    let controls = controls::controls(object, limits, chrono::Utc::now(), &mut errors);
     match (work, callback_url) {
         (Some(work), Some((callback_url, as_sent))) if errors.is_empty() => Ok(AsyncInput {
             work,
             callback_url,
             callback_url_as_sent: as_sent,
+            controls,
         }),
         _ => Err(errors),
     }
@@ -515,11 +544,20 @@ mod tests {
         }
     }
 
+    fn test_limits() -> ControlLimits {
+        ControlLimits {
+            max_schedule_delay: std::time::Duration::from_secs(3600),
+            max_retries: 3,
+            max_callback_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+
     #[test]
     fn reports_every_broken_rule_at_once() {
         let errors = parse_async(
             &json!({"data": "", "iterations": 0, "callback_url": "ftp://x"}),
             &Guard::new(true, []),
+            &test_limits(),
         )
         .unwrap_err();
         let fields: Vec<&str> = errors.iter().map(FieldError::field).collect();
@@ -538,6 +576,7 @@ mod tests {
             parse_async(
                 &json!({"data": "a", "callback_url": url}),
                 &Guard::new(true, []),
+                &test_limits(),
             )
             .unwrap_err()
             .into_iter()
@@ -570,6 +609,7 @@ mod tests {
         let ok = parse_async(
             &json!({"data": "a", "callback_url": "https://example.com/a hook"}),
             &Guard::new(true, []),
+            &test_limits(),
         )
         .unwrap();
         assert_eq!(ok.callback_url_as_sent, "https://example.com/a hook");

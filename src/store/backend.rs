@@ -21,8 +21,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptOutcome, FinishedWork, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest, NewRequest,
-    PoolStats, Position, Redelivery, StatementPlan, StatusCounts, StoreResult, Submitted,
+    AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue,
+    NewAsyncRequest, NewRequest, PoolStats, Position, Redelivery, StatementPlan, StatusCounts,
+    StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -144,6 +145,12 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
 
     /// Puts a `callback_failed` request back in the queue, within the queue bound.
     fn redeliver(&self, id: &str) -> impl Future<Output = StoreResult<Redelivery>> + Send;
+
+    /// Makes request `id` due now if it is queued and not claimed (see [`MadeDue`]).
+    fn make_due(&self, id: &str) -> impl Future<Output = StoreResult<MadeDue>> + Send;
+
+    /// Cancels request `id` if it is an async one not yet final (see [`Cancellation`]).
+    fn cancel(&self, id: &str) -> impl Future<Output = StoreResult<Cancellation>> + Send;
 
     /// Hands `owner`'s claims back to the queue.
     fn release(&self, owner: &str) -> impl Future<Output = StoreResult<u64>> + Send;

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Job, Leases, Redelivery, StoreError, StoreResult, Submitted};
+use super::{Cancellation, Job, Leases, MadeDue, Redelivery, StoreError, StoreResult, Submitted};
 
 /// Whether a write that succeeded wrote anything. Only one that did proves the database takes
 /// writes: on a full disk, a transaction that changes nothing (a heartbeat with nothing in
@@ -60,6 +60,19 @@ impl Wrote for Submitted {
 impl Wrote for Redelivery {
     fn wrote(&self) -> bool {
         matches!(self, Redelivery::Queued)
+    }
+}
+
+impl Wrote for MadeDue {
+    fn wrote(&self) -> bool {
+        matches!(self, MadeDue::Due)
+    }
+}
+
+/// Never taken as proof: a repeated cancel answers `Cancelled` without writing.
+impl Wrote for Cancellation {
+    fn wrote(&self) -> bool {
+        false
     }
 }
 

@@ -15,7 +15,14 @@
 //!                 processing | callback_pending (claimed) ─GivenUp→ callback_failed
 //!                 callback_failed ─Redelivered→ callback_pending (a new round), or pending
 //!                                 when it was given up before its work was done
+//!                 pending | callback_pending ─MadeDue→ itself, due now (an operator's retry now)
+//!                 pending | processing | callback_pending ─Cancelled→ cancelled
+//!                 cancelled (an attempt was in flight) ─AttemptLanded→ cancelled
 //! ```
+//!
+//! A cancel ends the claim of a job whose work is under way (its result will not be stored),
+//! and keeps the claim of a job whose delivery may be under way, so that the attempt, if it
+//! lands, is recorded in the audit under it without changing the status.
 //!
 //! A claim whose lease runs out (its instance died or stalled) needs no write: the job is
 //! claimable again, and its next claim counts one more claim without an outcome.
@@ -38,7 +45,80 @@ pub(crate) fn statuses_of(mode: Mode) -> &'static [Status] {
             Status::CallbackPending,
             Status::CallbackSuccess,
             Status::CallbackFailed,
+            Status::Cancelled,
         ],
+    }
+}
+
+/// What a cancel found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancellation {
+    /// Cancelled, by this call or an earlier one. `in_flight`: a delivery attempt was under
+    /// way then; it may still land (and is recorded in the audit). Otherwise no callback is
+    /// sent after the cancel.
+    Cancelled {
+        in_flight: bool,
+    },
+    NotFound,
+    /// A sync request, or one already final, is not cancelled.
+    Refused {
+        mode: Mode,
+        status: Status,
+    },
+}
+
+impl Cancellation {
+    /// Whether a request of `mode` in `status` is cancelled (`Ok`, with whether an attempt may
+    /// be in flight: a claim holds it with its work done), or the answer without a write.
+    pub(crate) fn decide(mode: Mode, status: Status, claimed: bool) -> Result<bool, Cancellation> {
+        let in_flight = claimed && status == Status::CallbackPending;
+        let transition = Transition::Cancelled { in_flight };
+        if mode == Mode::Async && transition.applies_to(status) {
+            Ok(in_flight)
+        } else {
+            Err(Cancellation::Refused { mode, status })
+        }
+    }
+
+    /// This refusal, unless it refused a request already cancelled: a repeated cancel answers
+    /// as the first did (`was_in_flight` is what it recorded).
+    pub(crate) fn repeated(self, was_in_flight: bool) -> Self {
+        match self {
+            Cancellation::Refused {
+                mode: Mode::Async,
+                status: Status::Cancelled,
+            } => Cancellation::Cancelled {
+                in_flight: was_in_flight,
+            },
+            other => other,
+        }
+    }
+}
+
+/// What making a request due now found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MadeDue {
+    /// Due now (or it was already due).
+    Due,
+    /// A claim holds it: an attempt is under way; its outcome decides what comes next.
+    UnderWay,
+    NotFound,
+    /// Only a queued request waiting for its turn can be made due.
+    WrongStatus(Status),
+}
+
+impl MadeDue {
+    /// Whether a request in `status` (`claimed`: a claim holds it) is made due (`Ok`), or the
+    /// answer without a write.
+    pub(crate) fn decide(status: Status, claimed: bool) -> Result<(), MadeDue> {
+        let applies = Transition::MadeDue.applies_to(status);
+        if status == Status::Processing || (applies && claimed) {
+            Err(MadeDue::UnderWay)
+        } else if applies {
+            Ok(())
+        } else {
+            Err(MadeDue::WrongStatus(status))
+        }
     }
 }
 
@@ -121,6 +201,15 @@ pub enum Transition {
     Redelivered { work_done: bool },
     /// A claim is handed back untouched (at shutdown).
     Released,
+    /// An operator makes a queued request due now (retry now): its backoff or schedule is
+    /// cut short, its attempt count stays. A job under a claim is left to it.
+    MadeDue,
+    /// A client or operator ends an async request before its delivery did. `in_flight`: a
+    /// claim holds it with its work done, so a delivery attempt may be under way.
+    Cancelled { in_flight: bool },
+    /// The attempt in flight when its request was cancelled is recorded (whatever its
+    /// outcome, the request stays cancelled).
+    AttemptLanded,
 }
 
 /// What a transition writes, beside the status.
@@ -203,6 +292,10 @@ impl Transition {
             (Transition::Redelivered { work_done }, Some(CallbackFailed)) => {
                 Some(if work_done { CallbackPending } else { Pending })
             }
+            (Transition::MadeDue, Some(s @ (Pending | CallbackPending))) => Some(s),
+            (Transition::Cancelled { in_flight: false }, Some(Pending | Processing))
+            | (Transition::Cancelled { .. }, Some(CallbackPending))
+            | (Transition::AttemptLanded, Some(Cancelled)) => Some(Cancelled),
             _ => None,
         }
     }
@@ -296,6 +389,26 @@ impl Transition {
                 unrecorded_claims: Tally::Decrement,
                 ..keep
             },
+            Transition::MadeDue => Effect {
+                due: Change::Set(Due::Now),
+                ..keep
+            },
+            Transition::Cancelled { in_flight } => Effect {
+                delivered: Change::Set(()),
+                due: Change::Cleared,
+                lease: if in_flight {
+                    Change::Kept
+                } else {
+                    Change::Cleared
+                },
+                ..keep
+            },
+            Transition::AttemptLanded => Effect {
+                lease: Change::Cleared,
+                unrecorded_claims: Tally::Reset,
+                under_claim: true,
+                ..keep
+            },
         }
     }
 
@@ -308,6 +421,8 @@ impl Transition {
                 | Transition::Attempted(_)
                 | Transition::GivenUp
                 | Transition::Released
+                | Transition::MadeDue
+                | Transition::Cancelled { .. }
         );
         let queued_after = match self.effect().due {
             Change::Set(_) => true,
@@ -409,6 +524,26 @@ mod tests {
                     (Some(CallbackPending), CallbackPending),
                 ],
             ),
+            (
+                Transition::Cancelled { in_flight: false },
+                &[
+                    (Some(Pending), Cancelled),
+                    (Some(Processing), Cancelled),
+                    (Some(CallbackPending), Cancelled),
+                ],
+            ),
+            (
+                Transition::Cancelled { in_flight: true },
+                &[(Some(CallbackPending), Cancelled)],
+            ),
+            (Transition::AttemptLanded, &[(Some(Cancelled), Cancelled)]),
+            (
+                Transition::MadeDue,
+                &[
+                    (Some(Pending), Pending),
+                    (Some(CallbackPending), CallbackPending),
+                ],
+            ),
         ];
         let befores = std::iter::once(None).chain(Status::ALL.map(Some));
         for (transition, allowed) in table {
@@ -443,16 +578,21 @@ mod tests {
             Transition::Redelivered { work_done: true },
             Transition::Redelivered { work_done: false },
             Transition::Released,
+            Transition::Cancelled { in_flight: false },
+            Transition::Cancelled { in_flight: true },
+            Transition::AttemptLanded,
+            Transition::MadeDue,
         ];
         for finished in Status::ALL.into_iter().filter(|s| s.is_finished()) {
             let moves: Vec<_> = all.iter().filter(|t| t.applies_to(finished)).collect();
-            let expected: &[&Transition] = if finished == CallbackFailed {
-                &[
+            let expected: &[&Transition] = match finished {
+                CallbackFailed => &[
                     &Transition::Redelivered { work_done: true },
                     &Transition::Redelivered { work_done: false },
-                ]
-            } else {
-                &[]
+                ],
+                // Only the record of an attempt that was already in flight.
+                Cancelled => &[&Transition::AttemptLanded],
+                _ => &[],
             };
             assert_eq!(moves, expected, "from {finished:?}");
         }
@@ -618,6 +758,14 @@ mod tests {
             -1
         );
         assert_eq!(Transition::GivenUp.queue_delta(), -1);
+        assert_eq!(Transition::MadeDue.queue_delta(), 0);
+        assert_eq!(Transition::Cancelled { in_flight: true }.queue_delta(), -1);
+        assert_eq!(Transition::Cancelled { in_flight: false }.queue_delta(), -1);
+        assert_eq!(
+            Transition::AttemptLanded.queue_delta(),
+            0,
+            "out of the queue since its cancel"
+        );
         assert_eq!(Transition::SyncStarted.queue_delta(), 0);
         assert_eq!(
             Transition::SyncFinished { succeeded: true }.queue_delta(),

@@ -20,7 +20,7 @@
 /// SQL (a macro, so that statements stay `&'static str` literals built with `concat!`).
 macro_rules! finished_statuses {
     () => {
-        "('completed', 'failed', 'callback_success', 'callback_failed')"
+        "('completed', 'failed', 'callback_success', 'callback_failed', 'cancelled')"
     };
 }
 
@@ -36,7 +36,8 @@ macro_rules! record_columns {
     () => {
         "id, mode, status, payload_hash, created_at, completed_at, delivered_at, callback_url,
          callback_attempts, callback_last_error, iterations, input_hash, output_hash,
-         processing_time_ms, error"
+         processing_time_ms, error, next_attempt_at, lease_token IS NOT NULL AS claimed, run_at,
+         max_retries, callback_timeout_ms"
     };
 }
 
@@ -45,7 +46,7 @@ macro_rules! job_columns {
     () => {
         "id, created_at, data, iterations, callback_url, callback_attempts, round_start_attempts,
          input_hash, output_hash, processing_time_ms, completed_at, lease_token,
-         unrecorded_claims, next_attempt_at"
+         unrecorded_claims, next_attempt_at, max_retries, callback_timeout_ms"
     };
 }
 
@@ -76,6 +77,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::destinations::Rooms;
+use crate::input::Controls;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
 
 use backend::Backend;
@@ -83,7 +85,10 @@ pub use changes::{Changes, Subscription};
 pub use error::{StoreError, StoreResult};
 use health::WriteHealth;
 pub(crate) use lifecycle::sync_outcome;
-pub use lifecycle::{ABANDONED_SYNC_ERROR, AttemptOutcome, Change, Due, Effect, Tally, Transition};
+pub use lifecycle::{
+    ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, Change, Due, Effect, MadeDue, Tally,
+    Transition,
+};
 pub use list::{DEFAULT_COUNT_LIMIT, ListFilter};
 pub(crate) use list::{Dialect, ListParam, Total, count_sql, page_sql};
 pub use plans::StatementPlan;
@@ -143,6 +148,25 @@ pub struct NewAsyncRequest {
     pub callback_url: String,
     /// `scheme://host:port` of the callback URL (`delivery::destinations::destination_of`).
     pub destination: String,
+    /// Its schedule, retry budget and timeout, when it asked for its own.
+    pub controls: Controls,
+}
+
+impl NewAsyncRequest {
+    /// How long from `now` until its work may start: zero unless it is scheduled later.
+    pub(crate) fn starts_in(&self, now: DateTime<Utc>) -> Duration {
+        self.controls
+            .run_at
+            .and_then(|at| (at - now).to_std().ok())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Its `callback_timeout_ms` column.
+    pub(crate) fn timeout_ms(&self) -> Option<i64> {
+        self.controls
+            .callback_timeout
+            .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1))
+    }
 }
 
 /// A claimed unit of the async queue. The claimant holds its lease until it records the
@@ -174,6 +198,10 @@ pub struct Job {
     /// ever being recorded is given up after [`MAX_UNRECORDED_CLAIMS`] instead of being
     /// delivered again without bound.
     pub unrecorded_claims: u32,
+    /// Its own retry budget, when it asked for one.
+    pub max_retries: Option<u32>,
+    /// Its own timeout per attempt, when it asked for one.
+    pub callback_timeout: Option<Duration>,
 }
 
 /// A job's work result and when the work finished (its `completed_at`, to the millisecond
@@ -213,13 +241,16 @@ pub(crate) fn applied_migrations(applied: i64, known: usize) -> StoreResult<usiz
 }
 
 /// What a heartbeat did to its owner's leases.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Leases {
     /// Leases of jobs in flight, extended.
     pub renewed: u64,
     /// The owner's other leases that had run out (jobs whose worker gave up without an
     /// outcome), handed back to the queue.
     pub released: u64,
+    /// Of the claims named, those no row holds any more: the request was cancelled (or the
+    /// job taken over). Their work can stop; no write of theirs will be taken.
+    pub lost: Vec<String>,
 }
 
 /// What `redeliver` found.
@@ -535,6 +566,20 @@ impl Store {
         dispatch!(self, s => self.health.watch(s.redeliver(id)).await)
     }
 
+    /// Makes a queued request that is not claimed due now (an operator's retry now): a
+    /// backoff or a schedule cut short, its attempt count kept.
+    pub async fn make_due(&self, id: &str) -> StoreResult<MadeDue> {
+        let _wake = self.wake_when_done(id);
+        dispatch!(self, s => self.health.watch(s.make_due(id)).await)
+    }
+
+    /// Ends an async request that is not final as `cancelled`: no work starts and no
+    /// attempt begins after this; one already in flight may land, and is recorded.
+    pub async fn cancel(&self, id: &str) -> StoreResult<Cancellation> {
+        let _wake = self.wake_when_done(id);
+        dispatch!(self, s => self.health.watch(s.cancel(id)).await)
+    }
+
     /// Hands claimed jobs back to the queue untouched (at shutdown).
     pub async fn release(&self, owner: &str) -> StoreResult<u64> {
         dispatch!(self, s => self.health.watch(s.release(owner)).await)
@@ -743,6 +788,7 @@ mod tests {
             Status::Failed,
             Status::CallbackSuccess,
             Status::CallbackFailed,
+            Status::Cancelled,
         ]
         .map(Status::as_str);
         assert_eq!(finished, fin);

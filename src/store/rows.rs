@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::{FinishedWork, Job};
 use crate::delivery::destinations::destination_of_str;
-use crate::model::{Mode, RequestRecord, Status, WorkResult};
+use crate::model::{Mode, RequestRecord, Status, WaitingFor, WorkResult};
 
 /// A stored mode or status that the model does not know: a row written by a newer version,
 /// or damaged. Each backend reports it as its own decoding error.
@@ -61,6 +61,13 @@ pub(crate) struct RecordColumns {
     pub callback_last_error: Option<String>,
     pub error: Option<String>,
     pub result: ResultColumns,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Whether a claim holds it (an attempt is under way, or its claimant died and its lease
+    /// has yet to run out).
+    pub claimed: bool,
+    pub run_at: Option<DateTime<Utc>>,
+    pub max_retries: Option<u32>,
+    pub callback_timeout_ms: Option<u32>,
 }
 
 impl RecordColumns {
@@ -76,6 +83,13 @@ impl RecordColumns {
             None if mode == Mode::Async && status.is_finished() => self.completed_at,
             recorded => recorded,
         };
+        let next_attempt_at = self.next_attempt_at.filter(|_| !self.claimed);
+        // A pending request whose schedule is ahead waits for it; other reasons to wait are
+        // the destination's, known to the dispatcher (`Service` adds them).
+        let waiting_for = match (status, next_attempt_at, self.run_at) {
+            (Status::Pending, Some(due), Some(_)) if due > Utc::now() => Some(WaitingFor::Schedule),
+            _ => None,
+        };
         Ok(RequestRecord {
             mode,
             status,
@@ -87,6 +101,11 @@ impl RecordColumns {
             callback_url: self.callback_url,
             callback_attempts: self.callback_attempts,
             callback_last_error: self.callback_last_error,
+            next_attempt_at,
+            waiting_for,
+            run_at: self.run_at,
+            callback_max_retries: self.max_retries,
+            callback_timeout_seconds: self.callback_timeout_ms.map(|ms| f64::from(ms) / 1000.0),
             error: self.error,
             attempts: None,
             id: self.id,
@@ -117,6 +136,8 @@ pub(crate) struct JobColumns {
     pub unrecorded_claims: u32,
     pub result: ResultColumns,
     pub completed_at: Option<DateTime<Utc>>,
+    pub max_retries: Option<u32>,
+    pub callback_timeout_ms: Option<u32>,
 }
 
 impl JobColumns {
@@ -147,6 +168,10 @@ impl JobColumns {
                 .saturating_sub(self.round_start_attempts),
             token: self.lease_token.unwrap_or_default(),
             unrecorded_claims: self.unrecorded_claims,
+            max_retries: self.max_retries,
+            callback_timeout: self
+                .callback_timeout_ms
+                .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
             id: self.id,
         }
     }
@@ -179,7 +204,51 @@ mod tests {
             callback_last_error: None,
             error: None,
             result: result(true),
+            next_attempt_at: None,
+            claimed: false,
+            run_at: None,
+            max_retries: None,
+            callback_timeout_ms: None,
         }
+    }
+
+    #[test]
+    fn a_queued_request_shows_when_it_next_moves_and_a_schedule_it_waits_for() {
+        let ahead = Utc::now() + chrono::Duration::seconds(60);
+        let scheduled = RecordColumns {
+            next_attempt_at: Some(ahead),
+            run_at: Some(ahead),
+            ..record("async", "pending")
+        };
+        let read = scheduled.into_record().unwrap();
+        assert_eq!(read.next_attempt_at, Some(ahead));
+        assert_eq!(read.waiting_for, Some(WaitingFor::Schedule));
+
+        let due = RecordColumns {
+            next_attempt_at: Some(at(5)),
+            run_at: Some(at(5)),
+            ..record("async", "pending")
+        };
+        assert_eq!(
+            due.into_record().unwrap().waiting_for,
+            None,
+            "its time has come"
+        );
+        let backing_off = RecordColumns {
+            next_attempt_at: Some(ahead),
+            ..record("async", "callback_pending")
+        };
+        let read = backing_off.into_record().unwrap();
+        assert_eq!(
+            (read.next_attempt_at, read.waiting_for),
+            (Some(ahead), None)
+        );
+        let in_flight = RecordColumns {
+            next_attempt_at: Some(at(5)),
+            claimed: true,
+            ..record("async", "callback_pending")
+        };
+        assert_eq!(in_flight.into_record().unwrap().next_attempt_at, None);
     }
 
     #[test]
@@ -224,12 +293,19 @@ mod tests {
             unrecorded_claims: 1,
             result: result(true),
             completed_at: Some(at(5)),
+            max_retries: Some(1),
+            callback_timeout_ms: Some(2500),
         }
         .into_job();
         assert_eq!((job.callback_attempts, job.round_attempts), (7, 2));
         assert_eq!(job.destination, "https://example.com:443");
         assert_eq!(job.iterations, 7);
         assert_eq!(job.work.map(|w| w.completed_at), Some(at(5)));
+        assert_eq!(job.max_retries, Some(1));
+        assert_eq!(
+            job.callback_timeout,
+            Some(std::time::Duration::from_millis(2500))
+        );
     }
 
     fn at(secs: i64) -> DateTime<Utc> {

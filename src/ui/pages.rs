@@ -173,11 +173,21 @@ pub fn request(shell: Shell, id: &str) -> Markup {
     let main = html! {
         p { a href="/ui/requests" { "← Requests" } }
         h1 { "Request " code #request-title { (id) } }
+        p #control hidden {
+            button #cancel type="button" { "Cancel request" }
+            " "
+            span #cancel-result role="status" {}
+        }
         @if shell.admin {
             p #actions hidden {
                 button #redeliver type="button" { "Redeliver" }
                 " "
                 span #redeliver-result role="status" {}
+            }
+            p #retry-control hidden {
+                button #retry-now type="button" { "Retry now" }
+                " "
+                span #retry-result role="status" {}
             }
         }
         section aria-labelledby="record-title" {

@@ -343,7 +343,22 @@ impl Receiver {
         }
     }
 
-    /// Waits until `n` callbacks arrived, whatever they were answered.
+    /// Waits until `n` callbacks arrived, before any is answered (a receiver with a delay is
+    /// still holding them).
+    pub async fn wait_for_arrivals(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let arrived = || self.log.lock().expect("log").arrived;
+        while arrived() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} callbacks arrived within {timeout:?}",
+                arrived()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `n` callbacks were answered, whatever the answer.
     pub async fn wait_for_attempts(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.received().len() < n {

@@ -347,6 +347,7 @@ fn async_request(key: Option<&str>) -> NewAsyncRequest {
         data: "data".into(),
         callback_url: CALLBACK.into(),
         destination: destination_of_str(CALLBACK),
+        controls: Default::default(),
     }
 }
 

@@ -12,6 +12,7 @@ mod list_filters;
 mod admin;
 mod batch;
 mod compat;
+mod control;
 mod dashboard;
 mod delivery;
 mod durability;

@@ -21,6 +21,8 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/admin/cleanup"),
     ("post", "/admin/redeliver"),
     ("post", "/requests/{id}/redeliver"),
+    ("post", "/requests/{id}/cancel"),
+    ("post", "/requests/{id}/retry"),
     ("get", "/destinations"),
 ];
 
@@ -155,7 +157,8 @@ async fn without_an_admin_token_the_admin_routes_are_neither_served_nor_document
     assert!(!documented.contains(&("post".into(), "/requests/{id}/redeliver".into())));
     assert!(!documented.contains(&("get".into(), "/destinations".into())));
     assert!(!documented.contains(&("post".into(), "/admin/redeliver".into())));
-    assert_eq!(documented.len(), OPERATIONS.len() - 4);
+    assert!(!documented.contains(&("post".into(), "/requests/{id}/retry".into())));
+    assert_eq!(documented.len(), OPERATIONS.len() - 5);
     // The dashboard is a user interface, not API.
     assert!(documented.iter().all(|(_, path)| !path.starts_with("/ui")));
 }
@@ -231,4 +234,36 @@ async fn the_docs_page_and_its_assets_are_served_from_the_binary() {
         .await
         .unwrap();
     assert!(config.contains("/openapi.json"), "{config}");
+}
+
+/// What a request may ask for beyond the original's fields is capped by the operator's
+/// settings, read at start-up: the document states those caps, so that a client (or a
+/// fuzzer) trusting it is not refused.
+#[tokio::test]
+async fn the_document_states_the_operators_caps_on_a_requests_controls() {
+    let app = TestServer::builder()
+        .setting("callback-max-retries", "2")
+        .setting("callback-timeout-seconds", "1.5")
+        .setting("max-schedule-delay-seconds", "600")
+        .start()
+        .await;
+    let doc = document(&app).await;
+    let fields = &doc["components"]["schemas"]["AsyncRequest"];
+    let field =
+        |name: &str| find_property(fields, name).unwrap_or_else(|| panic!("no {name} in {fields}"));
+    assert_eq!(field("callback_max_retries")["maximum"], 2);
+    assert_eq!(field("callback_timeout_seconds")["maximum"], 1.5);
+    assert_eq!(field("delay_seconds")["maximum"], 600.0);
+}
+
+/// The schema of property `name` anywhere in `schema` (a flattened struct is an `allOf`).
+fn find_property<'a>(schema: &'a Value, name: &str) -> Option<&'a Value> {
+    if let Some(found) = schema.get("properties").and_then(|p| p.get(name)) {
+        return Some(found);
+    }
+    match schema {
+        Value::Object(map) => map.values().find_map(|v| find_property(v, name)),
+        Value::Array(items) => items.iter().find_map(|v| find_property(v, name)),
+        _ => None,
+    }
 }

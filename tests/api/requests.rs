@@ -249,7 +249,7 @@ async fn invalid_query_values_get_422_naming_the_parameter() {
             "status",
             "enum",
             "must be one of: pending, processing, completed, failed, callback_pending, \
-             callback_success, callback_failed",
+             callback_success, callback_failed, cancelled",
             input,
             None,
         )

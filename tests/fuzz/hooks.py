@@ -1,4 +1,5 @@
 """schemathesis hooks for the fuzz run (tests/fuzz/schemathesis.sh, via SCHEMATHESIS_HOOKS)."""
+import datetime
 import re
 import uuid
 
@@ -45,3 +46,39 @@ def map_query(ctx, query):
         for name in _NOT_WITH_ID_PREFIX:
             query.pop(name, None)
     return query
+
+
+# How far ahead a request may schedule its work: APP_MAX_SCHEDULE_DELAY_SECONDS, the
+# service's default (schemathesis.sh leaves it). The document states it as a maximum of
+# `delay_seconds`; for `run_at`, a time, it cannot: the bound moves with the clock.
+_MAX_SCHEDULE = datetime.timedelta(days=30)
+
+
+def _schedule_within_rules(item):
+    """A generated body's schedule, made one the service takes: `run_at` or `delay_seconds`,
+    not both (a rule between fields, in their descriptions), and `run_at` no further ahead
+    than the bound."""
+    if not isinstance(item, dict):
+        return
+    if item.get("run_at") is not None and item.get("delay_seconds") is not None:
+        del item["run_at"]
+    at = item.get("run_at")
+    if isinstance(at, str):
+        try:
+            parsed = datetime.datetime.fromisoformat(at.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+        if parsed > datetime.datetime.now(datetime.timezone.utc) + _MAX_SCHEDULE - datetime.timedelta(minutes=1):
+            del item["run_at"]
+
+
+@schemathesis.hook
+def map_body(ctx, body):
+    if isinstance(body, dict):
+        _schedule_within_rules(body)
+        items = body.get("requests")
+        for item in items if isinstance(items, list) else []:
+            _schedule_within_rules(item)
+    return body

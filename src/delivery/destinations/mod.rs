@@ -363,6 +363,23 @@ impl Destinations {
         member(&cached.1)
     }
 
+    /// What holds a due job of `destination` back right now, as this instance sees it: an
+    /// open breaker, or the destination's deliveries in flight at its cap.
+    pub fn holding(&self, destination: &str) -> Option<crate::model::WaitingFor> {
+        let now = Instant::now();
+        let cap = self.policy.per_destination;
+        let mut state = self.lock();
+        let entry = state.entries.get_mut(destination)?;
+        entry.breaker.refresh(now);
+        if entry.breaker.is_open() {
+            Some(crate::model::WaitingFor::BreakerOpen)
+        } else if entry.in_flight >= entry.allowed(cap) {
+            Some(crate::model::WaitingFor::DestinationFull)
+        } else {
+            None
+        }
+    }
+
     /// When an open breaker next lets a probe through, if any is open: the dispatcher looks
     /// at the queue again then.
     pub fn next_reopening(&self) -> Option<Instant> {

@@ -178,7 +178,8 @@ pub(super) const CLAIM_WINDOW: &str = concat!(
 /// group-committed write has locked is skipped, not waited for: that write is ending the
 /// claim anyway, and a heartbeat that waited could deadlock with a batch locking the same
 /// rows in another order. A skipped lease is renewed on the next beat, a third of the lease
-/// later.
+/// later. Also answers the tokens of `$3` that no row holds any more (a cancel ended the
+/// claim, or another claim took the job over): a locked row still holds its token.
 pub(super) const RENEW_LEASES: &str = "WITH renewed AS (
          UPDATE requests SET lease_expires_at = now() + make_interval(secs => $2)
          WHERE id IN (SELECT id FROM requests
@@ -192,7 +193,10 @@ pub(super) const RENEW_LEASES: &str = "WITH renewed AS (
                         AND lease_expires_at < now()
                       FOR UPDATE SKIP LOCKED)
          RETURNING 1)
-     SELECT (SELECT count(*) FROM renewed), (SELECT count(*) FROM released)";
+     SELECT (SELECT count(*) FROM renewed), (SELECT count(*) FROM released),
+            ARRAY(SELECT t FROM unnest($3::text[]) AS t
+                  WHERE NOT EXISTS (SELECT 1 FROM requests
+                                    WHERE lease_owner = $1 AND lease_token = t))";
 
 /// The first due rows not leased, in due order, with the database's clock.
 pub(super) const NEXT_DUE_WINDOW_ROWS: &str = concat!(
@@ -337,7 +341,7 @@ impl PgStore {
         tokens: &[String],
         lease: Duration,
     ) -> StoreResult<Leases> {
-        let (renewed, released): (i64, i64) = sqlx::query_as(RENEW_LEASES)
+        let (renewed, released, lost): (i64, i64, Vec<String>) = sqlx::query_as(RENEW_LEASES)
             .bind(owner)
             .bind(lease.as_secs_f64())
             .bind(tokens)
@@ -353,6 +357,7 @@ impl PgStore {
         Ok(Leases {
             renewed: u64::try_from(renewed).unwrap_or(0),
             released: u64::try_from(released).unwrap_or(0),
+            lost,
         })
     }
 

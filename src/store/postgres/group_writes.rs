@@ -26,14 +26,20 @@ pub(super) const INSERT_QUEUED: &str = "
      WITH inserted AS (
          INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
                                created_at, next_attempt_at, destination, callback_host,
-                               idempotency_key, idempotency_fingerprint)
+                               idempotency_key, idempotency_fingerprint, run_at, max_retries,
+                               callback_timeout_ms)
+         -- Due now on the database's clock, or a scheduled request as much later as its
+         -- run_at was ahead of the instance's clock when bound (starts_in).
          SELECT id, 'async', 'pending', payload_hash, data, iterations, callback_url,
-                created_at, now(), destination, callback_host, idempotency_key,
-                idempotency_fingerprint
+                created_at, now() + make_interval(secs => starts_in), destination,
+                callback_host, idempotency_key, idempotency_fingerprint, run_at, max_retries,
+                callback_timeout_ms
          FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
-                     $6::timestamptz[], $7::text[], $8::text[], $9::text[], $12::text[])
+                     $6::timestamptz[], $7::text[], $8::text[], $9::text[], $12::text[],
+                     $13::float8[], $14::timestamptz[], $15::int[], $16::int[])
               AS queued(id, payload_hash, data, iterations, callback_url, created_at,
-                        destination, idempotency_key, idempotency_fingerprint, callback_host)
+                        destination, idempotency_key, idempotency_fingerprint, callback_host,
+                        starts_in, run_at, max_retries, callback_timeout_ms)
          -- No conflict target: a taken key (or a retried write's taken id) inserts nothing.
          ON CONFLICT DO NOTHING
          RETURNING id),
@@ -70,11 +76,14 @@ pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
          UPDATE requests AS r
          -- Delivery ended with the last attempt: when it ended on the instance's clock, as
          -- the attempt's own times and every other time in a record are.
-         SET status = a.status,
-             delivered_at = CASE WHEN a.ends_delivery
+         -- A request cancelled while the attempt was in flight only records it.
+         SET status = CASE r.status WHEN 'cancelled' THEN r.status ELSE a.status END,
+             delivered_at = CASE WHEN r.status = 'cancelled' THEN r.delivered_at
+                                 WHEN a.ends_delivery
                                  THEN a.started_at + make_interval(secs => a.duration_ms / 1000)
                             END,
-             next_attempt_at = now() + make_interval(secs => a.due_in),
+             next_attempt_at = CASE WHEN r.status <> 'cancelled'
+                                    THEN now() + make_interval(secs => a.due_in) END,
              callback_attempts = a.attempt,
              callback_last_error = COALESCE(a.last_error, r.callback_last_error),
              lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
@@ -100,6 +109,7 @@ pub(super) fn insert_queued(
     let text = |value: fn(&NewAsyncRequest) -> &str| column(queued, |n| value(n).to_owned());
     let key = |n: &NewAsyncRequest| n.request.key_columns().0.map(str::to_owned);
     let fingerprint = |n: &NewAsyncRequest| n.request.key_columns().1.map(str::to_owned);
+    let now = chrono::Utc::now();
     sqlx::query(INSERT_QUEUED)
         .bind(text(|n| &n.request.id))
         .bind(text(|n| &n.request.payload_hash))
@@ -113,6 +123,17 @@ pub(super) fn insert_queued(
         .bind(JOBS_CHANNEL)
         .bind(announce)
         .bind(text(|n| destination_host(&n.destination)))
+        .bind(column(queued, |n| n.starts_in(now).as_secs_f64()))
+        .bind(column(queued, |n| n.controls.run_at))
+        .bind(column(queued, |n| {
+            n.controls
+                .max_retries
+                .map(|r| i32::try_from(r).unwrap_or(i32::MAX))
+        }))
+        .bind(column(queued, |n| {
+            n.timeout_ms()
+                .map(|ms| i32::try_from(ms).unwrap_or(i32::MAX))
+        }))
 }
 
 /// Inserts submissions of `POST /async`, batched.

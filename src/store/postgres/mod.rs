@@ -53,18 +53,20 @@ use self::open::{DESTINATIONS_RECORDED, backfill_destinations, migrate};
 use self::queue_count::QueueCount;
 use self::rows::{attempt_from_row, parse_status, position_of, record_from_row};
 use self::writes::{
-    CLEANUP_LOCK, DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP, INSERT_SYNC_STARTED,
-    REDELIVER, REDELIVERY_OF, RELEASE, UPSERT_SYNC_FINISHED,
+    CANCEL, CANCEL_OF, CLEANUP_LOCK, DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP,
+    INSERT_SYNC_STARTED, MAKE_DUE, MAKE_DUE_OF, REDELIVER, REDELIVERY_OF, RELEASE,
+    UPSERT_SYNC_FINISHED,
 };
 use super::backend::Backend;
 use super::group_commit::GroupCommit;
 use super::{
-    ABANDONED_SYNC_ERROR, AttemptOutcome, FinishedWork, Job, KeyHolder, Leases, ListFilter,
-    NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats, Position, Redelivery, StatementPlan,
-    StatusCounts, StoreError, StoreResult, Submitted, Transition, sync_outcome,
+    ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases,
+    ListFilter, MadeDue, NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats, Position,
+    Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult, Submitted, Transition,
+    sync_outcome,
 };
 use crate::delivery::destinations::Rooms;
-use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
+use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
 
 /// The request holding an idempotency key.
 const KEY_HOLDER: &str =
@@ -494,6 +496,52 @@ impl Backend for PgStore {
         tx.commit().await?;
         drop(reservation);
         Ok(Redelivery::Queued)
+    }
+
+    async fn make_due(&self, id: &str) -> StoreResult<MadeDue> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, bool)> = sqlx::query_as(MAKE_DUE_OF)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((status, claimed)) = row else {
+            return Ok(MadeDue::NotFound);
+        };
+        if let Err(answer) = MadeDue::decide(parse_status(&status)?, claimed) {
+            return Ok(answer);
+        }
+        sqlx::query(MAKE_DUE).bind(id).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(JOBS_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(MadeDue::Due)
+    }
+
+    async fn cancel(&self, id: &str) -> StoreResult<Cancellation> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, String, bool, bool)> = sqlx::query_as(CANCEL_OF)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((mode, status, claimed, was_in_flight)) = row else {
+            return Ok(Cancellation::NotFound);
+        };
+        // The mode column admits only the model's modes.
+        let mode = Mode::parse(&mode).unwrap_or(Mode::Sync);
+        let in_flight = match Cancellation::decide(mode, parse_status(&status)?, claimed) {
+            Ok(in_flight) => in_flight,
+            Err(answer) => return Ok(answer.repeated(was_in_flight)),
+        };
+        sqlx::query(CANCEL)
+            .bind(id)
+            .bind(Utc::now())
+            .bind(in_flight)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Cancellation::Cancelled { in_flight })
     }
 
     async fn release(&self, owner: &str) -> StoreResult<u64> {

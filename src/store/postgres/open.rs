@@ -14,6 +14,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0005_idempotency.sql"),
     include_str!("../../../migrations/postgres/0006_history.sql"),
     include_str!("../../../migrations/postgres/0007_delivered_at.sql"),
+    include_str!("../../../migrations/postgres/0008_control.sql"),
 ];
 
 /// The first schema version whose requests record their destination (0003).

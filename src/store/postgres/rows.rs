@@ -25,6 +25,11 @@ pub(super) fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error>
         callback_last_error: row.try_get("callback_last_error")?,
         error: row.try_get("error")?,
         result: result_columns(row)?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        claimed: row.try_get("claimed")?,
+        run_at: row.try_get("run_at")?,
+        max_retries: optional_count(row, "max_retries")?,
+        callback_timeout_ms: optional_count(row, "callback_timeout_ms")?,
     }
     .into_record()
     .map_err(|err| sqlx::Error::Decode(Box::new(err)))
@@ -58,6 +63,8 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
         unrecorded_claims: count(row, "unrecorded_claims")?,
         result: result_columns(row)?,
         completed_at: row.try_get("completed_at")?,
+        max_retries: optional_count(row, "max_retries")?,
+        callback_timeout_ms: optional_count(row, "callback_timeout_ms")?,
     }
     .into_job())
 }
@@ -65,6 +72,12 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
 /// A non-negative `INTEGER` column as a count.
 pub(super) fn count(row: &PgRow, column: &str) -> Result<u32, sqlx::Error> {
     Ok(u32::try_from(row.try_get::<i32, _>(column)?).unwrap_or(0))
+}
+
+fn optional_count(row: &PgRow, column: &str) -> Result<Option<u32>, sqlx::Error> {
+    Ok(row
+        .try_get::<Option<i32>, _>(column)?
+        .map(|n| u32::try_from(n).unwrap_or(0)))
 }
 
 pub(super) fn attempt_from_row(row: &PgRow) -> Result<DeliveryAttempt, sqlx::Error> {

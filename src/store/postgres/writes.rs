@@ -49,7 +49,31 @@ pub(super) const GIVE_UP: &str =
     "UPDATE requests SET status = 'callback_failed', delivered_at = $4,
             next_attempt_at = NULL, callback_last_error = $3, error = $3,
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
-     WHERE id = $1 AND lease_token = $2";
+     WHERE id = $1 AND lease_token = $2 AND status <> 'cancelled'";
+
+/// What making a request due needs to know of it, locked.
+pub(super) const MAKE_DUE_OF: &str =
+    "SELECT status, lease_token IS NOT NULL FROM requests WHERE id = $1 FOR UPDATE";
+
+/// A queued request due now at the latest (the database's clock, as every due time).
+pub(super) const MAKE_DUE: &str =
+    "UPDATE requests SET next_attempt_at = LEAST(next_attempt_at, now()) WHERE id = $1";
+
+/// What a cancel needs to know of a request, locked.
+pub(super) const CANCEL_OF: &str =
+    "SELECT mode, status, lease_token IS NOT NULL, COALESCE(cancelled_in_flight, false)
+     FROM requests WHERE id = $1 FOR UPDATE";
+
+/// A request cancelled at `$2` (the instance's clock); its claim kept only when `$3` (an
+/// attempt may be in flight, and is recorded under it if it lands). Its input is no longer
+/// needed.
+pub(super) const CANCEL: &str =
+    "UPDATE requests SET status = 'cancelled', delivered_at = $2, next_attempt_at = NULL,
+            data = NULL, cancelled_in_flight = $3,
+            lease_owner = CASE WHEN $3 THEN lease_owner END,
+            lease_expires_at = CASE WHEN $3 THEN lease_expires_at END,
+            lease_token = CASE WHEN $3 THEN lease_token END
+     WHERE id = $1";
 
 /// What a redelivery needs to know of a request, locked.
 pub(super) const REDELIVERY_OF: &str =

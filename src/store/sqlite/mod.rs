@@ -38,9 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::Backend;
 use super::{
-    AttemptOutcome, FinishedWork, Job, KeyHolder, Leases, ListFilter, NewAsyncRequest, NewRequest,
-    PING_TIMEOUT, PoolStats, Position, Redelivery, StatementPlan, StatusCounts, StoreError,
-    StoreResult, Submitted,
+    AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue,
+    NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats, Position, Redelivery, StatementPlan,
+    StatusCounts, StoreError, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -56,8 +56,9 @@ use self::readers::Readers;
 use self::rows::{attempt_from_row, from_millis, parse_status, record_from_row};
 use self::writer::{Message, WRITER_QUEUE, Write, Writer};
 use self::writes::{
-    Claim, DeleteExpired, DeleteOverLimit, GiveUp, Heartbeat, Probe, RecordAttempt, Redeliver,
-    Release, SaveResult, SubmitAsync, SubmitBatch, SyncFinished, SyncStarted, holder_of,
+    Cancel, Claim, DeleteExpired, DeleteOverLimit, GiveUp, Heartbeat, MakeDue, Probe,
+    RecordAttempt, Redeliver, Release, SaveResult, SubmitAsync, SubmitBatch, SyncFinished,
+    SyncStarted, holder_of,
 };
 
 /// A request's record.
@@ -100,6 +101,22 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Moves a record's `next_attempt_at` from the queue's clock, on which it is stored, to
+    /// the wall clock every other time in a record is on (they differ only once the wall
+    /// clock has been stepped while the service ran: see `clock`).
+    fn queue_to_wall_clock(&self) -> impl Fn(&mut RequestRecord) + Send + 'static {
+        let offset = chrono::Duration::milliseconds(
+            Utc::now()
+                .timestamp_millis()
+                .saturating_sub(self.clock.now()),
+        );
+        move |record| {
+            if let Some(at) = record.next_attempt_at.as_mut() {
+                *at += offset;
+            }
+        }
+    }
+
     pub async fn open(url: &str, queue_capacity: u64) -> StoreResult<Self> {
         let path = database_path(url)?;
         let lock = lock_database(&path)?;
@@ -340,6 +357,14 @@ impl Backend for SqliteStore {
         self.send(Redeliver { id: id.to_string() }).await
     }
 
+    async fn cancel(&self, id: &str) -> StoreResult<Cancellation> {
+        self.send(Cancel { id: id.to_string() }).await
+    }
+
+    async fn make_due(&self, id: &str) -> StoreResult<MadeDue> {
+        self.send(MakeDue { id: id.to_string() }).await
+    }
+
     async fn release(&self, owner: &str) -> StoreResult<u64> {
         self.send(Release {
             owner: owner.to_string(),
@@ -349,6 +374,7 @@ impl Backend for SqliteStore {
 
     async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
         let id = id.to_string();
+        let to_wall = self.queue_to_wall_clock();
         self.read(move |conn| {
             let Some(mut record) = conn
                 .prepare_cached(RECORD_BY_ID)?
@@ -357,6 +383,7 @@ impl Backend for SqliteStore {
             else {
                 return Ok(None);
             };
+            to_wall(&mut record);
             let attempts = conn
                 .prepare_cached(ATTEMPTS_OF)?
                 .query_map([&id], attempt_from_row)?
@@ -368,7 +395,10 @@ impl Backend for SqliteStore {
     }
 
     async fn list(&self, filter: ListFilter) -> StoreResult<RequestList> {
-        self.read(move |conn| list_on(conn, &filter)).await
+        let to_wall = self.queue_to_wall_clock();
+        let mut list = self.read(move |conn| list_on(conn, &filter)).await?;
+        list.requests.iter_mut().for_each(to_wall);
+        Ok(list)
     }
 
     async fn position(&self, id: &str) -> StoreResult<Option<Position>> {

@@ -21,6 +21,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0006_idempotency.sql"),
     include_str!("../../../migrations/sqlite/0007_history.sql"),
     include_str!("../../../migrations/sqlite/0008_delivered_at.sql"),
+    include_str!("../../../migrations/sqlite/0009_control.sql"),
 ];
 
 /// The first schema version whose requests record their destination (0004).

@@ -40,6 +40,13 @@ pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> 
         callback_last_error: row.get("callback_last_error")?,
         error: row.get("error")?,
         result: result_columns(row)?,
+        next_attempt_at: row
+            .get::<_, Option<i64>>("next_attempt_at")?
+            .map(from_millis),
+        claimed: row.get("claimed")?,
+        run_at: row.get::<_, Option<i64>>("run_at")?.map(from_millis),
+        max_retries: row.get("max_retries")?,
+        callback_timeout_ms: row.get("callback_timeout_ms")?,
     }
     .into_record()
     .map_err(unknown_value)
@@ -69,6 +76,8 @@ pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         unrecorded_claims: row.get("unrecorded_claims")?,
         result: result_columns(row)?,
         completed_at: row.get::<_, Option<i64>>("completed_at")?.map(from_millis),
+        max_retries: row.get("max_retries")?,
+        callback_timeout_ms: row.get("callback_timeout_ms")?,
     }
     .into_job())
 }

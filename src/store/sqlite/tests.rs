@@ -252,6 +252,7 @@ fn async_request(id: &str) -> NewAsyncRequest {
         data: "x".into(),
         callback_url: OTHER.into(),
         destination: OTHER.into(),
+        controls: Default::default(),
     }
 }
 

@@ -10,19 +10,20 @@ use super::claims::claim;
 use super::rows::{millis, parse_status};
 use super::writer::{Applied, Queue, Write};
 use crate::delivery::destinations::{Rooms, destination_host};
-use crate::model::{DeliveryAttempt, WorkResult};
+use crate::model::{DeliveryAttempt, Mode, Status, WorkResult};
 use crate::store::due::millis_of;
 use crate::store::{
-    AttemptOutcome, FinishedWork, Job, KeyHolder, Leases, NewAsyncRequest, NewRequest, Redelivery,
-    StoreError, Submitted, Transition, sync_outcome,
+    AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases, MadeDue, NewAsyncRequest,
+    NewRequest, Redelivery, StoreError, Submitted, Transition, sync_outcome,
 };
 
 /// An async request, queued.
 pub(super) const INSERT_ASYNC: &str =
     "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
                            created_at, next_attempt_at, destination, callback_host,
-                           idempotency_key, idempotency_fingerprint)
-     VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?11, ?7, ?8, ?9, ?10)";
+                           idempotency_key, idempotency_fingerprint, run_at, max_retries,
+                           callback_timeout_ms)
+     VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?11, ?7, ?8, ?9, ?10, ?12, ?13, ?14)";
 
 /// The request holding an idempotency key.
 pub(super) const KEY_HOLDER: &str =
@@ -70,13 +71,17 @@ pub(super) const SAVE_RESULT: &str =
             processing_time_ms = ?5, completed_at = ?6, data = NULL
      WHERE id = ?1 AND lease_token = ?2";
 
-/// A delivery attempt's effect on its request.
+/// A delivery attempt's effect on its request; a request cancelled while the attempt was
+/// in flight only records it (`AttemptLanded`). Answers the status it is left in.
 pub(super) const RECORD_ATTEMPT: &str =
-    "UPDATE requests SET status = ?3, delivered_at = ?4, next_attempt_at = ?5,
+    "UPDATE requests SET status = CASE status WHEN 'cancelled' THEN status ELSE ?3 END,
+            delivered_at = CASE status WHEN 'cancelled' THEN delivered_at ELSE ?4 END,
+            next_attempt_at = CASE status WHEN 'cancelled' THEN NULL ELSE ?5 END,
             callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
             unrecorded_claims = 0
-     WHERE id = ?1 AND lease_token = ?2";
+     WHERE id = ?1 AND lease_token = ?2
+     RETURNING status";
 
 /// A delivery attempt, in the audit.
 pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts
@@ -85,12 +90,35 @@ pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
      ON CONFLICT (request_id, attempt) DO NOTHING";
 
-/// A claimed job ended without an attempt.
+/// A claimed job ended without an attempt (unless it was cancelled meanwhile).
 pub(super) const GIVE_UP: &str =
     "UPDATE requests SET status = 'callback_failed', delivered_at = ?3,
             next_attempt_at = NULL, callback_last_error = ?4, error = ?4,
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
-     WHERE id = ?1 AND lease_token = ?2";
+     WHERE id = ?1 AND lease_token = ?2 AND status <> 'cancelled'";
+
+/// What making a request due needs to know of it.
+pub(super) const MAKE_DUE_OF: &str =
+    "SELECT status, lease_token IS NOT NULL FROM requests WHERE id = ?1";
+
+/// A queued request due at `?2` at the latest.
+pub(super) const MAKE_DUE: &str =
+    "UPDATE requests SET next_attempt_at = min(next_attempt_at, ?2) WHERE id = ?1";
+
+/// What a cancel needs to know of a request.
+pub(super) const CANCEL_OF: &str =
+    "SELECT mode, status, lease_token IS NOT NULL, COALESCE(cancelled_in_flight, 0)
+     FROM requests WHERE id = ?1";
+
+/// A request cancelled at `?2`; its claim kept only when `?3` (an attempt may be in flight,
+/// and is recorded under it if it lands). Its input is no longer needed.
+pub(super) const CANCEL: &str =
+    "UPDATE requests SET status = 'cancelled', delivered_at = ?2, next_attempt_at = NULL,
+            data = NULL, cancelled_in_flight = ?3,
+            lease_owner = CASE WHEN ?3 THEN lease_owner END,
+            lease_expires_at = CASE WHEN ?3 THEN lease_expires_at END,
+            lease_token = CASE WHEN ?3 THEN lease_token END
+     WHERE id = ?1";
 
 /// What a redelivery needs to know of a request.
 pub(super) const REDELIVERY_OF: &str =
@@ -118,13 +146,15 @@ fn queue_full<T>() -> Applied<T> {
     Ok(Err(StoreError::QueueFull))
 }
 
-/// Inserts `new`, due at `now` (the queue's time).
+/// Inserts `new`, due at `now` (the queue's time) or, when scheduled, as much later as its
+/// `run_at` is ahead of the wall clock now.
 pub(super) fn insert_async(
     tx: &Transaction<'_>,
     new: &NewAsyncRequest,
     now: i64,
 ) -> rusqlite::Result<()> {
     let (key, fingerprint) = new.request.key_columns();
+    let due = now.saturating_add(millis_of(new.starts_in(Utc::now())));
     tx.prepare_cached(INSERT_ASYNC)?.execute(params![
         new.request.id,
         new.request.payload_hash,
@@ -136,7 +166,10 @@ pub(super) fn insert_async(
         destination_host(&new.destination),
         key,
         fingerprint,
-        now,
+        due,
+        new.controls.run_at.map(millis),
+        new.controls.max_retries,
+        new.timeout_ms(),
     ])?;
     Ok(())
 }
@@ -298,8 +331,12 @@ impl Write for Heartbeat {
         let lease_until = now.saturating_add(millis_of(self.lease));
         let mut renew = tx.prepare_cached(RENEW_LEASE)?;
         let mut renewed = 0;
+        let mut lost = Vec::new();
         for token in &self.tokens {
-            renewed += renew.execute(params![self.owner, token, lease_until])?;
+            match renew.execute(params![self.owner, token, lease_until])? {
+                0 => lost.push(token.clone()),
+                n => renewed += n,
+            }
         }
         let expired: Vec<(String, String)> = tx
             .prepare_cached(EXPIRED_LEASES_OF)?
@@ -317,6 +354,7 @@ impl Write for Heartbeat {
         done(Leases {
             renewed: renewed as u64,
             released: released as u64,
+            lost,
         })
     }
 }
@@ -366,19 +404,30 @@ impl Write for RecordAttempt {
         let next_attempt_at = transition
             .due_in_secs()
             .map(|secs| queue.now.saturating_add((secs * 1000.0).round() as i64));
-        let updated = tx.prepare_cached(RECORD_ATTEMPT)?.execute(params![
-            self.id,
-            self.token,
-            self.outcome.status().as_str(),
-            delivered_at,
-            next_attempt_at,
-            attempt.attempt,
-            self.outcome.last_error(attempt.error.as_deref())
-        ])?;
-        if updated == 0 {
+        let left_in: Option<String> = tx
+            .prepare_cached(RECORD_ATTEMPT)?
+            .query_row(
+                params![
+                    self.id,
+                    self.token,
+                    self.outcome.status().as_str(),
+                    delivered_at,
+                    next_attempt_at,
+                    attempt.attempt,
+                    self.outcome.last_error(attempt.error.as_deref())
+                ],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let Some(left_in) = left_in else {
             // The lease was lost: the job belongs to someone else now; record nothing.
             return done(false);
-        }
+        };
+        let transition = if parse_status(&left_in)? == Status::Cancelled {
+            Transition::AttemptLanded
+        } else {
+            transition
+        };
         tx.prepare_cached(INSERT_ATTEMPT)?.execute(params![
             self.id,
             attempt.attempt,
@@ -470,6 +519,62 @@ impl Write for Redeliver {
             .execute(params![self.id, queue.now, next.as_str()])?;
         queue.change(transition.queue_delta());
         done(Redelivery::Queued)
+    }
+}
+
+/// A queued request made due now, if no claim holds it.
+pub(super) struct MakeDue {
+    pub id: String,
+}
+
+impl Write for MakeDue {
+    type Output = MadeDue;
+
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<MadeDue> {
+        let row: Option<(String, bool)> = tx
+            .prepare_cached(MAKE_DUE_OF)?
+            .query_row([&self.id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let Some((status, claimed)) = row else {
+            return done(MadeDue::NotFound);
+        };
+        if let Err(answer) = MadeDue::decide(parse_status(&status)?, claimed) {
+            return done(answer);
+        }
+        tx.prepare_cached(MAKE_DUE)?
+            .execute(params![self.id, queue.now])?;
+        done(MadeDue::Due)
+    }
+}
+
+/// A request cancelled, if it is an async one not yet final.
+pub(super) struct Cancel {
+    pub id: String,
+}
+
+impl Write for Cancel {
+    type Output = Cancellation;
+
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<Cancellation> {
+        let row: Option<(String, String, bool, bool)> = tx
+            .prepare_cached(CANCEL_OF)?
+            .query_row([&self.id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .optional()?;
+        let Some((mode, status, claimed, was_in_flight)) = row else {
+            return done(Cancellation::NotFound);
+        };
+        // The mode column admits only the model's modes.
+        let mode = Mode::parse(&mode).unwrap_or(Mode::Sync);
+        let in_flight = match Cancellation::decide(mode, parse_status(&status)?, claimed) {
+            Ok(in_flight) => in_flight,
+            Err(answer) => return done(answer.repeated(was_in_flight)),
+        };
+        tx.prepare_cached(CANCEL)?
+            .execute(params![self.id, millis(Utc::now()), in_flight])?;
+        queue.change(Transition::Cancelled { in_flight }.queue_delta());
+        done(Cancellation::Cancelled { in_flight })
     }
 }
 

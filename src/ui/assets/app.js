@@ -10,7 +10,13 @@
   const body = document.body;
   const page = body.dataset.page;
   const adminEnabled = body.dataset.admin === "1";
-  const FINAL = new Set(["completed", "failed", "callback_success", "callback_failed"]);
+  const FINAL = new Set(["completed", "failed", "callback_success", "callback_failed", "cancelled"]);
+  const QUEUED = new Set(["pending", "processing", "callback_pending"]);
+  const WAITING_FOR = {
+    schedule: "its schedule",
+    breaker_open: "its destination's open circuit breaker",
+    destination_full: "room at its destination (its most deliveries are in flight)",
+  };
   const WINDOW_MS = 15 * 60 * 1000;
 
   // ---- tokens -------------------------------------------------------------------------
@@ -133,6 +139,22 @@
     if (!value) return "—";
     const date = parseTime(value);
     return isNaN(date) ? String(value) : date.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+  }
+
+  // "in 42 s" / "3 min ago": how far a time is from now, for times that are about to come.
+  function fromNow(value) {
+    const ms = parseTime(value) - Date.now();
+    if (isNaN(ms)) return "";
+    const secs = Math.round(Math.abs(ms) / 1000);
+    const span = secs < 120 ? secs + " s" : secs < 7200 ? Math.round(secs / 60) + " min" : Math.round(secs / 3600) + " h";
+    return ms >= 0 ? "in " + span : span + " ago";
+  }
+
+  // When a queued request moves next, and what holds it, in words.
+  function nextMove(r) {
+    if (!r.next_attempt_at) return QUEUED.has(r.status) ? "an attempt is under way" : null;
+    const why = r.waiting_for ? " (waiting for " + (WAITING_FOR[r.waiting_for] || r.waiting_for) + ")" : "";
+    return (r.status === "pending" ? "work " : "next delivery attempt ") + fromNow(r.next_attempt_at) + ", " + time(r.next_attempt_at) + why;
   }
 
   function statusBadge(status) {
@@ -548,7 +570,11 @@
       field(list, "Mode", r.mode);
       field(list, "Created", time(r.created_at));
       field(list, r.mode === "async" ? "Work finished" : "Completed", time(r.completed_at));
-      if (r.mode === "async") field(list, "Delivery ended", time(r.delivered_at));
+      if (r.mode === "async") field(list, r.status === "cancelled" ? "Cancelled" : "Delivery ended", time(r.delivered_at));
+      if (r.mode === "async" && !FINAL.has(r.status)) field(list, "Next", nextMove(r));
+      if (r.run_at) field(list, "Scheduled for", time(r.run_at));
+      if (r.callback_max_retries !== undefined) field(list, "Its retries", String(r.callback_max_retries));
+      if (r.callback_timeout_seconds !== undefined) field(list, "Its timeout", round(r.callback_timeout_seconds) + " s");
       field(list, "Callback URL", r.callback_url, "wrap");
       field(list, "Callback attempts", r.mode === "async" ? String(r.callback_attempts) : null);
       field(list, "Last callback error", r.callback_last_error, "wrap");
@@ -556,9 +582,13 @@
       field(list, "Payload hash", r.payload_hash);
       record.replaceChildren(list);
       document.getElementById("result").textContent = r.result ? JSON.stringify(r.result, null, 2) : "—";
-      renderAttempts(r.attempts || []);
+      renderAttempts(r.attempts || [], r);
       const actions = document.getElementById("actions");
       if (actions) actions.hidden = r.status !== "callback_failed";
+      const control = document.getElementById("control");
+      if (control) control.hidden = !(r.mode === "async" && QUEUED.has(r.status));
+      const retry = document.getElementById("retry-control");
+      if (retry) retry.hidden = !(r.mode === "async" && r.next_attempt_at && parseTime(r.next_attempt_at) > Date.now());
       showMessage("");
     } catch (error) {
       if (error.status === 404) detailFinal = true;
@@ -568,10 +598,12 @@
     }
   }
 
-  function renderAttempts(attempts) {
+  function renderAttempts(attempts, r) {
     const box = document.getElementById("attempts");
     if (attempts.length === 0) {
-      box.replaceChildren(el("p", { class: "hint", text: "No delivery attempt yet." }));
+      const next = r.mode === "async" && !FINAL.has(r.status) ? nextMove(r) : null;
+      const text = next ? "No delivery attempt yet: " + next + "." : "No delivery attempt.";
+      box.replaceChildren(el("p", { class: "hint", text }));
       return;
     }
     const items = attempts.map((a) => {
@@ -597,14 +629,16 @@
     box.replaceChildren(el("ol", { class: "timeline" }, ...items));
   }
 
-  function setupRedeliver() {
-    const button = document.getElementById("redeliver");
+  // A button on the detail page that POSTs to /requests/{id}/<action> and reports the answer.
+  function setupAction(buttonId, resultId, action, kind, confirmText) {
+    const button = document.getElementById(buttonId);
     if (!button) return;
     button.addEventListener("click", async () => {
-      const result = document.getElementById("redeliver-result");
+      const result = document.getElementById(resultId);
+      if (confirmText && !window.confirm(confirmText)) return;
       button.disabled = true;
       try {
-        const data = await call("POST", "/requests/" + encodeURIComponent(requestId) + "/redeliver", "admin");
+        const data = await call("POST", "/requests/" + encodeURIComponent(requestId) + "/" + action, kind);
         result.textContent = data.message;
         detailFinal = false;
         await loadDetail();
@@ -614,6 +648,13 @@
         button.disabled = false;
       }
     });
+  }
+
+  function setupRequestActions() {
+    setupAction("cancel", "cancel-result", "cancel", "api",
+      "Cancel this request? No work starts and no callback is sent after this (but for an attempt already under way).");
+    setupAction("redeliver", "redeliver-result", "redeliver", "admin", null);
+    setupAction("retry-now", "retry-result", "retry", "admin", null);
   }
 
   // ---- destinations -----------------------------------------------------------------------
@@ -673,7 +714,7 @@
     fillFilterForm();
     setupBulk();
   }
-  if (page === "request") setupRedeliver();
+  if (page === "request") setupRequestActions();
   refreshAll();
   startStream();
 })();

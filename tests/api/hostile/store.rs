@@ -237,6 +237,7 @@ pub(super) async fn queue_for(store: &Store, id: &str, destination: &str) {
             data: "x".into(),
             callback_url: format!("{destination}/callback"),
             destination: destination.into(),
+            controls: Default::default(),
         })
         .await
         .expect("queued");

@@ -1,0 +1,371 @@
+//! The optional fields of an async request that control it beyond the original's (SPEC §11):
+//! when its work may start (`run_at` or `delay_seconds`), and its own retry budget and
+//! per-attempt timeout (`callback_max_retries`, `callback_timeout_seconds`), which may only
+//! tighten the operator's settings. A field sent as `null` is absent. Unlike the original's
+//! fields these are read strictly: a number is a JSON number, a time a string.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+use super::{FieldError, Part};
+
+/// What the operator allows a request to ask for: the caps are the operator's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ControlLimits {
+    /// Furthest ahead a request may be scheduled (`APP_MAX_SCHEDULE_DELAY_SECONDS`).
+    pub max_schedule_delay: Duration,
+    /// `APP_CALLBACK_MAX_RETRIES`: the default, and the most a request may ask for.
+    pub max_retries: u32,
+    /// `APP_CALLBACK_TIMEOUT_SECONDS`: the default, and the longest a request may ask for.
+    pub max_callback_timeout: Duration,
+}
+
+/// What a request asked for; `None` where it asked for nothing (the operator's setting holds).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Controls {
+    /// No work before this time (a time already past means at once).
+    pub run_at: Option<DateTime<Utc>>,
+    /// The delay `run_at` was reckoned from, when the request asked for one rather than a
+    /// time: what a replay of it (`Idempotency-Key`) must ask for again.
+    pub delay: Option<Duration>,
+    pub max_retries: Option<u32>,
+    pub callback_timeout: Option<Duration>,
+}
+
+impl Controls {
+    /// What was asked, in a canonical form for a request's idempotency fingerprint; empty
+    /// when nothing was (so that a plain request's fingerprint is what it always was).
+    pub fn fingerprint(&self) -> String {
+        if *self == Self::default() {
+            return String::new();
+        }
+        let schedule = match (self.delay, self.run_at) {
+            (Some(delay), _) => format!("in {}", delay.as_micros()),
+            (None, Some(at)) => format!("at {}", at.timestamp_micros()),
+            (None, None) => String::new(),
+        };
+        format!(
+            "{schedule};{:?};{:?}",
+            self.max_retries,
+            self.callback_timeout.map(|t| t.as_micros())
+        )
+    }
+}
+
+/// Reads the control fields of `object` at `now`, adding an error to `errors` for each one
+/// that breaks a rule.
+pub(super) fn controls(
+    object: &Map<String, Value>,
+    limits: &ControlLimits,
+    now: DateTime<Utc>,
+    errors: &mut Vec<FieldError>,
+) -> Controls {
+    let field = |name: &str| object.get(name).filter(|value| !value.is_null());
+    let max_delay_secs = limits.max_schedule_delay.as_secs_f64();
+    let mut asked_delay = None;
+
+    let run_at = match (field("run_at"), field("delay_seconds")) {
+        (Some(_), Some(delay)) => take(
+            errors,
+            Err(FieldError::value_error(
+                Part::Body,
+                "delay_seconds",
+                "give run_at or delay_seconds, not both",
+                delay,
+            )),
+        ),
+        (Some(at), None) => take(
+            errors,
+            time(at).and_then(|at| {
+                let ahead = (at - now).num_milliseconds() as f64 / 1000.0;
+                if ahead > max_delay_secs {
+                    Err(too_far("run_at", max_delay_secs, at_value(at)))
+                } else {
+                    Ok(at)
+                }
+            }),
+        ),
+        (None, Some(delay)) => {
+            asked_delay = take(errors, seconds("delay_seconds", delay, 0.0, max_delay_secs))
+                .map(Duration::from_secs_f64);
+            asked_delay
+                .and_then(|delay| chrono::Duration::from_std(delay).ok())
+                .map(|delay| now + delay)
+        }
+        (None, None) => None,
+    };
+    let max_retries = field("callback_max_retries").and_then(|value| {
+        take(
+            errors,
+            count(
+                "callback_max_retries",
+                value,
+                limits.max_retries,
+                "APP_CALLBACK_MAX_RETRIES",
+            ),
+        )
+    });
+    let max_timeout = limits.max_callback_timeout.as_secs_f64();
+    let callback_timeout = field("callback_timeout_seconds").and_then(|value| {
+        take(
+            errors,
+            seconds("callback_timeout_seconds", value, 0.0, max_timeout).and_then(|secs| {
+                if secs > 0.0 {
+                    Ok(Duration::from_secs_f64(secs))
+                } else {
+                    Err(FieldError::new(
+                        Part::Body,
+                        Some("callback_timeout_seconds"),
+                        "greater_than",
+                        "Input should be greater than 0",
+                        value.clone(),
+                    )
+                    .with_ctx(json!({"gt": 0})))
+                }
+            }),
+        )
+    });
+    Controls {
+        run_at,
+        delay: asked_delay,
+        max_retries,
+        callback_timeout,
+    }
+}
+
+/// The value of a field that passed, or `None` with its error added to `errors`.
+fn take<T>(errors: &mut Vec<FieldError>, result: Result<T, FieldError>) -> Option<T> {
+    result.map_err(|error| errors.push(error)).ok()
+}
+
+fn at_value(at: DateTime<Utc>) -> Value {
+    Value::from(at.to_rfc3339())
+}
+
+fn too_far(field: &str, max_secs: f64, input: Value) -> FieldError {
+    FieldError::value_error(
+        Part::Body,
+        field,
+        format!("at most {max_secs} seconds ahead (APP_MAX_SCHEDULE_DELAY_SECONDS)"),
+        &input,
+    )
+}
+
+/// A time: RFC 3339, or ISO 8601 without a zone read as UTC (as the API writes times).
+fn time(value: &Value) -> Result<DateTime<Utc>, FieldError> {
+    let parsed = value.as_str().and_then(crate::timestamps::parse);
+    parsed.ok_or_else(|| {
+        FieldError::new(
+            Part::Body,
+            Some("run_at"),
+            "datetime_parsing",
+            "Input should be a valid datetime: RFC 3339 (2026-01-31T12:00:00Z), or without a \
+             zone in UTC",
+            value.clone(),
+        )
+    })
+}
+
+/// A finite JSON number of seconds within `min..=max`.
+fn seconds(field: &str, value: &Value, min: f64, max: f64) -> Result<f64, FieldError> {
+    let Some(secs) = value.as_f64().filter(|s| s.is_finite()) else {
+        return Err(FieldError::new(
+            Part::Body,
+            Some(field),
+            "float_type",
+            "Input should be a valid number",
+            value.clone(),
+        ));
+    };
+    if secs < min {
+        return Err(FieldError::new(
+            Part::Body,
+            Some(field),
+            "greater_than_equal",
+            format!("Input should be greater than or equal to {min}"),
+            value.clone(),
+        )
+        .with_ctx(json!({ "ge": min })));
+    }
+    if secs > max {
+        return Err(if field == "delay_seconds" {
+            too_far(field, max, value.clone())
+        } else {
+            FieldError::new(
+                Part::Body,
+                Some(field),
+                "less_than_equal",
+                format!(
+                    "Input should be less than or equal to {max} (APP_CALLBACK_TIMEOUT_SECONDS)"
+                ),
+                value.clone(),
+            )
+            .with_ctx(json!({ "le": max }))
+        });
+    }
+    Ok(secs)
+}
+
+/// A JSON integer within `0..=max`, `max` being the operator's setting `setting`.
+fn count(field: &str, value: &Value, max: u32, setting: &str) -> Result<u32, FieldError> {
+    let Some(n) = value.as_i64().or_else(|| value.as_u64().map(|_| i64::MAX)) else {
+        return Err(FieldError::new(
+            Part::Body,
+            Some(field),
+            "int_type",
+            "Input should be a valid integer",
+            value.clone(),
+        ));
+    };
+    if n < 0 {
+        return Err(FieldError::at_least(Part::Body, field, 0, value));
+    }
+    u32::try_from(n).ok().filter(|&n| n <= max).ok_or_else(|| {
+        FieldError::new(
+            Part::Body,
+            Some(field),
+            "less_than_equal",
+            format!("Input should be less than or equal to {max} ({setting})"),
+            value.clone(),
+        )
+        .with_ctx(json!({ "le": max }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ControlLimits {
+        ControlLimits {
+            max_schedule_delay: Duration::from_secs(3600),
+            max_retries: 3,
+            max_callback_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn read(body: Value) -> Result<Controls, Vec<String>> {
+        let now = DateTime::parse_from_rfc3339("2026-12-03T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut errors = Vec::new();
+        let controls = controls(body.as_object().unwrap(), &limits(), now, &mut errors);
+        if errors.is_empty() {
+            Ok(controls)
+        } else {
+            Err(errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field(), e.kind))
+                .collect())
+        }
+    }
+
+    #[test]
+    fn nothing_asked_is_the_operators_settings() {
+        assert_eq!(read(json!({})).unwrap(), Controls::default());
+        let nulls = json!({"run_at": null, "delay_seconds": null, "callback_max_retries": null,
+                           "callback_timeout_seconds": null});
+        assert_eq!(read(nulls).unwrap(), Controls::default());
+    }
+
+    #[test]
+    fn a_schedule_is_a_time_or_a_delay_within_the_bound() {
+        let at = read(json!({"run_at": "2026-12-03T08:30:00Z"}))
+            .unwrap()
+            .run_at;
+        assert_eq!(at.unwrap().to_rfc3339(), "2026-12-03T08:30:00+00:00");
+        let zoned = read(json!({"run_at": "2026-12-03T09:30:00+01:00"}))
+            .unwrap()
+            .run_at;
+        assert_eq!(zoned, at, "any offset, read as UTC");
+        let naive = read(json!({"run_at": "2026-12-03T08:30:00"}))
+            .unwrap()
+            .run_at;
+        assert_eq!(naive, at, "no zone is UTC, as the API writes times");
+        let past = read(json!({"run_at": "2020-01-01T00:00:00Z"}))
+            .unwrap()
+            .run_at;
+        assert!(past.is_some(), "a time already past is kept (due at once)");
+        let delayed = read(json!({"delay_seconds": 1800})).unwrap().run_at;
+        assert_eq!(delayed, at);
+        let fraction = read(json!({"delay_seconds": 0.5})).unwrap().run_at.unwrap();
+        assert_eq!(fraction.timestamp_subsec_millis(), 500);
+
+        for (body, error) in [
+            (
+                json!({"run_at": "2026-12-03T09:00:01Z"}),
+                "run_at: value_error",
+            ),
+            (json!({"run_at": "tomorrow"}), "run_at: datetime_parsing"),
+            (json!({"run_at": 1_800_000_000}), "run_at: datetime_parsing"),
+            (json!({"delay_seconds": 3601}), "delay_seconds: value_error"),
+            (
+                json!({"delay_seconds": -1}),
+                "delay_seconds: greater_than_equal",
+            ),
+            (json!({"delay_seconds": "10"}), "delay_seconds: float_type"),
+            (
+                json!({"delay_seconds": 1e308}),
+                "delay_seconds: value_error",
+            ),
+            (
+                json!({"run_at": "2026-12-03T08:30:00Z", "delay_seconds": 1}),
+                "delay_seconds: value_error",
+            ),
+        ] {
+            assert_eq!(read(body.clone()).unwrap_err(), [error], "{body}");
+        }
+    }
+
+    #[test]
+    fn its_own_retries_and_timeout_never_above_the_operators() {
+        let asked = read(json!({"callback_max_retries": 0, "callback_timeout_seconds": 2.5}));
+        let asked = asked.unwrap();
+        assert_eq!(asked.max_retries, Some(0));
+        assert_eq!(asked.callback_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(
+            read(json!({"callback_max_retries": 3}))
+                .unwrap()
+                .max_retries,
+            Some(3)
+        );
+        for (body, error) in [
+            (
+                json!({"callback_max_retries": 4}),
+                "callback_max_retries: less_than_equal",
+            ),
+            (
+                json!({"callback_max_retries": u64::MAX}),
+                "callback_max_retries: less_than_equal",
+            ),
+            (
+                json!({"callback_max_retries": -1}),
+                "callback_max_retries: greater_than_equal",
+            ),
+            (
+                json!({"callback_max_retries": 1.5}),
+                "callback_max_retries: int_type",
+            ),
+            (
+                json!({"callback_max_retries": "2"}),
+                "callback_max_retries: int_type",
+            ),
+            (
+                json!({"callback_timeout_seconds": 0}),
+                "callback_timeout_seconds: greater_than",
+            ),
+            (
+                json!({"callback_timeout_seconds": 10.5}),
+                "callback_timeout_seconds: less_than_equal",
+            ),
+            (
+                json!({"callback_timeout_seconds": true}),
+                "callback_timeout_seconds: float_type",
+            ),
+        ] {
+            assert_eq!(read(body.clone()).unwrap_err(), [error], "{body}");
+        }
+    }
+}
