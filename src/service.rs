@@ -688,7 +688,6 @@ impl Service {
         self.destinations.snapshot()
     }
 
-    /// Queues a `callback_failed` request for a fresh round of delivery attempts.
     /// Cancels an async request that is not final (SPEC §11), and stops its work if this
     /// instance is doing it (another instance's worker finds out at its next heartbeat).
     pub async fn cancel(&self, id: &str) -> Result<Cancellation, ServiceError> {
@@ -696,7 +695,11 @@ impl Service {
             return Ok(Cancellation::NotFound);
         }
         let outcome = self.store.cancel(id).await?;
-        if let Cancellation::Cancelled { in_flight } = outcome {
+        if let Cancellation::Cancelled {
+            in_flight,
+            by_this_call: true,
+        } = outcome
+        {
             let stopped = self.running.stop_request(id);
             tracing::info!(request_id = %id, delivery_in_flight = in_flight, work_stopped = stopped, "async request cancelled");
             self.metrics
@@ -722,6 +725,7 @@ impl Service {
         Ok(outcome)
     }
 
+    /// Queues a `callback_failed` request for a fresh round of delivery attempts.
     pub async fn redeliver(&self, id: &str) -> Result<Redelivery, ServiceError> {
         if !is_plausible_id(id) {
             return Ok(Redelivery::NotFound);

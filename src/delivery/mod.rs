@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::{self, Metrics};
 use crate::model::{DeliveryAttempt, WorkResult};
-use crate::store::{AttemptOutcome, FinishedWork, Job, MAX_UNRECORDED_CLAIMS, Store};
+use crate::store::{AttemptOutcome, FinishedWork, Job, MAX_UNRECORDED_CLAIMS, Recorded, Store};
 use crate::work::{Cancel, ComputePool, PoolError};
 use client::{AttemptKind, CallbackClient};
 use destinations::{DestinationPermit, Destinations, Share, Verdict};
@@ -461,7 +461,10 @@ impl Dispatcher {
             outcome = ?outcome,
             "callback attempt"
         );
-        self.observe(&job, &report, outcome);
+        self.observe_attempt(&report);
+        let since_accepted = (Utc::now() - job.created_at)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
         let record = DeliveryAttempt {
             attempt,
             started_at: report.started_at,
@@ -474,28 +477,56 @@ impl Dispatcher {
             note,
         };
         match self.record(&job, record, outcome).await {
-            Ok(true) => match outcome {
-                AttemptOutcome::RetryAfter(_) => self.wakeup.wake(),
-                AttemptOutcome::Delivered => tracing::info!(
-                    request_id = %job.id,
-                    status = "callback_success",
-                    attempts = attempt,
-                    "async request finished"
-                ),
-                AttemptOutcome::GaveUp | AttemptOutcome::RetriesExhausted => tracing::warn!(
-                    request_id = %job.id,
-                    status = "callback_failed",
-                    attempts = attempt,
-                    "async request finished"
-                ),
-            },
-            Ok(false) => {
+            Ok(Recorded::MovedOn) => self.finished(&job, attempt, outcome, since_accepted),
+            Ok(Recorded::Landed) => tracing::info!(
+                request_id = %job.id,
+                attempt,
+                "attempt recorded; the request was cancelled while it was in flight and stays cancelled"
+            ),
+            Ok(Recorded::ClaimLost) => {
                 tracing::warn!(request_id = %job.id, "lease lost before the attempt was recorded")
             }
             Err(err) => {
                 tracing::error!(request_id = %job.id, error = %err, "recording the attempt failed; the job will be retried")
             }
         }
+    }
+
+    /// What follows an attempt recorded with `outcome`, `since_accepted` after the request
+    /// was: a retry wakes the dispatcher; a final outcome is logged and counted.
+    fn finished(&self, job: &Job, attempt: u32, outcome: AttemptOutcome, since_accepted: Duration) {
+        use crate::metrics::{FinalLabels, FinalStatus};
+        let status = match outcome {
+            AttemptOutcome::RetryAfter(_) => {
+                self.wakeup.wake();
+                return;
+            }
+            AttemptOutcome::Delivered => {
+                tracing::info!(
+                    request_id = %job.id,
+                    status = "callback_success",
+                    attempts = attempt,
+                    "async request finished"
+                );
+                self.metrics
+                    .callback_delivery
+                    .observe(since_accepted.as_secs_f64());
+                FinalStatus::callback_success
+            }
+            AttemptOutcome::GaveUp | AttemptOutcome::RetriesExhausted => {
+                tracing::warn!(
+                    request_id = %job.id,
+                    status = "callback_failed",
+                    attempts = attempt,
+                    "async request finished"
+                );
+                FinalStatus::callback_failed
+            }
+        };
+        self.metrics
+            .jobs_finished
+            .get_or_create(&FinalLabels { status })
+            .inc();
     }
 
     /// Records an attempt. While the database is unavailable the record is tried again (the
@@ -508,7 +539,7 @@ impl Dispatcher {
         job: &Job,
         mut record: DeliveryAttempt,
         outcome: AttemptOutcome,
-    ) -> Result<bool, crate::store::StoreError> {
+    ) -> Result<Recorded, crate::store::StoreError> {
         let mut tries = 0;
         let mut stripped = false;
         loop {
@@ -563,8 +594,8 @@ impl Dispatcher {
         }
     }
 
-    fn observe(&self, job: &Job, report: &client::AttemptReport, outcome: AttemptOutcome) {
-        use crate::metrics::{AttemptLabels, FinalLabels, FinalStatus};
+    /// Counts an attempt made, whatever comes of its record.
+    fn observe_attempt(&self, report: &client::AttemptReport) {
         let metrics = &self.metrics;
         let kind = match report.kind {
             AttemptKind::Delivered => metrics::AttemptOutcome::success,
@@ -576,30 +607,11 @@ impl Dispatcher {
         };
         metrics
             .delivery_attempts
-            .get_or_create(&AttemptLabels { outcome: kind })
+            .get_or_create(&metrics::AttemptLabels { outcome: kind })
             .inc();
         metrics
             .delivery_attempt_duration
             .observe(report.duration.as_secs_f64());
-        let status = match outcome {
-            AttemptOutcome::Delivered => FinalStatus::callback_success,
-            AttemptOutcome::GaveUp | AttemptOutcome::RetriesExhausted => {
-                FinalStatus::callback_failed
-            }
-            AttemptOutcome::RetryAfter(_) => return,
-        };
-        metrics
-            .jobs_finished
-            .get_or_create(&FinalLabels { status })
-            .inc();
-        if status == FinalStatus::callback_success {
-            let since_accepted = (Utc::now() - job.created_at)
-                .to_std()
-                .unwrap_or(Duration::ZERO);
-            metrics
-                .callback_delivery
-                .observe(since_accepted.as_secs_f64());
-        }
     }
 
     /// Does the work of a job and stores the result before any delivery, so a retry never

@@ -52,7 +52,7 @@ async fn cancel(
     PathId(id): PathId,
 ) -> Result<Json<CancelResponse>, ApiError> {
     match state.service.cancel(&id).await? {
-        Cancellation::Cancelled { in_flight } => Ok(Json(CancelResponse {
+        Cancellation::Cancelled { in_flight, .. } => Ok(Json(CancelResponse {
             request_id: id,
             status: Status::Cancelled,
             delivery_in_flight: in_flight,

@@ -11,6 +11,10 @@ use serde_json::{Map, Value, json};
 
 use super::{FieldError, Part};
 
+/// Shortest timeout a request may ask for: the millisecond a timeout is kept to (the
+/// operator's own setting has the same floor).
+const MIN_CALLBACK_TIMEOUT_SECS: f64 = 0.001;
+
 /// What the operator allows a request to ask for: the caps are the operator's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ControlLimits {
@@ -49,7 +53,7 @@ impl Controls {
         format!(
             "{schedule};{:?};{:?}",
             self.max_retries,
-            self.callback_timeout.map(|t| t.as_micros())
+            self.callback_timeout.map(|t| t.as_millis())
         )
     }
 }
@@ -111,20 +115,14 @@ pub(super) fn controls(
     let callback_timeout = field("callback_timeout_seconds").and_then(|value| {
         take(
             errors,
-            seconds("callback_timeout_seconds", value, 0.0, max_timeout).and_then(|secs| {
-                if secs > 0.0 {
-                    Ok(Duration::from_secs_f64(secs))
-                } else {
-                    Err(FieldError::new(
-                        Part::Body,
-                        Some("callback_timeout_seconds"),
-                        "greater_than",
-                        "Input should be greater than 0",
-                        value.clone(),
-                    )
-                    .with_ctx(json!({"gt": 0})))
-                }
-            }),
+            seconds(
+                "callback_timeout_seconds",
+                value,
+                MIN_CALLBACK_TIMEOUT_SECS,
+                max_timeout,
+            )
+            // Kept to the millisecond, as it is stored.
+            .map(|secs| Duration::from_millis((secs * 1000.0).round() as u64)),
         )
     });
     Controls {
@@ -210,7 +208,17 @@ fn seconds(field: &str, value: &Value, min: f64, max: f64) -> Result<f64, FieldE
 
 /// A JSON integer within `0..=max`, `max` being the operator's setting `setting`.
 fn count(field: &str, value: &Value, max: u32, setting: &str) -> Result<u32, FieldError> {
-    let Some(n) = value.as_i64().or_else(|| value.as_u64().map(|_| i64::MAX)) else {
+    // A number with no fractional part is an integer (`2.0`, and `-0`, which JSON parsers
+    // read as a float); one too large for i64 is over any cap.
+    let integral = value
+        .as_f64()
+        .filter(|n| n.fract() == 0.0)
+        .map(|n| match n {
+            n if n.abs() < 9.0e18 => n as i64,
+            n if n > 0.0 => i64::MAX,
+            _ => i64::MIN,
+        });
+    let Some(n) = value.as_i64().or(integral) else {
         return Err(FieldError::new(
             Part::Body,
             Some(field),
@@ -331,6 +339,12 @@ mod tests {
                 .max_retries,
             Some(3)
         );
+        for (integral, n) in [(json!(2.0), 2), (json!(-0.0), 0)] {
+            let body = json!({ "callback_max_retries": integral });
+            assert_eq!(read(body).unwrap().max_retries, Some(n), "{integral}");
+        }
+        let millisecond = read(json!({"callback_timeout_seconds": 0.0016})).unwrap();
+        assert_eq!(millisecond.callback_timeout, Some(Duration::from_millis(2)));
         for (body, error) in [
             (
                 json!({"callback_max_retries": 4}),
@@ -354,7 +368,11 @@ mod tests {
             ),
             (
                 json!({"callback_timeout_seconds": 0}),
-                "callback_timeout_seconds: greater_than",
+                "callback_timeout_seconds: greater_than_equal",
+            ),
+            (
+                json!({"callback_timeout_seconds": 0.0004}),
+                "callback_timeout_seconds: greater_than_equal",
             ),
             (
                 json!({"callback_timeout_seconds": 10.5}),

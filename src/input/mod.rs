@@ -159,9 +159,9 @@ pub struct AsyncRequest {
     /// `APP_CALLBACK_MAX_RETRIES`.
     #[schema(minimum = 0)]
     callback_max_retries: Option<u32>,
-    /// *Beyond the original*: this request's timeout per delivery attempt, in seconds, more
-    /// than 0 and at most (and by default) `APP_CALLBACK_TIMEOUT_SECONDS`.
-    #[schema(exclusive_minimum = 0)]
+    /// *Beyond the original*: this request's timeout per delivery attempt, in seconds (kept
+    /// to the millisecond), from 0.001 to (and by default) `APP_CALLBACK_TIMEOUT_SECONDS`.
+    #[schema(minimum = 0.001)]
     callback_timeout_seconds: Option<f64>,
 }
 

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue,
-    NewAsyncRequest, NewRequest, PoolStats, Position, Redelivery, StatementPlan, StatusCounts,
-    StoreResult, Submitted,
+    NewAsyncRequest, NewRequest, PoolStats, Position, Recorded, Redelivery, StatementPlan,
+    StatusCounts, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -134,7 +134,7 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         token: &str,
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    ) -> impl Future<Output = StoreResult<Recorded>> + Send;
 
     fn give_up(
         &self,

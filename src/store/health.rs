@@ -10,7 +10,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Cancellation, Job, Leases, MadeDue, Redelivery, StoreError, StoreResult, Submitted};
+use super::{
+    Cancellation, Job, Leases, MadeDue, Recorded, Redelivery, StoreError, StoreResult, Submitted,
+};
 
 /// Whether a write that succeeded wrote anything. Only one that did proves the database takes
 /// writes: on a full disk, a transaction that changes nothing (a heartbeat with nothing in
@@ -63,16 +65,27 @@ impl Wrote for Redelivery {
     }
 }
 
+impl Wrote for Recorded {
+    fn wrote(&self) -> bool {
+        self.is_recorded()
+    }
+}
+
 impl Wrote for MadeDue {
     fn wrote(&self) -> bool {
         matches!(self, MadeDue::Due)
     }
 }
 
-/// Never taken as proof: a repeated cancel answers `Cancelled` without writing.
 impl Wrote for Cancellation {
     fn wrote(&self) -> bool {
-        false
+        matches!(
+            self,
+            Cancellation::Cancelled {
+                by_this_call: true,
+                ..
+            }
+        )
     }
 }
 

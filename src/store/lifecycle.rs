@@ -15,7 +15,8 @@
 //!                 processing | callback_pending (claimed) ─GivenUp→ callback_failed
 //!                 callback_failed ─Redelivered→ callback_pending (a new round), or pending
 //!                                 when it was given up before its work was done
-//!                 pending | callback_pending ─MadeDue→ itself, due now (an operator's retry now)
+//!                 pending | processing | callback_pending (not claimed) ─MadeDue→ itself, due
+//!                                 now (an operator's retry now)
 //!                 pending | processing | callback_pending ─Cancelled→ cancelled
 //!                 cancelled (an attempt was in flight) ─AttemptLanded→ cancelled
 //! ```
@@ -53,11 +54,12 @@ pub(crate) fn statuses_of(mode: Mode) -> &'static [Status] {
 /// What a cancel found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancellation {
-    /// Cancelled, by this call or an earlier one. `in_flight`: a delivery attempt was under
-    /// way then; it may still land (and is recorded in the audit). Otherwise no callback is
-    /// sent after the cancel.
+    /// Cancelled, by this call (`by_this_call`) or an earlier one. `in_flight`: a delivery
+    /// attempt was under way then; it may still land (and is recorded in the audit).
+    /// Otherwise no callback is sent after the cancel.
     Cancelled {
         in_flight: bool,
+        by_this_call: bool,
     },
     NotFound,
     /// A sync request, or one already final, is not cancelled.
@@ -89,9 +91,28 @@ impl Cancellation {
                 status: Status::Cancelled,
             } => Cancellation::Cancelled {
                 in_flight: was_in_flight,
+                by_this_call: false,
             },
             other => other,
         }
+    }
+}
+
+/// What recording a delivery attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded, and the request moved on as the attempt's outcome says.
+    MovedOn,
+    /// Recorded in the audit, the request left as it is: it was cancelled while the attempt
+    /// was in flight (`AttemptLanded`).
+    Landed,
+    /// The claim no longer held the job: nothing was recorded.
+    ClaimLost,
+}
+
+impl Recorded {
+    pub fn is_recorded(self) -> bool {
+        self != Recorded::ClaimLost
     }
 }
 
@@ -111,13 +132,10 @@ impl MadeDue {
     /// Whether a request in `status` (`claimed`: a claim holds it) is made due (`Ok`), or the
     /// answer without a write.
     pub(crate) fn decide(status: Status, claimed: bool) -> Result<(), MadeDue> {
-        let applies = Transition::MadeDue.applies_to(status);
-        if status == Status::Processing || (applies && claimed) {
-            Err(MadeDue::UnderWay)
-        } else if applies {
-            Ok(())
-        } else {
-            Err(MadeDue::WrongStatus(status))
+        match (Transition::MadeDue.applies_to(status), claimed) {
+            (true, true) => Err(MadeDue::UnderWay),
+            (true, false) => Ok(()),
+            (false, _) => Err(MadeDue::WrongStatus(status)),
         }
     }
 }
@@ -202,7 +220,8 @@ pub enum Transition {
     /// A claim is handed back untouched (at shutdown).
     Released,
     /// An operator makes a queued request due now (retry now): its backoff or schedule is
-    /// cut short, its attempt count stays. A job under a claim is left to it.
+    /// cut short, its attempt count stays. A job under a claim is left to it (a `processing`
+    /// job without one was handed back at a shutdown, or by a heartbeat).
     MadeDue,
     /// A client or operator ends an async request before its delivery did. `in_flight`: a
     /// claim holds it with its work done, so a delivery attempt may be under way.
@@ -292,7 +311,7 @@ impl Transition {
             (Transition::Redelivered { work_done }, Some(CallbackFailed)) => {
                 Some(if work_done { CallbackPending } else { Pending })
             }
-            (Transition::MadeDue, Some(s @ (Pending | CallbackPending))) => Some(s),
+            (Transition::MadeDue, Some(s @ (Pending | Processing | CallbackPending))) => Some(s),
             (Transition::Cancelled { in_flight: false }, Some(Pending | Processing))
             | (Transition::Cancelled { .. }, Some(CallbackPending))
             | (Transition::AttemptLanded, Some(Cancelled)) => Some(Cancelled),
@@ -541,6 +560,7 @@ mod tests {
                 Transition::MadeDue,
                 &[
                     (Some(Pending), Pending),
+                    (Some(Processing), Processing),
                     (Some(CallbackPending), CallbackPending),
                 ],
             ),
@@ -738,6 +758,73 @@ mod tests {
         assert_eq!(
             Transition::Redelivered { work_done: false }.due_in_secs(),
             Some(0.0)
+        );
+    }
+
+    #[test]
+    fn retry_now_takes_a_queued_request_no_claim_holds() {
+        assert_eq!(MadeDue::decide(CallbackPending, false), Ok(()));
+        assert_eq!(
+            MadeDue::decide(Pending, false),
+            Ok(()),
+            "a schedule cut short"
+        );
+        assert_eq!(
+            MadeDue::decide(Processing, false),
+            Ok(()),
+            "handed back at a shutdown"
+        );
+        assert_eq!(MadeDue::decide(Processing, true), Err(MadeDue::UnderWay));
+        assert_eq!(
+            MadeDue::decide(CallbackPending, true),
+            Err(MadeDue::UnderWay)
+        );
+        for finished in Status::ALL.into_iter().filter(|s| s.is_finished()) {
+            assert_eq!(
+                MadeDue::decide(finished, false),
+                Err(MadeDue::WrongStatus(finished))
+            );
+        }
+    }
+
+    #[test]
+    fn a_cancel_announces_an_attempt_only_where_one_can_be_under_way() {
+        use Mode::*;
+        let cancelled = |in_flight| Ok(in_flight);
+        assert_eq!(
+            Cancellation::decide(Async, Pending, false),
+            cancelled(false)
+        );
+        assert_eq!(
+            Cancellation::decide(Async, Processing, true),
+            cancelled(false),
+            "its result will not be stored, so nothing is delivered"
+        );
+        assert_eq!(
+            Cancellation::decide(Async, CallbackPending, false),
+            cancelled(false)
+        );
+        assert_eq!(
+            Cancellation::decide(Async, CallbackPending, true),
+            cancelled(true)
+        );
+        let refused = |mode, status| Err(Cancellation::Refused { mode, status });
+        assert_eq!(
+            Cancellation::decide(Sync, Processing, false),
+            refused(Sync, Processing)
+        );
+        assert_eq!(
+            Cancellation::decide(Async, CallbackSuccess, false),
+            refused(Async, CallbackSuccess)
+        );
+        let again = Cancellation::decide(Async, Cancelled, false).unwrap_err();
+        assert_eq!(
+            again.repeated(true),
+            Cancellation::Cancelled {
+                in_flight: true,
+                by_this_call: false
+            },
+            "a repeat answers as the first did"
         );
     }
 

@@ -86,8 +86,8 @@ pub use error::{StoreError, StoreResult};
 use health::WriteHealth;
 pub(crate) use lifecycle::sync_outcome;
 pub use lifecycle::{
-    ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, Change, Due, Effect, MadeDue, Tally,
-    Transition,
+    ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, Change, Due, Effect, MadeDue, Recorded,
+    Tally, Transition,
 };
 pub use list::{DEFAULT_COUNT_LIMIT, ListFilter};
 pub(crate) use list::{Dialect, ListParam, Total, count_sql, page_sql};
@@ -539,7 +539,8 @@ impl Store {
     }
 
     /// Records a delivery attempt made by `owner` under the claim `token`, and what follows
-    /// it, releasing the lease. Returns false (recording nothing) if the claim was lost.
+    /// it, releasing the lease; records nothing if the claim was lost. A request cancelled
+    /// while the attempt was in flight only has the attempt added to its audit.
     pub async fn record_attempt(
         &self,
         id: &str,
@@ -547,7 +548,7 @@ impl Store {
         token: &str,
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Recorded> {
         let _wake = self.wake_when_done(id);
         dispatch!(self, s => self.health.watch(s.record_attempt(id, owner, token, attempt, outcome)).await)
     }

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestServer, parse_time, read};
+use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, parse_time, read};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn submit(app: &TestServer, body: Value) -> String {
+async fn submit<P>(app: &TestServer<P>, body: Value) -> String {
     let (status, answer) = read(app.post_async(&body).await).await;
     assert_eq!(status, 200, "{answer}");
     answer["request_id"].as_str().unwrap().to_string()
@@ -81,6 +81,40 @@ async fn a_scheduled_request_waits_for_its_time_says_so_and_is_never_early() {
     receiver.stop().await;
 }
 
+/// A scheduled request is durable from its acceptance: killed (SIGKILL) while it waits, the
+/// service delivers it after a restart, and not before its time.
+#[tokio::test]
+async fn a_scheduled_request_survives_a_kill_9_and_is_neither_early_nor_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let mut server = TestServer::builder()
+        .child()
+        .database_url(&database)
+        .start()
+        .await;
+    let id = submit(
+        &server,
+        json!({"data": "durable", "callback_url": receiver.url(), "delay_seconds": 3}),
+    )
+    .await;
+    let run_at = parse_time(&server.get_json(&format!("/requests/{id}")).await["run_at"]);
+    server.kill_9();
+    let server = TestServer::builder()
+        .child()
+        .database_url(&database)
+        .start()
+        .await;
+    let record = server.wait_for_status(&id, "callback_success", WAIT).await;
+    let first = parse_time(&record["attempts"][0]["started_at"]);
+    assert!(
+        first >= run_at,
+        "delivered at {first}, before its run_at {run_at}"
+    );
+    assert_eq!(receiver.delivered_ids(), [id]);
+    receiver.stop().await;
+}
+
 #[tokio::test]
 async fn bad_controls_are_refused_with_every_reason_and_nothing_is_stored() {
     let app = TestServer::builder()
@@ -127,7 +161,7 @@ async fn bad_controls_are_refused_with_every_reason_and_nothing_is_stored() {
         (
             json!({"callback_timeout_seconds": 0}),
             "callback_timeout_seconds",
-            "greater_than",
+            "greater_than_equal",
         ),
     ] {
         let mut request = json!({"data": "x", "callback_url": url});

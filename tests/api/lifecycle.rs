@@ -11,8 +11,9 @@ use chrono::Utc;
 use syncasync::delivery::destinations::{Rooms, destination_of_str};
 use syncasync::model::{DeliveryAttempt, Status, WorkResult};
 use syncasync::store::{
-    ABANDONED_SYNC_ERROR, AttemptOutcome, Change, FinishedWork, IdempotencyKey, Job,
-    NewAsyncRequest, NewRequest, Redelivery, Store, Submitted, Tally, Transition,
+    ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, Change, FinishedWork, IdempotencyKey, Job,
+    MadeDue, NewAsyncRequest, NewRequest, Recorded, Redelivery, Store, Submitted, Tally,
+    Transition,
 };
 use tempfile::TempDir;
 
@@ -218,6 +219,7 @@ impl Bench {
                 .record_attempt(&job.id, OWNER, "not-the-claim", &attempt, outcome)
                 .await
                 .expect("record an attempt")
+                .is_recorded()
         })
         .await;
         let (recorded, row) = self
@@ -228,7 +230,7 @@ impl Bench {
                     .record_attempt(&job.id, OWNER, &job.token, &attempt, outcome),
             )
             .await;
-        assert!(recorded.expect("record an attempt"));
+        assert_eq!(recorded.expect("record an attempt"), Recorded::MovedOn);
         assert_eq!(row.attempts, i64::from(attempt.attempt));
         row
     }
@@ -485,6 +487,121 @@ async fn a_job_given_up_or_handed_back_follows_the_rules() {
 }
 
 #[tokio::test]
+async fn cancels_and_retry_now_follow_the_rules() {
+    let bench = Bench::open().await;
+    // Queued, not claimed: cancelled, out of the queue, delivery ended.
+    let waiting = bench.queue(None).await;
+    let (answer, _) = bench
+        .step(
+            &waiting,
+            Transition::Cancelled { in_flight: false },
+            bench.store.cancel(&waiting),
+        )
+        .await;
+    assert_eq!(
+        answer.expect("cancel"),
+        Cancellation::Cancelled {
+            in_flight: false,
+            by_this_call: true
+        }
+    );
+    assert_eq!(
+        bench.store.cancel(&waiting).await.expect("cancel"),
+        Cancellation::Cancelled {
+            in_flight: false,
+            by_this_call: false
+        },
+        "a repeat answers as the first did, and writes nothing"
+    );
+
+    // Its work under way: the claim is ended, so its result is never stored.
+    let working = bench.queue(None).await;
+    let job = bench.claim(&working).await;
+    let (answer, _) = bench
+        .step(
+            &working,
+            Transition::Cancelled { in_flight: false },
+            bench.store.cancel(&working),
+        )
+        .await;
+    answer.expect("cancel");
+    let result = FinishedWork::now(work_result(&working));
+    bench
+        .refused_without_claim(&working, async {
+            bench
+                .store
+                .store_result(&working, &job.token, &result)
+                .await
+                .expect("store a result")
+        })
+        .await;
+
+    // Its delivery may be under way: the claim is kept, the attempt lands in the audit, and
+    // the request stays cancelled.
+    let delivering = bench.queue(None).await;
+    let job = bench.claim(&delivering).await;
+    bench.store_result(&job).await;
+    let (answer, _) = bench
+        .step(
+            &delivering,
+            Transition::Cancelled { in_flight: true },
+            bench.store.cancel(&delivering),
+        )
+        .await;
+    assert!(matches!(
+        answer.expect("cancel"),
+        Cancellation::Cancelled {
+            in_flight: true,
+            ..
+        }
+    ));
+    let attempt = delivery_attempt(1);
+    let (recorded, row) = bench
+        .step(
+            &delivering,
+            Transition::AttemptLanded,
+            bench.store.record_attempt(
+                &delivering,
+                OWNER,
+                &job.token,
+                &attempt,
+                AttemptOutcome::Delivered,
+            ),
+        )
+        .await;
+    assert_eq!(recorded.expect("record"), Recorded::Landed);
+    assert_eq!(row.attempts, 1);
+
+    // Retry now: a job in its backoff is due again, its attempts kept; a final one is not.
+    let retrying = bench.queue(None).await;
+    let job = bench.claim(&retrying).await;
+    bench.store_result(&job).await;
+    bench
+        .attempt(&job, AttemptOutcome::RetryAfter(Duration::from_secs(3600)))
+        .await;
+    let (made_due, row) = bench
+        .step(
+            &retrying,
+            Transition::MadeDue,
+            bench.store.make_due(&retrying),
+        )
+        .await;
+    assert_eq!(made_due.expect("retry now"), MadeDue::Due);
+    assert_eq!(row.attempts, 1);
+    let again = bench.claim(&retrying).await;
+    assert_eq!(again.callback_attempts, 1, "the attempt count stays");
+    assert_eq!(
+        bench.store.make_due(&retrying).await.expect("retry now"),
+        MadeDue::UnderWay
+    );
+    assert_eq!(
+        bench.store.make_due(&waiting).await.expect("retry now"),
+        MadeDue::WrongStatus(Status::Cancelled)
+    );
+    bench.store.close().await;
+}
+
+#[tokio::test]
 async fn a_sync_request_is_recorded_as_the_rules_say() {
     let bench = Bench::open().await;
 
@@ -613,9 +730,13 @@ async fn a_stale_claims_writes_are_refused_even_when_they_share_a_batch_with_the
             AttemptOutcome::Delivered
         ),
     );
-    assert!(current_recorded.expect("record an attempt"));
-    assert!(
-        !stale_recorded.expect("record an attempt"),
+    assert_eq!(
+        current_recorded.expect("record an attempt"),
+        Recorded::MovedOn
+    );
+    assert_eq!(
+        stale_recorded.expect("record an attempt"),
+        Recorded::ClaimLost,
         "an attempt under a claim that no longer holds the job was acknowledged"
     );
     let record = bench.store.get(&id).await.expect("get").expect("stored");

@@ -15,9 +15,11 @@ use sqlx::postgres::PgPool;
 
 use super::{JOBS_CHANNEL, NOTIFY_INTERVAL};
 use crate::delivery::destinations::destination_host;
-use crate::model::DeliveryAttempt;
+use crate::model::{DeliveryAttempt, Status};
 use crate::store::group_commit::RunBatch;
-use crate::store::{AttemptOutcome, FinishedWork, NewAsyncRequest, StoreResult, Transition};
+use crate::store::{
+    AttemptOutcome, FinishedWork, NewAsyncRequest, Recorded, StoreResult, Transition,
+};
 
 /// Queued requests (`POST /async`, one by one or a batch) inserted in one statement; each
 /// answer is whether that row was inserted (false: its idempotency key is taken). Commits
@@ -64,7 +66,9 @@ pub(super) const STORE_RESULTS: &str = "UPDATE requests AS r
      WHERE r.id = w.id AND r.lease_token = w.token
      RETURNING r.id, w.token";
 
-/// Delivery attempts recorded where their claim still holds, each request moved on in the same statement; returns the id and claim of each recorded.
+/// Delivery attempts recorded where their claim still holds, each request moved on in the
+/// same statement (a cancelled one left cancelled); returns the id, claim and status of each
+/// recorded.
 pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
                               $5::bool[], $6::float8[], $7::int[], $8::text[],
@@ -90,7 +94,7 @@ pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
              unrecorded_claims = 0
          FROM attempts AS a
          WHERE r.id = a.id AND r.lease_token = a.token
-         RETURNING r.id, a.token),
+         RETURNING r.id, a.token, r.status),
      audited AS (
          INSERT INTO delivery_attempts
              (request_id, attempt, started_at, duration_ms, status_code, error,
@@ -99,7 +103,7 @@ pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
                 a.response_body, a.owner, a.note
          FROM attempts AS a JOIN moved ON moved.id = a.id AND moved.token = a.token
          ON CONFLICT (request_id, attempt) DO NOTHING)
-     SELECT id, token FROM moved";
+     SELECT id, token, status FROM moved";
 
 /// Binds `INSERT_QUEUED`'s parameters for `queued`.
 pub(super) fn insert_queued(
@@ -218,22 +222,23 @@ pub(crate) struct AttemptWrite {
 }
 
 /// Records delivery attempts and moves their requests on (releasing the claims), batched;
-/// each answer is whether the claim still held the job (if not, nothing is recorded).
+/// each answer says whether the claim still held the job (if not, nothing is recorded) and
+/// whether its request had been cancelled meanwhile.
 pub(super) struct RecordAttempts {
     pub pool: PgPool,
 }
 
 impl RunBatch<AttemptWrite> for RecordAttempts {
-    type Output = bool;
+    type Output = Recorded;
 
-    async fn run(&self, batch: &[AttemptWrite]) -> StoreResult<Vec<bool>> {
+    async fn run(&self, batch: &[AttemptWrite]) -> StoreResult<Vec<Recorded>> {
         let transition = |w: &AttemptWrite| Transition::Attempted(w.outcome);
         // The attempt is recorded only where the claim still holds, and its request moves on
         // in the same statement. Each write is answered by its id and claim (a stale claim's
         // attempt may share the batch with the current claim's, and must neither enter the
         // audit nor be acknowledged), and by whether its request moved on, as on SQLite: an
         // attempt number already in the audit does not make a held claim look lost.
-        let recorded: Vec<(String, String)> = sqlx::query_as(RECORD_ATTEMPTS)
+        let recorded: Vec<(String, String, String)> = sqlx::query_as(RECORD_ATTEMPTS)
             .bind(column(batch, |w| w.id.as_str()))
             .bind(column(batch, |w| w.owner.as_str()))
             .bind(column(batch, |w| w.token.as_str()))
@@ -254,12 +259,18 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
             }))
             .fetch_all(&self.pool)
             .await?;
-        Ok(answered(
-            batch.iter().map(|w| (w.id.as_str(), w.token.as_str())),
-            recorded
-                .iter()
-                .map(|(id, token)| (id.as_str(), token.as_str())),
-        ))
+        let left_in: std::collections::HashMap<(&str, &str), &str> = recorded
+            .iter()
+            .map(|(id, token, status)| ((id.as_str(), token.as_str()), status.as_str()))
+            .collect();
+        Ok(batch
+            .iter()
+            .map(|w| match left_in.get(&(w.id.as_str(), w.token.as_str())) {
+                None => Recorded::ClaimLost,
+                Some(&status) if status == Status::Cancelled.as_str() => Recorded::Landed,
+                Some(_) => Recorded::MovedOn,
+            })
+            .collect())
     }
 }
 

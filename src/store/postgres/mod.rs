@@ -61,7 +61,7 @@ use super::backend::Backend;
 use super::group_commit::GroupCommit;
 use super::{
     ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases,
-    ListFilter, MadeDue, NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats, Position,
+    ListFilter, MadeDue, NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats, Position, Recorded,
     Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult, Submitted, Transition,
     sync_outcome,
 };
@@ -126,7 +126,7 @@ pub struct PgStore {
     /// The writes every async request makes, group-committed (see `group_writes`).
     queued: GroupCommit<NewAsyncRequest, bool>,
     results: GroupCommit<ResultWrite, bool>,
-    attempts: GroupCommit<AttemptWrite, bool>,
+    attempts: GroupCommit<AttemptWrite, Recorded>,
 }
 
 /// Most writes in one group-committed statement: bounds the latency a write waits for the
@@ -444,7 +444,7 @@ impl Backend for PgStore {
         token: &str,
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Recorded> {
         self.attempts
             .write(AttemptWrite {
                 id: id.to_owned(),
@@ -541,7 +541,10 @@ impl Backend for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Cancellation::Cancelled { in_flight })
+        Ok(Cancellation::Cancelled {
+            in_flight,
+            by_this_call: true,
+        })
     }
 
     async fn release(&self, owner: &str) -> StoreResult<u64> {

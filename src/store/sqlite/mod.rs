@@ -39,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 use super::backend::Backend;
 use super::{
     AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue,
-    NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats, Position, Redelivery, StatementPlan,
-    StatusCounts, StoreError, StoreResult, Submitted,
+    NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats, Position, Recorded, Redelivery,
+    StatementPlan, StatusCounts, StoreError, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -333,7 +333,7 @@ impl Backend for SqliteStore {
         token: &str,
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Recorded> {
         self.send(RecordAttempt {
             id: id.to_string(),
             owner: owner.to_string(),

@@ -14,7 +14,7 @@ use crate::model::{DeliveryAttempt, Mode, Status, WorkResult};
 use crate::store::due::millis_of;
 use crate::store::{
     AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases, MadeDue, NewAsyncRequest,
-    NewRequest, Redelivery, StoreError, Submitted, Transition, sync_outcome,
+    NewRequest, Recorded, Redelivery, StoreError, Submitted, Transition, sync_outcome,
 };
 
 /// An async request, queued.
@@ -392,9 +392,9 @@ pub(super) struct RecordAttempt {
 }
 
 impl Write for RecordAttempt {
-    type Output = bool;
+    type Output = Recorded;
 
-    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<bool> {
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<Recorded> {
         let transition = Transition::Attempted(self.outcome);
         let attempt = &self.attempt;
         // Delivery ended with the last attempt: when that attempt ended.
@@ -421,12 +421,12 @@ impl Write for RecordAttempt {
             .optional()?;
         let Some(left_in) = left_in else {
             // The lease was lost: the job belongs to someone else now; record nothing.
-            return done(false);
+            return done(Recorded::ClaimLost);
         };
-        let transition = if parse_status(&left_in)? == Status::Cancelled {
-            Transition::AttemptLanded
+        let (transition, recorded) = if parse_status(&left_in)? == Status::Cancelled {
+            (Transition::AttemptLanded, Recorded::Landed)
         } else {
-            transition
+            (transition, Recorded::MovedOn)
         };
         tx.prepare_cached(INSERT_ATTEMPT)?.execute(params![
             self.id,
@@ -440,7 +440,7 @@ impl Write for RecordAttempt {
             attempt.note,
         ])?;
         queue.change(transition.queue_delta());
-        done(true)
+        done(recorded)
     }
 }
 
@@ -574,7 +574,10 @@ impl Write for Cancel {
         tx.prepare_cached(CANCEL)?
             .execute(params![self.id, millis(Utc::now()), in_flight])?;
         queue.change(Transition::Cancelled { in_flight }.queue_delta());
-        done(Cancellation::Cancelled { in_flight })
+        done(Cancellation::Cancelled {
+            in_flight,
+            by_this_call: true,
+        })
     }
 }
 

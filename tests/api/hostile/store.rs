@@ -354,6 +354,7 @@ async fn a_stale_claim_cannot_overwrite_a_later_one() {
             .record_attempt("job-1", "a", stale, &attempt(1), AttemptOutcome::GaveUp)
             .await
             .unwrap()
+            .is_recorded()
     );
     assert!(!store.give_up("job-1", stale, "stale").await.unwrap());
     // The live claim's are not.
@@ -371,6 +372,7 @@ async fn a_stale_claim_cannot_overwrite_a_later_one() {
             .record_attempt("job-1", "b", live, &attempt(1), AttemptOutcome::Delivered)
             .await
             .unwrap()
+            .is_recorded()
     );
     let record = store.get("job-1").await.unwrap().unwrap();
     assert_eq!(record.status.as_str(), "callback_success");
@@ -433,6 +435,7 @@ async fn a_claim_takes_at_most_its_limit_and_claims_without_outcome_are_counted(
             )
             .await
             .unwrap()
+            .is_recorded()
     );
     let job = store
         .claim_due("a", 10, LEASE, &roomy())
