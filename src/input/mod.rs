@@ -149,11 +149,11 @@ pub struct AsyncRequest {
     /// *Beyond the original*: no work before this time (RFC 3339; without a zone, UTC; a
     /// time already past means at once), at most `APP_MAX_SCHEDULE_DELAY_SECONDS` ahead.
     /// Not with `delay_seconds`.
-    #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-03T09:00:00Z")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     run_at: Option<String>,
     /// *Beyond the original*: no work before this many seconds from acceptance, at most
     /// `APP_MAX_SCHEDULE_DELAY_SECONDS`. Not with `run_at`.
-    #[schema(minimum = 0, example = 60)]
+    #[schema(minimum = 0, example = 30)]
     delay_seconds: Option<f64>,
     /// *Beyond the original*: this request's retry budget, at most (and by default)
     /// `APP_CALLBACK_MAX_RETRIES`.

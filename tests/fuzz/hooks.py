@@ -48,10 +48,10 @@ def map_query(ctx, query):
     return query
 
 
-# How far ahead a request may schedule its work: APP_MAX_SCHEDULE_DELAY_SECONDS, the
-# service's default (schemathesis.sh leaves it). The document states it as a maximum of
-# `delay_seconds`; for `run_at`, a time, it cannot: the bound moves with the clock.
-_MAX_SCHEDULE = datetime.timedelta(days=30)
+# How far ahead a request may schedule its work: APP_MAX_SCHEDULE_DELAY_SECONDS as
+# schemathesis.sh sets it. The document states it as a maximum of `delay_seconds`; for
+# `run_at`, a time, it cannot: the bound moves with the clock.
+_MAX_SCHEDULE = datetime.timedelta(seconds=30)
 
 
 def _schedule_within_rules(item):
@@ -70,7 +70,7 @@ def _schedule_within_rules(item):
             return
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-        if parsed > datetime.datetime.now(datetime.timezone.utc) + _MAX_SCHEDULE - datetime.timedelta(minutes=1):
+        if parsed > datetime.datetime.now(datetime.timezone.utc) + _MAX_SCHEDULE - datetime.timedelta(seconds=5):
             del item["run_at"]
 
 
