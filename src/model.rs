@@ -213,6 +213,25 @@ pub struct RequestRecord {
     pub attempts: Option<Vec<DeliveryAttempt>>,
 }
 
+impl RequestRecord {
+    /// What the request waits for at `now`, if anything but its own backoff: its schedule,
+    /// while that is ahead; once due, what `held` (its destination's state, from its callback
+    /// URL) says holds it back.
+    pub fn waiting_for(
+        &self,
+        now: DateTime<Utc>,
+        held: impl FnOnce(&str) -> Option<WaitingFor>,
+    ) -> Option<WaitingFor> {
+        let due = self.next_attempt_at?;
+        if due > now {
+            (self.status == Status::Pending && self.run_at.is_some())
+                .then_some(WaitingFor::Schedule)
+        } else {
+            self.callback_url.as_deref().and_then(held)
+        }
+    }
+}
+
 /// Why a queued request is not being worked on although it is due, or why it is not due yet
 /// when that is not its own retry backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -283,4 +302,58 @@ pub fn payload_hash(data: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(data.as_bytes());
     hex::encode(&digest[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(status: Status, due: DateTime<Utc>, run_at: Option<DateTime<Utc>>) -> RequestRecord {
+        RequestRecord {
+            id: "r".into(),
+            mode: Mode::Async,
+            status,
+            payload_hash: "h".into(),
+            created_at: DateTime::default(),
+            completed_at: None,
+            delivered_at: None,
+            callback_url: Some("https://hooks.example.com/a".into()),
+            callback_attempts: 0,
+            callback_last_error: None,
+            next_attempt_at: Some(due),
+            waiting_for: None,
+            run_at,
+            callback_max_retries: None,
+            callback_timeout_seconds: None,
+            result: None,
+            error: None,
+            attempts: None,
+        }
+    }
+
+    #[test]
+    fn a_queued_request_waits_for_its_schedule_then_for_what_holds_its_destination() {
+        let now = Utc::now();
+        let ahead = now + chrono::Duration::seconds(60);
+        let past = now - chrono::Duration::seconds(5);
+        let free = |_: &str| None;
+        let open = |url: &str| {
+            assert_eq!(url, "https://hooks.example.com/a");
+            Some(WaitingFor::BreakerOpen)
+        };
+        let scheduled = queued(Status::Pending, ahead, Some(ahead));
+        assert_eq!(scheduled.waiting_for(now, free), Some(WaitingFor::Schedule));
+        let due = queued(Status::Pending, past, Some(past));
+        assert_eq!(due.waiting_for(now, free), None, "its time has come");
+        assert_eq!(due.waiting_for(now, open), Some(WaitingFor::BreakerOpen));
+        let backing_off = queued(Status::CallbackPending, ahead, None);
+        assert_eq!(
+            backing_off.waiting_for(now, open),
+            None,
+            "its own backoff is no hold"
+        );
+        let mut in_flight = queued(Status::CallbackPending, past, None);
+        in_flight.next_attempt_at = None;
+        assert_eq!(in_flight.waiting_for(now, open), None);
+    }
 }

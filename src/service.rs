@@ -511,16 +511,12 @@ impl Service {
         Ok(list)
     }
 
-    /// `record` with what holds it back beyond its due time, if anything does: its
-    /// destination's breaker or cap (this instance's view; the store knows only schedules).
+    /// `record` with what it waits for now: its schedule, or its destination's breaker or cap
+    /// (as this instance sees them).
     fn with_hold(&self, mut record: RequestRecord) -> RequestRecord {
-        let due = record.next_attempt_at.is_some_and(|at| at <= Utc::now());
-        if due
-            && record.waiting_for.is_none()
-            && let Some(url) = &record.callback_url
-        {
-            record.waiting_for = self.destinations.holding(&destination_of_str(url));
-        }
+        record.waiting_for = record.waiting_for(Utc::now(), |url| {
+            self.destinations.holding(&destination_of_str(url))
+        });
         record
     }
 

@@ -622,24 +622,25 @@ impl Dispatcher {
             return None;
         };
         let output = loop {
-            let work = self
-                .pool
-                .submit_cancellable(data.clone(), job.iterations, stop.clone());
-            match work {
-                Ok(pending) => match pending.wait().await {
-                    Ok(output) => break output,
-                    Err(PoolError::Cancelled) => {
-                        tracing::info!(request_id = %job.id, "work stopped: the request was cancelled");
-                        return None;
-                    }
-                    Err(_) => return None,
-                },
+            let done =
+                match self
+                    .pool
+                    .submit_cancellable(data.clone(), job.iterations, stop.clone())
+                {
+                    Ok(pending) => pending.wait().await,
+                    Err(err) => Err(err),
+                };
+            match done {
+                Ok(output) => break output,
                 // Sync traffic has filled the compute queue: async work waits its turn.
-                Err(PoolError::Busy) => tokio::time::sleep(COMPUTE_BUSY_BACKOFF).await,
-                Err(PoolError::Closed | PoolError::Cancelled) => return None,
-            }
-            if stop.is_set() {
-                return None;
+                Err(PoolError::Busy) if !stop.is_set() => {
+                    tokio::time::sleep(COMPUTE_BUSY_BACKOFF).await
+                }
+                Err(PoolError::Cancelled) => {
+                    tracing::info!(request_id = %job.id, "work stopped: the request was cancelled");
+                    return None;
+                }
+                Err(PoolError::Busy | PoolError::Closed) => return None,
             }
         };
         let processing_time_ms = output.processing_time_ms();

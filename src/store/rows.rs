@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::{FinishedWork, Job};
 use crate::delivery::destinations::destination_of_str;
-use crate::model::{Mode, RequestRecord, Status, WaitingFor, WorkResult};
+use crate::model::{Mode, RequestRecord, Status, WorkResult};
 
 /// A stored mode or status that the model does not know: a row written by a newer version,
 /// or damaged. Each backend reports it as its own decoding error.
@@ -83,13 +83,8 @@ impl RecordColumns {
             None if mode == Mode::Async && status.is_finished() => self.completed_at,
             recorded => recorded,
         };
+        // While a claim holds it, its next move is the attempt under way.
         let next_attempt_at = self.next_attempt_at.filter(|_| !self.claimed);
-        // A pending request whose schedule is ahead waits for it; other reasons to wait are
-        // the destination's, known to the dispatcher (`Service` adds them).
-        let waiting_for = match (status, next_attempt_at, self.run_at) {
-            (Status::Pending, Some(due), Some(_)) if due > Utc::now() => Some(WaitingFor::Schedule),
-            _ => None,
-        };
         Ok(RequestRecord {
             mode,
             status,
@@ -102,7 +97,9 @@ impl RecordColumns {
             callback_attempts: self.callback_attempts,
             callback_last_error: self.callback_last_error,
             next_attempt_at,
-            waiting_for,
+            // What it waits for depends on the time of reading and on the destination's
+            // state: `RequestRecord::waiting_for` works it out for whoever shows the record.
+            waiting_for: None,
             run_at: self.run_at,
             callback_max_retries: self.max_retries,
             callback_timeout_seconds: self.callback_timeout_ms.map(|ms| f64::from(ms) / 1000.0),
@@ -213,7 +210,7 @@ mod tests {
     }
 
     #[test]
-    fn a_queued_request_shows_when_it_next_moves_and_a_schedule_it_waits_for() {
+    fn a_queued_request_shows_when_it_next_moves() {
         let ahead = Utc::now() + chrono::Duration::seconds(60);
         let scheduled = RecordColumns {
             next_attempt_at: Some(ahead),
@@ -221,27 +218,17 @@ mod tests {
             ..record("async", "pending")
         };
         let read = scheduled.into_record().unwrap();
-        assert_eq!(read.next_attempt_at, Some(ahead));
-        assert_eq!(read.waiting_for, Some(WaitingFor::Schedule));
-
-        let due = RecordColumns {
-            next_attempt_at: Some(at(5)),
-            run_at: Some(at(5)),
-            ..record("async", "pending")
-        };
         assert_eq!(
-            due.into_record().unwrap().waiting_for,
-            None,
-            "its time has come"
+            (read.next_attempt_at, read.run_at),
+            (Some(ahead), Some(ahead))
         );
         let backing_off = RecordColumns {
             next_attempt_at: Some(ahead),
             ..record("async", "callback_pending")
         };
-        let read = backing_off.into_record().unwrap();
         assert_eq!(
-            (read.next_attempt_at, read.waiting_for),
-            (Some(ahead), None)
+            backing_off.into_record().unwrap().next_attempt_at,
+            Some(ahead)
         );
         let in_flight = RecordColumns {
             next_attempt_at: Some(at(5)),
