@@ -527,3 +527,98 @@ async fn retry_now_cuts_a_backoff_short_and_keeps_the_attempt_count() {
     );
     receiver.stop().await;
 }
+
+/// Clients that send a cancel and hang up at once, or a moment later (the answer never read,
+/// the handler possibly dropped at any of its awaits): every request still ends one way or
+/// the other, never both, never stuck, and a cancel that took effect means no callback.
+#[tokio::test]
+async fn cancels_whose_clients_hang_up_leave_each_request_cancelled_or_delivered() {
+    use tokio::io::AsyncWriteExt;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder().start().await;
+    let items: Vec<Value> = (0..60)
+        .map(|n| {
+            json!({"data": format!("hung up {n}"), "callback_url": receiver.url(),
+                   "delay_seconds": 1})
+        })
+        .collect();
+    let (status, batch) = read(
+        app.post_json("/async/batch", &json!({"requests": items}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    let ids: Vec<String> = batch["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut hangups = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let address = address.clone();
+        let request = format!(
+            "POST /requests/{id}/cancel HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n"
+        );
+        hangups.push(tokio::spawn(async move {
+            // Spread over the schedule, so that some cancels meet the work or the attempt.
+            tokio::time::sleep(Duration::from_millis((n as u64 * 29) % 1300)).await;
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            // Hang up at once, or after a few milliseconds: the handler is mid-way.
+            tokio::time::sleep(Duration::from_millis(n as u64 % 4)).await;
+            drop(stream);
+        }));
+    }
+    for hangup in hangups {
+        hangup.await.unwrap();
+    }
+    let delivered: std::collections::HashSet<String> = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut settled = 0;
+            for id in &ids {
+                let record = app.get_json(&format!("/requests/{id}")).await;
+                if matches!(
+                    record["status"].as_str(),
+                    Some("cancelled" | "callback_success")
+                ) && record.get("next_attempt_at").is_none()
+                {
+                    settled += 1;
+                }
+            }
+            if settled == ids.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} settled",
+                settled,
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        receiver.delivered_ids().into_iter().collect()
+    };
+    let mut cancelled = 0;
+    for id in &ids {
+        let record = app.get_json(&format!("/requests/{id}")).await;
+        match record["status"].as_str() {
+            Some("cancelled") => {
+                cancelled += 1;
+                let attempts = record["attempts"].as_array().unwrap().len();
+                assert_eq!(
+                    usize::from(delivered.contains(id)),
+                    attempts,
+                    "a cancelled request's callback is in its audit, or never sent: {record}"
+                );
+            }
+            Some("callback_success") => assert!(delivered.contains(id), "{record}"),
+            other => panic!("{id} ended {other:?}"),
+        }
+    }
+    assert!(cancelled > 0, "no cancel took effect");
+    receiver.stop().await;
+}

@@ -203,6 +203,52 @@ async fn a_clock_stepped_forward_does_not_deliver_a_job_twice() {
     assert_eq!(deliveries, 1, "the job was delivered again while in flight");
 }
 
+/// A request scheduled 4 s ahead, then the wall clock jumps two minutes ahead: the work
+/// still starts 4 s after acceptance (the schedule is on the queue's monotonic clock), not
+/// at once; and one scheduled after a jump ten minutes back is not postponed by it.
+#[tokio::test]
+async fn a_clock_step_neither_hurries_nor_postpones_a_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    let Some(server) = server_with_a_steppable_clock(&offset, "+0", &[]).await else {
+        return;
+    };
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let schedule = |data: &str| {
+        client()
+            .post(format!("{}/async", server.address))
+            .json(
+                &json!({"data": data, "iterations": 1, "callback_url": receiver.url(),
+                          "delay_seconds": 4}),
+            )
+            .send()
+    };
+    let accepted = std::time::Instant::now();
+    let ahead: Value = schedule("ahead").await.unwrap().json().await.unwrap();
+    let ahead = ahead["request_id"].as_str().unwrap().to_string();
+    std::fs::write(&offset, "+120").unwrap();
+    wait_for_the_step(&server, chrono::Duration::seconds(100)).await;
+    receiver
+        .wait_for_deliveries(1, Duration::from_secs(15))
+        .await;
+    assert!(
+        accepted.elapsed() >= Duration::from_millis(3_900),
+        "delivered {:?} after acceptance, before its schedule",
+        accepted.elapsed()
+    );
+    assert_eq!(receiver.delivered_ids(), [ahead]);
+
+    std::fs::write(&offset, "-600").unwrap();
+    wait_for_the_step(&server, chrono::Duration::seconds(-500)).await;
+    let accepted = std::time::Instant::now();
+    let back: Value = schedule("back").await.unwrap().json().await.unwrap();
+    let back = back["request_id"].as_str().unwrap();
+    server
+        .wait_for_status(back, "callback_success", Duration::from_secs(15))
+        .await;
+    assert!(accepted.elapsed() >= Duration::from_millis(3_900));
+}
+
 /// The wall clock jumps ten minutes back right after a failed attempt: its retry, due six or
 /// seven seconds later, comes then, not ten minutes later.
 #[tokio::test]

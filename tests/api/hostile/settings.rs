@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use syncasync::delivery::signing::Signer;
 
 use super::assert_refused_in_one_line;
@@ -47,8 +47,54 @@ fn settings_that_would_break_something_are_refused_in_one_line_naming_them() {
             vec![("APP_CLEANUP_INTERVAL_SECONDS", "0")],
             "APP_CLEANUP_INTERVAL_SECONDS",
         ),
+        (
+            vec![("APP_MAX_SCHEDULE_DELAY_SECONDS", "1e12")],
+            "APP_MAX_SCHEDULE_DELAY_SECONDS",
+        ),
+        (
+            vec![("APP_MAX_SCHEDULE_DELAY_SECONDS", "-1")],
+            "APP_MAX_SCHEDULE_DELAY_SECONDS",
+        ),
+        (
+            vec![("APP_MAX_SCHEDULE_DELAY_SECONDS", "nan")],
+            "APP_MAX_SCHEDULE_DELAY_SECONDS",
+        ),
     ] {
         assert_refused_in_one_line(&env, variable);
+    }
+}
+
+/// Scheduling turned off (`0`, written with the newline a settings file leaves): a request
+/// asking for a later start is refused, one asking for a time already past is taken, and so
+/// is a delay of zero.
+#[tokio::test]
+async fn no_scheduling_at_all_refuses_any_later_start() {
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder()
+        .setting("max-schedule-delay-seconds", "0\n")
+        .start()
+        .await;
+    let body = |extra: Value| {
+        let mut body = json!({"data": "x", "callback_url": receiver.url()});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let (status, answer) = read(app.post_async(&body(json!({"delay_seconds": 1}))).await).await;
+    assert_eq!(status, 422, "{answer}");
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(5)).to_rfc3339();
+    let (status, answer) = read(app.post_async(&body(json!({"run_at": later}))).await).await;
+    assert_eq!(status, 422, "{answer}");
+    for accepted in [
+        json!({"delay_seconds": 0}),
+        json!({"run_at": "2020-01-01T00:00:00Z"}),
+    ] {
+        let (status, answer) = read(app.post_async(&body(accepted)).await).await;
+        assert_eq!(status, 200, "{answer}");
+        let id = answer["request_id"].as_str().unwrap();
+        app.wait_for_status(id, "callback_success", Duration::from_secs(20))
+            .await;
     }
 }
 
