@@ -15,8 +15,9 @@ use super::group_writes::{INSERT_QUEUED, RECORD_ATTEMPTS, STORE_RESULTS};
 use super::list::{COUNT_BY_STATUS, DIALECT, bind_list_params};
 use super::queue_count::COUNT_QUEUE;
 use super::writes::{
-    DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP, INSERT_SYNC_STARTED, REDELIVER,
-    REDELIVERY_OF, RELEASE, UPSERT_SYNC_FINISHED,
+    CANCEL, CANCEL_OF, DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP,
+    INSERT_SYNC_STARTED, MAKE_DUE, MAKE_DUE_OF, REDELIVER, REDELIVERY_OF, RELEASE,
+    UPSERT_SYNC_FINISHED,
 };
 use super::{ATTEMPTS_OF, KEY_HOLDER, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS, VERSIONS};
 use crate::store::StoreResult;
@@ -47,6 +48,10 @@ const FIXED: &[(&str, &str)] = &[
     ("give up", GIVE_UP),
     ("redeliver: read", REDELIVERY_OF),
     ("redeliver: queue", REDELIVER),
+    ("cancel: read", CANCEL_OF),
+    ("cancel", CANCEL),
+    ("retry now: read", MAKE_DUE_OF),
+    ("retry now", MAKE_DUE),
     ("release at shutdown", RELEASE),
     ("stale sync requests", FAIL_STALE_SYNC),
     ("waiters: versions", VERSIONS),

@@ -6,9 +6,10 @@ use super::claims::{CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, N
 use super::list::{COUNT_BY_STATUS, DIALECT};
 use super::open::{COUNT_QUEUED, FAIL_ABANDONED_SYNC, RELEASE_ALL};
 use super::writes::{
-    COUNT_FINISHED, DELETE_EXPIRED, DELETE_OLDEST_FINISHED, GIVE_UP, INSERT_ASYNC, INSERT_ATTEMPT,
-    INSERT_SYNC_STARTED, KEY_HOLDER, RECORD_ATTEMPT, REDELIVER, REDELIVERY_OF, RELEASE,
-    RENEW_LEASE, SAVE_RESULT, UPSERT_SYNC_FINISHED,
+    CANCEL, CANCEL_OF, COUNT_FINISHED, DELETE_EXPIRED, DELETE_OLDEST_FINISHED, GIVE_UP,
+    INSERT_ASYNC, INSERT_ATTEMPT, INSERT_SYNC_STARTED, KEY_HOLDER, MAKE_DUE, MAKE_DUE_OF,
+    RECORD_ATTEMPT, REDELIVER, REDELIVERY_OF, RELEASE, RENEW_LEASE, SAVE_RESULT,
+    UPSERT_SYNC_FINISHED,
 };
 use super::{ATTEMPTS_OF, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS};
 use crate::store::plans::{StatementPlan, hot_statements};
@@ -31,6 +32,10 @@ const FIXED: &[(&str, &str)] = &[
     ("give up", GIVE_UP),
     ("redeliver: read", REDELIVERY_OF),
     ("redeliver: queue", REDELIVER),
+    ("cancel: read", CANCEL_OF),
+    ("cancel", CANCEL),
+    ("retry now: read", MAKE_DUE_OF),
+    ("retry now", MAKE_DUE),
     ("release at shutdown", RELEASE),
     ("start-up: release leases", RELEASE_ALL),
     ("start-up: fail abandoned sync", FAIL_ABANDONED_SYNC),
