@@ -223,11 +223,15 @@ impl RequestRecord {
         held: impl FnOnce(&str) -> Option<WaitingFor>,
     ) -> Option<WaitingFor> {
         let due = self.next_attempt_at?;
-        if due > now {
+        let holder = self.callback_url.as_deref().and_then(held);
+        if holder == Some(WaitingFor::Paused) {
+            // Whatever its due time, nothing moves until the destination is resumed.
+            holder
+        } else if due > now {
             (self.status == Status::Pending && self.run_at.is_some())
                 .then_some(WaitingFor::Schedule)
         } else {
-            self.callback_url.as_deref().and_then(held)
+            holder
         }
     }
 }
@@ -244,6 +248,8 @@ pub enum WaitingFor {
     BreakerOpen,
     /// Its destination has its most deliveries in flight.
     DestinationFull,
+    /// An operator paused its destination: no attempt until it is resumed.
+    Paused,
 }
 
 /// `GET /requests` → 200.
@@ -352,8 +358,20 @@ mod tests {
             None,
             "its own backoff is no hold"
         );
+        let paused = |_: &str| Some(WaitingFor::Paused);
+        assert_eq!(
+            backing_off.waiting_for(now, paused),
+            Some(WaitingFor::Paused),
+            "a paused destination holds even a job not yet due"
+        );
+        assert_eq!(scheduled.waiting_for(now, paused), Some(WaitingFor::Paused));
         let mut in_flight = queued(Status::CallbackPending, past, None);
         in_flight.next_attempt_at = None;
         assert_eq!(in_flight.waiting_for(now, open), None);
+        assert_eq!(
+            in_flight.waiting_for(now, paused),
+            None,
+            "under way: not held"
+        );
     }
 }

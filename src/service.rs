@@ -16,9 +16,9 @@ use crate::model::{
     Health, HealthReport, Mode, RequestList, RequestRecord, Status, WorkResult, payload_hash,
 };
 use crate::store::{
-    ABANDONED_SYNC_ERROR, Cancellation, CleanupReport, IdempotencyKey, KeyHolder, ListFilter,
-    MadeDue, NewAsyncRequest, NewRequest, Position, Redelivery, StatusCounts, Store, StoreError,
-    Submitted,
+    ABANDONED_SYNC_ERROR, Cancellation, CleanupReport, ControlChange, Controlled, IdempotencyKey,
+    KeyHolder, ListFilter, MadeDue, NewAsyncRequest, NewRequest, Position, Redelivery,
+    StatusCounts, Store, StoreError, Submitted,
 };
 use crate::work::{Cancel, ComputePool, PoolError};
 
@@ -719,6 +719,34 @@ impl Service {
             self.wakeup.wake();
         }
         Ok(outcome)
+    }
+
+    /// Pauses, resumes or resets the breaker of `destination` (SPEC §11), stored for every
+    /// instance and applied on this one before the answer (the others read it within
+    /// [`CONTROLS_EVERY`](crate::delivery::CONTROLS_EVERY)). Answers the destination as
+    /// `GET /destinations` shows it, or `None` when [`MAX_CONTROLLED_DESTINATIONS`]
+    /// destinations are paused already.
+    ///
+    /// [`MAX_CONTROLLED_DESTINATIONS`]: crate::store::MAX_CONTROLLED_DESTINATIONS
+    pub async fn control_destination(
+        &self,
+        destination: &str,
+        change: ControlChange,
+    ) -> Result<Option<DestinationView>, ServiceError> {
+        if self.store.control_destination(destination, change).await? == Controlled::TooMany {
+            return Ok(None);
+        }
+        let controls = self.store.destination_controls().await?;
+        if self.destinations.apply_controls(&controls) {
+            self.wakeup.wake();
+        }
+        tracing::info!(destination, change = ?change, "destination control changed by an operator");
+        Ok(self
+            .destinations
+            .snapshot()
+            .into_iter()
+            .find(|view| view.destination == destination)
+            .or_else(|| Some(DestinationView::unseen(destination))))
     }
 
     /// Queues a `callback_failed` request for a fresh round of delivery attempts.

@@ -44,6 +44,10 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 /// Shortest sleep between two looks at the queue when nothing was claimed.
 const MIN_WAIT: Duration = Duration::from_millis(5);
 
+/// How often the operators' destination controls are read (a pause made through another
+/// instance applies here within this).
+pub const CONTROLS_EVERY: Duration = Duration::from_secs(1);
+
 /// How long to wait before retrying a job's work when the compute queue is full.
 const COMPUTE_BUSY_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -228,6 +232,15 @@ impl Dispatcher {
         let abandon = CancellationToken::new();
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(Arc::clone(&this).heartbeat(heartbeat_stop.clone()));
+        // A paused destination's jobs must not be claimed after a restart: the controls are
+        // read before the first claim, then every second.
+        while !stop.is_cancelled() && !this.read_controls().await {
+            tokio::select! {
+                () = tokio::time::sleep(CONTROLS_EVERY) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        let controls = tokio::spawn(Arc::clone(&this).watch_controls(heartbeat_stop.clone()));
 
         while !stop.is_cancelled() {
             let free = slots.available_permits();
@@ -310,6 +323,7 @@ impl Dispatcher {
         }
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
+        let _ = controls.await;
         match this.store.release(&this.owner).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(released = n, "handed claimed jobs back to the queue"),
@@ -379,6 +393,37 @@ impl Dispatcher {
                     }
                 }
                 Err(err) => tracing::error!(error = %err, "renewing job leases failed"),
+            }
+        }
+    }
+
+    /// Reads the operators' destination controls every [`CONTROLS_EVERY`] until `stop`, so
+    /// that a pause or a breaker reset made through any instance applies here too.
+    async fn watch_controls(self: Arc<Self>, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(CONTROLS_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            self.read_controls().await;
+        }
+    }
+
+    /// Reads the destination controls and applies them; wakes the claim loop when held jobs
+    /// may have become claimable. Answers whether the read succeeded.
+    async fn read_controls(&self) -> bool {
+        match self.store.destination_controls().await {
+            Ok(controls) => {
+                if self.destinations.apply_controls(&controls) {
+                    self.wakeup.wake();
+                }
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reading the destination controls failed");
+                false
             }
         }
     }

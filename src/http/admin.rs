@@ -1,6 +1,6 @@
-//! `POST /admin/cleanup`, `POST /requests/{id}/redeliver`, `POST /admin/redeliver` and
-//! `GET /destinations`: operator
-//! actions and views, behind `Authorization: Bearer $APP_ADMIN_TOKEN`.
+//! `POST /admin/cleanup`, `POST /requests/{id}/redeliver`, `POST /requests/{id}/retry` and
+//! `POST /admin/redeliver`: operator actions, behind `Authorization: Bearer $APP_ADMIN_TOKEN`
+//! (the destinations' views and controls are in `destinations.rs`).
 //! Without a configured token the routes are not mounted at all (404 for every method), so
 //! an unconfigured service does not even reveal them.
 
@@ -15,7 +15,6 @@ use super::auth::Admin;
 use super::error::ErrorBody;
 use super::extract::PathId;
 use super::{ApiError, AppState};
-use crate::delivery::destinations::DestinationView;
 use crate::input::{FieldError, Loc};
 use crate::model::{AcceptedResponse, Status};
 use crate::store::{MadeDue, Redelivery};
@@ -26,33 +25,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(redeliver))
         .routes(routes!(retry_now))
         .routes(routes!(redeliver_matching))
-        .routes(routes!(destinations))
-}
-
-/// `GET /destinations` → 200.
-#[derive(Serialize, ToSchema)]
-pub struct DestinationList {
-    /// Busiest first: most deliveries in flight, then most recent failures.
-    destinations: Vec<DestinationView>,
-}
-
-/// Every callback destination (scheme, host, port) this instance delivered to recently: its
-/// deliveries in flight, its successes and failures of the last five minutes, and its
-/// circuit breaker. Breakers are per instance.
-#[utoipa::path(
-    get,
-    path = "/destinations",
-    tag = "operations",
-    security(("admin_token" = [])),
-    responses(
-        (status = 200, description = "Destinations seen recently", body = DestinationList),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-    )
-)]
-async fn destinations(_: Admin, State(state): State<AppState>) -> Json<DestinationList> {
-    Json(DestinationList {
-        destinations: state.service.destinations(),
-    })
 }
 
 /// `POST /admin/cleanup` → 200.

@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod batch;
 mod control;
+mod destinations;
 mod error;
 mod events;
 mod extract;
@@ -129,7 +130,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(protected)
         .merge(health::router());
     if state.admin_token.is_some() {
-        api.merge(admin::router())
+        api.merge(admin::router()).merge(destinations::router())
     } else {
         api
     }

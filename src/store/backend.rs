@@ -21,9 +21,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue,
-    NewAsyncRequest, NewRequest, PoolStats, Position, Recorded, Redelivery, StatementPlan,
-    StatusCounts, StoreResult, Submitted,
+    AttemptOutcome, Cancellation, ControlChange, Controlled, DestinationControl, FinishedWork, Job,
+    KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest, NewRequest, PoolStats, Position,
+    Recorded, Redelivery, StatementPlan, StatusCounts, StoreResult, Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -151,6 +151,17 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
 
     /// Cancels request `id` if it is an async one not yet final (see [`Cancellation`]).
     fn cancel(&self, id: &str) -> impl Future<Output = StoreResult<Cancellation>> + Send;
+
+    /// Applies an operator's change to a destination's stored controls.
+    fn control_destination(
+        &self,
+        destination: &str,
+        change: ControlChange,
+    ) -> impl Future<Output = StoreResult<Controlled>> + Send;
+
+    fn destination_controls(
+        &self,
+    ) -> impl Future<Output = StoreResult<Vec<DestinationControl>>> + Send;
 
     /// Hands `owner`'s claims back to the queue.
     fn release(&self, owner: &str) -> impl Future<Output = StoreResult<u64>> + Send;

@@ -89,6 +89,14 @@ impl Wrote for Cancellation {
     }
 }
 
+/// An operator's destination control may have changed nothing (a pause of a paused
+/// destination), and is too rare to matter: it never counts as proof.
+impl Wrote for super::Controlled {
+    fn wrote(&self) -> bool {
+        false
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct WriteHealth {
     /// Why the last write failed, until one succeeds again.

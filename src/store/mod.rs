@@ -59,6 +59,7 @@ macro_rules! attempt_columns {
 
 mod backend;
 mod changes;
+mod destination_controls;
 mod due;
 mod error;
 mod group_commit;
@@ -82,6 +83,9 @@ use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResu
 
 use backend::Backend;
 pub use changes::{Changes, Subscription};
+pub use destination_controls::{
+    ControlChange, Controlled, DestinationControl, MAX_CONTROLLED_DESTINATIONS,
+};
 pub use error::{StoreError, StoreResult};
 use health::WriteHealth;
 pub(crate) use lifecycle::sync_outcome;
@@ -572,6 +576,20 @@ impl Store {
     pub async fn make_due(&self, id: &str) -> StoreResult<MadeDue> {
         let _wake = self.wake_when_done(id);
         dispatch!(self, s => self.health.watch(s.make_due(id)).await)
+    }
+
+    /// Pauses, resumes or resets the breaker of `destination` (SPEC §11), for every instance.
+    pub async fn control_destination(
+        &self,
+        destination: &str,
+        change: ControlChange,
+    ) -> StoreResult<Controlled> {
+        dispatch!(self, s => self.health.watch(s.control_destination(destination, change)).await)
+    }
+
+    /// Every destination's stored controls (at most [`MAX_CONTROLLED_DESTINATIONS`]).
+    pub async fn destination_controls(&self) -> StoreResult<Vec<DestinationControl>> {
+        dispatch!(self, s => s.destination_controls().await)
     }
 
     /// Ends an async request that is not final as `cancelled`: no work starts and no

@@ -15,6 +15,7 @@ mod compat;
 mod control;
 mod dashboard;
 mod delivery;
+mod destination_controls;
 mod durability;
 mod group_commit;
 mod guard;

@@ -24,6 +24,9 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/requests/{id}/cancel"),
     ("post", "/requests/{id}/retry"),
     ("get", "/destinations"),
+    ("post", "/destinations/pause"),
+    ("post", "/destinations/resume"),
+    ("post", "/destinations/reset-breaker"),
 ];
 
 async fn document(app: &TestServer) -> Value {

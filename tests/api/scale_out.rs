@@ -361,3 +361,53 @@ async fn a_repeat_on_another_instance_waits_for_the_first_and_answers_its_result
     assert_eq!((status_b, replayed_b), (200, true), "{answer_b}");
     assert_eq!(answer_a, answer_b);
 }
+
+/// A pause made through one instance holds the destination's jobs on the other too (it
+/// reads the controls every second), and a resume through the other releases them.
+#[tokio::test]
+async fn a_pause_through_one_instance_holds_the_destination_on_another() {
+    use crate::destination_controls::{control, destination_of, listed};
+    let Some(database) = postgres_database().await else {
+        return;
+    };
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let start = || {
+        TestServer::builder()
+            .database_url(&database)
+            .setting("admin-token", "controls-admin-token")
+            .start()
+    };
+    let (a, b) = (start().await, start().await);
+    let destination = destination_of(&receiver);
+    let (status, view) = control(&a, "pause", &destination).await;
+    assert_eq!(status, 200, "{view}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listed(&b, &destination)
+        .await
+        .is_none_or(|view| view["paused"] != true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the other instance never saw the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let app = if n % 2 == 0 { &a } else { &b };
+        ids.push(app.submit(&format!("paused {n}"), &receiver.url()).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(receiver.received().is_empty(), "neither instance delivered");
+    for id in &ids {
+        let record = b.get_json(&format!("/requests/{id}")).await;
+        assert_eq!(record["waiting_for"], "paused", "{record}");
+    }
+    let (status, view) = control(&b, "resume", &destination).await;
+    assert_eq!(status, 200, "{view}");
+    receiver
+        .wait_for_deliveries(10, Duration::from_secs(20))
+        .await;
+    assert_all_delivered(&receiver, &ids);
+    receiver.stop().await;
+}

@@ -47,6 +47,7 @@
 //! destination starts again as a new one, in the unproven share).
 
 mod breaker;
+mod controls;
 mod recent;
 mod rooms;
 
@@ -60,6 +61,7 @@ use utoipa::ToSchema;
 
 use breaker::Breaker;
 pub use breaker::{BreakerPolicy, BreakerState, Verdict};
+use controls::Operated;
 pub use recent::RECENT_WINDOW;
 use recent::{BUCKET, Recent};
 pub use rooms::Rooms;
@@ -228,12 +230,42 @@ pub struct DestinationView {
     pub breaker: BreakerState,
     /// When an open breaker lets its next probe through (RFC 3339), if it is open.
     pub next_probe_at: Option<String>,
+    /// Whether an operator paused it: its jobs wait, on every instance, until it is resumed.
+    pub paused: bool,
+    /// Since when (RFC 3339), while paused.
+    pub paused_at: Option<String>,
+}
+
+impl DestinationView {
+    /// A destination this instance has not delivered to recently, and not paused.
+    pub fn unseen(destination: &str) -> Self {
+        Self::idle(destination, None)
+    }
+
+    /// A destination with nothing recent to show.
+    fn idle(destination: &str, paused_at: Option<&DateTime<Utc>>) -> Self {
+        Self {
+            destination: destination.to_string(),
+            in_flight: 0,
+            in_flight_limit: INITIAL_ROOM,
+            proven: false,
+            slow: 0,
+            recent_successes: 0,
+            recent_failures: 0,
+            breaker: BreakerState::Closed,
+            next_probe_at: None,
+            paused: paused_at.is_some(),
+            paused_at: paused_at.map(crate::timestamps::format),
+        }
+    }
 }
 
 /// The destinations of one instance, and the deliveries in the unproven share.
 struct State {
     entries: HashMap<String, Entry>,
     unproven_in_flight: u32,
+    /// What operators decided (pauses, breaker resets), read from the database.
+    operated: Operated,
 }
 
 /// The per-destination state of one instance.
@@ -251,6 +283,7 @@ impl Destinations {
             state: Mutex::new(State {
                 entries: HashMap::new(),
                 unproven_in_flight: 0,
+                operated: Operated::default(),
             }),
             keep_alive: Mutex::new((None, Vec::new())),
             policy,
@@ -317,7 +350,40 @@ impl Destinations {
                 rooms.reserved.push(destination.clone());
             }
         }
+        // A paused destination has no room at all, not even for overdue jobs.
+        let paused = |d: &String| state.operated.paused_at(d).is_some();
+        for (destination, room) in &mut rooms.limited {
+            if paused(destination) {
+                *room = 0;
+            }
+        }
+        rooms.held.retain(|d| !paused(d));
+        rooms.reserved.retain(|d| !paused(d));
+        for (destination, _) in state.operated.paused() {
+            if !state.entries.contains_key(destination) {
+                rooms.limited.push((destination.clone(), 0));
+            }
+        }
         rooms
+    }
+
+    /// Takes the operators' controls as read from the database (the whole table): pauses
+    /// apply from the next claim on, and a breaker reset since the last read closes this
+    /// instance's breaker for the destination. Answers whether held jobs may have become
+    /// claimable (a pause ended, a breaker was reset).
+    pub fn apply_controls(&self, controls: &[crate::store::DestinationControl]) -> bool {
+        let mut state = self.lock();
+        let update = state.operated.update(controls);
+        for destination in &update.reset {
+            if let Some(entry) = state.entries.get_mut(destination) {
+                if !matches!(entry.breaker, Breaker::Closed { .. }) {
+                    entry.last_closed = Some(Utc::now());
+                }
+                entry.breaker = Breaker::CLOSED;
+                tracing::info!(destination, "circuit breaker reset by an operator");
+            }
+        }
+        update.released
     }
 
     /// The most deliveries one destination may have in flight while `busy` proven
@@ -369,6 +435,9 @@ impl Destinations {
         let now = Instant::now();
         let cap = self.policy.per_destination;
         let mut state = self.lock();
+        if state.operated.paused_at(destination).is_some() {
+            return Some(crate::model::WaitingFor::Paused);
+        }
         let entry = state.entries.get_mut(destination)?;
         entry.breaker.refresh(now);
         if entry.breaker.is_open() {
@@ -562,7 +631,8 @@ impl Destinations {
         let now = Instant::now();
         let bucket = self.bucket(now);
         let cap = self.policy.per_destination;
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let mut views: Vec<DestinationView> = state
             .entries
             .iter_mut()
@@ -578,6 +648,7 @@ impl Destinations {
                     }
                     _ => None,
                 };
+                let paused_at = state.operated.paused_at(destination);
                 DestinationView {
                     destination: destination.clone(),
                     in_flight: entry.in_flight,
@@ -588,9 +659,18 @@ impl Destinations {
                     recent_failures,
                     breaker: entry.breaker.state(),
                     next_probe_at,
+                    paused: paused_at.is_some(),
+                    paused_at: paused_at.as_ref().map(crate::timestamps::format),
                 }
             })
             .collect();
+        // Paused destinations this instance has not delivered to recently are listed too:
+        // an operator must find what they paused.
+        for (destination, at) in state.operated.paused() {
+            if !state.entries.contains_key(destination) {
+                views.push(DestinationView::idle(destination, Some(at)));
+            }
+        }
         views.sort_by(|a, b| {
             (b.in_flight, b.recent_failures, b.recent_successes)
                 .cmp(&(a.in_flight, a.recent_failures, a.recent_successes))

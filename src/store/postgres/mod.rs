@@ -32,6 +32,7 @@
 //! `list.rs`, `rows.rs`, `open.rs` (migrations), `plans.rs` (the hot statements' plans).
 
 mod claims;
+mod controls;
 mod group_writes;
 mod list;
 mod open;
@@ -60,10 +61,10 @@ use self::writes::{
 use super::backend::Backend;
 use super::group_commit::GroupCommit;
 use super::{
-    ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases,
-    ListFilter, MadeDue, NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats, Position, Recorded,
-    Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult, Submitted, Transition,
-    sync_outcome,
+    ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, ControlChange, Controlled,
+    DestinationControl, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest,
+    NewRequest, PING_TIMEOUT, PoolStats, Position, Recorded, Redelivery, StatementPlan,
+    StatusCounts, StoreError, StoreResult, Submitted, Transition, sync_outcome,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
@@ -545,6 +546,18 @@ impl Backend for PgStore {
             in_flight,
             by_this_call: true,
         })
+    }
+
+    async fn control_destination(
+        &self,
+        destination: &str,
+        change: ControlChange,
+    ) -> StoreResult<Controlled> {
+        self.control(destination, change).await
+    }
+
+    async fn destination_controls(&self) -> StoreResult<Vec<DestinationControl>> {
+        self.controls().await
     }
 
     async fn release(&self, owner: &str) -> StoreResult<u64> {

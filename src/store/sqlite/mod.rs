@@ -18,6 +18,7 @@
 
 mod claims;
 mod clock;
+mod controls;
 mod list;
 mod open;
 mod plans;
@@ -38,15 +39,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::Backend;
 use super::{
-    AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue,
-    NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats, Position, Recorded, Redelivery,
-    StatementPlan, StatusCounts, StoreError, StoreResult, Submitted,
+    AttemptOutcome, Cancellation, ControlChange, Controlled, DestinationControl, FinishedWork, Job,
+    KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats,
+    Position, Recorded, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult,
+    Submitted,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
 
 use self::claims::next_due;
 use self::clock::{QueueClock, STAMP_EVERY};
+use self::controls::ControlDestination;
 use self::list::list_on;
 use self::open::{
     backfill_destinations, database_path, lock_database, migrate, open_connection, recover,
@@ -363,6 +366,22 @@ impl Backend for SqliteStore {
 
     async fn make_due(&self, id: &str) -> StoreResult<MadeDue> {
         self.send(MakeDue { id: id.to_string() }).await
+    }
+
+    async fn control_destination(
+        &self,
+        destination: &str,
+        change: ControlChange,
+    ) -> StoreResult<Controlled> {
+        self.send(ControlDestination {
+            destination: destination.to_string(),
+            change,
+        })
+        .await
+    }
+
+    async fn destination_controls(&self) -> StoreResult<Vec<DestinationControl>> {
+        self.read(controls::controls).await
     }
 
     async fn release(&self, owner: &str) -> StoreResult<u64> {

@@ -1,0 +1,319 @@
+//! The operator's controls over a destination (SPEC §11): pause, resume, reset its breaker.
+//! Stored in the database, so a pause outlives a restart (and, in `scale_out.rs`, holds on
+//! every instance). Run on SQLite and, in CI, on PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, read};
+
+const TOKEN: &str = "controls-admin-token";
+const WAIT: Duration = Duration::from_secs(20);
+
+pub async fn control<P>(app: &TestServer<P>, action: &str, destination: &str) -> (u16, Value) {
+    read(
+        app.client
+            .post(app.url(&format!("/destinations/{action}")))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "destination": destination }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// `destination` as `GET /destinations` shows it, if listed.
+pub async fn listed<P>(app: &TestServer<P>, destination: &str) -> Option<Value> {
+    let response = app
+        .client
+        .get(app.url("/destinations"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, 200, "{body}");
+    body["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["destination"] == destination)
+        .cloned()
+}
+
+/// The destination of a test receiver, as the service writes it.
+pub fn destination_of(receiver: &Receiver) -> String {
+    format!("http://127.0.0.1:{}", receiver.address.port())
+}
+
+async fn submit_to<P>(
+    app: &TestServer<P>,
+    receiver: &Receiver,
+    n: usize,
+    tag: &str,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(app.submit(&format!("{tag} {i}"), &receiver.url()).await);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_paused_destination_holds_its_jobs_and_says_why_while_others_run_then_resumes_them_all() {
+    let paused = Receiver::start(Behaviour::accept()).await;
+    let other = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .start()
+        .await;
+
+    // Named by a callback URL (path and all): the destination is its scheme, host and port.
+    let (status, view) = control(&app, "pause", &format!("{}?x=1", paused.url())).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["destination"], destination_of(&paused), "{view}");
+    assert_eq!(view["paused"], true, "{view}");
+    let paused_at = view["paused_at"].clone();
+    assert!(paused_at.is_string(), "{view}");
+    // Pausing again keeps the first pause's time.
+    let (status, again) = control(&app, "pause", &destination_of(&paused)).await;
+    assert_eq!((status, &again["paused_at"]), (200, &paused_at), "{again}");
+
+    let held = submit_to(&app, &paused, 5, "held").await;
+    let free = submit_to(&app, &other, 5, "free").await;
+    other.wait_for_deliveries(5, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        paused.received().is_empty(),
+        "no attempt reaches a paused destination"
+    );
+    for id in &held {
+        let record = app.get_json(&format!("/requests/{id}")).await;
+        assert_eq!(record["status"], "pending", "{record}");
+        assert_eq!(record["waiting_for"], "paused", "{record}");
+        assert_eq!(record["callback_attempts"], 0, "{record}");
+    }
+    let listed_view = listed(&app, &destination_of(&paused)).await.unwrap();
+    assert_eq!(listed_view["paused"], true, "{listed_view}");
+    for id in &free {
+        app.wait_for_status(id, "callback_success", WAIT).await;
+    }
+
+    let (status, view) = control(&app, "resume", &destination_of(&paused)).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (view["paused"].clone(), view["paused_at"].clone()),
+        (json!(false), Value::Null)
+    );
+    paused.wait_for_deliveries(5, WAIT).await;
+    for id in &held {
+        let record = app.wait_for_status(id, "callback_success", WAIT).await;
+        assert_eq!(
+            record["callback_attempts"], 1,
+            "each delivered once: {record}"
+        );
+    }
+    let mut delivered = paused.delivered_ids();
+    delivered.sort();
+    let mut expected = held.clone();
+    expected.sort();
+    assert_eq!(delivered, expected, "every held job, once");
+    // Resuming what is not paused changes nothing.
+    let (status, view) = control(&app, "resume", &destination_of(&paused)).await;
+    assert_eq!(
+        (status, view["paused"].clone()),
+        (200, json!(false)),
+        "{view}"
+    );
+    paused.stop().await;
+    other.stop().await;
+}
+
+/// A pause is stored: killed (SIGKILL) and started again, the service still holds the
+/// destination's jobs, old and new, until an operator resumes it.
+#[tokio::test]
+async fn a_pause_outlives_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let mut server = TestServer::builder()
+        .child()
+        .database_url(&database)
+        .setting("admin-token", TOKEN)
+        .start()
+        .await;
+    let (status, view) = control(&server, "pause", &receiver.url()).await;
+    assert_eq!(status, 200, "{view}");
+    let before = submit_to(&server, &receiver, 3, "before").await;
+    server.kill_9();
+    let server = TestServer::builder()
+        .child()
+        .database_url(&database)
+        .setting("admin-token", TOKEN)
+        .start()
+        .await;
+    let after = submit_to(&server, &receiver, 3, "after").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(receiver.received().is_empty(), "held across the restart");
+    for id in before.iter().chain(&after) {
+        let record = server.get_json(&format!("/requests/{id}")).await;
+        assert_eq!(record["waiting_for"], "paused", "{record}");
+    }
+    assert_eq!(
+        listed(&server, &destination_of(&receiver)).await.unwrap()["paused"],
+        true
+    );
+    let (status, _) = control(&server, "resume", &receiver.url()).await;
+    assert_eq!(status, 200);
+    receiver.wait_for_deliveries(6, WAIT).await;
+    receiver.stop().await;
+}
+
+/// A reset closes an open breaker at once: the jobs it held are tried within a moment, not
+/// after the cool-down.
+#[tokio::test]
+async fn resetting_an_open_breaker_lets_its_held_jobs_through_at_once() {
+    // Refuses for its first second, which opens the breaker; healthy by the time of the reset.
+    let receiver = Receiver::start(Behaviour::down_for(Duration::from_secs(1), 500)).await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .setting("callback-max-retries", "20")
+        .setting("callback-retry-base-delay", "0.05")
+        .setting("callback-retry-max-delay", "0.1")
+        .setting("callback-breaker-threshold", "2")
+        .setting("callback-breaker-cooldown-seconds", "120")
+        .start()
+        .await;
+    let ids = submit_to(&app, &receiver, 6, "held by a breaker").await;
+    let destination = destination_of(&receiver);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let view = listed(&app, &destination).await;
+        if view.as_ref().is_some_and(|v| v["breaker"] == "open") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "breaker never opened: {view:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let record = app.get_json(&format!("/requests/{}", ids[5])).await;
+    assert_eq!(record["waiting_for"], "breaker_open", "{record}");
+
+    let reset_at = Instant::now();
+    let (status, view) = control(&app, "reset-breaker", &destination).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["breaker"], "closed", "{view}");
+    for id in &ids {
+        app.wait_for_status(id, "callback_success", WAIT).await;
+    }
+    assert!(
+        reset_at.elapsed() < Duration::from_secs(15),
+        "delivered after the reset, not the two-minute cool-down: {:?}",
+        reset_at.elapsed()
+    );
+    receiver.stop().await;
+}
+
+#[tokio::test]
+async fn destination_controls_refuse_bad_names_and_callers_without_the_admin_token() {
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .start()
+        .await;
+    for (body, loc) in [
+        (json!({}), "destination"),
+        (json!({"destination": 7}), "destination"),
+        (json!({"destination": "not a url"}), "destination"),
+        (
+            json!({"destination": "ftp://files.example:21"}),
+            "destination",
+        ),
+        (json!({"destination": "http://"}), "destination"),
+        (
+            json!({"destination": format!("http://{}.example", "a".repeat(2100))}),
+            "destination",
+        ),
+    ] {
+        for action in ["pause", "resume", "reset-breaker"] {
+            let response = app
+                .client
+                .post(app.url(&format!("/destinations/{action}")))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let (status, answer) = read(response).await;
+            assert_eq!(status, 422, "{action} {body}: {answer}");
+            assert_eq!(answer["detail"][0]["loc"], json!(["body", loc]), "{answer}");
+        }
+    }
+    let response = app
+        .client
+        .post(app.url("/destinations/pause"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    for token in [None, Some("wrong")] {
+        let mut request = app
+            .client
+            .post(app.url("/destinations/pause"))
+            .json(&json!({"destination": "http://127.0.0.1:9"}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 401);
+    }
+    assert!(
+        listed(&app, "http://127.0.0.1:9").await.is_none(),
+        "nothing paused by a refused call"
+    );
+
+    // Without an admin token the routes do not exist.
+    let open = TestServer::builder().start().await;
+    let response = open
+        .client
+        .post(open.url("/destinations/pause"))
+        .json(&json!({"destination": "http://127.0.0.1:9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+/// Controls are bounded: at most 1,000 destinations paused; beyond, a pause is refused with a
+/// 409 until one is resumed. Rows left by resumes make room for new ones.
+#[tokio::test]
+async fn at_most_a_thousand_destinations_are_paused() {
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .start()
+        .await;
+    let name = |n: usize| format!("http://paused-{n}.example:80");
+    for n in 0..1000 {
+        let (status, view) = control(&app, "pause", &name(n)).await;
+        assert_eq!(status, 200, "pause {n}: {view}");
+    }
+    let (status, answer) = control(&app, "pause", &name(1000)).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("1000"),
+        "{answer}"
+    );
+    let (status, _) = control(&app, "reset-breaker", &name(1001)).await;
+    assert_eq!(status, 409, "a reset needs a row too");
+    let (status, _) = control(&app, "pause", &name(5)).await;
+    assert_eq!(status, 200, "a paused one again: no new row");
+    let (status, _) = control(&app, "resume", &name(7)).await;
+    assert_eq!(status, 200);
+    let (status, view) = control(&app, "pause", &name(1000)).await;
+    assert_eq!(status, 200, "a resumed row made room: {view}");
+    let (status, _) = control(&app, "pause", &name(1002)).await;
+    assert_eq!(status, 409);
+}
