@@ -210,17 +210,24 @@ pub fn destinations(shell: Shell) -> Markup {
     let main = html! {
         h1 { "Destinations" }
         @if shell.admin {
-            p.hint { "Callback destinations this instance delivered to recently: deliveries in flight, the last five minutes' outcomes, and the circuit breaker (breakers are per instance). Needs the admin token." }
+            p.hint { "Callback destinations this instance delivered to recently, and every paused one: deliveries in flight, the last five minutes' outcomes, and the circuit breaker (breakers are per instance; a reset applies to every instance). A paused destination's jobs wait, on every instance, until it is resumed. Needs the admin token." }
             div.table-wrap {
                 table #destinations {
                     thead { tr {
                         th scope="col" { "Destination" } th scope="col" { "Breaker" }
                         th scope="col" { "In flight" } th scope="col" { "Delivered (5 min)" }
                         th scope="col" { "Failed (5 min)" } th scope="col" { "Next probe" }
+                        th scope="col" { "Actions" }
                     } }
                     tbody {}
                 }
             }
+            form #pause-form.filters aria-label="Pause a destination" {
+                label for="pause-destination" { "Pause a destination not listed" }
+                input #pause-destination type="text" required placeholder="https://host:port or a callback URL" maxlength="2048" {}
+                button type="submit" { "Pause" }
+            }
+            p #destination-result role="status" {}
         } @else {
             p { "Destinations are an operator view: set APP_ADMIN_TOKEN to see them here." }
         }

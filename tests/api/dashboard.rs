@@ -22,7 +22,7 @@ use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestServer, sync_request, unused_port};
+use crate::helpers::{TestServer, read, sync_request, unused_port};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -172,10 +172,13 @@ async fn eventually(browser: &Client, condition: &str, what: &str) -> Value {
         if !value.is_null() && value != json!(false) {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {condition}"
-        );
+        if Instant::now() >= deadline {
+            let page = browser
+                .execute("return document.body.innerText;", vec![])
+                .await
+                .unwrap_or_default();
+            panic!("timed out waiting for {what}: {condition}\nthe page reads:\n{page}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -573,6 +576,58 @@ async fn drive(
         "the receiver among the destinations",
     )
     .await;
+    // Pause it from its row (accepting the confirmation): the API says it is paused, the
+    // row says so and offers Resume; a request to it waits, saying why.
+    browser
+        .execute("window.confirm = () => true;", vec![])
+        .await?;
+    click_live(browser, "#destinations button[data-action='pause']").await?;
+    eventually(
+        browser,
+        "[...document.querySelectorAll('#destinations .badge.paused')].length === 1 && \
+         document.querySelector(\"#destinations button[data-action='resume']\")",
+        "the paused badge and the Resume button",
+    )
+    .await;
+    let views = read(
+        app.client
+            .get(app.url("/destinations"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?,
+    )
+    .await
+    .1;
+    let destination = format!(
+        "http://{}",
+        hook.trim_start_matches("http://").trim_end_matches("/hook")
+    );
+    let paused = views["destinations"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|d| d["destination"] == destination.as_str())
+        })
+        .cloned()
+        .unwrap_or_default();
+    if paused["paused"] != true {
+        return Err(format!("the click did not pause {destination}: {views}").into());
+    }
+    let held = submit(app, hook).await;
+    browser
+        .goto(&app.url(&format!("/ui/requests/{held}")))
+        .await?;
+    eventually(
+        browser,
+        "document.body.textContent.includes('an operator paused it')",
+        "the detail page saying the request waits for its paused destination",
+    )
+    .await;
+    screenshot(browser, "dashboard-request-paused.png").await;
+    browser.goto(&app.url("/ui/destinations")).await?;
+    click_live(browser, "#destinations button[data-action='resume']").await?;
+    app.wait_for_status(&held, "callback_success", WAIT).await;
+    screenshot(browser, "dashboard-destinations.png").await;
     assert_no_console_errors(browser, "while using the dashboard").await;
     Ok(())
 }

@@ -350,20 +350,18 @@ impl Destinations {
                 rooms.reserved.push(destination.clone());
             }
         }
-        // A paused destination has no room at all, not even for overdue jobs.
+        // A paused destination has no room at all, not even for overdue jobs (and a claim
+        // takes a destination it does not list as one with the default room).
         let paused = |d: &String| state.operated.paused_at(d).is_some();
-        for (destination, room) in &mut rooms.limited {
-            if paused(destination) {
-                *room = 0;
-            }
-        }
+        rooms.limited.retain(|(d, _)| !paused(d));
         rooms.held.retain(|d| !paused(d));
         rooms.reserved.retain(|d| !paused(d));
-        for (destination, _) in state.operated.paused() {
-            if !state.entries.contains_key(destination) {
-                rooms.limited.push((destination.clone(), 0));
-            }
-        }
+        rooms.limited.extend(
+            state
+                .operated
+                .paused()
+                .map(|(destination, _)| (destination.clone(), 0)),
+        );
         rooms
     }
 
@@ -1083,5 +1081,42 @@ mod tests {
             .collect();
         assert_eq!(keeping, [3, 4, 5, 6], "the four with the most successes");
         assert!(!d.keeps_alive(A));
+    }
+
+    #[test]
+    fn a_paused_destination_has_no_room_whatever_this_instance_knows_of_it() {
+        let d = Destinations::new(policy());
+        let paused = |destination: &str| crate::store::DestinationControl {
+            destination: destination.into(),
+            paused_at: Some(Utc::now()),
+            breaker_resets: 0,
+        };
+        // Known and idle (claimed with the default room, so not listed), known and proven
+        // (reserved), and never seen.
+        drop(d.start("http://idle:1", Share::Unproven));
+        d.start(A, Share::Unproven).record(Verdict::Healthy);
+        assert!(is_proven(&d, A));
+        assert!(!d.rooms().limited.iter().any(|(x, _)| x == "http://idle:1"));
+        let released =
+            d.apply_controls(&[paused("http://idle:1"), paused(A), paused("http://new:2")]);
+        assert!(!released);
+        let rooms = d.rooms();
+        for destination in ["http://idle:1", A, "http://new:2"] {
+            let listed: Vec<u32> = rooms
+                .limited
+                .iter()
+                .filter(|(x, _)| x == destination)
+                .map(|(_, room)| *room)
+                .collect();
+            assert_eq!(listed, [0], "{destination}: {rooms:?}");
+            assert_eq!(
+                d.holding(destination),
+                Some(crate::model::WaitingFor::Paused)
+            );
+        }
+        assert!(!rooms.is_reserved(A), "paused: not in the reserved share");
+        assert!(d.apply_controls(&[]), "resumed: held jobs may go");
+        assert_eq!(room(&d, "http://idle:1"), 1);
+        assert!(is_proven(&d, A));
     }
 }

@@ -16,6 +16,7 @@
     schedule: "its schedule",
     breaker_open: "its destination's open circuit breaker",
     destination_full: "room at its destination (its most deliveries are in flight)",
+    paused: "its destination to be resumed (an operator paused it)",
   };
   const WINDOW_MS = 15 * 60 * 1000;
 
@@ -98,11 +99,14 @@
     }
   }
 
-  async function call(method, path, kind) {
+  async function call(method, path, kind, body) {
+    const headers = authHeaders(kind);
+    if (body !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(path, {
       method,
-      headers: authHeaders(kind),
+      headers,
       cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body),
     });
     let data = null;
     try {
@@ -153,8 +157,13 @@
   // When a queued request moves next, and what holds it, in words.
   function nextMove(r) {
     if (!r.next_attempt_at) return QUEUED.has(r.status) ? "an attempt is under way" : null;
+    const what = r.status === "pending" ? "work" : "next delivery attempt";
     const why = r.waiting_for ? " (waiting for " + (WAITING_FOR[r.waiting_for] || r.waiting_for) + ")" : "";
-    return (r.status === "pending" ? "work " : "next delivery attempt ") + fromNow(r.next_attempt_at) + ", " + time(r.next_attempt_at) + why;
+    if (r.waiting_for === "paused") return what + " held until its destination is resumed (an operator paused it)";
+    const when = parseTime(r.next_attempt_at) > Date.now()
+      ? fromNow(r.next_attempt_at) + ", " + time(r.next_attempt_at)
+      : "due since " + time(r.next_attempt_at);
+    return what + " " + when + why;
   }
 
   function statusBadge(status) {
@@ -658,28 +667,81 @@
   }
 
   // ---- destinations -----------------------------------------------------------------------
+  function destinationButton(action, destination, label) {
+    return el("button", { type: "button", "data-action": action, "data-destination": destination, text: label });
+  }
+
   async function loadDestinations() {
     const table = document.querySelector("#destinations tbody");
     if (!table) return;
     try {
       const data = await call("GET", "/destinations", "admin");
-      const rows = data.destinations.map((d) =>
-        el(
+      // The rows are drawn again each update: a focused action button keeps its focus.
+      const focused = document.activeElement;
+      const refocus = focused && table.contains(focused) && focused.dataset.action
+        ? [focused.dataset.action, focused.dataset.destination] : null;
+      const rows = data.destinations.map((d) => {
+        const actions = el("td", { class: "actions" },
+          d.paused ? destinationButton("resume", d.destination, "Resume") : destinationButton("pause", d.destination, "Pause"));
+        if (d.breaker !== "closed") actions.append(destinationButton("reset-breaker", d.destination, "Reset breaker"));
+        return el(
           "tr",
           {},
           el("td", {}, el("a", { href: "/ui/requests?callback_host=" + encodeURIComponent(hostOf(d.destination)) }, d.destination)),
-          el("td", {}, el("span", { class: "badge breaker-" + d.breaker, text: d.breaker })),
+          el("td", {},
+            el("span", { class: "badge breaker-" + d.breaker, text: d.breaker }),
+            d.paused ? el("span", { class: "badge paused", title: "Paused since " + time(d.paused_at), text: "paused" }) : null),
           el("td", { text: String(d.in_flight) }),
           el("td", { text: String(d.recent_successes) }),
           el("td", { text: String(d.recent_failures) }),
           el("td", { text: d.next_probe_at ? time(d.next_probe_at) : "—" }),
-        ),
-      );
-      if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: "6", class: "hint", text: "No destination delivered to recently." })));
+          actions,
+        );
+      });
+      if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: "7", class: "hint", text: "No destination delivered to recently, and none paused." })));
       table.replaceChildren(...rows);
+      if (refocus) {
+        const again = [...table.querySelectorAll("button[data-action]")].find(
+          (b) => b.dataset.destination === refocus[1]);
+        if (again) again.focus();
+      }
     } catch (error) {
       report(error);
     }
+  }
+
+  const DESTINATION_DONE = { pause: "paused: its jobs wait until it is resumed", resume: "resumed", "reset-breaker": "breaker reset" };
+
+  async function controlDestination(action, destination) {
+    const result = document.getElementById("destination-result");
+    if (action === "pause" && !window.confirm("Pause " + destination + "? No job of it starts or is delivered, on any instance, until it is resumed.")) return false;
+    try {
+      const view = await call("POST", "/destinations/" + action, "admin", { destination });
+      result.textContent = view.destination + " " + DESTINATION_DONE[action] + ".";
+      await loadDestinations();
+      return true;
+    } catch (error) {
+      result.textContent = error.message;
+      return false;
+    }
+  }
+
+  function setupDestinations() {
+    const table = document.querySelector("#destinations tbody");
+    if (!table) return;
+    table.addEventListener("click", async (event) => {
+      const button = event.target.closest("button[data-action]");
+      if (!button) return;
+      button.disabled = true;
+      await controlDestination(button.dataset.action, button.dataset.destination);
+      button.disabled = false;
+    });
+    const form = document.getElementById("pause-form");
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const input = document.getElementById("pause-destination");
+      if (await controlDestination("pause", input.value.trim())) input.value = "";
+    });
   }
 
   // ---- wiring -------------------------------------------------------------------------------
@@ -715,6 +777,7 @@
     setupBulk();
   }
   if (page === "request") setupRequestActions();
+  if (page === "destinations" && adminEnabled) setupDestinations();
   refreshAll();
   startStream();
 })();
