@@ -1,10 +1,11 @@
-//! `GET /destinations` and the operator's controls over one destination (SPEC §11): pause,
-//! resume, reset its breaker. Behind `Authorization: Bearer $APP_ADMIN_TOKEN`, mounted only
+//! `GET /destinations` and the operator's controls over one destination (SPEC §11):
+//! `POST /destinations/{key}/pause`, `/resume` and `/reset` (its breaker). Behind `Authorization: Bearer $APP_ADMIN_TOKEN`, mounted only
 //! with an admin token, as the other operator routes are.
 
 use axum::Json;
-use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -12,10 +13,9 @@ use utoipa_axum::routes;
 
 use super::auth::Admin;
 use super::error::ErrorBody;
-use super::extract::JsonBody;
 use super::{ApiError, AppState};
 use crate::delivery::destinations::{DestinationView, destination_of};
-use crate::input::FieldError;
+use crate::input::{FieldError, Part};
 use crate::store::{ControlChange, MAX_CONTROLLED_DESTINATIONS};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -53,72 +53,60 @@ async fn destinations(_: Admin, State(state): State<AppState>) -> Json<Destinati
     })
 }
 
-/// The body of the destination controls.
-#[derive(Deserialize, ToSchema)]
-#[allow(dead_code)]
-struct DestinationRef {
-    /// The destination, `scheme://host:port`, or any callback URL of it (its path is
-    /// ignored; a missing port is the scheme's default).
-    #[schema(example = "https://hooks.example.com:443", max_length = 2048)]
-    destination: String,
-}
+/// The `{key}` of `/destinations/{key}/…`: the destination as `GET /destinations` names it
+/// (`scheme://host:port`), percent-encoded; any URL of the destination is taken too (its
+/// path is ignored; a missing port is the scheme's default).
+pub struct DestinationKey(String);
 
-/// Longest `destination` taken, as for a callback URL.
-const MAX_DESTINATION_LEN: usize = 2048;
+/// Longest key taken, as for a callback URL.
+const MAX_KEY_LEN: usize = 2048;
 
-/// The destination a control's body names, as `scheme://host:port`.
-fn destination_in(body: &Value) -> Result<String, ApiError> {
-    let invalid = |kind, msg: &str, input: &Value| {
-        ApiError::Validation(vec![FieldError::body(
-            Some("destination"),
-            kind,
-            msg,
-            input.clone(),
-        )])
-    };
-    let Some(given) = body.get("destination") else {
-        return Err(ApiError::Validation(vec![FieldError::body(
-            Some("destination"),
-            "missing",
-            "Field required",
-            body.clone(),
-        )]));
-    };
-    let Some(text) = given.as_str() else {
-        return Err(invalid(
-            "string_type",
-            "Input should be a valid string",
-            given,
-        ));
-    };
-    if text.len() > MAX_DESTINATION_LEN {
-        return Err(invalid(
-            "string_too_long",
-            "String should have at most 2048 characters",
-            given,
-        ));
-    }
-    match url::Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
-            Ok(destination_of(&url))
+impl<S: Send + Sync> FromRequestParts<S> for DestinationKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let invalid = |msg: &str, input: &str| {
+            ApiError::Validation(vec![FieldError::new(
+                Part::Path,
+                Some("key"),
+                "url_parsing",
+                msg,
+                Value::from(input),
+            )])
+        };
+        let key = match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(key)) => key,
+            Err(_) => {
+                return Err(invalid(
+                    "Input should be a percent-encoded UTF-8 destination",
+                    "",
+                ));
+            }
+        };
+        if key.len() > MAX_KEY_LEN {
+            let start: String = key.chars().take(64).collect();
+            return Err(invalid("Input should have at most 2048 characters", &start));
         }
-        _ => Err(invalid(
-            "url_parsing",
-            "Input should be a destination such as https://host:port (or a callback URL)",
-            given,
-        )),
+        match url::Url::parse(&key) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+                Ok(Self(destination_of(&url)))
+            }
+            _ => Err(invalid(
+                "Input should be a destination such as https://host:443, percent-encoded",
+                &key,
+            )),
+        }
     }
 }
 
 async fn control(
     state: &AppState,
-    body: &Value,
+    destination: &str,
     change: ControlChange,
 ) -> Result<Json<DestinationView>, ApiError> {
-    let destination = destination_in(body)?;
     match state
         .service
-        .control_destination(&destination, change)
+        .control_destination(destination, change)
         .await?
     {
         Some(view) => Ok(Json(view)),
@@ -134,45 +122,47 @@ async fn control(
 /// `waiting_for` is `paused`. Pausing a paused destination changes nothing.
 #[utoipa::path(
     post,
-    path = "/destinations/pause",
+    path = "/destinations/{key}/pause",
     tag = "operations",
-    request_body = DestinationRef,
+    params(("key" = String, Path, description = "The destination as `GET /destinations` \
+        names it (`scheme://host:port`), percent-encoded")),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Paused: the destination now", body = DestinationView),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 409, description = "1,000 destinations are paused already", body = ErrorBody),
-        (status = 422, description = "`destination` is missing or not a destination", body = ErrorBody),
+        (status = 422, description = "`key` is not a destination", body = ErrorBody),
     )
 )]
 async fn pause(
     _: Admin,
     State(state): State<AppState>,
-    JsonBody(body): JsonBody,
+    DestinationKey(destination): DestinationKey,
 ) -> Result<Json<DestinationView>, ApiError> {
-    control(&state, &body, ControlChange::Pause).await
+    control(&state, &destination, ControlChange::Pause).await
 }
 
 /// Resume a paused destination: its jobs are claimed again in due order, the overdue ones
 /// first. Resuming a destination that is not paused changes nothing.
 #[utoipa::path(
     post,
-    path = "/destinations/resume",
+    path = "/destinations/{key}/resume",
     tag = "operations",
-    request_body = DestinationRef,
+    params(("key" = String, Path, description = "The destination as `GET /destinations` \
+        names it (`scheme://host:port`), percent-encoded")),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Resumed: the destination now", body = DestinationView),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 422, description = "`destination` is missing or not a destination", body = ErrorBody),
+        (status = 422, description = "`key` is not a destination", body = ErrorBody),
     )
 )]
 async fn resume(
     _: Admin,
     State(state): State<AppState>,
-    JsonBody(body): JsonBody,
+    DestinationKey(destination): DestinationKey,
 ) -> Result<Json<DestinationView>, ApiError> {
-    control(&state, &body, ControlChange::Resume).await
+    control(&state, &destination, ControlChange::Resume).await
 }
 
 /// Close the destination's circuit breaker on every instance (within a second on the
@@ -180,22 +170,23 @@ async fn resume(
 /// receiver still fails, the breaker opens again as before.
 #[utoipa::path(
     post,
-    path = "/destinations/reset-breaker",
+    path = "/destinations/{key}/reset",
     tag = "operations",
-    request_body = DestinationRef,
+    params(("key" = String, Path, description = "The destination as `GET /destinations` \
+        names it (`scheme://host:port`), percent-encoded")),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Reset: the destination now", body = DestinationView),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 409, description = "1,000 destinations are paused already (a reset is \
             stored beside the pauses)", body = ErrorBody),
-        (status = 422, description = "`destination` is missing or not a destination", body = ErrorBody),
+        (status = 422, description = "`key` is not a destination", body = ErrorBody),
     )
 )]
 async fn reset_breaker(
     _: Admin,
     State(state): State<AppState>,
-    JsonBody(body): JsonBody,
+    DestinationKey(destination): DestinationKey,
 ) -> Result<Json<DestinationView>, ApiError> {
-    control(&state, &body, ControlChange::ResetBreaker).await
+    control(&state, &destination, ControlChange::ResetBreaker).await
 }

@@ -48,6 +48,7 @@ pub enum Part {
     Body,
     Query,
     Header,
+    Path,
 }
 
 impl Part {
@@ -55,6 +56,7 @@ impl Part {
         match self {
             Part::Body => "body",
             Part::Query => "query",
+            Part::Path => "path",
             Part::Header => "header",
         }
     }

@@ -11,12 +11,13 @@ use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, read};
 const TOKEN: &str = "controls-admin-token";
 const WAIT: Duration = Duration::from_secs(20);
 
+/// `POST /destinations/{key}/{action}`, the key percent-encoded.
 pub async fn control<P>(app: &TestServer<P>, action: &str, destination: &str) -> (u16, Value) {
+    let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
     read(
         app.client
-            .post(app.url(&format!("/destinations/{action}")))
+            .post(app.url(&format!("/destinations/{key}/{action}")))
             .bearer_auth(TOKEN)
-            .json(&json!({ "destination": destination }))
             .send()
             .await
             .unwrap(),
@@ -202,7 +203,7 @@ async fn resetting_an_open_breaker_lets_its_held_jobs_through_at_once() {
     assert_eq!(record["waiting_for"], "breaker_open", "{record}");
 
     let reset_at = Instant::now();
-    let (status, view) = control(&app, "reset-breaker", &destination).await;
+    let (status, view) = control(&app, "reset", &destination).await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["breaker"], "closed", "{view}");
     for id in &ids {
@@ -222,49 +223,43 @@ async fn destination_controls_refuse_bad_names_and_callers_without_the_admin_tok
         .setting("admin-token", TOKEN)
         .start()
         .await;
-    for (body, loc) in [
-        (json!({}), "destination"),
-        (json!({"destination": 7}), "destination"),
-        (json!({"destination": "not a url"}), "destination"),
-        (
-            json!({"destination": "ftp://files.example:21"}),
-            "destination",
-        ),
-        (json!({"destination": "http://"}), "destination"),
-        (
-            json!({"destination": format!("http://{}.example", "a".repeat(2100))}),
-            "destination",
-        ),
+    for key in [
+        "not%20a%20url",
+        "ftp%3A%2F%2Ffiles.example%3A21",
+        "http%3A%2F%2F",
+        "%FF%FE",
+        &format!("http%3A%2F%2F{}.example", "a".repeat(2100)),
     ] {
-        for action in ["pause", "resume", "reset-breaker"] {
+        for action in ["pause", "resume", "reset"] {
             let response = app
                 .client
-                .post(app.url(&format!("/destinations/{action}")))
+                .post(app.url(&format!("/destinations/{key}/{action}")))
                 .bearer_auth(TOKEN)
-                .json(&body)
                 .send()
                 .await
                 .unwrap();
             let (status, answer) = read(response).await;
-            assert_eq!(status, 422, "{action} {body}: {answer}");
-            assert_eq!(answer["detail"][0]["loc"], json!(["body", loc]), "{answer}");
+            assert_eq!(status, 422, "{action} {key}: {answer}");
+            assert_eq!(
+                answer["detail"][0]["loc"],
+                json!(["path", "key"]),
+                "{answer}"
+            );
         }
     }
+    // Unencoded, the key's slashes make a path no route has.
     let response = app
         .client
-        .post(app.url("/destinations/pause"))
+        .post(app.url("/destinations/http://127.0.0.1:9/pause"))
         .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body("{not json")
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 422);
+    assert_eq!(response.status(), 404);
     for token in [None, Some("wrong")] {
         let mut request = app
             .client
-            .post(app.url("/destinations/pause"))
-            .json(&json!({"destination": "http://127.0.0.1:9"}));
+            .post(app.url("/destinations/http%3A%2F%2F127.0.0.1%3A9/pause"));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -279,8 +274,7 @@ async fn destination_controls_refuse_bad_names_and_callers_without_the_admin_tok
     let open = TestServer::builder().start().await;
     let response = open
         .client
-        .post(open.url("/destinations/pause"))
-        .json(&json!({"destination": "http://127.0.0.1:9"}))
+        .post(open.url("/destinations/http%3A%2F%2F127.0.0.1%3A9/pause"))
         .send()
         .await
         .unwrap();
@@ -306,7 +300,7 @@ async fn at_most_a_thousand_destinations_are_paused() {
         answer["error"].as_str().unwrap().contains("1000"),
         "{answer}"
     );
-    let (status, _) = control(&app, "reset-breaker", &name(1001)).await;
+    let (status, _) = control(&app, "reset", &name(1001)).await;
     assert_eq!(status, 409, "a reset needs a row too");
     let (status, _) = control(&app, "pause", &name(5)).await;
     assert_eq!(status, 200, "a paused one again: no new row");

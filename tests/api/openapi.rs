@@ -24,9 +24,9 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/requests/{id}/cancel"),
     ("post", "/requests/{id}/retry"),
     ("get", "/destinations"),
-    ("post", "/destinations/pause"),
-    ("post", "/destinations/resume"),
-    ("post", "/destinations/reset-breaker"),
+    ("post", "/destinations/{key}/pause"),
+    ("post", "/destinations/{key}/resume"),
+    ("post", "/destinations/{key}/reset"),
 ];
 
 async fn document(app: &TestServer) -> Value {
@@ -161,8 +161,8 @@ async fn without_an_admin_token_the_admin_routes_are_neither_served_nor_document
     assert!(!documented.contains(&("get".into(), "/destinations".into())));
     assert!(!documented.contains(&("post".into(), "/admin/redeliver".into())));
     assert!(!documented.contains(&("post".into(), "/requests/{id}/retry".into())));
-    for action in ["pause", "resume", "reset-breaker"] {
-        assert!(!documented.contains(&("post".into(), format!("/destinations/{action}"))));
+    for action in ["pause", "resume", "reset"] {
+        assert!(!documented.contains(&("post".into(), format!("/destinations/{{key}}/{action}"))));
     }
     assert_eq!(documented.len(), OPERATIONS.len() - 8);
     // The dashboard is a user interface, not API.

@@ -99,14 +99,11 @@
     }
   }
 
-  async function call(method, path, kind, body) {
-    const headers = authHeaders(kind);
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+  async function call(method, path, kind) {
     const response = await fetch(path, {
       method,
-      headers,
+      headers: authHeaders(kind),
       cache: "no-store",
-      body: body === undefined ? undefined : JSON.stringify(body),
     });
     let data = null;
     try {
@@ -683,7 +680,7 @@
       const rows = data.destinations.map((d) => {
         const actions = el("td", { class: "actions" },
           d.paused ? destinationButton("resume", d.destination, "Resume") : destinationButton("pause", d.destination, "Pause"));
-        if (d.breaker !== "closed") actions.append(destinationButton("reset-breaker", d.destination, "Reset breaker"));
+        if (d.breaker !== "closed") actions.append(destinationButton("reset", d.destination, "Reset breaker"));
         return el(
           "tr",
           {},
@@ -710,13 +707,13 @@
     }
   }
 
-  const DESTINATION_DONE = { pause: "paused: its jobs wait until it is resumed", resume: "resumed", "reset-breaker": "breaker reset" };
+  const DESTINATION_DONE = { pause: "paused: its jobs wait until it is resumed", resume: "resumed", reset: "breaker reset" };
 
   async function controlDestination(action, destination) {
     const result = document.getElementById("destination-result");
     if (action === "pause" && !window.confirm("Pause " + destination + "? No job of it starts or is delivered, on any instance, until it is resumed.")) return false;
     try {
-      const view = await call("POST", "/destinations/" + action, "admin", { destination });
+      const view = await call("POST", "/destinations/" + encodeURIComponent(destination) + "/" + action, "admin");
       result.textContent = view.destination + " " + DESTINATION_DONE[action] + ".";
       await loadDestinations();
       return true;
