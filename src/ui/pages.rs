@@ -150,9 +150,26 @@ pub fn requests(shell: Shell) -> Markup {
             }
         }
         p #list-summary role="status" {}
+        section #selection.bulk aria-label="Act on the selected requests" hidden {
+            span #selection-count {}
+            " "
+            button #selected-cancel type="button" data-action="cancel" { "Cancel" }
+            @if shell.admin {
+                " "
+                button #selected-retry type="button" data-action="retry" { "Retry now" }
+                " "
+                button #selected-redeliver type="button" data-action="redeliver" { "Redeliver" }
+            }
+            " "
+            button #selection-clear type="button" { "Clear selection" }
+            p #selection-result role="status" {}
+        }
         div.table-wrap {
             table #list {
                 thead { tr {
+                    th scope="col" {
+                        input #select-page type="checkbox" aria-label="Select every request on this page";
+                    }
                     th scope="col" { "Id" } th scope="col" { "Mode" } th scope="col" { "Status" }
                     th scope="col" { "Created" } th scope="col" { "Callback" }
                     th scope="col" { "Attempts" } th scope="col" { "Last error" }

@@ -333,6 +333,68 @@ async fn drive(
     )
     .await;
 
+    // Select two scheduled requests and one already final, cancel the selection (accepting
+    // the confirmation): the two end cancelled, the final one is skipped with its reason, and
+    // the selection survives the list's refreshes in between.
+    let later = |n: u32| {
+        let body =
+            json!({"data": format!("later {n}"), "callback_url": hook, "delay_seconds": 600});
+        async move {
+            let (status, answer) = read(app.post_async(&body).await).await;
+            assert_eq!(status, 200, "{answer}");
+            answer["request_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    let (first, second) = (later(1).await, later(2).await);
+    for id in [&first, &second, &failed] {
+        eventually(
+            browser,
+            &format!("document.querySelector('#list tr[data-id=\"{id}\"]')"),
+            "the scheduled requests in the list",
+        )
+        .await;
+        click_live(browser, &format!("#list input[data-select=\"{id}\"]")).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    eventually(
+        browser,
+        "document.getElementById('selection-count').textContent.startsWith('3 requests selected') && \
+         document.querySelectorAll('#list input[data-select]:checked').length === 3",
+        "three selected, still checked after a refresh",
+    )
+    .await;
+    browser
+        .execute("window.confirm = () => true;", vec![])
+        .await?;
+    browser
+        .find(Locator::Css("#selected-cancel"))
+        .await?
+        .click()
+        .await?;
+    let said = eventually(
+        browser,
+        "document.getElementById('selection-result').textContent.startsWith('2 of 3 cancelled') && \
+         document.getElementById('selection-result').textContent",
+        "two of three cancelled",
+    )
+    .await;
+    screenshot(browser, "dashboard-selection.png").await;
+    if !said
+        .as_str()
+        .is_some_and(|s| s.contains("1 skipped: callback_failed"))
+    {
+        return Err(format!("the skipped request's reason is not given: {said}").into());
+    }
+    for id in [&first, &second] {
+        let record = app.get_json(&format!("/requests/{id}")).await;
+        if record["status"] != "cancelled" {
+            return Err(format!("not cancelled from the selection: {record}").into());
+        }
+    }
+
     // Filter by status, with the form.
     browser
         .execute(

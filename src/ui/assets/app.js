@@ -450,10 +450,18 @@
       const before = here.get("before");
       if (before) query.set("before", before);
       const data = await call("GET", "/requests?" + query.toString(), "api");
+      // The rows are drawn again each update: the selection lives in `selected`, and a
+      // focused checkbox keeps its focus.
+      const focused = document.activeElement;
+      const refocus = focused && focused.dataset && focused.dataset.select;
       const rows = data.requests.map((r) =>
         el(
           "tr",
-          { "data-id": r.id, "data-status": r.status },
+          { "data-id": r.id, "data-status": r.status, "data-mode": r.mode },
+          el("td", {}, el("input", {
+            type: "checkbox", "data-select": r.id, "aria-label": "Select " + r.id,
+            checked: selected.has(r.id) ? "" : null,
+          })),
           el("td", {}, requestLink(r.id)),
           el("td", { text: r.mode }),
           el("td", {}, statusBadge(r.status)),
@@ -463,7 +471,14 @@
           el("td", { class: "error-cell", text: r.callback_last_error || r.error || "" }),
         ),
       );
-      document.querySelector("#list tbody").replaceChildren(...rows);
+      for (const r of data.requests) if (selected.has(r.id)) selected.set(r.id, { status: r.status, mode: r.mode });
+      const tbody = document.querySelector("#list tbody");
+      tbody.replaceChildren(...rows);
+      if (refocus) {
+        const again = tbody.querySelector('input[data-select="' + CSS.escape(refocus) + '"]');
+        if (again) again.focus();
+      }
+      renderSelection();
       document.getElementById("list-summary").textContent =
         data.total.toLocaleString() + " matching" + (before ? " (an older page)" : "") +
         (rows.length ? "" : "; none on this page");
@@ -488,6 +503,116 @@
     } finally {
       listBusy = false;
     }
+  }
+
+  // ---- selected requests: cancel, retry now, redeliver --------------------------------------
+  const selected = new Map(); // id → its status and mode when last seen
+
+  function seen(row) {
+    return { status: row.dataset.status, mode: row.dataset.mode };
+  }
+
+  function renderSelection() {
+    const box = document.getElementById("selection");
+    if (!box) return;
+    box.hidden = selected.size === 0;
+    document.getElementById("selection-count").textContent =
+      selected.size + " request" + (selected.size === 1 ? "" : "s") + " selected:";
+    const boxes = [...document.querySelectorAll("#list input[data-select]")];
+    const all = document.getElementById("select-page");
+    all.checked = boxes.length > 0 && boxes.every((b) => b.checked);
+    all.indeterminate = !all.checked && boxes.some((b) => b.checked);
+  }
+
+  const SELECTED_ACTIONS = {
+    cancel: {
+      kind: "api", done: "cancelled", ask: "Cancel",
+      warn: " No work starts and no callback is sent after this (but for attempts already under way).",
+      applies: (r) => r.mode === "async" && QUEUED.has(r.status),
+    },
+    retry: {
+      kind: "admin", done: "made due now", ask: "Retry now",
+      warn: " Each waiting request is tried at once.",
+      applies: (r) => r.mode === "async" && QUEUED.has(r.status),
+    },
+    redeliver: {
+      kind: "admin", done: "queued for redelivery", ask: "Redeliver",
+      warn: " Each callback_failed request gets a fresh round of attempts.",
+      applies: (r) => r.status === "callback_failed",
+    },
+  };
+
+  function setupSelection() {
+    const box = document.getElementById("selection");
+    if (!box) return;
+    const table = document.querySelector("#list tbody");
+    table.addEventListener("change", (event) => {
+      const input = event.target.closest("input[data-select]");
+      if (!input) return;
+      if (input.checked) selected.set(input.dataset.select, seen(input.closest("tr")));
+      else selected.delete(input.dataset.select);
+      renderSelection();
+    });
+    document.getElementById("select-page").addEventListener("change", (event) => {
+      for (const input of document.querySelectorAll("#list input[data-select]")) {
+        input.checked = event.target.checked;
+        if (input.checked) selected.set(input.dataset.select, seen(input.closest("tr")));
+        else selected.delete(input.dataset.select);
+      }
+      renderSelection();
+    });
+    document.getElementById("selection-clear").addEventListener("click", () => {
+      selected.clear();
+      for (const input of document.querySelectorAll("#list input[data-select]")) input.checked = false;
+      renderSelection();
+      document.getElementById("selection-result").textContent = "";
+    });
+    box.addEventListener("click", async (event) => {
+      const button = event.target.closest("button[data-action]");
+      if (!button) return;
+      const action = SELECTED_ACTIONS[button.dataset.action];
+      const n = selected.size;
+      // Requests the action cannot apply to, as last seen, are skipped without a call.
+      const skipped = new Map(); // reason → count
+      const skip = (why) => skipped.set(why, (skipped.get(why) || 0) + 1);
+      const ids = [];
+      for (const [id, r] of selected) {
+        if (action.applies(r)) ids.push(id);
+        else skip(r.mode === "sync" ? "sync" : r.status);
+      }
+      if (!window.confirm(action.ask + " " + n + " selected request" + (n === 1 ? "" : "s") + "?" + action.warn)) return;
+      const result = document.getElementById("selection-result");
+      const buttons = [...box.querySelectorAll("button")];
+      buttons.forEach((b) => { b.disabled = true; });
+      // One call per request, a few at a time: each answers for itself (a request that
+      // became final meanwhile is skipped with the reason, not an error for the rest).
+      let done = 0;
+      let next = 0;
+      const worker = async () => {
+        while (next < ids.length) {
+          const id = ids[next++];
+          result.textContent = action.ask + ": " + next + " of " + ids.length + "…";
+          try {
+            await call("POST", "/requests/" + encodeURIComponent(id) + "/" + button.dataset.action, action.kind);
+            done++;
+            selected.delete(id);
+          } catch (error) {
+            if (error.status === 401) throw error;
+            skip(error.message);
+          }
+        }
+      };
+      try {
+        await Promise.all([worker(), worker(), worker(), worker()]);
+        const reasons = [...skipped].map(([why, count]) => count + " skipped: " + why);
+        result.textContent = done + " of " + n + " " + action.done + "." + (reasons.length ? " " + reasons.join("; ") : "");
+      } catch (error) {
+        result.textContent = error.message;
+      } finally {
+        buttons.forEach((b) => { b.disabled = false; });
+        loadList();
+      }
+    });
   }
 
   function setupBulk() {
@@ -772,6 +897,7 @@
   if (page === "requests") {
     fillFilterForm();
     setupBulk();
+    setupSelection();
   }
   if (page === "request") setupRequestActions();
   if (page === "destinations" && adminEnabled) setupDestinations();
