@@ -141,6 +141,7 @@ pub struct Metrics {
     pub destination_in_flight: Family<DestinationLabels, Gauge>,
     pub destination_recent_failures: Family<DestinationLabels, Gauge>,
     pub destination_breaker_open: Family<DestinationLabels, Gauge>,
+    pub destinations_paused: Gauge,
 }
 
 impl Default for Metrics {
@@ -178,6 +179,7 @@ impl Metrics {
             destination_in_flight: Family::default(),
             destination_recent_failures: Family::default(),
             destination_breaker_open: Family::default(),
+            destinations_paused: Gauge::default(),
         };
         registry.register(
             "http_requests",
@@ -294,6 +296,11 @@ impl Metrics {
             "destination_breaker_open",
             "Destinations whose circuit breaker is open or half-open (1), by destination",
             metrics.destination_breaker_open.clone(),
+        );
+        registry.register(
+            "destinations_paused",
+            "Destinations an operator paused (their jobs wait until resumed)",
+            metrics.destinations_paused.clone(),
         );
         Self {
             registry: root,

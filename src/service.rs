@@ -659,7 +659,10 @@ impl Service {
         m.destination_in_flight.clear();
         m.destination_recent_failures.clear();
         m.destination_breaker_open.clear();
-        for (n, view) in self.destinations.snapshot().into_iter().enumerate() {
+        let views = self.destinations.snapshot();
+        m.destinations_paused
+            .set(i64::try_from(views.iter().filter(|v| v.paused).count()).unwrap_or(i64::MAX));
+        for (n, view) in views.into_iter().enumerate() {
             let labels = DestinationLabels {
                 destination: if n < TOP_DESTINATIONS {
                     view.destination
@@ -736,8 +739,11 @@ impl Service {
         if self.store.control_destination(destination, change).await? == Controlled::TooMany {
             return Ok(None);
         }
-        let controls = self.store.destination_controls().await?;
-        if self.destinations.apply_controls(&controls) {
+        if self
+            .destinations
+            .refresh_controls(self.store.destination_controls())
+            .await?
+        {
             self.wakeup.wake();
         }
         tracing::info!(destination, change = ?change, "destination control changed by an operator");

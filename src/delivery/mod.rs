@@ -247,6 +247,9 @@ impl Dispatcher {
             let mut claimed = 0;
             let mut filled = false;
             if free > 0 {
+                // A pause applied while this claim is under way waits for its jobs to count
+                // as in flight (see `Destinations::claim_turn`).
+                let turn = this.destinations.claim_turn().await;
                 let (batch, all_taken) = this.claim(free).await;
                 claimed = batch.len();
                 filled = all_taken;
@@ -275,6 +278,7 @@ impl Dispatcher {
                         worker.wakeup.wake();
                     });
                 }
+                drop(turn);
             }
             // With every slot busy, or every place a claim could fill just filled (more may be
             // due), the next look comes when a job finishes. Otherwise sleep until the
@@ -414,9 +418,13 @@ impl Dispatcher {
     /// Reads the destination controls and applies them; wakes the claim loop when held jobs
     /// may have become claimable. Answers whether the read succeeded.
     async fn read_controls(&self) -> bool {
-        match self.store.destination_controls().await {
-            Ok(controls) => {
-                if self.destinations.apply_controls(&controls) {
+        match self
+            .destinations
+            .refresh_controls(self.store.destination_controls())
+            .await
+        {
+            Ok(released) => {
+                if released {
                     self.wakeup.wake();
                 }
                 true

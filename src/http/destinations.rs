@@ -54,8 +54,10 @@ async fn destinations(_: Admin, State(state): State<AppState>) -> Json<Destinati
 }
 
 /// The `{key}` of `/destinations/{key}/…`: the destination as `GET /destinations` names it
-/// (`scheme://host:port`), percent-encoded; any URL of the destination is taken too (its
-/// path is ignored; a missing port is the scheme's default).
+/// (`scheme://host:port`), percent-encoded; a missing port is the scheme's default. A path,
+/// query or credentials are refused rather than ignored: taking them would invite callback
+/// URLs pasted whole, and the access log, which logs request paths, would keep their
+/// secrets.
 pub struct DestinationKey(String);
 
 /// Longest key taken, as for a callback URL.
@@ -87,13 +89,26 @@ impl<S: Send + Sync> FromRequestParts<S> for DestinationKey {
             let start: String = key.chars().take(64).collect();
             return Err(invalid("Input should have at most 2048 characters", &start));
         }
+        let origin_only = |url: &url::Url| {
+            url.path() == "/"
+                && url.query().is_none()
+                && url.fragment().is_none()
+                && url.username().is_empty()
+                && url.password().is_none()
+        };
         match url::Url::parse(&key) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host_str().is_some()
+                    && origin_only(&url) =>
+            {
                 Ok(Self(destination_of(&url)))
             }
+            // Not echoed: it may be a callback URL with a secret in it.
             _ => Err(invalid(
-                "Input should be a destination such as https://host:443, percent-encoded",
-                &key,
+                "Input should be a destination such as https://host:443 (no path, query or \
+                 credentials), percent-encoded",
+                "",
             )),
         }
     }
@@ -118,8 +133,9 @@ async fn control(
 
 /// Pause a destination: none of its jobs is claimed (no work starts, no delivery attempt)
 /// until it is resumed, on every instance (within a second on the others) and across
-/// restarts. Attempts already under way finish; no attempt is lost, and a paused job's
-/// `waiting_for` is `paused`. Pausing a paused destination changes nothing.
+/// restarts. Jobs already under way finish (the answer's `in_flight` counts them on this
+/// instance); none is lost, and a paused job's `waiting_for` is `paused`. Pausing a paused
+/// destination changes nothing.
 #[utoipa::path(
     post,
     path = "/destinations/{key}/pause",

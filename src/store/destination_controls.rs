@@ -25,6 +25,11 @@ pub struct DestinationControl {
 }
 
 impl DestinationControl {
+    /// Neither paused nor ever reset: what a missing row means.
+    pub fn is_nothing(&self) -> bool {
+        self.paused_at.is_none() && self.breaker_resets == 0
+    }
+
     /// A destination nobody controls.
     pub fn none(destination: &str) -> Self {
         Self {

@@ -471,6 +471,119 @@ async fn cancels_racing_every_step_of_delivery_keep_their_word() {
     receiver.stop().await;
 }
 
+/// Cancels racing a crash and the lease takeover after it: an instance killed (SIGKILL) with
+/// deliveries in flight, another started on its database that takes the jobs over as their
+/// leases run out, and every request cancelled through the new one meanwhile. A cancel that
+/// promised no callback is never followed by one arriving, every request settles, and none
+/// is both cancelled and delivered.
+#[tokio::test]
+async fn cancels_racing_a_crash_and_the_lease_takeover_keep_their_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let receiver = Receiver::start(Behaviour::hang(Duration::from_millis(300))).await;
+    let start = || {
+        TestServer::builder()
+            .child()
+            .database_url(&database)
+            .setting("job-lease-seconds", "2")
+            .start()
+    };
+    let mut crashed = start().await;
+    let items: Vec<Value> = (0..40)
+        .map(|n| json!({"data": format!("crash {n}"), "callback_url": receiver.url()}))
+        .collect();
+    let (status, batch) = read(
+        crashed
+            .post_json("/async/batch", &json!({"requests": items}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    let ids: Vec<String> = batch["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    receiver.wait_for_arrivals(3, WAIT).await;
+    crashed.kill_9();
+    let app = start().await;
+
+    let mut tasks = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let client = app.client.clone();
+        let url = app.url(&format!("/requests/{id}/cancel"));
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            // Before, during and after the takeover (leases of 2 s).
+            tokio::time::sleep(Duration::from_millis((n as u64 * 97) % 4000)).await;
+            let (status, answer) = read(client.post(url).send().await.unwrap()).await;
+            (id, status, answer, chrono::Utc::now())
+        }));
+    }
+    let mut promised_nothing = std::collections::HashMap::new();
+    let mut cancelled = HashSet::new();
+    for task in tasks {
+        let (id, status, answer, answered_at) = task.await.unwrap();
+        match status {
+            200 => {
+                if answer["delivery_in_flight"] == false {
+                    promised_nothing.insert(id.clone(), answered_at);
+                }
+                cancelled.insert(id);
+            }
+            409 => assert!(
+                answer["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("callback_success"),
+                "{answer}"
+            ),
+            other => panic!("cancel answered {other}: {answer}"),
+        }
+    }
+    assert!(!cancelled.is_empty(), "nothing was cancelled: no race");
+    for id in &ids {
+        let deadline = Instant::now() + WAIT;
+        let record = loop {
+            let record = app.get_json(&format!("/requests/{id}")).await;
+            let settled = matches!(
+                record["status"].as_str(),
+                Some("cancelled" | "callback_success")
+            ) && record.get("next_attempt_at").is_none();
+            if settled {
+                break record;
+            }
+            assert!(Instant::now() < deadline, "never settled: {record}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let expected = if cancelled.contains(id) {
+            "cancelled"
+        } else {
+            "callback_success"
+        };
+        assert_eq!(record["status"], expected, "{record}");
+    }
+    // Deliveries in flight at a cancel that said so have landed by now (300 ms each).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for (id, arrived_at) in receiver.arrivals() {
+        if let Some(answered_at) = promised_nothing.get(&id) {
+            assert!(
+                arrived_at < *answered_at,
+                "{id}: a callback arrived at {arrived_at}, after a cancel at {answered_at} that \
+                 promised none"
+            );
+        }
+    }
+    eprintln!(
+        "{} of {} cancelled, {} with no delivery in flight",
+        cancelled.len(),
+        ids.len(),
+        promised_nothing.len()
+    );
+    receiver.stop().await;
+}
+
 #[tokio::test]
 async fn retry_now_cuts_a_backoff_short_and_keeps_the_attempt_count() {
     let receiver = Receiver::start(Behaviour::fail_first(1)).await;

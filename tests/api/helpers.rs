@@ -258,6 +258,8 @@ struct Log {
     first_at: Option<Instant>,
     /// Callbacks that arrived, answered or not.
     arrived: usize,
+    /// Each arrival's request id and wall-clock time, before any answer.
+    arrivals: Vec<(String, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// A callback receiver on 127.0.0.1.
@@ -358,6 +360,11 @@ impl Receiver {
         }
     }
 
+    /// Every callback that arrived (answered or not yet): its request id and when.
+    pub fn arrivals(&self) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+        self.log.lock().expect("log").arrivals.clone()
+    }
+
     /// Waits until `n` callbacks were answered, whatever the answer.
     pub async fn wait_for_attempts(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -384,8 +391,13 @@ async fn receive(
     raw: Bytes,
 ) -> (StatusCode, &'static [u8]) {
     let arrived = {
+        let id = serde_json::from_slice::<Value>(&raw)
+            .ok()
+            .and_then(|body| body["request_id"].as_str().map(str::to_string))
+            .unwrap_or_default();
         let mut log = state.log.lock().expect("log");
         log.arrived += 1;
+        log.arrivals.push((id, chrono::Utc::now()));
         log.arrived
     };
     if !state.behaviour.delay.is_zero() && arrived > state.behaviour.prompt_first {

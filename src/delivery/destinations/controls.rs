@@ -31,10 +31,14 @@ impl Operated {
             .iter()
             .filter_map(|c| c.paused_at.map(|at| (c.destination.clone(), at)))
             .collect();
+        // A count that moved at all is a reset: one that went back means the row was
+        // deleted and made again between two reads, by a reset (a pause alone leaves 0).
         let reset: Vec<String> = controls
             .iter()
             .filter(|c| {
-                c.breaker_resets > self.resets_seen.get(&c.destination).copied().unwrap_or(0)
+                c.breaker_resets > 0
+                    && c.breaker_resets
+                        != self.resets_seen.get(&c.destination).copied().unwrap_or(0)
             })
             .map(|c| c.destination.clone())
             .collect();

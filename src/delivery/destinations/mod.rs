@@ -275,6 +275,13 @@ pub struct Destinations {
     keep_alive: Mutex<(Option<Instant>, Vec<String>)>,
     policy: IsolationPolicy,
     epoch: Instant,
+    /// Reads of the operators' controls take turns, so that an older read is never applied
+    /// after a newer one (an operator's pause undone for a second by the periodic read).
+    controls_read: tokio::sync::Mutex<()>,
+    /// Held (shared) by a claim from the rooms it is given until its jobs count as in
+    /// flight, and (alone) by the applying of controls: a pause applies between claims, so
+    /// that once it is applied no claim made with the rooms from before it is still to come.
+    claims: tokio::sync::RwLock<()>,
 }
 
 impl Destinations {
@@ -288,6 +295,8 @@ impl Destinations {
             keep_alive: Mutex::new((None, Vec::new())),
             policy,
             epoch: Instant::now(),
+            controls_read: tokio::sync::Mutex::new(()),
+            claims: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -363,6 +372,24 @@ impl Destinations {
                 .map(|(destination, _)| (destination.clone(), 0)),
         );
         rooms
+    }
+
+    /// Reads the operators' controls with `read` and applies them (see
+    /// [`apply_controls`](Self::apply_controls)), one read at a time.
+    pub async fn refresh_controls(
+        &self,
+        read: impl Future<Output = crate::store::StoreResult<Vec<crate::store::DestinationControl>>>,
+    ) -> crate::store::StoreResult<bool> {
+        let _turn = self.controls_read.lock().await;
+        let controls = read.await?;
+        let _between_claims = self.claims.write().await;
+        Ok(self.apply_controls(&controls))
+    }
+
+    /// A claim's turn: hold it from asking for [`rooms`](Self::rooms) until the claimed
+    /// jobs are [`start`](Self::start)ed.
+    pub async fn claim_turn(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.claims.read().await
     }
 
     /// Takes the operators' controls as read from the database (the whole table): pauses
@@ -662,18 +689,22 @@ impl Destinations {
                 }
             })
             .collect();
-        // Paused destinations this instance has not delivered to recently are listed too:
-        // an operator must find what they paused.
-        for (destination, at) in state.operated.paused() {
-            if !state.entries.contains_key(destination) {
-                views.push(DestinationView::idle(destination, Some(at)));
-            }
-        }
+
         views.sort_by(|a, b| {
             (b.in_flight, b.recent_failures, b.recent_successes)
                 .cmp(&(a.in_flight, a.recent_failures, a.recent_successes))
                 .then_with(|| a.destination.cmp(&b.destination))
         });
+        // Paused destinations this instance has not delivered to recently are listed too,
+        // last, in name order: an operator must find what they paused.
+        let mut idle_paused: Vec<DestinationView> = state
+            .operated
+            .paused()
+            .filter(|(destination, _)| !state.entries.contains_key(*destination))
+            .map(|(destination, at)| DestinationView::idle(destination, Some(at)))
+            .collect();
+        idle_paused.sort_by(|a, b| a.destination.cmp(&b.destination));
+        views.extend(idle_paused);
         views
     }
 }

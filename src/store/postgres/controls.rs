@@ -14,10 +14,14 @@ pub(super) const CONTROLS: &str =
 const CONTROL_OF: &str = "SELECT destination, paused_at, breaker_resets FROM destination_controls
      WHERE destination = $1";
 
-/// The oldest row without a pause, deleted to make room.
+/// The oldest row without a pause and unchanged for ten seconds (every instance has read a
+/// reset by then), deleted to make room.
 const FORGET_UNPAUSED: &str = "DELETE FROM destination_controls WHERE destination IN (
-         SELECT destination FROM destination_controls WHERE paused_at IS NULL
+         SELECT destination FROM destination_controls
+         WHERE paused_at IS NULL AND changed_at < now() - interval '10 seconds'
          ORDER BY changed_at LIMIT 1)";
+
+const DELETE: &str = "DELETE FROM destination_controls WHERE destination = $1";
 
 const UPSERT: &str =
     "INSERT INTO destination_controls (destination, paused_at, breaker_resets, changed_at)
@@ -68,6 +72,15 @@ impl PgStore {
         } else {
             next.paused_at
         };
+        if next.is_nothing() {
+            // Resumed and never reset: nothing left for any instance to learn.
+            sqlx::query(DELETE)
+                .bind(&next.destination)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(Controlled::Done(next));
+        }
         if stored.is_none() {
             let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM destination_controls")
                 .fetch_one(&mut *tx)

@@ -31,9 +31,13 @@ pub(super) const INSERT_QUEUED: &str = "
                                idempotency_key, idempotency_fingerprint, run_at, max_retries,
                                callback_timeout_ms)
          -- Due now on the database's clock, or a scheduled request as much later as its
-         -- run_at was ahead of the instance's clock when bound (starts_in).
+         -- run_at was ahead of the instance's clock when bound (starts_in), and never
+         -- before its run_at on the database's clock (an instance whose clock runs ahead
+         -- would otherwise start it early).
          SELECT id, 'async', 'pending', payload_hash, data, iterations, callback_url,
-                created_at, now() + make_interval(secs => starts_in), destination,
+                created_at,
+                GREATEST(now() + make_interval(secs => starts_in), COALESCE(run_at, now())),
+                destination,
                 callback_host, idempotency_key, idempotency_fingerprint, run_at, max_retries,
                 callback_timeout_ms
          FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],

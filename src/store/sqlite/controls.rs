@@ -16,10 +16,16 @@ const CONTROL_OF: &str = "SELECT destination, paused_at, breaker_resets FROM des
 
 const CONTROLLED: &str = "SELECT count(*) FROM destination_controls";
 
-/// The oldest row without a pause, deleted to make room.
+/// The oldest row without a pause and unchanged for [`FORGET_AFTER_MS`], deleted to make
+/// room (every instance has read a reset by then).
 const FORGET_UNPAUSED: &str = "DELETE FROM destination_controls WHERE destination IN (
-         SELECT destination FROM destination_controls WHERE paused_at IS NULL
+         SELECT destination FROM destination_controls
+         WHERE paused_at IS NULL AND changed_at < ?1
          ORDER BY changed_at LIMIT 1)";
+
+const FORGET_AFTER_MS: i64 = 10_000;
+
+const DELETE: &str = "DELETE FROM destination_controls WHERE destination = ?1";
 
 const UPSERT: &str =
     "INSERT INTO destination_controls (destination, paused_at, breaker_resets, changed_at)
@@ -61,10 +67,18 @@ impl Write for ControlDestination {
                 stored.unwrap_or_else(|| DestinationControl::none(&self.destination)),
             )));
         };
+        if next.is_nothing() {
+            // Resumed and never reset: nothing left for any instance to learn.
+            tx.prepare_cached(DELETE)?.execute([&next.destination])?;
+            return Ok(Ok(Controlled::Done(next)));
+        }
         if stored.is_none() {
             let rows: i64 = tx.query_row(CONTROLLED, [], |row| row.get(0))?;
             if rows >= MAX_CONTROLLED_DESTINATIONS
-                && tx.prepare_cached(FORGET_UNPAUSED)?.execute([])? == 0
+                && tx
+                    .prepare_cached(FORGET_UNPAUSED)?
+                    .execute([millis(now) - FORGET_AFTER_MS])?
+                    == 0
             {
                 return Ok(Ok(Controlled::TooMany));
             }

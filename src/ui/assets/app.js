@@ -471,7 +471,13 @@
           el("td", { class: "error-cell", text: r.callback_last_error || r.error || "" }),
         ),
       );
-      for (const r of data.requests) if (selected.has(r.id)) selected.set(r.id, { status: r.status, mode: r.mode });
+      // Only what the operator sees can be acted on: a selected request gone from the page
+      // (pushed off the live first page by newer ones) leaves the selection.
+      const shown = new Map(data.requests.map((r) => [r.id, { status: r.status, mode: r.mode }]));
+      for (const id of [...selected.keys()]) {
+        if (shown.has(id)) selected.set(id, shown.get(id));
+        else selected.delete(id);
+      }
       const tbody = document.querySelector("#list tbody");
       tbody.replaceChildren(...rows);
       if (refocus) {
@@ -588,8 +594,9 @@
       // became final meanwhile is skipped with the reason, not an error for the rest).
       let done = 0;
       let next = 0;
+      let refused = null; // a 401: every worker stops
       const worker = async () => {
-        while (next < ids.length) {
+        while (next < ids.length && !refused) {
           const id = ids[next++];
           result.textContent = action.ask + ": " + next + " of " + ids.length + "…";
           try {
@@ -597,13 +604,17 @@
             done++;
             selected.delete(id);
           } catch (error) {
-            if (error.status === 401) throw error;
+            if (error.status === 401) {
+              refused = error;
+              return;
+            }
             skip(error.message);
           }
         }
       };
       try {
         await Promise.all([worker(), worker(), worker(), worker()]);
+        if (refused) throw refused;
         const reasons = [...skipped].map(([why, count]) => count + " skipped: " + why);
         result.textContent = done + " of " + n + " " + action.done + "." + (reasons.length ? " " + reasons.join("; ") : "");
       } catch (error) {
@@ -719,7 +730,11 @@
       const control = document.getElementById("control");
       if (control) control.hidden = !(r.mode === "async" && QUEUED.has(r.status));
       const retry = document.getElementById("retry-control");
-      if (retry) retry.hidden = !(r.mode === "async" && r.next_attempt_at && parseTime(r.next_attempt_at) > Date.now());
+      if (retry) {
+        retry.hidden = !(r.mode === "async" && r.next_attempt_at && parseTime(r.next_attempt_at) > Date.now());
+        // For work waiting for its schedule the same call starts it now.
+        document.getElementById("retry-now").textContent = r.waiting_for === "schedule" ? "Start now" : "Retry now";
+      }
       showMessage("");
     } catch (error) {
       if (error.status === 404) detailFinal = true;
@@ -834,6 +849,17 @@
 
   const DESTINATION_DONE = { pause: "paused: its jobs wait until it is resumed", resume: "resumed", reset: "breaker reset" };
 
+  // The destination of a URL typed or pasted whole: its scheme, host and port only (the
+  // path and query, which may hold a secret, never leave the page).
+  function destinationOf(text) {
+    try {
+      const url = new URL(text);
+      return url.protocol + "//" + url.host;
+    } catch (_) {
+      return text;
+    }
+  }
+
   async function controlDestination(action, destination) {
     const result = document.getElementById("destination-result");
     if (action === "pause" && !window.confirm("Pause " + destination + "? No job of it starts or is delivered, on any instance, until it is resumed.")) return false;
@@ -862,7 +888,7 @@
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const input = document.getElementById("pause-destination");
-      if (await controlDestination("pause", input.value.trim())) input.value = "";
+      if (await controlDestination("pause", destinationOf(input.value.trim()))) input.value = "";
     });
   }
 
