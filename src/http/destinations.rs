@@ -141,7 +141,8 @@ async fn control(
     path = "/destinations/{key}/pause",
     tag = "operations",
     params(("key" = String, Path, description = "The destination as `GET /destinations` \
-        names it (`scheme://host:port`), percent-encoded")),
+        names it (`scheme://host:port`), percent-encoded",
+        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", example = "https://hooks.example.com:443")),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Paused: the destination now", body = DestinationView),
@@ -165,7 +166,8 @@ async fn pause(
     path = "/destinations/{key}/resume",
     tag = "operations",
     params(("key" = String, Path, description = "The destination as `GET /destinations` \
-        names it (`scheme://host:port`), percent-encoded")),
+        names it (`scheme://host:port`), percent-encoded",
+        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", example = "https://hooks.example.com:443")),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Resumed: the destination now", body = DestinationView),
@@ -189,7 +191,8 @@ async fn resume(
     path = "/destinations/{key}/reset",
     tag = "operations",
     params(("key" = String, Path, description = "The destination as `GET /destinations` \
-        names it (`scheme://host:port`), percent-encoded")),
+        names it (`scheme://host:port`), percent-encoded",
+        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", example = "https://hooks.example.com:443")),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Reset: the destination now", body = DestinationView),
