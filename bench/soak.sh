@@ -22,7 +22,8 @@
 # history (B-tree depth, the pages a write touches) is apart from what grows with time.
 #
 # Env overrides: DURATION (1800 s per backend), RATE (1000), SIDE_RATE (50), HUNG_RATE (2),
-# ITERATIONS (1000), HISTORY (0), BACKENDS ("sqlite postgres"), PG_ADMIN_URL
+# ITERATIONS (1000), HISTORY (0), BACKENDS ("sqlite postgres"), FEATURES (cargo features of
+# the service, e.g. jemalloc), PG_ADMIN_URL
 # (postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable), KEEP_TMP=1.
 set -euo pipefail
 
@@ -112,7 +113,7 @@ command -v psql >/dev/null || die "psql is needed (PostgreSQL client)"
 python3 -c 'import matplotlib' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore matplotlib
 log "building the release binary"
-cargo build --release --bin syncasync >&2
+cargo build --release --bin syncasync ${FEATURES:+--features "$FEATURES"} >&2
 mkdir -p "$RESULTS"
 
 plots=()

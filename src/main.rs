@@ -47,6 +47,10 @@ enum Command {
     },
 }
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let mut command = Cli::command();
     // Built up front, subcommands included: `one_line_error` prints the arguments of any

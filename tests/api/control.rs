@@ -2,7 +2,7 @@
 //! timeout, when it next moves and why, and cancelling it, racing everything a delivery does.
 //! Run on SQLite and, in CI, on PostgreSQL.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -26,6 +26,70 @@ async fn cancel(app: &TestServer, id: &str) -> (u16, Value) {
             .unwrap(),
     )
     .await
+}
+
+/// What racing cancels answered: the requests cancelled, and when each cancel that promised
+/// no callback (no delivery in flight) answered.
+struct CancelOutcomes {
+    cancelled: HashSet<String>,
+    promised_nothing: HashMap<String, chrono::DateTime<chrono::Utc>>,
+}
+
+type CancelTask = tokio::task::JoinHandle<(String, u16, Value, chrono::DateTime<chrono::Utc>)>;
+
+/// Gathers cancels' answers: each is a 200 (cancelled) or a 409 for a request already
+/// delivered, nothing else.
+async fn gather_cancels(tasks: Vec<CancelTask>) -> CancelOutcomes {
+    let mut outcomes = CancelOutcomes {
+        cancelled: HashSet::new(),
+        promised_nothing: HashMap::new(),
+    };
+    for task in tasks {
+        let (id, status, answer, answered_at) = task.await.unwrap();
+        match status {
+            200 => {
+                if answer["delivery_in_flight"] == false {
+                    outcomes.promised_nothing.insert(id.clone(), answered_at);
+                }
+                outcomes.cancelled.insert(id);
+            }
+            409 => assert!(
+                answer["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("callback_success"),
+                "{answer}"
+            ),
+            other => panic!("cancel answered {other}: {answer}"),
+        }
+    }
+    outcomes
+}
+
+/// Waits for every request of `ids` to settle, final with nothing due, and checks it ended
+/// `cancelled` exactly when its cancel said so, else delivered.
+async fn assert_settled<P>(app: &TestServer<P>, ids: &[String], cancelled: &HashSet<String>) {
+    for id in ids {
+        let deadline = Instant::now() + WAIT;
+        let record = loop {
+            let record = app.get_json(&format!("/requests/{id}")).await;
+            let settled = matches!(
+                record["status"].as_str(),
+                Some("cancelled" | "callback_success")
+            ) && record.get("next_attempt_at").is_none();
+            if settled {
+                break record;
+            }
+            assert!(Instant::now() < deadline, "never settled: {record}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let expected = if cancelled.contains(id) {
+            "cancelled"
+        } else {
+            "callback_success"
+        };
+        assert_eq!(record["status"], expected, "{record}");
+    }
 }
 
 #[tokio::test]
@@ -386,29 +450,16 @@ async fn cancels_racing_every_step_of_delivery_keep_their_word() {
             (id, status, answer, chrono::Utc::now())
         }));
     }
-    let mut promised_nothing = std::collections::HashMap::new();
-    let mut cancelled = HashSet::new();
-    let mut all = Vec::new();
-    for task in tasks {
-        let (id, status, answer, answered_at) = task.await.unwrap();
-        match status {
-            200 => {
-                if answer["delivery_in_flight"] == false {
-                    promised_nothing.insert(id.clone(), answered_at);
-                }
-                cancelled.insert(id.clone());
-            }
-            409 => assert!(
-                answer["error"]
-                    .as_str()
-                    .unwrap()
-                    .contains("callback_success"),
-                "{answer}"
-            ),
-            other => panic!("cancel answered {other}: {answer}"),
-        }
-        all.push(id);
-    }
+    let all: Vec<String> = batch["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    let CancelOutcomes {
+        cancelled,
+        promised_nothing,
+    } = gather_cancels(tasks).await;
     let in_flight = cancelled.len() - promised_nothing.len();
     eprintln!(
         "{} cancelled ({in_flight} with an attempt in flight), {} delivered first",
@@ -421,27 +472,7 @@ async fn cancels_racing_every_step_of_delivery_keep_their_word() {
         cancelled.len(),
         all.len()
     );
-    for id in &all {
-        let deadline = Instant::now() + WAIT;
-        let record = loop {
-            let record = app.get_json(&format!("/requests/{id}")).await;
-            let settled = matches!(
-                record["status"].as_str(),
-                Some("cancelled" | "callback_success")
-            ) && record.get("next_attempt_at").is_none();
-            if settled {
-                break record;
-            }
-            assert!(Instant::now() < deadline, "never settled: {record}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let expected = if cancelled.contains(id) {
-            "cancelled"
-        } else {
-            "callback_success"
-        };
-        assert_eq!(record["status"], expected, "{record}");
-    }
+    assert_settled(&app, &all, &cancelled).await;
     // Attempts still in flight at their cancel have landed by now (the receiver answers in
     // 15 ms); give them a moment more and read what the receiver saw.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -521,49 +552,12 @@ async fn cancels_racing_a_crash_and_the_lease_takeover_keep_their_word() {
             (id, status, answer, chrono::Utc::now())
         }));
     }
-    let mut promised_nothing = std::collections::HashMap::new();
-    let mut cancelled = HashSet::new();
-    for task in tasks {
-        let (id, status, answer, answered_at) = task.await.unwrap();
-        match status {
-            200 => {
-                if answer["delivery_in_flight"] == false {
-                    promised_nothing.insert(id.clone(), answered_at);
-                }
-                cancelled.insert(id);
-            }
-            409 => assert!(
-                answer["error"]
-                    .as_str()
-                    .unwrap()
-                    .contains("callback_success"),
-                "{answer}"
-            ),
-            other => panic!("cancel answered {other}: {answer}"),
-        }
-    }
+    let CancelOutcomes {
+        cancelled,
+        promised_nothing,
+    } = gather_cancels(tasks).await;
     assert!(!cancelled.is_empty(), "nothing was cancelled: no race");
-    for id in &ids {
-        let deadline = Instant::now() + WAIT;
-        let record = loop {
-            let record = app.get_json(&format!("/requests/{id}")).await;
-            let settled = matches!(
-                record["status"].as_str(),
-                Some("cancelled" | "callback_success")
-            ) && record.get("next_attempt_at").is_none();
-            if settled {
-                break record;
-            }
-            assert!(Instant::now() < deadline, "never settled: {record}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let expected = if cancelled.contains(id) {
-            "cancelled"
-        } else {
-            "callback_success"
-        };
-        assert_eq!(record["status"], expected, "{record}");
-    }
+    assert_settled(&app, &ids, &cancelled).await;
     // Deliveries in flight at a cancel that said so have landed by now (300 ms each).
     tokio::time::sleep(Duration::from_millis(800)).await;
     for (id, arrived_at) in receiver.arrivals() {
