@@ -48,13 +48,15 @@ pub struct Config {
     #[arg(long, env = "APP_PORT", default_value_t = 8000)]
     pub port: u16,
 
-    /// Database: `sqlite://PATH` (created on first start, with a `PATH.lock` beside it; one
-    /// process per file) or `postgres://USER@HOST/DB` (shared by any number of instances).
+    /// Database: `sqlite://PATH` (created on first start; one process per file, held by a
+    /// lock on the file itself) or `postgres://USER@HOST/DB` (shared by any number of
+    /// instances). Whitespace around it (a secret file's last newline) is ignored.
     #[arg(
         long,
         env = "APP_DATABASE_URL",
         default_value = "sqlite://requests.db",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = database_url
     )]
     pub database_url: String,
 
@@ -226,7 +228,7 @@ pub struct Config {
 
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, env = "APP_MAX_BODY_BYTES", default_value_t = 256 * 1024,
-          value_parser = clap::value_parser!(u64).range(64..))]
+          value_parser = clap::value_parser!(u64).range(64..=MAX_BODY_BYTES))]
     pub max_body_bytes: u64,
 
     /// Bearer token for `POST /admin/*`; without it the admin endpoints answer 404.
@@ -601,6 +603,23 @@ fn is_host_name(s: &str) -> bool {
 /// the whitespace around it is trimmed. What is left must be a token a client can send
 /// (visible ASCII, as a header value carries it), or nobody could authenticate; an empty
 /// value stays empty, which means unset. The reasons never quote the token: it is a secret.
+/// The largest `APP_MAX_BODY_BYTES`: a body is held in memory whole, and a bound a client
+/// could fill with one request must leave the process room.
+const MAX_BODY_BYTES: u64 = 1 << 30;
+
+/// A database URL with whitespace around it (a secret file's last newline) taken off: left
+/// on, `sqlite://requests.db\n` would open, and lock, a new empty file of that name.
+fn database_url(s: &str) -> Result<String, String> {
+    let url = s.trim();
+    if url.is_empty() {
+        return Err("is empty".to_string());
+    }
+    if url.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_string());
+    }
+    Ok(url.to_string())
+}
+
 fn bearer_token(s: &str) -> Result<String, String> {
     let token = s.trim_ascii();
     if token.is_empty() && !s.is_empty() {

@@ -116,7 +116,7 @@ pub async fn middleware(
             .http_request_duration
             .get_or_create(&EndpointLabels {
                 method: method_label,
-                endpoint,
+                endpoint: endpoint.clone(),
             })
             .observe(elapsed);
     }
@@ -124,6 +124,13 @@ pub async fn middleware(
         .extensions_mut()
         .remove::<CreatedRequest>()
         .map(|CreatedRequest(id)| id);
+    // A refused destination key may be a callback URL pasted whole, secret and all: its
+    // route's template is logged instead.
+    let path = if status == 422 && endpoint.contains("{key}") {
+        endpoint.clone()
+    } else {
+        path
+    };
     span.in_scope(|| {
         tracing::info!(
             target: "syncasync::access",

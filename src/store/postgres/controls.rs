@@ -14,12 +14,12 @@ pub(super) const CONTROLS: &str =
 const CONTROL_OF: &str = "SELECT destination, paused_at, breaker_resets FROM destination_controls
      WHERE destination = $1";
 
-/// The oldest row without a pause and unchanged for ten seconds (every instance has read a
-/// reset by then), deleted to make room.
+/// A row without a pause (left by a breaker reset), deleted to make room: the oldest of
+/// those unchanged for ten seconds (every instance has read its reset by then), else the
+/// oldest.
 const FORGET_UNPAUSED: &str = "DELETE FROM destination_controls WHERE destination IN (
-         SELECT destination FROM destination_controls
-         WHERE paused_at IS NULL AND changed_at < now() - interval '10 seconds'
-         ORDER BY changed_at LIMIT 1)";
+         SELECT destination FROM destination_controls WHERE paused_at IS NULL
+         ORDER BY changed_at >= now() - interval '10 seconds', changed_at LIMIT 1)";
 
 const DELETE: &str = "DELETE FROM destination_controls WHERE destination = $1";
 

@@ -16,12 +16,12 @@ const CONTROL_OF: &str = "SELECT destination, paused_at, breaker_resets FROM des
 
 const CONTROLLED: &str = "SELECT count(*) FROM destination_controls";
 
-/// The oldest row without a pause and unchanged for [`FORGET_AFTER_MS`], deleted to make
-/// room (every instance has read a reset by then).
+/// A row without a pause (left by a breaker reset), deleted to make room: the oldest of
+/// those unchanged for [`FORGET_AFTER_MS`] (every instance has read its reset by then), else
+/// the oldest.
 const FORGET_UNPAUSED: &str = "DELETE FROM destination_controls WHERE destination IN (
-         SELECT destination FROM destination_controls
-         WHERE paused_at IS NULL AND changed_at < ?1
-         ORDER BY changed_at LIMIT 1)";
+         SELECT destination FROM destination_controls WHERE paused_at IS NULL
+         ORDER BY changed_at >= ?1, changed_at LIMIT 1)";
 
 const FORGET_AFTER_MS: i64 = 10_000;
 

@@ -621,6 +621,7 @@
         result.textContent = error.message;
       } finally {
         buttons.forEach((b) => { b.disabled = false; });
+        renderSelection();
         loadList();
       }
     });
@@ -854,10 +855,11 @@
   function destinationOf(text) {
     try {
       const url = new URL(text);
-      return url.protocol + "//" + url.host;
+      if (url.protocol === "http:" || url.protocol === "https:") return url.protocol + "//" + url.host;
     } catch (_) {
-      return text;
+      // not a URL: refused below
     }
+    return null;
   }
 
   async function controlDestination(action, destination) {
@@ -888,7 +890,13 @@
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const input = document.getElementById("pause-destination");
-      if (await controlDestination("pause", destinationOf(input.value.trim()))) input.value = "";
+      const destination = destinationOf(input.value.trim());
+      if (!destination) {
+        document.getElementById("destination-result").textContent =
+          "Give the destination as https://host:port (or a callback URL: only its scheme, host and port are sent).";
+        return;
+      }
+      if (await controlDestination("pause", destination)) input.value = "";
     });
   }
 

@@ -59,6 +59,15 @@ fn settings_that_would_break_something_are_refused_in_one_line_naming_them() {
             vec![("APP_MAX_SCHEDULE_DELAY_SECONDS", "nan")],
             "APP_MAX_SCHEDULE_DELAY_SECONDS",
         ),
+        (
+            vec![("APP_MAX_BODY_BYTES", "18446744073709551615")],
+            "APP_MAX_BODY_BYTES",
+        ),
+        (vec![("APP_DATABASE_URL", " \n")], "APP_DATABASE_URL"),
+        (
+            vec![("APP_DATABASE_URL", "sqlite://a\u{7}b.db")],
+            "APP_DATABASE_URL",
+        ),
     ] {
         assert_refused_in_one_line(&env, variable);
     }
@@ -427,4 +436,27 @@ fn allowed_hosts_that_could_never_match_are_refused_naming_the_entry() {
         Duration::from_secs(3),
     );
     assert_eq!(code, None, "refused: {stderr}");
+}
+
+/// A database URL read from a file ends with a newline: the service opens (and locks) the
+/// file as written without it, never a new empty file whose name ends in a newline.
+#[tokio::test]
+async fn a_database_url_with_a_trailing_newline_opens_the_file_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("queue.db");
+    let url = format!("sqlite://{}\n", file.display());
+    let (mut child, _) = start_listening_on(
+        &[("APP_DATABASE_URL", &url)],
+        "127.0.0.1",
+        &dir.path().join("unused.db"),
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(file.exists(), "the file as written without its newline");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|name| !name.contains('\n')), "{names:?}");
 }
