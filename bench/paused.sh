@@ -50,7 +50,8 @@ admin() {   # METHOD PATH
     curl -fsS -X "$1" -H "authorization: Bearer $TOKEN" "$url$2" >/dev/null
 }
 
-key_of() { python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
+# The key of a destination `scheme://host:port` (host names and ports need no escaping).
+key_of() { local d="${1//:/%3A}"; echo "${d//\//%2F}"; }
 
 pause_idle() {   # pause or resume
     local n
