@@ -17,6 +17,22 @@ async fn submit<P>(app: &TestServer<P>, body: Value) -> String {
     answer["request_id"].as_str().unwrap().to_string()
 }
 
+/// Queues `items` with one `POST /async/batch`; answers their ids, in order.
+async fn submit_batch<P>(app: &TestServer<P>, items: Vec<Value>) -> Vec<String> {
+    let (status, batch) = read(
+        app.post_json("/async/batch", &json!({"requests": items}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    batch["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 async fn cancel(app: &TestServer, id: &str) -> (u16, Value) {
     read(
         app.client
@@ -431,15 +447,10 @@ async fn cancels_racing_every_step_of_delivery_keep_their_word() {
     let items: Vec<Value> = (0..120)
         .map(|n| json!({"data": format!("race {n}"), "callback_url": receiver.url()}))
         .collect();
-    let (status, batch) = read(
-        app.post_json("/async/batch", &json!({"requests": items}))
-            .await,
-    )
-    .await;
-    assert_eq!(status, 200, "{batch}");
+    let all = submit_batch(&app, items).await;
     let mut tasks = Vec::new();
-    for (n, item) in batch["results"].as_array().unwrap().iter().enumerate() {
-        let id = item["request_id"].as_str().unwrap().to_string();
+    for (n, id) in all.iter().enumerate() {
+        let id = id.clone();
         let client = app.client.clone();
         let url = app.url(&format!("/requests/{id}/cancel"));
         tasks.push(tokio::spawn(async move {
@@ -450,12 +461,6 @@ async fn cancels_racing_every_step_of_delivery_keep_their_word() {
             (id, status, answer, chrono::Utc::now())
         }));
     }
-    let all: Vec<String> = batch["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["request_id"].as_str().unwrap().to_string())
-        .collect();
     let CancelOutcomes {
         cancelled,
         promised_nothing,
@@ -523,19 +528,7 @@ async fn cancels_racing_a_crash_and_the_lease_takeover_keep_their_word() {
     let items: Vec<Value> = (0..40)
         .map(|n| json!({"data": format!("crash {n}"), "callback_url": receiver.url()}))
         .collect();
-    let (status, batch) = read(
-        crashed
-            .post_json("/async/batch", &json!({"requests": items}))
-            .await,
-    )
-    .await;
-    assert_eq!(status, 200, "{batch}");
-    let ids: Vec<String> = batch["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["request_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = submit_batch(&crashed, items).await;
     receiver.wait_for_arrivals(3, WAIT).await;
     crashed.kill_9();
     let app = start().await;
@@ -649,18 +642,7 @@ async fn cancels_whose_clients_hang_up_leave_each_request_cancelled_or_delivered
                    "delay_seconds": 1})
         })
         .collect();
-    let (status, batch) = read(
-        app.post_json("/async/batch", &json!({"requests": items}))
-            .await,
-    )
-    .await;
-    assert_eq!(status, 200, "{batch}");
-    let ids: Vec<String> = batch["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["request_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = submit_batch(&app, items).await;
     let address = app.address.trim_start_matches("http://").to_string();
     let mut hangups = Vec::new();
     for (n, id) in ids.iter().enumerate() {

@@ -27,21 +27,10 @@ pub async fn control<P>(app: &TestServer<P>, action: &str, destination: &str) ->
 
 /// `destination` as `GET /destinations` shows it, if listed.
 pub async fn listed<P>(app: &TestServer<P>, destination: &str) -> Option<Value> {
-    let response = app
-        .client
-        .get(app.url("/destinations"))
-        .bearer_auth(TOKEN)
-        .send()
+    crate::helpers::destinations(app, TOKEN)
         .await
-        .unwrap();
-    let (status, body) = read(response).await;
-    assert_eq!(status, 200, "{body}");
-    body["destinations"]
-        .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
         .find(|d| d["destination"] == destination)
-        .cloned()
 }
 
 async fn metrics(app: &TestServer) -> String {

@@ -149,6 +149,20 @@ pub fn ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
+/// `GET /destinations` with the admin token `token`: the destinations it lists.
+pub async fn destinations<P>(app: &TestServer<P>, token: &str) -> Vec<Value> {
+    let response = app
+        .client
+        .get(app.url("/destinations"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, 200, "{body}");
+    body["destinations"].as_array().unwrap().clone()
+}
+
 /// Fails the test unless every acknowledged id was delivered to `receiver` (with a 2xx).
 pub fn assert_all_delivered(receiver: &Receiver, acknowledged: &[String]) {
     let delivered: std::collections::HashSet<String> =

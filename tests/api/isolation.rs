@@ -19,22 +19,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("admin-token", TOKEN),
 ];
 
-async fn destinations(app: &TestServer) -> Vec<Value> {
-    let response = app
-        .client
-        .get(app.url("/destinations"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    body["destinations"].as_array().unwrap().clone()
-}
-
 async fn destination(app: &TestServer, port: u16) -> Option<Value> {
     let suffix = format!(":{port}");
-    destinations(app)
+    crate::helpers::destinations(app, TOKEN)
         .await
         .into_iter()
         .find(|d| d["destination"].as_str().unwrap().ends_with(&suffix))
@@ -258,7 +245,7 @@ async fn each_delivered_within(app: &TestServer, receiver: &Receiver, n: usize, 
         if took >= within {
             panic!(
                 "callback {i} to the healthy destination took {took:?}; destinations: {:#?}",
-                destinations(app).await
+                crate::helpers::destinations(app, TOKEN).await
             );
         }
     }
@@ -286,7 +273,7 @@ async fn hung_destinations_beside_a_healthy_one(workers: Option<&str>) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         each_delivered_within(&app, &healthy, 5, Duration::from_secs(1)).await;
         // However many hang, together they hold at most their share.
-        let holding: u64 = destinations(&app)
+        let holding: u64 = crate::helpers::destinations(&app, TOKEN)
             .await
             .iter()
             .filter(|d| d["proven"] == false)
@@ -342,7 +329,7 @@ async fn a_stream_of_new_destinations_that_hang_cannot_take_the_workers() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     each_delivered_within(&app, &healthy, 5, Duration::from_secs(1)).await;
-    let tracked = destinations(&app).await;
+    let tracked = crate::helpers::destinations(&app, TOKEN).await;
     let new_in_flight: u64 = tracked
         .iter()
         .filter(|d| d["destination"].as_str().unwrap().contains(".test:"))
