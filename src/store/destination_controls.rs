@@ -31,7 +31,7 @@ impl DestinationControl {
     }
 
     /// A destination nobody controls.
-    pub fn none(destination: &str) -> Self {
+    fn none(destination: &str) -> Self {
         Self {
             destination: destination.to_string(),
             paused_at: None,
@@ -78,8 +78,9 @@ impl ControlChange {
 /// The answer to a [`ControlChange`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Controlled {
-    /// Applied (or nothing to do): the destination's controls now.
-    Done(DestinationControl),
+    /// Applied, or nothing to do. (The answer is the destination as this instance sees it
+    /// once the controls are read again, not the stored row.)
+    Done,
     /// [`MAX_CONTROLLED_DESTINATIONS`] destinations are paused already.
     TooMany,
 }

@@ -58,9 +58,7 @@ impl PgStore {
             .await?
             .map(control_of);
         let Some(next) = change.apply(stored.as_ref(), destination, Utc::now()) else {
-            return Ok(Controlled::Done(
-                stored.unwrap_or_else(|| DestinationControl::none(destination)),
-            ));
+            return Ok(Controlled::Done);
         };
         // The database's clock for the pause's time, as for every time instances compare.
         let paused_at = if change == ControlChange::Pause {
@@ -79,7 +77,7 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            return Ok(Controlled::Done(next));
+            return Ok(Controlled::Done);
         }
         if stored.is_none() {
             let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM destination_controls")
@@ -102,7 +100,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Controlled::Done(DestinationControl { paused_at, ..next }))
+        Ok(Controlled::Done)
     }
 
     pub(super) async fn controls(&self) -> StoreResult<Vec<DestinationControl>> {

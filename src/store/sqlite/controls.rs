@@ -63,14 +63,12 @@ impl Write for ControlDestination {
             .optional()?;
         let now = Utc::now();
         let Some(next) = self.change.apply(stored.as_ref(), &self.destination, now) else {
-            return Ok(Ok(Controlled::Done(
-                stored.unwrap_or_else(|| DestinationControl::none(&self.destination)),
-            )));
+            return Ok(Ok(Controlled::Done));
         };
         if next.is_nothing() {
             // Resumed and never reset: nothing left for any instance to learn.
             tx.prepare_cached(DELETE)?.execute([&next.destination])?;
-            return Ok(Ok(Controlled::Done(next)));
+            return Ok(Ok(Controlled::Done));
         }
         if stored.is_none() {
             let rows: i64 = tx.query_row(CONTROLLED, [], |row| row.get(0))?;
@@ -89,6 +87,6 @@ impl Write for ControlDestination {
             next.breaker_resets,
             millis(now)
         ])?;
-        Ok(Ok(Controlled::Done(next)))
+        Ok(Ok(Controlled::Done))
     }
 }
