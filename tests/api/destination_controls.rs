@@ -319,3 +319,60 @@ async fn at_most_a_thousand_destinations_are_paused() {
     let (status, _) = control(&app, "pause", &name(1002)).await;
     assert_eq!(status, 409);
 }
+
+/// Operators whose pause calls hang up at once, or a few milliseconds in (the handler
+/// dropped at any of its awaits: the write, the read of the controls, the turn between
+/// claims): each pause is stored whole or not at all, and within a read interval the
+/// instance holds exactly what the database holds, as a fresh start on it does.
+#[tokio::test]
+async fn pauses_whose_callers_hang_up_leave_the_instance_agreeing_with_the_database() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let start = || {
+        TestServer::builder()
+            .child()
+            .database_url(&database)
+            .setting("admin-token", TOKEN)
+            .start()
+    };
+    let mut app = start().await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut hangups = Vec::new();
+    for n in 0..60u64 {
+        let address = address.clone();
+        let request = format!(
+            "POST /destinations/http%3A%2F%2Fhung-up-{n}.example%3A80/pause HTTP/1.1\r\n\
+             Host: test\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+        );
+        hangups.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(n % 4)).await;
+            drop(stream);
+        }));
+    }
+    for hangup in hangups {
+        hangup.await.unwrap();
+    }
+    let paused = |views: Vec<Value>| {
+        let mut names: Vec<String> = views
+            .into_iter()
+            .filter(|v| v["paused"] == true)
+            .map(|v| v["destination"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    // Writes already under way land; then one read of the controls.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let held = paused(crate::helpers::destinations(&app, TOKEN).await);
+    app.kill_9();
+    let fresh = start().await;
+    let stored = paused(crate::helpers::destinations(&fresh, TOKEN).await);
+    assert_eq!(held, stored, "the instance and the database disagree");
+    eprintln!(
+        "{} of 60 pauses landed before their callers hung up",
+        stored.len()
+    );
+}
