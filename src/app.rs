@@ -219,7 +219,8 @@ impl Application {
         .map_err(|source| StartError::Store {
             url: redact_url(&config.database_url),
             source,
-        })?;
+        })?
+        .with_priority_step(Duration::from_secs_f64(config.priority_step_seconds));
         tracing::info!(database = %redact_url(&config.database_url), "database ready");
 
         let pool = ComputePool::new(

@@ -140,6 +140,14 @@ pub struct Config {
           value_parser = schedule_delay_seconds)]
     pub max_schedule_delay_seconds: f64,
 
+    /// Waiting, in seconds, that one level of `priority` is worth: a due job is claimed as if
+    /// it had been due this much earlier per level, so a job that has waited longer than the
+    /// difference goes ahead of newer jobs of a higher priority (none starves). 0 ignores
+    /// priorities: due order only. At most a day.
+    #[arg(long, env = "APP_PRIORITY_STEP_SECONDS", default_value_t = 60.0,
+          value_parser = priority_step_seconds)]
+    pub priority_step_seconds: f64,
+
     /// Timeout of one callback attempt, in seconds (the longest a request may ask for).
     #[arg(long, env = "APP_CALLBACK_TIMEOUT_SECONDS", default_value_t = 10.0,
           value_parser = positive_seconds)]
@@ -511,6 +519,14 @@ fn schedule_delay_seconds(s: &str) -> Result<f64, String> {
         return Err(format!(
             "`{s}` is more than {MAX_SCHEDULE_DELAY_SECONDS} seconds (10 years)"
         ));
+    }
+    Ok(v)
+}
+
+fn priority_step_seconds(s: &str) -> Result<f64, String> {
+    let v = non_negative_seconds(s)?;
+    if v > 86_400.0 {
+        return Err(format!("`{s}` is more than a day (86400 seconds)"));
     }
     Ok(v)
 }

@@ -196,6 +196,10 @@ pub struct RequestRecord {
     )]
     #[schema(value_type = Option<Timestamp>)]
     pub run_at: Option<DateTime<Utc>>,
+    /// Its priority among due jobs, from -10 to 10, when it asked for one other than 0
+    /// (*beyond*).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i8,
     /// Its own retry budget, when it asked for one (*beyond*).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_max_retries: Option<u32>,
@@ -304,6 +308,10 @@ pub struct CallbackPayload {
 
 /// The first 16 hex characters of SHA-256 of the input: enough to spot repeats without
 /// keeping the payload.
+fn is_zero(n: &i8) -> bool {
+    *n == 0
+}
+
 pub fn payload_hash(data: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(data.as_bytes());
@@ -329,6 +337,7 @@ mod tests {
             next_attempt_at: Some(due),
             waiting_for: None,
             run_at,
+            priority: 0,
             callback_max_retries: None,
             callback_timeout_seconds: None,
             result: None,

@@ -1,7 +1,7 @@
 //! The optional fields of an async request that control it beyond the original's (SPEC §11):
-//! when its work may start (`run_at` or `delay_seconds`), and its own retry budget and
-//! per-attempt timeout (`callback_max_retries`, `callback_timeout_seconds`), which may only
-//! tighten the operator's settings. A field sent as `null` is absent. Unlike the original's
+//! when its work may start (`run_at` or `delay_seconds`), its place among due jobs
+//! (`priority`), and its own retry budget and per-attempt timeout (`callback_max_retries`,
+//! `callback_timeout_seconds`), which may only tighten the operator's settings. A field sent as `null` is absent. Unlike the original's
 //! fields these are read strictly: a number is a JSON number, a time a string.
 
 use std::time::Duration;
@@ -14,6 +14,9 @@ use super::{FieldError, Part};
 /// Shortest timeout a request may ask for: the millisecond a timeout is kept to (the
 /// operator's own setting has the same floor).
 const MIN_CALLBACK_TIMEOUT_SECS: f64 = 0.001;
+
+/// The priorities a request may ask for, lowest to highest; 0 when it asks for none.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i8> = -10..=10;
 
 /// What the operator allows a request to ask for: the caps are the operator's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +37,9 @@ pub struct Controls {
     /// The delay `run_at` was reckoned from, when the request asked for one rather than a
     /// time: what a replay of it (`Idempotency-Key`) must ask for again.
     pub delay: Option<Duration>,
+    /// Among due jobs, a higher one is claimed first (within [`PRIORITY_RANGE`]; see
+    /// `APP_PRIORITY_STEP_SECONDS` for how waiting makes up for it).
+    pub priority: i8,
     pub max_retries: Option<u32>,
     pub callback_timeout: Option<Duration>,
 }
@@ -50,8 +56,14 @@ impl Controls {
             (None, Some(at)) => format!("at {}", at.timestamp_micros()),
             (None, None) => String::new(),
         };
+        // A priority is written only when asked, so that the fingerprints of requests
+        // stored before there were priorities still match their replays.
+        let priority = match self.priority {
+            0 => String::new(),
+            level => format!(";priority {level}"),
+        };
         format!(
-            "{schedule};{:?};{:?}",
+            "{schedule};{:?};{:?}{priority}",
             self.max_retries,
             self.callback_timeout.map(|t| t.as_millis())
         )
@@ -100,16 +112,24 @@ pub(super) fn controls(
         }
         (None, None) => None,
     };
+    let priority = field("priority")
+        .and_then(|value| {
+            let (low, high) = (*PRIORITY_RANGE.start(), *PRIORITY_RANGE.end());
+            let level = integer("priority", value, i64::from(low), i64::from(high), None);
+            take(errors, level)
+        })
+        .and_then(|level| i8::try_from(level).ok())
+        .unwrap_or(0);
     let max_retries = field("callback_max_retries").and_then(|value| {
-        take(
-            errors,
-            count(
-                "callback_max_retries",
-                value,
-                limits.max_retries,
-                "APP_CALLBACK_MAX_RETRIES",
-            ),
-        )
+        let setting = "APP_CALLBACK_MAX_RETRIES";
+        let n = integer(
+            "callback_max_retries",
+            value,
+            0,
+            i64::from(limits.max_retries),
+            Some(setting),
+        );
+        take(errors, n).and_then(|n| u32::try_from(n).ok())
     });
     let max_timeout = limits.max_callback_timeout.as_secs_f64();
     let callback_timeout = field("callback_timeout_seconds").and_then(|value| {
@@ -128,6 +148,7 @@ pub(super) fn controls(
     Controls {
         run_at,
         delay: asked_delay,
+        priority,
         max_retries,
         callback_timeout,
     }
@@ -206,10 +227,16 @@ fn seconds(field: &str, value: &Value, min: f64, max: f64) -> Result<f64, FieldE
     Ok(secs)
 }
 
-/// A JSON integer within `0..=max`, `max` being the operator's setting `setting`.
-fn count(field: &str, value: &Value, max: u32, setting: &str) -> Result<u32, FieldError> {
+/// A JSON integer within `min..=max`; `max` is the operator's setting `setting` when named.
+fn integer(
+    field: &str,
+    value: &Value,
+    min: i64,
+    max: i64,
+    setting: Option<&str>,
+) -> Result<i64, FieldError> {
     // A number with no fractional part is an integer (`2.0`, and `-0`, which JSON parsers
-    // read as a float); one too large for i64 is over any cap.
+    // read as a float); one too large for i64 is out of any range.
     let integral = value
         .as_f64()
         .filter(|n| n.fract() == 0.0)
@@ -227,19 +254,21 @@ fn count(field: &str, value: &Value, max: u32, setting: &str) -> Result<u32, Fie
             value.clone(),
         ));
     };
-    if n < 0 {
-        return Err(FieldError::at_least(Part::Body, field, 0, value));
+    if n < min {
+        return Err(FieldError::at_least(Part::Body, field, min, value));
     }
-    u32::try_from(n).ok().filter(|&n| n <= max).ok_or_else(|| {
-        FieldError::new(
+    if n > max {
+        let because = setting.map(|s| format!(" ({s})")).unwrap_or_default();
+        return Err(FieldError::new(
             Part::Body,
             Some(field),
             "less_than_equal",
-            format!("Input should be less than or equal to {max} ({setting})"),
+            format!("Input should be less than or equal to {max}{because}"),
             value.clone(),
         )
-        .with_ctx(json!({ "le": max }))
-    })
+        .with_ctx(json!({ "le": max })));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -274,7 +303,7 @@ mod tests {
     fn nothing_asked_is_the_operators_settings() {
         assert_eq!(read(json!({})).unwrap(), Controls::default());
         let nulls = json!({"run_at": null, "delay_seconds": null, "callback_max_retries": null,
-                           "callback_timeout_seconds": null});
+                           "callback_timeout_seconds": null, "priority": null});
         assert_eq!(read(nulls).unwrap(), Controls::default());
     }
 
@@ -325,6 +354,47 @@ mod tests {
         ] {
             assert_eq!(read(body.clone()).unwrap_err(), [error], "{body}");
         }
+    }
+
+    #[test]
+    fn a_priority_is_an_integer_from_minus_ten_to_ten() {
+        for (asked, level) in [
+            (json!(10), 10),
+            (json!(-10), -10),
+            (json!(3.0), 3),
+            (json!(0), 0),
+        ] {
+            let body = json!({ "priority": asked });
+            assert_eq!(read(body).unwrap().priority, level, "{asked}");
+        }
+        for (asked, error) in [
+            (json!(11), "priority: less_than_equal"),
+            (json!(-11), "priority: greater_than_equal"),
+            (json!(i64::MIN), "priority: greater_than_equal"),
+            (json!(1e300), "priority: less_than_equal"),
+            (json!(1.5), "priority: int_type"),
+            (json!("5"), "priority: int_type"),
+            (json!(true), "priority: int_type"),
+        ] {
+            let body = json!({ "priority": asked });
+            assert_eq!(read(body).unwrap_err(), [error], "{asked}");
+        }
+    }
+
+    #[test]
+    fn a_fingerprint_names_a_priority_only_when_one_was_asked() {
+        let plain = read(json!({"priority": 0})).unwrap();
+        assert_eq!(plain.fingerprint(), "", "as a request that asked nothing");
+        let retries = read(json!({"callback_max_retries": 1})).unwrap();
+        assert_eq!(
+            retries.fingerprint(),
+            ";Some(1);None",
+            "as stored before priorities"
+        );
+        let high = read(json!({"callback_max_retries": 1, "priority": 5})).unwrap();
+        assert_eq!(high.fingerprint(), ";Some(1);None;priority 5");
+        let low = read(json!({"priority": -5})).unwrap();
+        assert_ne!(low.fingerprint(), high.fingerprint());
     }
 
     #[test]

@@ -155,6 +155,11 @@ pub struct AsyncRequest {
     /// `APP_MAX_SCHEDULE_DELAY_SECONDS`. Not with `run_at`.
     #[schema(minimum = 0, example = 30)]
     delay_seconds: Option<f64>,
+    /// *Beyond the original*: among due jobs, a higher priority is claimed first (-10 to
+    /// 10, default 0); each level counts as `APP_PRIORITY_STEP_SECONDS` of waiting, so a job
+    /// that waited long enough goes ahead of newer jobs of a higher priority.
+    #[schema(minimum = -10, maximum = 10, example = 5)]
+    priority: Option<i8>,
     /// *Beyond the original*: this request's retry budget, at most (and by default)
     /// `APP_CALLBACK_MAX_RETRIES`.
     #[schema(minimum = 0)]

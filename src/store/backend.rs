@@ -100,6 +100,7 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         owner: &str,
         limit: u32,
         lease: Duration,
+        priority_step: Duration,
         rooms: &Rooms,
     ) -> impl Future<Output = StoreResult<Vec<Job>>> + Send;
 

@@ -16,6 +16,14 @@ use crate::delivery::destinations::Rooms;
 /// destination.
 pub(crate) const NEXT_DUE_WINDOW: u32 = 64;
 
+/// A queued job's place in a claim's order: its due time less what its priority `level` is
+/// worth, `step` (ms) a level. A job that has waited longer than the difference between two
+/// levels goes ahead of a newer one of the higher level, so none waits forever behind a
+/// flood of higher priority.
+pub(crate) fn rank(due: i64, level: i64, step: i64) -> i64 {
+    due.saturating_sub(level.saturating_mul(step))
+}
+
 pub(crate) fn millis_of(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

@@ -37,7 +37,7 @@ macro_rules! record_columns {
         "id, mode, status, payload_hash, created_at, completed_at, delivered_at, callback_url,
          callback_attempts, callback_last_error, iterations, input_hash, output_hash,
          processing_time_ms, error, next_attempt_at, lease_token IS NOT NULL AS claimed, run_at,
-         max_retries, callback_timeout_ms"
+         max_retries, callback_timeout_ms, priority"
     };
 }
 
@@ -314,7 +314,13 @@ pub struct Store {
     backend: Chosen,
     changes: Arc<Changes>,
     health: Arc<WriteHealth>,
+    /// The waiting one level of priority is worth in a claim's order.
+    priority_step: Duration,
 }
+
+/// `APP_PRIORITY_STEP_SECONDS`'s default: a job of priority 10 goes ahead of jobs of
+/// priority 0 that have waited less than ten minutes longer.
+pub const DEFAULT_PRIORITY_STEP: Duration = Duration::from_secs(60);
 
 /// The backend in use. An enum, not a `dyn Backend`: the contract's methods are generic and
 /// return `impl Future`, which a trait object cannot, and two variants cost one match.
@@ -357,7 +363,15 @@ impl Store {
             backend,
             changes: Arc::new(Changes::default()),
             health: Arc::default(),
+            priority_step: DEFAULT_PRIORITY_STEP,
         })
+    }
+
+    /// Claims order due jobs as if each level of priority had waited `step` longer
+    /// (`APP_PRIORITY_STEP_SECONDS`).
+    pub fn with_priority_step(mut self, step: Duration) -> Self {
+        self.priority_step = step;
+        self
     }
 
     /// Starts watching request `id` for changes (status, attempts) until the subscription
@@ -504,7 +518,8 @@ impl Store {
         dispatch!(self, s => self.health.watch(s.submit_batch(batch)).await)
     }
 
-    /// Claims up to `limit` due jobs for `owner`, leased for `lease`, oldest due first, and
+    /// Claims up to `limit` due jobs for `owner`, leased for `lease`, oldest due first (a job's
+    /// due time counted earlier by its priority times the priority step), and
     /// of each destination at most its room in `rooms` (none of a destination without room:
     /// those jobs are passed over, keeping their place, for jobs of other destinations).
     /// A job leased by `owner` is never claimed by it again, even once its lease has run out
@@ -516,8 +531,8 @@ impl Store {
         lease: Duration,
         rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
-        let jobs =
-            dispatch!(self, s => self.health.watch(s.claim_due(owner, limit, lease, rooms)).await)?;
+        let step = self.priority_step;
+        let jobs = dispatch!(self, s => self.health.watch(s.claim_due(owner, limit, lease, step, rooms)).await)?;
         for job in &jobs {
             self.changes.changed(&job.id);
         }

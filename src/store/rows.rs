@@ -68,6 +68,7 @@ pub(crate) struct RecordColumns {
     pub run_at: Option<DateTime<Utc>>,
     pub max_retries: Option<u32>,
     pub callback_timeout_ms: Option<u32>,
+    pub priority: i8,
 }
 
 impl RecordColumns {
@@ -101,6 +102,7 @@ impl RecordColumns {
             // state: `RequestRecord::waiting_for` works it out for whoever shows the record.
             waiting_for: None,
             run_at: self.run_at,
+            priority: self.priority,
             callback_max_retries: self.max_retries,
             callback_timeout_seconds: self.callback_timeout_ms.map(|ms| f64::from(ms) / 1000.0),
             error: self.error,
@@ -206,6 +208,7 @@ mod tests {
             run_at: None,
             max_retries: None,
             callback_timeout_ms: None,
+            priority: 0,
         }
     }
 

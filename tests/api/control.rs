@@ -18,7 +18,7 @@ async fn submit<P>(app: &TestServer<P>, body: Value) -> String {
 }
 
 /// Queues `items` with one `POST /async/batch`; answers their ids, in order.
-async fn submit_batch<P>(app: &TestServer<P>, items: Vec<Value>) -> Vec<String> {
+pub async fn submit_batch<P>(app: &TestServer<P>, items: Vec<Value>) -> Vec<String> {
     let (status, batch) = read(
         app.post_json("/async/batch", &json!({"requests": items}))
             .await,

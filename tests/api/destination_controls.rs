@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, read};
 
-const TOKEN: &str = "controls-admin-token";
+pub const TOKEN: &str = "controls-admin-token";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// `POST /destinations/{key}/{action}`, the key percent-encoded.

@@ -24,6 +24,7 @@ mod lifecycle;
 mod loadgen;
 mod observability;
 mod openapi;
+mod priority;
 mod receiver;
 mod requests;
 mod scale_out;

@@ -27,6 +27,34 @@ macro_rules! destinations_cte {
     };
 }
 
+/// `levels (level)`: the priority levels with queued jobs, highest first, one index seek each
+/// (a loose index scan of `requests_due`, which priority leads), ending in a NULL row. For a
+/// `WITH RECURSIVE`.
+macro_rules! levels_cte {
+    () => {
+        "levels AS (
+             (SELECT priority AS level FROM requests
+              WHERE next_attempt_at IS NOT NULL ORDER BY priority DESC LIMIT 1)
+             UNION ALL
+             SELECT (SELECT priority FROM requests
+                     WHERE next_attempt_at IS NOT NULL AND priority < l.level
+                     ORDER BY priority DESC LIMIT 1)
+             FROM levels AS l WHERE l.level IS NOT NULL)"
+    };
+}
+
+/// A row's place in a claim's order: its due time less what its priority (`level`) is worth,
+/// `$11` seconds a level (`store::due::rank`).
+macro_rules! rank_at {
+    ($level:literal) => {
+        concat!(
+            "next_attempt_at - make_interval(secs => ",
+            $level,
+            " * $11)"
+        )
+    };
+}
+
 /// `room_map (map)`: the rooms of `$4` (a JSON object, destination to room) read once. Cast
 /// in place, `$4::jsonb` is parsed again for every row a generic plan looks at (measured:
 /// with 1,000 paused destinations in it, 86 deliveries/s instead of 2,800).
@@ -69,43 +97,70 @@ macro_rules! claimable_lease {
     };
 }
 
-/// `dests (dest)`: the destinations of `$11`, for a claim that may only take jobs of a few
+/// `dests (dest)`: the destinations of `$12`, for a claim that may only take jobs of a few
 /// destinations (see `Rooms::only`).
 macro_rules! listed_destinations_cte {
     () => {
-        "dests AS (SELECT unnest($11::text[]) AS dest)"
+        "dests AS (SELECT unnest($12::text[]) AS dest)"
     };
 }
 
-/// Of `candidates (id, next_attempt_at, dest)`, already within each destination's room, those
-/// the shared budget admits (`$10` in all of the destinations not reserved in `$9`), in due
-/// order: a running count of the unreserved ones.
+/// `candidates (id, next_attempt_at, rank_at, dest)`: of `$rows` (the same columns), each
+/// destination's first in the claim's order, as many as its room (`$4`, else `$default`).
+macro_rules! within_rooms {
+    ($rows:literal, $default:literal) => {
+        concat!(
+            "candidates AS MATERIALIZED (
+                 SELECT id, next_attempt_at, rank_at, dest FROM (
+                     SELECT id, next_attempt_at, rank_at, dest,
+                            ROW_NUMBER() OVER (PARTITION BY dest
+                                               ORDER BY rank_at, next_attempt_at, id) AS place,
+                            COALESCE(((SELECT map FROM room_map) ->> dest)::int, ",
+            $default,
+            ") AS room
+                     FROM ",
+            $rows,
+            ") AS ranked
+                 WHERE place <= room)"
+        )
+    };
+}
+
+/// Of `candidates`, already within each destination's room, those the shared budget admits
+/// (`$10` in all of the destinations not reserved in `$9`), in the claim's order: a running
+/// count of the unreserved ones.
 macro_rules! within_shared_budget {
     () => {
-        "SELECT id, next_attempt_at FROM (
-             SELECT id, next_attempt_at, dest = ANY($9) AS reserved,
+        "SELECT id, next_attempt_at, rank_at FROM (
+             SELECT id, next_attempt_at, rank_at, dest = ANY($9) AS reserved,
                     count(*) FILTER (WHERE NOT (dest = ANY($9)))
-                        OVER (ORDER BY next_attempt_at, id) AS shared_rank
+                        OVER (ORDER BY rank_at, next_attempt_at, id) AS shared_rank
              FROM candidates) AS budgeted
          WHERE reserved OR shared_rank <= $10"
     };
 }
 
-/// Due jobs claimed destination by destination (a seek each, for each destination of
-/// `$dests`), within each one's room and the shared budget.
+/// Due jobs claimed destination by destination (a seek per level present, for each
+/// destination of `$dests`), within each one's room and the shared budget.
 macro_rules! claim_per_destination {
     ($dests:expr) => {
         concat!(
             "WITH RECURSIVE ",
             $dests,
             ", ",
+            levels_cte!(),
+            ", ",
             room_map_cte!(),
             ",
-             candidates AS MATERIALIZED (
-                 SELECT c.id, c.next_attempt_at, d.dest FROM dests AS d
+             locked AS MATERIALIZED (
+                 SELECT c.id, c.next_attempt_at, c.rank_at, d.dest FROM dests AS d
+                 CROSS JOIN levels AS l
                  CROSS JOIN LATERAL (
-                     SELECT id, next_attempt_at FROM requests
-                     WHERE destination = d.dest AND next_attempt_at IS NOT NULL
+                     SELECT id, next_attempt_at, ",
+            rank_at!("l.level"),
+            " AS rank_at FROM requests
+                     WHERE destination = d.dest AND priority = l.level
+                       AND next_attempt_at IS NOT NULL
                        AND next_attempt_at <= CASE WHEN d.dest = ANY($5)
                                                    THEN now() - make_interval(secs => $6)
                                                    ELSE now() END
@@ -116,11 +171,13 @@ macro_rules! claim_per_destination {
                      ORDER BY next_attempt_at
                      LIMIT LEAST(COALESCE(((SELECT map FROM room_map) ->> d.dest)::int, $7), $3)
                      FOR UPDATE SKIP LOCKED) AS c
-                 WHERE d.dest IS NOT NULL),
+                 WHERE d.dest IS NOT NULL AND l.level IS NOT NULL), ",
+            within_rooms!("locked", "$7"),
+            ",
              picked AS MATERIALIZED (
                  SELECT id AS picked_id FROM (",
             within_shared_budget!(),
-            ") AS admitted ORDER BY next_attempt_at LIMIT $3)
+            ") AS admitted ORDER BY rank_at, next_attempt_at, id LIMIT $3)
              ",
             claim_picked!(),
             job_columns!()
@@ -131,54 +188,68 @@ macro_rules! claim_per_destination {
 /// Due jobs claimed destination by destination, of every destination with queued jobs.
 pub(super) const CLAIM_PER_DESTINATION: &str = claim_per_destination!(destinations_cte!());
 
-/// Due jobs claimed destination by destination, of the destinations listed in `$11` only.
+/// Due jobs claimed destination by destination, of the destinations listed in `$12` only.
 pub(super) const CLAIM_PER_LISTED_DESTINATION: &str =
     claim_per_destination!(listed_destinations_cte!());
 
-/// Due jobs claimed from the first `$5` due rows in due order (the window), within each
-/// destination's room and the shared budget; and whether the window was full (as many due
-/// rows as it can hold: the claim may have left some out).
+/// Due jobs claimed from the first `$5` due rows in the claim's order (the window), within
+/// each destination's room and the shared budget; and whether the window was full (as many
+/// due rows as it can hold: the claim may have left some out).
 ///
-/// The window is found first, without locks: its last due time is the horizon. Then, of the
-/// rows up to the horizon, only those the claim could take are locked: not a held
-/// destination's (unless overdue) nor a destination's without room. A held destination's
-/// backlog at the head of the queue is walked, at most a window of it, but never locked, so a
-/// claim costs the same with a hung receiver's thousands of jobs in front as without them.
+/// The window is found first, without locks: its last place in the claim's order is the
+/// horizon (each priority level's first `$5` due rows, merged). Then, of each level's rows
+/// up to the horizon, only those the claim could take are locked: not a held destination's
+/// (unless overdue) nor a destination's without room. A held destination's backlog at the
+/// head of the queue is walked, at most a window of it, but never locked, so a claim costs
+/// the same with a hung receiver's thousands of jobs in front as without them.
 pub(super) const CLAIM_WINDOW: &str = concat!(
-    "WITH ",
+    "WITH RECURSIVE ",
+    levels_cte!(),
+    ", ",
     room_map_cte!(),
     ",
+     first_due AS MATERIALIZED (
+         SELECT f.rank_at FROM levels AS l
+         CROSS JOIN LATERAL (
+             SELECT ",
+    rank_at!("l.level"),
+    " AS rank_at FROM requests
+             WHERE priority = l.level AND next_attempt_at IS NOT NULL
+               AND next_attempt_at <= now() AND ",
+    claimable_lease!("$1"),
+    "
+             ORDER BY next_attempt_at LIMIT $5) AS f
+         WHERE l.level IS NOT NULL
+         ORDER BY f.rank_at LIMIT $5),
      horizon AS MATERIALIZED (
-         SELECT max(next_attempt_at) AS at, count(*) AS due_rows FROM (
-             SELECT next_attempt_at FROM requests
-             WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now() AND ",
-    claimable_lease!("$1"),
-    "
-             ORDER BY next_attempt_at LIMIT $5) AS first_due),
+         SELECT max(rank_at) AS at, count(*) AS due_rows FROM first_due),
      scanned AS MATERIALIZED (
-         SELECT id, next_attempt_at, COALESCE(destination, '') AS dest FROM requests
-         WHERE next_attempt_at IS NOT NULL
-           AND next_attempt_at <= (SELECT at FROM horizon)
-           AND ",
+         SELECT s.id, s.next_attempt_at, s.rank_at, s.dest FROM levels AS l
+         CROSS JOIN LATERAL (
+             SELECT id, next_attempt_at, ",
+    rank_at!("l.level"),
+    " AS rank_at, COALESCE(destination, '') AS dest
+             FROM requests
+             WHERE priority = l.level AND next_attempt_at IS NOT NULL
+               AND next_attempt_at <= LEAST(now(), (SELECT at FROM horizon)
+                                                   + make_interval(secs => l.level * $11))
+               AND ",
     claimable_lease!("$1"),
     "
-           AND (NOT (COALESCE(destination, '') = ANY($7))
-                OR next_attempt_at <= now() - make_interval(secs => $8))
-           AND COALESCE(((SELECT map FROM room_map) ->> COALESCE(destination, ''))::int, $6) > 0
-         ORDER BY next_attempt_at
-         LIMIT $5
-         FOR UPDATE SKIP LOCKED),
-     candidates AS MATERIALIZED (
-         SELECT id, next_attempt_at, dest FROM (
-             SELECT id, next_attempt_at, dest,
-                    ROW_NUMBER() OVER (PARTITION BY dest ORDER BY next_attempt_at) AS rank,
-                    COALESCE(((SELECT map FROM room_map) ->> dest)::int, $6) AS room
-             FROM scanned) AS ranked
-         WHERE rank <= room),
+               AND (NOT (COALESCE(destination, '') = ANY($7))
+                    OR next_attempt_at <= now() - make_interval(secs => $8))
+               AND COALESCE(((SELECT map FROM room_map) ->> COALESCE(destination, ''))::int, $6)
+                   > 0
+             ORDER BY next_attempt_at
+             LIMIT $5
+             FOR UPDATE SKIP LOCKED) AS s
+         WHERE l.level IS NOT NULL), ",
+    within_rooms!("scanned", "$6"),
+    ",
      picked AS MATERIALIZED (
          SELECT id AS picked_id FROM (",
     within_shared_budget!(),
-    ") AS admitted ORDER BY next_attempt_at LIMIT $3),
+    ") AS admitted ORDER BY rank_at, next_attempt_at, id LIMIT $3),
      claimed AS (",
     claim_picked!(),
     job_columns!(),
@@ -212,32 +283,45 @@ pub(super) const RENEW_LEASES: &str = "WITH renewed AS (
                   WHERE NOT EXISTS (SELECT 1 FROM requests
                                     WHERE lease_owner = $1 AND lease_token = t))";
 
-/// The first due rows not leased, in due order, with the database's clock.
+/// Each priority level's first due rows not leased, in due order, with the database's clock.
 pub(super) const NEXT_DUE_WINDOW_ROWS: &str = concat!(
-    "SELECT COALESCE(destination, '') AS dest,
-            (extract(epoch FROM next_attempt_at) * 1000)::bigint AS due,
-            (extract(epoch FROM now()) * 1000)::bigint AS db_now
-     FROM requests
-     WHERE next_attempt_at IS NOT NULL AND ",
+    "WITH RECURSIVE ",
+    levels_cte!(),
+    "
+     SELECT l.level, f.dest, f.due, (extract(epoch FROM now()) * 1000)::bigint AS db_now
+     FROM levels AS l
+     CROSS JOIN LATERAL (
+         SELECT COALESCE(destination, '') AS dest,
+                (extract(epoch FROM next_attempt_at) * 1000)::bigint AS due
+         FROM requests
+         WHERE priority = l.level AND next_attempt_at IS NOT NULL AND ",
     claimable_lease!("$2"),
-    " ORDER BY next_attempt_at LIMIT $1"
+    " ORDER BY next_attempt_at LIMIT $1) AS f
+     WHERE l.level IS NOT NULL
+     ORDER BY l.level DESC, f.due"
 );
 
-/// Each destination's first due job not leased (a seek each), of every destination of
-/// `$dests` not in `$1`.
+/// Each destination's first due job not leased, whatever its priority (a seek per level
+/// present), of every destination of `$dests` not in `$1`.
 macro_rules! first_due_per_destination {
     ($dests:expr) => {
         concat!(
             "WITH RECURSIVE ",
             $dests,
+            ", ",
+            levels_cte!(),
             "
              SELECT d.dest,
-                    (SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint
-                     FROM requests
-                     WHERE destination = d.dest AND next_attempt_at IS NOT NULL AND ",
+                    (SELECT min(f.due) FROM levels AS l
+                     CROSS JOIN LATERAL (
+                         SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint AS due
+                         FROM requests
+                         WHERE destination = d.dest AND priority = l.level
+                           AND next_attempt_at IS NOT NULL AND ",
             claimable_lease!("$2"),
             "
-                     ORDER BY next_attempt_at LIMIT 1) AS due
+                         ORDER BY next_attempt_at LIMIT 1) AS f
+                     WHERE l.level IS NOT NULL) AS due
              FROM dests AS d WHERE d.dest IS NOT NULL AND NOT (d.dest = ANY($1))"
         )
     };
@@ -259,7 +343,7 @@ impl PgStore {
         &self,
         owner: &str,
         limit: u32,
-        lease: Duration,
+        (lease, priority_step): (Duration, Duration),
         rooms: &Rooms,
         already: &[&str],
     ) -> StoreResult<Vec<Job>> {
@@ -281,7 +365,8 @@ impl PgStore {
             .bind(i64::from(rooms.default))
             .bind(already)
             .bind(&rooms.reserved)
-            .bind(i64::from(rooms.shared));
+            .bind(i64::from(rooms.shared))
+            .bind(priority_step.as_secs_f64());
         let query = match only {
             Some(only) => query.bind(only),
             None => query,
@@ -298,6 +383,7 @@ impl PgStore {
         owner: &str,
         limit: u32,
         lease: Duration,
+        priority_step: Duration,
         rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
         // Each step is a materialised CTE, evaluated once: with `WHERE id IN (SELECT … LIMIT n
@@ -318,6 +404,7 @@ impl PgStore {
             .bind(rooms.overdue.as_secs_f64())
             .bind(&rooms.reserved)
             .bind(i64::from(rooms.shared))
+            .bind(priority_step.as_secs_f64())
             .fetch_all(&self.relaxed)
             .await?;
         let window_full = match rows.first() {
@@ -342,7 +429,13 @@ impl PgStore {
             }
             let claimed: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
             let more = self
-                .claim_per_destination(owner, limit - jobs.len() as u32, lease, &rest, &claimed)
+                .claim_per_destination(
+                    owner,
+                    limit - jobs.len() as u32,
+                    (lease, priority_step),
+                    &rest,
+                    &claimed,
+                )
                 .await?;
             jobs.extend(more);
         }
@@ -388,39 +481,56 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await?;
         let mut db_now = None;
-        let mut rows = Vec::with_capacity(window.len());
+        let mut levels: Vec<(i16, Vec<(String, i64)>)> = Vec::new();
         for row in &window {
             db_now = Some(row.try_get::<i64, _>("db_now")?);
-            rows.push((row.try_get("dest")?, row.try_get("due")?));
+            let level: i16 = row.try_get("level")?;
+            let due = (row.try_get("dest")?, row.try_get("due")?);
+            match levels.last_mut() {
+                Some((last, rows)) if *last == level => rows.push(due),
+                _ => levels.push((level, vec![due])),
+            }
         }
         let room = RoomLeft::new(rooms);
-        let earliest_due = match next_due_in_window(&rows, NEXT_DUE_WINDOW, &room) {
-            Ok(answer) => answer,
-            Err(mut so_far) => {
-                let closed: Vec<&str> = rooms.closed().collect();
-                let firsts = if let Some(only) = rooms.only() {
-                    sqlx::query(FIRST_DUE_PER_LISTED_DESTINATION)
-                        .bind(closed)
-                        .bind(owner)
-                        .bind(only)
-                        .fetch_all(&self.pool)
-                        .await?
-                } else {
-                    sqlx::query(FIRST_DUE_PER_DESTINATION)
-                        .bind(closed)
-                        .bind(owner)
-                        .fetch_all(&self.pool)
-                        .await?
-                };
-                for row in &firsts {
-                    let destination: String = row.try_get("dest")?;
-                    if let Some(due) = row.try_get::<Option<i64>, _>("due")? {
-                        so_far = earliest(so_far, room.claimable_at(&destination, due));
-                    }
+        // Each level on its own: within one, due order is the window's order.
+        let mut answered = true;
+        let mut seen = None;
+        for (_, rows) in &levels {
+            let so_far = match next_due_in_window(rows, NEXT_DUE_WINDOW, &room) {
+                Ok(answer) => answer,
+                Err(so_far) => {
+                    answered = false;
+                    so_far
                 }
-                so_far
+            };
+            if let Some(at) = so_far {
+                seen = earliest(seen, at);
             }
-        };
+        }
+        let mut earliest_due = seen;
+        if !answered {
+            let closed: Vec<&str> = rooms.closed().collect();
+            let firsts = if let Some(only) = rooms.only() {
+                sqlx::query(FIRST_DUE_PER_LISTED_DESTINATION)
+                    .bind(closed)
+                    .bind(owner)
+                    .bind(only)
+                    .fetch_all(&self.pool)
+                    .await?
+            } else {
+                sqlx::query(FIRST_DUE_PER_DESTINATION)
+                    .bind(closed)
+                    .bind(owner)
+                    .fetch_all(&self.pool)
+                    .await?
+            };
+            for row in &firsts {
+                let destination: String = row.try_get("dest")?;
+                if let Some(due) = row.try_get::<Option<i64>, _>("due")? {
+                    earliest_due = earliest(earliest_due, room.claimable_at(&destination, due));
+                }
+            }
+        }
         Ok(earliest_due.map(|due| {
             let wait = due.saturating_sub(db_now.unwrap_or(due));
             Duration::from_millis(u64::try_from(wait).unwrap_or(0))

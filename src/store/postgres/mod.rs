@@ -410,9 +410,10 @@ impl Backend for PgStore {
         owner: &str,
         limit: u32,
         lease: Duration,
+        priority_step: Duration,
         rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
-        self.claim(owner, limit, lease, rooms).await
+        self.claim(owner, limit, lease, priority_step, rooms).await
     }
 
     async fn heartbeat(

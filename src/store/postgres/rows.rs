@@ -30,9 +30,16 @@ pub(super) fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error>
         run_at: row.try_get("run_at")?,
         max_retries: optional_count(row, "max_retries")?,
         callback_timeout_ms: optional_count(row, "callback_timeout_ms")?,
+        priority: priority_of(row)?,
     }
     .into_record()
     .map_err(|err| sqlx::Error::Decode(Box::new(err)))
+}
+
+/// A stored priority: a `smallint` within the range a request may ask for.
+fn priority_of(row: &PgRow) -> Result<i8, sqlx::Error> {
+    let stored: i16 = row.try_get("priority")?;
+    i8::try_from(stored).map_err(|err| sqlx::Error::Decode(Box::new(err)))
 }
 
 pub(super) fn result_columns(row: &PgRow) -> Result<ResultColumns, sqlx::Error> {

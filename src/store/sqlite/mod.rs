@@ -284,12 +284,14 @@ impl Backend for SqliteStore {
         owner: &str,
         limit: u32,
         lease: Duration,
+        priority_step: Duration,
         rooms: &Rooms,
     ) -> StoreResult<Vec<Job>> {
         self.send(Claim {
             owner: owner.to_string(),
             limit,
             lease,
+            priority_step,
             rooms: rooms.clone(),
         })
         .await

@@ -2,7 +2,10 @@
 
 use rusqlite::Connection;
 
-use super::claims::{CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, NEXT_DESTINATION};
+use super::claims::{
+    CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, NEXT_DESTINATION, NEXT_LEVEL,
+    TOP_LEVEL,
+};
 use super::list::{COUNT_BY_STATUS, DIALECT};
 use super::open::{COUNT_QUEUED, FAIL_ABANDONED_SYNC, RELEASE_ALL};
 use super::writes::{
@@ -20,6 +23,8 @@ const FIXED: &[(&str, &str)] = &[
     ("submit: async request", INSERT_ASYNC),
     ("sync: processing", INSERT_SYNC_STARTED),
     ("sync: finished", UPSERT_SYNC_FINISHED),
+    ("claim: top priority level", TOP_LEVEL),
+    ("claim: next priority level", NEXT_LEVEL),
     ("claim: due window", DUE_WINDOW),
     ("claim: first destination", FIRST_DESTINATION),
     ("claim: next destination", NEXT_DESTINATION),

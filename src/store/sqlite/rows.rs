@@ -47,6 +47,7 @@ pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> 
         run_at: row.get::<_, Option<i64>>("run_at")?.map(from_millis),
         max_retries: row.get("max_retries")?,
         callback_timeout_ms: row.get("callback_timeout_ms")?,
+        priority: row.get("priority")?,
     }
     .into_record()
     .map_err(unknown_value)

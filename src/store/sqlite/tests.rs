@@ -3,13 +3,15 @@
 use rusqlite::{StatementStatus, params, params_from_iter};
 
 use super::claims::{
-    CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, NEXT_DESTINATION, claim,
+    CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, NEXT_DESTINATION, NEXT_LEVEL,
+    TOP_LEVEL, claim,
 };
 use super::list::{DIALECT, sql_value};
 use super::rows::millis;
 use super::writer::{Applied, Pending, Queue};
 use super::*;
 use crate::model::Status;
+use crate::store::due::millis_of;
 use crate::store::page_sql;
 
 const FULL: &str = "http://full:1";
@@ -24,11 +26,17 @@ fn database() -> (tempfile::TempDir, Connection) {
 
 /// Queues `count` jobs for `destination`, due at `first_due`, `first_due + 1`, … (ms).
 fn queue(conn: &Connection, destination: &str, count: i64, first_due: i64) {
+    queue_at_priority(conn, destination, count, first_due, 0);
+}
+
+/// As [`queue`], of priority `level`.
+fn queue_at_priority(conn: &Connection, destination: &str, count: i64, first_due: i64, level: i8) {
     let mut insert = conn
         .prepare(
             "INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
-                                   callback_url, created_at, next_attempt_at, destination)
-             VALUES (?1, 'async', 'pending', 'h', 'x', 1, ?2, 0, ?3, ?2)",
+                                   callback_url, created_at, next_attempt_at, destination,
+                                   priority)
+             VALUES (?1, 'async', 'pending', 'h', 'x', 1, ?2, 0, ?3, ?2, ?4)",
         )
         .unwrap();
     for i in 0..count {
@@ -36,7 +44,8 @@ fn queue(conn: &Connection, destination: &str, count: i64, first_due: i64) {
             .execute(params![
                 format!("{destination}/{}", first_due + i),
                 destination,
-                first_due + i
+                first_due + i,
+                level
             ])
             .unwrap();
     }
@@ -176,18 +185,30 @@ fn rooms(limited: &[(&str, u32)], held: &[&str]) -> Rooms {
     }
 }
 
+/// What one level of priority is worth in the tests' claims.
+const STEP: Duration = Duration::from_secs(60);
+
 fn claimed_ids(conn: &Connection, limit: u32, rooms: &Rooms) -> Vec<String> {
-    claim(conn, "test", limit, Duration::from_secs(30), rooms, now())
-        .unwrap()
-        .into_iter()
-        .map(|job| job.id)
-        .collect()
+    claim(
+        conn,
+        "test",
+        limit,
+        (Duration::from_secs(30), STEP),
+        rooms,
+        now(),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|job| job.id)
+    .collect()
 }
 
 /// Virtual-machine steps spent so far by every statement a claim or a look for the next
 /// due time runs: a count of the work done that does not depend on the machine's speed.
 fn steps(conn: &Connection) -> i32 {
     [
+        TOP_LEVEL,
+        NEXT_LEVEL,
         DUE_WINDOW,
         FIRST_DESTINATION,
         NEXT_DESTINATION,
@@ -323,7 +344,7 @@ fn a_claim_is_not_prepared_again_when_its_limit_changes() {
             &conn,
             "test",
             limit,
-            Duration::ZERO,
+            (Duration::ZERO, STEP),
             &rooms(&[], &[]),
             now(),
         )
@@ -353,6 +374,52 @@ fn a_claim_takes_due_jobs_in_due_order_within_each_destinations_room() {
     // Leased now: the next claim passes them over.
     let ids = claimed_ids(&conn, 1, &rooms(&[(FULL, 1)], &[]));
     assert_eq!(ids, ["http://full:1/3"]);
+}
+
+/// Among due jobs a higher priority goes first, each level worth `STEP` of waiting: a job of
+/// priority 0 due more than ten steps before one of priority 10 still goes ahead of it.
+#[test]
+fn a_claim_takes_higher_priorities_first_unless_a_lower_one_waited_longer() {
+    let (_dir, conn) = database();
+    let now = now();
+    let step = millis_of(STEP);
+    queue_at_priority(&conn, "http://low:1", 2, now - 1_000, -3);
+    queue_at_priority(&conn, OTHER, 2, now - 2_000, 0);
+    queue_at_priority(&conn, "http://high:1", 2, now - 500, 10);
+    queue_at_priority(&conn, "http://old:1", 1, now - 10 * step - 3_000, 0);
+    queue_at_priority(&conn, "http://later:1", 1, now + 1_000, 10);
+    let ids = claimed_ids(&conn, 10, &rooms(&[], &[]));
+    let old = format!("http://old:1/{}", now - 10 * step - 3_000);
+    let expected = [
+        old.as_str(),
+        &format!("http://high:1/{}", now - 500),
+        &format!("http://high:1/{}", now - 499),
+        &format!("{OTHER}/{}", now - 2_000),
+        &format!("{OTHER}/{}", now - 1_999),
+        &format!("http://low:1/{}", now - 1_000),
+        &format!("http://low:1/{}", now - 999),
+    ];
+    assert_eq!(ids, expected, "not yet due: never, whatever its priority");
+}
+
+/// A full destination's backlog in front makes the claim look destination by destination;
+/// it keeps the same order there, within each destination too.
+#[test]
+fn a_claim_past_a_backlog_keeps_the_priority_order() {
+    let (_dir, conn) = database();
+    let now = now();
+    queue(&conn, FULL, 200, now - 100_000);
+    queue_at_priority(&conn, OTHER, 3, now - 5_000, 0);
+    queue_at_priority(&conn, OTHER, 2, now - 1_000, 5);
+    let ids = claimed_ids(&conn, 3, &rooms(&[(FULL, 0), (OTHER, 3)], &[]));
+    assert_eq!(
+        ids,
+        [
+            format!("{OTHER}/{}", now - 1_000),
+            format!("{OTHER}/{}", now - 999),
+            format!("{OTHER}/{}", now - 5_000),
+        ]
+    );
 }
 
 #[test]

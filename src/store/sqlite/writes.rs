@@ -22,8 +22,9 @@ pub(super) const INSERT_ASYNC: &str =
     "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
                            created_at, next_attempt_at, destination, callback_host,
                            idempotency_key, idempotency_fingerprint, run_at, max_retries,
-                           callback_timeout_ms)
-     VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?11, ?7, ?8, ?9, ?10, ?12, ?13, ?14)";
+                           callback_timeout_ms, priority)
+     VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?11, ?7, ?8, ?9, ?10, ?12, ?13, ?14,
+             ?15)";
 
 /// The request holding an idempotency key.
 pub(super) const KEY_HOLDER: &str =
@@ -170,6 +171,7 @@ pub(super) fn insert_async(
         new.controls.run_at.map(millis),
         new.controls.max_retries,
         new.timeout_ms(),
+        new.controls.priority,
     ])?;
     Ok(())
 }
@@ -296,6 +298,7 @@ pub(super) struct Claim {
     pub owner: String,
     pub limit: u32,
     pub lease: Duration,
+    pub priority_step: Duration,
     pub rooms: Rooms,
 }
 
@@ -307,7 +310,7 @@ impl Write for Claim {
             tx,
             &self.owner,
             self.limit,
-            self.lease,
+            (self.lease, self.priority_step),
             &self.rooms,
             queue.now,
         )?)

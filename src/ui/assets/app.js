@@ -716,6 +716,7 @@
       if (r.mode === "async") field(list, r.status === "cancelled" ? "Cancelled" : "Delivery ended", time(r.delivered_at));
       if (r.mode === "async" && !FINAL.has(r.status)) field(list, "Next", nextMove(r));
       if (r.run_at) field(list, "Scheduled for", time(r.run_at));
+      if (r.priority) field(list, "Priority", (r.priority > 0 ? "+" : "") + r.priority);
       if (r.callback_max_retries !== undefined) field(list, "Its retries", String(r.callback_max_retries));
       if (r.callback_timeout_seconds !== undefined) field(list, "Its timeout", round(r.callback_timeout_seconds) + " s");
       field(list, "Callback URL", r.callback_url, "wrap");
