@@ -749,6 +749,19 @@ mod tests {
     }
 
     #[test]
+    fn the_priority_step_is_zero_to_a_day() {
+        assert_eq!(parse(&[]).priority_step_seconds, 60.0);
+        for (value, secs) in [("0", 0.0), ("0.25\n", 0.25), ("86400", 86_400.0)] {
+            let config = parse(&["--priority-step-seconds", value]);
+            assert_eq!(config.priority_step_seconds, secs, "{value:?}");
+        }
+        for bad in ["-1", "86401", "1e300", "NaN", "inf", "", "a minute"] {
+            let args = ["test", "--priority-step-seconds", bad];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn an_unset_lease_follows_the_callback_timeout() {
         for (timeout, lease) in [("10", 30.0), ("12.5", 30.0), ("20", 45.0), ("60", 125.0)] {
             let config = parse(&["--callback-timeout-seconds", timeout]);

@@ -306,12 +306,12 @@ pub struct CallbackPayload {
     pub timestamp: String,
 }
 
-/// The first 16 hex characters of SHA-256 of the input: enough to spot repeats without
-/// keeping the payload.
 fn is_zero(n: &i8) -> bool {
     *n == 0
 }
 
+/// The first 16 hex characters of SHA-256 of the input: enough to spot repeats without
+/// keeping the payload.
 pub fn payload_hash(data: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(data.as_bytes());

@@ -136,6 +136,18 @@ pub(crate) fn next_due_in_window(
     }
 }
 
+/// Whether the next due time `seen` across the levels' windows is the answer: no window was
+/// full (`unread_from` is `None`), or no row past a full one (due no earlier than
+/// `unread_from`, and claimable no earlier than due) could come sooner. Otherwise the backend
+/// looks destination by destination.
+pub(crate) fn answered_before(seen: Option<i64>, unread_from: Option<i64>) -> bool {
+    match (seen, unread_from) {
+        (_, None) => true,
+        (Some(seen), Some(from)) => seen <= from,
+        (None, Some(_)) => false,
+    }
+}
+
 pub(crate) fn earliest(so_far: Option<i64>, at: i64) -> Option<i64> {
     Some(so_far.map_or(at, |e| e.min(at)))
 }
@@ -155,6 +167,24 @@ mod tests {
             overdue: Duration::from_millis(100),
             ..Rooms::default()
         }
+    }
+
+    #[test]
+    fn a_full_window_needs_a_closer_look_only_when_its_rest_could_come_sooner() {
+        assert!(answered_before(None, None), "nothing queued");
+        assert!(answered_before(Some(5), None), "no window was full");
+        assert!(answered_before(Some(5), Some(5)), "the rest is due no sooner");
+        assert!(!answered_before(Some(6), Some(5)), "the rest may be due sooner");
+        assert!(!answered_before(None, Some(5)), "only the rest may be claimable");
+    }
+
+    #[test]
+    fn a_priority_is_worth_its_steps_of_waiting() {
+        assert_eq!(rank(10_000, 0, 60_000), 10_000);
+        assert_eq!(rank(10_000, 10, 1_000), 0);
+        assert_eq!(rank(10_000, -10, 1_000), 20_000);
+        assert_eq!(rank(i64::MIN + 5, 10, i64::MAX), i64::MIN, "saturates");
+        assert_eq!(rank(i64::MAX - 5, -10, i64::MAX), i64::MAX, "saturates");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use sqlx::Row;
 use super::rows::job_from_row;
 use super::{JOBS_CHANNEL, PgStore};
 use crate::delivery::destinations::Rooms;
-use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_window};
+use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, answered_before, earliest, next_due_in_window};
 use crate::store::{Job, Leases, StoreResult, claim_scan};
 
 /// `dests (dest)`: each destination with queued jobs, one index seek each (a loose index scan
@@ -493,13 +493,15 @@ impl PgStore {
         }
         let room = RoomLeft::new(rooms);
         // Each level on its own: within one, due order is the window's order.
-        let mut answered = true;
         let mut seen = None;
+        let mut unread_from = None;
         for (_, rows) in &levels {
             let so_far = match next_due_in_window(rows, NEXT_DUE_WINDOW, &room) {
                 Ok(answer) => answer,
                 Err(so_far) => {
-                    answered = false;
+                    if let Some((_, last)) = rows.last() {
+                        unread_from = earliest(unread_from, *last);
+                    }
                     so_far
                 }
             };
@@ -508,7 +510,7 @@ impl PgStore {
             }
         }
         let mut earliest_due = seen;
-        if !answered {
+        if !answered_before(seen, unread_from) {
             let closed: Vec<&str> = rooms.closed().collect();
             let firsts = if let Some(only) = rooms.only() {
                 sqlx::query(FIRST_DUE_PER_LISTED_DESTINATION)

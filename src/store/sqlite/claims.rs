@@ -6,7 +6,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::job_from_row;
 use crate::delivery::destinations::Rooms;
-use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, millis_of, next_due_in_window, rank};
+use crate::store::due::{
+    NEXT_DUE_WINDOW, RoomLeft, answered_before, earliest, millis_of, next_due_in_window, rank,
+};
 use crate::store::{Job, claim_scan};
 
 /// A row `?2` may claim at `?1` (the queue clock): not leased, or its lease ran out and it
@@ -89,6 +91,47 @@ pub(super) fn levels(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
         next = step.query_row([level], |row| row.get(0)).optional()?;
     }
     Ok(levels)
+}
+
+/// Visits the first `scan` claimable rows due by `now`, in the claim's order, until `visit`
+/// answers false; answers whether more rows may follow those (the window was full). With one
+/// level (the common case) the rows are read lazily, only as far as the claim needs; with
+/// several, each level's first `scan` are read and merged.
+fn visit_due(
+    conn: &Connection,
+    owner: &str,
+    levels: &[i64],
+    step: i64,
+    now: i64,
+    scan: u32,
+    mut visit: impl FnMut(&Queued) -> bool,
+) -> rusqlite::Result<bool> {
+    if let [level] = levels {
+        let mut window = conn.prepare_cached(DUE_WINDOW)?;
+        let mut rows = window.query(params![now, owner, now, scan, level])?;
+        let mut seen = 0;
+        while let Some(row) = rows.next()? {
+            seen += 1;
+            let due = row.get(2)?;
+            let queued = Queued {
+                rank: rank(due, *level, step),
+                due,
+                rowid: row.get(0)?,
+                destination: row.get(1)?,
+            };
+            if !visit(&queued) {
+                break;
+            }
+        }
+        return Ok(seen == scan);
+    }
+    let (window, full) = due_window(conn, owner, levels, step, (now, now), scan)?;
+    for row in &window {
+        if !visit(row) {
+            break;
+        }
+    }
+    Ok(full)
 }
 
 /// The first `limit` claimable rows due by `by`, in the claim's order: each level's first
@@ -174,23 +217,23 @@ pub(super) fn claim(
     let lease_until = now.saturating_add(millis_of(lease));
     let step = millis_of(priority_step);
     let wanted = limit as usize;
+    if wanted == 0 {
+        return Ok(Vec::new());
+    }
     let levels = levels(conn)?;
 
     let mut room = RoomLeft::new(rooms);
     let mut picked = Vec::new();
     let mut passed_over = false;
-    let (window, full) = due_window(conn, owner, &levels, step, (now, now), claim_scan(limit))?;
-    for row in &window {
-        if picked.len() == wanted {
-            break;
-        }
+    let full = visit_due(conn, owner, &levels, step, now, claim_scan(limit), |row| {
         if room.admits(&row.destination, row.due, now) {
             room.take(&row.destination);
             picked.push(row.rowid);
         } else {
             passed_over = true;
         }
-    }
+        picked.len() < wanted
+    })?;
 
     if picked.len() < wanted && passed_over && full {
         // Each destination's first jobs of each level within its room, then, in the
@@ -254,7 +297,8 @@ pub(super) fn next_due(
     let room = RoomLeft::new(rooms);
     let levels = levels(conn)?;
     let mut earliest_seen = None;
-    let mut answered = true;
+    // The earliest due time a row past a full window could have.
+    let mut unread_from = None;
     for &level in &levels {
         // Each level on its own: within one, due order is the window's order.
         let (window, _) = due_window(conn, owner, &[level], 0, (now, i64::MAX), NEXT_DUE_WINDOW)?;
@@ -265,7 +309,9 @@ pub(super) fn next_due(
         let so_far = match next_due_in_window(&window, NEXT_DUE_WINDOW, &room) {
             Ok(answer) => answer,
             Err(so_far) => {
-                answered = false;
+                if let Some((_, last)) = window.last() {
+                    unread_from = earliest(unread_from, *last);
+                }
                 so_far
             }
         };
@@ -273,7 +319,7 @@ pub(super) fn next_due(
             earliest_seen = earliest(earliest_seen, at);
         }
     }
-    if answered {
+    if answered_before(earliest_seen, unread_from) {
         return Ok(earliest_seen);
     }
     let mut first_due = conn.prepare_cached(DESTINATION_DUE)?;

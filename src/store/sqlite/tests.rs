@@ -387,7 +387,7 @@ fn a_claim_takes_higher_priorities_first_unless_a_lower_one_waited_longer() {
     queue_at_priority(&conn, OTHER, 2, now - 2_000, 0);
     queue_at_priority(&conn, "http://high:1", 2, now - 500, 10);
     queue_at_priority(&conn, "http://old:1", 1, now - 10 * step - 3_000, 0);
-    queue_at_priority(&conn, "http://later:1", 1, now + 1_000, 10);
+    queue_at_priority(&conn, "http://later:1", 1, now + 60_000, 10);
     let ids = claimed_ids(&conn, 10, &rooms(&[], &[]));
     let old = format!("http://old:1/{}", now - 10 * step - 3_000);
     let expected = [
