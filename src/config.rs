@@ -71,7 +71,7 @@ pub struct Config {
     /// or twice APP_CALLBACK_TIMEOUT_SECONDS plus 5 if that is longer. Set: at least 1 and at
     /// least twice APP_CALLBACK_TIMEOUT_SECONDS, so that one late heartbeat never lets a
     /// second claim deliver a job whose delivery is still running.
-    #[arg(long, env = "APP_JOB_LEASE_SECONDS", value_parser = positive_seconds)]
+    #[arg(long, env = "APP_JOB_LEASE_SECONDS", value_parser = machinery_seconds)]
     pub job_lease_seconds: Option<f64>,
 
     /// Callback deliveries in flight at once (jobs being worked on or delivered). An
@@ -100,7 +100,7 @@ pub struct Config {
     /// (it finishes in a pool of slow deliveries, as many as the workers) and its destination
     /// loses its reserved share until it answers: receivers that hang cannot hold the workers.
     #[arg(long, env = "APP_CALLBACK_SLOW_AFTER_SECONDS", default_value_t = 2.0,
-          value_parser = positive_seconds)]
+          value_parser = machinery_seconds)]
     pub callback_slow_after_seconds: f64,
 
     /// Destinations whose delivery state (earned room, breaker, recent outcomes) is kept
@@ -120,12 +120,12 @@ pub struct Config {
     /// Seconds an opened breaker waits before letting one probe delivery through; each
     /// failed probe doubles it, up to APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS.
     #[arg(long, env = "APP_CALLBACK_BREAKER_COOLDOWN_SECONDS", default_value_t = 5.0,
-          value_parser = positive_seconds)]
+          value_parser = machinery_seconds)]
     pub callback_breaker_cooldown_seconds: f64,
 
     /// Longest cool-down of a breaker, in seconds.
     #[arg(long, env = "APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS", default_value_t = 300.0,
-          value_parser = positive_seconds)]
+          value_parser = machinery_seconds)]
     pub callback_breaker_max_cooldown_seconds: f64,
 
     /// Unfinished async requests the queue holds; past that, `POST /async` answers 503.
@@ -150,7 +150,7 @@ pub struct Config {
 
     /// Timeout of one callback attempt, in seconds (the longest a request may ask for).
     #[arg(long, env = "APP_CALLBACK_TIMEOUT_SECONDS", default_value_t = 10.0,
-          value_parser = positive_seconds)]
+          value_parser = callback_timeout_seconds)]
     pub callback_timeout_seconds: f64,
 
     /// Attempts after the first before a callback is given up (`callback_failed`); the most
@@ -161,12 +161,12 @@ pub struct Config {
 
     /// Base of the exponential backoff between attempts, in seconds.
     #[arg(long, env = "APP_CALLBACK_RETRY_BASE_DELAY", default_value_t = 1.0,
-          value_parser = non_negative_seconds)]
+          value_parser = delay_seconds)]
     pub callback_retry_base_delay: f64,
 
     /// Longest wait between two attempts, in seconds (also caps a receiver's `Retry-After`).
     #[arg(long, env = "APP_CALLBACK_RETRY_MAX_DELAY", default_value_t = 30.0,
-          value_parser = non_negative_seconds)]
+          value_parser = delay_seconds)]
     pub callback_retry_max_delay: f64,
 
     /// Refuse callback URLs that point at private, loopback, link-local or other
@@ -210,17 +210,17 @@ pub struct Config {
     /// this many seconds (a writer stuck behind a slow statement, a database taking its time
     /// over writes while it still answers reads).
     #[arg(long, env = "APP_HEALTH_WRITE_WAIT_SECONDS", default_value_t = 5.0,
-          value_parser = positive_seconds)]
+          value_parser = machinery_seconds)]
     pub health_write_wait_seconds: f64,
 
     /// Seconds between two runs of the retention job (at least 1).
     #[arg(long, env = "APP_CLEANUP_INTERVAL_SECONDS", default_value_t = 300.0,
-          value_parser = at_least_one_second)]
+          value_parser = cleanup_interval_seconds)]
     pub cleanup_interval_seconds: f64,
 
     /// Simulated I/O added to every unit of work, in seconds (a sleep that holds no thread).
     #[arg(long, env = "APP_WORK_DURATION_SECONDS", default_value_t = 0.0,
-          value_parser = non_negative_seconds)]
+          value_parser = delay_seconds)]
     pub work_duration_seconds: f64,
 
     /// Threads that run the work function (0: one per CPU core).
@@ -326,7 +326,7 @@ pub struct Config {
 
     /// Seconds to let in-flight work finish after SIGTERM/SIGINT before exiting.
     #[arg(long, env = "APP_SHUTDOWN_GRACE_SECONDS", default_value_t = 30.0,
-          value_parser = non_negative_seconds)]
+          value_parser = delay_seconds)]
     pub shutdown_grace_seconds: f64,
 }
 
@@ -552,6 +552,38 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Longest time of the service's own machinery (a lease, a cool-down, a delay, an
+/// interval): beyond a day a value is a mistake, not a plan, and one of years would leave
+/// work stuck for years (a dead instance's jobs under a lease of 1e9 seconds).
+const DAY_SECONDS: f64 = 86_400.0;
+
+fn at_most(s: &str, v: f64, max: f64, what: &str) -> Result<f64, String> {
+    if v > max {
+        return Err(format!("`{s}` is more than {max} seconds ({what})"));
+    }
+    Ok(v)
+}
+
+/// [`positive_seconds`], at most a day.
+fn machinery_seconds(s: &str) -> Result<f64, String> {
+    at_most(s, positive_seconds(s)?, DAY_SECONDS, "a day")
+}
+
+/// [`non_negative_seconds`], at most a day.
+fn delay_seconds(s: &str) -> Result<f64, String> {
+    at_most(s, non_negative_seconds(s)?, DAY_SECONDS, "a day")
+}
+
+/// A callback attempt's timeout: at most an hour (a receiver that takes longer has failed).
+fn callback_timeout_seconds(s: &str) -> Result<f64, String> {
+    at_most(s, positive_seconds(s)?, 3600.0, "an hour")
+}
+
+/// The retention pass's period: at least a second, at most a day.
+fn cleanup_interval_seconds(s: &str) -> Result<f64, String> {
+    at_most(s, at_least_one_second(s)?, DAY_SECONDS, "a day")
+}
+
 /// hyper reads a request head into a buffer of about 400 KiB at most, so a larger header
 /// limit could never be reached.
 const MAX_HEADER_BYTES_LIMIT: i64 = 256 * 1024;
@@ -745,6 +777,32 @@ mod tests {
             &"a".repeat(64),
         ] {
             assert!(listen_host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn no_time_of_the_machinery_is_longer_than_a_day() {
+        for (flag, longest) in [
+            ("--job-lease-seconds", 86_400.0),
+            ("--callback-slow-after-seconds", 86_400.0),
+            ("--callback-breaker-cooldown-seconds", 86_400.0),
+            ("--callback-breaker-max-cooldown-seconds", 86_400.0),
+            ("--callback-timeout-seconds", 3_600.0),
+            ("--callback-retry-base-delay", 86_400.0),
+            ("--callback-retry-max-delay", 86_400.0),
+            ("--health-write-wait-seconds", 86_400.0),
+            ("--cleanup-interval-seconds", 86_400.0),
+            ("--work-duration-seconds", 86_400.0),
+            ("--shutdown-grace-seconds", 86_400.0),
+        ] {
+            let at = format!("{longest}\n");
+            assert!(Cli::try_parse_from(["test", flag, &at]).is_ok(), "{flag} {at:?}");
+            for absurd in [longest + 1.0, 1e9] {
+                let absurd = absurd.to_string();
+                let refused = Cli::try_parse_from(["test", flag, &absurd]).err();
+                let message = refused.map(|e| e.to_string()).unwrap_or_default();
+                assert!(message.contains("is more than"), "{flag} {absurd}: {message}");
+            }
         }
     }
 
