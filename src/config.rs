@@ -796,12 +796,18 @@ mod tests {
             ("--shutdown-grace-seconds", 86_400.0),
         ] {
             let at = format!("{longest}\n");
-            assert!(Cli::try_parse_from(["test", flag, &at]).is_ok(), "{flag} {at:?}");
+            assert!(
+                Cli::try_parse_from(["test", flag, &at]).is_ok(),
+                "{flag} {at:?}"
+            );
             for absurd in [longest + 1.0, 1e9] {
                 let absurd = absurd.to_string();
                 let refused = Cli::try_parse_from(["test", flag, &absurd]).err();
                 let message = refused.map(|e| e.to_string()).unwrap_or_default();
-                assert!(message.contains("is more than"), "{flag} {absurd}: {message}");
+                assert!(
+                    message.contains("is more than"),
+                    "{flag} {absurd}: {message}"
+                );
             }
         }
     }

@@ -173,9 +173,18 @@ mod tests {
     fn a_full_window_needs_a_closer_look_only_when_its_rest_could_come_sooner() {
         assert!(answered_before(None, None), "nothing queued");
         assert!(answered_before(Some(5), None), "no window was full");
-        assert!(answered_before(Some(5), Some(5)), "the rest is due no sooner");
-        assert!(!answered_before(Some(6), Some(5)), "the rest may be due sooner");
-        assert!(!answered_before(None, Some(5)), "only the rest may be claimable");
+        assert!(
+            answered_before(Some(5), Some(5)),
+            "the rest is due no sooner"
+        );
+        assert!(
+            !answered_before(Some(6), Some(5)),
+            "the rest may be due sooner"
+        );
+        assert!(
+            !answered_before(None, Some(5)),
+            "only the rest may be claimable"
+        );
     }
 
     #[test]

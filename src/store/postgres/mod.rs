@@ -141,6 +141,10 @@ const GROUPS_IN_FLIGHT: usize = 2;
 /// Shortest time between two announcements of new jobs by one instance.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(20);
 
+/// `/healthz`'s write probe: one row, written again.
+pub(super) const PROBE_WRITE: &str = "INSERT INTO write_probe (id, at) VALUES (1, now())
+     ON CONFLICT (id) DO UPDATE SET at = excluded.at";
+
 impl PgStore {
     pub async fn open(url: &str, queue_capacity: u64, pool_size: u32) -> StoreResult<Self> {
         // No JIT: every statement here is short, and the planner's estimates for the claims'
@@ -643,12 +647,7 @@ impl Backend for PgStore {
     }
 
     async fn probe_write(&self) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO write_probe (id, at) VALUES (1, now())
-             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-        )
-        .execute(&self.health_pool)
-        .await?;
+        sqlx::query(PROBE_WRITE).execute(&self.health_pool).await?;
         Ok(())
     }
 

@@ -19,7 +19,9 @@ use super::writes::{
     INSERT_SYNC_STARTED, MAKE_DUE, MAKE_DUE_OF, REDELIVER, REDELIVERY_OF, RELEASE,
     UPSERT_SYNC_FINISHED,
 };
-use super::{ATTEMPTS_OF, KEY_HOLDER, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS, VERSIONS};
+use super::{
+    ATTEMPTS_OF, KEY_HOLDER, POSITION_OF, PROBE_WRITE, RECORD_BY_ID, STATUS_COUNTS, VERSIONS,
+};
 use crate::store::StoreResult;
 use crate::store::plans::{StatementPlan, hot_statements};
 
@@ -43,6 +45,7 @@ const FIXED: &[(&str, &str)] = &[
         FIRST_DUE_PER_LISTED_DESTINATION,
     ),
     ("heartbeat", RENEW_LEASES),
+    ("health: write probe", PROBE_WRITE),
     ("work results", STORE_RESULTS),
     ("attempts", RECORD_ATTEMPTS),
     ("give up", GIVE_UP),

@@ -20,7 +20,7 @@ use rusqlite::{Connection, OptionalExtension};
 pub(super) const STAMP_EVERY: Duration = Duration::from_secs(1);
 
 /// The queue's time as last stamped.
-const LAST_STAMP: &str = "SELECT at FROM queue_clock WHERE id = 1";
+pub(super) const LAST_STAMP: &str = "SELECT at FROM queue_clock WHERE id = 1";
 
 /// Stamps the queue's time (`?1`).
 pub(super) const STAMP: &str = "INSERT INTO queue_clock (id, at) VALUES (1, ?1)

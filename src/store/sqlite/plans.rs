@@ -6,13 +6,14 @@ use super::claims::{
     CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, NEXT_DESTINATION, NEXT_LEVEL,
     TOP_LEVEL,
 };
+use super::clock::{LAST_STAMP, STAMP};
 use super::list::{COUNT_BY_STATUS, DIALECT};
 use super::open::{COUNT_QUEUED, FAIL_ABANDONED_SYNC, RELEASE_ALL};
 use super::writes::{
     CANCEL, CANCEL_OF, COUNT_FINISHED, DELETE_EXPIRED, DELETE_OLDEST_FINISHED, EXPIRED_LEASES_OF,
     GIVE_UP, INSERT_ASYNC, INSERT_ATTEMPT, INSERT_SYNC_STARTED, KEY_HOLDER, MAKE_DUE, MAKE_DUE_OF,
-    RECORD_ATTEMPT, REDELIVER, REDELIVERY_OF, RELEASE, RELEASE_CLAIM, RENEW_LEASE, SAVE_RESULT,
-    UPSERT_SYNC_FINISHED,
+    PROBE_DELETE, PROBE_INSERT, RECORD_ATTEMPT, REDELIVER, REDELIVERY_OF, RELEASE, RELEASE_CLAIM,
+    RENEW_LEASE, SAVE_RESULT, UPSERT_SYNC_FINISHED,
 };
 use super::{ATTEMPTS_OF, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS};
 use crate::store::plans::{StatementPlan, hot_statements};
@@ -44,6 +45,10 @@ const FIXED: &[(&str, &str)] = &[
     ("retry now: read", MAKE_DUE_OF),
     ("retry now", MAKE_DUE),
     ("release at shutdown", RELEASE),
+    ("queue clock: stamp", STAMP),
+    ("queue clock: last stamp", LAST_STAMP),
+    ("health: write probe", PROBE_INSERT),
+    ("health: write probe removed", PROBE_DELETE),
     ("start-up: release leases", RELEASE_ALL),
     ("start-up: fail abandoned sync", FAIL_ABANDONED_SYNC),
     ("start-up: queue size", COUNT_QUEUED),

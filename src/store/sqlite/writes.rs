@@ -474,6 +474,10 @@ impl Write for GiveUp {
 /// A write that changes nothing anyone reads: does the database take writes again?
 pub(super) struct Probe;
 
+/// The write probe's row, and its removal.
+pub(super) const PROBE_INSERT: &str = "INSERT INTO write_probe (filler) VALUES (zeroblob(?1))";
+pub(super) const PROBE_DELETE: &str = "DELETE FROM write_probe";
+
 /// What a probe writes and takes back: a busy batch of writes fills this much of the WAL,
 /// and a full disk can still take a page or two (a probe that rewrote one page passed while
 /// every submission failed).
@@ -486,9 +490,8 @@ impl Write for Probe {
         // Written and deleted in one transaction: the commit still appends every page the
         // row took to the WAL (and grows the file, if it must), which is what fails on a full
         // disk; the table is left empty.
-        tx.prepare_cached("INSERT INTO write_probe (filler) VALUES (zeroblob(?1))")?
-            .execute([PROBE_BYTES])?;
-        tx.prepare_cached("DELETE FROM write_probe")?.execute([])?;
+        tx.prepare_cached(PROBE_INSERT)?.execute([PROBE_BYTES])?;
+        tx.prepare_cached(PROBE_DELETE)?.execute([])?;
         done(())
     }
 }
