@@ -318,6 +318,11 @@ pub struct Store {
     priority_step: Duration,
 }
 
+/// Longest a statement on the database may run (a read on SQLite, any statement on
+/// PostgreSQL, but migrations and vacuum): a client's page a million rows deep, or a plan gone
+/// wrong, fails as unavailable (503) instead of holding a connection for minutes.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `APP_PRIORITY_STEP_SECONDS`'s default: a job of priority 10 goes ahead of jobs of
 /// priority 0 that have waited less than ten minutes longer.
 pub const DEFAULT_PRIORITY_STEP: Duration = Duration::from_secs(60);

@@ -47,6 +47,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+
+use crate::store::STATEMENT_TIMEOUT;
 use tokio_util::sync::CancellationToken;
 
 use self::group_writes::{AttemptWrite, InsertQueued, RecordAttempts, ResultWrite, StoreResults};
@@ -150,8 +152,13 @@ impl PgStore {
         // No JIT: every statement here is short, and the planner's estimates for the claims'
         // recursive CTEs (levels × destinations) pass `jit_above_cost`, so a claim that runs
         // in a millisecond was compiled for 650 ms each time (measured on PostgreSQL 15:
-        // delivery fell from 1,270/s to 240/s). Appended to any options the URL sets.
-        let options = url.parse::<PgConnectOptions>()?.options([("jit", "off")]);
+        // delivery fell from 1,270/s to 240/s). And no statement runs past
+        // STATEMENT_TIMEOUT (migrations and vacuum lift it for their own). Appended to any
+        // options the URL sets.
+        let timeout = STATEMENT_TIMEOUT.as_millis().to_string();
+        let options = url
+            .parse::<PgConnectOptions>()?
+            .options([("jit", "off"), ("statement_timeout", timeout.as_str())]);
         let pool_options = || {
             PgPoolOptions::new()
                 .max_connections(pool_size)
@@ -725,8 +732,11 @@ pub(super) fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::BeginFailed => true,
         // And a read-only server (25006: a standby, a demoted primary after a failover):
         // writes fail until the service reaches a primary again.
+        // And a statement cancelled past its `statement_timeout` (57014): the database is
+        // too slow to answer now.
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             code == "25006"
+                || code == "57014"
                 || ["08", "53", "57P", "58"]
                     .iter()
                     .any(|class| code.starts_with(class))

@@ -31,11 +31,16 @@ const MIGRATION_LOCK: i64 = 0x5359_4e43_4153_594e; // "SYNCASYN"
 /// the same destination. Run only by the instance that migrated such a database: a read of
 /// every request, done once.
 pub(super) async fn backfill_destinations(pool: &PgPool) -> StoreResult<()> {
+    let mut tx = pool.begin().await?;
+    // A walk of the whole history: longer than a request's statement may take.
+    sqlx::query("SET LOCAL statement_timeout = 0")
+        .execute(&mut *tx)
+        .await?;
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT id, callback_url FROM requests
          WHERE destination IS NULL AND callback_url IS NOT NULL",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
         return Ok(());
@@ -53,8 +58,9 @@ pub(super) async fn backfill_destinations(pool: &PgPool) -> StoreResult<()> {
     .bind(&ids)
     .bind(&destinations)
     .bind(&hosts)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     tracing::info!(
         requests = rows.len(),
         "recorded the destinations of older requests"
@@ -65,6 +71,10 @@ pub(super) async fn backfill_destinations(pool: &PgPool) -> StoreResult<()> {
 /// Applies the migrations the database has not had yet; answers the schema version it had.
 pub(super) async fn migrate(pool: &PgPool) -> StoreResult<usize> {
     let mut tx = pool.begin().await?;
+    // An index build over a long history may take longer than a request's statement.
+    sqlx::query("SET LOCAL statement_timeout = 0")
+        .execute(&mut *tx)
+        .await?;
     // Instances starting together queue here; the first applies, the rest find nothing to do.
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(MIGRATION_LOCK)

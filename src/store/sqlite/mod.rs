@@ -530,6 +530,7 @@ pub(super) fn is_unavailable(err: &rusqlite::Error) -> bool {
         err.sqlite_error_code(),
         Some(
             DiskFull
+                | OperationInterrupted
                 | SystemIoFailure
                 | DatabaseBusy
                 | DatabaseLocked

@@ -14,10 +14,10 @@ use std::fs::File;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, InterruptHandle};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{StoreError, StoreResult};
+use crate::store::{STATEMENT_TIMEOUT, StoreError, StoreResult};
 
 /// A read waiting for a connection.
 type Read = Box<dyn FnOnce(&Connection) + Send>;
@@ -27,6 +27,21 @@ enum Task {
     Read(Read),
     /// Close the connection and end the thread.
     Stop,
+}
+
+/// Interrupts the read its slot names, if it is still running.
+struct InterruptWhenDropped(Arc<Mutex<Option<InterruptHandle>>>);
+
+impl Drop for InterruptWhenDropped {
+    fn drop(&mut self) {
+        if let Some(handle) = lock(&self.0).as_ref() {
+            handle.interrupt();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Reads queued per connection of a group before callers wait to queue more.
@@ -96,22 +111,42 @@ impl Readers {
         })
     }
 
-    /// Runs `f` on the first idle connection of the group and answers what it returned.
+    /// Runs `f` on the first idle connection of the group and answers what it returned. A
+    /// read whose caller stops waiting (gone, or past [`STATEMENT_TIMEOUT`]) is interrupted,
+    /// or never started if it is still queued: a client asking for a page a million rows
+    /// deep and hanging up does not hold a connection for the walk.
     pub(super) async fn run<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel();
+        let running = Arc::new(Mutex::new(None::<InterruptHandle>));
+        let interrupt = InterruptWhenDropped(Arc::clone(&running));
         let read: Read = Box::new(move |conn| {
-            // The caller may have gone: then nobody wants the answer.
-            let _ = answer.send(f(conn));
+            if answer.is_closed() {
+                return;
+            }
+            *lock(&running) = Some(conn.get_interrupt_handle());
+            let result = f(conn);
+            // Cleared before the connection takes another read, so that an interrupt meant
+            // for this one can never reach the next.
+            *lock(&running) = None;
+            let _ = answer.send(result);
         });
         self.reads
             .send(Task::Read(read))
             .await
             .map_err(|_| StoreError::WriterGone)?;
-        Ok(answered.await.map_err(|_| StoreError::WriterGone)??)
+        let answer = tokio::time::timeout(STATEMENT_TIMEOUT, answered).await;
+        drop(interrupt);
+        match answer {
+            Ok(answer) => Ok(answer.map_err(|_| StoreError::WriterGone)??),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "a read took longer than {} s and was interrupted",
+                STATEMENT_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// Lets the reads queued before it finish, then closes every connection of the group and
@@ -139,5 +174,37 @@ impl Readers {
     pub(super) fn usage(&self) -> (usize, usize) {
         let busy = self.busy.load(Ordering::Relaxed).min(self.connections);
         (busy, self.connections - busy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A statement that runs for minutes unless interrupted.
+    const ENDLESS: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n)
+                           SELECT count(*) FROM n";
+
+    /// A read whose caller hangs up is interrupted: the group's one connection is free for
+    /// the next read at once, not after the walk.
+    #[tokio::test]
+    async fn a_read_whose_caller_is_gone_is_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = Arc::new(File::create(dir.path().join("lock")).unwrap());
+        let conn = Connection::open(dir.path().join("db")).unwrap();
+        let readers = Readers::start("test-reader", vec![conn], &lock).unwrap();
+
+        let endless = readers.run(|conn| conn.query_row(ENDLESS, [], |row| row.get::<_, i64>(0)));
+        let hung_up = tokio::time::timeout(Duration::from_millis(200), endless).await;
+        assert!(hung_up.is_err(), "the endless read ended: {hung_up:?}");
+
+        let started = Instant::now();
+        let next = readers.run(|conn| conn.query_row("SELECT 42", [], |row| row.get::<_, i64>(0)));
+        let answer = tokio::time::timeout(Duration::from_secs(10), next).await;
+        assert_eq!(answer.expect("the connection was freed").unwrap(), 42);
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        readers.close().await;
     }
 }
