@@ -49,8 +49,10 @@ pub struct ReceiverArgs {
     #[arg(long, env = "RECEIVER_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
     /// Callbacks kept in memory, and ids remembered for duplicate counting; the oldest are
-    /// dropped beyond it (a repeat of a forgotten id counts as new).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// dropped beyond it (a repeat of a forgotten id counts as new). At most 1,000,000: each
+    /// kept callback holds its body, so more could take the machine's memory.
+    #[arg(long, default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_stored: u64,
 }
 
@@ -371,4 +373,26 @@ async fn stats(State(state): State<ReceiverState>) -> Json<StatsBody> {
         stats: log.stats.clone(),
         unique_requests: log.stats.unique_request_ids,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::ReceiverArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReceiverArgs,
+    }
+
+    #[test]
+    fn what_it_keeps_in_memory_is_bounded() {
+        let parse = |n: &str| Cli::try_parse_from(["receiver", "--max-stored", n]).map(|c| c.args);
+        assert_eq!(parse("1000000").unwrap().max_stored, 1_000_000);
+        for absurd in ["0", "1000001", "18446744073709551615"] {
+            assert!(parse(absurd).is_err(), "{absurd}");
+        }
+    }
 }
