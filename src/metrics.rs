@@ -289,7 +289,7 @@ impl Metrics {
         );
         registry.register(
             "destination_recent_failures",
-            "Failed delivery attempts in the last five minutes, by destination",
+            "Failed delivery attempts in the last five minutes (any answer but 2xx, or none), by destination",
             metrics.destination_recent_failures.clone(),
         );
         registry.register(

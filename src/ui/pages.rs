@@ -88,6 +88,7 @@ fn layout(shell: Shell, page: Page, title: &str, request_id: Option<&str>, main:
                     }
                 }
                 p #message role="alert" hidden {}
+                p #stale role="alert" hidden {}
                 main { (main) }
             }
         }
@@ -149,7 +150,13 @@ pub fn requests(shell: Shell) -> Markup {
                 p #bulk-result role="status" {}
             }
         }
-        p #list-summary role="status" {}
+        p.list-head {
+            span #list-summary role="status" {}
+            label.follow title="Update the newest page as requests change; off, the page stays as it is" {
+                input #follow-live type="checkbox" checked;
+                " Live"
+            }
+        }
         section #selection.bulk aria-label="Act on the selected requests" hidden {
             span #selection-count {}
             " "

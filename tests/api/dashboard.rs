@@ -333,6 +333,61 @@ async fn drive(
     )
     .await;
 
+    // A live update leaves the rows in place: the focused link keeps its focus, and text
+    // selected in the list (an id being copied) stays selected.
+    browser
+        .execute(
+            "const row = document.querySelector('#list tr[data-id=\"' + arguments[0] + '\"]');\
+             window.__row = row;\
+             const link = row.querySelector('a');\
+             link.focus();\
+             window.getSelection().selectAllChildren(link);",
+            vec![json!(failed)],
+        )
+        .await?;
+    // Sent to a receiver that accepts, so that the failed requests stay the two below.
+    let accepting = start_receiver(Arc::new(AtomicBool::new(false))).await;
+    let accepting = format!("http://{accepting}/hook");
+    let newer = submit(app, &accepting).await;
+    eventually(
+        browser,
+        &format!("document.querySelector('#list tr[data-id=\"{newer}\"]')"),
+        "a newer request in the list",
+    )
+    .await;
+    let kept = browser
+        .execute(
+            "const row = document.querySelector('#list tr[data-id=\"' + arguments[0] + '\"]');\
+             return [row === window.__row, document.activeElement === row.querySelector('a'),\
+                     window.getSelection().toString()];",
+            vec![json!(failed)],
+        )
+        .await?;
+    if kept != json!([true, true, failed]) {
+        return Err(format!("a live update lost the row, focus or selection: {kept}").into());
+    }
+
+    // With "Live" off the page stays as it is; on again, it catches up.
+    click_live(browser, "#follow-live").await?;
+    let unseen = submit(app, &accepting).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let shown = browser
+        .execute(
+            &format!("return Boolean(document.querySelector('#list tr[data-id=\"{unseen}\"]'));"),
+            vec![],
+        )
+        .await?;
+    if shown != json!(false) {
+        return Err("the list updated with Live off".into());
+    }
+    click_live(browser, "#follow-live").await?;
+    eventually(
+        browser,
+        &format!("document.querySelector('#list tr[data-id=\"{unseen}\"]')"),
+        "the list to catch up once Live is on again",
+    )
+    .await;
+
     // Select two scheduled requests and one already final, cancel the selection (accepting
     // the confirmation): the two end cancelled, the final one is skipped with its reason, and
     // the selection survives the list's refreshes in between.
@@ -579,8 +634,8 @@ async fn drive(
     eventually(
         browser,
         "[...document.querySelectorAll('#status-counts .count')]\
-           .map(c => c.textContent).join(' ').includes('callback_success3')",
-        "the status counts to show the three delivered requests",
+           .map(c => c.textContent).join(' ').includes('callback_success5')",
+        "the status counts to show the five delivered requests",
     )
     .await;
     // The charts draw this instance's real counters (read from its metrics once a second),

@@ -95,6 +95,36 @@ async fn with_default_settings_hung_and_dead_receivers_do_not_delay_a_healthy_on
     );
 }
 
+/// A receiver answering 404 (a wrong path) or 401 (a bad signature), the commonest mistakes,
+/// shows as failing: each such answer counts among its recent failures, on the destinations
+/// view and in /metrics, though not against its breaker.
+#[tokio::test]
+async fn a_receiver_answering_4xx_shows_as_failing() {
+    let app = TestServer::builder()
+        .settings(DEFAULTS)
+        .setting("callback-max-retries", "0")
+        .start()
+        .await;
+    let wrong_path = Receiver::start(Behaviour::always_fail(404)).await;
+    let ids = submit_many(&app, 3, &wrong_path.url(), "wrong path").await;
+    for id in &ids {
+        app.wait_for_status(id, "callback_failed", Duration::from_secs(10))
+            .await;
+    }
+    let view = destination(&app, wrong_path.address.port())
+        .await
+        .expect("the 404 destination");
+    assert_eq!(view["recent_failures"], 3, "{view}");
+    assert_eq!(view["recent_successes"], 0, "{view}");
+    assert_eq!(view["breaker"], "closed", "{view}");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let line = format!(
+        "syncasync_destination_recent_failures{{destination=\"http://127.0.0.1:{}\"}} 3",
+        wrong_path.address.port()
+    );
+    assert!(metrics.contains(&line), "{metrics}");
+}
+
 #[tokio::test]
 async fn every_request_ends_final_while_receivers_hang_or_refuse() {
     // A short timeout and short cool-downs: the dead destination's breaker opens, and its

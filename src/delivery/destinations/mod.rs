@@ -225,7 +225,8 @@ pub struct DestinationView {
     pub slow: u32,
     /// Delivered attempts in the last five minutes.
     pub recent_successes: u64,
-    /// Failed attempts in the last five minutes.
+    /// Failed attempts in the last five minutes: every answer but a 2xx (a 4xx too, though
+    /// it does not count towards the breaker), and no answer.
     pub recent_failures: u64,
     pub breaker: BreakerState,
     /// When an open breaker lets its next probe through (RFC 3339), if it is open.
@@ -623,7 +624,10 @@ impl Destinations {
                 entry.recent.add(bucket, false);
                 entry.room = (entry.room / 2).max(INITIAL_ROOM);
             }
-            Verdict::Neutral => {}
+            // Not against its breaker, but a failed delivery all the same (a 404 from a wrong
+            // path, a 401 from a bad signature: the commonest mistakes), so counted with the
+            // failures an operator sees.
+            Verdict::Neutral => entry.recent.add(bucket, false),
         }
         let next = entry
             .breaker
@@ -1053,6 +1057,12 @@ mod tests {
         }
         assert_eq!(room(&d, A), 1);
         assert!(!is_proven(&d, A), "a 4xx proves nothing");
+        let view = &d.snapshot()[0];
+        assert_eq!(view.breaker, BreakerState::Closed, "nor counts against it");
+        assert_eq!(
+            view.recent_failures, 10,
+            "but each is a failed delivery to show"
+        );
         d.start(A, Share::Unproven).record(Verdict::Failed(1.0));
         d.start(A, Share::Unproven).record(Verdict::Failed(1.0));
         std::thread::sleep(Duration::from_millis(60));

@@ -41,7 +41,9 @@ impl Drop for InterruptWhenDropped {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Reads queued per connection of a group before callers wait to queue more.
@@ -204,7 +206,11 @@ mod tests {
         let next = readers.run(|conn| conn.query_row("SELECT 42", [], |row| row.get::<_, i64>(0)));
         let answer = tokio::time::timeout(Duration::from_secs(10), next).await;
         assert_eq!(answer.expect("the connection was freed").unwrap(), 42);
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         readers.close().await;
     }
 }

@@ -198,10 +198,26 @@
     live.className = ok ? "on" : "off";
   }
 
+  // When the last live update came: what the page shows is as of then once the service
+  // stops answering.
+  let updatedAt = Date.now();
+
+  function showStale(down) {
+    const banner = document.getElementById("stale");
+    if (!banner) return;
+    banner.hidden = !down;
+    if (down) {
+      const at = new Date(updatedAt).toISOString().slice(11, 19);
+      banner.textContent = "The service is not answering: what this page shows is as of " + at +
+        " UTC. Reconnecting every 2 s…";
+    }
+  }
+
   async function startStream() {
     if (streamControl || document.hidden) return;
     const control = new AbortController();
     streamControl = control;
+    let answered = false;
     try {
       const response = await fetch("/ui/api/stream", {
         headers: authHeaders("api"),
@@ -210,6 +226,7 @@
       });
       if (!response.ok) throw new HttpError(response.status, "live updates: " + response.status);
       setLive("live", true);
+      showStale(false);
       const reader = response.body.getReader();
       const decoder = new TextDecoder();
       let buffer = "";
@@ -226,10 +243,13 @@
       }
     } catch (error) {
       if (error.name !== "AbortError" && error.status === 401) report(error);
+      // An HTTP answer means the service is up (a token missing, an overload).
+      answered = Boolean(error.status);
     }
     if (streamControl === control) {
       streamControl = null;
       setLive("reconnecting…", false);
+      showStale(!answered);
       clearTimeout(retryTimer);
       retryTimer = setTimeout(startStream, 2000);
     }
@@ -256,6 +276,7 @@
       else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
     }
     if (name !== "overview" || data.length === 0) return;
+    updatedAt = Date.now();
     let update;
     try {
       update = JSON.parse(data.join("\n"));
@@ -450,27 +471,7 @@
       const before = here.get("before");
       if (before) query.set("before", before);
       const data = await call("GET", "/requests?" + query.toString(), "api");
-      // The rows are drawn again each update: the selection lives in `selected`, and a
-      // focused checkbox keeps its focus.
-      const focused = document.activeElement;
-      const refocus = focused && focused.dataset && focused.dataset.select;
-      const rows = data.requests.map((r) =>
-        el(
-          "tr",
-          { "data-id": r.id, "data-status": r.status, "data-mode": r.mode },
-          el("td", {}, el("input", {
-            type: "checkbox", "data-select": r.id, "aria-label": "Select " + r.id,
-            checked: selected.has(r.id) ? "" : null,
-          })),
-          el("td", {}, requestLink(r.id)),
-          el("td", { text: r.mode }),
-          el("td", {}, statusBadge(r.status)),
-          el("td", { text: time(r.created_at) }),
-          el("td", { text: hostOf(r.callback_url) }),
-          el("td", { text: r.mode === "async" ? String(r.callback_attempts) : "—" }),
-          el("td", { class: "error-cell", text: r.callback_last_error || r.error || "" }),
-        ),
-      );
+      const rows = data.requests;
       // Only what the operator sees can be acted on: a selected request gone from the page
       // (pushed off the live first page by newer ones) leaves the selection.
       const shown = new Map(data.requests.map((r) => [r.id, { status: r.status, mode: r.mode }]));
@@ -478,12 +479,7 @@
         if (shown.has(id)) selected.set(id, shown.get(id));
         else selected.delete(id);
       }
-      const tbody = document.querySelector("#list tbody");
-      tbody.replaceChildren(...rows);
-      if (refocus) {
-        const again = tbody.querySelector('input[data-select="' + CSS.escape(refocus) + '"]');
-        if (again) again.focus();
-      }
+      updateRows(document.querySelector("#list tbody"), data.requests);
       renderSelection();
       document.getElementById("list-summary").textContent =
         data.total.toLocaleString() + " matching" + (before ? " (an older page)" : "") +
@@ -509,6 +505,51 @@
     } finally {
       listBusy = false;
     }
+  }
+
+  // The cells of a request's row; the first holds its checkbox.
+  function listCells(r) {
+    return [
+      el("td", {}, el("input", {
+        type: "checkbox", "data-select": r.id, "aria-label": "Select " + r.id,
+        checked: selected.has(r.id) ? "" : null,
+      })),
+      el("td", {}, requestLink(r.id)),
+      el("td", { text: r.mode }),
+      el("td", {}, statusBadge(r.status)),
+      el("td", { text: time(r.created_at) }),
+      el("td", { text: hostOf(r.callback_url) }),
+      el("td", { text: r.mode === "async" ? String(r.callback_attempts) : "—" }),
+      el("td", { class: "error-cell", text: r.callback_last_error || r.error || "" }),
+    ];
+  }
+
+  // Brings the table to `requests` in place: a row already shown keeps its elements, and of
+  // its cells only those whose content changed are replaced, so that keyboard focus, a text
+  // selection (an id being copied) and a screen reader's place survive each live update.
+  function updateRows(tbody, requests) {
+    const existing = new Map([...tbody.rows].map((row) => [row.dataset.id, row]));
+    let cursor = tbody.firstElementChild;
+    for (const r of requests) {
+      let row = existing.get(r.id);
+      const cells = listCells(r);
+      if (row) {
+        existing.delete(r.id);
+        row.dataset.status = r.status;
+        row.dataset.mode = r.mode;
+        // The checkbox cell stays: its state is the selection's.
+        for (let i = 1; i < cells.length; i++) {
+          const old = row.cells[i];
+          if (!old) row.append(cells[i]);
+          else if (old.innerHTML !== cells[i].innerHTML) old.replaceWith(cells[i]);
+        }
+      } else {
+        row = el("tr", { "data-id": r.id, "data-status": r.status, "data-mode": r.mode }, ...cells);
+      }
+      if (row === cursor) cursor = cursor.nextElementSibling;
+      else tbody.insertBefore(row, cursor);
+    }
+    for (const gone of existing.values()) gone.remove();
   }
 
   // ---- selected requests: cancel, retry now, redeliver --------------------------------------
@@ -696,6 +737,10 @@
   const requestId = body.dataset.requestId;
   let detailFinal = false;
   let detailBusy = false;
+  // The status shown, and the last action's answer with the status it left: once the request
+  // moves on (a redelivery failed again), the answer is shown as what it was, of its time.
+  let shownStatus = null;
+  let lastAction = null;
 
   function field(list, name, value, cls) {
     list.append(el("dt", { text: name }), el("dd", { class: cls }, value === null || value === undefined || value === "" ? "—" : value));
@@ -707,6 +752,13 @@
     try {
       const r = await call("GET", "/requests/" + encodeURIComponent(requestId), "api");
       detailFinal = FINAL.has(r.status);
+      shownStatus = r.status;
+      if (lastAction && lastAction.status !== r.status) {
+        const at = new Date(lastAction.at).toISOString().slice(11, 19);
+        lastAction.result.textContent = "At " + at + " UTC: " + lastAction.message.replace(/\.?$/, ".") +
+          " Since then: " + r.status.replace(/_/g, " ") + ".";
+        lastAction = null;
+      }
       const record = document.getElementById("record");
       const list = document.createDocumentFragment();
       field(list, "Status", statusBadge(r.status));
@@ -789,7 +841,9 @@
         const data = await call("POST", "/requests/" + encodeURIComponent(requestId) + "/" + action, kind);
         result.textContent = data.message;
         detailFinal = false;
+        lastAction = null;
         await loadDetail();
+        lastAction = { result, message: data.message, at: Date.now(), status: shownStatus };
       } catch (error) {
         result.textContent = error.message;
       } finally {
@@ -919,7 +973,10 @@
         renderCharts();
       }
     } else if (page === "requests") {
-      // Only the newest page follows the stream; an older page stays put while it is read.
+      // Only the newest page follows the stream, while "Live" is on; an older page stays put
+      // while it is read.
+      const follow = document.getElementById("follow-live");
+      if (follow && !follow.checked) return;
       if (!new URLSearchParams(window.location.search).get("before")) loadList();
     } else if (page === "request") {
       if (!detailFinal) loadDetail();
@@ -930,6 +987,8 @@
 
   setupTokenForm();
   if (page === "requests") {
+    const follow = document.getElementById("follow-live");
+    if (follow) follow.addEventListener("change", () => { if (follow.checked) loadList(); });
     fillFilterForm();
     setupBulk();
     setupSelection();
