@@ -2,7 +2,7 @@
 //! time-to-callback percentiles, callback matching and the top errors; rendered as text
 //! for a person and serialised as JSON (`--json FILE`) for a machine.
 //!
-//! The JSON shape is documented in the README ("Load testing"); field names are part of it,
+//! The JSON shape is documented in docs/operations.md ("Load testing"); field names are part of it,
 //! so rename nothing without updating both. Durations are milliseconds (floats, from
 //! microsecond histograms) unless a name says otherwise (`elapsed_s`).
 

@@ -5,7 +5,7 @@
 //!
 //! Without chromedriver the test is skipped with a note, unless `CI=true`, where it fails:
 //! `.ci/run` installs Chromium and its driver. With `SYNCASYNC_SCREENSHOTS=1` it writes the
-//! README's screenshots to `docs/img/`.
+//! screenshots docs/operations.md shows to `docs/img/`.
 
 use std::net::SocketAddr;
 use std::path::Path;
