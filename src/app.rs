@@ -84,6 +84,61 @@ fn fit_connections(config: &Config) -> Result<u64, StartError> {
     Ok(cap)
 }
 
+/// Says where the service answers (the API, the dashboard and the API's page) and warns of
+/// settings that leave it open: reachable beyond loopback with no API token (anyone who
+/// reaches the port submits work and reads every request), or SSRF protection off.
+fn announce(listeners: &[tokio::net::TcpListener], config: &Config) {
+    let addresses: Vec<std::net::SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    if let Some(first) = addresses.first() {
+        // An unspecified address answers on every interface; loopback reaches it from here.
+        let host = match first.ip() {
+            ip if ip.is_unspecified() => "localhost".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let base = format!("http://{host}:{}", first.port());
+        tracing::info!(
+            api = %base,
+            dashboard = %format!("{base}/ui"),
+            docs = %format!("{base}/docs"),
+            "serving"
+        );
+    }
+    for warning in exposure_warnings(
+        &addresses,
+        config.api_token.is_some(),
+        config.callback_block_private_ips,
+    ) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// What the listening addresses and settings leave open, each said as a warning.
+fn exposure_warnings(
+    addresses: &[std::net::SocketAddr],
+    api_token: bool,
+    ssrf_protection: bool,
+) -> Vec<&'static str> {
+    let mut warnings = Vec::new();
+    if addresses.iter().any(|a| !a.ip().is_loopback()) && !api_token {
+        warnings.push(
+            "listening beyond loopback with no APP_API_TOKEN: anyone who reaches the port can \
+             submit work and read every request; set APP_API_TOKEN, or APP_HOST=127.0.0.1 \
+             behind a proxy",
+        );
+    }
+    if !ssrf_protection {
+        warnings.push(
+            "SSRF protection is off (APP_CALLBACK_BLOCK_PRIVATE_IPS=false): callbacks may \
+             reach loopback, private and cloud metadata addresses",
+        );
+    }
+    warnings
+}
+
 /// The connections event streams and waits may hold at once: as configured, or half the
 /// client connections; never all of them, which would leave none for `/healthz` and short
 /// requests.
@@ -345,6 +400,7 @@ impl Application {
         for address in listeners.iter().filter_map(|l| l.local_addr().ok()) {
             tracing::info!(%address, "listening");
         }
+        announce(&listeners, &config);
 
         let background = CancellationToken::new();
         // The grace period runs from the signal, for sync work as for HTTP and deliveries:
@@ -445,7 +501,28 @@ impl Application {
 mod tests {
     use std::net::SocketAddr;
 
-    use super::bind;
+    use super::{bind, exposure_warnings};
+
+    #[test]
+    fn an_open_service_is_warned_of() {
+        let loopback: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        let v6_loopback: SocketAddr = "[::1]:8000".parse().unwrap();
+        let every: SocketAddr = "0.0.0.0:8000".parse().unwrap();
+        let public: SocketAddr = "192.0.2.10:8000".parse().unwrap();
+        assert!(exposure_warnings(&[loopback, v6_loopback], false, true).is_empty());
+        assert!(
+            exposure_warnings(&[every], true, true).is_empty(),
+            "a token guards it"
+        );
+        for open in [every, public] {
+            let warnings = exposure_warnings(&[loopback, open], false, true);
+            assert_eq!(warnings.len(), 1, "{open}");
+            assert!(warnings[0].contains("no APP_API_TOKEN"), "{open}");
+        }
+        let warnings = exposure_warnings(&[loopback], true, false);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("SSRF protection is off"));
+    }
 
     #[tokio::test]
     async fn every_address_of_a_name_is_listened_on_at_one_port() {

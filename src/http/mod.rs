@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, Request};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware;
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
@@ -217,7 +217,12 @@ pub fn router(state: AppState) -> Router {
     let openapi = with_operator_caps(openapi, &state.service.control_limits);
     let api_paths = Arc::new(PathMatcher::new(openapi.paths.paths.keys()));
     let max_body_bytes = state.body_limits.max_bytes;
-    let mut docs = Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi));
+    // No online validator: Swagger UI would send the document's address to swagger.io from
+    // every browser that opens /docs.
+    let swagger = SwaggerUi::new("/docs")
+        .url("/openapi.json", openapi)
+        .config(utoipa_swagger_ui::Config::default().validator_url("none"));
+    let mut docs = Router::from(swagger);
     if let Some(token) = state.api_token.clone() {
         // The document maps every operation: whoever may not call the API need not read it
         // (SPEC §9). A browser cannot add the header to a page load, so the page is opened
@@ -270,6 +275,15 @@ impl PathMatcher {
 /// proxy that terminates TLS.
 async fn not_found(api_paths: Arc<PathMatcher>, req: Request) -> axum::response::Response {
     let path = req.uri().path();
+    // A browser opening the service's address lands on the dashboard; any other client gets
+    // the original's 404, as its clients and monitors expect.
+    if path == "/" && req.method() == Method::GET && asks_for_html(&req) {
+        return (
+            StatusCode::FOUND,
+            [(header::LOCATION, HeaderValue::from_static("/ui"))],
+        )
+            .into_response();
+    }
     if let Some(trimmed) = path.strip_suffix('/').filter(|p| !p.is_empty())
         && api_paths.matches(trimmed)
     {
@@ -286,6 +300,15 @@ async fn not_found(api_paths: Arc<PathMatcher>, req: Request) -> axum::response:
         }
     }
     ApiError::NotFound.into_response()
+}
+
+/// Whether the request's `Accept` names HTML, as a browser's page load does.
+fn asks_for_html(req: &Request) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("text/html"))
 }
 
 async fn method_not_allowed() -> ApiError {

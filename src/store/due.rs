@@ -136,15 +136,36 @@ pub(crate) fn next_due_in_window(
     }
 }
 
-/// Whether the next due time `seen` across the levels' windows is the answer: no window was
-/// full (`unread_from` is `None`), or no row past a full one (due no earlier than
-/// `unread_from`, and claimable no earlier than due) could come sooner. Otherwise the backend
-/// looks destination by destination.
-pub(crate) fn answered_before(seen: Option<i64>, unread_from: Option<i64>) -> bool {
+/// What the first due rows of each priority level (`windows`, each in due order, at most
+/// `window_limit`) say about the next due time: `Ok` with the answer, or `Err` with the
+/// earliest seen so far when a row past a full window (due no earlier than that window's
+/// last, and claimable no earlier than due) could come sooner; then the backend looks
+/// destination by destination and folds the answers in with [`earliest`].
+pub(crate) fn next_due_in_levels<'w>(
+    windows: impl IntoIterator<Item = &'w [(String, i64)]>,
+    window_limit: u32,
+    room: &RoomLeft<'_>,
+) -> Result<Option<i64>, Option<i64>> {
+    let mut seen = None;
+    let mut unread_from = None;
+    for window in windows {
+        let so_far = match next_due_in_window(window, window_limit, room) {
+            Ok(answer) => answer,
+            Err(so_far) => {
+                if let Some((_, last)) = window.last() {
+                    unread_from = earliest(unread_from, *last);
+                }
+                so_far
+            }
+        };
+        if let Some(at) = so_far {
+            seen = earliest(seen, at);
+        }
+    }
     match (seen, unread_from) {
-        (_, None) => true,
-        (Some(seen), Some(from)) => seen <= from,
-        (None, Some(_)) => false,
+        (_, None) => Ok(seen),
+        (Some(at), Some(from)) if at <= from => Ok(seen),
+        _ => Err(seen),
     }
 }
 
@@ -171,18 +192,28 @@ mod tests {
 
     #[test]
     fn a_full_window_needs_a_closer_look_only_when_its_rest_could_come_sooner() {
-        assert!(answered_before(None, None), "nothing queued");
-        assert!(answered_before(Some(5), None), "no window was full");
-        assert!(
-            answered_before(Some(5), Some(5)),
-            "the rest is due no sooner"
+        let rooms = rooms(&[(A, 0)], &[]);
+        let room = RoomLeft::new(&rooms);
+        let full_of_a = vec![(A.to_string(), 50), (A.to_string(), 60)];
+        let b_at = |due: i64| vec![(B.to_string(), due)];
+        let answer = |windows: &[Vec<(String, i64)>]| {
+            next_due_in_levels(windows.iter().map(Vec::as_slice), 2, &room)
+        };
+        assert_eq!(answer(&[]), Ok(None), "nothing queued");
+        assert_eq!(answer(&[b_at(70)]), Ok(Some(70)), "no window was full");
+        assert_eq!(
+            answer(&[full_of_a.clone(), b_at(40)]),
+            Ok(Some(40)),
+            "the rest of the full level is due no sooner than 60"
         );
-        assert!(
-            !answered_before(Some(6), Some(5)),
+        assert_eq!(
+            answer(&[full_of_a.clone(), b_at(70)]),
+            Err(Some(70)),
             "the rest may be due sooner"
         );
-        assert!(
-            !answered_before(None, Some(5)),
+        assert_eq!(
+            answer(&[full_of_a]),
+            Err(None),
             "only the rest may be claimable"
         );
     }

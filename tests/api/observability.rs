@@ -237,6 +237,45 @@ async fn sync_and_async_answer_with_the_created_request_id_as_x_request_id() {
     }
 }
 
+/// At start the log says where the API, the dashboard and the API's page answer, and warns
+/// that SSRF protection is off when it is.
+#[tokio::test]
+async fn the_start_says_where_to_go_and_what_is_left_open() {
+    let server = TestServer::builder()
+        .child()
+        .setting("callback-block-private-ips", "false")
+        .start()
+        .await;
+    let log = server.log();
+    let port = server.address.rsplit(':').next().unwrap().to_string();
+    let ready = log
+        .lines()
+        .find(|l| l.contains("serving") && l.contains("dashboard="))
+        .expect("a line saying where it serves");
+    for url in ["", "/ui", "/docs"] {
+        let expected = format!("http://127.0.0.1:{port}{url}");
+        assert!(ready.contains(&expected), "{expected} in {ready}");
+    }
+    assert!(log.contains("SSRF protection is off"), "{log}");
+    assert!(!log.contains("no APP_API_TOKEN"), "loopback only: {log}");
+
+    // The dashboard's reads, every second per open tab, are below INFO; other reads are not.
+    let client = client();
+    let read = |path: &'static str, dashboard: bool| {
+        let mut request = client.get(format!("{}{path}", server.address));
+        if dashboard {
+            request = request.header("x-dashboard-read", "1");
+        }
+        request.send()
+    };
+    assert_eq!(read("/metrics", true).await.unwrap().status(), 200);
+    assert_eq!(read("/requests", false).await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = server.log();
+    assert!(log.contains("path=/requests "), "{log}");
+    assert!(!log.contains("path=/metrics "), "{log}");
+}
+
 #[tokio::test]
 async fn json_logs_trace_a_request_through_its_life_and_never_show_secrets() {
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -35,21 +35,29 @@ async fn submit_n(
     ids
 }
 
-/// Jobs queued behind a paused destination, then let go to one worker: priority 5 first,
-/// then priority 0 in acceptance order, then priority 2 jobs accepted 2.5 s later (two levels
-/// are worth only 2 s of waiting), then priority -10. The same order from a batch.
-#[tokio::test]
-async fn higher_priorities_go_first_and_waiting_makes_up_for_priority() {
+/// A receiver, and a service with one worker (the order of claims is the order of arrivals)
+/// whose priority levels are each worth `step` seconds, with the receiver's destination
+/// paused so that jobs queue behind it.
+async fn paused_with_one_worker(step: &str) -> (Receiver, TestServer, String) {
     let receiver = Receiver::start(Behaviour::accept()).await;
     let app = TestServer::builder()
         .setting("admin-token", TOKEN)
         .setting("async-worker-count", "1")
-        .setting("priority-step-seconds", "1")
+        .setting("priority-step-seconds", step)
         .start()
         .await;
     let destination = destination_of(&receiver);
     let (status, paused) = control(&app, "pause", &destination).await;
     assert_eq!(status, 200, "{paused}");
+    (receiver, app, destination)
+}
+
+/// Jobs queued behind a paused destination, then let go to one worker: priority 5 first,
+/// then priority 0 in acceptance order, then priority 2 jobs accepted 2.5 s later (two levels
+/// are worth only 2 s of waiting), then priority -10. The same order from a batch.
+#[tokio::test]
+async fn higher_priorities_go_first_and_waiting_makes_up_for_priority() {
+    let (receiver, app, destination) = paused_with_one_worker("1").await;
 
     let low = submit_n(&app, &receiver, "low", 2, -10).await;
     let plain = submit_n(&app, &receiver, "plain", 3, 0).await;
@@ -84,16 +92,7 @@ async fn higher_priorities_go_first_and_waiting_makes_up_for_priority() {
 /// follow each job's due time less what its priority is worth, whatever the machine's speed.
 #[tokio::test]
 async fn a_flood_of_higher_priorities_does_not_starve_a_lower_one() {
-    let receiver = Receiver::start(Behaviour::accept()).await;
-    let app = TestServer::builder()
-        .setting("admin-token", TOKEN)
-        .setting("async-worker-count", "1")
-        .setting("priority-step-seconds", "0.1")
-        .start()
-        .await;
-    let destination = destination_of(&receiver);
-    let (status, paused) = control(&app, "pause", &destination).await;
-    assert_eq!(status, 200, "{paused}");
+    let (receiver, app, destination) = paused_with_one_worker("0.1").await;
     let mut queued = vec![(submit(&app, &receiver, "lowest", -10).await, -10)];
     let flooding = Instant::now();
     while flooding.elapsed() < Duration::from_millis(3_500) {

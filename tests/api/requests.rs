@@ -386,6 +386,39 @@ async fn an_unknown_request_id_gets_404_request_not_found() {
     }
 }
 
+/// A browser opening the service's address lands on the dashboard; an API client or a
+/// monitor gets the original's 404 for `/`.
+#[tokio::test]
+async fn a_browser_at_the_root_is_sent_to_the_dashboard() {
+    let app = TestServer::builder().start().await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page_load = no_redirects
+        .get(app.url("/"))
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page_load.status(), 302);
+    assert_eq!(page_load.headers()["location"], "/ui");
+    let api = no_redirects
+        .get(app.url("/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 404);
+    let head = no_redirects
+        .head(app.url("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(head.status(), 302, "only a page load is sent on");
+}
+
 #[tokio::test]
 async fn unknown_routes_get_404_and_wrong_methods_get_405_in_json() {
     let app = TestServer::builder().start().await;

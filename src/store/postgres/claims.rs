@@ -8,7 +8,7 @@ use sqlx::Row;
 use super::rows::job_from_row;
 use super::{JOBS_CHANNEL, PgStore};
 use crate::delivery::destinations::Rooms;
-use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, answered_before, earliest, next_due_in_window};
+use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, next_due_in_levels};
 use crate::store::{Job, Leases, StoreResult, claim_scan};
 
 /// `dests (dest)`: each destination with queued jobs, one index seek each (a loose index scan
@@ -493,24 +493,10 @@ impl PgStore {
         }
         let room = RoomLeft::new(rooms);
         // Each level on its own: within one, due order is the window's order.
-        let mut seen = None;
-        let mut unread_from = None;
-        for (_, rows) in &levels {
-            let so_far = match next_due_in_window(rows, NEXT_DUE_WINDOW, &room) {
-                Ok(answer) => answer,
-                Err(so_far) => {
-                    if let Some((_, last)) = rows.last() {
-                        unread_from = earliest(unread_from, *last);
-                    }
-                    so_far
-                }
-            };
-            if let Some(at) = so_far {
-                seen = earliest(seen, at);
-            }
-        }
-        let mut earliest_due = seen;
-        if !answered_before(seen, unread_from) {
+        let windows = levels.iter().map(|(_, rows)| rows.as_slice());
+        let answered = next_due_in_levels(windows, NEXT_DUE_WINDOW, &room);
+        let mut earliest_due = answered.unwrap_or_else(|so_far| so_far);
+        if answered.is_err() {
             let closed: Vec<&str> = rooms.closed().collect();
             let firsts = if let Some(only) = rooms.only() {
                 sqlx::query(FIRST_DUE_PER_LISTED_DESTINATION)

@@ -6,9 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::job_from_row;
 use crate::delivery::destinations::Rooms;
-use crate::store::due::{
-    NEXT_DUE_WINDOW, RoomLeft, answered_before, earliest, millis_of, next_due_in_window, rank,
-};
+use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, millis_of, next_due_in_levels, rank};
 use crate::store::{Job, claim_scan};
 
 /// A row `?2` may claim at `?1` (the queue clock): not leased, or its lease ran out and it
@@ -296,32 +294,21 @@ pub(super) fn next_due(
 ) -> rusqlite::Result<Option<i64>> {
     let room = RoomLeft::new(rooms);
     let levels = levels(conn)?;
-    let mut earliest_seen = None;
-    // The earliest due time a row past a full window could have.
-    let mut unread_from = None;
+    // Each level on its own: within one, due order is the window's order.
+    let mut windows = Vec::with_capacity(levels.len());
     for &level in &levels {
-        // Each level on its own: within one, due order is the window's order.
         let (window, _) = due_window(conn, owner, &[level], 0, (now, i64::MAX), NEXT_DUE_WINDOW)?;
         let window: Vec<(String, i64)> = window
             .into_iter()
             .map(|row| (row.destination, row.due))
             .collect();
-        let so_far = match next_due_in_window(&window, NEXT_DUE_WINDOW, &room) {
-            Ok(answer) => answer,
-            Err(so_far) => {
-                if let Some((_, last)) = window.last() {
-                    unread_from = earliest(unread_from, *last);
-                }
-                so_far
-            }
+        windows.push(window);
+    }
+    let mut earliest_seen =
+        match next_due_in_levels(windows.iter().map(Vec::as_slice), NEXT_DUE_WINDOW, &room) {
+            Ok(answer) => return Ok(answer),
+            Err(so_far) => so_far,
         };
-        if let Some(at) = so_far {
-            earliest_seen = earliest(earliest_seen, at);
-        }
-    }
-    if answered_before(earliest_seen, unread_from) {
-        return Ok(earliest_seen);
-    }
     let mut first_due = conn.prepare_cached(DESTINATION_DUE)?;
     each_destination(conn, rooms, |destination| {
         if room.left(destination) == 0 {
