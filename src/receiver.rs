@@ -207,7 +207,11 @@ pub async fn run(args: ReceiverArgs, stop: CancellationToken) -> Result<(), Rece
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ReceiverError::Bind { addr, source })?;
-    tracing::info!(address = %addr, "receiver listening: POST /callback, GET /callbacks, GET /stats");
+    tracing::info!(
+        address = %addr,
+        "receiver listening: POST /callback (the callback URL: http://{addr}/callback), \
+         GET /callbacks?limit=N, GET /callbacks/{{request_id}}, DELETE /callbacks, GET /stats"
+    );
     axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
@@ -230,6 +234,7 @@ async fn receive(
     let request_id = payload["request_id"].as_str().map(str::to_string);
     let webhook_id = header(&headers, "webhook-id").map(str::to_string);
     let attempt = header(&headers, "x-attempt").and_then(|v| v.parse().ok());
+    let logged_id = request_id.clone().or_else(|| webhook_id.clone());
 
     let signature_valid = state
         .signer
@@ -280,6 +285,13 @@ async fn receive(
     }
     log.stats.stored = log.callbacks.len() as u64;
     drop(log);
+    tracing::info!(
+        request_id = logged_id.as_deref().unwrap_or("-"),
+        attempt,
+        status = status.as_u16(),
+        duplicate,
+        "callback"
+    );
 
     let body = match status {
         StatusCode::OK => json!({"status": "received"}),

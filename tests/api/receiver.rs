@@ -299,3 +299,56 @@ else:
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "verified");
 }
+
+/// The receiver tool, run as a user runs it, lists its endpoints at start and logs a line
+/// per callback: its request id, attempt and the status it answered.
+#[tokio::test]
+async fn the_receiver_says_what_it_serves_and_logs_each_callback() {
+    let port = crate::helpers::unused_port().await.port();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("receiver.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_syncasync"))
+        .args([
+            "receiver",
+            "--port",
+            &port.to_string(),
+            "--host",
+            "127.0.0.1",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the receiver");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + WAIT;
+    while client().get(format!("{base}/stats")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the receiver never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = post_callback(&base, "logged-id-1", &[("x-attempt", "2".into())]).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for endpoint in [
+        "POST /callback",
+        "GET /callbacks/{request_id}",
+        "DELETE /callbacks",
+        "GET /stats",
+    ] {
+        assert!(log.contains(endpoint), "{endpoint} not listed: {log}");
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("logged-id-1"))
+        .unwrap_or_else(|| panic!("no line for the callback: {log}"));
+    assert!(
+        line.contains("attempt=2") && line.contains("status=200"),
+        "{line}"
+    );
+}
