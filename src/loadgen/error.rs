@@ -40,6 +40,16 @@ pub enum LoadgenError {
     WriteReport(#[source] std::io::Error),
     #[error("cannot encode the JSON report: {0}")]
     EncodeJson(#[from] serde_json::Error),
+    /// The run measured nothing working: every request of a mode failed.
+    #[error("every {mode} request failed (the report above shows what the service answered)")]
+    AllFailed { mode: &'static str },
+    /// More failures than `--max-failure-rate` allows.
+    #[error("{:.1}% of {mode} requests failed, more than --max-failure-rate {max}", rate * 100.0)]
+    TooManyFailures {
+        mode: &'static str,
+        rate: f64,
+        max: f64,
+    },
 }
 
 /// The cause of a failure in a few words, from the innermost error that says something:

@@ -152,6 +152,18 @@ pub struct LoadgenArgs {
     /// Never draw the progress bar (it is drawn only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// Exit non-zero when more than this share of a mode's requests failed (0 to 1), for CI.
+    /// Whatever it is, a run in which every request of a mode failed exits non-zero.
+    #[arg(long, value_name = "SHARE", value_parser = share)]
+    pub max_failure_rate: Option<f64>,
+}
+
+/// A share from 0 to 1.
+fn share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number from 0 to 1")),
+    }
 }
 
 /// An http URL with a host, without a trailing slash (paths are appended to it).
@@ -373,6 +385,11 @@ pub async fn run_and_report(
     stop: CancellationToken,
 ) -> Result<(), LoadgenError> {
     let json = args.json.clone();
+    let max_failure_rate = args.max_failure_rate;
+    // Found out before the run, not after minutes of load.
+    if let Some(path) = &json {
+        check_writable(path)?;
+    }
     let report = run(args, stop).await?;
     let mut stdout = std::io::stdout().lock();
     stdout
@@ -382,7 +399,47 @@ pub async fn run_and_report(
     if let Some(path) = json {
         report.write_json(&path)?;
     }
+    for mode in report
+        .modes
+        .iter()
+        .filter(|m| !m.interrupted && m.total > 0)
+    {
+        if mode.all_failed() {
+            return Err(LoadgenError::AllFailed {
+                mode: mode.mode.as_str(),
+            });
+        }
+        let rate = mode.failed as f64 / mode.total as f64;
+        if max_failure_rate.is_some_and(|max| rate > max) {
+            return Err(LoadgenError::TooManyFailures {
+                mode: mode.mode.as_str(),
+                rate,
+                max: max_failure_rate.unwrap_or(1.0),
+            });
+        }
+    }
     Ok(())
+}
+
+/// Whether the JSON report can be written at `path`: a file that can be opened for writing
+/// (created, then removed again, if it was not there).
+fn check_writable(path: &std::path::Path) -> Result<(), LoadgenError> {
+    let existed = path.exists();
+    let opened = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path);
+    match opened {
+        Ok(_) if !existed => {
+            let _ = std::fs::remove_file(path);
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(source) => Err(LoadgenError::WriteJson {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Preflights every URL, in the order given; the first that fails fails the run with its

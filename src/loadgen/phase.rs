@@ -237,6 +237,7 @@ fn judge(
     done: Instant,
 ) {
     if !status.is_success() {
+        tally.sample_answer(status.as_u16(), body);
         tally.failure(Cause::Status(status.as_u16()), http_status(status), done);
         return;
     }
@@ -284,6 +285,7 @@ fn judge_batch(
     done: Instant,
 ) {
     if !status.is_success() {
+        tally.sample_answer(status.as_u16(), body);
         for _ in tickets {
             tally.failure(Cause::Status(status.as_u16()), http_status(status), done);
         }

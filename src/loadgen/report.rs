@@ -86,6 +86,9 @@ pub struct ModeReport {
     /// Async only.
     pub callbacks: Option<CallbackReport>,
     pub top_errors: Vec<ErrorCount>,
+    /// A few distinct answers that were not a success, as the service wrote them (cut).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sample_answers: Vec<String>,
 }
 
 /// Failed requests by cause.
@@ -257,6 +260,38 @@ impl ModeReport {
             latency_ms: Percentiles::from_micros(&tally.latency),
             callbacks,
             top_errors,
+            sample_answers: tally.answers.clone(),
+        }
+    }
+
+    /// Every request that finished failed (none was measured working).
+    pub fn all_failed(&self) -> bool {
+        self.total > 0 && self.success == 0
+    }
+
+    /// What to try when every request failed, from what the service answered.
+    pub fn hint(&self) -> Option<&'static str> {
+        if !self.all_failed() {
+            return None;
+        }
+        let said = |needle: &str| self.sample_answers.iter().any(|a| a.contains(needle));
+        if said("HTTP 422") && said("callback_url") {
+            Some(
+                "the service refused the callback URL: to run it and the load generator on one \
+                 machine, start the service with APP_CALLBACK_BLOCK_PRIVATE_IPS=false (SSRF \
+                 protection refuses loopback callbacks), or give --callback-url an address it \
+                 accepts",
+            )
+        } else if said("HTTP 401") {
+            Some("the service wants a bearer token (APP_API_TOKEN): the load generator sends none")
+        } else if said("HTTP 503") {
+            Some(
+                "the service is overloaded or its queue is full: lower -c or --rate, or raise APP_ASYNC_QUEUE_MAX_SIZE",
+            )
+        } else if self.failures.connection > 0 || self.failures.timeout > 0 {
+            Some("the service stopped answering: is it still running, and reachable at --url?")
+        } else {
+            None
         }
     }
 }
@@ -405,6 +440,18 @@ impl ModeReport {
             let _ = writeln!(out, "  top errors");
             for error in &self.top_errors {
                 let _ = writeln!(out, "  {:>12}  {}", error.count, error.message);
+            }
+            if !self.sample_answers.is_empty() {
+                let _ = writeln!(out, "  answers (a sample)");
+                for answer in &self.sample_answers {
+                    let _ = writeln!(out, "                {answer}");
+                }
+            }
+            if self.all_failed() {
+                let _ = writeln!(out, "  every request failed");
+            }
+            if let Some(hint) = self.hint() {
+                let _ = writeln!(out, "  hint          {hint}");
             }
         }
     }

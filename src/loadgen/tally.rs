@@ -14,6 +14,10 @@ use hdrhistogram::Histogram;
 const HIGHEST_MICROS: u64 = 3_600_000_000;
 const SIGNIFICANT_DIGITS: u8 = 3;
 
+/// Distinct failed answers a tally keeps, and how much of each.
+pub const SAMPLE_ANSWERS: usize = 3;
+pub const SAMPLE_BYTES: usize = 400;
+
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
@@ -54,6 +58,9 @@ pub struct Tally {
     pub other: u64,
     /// Failure messages with their counts.
     pub errors: HashMap<String, u64>,
+    /// The first few distinct bodies of answers that were not a success (cut to
+    /// [`SAMPLE_BYTES`]): what the service said, for the report when requests fail.
+    pub answers: Vec<String>,
     /// Async: each accepted request's id and due time (time-to-callback starts there).
     pub accepted: Vec<(String, Instant)>,
     /// When the last request of this tally finished.
@@ -70,6 +77,7 @@ impl Default for Tally {
             connection: 0,
             other: 0,
             errors: HashMap::new(),
+            answers: Vec::new(),
             accepted: Vec::new(),
             last_done: None,
         }
@@ -101,6 +109,19 @@ impl Tally {
         self.finished(done);
     }
 
+    /// Keeps `body` (of an answer with `status` that was not a success) among the samples,
+    /// if there is room and it is not one of them already.
+    pub fn sample_answer(&mut self, status: u16, body: &[u8]) {
+        if self.answers.len() >= SAMPLE_ANSWERS {
+            return;
+        }
+        let cut = &body[..body.len().min(SAMPLE_BYTES)];
+        let text = format!("HTTP {status}: {}", String::from_utf8_lossy(cut).trim());
+        if !self.answers.contains(&text) {
+            self.answers.push(text);
+        }
+    }
+
     fn finished(&mut self, done: Instant) {
         self.last_done = Some(self.last_done.map_or(done, |last| last.max(done)));
     }
@@ -118,6 +139,11 @@ impl Tally {
         self.other += other.other;
         for (message, n) in other.errors {
             *self.errors.entry(message).or_default() += n;
+        }
+        for answer in other.answers {
+            if self.answers.len() < SAMPLE_ANSWERS && !self.answers.contains(&answer) {
+                self.answers.push(answer);
+            }
         }
         self.accepted.extend(other.accepted);
         if let Some(done) = other.last_done {

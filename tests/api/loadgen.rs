@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
@@ -811,6 +812,103 @@ async fn the_command_prints_the_report_writes_json_and_draws_nothing_when_piped(
     assert_eq!(json["modes"][0]["success"], 20);
     assert_eq!(json["modes"][0]["latency_ms"]["count"], 20);
     assert_eq!(json["settings"]["requests"], 20);
+}
+
+/// Against the real service with SSRF protection on (its default), every async request is
+/// refused for its loopback callback: the report shows what the service answered and how to
+/// fix it, and the command exits non-zero instead of printing a measurement of nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_where_everything_fails_says_why_and_exits_non_zero() {
+    let app = TestServer::builder()
+        .setting("callback-block-private-ips", "true")
+        .start()
+        .await;
+    let output = tokio::task::spawn_blocking({
+        let mut command = loadgen_command();
+        command.args([
+            "--url",
+            &app.address,
+            "--mode",
+            "async",
+            "-n",
+            "5",
+            "-c",
+            "1",
+        ]);
+        command.args(["--callback-port", "0"]);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("answers (a sample)"), "{stdout}");
+    assert!(
+        stdout.contains("HTTP 422: {"),
+        "the service's own words: {stdout}"
+    );
+    assert!(stdout.contains("every request failed"), "{stdout}");
+    assert!(
+        stdout.contains("APP_CALLBACK_BLOCK_PRIVATE_IPS=false"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("every async request failed"), "{stderr}");
+}
+
+/// `--max-failure-rate` fails a run above it (a CI threshold); an unwritable `--json` path
+/// is refused before any request is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_threshold_and_an_unwritable_report_path_fail_the_command() {
+    let next = Arc::new(AtomicU64::new(0));
+    // Every other answer a 500.
+    let router = Router::new()
+        .route(
+            "/sync",
+            post(|State(next): State<Arc<AtomicU64>>| async move {
+                if next.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "broken").into_response()
+                } else {
+                    ok_sync().into_response()
+                }
+            }),
+        )
+        .with_state(Arc::clone(&next));
+    let base = serve(router).await;
+    let run = |extra: Vec<String>| {
+        let mut command = loadgen_command();
+        command.args(["--url", &base, "--mode", "sync", "-n", "20", "-c", "1"]);
+        command.args(extra);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let lenient = run(vec!["--max-failure-rate".into(), "0.6".into()])
+        .await
+        .unwrap();
+    assert!(
+        lenient.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lenient.stderr)
+    );
+    let strict = run(vec!["--max-failure-rate".into(), "0.1".into()])
+        .await
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&strict.stderr);
+    assert!(
+        said.contains("50.0% of sync requests failed, more than --max-failure-rate 0.1"),
+        "{said}"
+    );
+
+    let before = next.load(Ordering::Relaxed);
+    let nowhere = "/nonexistent-directory/report.json".to_string();
+    let refused = run(vec!["--json".into(), nowhere]).await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("cannot write the JSON report to /nonexistent-directory/report.json"),
+        "{said}"
+    );
+    assert_eq!(next.load(Ordering::Relaxed), before, "no request was sent");
 }
 
 #[tokio::test]
