@@ -220,3 +220,49 @@ async fn a_stopped_service_delivers_what_it_had_queued_after_restart() {
             .await;
     }
 }
+
+/// The backup command docs/deployment.md gives for SQLite, run as written while the service
+/// serves: a service started on the copy has every request acknowledged before it.
+#[tokio::test]
+async fn the_documented_sqlite_backup_is_whole_while_the_service_runs() {
+    if std::process::Command::new("sqlite3")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install the sqlite3 command (.ci/run does)"
+        );
+        eprintln!("skipped: the sqlite3 command is not installed (apt-get install sqlite3)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("requests.db");
+    let backup = dir.path().join("requests-backup.db");
+    let app = TestServer::builder()
+        .database_url(&format!("sqlite://{}", live.display()))
+        .start()
+        .await;
+    for n in 0..20 {
+        crate::helpers::sync_request(&app, &format!("kept {n}")).await;
+    }
+    let copied = std::process::Command::new("sqlite3")
+        .arg(&live)
+        .arg(format!(".backup '{}'", backup.display()))
+        .output()
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    app.stop().await;
+
+    let restored = TestServer::builder()
+        .database_url(&format!("sqlite://{}", backup.display()))
+        .start()
+        .await;
+    let list = restored.get_json("/requests?limit=100").await;
+    assert_eq!(list["total"], 20, "{list}");
+}
