@@ -545,7 +545,7 @@
         for (let i = 1; i < cells.length; i++) {
           const old = row.cells[i];
           if (!old) row.append(cells[i]);
-          else if (old.innerHTML !== cells[i].innerHTML) old.replaceWith(cells[i]);
+          else if (!old.isEqualNode(cells[i])) old.replaceWith(cells[i]);
         }
       } else {
         row = el("tr", { "data-id": r.id, "data-status": r.status, "data-mode": r.mode }, ...cells);
