@@ -59,6 +59,7 @@ fn layout(shell: Shell, page: Page, title: &str, request_id: Option<&str>, main:
                 data-admin=(if shell.admin { "1" } else { "0" })
                 data-api-token=(if shell.api_token { "1" } else { "0" })
                 data-request-id=[request_id] {
+                a.skip href="#main" { "Skip to content" }
                 header {
                     a.brand href="/ui" { "syncasync" }
                     nav aria-label="Dashboard" {
@@ -89,7 +90,7 @@ fn layout(shell: Shell, page: Page, title: &str, request_id: Option<&str>, main:
                 }
                 p #message role="alert" hidden {}
                 p #stale role="alert" hidden {}
-                main { (main) }
+                main #main tabindex="-1" { (main) }
             }
         }
     }

@@ -745,6 +745,49 @@ async fn drive(
     click_live(browser, "#destinations button[data-action='resume']").await?;
     app.wait_for_status(&held, "callback_success", WAIT).await;
     screenshot(browser, "dashboard-destinations.png").await;
+
+    // At a phone's width (390 px) no page scrolls sideways; the keyboard's first stop is a
+    // link past the navigation to the page's content.
+    let (width, height) = browser.get_window_size().await?;
+    browser.set_window_size(390, 844).await?;
+    for page in [
+        "/ui".to_string(),
+        "/ui/requests".to_string(),
+        format!("/ui/requests/{held}"),
+        "/ui/destinations".to_string(),
+    ] {
+        browser.goto(&app.url(&page)).await?;
+        eventually(
+            browser,
+            "document.getElementById('live').textContent === 'live'",
+            "the page to load",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sideways = browser
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                vec![],
+            )
+            .await?;
+        if sideways.as_i64().unwrap_or(1) > 0 {
+            return Err(format!("{page} scrolls sideways by {sideways} px at 390 px").into());
+        }
+        if page == "/ui/requests" {
+            screenshot(browser, "dashboard-phone.png").await;
+        }
+    }
+    let first_stop = browser
+        .execute(
+            "const skip = document.querySelector('a.skip');\
+             return [skip === document.body.querySelector('a'), skip.getAttribute('href')];",
+            vec![],
+        )
+        .await?;
+    if first_stop != json!([true, "#main"]) {
+        return Err(format!("no skip link first: {first_stop}").into());
+    }
+    browser.set_window_size(width as u32, height as u32).await?;
     assert_no_console_errors(browser, "while using the dashboard").await;
     Ok(())
 }

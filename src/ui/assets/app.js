@@ -172,7 +172,7 @@
   }
 
   function requestLink(id) {
-    return el("a", { href: "/ui/requests/" + encodeURIComponent(id) }, el("code", { text: id }));
+    return el("a", { href: "/ui/requests/" + encodeURIComponent(id), title: id }, el("code", { text: id }));
   }
 
   function hostOf(url) {
