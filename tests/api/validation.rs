@@ -419,7 +419,7 @@ async fn unknown_fields_are_ignored() {
         let body = json!({
             "data": "hello world",
             "iterations": 1000,
-            "priority": "high",
+            "importance": "high",
             "nested": {"a": [1, 2, 3]},
             "callback": null,
         });
