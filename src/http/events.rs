@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -91,7 +91,7 @@ async fn events(
     State(state): State<AppState>,
     PathId(id): PathId,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let place = state
         .long_lived
         .try_hold()
@@ -123,10 +123,11 @@ async fn events(
     stream.progress.catch_up(record);
     let events = futures_util::stream::unfold(stream, |mut stream| async move {
         let event = stream.next().await?;
-        Some((Ok(event), stream))
+        Some((Ok::<_, Infallible>(event), stream))
     });
     let events = state.long_lived.bounded(events, place);
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
+    Ok((super::UNBUFFERED, sse))
 }
 
 /// One event of the stream, as the API document shows it.

@@ -302,6 +302,11 @@ async fn not_found(api_paths: Arc<PathMatcher>, req: Request) -> axum::response:
     ApiError::NotFound.into_response()
 }
 
+/// On an event stream: tells a proxy in front (nginx reads this header) to pass each event
+/// on as it is written, whatever its own buffering is set to.
+pub const UNBUFFERED: [(header::HeaderName, &str); 1] =
+    [(header::HeaderName::from_static("x-accel-buffering"), "no")];
+
 /// Whether the request's `Accept` names HTML, as a browser's page load does.
 fn asks_for_html(req: &Request) -> bool {
     req.headers()

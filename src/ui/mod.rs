@@ -29,7 +29,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures_util::Stream;
 use serde::Serialize;
 
 use crate::http::{ApiError, AppState, require_api_token};
@@ -208,7 +207,7 @@ async fn overview_json(State(state): State<AppState>) -> Result<Json<Overview>, 
 /// shows other instances' changes; at most once a second, shared by every open dashboard.
 async fn stream(
     State(state): State<AppState>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let long_lived = state.long_lived.clone();
     let place = long_lived.try_hold().ok_or(ApiError::TooManyLongLived)?;
     let updates = futures_util::stream::unfold(
@@ -229,9 +228,10 @@ async fn stream(
                 // Said in the stream, which stays open: the database may come back.
                 Err(err) => Event::default().event("error").data(err.to_string()),
             };
-            Some((Ok(event), (state, ticks)))
+            Some((Ok::<_, Infallible>(event), (state, ticks)))
         },
     );
     let updates = long_lived.bounded(updates, place);
-    Ok(Sse::new(updates).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let sse = Sse::new(updates).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
+    Ok((crate::http::UNBUFFERED, sse))
 }
