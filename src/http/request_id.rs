@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponseParts, Response, ResponseParts};
 use tracing::Instrument;
@@ -72,9 +72,6 @@ impl IntoResponseParts for CreatedRequest {
     }
 }
 
-/// Sent by the dashboard on its reads (see its `call`).
-const DASHBOARD_READ: &str = "x-dashboard-read";
-
 pub async fn middleware(
     State(metrics): State<Arc<Metrics>>,
     mut req: Request,
@@ -89,7 +86,6 @@ pub async fn middleware(
         .unwrap_or_else(|| header_value(&minted));
     req.extensions_mut().insert(NewRequestId(minted));
     let method = req.method().clone();
-    let dashboard_read = method == Method::GET && req.headers().contains_key(DASHBOARD_READ);
     let path = capped(req.uri().path(), MAX_LOGGED_LEN).into_owned();
     // The route template, so that ids in paths do not become metric labels.
     let endpoint = req
@@ -135,18 +131,16 @@ pub async fn middleware(
     } else {
         path
     };
-    let method = capped(method.as_str(), MAX_LOGGED_LEN);
-    let latency_ms = (latency_ms * 1000.0).round() / 1000.0;
     span.in_scope(|| {
-        // An open dashboard reads every second: its answered reads are DEBUG, so that the
-        // access log at INFO is not a line per second per tab.
-        if dashboard_read && status < 400 {
-            tracing::debug!(target: "syncasync::access", %method, %path, status, latency_ms,
-                            request_id = created.as_deref(), "request");
-        } else {
-            tracing::info!(target: "syncasync::access", %method, %path, status, latency_ms,
-                           request_id = created.as_deref(), "request");
-        }
+        tracing::info!(
+            target: "syncasync::access",
+            method = %capped(method.as_str(), MAX_LOGGED_LEN),
+            path = %path,
+            status,
+            latency_ms = (latency_ms * 1000.0).round() / 1000.0,
+            request_id = created.as_deref(),
+            "request"
+        );
     });
     let header = created.as_deref().map_or(id, header_value);
     response.headers_mut().insert(X_REQUEST_ID.clone(), header);

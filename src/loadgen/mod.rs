@@ -152,8 +152,9 @@ pub struct LoadgenArgs {
     /// Never draw the progress bar (it is drawn only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
-    /// Exit non-zero when more than this share of a mode's requests failed (0 to 1), for CI.
-    /// Whatever it is, a run in which every request of a mode failed exits non-zero.
+    /// Exit non-zero when more than this share of a mode's requests failed (0 to 1), for CI;
+    /// a callback that never came counts as a failure. Whatever it is, a run in which every
+    /// request of a mode failed exits non-zero.
     #[arg(long, value_name = "SHARE", value_parser = share)]
     pub max_failure_rate: Option<f64>,
 }
@@ -409,7 +410,7 @@ pub async fn run_and_report(
                 mode: mode.mode.as_str(),
             });
         }
-        let rate = mode.failed as f64 / mode.total as f64;
+        let rate = mode.failure_rate();
         if max_failure_rate.is_some_and(|max| rate > max) {
             return Err(LoadgenError::TooManyFailures {
                 mode: mode.mode.as_str(),
@@ -421,24 +422,28 @@ pub async fn run_and_report(
     Ok(())
 }
 
-/// Whether the JSON report can be written at `path`: a file that can be opened for writing
-/// (created, then removed again, if it was not there).
+/// Whether the JSON report can be written at `path`: a file this call creates (and removes
+/// again), or one already there that opens for writing (left as it was).
 fn check_writable(path: &std::path::Path) -> Result<(), LoadgenError> {
-    let existed = path.exists();
-    let opened = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path);
-    match opened {
-        Ok(_) if !existed => {
+    let refused = |source| LoadgenError::WriteJson {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => {
             let _ = std::fs::remove_file(path);
             Ok(())
         }
-        Ok(_) => Ok(()),
-        Err(source) => Err(LoadgenError::WriteJson {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(refused),
+        Err(err) => Err(refused(err)),
     }
 }
 

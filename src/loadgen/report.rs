@@ -269,24 +269,35 @@ impl ModeReport {
         self.total > 0 && self.success == 0
     }
 
+    /// The share of requests that failed, a missing callback counting as a failure.
+    pub fn failure_rate(&self) -> f64 {
+        let missing = self.callbacks.as_ref().map_or(0, |c| c.missing);
+        if self.total == 0 {
+            return 0.0;
+        }
+        (self.failed + missing.min(self.success)) as f64 / self.total as f64
+    }
+
     /// What to try when every request failed, from what the service answered.
     pub fn hint(&self) -> Option<&'static str> {
         if !self.all_failed() {
             return None;
         }
         let said = |needle: &str| self.sample_answers.iter().any(|a| a.contains(needle));
-        if said("HTTP 422") && said("callback_url") {
+        // The SSRF guard's own words: a callback URL refused for another reason (a scheme, a
+        // length) is not a matter of protection.
+        if said("HTTP 422") && said("(private, loopback or reserved address)") {
             Some(
-                "the service refused the callback URL: to run it and the load generator on one \
-                 machine, start the service with APP_CALLBACK_BLOCK_PRIVATE_IPS=false (SSRF \
-                 protection refuses loopback callbacks), or give --callback-url an address it \
-                 accepts",
+                "the service refused the callback URL's address (SSRF protection refuses \
+                 loopback callbacks): to run it and the load generator on one machine, allow \
+                 the address (APP_CALLBACK_ALLOWED_HOSTS=127.0.0.1) or turn the protection \
+                 off for the test (APP_CALLBACK_BLOCK_PRIVATE_IPS=false)",
             )
         } else if said("HTTP 401") {
             Some("the service wants a bearer token (APP_API_TOKEN): the load generator sends none")
         } else if said("HTTP 503") {
             Some(
-                "the service is overloaded or its queue is full: lower -c or --rate, or raise APP_ASYNC_QUEUE_MAX_SIZE",
+                "the service answered 503: overloaded, its queue full, or its database unavailable (see its /healthz and log)",
             )
         } else if self.failures.connection > 0 || self.failures.timeout > 0 {
             Some("the service stopped answering: is it still running, and reachable at --url?")

@@ -205,9 +205,7 @@ async fn overview_json(State(state): State<AppState>) -> Result<Json<Overview>, 
 /// An `overview` event every second until the client goes away or the service stops. The
 /// status counts are read from the database (not this instance's memory), which is what
 /// shows other instances' changes; at most once a second, shared by every open dashboard.
-async fn stream(
-    State(state): State<AppState>,
-) -> Result<impl IntoResponse, ApiError> {
+async fn stream(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let long_lived = state.long_lived.clone();
     let place = long_lived.try_hold().ok_or(ApiError::TooManyLongLived)?;
     let updates = futures_util::stream::unfold(

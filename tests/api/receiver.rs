@@ -331,10 +331,15 @@ async fn the_receiver_says_what_it_serves_and_logs_each_callback() {
     }
     let status = post_callback(&base, "logged-id-1", &[("x-attempt", "2".into())]).await;
     assert_eq!(status, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Written by a background thread: wait for the line, then stop the receiver.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    while !log.contains("logged-id-1") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    }
     let _ = child.kill();
     let _ = child.wait();
-    let log = std::fs::read_to_string(&log_path).unwrap();
     for endpoint in [
         "POST /callback",
         "GET /callbacks/{request_id}",

@@ -69,14 +69,16 @@ def matches(template, value, key="") -> bool:
     if isinstance(template, (int, float)) and not isinstance(template, bool):
         if key.endswith("_ms"):
             return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return template == value
+    # Same type too: 1 is not true, and 1 is not 1.0.
+    return type(template) is type(value) and template == value
 
 
 def main() -> int:
     binary = os.path.abspath(sys.argv[1])
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         fenced = blocks(section(f.read()))
-    script = ["set -u"]
+    # A command that fails stops the run: its block's mark never comes, and that is reported.
+    script = ["set -euo pipefail"]
     expected = {}
     for n, (lang, body) in enumerate(fenced):
         if lang == "sh":
@@ -96,6 +98,10 @@ def main() -> int:
         )
         try:
             out, err = run.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            out, err = run.communicate()
+            print("the section did not finish within 300 s")
         finally:
             # The section stops what it started; this is for a run that failed half-way.
             try:

@@ -100,13 +100,9 @@
   }
 
   async function call(method, path, kind) {
-    const headers = authHeaders(kind);
-    // The page's reads repeat every second while it is open: the service logs them below
-    // INFO unless they fail. Actions are logged as any client's.
-    if (method === "GET") headers["X-Dashboard-Read"] = "1";
     const response = await fetch(path, {
       method,
-      headers,
+      headers: authHeaders(kind),
       cache: "no-store",
     });
     let data = null;
@@ -209,8 +205,10 @@
   function showStale(down) {
     const banner = document.getElementById("stale");
     if (!banner) return;
+    const wasDown = !banner.hidden;
     banner.hidden = !down;
-    if (down) {
+    // Said once as it goes down: an alert whose text is set again is read out again.
+    if (down && !wasDown) {
       const at = new Date(updatedAt).toISOString().slice(11, 19);
       banner.textContent = "The service is not answering: what this page shows is as of " + at +
         " UTC. Reconnecting every 2 s…";
@@ -435,6 +433,7 @@
   const FILTERS = ["mode", "status", "created_from", "created_to", "callback_host", "id_prefix"];
   const PAGE_SIZE = 50;
   let listBusy = false;
+  let listLoaded = false;
 
   // The filter of the address bar, as the API's query (times as RFC 3339). An id prefix finds
   // requests by id: the API takes it alone, so the other filters are left out with it.
@@ -484,6 +483,7 @@
         else selected.delete(id);
       }
       updateRows(document.querySelector("#list tbody"), data.requests);
+      listLoaded = true;
       renderSelection();
       document.getElementById("list-summary").textContent =
         data.total.toLocaleString() + " matching" + (before ? " (an older page)" : "") +
@@ -532,7 +532,14 @@
   // its cells only those whose content changed are replaced, so that keyboard focus, a text
   // selection (an id being copied) and a screen reader's place survive each live update.
   function updateRows(tbody, requests) {
-    const existing = new Map([...tbody.rows].map((row) => [row.dataset.id, row]));
+    const wanted = new Set(requests.map((r) => r.id));
+    const existing = new Map();
+    // Rows that leave go first, so that the rows below them are not moved (a moved element
+    // loses focus and the text selected in it).
+    for (const row of [...tbody.rows]) {
+      if (wanted.has(row.dataset.id)) existing.set(row.dataset.id, row);
+      else row.remove();
+    }
     let cursor = tbody.firstElementChild;
     for (const r of requests) {
       let row = existing.get(r.id);
@@ -541,6 +548,8 @@
         existing.delete(r.id);
         row.dataset.status = r.status;
         row.dataset.mode = r.mode;
+        const box = row.cells[0] && row.cells[0].querySelector("input[data-select]");
+        if (box) box.checked = selected.has(r.id);
         // The checkbox cell stays: its state is the selection's.
         for (let i = 1; i < cells.length; i++) {
           const old = row.cells[i];
@@ -553,7 +562,6 @@
       if (row === cursor) cursor = cursor.nextElementSibling;
       else tbody.insertBefore(row, cursor);
     }
-    for (const gone of existing.values()) gone.remove();
   }
 
   // ---- selected requests: cancel, retry now, redeliver --------------------------------------
@@ -960,9 +968,32 @@
   }
 
   // ---- wiring -------------------------------------------------------------------------------
+  // The list, a request and the destinations are read again only when something may have
+  // changed: this instance did work in the last second, the status counts (every
+  // instance's) moved, or half a minute passed. An open, idle dashboard then reads nothing
+  // and leaves no line a second in the access log.
+  let lastCounts = null;
+  let lastRead = 0;
+
+  function somethingChanged(update) {
+    const point = update.point || {};
+    const failures = Object.values(point.failures_per_s || {}).reduce((a, b) => a + b, 0);
+    const busy = (point.sync_per_s || 0) + (point.async_per_s || 0) + (point.batch_calls_per_s || 0) +
+      (point.delivered_per_s || 0) + failures + (point.in_flight || 0) > 0;
+    const counts = JSON.stringify(update.status_counts);
+    const changed = busy || counts !== lastCounts || Date.now() - lastRead > 30000;
+    lastCounts = counts;
+    if (changed) lastRead = Date.now();
+    return changed;
+  }
+
   function refreshAll() {
     if (page === "overview") loadOverview().catch(report);
-    else if (page === "requests") loadList();
+    else if (page === "requests") {
+      // "Live" off holds the page, but for its first load.
+      const follow = document.getElementById("follow-live");
+      if (!follow || follow.checked || !listLoaded) loadList();
+    }
     else if (page === "request") loadDetail();
     else if (page === "destinations" && adminEnabled) loadDestinations();
   }
@@ -976,6 +1007,8 @@
         while (points.length && points[0].at < start) points.shift();
         renderCharts();
       }
+    } else if (!somethingChanged(update)) {
+      return;
     } else if (page === "requests") {
       // Only the newest page follows the stream, while "Live" is on; an older page stays put
       // while it is read.
