@@ -99,6 +99,10 @@ fn layout(shell: Shell, page: Page, title: &str, request_id: Option<&str>, main:
 pub fn overview(shell: Shell) -> Markup {
     let main = html! {
         h1 { "Overview" }
+        section aria-labelledby="attention-title" {
+            h2 #attention-title { "Needs attention" }
+            ul #attention.attention aria-live="polite" {}
+        }
         section aria-labelledby="counts-title" {
             h2 #counts-title { "Requests by status" }
             p.hint { "Every request in the database (all instances)." }

@@ -730,6 +730,19 @@ async fn drive(
     if paused["paused"] != true {
         return Err(format!("the click did not pause {destination}: {views}").into());
     }
+    // The overview says what needs attention: the paused destination, with a way to it.
+    browser.goto(&app.url("/ui")).await?;
+    eventually(
+        browser,
+        &format!(
+            "[...document.querySelectorAll('#attention li')].some(li => \
+             li.textContent.includes('{destination}: paused') && \
+             li.querySelector('a[href=\"/ui/destinations\"]'))"
+        ),
+        "the paused destination among what needs attention",
+    )
+    .await;
+    screenshot(browser, "dashboard-attention.png").await;
     let held = submit(app, hook).await;
     browser
         .goto(&app.url(&format!("/ui/requests/{held}")))

@@ -427,6 +427,65 @@
     points = data.points;
     renderCounts(data.status_counts);
     renderCharts();
+    loadAttention(data.status_counts);
+  }
+
+  // ---- what needs attention now -------------------------------------------------------------
+  let attentionAt = 0;
+
+  function attentionItem(text, href, linkText) {
+    const item = el("li", {}, text);
+    if (href) item.append(" ", el("a", { href }, linkText));
+    return item;
+  }
+
+  // Open breakers, paused destinations, the destinations failing most (from GET
+  // /destinations, with the admin token), requests whose callbacks failed for good, and this
+  // instance's failures by cause in the last second; each with a link to the list it names.
+  async function loadAttention(counts) {
+    const box = document.getElementById("attention");
+    if (!box) return;
+    attentionAt = Date.now();
+    const items = [];
+    const failed = (counts || []).find((c) => c.status === "callback_failed");
+    if (failed && failed.count > 0) {
+      items.push(attentionItem(failed.count.toLocaleString() + " requests whose callbacks failed for good.",
+        "/ui/requests?status=callback_failed", "List them (and redeliver)"));
+    }
+    const point = points.length ? points[points.length - 1] : null;
+    const causes = point ? Object.entries(point.failures_per_s || {}).filter(([, n]) => n > 0) : [];
+    if (causes.length) {
+      items.push(attentionItem("Delivery attempts failing now: " +
+        causes.map(([cause, n]) => cause.replace(/_/g, " ") + " " + round(n) + "/s").join(", ") + "."));
+    }
+    if (adminEnabled && token("admin")) {
+      try {
+        const data = await call("GET", "/destinations", "admin");
+        const link = (d) => "/ui/requests?callback_host=" + encodeURIComponent(hostOf(d.destination));
+        for (const d of data.destinations) {
+          if (d.breaker !== "closed") {
+            items.push(attentionItem(d.destination + ": breaker " + d.breaker.replace("_", "-") +
+              (d.next_probe_at ? ", next probe " + time(d.next_probe_at) : "") + ".", link(d), "Its requests"));
+          }
+          if (d.paused) {
+            items.push(attentionItem(d.destination + ": paused by an operator since " + time(d.paused_at) + ".",
+              "/ui/destinations", "Resume it"));
+          }
+        }
+        const failing = data.destinations.filter((d) => d.recent_failures > 0)
+          .sort((a, b) => b.recent_failures - a.recent_failures).slice(0, 5);
+        for (const d of failing) {
+          items.push(attentionItem(d.destination + ": " + d.recent_failures + " failed and " +
+            d.recent_successes + " delivered in 5 min.", link(d), "Its requests"));
+        }
+      } catch (error) {
+        items.push(attentionItem("Destinations could not be read: " + error.message));
+      }
+    } else if (adminEnabled) {
+      items.push(attentionItem("Enter the admin token (Tokens) to see open breakers, paused and failing destinations here."));
+    }
+    if (!items.length) items.push(el("li", { class: "hint", text: "Nothing needs attention now." }));
+    box.replaceChildren(...items);
   }
 
   // ---- requests list ---------------------------------------------------------------------
@@ -1001,6 +1060,7 @@
   function onUpdate(update) {
     if (page === "overview") {
       renderCounts(update.status_counts);
+      if (Date.now() - attentionAt > 5000) loadAttention(update.status_counts);
       if (update.point && (!points.length || update.point.at > points[points.length - 1].at)) {
         points.push(update.point);
         const start = Date.now() - WINDOW_MS;
