@@ -70,6 +70,7 @@ fn layout(shell: Shell, page: Page, title: &str, request_id: Option<&str>, main:
                         }
                     }
                     span #live role="status" aria-live="polite" { "connecting…" }
+                    button #zone type="button" title="Show times in UTC or in this browser's zone" { "Times: UTC" }
                 }
                 @if shell.api_token || shell.admin {
                     details #tokens {

@@ -91,6 +91,8 @@ async fn start_driver() -> Option<Driver> {
     let port = unused_port().await.port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
+        // A zone that is not UTC (and has no summer time), for the local-times switch.
+        .env("TZ", "Asia/Kolkata")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -758,6 +760,27 @@ async fn drive(
     click_live(browser, "#destinations button[data-action='resume']").await?;
     app.wait_for_status(&held, "callback_success", WAIT).await;
     screenshot(browser, "dashboard-destinations.png").await;
+
+    // Times in UTC by default, as the API writes them; the header's switch shows them in the
+    // browser's zone (here UTC+5:30), named.
+    browser
+        .goto(&app.url(&format!("/ui/requests/{held}")))
+        .await?;
+    eventually(
+        browser,
+        "document.getElementById('record').textContent.includes(' UTC')",
+        "the record's times in UTC",
+    )
+    .await;
+    click_live(browser, "#zone").await?;
+    eventually(
+        browser,
+        "document.getElementById('record').textContent.includes('GMT+5:30') && \
+         document.getElementById('zone').getAttribute('aria-pressed') === 'true'",
+        "the record's times in the browser's zone",
+    )
+    .await;
+    click_live(browser, "#zone").await?;
 
     // At a phone's width (390 px) no page scrolls sideways; the keyboard's first stop is a
     // link past the navigation to the page's content.

@@ -136,10 +136,46 @@
     return new Date(/(Z|[+-]\d\d:\d\d)$/.test(text) ? text : text + "Z");
   }
 
+  // Times are shown in UTC, as the API and the logs write them, or in the browser's own zone
+  // (the switch in the header; remembered in this browser), always with the zone named.
+  const ZONE_KEY = "syncasync.zone";
+  let localTimes = false;
+  try {
+    localTimes = window.localStorage.getItem(ZONE_KEY) === "local";
+  } catch (_) {}
+
   function time(value) {
     if (!value) return "—";
     const date = parseTime(value);
-    return isNaN(date) ? String(value) : date.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+    if (isNaN(date)) return String(value);
+    if (!localTimes) return date.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+    const local = new Date(date.getTime() - date.getTimezoneOffset() * 60000);
+    const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" })
+      .formatToParts(date).find((p) => p.type === "timeZoneName");
+    return local.toISOString().slice(0, 19).replace("T", " ") + " " + (zone ? zone.value : "local");
+  }
+
+  function setupZoneSwitch() {
+    const button = document.getElementById("zone");
+    if (!button) return;
+    const show = () => {
+      button.textContent = localTimes ? "Times: local" : "Times: UTC";
+      button.setAttribute("aria-pressed", localTimes ? "true" : "false");
+    };
+    show();
+    button.addEventListener("click", () => {
+      localTimes = !localTimes;
+      try {
+        window.localStorage.setItem(ZONE_KEY, localTimes ? "local" : "utc");
+      } catch (_) {}
+      show();
+      if (page === "requests") {
+        // Each row's time cell differs now: draw the rows again, Live or not.
+        const tbody = document.querySelector("#list tbody");
+        if (tbody) tbody.replaceChildren();
+        loadList();
+      } else refreshAll();
+    });
   }
 
   // "in 42 s" / "3 min ago": how far a time is from now, for times that are about to come.
@@ -1083,6 +1119,7 @@
   }
 
   setupTokenForm();
+  setupZoneSwitch();
   if (page === "requests") {
     const follow = document.getElementById("follow-live");
     if (follow) follow.addEventListener("change", () => { if (follow.checked) loadList(); });
