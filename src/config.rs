@@ -145,7 +145,7 @@ pub struct Config {
     /// difference goes ahead of newer jobs of a higher priority (none starves). 0 ignores
     /// priorities: due order only. At most a day.
     #[arg(long, env = "APP_PRIORITY_STEP_SECONDS", default_value_t = 60.0,
-          value_parser = priority_step_seconds)]
+          value_parser = delay_seconds)]
     pub priority_step_seconds: f64,
 
     /// Timeout of one callback attempt, in seconds (the longest a request may ask for).
@@ -519,14 +519,6 @@ fn schedule_delay_seconds(s: &str) -> Result<f64, String> {
         return Err(format!(
             "`{s}` is more than {MAX_SCHEDULE_DELAY_SECONDS} seconds (10 years)"
         ));
-    }
-    Ok(v)
-}
-
-fn priority_step_seconds(s: &str) -> Result<f64, String> {
-    let v = non_negative_seconds(s)?;
-    if v > 86_400.0 {
-        return Err(format!("`{s}` is more than a day (86400 seconds)"));
     }
     Ok(v)
 }

@@ -116,9 +116,16 @@ impl Tally {
             return;
         }
         let cut = &body[..body.len().min(SAMPLE_BYTES)];
-        let text = format!("HTTP {status}: {}", String::from_utf8_lossy(cut).trim());
-        if !self.answers.contains(&text) {
-            self.answers.push(text);
+        self.keep_answer(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(cut).trim()
+        ));
+    }
+
+    /// Keeps `answer` among the samples if there is room and it is not one of them already.
+    fn keep_answer(&mut self, answer: String) {
+        if self.answers.len() < SAMPLE_ANSWERS && !self.answers.contains(&answer) {
+            self.answers.push(answer);
         }
     }
 
@@ -141,9 +148,7 @@ impl Tally {
             *self.errors.entry(message).or_default() += n;
         }
         for answer in other.answers {
-            if self.answers.len() < SAMPLE_ANSWERS && !self.answers.contains(&answer) {
-                self.answers.push(answer);
-            }
+            self.keep_answer(answer);
         }
         self.accepted.extend(other.accepted);
         if let Some(done) = other.last_done {

@@ -76,6 +76,19 @@ struct Queued {
     destination: String,
 }
 
+impl Queued {
+    /// A row of `DUE_WINDOW` (rowid, destination, due time) of priority `level`.
+    fn of_window_row(row: &rusqlite::Row<'_>, level: i64, step: i64) -> rusqlite::Result<Self> {
+        let due = row.get(2)?;
+        Ok(Self {
+            rank: rank(due, level, step),
+            due,
+            rowid: row.get(0)?,
+            destination: row.get(1)?,
+        })
+    }
+}
+
 /// The priority levels with queued jobs, highest first.
 pub(super) fn levels(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
     let mut levels = Vec::new();
@@ -110,14 +123,7 @@ fn visit_due(
         let mut seen = 0;
         while let Some(row) = rows.next()? {
             seen += 1;
-            let due = row.get(2)?;
-            let queued = Queued {
-                rank: rank(due, *level, step),
-                due,
-                rowid: row.get(0)?,
-                destination: row.get(1)?,
-            };
-            if !visit(&queued) {
+            if !visit(&Queued::of_window_row(row, *level, step)?) {
                 break;
             }
         }
@@ -149,13 +155,7 @@ fn due_window(
         let before = rows.len();
         let mut found = window.query(params![now, owner, by, limit, level])?;
         while let Some(row) = found.next()? {
-            let due = row.get(2)?;
-            rows.push(Queued {
-                rank: rank(due, level, step),
-                due,
-                rowid: row.get(0)?,
-                destination: row.get(1)?,
-            });
+            rows.push(Queued::of_window_row(row, level, step)?);
         }
         full |= rows.len() - before == limit as usize;
     }
