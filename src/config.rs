@@ -426,6 +426,7 @@ impl Config {
             per_destination: self.per_destination_cap(),
             unproven_share,
             tracked: usize::try_from(self.callback_tracked_destinations).unwrap_or(usize::MAX),
+            unhurried: self.callback_slow_after() / 4,
             breaker: BreakerPolicy {
                 threshold: f64::from(self.callback_breaker_threshold),
                 cooldown: Duration::from_secs_f64(self.callback_breaker_cooldown_seconds),

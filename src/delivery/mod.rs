@@ -493,7 +493,10 @@ impl Dispatcher {
                 }
             }
         };
-        destination.record(Verdict::of(report.kind, report.status_code));
+        destination.record_after(
+            Verdict::of(report.kind, report.status_code),
+            report.duration,
+        );
         let round_attempt = job.round_attempts + 1;
         let outcome = if report.delivered() {
             AttemptOutcome::Delivered

@@ -445,6 +445,66 @@ async fn two_slow_but_answering_destinations_cannot_delay_a_healthy_one() {
     );
 }
 
+/// Twenty destinations that answered their first callback at once and then take 1.5 s
+/// over each (under the slow threshold: no delivery ever goes slow), each with a backlog,
+/// beside a healthy one, with ten workers. Kept proven, each would keep a room of one and
+/// together they would hold every worker for as long as their backlogs last (50 s); once
+/// each has answered unhurriedly it shares the unproven part, and the healthy one's
+/// callbacks go at once while theirs still move.
+#[tokio::test]
+async fn many_destinations_answering_just_under_the_slow_threshold_cannot_take_the_workers() {
+    let app = TestServer::builder()
+        .settings(DEFAULTS)
+        .setting("async-worker-count", "10")
+        .start()
+        .await;
+    let healthy = Receiver::start(Behaviour::accept()).await;
+    prove(&app, &healthy, 3).await;
+    let slow = join_all(
+        (0..20).map(|_| Receiver::start(Behaviour::hang_after(1, Duration::from_millis(1500)))),
+    )
+    .await;
+    for receiver in &slow {
+        prove(&app, receiver, 1).await;
+    }
+    for receiver in &slow {
+        submit_many(&app, 5, &receiver.url(), "unhurried").await;
+    }
+    // Each answers one callback of its backlog in its own time, as a proven destination:
+    // twenty of them on ten workers, two rounds of 1.5 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let views = join_all(slow.iter().map(|r| destination(&app, r.address.port()))).await;
+        if views.iter().flatten().all(|view| view["proven"] == false) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "destinations answering in 1.5 s are still proven: {views:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before: usize = slow.iter().map(|r| r.delivered_ids().len()).sum();
+    each_delivered_within(&app, &healthy, 5, Duration::from_secs(1)).await;
+    // Those started while they were proven have ended by now; the rest share two workers.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let views = join_all(slow.iter().map(|r| destination(&app, r.address.port()))).await;
+    let holding: u64 = views
+        .iter()
+        .flatten()
+        .map(|view| view["in_flight"].as_u64().unwrap())
+        .sum();
+    assert!(
+        holding <= 2,
+        "they hold {holding} of ten workers: {views:#?}"
+    );
+    let after: usize = slow.iter().map(|r| r.delivered_ids().len()).sum();
+    assert!(
+        after > before,
+        "their callbacks still move: {before} then {after}"
+    );
+}
+
 /// Once the pool of slow deliveries is full, a delivery that goes slow keeps its worker only
 /// until a place in the pool frees up, never for the whole callback timeout: four workers,
 /// four destinations that earned room for two each and then hang (two fill the slow pool,

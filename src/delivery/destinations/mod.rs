@@ -8,22 +8,30 @@
 //!   receiver that hangs keeps only what it had earned.
 //! - **Fair share of the workers.** Once busy a destination takes its room, but with n
 //!   proven destinations busy at most `(workers - u) / (n + 1)`, u being the deliveries in
-//!   flight in the unproven share: destinations that answer slowly but surely, however many,
-//!   leave workers free for the others. A destination with nothing in flight that answered
-//!   in the last [`RECENT_WINDOW`] takes its room at once, counted as busy beside the busy
-//!   ones (a quick receiver seldom has a delivery in flight when the next claim runs, and
-//!   one delivery per claim would hold it to the claim rate); any other idle destination
-//!   starts with one delivery, so that one claim never starts many unknown destinations at
-//!   once.
+//!   flight in the unproven share: a few destinations that turn slow, however long they
+//!   take, leave workers free for the others. A destination with nothing in flight that
+//!   answered in the last [`RECENT_WINDOW`] takes its room at once, counted as busy beside
+//!   the busy ones (a quick receiver seldom has a delivery in flight when the next claim
+//!   runs, and one delivery per claim would hold it to the claim rate); any other idle
+//!   destination starts with one delivery, so that one claim never starts many unknown
+//!   destinations at once.
 //! - **Reserved share.** A destination that answered with a 2xx in the last
-//!   [`RECENT_WINDOW`], has no failure since and no delivery gone slow is *proven*: it draws
-//!   on every worker. All the others (new, failing, slow, or held by their breaker: anything
-//!   a caller can invent by the thousand) share at most `unproven_share` deliveries in
-//!   flight between them, so the proven ones always keep the rest. The dispatcher asks for
-//!   [`Destinations::rooms`] before each claim; the store claims no more jobs of a
-//!   destination than its room, and of the unproven ones no more than their share, so a job
-//!   that must wait holds no worker slot and no lease, keeps its place in the queue, and
-//!   jobs behind it are claimed past it.
+//!   [`RECENT_WINDOW`], has no failure since, no delivery gone slow and no answer in that
+//!   window that took longer than `unhurried` (a quarter of the slow threshold) is
+//!   *proven*: it draws on every worker. All the others (new, failing, slow, unhurried, or
+//!   held by their breaker: anything a caller can invent by the thousand) share at most
+//!   `unproven_share` deliveries in flight between them, so the proven ones always keep the
+//!   rest. The dispatcher asks for [`Destinations::rooms`] before each claim; the store
+//!   claims no more jobs of a destination than its room, and of the unproven ones no more
+//!   than their share, so a job that must wait holds no worker slot and no lease, keeps its
+//!   place in the queue, and jobs behind it are claimed past it.
+//! - **Unhurried answers.** The fair share gives each busy destination at least one
+//!   delivery, so more of them than workers could take every worker, for as long as their
+//!   backlogs last if answering just under the slow threshold kept them proven. An answer
+//!   that takes longer than `unhurried` therefore sends its destination to the unproven
+//!   share for [`RECENT_WINDOW`]: n destinations that answered at once and then all take
+//!   their time hold the proven part's workers for one delivery each (each at most the slow
+//!   threshold), and then share the unproven part.
 //! - **Slow deliveries.** A delivery still waiting for its receiver after the slow threshold
 //!   makes its destination unproven until it ends, and (the dispatcher's part) leaves the
 //!   workers and the unproven share for a pool of slow deliveries of its own, so a
@@ -127,6 +135,9 @@ pub struct IsolationPolicy {
     pub unproven_share: u32,
     /// Destinations tracked beyond those with deliveries in flight.
     pub tracked: usize,
+    /// An answer that took longer than this makes its destination unproven for
+    /// [`RECENT_WINDOW`] (a quarter of APP_CALLBACK_SLOW_AFTER_SECONDS).
+    pub unhurried: Duration,
     pub breaker: BreakerPolicy,
 }
 
@@ -147,6 +158,8 @@ struct Entry {
     /// The deliveries it may have in flight, as earned (before the cap).
     room: u32,
     last_success: Option<Instant>,
+    /// The last answer that took longer than the policy's `unhurried`.
+    last_unhurried: Option<Instant>,
     breaker: Breaker,
     recent: Recent,
     last_active: Instant,
@@ -164,6 +177,7 @@ impl Entry {
             slow: 0,
             room: INITIAL_ROOM,
             last_success: None,
+            last_unhurried: None,
             breaker: Breaker::CLOSED,
             recent: Recent::default(),
             last_active: now,
@@ -173,9 +187,20 @@ impl Entry {
         }
     }
 
-    /// Answered with a 2xx recently, nothing against it since, nothing in flight gone slow.
+    /// Answered with a 2xx recently, nothing against it since, nothing in flight gone slow,
+    /// and no answer in the last [`RECENT_WINDOW`] that took its time.
     fn is_proven(&self, now: Instant) -> bool {
-        self.slow == 0 && self.breaker.is_clear() && self.answered_recently(now)
+        self.slow == 0
+            && self.breaker.is_clear()
+            && self.answered_recently(now)
+            && !self.answered_unhurriedly(now)
+    }
+
+    /// Took longer than the policy's `unhurried` over an answer in the last
+    /// [`RECENT_WINDOW`].
+    fn answered_unhurriedly(&self, now: Instant) -> bool {
+        self.last_unhurried
+            .is_some_and(|at| now.duration_since(at) <= RECENT_WINDOW)
     }
 
     /// Answered with a 2xx in the last [`RECENT_WINDOW`], whatever came since.
@@ -223,6 +248,9 @@ pub struct DestinationView {
     pub proven: bool,
     /// Deliveries in flight past APP_CALLBACK_SLOW_AFTER_SECONDS.
     pub slow: u32,
+    /// Whether an answer in the last five minutes took longer than a quarter of
+    /// APP_CALLBACK_SLOW_AFTER_SECONDS (it is unproven until five minutes after the last).
+    pub answered_slowly: bool,
     /// Delivered attempts in the last five minutes.
     pub recent_successes: u64,
     /// Failed attempts in the last five minutes: every answer but a 2xx (a 4xx too, though
@@ -251,6 +279,7 @@ impl DestinationView {
             in_flight_limit: INITIAL_ROOM,
             proven: false,
             slow: 0,
+            answered_slowly: false,
             recent_successes: 0,
             recent_failures: 0,
             breaker: BreakerState::Closed,
@@ -518,6 +547,7 @@ impl Destinations {
             share: Some(share),
             slow: false,
             verdict: None,
+            took: None,
         }
     }
 
@@ -602,6 +632,15 @@ impl Destinations {
         }
         entry.last_active = now;
         entry.breaker.refresh(now);
+        if permit.took.is_some_and(|took| took > self.policy.unhurried) {
+            if !entry.answered_unhurriedly(now) {
+                tracing::info!(
+                    destination = permit.destination,
+                    "an answer took its time: the destination shares the unproven part for five minutes"
+                );
+            }
+            entry.last_unhurried = Some(now);
+        }
         let Some(verdict) = permit.verdict else {
             // Abandoned (shutdown) without an outcome: a probe that never reported leaves
             // room for another.
@@ -684,6 +723,7 @@ impl Destinations {
                     in_flight_limit: entry.allowed(cap),
                     proven: entry.is_proven(now),
                     slow: entry.slow,
+                    answered_slowly: entry.answered_unhurriedly(now),
                     recent_successes,
                     recent_failures,
                     breaker: entry.breaker.state(),
@@ -725,6 +765,8 @@ pub struct DestinationPermit {
     share: Option<Share>,
     slow: bool,
     verdict: Option<Verdict>,
+    /// How long the receiver took over its answer, when known.
+    took: Option<Duration>,
 }
 
 impl DestinationPermit {
@@ -739,6 +781,13 @@ impl DestinationPermit {
 
     pub fn record(mut self, verdict: Verdict) {
         self.verdict = Some(verdict);
+    }
+
+    /// As [`record`](Self::record), for an attempt that took `took`: an answer slower than
+    /// the policy's `unhurried` makes the destination unproven for a while.
+    pub fn record_after(mut self, verdict: Verdict, took: Duration) {
+        self.took = Some(took);
+        self.record(verdict);
     }
 }
 
@@ -758,6 +807,7 @@ mod tests {
             per_destination: 10,
             unproven_share: 3,
             tracked: 64,
+            unhurried: Duration::from_millis(500),
             breaker: BreakerPolicy {
                 threshold: 2.0,
                 cooldown: Duration::from_millis(50),
@@ -1014,6 +1064,50 @@ mod tests {
         assert_eq!((view.slow, view.proven), (1, false));
         slow.record(Verdict::Healthy);
         assert!(is_proven(&d, A));
+    }
+
+    /// Many proven destinations answering just under the slow threshold would each keep a
+    /// room of one in the reserved share and together hold every worker; one answer slower
+    /// than `unhurried` sends a destination to the unproven share, quick answers after it
+    /// notwithstanding, until the recent window has passed.
+    #[test]
+    fn an_unhurried_answer_makes_a_destination_unproven_for_the_recent_window() {
+        let d = Destinations::new(policy());
+        d.start(A, Share::Unproven)
+            .record_after(Verdict::Healthy, Duration::from_millis(5));
+        assert!(is_proven(&d, A), "a quick answer proves it");
+        d.start(A, Share::Proven)
+            .record_after(Verdict::Healthy, Duration::from_millis(400));
+        assert!(is_proven(&d, A), "under the threshold it stays proven");
+        d.start(A, Share::Proven)
+            .record_after(Verdict::Healthy, Duration::from_millis(1900));
+        assert!(!is_proven(&d, A));
+        for _ in 0..10 {
+            d.start(A, Share::Unproven)
+                .record_after(Verdict::Healthy, Duration::from_millis(5));
+        }
+        assert!(
+            !is_proven(&d, A),
+            "quick answers since do not prove it again"
+        );
+        let view = d
+            .snapshot()
+            .into_iter()
+            .find(|v| v.destination == A)
+            .unwrap();
+        assert_eq!((view.answered_slowly, view.proven), (true, false));
+        let rooms = d.rooms();
+        assert!(
+            !rooms.is_reserved(A),
+            "its jobs count against the shared budget"
+        );
+
+        // Once the window has passed, its recent quick answers prove it again (on a
+        // machine whose monotonic clock has run that long).
+        if let Some(long_ago) = Instant::now().checked_sub(RECENT_WINDOW + Duration::from_secs(1)) {
+            d.lock().entries.get_mut(A).unwrap().last_unhurried = Some(long_ago);
+            assert!(is_proven(&d, A));
+        }
     }
 
     #[test]
