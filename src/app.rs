@@ -302,6 +302,10 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let destinations = Destinations::new(config.isolation_policy());
         let running = crate::delivery::Running::default();
+        let long_lived = LongLived::new(
+            long_lived_cap(config.http_max_long_lived, max_connections)?,
+            config.http_stream_max_lifetime(),
+        );
         let service = Service {
             store: store.clone(),
             pool: pool.clone(),
@@ -320,6 +324,7 @@ impl Application {
             running: running.clone(),
             sync_records: tokio_util::task::TaskTracker::new(),
             sync_abandon: CancellationToken::new(),
+            long_lived: long_lived.clone(),
         };
         let dispatcher = Dispatcher {
             store,
@@ -341,10 +346,6 @@ impl Application {
             running,
         };
         let dashboard = Arc::new(crate::ui::History::default());
-        let long_lived = LongLived::new(
-            long_lived_cap(config.http_max_long_lived, max_connections)?,
-            config.http_stream_max_lifetime(),
-        );
         let state = AppState {
             long_lived,
             dashboard: Arc::clone(&dashboard),

@@ -237,6 +237,9 @@ pub struct Service {
     /// its request is recorded as failed ([`ABANDONED_SYNC_ERROR`]) rather than left
     /// `processing` by a store that closes under it.
     pub sync_abandon: tokio_util::sync::CancellationToken,
+    /// The places of requests that hold their connection for long: a repeated sync request
+    /// waiting for the first takes one.
+    pub long_lived: crate::long_lived::LongLived,
 }
 
 impl Service {
@@ -388,9 +391,20 @@ impl Service {
         if holder.fingerprint != idempotency.fingerprint {
             return Err(ServiceError::KeyReused(idempotency.key.clone()));
         }
-        let Some(record) = self.wait_until_finished(&holder.id, KEY_WAIT).await? else {
+        // Waiting for the first holds the connection as a wait does, so it takes a place
+        // among the long-lived requests: repeats of one slow request, however many, leave
+        // the connections `/healthz` and short requests need. With none free, the answer
+        // is the first's state now.
+        let place = self.long_lived.try_hold();
+        let wait = if place.is_some() {
+            KEY_WAIT
+        } else {
+            std::time::Duration::ZERO
+        };
+        let Some(record) = self.wait_until_finished(&holder.id, wait).await? else {
             return Ok(None);
         };
+        drop(place);
         match (record.status, record.result) {
             (Status::Completed, Some(result)) => Ok(Some(Answered::replayed(result))),
             (Status::Failed, _) => Ok(None),

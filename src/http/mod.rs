@@ -17,7 +17,6 @@ mod events;
 mod extract;
 mod health;
 mod idempotency;
-mod long_lived;
 mod metrics;
 mod request_id;
 mod requests;
@@ -40,11 +39,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::input::ControlLimits;
+pub use crate::long_lived::LongLived;
 use crate::service::Service;
 pub(crate) use auth::require_api_token;
 pub use error::ApiError;
 pub use extract::BodyLimits;
-pub use long_lived::LongLived;
 pub use server::{ConnectionLimits, serve};
 
 /// What every handler can reach.

@@ -164,3 +164,46 @@ fn a_long_lived_cap_that_leaves_no_room_for_short_requests_is_refused_in_one_lin
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("APP_HTTP_MAX_LONG_LIVED"), "{stderr}");
 }
+
+/// Repeats of a sync request with its idempotency key wait for the first as a wait does, so
+/// each takes a long-lived place: with every place taken they answer 409 at once (the key
+/// is in use) instead of each holding a connection for up to a minute; with a place free,
+/// a repeat waits for the first and answers its result.
+#[tokio::test]
+async fn repeats_of_a_sync_key_waiting_for_the_first_take_long_lived_places() {
+    use crate::idempotency::post_keyed;
+    let (app, _hung, id) = server_with_an_unfinished_request("1", "300").await;
+    let client = fresh_client();
+    let stream = client
+        .get(app.url(&format!("/requests/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200, "the only place, taken");
+    let body = serde_json::json!({"data": "long work", "iterations": 1000000});
+    let first = post_keyed(&app, "/sync", "one-key", &body);
+    let repeats = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while app.get_json("/requests?mode=sync&status=processing").await["total"] != 1 {
+            assert!(Instant::now() < deadline, "the first never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let started = Instant::now();
+        let refused = join_all((0..3).map(|_| post_keyed(&app, "/sync", "one-key", &body))).await;
+        (refused, started.elapsed())
+    };
+    let ((status, result, _, _), (refused, took)) = tokio::join!(first, repeats);
+    assert_eq!(status, 200, "{result}");
+    for (status, answer, replayed, _) in &refused {
+        assert_eq!((*status, *replayed), (409, false), "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("one-key"),
+            "{answer}"
+        );
+    }
+    assert!(took < Duration::from_secs(2), "answered at once: {took:?}");
+    drop(stream);
+    let (status, again, replayed, _) = post_keyed(&app, "/sync", "one-key", &body).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again, result);
+}

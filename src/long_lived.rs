@@ -1,5 +1,6 @@
 //! Requests that hold their connection for long: event streams (`/requests/{id}/events`,
-//! the dashboard's live stream) and waits (`GET /requests/{id}` with `Prefer: wait`). Each
+//! the dashboard's live stream) and waits (`GET /requests/{id}` with `Prefer: wait`, a
+//! repeated sync request waiting for the first with its idempotency key). Each
 //! takes a place of their own cap (`APP_HTTP_MAX_LONG_LIVED`, by default half the client
 //! connections) for as long as it lasts, so however many a client opens, the connections
 //! `/healthz` and short requests need stay free; a stream also ends after
