@@ -131,6 +131,8 @@ pub struct CallbackClient {
     one_shot: reqwest::Client,
     signer: Signer,
     guard: Guard,
+    /// The operator's callback timeout: each attempt's, unless its request chose a shorter.
+    timeout: Duration,
 }
 
 impl CallbackClient {
@@ -165,7 +167,13 @@ impl CallbackClient {
             one_shot: build(0)?,
             signer,
             guard,
+            timeout,
         })
+    }
+
+    /// The operator's callback timeout (`APP_CALLBACK_TIMEOUT_SECONDS`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// POSTs the result of `request_id` to `url` as attempt number `attempt`, on a connection

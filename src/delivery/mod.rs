@@ -493,10 +493,14 @@ impl Dispatcher {
                 }
             }
         };
-        destination.record_after(
-            Verdict::of(report.kind, report.status_code),
-            report.duration,
-        );
+        // A timeout shorter than the operator's, chosen by the request, says nothing about
+        // the destination's health: counted against it, any caller could open another's
+        // breaker (and take it out of the proven share) with requests of a millisecond.
+        let verdict = match (report.kind, job.callback_timeout) {
+            (AttemptKind::Timeout, Some(own)) if own < self.client.timeout() => Verdict::Neutral,
+            _ => Verdict::of(report.kind, report.status_code),
+        };
+        destination.record_after(verdict, report.duration);
         let round_attempt = job.round_attempts + 1;
         let outcome = if report.delivered() {
             AttemptOutcome::Delivered

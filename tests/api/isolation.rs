@@ -529,3 +529,45 @@ async fn hung_destinations_cannot_keep_the_workers_once_the_slow_pool_is_full() 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     each_delivered_within(&app, &healthy, 3, Duration::from_secs(2)).await;
 }
+
+/// A request may choose a shorter callback timeout than the operator's, but the attempts
+/// that run out of it are the request's doing, not its destination's: a caller sending six
+/// requests with a 10 ms timeout to a receiver that answers in 100 ms neither opens its
+/// breaker nor takes it out of the proven share, and its own callbacks still go at once.
+#[tokio::test]
+async fn requests_with_a_timeout_of_their_own_cannot_open_another_destinations_breaker() {
+    let app = TestServer::builder()
+        .settings(DEFAULTS)
+        .setting("callback-breaker-threshold", "2")
+        .start()
+        .await;
+    let receiver = Receiver::start(Behaviour::hang(Duration::from_millis(100))).await;
+    prove(&app, &receiver, 2).await;
+    let (app, url) = (&app, &receiver.url());
+    let ids = join_all((0..6).map(|n| async move {
+        let response = app
+            .post_async(&serde_json::json!({
+                "data": format!("impatient {n}"),
+                "callback_url": url,
+                "callback_timeout_seconds": 0.01,
+                "callback_max_retries": 0,
+            }))
+            .await;
+        let (status, body) = crate::helpers::read(response).await;
+        assert_eq!(status, 200, "{body}");
+        body["request_id"].as_str().unwrap().to_string()
+    }))
+    .await;
+    for id in &ids {
+        app.wait_for_status(id, "callback_failed", Duration::from_secs(10))
+            .await;
+    }
+    let view = destination(&app, receiver.address.port()).await.unwrap();
+    assert_eq!(view["breaker"], "closed", "{view}");
+    assert_eq!(view["proven"], true, "{view}");
+    assert!(
+        view["recent_failures"].as_u64().unwrap() >= 6,
+        "shown as failed: {view}"
+    );
+    each_delivered_within(&app, &receiver, 3, Duration::from_secs(1)).await;
+}
