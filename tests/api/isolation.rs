@@ -562,12 +562,12 @@ async fn requests_with_a_timeout_of_their_own_cannot_open_another_destinations_b
         app.wait_for_status(id, "callback_failed", Duration::from_secs(10))
             .await;
     }
-    let view = destination(&app, receiver.address.port()).await.unwrap();
+    let view = destination(app, receiver.address.port()).await.unwrap();
     assert_eq!(view["breaker"], "closed", "{view}");
     assert_eq!(view["proven"], true, "{view}");
     assert!(
         view["recent_failures"].as_u64().unwrap() >= 6,
         "shown as failed: {view}"
     );
-    each_delivered_within(&app, &receiver, 3, Duration::from_secs(1)).await;
+    each_delivered_within(app, &receiver, 3, Duration::from_secs(1)).await;
 }
