@@ -147,6 +147,12 @@ fn long_lived_cap(configured: u32, max_connections: u64) -> Result<usize, StartE
         0 => (max_connections / 2).max(1),
         n => u64::from(n),
     };
+    if max_connections < 2 {
+        return Err(StartError::Config(format!(
+            "APP_HTTP_MAX_CONNECTIONS ({max_connections}) leaves no connection for /healthz \
+             and short requests beside one event stream or wait; it must be at least 2"
+        )));
+    }
     if cap >= max_connections {
         return Err(StartError::Config(format!(
             "APP_HTTP_MAX_LONG_LIVED ({cap}) leaves too few of the {max_connections} client \

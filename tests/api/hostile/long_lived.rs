@@ -139,8 +139,8 @@ async fn a_stream_ends_after_its_maximum_lifetime_and_frees_its_place() {
     assert_eq!(third.status(), 200, "its place came back");
 }
 
-#[test]
-fn a_long_lived_cap_that_leaves_no_room_for_short_requests_is_refused_in_one_line() {
+/// The one line on stderr of a server started with `settings` (which must refuse them).
+fn refusal(settings: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_syncasync"))
         .arg("serve")
@@ -150,8 +150,7 @@ fn a_long_lived_cap_that_leaves_no_room_for_short_requests_is_refused_in_one_lin
             "APP_DATABASE_URL",
             format!("sqlite://{}", dir.path().join("s.db").display()),
         )
-        .env("APP_HTTP_MAX_CONNECTIONS", "64")
-        .env("APP_HTTP_MAX_LONG_LIVED", "64")
+        .envs(settings.iter().copied())
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -162,7 +161,21 @@ fn a_long_lived_cap_that_leaves_no_room_for_short_requests_is_refused_in_one_lin
         .filter(|l| !l.trim().is_empty() && !l.contains(" INFO "))
         .collect();
     assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].contains("APP_HTTP_MAX_LONG_LIVED"), "{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn a_long_lived_cap_that_leaves_no_room_for_short_requests_is_refused_in_one_line() {
+    let line = refusal(&[
+        ("APP_HTTP_MAX_CONNECTIONS", "64"),
+        ("APP_HTTP_MAX_LONG_LIVED", "64"),
+    ]);
+    assert!(line.contains("APP_HTTP_MAX_LONG_LIVED"), "{line}");
+    // One connection leaves none beside a stream whatever the cap: the line says what to
+    // raise, not to set the cap to the 0 it already is.
+    let line = refusal(&[("APP_HTTP_MAX_CONNECTIONS", "1")]);
+    assert!(line.contains("APP_HTTP_MAX_CONNECTIONS (1)"), "{line}");
+    assert!(line.contains("at least 2"), "{line}");
 }
 
 /// Repeats of a sync request with its idempotency key wait for the first as a wait does, so
