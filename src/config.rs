@@ -41,11 +41,16 @@ impl std::fmt::Display for ListenHost {
 pub struct Config {
     /// Address to listen on: an IP address, or a host name (`localhost`), resolved once at
     /// start; the service listens on every address it resolves to.
-    #[arg(long, env = "APP_HOST", default_value = "0.0.0.0", value_parser = listen_host)]
+    #[arg(long, help_heading = "HTTP server", env = "APP_HOST", default_value = "0.0.0.0", value_parser = listen_host)]
     pub host: ListenHost,
 
     /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "APP_PORT", default_value_t = 8000)]
+    #[arg(
+        long,
+        help_heading = "HTTP server",
+        env = "APP_PORT",
+        default_value_t = 8000
+    )]
     pub port: u16,
 
     /// Database: `sqlite://PATH` (created on first start; one process per file, held by a
@@ -53,7 +58,7 @@ pub struct Config {
     /// instances). Whitespace around it (a secret file's last newline) is ignored.
     #[arg(
         long,
-        env = "APP_DATABASE_URL",
+        help_heading = "Storage", env = "APP_DATABASE_URL",
         default_value = "sqlite://requests.db",
         hide_env_values = true,
         value_parser = database_url
@@ -62,7 +67,7 @@ pub struct Config {
 
     /// Size of each of an instance's two PostgreSQL pools (requests; job bookkeeping), plus
     /// one connection for job notifications.
-    #[arg(long, env = "APP_DATABASE_POOL_SIZE", default_value_t = 10,
+    #[arg(long, help_heading = "Storage", env = "APP_DATABASE_POOL_SIZE", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
 
@@ -71,20 +76,20 @@ pub struct Config {
     /// or twice APP_CALLBACK_TIMEOUT_SECONDS plus 5 if that is longer. Set: at least 1 and at
     /// least twice APP_CALLBACK_TIMEOUT_SECONDS, so that one late heartbeat never lets a
     /// second claim deliver a job whose delivery is still running.
-    #[arg(long, env = "APP_JOB_LEASE_SECONDS", value_parser = machinery_seconds)]
+    #[arg(long, help_heading = "Async queue", env = "APP_JOB_LEASE_SECONDS", value_parser = machinery_seconds)]
     pub job_lease_seconds: Option<f64>,
 
     /// Callback deliveries in flight at once (jobs being worked on or delivered). An
     /// in-flight delivery is a small future and a socket, so the default is sized for async
     /// I/O rather than the original's 10 threads.
-    #[arg(long, env = "APP_ASYNC_WORKER_COUNT", default_value_t = 512,
+    #[arg(long, help_heading = "Async queue", env = "APP_ASYNC_WORKER_COUNT", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub async_worker_count: u32,
 
     /// Callback deliveries in flight at once to one destination (scheme, host and port): a
     /// slow or hung receiver holds at most this many of the workers, and never more than
     /// half of APP_ASYNC_WORKER_COUNT.
-    #[arg(long, env = "APP_CALLBACK_MAX_IN_FLIGHT_PER_DESTINATION", default_value_t = 256,
+    #[arg(long, help_heading = "Isolation between destinations", env = "APP_CALLBACK_MAX_IN_FLIGHT_PER_DESTINATION", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub callback_max_in_flight_per_destination: u32,
 
@@ -92,51 +97,51 @@ pub struct Config {
     /// their own (new ones, failing ones, slow ones: any a caller can invent), all together.
     /// The destinations that answered recently keep the rest of the workers. 0: a quarter of
     /// APP_ASYNC_WORKER_COUNT (at least 1).
-    #[arg(long, env = "APP_CALLBACK_MAX_IN_FLIGHT_UNPROVEN", default_value_t = 0,
+    #[arg(long, help_heading = "Isolation between destinations", env = "APP_CALLBACK_MAX_IN_FLIGHT_UNPROVEN", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub callback_max_in_flight_unproven: u32,
 
     /// Seconds after which a delivery still waiting for its receiver gives its worker back
     /// (it finishes in a pool of slow deliveries, as many as the workers) and its destination
     /// loses its reserved share until it answers: receivers that hang cannot hold the workers.
-    #[arg(long, env = "APP_CALLBACK_SLOW_AFTER_SECONDS", default_value_t = 2.0,
+    #[arg(long, help_heading = "Isolation between destinations", env = "APP_CALLBACK_SLOW_AFTER_SECONDS", default_value_t = 2.0,
           value_parser = machinery_seconds)]
     pub callback_slow_after_seconds: f64,
 
     /// Destinations whose delivery state (earned room, breaker, recent outcomes) is kept
     /// beyond those with deliveries in flight; past it, the longest idle are forgotten and
     /// start again as new.
-    #[arg(long, env = "APP_CALLBACK_TRACKED_DESTINATIONS", default_value_t = 4096,
+    #[arg(long, help_heading = "Isolation between destinations", env = "APP_CALLBACK_TRACKED_DESTINATIONS", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub callback_tracked_destinations: u64,
 
     /// Consecutive failures that open a destination's circuit breaker: a timeout or a
     /// connection failure counts 1, an HTTP 5xx, 408 or 429 counts ½, a 2xx resets the count.
     /// While open, the destination's jobs wait (no attempt, no worker, no attempt lost).
-    #[arg(long, env = "APP_CALLBACK_BREAKER_THRESHOLD", default_value_t = 5,
+    #[arg(long, help_heading = "Isolation between destinations", env = "APP_CALLBACK_BREAKER_THRESHOLD", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub callback_breaker_threshold: u32,
 
     /// Seconds an opened breaker waits before letting one probe delivery through; each
     /// failed probe doubles it, up to APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS.
-    #[arg(long, env = "APP_CALLBACK_BREAKER_COOLDOWN_SECONDS", default_value_t = 5.0,
+    #[arg(long, help_heading = "Isolation between destinations", env = "APP_CALLBACK_BREAKER_COOLDOWN_SECONDS", default_value_t = 5.0,
           value_parser = machinery_seconds)]
     pub callback_breaker_cooldown_seconds: f64,
 
     /// Longest cool-down of a breaker, in seconds.
-    #[arg(long, env = "APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS", default_value_t = 300.0,
+    #[arg(long, help_heading = "Isolation between destinations", env = "APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS", default_value_t = 300.0,
           value_parser = machinery_seconds)]
     pub callback_breaker_max_cooldown_seconds: f64,
 
     /// Unfinished async requests the queue holds; past that, `POST /async` answers 503.
-    #[arg(long, env = "APP_ASYNC_QUEUE_MAX_SIZE", default_value_t = 10_000,
+    #[arg(long, help_heading = "Async queue", env = "APP_ASYNC_QUEUE_MAX_SIZE", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=MAX_QUEUE_SIZE))]
     pub async_queue_max_size: u64,
 
     /// Furthest ahead, in seconds, a request may schedule its work (`run_at`,
     /// `delay_seconds`; default 30 days, at most 10 years). Scheduled requests are in the
     /// queue from their acceptance, so they count against `APP_ASYNC_QUEUE_MAX_SIZE`.
-    #[arg(long, env = "APP_MAX_SCHEDULE_DELAY_SECONDS", default_value_t = 2_592_000.0,
+    #[arg(long, help_heading = "Async queue", env = "APP_MAX_SCHEDULE_DELAY_SECONDS", default_value_t = 2_592_000.0,
           value_parser = schedule_delay_seconds)]
     pub max_schedule_delay_seconds: f64,
 
@@ -144,34 +149,34 @@ pub struct Config {
     /// it had been due this much earlier per level, so a job that has waited longer than the
     /// difference goes ahead of newer jobs of a higher priority (none starves). 0 ignores
     /// priorities: due order only. At most a day.
-    #[arg(long, env = "APP_PRIORITY_STEP_SECONDS", default_value_t = 60.0,
+    #[arg(long, help_heading = "Async queue", env = "APP_PRIORITY_STEP_SECONDS", default_value_t = 60.0,
           value_parser = delay_seconds)]
     pub priority_step_seconds: f64,
 
     /// Timeout of one callback attempt, in seconds (the longest a request may ask for).
-    #[arg(long, env = "APP_CALLBACK_TIMEOUT_SECONDS", default_value_t = 10.0,
+    #[arg(long, help_heading = "Callbacks", env = "APP_CALLBACK_TIMEOUT_SECONDS", default_value_t = 10.0,
           value_parser = callback_timeout_seconds)]
     pub callback_timeout_seconds: f64,
 
     /// Attempts after the first before a callback is given up (`callback_failed`); the most
     /// a request may ask for.
-    #[arg(long, env = "APP_CALLBACK_MAX_RETRIES", default_value_t = 3,
+    #[arg(long, help_heading = "Callbacks", env = "APP_CALLBACK_MAX_RETRIES", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub callback_max_retries: u32,
 
     /// Base of the exponential backoff between attempts, in seconds.
-    #[arg(long, env = "APP_CALLBACK_RETRY_BASE_DELAY", default_value_t = 1.0,
+    #[arg(long, help_heading = "Callbacks", env = "APP_CALLBACK_RETRY_BASE_DELAY", default_value_t = 1.0,
           value_parser = delay_seconds)]
     pub callback_retry_base_delay: f64,
 
     /// Longest wait between two attempts, in seconds (also caps a receiver's `Retry-After`).
-    #[arg(long, env = "APP_CALLBACK_RETRY_MAX_DELAY", default_value_t = 30.0,
+    #[arg(long, help_heading = "Callbacks", env = "APP_CALLBACK_RETRY_MAX_DELAY", default_value_t = 30.0,
           value_parser = delay_seconds)]
     pub callback_retry_max_delay: f64,
 
     /// Refuse callback URLs that point at private, loopback, link-local or other
     /// non-public addresses (SSRF protection). Turn off only for local testing.
-    #[arg(long, env = "APP_CALLBACK_BLOCK_PRIVATE_IPS", default_value_t = true,
+    #[arg(long, help_heading = "Access and SSRF", env = "APP_CALLBACK_BLOCK_PRIVATE_IPS", default_value_t = true,
           action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub callback_block_private_ips: bool,
 
@@ -179,70 +184,79 @@ pub struct Config {
     /// callbacks to a known internal service. Anyone who can submit requests can make the
     /// service POST to these hosts. Each entry is a host alone, on every port (IPv6 may be
     /// bracketed); one with a scheme, port, path or user info is refused.
-    #[arg(long, env = "APP_CALLBACK_ALLOWED_HOSTS")]
+    #[arg(
+        long,
+        help_heading = "Access and SSRF",
+        env = "APP_CALLBACK_ALLOWED_HOSTS"
+    )]
     pub callback_allowed_hosts: Option<AllowedHosts>,
 
     /// Sign callbacks (Standard Webhooks): one or more space-separated `whsec_<base64>` secrets.
     /// Whitespace around the list (a secret file's last newline) is ignored.
-    #[arg(long, env = "APP_CALLBACK_SIGNING_SECRET", hide_env_values = true,
+    #[arg(long, help_heading = "Access and SSRF", env = "APP_CALLBACK_SIGNING_SECRET", hide_env_values = true,
           value_parser = Signer::from_secrets)]
     pub callback_signing_secret: Option<Signer>,
 
     /// Finished requests older than this many hours are deleted (at most 10^6, about 114
     /// years: beyond that a cut-off date leaves the database's date range).
-    #[arg(long, env = "APP_REQUEST_RETENTION_HOURS", default_value_t = 24.0,
+    #[arg(long, help_heading = "Storage", env = "APP_REQUEST_RETENTION_HOURS", default_value_t = 24.0,
           value_parser = retention_hours)]
     pub request_retention_hours: f64,
 
     /// At most this many finished requests are kept; the oldest beyond it are deleted.
-    #[arg(long, env = "APP_MAX_STORED_REQUESTS", default_value_t = 100_000)]
+    #[arg(
+        long,
+        help_heading = "Storage",
+        env = "APP_MAX_STORED_REQUESTS",
+        default_value_t = 100_000
+    )]
     pub max_stored_requests: u64,
 
     /// The most matching requests the `total` of `GET /requests` counts when the list is
     /// filtered beyond mode and status (time range, callback host, id prefix); past it the
     /// answer says `"total_capped": true`. Totals filtered by mode and status only are
     /// always exact, from counts kept as requests change.
-    #[arg(long, env = "APP_LIST_COUNT_LIMIT", default_value_t = crate::store::DEFAULT_COUNT_LIMIT,
+    #[arg(long, help_heading = "Storage", env = "APP_LIST_COUNT_LIMIT", default_value_t = crate::store::DEFAULT_COUNT_LIMIT,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub list_count_limit: u64,
 
     /// `GET /healthz` says `degraded` while a database write has been waiting longer than
     /// this many seconds (a writer stuck behind a slow statement, a database taking its time
     /// over writes while it still answers reads).
-    #[arg(long, env = "APP_HEALTH_WRITE_WAIT_SECONDS", default_value_t = 5.0,
+    #[arg(long, help_heading = "Storage", env = "APP_HEALTH_WRITE_WAIT_SECONDS", default_value_t = 5.0,
           value_parser = machinery_seconds)]
     pub health_write_wait_seconds: f64,
 
     /// Seconds between two runs of the retention job (at least 1).
-    #[arg(long, env = "APP_CLEANUP_INTERVAL_SECONDS", default_value_t = 300.0,
+    #[arg(long, help_heading = "Storage", env = "APP_CLEANUP_INTERVAL_SECONDS", default_value_t = 300.0,
           value_parser = cleanup_interval_seconds)]
     pub cleanup_interval_seconds: f64,
 
     /// Simulated I/O added to every unit of work, in seconds (a sleep that holds no thread).
-    #[arg(long, env = "APP_WORK_DURATION_SECONDS", default_value_t = 0.0,
+    #[arg(long, help_heading = "Work", env = "APP_WORK_DURATION_SECONDS", default_value_t = 0.0,
           value_parser = delay_seconds)]
     pub work_duration_seconds: f64,
 
     /// Threads that run the work function (0: one per CPU core).
-    #[arg(long, env = "APP_COMPUTE_THREADS", default_value_t = 0,
+    #[arg(long, help_heading = "Work", env = "APP_COMPUTE_THREADS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=1024))]
     pub compute_threads: u64,
 
     /// Units of work waiting for a compute thread; past that, `POST /sync` answers 503. At
     /// most 10^6: the queue's slots are allocated up front.
-    #[arg(long, env = "APP_COMPUTE_QUEUE_SIZE", default_value_t = 1024,
+    #[arg(long, help_heading = "Work", env = "APP_COMPUTE_QUEUE_SIZE", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub compute_queue_size: u64,
 
     /// Largest request body accepted, in bytes; larger bodies get 413.
-    #[arg(long, env = "APP_MAX_BODY_BYTES", default_value_t = 256 * 1024,
+    #[arg(long, help_heading = "HTTP server", env = "APP_MAX_BODY_BYTES", default_value_t = 256 * 1024,
           value_parser = clap::value_parser!(u64).range(64..=MAX_BODY_BYTES))]
     pub max_body_bytes: u64,
 
     /// Bearer token for `POST /admin/*`; without it the admin endpoints answer 404.
     /// Whitespace around it (a secret file's last newline) is ignored; whitespace, control or
     /// non-ASCII characters inside it are refused, since no header could carry them.
-    #[arg(long, env = "APP_ADMIN_TOKEN", hide_env_values = true, value_parser = bearer_token)]
+    #[arg(long, help_heading = "Access and SSRF", env = "APP_ADMIN_TOKEN", hide_env_values = true, value_parser = bearer_token)]
     pub admin_token: Option<String>,
 
     /// Bearer token every endpoint requires (401 without it) but `GET /healthz` and the
@@ -252,29 +266,29 @@ pub struct Config {
     /// sends it (a browser extension that sets request headers, or a proxy that adds it), or
     /// fetch the document with `curl -H "Authorization: Bearer $APP_API_TOKEN"`. Admin
     /// endpoints take the admin token instead. Read as APP_ADMIN_TOKEN is.
-    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = bearer_token)]
+    #[arg(long, help_heading = "Access and SSRF", env = "APP_API_TOKEN", hide_env_values = true, value_parser = bearer_token)]
     pub api_token: Option<String>,
 
     /// Seconds a client has to send a request's headers, counted from when the connection
     /// is ready for a request: it also closes keep-alive connections idle that long.
-    #[arg(long, env = "APP_HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10.0,
+    #[arg(long, help_heading = "HTTP server", env = "APP_HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10.0,
           value_parser = http_timeout_seconds)]
     pub http_header_timeout_seconds: f64,
 
     /// Seconds a client has to send a whole request body once its headers are in; past
     /// that, 408 and the connection is closed.
-    #[arg(long, env = "APP_HTTP_BODY_TIMEOUT_SECONDS", default_value_t = 30.0,
+    #[arg(long, help_heading = "HTTP server", env = "APP_HTTP_BODY_TIMEOUT_SECONDS", default_value_t = 30.0,
           value_parser = http_timeout_seconds)]
     pub http_body_timeout_seconds: f64,
 
     /// Seconds a response may wait for a client that stopped reading it (no progress at
     /// all) before the connection is closed.
-    #[arg(long, env = "APP_HTTP_SEND_TIMEOUT_SECONDS", default_value_t = 30.0,
+    #[arg(long, help_heading = "HTTP server", env = "APP_HTTP_SEND_TIMEOUT_SECONDS", default_value_t = 30.0,
           value_parser = http_timeout_seconds)]
     pub http_send_timeout_seconds: f64,
 
     /// Largest request head (request line and headers), in bytes; larger gets 431.
-    #[arg(long, env = "APP_HTTP_MAX_HEADER_BYTES", default_value_t = 64 * 1024,
+    #[arg(long, help_heading = "HTTP server", env = "APP_HTTP_MAX_HEADER_BYTES", default_value_t = 64 * 1024,
           value_parser = clap::value_parser!(u32).range(1024..=MAX_HEADER_BYTES_LIMIT))]
     pub http_max_header_bytes: u32,
 
@@ -282,7 +296,7 @@ pub struct Config {
     /// accept queue until one closes. 0: as many as the open-file limit leaves after what
     /// deliveries and the database need, at most 10000. A value that does not fit in the
     /// open-file limit is refused at start.
-    #[arg(long, env = "APP_HTTP_MAX_CONNECTIONS", default_value_t = 0,
+    #[arg(long, help_heading = "HTTP server", env = "APP_HTTP_MAX_CONNECTIONS", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub http_max_connections: u32,
 
@@ -291,41 +305,41 @@ pub struct Config {
     /// (503, `Retry-After`, connection closed) and a wait answers at once, so that
     /// long-lived requests never take the connections `/healthz` and short requests need.
     /// 0: half of the client connections (APP_HTTP_MAX_CONNECTIONS, as fitted).
-    #[arg(long, env = "APP_HTTP_MAX_LONG_LIVED", default_value_t = 0,
+    #[arg(long, help_heading = "HTTP server", env = "APP_HTTP_MAX_LONG_LIVED", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub http_max_long_lived: u32,
 
     /// Seconds an event stream lasts at most; then it ends, and the client resumes it
     /// (`Last-Event-ID`; a browser's EventSource reconnects by itself).
-    #[arg(long, env = "APP_HTTP_STREAM_MAX_SECONDS", default_value_t = 300.0,
+    #[arg(long, help_heading = "HTTP server", env = "APP_HTTP_STREAM_MAX_SECONDS", default_value_t = 300.0,
           value_parser = http_timeout_seconds)]
     pub http_stream_max_seconds: f64,
 
     /// Bytes of an oversized body read and discarded before the 413, so that a client that
     /// sends its whole body before reading can still read the answer.
-    #[arg(long, env = "APP_HTTP_DRAIN_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
+    #[arg(long, help_heading = "HTTP server", env = "APP_HTTP_DRAIN_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(0..=1024 * 1024 * 1024))]
     pub http_drain_max_bytes: u64,
 
     /// Seconds spent at most discarding an oversized body before the 413.
-    #[arg(long, env = "APP_HTTP_DRAIN_TIMEOUT_SECONDS", default_value_t = 5.0,
+    #[arg(long, help_heading = "HTTP server", env = "APP_HTTP_DRAIN_TIMEOUT_SECONDS", default_value_t = 5.0,
           value_parser = drain_seconds)]
     pub http_drain_timeout_seconds: f64,
 
     /// Log line format on stderr: `text` for people, `json` (one object per line) for log
     /// pipelines. The level comes from `RUST_LOG` (default `info`).
-    #[arg(long, env = "APP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, help_heading = "Logs and shutdown", env = "APP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// How times are written in the API, the callback body and events: `naive` as the
     /// original wrote them (UTC without a zone, `2026-12-02T06:19:37.098857`), or `rfc3339`
     /// (`2026-12-02T06:19:37.098857Z`).
-    #[arg(long, env = "APP_TIMESTAMP_FORMAT", value_enum,
+    #[arg(long, help_heading = "Logs and shutdown", env = "APP_TIMESTAMP_FORMAT", value_enum,
           default_value_t = crate::timestamps::TimestampFormat::Naive)]
     pub timestamp_format: crate::timestamps::TimestampFormat,
 
     /// Seconds to let in-flight work finish after SIGTERM/SIGINT before exiting.
-    #[arg(long, env = "APP_SHUTDOWN_GRACE_SECONDS", default_value_t = 30.0,
+    #[arg(long, help_heading = "Logs and shutdown", env = "APP_SHUTDOWN_GRACE_SECONDS", default_value_t = 30.0,
           value_parser = delay_seconds)]
     pub shutdown_grace_seconds: f64,
 }

@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service (the default). Boxed: the settings outweigh every other command's.
+    /// Run the service (the default): every setting is a flag or an `APP_*` variable.
+    // Boxed: the settings outweigh every other command's arguments.
     Serve(Box<Config>),
     /// Generate load against a running service and report latencies, throughput and
     /// time-to-callback per mode.

@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -151,8 +152,10 @@ impl CallbackReceiver {
         accepted: &[(String, Instant)],
         timeout: Duration,
         stop: &CancellationToken,
+        arrived: &AtomicU64,
     ) -> WaitOutcome {
         let mut remaining = self.shared.remaining.subscribe();
+        let expected = u64::try_from(accepted.len()).unwrap_or(u64::MAX);
         {
             let mut log = self.shared.lock();
             let missing: HashSet<String> = accepted
@@ -166,7 +169,12 @@ impl CallbackReceiver {
         let outcome = tokio::select! {
             biased;
             () = stop.cancelled() => WaitOutcome::Interrupted,
-            done = remaining.wait_for(|n| *n == 0) => match done {
+            // Runs at each change: the progress display shows how many have arrived.
+            done = remaining.wait_for(|n| {
+                let missing = u64::try_from(*n).unwrap_or(u64::MAX);
+                arrived.store(expected.saturating_sub(missing), Ordering::Relaxed);
+                *n == 0
+            }) => match done {
                 Ok(_) => WaitOutcome::AllArrived,
                 // The sender lives as long as `self`: cannot happen while we hold it.
                 Err(_) => WaitOutcome::TimedOut,

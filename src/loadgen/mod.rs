@@ -90,72 +90,72 @@ impl ModeChoice {
 pub struct LoadgenArgs {
     /// Base URL of the service. Repeat it to spread the load over several instances: worker
     /// i sends to URL i mod n, so -c must be at least the number of URLs.
-    #[arg(long = "url", value_name = "URL", default_value = "http://localhost:8000",
+    #[arg(help_heading = "Target", long = "url", value_name = "URL", default_value = "http://localhost:8000",
           value_parser = base_url)]
     pub urls: Vec<String>,
     /// Requests per mode.
-    #[arg(short = 'n', long, default_value_t = 100,
+    #[arg(help_heading = "Load", short = 'n', long, default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: u64,
     /// Requests in flight at once (workers, and keep-alive connections).
-    #[arg(short = 'c', long, default_value_t = 10,
+    #[arg(help_heading = "Load", short = 'c', long, default_value_t = 10,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub concurrency: usize,
     /// Which paths to measure: sync, async, or both (sync, then async, reported apart).
-    #[arg(long, default_value = "both", value_parser = ModeChoice::parse)]
+    #[arg(help_heading = "Target", long, default_value = "both", value_parser = ModeChoice::parse)]
     pub mode: ModeChoice,
     /// Port of the loadgen's own callback receiver (0: any free port).
-    #[arg(long, default_value_t = 9999)]
+    #[arg(help_heading = "Callbacks", long, default_value_t = 9999)]
     pub callback_port: u16,
     /// Host the callback receiver binds and puts in callback URLs: the service must reach it
     /// there.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(help_heading = "Callbacks", long, default_value = "127.0.0.1")]
     pub callback_host: String,
     /// Send async requests' callbacks to URL instead of the loadgen's own receiver (which is
     /// then not started): only acceptance is measured. For load aimed at another receiver,
     /// for example a hung one beside a measured run.
-    #[arg(long, value_name = "URL")]
+    #[arg(help_heading = "Callbacks", long, value_name = "URL")]
     pub callback_url: Option<String>,
     /// `iterations` of each request's work.
-    #[arg(long, default_value_t = 1000,
+    #[arg(help_heading = "Load", long, default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub iterations: u32,
     /// Bytes of `data` in each request (every request's data differs).
-    #[arg(long, default_value_t = 64,
+    #[arg(help_heading = "Load", long, default_value_t = 64,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub data_size: usize,
     /// Run each mode for this long instead of `-n` requests (`10s`, `500ms`, `2m`).
-    #[arg(long, value_parser = positive_duration, conflicts_with = "requests")]
+    #[arg(help_heading = "Load", long, value_parser = positive_duration, conflicts_with = "requests")]
     pub duration: Option<Duration>,
     /// Open loop: send R requests per second on a fixed schedule, latency measured from each
     /// request's scheduled send time (no coordinated omission). `-c` caps requests in flight.
-    #[arg(long, value_name = "R", value_parser = positive_rate, allow_negative_numbers = true)]
+    #[arg(help_heading = "Load", long, value_name = "R", value_parser = positive_rate, allow_negative_numbers = true)]
     pub rate: Option<f64>,
     /// Threads that send requests, each running its share of the workers (like wrk's -t).
-    #[arg(long, default_value_t = 2,
+    #[arg(help_heading = "Load", long, default_value_t = 2,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub threads: usize,
     /// Timeout of each request.
-    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    #[arg(help_heading = "Load", long, default_value = "30s", value_parser = positive_duration)]
     pub timeout: Duration,
     /// How long to wait for outstanding callbacks after the last request.
-    #[arg(long, default_value = "30s", value_parser = any_duration)]
+    #[arg(help_heading = "Callbacks", long, default_value = "30s", value_parser = any_duration)]
     pub callback_timeout: Duration,
     /// Also write the report as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Report", long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Send async requests N at a time in one `POST /async/batch` (1: each alone to
     /// `POST /async`). Each request's latency is its batch's.
-    #[arg(long, value_name = "N", default_value_t = 1,
+    #[arg(help_heading = "Load", long, value_name = "N", default_value_t = 1,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub batch: usize,
     /// Never draw the progress bar (it is drawn only when stderr is a terminal anyway).
-    #[arg(long)]
+    #[arg(help_heading = "Report", long)]
     pub no_progress: bool,
     /// Exit non-zero when more than this share of a mode's requests failed (0 to 1), for CI;
     /// a callback that never came counts as a failure. Whatever it is, a run in which every
     /// request of a mode failed exits non-zero.
-    #[arg(long, value_name = "SHARE", value_parser = share)]
+    #[arg(help_heading = "Report", long, value_name = "SHARE", value_parser = share)]
     pub max_failure_rate: Option<f64>,
 }
 
@@ -349,9 +349,16 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
                 let wait = if stop.is_cancelled() {
                     WaitOutcome::Interrupted
                 } else {
-                    receiver
-                        .wait_for(accepted, args.callback_timeout, &stop)
-                        .await
+                    let waiting = Progress::start(
+                        draw_progress,
+                        "callbacks",
+                        Some(u64::try_from(accepted.len()).unwrap_or(u64::MAX)),
+                    );
+                    let wait = receiver
+                        .wait_for(accepted, args.callback_timeout, &stop, &waiting.counter())
+                        .await;
+                    waiting.finish();
+                    wait
                 };
                 Some(CallbackReport::new(
                     &receiver.take_tally(accepted, started),
