@@ -40,11 +40,14 @@ pub struct CleanupResponse {
     over_limit: u64,
 }
 
+/// Deliver a finished request's callback again.
+///
 /// Put a `callback_failed` request back in the queue for a fresh round of attempts; earlier
 /// attempts stay in the audit.
 #[utoipa::path(
     post,
     path = "/requests/{id}/redeliver",
+    operation_id = "redeliverRequest",
     tag = "operations",
     params(("id" = String, Path, description = "The request id")),
     security(("admin_token" = [])),
@@ -76,12 +79,15 @@ async fn redeliver(
     }
 }
 
+/// Make a request waiting for a retry due now.
+///
 /// Make a queued request due now: a retry waiting for its backoff (or work waiting for its
 /// schedule) is tried at once, its attempt count kept. An open circuit breaker still holds
 /// it, as it holds every job of its destination.
 #[utoipa::path(
     post,
     path = "/requests/{id}/retry",
+    operation_id = "retryRequest",
     tag = "operations",
     params(("id" = String, Path, description = "The request id")),
     security(("admin_token" = [])),
@@ -115,10 +121,13 @@ async fn retry_now(
     }
 }
 
+/// Run the retention cleanup now.
+///
 /// Run the retention rules now.
 #[utoipa::path(
     post,
     path = "/admin/cleanup",
+    operation_id = "runCleanup",
     tag = "operations",
     security(("admin_token" = [])),
     responses(
@@ -191,12 +200,15 @@ pub struct BulkRedeliverResponse {
     dry_run: bool,
 }
 
+/// Deliver again every request whose callbacks failed.
+///
 /// Put every `callback_failed` request that matches the filters of `GET /requests` back in
 /// the queue, up to `limit` per call, newest first. With `dry_run=true`, only count them (for
 /// a confirmation).
 #[utoipa::path(
     post,
     path = "/admin/redeliver",
+    operation_id = "redeliverFailed",
     tag = "operations",
     params(BulkQuery),
     security(("admin_token" = [])),

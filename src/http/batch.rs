@@ -41,6 +41,8 @@ pub enum BatchItem {
     },
 }
 
+/// Submit up to 1000 async requests at once.
+///
 /// Queue up to 1000 async requests at once: each item is checked as `POST /async` checks its
 /// body; the valid ones are committed in one transaction and answered with their ids, the
 /// invalid ones with their errors, by index. The queue bound applies to the batch as a whole:
@@ -48,6 +50,7 @@ pub enum BatchItem {
 #[utoipa::path(
     post,
     path = "/async/batch",
+    operation_id = "submitAsyncBatch",
     tag = "work",
     request_body = BatchRequest,
     responses(

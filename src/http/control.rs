@@ -31,12 +31,15 @@ pub struct CancelResponse {
     pub message: String,
 }
 
+/// Cancel an async request.
+///
 /// Cancel an async request that is not final: no work starts and no callback is sent after
 /// the answer, but for a delivery attempt already under way (the answer says so). Repeating
 /// a cancel answers as the first did.
 #[utoipa::path(
     post,
     path = "/requests/{id}/cancel",
+    operation_id = "cancelRequest",
     tag = "work",
     params(("id" = String, Path, description = "The request id")),
     responses(

@@ -34,12 +34,15 @@ pub struct DestinationList {
     destinations: Vec<DestinationView>,
 }
 
+/// Callback destinations and their health.
+///
 /// Every callback destination (scheme, host, port) this instance delivered to recently, and
 /// every paused one: its deliveries in flight, its successes and failures of the last five
 /// minutes, its circuit breaker (breakers are per instance) and whether it is paused.
 #[utoipa::path(
     get,
     path = "/destinations",
+    operation_id = "listDestinations",
     tag = "operations",
     security(("admin_token" = [])),
     responses(
@@ -131,6 +134,8 @@ async fn control(
     }
 }
 
+/// Pause deliveries to a destination.
+///
 /// Pause a destination: none of its jobs is claimed (no work starts, no delivery attempt)
 /// until it is resumed, on every instance (within a second on the others) and across
 /// restarts. Jobs already under way finish (the answer's `in_flight` counts them on this
@@ -139,6 +144,7 @@ async fn control(
 #[utoipa::path(
     post,
     path = "/destinations/{key}/pause",
+    operation_id = "pauseDestination",
     tag = "operations",
     params(("key" = String, Path, description = "The destination as `GET /destinations` \
         names it (`scheme://host:port`), percent-encoded",
@@ -159,11 +165,14 @@ async fn pause(
     control(&state, &destination, ControlChange::Pause).await
 }
 
+/// Resume deliveries to a destination.
+///
 /// Resume a paused destination: its jobs are claimed again in due order, the overdue ones
 /// first. Resuming a destination that is not paused changes nothing.
 #[utoipa::path(
     post,
     path = "/destinations/{key}/resume",
+    operation_id = "resumeDestination",
     tag = "operations",
     params(("key" = String, Path, description = "The destination as `GET /destinations` \
         names it (`scheme://host:port`), percent-encoded",
@@ -183,12 +192,15 @@ async fn resume(
     control(&state, &destination, ControlChange::Resume).await
 }
 
+/// Close a destination's circuit breaker.
+///
 /// Close the destination's circuit breaker on every instance (within a second on the
 /// others), forgetting the failures that opened it: its held jobs are tried at once. If the
 /// receiver still fails, the breaker opens again as before.
 #[utoipa::path(
     post,
     path = "/destinations/{key}/reset",
+    operation_id = "resetDestinationBreaker",
     tag = "operations",
     params(("key" = String, Path, description = "The destination as `GET /destinations` \
         names it (`scheme://host:port`), percent-encoded",

@@ -65,12 +65,15 @@ impl Position {
     }
 }
 
+/// Stream a request's status changes and attempts.
+///
 /// The request's status changes and delivery attempts as they happen, ending after its final
 /// status, or after APP_HTTP_STREAM_MAX_SECONDS: `Last-Event-ID` resumes after the event it
 /// names.
 #[utoipa::path(
     get,
     path = "/requests/{id}/events",
+    operation_id = "streamRequestEvents",
     tag = "requests",
     params(
         ("id" = String, Path, description = "The request id"),

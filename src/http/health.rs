@@ -13,6 +13,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health))
 }
 
+/// Health of the queue, workers and database.
+///
 /// Queue, workers and database. `degraded`: the async queue is over 90% full, or a database
 /// write has waited longer than APP_HEALTH_WRITE_WAIT_SECONDS. `unhealthy` (503): the
 /// database does not answer, or writes fail (disk full, a read-only server) until a write
@@ -20,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(
     get,
     path = "/healthz",
+    operation_id = "getHealth",
     tag = "operations",
     responses(
         (status = 200, description = "Healthy or degraded", body = HealthReport),

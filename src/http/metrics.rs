@@ -13,10 +13,13 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(metrics))
 }
 
+/// Prometheus metrics.
+///
 /// Prometheus metrics (OpenMetrics text format).
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "getMetrics",
     tag = "operations",
     responses(
         (status = 200, description = "Every series, with state gauges read now",

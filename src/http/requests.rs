@@ -96,10 +96,13 @@ impl ListParams {
     }
 }
 
+/// List requests, newest first.
+///
 /// Requests, newest first, optionally filtered, a page at a time.
 #[utoipa::path(
     get,
     path = "/requests",
+    operation_id = "listRequests",
     tag = "requests",
     params(ListQuery),
     responses(
@@ -118,10 +121,13 @@ async fn list(
     Ok(Json(state.service.list(filter).await?))
 }
 
+/// One request with its delivery attempts.
+///
 /// One request, with every callback delivery attempt; optionally waiting for it to finish.
 #[utoipa::path(
     get,
     path = "/requests/{id}",
+    operation_id = "getRequest",
     tag = "requests",
     params(
         ("id" = String, Path, description = "The request id"),

@@ -18,11 +18,14 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(submit))
 }
 
+/// Submit work; the result is POSTed to callback_url.
+///
 /// Record the request durably and answer at once; the result is POSTed to `callback_url`
 /// (body `CallbackPayload`), retried with backoff until accepted or retries run out.
 #[utoipa::path(
     post,
     path = "/async",
+    operation_id = "submitAsync",
     tag = "work",
     request_body = AsyncRequest,
     params(KeyHeader),

@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(
     post,
     path = "/sync",
+    operation_id = "runSync",
     tag = "work",
     request_body = SyncRequest,
     params(KeyHeader),

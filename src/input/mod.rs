@@ -34,6 +34,7 @@ pub const MAX_CALLBACK_URL_CHARS: usize = 2048;
 
 /// The body of `POST /sync`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"data": "hello", "iterations": 1000}))]
 #[allow(dead_code)]
 pub struct SyncRequest {
     #[serde(flatten)]
@@ -42,6 +43,10 @@ pub struct SyncRequest {
 
 /// The body of `POST /async/batch`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"requests": [
+    {"data": "first", "callback_url": "https://example.com/webhooks/syncasync"},
+    {"data": "second", "iterations": 10, "callback_url": "https://example.com/webhooks/syncasync"}
+]}))]
 #[allow(dead_code)]
 pub struct BatchRequest {
     /// 1 to 1000 requests, each an object with the fields of `AsyncRequest`. Items are
@@ -133,7 +138,14 @@ pub fn parse_batch(
 }
 
 /// The body of `POST /async`.
+// One example for the whole body: the document's tools would otherwise build one from every
+// field's, `run_at` and `delay_seconds` together, which is refused.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "data": "hello",
+    "iterations": 1000,
+    "callback_url": "https://example.com/webhooks/syncasync"
+}))]
 #[allow(dead_code)]
 pub struct AsyncRequest {
     #[serde(flatten)]
