@@ -61,42 +61,58 @@ struct ListQuery {
         example = "0193a5"
     )]
     id_prefix: Option<String>,
-    /// Keyset paging: only requests after this one (a request id, usually the last of the
-    /// previous page) in the newest-first order. Every page is as fast as the first. An id
-    /// of no request (deleted since) is a 404: start again from the first page.
+    /// `newest` (the default) or `oldest` first: `oldest` with `status=pending` lists the
+    /// requests that have waited longest.
+    #[param(inline)]
+    order: Option<ListOrder>,
+    /// Keyset paging of a newest-first list: only requests after this one (a request id,
+    /// usually the last of the previous page). Every page is as fast as the first. An id of
+    /// no request (deleted since) is a 404: start again from the first page.
     #[param(min_length = 1, max_length = 64)]
     before: Option<String>,
+    /// Keyset paging of an oldest-first list (`order=oldest`), as `before` is of a newest-first
+    /// one: only requests after this one.
+    #[param(min_length = 1, max_length = 64)]
+    after: Option<String>,
     /// Page size.
     #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<u32>,
-    /// Requests to skip (newest first). Deep offsets are slow on large tables: prefer
-    /// `before`.
+    /// Requests to skip. Deep offsets are slow on large tables: prefer `before` (or
+    /// `after`).
     #[param(minimum = 0, default = 0)]
     offset: Option<u64>,
 }
 
-/// The list filters as read from a query: `before` names a request, which the handler
-/// looks up to make the cursor.
+/// The order of a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum ListOrder {
+    Newest,
+    Oldest,
+}
+
+/// The list filters as read from a query: the cursor (`before` or `after`) names a
+/// request, which the handler looks up.
 #[derive(Debug)]
 pub(super) struct ListParams {
     pub filter: ListFilter,
-    pub before: Option<String>,
+    pub cursor: Option<String>,
 }
 
 impl ListParams {
-    /// The filter with its `before` cursor resolved, or a 404 if that request does not exist
-    /// (any more): the cursor names a resource, and any well-formed id is valid input.
+    /// The filter with its cursor resolved, or a 404 if that request does not exist (any
+    /// more): the cursor names a resource, and any well-formed id is valid input.
     pub async fn resolve(self, state: &AppState) -> Result<ListFilter, ApiError> {
         let mut filter = self.filter;
-        if let Some(id) = self.before {
+        if let Some(id) = self.cursor {
             let position = state.service.position(&id).await?;
-            filter.before = Some(position.ok_or(ApiError::RequestNotFound)?);
+            filter.cursor = Some(position.ok_or(ApiError::RequestNotFound)?);
         }
         Ok(filter)
     }
 }
 
-/// List requests, newest first.
+/// List requests, newest or oldest first.
 ///
 /// Requests, newest first, optionally filtered, a page at a time.
 #[utoipa::path(
@@ -179,6 +195,8 @@ pub(super) const FILTER_NAMES: &[&str] = &[
     "created_from",
     "created_to",
     "callback_host",
+    "order",
+    "after",
     "id_prefix",
     "before",
 ];
@@ -202,7 +220,7 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
         limit: DEFAULT_LIMIT,
         ..ListFilter::default()
     };
-    let mut before = None;
+    let mut cursors: [Option<String>; 2] = [None, None];
     let mut errors = Vec::new();
     let timestamp =
         |field: &str, value: &str, errors: &mut Vec<FieldError>| match crate::timestamps::parse(
@@ -297,14 +315,24 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                     ));
                 }
             }
-            "before" => {
+            "order" => match value.as_ref() {
+                "newest" => filter.oldest_first = false,
+                "oldest" => filter.oldest_first = true,
+                _ => errors.push(FieldError::query(
+                    "order",
+                    "enum",
+                    "must be one of: newest, oldest",
+                    value,
+                )),
+            },
+            name @ ("before" | "after") => {
                 // Any id of up to 64 characters: one that names no request (control characters
                 // included) is answered as such, a 404.
                 if !value.is_empty() && value.chars().count() <= 64 {
-                    before = Some(value.to_string());
+                    cursors[usize::from(name == "after")] = Some(value.to_string());
                 } else {
                     errors.push(FieldError::query(
-                        "before",
+                        name,
                         "request_id",
                         "must be a request id (1 to 64 characters)",
                         value,
@@ -331,8 +359,36 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
             filter.id_prefix.as_deref().unwrap_or_default(),
         ));
     }
+    // Each cursor pages its own order: `before` a newest-first list, `after` an oldest-first.
+    let [before, after] = cursors;
+    let (cursor, misplaced) = if filter.oldest_first {
+        (
+            after,
+            before.map(|id| {
+                (
+                    "before",
+                    id,
+                    "pages a newest-first list: with order=oldest, use after",
+                )
+            }),
+        )
+    } else {
+        (
+            before,
+            after.map(|id| {
+                (
+                    "after",
+                    id,
+                    "pages an oldest-first list: use it with order=oldest, or use before",
+                )
+            }),
+        )
+    };
+    if let Some((name, id, why)) = misplaced {
+        errors.push(FieldError::query(name, "cursor", why, &id));
+    }
     if errors.is_empty() {
-        Ok(ListParams { filter, before })
+        Ok(ListParams { filter, cursor })
     } else {
         Err(errors)
     }
@@ -371,9 +427,13 @@ mod tests {
             Some("2026-01-02T00:00:00+00:00".into())
         );
         assert_eq!(f.callback_host.as_deref(), Some("hooks.example.com:8443"));
-        assert_eq!(p.before.as_deref(), Some("0193a5-x"));
+        assert_eq!(p.cursor.as_deref(), Some("0193a5-x"));
         let p = parse_filter("id_prefix=0193A5&before=0193a5-x&limit=5").unwrap();
         assert_eq!(p.filter.id_prefix.as_deref(), Some("0193a5"));
+        let p = parse_filter("order=oldest&after=0193a5-x&status=pending").unwrap();
+        assert!(p.filter.oldest_first);
+        assert_eq!(p.cursor.as_deref(), Some("0193a5-x"));
+        assert!(!parse_filter("order=newest").unwrap().filter.oldest_first);
     }
 
     #[test]
@@ -405,6 +465,10 @@ mod tests {
                 "id_prefix",
             ),
             ("before=", "before"),
+            ("order=asc", "order"),
+            ("order=oldest&before=0193a5-x", "before"),
+            ("after=0193a5-x", "after"),
+            ("order=oldest&after=", "after"),
             (
                 "before=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
                 "before",

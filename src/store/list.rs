@@ -21,9 +21,11 @@ pub struct ListFilter {
     pub callback_host: Option<String>,
     /// Ids that start with this, lower-case.
     pub id_prefix: Option<String>,
-    /// Keyset paging: only requests after this one in the newest-first order. Unlike
-    /// `offset`, page N costs what page 1 costs, however deep it is.
-    pub before: Option<Position>,
+    /// Keyset paging: only requests past this one in the list's order. Unlike `offset`,
+    /// page N costs what page 1 costs, however deep it is.
+    pub cursor: Option<Position>,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
     pub limit: u32,
     pub offset: u64,
     /// The most matching rows a `total` counts, for a filter the kept counts cannot answer
@@ -44,7 +46,8 @@ impl Default for ListFilter {
             created_to: None,
             callback_host: None,
             id_prefix: None,
-            before: None,
+            cursor: None,
+            oldest_first: false,
             limit: 100,
             offset: 0,
             count_limit: DEFAULT_COUNT_LIMIT,
@@ -94,7 +97,9 @@ impl ListFilter {
         self
     }
 
-    /// The order of a page, newest first: by creation time, or, for an id prefix, by id
+    /// The order of a page, newest first (or oldest first, each column the other way, which
+    /// the same index serves walked from its other end): by creation time, or, for an id
+    /// prefix, by id
     /// (ids are UUIDv7, which begin with their creation time in milliseconds): the prefix's
     /// requests are then one range of the primary key, walked from its end, however many
     /// the prefix matches.
@@ -105,6 +110,15 @@ impl ListFilter {
     /// walk the creation-time index and check each row (its generic plan guesses any status
     /// matches half the rows), reading the whole history for a status few requests have.
     pub(crate) fn order_by(&self) -> String {
+        let order = self.newest_first_order();
+        if self.oldest_first {
+            order.replace(" DESC", " ASC")
+        } else {
+            order
+        }
+    }
+
+    fn newest_first_order(&self) -> String {
         if self.id_prefix.is_some() {
             return "id DESC".into();
         }
@@ -172,7 +186,7 @@ pub(crate) struct Dialect {
 /// filters in use (so each combination is its own statement, and the planner sees plain
 /// `status = ?` and `created_at <= ?` it can take to an index, never `? IS NULL OR …`).
 /// The SQL text is built from fixed fragments only; every value is a parameter.
-/// `with_cursor` adds the keyset condition of `before` (the total of a list leaves it out).
+/// `with_cursor` adds the keyset condition of the cursor (the total of a list leaves it out).
 pub(crate) fn list_conditions(
     filter: &ListFilter,
     with_cursor: bool,
@@ -234,18 +248,24 @@ pub(crate) fn list_conditions(
         let to = next(ListParam::Text(format!("{prefix}\u{7f}")), &mut params);
         conditions.push(format!("id >= {from} AND id < {to}"));
     }
-    if let (true, Some(before)) = (with_cursor, &filter.before) {
+    if let (true, Some(cursor)) = (with_cursor, &filter.cursor) {
+        // Past the cursor: below it newest first, above it oldest first.
+        let (past, or_same) = if filter.oldest_first {
+            (">", ">=")
+        } else {
+            ("<", "<=")
+        };
         if filter.id_prefix.is_some() {
             // In id order (see `ListFilter::order_by`).
-            let id = next(ListParam::Text(before.id.clone()), &mut params);
-            conditions.push(format!("id < {id}"));
+            let id = next(ListParam::Text(cursor.id.clone()), &mut params);
+            conditions.push(format!("id {past} {id}"));
         } else {
             // `created_at <= t` is the range an index on `created_at` serves; the rest only
             // sorts out the requests created in the same instant as the cursor.
-            let at = next(ListParam::Time(before.created_at), &mut params);
-            let id = next(ListParam::Text(before.id.clone()), &mut params);
+            let at = next(ListParam::Time(cursor.created_at), &mut params);
+            let id = next(ListParam::Text(cursor.id.clone()), &mut params);
             conditions.push(format!(
-                "created_at <= {at} AND (created_at < {at} OR id < {id})"
+                "created_at {or_same} {at} AND (created_at {past} {at} OR id {past} {id})"
             ));
         }
     }
@@ -256,7 +276,7 @@ pub(crate) fn list_conditions(
     }
 }
 
-/// The statement of one page of `filter`, newest first, and its parameters (the page's size
+/// The statement of one page of `filter`, in its order, and its parameters (the page's size
 /// and offset last).
 pub(crate) fn page_sql(filter: &ListFilter, dialect: &Dialect) -> (String, Vec<ListParam>) {
     let (conditions, mut params) = list_conditions(filter, true, dialect);

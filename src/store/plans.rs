@@ -126,7 +126,7 @@ fn list_filters() -> Vec<(&'static str, ListFilter)> {
         limit: 100,
         ..ListFilter::default()
     };
-    let before = Some(Position {
+    let cursor = Some(Position {
         created_at: Utc::now(),
         id: "0190a000-0000-7000-8000-000000000000".into(),
     });
@@ -225,25 +225,59 @@ fn list_filters() -> Vec<(&'static str, ListFilter)> {
             },
         ),
         (
-            "before",
+            "cursor",
             ListFilter {
-                before: before.clone(),
+                cursor: cursor.clone(),
                 ..base.clone()
             },
         ),
         (
-            "status and before",
+            "status and cursor",
             ListFilter {
                 status: Some(Status::Processing),
-                before: before.clone(),
+                cursor: cursor.clone(),
                 ..base.clone()
             },
         ),
         (
-            "id_prefix and before",
+            "id_prefix and cursor",
             ListFilter {
                 id_prefix: Some("0190a".into()),
-                before,
+                cursor: cursor.clone(),
+                ..base.clone()
+            },
+        ),
+        (
+            "oldest first",
+            ListFilter {
+                oldest_first: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "status, oldest first, cursor",
+            ListFilter {
+                status: Some(Status::Pending),
+                oldest_first: true,
+                cursor: cursor.clone(),
+                ..base.clone()
+            },
+        ),
+        (
+            "callback_host and status, oldest first",
+            ListFilter {
+                callback_host: Some("hooks.example.com".into()),
+                status: Some(Status::CallbackPending),
+                oldest_first: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "id_prefix, oldest first, cursor",
+            ListFilter {
+                id_prefix: Some("0190a".into()),
+                oldest_first: true,
+                cursor,
                 ..base
             },
         ),

@@ -53,6 +53,34 @@ async fn keyset_pages_walk_the_whole_list_in_order() {
         .await;
     assert_eq!(body["total"], 7);
     assert_eq!(ids(&body), everything[3..6]);
+    // Oldest first, paged by `after`: the same requests the other way round, and an id
+    // prefix's too.
+    let oldest: Vec<String> = everything.iter().rev().cloned().collect();
+    assert_eq!(list(&app, "order=oldest&limit=1000").await, oldest);
+    let mut walked = Vec::new();
+    let mut query = "order=oldest&limit=2".to_string();
+    loop {
+        let page = list(&app, &query).await;
+        if page.is_empty() {
+            break;
+        }
+        walked.extend(page.iter().cloned());
+        query = format!("order=oldest&limit=2&after={}", page[page.len() - 1]);
+    }
+    assert_eq!(walked, oldest);
+    let prefix = &oldest[0][..8];
+    let by_prefix = list(&app, &format!("id_prefix={prefix}&order=oldest&limit=1000")).await;
+    assert_eq!(by_prefix.first(), Some(&oldest[0]));
+    // A cursor of the other order is refused, naming it.
+    for (query, field) in [
+        (format!("order=oldest&before={}", oldest[0]), "before"),
+        (format!("after={}", oldest[0]), "after"),
+    ] {
+        let (status, body) =
+            crate::helpers::read(app.get(&format!("/requests?{query}")).await).await;
+        assert_eq!(status, 422, "{query}: {body}");
+        assert_eq!(body["detail"][0]["loc"][1], field, "{body}");
+    }
     // The id prefix and the creation-time range.
     let newest = &everything[0];
     assert!(

@@ -111,7 +111,7 @@ fn a_deep_keyset_page_costs_what_the_first_costs() {
     // After the 99 000th newest, 00001000, which shares created_at 500 with 00001001
     // (newer, so not on the page).
     let deep = ListFilter {
-        before: Some(Position {
+        cursor: Some(Position {
             created_at: from_millis(500),
             id: "00001000".into(),
         }),
