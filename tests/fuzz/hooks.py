@@ -45,6 +45,12 @@ def map_query(ctx, query):
     if "id_prefix" in query:
         for name in _NOT_WITH_ID_PREFIX:
             query.pop(name, None)
+    # Each cursor pages its own order (the descriptions of `before` and `after` say so; a
+    # 422 otherwise): `after` an oldest-first list, `before` a newest-first one.
+    if query.get("order") == "oldest":
+        query.pop("before", None)
+    else:
+        query.pop("after", None)
     return query
 
 
