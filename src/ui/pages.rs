@@ -140,6 +140,12 @@ pub fn requests(shell: Shell) -> Markup {
             label title="Finds requests by id; the other filters are not applied with it" {
                 "Id or prefix " input name="id_prefix" type="text" placeholder="0193…" maxlength="36";
             }
+            label { "Order "
+                select name="order" {
+                    option value="" { "newest first" }
+                    option value="oldest" { "oldest first" }
+                }
+            }
             button type="submit" { "Filter" }
             " "
             a href="/ui/requests" { "Clear" }
@@ -191,9 +197,9 @@ pub fn requests(shell: Shell) -> Markup {
             }
         }
         nav.pager aria-label="Pages" {
-            a #first-page href="/ui/requests" hidden { "← Newest" }
+            a #first-page href="/ui/requests" hidden { "← First page" }
             " "
-            a #older href="#" hidden { "Older →" }
+            a #older href="#" hidden { "Next page →" }
         }
     };
     layout(shell, Page::Requests, "Requests", None, main)

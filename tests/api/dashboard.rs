@@ -307,6 +307,25 @@ async fn drive(
 
     assert_no_console_errors(browser, "on the overview").await;
 
+    // Oldest first, chosen in the form: the oldest request heads the list and the choice
+    // shows.
+    sync_request(app, "oldest first").await;
+    let oldest = app.get_json("/requests?order=oldest&limit=1").await["requests"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    browser.goto(&app.url("/ui/requests?order=oldest")).await?;
+    eventually(
+        browser,
+        &format!(
+            "document.querySelector('#list tbody tr') && \
+             document.querySelector('#list tbody tr').dataset.id === '{oldest}' && \
+             document.querySelector('#filters select[name=order]').value === 'oldest'"
+        ),
+        "the oldest request first, and the order shown",
+    )
+    .await;
+
     // A request submitted while the list is open appears without a reload.
     browser.goto(&app.url("/ui/requests")).await?;
     eventually(
@@ -732,6 +751,7 @@ async fn drive(
     if paused["paused"] != true {
         return Err(format!("the click did not pause {destination}: {views}").into());
     }
+    let held = submit(app, hook).await;
     // The overview says what needs attention: the paused destination, with a way to it.
     browser.goto(&app.url("/ui")).await?;
     eventually(
@@ -744,8 +764,27 @@ async fn drive(
         "the paused destination among what needs attention",
     )
     .await;
+    // And, with the browser's clock two minutes ahead, the request held by the pause among
+    // those waiting longest, saying why, with a link to it.
+    browser
+        .execute(
+            "const real = Date.now; Date.now = () => real.call(Date) + 120000;",
+            vec![],
+        )
+        .await?;
+    eventually(
+        browser,
+        &format!(
+            "[...document.querySelectorAll('#attention li')].some(li => \
+             li.textContent.includes('Request {}') && \
+             li.textContent.includes('an operator paused it') && \
+             li.querySelector('a[href=\"/ui/requests/{held}\"]'))",
+            &held[..8]
+        ),
+        "the held request among those waiting longest",
+    )
+    .await;
     screenshot(browser, "dashboard-attention.png").await;
-    let held = submit(app, hook).await;
     browser
         .goto(&app.url(&format!("/ui/requests/{held}")))
         .await?;

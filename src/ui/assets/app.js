@@ -476,8 +476,9 @@
   }
 
   // Open breakers, paused destinations, the destinations failing most (from GET
-  // /destinations, with the admin token), requests whose callbacks failed for good, and this
-  // instance's failures by cause in the last second; each with a link to the list it names.
+  // /destinations, with the admin token), requests whose callbacks failed for good, the
+  // requests waiting longest and why, and this instance's failures by cause in the last
+  // second; each with a link to the list or request it names.
   async function loadAttention(counts) {
     const box = document.getElementById("attention");
     if (!box) return;
@@ -493,6 +494,11 @@
     if (causes.length) {
       items.push(attentionItem("Delivery attempts failing now: " +
         causes.map(([cause, n]) => cause.replace(/_/g, " ") + " " + round(n) + "/s").join(", ") + "."));
+    }
+    try {
+      items.push(...await waitingLongest());
+    } catch (error) {
+      items.push(attentionItem("Waiting requests could not be read: " + error.message));
     }
     if (adminEnabled && token("admin")) {
       try {
@@ -524,8 +530,27 @@
     box.replaceChildren(...items);
   }
 
+  // The requests that have waited longest for their work or their delivery, a minute or
+  // more, oldest first (GET /requests?order=oldest), with what holds them. One scheduled for
+  // later is not waiting: it is left out.
+  const LONG_WAIT_MS = 60 * 1000;
+  async function waitingLongest() {
+    const items = [];
+    for (const status of ["pending", "callback_pending"]) {
+      const data = await call("GET", "/requests?status=" + status + "&order=oldest&limit=10", "api");
+      const waiting = data.requests.filter((r) => Date.now() - parseTime(r.created_at) >= LONG_WAIT_MS &&
+        !(r.waiting_for === "schedule" && r.next_attempt_at && parseTime(r.next_attempt_at) > Date.now()));
+      for (const r of waiting.slice(0, 3)) {
+        const line = "Request " + r.id.slice(0, 8) + "… accepted " + fromNow(r.created_at) +
+          ", " + status.replace("_", " ") + ": " + nextMove(r) + ".";
+        items.push(attentionItem(line, "/ui/requests/" + encodeURIComponent(r.id), "Open it"));
+      }
+    }
+    return items;
+  }
+
   // ---- requests list ---------------------------------------------------------------------
-  const FILTERS = ["mode", "status", "created_from", "created_to", "callback_host", "id_prefix"];
+  const FILTERS = ["mode", "status", "created_from", "created_to", "callback_host", "id_prefix", "order"];
   const PAGE_SIZE = 50;
   let listBusy = false;
   let listLoaded = false;
@@ -538,6 +563,7 @@
     const idPrefix = (here.get("id_prefix") || "").trim();
     if (idPrefix) {
       query.set("id_prefix", idPrefix);
+      if (here.get("order") === "oldest") query.set("order", "oldest");
       return query;
     }
     for (const key of FILTERS) {
@@ -566,8 +592,10 @@
       const here = new URLSearchParams(window.location.search);
       const query = filterQuery();
       query.set("limit", String(PAGE_SIZE));
-      const before = here.get("before");
-      if (before) query.set("before", before);
+      // Each order pages with its own cursor: `before` newest first, `after` oldest first.
+      const cursorName = query.get("order") === "oldest" ? "after" : "before";
+      const cursor = here.get(cursorName);
+      if (cursor) query.set(cursorName, cursor);
       const data = await call("GET", "/requests?" + query.toString(), "api");
       const rows = data.requests;
       // Only what the operator sees can be acted on: a selected request gone from the page
@@ -581,20 +609,23 @@
       listLoaded = true;
       renderSelection();
       document.getElementById("list-summary").textContent =
-        data.total.toLocaleString() + " matching" + (before ? " (an older page)" : "") +
+        data.total.toLocaleString() + " matching" + (cursor ? " (a later page)" : "") +
         (rows.length ? "" : "; none on this page");
       const older = document.getElementById("older");
       if (data.requests.length === PAGE_SIZE) {
         const next = new URLSearchParams(here);
-        next.set("before", data.requests[data.requests.length - 1].id);
+        next.delete("before");
+        next.delete("after");
+        next.set(cursorName, data.requests[data.requests.length - 1].id);
         older.href = "/ui/requests?" + next.toString();
         older.hidden = false;
       } else older.hidden = true;
       const first = document.getElementById("first-page");
       const newest = new URLSearchParams(here);
       newest.delete("before");
+      newest.delete("after");
       first.href = "/ui/requests" + (newest.toString() ? "?" + newest.toString() : "");
-      first.hidden = !before;
+      first.hidden = !cursor;
       showMessage("");
     } catch (error) {
       if (error.status === 404) {
@@ -1109,11 +1140,12 @@
     } else if (!somethingChanged(update)) {
       return;
     } else if (page === "requests") {
-      // Only the newest page follows the stream, while "Live" is on; an older page stays put
-      // while it is read.
+      // Only the first page (of either order) follows the stream, while "Live" is on; a later
+      // page stays put while it is read.
       const follow = document.getElementById("follow-live");
       if (follow && !follow.checked) return;
-      if (!new URLSearchParams(window.location.search).get("before")) loadList();
+      const here = new URLSearchParams(window.location.search);
+      if (!here.get("before") && !here.get("after")) loadList();
     } else if (page === "request") {
       if (!detailFinal) loadDetail();
     } else if (page === "destinations" && adminEnabled) {
