@@ -111,7 +111,19 @@ pub fn overview(shell: Shell) -> Markup {
         }
         section aria-labelledby="charts-title" {
             h2 #charts-title { "Last 15 minutes" }
-            p.hint { "This instance's own traffic and deliveries, sampled every second." }
+            p.hint {
+                "This instance's own traffic and deliveries, sampled every second and kept in its "
+                "memory for 15 minutes: a restart starts them again (the counts above are the "
+                "database's). Point at a chart to read its values at a time."
+            }
+            p.chart-controls {
+                label { "Range "
+                    select #chart-range {
+                        option value="5" { "5 minutes" }
+                        option value="15" selected { "15 minutes" }
+                    }
+                }
+            }
             div #charts.charts {}
         }
     };

@@ -705,6 +705,38 @@ async fn drive(
         refusing.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    // A chart tells a screen reader its latest and highest values, and pointing at it reads
+    // the values at that time in its legend.
+    let chart = browser
+        .execute(
+            "const svg = document.querySelector('#charts svg.chart');\
+             const box = svg.getBoundingClientRect();\
+             svg.dispatchEvent(new PointerEvent('pointermove', {bubbles: true,\
+               clientX: box.left + box.width * 0.9, clientY: box.top + box.height / 2}));\
+             const legend = svg.closest('figure').querySelector('.legend');\
+             return [svg.getAttribute('aria-label'), legend.querySelector('.at') ? legend.textContent : null];",
+            vec![],
+        )
+        .await?;
+    let label = chart[0].as_str().unwrap_or_default();
+    if !(label.starts_with("Requests per second")
+        && label.contains("now")
+        && label.contains("highest"))
+    {
+        return Err(format!("the chart's spoken summary: {chart}").into());
+    }
+    if !chart[1]
+        .as_str()
+        .is_some_and(|read| read.contains("UTC") && read.contains("sync"))
+    {
+        return Err(format!("pointing at a chart did not read its values: {chart}").into());
+    }
+    browser
+        .execute(
+            "document.querySelector('#charts svg.chart').dispatchEvent(new PointerEvent('pointerleave'));",
+            vec![],
+        )
+        .await?;
     screenshot(browser, "dashboard-overview.png").await;
     // The destinations view, with the admin token.
     browser.goto(&app.url("/ui/destinations")).await?;

@@ -18,7 +18,9 @@
     destination_full: "room at its destination (its most deliveries are in flight)",
     paused: "its destination to be resumed (an operator paused it)",
   };
+  // The charts' history (the most the server keeps) and the range shown of it.
   const WINDOW_MS = 15 * 60 * 1000;
+  let rangeMs = WINDOW_MS;
 
   // ---- tokens -------------------------------------------------------------------------
   const TOKEN_KEYS = { api: "syncasync.api_token", admin: "syncasync.admin_token" };
@@ -153,6 +155,16 @@
     const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" })
       .formatToParts(date).find((p) => p.type === "timeZoneName");
     return local.toISOString().slice(0, 19).replace("T", " ") + " " + (zone ? zone.value : "local");
+  }
+
+  // The charts' range: the last 5 or 15 minutes of the history the server keeps.
+  function setupChartRange() {
+    const select = document.getElementById("chart-range");
+    if (!select) return;
+    select.addEventListener("change", () => {
+      rangeMs = Math.min(WINDOW_MS, Number(select.value) * 60000 || WINDOW_MS);
+      renderCharts();
+    });
   }
 
   function setupZoneSwitch() {
@@ -358,19 +370,50 @@
     return node;
   }
 
-  // A small line chart of `series` ([{name, values, cls}]) over `points`' times.
+  // "18:21" (or "18:21:05" with seconds), in the zone times are shown in.
+  function clock(ms, seconds) {
+    const text = time(new Date(ms).toISOString());
+    const at = text.indexOf(":");
+    return at < 0 ? text : text.slice(at - 2, at + (seconds ? 6 : 3)) + text.slice(19);
+  }
+
+  // A value with its unit: "3.2 /s", "16,138 ms", "7".
+  function withUnit(v, unit) {
+    const whole = v !== null && v !== undefined && (v >= 1000 || Number.isInteger(v));
+    const n = whole ? Math.round(v).toLocaleString() : round(v);
+    return n + (unit ? " " + unit : "");
+  }
+
+  // The smallest 1, 2 or 5 times a power of ten at or above `v` (1 for nothing): the top of a
+  // chart's scale, a number a reader takes in at a glance.
+  function niceCeiling(v) {
+    if (!(v > 0)) return 1;
+    const power = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const step of [1, 2, 5, 10]) if (step * power >= v) return step * power;
+    return 10 * power;
+  }
+
+  // A small line chart of `series` ([{name, values, cls}]) over `points`' times, shown from
+  // the start of the range: its top and bottom values on the left, its first time and "now"
+  // below, and a legend that reads the latest values, or those at the time pointed at. A
+  // screen reader hears the title and, per series, its latest and highest values.
   function chart(title, unit, series, note) {
     const width = 300;
     const height = 80;
     const [start, span] = timeSpan();
+    const shown = points.map((p) => p.at >= start);
     let max = 0;
-    for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
-    const top = max > 0 ? max * 1.1 : 1;
+    for (const s of series) s.values.forEach((v, i) => { if (shown[i] && v !== null && v > max) max = v; });
+    const top = niceCeiling(max);
+    const latest = (s) => (s.values.length ? s.values[s.values.length - 1] : null);
+    const spoken = title + ", last " + Math.round(span / 60000) + " min: " + series.map((s) =>
+      s.name + " now " + withUnit(latest(s), unit) + ", highest " +
+      withUnit(Math.max(0, ...s.values.filter((v, i) => shown[i] && v !== null)), unit)).join("; ") + ".";
     const graphic = svg("svg", {
       viewBox: "0 0 " + width + " " + height,
       preserveAspectRatio: "none",
       role: "img",
-      "aria-label": title,
+      "aria-label": spoken,
       class: "chart",
     });
     graphic.append(svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }));
@@ -382,6 +425,7 @@
           pen = false;
           return;
         }
+        if (!shown[i]) return;
         const x = ((points[i].at - start) / span) * width;
         const y = height - (v / top) * (height - 4) - 1;
         path += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
@@ -389,16 +433,46 @@
       });
       if (path) graphic.append(svg("path", { d: path, class: "line " + s.cls }));
     }
-    const legend = el("p", { class: "legend" });
-    for (const s of series) {
-      const last = s.values.length ? s.values[s.values.length - 1] : null;
-      legend.append(el("span", { class: "key " + s.cls }, s.name + " " + round(last) + (unit ? " " + unit : "")));
-    }
+    const cursor = svg("line", { x1: 0, y1: 0, x2: 0, y2: height, class: "cursor", visibility: "hidden" });
+    graphic.append(cursor);
+    const legend = el("p", { class: "legend", "aria-hidden": "true" });
+    const readOut = (i) => {
+      const keys = series.map((s) => el("span", { class: "key " + s.cls },
+        s.name + " " + withUnit(i === null ? latest(s) : s.values[i], unit)));
+      legend.replaceChildren(...(i === null ? keys : [el("span", { class: "at", text: clock(points[i].at, true) }), ...keys]));
+    };
+    readOut(null);
+    // The sample nearest the pointer: the legend reads it, a line marks it.
+    graphic.addEventListener("pointermove", (event) => {
+      const box = graphic.getBoundingClientRect();
+      const at = start + ((event.clientX - box.left) / Math.max(1, box.width)) * span;
+      let best = null;
+      points.forEach((p, i) => {
+        if (shown[i] && (best === null || Math.abs(p.at - at) < Math.abs(points[best].at - at))) best = i;
+      });
+      if (best === null) return;
+      const x = (((points[best].at - start) / span) * width).toFixed(1);
+      cursor.setAttribute("x1", x);
+      cursor.setAttribute("x2", x);
+      cursor.setAttribute("visibility", "visible");
+      readOut(best);
+    });
+    graphic.addEventListener("pointerleave", () => {
+      cursor.setAttribute("visibility", "hidden");
+      readOut(null);
+    });
+    const plot = el("div", { class: "plot" },
+      graphic,
+      el("span", { class: "y-top", "aria-hidden": "true", text: withUnit(top, unit) }),
+      el("span", { class: "y-zero", "aria-hidden": "true", text: "0" }));
+    const xAxis = el("p", { class: "x-axis", "aria-hidden": "true" },
+      el("span", { text: clock(start, false) }), el("span", { text: "now" }));
     return el(
       "figure",
       { class: "chart-box" },
-      el("figcaption", {}, title, el("span", { class: "max", text: "max " + round(max) })),
-      graphic,
+      el("figcaption", {}, title, el("span", { class: "max", text: "max " + withUnit(max, unit) })),
+      plot,
+      xAxis,
       legend,
       note ? el("p", { class: "hint", text: note }) : null,
     );
@@ -408,7 +482,7 @@
   // instance has not been up that long (so a young history is not a sliver at the right).
   function timeSpan() {
     const now = Date.now();
-    const start = points.length ? Math.max(now - WINDOW_MS, Math.min(points[0].at, now - 60000)) : now - WINDOW_MS;
+    const start = points.length ? Math.max(now - rangeMs, Math.min(points[0].at, now - 60000)) : now - rangeMs;
     return [start, Math.max(1, now - start)];
   }
 
@@ -416,8 +490,9 @@
     const box = document.getElementById("charts");
     if (!box) return;
     const minutes = Math.round(timeSpan()[1] / 60000);
-    document.getElementById("charts-title").textContent =
-      minutes >= 15 ? "Last 15 minutes" : "Last " + Math.max(1, minutes) + " minute" + (minutes > 1 ? "s" : "") + " (since this instance started)";
+    const full = minutes >= Math.round(rangeMs / 60000);
+    document.getElementById("charts-title").textContent = "Last " + Math.max(1, minutes) + " minute" +
+      (minutes > 1 ? "s" : "") + (full ? "" : " (since this instance started)");
     const pick = (key) => points.map((p) => p[key]);
     const causes = new Set();
     for (const p of points) {
@@ -1155,6 +1230,7 @@
 
   setupTokenForm();
   setupZoneSwitch();
+  setupChartRange();
   if (page === "requests") {
     const follow = document.getElementById("follow-live");
     if (follow) follow.addEventListener("change", () => { if (follow.checked) loadList(); });
