@@ -727,8 +727,15 @@ pub fn one_line_error(command: &clap::Command, err: &clap::Error) -> Option<Stri
         .get_long()
         .map(|l| format!("--{l}"))
         .unwrap_or_else(|| arg_text.clone());
+    // A value parser says why; a value of a fixed set (no parser's reason) lists the set.
     let reason = std::error::Error::source(err)
         .map(|s| s.to_string())
+        .or_else(|| match err.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(valid)) => {
+                Some(format!("must be one of: {}", valid.join(", ")))
+            }
+            _ => None,
+        })
         .unwrap_or_else(|| "invalid value".to_string());
     // A secret's value is never echoed, not even a wrong one: stderr ends up in logs.
     let value = if arg.is_hide_env_values_set() {
@@ -759,6 +766,21 @@ mod tests {
     fn parse(args: &[&str]) -> Config {
         let args = std::iter::once("test").chain(args.iter().copied());
         Cli::try_parse_from(args).expect("settings").config
+    }
+
+    #[test]
+    fn a_value_outside_a_fixed_set_is_refused_listing_the_set() {
+        use clap::CommandFactory;
+        let err = Cli::try_parse_from(["test", "--log-format", "xml"])
+            .err()
+            .expect("refused");
+        let mut command = Cli::command();
+        command.build();
+        let line = super::one_line_error(&command, &err).expect("one line");
+        assert_eq!(
+            line,
+            "invalid value \"xml\" for APP_LOG_FORMAT (--log-format): must be one of: text, json"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod admin;
 mod auth;
 mod batch;
+mod callback_doc;
 mod control;
 mod destinations;
 mod error;
@@ -211,9 +212,42 @@ fn with_operator_caps(
     doc
 }
 
+/// The title of the `/docs` page (Swagger UI's own page says only "Swagger UI", which tells a
+/// reader with several tabs open nothing).
+const DOCS_TITLE: &str = concat!(
+    "<title>syncasync ",
+    env!("CARGO_PKG_VERSION"),
+    " API</title>"
+);
+
+/// Gives Swagger UI's page (the one HTML file of `/docs`) the service's title.
+async fn docs_page_title(req: Request, next: middleware::Next) -> axum::response::Response {
+    let response = next.run(req).await;
+    let is_html = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    let encoded = response
+        .headers()
+        .contains_key(axum::http::header::CONTENT_ENCODING);
+    if !is_html || encoded {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // The page is under a kilobyte, built into the binary.
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let page = String::from_utf8_lossy(&bytes).replace("<title>Swagger UI</title>", DOCS_TITLE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(page))
+}
+
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api(&state).split_for_parts();
-    let openapi = with_operator_caps(openapi, &state.service.control_limits);
+    let mut openapi = with_operator_caps(openapi, &state.service.control_limits);
+    openapi.webhooks = Some(callback_doc::webhooks());
     let api_paths = Arc::new(PathMatcher::new(openapi.paths.paths.keys()));
     let max_body_bytes = state.body_limits.max_bytes;
     // No online validator: Swagger UI would send the document's address to swagger.io from
@@ -221,7 +255,7 @@ pub fn router(state: AppState) -> Router {
     let swagger = SwaggerUi::new("/docs")
         .url("/openapi.json", openapi)
         .config(utoipa_swagger_ui::Config::default().validator_url("none"));
-    let mut docs = Router::from(swagger);
+    let mut docs = Router::from(swagger).layer(middleware::from_fn(docs_page_title));
     if let Some(token) = state.api_token.clone() {
         // The document maps every operation: whoever may not call the API need not read it
         // (SPEC §9). A browser cannot add the header to a page load, so the page is opened

@@ -169,7 +169,17 @@ fn share(s: &str) -> Result<f64, String> {
 
 /// An http URL with a host, without a trailing slash (paths are appended to it).
 fn base_url(s: &str) -> Result<String, String> {
-    let url = url::Url::parse(s).map_err(|err| err.to_string())?;
+    // `127.0.0.1:8000` does not parse and `localhost:8000` parses as a scheme: either way the
+    // scheme is missing, and saying which URL was meant is the help.
+    let missing_scheme = || format!("needs its scheme: did you mean http://{s}?");
+    let url = match url::Url::parse(s) {
+        Ok(url) => url,
+        Err(url::ParseError::RelativeUrlWithoutBase) => return Err(missing_scheme()),
+        Err(err) => return Err(err.to_string()),
+    };
+    if !s.contains("://") {
+        return Err(missing_scheme());
+    }
     if url.scheme() != "http" {
         return Err("must be an http:// URL (the service serves plain HTTP)".into());
     }
@@ -493,5 +503,27 @@ async fn preflight(base_url: &str) -> Result<Target, LoadgenError> {
             "no answer to GET /healthz within {} s",
             PREFLIGHT_TIMEOUT.as_secs()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_url;
+
+    #[test]
+    fn a_url_without_its_scheme_is_refused_with_the_one_meant() {
+        for given in ["127.0.0.1:8000", "localhost:8000", "[::1]:8000"] {
+            let err = base_url(given).unwrap_err();
+            assert!(err.contains(&format!("http://{given}")), "{given}: {err}");
+        }
+        assert_eq!(
+            base_url("http://127.0.0.1:8000/").unwrap(),
+            "http://127.0.0.1:8000"
+        );
+        assert!(
+            base_url("https://example.com")
+                .unwrap_err()
+                .contains("http://")
+        );
     }
 }

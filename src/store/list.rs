@@ -118,7 +118,8 @@ impl ListFilter {
         }
     }
 
-    fn newest_first_order(&self) -> String {
+    /// The newest-first order, whatever the list's.
+    pub(crate) fn newest_first_order(&self) -> String {
         if self.id_prefix.is_some() {
             return "id DESC".into();
         }
@@ -309,11 +310,12 @@ pub(crate) fn count_sql(filter: &ListFilter, dialect: &Dialect) -> (String, Vec<
     params.push(ListParam::Int(
         i64::try_from(filter.count_limit.saturating_add(1)).unwrap_or(i64::MAX),
     ));
-    // In the page's order, so that the planner walks the same index (see
-    // `ListFilter::order_by`) and stops after the limit, rather than reading the table; on
-    // SQLite without the page's tie-break on `id`, which its indexes do not hold (sorting
-    // each run of equal times made a capped count 40 times slower).
-    let order = filter.order_by();
+    // In the order of a newest-first page (whichever order the list is in: the count is the
+    // same), so that the planner walks the same index (see `ListFilter::order_by`) and stops
+    // after the limit, rather than reading the table; on SQLite without the page's tie-break
+    // on `id`, which its indexes do not hold (sorting each run of equal times made a capped
+    // count 40 times slower).
+    let order = filter.newest_first_order();
     let order = match order.strip_suffix(", id DESC") {
         Some(without_id) if !dialect.indexes_hold_id => without_id,
         _ => &order,

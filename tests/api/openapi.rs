@@ -145,7 +145,9 @@ async fn the_document_lists_every_route_and_each_is_served() {
             "created_to",
             "callback_host",
             "id_prefix",
+            "order",
             "before",
+            "after",
             "limit",
             "offset"
         ]
@@ -216,6 +218,13 @@ async fn the_docs_page_and_its_assets_are_served_from_the_binary() {
     );
     let html = page.text().await.unwrap();
     assert!(html.contains("swagger-ui"), "{html}");
+    assert!(
+        html.contains(&format!(
+            "<title>syncasync {} API</title>",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{html}"
+    );
     // Every script and stylesheet the page loads comes from this server.
     let assets: Vec<&str> = html
         .split(['"', '\''])
@@ -277,13 +286,12 @@ fn find_property<'a>(schema: &'a Value, name: &str) -> Option<&'a Value> {
 /// What client generators and the docs page read: each operation has its own camelCase
 /// `operationId` and a one-line summary beside its description, and the request bodies'
 /// examples are bodies the service accepts (not one built from every field's example, which
-/// would set `run_at` and `delay_seconds` together).
+/// would set `run_at` and `delay_seconds` together), their callbacks on loopback.
 #[tokio::test]
 async fn operations_are_named_and_summarised_and_bodies_have_working_examples() {
     let app = TestServer::builder()
         .setting("admin-token", "t")
-        .setting("callback-allowed-hosts", "example.com")
-        .lookup(crate::helpers::StaticLookup::default().with("example.com", &["127.0.0.1"]))
+        .setting("callback-allowed-hosts", "127.0.0.1")
         .start()
         .await;
     let doc = document(&app).await;
@@ -303,6 +311,33 @@ async fn operations_are_named_and_summarised_and_bodies_have_working_examples() 
             "{method} {path}: summary {summary:?}"
         );
     }
+    // The callback, as an OpenAPI webhook: its body and every header it carries.
+    let callback = &doc["webhooks"]["callback"]["post"];
+    assert_eq!(
+        callback["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/CallbackPayload",
+        "{callback}"
+    );
+    let headers: BTreeSet<&str> = callback["parameters"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|p| p["in"] == "header")
+                .filter_map(|p| p["name"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        headers,
+        BTreeSet::from([
+            "X-Attempt",
+            "X-Request-ID",
+            "webhook-id",
+            "webhook-signature",
+            "webhook-timestamp"
+        ]),
+        "{callback}"
+    );
     let schemas = &doc["components"]["schemas"];
     for (path, schema) in [
         ("/sync", "SyncRequest"),
@@ -311,6 +346,11 @@ async fn operations_are_named_and_summarised_and_bodies_have_working_examples() 
     ] {
         let example = &schemas[schema]["example"];
         assert!(example.is_object(), "{schema} has no example");
+        let text = example.to_string();
+        assert!(
+            !text.contains("callback_url") || text.contains("\"http://127.0.0.1:9999/callback\""),
+            "{schema}'s example sends its callback off this machine: {text}"
+        );
         let (status, body) = read(app.post_json(path, example).await).await;
         assert_eq!(status, 200, "{path} refused its own example: {body}");
     }

@@ -167,6 +167,13 @@ impl PgStore {
                 // away hears so promptly instead of hanging.
                 .acquire_timeout(ACQUIRE_TIMEOUT)
         };
+        // One connection first, on its own: a pool retries until its acquire timeout and then
+        // says only that it timed out, where this says why (connection refused, no such
+        // database, authentication failed).
+        sqlx::Connection::close(
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await?,
+        )
+        .await?;
         let pool = pool_options().connect_with(options.clone()).await?;
         let relaxed = pool_options()
             .connect_with(options.clone().options([("synchronous_commit", "off")]))

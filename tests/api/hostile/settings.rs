@@ -73,6 +73,38 @@ fn settings_that_would_break_something_are_refused_in_one_line_naming_them() {
     }
 }
 
+/// The one line says what is wrong, not only where: a database nobody listens for is
+/// "connection refused" at once (not a pool's timeout after seconds), and a value outside a
+/// fixed set lists the set.
+#[tokio::test]
+async fn refusals_say_why() {
+    let address = crate::helpers::unused_port().await;
+    let url = format!("postgres://postgres@{address}/syncasync");
+    for (env, why) in [
+        (
+            vec![("APP_DATABASE_URL", url.as_str())],
+            "Connection refused",
+        ),
+        (
+            vec![("APP_LOG_FORMAT", "xml")],
+            "must be one of: text, json",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let (code, stderr) = super::start_binary_with(&env, Duration::from_secs(10));
+        assert!(
+            matches!(code, Some(1 | 2)),
+            "{env:?}: exit {code:?}: {stderr}"
+        );
+        assert!(stderr.contains(why), "{env:?}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{env:?}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 /// Scheduling turned off (`0`, written with the newline a settings file leaves): a request
 /// asking for a later start is refused, one asking for a time already past is taken, and so
 /// is a delay of zero.
