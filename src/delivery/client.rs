@@ -154,7 +154,7 @@ impl CallbackClient {
                 .timeout(timeout)
                 .connect_timeout(timeout.min(Duration::from_secs(5)))
                 .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("syncasync/", env!("CARGO_PKG_VERSION")))
+                .user_agent(USER_AGENT)
                 .pool_max_idle_per_host(idle_per_destination)
                 .pool_idle_timeout(IDLE_TIMEOUT)
                 .dns_resolver(Arc::clone(&resolver))
@@ -259,26 +259,15 @@ impl CallbackClient {
             ));
         }
 
-        // The body is the same on every attempt (a receiver may dedupe or verify by it); the
-        // attempt's own time travels in `webhook-timestamp`, which the signature covers.
         let result = &work.result;
-        let payload = CallbackPayload {
-            request_id: result.request_id.clone(),
-            status: "success".into(),
-            result: result.clone(),
-            error: None,
-            timestamp: crate::timestamps::format(&work.completed_at),
-        };
-        let body = serde_json::to_vec(&payload)
-            .map_err(|e| Failure::new(AttemptKind::Invalid, e.to_string()))?;
+        let body = callback_body(work);
         let webhook_timestamp = started_at.timestamp();
         let mut request = http
             .post(parsed)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("X-Request-ID", &result.request_id)
-            .header("X-Attempt", attempt.to_string())
-            .header("webhook-id", &result.request_id)
-            .header("webhook-timestamp", webhook_timestamp.to_string());
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in callback_headers(&result.request_id, attempt, webhook_timestamp) {
+            request = request.header(name, value);
+        }
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
         }
@@ -317,6 +306,40 @@ impl CallbackClient {
         })
     }
 }
+
+/// The body of every callback of `work`: the same on every attempt (a receiver may dedupe or
+/// verify by it); the attempt's own time travels in `webhook-timestamp`, which the signature
+/// covers.
+pub fn callback_body(work: &FinishedWork) -> Vec<u8> {
+    // Strings and numbers only, with derived impls: serialising it cannot fail (serde_json
+    // fails only on a map key that is not a string or an impl that errors; NaN is null).
+    serde_json::to_vec(&CallbackPayload {
+        request_id: work.result.request_id.clone(),
+        status: "success".into(),
+        result: work.result.clone(),
+        error: None,
+        timestamp: crate::timestamps::format(&work.completed_at),
+    })
+    .unwrap_or_default()
+}
+
+/// The headers of attempt `attempt` of a callback, besides its content type, user agent and
+/// signature: the dashboard shows them as sent.
+pub fn callback_headers(
+    request_id: &str,
+    attempt: u32,
+    webhook_timestamp: i64,
+) -> [(&'static str, String); 4] {
+    [
+        ("X-Request-ID", request_id.to_string()),
+        ("X-Attempt", attempt.to_string()),
+        ("webhook-id", request_id.to_string()),
+        ("webhook-timestamp", webhook_timestamp.to_string()),
+    ]
+}
+
+/// The user agent of every callback.
+pub const USER_AGENT: &str = concat!("syncasync/", env!("CARGO_PKG_VERSION"));
 
 struct Answer {
     status: reqwest::StatusCode,

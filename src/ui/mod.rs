@@ -4,10 +4,10 @@
 //! Pages are server-rendered shells ([`pages`]); a small script fills them from the same JSON
 //! API any client uses (`GET /requests`, `GET /requests/{id}`, the admin endpoints), so the
 //! dashboard shows exactly what the API shows and asks for the same tokens, which it sends
-//! as bearer headers. Two endpoints are its own: `GET /ui/api/overview` (the last 15 minutes
-//! and the status counts) and `GET /ui/api/stream` (server-sent events, one overview update
-//! a second, which also tells open pages to refresh). Both need the API token when one is
-//! set. The stream is read with `fetch` rather than `EventSource`, which cannot send headers:
+//! as bearer headers. Three endpoints are its own: `GET /ui/api/overview` (the last 15
+//! minutes and the status counts), `GET /ui/api/stream` (server-sent events, one overview
+//! update a second, which also tells open pages to refresh) and `GET /ui/api/callback/{id}`
+//! (a request's callback as sent). They need the API token when one is set. The stream is read with `fetch` rather than `EventSource`, which cannot send headers:
 //! a token never goes in an address.
 //!
 //! Nothing here is in the OpenAPI document: it is a user interface, not API.
@@ -81,6 +81,7 @@ static STYLESHEET: LazyLock<Asset> = LazyLock::new(|| {
 pub fn router(state: &AppState) -> Router<AppState> {
     let mut api = Router::new()
         .route("/ui/api/overview", get(overview_json))
+        .route("/ui/api/callback/{id}", get(callback_as_sent))
         .route("/ui/api/stream", get(stream));
     if let Some(token) = state.api_token.clone() {
         api = api.route_layer(middleware::from_fn_with_state(token, require_api_token));
@@ -126,6 +127,66 @@ fn shell(state: &AppState) -> Shell {
         script: &SCRIPT.path,
         stylesheet: &STYLESHEET.path,
     }
+}
+
+/// A request's callback as its attempts sent it: the body (byte for byte) and each attempt's
+/// headers, made by the code that sends them. The signature is not kept (nor shown: it would
+/// let whoever reads this replay the callback within the receiver's tolerance).
+#[derive(Serialize)]
+struct CallbackAsSent {
+    url: String,
+    body: String,
+    attempts: Vec<AttemptHeaders>,
+}
+
+#[derive(Serialize)]
+struct AttemptHeaders {
+    attempt: u32,
+    headers: Vec<(&'static str, String)>,
+}
+
+async fn callback_as_sent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CallbackAsSent>, ApiError> {
+    use crate::delivery::client::{USER_AGENT, callback_body, callback_headers};
+    let record = state
+        .service
+        .get(&id)
+        .await?
+        .ok_or(ApiError::RequestNotFound)?;
+    let (Some(url), Some(result), Some(completed_at)) =
+        (record.callback_url, record.result, record.completed_at)
+    else {
+        // No callback has a body yet (sync, or its work not done).
+        return Err(ApiError::RequestNotFound);
+    };
+    let work = crate::store::FinishedWork {
+        result,
+        completed_at,
+    };
+    let body = callback_body(&work);
+    let attempts = record
+        .attempts
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            let mut headers = vec![
+                ("Content-Type", "application/json".to_string()),
+                ("User-Agent", USER_AGENT.to_string()),
+            ];
+            headers.extend(callback_headers(&id, a.attempt, a.started_at.timestamp()));
+            AttemptHeaders {
+                attempt: a.attempt,
+                headers,
+            }
+        })
+        .collect();
+    Ok(Json(CallbackAsSent {
+        url,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        attempts,
+    }))
 }
 
 async fn overview_page(State(state): State<AppState>) -> Html<String> {

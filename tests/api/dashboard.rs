@@ -568,6 +568,24 @@ async fn drive(
     if shown["answer"] != HOSTILE_ANSWER || shown["elements"] != 0 || !shown["pwned"].is_null() {
         return Err(format!("the receiver's answer was not shown as plain text: {shown}").into());
     }
+    // Each attempt's callback as sent: its headers and the body, read when opened.
+    browser
+        .execute(
+            "document.querySelector('#attempts details.sent[data-attempt=\"2\"] summary').click();",
+            vec![],
+        )
+        .await?;
+    eventually(
+        browser,
+        &format!(
+            "(() => {{ const pre = document.querySelector('#attempts details.sent[data-attempt=\"2\"] pre');\
+             return pre && pre.textContent.includes('X-Attempt: 2') &&\
+               pre.textContent.includes('webhook-id: {failed}') &&\
+               pre.textContent.includes('\"request_id\":\"{failed}\"'); }})()"
+        ),
+        "the second attempt's callback as sent",
+    )
+    .await;
     screenshot(browser, "dashboard-request.png").await;
 
     // Redeliver it with the token, and watch its status change without a reload.

@@ -388,3 +388,64 @@ async fn a_retry_after_from_the_receiver_is_honoured() {
         "retried after {gap} despite Retry-After: 1"
     );
 }
+
+/// The dashboard shows each attempt's callback as sent (`GET /ui/api/callback/{id}`): the
+/// body byte for byte and every header the receiver got but the signature, made by the code
+/// that sends them, for a first attempt refused and a retry delivered.
+#[tokio::test]
+async fn the_callback_as_shown_is_the_callback_as_received() {
+    let app = TestServer::builder()
+        .setting(
+            "callback-signing-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .start()
+        .await;
+    let receiver = Receiver::start(Behaviour::fail_first(1)).await;
+    let id = app.submit("shown as sent", &receiver.url()).await;
+    app.wait_for_status(&id, "callback_success", Duration::from_secs(15))
+        .await;
+    let (status, shown) =
+        crate::helpers::read(app.get(&format!("/ui/api/callback/{id}")).await).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["url"], receiver.url());
+    let received = receiver.received();
+    assert_eq!(received.len(), 2);
+    for (n, got) in received.iter().enumerate() {
+        assert_eq!(
+            shown["body"].as_str().unwrap().as_bytes(),
+            &got.raw[..],
+            "attempt {}",
+            n + 1
+        );
+        let headers = shown["attempts"][n]["headers"].as_array().unwrap();
+        assert_eq!(headers.len(), 6, "{shown}");
+        for header in headers {
+            let (name, value) = (header[0].as_str().unwrap(), header[1].as_str().unwrap());
+            assert_eq!(
+                got.headers.get(name).and_then(|v| v.to_str().ok()),
+                Some(value),
+                "attempt {}: {name}",
+                n + 1
+            );
+        }
+        assert!(got.headers.contains_key("webhook-signature"));
+        assert!(
+            !shown.to_string().contains("v1,"),
+            "no signature is shown: {shown}"
+        );
+    }
+    // A request whose work is not done has no callback to show, nor has a sync request.
+    let sync = app.post_sync(&json!({"data": "sync"})).await;
+    let sync_id = sync.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(
+        app.get(&format!("/ui/api/callback/{sync_id}"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.get("/ui/api/callback/no-such-request").await.status(),
+        404
+    );
+}

@@ -1011,6 +1011,45 @@
     }
   }
 
+  // Each attempt's callback as sent (GET /ui/api/callback/{id}: the body byte for byte and
+  // the attempt's headers), read when first opened; which are open survives a refresh.
+  const openCallbacks = new Set();
+  let callbackSent = null;
+
+  async function callbackAsSent(r) {
+    const attempts = (r.attempts || []).length;
+    if (!callbackSent || callbackSent.attempts.length < attempts) {
+      callbackSent = await call("GET", "/ui/api/callback/" + encodeURIComponent(r.id), "api");
+    }
+    return callbackSent;
+  }
+
+  function callbackDetails(a, r) {
+    const pre = el("pre", { class: "answer", text: "Reading…" });
+    const details = el("details", { class: "sent", "data-attempt": String(a.attempt) },
+      el("summary", { text: "The callback as sent" }), pre);
+    const fill = async () => {
+      try {
+        const sent = await callbackAsSent(r);
+        const own = sent.attempts.find((x) => x.attempt === a.attempt);
+        const lines = ["POST " + sent.url];
+        for (const [name, value] of own ? own.headers : []) lines.push(name + ": " + value);
+        lines.push("webhook-signature: v1,… (one per APP_CALLBACK_SIGNING_SECRET secret, when set; not kept)");
+        pre.textContent = lines.join("\n") + "\n\n" + sent.body;
+      } catch (error) {
+        pre.textContent = "Could not be read: " + error.message;
+      }
+    };
+    details.addEventListener("toggle", () => {
+      if (details.open) {
+        openCallbacks.add(a.attempt);
+        fill();
+      } else openCallbacks.delete(a.attempt);
+    });
+    if (openCallbacks.has(a.attempt)) details.open = true;
+    return details;
+  }
+
   function renderAttempts(attempts, r) {
     const box = document.getElementById("attempts");
     if (attempts.length === 0) {
@@ -1037,6 +1076,7 @@
       if (a.response_body !== null && a.response_body !== undefined && a.response_body !== "") {
         item.append(el("p", { class: "hint", text: "Answer (first 1 KiB):" }), el("pre", { class: "answer", text: a.response_body }));
       }
+      if (r.result) item.append(callbackDetails(a, r));
       return item;
     });
     box.replaceChildren(el("ol", { class: "timeline" }, ...items));
