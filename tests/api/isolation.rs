@@ -281,6 +281,19 @@ async fn each_delivered_within(app: &TestServer, receiver: &Receiver, n: usize, 
     }
 }
 
+/// A service with the service's defaults but ten workers (the original's count), and a
+/// receiver that answers at once and has proven itself.
+async fn ten_workers_and_a_healthy_receiver() -> (TestServer, Receiver) {
+    let app = TestServer::builder()
+        .settings(DEFAULTS)
+        .setting("async-worker-count", "10")
+        .start()
+        .await;
+    let healthy = Receiver::start(Behaviour::accept()).await;
+    prove(&app, &healthy, 3).await;
+    (app, healthy)
+}
+
 /// Two, then fifty, destinations that accept and never answer, each with a backlog, beside a
 /// destination that answers: the healthy one keeps its share of the workers, with the
 /// service's default worker count and with the original's 10.
@@ -405,19 +418,14 @@ async fn destinations_that_hang_after_earning_a_share_give_the_workers_back() {
     }
 }
 
-/// Two destinations that answer every callback, but each in 1.2 s (under the slow threshold,
-/// so they stay proven), with a backlog: busy proven destinations share the workers so that
-/// some are always free (ten workers, two busy: three each), and a healthy receiver's
-/// callback, due after both backlogs, goes at once instead of waiting for them.
+/// Two destinations that answer every callback, but each in 1.2 s (under the slow threshold:
+/// no delivery goes slow), with a backlog: busy destinations share the workers so that some
+/// are always free (ten workers, two busy: a third each while proven, and once they have
+/// answered unhurriedly, the unproven part), and a healthy receiver's callback, due after
+/// both backlogs, goes at once instead of waiting for them.
 #[tokio::test]
 async fn two_slow_but_answering_destinations_cannot_delay_a_healthy_one() {
-    let app = TestServer::builder()
-        .settings(DEFAULTS)
-        .setting("async-worker-count", "10")
-        .start()
-        .await;
-    let healthy = Receiver::start(Behaviour::accept()).await;
-    prove(&app, &healthy, 3).await;
+    let (app, healthy) = ten_workers_and_a_healthy_receiver().await;
     // Each answers its first 40 callbacks at once (earning room for five, the cap with ten
     // workers), then takes 1.2 s over each, and always answers 200.
     let slow = [
@@ -453,13 +461,7 @@ async fn two_slow_but_answering_destinations_cannot_delay_a_healthy_one() {
 /// callbacks go at once while theirs still move.
 #[tokio::test]
 async fn many_destinations_answering_just_under_the_slow_threshold_cannot_take_the_workers() {
-    let app = TestServer::builder()
-        .settings(DEFAULTS)
-        .setting("async-worker-count", "10")
-        .start()
-        .await;
-    let healthy = Receiver::start(Behaviour::accept()).await;
-    prove(&app, &healthy, 3).await;
+    let (app, healthy) = ten_workers_and_a_healthy_receiver().await;
     let slow = join_all(
         (0..20).map(|_| Receiver::start(Behaviour::hang_after(1, Duration::from_millis(1500)))),
     )

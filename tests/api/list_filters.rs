@@ -25,6 +25,20 @@ async fn bulk(app: &TestServer, query: &str, token: Option<&str>) -> (u16, Value
     read(request.send().await.expect("sent")).await
 }
 
+/// Every page of the list `query` names, each after the last of the one before by `cursor`.
+async fn walk(app: &TestServer, query: &str, cursor: &str) -> Vec<String> {
+    let mut walked = Vec::new();
+    let mut next = query.to_string();
+    loop {
+        let page = list(app, &next).await;
+        let Some(last) = page.last() else {
+            return walked;
+        };
+        next = format!("{query}&{cursor}={last}");
+        walked.extend(page);
+    }
+}
+
 #[tokio::test]
 async fn keyset_pages_walk_the_whole_list_in_order() {
     let app = TestServer::builder().start().await;
@@ -36,17 +50,7 @@ async fn keyset_pages_walk_the_whole_list_in_order() {
     }
     let everything = list(&app, "limit=1000").await;
     assert_eq!(everything.len(), 7);
-    let mut walked = Vec::new();
-    let mut query = "limit=3".to_string();
-    loop {
-        let page = list(&app, &query).await;
-        if page.is_empty() {
-            break;
-        }
-        walked.extend(page.iter().cloned());
-        query = format!("limit=3&before={}", page[page.len() - 1]);
-    }
-    assert_eq!(walked, everything);
+    assert_eq!(walk(&app, "limit=3", "before").await, everything);
     // The total is of the whole filter, not of what is left after the cursor.
     let body = app
         .get_json(&format!("/requests?limit=3&before={}", everything[2]))
@@ -57,17 +61,7 @@ async fn keyset_pages_walk_the_whole_list_in_order() {
     // prefix's too.
     let oldest: Vec<String> = everything.iter().rev().cloned().collect();
     assert_eq!(list(&app, "order=oldest&limit=1000").await, oldest);
-    let mut walked = Vec::new();
-    let mut query = "order=oldest&limit=2".to_string();
-    loop {
-        let page = list(&app, &query).await;
-        if page.is_empty() {
-            break;
-        }
-        walked.extend(page.iter().cloned());
-        query = format!("order=oldest&limit=2&after={}", page[page.len() - 1]);
-    }
-    assert_eq!(walked, oldest);
+    assert_eq!(walk(&app, "order=oldest&limit=2", "after").await, oldest);
     let prefix = &oldest[0][..8];
     let by_prefix = list(&app, &format!("id_prefix={prefix}&order=oldest&limit=1000")).await;
     assert_eq!(by_prefix.first(), Some(&oldest[0]));
