@@ -263,10 +263,10 @@ fn parse_bulk(query: &str) -> Result<(super::requests::ListParams, bool, u32), V
                     Err(error) => errors.push(error),
                 }
             }
-            "before" | "offset" => errors.push(FieldError::query(
+            "before" | "after" | "offset" | "order" => errors.push(FieldError::query(
                 key.as_ref(),
                 "not_allowed",
-                "a bulk redelivery takes every matching request, not a page",
+                "a bulk redelivery takes every matching request, newest first, not a page",
                 &value,
             )),
             // It filters on `callback_failed` too, and an id prefix is never combined with
@@ -312,13 +312,14 @@ fn parse_bulk(query: &str) -> Result<(super::requests::ListParams, bool, u32), V
                 return Ok((params, dry_run, at_most));
             }
         }
-        // The list parser also reads `limit`, with a wider range: keep only its other errors.
+        // The list parser also reads `limit`, with a wider range, and the cursors, refused
+        // here already: keep only its other errors.
         Err(list_errors) => {
-            let limit = Loc::Name("limit".into());
+            let read_here = ["limit", "after", "before"].map(|name| Loc::Name(name.into()));
             errors.extend(
                 list_errors
                     .into_iter()
-                    .filter(|e| e.loc.last() != Some(&limit)),
+                    .filter(|e| e.loc.last().is_none_or(|loc| !read_here.contains(loc))),
             );
         }
     }

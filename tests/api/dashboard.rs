@@ -749,6 +749,18 @@ async fn drive(
     {
         return Err(format!("pointing at a chart did not read its values: {chart}").into());
     }
+    // The charts are drawn again with each second's sample: the reading stays.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let kept = browser
+        .execute(
+            "const legend = document.querySelector('#charts figure .legend');\
+             return legend.querySelector('.at') ? legend.textContent : null;",
+            vec![],
+        )
+        .await?;
+    if kept.is_null() {
+        return Err("the chart's reading went away when it was drawn again".into());
+    }
     browser
         .execute(
             "document.querySelector('#charts svg.chart').dispatchEvent(new PointerEvent('pointerleave'));",

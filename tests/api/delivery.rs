@@ -390,8 +390,9 @@ async fn a_retry_after_from_the_receiver_is_honoured() {
 }
 
 /// The dashboard shows each attempt's callback as sent (`GET /ui/api/callback/{id}`): the
-/// body byte for byte and every header the receiver got but the signature, made by the code
-/// that sends them, for a first attempt refused and a retry delivered.
+/// body byte for byte and the headers the service sets but the signature (HTTP's own, Host,
+/// Content-Length, Accept, are not shown), made by the code that sends them, for a first
+/// attempt refused and a retry delivered.
 #[tokio::test]
 async fn the_callback_as_shown_is_the_callback_as_received() {
     let app = TestServer::builder()

@@ -136,6 +136,8 @@ async fn bulk_redelivery_is_hidden_without_a_token_and_closed_without_the_bearer
         ("limit=1001", "limit"),
         ("dry_run=maybe", "dry_run"),
         ("before=x", "before"),
+        ("order=oldest", "order"),
+        ("after=x", "after"),
         ("callback_host=a%20b", "callback_host"),
     ] {
         let (status, body) = bulk(&app, query, Some(TOKEN)).await;

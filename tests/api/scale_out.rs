@@ -333,11 +333,17 @@ async fn a_repeat_on_another_instance_waits_for_the_first_and_answers_its_result
     let Some(database_url) = postgres_database().await else {
         return;
     };
-    let (a, b) = two_instances(&database_url).await;
-    // Long enough (the most iterations allowed: about half a second) that the repeat
-    // arrives on B while A is still working, even when each look B takes at the list costs
-    // a loaded machine hundreds of milliseconds.
-    let body = json!({"data": "long work", "iterations": 1000000});
+    // Each request's work takes two seconds, so that the repeat surely arrives on B while A
+    // is still working, even when each look B takes at the list costs a loaded machine
+    // hundreds of milliseconds.
+    let instance = || {
+        TestServer::builder()
+            .database_url(&database_url)
+            .setting("work-duration-seconds", "2")
+            .start()
+    };
+    let (a, b) = (instance().await, instance().await);
+    let body = json!({"data": "long work"});
     let first = post_keyed(&a, "/sync", "cross-instance", &body);
     let repeat = async {
         // Sent once A's request is committed and still working, as B sees the database.

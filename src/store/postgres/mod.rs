@@ -98,6 +98,10 @@ const STATUS_COUNTS: &str =
 /// Longest wait for a pooled connection (see `open`).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Longest wait at start for the database to answer a first connection (TLS and
+/// authentication included).
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The channel new jobs are announced on.
 const JOBS_CHANNEL: &str = "syncasync_jobs";
 
@@ -169,11 +173,20 @@ impl PgStore {
         };
         // One connection first, on its own: a pool retries until its acquire timeout and then
         // says only that it timed out, where this says why (connection refused, no such
-        // database, authentication failed).
-        sqlx::Connection::close(
-            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await?,
-        )
-        .await?;
+        // database, authentication failed). Bounded: a host that drops packets, or accepts
+        // and never answers, would otherwise hold the start for minutes, or for ever.
+        let first = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options);
+        match tokio::time::timeout(FIRST_CONNECT_TIMEOUT, first).await {
+            Ok(connection) => sqlx::Connection::close(connection?).await?,
+            Err(_) => {
+                return Err(StoreError::Open(format!(
+                    "no answer from the database at {}:{} within {} s",
+                    options.get_host(),
+                    options.get_port(),
+                    FIRST_CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        }
         let pool = pool_options().connect_with(options.clone()).await?;
         let relaxed = pool_options()
             .connect_with(options.clone().options([("synchronous_commit", "off")]))

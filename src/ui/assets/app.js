@@ -384,6 +384,9 @@
     return n + (unit ? " " + unit : "");
   }
 
+  // The sample pointed at ({title, at}), kept across the redraw each new second brings.
+  let hover = null;
+
   // The smallest 1, 2 or 5 times a power of ten at or above `v` (1 for nothing): the top of a
   // chart's scale, a number a reader takes in at a glance.
   function niceCeiling(v) {
@@ -441,11 +444,8 @@
         s.name + " " + withUnit(i === null ? latest(s) : s.values[i], unit)));
       legend.replaceChildren(...(i === null ? keys : [el("span", { class: "at", text: clock(points[i].at, true) }), ...keys]));
     };
-    readOut(null);
-    // The sample nearest the pointer: the legend reads it, a line marks it.
-    graphic.addEventListener("pointermove", (event) => {
-      const box = graphic.getBoundingClientRect();
-      const at = start + ((event.clientX - box.left) / Math.max(1, box.width)) * span;
+    // The sample nearest a time: the legend reads it, a line marks it.
+    const mark = (at) => {
       let best = null;
       points.forEach((p, i) => {
         if (shown[i] && (best === null || Math.abs(p.at - at) < Math.abs(points[best].at - at))) best = i;
@@ -456,8 +456,16 @@
       cursor.setAttribute("x2", x);
       cursor.setAttribute("visibility", "visible");
       readOut(best);
+      hover = { title, at: points[best].at };
+    };
+    readOut(null);
+    if (hover && hover.title === title) mark(hover.at);
+    graphic.addEventListener("pointermove", (event) => {
+      const box = graphic.getBoundingClientRect();
+      mark(start + ((event.clientX - box.left) / Math.max(1, box.width)) * span);
     });
     graphic.addEventListener("pointerleave", () => {
+      hover = null;
       cursor.setAttribute("visibility", "hidden");
       readOut(null);
     });
@@ -605,16 +613,16 @@
     box.replaceChildren(...items);
   }
 
-  // The requests that have waited longest for their work or their delivery, a minute or
-  // more, oldest first (GET /requests?order=oldest), with what holds them. One scheduled for
-  // later is not waiting: it is left out.
+  // The oldest requests whose work or delivery has been due for a minute or more (among the
+  // 50 oldest of each status, GET /requests?order=oldest), with what holds them. One
+  // scheduled for later, or with an attempt under way, is not waiting.
   const LONG_WAIT_MS = 60 * 1000;
   async function waitingLongest() {
     const items = [];
     for (const status of ["pending", "callback_pending"]) {
-      const data = await call("GET", "/requests?status=" + status + "&order=oldest&limit=10", "api");
-      const waiting = data.requests.filter((r) => Date.now() - parseTime(r.created_at) >= LONG_WAIT_MS &&
-        !(r.waiting_for === "schedule" && r.next_attempt_at && parseTime(r.next_attempt_at) > Date.now()));
+      const data = await call("GET", "/requests?status=" + status + "&order=oldest&limit=50", "api");
+      const waiting = data.requests.filter((r) =>
+        r.next_attempt_at && Date.now() - parseTime(r.next_attempt_at) >= LONG_WAIT_MS);
       for (const r of waiting.slice(0, 3)) {
         const line = "Request " + r.id.slice(0, 8) + "… accepted " + fromNow(r.created_at) +
           ", " + status.replace("_", " ") + ": " + nextMove(r) + ".";
@@ -900,9 +908,12 @@
       result.textContent = "Only callback_failed requests can be redelivered; this filter shows " + status + ".";
       return;
     }
+    // The list's filter without its status (the redelivery takes callback_failed) and its
+    // order (a redelivery is not a page).
     const bulkQuery = () => {
       const query = filterQuery();
       query.delete("status");
+      query.delete("order");
       return query;
     };
     check.addEventListener("click", async () => {
@@ -1076,7 +1087,11 @@
       if (a.response_body !== null && a.response_body !== undefined && a.response_body !== "") {
         item.append(el("p", { class: "hint", text: "Answer (first 1 KiB):" }), el("pre", { class: "answer", text: a.response_body }));
       }
-      if (r.result) item.append(callbackDetails(a, r));
+      // Only an attempt that reached its receiver sent anything (a timeout may have, or may
+      // not have connected).
+      if (r.result && (a.status_code !== null || /^timeout/.test(a.error || ""))) {
+        item.append(callbackDetails(a, r));
+      }
       return item;
     });
     box.replaceChildren(el("ol", { class: "timeline" }, ...items));

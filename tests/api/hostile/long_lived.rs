@@ -185,7 +185,16 @@ fn a_long_lived_cap_that_leaves_no_room_for_short_requests_is_refused_in_one_lin
 #[tokio::test]
 async fn repeats_of_a_sync_key_waiting_for_the_first_take_long_lived_places() {
     use crate::idempotency::post_keyed;
-    let (app, _hung, id) = server_with_an_unfinished_request("1", "300").await;
+    // Each request's work takes two seconds, so that the repeats surely arrive while the
+    // first is working, however slow or fast the machine.
+    let app = TestServer::builder()
+        .setting("http-max-connections", "64")
+        .setting("http-max-long-lived", "1")
+        .setting("work-duration-seconds", "2")
+        .start()
+        .await;
+    let hung = Receiver::start(Behaviour::hang(Duration::from_secs(120))).await;
+    let id = app.submit("never finishes", &hung.url()).await;
     let client = fresh_client();
     let stream = client
         .get(app.url(&format!("/requests/{id}/events")))
@@ -193,7 +202,7 @@ async fn repeats_of_a_sync_key_waiting_for_the_first_take_long_lived_places() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200, "the only place, taken");
-    let body = serde_json::json!({"data": "long work", "iterations": 1000000});
+    let body = serde_json::json!({"data": "long work"});
     let first = post_keyed(&app, "/sync", "one-key", &body);
     let repeats = async {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -103,6 +103,25 @@ async fn refusals_say_why() {
             started.elapsed()
         );
     }
+    // A database host that takes the connection and never answers: the start gives up
+    // after ten seconds, saying so, instead of waiting for ever.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "postgres://postgres@{}/syncasync",
+        silent.local_addr().unwrap()
+    );
+    let started = std::time::Instant::now();
+    let (code, stderr) = super::start_binary_with(
+        &[("APP_DATABASE_URL", url.as_str())],
+        Duration::from_secs(30),
+    );
+    assert!(matches!(code, Some(1 | 2)), "exit {code:?}: {stderr}");
+    assert!(stderr.contains("no answer from the database"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 /// Scheduling turned off (`0`, written with the newline a settings file leaves): a request
