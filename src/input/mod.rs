@@ -44,8 +44,8 @@ pub struct SyncRequest {
 /// The body of `POST /async/batch`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"requests": [
-    {"data": "first", "callback_url": "http://127.0.0.1:9999/callback"},
-    {"data": "second", "iterations": 10, "callback_url": "http://127.0.0.1:9999/callback"}
+    {"data": "first", "callback_url": "http://127.0.0.1:8001/callback"},
+    {"data": "second", "iterations": 10, "callback_url": "http://127.0.0.1:8001/callback"}
 ]}))]
 #[allow(dead_code)]
 pub struct BatchRequest {
@@ -140,13 +140,14 @@ pub fn parse_batch(
 /// The body of `POST /async`.
 // One example for the whole body: the document's tools would otherwise build one from every
 // field's, `run_at` and `delay_seconds` together, which is refused. Its callback goes to
-// `syncasync receiver` on its default port, on this machine, never to a third party's host
-// (with SSRF protection on, loopback is refused unless APP_CALLBACK_ALLOWED_HOSTS lets it).
+// `syncasync receiver` on its default port (8001) on this machine, as in the README's Try it,
+// never to a third party's host (with SSRF protection on, loopback is refused unless
+// APP_CALLBACK_ALLOWED_HOSTS lets it).
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({
     "data": "hello",
     "iterations": 1000,
-    "callback_url": "http://127.0.0.1:9999/callback"
+    "callback_url": "http://127.0.0.1:8001/callback"
 }))]
 #[allow(dead_code)]
 pub struct AsyncRequest {
@@ -157,7 +158,7 @@ pub struct AsyncRequest {
     #[schema(
         max_length = 2048,
         format = "uri",
-        example = "http://127.0.0.1:9999/callback"
+        example = "http://127.0.0.1:8001/callback"
     )]
     callback_url: String,
     /// *Beyond the original*: no work before this time (RFC 3339; without a zone, UTC; a

@@ -348,7 +348,7 @@ async fn operations_are_named_and_summarised_and_bodies_have_working_examples() 
         assert!(example.is_object(), "{schema} has no example");
         let text = example.to_string();
         assert!(
-            !text.contains("callback_url") || text.contains("\"http://127.0.0.1:9999/callback\""),
+            !text.contains("callback_url") || text.contains("\"http://127.0.0.1:8001/callback\""),
             "{schema}'s example sends its callback off this machine: {text}"
         );
         let (status, body) = read(app.post_json(path, example).await).await;

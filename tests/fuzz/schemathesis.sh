@@ -23,8 +23,10 @@ ip link set lo up
 
 work="$(mktemp -d)"
 server_pid=""
+receiver_pid=""
 cleanup() {
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    [ -n "$receiver_pid" ] && kill "$receiver_pid" 2>/dev/null && wait "$receiver_pid" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -34,8 +36,14 @@ port=18765
 # every operation the document marks as protected refuses a request without its token.
 # Scheduled work at most 30 s ahead: a request's wait (up to 60 s) then ends within the run's
 # response-time limit even when the request waits for its schedule (hooks.py knows the bound).
+# Loopback callbacks are allowed, as the README's Try it allows them: the document's examples
+# send theirs to a local `syncasync receiver` (127.0.0.1:8001), which answers them, so that
+# the requests schemathesis follows up on end at once instead of waiting on a breaker.
+"$binary" receiver --port 8001 >"$work/receiver.log" 2>&1 &
+receiver_pid=$!
 APP_HOST=127.0.0.1 APP_PORT=$port APP_DATABASE_URL="sqlite://$work/fuzz.db" \
     APP_ADMIN_TOKEN=fuzz-token APP_API_TOKEN=fuzz-token APP_CALLBACK_TIMEOUT_SECONDS=1 APP_CALLBACK_MAX_RETRIES=0 \
+    APP_CALLBACK_ALLOWED_HOSTS=127.0.0.1 \
     APP_MAX_SCHEDULE_DELAY_SECONDS=30 \
     RUST_LOG=warn "$binary" serve >"$work/server.log" 2>&1 &
 server_pid=$!
