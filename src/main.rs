@@ -88,7 +88,9 @@ fn main() -> ExitCode {
 }
 
 fn loadgen(args: LoadgenArgs) -> ExitCode {
-    let _logs = init_logging(LogFormat::Text);
+    // Its report is the output: only warnings and errors are logged beside it (a Ctrl-C is
+    // told by the report's INTERRUPTED, not by a log line on top of it).
+    let _logs = init_logging(LogFormat::Text, "warn");
     run_async(|shutdown| async move {
         syncasync::loadgen::run_and_report(args, shutdown)
             .await
@@ -97,7 +99,7 @@ fn loadgen(args: LoadgenArgs) -> ExitCode {
 }
 
 fn receiver(args: ReceiverArgs) -> ExitCode {
-    let _logs = init_logging(LogFormat::Text);
+    let _logs = init_logging(LogFormat::Text, "info");
     run_async(|shutdown| async move {
         syncasync::receiver::run(args, shutdown)
             .await
@@ -106,7 +108,7 @@ fn receiver(args: ReceiverArgs) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    let _logs = init_logging(config.log_format);
+    let _logs = init_logging(config.log_format, "info");
     syncasync::timestamps::choose(config.timestamp_format);
     run_async(|shutdown| async move {
         let app = Application::build(config)
@@ -154,9 +156,14 @@ where
 
 /// Logs go to stderr through a background writer, so a slow terminal or pipe never stalls
 /// a request; the returned guard flushes what is buffered when `main` ends.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs to stderr at `default_level` and above, unless RUST_LOG says otherwise.
+fn init_logging(
+    format: LogFormat,
+    default_level: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

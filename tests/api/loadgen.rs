@@ -950,7 +950,9 @@ async fn sigint_stops_the_command_with_a_report() {
         }),
     );
     let base = serve(router).await;
+    // With the logging a user gets (no RUST_LOG), so that a stray log line would show.
     let child = loadgen_command()
+        .env_remove("RUST_LOG")
         .args([
             "--url",
             &base,
@@ -980,6 +982,9 @@ async fn sigint_stops_the_command_with_a_report() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("INTERRUPTED"), "{stdout}");
+    // The report says it was interrupted; nothing is written beside it.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.trim().is_empty(), "stray output on Ctrl-C: {stderr}");
     assert!(stdout.contains("== sync"), "{stdout}");
     assert!(!stdout.contains("== async"), "{stdout}");
 }
