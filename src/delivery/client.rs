@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::RETRY_AFTER;
 
 use super::guard::Guard;
 use super::lookup::NameLookup;
@@ -262,9 +262,7 @@ impl CallbackClient {
         let result = &work.result;
         let body = callback_body(work);
         let webhook_timestamp = started_at.timestamp();
-        let mut request = http
-            .post(parsed)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut request = http.post(parsed);
         for (name, value) in callback_headers(&result.request_id, attempt, webhook_timestamp) {
             request = request.header(name, value);
         }
@@ -323,14 +321,15 @@ pub fn callback_body(work: &FinishedWork) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// The headers of attempt `attempt` of a callback, besides its content type, user agent and
+/// The headers of attempt `attempt` of a callback, besides its user agent (the client's) and
 /// signature: the dashboard shows them as sent.
 pub fn callback_headers(
     request_id: &str,
     attempt: u32,
     webhook_timestamp: i64,
-) -> [(&'static str, String); 4] {
+) -> [(&'static str, String); 5] {
     [
+        ("Content-Type", "application/json".to_string()),
         ("X-Request-ID", request_id.to_string()),
         ("X-Attempt", attempt.to_string()),
         ("webhook-id", request_id.to_string()),

@@ -171,10 +171,7 @@ async fn callback_as_sent(
         .unwrap_or_default()
         .iter()
         .map(|a| {
-            let mut headers = vec![
-                ("Content-Type", "application/json".to_string()),
-                ("User-Agent", USER_AGENT.to_string()),
-            ];
+            let mut headers = vec![("User-Agent", USER_AGENT.to_string())];
             headers.extend(callback_headers(&id, a.attempt, a.started_at.timestamp()));
             AttemptHeaders {
                 attempt: a.attempt,
