@@ -989,7 +989,12 @@ async fn pages_are_data_free_shells_under_a_strict_policy() {
     assert!(!response.text().await.unwrap().contains("innerHTML"));
     assert_eq!(app.get("/ui/assets/app.0000.js").await.status(), 404);
     // The data endpoints need the API token, as the API does.
-    for path in ["/ui/api/overview", "/ui/api/stream", "/requests"] {
+    for path in [
+        "/ui/api/overview",
+        "/ui/api/stream",
+        "/ui/api/callback/01a23d48-43b7-768c-8491-9cd3ebcc17ba",
+        "/requests",
+    ] {
         assert_eq!(app.get(path).await.status(), 401, "{path}");
     }
     let overview: Value = app
