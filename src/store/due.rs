@@ -38,6 +38,7 @@ pub(crate) struct RoomLeft<'a> {
     shared: u32,
     taken: HashMap<String, u32>,
     overdue: i64,
+    served: HashMap<&'a str, u32>,
 }
 
 impl<'a> RoomLeft<'a> {
@@ -54,7 +55,17 @@ impl<'a> RoomLeft<'a> {
             shared: rooms.shared,
             taken: HashMap::new(),
             overdue: millis_of(rooms.overdue),
+            served: rooms
+                .served
+                .iter()
+                .map(|(d, served)| (d.as_str(), *served))
+                .collect(),
         }
+    }
+
+    /// The turn of `destination`'s first due job: how many deliveries it had lately.
+    pub(crate) fn first_turn(&self, destination: &str) -> u32 {
+        self.served.get(destination).copied().unwrap_or(0)
     }
 
     /// Jobs of `destination` a claim may still take: its room, and for a destination that is

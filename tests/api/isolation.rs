@@ -507,6 +507,39 @@ async fn many_destinations_answering_just_under_the_slow_threshold_cannot_take_t
     );
 }
 
+/// Twenty destinations that answer every callback in 0.3 s (quick enough to stay proven),
+/// each with a backlog of twenty, beside a healthy one, with ten workers: destinations take
+/// turns, so the healthy one's callbacks, due after every backlog, go at the next free
+/// worker instead of after the backlogs (400 callbacks at 0.3 s on ten workers: 12 s),
+/// while the backlogs keep moving.
+#[tokio::test]
+async fn destinations_take_turns_so_backlogs_due_first_do_not_delay_a_healthy_one() {
+    let (app, healthy) = ten_workers_and_a_healthy_receiver().await;
+    let busy = join_all(
+        (0..20).map(|_| Receiver::start(Behaviour::hang_after(0, Duration::from_millis(300)))),
+    )
+    .await;
+    for receiver in &busy {
+        prove(&app, receiver, 1).await;
+    }
+    for receiver in &busy {
+        submit_many(&app, 20, &receiver.url(), "backlog").await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before: usize = busy.iter().map(|r| r.delivered_ids().len()).sum();
+    each_delivered_within(&app, &healthy, 5, Duration::from_secs(1)).await;
+    let views = join_all(busy.iter().map(|r| destination(&app, r.address.port()))).await;
+    assert!(
+        views.iter().flatten().all(|view| view["proven"] == true),
+        "answering in 0.3 s keeps them proven: {views:#?}"
+    );
+    let after: usize = busy.iter().map(|r| r.delivered_ids().len()).sum();
+    assert!(
+        after > before + 10,
+        "their callbacks kept moving meanwhile: {before} then {after}"
+    );
+}
+
 /// Once the pool of slow deliveries is full, a delivery that goes slow keeps its worker only
 /// until a place in the pool frees up, never for the whole callback timeout: four workers,
 /// four destinations that earned room for two each and then hang (two fill the slow pool,

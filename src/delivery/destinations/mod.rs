@@ -32,6 +32,10 @@
 //!   share for [`RECENT_WINDOW`]: n destinations that answered at once and then all take
 //!   their time hold the proven part's workers for one delivery each (each at most the slow
 //!   threshold), and then share the unproven part.
+//! - **Turns** (`turns.rs`). When more jobs are due than a claim can take, destinations
+//!   take turns: each one's first due job before any one's second, and among those the
+//!   destinations that had fewest deliveries lately first. Backlogs due earlier do not hold
+//!   back a destination with a single job; within a destination, jobs keep the claim's order.
 //! - **Slow deliveries.** A delivery still waiting for its receiver after the slow threshold
 //!   makes its destination unproven until it ends, and (the dispatcher's part) leaves the
 //!   workers and the unproven share for a pool of slow deliveries of its own, so a
@@ -58,6 +62,7 @@ mod breaker;
 mod controls;
 mod recent;
 mod rooms;
+mod turns;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,6 +78,7 @@ use controls::Operated;
 pub use recent::RECENT_WINDOW;
 use recent::{BUCKET, Recent};
 pub use rooms::Rooms;
+use turns::Served;
 
 /// Destinations whose callbacks keep their connections alive between deliveries: the busiest
 /// by recent successes, each with as many idle connections as its cap of deliveries in
@@ -163,6 +169,8 @@ struct Entry {
     breaker: Breaker,
     recent: Recent,
     last_active: Instant,
+    /// Deliveries started lately: the destination's place in the claims' turns.
+    served: Served,
     /// When the breaker last opened and last closed, and when the destination was last
     /// full: to tell an attempt's audit why it waited.
     last_opened: Option<DateTime<Utc>>,
@@ -181,6 +189,7 @@ impl Entry {
             breaker: Breaker::CLOSED,
             recent: Recent::default(),
             last_active: now,
+            served: Served::new(now),
             last_opened: None,
             last_closed: None,
             last_full: None,
@@ -388,6 +397,10 @@ impl Destinations {
             if proven {
                 rooms.reserved.push(destination.clone());
             }
+            let served = entry.served.at(now);
+            if served > 0 {
+                rooms.served.push((destination.clone(), served));
+            }
         }
         // A paused destination has no room at all, not even for overdue jobs (and a claim
         // takes a destination it does not list as one with the default room).
@@ -536,6 +549,7 @@ impl Destinations {
         entry.breaker.refresh(now);
         entry.in_flight += 1;
         entry.last_active = now;
+        entry.served.add(now);
         let probe = entry.breaker.start_probe();
         if entry.in_flight >= cap {
             entry.last_full = Some(Utc::now());

@@ -6,7 +6,9 @@ use std::time::Duration;
 /// `default` more deliveries; the jobs of a destination in `held` (its breaker is open) are
 /// passed over unless they have been due for longer than `overdue`. The destinations in
 /// `reserved` (proven) draw on every worker; the jobs of all the others count against one
-/// `shared` budget, together.
+/// `shared` budget, together. `served` is how many deliveries each destination had lately
+/// (none when not listed): a destination's k-th due job (from 0) is in turn `served + k`,
+/// and a claim takes the jobs of earlier turns first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rooms {
     pub default: u32,
@@ -15,7 +17,12 @@ pub struct Rooms {
     pub overdue: Duration,
     pub reserved: Vec<String>,
     pub shared: u32,
+    pub served: Vec<(String, u32)>,
 }
+
+/// The most destinations a claim looks up on their own for their turn (see
+/// [`Rooms::due_turns`]): a seek or two each.
+pub const TURN_LOOKUPS: usize = 64;
 
 impl Default for Rooms {
     /// No room anywhere, and no budget shared beyond each destination's room.
@@ -27,6 +34,7 @@ impl Default for Rooms {
             overdue: Duration::ZERO,
             reserved: Vec::new(),
             shared: u32::MAX,
+            served: Vec::new(),
         }
     }
 }
@@ -77,6 +85,48 @@ impl Rooms {
         } else {
             None
         }
+    }
+
+    /// The proven destinations with room that a claim looks up on their own, past the first
+    /// due rows it reads, so that their turn comes even when other destinations' backlogs
+    /// fill those rows: at most [`TURN_LOOKUPS`], those with fewest deliveries lately first.
+    /// (Other destinations wait for their turn until their jobs are among the first due
+    /// rows, or the claim looks destination by destination for want of any other job.)
+    pub fn due_turns(&self) -> Vec<&str> {
+        let room_of = |d: &str| {
+            self.limited
+                .iter()
+                .find(|(l, _)| l == d)
+                .map_or(self.default, |(_, room)| *room)
+        };
+        let mut turns: Vec<(u32, &str)> = self
+            .reserved
+            .iter()
+            .map(String::as_str)
+            .filter(|d| room_of(d) > 0)
+            .map(|d| (self.served_of(d), d))
+            .collect();
+        turns.sort_unstable();
+        turns.truncate(TURN_LOOKUPS);
+        turns.into_iter().map(|(_, d)| d).collect()
+    }
+
+    /// How many deliveries `destination` had lately.
+    pub fn served_of(&self, destination: &str) -> u32 {
+        self.served
+            .iter()
+            .find(|(d, _)| d == destination)
+            .map_or(0, |(_, served)| *served)
+    }
+
+    /// `served` as a JSON object `{"destination": deliveries, …}`, for PostgreSQL.
+    pub fn served_json(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .served
+            .iter()
+            .map(|(d, served)| (d.clone(), serde_json::Value::from(*served)))
+            .collect();
+        serde_json::Value::Object(map).to_string()
     }
 
     /// The limited destinations as a JSON object `{"destination": room, …}`, the form

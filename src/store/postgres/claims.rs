@@ -55,12 +55,13 @@ macro_rules! rank_at {
     };
 }
 
-/// `room_map (map)`: the rooms of `$4` (a JSON object, destination to room) read once. Cast
-/// in place, `$4::jsonb` is parsed again for every row a generic plan looks at (measured:
-/// with 1,000 paused destinations in it, 86 deliveries/s instead of 2,800).
+/// `room_map (map, served)`: the rooms of `$4` and the deliveries each destination had
+/// lately of `$12` (JSON objects keyed by destination) read once. Cast in place, `$4::jsonb`
+/// is parsed again for every row a generic plan looks at (measured: with 1,000 paused
+/// destinations in it, 86 deliveries/s instead of 2,800).
 macro_rules! room_map_cte {
     () => {
-        "room_map AS MATERIALIZED (SELECT $4::jsonb AS map)"
+        "room_map AS MATERIALIZED (SELECT $4::jsonb AS map, $12::jsonb AS served)"
     };
 }
 
@@ -97,21 +98,26 @@ macro_rules! claimable_lease {
     };
 }
 
-/// `dests (dest)`: the destinations of `$12`, for a claim that may only take jobs of a few
+/// `dests (dest)`: the destinations of `$13`, for a claim that may only take jobs of a few
 /// destinations (see `Rooms::only`).
 macro_rules! listed_destinations_cte {
     () => {
-        "dests AS (SELECT unnest($12::text[]) AS dest)"
+        "dests AS (SELECT unnest($13::text[]) AS dest)"
     };
 }
 
-/// `candidates (id, next_attempt_at, rank_at, dest)`: of `$rows` (the same columns), each
-/// destination's first in the claim's order, as many as its room (`$4`, else `$default`).
+/// `candidates (id, next_attempt_at, rank_at, dest, turn)`: of `$rows` (the first four
+/// columns), each destination's first in the claim's order, as many as its room (`$4`, else
+/// `$default`), each in its turn: the deliveries its destination had lately plus its place
+/// among them (see `Rooms`).
 macro_rules! within_rooms {
     ($rows:literal, $default:literal) => {
         concat!(
             "candidates AS MATERIALIZED (
-                 SELECT id, next_attempt_at, rank_at, dest FROM (
+                 SELECT id, next_attempt_at, rank_at, dest,
+                        COALESCE(((SELECT served FROM room_map) ->> dest)::int, 0)
+                            + place - 1 AS turn
+                 FROM (
                      SELECT id, next_attempt_at, rank_at, dest,
                             ROW_NUMBER() OVER (PARTITION BY dest
                                                ORDER BY rank_at, next_attempt_at, id) AS place,
@@ -127,14 +133,14 @@ macro_rules! within_rooms {
 }
 
 /// Of `candidates`, already within each destination's room, those the shared budget admits
-/// (`$10` in all of the destinations not reserved in `$9`), in the claim's order: a running
-/// count of the unreserved ones.
+/// (`$10` in all of the destinations not reserved in `$9`), in the claim's order (turns
+/// first): a running count of the unreserved ones.
 macro_rules! within_shared_budget {
     () => {
-        "SELECT id, next_attempt_at, rank_at FROM (
-             SELECT id, next_attempt_at, rank_at, dest = ANY($9) AS reserved,
+        "SELECT id, next_attempt_at, rank_at, turn FROM (
+             SELECT id, next_attempt_at, rank_at, turn, dest = ANY($9) AS reserved,
                     count(*) FILTER (WHERE NOT (dest = ANY($9)))
-                        OVER (ORDER BY rank_at, next_attempt_at, id) AS shared_rank
+                        OVER (ORDER BY turn, rank_at, next_attempt_at, id) AS shared_rank
              FROM candidates) AS budgeted
          WHERE reserved OR shared_rank <= $10"
     };
@@ -177,7 +183,7 @@ macro_rules! claim_per_destination {
              picked AS MATERIALIZED (
                  SELECT id AS picked_id FROM (",
             within_shared_budget!(),
-            ") AS admitted ORDER BY rank_at, next_attempt_at, id LIMIT $3)
+            ") AS admitted ORDER BY turn, rank_at, next_attempt_at, id LIMIT $3)
              ",
             claim_picked!(),
             job_columns!()
@@ -188,7 +194,7 @@ macro_rules! claim_per_destination {
 /// Due jobs claimed destination by destination, of every destination with queued jobs.
 pub(super) const CLAIM_PER_DESTINATION: &str = claim_per_destination!(destinations_cte!());
 
-/// Due jobs claimed destination by destination, of the destinations listed in `$12` only.
+/// Due jobs claimed destination by destination, of the destinations listed in `$13` only.
 pub(super) const CLAIM_PER_LISTED_DESTINATION: &str =
     claim_per_destination!(listed_destinations_cte!());
 
@@ -201,7 +207,10 @@ pub(super) const CLAIM_PER_LISTED_DESTINATION: &str =
 /// up to the horizon, only those the claim could take are locked: not a held destination's
 /// (unless overdue) nor a destination's without room. A held destination's backlog at the
 /// head of the queue is walked, at most a window of it, but never locked, so a claim costs
-/// the same with a hung receiver's thousands of jobs in front as without them.
+/// the same with a hung receiver's thousands of jobs in front as without them. When the
+/// window is full, the destinations of `$13` missing from it (proven ones with room,
+/// `Rooms::due_turns`) are looked up on their own, a seek per level each, so that their turn
+/// comes however long the others' backlogs. All are taken in turns (`$12`, see `Rooms`).
 pub(super) const CLAIM_WINDOW: &str = concat!(
     "WITH RECURSIVE ",
     levels_cte!(),
@@ -243,13 +252,34 @@ pub(super) const CLAIM_WINDOW: &str = concat!(
              ORDER BY next_attempt_at
              LIMIT $5
              FOR UPDATE SKIP LOCKED) AS s
-         WHERE l.level IS NOT NULL), ",
-    within_rooms!("scanned", "$6"),
+         WHERE l.level IS NOT NULL),
+     heads AS MATERIALIZED (
+         SELECT h.id, h.next_attempt_at, h.rank_at, d.dest
+         FROM unnest($13::text[]) AS d(dest)
+         CROSS JOIN levels AS l
+         CROSS JOIN LATERAL (
+             SELECT id, next_attempt_at, ",
+    rank_at!("l.level"),
+    " AS rank_at FROM requests
+             WHERE destination = d.dest AND priority = l.level
+               AND next_attempt_at IS NOT NULL AND next_attempt_at <= now() AND ",
+    claimable_lease!("$1"),
+    "
+             ORDER BY next_attempt_at
+             LIMIT LEAST(COALESCE(((SELECT map FROM room_map) ->> d.dest)::int, $6), $3)
+             FOR UPDATE SKIP LOCKED) AS h
+         WHERE l.level IS NOT NULL AND (SELECT due_rows >= $5 FROM horizon)
+           AND NOT EXISTS (SELECT 1 FROM scanned WHERE scanned.dest = d.dest)), ",
+    within_rooms!(
+        "(SELECT id, next_attempt_at, rank_at, dest FROM scanned
+          UNION ALL SELECT id, next_attempt_at, rank_at, dest FROM heads) AS window_rows",
+        "$6"
+    ),
     ",
      picked AS MATERIALIZED (
          SELECT id AS picked_id FROM (",
     within_shared_budget!(),
-    ") AS admitted ORDER BY rank_at, next_attempt_at, id LIMIT $3),
+    ") AS admitted ORDER BY turn, rank_at, next_attempt_at, id LIMIT $3),
      claimed AS (",
     claim_picked!(),
     job_columns!(),
@@ -366,7 +396,8 @@ impl PgStore {
             .bind(already)
             .bind(&rooms.reserved)
             .bind(i64::from(rooms.shared))
-            .bind(priority_step.as_secs_f64());
+            .bind(priority_step.as_secs_f64())
+            .bind(rooms.served_json());
         let query = match only {
             Some(only) => query.bind(only),
             None => query,
@@ -405,6 +436,8 @@ impl PgStore {
             .bind(&rooms.reserved)
             .bind(i64::from(rooms.shared))
             .bind(priority_step.as_secs_f64())
+            .bind(rooms.served_json())
+            .bind(rooms.due_turns())
             .fetch_all(&self.relaxed)
             .await?;
         let window_full = match rows.first() {

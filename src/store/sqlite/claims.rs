@@ -1,5 +1,6 @@
 //! Claiming due jobs and finding when the next one is due, by the rules of `store::due`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -66,10 +67,12 @@ pub(super) const CLAIM_ONE: &str = concat!(
     job_columns!()
 );
 
-/// A queued row as a claim orders them: by `rank`, its due time less what its priority is
-/// worth (`store::due::rank`), then by due time.
+/// A queued row as a claim orders them: by its destination's turn (see `Rooms`), then by
+/// `rank`, its due time less what its priority is worth (`store::due::rank`), then by due
+/// time.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Queued {
+    turn: u32,
     rank: i64,
     due: i64,
     rowid: i64,
@@ -77,10 +80,12 @@ struct Queued {
 }
 
 impl Queued {
-    /// A row of `DUE_WINDOW` (rowid, destination, due time) of priority `level`.
+    /// A row of `DUE_WINDOW` (rowid, destination, due time) of priority `level`, its turn
+    /// not yet known.
     fn of_window_row(row: &rusqlite::Row<'_>, level: i64, step: i64) -> rusqlite::Result<Self> {
         let due = row.get(2)?;
         Ok(Self {
+            turn: 0,
             rank: rank(due, level, step),
             due,
             rowid: row.get(0)?,
@@ -102,40 +107,6 @@ pub(super) fn levels(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
         next = step.query_row([level], |row| row.get(0)).optional()?;
     }
     Ok(levels)
-}
-
-/// Visits the first `scan` claimable rows due by `now`, in the claim's order, until `visit`
-/// answers false; answers whether more rows may follow those (the window was full). With one
-/// level (the common case) the rows are read lazily, only as far as the claim needs; with
-/// several, each level's first `scan` are read and merged.
-fn visit_due(
-    conn: &Connection,
-    owner: &str,
-    levels: &[i64],
-    step: i64,
-    now: i64,
-    scan: u32,
-    mut visit: impl FnMut(&Queued) -> bool,
-) -> rusqlite::Result<bool> {
-    if let [level] = levels {
-        let mut window = conn.prepare_cached(DUE_WINDOW)?;
-        let mut rows = window.query(params![now, owner, now, scan, level])?;
-        let mut seen = 0;
-        while let Some(row) = rows.next()? {
-            seen += 1;
-            if !visit(&Queued::of_window_row(row, *level, step)?) {
-                break;
-            }
-        }
-        return Ok(seen == scan);
-    }
-    let (window, full) = due_window(conn, owner, levels, step, (now, now), scan)?;
-    for row in &window {
-        if !visit(row) {
-            break;
-        }
-    }
-    Ok(full)
 }
 
 /// The first `limit` claimable rows due by `by`, in the claim's order: each level's first
@@ -195,15 +166,102 @@ pub(super) fn each_destination(
     Ok(())
 }
 
-/// Claims up to `limit` jobs due by `now` (the queue's time) in the claim's order (due time
-/// less what each job's priority is worth, `priority_step` a level), taking of each
-/// destination at most its room and none of a held one unless overdue.
+/// What a claim reads and decides with: its owner, the queue's time, the priority step (ms),
+/// the priority levels with queued jobs and the most jobs it takes.
+struct Claim<'a> {
+    conn: &'a Connection,
+    owner: &'a str,
+    now: i64,
+    step: i64,
+    levels: Vec<i64>,
+    limit: u32,
+}
+
+impl Claim<'_> {
+    /// Adds `destination`'s first claimable jobs of each level to `rows`, as many as its
+    /// room (within the claim's limit).
+    fn destination_rows(
+        &self,
+        destination: &str,
+        room: &RoomLeft<'_>,
+        rows: &mut Vec<Queued>,
+    ) -> rusqlite::Result<()> {
+        let left = room.left(destination).min(self.limit);
+        if left == 0 {
+            return Ok(());
+        }
+        let until = room.due_by(destination, self.now);
+        let mut due_rows = self.conn.prepare_cached(DESTINATION_DUE)?;
+        for &level in &self.levels {
+            let found = due_rows.query_map(
+                params![self.now, self.owner, destination, until, left, level],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            for row in found {
+                let (rowid, due) = row?;
+                rows.push(Queued {
+                    turn: 0,
+                    rank: rank(due, level, self.step),
+                    due,
+                    rowid,
+                    destination: destination.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Of `rows`, the rowids the rooms admit, in turns (see [`in_turns`]); and whether any
+    /// row was passed over.
+    fn pick(&self, mut rows: Vec<Queued>, rooms: &Rooms) -> (Vec<i64>, bool) {
+        let mut room = RoomLeft::new(rooms);
+        in_turns(&mut rows, &room);
+        let mut picked = Vec::new();
+        let mut passed_over = false;
+        for row in rows {
+            if picked.len() == self.limit as usize {
+                break;
+            }
+            if room.admits(&row.destination, row.due, self.now) {
+                room.take(&row.destination);
+                picked.push(row.rowid);
+            } else {
+                passed_over = true;
+            }
+        }
+        (picked, passed_over)
+    }
+}
+
+/// Puts `rows` in the claim's order: each row's turn is its destination's first turn plus
+/// its place among that destination's rows (in rank order), then rank.
+fn in_turns(rows: &mut [Queued], room: &RoomLeft<'_>) {
+    rows.sort_unstable_by(|a, b| {
+        (&a.destination, a.rank, a.due, a.rowid).cmp(&(&b.destination, b.rank, b.due, b.rowid))
+    });
+    let mut place = 0;
+    for i in 0..rows.len() {
+        if i == 0 || rows[i].destination != rows[i - 1].destination {
+            place = room.first_turn(&rows[i].destination);
+        }
+        rows[i].turn = place;
+        place = place.saturating_add(1);
+    }
+    rows.sort_unstable();
+}
+
+/// Claims up to `limit` jobs due by `now` (the queue's time) in turns between destinations,
+/// and within a turn in the claim's order (due time less what each job's priority is worth,
+/// `priority_step` a level), taking of each destination at most its room and none of a held
+/// one unless overdue.
 ///
-/// First the first due rows in that order (`claim_scan(limit)` of them): the common case, a
-/// cost of the jobs claimed. When those rows belong to destinations without room (a full or
-/// held destination's backlog in front) and leave the claim short, it looks destination by
-/// destination instead, so jobs behind that backlog are found with a seek per destination
-/// and level rather than a walk over the backlog.
+/// First the first due rows in the claim's order (`claim_scan(limit)` of them): the common
+/// case, a cost of the jobs claimed. When more are due than those, the proven destinations
+/// missing from them are looked up too (`Rooms::due_turns`: a seek per level each), so that
+/// their turn comes however long the others' backlogs. When those rows belong to
+/// destinations without room (a full or held destination's backlog in front) and leave the
+/// claim short, it looks destination by destination instead, so jobs behind that backlog
+/// are found with a seek per destination and level rather than a walk over the backlog.
 pub(super) fn claim(
     conn: &Connection,
     owner: &str,
@@ -213,67 +271,46 @@ pub(super) fn claim(
     now: i64,
 ) -> rusqlite::Result<Vec<Job>> {
     let lease_until = now.saturating_add(millis_of(lease));
-    let step = millis_of(priority_step);
-    let wanted = limit as usize;
-    if wanted == 0 {
+    if limit == 0 {
         return Ok(Vec::new());
     }
-    let levels = levels(conn)?;
+    let claim = Claim {
+        conn,
+        owner,
+        now,
+        step: millis_of(priority_step),
+        levels: levels(conn)?,
+        limit,
+    };
 
-    let mut room = RoomLeft::new(rooms);
-    let mut picked = Vec::new();
-    let mut passed_over = false;
-    let full = visit_due(conn, owner, &levels, step, now, claim_scan(limit), |row| {
-        if room.admits(&row.destination, row.due, now) {
-            room.take(&row.destination);
-            picked.push(row.rowid);
-        } else {
-            passed_over = true;
-        }
-        picked.len() < wanted
-    })?;
-
-    if picked.len() < wanted && passed_over && full {
-        // Each destination's first jobs of each level within its room, then, in the
-        // claim's order, those the rooms and the shared budget admit together.
+    let (mut rows, full) = due_window(
+        conn,
+        owner,
+        &claim.levels,
+        claim.step,
+        (now, now),
+        claim_scan(limit),
+    )?;
+    if full {
         let room = RoomLeft::new(rooms);
-        let mut candidates = Vec::new();
-        let mut due_rows = conn.prepare_cached(DESTINATION_DUE)?;
-        each_destination(conn, rooms, |destination| {
-            let left = room.left(destination).min(limit);
-            if left == 0 {
-                return Ok(());
-            }
-            let until = room.due_by(destination, now);
-            for &level in &levels {
-                let rows = due_rows.query_map(
-                    params![now, owner, destination, until, left, level],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )?;
-                for row in rows {
-                    let (rowid, due) = row?;
-                    candidates.push(Queued {
-                        rank: rank(due, level, step),
-                        due,
-                        rowid,
-                        destination: destination.to_string(),
-                    });
-                }
-            }
-            Ok(())
-        })?;
-        candidates.sort_unstable();
-        let mut room = RoomLeft::new(rooms);
-        picked.clear();
-        for row in candidates {
-            if picked.len() == wanted {
-                break;
-            }
-            if room.admits(&row.destination, row.due, now) {
-                room.take(&row.destination);
-                picked.push(row.rowid);
+        let seen: HashSet<String> = rows.iter().map(|row| row.destination.clone()).collect();
+        for destination in rooms.due_turns() {
+            if !seen.contains(destination) {
+                claim.destination_rows(destination, &room, &mut rows)?;
             }
         }
+    }
+    let (mut picked, passed_over) = claim.pick(rows, rooms);
+
+    if picked.len() < limit as usize && passed_over && full {
+        // Each destination's first jobs of each level within its room, then those the
+        // rooms and the shared budget admit together.
+        let room = RoomLeft::new(rooms);
+        let mut rows = Vec::new();
+        each_destination(conn, rooms, |destination| {
+            claim.destination_rows(destination, &room, &mut rows)
+        })?;
+        picked = claim.pick(rows, rooms).0;
     }
 
     let mut claim_one = conn.prepare_cached(CLAIM_ONE)?;

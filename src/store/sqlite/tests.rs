@@ -356,8 +356,10 @@ fn a_claim_is_not_prepared_again_when_its_limit_changes() {
     }
 }
 
+/// Within each destination's room, in turns: each destination's first due job, then each
+/// one's second, in due order within a turn.
 #[test]
-fn a_claim_takes_due_jobs_in_due_order_within_each_destinations_room() {
+fn a_claim_takes_due_jobs_in_turns_within_each_destinations_room() {
     let (_dir, conn) = database();
     queue(&conn, FULL, 5, 1);
     queue(&conn, OTHER, 2, 2);
@@ -366,8 +368,8 @@ fn a_claim_takes_due_jobs_in_due_order_within_each_destinations_room() {
         ids,
         [
             "http://full:1/1",
-            "http://full:1/2",
             "http://other:2/2",
+            "http://full:1/2",
             "http://other:2/3"
         ]
     );
@@ -376,30 +378,84 @@ fn a_claim_takes_due_jobs_in_due_order_within_each_destinations_room() {
     assert_eq!(ids, ["http://full:1/3"]);
 }
 
-/// Among due jobs a higher priority goes first, each level worth `STEP` of waiting: a job of
-/// priority 0 due more than ten steps before one of priority 10 still goes ahead of it.
+/// Among one destination's due jobs a higher priority goes first, each level worth `STEP`
+/// of waiting: a job of priority 0 due more than ten steps before one of priority 10 still
+/// goes ahead of it.
 #[test]
 fn a_claim_takes_higher_priorities_first_unless_a_lower_one_waited_longer() {
     let (_dir, conn) = database();
     let now = now();
     let step = millis_of(STEP);
-    queue_at_priority(&conn, "http://low:1", 2, now - 1_000, -3);
+    queue_at_priority(&conn, OTHER, 2, now - 1_000, -3);
     queue_at_priority(&conn, OTHER, 2, now - 2_000, 0);
-    queue_at_priority(&conn, "http://high:1", 2, now - 500, 10);
-    queue_at_priority(&conn, "http://old:1", 1, now - 10 * step - 3_000, 0);
-    queue_at_priority(&conn, "http://later:1", 1, now + 60_000, 10);
+    queue_at_priority(&conn, OTHER, 2, now - 500, 10);
+    queue_at_priority(&conn, OTHER, 1, now - 10 * step - 3_000, 0);
+    queue_at_priority(&conn, OTHER, 1, now + 60_000, 10);
     let ids = claimed_ids(&conn, 10, &rooms(&[], &[]));
-    let old = format!("http://old:1/{}", now - 10 * step - 3_000);
     let expected = [
-        old.as_str(),
-        &format!("http://high:1/{}", now - 500),
-        &format!("http://high:1/{}", now - 499),
-        &format!("{OTHER}/{}", now - 2_000),
-        &format!("{OTHER}/{}", now - 1_999),
-        &format!("http://low:1/{}", now - 1_000),
-        &format!("http://low:1/{}", now - 999),
-    ];
+        now - 10 * step - 3_000,
+        now - 500,
+        now - 499,
+        now - 2_000,
+        now - 1_999,
+        now - 1_000,
+        now - 999,
+    ]
+    .map(|due| format!("{OTHER}/{due}"));
     assert_eq!(ids, expected, "not yet due: never, whatever its priority");
+}
+
+/// Between destinations, turns come before priority and due order: a destination that had
+/// deliveries lately waits for one that had none, whatever its jobs' priority or due time
+/// (any caller may ask for priority 10).
+#[test]
+fn a_destination_that_had_fewer_deliveries_lately_goes_first() {
+    let (_dir, conn) = database();
+    let now = now();
+    queue_at_priority(&conn, FULL, 5, now - 60_000, 10);
+    queue(&conn, OTHER, 2, now - 1_000);
+    let busy = Rooms {
+        served: vec![(FULL.to_string(), 1)],
+        ..rooms(&[], &[])
+    };
+    let ids = claimed_ids(&conn, 3, &busy);
+    assert_eq!(
+        ids,
+        [
+            format!("{OTHER}/{}", now - 1_000),
+            format!("{FULL}/{}", now - 60_000),
+            format!("{OTHER}/{}", now - 999),
+        ],
+        "turns 0, 1 (its first, one delivery lately), 1"
+    );
+}
+
+/// A proven destination's job behind other destinations' backlogs (more due rows than one
+/// claim reads) gets its turn: it is looked up on its own. One that is not proven waits
+/// until its jobs are among the first due rows.
+#[test]
+fn a_proven_destination_behind_the_backlogs_gets_its_turn() {
+    let (_dir, conn) = database();
+    let now = now();
+    for backlog in ["http://a:1", "http://b:1", "http://c:1"] {
+        queue(&conn, backlog, 100, now - 60_000);
+    }
+    queue(&conn, OTHER, 1, now - 1_000);
+    let served = |d: &str| (d.to_string(), 2);
+    let unproven = Rooms {
+        served: ["http://a:1", "http://b:1", "http://c:1"]
+            .map(served)
+            .to_vec(),
+        ..rooms(&[], &[])
+    };
+    let ids = claimed_ids(&conn, 1, &unproven);
+    assert_eq!(ids, [format!("http://a:1/{}", now - 60_000)], "unseen");
+    let proven = Rooms {
+        reserved: vec![OTHER.to_string()],
+        ..unproven
+    };
+    let ids = claimed_ids(&conn, 1, &proven);
+    assert_eq!(ids, [format!("{OTHER}/{}", now - 1_000)]);
 }
 
 /// A full destination's backlog in front makes the claim look destination by destination;
