@@ -105,7 +105,7 @@ pub struct Config {
     /// (it finishes in a pool of slow deliveries, as many as the workers) and its destination
     /// loses its reserved share until it answers: receivers that hang cannot hold the workers.
     #[arg(long, help_heading = "Isolation between destinations", env = "APP_CALLBACK_SLOW_AFTER_SECONDS", default_value_t = 2.0,
-          value_parser = machinery_seconds)]
+          value_parser = slow_after_seconds)]
     pub callback_slow_after_seconds: f64,
 
     /// Destinations whose delivery state (earned room, breaker, recent outcomes) is kept
@@ -574,6 +574,20 @@ fn at_most(s: &str, v: f64, max: f64, what: &str) -> Result<f64, String> {
 /// [`positive_seconds`], at most a day.
 fn machinery_seconds(s: &str) -> Result<f64, String> {
     at_most(s, positive_seconds(s)?, DAY_SECONDS, "a day")
+}
+
+/// The slow threshold: at least 0.1 s, since a quarter of it is the longest answer that keeps
+/// a destination proven (below that, every receiver would lose its reserved share, however
+/// healthy), and at most a day.
+fn slow_after_seconds(s: &str) -> Result<f64, String> {
+    let v = machinery_seconds(s)?;
+    if v < 0.1 {
+        return Err(format!(
+            "`{s}` must be at least 0.1: an answer slower than a quarter of it sends a receiver \
+             to the unproven share"
+        ));
+    }
+    Ok(v)
 }
 
 /// [`non_negative_seconds`], at most a day.

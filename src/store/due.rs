@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::delivery::destinations::Rooms;
+use crate::delivery::destinations::{Rooms, Turn};
 
 /// How many due rows a look for the next due time considers before it looks destination by
 /// destination.
@@ -38,7 +38,7 @@ pub(crate) struct RoomLeft<'a> {
     shared: u32,
     taken: HashMap<String, u32>,
     overdue: i64,
-    served: HashMap<&'a str, u32>,
+    turns: HashMap<&'a str, Turn>,
 }
 
 impl<'a> RoomLeft<'a> {
@@ -55,17 +55,17 @@ impl<'a> RoomLeft<'a> {
             shared: rooms.shared,
             taken: HashMap::new(),
             overdue: millis_of(rooms.overdue),
-            served: rooms
-                .served
+            turns: rooms
+                .turns
                 .iter()
-                .map(|(d, served)| (d.as_str(), *served))
+                .map(|(d, turn)| (d.as_str(), *turn))
                 .collect(),
         }
     }
 
-    /// The turn of `destination`'s first due job: how many deliveries it had lately.
-    pub(crate) fn first_turn(&self, destination: &str) -> u32 {
-        self.served.get(destination).copied().unwrap_or(0)
+    /// `destination`'s place in the claims' turns.
+    pub(crate) fn turn(&self, destination: &str) -> Turn {
+        self.turns.get(destination).copied().unwrap_or_default()
     }
 
     /// Jobs of `destination` a claim may still take: its room, and for a destination that is

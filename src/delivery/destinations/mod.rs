@@ -33,9 +33,10 @@
 //!   their time hold the proven part's workers for one delivery each (each at most the slow
 //!   threshold), and then share the unproven part.
 //! - **Turns** (`turns.rs`). When more jobs are due than a claim can take, destinations
-//!   take turns: each one's first due job before any one's second, and among those the
-//!   destinations that had fewest deliveries lately first. Backlogs due earlier do not hold
-//!   back a destination with a single job; within a destination, jobs keep the claim's order.
+//!   take turns counted in the workers' time: a destination's next job waits for those of
+//!   destinations that had less of it lately. Backlogs due earlier do not hold back another
+//!   destination's jobs, and a quick receiver is not held to the pace of slow ones; within a
+//!   destination, jobs keep the claim's order.
 //! - **Slow deliveries.** A delivery still waiting for its receiver after the slow threshold
 //!   makes its destination unproven until it ends, and (the dispatcher's part) leaves the
 //!   workers and the unproven share for a pool of slow deliveries of its own, so a
@@ -77,8 +78,8 @@ pub use breaker::{BreakerPolicy, BreakerState, Verdict};
 use controls::Operated;
 pub use recent::RECENT_WINDOW;
 use recent::{BUCKET, Recent};
-pub use rooms::Rooms;
-use turns::Served;
+pub use rooms::{Rooms, TURN_LOOKUPS, Turn};
+use turns::{FIRST_JOB_MS, Served, per_job_ms};
 
 /// Destinations whose callbacks keep their connections alive between deliveries: the busiest
 /// by recent successes, each with as many idle connections as its cap of deliveries in
@@ -169,8 +170,12 @@ struct Entry {
     breaker: Breaker,
     recent: Recent,
     last_active: Instant,
-    /// Deliveries started lately: the destination's place in the claims' turns.
+    /// The workers' time its deliveries took lately, in milliseconds, and what one is
+    /// expected to take: its place in the claims' turns.
     served: Served,
+    per_job_ms: u32,
+    /// When a claim last looked it up on its own for its turn.
+    looked_up_at: Option<Instant>,
     /// When the breaker last opened and last closed, and when the destination was last
     /// full: to tell an attempt's audit why it waited.
     last_opened: Option<DateTime<Utc>>,
@@ -190,6 +195,8 @@ impl Entry {
             recent: Recent::default(),
             last_active: now,
             served: Served::new(now),
+            per_job_ms: FIRST_JOB_MS,
+            looked_up_at: None,
             last_opened: None,
             last_closed: None,
             last_full: None,
@@ -373,6 +380,7 @@ impl Destinations {
                 .saturating_sub(state.unproven_in_flight),
             ..Rooms::default()
         };
+        let mut look_up: Vec<(Option<Instant>, String)> = Vec::new();
         for (destination, entry) in state.entries.iter_mut() {
             entry.breaker.refresh(now);
             // An idle destination that answered recently takes its room at once, as if busy
@@ -397,17 +405,35 @@ impl Destinations {
             if proven {
                 rooms.reserved.push(destination.clone());
             }
-            let served = entry.served.at(now);
-            if served > 0 {
-                rooms.served.push((destination.clone(), served));
+            let turn = Turn {
+                first: u64::from(entry.served.at(now))
+                    + u64::from(entry.in_flight) * u64::from(entry.per_job_ms),
+                per_job: u64::from(entry.per_job_ms),
+            };
+            if turn != Turn::default() {
+                rooms.turns.push((destination.clone(), turn));
+            }
+            if proven && room > 0 {
+                look_up.push((entry.looked_up_at, destination.clone()));
             }
         }
+        // The proven destinations with room looked up least lately: each gets its turn
+        // within a few claims however many there are.
+        look_up.sort_unstable();
+        look_up.truncate(TURN_LOOKUPS);
+        for (_, destination) in &look_up {
+            if let Some(entry) = state.entries.get_mut(destination) {
+                entry.looked_up_at = Some(now);
+            }
+        }
+        rooms.look_up = look_up.into_iter().map(|(_, d)| d).collect();
         // A paused destination has no room at all, not even for overdue jobs (and a claim
         // takes a destination it does not list as one with the default room).
         let paused = |d: &String| state.operated.paused_at(d).is_some();
         rooms.limited.retain(|(d, _)| !paused(d));
         rooms.held.retain(|d| !paused(d));
         rooms.reserved.retain(|d| !paused(d));
+        rooms.look_up.retain(|d| !paused(d));
         rooms.limited.extend(
             state
                 .operated
@@ -549,7 +575,6 @@ impl Destinations {
         entry.breaker.refresh(now);
         entry.in_flight += 1;
         entry.last_active = now;
-        entry.served.add(now);
         let probe = entry.breaker.start_probe();
         if entry.in_flight >= cap {
             entry.last_full = Some(Utc::now());
@@ -562,6 +587,7 @@ impl Destinations {
             slow: false,
             verdict: None,
             took: None,
+            started: now,
         }
     }
 
@@ -645,6 +671,11 @@ impl Destinations {
             entry.slow = entry.slow.saturating_sub(1);
         }
         entry.last_active = now;
+        let held = now.saturating_duration_since(permit.started);
+        entry
+            .served
+            .add(now, u32::try_from(held.as_millis()).unwrap_or(u32::MAX));
+        entry.per_job_ms = per_job_ms(entry.per_job_ms, held);
         entry.breaker.refresh(now);
         if permit.took.is_some_and(|took| took > self.policy.unhurried) {
             if !entry.answered_unhurriedly(now) {
@@ -781,6 +812,8 @@ pub struct DestinationPermit {
     verdict: Option<Verdict>,
     /// How long the receiver took over its answer, when known.
     took: Option<Duration>,
+    /// When it started: the workers' time it took counts toward its destination's turn.
+    started: Instant,
 }
 
 impl DestinationPermit {
@@ -1267,5 +1300,48 @@ mod tests {
         assert!(d.apply_controls(&[]), "resumed: held jobs may go");
         assert_eq!(room(&d, "http://idle:1"), 1);
         assert!(is_proven(&d, A));
+    }
+
+    /// A destination's turn is the workers' time its deliveries took lately plus what those
+    /// in flight are expected to take; one that had none is not listed.
+    #[test]
+    fn turns_count_the_workers_time() {
+        let d = Destinations::new(policy());
+        let first = d.start(A, Share::Proven);
+        std::thread::sleep(Duration::from_millis(40));
+        first.record(Verdict::Healthy);
+        let in_flight = d.start(A, Share::Proven);
+        let rooms = d.rooms();
+        let (_, turn) = rooms.turns.iter().find(|(x, _)| x == A).unwrap();
+        // 40 ms lately, and one in flight expected to take a quarter of 40 ms more than the
+        // first guess.
+        assert!((40..200).contains(&turn.first), "{turn:?}");
+        assert!(
+            turn.per_job >= 17 && turn.first >= 40 + turn.per_job,
+            "{turn:?}"
+        );
+        assert!(rooms.turns.iter().all(|(x, _)| x == A), "{:?}", rooms.turns);
+        drop(in_flight);
+    }
+
+    /// With more proven destinations than a claim looks up, each claim looks up those looked
+    /// up least lately: every one has its turn within a few claims.
+    #[test]
+    fn look_ups_go_round_the_proven_destinations() {
+        let d = Destinations::new(IsolationPolicy {
+            tracked: 1_000,
+            ..policy()
+        });
+        let proven: Vec<String> = (0..100).map(|i| format!("http://p{i}:1")).collect();
+        for destination in &proven {
+            d.start(destination, Share::Proven).record(Verdict::Healthy);
+        }
+        let first = d.rooms().look_up;
+        let second = d.rooms().look_up;
+        assert_eq!((first.len(), second.len()), (TURN_LOOKUPS, TURN_LOOKUPS));
+        let mut seen: Vec<&String> = first.iter().chain(&second).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), proven.len(), "two claims look up all of them");
     }
 }

@@ -1,14 +1,15 @@
 //! What a claim may take, per destination: the rooms the dispatcher hands the store.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// What a claim may take, per destination: every destination not in `limited` has room for
 /// `default` more deliveries; the jobs of a destination in `held` (its breaker is open) are
 /// passed over unless they have been due for longer than `overdue`. The destinations in
 /// `reserved` (proven) draw on every worker; the jobs of all the others count against one
-/// `shared` budget, together. `served` is how many deliveries each destination had lately
-/// (none when not listed): a destination's k-th due job (from 0) is in turn `served + k`,
-/// and a claim takes the jobs of earlier turns first.
+/// `shared` budget, together. A claim takes the jobs of earlier `turns` first (a destination
+/// not listed has the default [`Turn`]), and looks up the destinations of `look_up` on their
+/// own when more jobs are due than it reads in due order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rooms {
     pub default: u32,
@@ -17,11 +18,40 @@ pub struct Rooms {
     pub overdue: Duration,
     pub reserved: Vec<String>,
     pub shared: u32,
-    pub served: Vec<(String, u32)>,
+    pub turns: Vec<(String, Turn)>,
+    pub look_up: Vec<String>,
+}
+
+/// A destination's place in the claims' turns, in milliseconds of the workers' time (see
+/// `turns.rs`): its k-th due job (from 0) is in turn `first + k × per_job`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// What its deliveries took lately, and those in flight are expected to take.
+    pub first: u64,
+    /// What one delivery is expected to take.
+    pub per_job: u64,
+}
+
+impl Default for Turn {
+    /// A destination that had nothing lately.
+    fn default() -> Self {
+        Self {
+            first: 0,
+            per_job: u64::from(super::turns::FIRST_JOB_MS),
+        }
+    }
+}
+
+impl Turn {
+    /// The turn of the destination's `place`-th due job (from 0).
+    pub fn of(&self, place: u64) -> u64 {
+        self.first
+            .saturating_add(place.saturating_mul(self.per_job))
+    }
 }
 
 /// The most destinations a claim looks up on their own for their turn (see
-/// [`Rooms::due_turns`]): a seek or two each.
+/// [`Rooms::look_up`]): a seek per priority level present each.
 pub const TURN_LOOKUPS: usize = 64;
 
 impl Default for Rooms {
@@ -34,7 +64,8 @@ impl Default for Rooms {
             overdue: Duration::ZERO,
             reserved: Vec::new(),
             shared: u32::MAX,
-            served: Vec::new(),
+            turns: Vec::new(),
+            look_up: Vec::new(),
         }
     }
 }
@@ -51,6 +82,19 @@ impl Rooms {
         }
         if !self.is_reserved(destination) {
             self.shared = self.shared.saturating_sub(1);
+        }
+        match self.turns.iter_mut().find(|(d, _)| d == destination) {
+            Some((_, turn)) => turn.first = turn.of(1),
+            None => {
+                let turn = Turn::default();
+                self.turns.push((
+                    destination.to_string(),
+                    Turn {
+                        first: turn.of(1),
+                        ..turn
+                    },
+                ));
+            }
         }
     }
 
@@ -87,44 +131,31 @@ impl Rooms {
         }
     }
 
-    /// The proven destinations with room that a claim looks up on their own, past the first
-    /// due rows it reads, so that their turn comes even when other destinations' backlogs
-    /// fill those rows: at most [`TURN_LOOKUPS`], those with fewest deliveries lately first.
-    /// (Other destinations wait for their turn until their jobs are among the first due
-    /// rows, or the claim looks destination by destination for want of any other job.)
+    /// The destinations a claim looks up on their own, past the first due rows it reads, so
+    /// that their turn comes even when other destinations' backlogs fill those rows: of
+    /// `look_up`, those with room left.
     pub fn due_turns(&self) -> Vec<&str> {
-        let room_of = |d: &str| {
-            self.limited
-                .iter()
-                .find(|(l, _)| l == d)
-                .map_or(self.default, |(_, room)| *room)
-        };
-        let mut turns: Vec<(u32, &str)> = self
-            .reserved
+        if self.look_up.is_empty() {
+            return Vec::new();
+        }
+        let rooms: HashMap<&str, u32> = self
+            .limited
+            .iter()
+            .map(|(d, room)| (d.as_str(), *room))
+            .collect();
+        self.look_up
             .iter()
             .map(String::as_str)
-            .filter(|d| room_of(d) > 0)
-            .map(|d| (self.served_of(d), d))
-            .collect();
-        turns.sort_unstable();
-        turns.truncate(TURN_LOOKUPS);
-        turns.into_iter().map(|(_, d)| d).collect()
+            .filter(|d| rooms.get(d).copied().unwrap_or(self.default) > 0)
+            .collect()
     }
 
-    /// How many deliveries `destination` had lately.
-    pub fn served_of(&self, destination: &str) -> u32 {
-        self.served
-            .iter()
-            .find(|(d, _)| d == destination)
-            .map_or(0, |(_, served)| *served)
-    }
-
-    /// `served` as a JSON object `{"destination": deliveries, …}`, for PostgreSQL.
-    pub fn served_json(&self) -> String {
+    /// `turns` as a JSON object `{"destination": [first, per_job], …}`, for PostgreSQL.
+    pub fn turns_json(&self) -> String {
         let map: serde_json::Map<String, serde_json::Value> = self
-            .served
+            .turns
             .iter()
-            .map(|(d, served)| (d.clone(), serde_json::Value::from(*served)))
+            .map(|(d, turn)| (d.clone(), serde_json::json!([turn.first, turn.per_job])))
             .collect();
         serde_json::Value::Object(map).to_string()
     }

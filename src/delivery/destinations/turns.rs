@@ -1,11 +1,15 @@
-//! How many deliveries a destination has had lately: its place in the claims' turns.
+//! How much of the workers' time a destination has had lately: its place in the claims'
+//! turns.
 //!
-//! When more jobs are due than there are free workers, a claim takes each destination's jobs
-//! in turns: a destination's k-th due job (from 0) is in turn `served + k`, `served` being
-//! this counter. A destination that has had few deliveries lately goes before one that has
-//! had many, so a healthy receiver's single job is not left behind the backlogs of others
-//! that each keep a worker busy (first come, first served would deliver every job due
-//! before it first).
+//! When more jobs are due than there are free workers, a claim takes the destinations' jobs
+//! in turns: a destination's k-th due job (from 0) is in turn `lately + (in_flight + k) ×
+//! per_job`, in milliseconds of worker time: what its finished deliveries took lately (this
+//! counter), what those in flight and this one are expected to take. A destination that has
+//! had little of the workers' time goes before one that has had much, so a healthy
+//! receiver's job is not left behind the backlogs of others that each keep a worker busy
+//! (first come, first served would deliver every job due before it first), and a quick
+//! receiver is not held to the pace of slow ones (turns counted in deliveries would give it
+//! as many as each slow one).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +17,10 @@ use std::time::{Duration, Instant};
 /// much for each such period since.
 pub const HALF_LIFE: Duration = Duration::from_secs(1);
 
-/// Deliveries started lately, halved every [`HALF_LIFE`].
+/// What a delivery to a destination not seen yet is expected to take, in milliseconds.
+pub const FIRST_JOB_MS: u32 = 10;
+
+/// Milliseconds of worker time lately, halved every [`HALF_LIFE`].
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Served {
     count: u32,
@@ -35,8 +42,8 @@ impl Served {
             .unwrap_or(0)
     }
 
-    /// Counts a delivery started at `now`.
-    pub(super) fn add(&mut self, now: Instant) {
+    /// Adds `amount`, at `now`.
+    pub(super) fn add(&mut self, now: Instant, amount: u32) {
         let elapsed = now.saturating_duration_since(self.at);
         let periods = elapsed.as_millis() / HALF_LIFE.as_millis();
         if periods > 0 {
@@ -47,8 +54,16 @@ impl Served {
                 self.at = now;
             }
         }
-        self.count = self.count.saturating_add(1);
+        self.count = self.count.saturating_add(amount);
     }
+}
+
+/// What one delivery to a destination is expected to take, in milliseconds: a moving average
+/// of the last ones (at least 1).
+pub(super) fn per_job_ms(previous: u32, took: Duration) -> u32 {
+    let took = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
+    let average = (u64::from(previous) * 3 + u64::from(took)) / 4;
+    u32::try_from(average).unwrap_or(u32::MAX).max(1)
 }
 
 #[cfg(test)]
@@ -60,8 +75,8 @@ mod tests {
         let start = Instant::now();
         let mut served = Served::new(start);
         assert_eq!(served.at(start), 0);
-        for _ in 0..8 {
-            served.add(start);
+        for _ in 0..4 {
+            served.add(start, 2);
         }
         assert_eq!(served.at(start), 8);
         assert_eq!(served.at(start + HALF_LIFE / 2), 8);
@@ -71,19 +86,36 @@ mod tests {
         assert_eq!(served.at(start + HALF_LIFE * 1_000_000), 0, "no overflow");
 
         // Adds made across periods halve what came before them, once per period.
-        served.add(start + HALF_LIFE + HALF_LIFE / 2);
+        served.add(start + HALF_LIFE + HALF_LIFE / 2, 1);
         assert_eq!(served.at(start + HALF_LIFE + HALF_LIFE / 2), 5);
         assert_eq!(served.at(start + HALF_LIFE * 2), 2);
-        served.add(start + HALF_LIFE * 2 + HALF_LIFE / 10);
+        served.add(start + HALF_LIFE * 2 + HALF_LIFE / 10, 1);
         assert_eq!(served.at(start + HALF_LIFE * 2 + HALF_LIFE / 10), 3);
+    }
+
+    #[test]
+    fn the_time_per_job_follows_the_last_deliveries() {
+        let mut per_job = FIRST_JOB_MS;
+        for _ in 0..20 {
+            per_job = per_job_ms(per_job, Duration::from_millis(450));
+        }
+        assert!((440..=450).contains(&per_job), "{per_job}");
+        for _ in 0..20 {
+            per_job = per_job_ms(per_job, Duration::ZERO);
+        }
+        assert_eq!(per_job, 1, "never 0: a job always costs something");
+        assert_eq!(
+            per_job_ms(u32::MAX, Duration::from_secs(u64::MAX)),
+            u32::MAX
+        );
     }
 
     #[test]
     fn a_clock_that_goes_back_counts_as_no_time() {
         let start = Instant::now() + Duration::from_secs(10);
         let mut served = Served::new(start);
-        served.add(start);
-        served.add(start - Duration::from_secs(5));
+        served.add(start, 1);
+        served.add(start - Duration::from_secs(5), 1);
         assert_eq!(served.at(start - Duration::from_secs(5)), 2);
     }
 }

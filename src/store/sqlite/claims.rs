@@ -6,7 +6,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::job_from_row;
-use crate::delivery::destinations::Rooms;
+use crate::delivery::destinations::{Rooms, Turn};
 use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, millis_of, next_due_in_levels, rank};
 use crate::store::{Job, claim_scan};
 
@@ -72,7 +72,7 @@ pub(super) const CLAIM_ONE: &str = concat!(
 /// time.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Queued {
-    turn: u32,
+    turn: u64,
     rank: i64,
     due: i64,
     rowid: i64,
@@ -233,19 +233,21 @@ impl Claim<'_> {
     }
 }
 
-/// Puts `rows` in the claim's order: each row's turn is its destination's first turn plus
-/// its place among that destination's rows (in rank order), then rank.
+/// Puts `rows` in the claim's order: by turn (see `Rooms`), that of the row's place among its
+/// destination's rows in rank order, then by rank.
 fn in_turns(rows: &mut [Queued], room: &RoomLeft<'_>) {
     rows.sort_unstable_by(|a, b| {
         (&a.destination, a.rank, a.due, a.rowid).cmp(&(&b.destination, b.rank, b.due, b.rowid))
     });
+    let mut turn = Turn::default();
     let mut place = 0;
     for i in 0..rows.len() {
         if i == 0 || rows[i].destination != rows[i - 1].destination {
-            place = room.first_turn(&rows[i].destination);
+            turn = room.turn(&rows[i].destination);
+            place = 0;
         }
-        rows[i].turn = place;
-        place = place.saturating_add(1);
+        rows[i].turn = turn.of(place);
+        place += 1;
     }
     rows.sort_unstable();
 }

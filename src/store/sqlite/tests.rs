@@ -10,6 +10,7 @@ use super::list::{DIALECT, sql_value};
 use super::rows::millis;
 use super::writer::{Applied, Pending, Queue};
 use super::*;
+use crate::delivery::destinations::Turn;
 use crate::model::Status;
 use crate::store::due::millis_of;
 use crate::store::page_sql;
@@ -406,16 +407,22 @@ fn a_claim_takes_higher_priorities_first_unless_a_lower_one_waited_longer() {
 }
 
 /// Between destinations, turns come before priority and due order: a destination that had
-/// deliveries lately waits for one that had none, whatever its jobs' priority or due time
-/// (any caller may ask for priority 10).
+/// more of the workers' time lately waits for one that had less, whatever its jobs'
+/// priority or due time (any caller may ask for priority 10).
 #[test]
-fn a_destination_that_had_fewer_deliveries_lately_goes_first() {
+fn a_destination_that_had_less_of_the_workers_time_lately_goes_first() {
     let (_dir, conn) = database();
     let now = now();
     queue_at_priority(&conn, FULL, 5, now - 60_000, 10);
     queue(&conn, OTHER, 2, now - 1_000);
     let busy = Rooms {
-        served: vec![(FULL.to_string(), 1)],
+        turns: vec![(
+            FULL.to_string(),
+            Turn {
+                first: 5,
+                per_job: 10,
+            },
+        )],
         ..rooms(&[], &[])
     };
     let ids = claimed_ids(&conn, 3, &busy);
@@ -426,7 +433,7 @@ fn a_destination_that_had_fewer_deliveries_lately_goes_first() {
             format!("{FULL}/{}", now - 60_000),
             format!("{OTHER}/{}", now - 999),
         ],
-        "turns 0, 1 (its first, one delivery lately), 1"
+        "turns 0 ms, 5 ms (its first, after 5 ms of the workers' time lately), 10 ms"
     );
 }
 
@@ -441,10 +448,18 @@ fn a_proven_destination_behind_the_backlogs_gets_its_turn() {
         queue(&conn, backlog, 100, now - 60_000);
     }
     queue(&conn, OTHER, 1, now - 1_000);
-    let served = |d: &str| (d.to_string(), 2);
+    let busy = |d: &str| {
+        (
+            d.to_string(),
+            Turn {
+                first: 900,
+                per_job: 450,
+            },
+        )
+    };
     let unproven = Rooms {
-        served: ["http://a:1", "http://b:1", "http://c:1"]
-            .map(served)
+        turns: ["http://a:1", "http://b:1", "http://c:1"]
+            .map(busy)
             .to_vec(),
         ..rooms(&[], &[])
     };
@@ -452,6 +467,7 @@ fn a_proven_destination_behind_the_backlogs_gets_its_turn() {
     assert_eq!(ids, [format!("http://a:1/{}", now - 60_000)], "unseen");
     let proven = Rooms {
         reserved: vec![OTHER.to_string()],
+        look_up: vec![OTHER.to_string()],
         ..unproven
     };
     let ids = claimed_ids(&conn, 1, &proven);
