@@ -138,12 +138,28 @@ fn due_window(
     Ok((rows, full))
 }
 
+/// The most destinations with queued jobs a claim walks, when it looks destination by
+/// destination: about 1.5 ms of the writer's time (measured: 10,000 destinations with
+/// scheduled retries behind a held backlog took 55-72 ms a claim). The next claim goes on
+/// from where it stopped.
+pub(super) const DESTINATIONS_WALKED: usize = 256;
+
+/// Where a walk over the destinations with queued jobs starts, and how far it goes.
+pub(super) enum Walk<'a> {
+    /// Every one, in name order.
+    All,
+    /// At most [`DESTINATIONS_WALKED`], in name order after the one named (from the first
+    /// after the last), and the name is moved on to the last one visited.
+    From(&'a mut String),
+}
+
 /// Calls `f` with each destination that may have room: the few `rooms` names when only
-/// they can (a caller may have queued jobs for thousands of others), else each destination
-/// that has queued jobs, in name order.
+/// they can (a caller may have queued jobs for thousands of others), else the destinations
+/// that have queued jobs, as `walk` says.
 pub(super) fn each_destination(
     conn: &Connection,
     rooms: &Rooms,
+    walk: Walk<'_>,
     mut f: impl FnMut(&str) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
     if let Some(only) = rooms.only() {
@@ -152,16 +168,49 @@ pub(super) fn each_destination(
         }
         return Ok(());
     }
-    let mut next: Option<String> = conn
-        .prepare_cached(FIRST_DESTINATION)?
-        .query_row([], |row| row.get(0))
-        .optional()?;
+    let mut first = conn.prepare_cached(FIRST_DESTINATION)?;
     let mut step = conn.prepare_cached(NEXT_DESTINATION)?;
-    while let Some(destination) = next {
+    let (mut next, mut left, mut cursor) = match walk {
+        Walk::All => (
+            first.query_row([], |row| row.get(0)).optional()?,
+            usize::MAX,
+            None,
+        ),
+        Walk::From(cursor) => {
+            let after: Option<String> = if cursor.is_empty() {
+                None
+            } else {
+                step.query_row([&*cursor], |row| row.get(0)).optional()?
+            };
+            let after = match after {
+                Some(after) => Some(after),
+                None => first.query_row([], |row| row.get(0)).optional()?,
+            };
+            (after, DESTINATIONS_WALKED, Some(cursor))
+        }
+    };
+    let start = next.clone();
+    let mut wrapped = false;
+    while let Some(destination) = next.take() {
         f(&destination)?;
+        left -= 1;
+        if let Some(cursor) = cursor.as_deref_mut() {
+            cursor.clone_from(&destination);
+        }
+        if left == 0 {
+            break;
+        }
         next = step
             .query_row([&destination], |row| row.get(0))
             .optional()?;
+        if next.is_none() && !wrapped && cursor.is_some() {
+            // Past the last: on from the first, up to where this walk started.
+            wrapped = true;
+            next = first.query_row([], |row| row.get(0)).optional()?;
+        }
+        if wrapped && next.is_some() && next >= start {
+            break;
+        }
     }
     Ok(())
 }
@@ -263,14 +312,15 @@ fn in_turns(rows: &mut [Queued], room: &RoomLeft<'_>) {
 /// their turn comes however long the others' backlogs. When those rows belong to
 /// destinations without room (a full or held destination's backlog in front) and leave the
 /// claim short, it looks destination by destination instead, so jobs behind that backlog
-/// are found with a seek per destination and level rather than a walk over the backlog.
+/// are found with a seek per destination and level rather than a walk over the backlog: at
+/// most [`DESTINATIONS_WALKED`] of them, from `walk_from` on (which it moves on).
 pub(super) fn claim(
     conn: &Connection,
     owner: &str,
     limit: u32,
     (lease, priority_step): (Duration, Duration),
     rooms: &Rooms,
-    now: i64,
+    (now, walk_from): (i64, &mut String),
 ) -> rusqlite::Result<Vec<Job>> {
     let lease_until = now.saturating_add(millis_of(lease));
     if limit == 0 {
@@ -309,7 +359,7 @@ pub(super) fn claim(
         // rooms and the shared budget admit together.
         let room = RoomLeft::new(rooms);
         let mut rows = Vec::new();
-        each_destination(conn, rooms, |destination| {
+        each_destination(conn, rooms, Walk::From(walk_from), |destination| {
             claim.destination_rows(destination, &room, &mut rows)
         })?;
         picked = claim.pick(rows, rooms).0;
@@ -349,7 +399,7 @@ pub(super) fn next_due(
             Err(so_far) => so_far,
         };
     let mut first_due = conn.prepare_cached(DESTINATION_DUE)?;
-    each_destination(conn, rooms, |destination| {
+    each_destination(conn, rooms, Walk::All, |destination| {
         if room.left(destination) == 0 {
             return Ok(());
         }

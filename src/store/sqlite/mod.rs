@@ -162,6 +162,7 @@ impl SqliteStore {
             wal_looked_at: std::time::Instant::now(),
             clock,
             stamped_at: None,
+            walk_from: String::new(),
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())

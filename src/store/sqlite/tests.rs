@@ -3,8 +3,8 @@
 use rusqlite::{StatementStatus, params, params_from_iter};
 
 use super::claims::{
-    CLAIM_ONE, DESTINATION_DUE, DUE_WINDOW, FIRST_DESTINATION, NEXT_DESTINATION, NEXT_LEVEL,
-    TOP_LEVEL, claim,
+    CLAIM_ONE, DESTINATION_DUE, DESTINATIONS_WALKED, DUE_WINDOW, FIRST_DESTINATION,
+    NEXT_DESTINATION, NEXT_LEVEL, TOP_LEVEL, claim,
 };
 use super::list::{DIALECT, sql_value};
 use super::rows::millis;
@@ -196,7 +196,7 @@ fn claimed_ids(conn: &Connection, limit: u32, rooms: &Rooms) -> Vec<String> {
         limit,
         (Duration::from_secs(30), STEP),
         rooms,
-        now(),
+        (now(), &mut String::new()),
     )
     .unwrap()
     .into_iter()
@@ -254,6 +254,7 @@ fn writer(conn: Connection, queue_capacity: u64) -> Writer {
         wal_looked_at: std::time::Instant::now(),
         clock: QueueClock::starting_at(now()),
         stamped_at: None,
+        walk_from: String::new(),
     }
 }
 
@@ -347,7 +348,7 @@ fn a_claim_is_not_prepared_again_when_its_limit_changes() {
             limit,
             (Duration::ZERO, STEP),
             &rooms(&[], &[]),
-            now(),
+            (now(), &mut String::new()),
         )
         .unwrap();
     }
@@ -528,6 +529,71 @@ fn jobs_behind_a_full_destinations_backlog_are_found_without_walking_it() {
             "{spent} steps to claim past a backlog of {backlog}"
         );
     }
+}
+
+/// Behind a held backlog, with thousands of destinations whose jobs are scheduled for later,
+/// a claim walks a bounded number of destinations, the next claim going on from there: each
+/// claim's cost stays bounded (it runs on the writer, which every write waits for), and the
+/// jobs behind are still found, within a few claims, wrapping round past the last name.
+#[test]
+fn a_claim_walks_a_bounded_number_of_destinations_and_the_next_goes_on() {
+    let (_dir, conn) = database();
+    let now = now();
+    queue(&conn, FULL, 1_000, now - 10_000);
+    conn.execute_batch("BEGIN").unwrap();
+    let scheduled: usize = 2_000;
+    for i in 0..scheduled {
+        queue(&conn, &format!("http://d{i:05}:1"), 1, now + 3_600_000);
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    // Sorts after every scheduled one, and before the held one.
+    let behind = "http://e:1";
+    queue(&conn, behind, 1, now - 1_000);
+    let rooms = rooms(&[], &[FULL]);
+    let mut walk_from = String::new();
+    let mut found = None;
+    let mut most_steps = 0;
+    for attempt in 1..=20 {
+        let before = steps(&conn);
+        let jobs = claim(
+            &conn,
+            "test",
+            4,
+            (Duration::from_secs(30), STEP),
+            &rooms,
+            (now, &mut walk_from),
+        )
+        .unwrap();
+        most_steps = most_steps.max(steps(&conn) - before);
+        if let Some(job) = jobs.first() {
+            assert_eq!(job.destination, behind);
+            found = Some(attempt);
+            break;
+        }
+    }
+    let walks = scheduled.div_ceil(DESTINATIONS_WALKED);
+    assert_eq!(
+        found,
+        Some(walks),
+        "found on the walk that reaches it"
+    );
+    // 256 destinations: about 10,000 steps; all 2,000 would take about 70,000.
+    assert!(most_steps < 15_000, "{most_steps} steps in one claim");
+
+    // Past the last name, the walk goes on from the first.
+    queue(&conn, "http://a:1", 1, now - 1_000);
+    walk_from = "http://zzz:1".into();
+    let jobs = claim(
+        &conn,
+        "test",
+        4,
+        (Duration::from_secs(30), STEP),
+        &rooms,
+        (now, &mut walk_from),
+    )
+    .unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].destination, "http://a:1");
 }
 
 /// Pages the connection has fetched (from its cache or the file) so far.

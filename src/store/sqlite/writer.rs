@@ -44,6 +44,8 @@ pub(super) struct Queue {
     pub(super) size: u64,
     pub(super) capacity: u64,
     pub(super) now: i64,
+    /// Where the claims' walk over the destinations with queued jobs goes on from.
+    pub(super) walk_from: String,
 }
 
 impl Queue {
@@ -151,6 +153,8 @@ pub(super) struct Writer {
     pub(super) clock: QueueClock,
     /// When the queue's time was last stamped into the database.
     pub(super) stamped_at: Option<Instant>,
+    /// Where the claims' walk over the destinations goes on from (see `Queue`).
+    pub(super) walk_from: String,
 }
 
 /// How often the writer looks at the size of the WAL while it writes (a stat of the file).
@@ -278,10 +282,12 @@ impl Writer {
             size: self.queue_size.load(Ordering::Relaxed),
             capacity: self.queue_capacity,
             now: self.clock.now(),
+            walk_from: std::mem::take(&mut self.walk_from),
         };
         for write in batch.iter_mut() {
             write.apply(&tx, &mut queue)?;
         }
+        self.walk_from = std::mem::take(&mut queue.walk_from);
         if stamp {
             tx.execute(STAMP, [queue.now])?;
         }

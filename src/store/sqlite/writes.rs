@@ -312,7 +312,7 @@ impl Write for Claim {
             self.limit,
             (self.lease, self.priority_step),
             &self.rooms,
-            queue.now,
+            (queue.now, &mut queue.walk_from),
         )?)
     }
 }
