@@ -531,6 +531,12 @@ fn jobs_behind_a_full_destinations_backlog_are_found_without_walking_it() {
     }
 }
 
+/// Up to four jobs claimed at `now`, a walk over the destinations going on from `walk_from`.
+fn claim_walking(conn: &Connection, rooms: &Rooms, now: i64, walk_from: &mut String) -> Vec<Job> {
+    let lease = (Duration::from_secs(30), STEP);
+    claim(conn, "test", 4, lease, rooms, (now, walk_from)).unwrap()
+}
+
 /// Behind a held backlog, with thousands of destinations whose jobs are scheduled for later,
 /// a claim walks a bounded number of destinations, the next claim going on from there: each
 /// claim's cost stays bounded (it runs on the writer, which every write waits for), and the
@@ -555,15 +561,7 @@ fn a_claim_walks_a_bounded_number_of_destinations_and_the_next_goes_on() {
     let mut most_steps = 0;
     for attempt in 1..=20 {
         let before = steps(&conn);
-        let jobs = claim(
-            &conn,
-            "test",
-            4,
-            (Duration::from_secs(30), STEP),
-            &rooms,
-            (now, &mut walk_from),
-        )
-        .unwrap();
+        let jobs = claim_walking(&conn, &rooms, now, &mut walk_from);
         most_steps = most_steps.max(steps(&conn) - before);
         if let Some(job) = jobs.first() {
             assert_eq!(job.destination, behind);
@@ -583,15 +581,7 @@ fn a_claim_walks_a_bounded_number_of_destinations_and_the_next_goes_on() {
     // Past the last name, the walk goes on from the first.
     queue(&conn, "http://a:1", 1, now - 1_000);
     walk_from = "http://zzz:1".into();
-    let jobs = claim(
-        &conn,
-        "test",
-        4,
-        (Duration::from_secs(30), STEP),
-        &rooms,
-        (now, &mut walk_from),
-    )
-    .unwrap();
+    let jobs = claim_walking(&conn, &rooms, now, &mut walk_from);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].destination, "http://a:1");
 }
