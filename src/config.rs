@@ -130,7 +130,7 @@ pub struct Config {
 
     /// Longest cool-down of a breaker, in seconds.
     #[arg(long, help_heading = "Isolation between destinations", env = "APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS", default_value_t = 300.0,
-          value_parser = machinery_seconds)]
+          value_parser = breaker_max_cooldown_seconds)]
     pub callback_breaker_max_cooldown_seconds: f64,
 
     /// Unfinished async requests the queue holds; past that, `POST /async` answers 503.
@@ -598,6 +598,19 @@ fn delay_seconds(s: &str) -> Result<f64, String> {
 /// A callback attempt's timeout: at most an hour (a receiver that takes longer has failed).
 fn callback_timeout_seconds(s: &str) -> Result<f64, String> {
     at_most(s, positive_seconds(s)?, 3600.0, "an hour")
+}
+
+/// A breaker's longest cool-down: at least a second, since held jobs go anyway once overdue by
+/// this long (below it, an open breaker would hold nothing), and at most a day.
+fn breaker_max_cooldown_seconds(s: &str) -> Result<f64, String> {
+    let v = machinery_seconds(s)?;
+    if v < 1.0 {
+        return Err(format!(
+            "`{s}` must be at least 1: jobs an open breaker holds go anyway once overdue by \
+             this long"
+        ));
+    }
+    Ok(v)
 }
 
 /// The retention pass's period: at least a second, at most a day.

@@ -51,11 +51,14 @@ pub const CONTROLS_EVERY: Duration = Duration::from_secs(1);
 /// How long to wait before retrying a job's work when the compute queue is full.
 const COMPUTE_BUSY_BACKOFF: Duration = Duration::from_millis(20);
 
-/// Tries at recording an attempt while the database is unavailable, and the pause between
-/// them. The lease is renewed meanwhile, so the job is not delivered again; past the last
-/// try it is left to its lease (and counted as a claim without an outcome).
-const RECORD_TRIES: u32 = 5;
-const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// The pause between tries at recording an attempt while the database is unavailable, at
+/// first and at most (it doubles). The tries go on for as long as the job's lease (a
+/// database restart or a failover takes seconds to tens of seconds): the lease is renewed
+/// meanwhile when the database answers, and a record whose claim was taken over is refused
+/// by its token, so trying longer never records twice. Past the lease the job is left to it
+/// (and counted as a claim without an outcome).
+const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(250);
+const RECORD_RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// Wakes the dispatcher when a job may have become claimable.
 #[derive(Clone, Default)]
@@ -495,9 +498,10 @@ impl Dispatcher {
         };
         // A timeout shorter than the operator's, chosen by the request, says nothing about
         // the destination's health: counted against it, any caller could open another's
-        // breaker (and take it out of the proven share) with requests of a millisecond.
+        // breaker (and take it out of the proven share) with requests of a millisecond; as a
+        // probe's answer, close it.
         let verdict = match (report.kind, job.callback_timeout) {
-            (AttemptKind::Timeout, Some(own)) if own < self.client.timeout() => Verdict::Neutral,
+            (AttemptKind::Timeout, Some(own)) if own < self.client.timeout() => Verdict::Unknown,
             _ => Verdict::of(report.kind, report.status_code),
         };
         destination.record_after(verdict, report.duration);
@@ -600,10 +604,10 @@ impl Dispatcher {
         mut record: DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> Result<Recorded, crate::store::StoreError> {
-        let mut tries = 0;
+        let give_up_at = tokio::time::Instant::now() + self.lease;
+        let mut pause = RECORD_RETRY_PAUSE;
         let mut stripped = false;
         loop {
-            tries += 1;
             let err = match self
                 .store
                 .record_attempt(&job.id, &self.owner, &job.token, &record, outcome)
@@ -613,10 +617,11 @@ impl Dispatcher {
                 Err(err) => err,
             };
             if err.is_unavailable() {
-                if tries >= RECORD_TRIES {
+                if tokio::time::Instant::now() + pause > give_up_at {
                     return Err(err);
                 }
-                tokio::time::sleep(RECORD_RETRY_PAUSE).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RECORD_RETRY_PAUSE_MAX);
             } else if !stripped {
                 tracing::warn!(request_id = %job.id, error = %err, "recording the attempt failed; recording it without the receiver's answer");
                 record.response_body = None;

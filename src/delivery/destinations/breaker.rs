@@ -35,8 +35,13 @@ pub enum Verdict {
     Healthy,
     /// A failure that counts this much towards opening the breaker.
     Failed(f64),
-    /// Says nothing about the destination (a 4xx, a blocked address).
+    /// The destination answered, but not in a way that says it is unwell (a 4xx: a wrong
+    /// path, a bad signature).
     Neutral,
+    /// Says nothing at all about the destination: it was not reached (a blocked address, a
+    /// URL that cannot be sent to) or not given the time (a timeout shorter than the
+    /// operator's, chosen by the request).
+    Unknown,
 }
 
 impl Verdict {
@@ -50,7 +55,7 @@ impl Verdict {
                 _ => Verdict::Neutral,
             },
             AttemptKind::Other => Verdict::Failed(0.5),
-            AttemptKind::Blocked | AttemptKind::Invalid => Verdict::Neutral,
+            AttemptKind::Blocked | AttemptKind::Invalid => Verdict::Unknown,
         }
     }
 }
@@ -151,6 +156,11 @@ impl Breaker {
             }
             // A neutral answer to a probe still shows the destination is up.
             (Breaker::HalfOpen { .. }, Verdict::Neutral) if probe => Breaker::CLOSED,
+            // A probe that learnt nothing leaves the turn to the next one.
+            (Breaker::HalfOpen { cooldown, .. }, Verdict::Unknown) if probe => Breaker::HalfOpen {
+                cooldown,
+                probing: false,
+            },
             // Late results of deliveries started before the breaker opened change nothing.
             (state, _) => state,
         }
@@ -208,6 +218,6 @@ mod tests {
             Verdict::of(AttemptKind::Delivered, Some(200)),
             Verdict::Healthy
         );
-        assert_eq!(Verdict::of(AttemptKind::Blocked, None), Verdict::Neutral);
+        assert_eq!(Verdict::of(AttemptKind::Blocked, None), Verdict::Unknown);
     }
 }

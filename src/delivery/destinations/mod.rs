@@ -56,8 +56,9 @@
 //!
 //! State is kept only for destinations seen recently: one idle for [`FORGET_AFTER`] is
 //! forgotten whatever its breaker, and past `tracked` destinations the longest idle are
-//! forgotten first, so the map is bounded however many destinations callers name (a forgotten
-//! destination starts again as a new one, in the unproven share).
+//! forgotten first (those with failures against them last), so the map is bounded however
+//! many destinations callers name (a forgotten destination starts again as a new one, in the
+//! unproven share).
 
 mod breaker;
 mod controls;
@@ -593,16 +594,19 @@ impl Destinations {
 
     /// Before a new destination is added to a full map: forgets the longest idle eighth of
     /// the tracked destinations (those with nothing in flight), so that a caller naming a new
-    /// destination with every request costs one sort per eighth, not one per request.
+    /// destination with every request costs one sort per eighth, not one per request. Those
+    /// with failures against them (an open breaker above all) go last: forgotten, a dead
+    /// receiver would start again as new, and its jobs would spend their attempts on it
+    /// instead of waiting for a probe, whenever a caller floods the map with new names.
     fn make_room(&self, state: &mut State) {
         if state.entries.len() < self.policy.tracked {
             return;
         }
-        let mut idle: Vec<(Instant, String)> = state
+        let mut idle: Vec<((bool, Instant), String)> = state
             .entries
             .iter()
             .filter(|(_, e)| e.in_flight == 0)
-            .map(|(d, e)| (e.last_active, d.clone()))
+            .map(|(d, e)| ((!e.breaker.is_clear(), e.last_active), d.clone()))
             .collect();
         idle.sort_unstable();
         let forget = (self.policy.tracked / 8).max(1);
@@ -709,9 +713,9 @@ impl Destinations {
                 entry.room = (entry.room / 2).max(INITIAL_ROOM);
             }
             // Not against its breaker, but a failed delivery all the same (a 404 from a wrong
-            // path, a 401 from a bad signature: the commonest mistakes), so counted with the
-            // failures an operator sees.
-            Verdict::Neutral => entry.recent.add(bucket, false),
+            // path, a 401 from a bad signature: the commonest mistakes; a request's own short
+            // timeout), so counted with the failures an operator sees.
+            Verdict::Neutral | Verdict::Unknown => entry.recent.add(bucket, false),
         }
         let next = entry
             .breaker
@@ -1209,6 +1213,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         drop(d.start(A, Share::Unproven));
         assert_eq!(room(&d, A), 1, "the next probe may go");
+        d.start(A, Share::Unproven).record(Verdict::Unknown);
+        assert_eq!(
+            d.snapshot()[0].breaker,
+            BreakerState::HalfOpen,
+            "a probe that learnt nothing (its own short timeout) closes nothing"
+        );
+        assert_eq!(room(&d, A), 1, "and leaves the turn to the next probe");
         d.start(A, Share::Unproven).record(Verdict::Neutral);
         assert_eq!(
             d.snapshot()[0].breaker,
@@ -1240,6 +1251,25 @@ mod tests {
         );
         drop(busy);
         assert_eq!(d.unproven_in_flight(), 0);
+    }
+
+    /// A flood of new names that answer at once forgets quiet healthy destinations before a
+    /// failing one, whose breaker would otherwise start again closed.
+    #[test]
+    fn a_flood_of_new_names_forgets_failing_destinations_last() {
+        let d = Destinations::new(IsolationPolicy {
+            tracked: 16,
+            ..policy()
+        });
+        d.start(A, Share::Unproven).record(Verdict::Failed(1.0));
+        d.start(A, Share::Unproven).record(Verdict::Failed(1.0));
+        assert_eq!(d.snapshot()[0].breaker, BreakerState::Open);
+        for n in 0..1000 {
+            d.start(&format!("http://invented-{n}:80"), Share::Unproven)
+                .record(Verdict::Healthy);
+        }
+        let view = d.snapshot().into_iter().find(|v| v.destination == A);
+        assert!(view.is_some(), "the failing destination is still tracked");
     }
 
     #[test]

@@ -146,8 +146,8 @@ pub(super) const DESTINATIONS_WALKED: usize = 256;
 
 /// Where a walk over the destinations with queued jobs starts, and how far it goes.
 pub(super) enum Walk<'a> {
-    /// Every one, in name order.
-    All,
+    /// At most [`DESTINATIONS_WALKED`], from the first in name order.
+    First,
     /// At most [`DESTINATIONS_WALKED`], in name order after the one named (from the first
     /// after the last), and the name is moved on to the last one visited.
     From(&'a mut String),
@@ -155,25 +155,26 @@ pub(super) enum Walk<'a> {
 
 /// Calls `f` with each destination that may have room: the few `rooms` names when only
 /// they can (a caller may have queued jobs for thousands of others), else the destinations
-/// that have queued jobs, as `walk` says.
+/// that have queued jobs, as `walk` says. Answers whether the walk stopped short of the
+/// last.
 pub(super) fn each_destination(
     conn: &Connection,
     rooms: &Rooms,
     walk: Walk<'_>,
     mut f: impl FnMut(&str) -> rusqlite::Result<()>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<bool> {
     if let Some(only) = rooms.only() {
         for destination in only {
             f(destination)?;
         }
-        return Ok(());
+        return Ok(false);
     }
     let mut first = conn.prepare_cached(FIRST_DESTINATION)?;
     let mut step = conn.prepare_cached(NEXT_DESTINATION)?;
     let (mut next, mut left, mut cursor) = match walk {
-        Walk::All => (
+        Walk::First => (
             first.query_row([], |row| row.get(0)).optional()?,
-            usize::MAX,
+            DESTINATIONS_WALKED,
             None,
         ),
         Walk::From(cursor) => {
@@ -198,7 +199,7 @@ pub(super) fn each_destination(
             cursor.clone_from(&destination);
         }
         if left == 0 {
-            break;
+            return Ok(true);
         }
         next = step
             .query_row([&destination], |row| row.get(0))
@@ -212,8 +213,13 @@ pub(super) fn each_destination(
             break;
         }
     }
-    Ok(())
+    Ok(false)
 }
+
+/// How soon a look for the next due time that walked only some of the destinations says to
+/// look again (ms): one past them may have a job due sooner, which a claim's walk, going on
+/// from where the last stopped, will reach.
+const LOOK_AGAIN_AFTER_WALK: i64 = 100;
 
 /// What a claim reads and decides with: its owner, the queue's time, the priority step (ms),
 /// the priority levels with queued jobs and the most jobs it takes.
@@ -374,7 +380,9 @@ pub(super) fn claim(
 
 /// The earliest time (on the queue clock) a claim of `owner` could take a job: of the
 /// destinations with room, the first due job it may claim (a held destination's once it is
-/// overdue), whatever its priority. `None` with nothing queued.
+/// overdue), whatever its priority. `None` with nothing queued. When it has to look
+/// destination by destination and there are more than [`DESTINATIONS_WALKED`], it looks at
+/// that many and answers no later than [`LOOK_AGAIN_AFTER_WALK`] from now.
 pub(super) fn next_due(
     conn: &Connection,
     owner: &str,
@@ -399,7 +407,7 @@ pub(super) fn next_due(
             Err(so_far) => so_far,
         };
     let mut first_due = conn.prepare_cached(DESTINATION_DUE)?;
-    each_destination(conn, rooms, Walk::All, |destination| {
+    let walked_some = each_destination(conn, rooms, Walk::First, |destination| {
         if room.left(destination) == 0 {
             return Ok(());
         }
@@ -416,5 +424,11 @@ pub(super) fn next_due(
         }
         Ok(())
     })?;
+    if walked_some {
+        earliest_seen = earliest(
+            earliest_seen,
+            now.saturating_add(LOOK_AGAIN_AFTER_WALK),
+        );
+    }
     Ok(earliest_seen)
 }

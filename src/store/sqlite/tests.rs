@@ -540,7 +540,8 @@ fn claim_walking(conn: &Connection, rooms: &Rooms, now: i64, walk_from: &mut Str
 /// Behind a held backlog, with thousands of destinations whose jobs are scheduled for later,
 /// a claim walks a bounded number of destinations, the next claim going on from there: each
 /// claim's cost stays bounded (it runs on the writer, which every write waits for), and the
-/// jobs behind are still found, within a few claims, wrapping round past the last name.
+/// jobs behind are still found, within a few claims, wrapping round past the last name. A
+/// look for the next due time walks as many, and answers "look again shortly".
 #[test]
 fn a_claim_walks_a_bounded_number_of_destinations_and_the_next_goes_on() {
     let (_dir, conn) = database();
@@ -556,6 +557,15 @@ fn a_claim_walks_a_bounded_number_of_destinations_and_the_next_goes_on() {
     let behind = "http://e:1";
     queue(&conn, behind, 1, now - 1_000);
     let rooms = rooms(&[], &[FULL]);
+    // Looking for the next due time walks as far, and says to look again soon.
+    let before = steps(&conn);
+    assert_eq!(
+        next_due(&conn, "test", &rooms, now).unwrap(),
+        Some(now + 100)
+    );
+    let spent = steps(&conn) - before;
+    assert!(spent < 15_000, "{spent} steps to look for the next due time");
+
     let mut walk_from = String::new();
     let mut found = None;
     let mut most_steps = 0;

@@ -48,6 +48,13 @@ fn settings_that_would_break_something_are_refused_in_one_line_naming_them() {
             "APP_CALLBACK_SLOW_AFTER_SECONDS",
         ),
         (
+            vec![
+                ("APP_CALLBACK_BREAKER_COOLDOWN_SECONDS", "0.001"),
+                ("APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS", "0.001"),
+            ],
+            "APP_CALLBACK_BREAKER_MAX_COOLDOWN_SECONDS",
+        ),
+        (
             vec![("APP_CLEANUP_INTERVAL_SECONDS", "0")],
             "APP_CLEANUP_INTERVAL_SECONDS",
         ),
