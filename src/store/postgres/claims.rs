@@ -98,6 +98,33 @@ macro_rules! claimable_lease {
     };
 }
 
+/// For each `d.dest` and `l.level` of the query it joins: that destination's first jobs of that
+/// level due by `$due_by` and claimable (and `$also`), locked, as many as its room (`$4`,
+/// else `$default_room`) within the claim's limit (`$3`).
+macro_rules! destination_due_locked {
+    ($due_by:literal, $also:literal, $default_room:literal) => {
+        concat!(
+            "CROSS JOIN LATERAL (
+                 SELECT id, next_attempt_at, ",
+            rank_at!("l.level"),
+            " AS rank_at FROM requests
+                 WHERE destination = d.dest AND priority = l.level
+                   AND next_attempt_at IS NOT NULL AND next_attempt_at <= ",
+            $due_by,
+            "
+                   AND ",
+            claimable_lease!("$1"),
+            $also,
+            "
+                 ORDER BY next_attempt_at
+                 LIMIT LEAST(COALESCE(((SELECT map FROM room_map) ->> d.dest)::int, ",
+            $default_room,
+            "), $3)
+                 FOR UPDATE SKIP LOCKED)"
+        )
+    };
+}
+
 /// `dests (dest)`: the destinations of `$13`, for a claim that may only take jobs of a few
 /// destinations (see `Rooms::only`).
 macro_rules! listed_destinations_cte {
@@ -162,23 +189,14 @@ macro_rules! claim_per_destination {
             ",
              locked AS MATERIALIZED (
                  SELECT c.id, c.next_attempt_at, c.rank_at, d.dest FROM dests AS d
-                 CROSS JOIN levels AS l
-                 CROSS JOIN LATERAL (
-                     SELECT id, next_attempt_at, ",
-            rank_at!("l.level"),
-            " AS rank_at FROM requests
-                     WHERE destination = d.dest AND priority = l.level
-                       AND next_attempt_at IS NOT NULL
-                       AND next_attempt_at <= CASE WHEN d.dest = ANY($5)
-                                                   THEN now() - make_interval(secs => $6)
-                                                   ELSE now() END
-                       AND ",
-            claimable_lease!("$1"),
-            "
-                       AND NOT (id = ANY($8))
-                     ORDER BY next_attempt_at
-                     LIMIT LEAST(COALESCE(((SELECT map FROM room_map) ->> d.dest)::int, $7), $3)
-                     FOR UPDATE SKIP LOCKED) AS c
+                 CROSS JOIN levels AS l ",
+            destination_due_locked!(
+                "CASE WHEN d.dest = ANY($5) THEN now() - make_interval(secs => $6)
+                      ELSE now() END",
+                " AND NOT (id = ANY($8))",
+                "$7"
+            ),
+            " AS c
                  WHERE d.dest IS NOT NULL AND l.level IS NOT NULL), ",
             within_rooms!("locked", "$7"),
             ",
@@ -258,18 +276,9 @@ pub(super) const CLAIM_WINDOW: &str = concat!(
      heads AS MATERIALIZED (
          SELECT h.id, h.next_attempt_at, h.rank_at, d.dest
          FROM unnest($13::text[]) AS d(dest)
-         CROSS JOIN levels AS l
-         CROSS JOIN LATERAL (
-             SELECT id, next_attempt_at, ",
-    rank_at!("l.level"),
-    " AS rank_at FROM requests
-             WHERE destination = d.dest AND priority = l.level
-               AND next_attempt_at IS NOT NULL AND next_attempt_at <= now() AND ",
-    claimable_lease!("$1"),
-    "
-             ORDER BY next_attempt_at
-             LIMIT LEAST(COALESCE(((SELECT map FROM room_map) ->> d.dest)::int, $6), $3)
-             FOR UPDATE SKIP LOCKED) AS h
+         CROSS JOIN levels AS l ",
+    destination_due_locked!("now()", "", "$6"),
+    " AS h
          WHERE l.level IS NOT NULL AND (SELECT due_rows >= $5 FROM horizon)
            AND NOT EXISTS (SELECT 1 FROM scanned WHERE scanned.dest = d.dest)), ",
     within_rooms!(

@@ -425,10 +425,7 @@ pub(super) fn next_due(
         Ok(())
     })?;
     if walked_some {
-        earliest_seen = earliest(
-            earliest_seen,
-            now.saturating_add(LOOK_AGAIN_AFTER_WALK),
-        );
+        earliest_seen = earliest(earliest_seen, now.saturating_add(LOOK_AGAIN_AFTER_WALK));
     }
     Ok(earliest_seen)
 }

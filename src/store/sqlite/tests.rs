@@ -564,7 +564,10 @@ fn a_claim_walks_a_bounded_number_of_destinations_and_the_next_goes_on() {
         Some(now + 100)
     );
     let spent = steps(&conn) - before;
-    assert!(spent < 15_000, "{spent} steps to look for the next due time");
+    assert!(
+        spent < 15_000,
+        "{spent} steps to look for the next due time"
+    );
 
     let mut walk_from = String::new();
     let mut found = None;
@@ -580,11 +583,7 @@ fn a_claim_walks_a_bounded_number_of_destinations_and_the_next_goes_on() {
         }
     }
     let walks = scheduled.div_ceil(DESTINATIONS_WALKED);
-    assert_eq!(
-        found,
-        Some(walks),
-        "found on the walk that reaches it"
-    );
+    assert_eq!(found, Some(walks), "found on the walk that reaches it");
     // 256 destinations: about 10,000 steps; all 2,000 would take about 70,000.
     assert!(most_steps < 15_000, "{most_steps} steps in one claim");
 
