@@ -360,7 +360,11 @@ async fn an_attempt_that_ends_while_postgresql_is_away_is_recorded_once_it_is_ba
     app.wait_for_status(&id, "callback_success", WAIT).await;
     // Past the lease: a record given up would have the job delivered again by now.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(receiver.delivered_ids(), [id.clone()], "delivered once");
+    assert_eq!(
+        receiver.delivered_ids(),
+        std::slice::from_ref(&id),
+        "delivered once"
+    );
     let record = app.get_json(&format!("/requests/{id}")).await;
     assert_eq!(record["callback_attempts"], 1, "{record}");
     drop(app);
