@@ -18,12 +18,13 @@
 use std::future::Future;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     AttemptOutcome, Cancellation, ControlChange, Controlled, DestinationControl, FinishedWork, Job,
     KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest, NewRequest, PoolStats, Position,
-    Recorded, Redelivery, StatementPlan, StatusCounts, StoreResult, Submitted,
+    Recorded, Redelivery, StatementPlan, StatusCounts, StoreResult, Submitted, Swept,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -185,20 +186,24 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     /// the database take writes again?
     fn probe_write(&self) -> impl Future<Output = StoreResult<()>> + Send;
 
-    /// Deletes up to `chunk` requests finished more than `retention` ago.
+    /// Deletes up to `chunk` requests finished more than `retention` ago, oldest first,
+    /// created no earlier than `from` (where the pass's last chunk reached).
     fn delete_expired(
         &self,
         retention: Duration,
         chunk: u64,
-    ) -> impl Future<Output = StoreResult<u64>> + Send;
+        from: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = StoreResult<Swept>> + Send;
 
     /// Deletes the oldest finished requests beyond the newest `max_stored` of them, up to
-    /// `chunk` at a time; instances cleaning at once never delete past the limit together.
+    /// `chunk` at a time, created no earlier than `from`; instances cleaning at once never
+    /// delete past the limit together.
     fn delete_over_limit(
         &self,
         max_stored: u64,
         chunk: u64,
-    ) -> impl Future<Output = StoreResult<u64>> + Send;
+        from: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = StoreResult<Swept>> + Send;
 
     /// The plan of every statement on a hot path (see `store::plans`).
     fn explain_hot(&self) -> impl Future<Output = StoreResult<Vec<StatementPlan>>> + Send;

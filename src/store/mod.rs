@@ -299,6 +299,31 @@ pub struct Position {
     pub id: String,
 }
 
+/// One chunk of a retention pass: how many requests it deleted, and the creation time of the
+/// newest of them. The next chunk starts there: the rows created before it that are left are
+/// unfinished (or another instance's chunk has them), and walking them again with every
+/// chunk would cost each one more the more of them there are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub deleted: u64,
+    pub reached: Option<DateTime<Utc>>,
+}
+
+impl Swept {
+    /// A chunk that deleted the requests created at `created`.
+    pub(crate) fn of(created: impl IntoIterator<Item = DateTime<Utc>>) -> Self {
+        created.into_iter().fold(Self::default(), |swept, at| Self {
+            deleted: swept.deleted + 1,
+            reached: Some(swept.reached.map_or(at, |reached| reached.max(at))),
+        })
+    }
+}
+
+/// Where a retention pass's first chunk starts: before any request.
+pub(crate) fn sweep_from(reached: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    reached.unwrap_or(DateTime::UNIX_EPOCH)
+}
+
 /// What one run of the retention job removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CleanupReport {
@@ -689,28 +714,33 @@ impl Store {
     /// `max_stored`. Unfinished requests are never touched.
     ///
     /// Deletion goes in chunks of [`CLEANUP_CHUNK`] rows, each a short transaction found
-    /// through the `created_at` index, oldest first, so that a backlog of millions neither
-    /// holds the write lock for long nor rescans the table per chunk; other writes interleave
-    /// between chunks. How many are over the limit is read from the kept counts.
+    /// through the `created_at` index, oldest first, each chunk from where the last one
+    /// reached, so that a backlog of millions neither holds the write lock for long nor
+    /// rescans the table (nor the unfinished requests at its start) per chunk; other writes
+    /// interleave between chunks. How many are over the limit is read from the kept counts.
     pub async fn cleanup(
         &self,
         retention: Duration,
         max_stored: u64,
     ) -> StoreResult<CleanupReport> {
         let mut report = CleanupReport::default();
+        let mut from = None;
         loop {
-            let deleted = dispatch!(self, s => self.health.watch(s.delete_expired(retention, CLEANUP_CHUNK)).await)?;
-            report.expired += deleted;
-            if deleted < CLEANUP_CHUNK {
+            let swept = dispatch!(self, s => self.health.watch(s.delete_expired(retention, CLEANUP_CHUNK, from)).await)?;
+            report.expired += swept.deleted;
+            if swept.deleted < CLEANUP_CHUNK {
                 break;
             }
+            from = swept.reached;
         }
+        let mut from = None;
         loop {
-            let deleted = dispatch!(self, s => self.health.watch(s.delete_over_limit(max_stored, CLEANUP_CHUNK)).await)?;
-            report.over_limit += deleted;
-            if deleted < CLEANUP_CHUNK {
+            let swept = dispatch!(self, s => self.health.watch(s.delete_over_limit(max_stored, CLEANUP_CHUNK, from)).await)?;
+            report.over_limit += swept.deleted;
+            if swept.deleted < CLEANUP_CHUNK {
                 break;
             }
+            from = swept.reached;
         }
         Ok(report)
     }

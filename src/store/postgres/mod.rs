@@ -45,7 +45,7 @@ mod writes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use crate::store::STATEMENT_TIMEOUT;
@@ -66,7 +66,7 @@ use super::{
     ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, ControlChange, Controlled,
     DestinationControl, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest,
     NewRequest, PING_TIMEOUT, PoolStats, Position, Recorded, Redelivery, StatementPlan,
-    StatusCounts, StoreError, StoreResult, Submitted, Transition, sync_outcome,
+    StatusCounts, StoreError, StoreResult, Submitted, Swept, Transition, sweep_from, sync_outcome,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
@@ -692,31 +692,43 @@ impl Backend for PgStore {
 
     // SKIP LOCKED: instances cleaning at the same time take different rows instead of
     // waiting on each other. The rows are picked once (a materialised CTE), as in a claim.
-    async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
-        let deleted = sqlx::query(DELETE_EXPIRED)
+    async fn delete_expired(
+        &self,
+        retention: Duration,
+        chunk: u64,
+        from: Option<DateTime<Utc>>,
+    ) -> StoreResult<Swept> {
+        let created: Vec<DateTime<Utc>> = sqlx::query_scalar(DELETE_EXPIRED)
             .bind(retention.as_secs_f64())
             .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
-            .execute(&self.pool)
+            .bind(sweep_from(from))
+            .fetch_all(&self.pool)
             .await?;
-        Ok(deleted.rows_affected())
+        Ok(Swept::of(created))
     }
 
     /// One instance at a time (an advisory lock held by each chunk's transaction): the
     /// count of finished requests read in the chunk then includes every other chunk's
     /// deletions, so instances cleaning together never delete past the limit.
-    async fn delete_over_limit(&self, max_stored: u64, chunk: u64) -> StoreResult<u64> {
+    async fn delete_over_limit(
+        &self,
+        max_stored: u64,
+        chunk: u64,
+        from: Option<DateTime<Utc>>,
+    ) -> StoreResult<Swept> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CLEANUP_LOCK)
             .execute(&mut *tx)
             .await?;
-        let deleted = sqlx::query(DELETE_OVER_LIMIT)
+        let created: Vec<DateTime<Utc>> = sqlx::query_scalar(DELETE_OVER_LIMIT)
             .bind(i64::try_from(max_stored).unwrap_or(i64::MAX))
             .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
+            .bind(sweep_from(from))
+            .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(deleted.rows_affected())
+        Ok(Swept::of(created))
     }
 
     /// Sync requests left `processing` by an instance that died mid-request.

@@ -14,10 +14,11 @@ pub(super) const DELETE_OVER_LIMIT: &str = concat!(
     finished_statuses!(),
     "),
      picked AS MATERIALIZED (
-         SELECT id FROM requests WHERE status IN ",
+         SELECT id FROM requests WHERE created_at >= $3 AND status IN ",
     finished_statuses!(),
     " ORDER BY created_at LIMIT LEAST($2, (SELECT n FROM excess)) FOR UPDATE SKIP LOCKED)
-     DELETE FROM requests WHERE id = ANY (ARRAY(SELECT id FROM picked))"
+     DELETE FROM requests WHERE id = ANY (ARRAY(SELECT id FROM picked))
+     RETURNING created_at"
 );
 
 /// A sync request, `processing`; nothing if its id or its idempotency key is taken.
@@ -96,11 +97,13 @@ pub(super) const RELEASE: &str =
 pub(super) const DELETE_EXPIRED: &str = concat!(
     "WITH picked AS MATERIALIZED (
                  SELECT id FROM requests
-                 WHERE created_at < now() - make_interval(secs => $1) AND status IN ",
+                 WHERE created_at >= $3 AND created_at < now() - make_interval(secs => $1)
+                   AND status IN ",
     finished_statuses!(),
     " AND COALESCE(delivered_at, completed_at, created_at) < now() - make_interval(secs => $1)
                  ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-             DELETE FROM requests WHERE id = ANY (ARRAY(SELECT id FROM picked))"
+             DELETE FROM requests WHERE id = ANY (ARRAY(SELECT id FROM picked))
+             RETURNING created_at"
 );
 
 /// Sync requests left `processing` more than `$1` seconds by an instance that died.

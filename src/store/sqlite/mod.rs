@@ -42,7 +42,7 @@ use super::{
     AttemptOutcome, Cancellation, ControlChange, Controlled, DestinationControl, FinishedWork, Job,
     KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats,
     Position, Recorded, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult,
-    Submitted,
+    Submitted, Swept, sweep_from,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -485,18 +485,38 @@ impl Backend for SqliteStore {
         self.send(Probe).await
     }
 
-    async fn delete_expired(&self, retention: Duration, chunk: u64) -> StoreResult<u64> {
+    async fn delete_expired(
+        &self,
+        retention: Duration,
+        chunk: u64,
+        from: Option<DateTime<Utc>>,
+    ) -> StoreResult<Swept> {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        self.send(DeleteExpired { cutoff, chunk }).await
+        self.send(DeleteExpired {
+            cutoff,
+            chunk,
+            from: sweep_from(from),
+        })
+        .await
     }
 
     async fn explain_hot(&self) -> StoreResult<Vec<StatementPlan>> {
         self.read(plans::explain_hot).await
     }
 
-    async fn delete_over_limit(&self, max_stored: u64, chunk: u64) -> StoreResult<u64> {
-        self.send(DeleteOverLimit { max_stored, chunk }).await
+    async fn delete_over_limit(
+        &self,
+        max_stored: u64,
+        chunk: u64,
+        from: Option<DateTime<Utc>>,
+    ) -> StoreResult<Swept> {
+        self.send(DeleteOverLimit {
+            max_stored,
+            chunk,
+            from: sweep_from(from),
+        })
+        .await
     }
 
     async fn close(&self) {

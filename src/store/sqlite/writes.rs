@@ -7,14 +7,14 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::claims::claim;
-use super::rows::{millis, parse_status};
+use super::rows::{from_millis, millis, parse_status};
 use super::writer::{Applied, Queue, Write};
 use crate::delivery::destinations::{Rooms, destination_host};
 use crate::model::{DeliveryAttempt, Mode, Status, WorkResult};
 use crate::store::due::millis_of;
 use crate::store::{
     AttemptOutcome, Cancellation, FinishedWork, Job, KeyHolder, Leases, MadeDue, NewAsyncRequest,
-    NewRequest, Recorded, Redelivery, StoreError, Submitted, Transition, sync_outcome,
+    NewRequest, Recorded, Redelivery, StoreError, Submitted, Swept, Transition, sync_outcome,
 };
 
 /// An async request, queued.
@@ -604,22 +604,34 @@ impl Write for Release {
     }
 }
 
-/// Up to `chunk` requests that finished before `cutoff`; answers how many were deleted.
+/// Up to `chunk` requests created from `from` on that finished before `cutoff`.
 pub(super) struct DeleteExpired {
     pub cutoff: DateTime<Utc>,
     pub chunk: u64,
+    pub from: DateTime<Utc>,
 }
 
 impl Write for DeleteExpired {
-    type Output = u64;
+    type Output = Swept;
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<u64> {
-        let deleted = tx.prepare_cached(DELETE_EXPIRED)?.execute(params![
-            millis(self.cutoff),
-            i64::try_from(self.chunk).unwrap_or(i64::MAX)
-        ])?;
-        done(deleted as u64)
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<Swept> {
+        let mut delete = tx.prepare_cached(DELETE_EXPIRED)?;
+        let created = delete.query_map(
+            params![
+                millis(self.cutoff),
+                i64::try_from(self.chunk).unwrap_or(i64::MAX),
+                millis(self.from)
+            ],
+            |row| row.get(0),
+        )?;
+        done(swept(created)?)
     }
+}
+
+/// What a retention chunk deleted, from the creation times (ms) of its deleted rows.
+fn swept(created: impl Iterator<Item = rusqlite::Result<i64>>) -> rusqlite::Result<Swept> {
+    let created: Vec<i64> = created.collect::<rusqlite::Result<_>>()?;
+    Ok(Swept::of(created.into_iter().map(from_millis)))
 }
 
 /// Up to `chunk` of the oldest finished requests beyond the newest `max_stored` finished
@@ -628,12 +640,13 @@ impl Write for DeleteExpired {
 pub(super) struct DeleteOverLimit {
     pub max_stored: u64,
     pub chunk: u64,
+    pub from: DateTime<Utc>,
 }
 
 impl Write for DeleteOverLimit {
-    type Output = u64;
+    type Output = Swept;
 
-    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<u64> {
+    fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<Swept> {
         let finished: i64 = tx
             .prepare_cached(COUNT_FINISHED)?
             .query_row([], |row| row.get(0))?;
@@ -641,12 +654,17 @@ impl Write for DeleteOverLimit {
             .unwrap_or(0)
             .saturating_sub(self.max_stored);
         if excess == 0 {
-            return done(0);
+            return done(Swept::default());
         }
-        let deleted = tx
-            .prepare_cached(DELETE_OLDEST_FINISHED)?
-            .execute([i64::try_from(excess.min(self.chunk)).unwrap_or(i64::MAX)])?;
-        done(deleted as u64)
+        let mut delete = tx.prepare_cached(DELETE_OLDEST_FINISHED)?;
+        let created = delete.query_map(
+            params![
+                i64::try_from(excess.min(self.chunk)).unwrap_or(i64::MAX),
+                millis(self.from)
+            ],
+            |row| row.get(0),
+        )?;
+        done(swept(created)?)
     }
 }
 
@@ -656,23 +674,27 @@ pub(super) const COUNT_FINISHED: &str = concat!(
     finished_statuses!()
 );
 
-/// The `?1` oldest finished requests, found by walking the creation-time index from its
-/// start (the status index would find every finished request, then sort them).
+/// The `?1` oldest finished requests created from `?2` on, found by walking the
+/// creation-time index from there (the status index would find every finished request,
+/// then sort them); answers their creation times.
 pub(super) const DELETE_OLDEST_FINISHED: &str = concat!(
     "DELETE FROM requests WHERE id IN (
          SELECT id FROM requests INDEXED BY requests_created_at
-         WHERE status IN ",
+         WHERE created_at >= ?2 AND status IN ",
     finished_statuses!(),
-    " ORDER BY created_at LIMIT ?1)"
+    " ORDER BY created_at LIMIT ?1)
+     RETURNING created_at"
 );
 
-/// Up to `?2` requests finished before `?1`, oldest first, by the creation-time index:
-/// finished before the cut-off implies created before it.
+/// Up to `?2` requests created from `?3` on that finished before `?1`, oldest first, by the
+/// creation-time index (finished before the cut-off implies created before it); answers
+/// their creation times.
 pub(super) const DELETE_EXPIRED: &str = concat!(
     "DELETE FROM requests WHERE id IN (
          SELECT id FROM requests INDEXED BY requests_created_at
-         WHERE created_at < ?1 AND status IN ",
+         WHERE created_at >= ?3 AND created_at < ?1 AND status IN ",
     finished_statuses!(),
     " AND COALESCE(delivered_at, completed_at, created_at) < ?1
-         ORDER BY created_at LIMIT ?2)"
+         ORDER BY created_at LIMIT ?2)
+     RETURNING created_at"
 );
