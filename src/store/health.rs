@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Cancellation, Job, Leases, MadeDue, Recorded, Redelivery, StoreError, StoreResult, Submitted,
+    Swept,
 };
 
 /// Whether a write that succeeded wrote anything. Only one that did proves the database takes
@@ -38,6 +39,12 @@ impl Wrote for bool {
 impl Wrote for u64 {
     fn wrote(&self) -> bool {
         *self > 0
+    }
+}
+
+impl Wrote for Swept {
+    fn wrote(&self) -> bool {
+        self.deleted > 0
     }
 }
 

@@ -599,7 +599,7 @@ fn a_claim_walks_a_bounded_number_of_destinations_and_the_next_goes_on() {
 
 /// A retention pass walks the unfinished requests at the start of the creation-time index
 /// once, not once per chunk: each chunk starts where the last one reached. (From the start
-/// each time, 3,000 queued requests created before 1,500 expired ones cost every chunk a
+/// each time, 30,000 queued requests created before 1,500 expired ones cost every chunk a
 /// walk over them, on the writer.)
 #[test]
 fn a_retention_pass_walks_the_unfinished_requests_before_it_once() {
@@ -613,7 +613,8 @@ fn a_retention_pass_walks_the_unfinished_requests_before_it_once() {
         )
         .unwrap();
     let far = now() + 86_400_000;
-    for i in 0..3_000 {
+    conn.execute_batch("BEGIN").unwrap();
+    for i in 0..30_000 {
         let id = format!("queued {i:05}");
         insert
             .execute(params![id, "pending", OTHER, i, far, None::<i64>])
@@ -621,7 +622,7 @@ fn a_retention_pass_walks_the_unfinished_requests_before_it_once() {
     }
     for i in 0..1_500 {
         let id = format!("finished {i:05}");
-        let created = 10_000 + i;
+        let created = 100_000 + i;
         insert
             .execute(params![
                 id,
@@ -634,6 +635,7 @@ fn a_retention_pass_walks_the_unfinished_requests_before_it_once() {
             .unwrap();
     }
     drop(insert);
+    conn.execute_batch("COMMIT").unwrap();
     let mut writer = writer(conn, u64::MAX);
     let mut from = DateTime::UNIX_EPOCH;
     let mut chunks = Vec::new();
