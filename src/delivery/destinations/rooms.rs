@@ -83,18 +83,12 @@ impl Rooms {
         if !self.is_reserved(destination) {
             self.shared = self.shared.saturating_sub(1);
         }
-        match self.turns.iter_mut().find(|(d, _)| d == destination) {
-            Some((_, turn)) => turn.first = turn.of(1),
-            None => {
-                let turn = Turn::default();
-                self.turns.push((
-                    destination.to_string(),
-                    Turn {
-                        first: turn.of(1),
-                        ..turn
-                    },
-                ));
-            }
+        // Its next job's turn is one job later.
+        if !self.turns.iter().any(|(d, _)| d == destination) {
+            self.turns.push((destination.to_string(), Turn::default()));
+        }
+        if let Some((_, turn)) = self.turns.iter_mut().find(|(d, _)| d == destination) {
+            turn.first = turn.of(1);
         }
     }
 
@@ -211,6 +205,13 @@ mod tests {
         assert_eq!(rooms.shared, 1, "only the unreserved one counts against it");
         rooms.take_one("http://new:9");
         assert_eq!(rooms.shared, 0);
+        let turn_of = |d: &str| rooms.turns.iter().find(|(x, _)| x == d).map(|(_, t)| *t);
+        let per_job = Turn::default().per_job;
+        assert_eq!(
+            turn_of("http://new:9").map(|t| t.first),
+            Some(per_job),
+            "a job taken moves its destination's turn on by one job"
+        );
         assert_eq!(rooms.only(), Some(vec![A]), "the shared budget is used up");
         let listed = Rooms {
             default: 0,
