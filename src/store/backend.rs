@@ -192,7 +192,7 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         &self,
         retention: Duration,
         chunk: u64,
-        from: Option<DateTime<Utc>>,
+        from: DateTime<Utc>,
     ) -> impl Future<Output = StoreResult<Swept>> + Send;
 
     /// Deletes the oldest finished requests beyond the newest `max_stored` of them, up to
@@ -202,7 +202,7 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         &self,
         max_stored: u64,
         chunk: u64,
-        from: Option<DateTime<Utc>>,
+        from: DateTime<Utc>,
     ) -> impl Future<Output = StoreResult<Swept>> + Send;
 
     /// The plan of every statement on a hot path (see `store::plans`).

@@ -319,11 +319,6 @@ impl Swept {
     }
 }
 
-/// Where a retention pass's first chunk starts: before any request.
-pub(crate) fn sweep_from(reached: Option<DateTime<Utc>>) -> DateTime<Utc> {
-    reached.unwrap_or(DateTime::UNIX_EPOCH)
-}
-
 /// What one run of the retention job removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CleanupReport {
@@ -724,23 +719,24 @@ impl Store {
         max_stored: u64,
     ) -> StoreResult<CleanupReport> {
         let mut report = CleanupReport::default();
-        let mut from = None;
+        // From before any request; then from where the last chunk reached.
+        let mut from = DateTime::UNIX_EPOCH;
         loop {
             let swept = dispatch!(self, s => self.health.watch(s.delete_expired(retention, CLEANUP_CHUNK, from)).await)?;
             report.expired += swept.deleted;
             if swept.deleted < CLEANUP_CHUNK {
                 break;
             }
-            from = swept.reached;
+            from = swept.reached.unwrap_or(from);
         }
-        let mut from = None;
+        let mut from = DateTime::UNIX_EPOCH;
         loop {
             let swept = dispatch!(self, s => self.health.watch(s.delete_over_limit(max_stored, CLEANUP_CHUNK, from)).await)?;
             report.over_limit += swept.deleted;
             if swept.deleted < CLEANUP_CHUNK {
                 break;
             }
-            from = swept.reached;
+            from = swept.reached.unwrap_or(from);
         }
         Ok(report)
     }

@@ -66,7 +66,7 @@ use super::{
     ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, ControlChange, Controlled,
     DestinationControl, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest,
     NewRequest, PING_TIMEOUT, PoolStats, Position, Recorded, Redelivery, StatementPlan,
-    StatusCounts, StoreError, StoreResult, Submitted, Swept, Transition, sweep_from, sync_outcome,
+    StatusCounts, StoreError, StoreResult, Submitted, Swept, Transition, sync_outcome,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
@@ -696,12 +696,12 @@ impl Backend for PgStore {
         &self,
         retention: Duration,
         chunk: u64,
-        from: Option<DateTime<Utc>>,
+        from: DateTime<Utc>,
     ) -> StoreResult<Swept> {
         let created: Vec<DateTime<Utc>> = sqlx::query_scalar(DELETE_EXPIRED)
             .bind(retention.as_secs_f64())
             .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
-            .bind(sweep_from(from))
+            .bind(from)
             .fetch_all(&self.pool)
             .await?;
         Ok(Swept::of(created))
@@ -714,7 +714,7 @@ impl Backend for PgStore {
         &self,
         max_stored: u64,
         chunk: u64,
-        from: Option<DateTime<Utc>>,
+        from: DateTime<Utc>,
     ) -> StoreResult<Swept> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -724,7 +724,7 @@ impl Backend for PgStore {
         let created: Vec<DateTime<Utc>> = sqlx::query_scalar(DELETE_OVER_LIMIT)
             .bind(i64::try_from(max_stored).unwrap_or(i64::MAX))
             .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
-            .bind(sweep_from(from))
+            .bind(from)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;

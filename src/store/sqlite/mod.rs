@@ -42,7 +42,7 @@ use super::{
     AttemptOutcome, Cancellation, ControlChange, Controlled, DestinationControl, FinishedWork, Job,
     KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats,
     Position, Recorded, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult,
-    Submitted, Swept, sweep_from,
+    Submitted, Swept,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -489,14 +489,14 @@ impl Backend for SqliteStore {
         &self,
         retention: Duration,
         chunk: u64,
-        from: Option<DateTime<Utc>>,
+        from: DateTime<Utc>,
     ) -> StoreResult<Swept> {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         self.send(DeleteExpired {
             cutoff,
             chunk,
-            from: sweep_from(from),
+            from,
         })
         .await
     }
@@ -509,12 +509,12 @@ impl Backend for SqliteStore {
         &self,
         max_stored: u64,
         chunk: u64,
-        from: Option<DateTime<Utc>>,
+        from: DateTime<Utc>,
     ) -> StoreResult<Swept> {
         self.send(DeleteOverLimit {
             max_stored,
             chunk,
-            from: sweep_from(from),
+            from,
         })
         .await
     }
