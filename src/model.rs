@@ -141,6 +141,10 @@ pub struct DeliveryAttempt {
     pub error: Option<String>,
     /// The start of the receiver's answer, for debugging a refusal.
     pub response_body: Option<String>,
+    /// The receiver's answer headers, one `name: value` per line, the first 1 KiB of them
+    /// (*beyond*); absent when it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<String>,
     /// The service instance that made the attempt (its lease-owner id).
     pub instance: Option<String>,
     /// Why the attempt started well after it was due, when it did (for example, the
@@ -176,6 +180,11 @@ pub struct RequestRecord {
     pub callback_url: Option<String>,
     pub callback_attempts: u32,
     pub callback_last_error: Option<String>,
+    /// The HTTP status its receiver answered the last callback attempt with (*beyond*);
+    /// absent before the first attempt and when that attempt got no answer (its error says
+    /// why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_last_status: Option<u16>,
     /// When its next work or delivery attempt is due (*beyond*): present while it waits in
     /// the queue, absent while an attempt is under way and once it is final.
     #[serde(
@@ -334,6 +343,7 @@ mod tests {
             callback_url: Some("https://hooks.example.com/a".into()),
             callback_attempts: 0,
             callback_last_error: None,
+            callback_last_status: None,
             next_attempt_at: Some(due),
             waiting_for: None,
             run_at,

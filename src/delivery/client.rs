@@ -28,7 +28,8 @@ use crate::store::FinishedWork;
 /// How long an idle keep-alive connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How much of a receiver's answer is kept in the attempt audit.
+/// How much of a receiver's answer is kept in the attempt audit: of its body, and of its
+/// headers.
 const RESPONSE_BODY_LIMIT: usize = 1024;
 
 /// The error a resolution fails with when every address of a name is blocked. It does not
@@ -107,6 +108,8 @@ pub struct AttemptReport {
     pub status_code: Option<u16>,
     pub error: Option<String>,
     pub response_body: Option<String>,
+    /// The receiver's answer headers, one `name: value` per line (see [`answer_headers`]).
+    pub response_headers: Option<String>,
     /// The receiver's `Retry-After`, if it sent one.
     pub retry_after: Option<Duration>,
 }
@@ -218,6 +221,7 @@ impl CallbackClient {
                     status_code: Some(answer.status.as_u16()),
                     error: (!ok).then(|| describe_status(answer.status)),
                     response_body: answer.body,
+                    response_headers: answer.headers,
                     retry_after: answer.retry_after,
                 }
             }
@@ -228,6 +232,7 @@ impl CallbackClient {
                 status_code: None,
                 error: Some(failure.message),
                 response_body: None,
+                response_headers: None,
                 retry_after: None,
             },
         }
@@ -282,6 +287,7 @@ impl CallbackClient {
             .map_err(Failure::from_reqwest)?;
 
         let status = response.status();
+        let headers = answer_headers(response.headers());
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -301,6 +307,7 @@ impl CallbackClient {
             status,
             retry_after,
             body,
+            headers,
         })
     }
 }
@@ -344,6 +351,7 @@ struct Answer {
     status: reqwest::StatusCode,
     retry_after: Option<Duration>,
     body: Option<String>,
+    headers: Option<String>,
 }
 
 struct Failure {
@@ -408,6 +416,26 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     message
 }
 
+/// What is kept of a receiver's answer headers, for the audit: `name: value` lines in the
+/// order received, whole lines only, up to [`RESPONSE_BODY_LIMIT`] bytes (a receiver that
+/// answers with a thousand headers is cut short), each value made printable as
+/// [`snippet`] makes a body. `None` for an answer with no headers.
+fn answer_headers(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    let mut kept = String::new();
+    for (name, value) in headers {
+        let line = snippet(format!("{name}: ").as_bytes()) + &snippet(value.as_bytes());
+        // Line breaks are not text a header value holds (hyper refuses them): one line each.
+        let line = line.replace(['\r', '\n'], "\u{fffd}");
+        if kept.len() + line.len() + 1 > RESPONSE_BODY_LIMIT {
+            break;
+        }
+        kept.push_str(&line);
+        kept.push('\n');
+    }
+    kept.pop();
+    (!kept.is_empty()).then_some(kept)
+}
+
 /// What is kept of text that came from a receiver: at most [`RESPONSE_BODY_LIMIT`] bytes,
 /// cut at a character boundary, invalid UTF-8 and control characters other than tab and line
 /// breaks replaced by U+FFFD. Whatever a receiver answers (a NUL byte, binary, megabytes),
@@ -431,7 +459,7 @@ pub fn snippet(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{RESPONSE_BODY_LIMIT, snippet};
+    use super::{RESPONSE_BODY_LIMIT, answer_headers, snippet};
 
     #[test]
     fn snippets_are_printable_and_capped() {
@@ -442,5 +470,31 @@ mod tests {
         let kept = snippet(long.as_bytes());
         assert!(kept.len() <= RESPONSE_BODY_LIMIT && kept.chars().all(|c| c == 'é'));
         assert!(!snippet(&[0u8; 5000]).contains('\0'));
+    }
+
+    #[test]
+    fn answer_headers_are_whole_printable_lines_and_capped() {
+        use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append(
+            "x-odd",
+            HeaderValue::from_bytes(b"caf\xc3\xa9 \xff\tend").unwrap(),
+        );
+        assert_eq!(
+            answer_headers(&headers).as_deref(),
+            Some("content-type: text/plain\nx-odd: caf\u{e9} \u{fffd}\tend")
+        );
+        assert_eq!(answer_headers(&HeaderMap::new()), None);
+        let mut many = HeaderMap::new();
+        for n in 0..200 {
+            many.insert(
+                HeaderName::from_bytes(format!("x-header-{n}").as_bytes()).unwrap(),
+                HeaderValue::from_static("some value"),
+            );
+        }
+        let kept = answer_headers(&many).unwrap();
+        assert!(kept.len() <= RESPONSE_BODY_LIMIT, "{}", kept.len());
+        assert!(kept.lines().all(|line| line.ends_with(": some value")));
     }
 }

@@ -537,6 +537,7 @@ impl Dispatcher {
             status_code: report.status_code,
             error: report.error,
             response_body: report.response_body,
+            response_headers: report.response_headers,
             instance: Some(self.owner.clone()),
             note,
         };
@@ -625,6 +626,7 @@ impl Dispatcher {
             } else if !stripped {
                 tracing::warn!(request_id = %job.id, error = %err, "recording the attempt failed; recording it without the receiver's answer");
                 record.response_body = None;
+                record.response_headers = None;
                 record.error = record
                     .error
                     .map(|_| "the error could not be recorded".into());

@@ -15,7 +15,7 @@ use super::wait::{Applied, Wait};
 use super::{ApiError, AppState};
 use crate::input::{FieldError, Part, bounded_int};
 use crate::model::{Mode, RequestList, RequestRecord, Status};
-use crate::store::ListFilter;
+use crate::store::{LastStatus, ListFilter};
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -51,9 +51,21 @@ struct ListQuery {
         example = "hooks.example.com"
     )]
     callback_host: Option<String>,
+    /// Only async requests whose last callback attempt was answered with this HTTP status,
+    /// one that is not a success (`404`, 300 to 599), or a status of this class (`3xx`, `4xx`,
+    /// `5xx`). A request whose last attempt got no answer has none: search its error with
+    /// `error_contains`; a success is `status=callback_success`.
+    #[param(pattern = "^([3-5][0-9][0-9]|[3-5][xX][xX])$", example = "404")]
+    last_status: Option<String>,
+    /// Only requests whose last error (a sync request's failure, an async request's last
+    /// callback error) contains this text, in any case (ASCII letters only on SQLite). It
+    /// reads the requests that have an error, newest first, until it has a page: narrow it
+    /// with `created_from`/`created_to` on a long history where it matches little.
+    #[param(min_length = 1, max_length = 200, example = "connection refused")]
+    error_contains: Option<String>,
     /// Only requests whose id starts with this (hex digits and `-`, case-insensitive). A
     /// lookup by id: it takes no other filter (mode, status, created_from, created_to,
-    /// callback_host), only paging.
+    /// callback_host, last_status, error_contains), only paging.
     #[param(
         min_length = 1,
         max_length = 36,
@@ -186,6 +198,21 @@ async fn show(
 /// Longest `callback_host`: a DNS name (253) and a port.
 const MAX_HOST_LEN: usize = 262;
 
+/// Longest `error_contains`, in characters: longer than any error worth searching for.
+const MAX_SEARCH_CHARS: usize = 200;
+
+/// A `last_status`: `404`, or a class, `4xx`.
+/// Only answers that are not a success: the ones an operator looks for, and the ones the
+/// indexes hold (a success is `status=callback_success`).
+fn parse_last_status(value: &str) -> Option<LastStatus> {
+    let lower = value.to_ascii_lowercase();
+    match lower.as_bytes() {
+        [class @ b'3'..=b'5', b'x', b'x'] => Some(LastStatus::Class(class - b'0')),
+        [b'3'..=b'5', b'0'..=b'9', b'0'..=b'9'] => lower.parse().ok().map(LastStatus::Code),
+        _ => None,
+    }
+}
+
 /// The parameters [`parse_filter`] reads.
 pub(super) const FILTER_NAMES: &[&str] = &[
     "mode",
@@ -195,6 +222,8 @@ pub(super) const FILTER_NAMES: &[&str] = &[
     "created_from",
     "created_to",
     "callback_host",
+    "last_status",
+    "error_contains",
     "order",
     "after",
     "id_prefix",
@@ -300,6 +329,28 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                     ));
                 }
             }
+            "last_status" => match parse_last_status(value) {
+                Some(last) => filter.last_status = Some(last),
+                None => errors.push(FieldError::query(
+                    "last_status",
+                    "http_status",
+                    "must be an HTTP status that is not a success, from 300 to 599, or a \
+                     class: 3xx, 4xx, 5xx (a success is status=callback_success)",
+                    value,
+                )),
+            },
+            "error_contains" => {
+                if (1..=MAX_SEARCH_CHARS).contains(&value.chars().count()) {
+                    filter.error_contains = Some(value.to_string());
+                } else {
+                    errors.push(FieldError::query(
+                        "error_contains",
+                        "text",
+                        format!("must be 1 to {MAX_SEARCH_CHARS} characters"),
+                        value,
+                    ));
+                }
+            }
             "id_prefix" => {
                 let prefix = value.to_ascii_lowercase();
                 if (1..=36).contains(&prefix.len())
@@ -346,7 +397,9 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
         || filter.status.is_some()
         || filter.created_from.is_some()
         || filter.created_to.is_some()
-        || filter.callback_host.is_some();
+        || filter.callback_host.is_some()
+        || filter.last_status.is_some()
+        || filter.error_contains.is_some();
     if filter.id_prefix.is_some() && narrowed {
         // A prefix is a range of the primary key and every other filter a range of its own
         // index: together, no index serves both, and a short prefix with a filter that
@@ -355,7 +408,8 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
             "id_prefix",
             "id_prefix",
             "finds requests by id and takes no other filter (mode, status, created_from, \
-             created_to, callback_host): use it alone, with paging only",
+             created_to, callback_host, last_status, error_contains): use it alone, with \
+             paging only",
             filter.id_prefix.as_deref().unwrap_or_default(),
         ));
     }
@@ -434,6 +488,13 @@ mod tests {
         assert!(p.filter.oldest_first);
         assert_eq!(p.cursor.as_deref(), Some("0193a5-x"));
         assert!(!parse_filter("order=newest").unwrap().filter.oldest_first);
+        let f = parse_filter("last_status=404&error_contains=50%25_off")
+            .unwrap()
+            .filter;
+        assert_eq!(f.last_status, Some(LastStatus::Code(404)));
+        assert_eq!(f.error_contains.as_deref(), Some("50%_off"));
+        let f = parse_filter("last_status=5XX").unwrap().filter;
+        assert_eq!(f.last_status, Some(LastStatus::Class(5)));
     }
 
     #[test]
@@ -464,6 +525,17 @@ mod tests {
                 "id_prefix=0123456789abcdef0123456789abcdef01234",
                 "id_prefix",
             ),
+            ("last_status=600", "last_status"),
+            ("last_status=99", "last_status"),
+            ("last_status=200", "last_status"),
+            ("last_status=2xx", "last_status"),
+            ("last_status=6xx", "last_status"),
+            ("last_status=4x", "last_status"),
+            ("last_status=+404", "last_status"),
+            ("last_status=404%0A", "last_status"),
+            ("error_contains=", "error_contains"),
+            ("id_prefix=0193&last_status=404", "id_prefix"),
+            ("id_prefix=0193&error_contains=refused", "id_prefix"),
             ("before=", "before"),
             ("order=asc", "order"),
             ("order=oldest&before=0193a5-x", "before"),

@@ -19,6 +19,10 @@ pub struct ListFilter {
     /// The callback's destination host, lower-case: `host` (any scheme and port) or
     /// `host:port` (any scheme).
     pub callback_host: Option<String>,
+    /// The HTTP status of the last callback attempt: one code, or a class.
+    pub last_status: Option<LastStatus>,
+    /// Text the last error contains (a sync failure, or the last callback error), any case.
+    pub error_contains: Option<String>,
     /// Ids that start with this, lower-case.
     pub id_prefix: Option<String>,
     /// Keyset paging: only requests past this one in the list's order. Unlike `offset`,
@@ -33,6 +37,29 @@ pub struct ListFilter {
     pub count_limit: u64,
 }
 
+/// The `last_status` filter: one HTTP status, or every status of a class (`4` for 4xx), of
+/// an answer that is not a success (the HTTP layer takes no other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastStatus {
+    Code(u16),
+    Class(u8),
+}
+
+/// The least status the `last_status` indexes hold (migration 0012 on SQLite, 0011 on
+/// PostgreSQL): the answers that are not a success.
+const INDEXED_STATUSES_FROM: u16 = 300;
+
+impl LastStatus {
+    /// Whether every status it matches is in the indexes of answers that are not a success.
+    fn indexed(self) -> bool {
+        let least = match self {
+            LastStatus::Code(code) => code,
+            LastStatus::Class(class) => u16::from(class) * 100,
+        };
+        least >= INDEXED_STATUSES_FROM
+    }
+}
+
 /// `APP_LIST_COUNT_LIMIT`'s default: a count that stops here takes milliseconds, and a
 /// person paging through a list needs no more precise a number.
 pub const DEFAULT_COUNT_LIMIT: u64 = 10_000;
@@ -45,6 +72,8 @@ impl Default for ListFilter {
             created_from: None,
             created_to: None,
             callback_host: None,
+            last_status: None,
+            error_contains: None,
             id_prefix: None,
             cursor: None,
             oldest_first: false,
@@ -63,27 +92,40 @@ impl ListFilter {
         self.created_from.is_none()
             && self.created_to.is_none()
             && self.callback_host.is_none()
+            && self.last_status.is_none()
+            && self.error_contains.is_none()
             && self.id_prefix.is_none()
     }
 
     /// Whether no request can match: a mode with a status it never has, or sync requests
-    /// by callback host (they have no callback).
+    /// by callback host or callback status (they have no callback).
     pub(crate) fn matches_nothing(&self) -> bool {
         self.mode.is_some_and(|mode| {
             self.status
                 .is_some_and(|status| !statuses_of(mode).contains(&status))
-                || (mode == Mode::Sync && self.callback_host.is_some())
+                || (mode == Mode::Sync && self.about_callbacks())
         })
     }
 
+    /// Whether it filters on something only async requests have: a callback host or status.
+    fn about_callbacks(&self) -> bool {
+        self.callback_host.is_some() || self.last_status.is_some()
+    }
+
+    /// Whether an index of failed answers serves the filter: it then leads (see
+    /// [`ListFilter::newest_first_order`]), and the other filters are checked on its rows.
+    pub(crate) fn by_last_status(&self) -> bool {
+        self.last_status.is_some_and(LastStatus::indexed)
+    }
+
     /// The filter without a mode the other filters already imply (a status only one mode has,
-    /// or a callback host, which only async requests have): each statement then filters on
+    /// or a callback's host or status, which only async requests have): each statement then filters on
     /// one index's column and reads only rows that match, instead of walking one index and
     /// checking the mode on every row (`mode=sync&status=callback_success` would otherwise
     /// read every delivered request).
     pub(crate) fn without_implied_mode(mut self) -> Self {
         let implied = |mode: Mode| {
-            self.callback_host.is_some()
+            self.about_callbacks()
                 || self.status.is_some_and(|status| {
                     Mode::ALL
                         .iter()
@@ -123,7 +165,16 @@ impl ListFilter {
         if self.id_prefix.is_some() {
             return "id DESC".into();
         }
-        let leading = if self.callback_host.is_some() {
+        // A failed answer's index first: it holds only the requests whose last callback
+        // failed with an answer, few beside a host's or a status's. A class leads with
+        // nothing: SQLite does not see that an index's expression fixed by the filter orders
+        // nothing (it sorts), and orders by time alone from that index's walk.
+        let leading = if let Some(last) = self.last_status.filter(|_| self.by_last_status()) {
+            match last {
+                LastStatus::Code(_) => "callback_last_status DESC, ",
+                LastStatus::Class(_) => "",
+            }
+        } else if self.callback_host.is_some() {
             if self.status.is_some() {
                 "callback_host DESC, status DESC, "
             } else {
@@ -178,6 +229,8 @@ pub(crate) enum ListParam {
 pub(crate) struct Dialect {
     /// Spells the n-th parameter (1-based).
     pub placeholder: fn(usize) -> String,
+    /// The case-insensitive `LIKE`.
+    pub like: &'static str,
     /// Whether the list indexes end with `id` (PostgreSQL's do; SQLite's end with the rowid),
     /// so that a count in the page's order, `id` included, still walks one of them.
     pub indexes_hold_id: bool,
@@ -241,6 +294,34 @@ pub(crate) fn list_conditions(
             conditions.push(format!("destination IN ({http}, {https})"));
         }
     }
+    if let Some(last) = filter.last_status {
+        if last.indexed() {
+            // Spelled as the index's own condition, which SQLite needs to see word for word
+            // (and PostgreSQL's generic plan cannot prove from a parameter).
+            conditions.push(format!("callback_last_status >= {INDEXED_STATUSES_FROM}"));
+        }
+        // Each by the expression its index holds.
+        match last {
+            LastStatus::Code(code) => {
+                let p = next(ListParam::Int(i64::from(code)), &mut params);
+                conditions.push(format!("callback_last_status = {p}"));
+            }
+            LastStatus::Class(class) => {
+                let p = next(ListParam::Int(i64::from(class)), &mut params);
+                conditions.push(format!("callback_last_status / 100 = {p}"));
+            }
+        }
+    }
+    if let Some(text) = &filter.error_contains {
+        // Only requests with an error can match: the condition of the index that holds just
+        // them, spelled as it is there.
+        conditions.push("(callback_last_error IS NOT NULL OR error IS NOT NULL)".into());
+        let p = next(ListParam::Text(like_pattern(text)), &mut params);
+        conditions.push(format!(
+            "COALESCE(callback_last_error, error) {} {p} ESCAPE '\\'",
+            dialect.like
+        ));
+    }
     if let Some(prefix) = &filter.id_prefix {
         // Ids are lower-case hex and `-`, all below DEL, and compare byte by byte on both
         // backends: every id that starts with the prefix sorts between it and the prefix
@@ -275,6 +356,20 @@ pub(crate) fn list_conditions(
     } else {
         (conditions.join(" AND "), params)
     }
+}
+
+/// A `LIKE` pattern matching any text that contains `text`, its wildcards escaped with `\`.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// The statement of one page of `filter`, in its order, and its parameters (the page's size

@@ -35,7 +35,7 @@ macro_rules! unfinished_statuses {
 macro_rules! record_columns {
     () => {
         "id, mode, status, payload_hash, created_at, completed_at, delivered_at, callback_url,
-         callback_attempts, callback_last_error, iterations, input_hash, output_hash,
+         callback_attempts, callback_last_error, callback_last_status, iterations, input_hash, output_hash,
          processing_time_ms, error, next_attempt_at, lease_token IS NOT NULL AS claimed, run_at,
          max_retries, callback_timeout_ms, priority"
     };
@@ -53,7 +53,8 @@ macro_rules! job_columns {
 /// The columns both backends read into a `DeliveryAttempt`.
 macro_rules! attempt_columns {
     () => {
-        "attempt, started_at, duration_ms, status_code, error, response_body, claimed_by, note"
+        "attempt, started_at, duration_ms, status_code, error, response_body, response_headers,
+         claimed_by, note"
     };
 }
 
@@ -93,7 +94,7 @@ pub use lifecycle::{
     ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, Change, Due, Effect, MadeDue, Recorded,
     Tally, Transition,
 };
-pub use list::{DEFAULT_COUNT_LIMIT, ListFilter};
+pub use list::{DEFAULT_COUNT_LIMIT, LastStatus, ListFilter};
 pub(crate) use list::{Dialect, ListParam, Total, count_sql, page_sql};
 pub use plans::StatementPlan;
 use postgres::PgStore;

@@ -6,7 +6,7 @@
 
 use chrono::{Duration, Utc};
 
-use super::{Dialect, ListFilter, ListParam, Position, count_sql, page_sql};
+use super::{Dialect, LastStatus, ListFilter, ListParam, Position, count_sql, page_sql};
 use crate::model::{Mode, Status};
 
 /// One hot statement and its plan.
@@ -86,6 +86,10 @@ pub(crate) fn hot_statements(fixed: &[(&str, &str)], dialect: &Dialect) -> Vec<H
     for (name, filter) in list_filters() {
         // As `Store::list` runs it.
         let filter = filter.without_implied_mode();
+        // The equalities an index must serve: the failed answer's when its index leads (a
+        // class's is an expression, which the plans do not name), else the host's, the
+        // status's, the mode's.
+        let by_last_status = filter.by_last_status();
         let equalities: Vec<&'static str> = [
             filter.mode.map(|_| "mode"),
             filter.status.map(|_| "status"),
@@ -93,6 +97,12 @@ pub(crate) fn hot_statements(fixed: &[(&str, &str)], dialect: &Dialect) -> Vec<H
         ]
         .into_iter()
         .flatten()
+        .filter(|_| !by_last_status)
+        .chain(
+            matches!(filter.last_status, Some(LastStatus::Code(_)))
+                .then_some("callback_last_status")
+                .filter(|_| by_last_status),
+        )
         .collect();
         let (sql, params) = page_sql(&filter, dialect);
         statements.push(HotStatement {
@@ -269,6 +279,45 @@ fn list_filters() -> Vec<(&'static str, ListFilter)> {
                 callback_host: Some("hooks.example.com".into()),
                 status: Some(Status::CallbackPending),
                 oldest_first: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "last_status",
+            ListFilter {
+                last_status: Some(LastStatus::Code(404)),
+                ..base.clone()
+            },
+        ),
+        (
+            "last_status class and status",
+            ListFilter {
+                last_status: Some(LastStatus::Class(5)),
+                status: Some(Status::CallbackFailed),
+                ..base.clone()
+            },
+        ),
+        (
+            "callback_host, last_status, oldest first",
+            ListFilter {
+                callback_host: Some("hooks.example.com".into()),
+                last_status: Some(LastStatus::Code(503)),
+                oldest_first: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "error_contains",
+            ListFilter {
+                error_contains: Some("refused".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "error_contains and created range",
+            ListFilter {
+                error_contains: Some("timed out".into()),
+                created_from: Some(Utc::now() - Duration::hours(1)),
                 ..base.clone()
             },
         ),

@@ -59,6 +59,7 @@ pub(crate) struct RecordColumns {
     pub callback_url: Option<String>,
     pub callback_attempts: u32,
     pub callback_last_error: Option<String>,
+    pub callback_last_status: Option<u16>,
     pub error: Option<String>,
     pub result: ResultColumns,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -97,6 +98,7 @@ impl RecordColumns {
             callback_url: self.callback_url,
             callback_attempts: self.callback_attempts,
             callback_last_error: self.callback_last_error,
+            callback_last_status: self.callback_last_status,
             next_attempt_at,
             // What it waits for depends on the time of reading and on the destination's
             // state: `RequestRecord::waiting_for` works it out for whoever shows the record.
@@ -201,6 +203,7 @@ mod tests {
             callback_url: None,
             callback_attempts: 0,
             callback_last_error: None,
+            callback_last_status: None,
             error: None,
             result: result(true),
             next_attempt_at: None,

@@ -323,7 +323,8 @@ async fn timestamps_can_be_written_as_rfc3339() {
 /// A database as the last version before `delivered_at` left it: `completed_at` was written
 /// at the end of delivery. A request finished then reads it as when its delivery ended; one
 /// still being delivered gets, as its work's end, the start of its first attempt, and its
-/// callback carries that time on every attempt after the upgrade.
+/// callback carries that time on every attempt after the upgrade. Both get the status of
+/// their last attempt, which the audit held before the record did.
 #[tokio::test]
 async fn an_upgrade_reads_completed_at_as_the_version_before_wrote_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -399,6 +400,10 @@ async fn an_upgrade_reads_completed_at_as_the_version_before_wrote_it() {
         "{delivering}"
     );
     assert!(delivering.get("delivered_at").is_none(), "{delivering}");
+    // The last attempt's status is read from the audit, and the filter finds both.
+    assert_eq!(finished["callback_last_status"], 500, "{finished}");
+    let by_status = app.get_json("/requests?last_status=5xx").await;
+    assert_eq!(by_status["total"], 2, "{by_status}");
 }
 
 /// Details of how the original's framework read a request: an empty Content-Type is no

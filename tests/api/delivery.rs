@@ -338,6 +338,12 @@ async fn attempts_record_the_start_of_the_receivers_answer() {
     assert!(attempt["duration_ms"].as_f64().unwrap() > 0.0);
     crate::helpers::parse_time(&attempt["started_at"]);
     assert_eq!(attempt["response_body"], "receiver says no");
+    // Its headers beside it, as received, one per line.
+    let headers = attempt["response_headers"].as_str().unwrap_or_default();
+    assert!(
+        headers.lines().any(|line| line == "content-length: 16"),
+        "{headers:?}"
+    );
 }
 
 #[tokio::test]

@@ -371,6 +371,7 @@ fn delivery_attempt(attempt: u32) -> DeliveryAttempt {
         status_code: Some(500),
         error: Some("HTTP 500".into()),
         response_body: None,
+        response_headers: None,
         instance: None,
         note: None,
     }

@@ -1,12 +1,13 @@
 //! The filters the dashboard's list uses, on `GET /requests` for every client: creation time,
-//! callback host, id prefix, and keyset paging (`before`); and `POST /admin/redeliver`,
-//! which redelivers every `callback_failed` request that matches them.
+//! callback host, the last callback's HTTP status, the last error's text, id prefix, and
+//! keyset paging (`before`); and `POST /admin/redeliver`, which redelivers every
+//! `callback_failed` request that matches them.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{Behaviour, Receiver, TestServer, ids, read, sync_request};
+use crate::helpers::{Behaviour, Receiver, TestServer, ids, read, sync_request, unused_port};
 
 const WAIT: Duration = Duration::from_secs(20);
 const TOKEN: &str = "bulk-admin";
@@ -235,4 +236,119 @@ async fn bulk_redelivery_takes_exactly_the_failed_requests_that_match() {
     refusing.stop().await;
     other.stop().await;
     app.stop().await;
+}
+
+/// Receivers answering 404 and 503, one that takes its callbacks, and a port nobody listens
+/// on: each filter finds exactly its own, on either backend.
+#[tokio::test]
+async fn the_last_answer_and_the_error_text_find_what_failed_and_how() {
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .setting("callback-max-retries", "0")
+        .start()
+        .await;
+    let not_found = Receiver::start(Behaviour::always_fail(404)).await;
+    let unavailable = Receiver::start(Behaviour::always_fail(503)).await;
+    let taking = Receiver::start(Behaviour::accept()).await;
+    let closed = format!("http://{}/callback", unused_port().await);
+    let lost = app.submit("lost", &not_found.url()).await;
+    let busy = app.submit("busy", &unavailable.url()).await;
+    let taken = app.submit("taken", &taking.url()).await;
+    let refused = app.submit("refused", &closed).await;
+    for (id, status) in [
+        (&lost, "callback_failed"),
+        (&busy, "callback_failed"),
+        (&taken, "callback_success"),
+        (&refused, "callback_failed"),
+    ] {
+        app.wait_for_status(id, status, WAIT).await;
+    }
+    let worked = sync_request(&app, "no callback").await;
+
+    assert_eq!(record(&app, &lost).await["callback_last_status"], 404);
+    assert_eq!(record(&app, &taken).await["callback_last_status"], 200);
+    // No answer, no status: its error says why.
+    let no_answer = record(&app, &refused).await;
+    assert!(
+        no_answer.get("callback_last_status").is_none(),
+        "{no_answer}"
+    );
+    assert!(
+        record(&app, &worked)
+            .await
+            .get("callback_last_status")
+            .is_none()
+    );
+
+    for (query, expected) in [
+        ("last_status=404", vec![&lost]),
+        ("last_status=4xx", vec![&lost]),
+        ("last_status=5XX", vec![&busy]),
+        ("last_status=503&status=callback_failed", vec![&busy]),
+        ("last_status=503&order=oldest", vec![&busy]),
+        ("last_status=500", vec![]),
+        ("last_status=404&status=callback_success", vec![]),
+        ("mode=sync&last_status=404", vec![]),
+        ("error_contains=HTTP%20404", vec![&lost]),
+        ("error_contains=http%20503", vec![&busy]),
+        ("error_contains=CONNECTION", vec![&refused]),
+        ("error_contains=connection&last_status=5xx", vec![]),
+        // Wildcards are text: no error holds a `%` or a `_`.
+        ("error_contains=%25", vec![]),
+        ("error_contains=_", vec![]),
+    ] {
+        let body = app.get_json(&format!("/requests?{query}")).await;
+        let expected: Vec<String> = expected.into_iter().cloned().collect();
+        assert_eq!(ids(&body), expected, "{query}: {body}");
+        assert_eq!(body["total"], expected.len(), "{query}: {body}");
+    }
+    let mut with_errors = list(&app, "error_contains=%20").await;
+    with_errors.sort();
+    let mut failed = vec![lost.clone(), busy.clone(), refused.clone()];
+    failed.sort();
+    assert_eq!(
+        with_errors, failed,
+        "every error holds a space; no success does"
+    );
+
+    // Bad values are named, and nothing is listed.
+    for (query, field) in [
+        ("last_status=600", "last_status"),
+        ("last_status=200", "last_status"),
+        ("last_status=4XXX", "last_status"),
+        ("last_status=404%0A", "last_status"),
+        ("last_status=", "last_status"),
+        ("error_contains=", "error_contains"),
+        (
+            &*format!("error_contains={}", "x".repeat(201)),
+            "error_contains",
+        ),
+        (
+            &*format!("id_prefix={}&last_status=404", &lost[..4]),
+            "id_prefix",
+        ),
+    ] {
+        let (status, body) = read(app.get(&format!("/requests?{query}")).await).await;
+        assert_eq!(status, 422, "{query}: {body}");
+        assert_eq!(body["detail"][0]["loc"][1], field, "{query}: {body}");
+    }
+
+    // The operator's "redeliver what the receiver turned away while it was down".
+    let (status, body) = bulk(&app, "last_status=503&dry_run=true", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matched"], 1, "{body}");
+    let (_, body) = bulk(&app, "error_contains=connection", Some(TOKEN)).await;
+    assert_eq!(body["redelivered"], 1, "{body}");
+    app.wait_for_status(&refused, "callback_failed", WAIT).await;
+    assert_eq!(record(&app, &refused).await["callback_attempts"], 2);
+    assert_eq!(record(&app, &lost).await["callback_attempts"], 1);
+
+    not_found.stop().await;
+    unavailable.stop().await;
+    taking.stop().await;
+    app.stop().await;
+}
+
+async fn record(app: &TestServer, id: &str) -> Value {
+    app.get_json(&format!("/requests/{id}")).await
 }

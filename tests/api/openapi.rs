@@ -144,6 +144,8 @@ async fn the_document_lists_every_route_and_each_is_served() {
             "created_from",
             "created_to",
             "callback_host",
+            "last_status",
+            "error_contains",
             "id_prefix",
             "order",
             "before",

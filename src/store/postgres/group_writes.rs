@@ -77,9 +77,10 @@ pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
                               $5::bool[], $6::float8[], $7::int[], $8::text[],
                               $9::timestamptz[], $10::float8[], $11::int[], $12::text[],
-                              $13::text[], $14::text[])
+                              $13::text[], $14::text[], $15::text[])
               AS a(id, owner, token, status, ends_delivery, due_in, attempt, error,
-                   started_at, duration_ms, status_code, response_body, note, last_error)),
+                   started_at, duration_ms, status_code, response_body, note, last_error,
+                   response_headers)),
      moved AS (
          UPDATE requests AS r
          -- Delivery ended with the last attempt: when it ended on the instance's clock, as
@@ -94,6 +95,7 @@ pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
                                     THEN now() + make_interval(secs => a.due_in) END,
              callback_attempts = a.attempt,
              callback_last_error = COALESCE(a.last_error, r.callback_last_error),
+             callback_last_status = a.status_code,
              lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
              unrecorded_claims = 0
          FROM attempts AS a
@@ -102,9 +104,9 @@ pub(super) const RECORD_ATTEMPTS: &str = "WITH attempts AS (
      audited AS (
          INSERT INTO delivery_attempts
              (request_id, attempt, started_at, duration_ms, status_code, error,
-              response_body, claimed_by, note)
+              response_body, claimed_by, note, response_headers)
          SELECT a.id, a.attempt, a.started_at, a.duration_ms, a.status_code, a.error,
-                a.response_body, a.owner, a.note
+                a.response_body, a.owner, a.note, a.response_headers
          FROM attempts AS a JOIN moved ON moved.id = a.id AND moved.token = a.token
          ON CONFLICT (request_id, attempt) DO NOTHING)
      SELECT id, token, status FROM moved";
@@ -262,6 +264,7 @@ impl RunBatch<AttemptWrite> for RecordAttempts {
             .bind(column(batch, |w| {
                 w.outcome.last_error(w.attempt.error.as_deref())
             }))
+            .bind(column(batch, |w| w.attempt.response_headers.as_deref()))
             .fetch_all(&self.pool)
             .await?;
         let left_in: std::collections::HashMap<(&str, &str), &str> = recorded

@@ -16,6 +16,7 @@ pub(super) const COUNT_BY_STATUS: &str = "SELECT COALESCE(sum(n), 0)::bigint FRO
 /// This backend's spelling of list conditions.
 pub(super) const DIALECT: Dialect = Dialect {
     placeholder: |n| format!("${n}"),
+    like: "ILIKE",
     indexes_hold_id: true,
 };
 

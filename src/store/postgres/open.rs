@@ -17,6 +17,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0008_control.sql"),
     include_str!("../../../migrations/postgres/0009_destination_controls.sql"),
     include_str!("../../../migrations/postgres/0010_priority.sql"),
+    include_str!("../../../migrations/postgres/0011_answers.sql"),
 ];
 
 /// The first schema version whose requests record their destination (0003).

@@ -23,6 +23,9 @@ pub(super) fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error>
         callback_url: row.try_get("callback_url")?,
         callback_attempts: count(row, "callback_attempts")?,
         callback_last_error: row.try_get("callback_last_error")?,
+        callback_last_status: row
+            .try_get::<Option<i16>, _>("callback_last_status")?
+            .and_then(|code| u16::try_from(code).ok()),
         error: row.try_get("error")?,
         result: result_columns(row)?,
         next_attempt_at: row.try_get("next_attempt_at")?,
@@ -97,6 +100,7 @@ pub(super) fn attempt_from_row(row: &PgRow) -> Result<DeliveryAttempt, sqlx::Err
             .and_then(|c| u16::try_from(c).ok()),
         error: row.try_get("error")?,
         response_body: row.try_get("response_body")?,
+        response_headers: row.try_get("response_headers")?,
         instance: row.try_get("claimed_by")?,
         note: row.try_get("note")?,
     })

@@ -66,5 +66,6 @@ pub(super) fn sql_value(param: &ListParam) -> rusqlite::types::Value {
 /// This backend's spelling of list conditions.
 pub(super) const DIALECT: Dialect = Dialect {
     placeholder: |n| format!("?{n}"),
+    like: "LIKE",
     indexes_hold_id: false,
 };

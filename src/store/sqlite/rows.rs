@@ -38,6 +38,7 @@ pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> 
         callback_url: row.get("callback_url")?,
         callback_attempts: row.get("callback_attempts")?,
         callback_last_error: row.get("callback_last_error")?,
+        callback_last_status: row.get("callback_last_status")?,
         error: row.get("error")?,
         result: result_columns(row)?,
         next_attempt_at: row
@@ -91,6 +92,7 @@ pub(super) fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryAttemp
         status_code: row.get("status_code")?,
         error: row.get("error")?,
         response_body: row.get("response_body")?,
+        response_headers: row.get("response_headers")?,
         instance: row.get("claimed_by")?,
         note: row.get("note")?,
     })

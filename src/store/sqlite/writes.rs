@@ -79,6 +79,7 @@ pub(super) const RECORD_ATTEMPT: &str =
             delivered_at = CASE status WHEN 'cancelled' THEN delivered_at ELSE ?4 END,
             next_attempt_at = CASE status WHEN 'cancelled' THEN NULL ELSE ?5 END,
             callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
+            callback_last_status = ?8,
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
             unrecorded_claims = 0
      WHERE id = ?1 AND lease_token = ?2
@@ -87,8 +88,8 @@ pub(super) const RECORD_ATTEMPT: &str =
 /// A delivery attempt, in the audit.
 pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts
          (request_id, attempt, started_at, duration_ms, status_code, error, response_body,
-          claimed_by, note)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+          claimed_by, note, response_headers)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
      ON CONFLICT (request_id, attempt) DO NOTHING";
 
 /// A claimed job ended without an attempt (unless it was cancelled meanwhile).
@@ -417,7 +418,8 @@ impl Write for RecordAttempt {
                     delivered_at,
                     next_attempt_at,
                     attempt.attempt,
-                    self.outcome.last_error(attempt.error.as_deref())
+                    self.outcome.last_error(attempt.error.as_deref()),
+                    attempt.status_code,
                 ],
                 |row| row.get(0),
             )
@@ -441,6 +443,7 @@ impl Write for RecordAttempt {
             attempt.response_body,
             self.owner,
             attempt.note,
+            attempt.response_headers,
         ])?;
         queue.change(transition.queue_delta());
         done(recorded)

@@ -633,7 +633,8 @@
   }
 
   // ---- requests list ---------------------------------------------------------------------
-  const FILTERS = ["mode", "status", "created_from", "created_to", "callback_host", "id_prefix", "order"];
+  const FILTERS = ["mode", "status", "created_from", "created_to", "callback_host", "last_status",
+    "error_contains", "id_prefix", "order"];
   const PAGE_SIZE = 50;
   let listBusy = false;
   let listLoaded = false;
@@ -997,6 +998,12 @@
       if (r.callback_timeout_seconds !== undefined) field(list, "Its timeout", round(r.callback_timeout_seconds) + " s");
       field(list, "Callback URL", r.callback_url, "wrap");
       field(list, "Callback attempts", r.mode === "async" ? String(r.callback_attempts) : null);
+      if (r.callback_last_status !== undefined) {
+        field(list, "Last callback answer", el("a", {
+          href: "/ui/requests?last_status=" + r.callback_last_status,
+          title: "Every request whose last callback got this answer",
+        }, "HTTP " + r.callback_last_status));
+      }
       field(list, "Last callback error", r.callback_last_error, "wrap");
       if (r.error) field(list, "Error", r.error, "wrap");
       field(list, "Payload hash", r.payload_hash);
@@ -1084,8 +1091,14 @@
       const item = el("li", { class: "attempt" }, head);
       if (a.error) item.append(el("p", { class: "wrap error-text" }, "Error: ", a.error));
       if (a.note) item.append(el("p", { class: "wrap hint" }, a.note));
-      if (a.response_body !== null && a.response_body !== undefined && a.response_body !== "") {
-        item.append(el("p", { class: "hint", text: "Answer (first 1 KiB):" }), el("pre", { class: "answer", text: a.response_body }));
+      // The answer as it came: its headers, a blank line, then the start of its body.
+      const answerHeaders = a.response_headers || "";
+      const answerBody = a.response_body || "";
+      if (answerHeaders || answerBody) {
+        item.append(
+          el("p", { class: "hint", text: "Answer (headers, then the first 1 KiB of the body):" }),
+          el("pre", { class: "answer", text: answerHeaders + (answerHeaders && answerBody ? "\n\n" : "") + answerBody }),
+        );
       }
       // Only an attempt that reached its receiver sent anything (a timeout may have, or may
       // not have connected).

@@ -251,6 +251,7 @@ fn attempt(n: u32) -> DeliveryAttempt {
         status_code: Some(200),
         error: None,
         response_body: None,
+        response_headers: None,
         instance: None,
         note: None,
     }
