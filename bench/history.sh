@@ -96,13 +96,16 @@ run() {
     sleep 2
     prefix="$(curl -fsS "$INSTANCE_URL/requests?limit=1" | python3 -c 'import json,sys; r=json.load(sys.stdin)["requests"]; print(r[0]["id"][:8] if r else "0190")')"
     local from; from="$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)"
-    local list status host idp range overview
+    local list status host idp range overview last_status error error_rare
     list="$(median_ms '/requests')"
     status="$(median_ms '/requests?status=callback_failed')"
     host="$(median_ms '/requests?callback_host=hooks7.example')"
     idp="$(median_ms "/requests?id_prefix=$prefix")"
     range="$(median_ms "/requests?created_from=$from")"
     overview="$(median_ms '/ui/api/overview')"
+    last_status="$(median_ms '/requests?last_status=503')"
+    error="$(median_ms '/requests?error_contains=refused')"
+    error_rare="$(median_ms '/requests?error_contains=no%20such%20error')"
     log "$name: async load, ${DURATION} s"
     "$BIN" loadgen --url "$INSTANCE_URL" --mode async --duration "${DURATION}s" -c "$CONNECTIONS" \
         --iterations "$ITERATIONS" --callback-port 0 --callback-timeout 120s --no-progress \
@@ -116,7 +119,8 @@ mode = json.load(open(sys.argv[1]))["modes"][0]
 cb = mode["callbacks"]
 print(json.dumps({"backend": "$backend", "size": $size, "fill_s": $fill_s, "startup_ms": $STARTUP_MS,
     "list_ms": $list, "status_ms": $status, "host_ms": $host, "prefix_ms": $idp, "range_ms": $range,
-    "overview_ms": $overview, "delivered_rps": cb["delivered_rps"],
+    "overview_ms": $overview, "last_status_ms": $last_status, "error_ms": $error,
+    "error_rare_ms": $error_rare, "delivered_rps": cb["delivered_rps"],
     "p99": (cb.get("time_to_callback_ms") or {}).get("p99", float("nan")),
     "received": cb["received"], "expected": cb["expected"]}))
 PY
@@ -145,14 +149,15 @@ print(f"Each row: a fresh database holding the history, the service with default
       f"median of 5 `curl` calls (first page, 100 rows); then `loadgen --mode async --duration {duration}s "
       f"-c {connections} --iterations {iterations}` (closed loop). The service, the database and the load "
       f"generator share the machine.\n")
-print("| backend | finished requests | start-up | list | status filter | host filter | id prefix | last hour | overview | delivered/s | ÷ empty | time to callback p99 | callbacks |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| backend | finished requests | start-up | list | status filter | host filter | id prefix | last hour | last status 503 | error text | error text, no match | overview | delivered/s | ÷ empty | time to callback p99 | callbacks |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 empty = {r["backend"]: r["delivered_rps"] for r in rows if r["size"] == 0}
 for r in rows:
     base = empty.get(r["backend"])
     ratio = f"{r['delivered_rps'] / base:.2f}" if base else "n/a"
     print(f"| {r['backend']} | {r['size']:,} | {r['startup_ms']} ms | {r['list_ms']} ms | {r['status_ms']} ms | "
-          f"{r['host_ms']} ms | {r['prefix_ms']} ms | {r['range_ms']} ms | {r['overview_ms']} ms | "
+          f"{r['host_ms']} ms | {r['prefix_ms']} ms | {r['range_ms']} ms | {r['last_status_ms']} ms | "
+          f"{r['error_ms']} ms | {r['error_rare_ms']} ms | {r['overview_ms']} ms | "
           f"{r['delivered_rps']:.0f} | {ratio} | {r['p99']:.1f} ms | {r['received']}/{r['expected']} |")
 PY
 mv "$RESULTS_FILE.tmp" "$RESULTS_FILE"

@@ -166,7 +166,8 @@ impl ListFilter {
             return "id DESC".into();
         }
         // A failed answer's index first: it holds only the requests whose last callback
-        // failed with an answer, few beside a host's or a status's. A class leads with
+        // failed with an answer, few beside a status's. (Beside a host, either index gives
+        // this order, both columns being fixed: each backend's statistics pick the narrower.) A class leads with
         // nothing: SQLite does not see that an index's expression fixed by the filter orders
         // nothing (it sorts), and orders by time alone from that index's walk.
         let leading = if let Some(last) = self.last_status.filter(|_| self.by_last_status()) {
@@ -188,6 +189,21 @@ impl ListFilter {
             ""
         };
         format!("{leading}created_at DESC, id DESC")
+    }
+}
+
+impl ListFilter {
+    /// The total a page of this filter already gives: a first page (no cursor, no offset)
+    /// shorter than the page size holds every match, and counting them again would read the
+    /// same rows twice (all of them, for a text search that matches nothing). `None` when
+    /// the total must be counted (or is kept: see [`ListFilter::counted_by_status`]).
+    pub(crate) fn total_of_page(&self, rows: usize) -> Option<Total> {
+        let whole = self.cursor.is_none() && self.offset == 0;
+        let short = u32::try_from(rows).is_ok_and(|rows| rows < self.limit);
+        (whole && short && !self.counted_by_status()).then_some(Total {
+            n: u64::try_from(rows).unwrap_or(u64::MAX),
+            capped: false,
+        })
     }
 }
 
@@ -316,10 +332,14 @@ pub(crate) fn list_conditions(
         // Only requests with an error can match: the condition of the index that holds just
         // them, spelled as it is there.
         conditions.push("(callback_last_error IS NOT NULL OR error IS NOT NULL)".into());
+        // Each column on its own, not their `COALESCE`: PostgreSQL estimates how many rows
+        // a pattern matches from a column's statistics (its common values), and with a fair
+        // estimate walks the index newest first and stops at the page, where a guess of "one
+        // row" had it read every request with an error and sort them.
         let p = next(ListParam::Text(like_pattern(text)), &mut params);
+        let like = dialect.like;
         conditions.push(format!(
-            "COALESCE(callback_last_error, error) {} {p} ESCAPE '\\'",
-            dialect.like
+            "(callback_last_error {like} {p} ESCAPE '\\' OR error {like} {p} ESCAPE '\\')"
         ));
     }
     if let Some(prefix) = &filter.id_prefix {
@@ -447,6 +467,33 @@ mod tests {
         assert!(!filter(sync, Some(Status::Processing), None).matches_nothing());
         assert!(!filter(asynchronous, Some(Status::Processing), None).matches_nothing());
         assert!(!filter(None, Some(Status::Failed), Some("h")).matches_nothing());
+    }
+
+    #[test]
+    fn only_a_short_whole_first_page_is_its_own_total() {
+        let search = ListFilter {
+            error_contains: Some("refused".into()),
+            limit: 50,
+            ..ListFilter::default()
+        };
+        assert_eq!(
+            search.total_of_page(3),
+            Some(Total {
+                n: 3,
+                capped: false
+            })
+        );
+        assert_eq!(search.total_of_page(50), None, "a full page may have more");
+        let later = ListFilter {
+            offset: 50,
+            ..search.clone()
+        };
+        assert_eq!(later.total_of_page(3), None, "the total is of every page");
+        let kept = ListFilter {
+            status: Some(Status::Failed),
+            ..ListFilter::default()
+        };
+        assert_eq!(kept.total_of_page(0), None, "kept counts cost nothing");
     }
 
     #[test]

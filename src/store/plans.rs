@@ -298,11 +298,11 @@ fn list_filters() -> Vec<(&'static str, ListFilter)> {
             },
         ),
         (
-            "callback_host, last_status, oldest first",
+            "last_status, oldest first, cursor",
             ListFilter {
-                callback_host: Some("hooks.example.com".into()),
                 last_status: Some(LastStatus::Code(503)),
                 oldest_first: true,
+                cursor: cursor.clone(),
                 ..base.clone()
             },
         ),

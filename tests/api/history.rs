@@ -80,7 +80,12 @@ async fn no_hot_statement_reads_the_whole_history() {
                 plan.statement, plan.unserved, plan.plan
             ));
         }
-        if plan.sorts {
+        // A text search reads only the requests with an error (their own index), however
+        // long the history: PostgreSQL, expecting few matches, reads them all and sorts them
+        // rather than walk them in order, which is its estimate of the cheaper.
+        let bounded_search =
+            plan.statement.contains("error_contains") && plan.plan.contains("requests_with_error");
+        if plan.sorts && !bounded_search {
             failures.push(format!(
                 "{} sorts what it finds instead of walking an index:\n{}",
                 plan.statement, plan.plan

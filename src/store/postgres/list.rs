@@ -96,10 +96,13 @@ impl PgStore {
             .acquire()
             .await
             .map_err(|_| StoreError::WriterGone)?;
-        let total = self.total_of(&filter).await?;
         let (sql, params) = page_sql(&filter, &DIALECT);
         let page = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
         let rows = bind_list_params(page, params).fetch_all(&self.pool).await?;
+        let total = match filter.total_of_page(rows.len()) {
+            Some(total) => total,
+            None => self.total_of(&filter).await?,
+        };
         Ok(RequestList {
             total: total.n,
             total_capped: total.capped,

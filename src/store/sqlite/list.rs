@@ -12,7 +12,6 @@ pub(super) const COUNT_BY_STATUS: &str = "SELECT COALESCE(sum(n), 0) FROM reques
 
 /// A page of `filter` and the total that match, on `conn`.
 pub(super) fn list_on(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<RequestList> {
-    let total = total_of(conn, filter)?;
     let (sql, params) = page_sql(filter, &DIALECT);
     let requests = conn
         .prepare_cached(&sql)?
@@ -21,6 +20,10 @@ pub(super) fn list_on(conn: &Connection, filter: &ListFilter) -> rusqlite::Resul
             record_from_row,
         )?
         .collect::<Result<Vec<_>, _>>()?;
+    let total = match filter.total_of_page(requests.len()) {
+        Some(total) => total,
+        None => total_of(conn, filter)?,
+    };
     Ok(RequestList {
         total: total.n,
         total_capped: total.capped,
