@@ -471,10 +471,12 @@ async fn drive(
         }
     }
 
-    // Filter by status, with the form.
+    // Filter by status, the last answer's class and the error's text, with the form.
     browser
         .execute(
-            "document.querySelector('#filters select[name=status]').value = 'callback_failed';",
+            "document.querySelector('#filters select[name=status]').value = 'callback_failed';\
+             document.querySelector('#filters input[name=last_status]').value = '5xx';\
+             document.querySelector('#filters input[name=error_contains]').value = 'http 500';",
             vec![],
         )
         .await?;
@@ -487,6 +489,8 @@ async fn drive(
         browser,
         &format!(
             "location.search.includes('status=callback_failed') && \
+             location.search.includes('last_status=5xx') && \
+             location.search.includes('error_contains=http+500') && \
              document.querySelector('#list tr[data-id=\"{failed}\"]')"
         ),
         "the filtered list",
@@ -565,8 +569,24 @@ async fn drive(
             vec![],
         )
         .await?;
-    if shown["answer"] != HOSTILE_ANSWER || shown["elements"] != 0 || !shown["pwned"].is_null() {
+    // Its headers, a blank line, then its body.
+    let answer = shown["answer"].as_str().unwrap_or_default();
+    let headers_first = answer.split_once("\n\n").is_some_and(|(headers, body)| {
+        headers.contains("content-type: ") && body == HOSTILE_ANSWER
+    });
+    if !headers_first || shown["elements"] != 0 || !shown["pwned"].is_null() {
         return Err(format!("the receiver's answer was not shown as plain text: {shown}").into());
+    }
+    // The last answer links to every request that got it.
+    let last_answer = browser
+        .execute(
+            "const link = document.querySelector('#record a[href=\"/ui/requests?last_status=500\"]');\
+             return link && link.textContent;",
+            vec![],
+        )
+        .await?;
+    if last_answer != json!("HTTP 500") {
+        return Err(format!("the last answer is not shown with its link: {last_answer}").into());
     }
     // Each attempt's callback as sent: its headers and the body, read when opened.
     browser
