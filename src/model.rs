@@ -142,7 +142,7 @@ pub struct DeliveryAttempt {
     /// The start of the receiver's answer, for debugging a refusal.
     pub response_body: Option<String>,
     /// The receiver's answer headers, one `name: value` per line, the first 1 KiB of them
-    /// (*beyond*); absent when it did not answer.
+    /// (*beyond*), when it answered with anything but a 2xx; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<String>,
     /// The service instance that made the attempt (its lease-owner id).

@@ -3,12 +3,15 @@
 -- reads only its matches, newest first. Only answers that are not a success are indexed,
 -- the ones an operator looks for (and the filter takes no other): a delivery that succeeds
 -- adds nothing to them.
+-- Read from the audit for the requests it can be a failure of (failed or still being
+-- delivered): a delivered request's is a success, which nothing filters on, and leaving
+-- those alone keeps the upgrade of a long history short.
 ALTER TABLE requests ADD COLUMN callback_last_status INTEGER;
 UPDATE requests
     SET callback_last_status = (SELECT status_code FROM delivery_attempts AS a
                                 WHERE a.request_id = requests.id
                                 ORDER BY a.attempt DESC LIMIT 1)
-    WHERE callback_attempts > 0;
+    WHERE callback_attempts > 0 AND status <> 'callback_success';
 CREATE INDEX requests_last_status ON requests (callback_last_status, created_at)
     WHERE callback_last_status >= 300;
 CREATE INDEX requests_last_status_class

@@ -108,7 +108,8 @@ pub struct AttemptReport {
     pub status_code: Option<u16>,
     pub error: Option<String>,
     pub response_body: Option<String>,
-    /// The receiver's answer headers, one `name: value` per line (see [`answer_headers`]).
+    /// The receiver's answer headers, one `name: value` per line (see [`answer_headers`]),
+    /// when it answered with anything but a success.
     pub response_headers: Option<String>,
     /// The receiver's `Retry-After`, if it sent one.
     pub retry_after: Option<Duration>,
@@ -287,7 +288,13 @@ impl CallbackClient {
             .map_err(Failure::from_reqwest)?;
 
         let status = response.status();
-        let headers = answer_headers(response.headers());
+        // Kept for an answer that refused the callback, what an operator reads them for: a
+        // success's headers would lengthen every delivery's write for nobody.
+        let headers = if status.is_success() {
+            None
+        } else {
+            answer_headers(response.headers())
+        };
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -416,16 +423,36 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     message
 }
 
-/// What is kept of a receiver's answer headers, for the audit: `name: value` lines in the
-/// order received, whole lines only, up to [`RESPONSE_BODY_LIMIT`] bytes (a receiver that
-/// answers with a thousand headers is cut short), each value made printable as
-/// [`snippet`] makes a body. `None` for an answer with no headers.
+/// Longest header line kept, in bytes: a long one (a policy, a cookie) is cut here, so that
+/// the headers after it still fit.
+const HEADER_LINE_LIMIT: usize = 256;
+
+/// What is kept of a receiver's answer headers, for the audit, which anyone who can list
+/// requests reads: `name: value` lines in the order received (repeated names together), each
+/// cut at [`HEADER_LINE_LIMIT`] and made printable as [`snippet`] makes a body, as many as fit
+/// in [`RESPONSE_BODY_LIMIT`] bytes. A cookie's value is not kept, nor a `Location`'s query
+/// (a redirect to `https` repeats the callback URL, whose query may carry the receiver's
+/// secret). `None` for an answer with no headers.
 fn answer_headers(headers: &reqwest::header::HeaderMap) -> Option<String> {
     let mut kept = String::new();
     for (name, value) in headers {
-        let line = snippet(format!("{name}: ").as_bytes()) + &snippet(value.as_bytes());
+        let value = if name == reqwest::header::SET_COOKIE {
+            "(not kept)".to_string()
+        } else if name == reqwest::header::LOCATION {
+            location_without_secrets(&String::from_utf8_lossy(value.as_bytes()))
+        } else {
+            snippet(value.as_bytes())
+        };
         // Line breaks are not text a header value holds (hyper refuses them): one line each.
-        let line = line.replace(['\r', '\n'], "\u{fffd}");
+        let mut line = format!("{name}: {value}").replace(['\r', '\n'], "\u{fffd}");
+        if line.len() > HEADER_LINE_LIMIT {
+            let mut end = HEADER_LINE_LIMIT - '…'.len_utf8();
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push('…');
+        }
         if kept.len() + line.len() + 1 > RESPONSE_BODY_LIMIT {
             break;
         }
@@ -434,6 +461,27 @@ fn answer_headers(headers: &reqwest::header::HeaderMap) -> Option<String> {
     }
     kept.pop();
     (!kept.is_empty()).then_some(kept)
+}
+
+/// A redirect's target without what may be secret: its user and password, its query and
+/// fragment.
+fn location_without_secrets(location: &str) -> String {
+    let end = location.find(['?', '#']).unwrap_or(location.len());
+    let (before, cut) = location.split_at(end);
+    let before = match url::Url::parse(before) {
+        Ok(mut url) if url.has_authority() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        _ => before.to_string(),
+    };
+    let mark = if cut.is_empty() {
+        ""
+    } else {
+        "?(query not kept)"
+    };
+    snippet(format!("{before}{mark}").as_bytes())
 }
 
 /// What is kept of text that came from a receiver: at most [`RESPONSE_BODY_LIMIT`] bytes,
@@ -459,7 +507,9 @@ pub fn snippet(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{RESPONSE_BODY_LIMIT, answer_headers, snippet};
+    use super::{
+        HEADER_LINE_LIMIT, RESPONSE_BODY_LIMIT, answer_headers, location_without_secrets, snippet,
+    };
 
     #[test]
     fn snippets_are_printable_and_capped() {
@@ -496,5 +546,38 @@ mod tests {
         let kept = answer_headers(&many).unwrap();
         assert!(kept.len() <= RESPONSE_BODY_LIMIT, "{}", kept.len());
         assert!(kept.lines().all(|line| line.ends_with(": some value")));
+
+        // A long line is cut, and the ones after it are kept; secrets are not.
+        let mut odd = HeaderMap::new();
+        let policy = "default-src 'self'; ".repeat(100);
+        odd.insert(
+            "content-security-policy",
+            HeaderValue::from_str(&policy).unwrap(),
+        );
+        odd.insert(
+            "location",
+            HeaderValue::from_static("https://hooks.example/cb?token=s3cret#x"),
+        );
+        odd.insert("set-cookie", HeaderValue::from_static("session=s3cret"));
+        odd.insert("retry-after", HeaderValue::from_static("30"));
+        let kept = answer_headers(&odd).unwrap();
+        let lines: Vec<&str> = kept.lines().collect();
+        assert_eq!(lines.len(), 4, "{kept}");
+        assert!(lines[0].len() <= HEADER_LINE_LIMIT && lines[0].ends_with('…'));
+        assert_eq!(
+            lines[1],
+            "location: https://hooks.example/cb?(query not kept)"
+        );
+        assert_eq!(lines[2], "set-cookie: (not kept)");
+        assert_eq!(lines[3], "retry-after: 30");
+        assert!(!kept.contains("s3cret"));
+        assert_eq!(
+            location_without_secrets("https://u:s3cret@hooks.example:8443/cb"),
+            "https://hooks.example:8443/cb"
+        );
+        assert_eq!(
+            location_without_secrets("/next?a=1"),
+            "/next?(query not kept)"
+        );
     }
 }

@@ -340,13 +340,19 @@ pub(super) fn parse_filter(query: &str) -> Result<ListParams, Vec<FieldError>> {
                 )),
             },
             "error_contains" => {
-                if (1..=MAX_SEARCH_CHARS).contains(&value.chars().count()) {
+                // No control character: PostgreSQL refuses a NUL in text (a 500), and SQLite's
+                // LIKE stops at one (a pattern that matched every error).
+                if (1..=MAX_SEARCH_CHARS).contains(&value.chars().count())
+                    && !value.chars().any(char::is_control)
+                {
                     filter.error_contains = Some(value.to_string());
                 } else {
                     errors.push(FieldError::query(
                         "error_contains",
                         "text",
-                        format!("must be 1 to {MAX_SEARCH_CHARS} characters"),
+                        format!(
+                            "must be 1 to {MAX_SEARCH_CHARS} characters, none a control character"
+                        ),
                         value,
                     ));
                 }
@@ -534,6 +540,8 @@ mod tests {
             ("last_status=+404", "last_status"),
             ("last_status=404%0A", "last_status"),
             ("error_contains=", "error_contains"),
+            ("error_contains=a%00b", "error_contains"),
+            ("error_contains=line%0A", "error_contains"),
             ("id_prefix=0193&last_status=404", "id_prefix"),
             ("id_prefix=0193&error_contains=refused", "id_prefix"),
             ("before=", "before"),

@@ -200,9 +200,10 @@ impl ListFilter {
     pub(crate) fn total_of_page(&self, rows: usize) -> Option<Total> {
         let whole = self.cursor.is_none() && self.offset == 0;
         let short = u32::try_from(rows).is_ok_and(|rows| rows < self.limit);
+        let rows = u64::try_from(rows).unwrap_or(u64::MAX);
         (whole && short && !self.counted_by_status()).then_some(Total {
-            n: u64::try_from(rows).unwrap_or(u64::MAX),
-            capped: false,
+            n: rows.min(self.count_limit),
+            capped: rows > self.count_limit,
         })
     }
 }
@@ -339,7 +340,7 @@ pub(crate) fn list_conditions(
         let p = next(ListParam::Text(like_pattern(text)), &mut params);
         let like = dialect.like;
         conditions.push(format!(
-            "(callback_last_error {like} {p} ESCAPE '\\' OR error {like} {p} ESCAPE '\\')"
+            "(callback_last_error {like} {p} ESCAPE '!' OR error {like} {p} ESCAPE '!')"
         ));
     }
     if let Some(prefix) = &filter.id_prefix {
@@ -378,13 +379,15 @@ pub(crate) fn list_conditions(
     }
 }
 
-/// A `LIKE` pattern matching any text that contains `text`, its wildcards escaped with `\`.
+/// A `LIKE` pattern matching any text that contains `text`, its wildcards escaped with `!`
+/// (not a backslash, which PostgreSQL reads as an escape inside the string itself when
+/// `standard_conforming_strings` is off).
 fn like_pattern(text: &str) -> String {
     let mut pattern = String::with_capacity(text.len() + 2);
     pattern.push('%');
     for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
+        if matches!(c, '%' | '_' | '!') {
+            pattern.push('!');
         }
         pattern.push(c);
     }
@@ -470,6 +473,12 @@ mod tests {
     }
 
     #[test]
+    fn a_search_pattern_holds_its_text_literally() {
+        assert_eq!(like_pattern("50%_off!"), "%50!%!_off!!%");
+        assert_eq!(like_pattern("a\\b"), "%a\\b%");
+    }
+
+    #[test]
     fn only_a_short_whole_first_page_is_its_own_total() {
         let search = ListFilter {
             error_contains: Some("refused".into()),
@@ -489,6 +498,15 @@ mod tests {
             ..search.clone()
         };
         assert_eq!(later.total_of_page(3), None, "the total is of every page");
+        let low_limit = ListFilter {
+            count_limit: 2,
+            ..search.clone()
+        };
+        assert_eq!(
+            low_limit.total_of_page(3),
+            Some(Total { n: 2, capped: true }),
+            "as a count that stopped at the limit"
+        );
         let kept = ListFilter {
             status: Some(Status::Failed),
             ..ListFilter::default()

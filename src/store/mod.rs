@@ -337,6 +337,10 @@ pub struct Store {
     health: Arc<WriteHealth>,
     /// The waiting one level of priority is worth in a claim's order.
     priority_step: Duration,
+    /// Text searches of the list (`error_contains`) run one at a time: each may read every
+    /// request with an error, and any client may ask for one, so a flood of them waits here
+    /// instead of taking every connection the other lists and the dashboard read with.
+    searches: Arc<tokio::sync::Semaphore>,
 }
 
 /// Longest a statement on the database may run (a read on SQLite, any statement on
@@ -390,6 +394,7 @@ impl Store {
             changes: Arc::new(Changes::default()),
             health: Arc::default(),
             priority_step: DEFAULT_PRIORITY_STEP,
+            searches: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -658,6 +663,15 @@ impl Store {
             });
         }
         let filter = filter.without_implied_mode();
+        let _search = match filter.error_contains {
+            Some(_) => Some(
+                self.searches
+                    .acquire()
+                    .await
+                    .map_err(|_| StoreError::WriterGone)?,
+            ),
+            None => None,
+        };
         dispatch!(self, s => s.list(filter).await)
     }
 

@@ -151,7 +151,7 @@ pub fn requests(shell: Shell) -> Markup {
             label { "Callback host " input name="callback_host" type="text" placeholder="host or host:port" maxlength="262"; }
             label title="The HTTP status the receiver answered the last attempt with: a code, or a class such as 4xx" {
                 "Last HTTP status " input name="last_status" type="text" placeholder="404 or 5xx" size="7"
-                    maxlength="3" pattern="[3-5][0-9xX][0-9xX]";
+                    maxlength="3" pattern="[3-5]([0-9]{2}|[xX]{2})";
             }
             label title="Text of the last error (a callback's or a sync request's), any case" {
                 "Error contains " input name="error_contains" type="search" placeholder="connection refused" maxlength="200";

@@ -293,9 +293,11 @@ async fn the_last_answer_and_the_error_text_find_what_failed_and_how() {
         ("error_contains=http%20503", vec![&busy]),
         ("error_contains=CONNECTION", vec![&refused]),
         ("error_contains=connection&last_status=5xx", vec![]),
-        // Wildcards are text: no error holds a `%` or a `_`.
+        // Wildcards are text: no error holds a `%`, a `_` or a `!` (the escape).
         ("error_contains=%25", vec![]),
         ("error_contains=_", vec![]),
+        ("error_contains=!", vec![]),
+        ("error_contains=%5C", vec![]),
     ] {
         let body = app.get_json(&format!("/requests?{query}")).await;
         let expected: Vec<String> = expected.into_iter().cloned().collect();
@@ -319,6 +321,8 @@ async fn the_last_answer_and_the_error_text_find_what_failed_and_how() {
         ("last_status=404%0A", "last_status"),
         ("last_status=", "last_status"),
         ("error_contains=", "error_contains"),
+        ("error_contains=%00", "error_contains"),
+        ("error_contains=%1B%5B31m", "error_contains"),
         (
             &*format!("error_contains={}", "x".repeat(201)),
             "error_contains",

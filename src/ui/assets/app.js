@@ -729,6 +729,20 @@
     }
   }
 
+  // Reads the list again once it has rested twenty times its last read's cost: now, or with
+  // one read put off until then (a change in between is not lost, only later).
+  let listPutOff = null;
+  function loadListRested() {
+    const wait = listReadAt + 20 * listCostMs - Date.now();
+    if (wait <= 0) loadList();
+    else if (!listPutOff) {
+      listPutOff = setTimeout(() => {
+        listPutOff = null;
+        loadList();
+      }, wait);
+    }
+  }
+
   // The cells of a request's row; the first holds its checkbox.
   function listCells(r) {
     return [
@@ -1007,10 +1021,12 @@
       field(list, "Callback URL", r.callback_url, "wrap");
       field(list, "Callback attempts", r.mode === "async" ? String(r.callback_attempts) : null);
       if (r.callback_last_status !== undefined) {
-        field(list, "Last callback answer", el("a", {
+        // A refusal links to every request refused the same way (the filter takes no success).
+        const answer = "HTTP " + r.callback_last_status;
+        field(list, "Last callback answer", r.callback_last_status >= 300 ? el("a", {
           href: "/ui/requests?last_status=" + r.callback_last_status,
           title: "Every request whose last callback got this answer",
-        }, "HTTP " + r.callback_last_status));
+        }, answer) : answer);
       }
       field(list, "Last callback error", r.callback_last_error, "wrap");
       if (r.error) field(list, "Error", r.error, "wrap");
@@ -1296,8 +1312,7 @@
       const follow = document.getElementById("follow-live");
       if (follow && !follow.checked) return;
       const here = new URLSearchParams(window.location.search);
-      const rested = Date.now() - listReadAt >= 20 * listCostMs;
-      if (!here.get("before") && !here.get("after") && rested) loadList();
+      if (!here.get("before") && !here.get("after")) loadListRested();
     } else if (page === "request") {
       if (!detailFinal) loadDetail();
     } else if (page === "destinations" && adminEnabled) {
