@@ -1079,3 +1079,86 @@ async fn the_stream_shows_other_instances_changes_on_postgres() {
     );
     drop(stream);
 }
+
+/// A row that leaves the list above the one in focus (its request cancelled elsewhere) takes
+/// neither the focus nor the text selected with it: the rows below are not redrawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_leaving_above_the_focus_leaves_focus_and_selection_alone() {
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let app = TestServer::builder().start().await;
+    let mut scheduled = Vec::new();
+    for n in 0..3 {
+        let (status, body) = crate::helpers::read(
+            app.post_async(&json!({
+                "data": format!("scheduled {n}"),
+                "callback_url": "http://127.0.0.1:9/hook",
+                "delay_seconds": 30,
+            }))
+            .await,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        scheduled.push(body["request_id"].as_str().expect("id").to_string());
+        // Each its own creation millisecond, so that the order below is theirs.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let browser = open_browser(&driver).await;
+    let outcome = async {
+        browser
+            .goto(&app.url("/ui/requests?status=pending"))
+            .await?;
+        eventually(
+            &browser,
+            "document.querySelectorAll('#list tbody tr').length === 3",
+            "the three scheduled requests",
+        )
+        .await;
+        // Newest first: the oldest is the bottom row, the middle one leaves.
+        let (bottom, middle) = (&scheduled[0], &scheduled[1]);
+        browser
+            .execute(
+                "const row = document.querySelector('#list tr[data-id=\"' + arguments[0] + '\"]');\
+                 window.__row = row;\
+                 const link = row.querySelector('a');\
+                 link.focus();\
+                 window.getSelection().selectAllChildren(link);",
+                vec![json!(bottom)],
+            )
+            .await?;
+        let (status, body) = crate::helpers::read(
+            app.client
+                .post(app.url(&format!("/requests/{middle}/cancel")))
+                .send()
+                .await?,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        eventually(
+            &browser,
+            &format!(
+                "!document.querySelector('#list tr[data-id=\"{middle}\"]') && \
+                 document.querySelectorAll('#list tbody tr').length === 2"
+            ),
+            "the cancelled request to leave the list",
+        )
+        .await;
+        let kept = browser
+            .execute(
+                "const row = document.querySelector('#list tr[data-id=\"' + arguments[0] + '\"]');\
+                 return [row === window.__row, document.activeElement === row.querySelector('a'),\
+                         window.getSelection().toString()];",
+                vec![json!(bottom)],
+            )
+            .await?;
+        if kept != json!([true, true, bottom]) {
+            return Err(format!("the row below lost its focus or selection: {kept}").into());
+        }
+        assert_no_console_errors(&browser, "as a row left the list").await;
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    outcome.expect("focus and selection survive a row leaving above them");
+}
