@@ -61,7 +61,12 @@ struct ListQuery {
     /// callback error) contains this text, in any case (ASCII letters only on SQLite). It
     /// reads the requests that have an error, newest first, until it has a page: narrow it
     /// with `created_from`/`created_to` on a long history where it matches little.
-    #[param(min_length = 1, max_length = 200, example = "connection refused")]
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]+$",
+        example = "connection refused"
+    )]
     error_contains: Option<String>,
     /// Only requests whose id starts with this (hex digits and `-`, case-insensitive). A
     /// lookup by id: it takes no other filter (mode, status, created_from, created_to,

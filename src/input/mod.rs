@@ -193,7 +193,9 @@ struct WorkFields {
     #[schema(
         min_length = 1,
         max_length = 10000,
-        pattern = r"\S",
+        // A character that is not whitespace as the service reads it (see
+        // `is_python_whitespace`): the information separators count as whitespace there.
+        pattern = r"[^\s\x1C-\x1F]",
         example = "hello world"
     )]
     data: String,
