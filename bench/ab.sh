@@ -2,11 +2,12 @@
 # ab.sh: two builds of the service side by side, so that a change to a hot path is judged by
 # a ratio measured in one run, not by numbers from different days. For each backend, each
 # build gets a database of its own holding a history of HISTORY finished requests (written as
-# history.sh writes it, by that build's own checkout: each build's schema), then the builds
-# take turns, ROUNDS runs each, A then B, each a closed-loop `loadgen --mode async` run by
-# build B's loadgen, in the order A B B A (so that neither build always follows the
-# other, nor inherits the other's vacuum or checkpoint). Prints each run, each build's median delivered/s and time to callback
-# p99, and B ÷ A; writes the summary to bench/results/ab.md. All traffic stays on loopback.
+# history.sh writes it, by that build's own checkout: each build's schema); then the builds
+# take turns, ROUNDS runs each, in the order A B B A (so that neither always follows the
+# other, nor inherits its vacuum or checkpoint), each run a closed-loop `loadgen --mode async`
+# by build B's loadgen. Prints each run, each build's median delivered/s and time to
+# callback p99, and B ÷ A; writes the summary to bench/results/ab.md. All traffic stays on
+# loopback.
 #
 #   BIN_A=/tmp/old-target/release/syncasync A_ROOT=/tmp/old bash bench/ab.sh
 #
@@ -126,7 +127,7 @@ python3 - "$tmp_dir" "$LABEL_A" "$LABEL_B" "$HISTORY" "$DURATION" "$CONNECTIONS"
 import datetime, glob, json, os, statistics, sys
 tmp, label_a, label_b, history, duration, connections, iterations = sys.argv[1:]
 runs = {}
-for path in glob.glob(os.path.join(tmp, "*-*-*.json")):
+for path in sorted(glob.glob(os.path.join(tmp, "*-*-*.json")), key=lambda p: int(os.path.basename(p).split("-")[1])):
     backend, _, build = os.path.basename(path)[:-5].split("-")
     cb = json.load(open(path))["modes"][0]["callbacks"]
     p99 = (cb.get("time_to_callback_ms") or {}).get("p99", float("nan"))

@@ -119,10 +119,10 @@ impl ListFilter {
     }
 
     /// The filter without a mode the other filters already imply (a status only one mode has,
-    /// or a callback's host or status, which only async requests have): each statement then filters on
-    /// one index's column and reads only rows that match, instead of walking one index and
-    /// checking the mode on every row (`mode=sync&status=callback_success` would otherwise
-    /// read every delivered request).
+    /// or a callback's host or status, which only async requests have): each statement then
+    /// filters on one index's column and reads only rows that match, instead of walking one
+    /// index and checking the mode on every row (`mode=sync&status=callback_success` would
+    /// otherwise read every delivered request).
     pub(crate) fn without_implied_mode(mut self) -> Self {
         let implied = |mode: Mode| {
             self.about_callbacks()
@@ -167,9 +167,10 @@ impl ListFilter {
         }
         // A failed answer's index first: it holds only the requests whose last callback
         // failed with an answer, few beside a status's. (Beside a host, either index gives
-        // this order, both columns being fixed: each backend's statistics pick the narrower.) A class leads with
-        // nothing: SQLite does not see that an index's expression fixed by the filter orders
-        // nothing (it sorts), and orders by time alone from that index's walk.
+        // this order, both columns being fixed: each backend's statistics pick the
+        // narrower.) A class leads with nothing: SQLite does not see that an index's
+        // expression fixed by the filter orders nothing (it sorts), and orders by time alone
+        // from that index's walk.
         let leading = if let Some(last) = self.last_status.filter(|_| self.by_last_status()) {
             match last {
                 LastStatus::Code(_) => "callback_last_status DESC, ",
@@ -190,9 +191,7 @@ impl ListFilter {
         };
         format!("{leading}created_at DESC, id DESC")
     }
-}
 
-impl ListFilter {
     /// The total a page of this filter already gives: a first page (no cursor, no offset)
     /// shorter than the page size holds every match, and counting them again would read the
     /// same rows twice (all of them, for a text search that matches nothing). `None` when

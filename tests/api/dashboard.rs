@@ -234,6 +234,43 @@ async fn click_live(browser: &Client, selector: &str) -> Result<(), String> {
     }
 }
 
+/// Focuses the id link of request `id`'s row in the list and selects its text (an id being
+/// copied), remembering the row's element.
+async fn focus_and_select(browser: &Client, id: &str) -> Result<(), fantoccini::error::CmdError> {
+    browser
+        .execute(
+            "const row = document.querySelector('#list tr[data-id=\"' + arguments[0] + '\"]');\
+             window.__row = row;\
+             const link = row.querySelector('a');\
+             link.focus();\
+             window.getSelection().selectAllChildren(link);",
+            vec![json!(id)],
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Whether the row [`focus_and_select`] chose is the same element still, its link in focus and
+/// its id selected, after `what`.
+async fn still_focused_and_selected(
+    browser: &Client,
+    id: &str,
+    what: &str,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let kept = browser
+        .execute(
+            "const row = document.querySelector('#list tr[data-id=\"' + arguments[0] + '\"]');\
+             return [row === window.__row, document.activeElement === row.querySelector('a'),\
+                     window.getSelection().toString()];",
+            vec![json!(id)],
+        )
+        .await?;
+    if kept != json!([true, true, id]) {
+        return Err(format!("{what} lost the row, its focus or its selection: {kept}").into());
+    }
+    Ok(())
+}
+
 fn screenshots() -> bool {
     std::env::var("SYNCASYNC_SCREENSHOTS").is_ok_and(|v| v == "1")
 }
@@ -356,16 +393,7 @@ async fn drive(
 
     // A live update leaves the rows in place: the focused link keeps its focus, and text
     // selected in the list (an id being copied) stays selected.
-    browser
-        .execute(
-            "const row = document.querySelector('#list tr[data-id=\"' + arguments[0] + '\"]');\
-             window.__row = row;\
-             const link = row.querySelector('a');\
-             link.focus();\
-             window.getSelection().selectAllChildren(link);",
-            vec![json!(failed)],
-        )
-        .await?;
+    focus_and_select(browser, &failed).await?;
     // Sent to a receiver that accepts, so that the failed requests stay the two below.
     let accepting = start_receiver(Arc::new(AtomicBool::new(false))).await;
     let accepting = format!("http://{accepting}/hook");
@@ -376,17 +404,7 @@ async fn drive(
         "a newer request in the list",
     )
     .await;
-    let kept = browser
-        .execute(
-            "const row = document.querySelector('#list tr[data-id=\"' + arguments[0] + '\"]');\
-             return [row === window.__row, document.activeElement === row.querySelector('a'),\
-                     window.getSelection().toString()];",
-            vec![json!(failed)],
-        )
-        .await?;
-    if kept != json!([true, true, failed]) {
-        return Err(format!("a live update lost the row, focus or selection: {kept}").into());
-    }
+    still_focused_and_selected(browser, &failed, "a live update").await?;
 
     // With "Live" off the page stays as it is; on again, it catches up.
     click_live(browser, "#follow-live").await?;
@@ -1117,16 +1135,7 @@ async fn a_row_leaving_above_the_focus_leaves_focus_and_selection_alone() {
         .await;
         // Newest first: the oldest is the bottom row, the middle one leaves.
         let (bottom, middle) = (&scheduled[0], &scheduled[1]);
-        browser
-            .execute(
-                "const row = document.querySelector('#list tr[data-id=\"' + arguments[0] + '\"]');\
-                 window.__row = row;\
-                 const link = row.querySelector('a');\
-                 link.focus();\
-                 window.getSelection().selectAllChildren(link);",
-                vec![json!(bottom)],
-            )
-            .await?;
+        focus_and_select(&browser, bottom).await?;
         let (status, body) = crate::helpers::read(
             app.client
                 .post(app.url(&format!("/requests/{middle}/cancel")))
@@ -1144,17 +1153,7 @@ async fn a_row_leaving_above_the_focus_leaves_focus_and_selection_alone() {
             "the cancelled request to leave the list",
         )
         .await;
-        let kept = browser
-            .execute(
-                "const row = document.querySelector('#list tr[data-id=\"' + arguments[0] + '\"]');\
-                 return [row === window.__row, document.activeElement === row.querySelector('a'),\
-                         window.getSelection().toString()];",
-                vec![json!(bottom)],
-            )
-            .await?;
-        if kept != json!([true, true, bottom]) {
-            return Err(format!("the row below lost its focus or selection: {kept}").into());
-        }
+        still_focused_and_selected(&browser, bottom, "a row leaving above it").await?;
         assert_no_console_errors(&browser, "as a row left the list").await;
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     }

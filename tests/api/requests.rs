@@ -98,10 +98,12 @@ async fn requests_are_listed_newest_first_with_their_total() {
             .map(String::as_str)
             .collect();
         let id = record["id"].as_str().unwrap();
-        // An async request whose delivery ended adds when it did (beyond the original).
+        // An async request whose delivery ended adds when it did, and what its receiver last
+        // answered (beyond the original).
         let mut expected = expected_keys.clone();
         if asyncs.contains(id) {
             expected.insert("delivered_at");
+            expected.insert("callback_last_status");
         }
         assert_eq!(keys, expected, "{record}");
         if asyncs.contains(id) {
