@@ -338,8 +338,11 @@
 
   // Pause while the tab is hidden: no stream, no database reads for nobody.
   document.addEventListener("visibilitychange", () => {
-    if (document.hidden) stopStream("paused");
-    else {
+    if (document.hidden) {
+      stopStream("paused");
+      clearTimeout(listPutOff);
+      listPutOff = null;
+    } else {
       refreshAll();
       startStream();
     }
@@ -730,7 +733,9 @@
   }
 
   // Reads the list again once it has rested twenty times its last read's cost: now, or with
-  // one read put off until then (a change in between is not lost, only later).
+  // one read put off until then (a change in between is not lost, only later). A put-off
+  // read is dropped if meanwhile the tab was hidden (showing it again reads everything) or
+  // "Live" was turned off.
   let listPutOff = null;
   function loadListRested() {
     const wait = listReadAt + 20 * listCostMs - Date.now();
@@ -738,7 +743,8 @@
     else if (!listPutOff) {
       listPutOff = setTimeout(() => {
         listPutOff = null;
-        loadList();
+        const follow = document.getElementById("follow-live");
+        if (!document.hidden && (!follow || follow.checked)) loadList();
       }, wait);
     }
   }
@@ -1120,7 +1126,7 @@
       const answerBody = a.response_body || "";
       if (answerHeaders || answerBody) {
         item.append(
-          el("p", { class: "hint", text: "Answer (headers, then the first 1 KiB of the body):" }),
+          el("p", { class: "hint", text: answerHeaders ? "Answer (headers, then the first 1 KiB of the body):" : "Answer (first 1 KiB):" }),
           el("pre", { class: "answer", text: answerHeaders + (answerHeaders && answerBody ? "\n\n" : "") + answerBody }),
         );
       }
