@@ -35,9 +35,9 @@ macro_rules! unfinished_statuses {
 macro_rules! record_columns {
     () => {
         "id, mode, status, payload_hash, created_at, completed_at, delivered_at, callback_url,
-         callback_attempts, callback_last_error, callback_last_status, iterations, input_hash, output_hash,
-         processing_time_ms, error, next_attempt_at, lease_token IS NOT NULL AS claimed, run_at,
-         max_retries, callback_timeout_ms, priority"
+         callback_attempts, callback_last_error, callback_last_status, iterations, input_hash,
+         output_hash, processing_time_ms, error, next_attempt_at,
+         lease_token IS NOT NULL AS claimed, run_at, max_retries, callback_timeout_ms, priority"
     };
 }
 

@@ -89,21 +89,21 @@ pub(crate) fn hot_statements(fixed: &[(&str, &str)], dialect: &Dialect) -> Vec<H
         // The equalities an index must serve: the failed answer's when its index leads (a
         // class's is an expression, which the plans do not name), else the host's, the
         // status's, the mode's.
-        let by_last_status = filter.by_last_status();
-        let equalities: Vec<&'static str> = [
-            filter.mode.map(|_| "mode"),
-            filter.status.map(|_| "status"),
-            filter.callback_host.as_ref().map(|_| "callback_host"),
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|_| !by_last_status)
-        .chain(
+        let equalities: Vec<&'static str> = if filter.by_last_status() {
             matches!(filter.last_status, Some(LastStatus::Code(_)))
                 .then_some("callback_last_status")
-                .filter(|_| by_last_status),
-        )
-        .collect();
+                .into_iter()
+                .collect()
+        } else {
+            [
+                filter.mode.map(|_| "mode"),
+                filter.status.map(|_| "status"),
+                filter.callback_host.as_ref().map(|_| "callback_host"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
+        };
         let (sql, params) = page_sql(&filter, dialect);
         statements.push(HotStatement {
             name: format!("list page: {name}"),
