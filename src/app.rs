@@ -304,6 +304,9 @@ impl Application {
         )?;
 
         let wakeup = Wakeup::default();
+        // Identifies this process's leases, and this instance among those sharing the rate
+        // limits.
+        let owner = Uuid::new_v4().to_string();
         let workers = WorkerStats::default();
         let metrics = Arc::new(Metrics::new());
         let destinations = Destinations::new(config.isolation_policy());
@@ -313,6 +316,7 @@ impl Application {
             config.http_stream_max_lifetime(),
         );
         let service = Service {
+            owner: owner.clone(),
             store: store.clone(),
             pool: pool.clone(),
             wakeup: wakeup.clone(),
@@ -342,7 +346,7 @@ impl Application {
                 max: Duration::from_secs_f64(config.callback_retry_max_delay),
             },
             workers: config.async_worker_count,
-            owner: Uuid::new_v4().to_string(),
+            owner,
             lease: config.job_lease(),
             wakeup,
             stats: workers,
@@ -426,7 +430,7 @@ impl Application {
             let store = service.store.clone();
             let wakeup = service.wakeup.clone();
             let stop = background.clone();
-            async move { store.listen(move || wakeup.wake(), stop).await }
+            async move { store.listen(move |heard| wakeup.heard(heard), stop).await }
         });
         let maintenance = tokio::spawn({
             let store = service.store.clone();

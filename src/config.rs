@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::delivery::destinations::{BreakerPolicy, IsolationPolicy};
+use crate::delivery::destinations::{BreakerPolicy, DefaultRate, IsolationPolicy};
 use crate::delivery::guard::AllowedHosts;
 use crate::delivery::signing::Signer;
 
@@ -92,6 +92,19 @@ pub struct Config {
     #[arg(long, help_heading = "Isolation between destinations", env = "APP_CALLBACK_MAX_IN_FLIGHT_PER_DESTINATION", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub callback_max_in_flight_per_destination: u32,
+
+    /// Callback deliveries a second to one destination (scheme, host and port), across every
+    /// instance sharing the database: `unlimited`, or a rate with an optional burst after a
+    /// slash (`20`, `0.5`, `20/40`; the burst is one second's worth by default). A job held
+    /// by the limit waits without a worker. An operator sets a destination's own limit with
+    /// PUT /destinations/{key}/limits.
+    #[arg(
+        long,
+        help_heading = "Isolation between destinations",
+        env = "APP_CALLBACK_RATE_PER_DESTINATION",
+        default_value = "unlimited"
+    )]
+    pub callback_rate_per_destination: DefaultRate,
 
     /// Callback deliveries in flight at once to destinations that have not earned a share of
     /// their own (new ones, failing ones, slow ones: any a caller can invent), all together.
@@ -446,6 +459,7 @@ impl Config {
                 cooldown: Duration::from_secs_f64(self.callback_breaker_cooldown_seconds),
                 max_cooldown: Duration::from_secs_f64(self.callback_breaker_max_cooldown_seconds),
             },
+            default_rate: self.callback_rate_per_destination.0,
         }
     }
 

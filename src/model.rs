@@ -263,6 +263,11 @@ pub enum WaitingFor {
     DestinationFull,
     /// An operator paused its destination: no attempt until it is resumed.
     Paused,
+    /// Its destination's rate limit lets no delivery start yet (as this instance sees it).
+    RateLimit,
+    /// Its destination's receiver answered a delivery with a 429 or 503 and `Retry-After`:
+    /// no delivery to it starts, on any instance, until then.
+    RetryAfter,
 }
 
 /// `GET /requests` → 200.

@@ -210,6 +210,8 @@ pub struct BulkRedelivery {
 
 #[derive(Clone)]
 pub struct Service {
+    /// This instance, as its leases and the instances sharing the rate limits name it.
+    pub owner: String,
     pub store: Store,
     pub pool: ComputePool,
     pub wakeup: Wakeup,
@@ -738,11 +740,11 @@ impl Service {
         Ok(outcome)
     }
 
-    /// Pauses, resumes or resets the breaker of `destination` (SPEC §11), stored for every
-    /// instance and applied on this one before the answer (the others read it within
-    /// [`CONTROLS_EVERY`](crate::delivery::CONTROLS_EVERY)). Answers the destination as
-    /// `GET /destinations` shows it, or `None` when [`MAX_CONTROLLED_DESTINATIONS`]
-    /// destinations are paused already.
+    /// Pauses, resumes, resets the breaker of or sets the rate limit of `destination` (SPEC
+    /// §11), stored for every instance and applied on this one before the answer (the others
+    /// hear of it at once, and read it within [`CONTROLS_EVERY`](crate::delivery::CONTROLS_EVERY)
+    /// anyway). Answers the destination as `GET /destinations` shows it, or `None` when
+    /// [`MAX_CONTROLLED_DESTINATIONS`] destinations are paused or limited already.
     ///
     /// [`MAX_CONTROLLED_DESTINATIONS`]: crate::store::MAX_CONTROLLED_DESTINATIONS
     pub async fn control_destination(
@@ -755,18 +757,13 @@ impl Service {
         }
         if self
             .destinations
-            .refresh_controls(self.store.destination_controls())
+            .refresh_controls(self.store.destination_controls(&self.owner))
             .await?
         {
             self.wakeup.wake();
         }
         tracing::info!(destination, change = ?change, "destination control changed by an operator");
-        Ok(self
-            .destinations
-            .snapshot()
-            .into_iter()
-            .find(|view| view.destination == destination)
-            .or_else(|| Some(DestinationView::unseen(destination))))
+        Ok(Some(self.destinations.view(destination)))
     }
 
     /// Queues a `callback_failed` request for a fresh round of delivery attempts.

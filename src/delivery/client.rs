@@ -124,6 +124,17 @@ impl AttemptReport {
     pub fn permanent(&self) -> bool {
         self.kind.is_permanent()
     }
+
+    /// How long the receiver asked every sender to wait, when it answered 429 (Too Many
+    /// Requests) or 503 (Service Unavailable) with a `Retry-After` of more than nothing.
+    pub fn slow_down(&self) -> Option<Duration> {
+        match (self.kind, self.status_code) {
+            (AttemptKind::HttpStatus, Some(429 | 503)) => {
+                self.retry_after.filter(|wait| !wait.is_zero())
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -31,7 +31,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::{self, Metrics};
 use crate::model::{DeliveryAttempt, WorkResult};
-use crate::store::{AttemptOutcome, FinishedWork, Job, MAX_UNRECORDED_CLAIMS, Recorded, Store};
+use crate::store::{
+    Announced, AttemptOutcome, ControlChange, FinishedWork, Job, MAX_UNRECORDED_CLAIMS, Recorded,
+    Store,
+};
 use crate::work::{Cancel, ComputePool, PoolError};
 use client::{AttemptKind, CallbackClient};
 use destinations::{DestinationPermit, Destinations, Share, Verdict};
@@ -60,13 +63,26 @@ const COMPUTE_BUSY_BACKOFF: Duration = Duration::from_millis(20);
 const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(250);
 const RECORD_RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
-/// Wakes the dispatcher when a job may have become claimable.
+/// Wakes the dispatcher when a job may have become claimable, and its reader of the
+/// destination controls when another instance changed them.
 #[derive(Clone, Default)]
-pub struct Wakeup(Arc<Notify>);
+pub struct Wakeup(Arc<Notify>, Arc<Notify>);
 
 impl Wakeup {
     pub fn wake(&self) {
         self.0.notify_one();
+    }
+
+    pub fn controls_changed(&self) {
+        self.1.notify_one();
+    }
+
+    /// What another instance announced.
+    pub fn heard(&self, announced: Announced) {
+        match announced {
+            Announced::Jobs => self.wake(),
+            Announced::Controls => self.controls_changed(),
+        }
     }
 }
 
@@ -412,6 +428,7 @@ impl Dispatcher {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
+                () = self.wakeup.1.notified() => {}
                 () = stop.cancelled() => return,
             }
             self.read_controls().await;
@@ -423,7 +440,7 @@ impl Dispatcher {
     async fn read_controls(&self) -> bool {
         match self
             .destinations
-            .refresh_controls(self.store.destination_controls())
+            .refresh_controls(self.store.destination_controls(&self.owner))
             .await
         {
             Ok(released) => {
@@ -500,11 +517,21 @@ impl Dispatcher {
         // the destination's health: counted against it, any caller could open another's
         // breaker (and take it out of the proven share) with requests of a millisecond; as a
         // probe's answer, close it.
+        //
+        // A receiver that asks for time (a 429 or 503 with `Retry-After`) is slowing its
+        // senders down, not failing: its whole destination waits, on every instance, and its
+        // breaker does not count it.
+        let slow_down = report.slow_down();
         let verdict = match (report.kind, job.callback_timeout) {
+            _ if slow_down.is_some() => Verdict::Neutral,
             (AttemptKind::Timeout, Some(own)) if own < self.client.timeout() => Verdict::Unknown,
             _ => Verdict::of(report.kind, report.status_code),
         };
         destination.record_after(verdict, report.duration);
+        if let Some(asked) = slow_down {
+            self.hold_destination(&job.destination, asked.min(self.policy.max))
+                .await;
+        }
         let round_attempt = job.round_attempts + 1;
         let outcome = if report.delivered() {
             AttemptOutcome::Delivered
@@ -554,6 +581,25 @@ impl Dispatcher {
             Err(err) => {
                 tracing::error!(request_id = %job.id, error = %err, "recording the attempt failed; the job will be retried")
             }
+        }
+    }
+
+    /// Holds every job of `destination` for `wait`: at once on this instance, and, once
+    /// stored, on every other (a hold that cannot be stored still applies here).
+    async fn hold_destination(&self, destination: &str, wait: Duration) {
+        self.destinations.hold(destination, wait);
+        tracing::info!(
+            destination,
+            seconds = wait.as_secs_f64(),
+            "the receiver asked to be left alone: its destination waits"
+        );
+        let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+        if let Err(err) = self
+            .store
+            .control_destination(destination, ControlChange::HoldUntil(until))
+            .await
+        {
+            tracing::warn!(destination, error = %err, "storing a receiver's hold failed; it applies on this instance only");
         }
     }
 

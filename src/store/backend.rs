@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptOutcome, Cancellation, ControlChange, Controlled, DestinationControl, FinishedWork, Job,
+    AttemptOutcome, Cancellation, ControlChange, Controlled, ControlsRead, FinishedWork, Job,
     KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest, NewRequest, PoolStats, Position,
     Recorded, Redelivery, StatementPlan, StatusCounts, StoreResult, Submitted, Swept,
 };
@@ -43,10 +43,11 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     /// queue's tables when autovacuum is off).
     fn maintain(&self, stop: CancellationToken) -> impl Future<Output = ()> + Send;
 
-    /// Calls `wake` whenever another instance queues a job, until `stop`.
+    /// Calls `wake` whenever another instance queues a job or changes a destination's
+    /// controls, until `stop`.
     fn listen(
         &self,
-        wake: impl Fn() + Send + 'static,
+        wake: impl Fn(super::Announced) + Send + 'static,
         stop: CancellationToken,
     ) -> impl Future<Output = ()> + Send;
 
@@ -161,9 +162,12 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         change: ControlChange,
     ) -> impl Future<Output = StoreResult<Controlled>> + Send;
 
+    /// Every destination's stored controls, and the instances that read them lately: `owner`
+    /// counts as one of them from this read on.
     fn destination_controls(
         &self,
-    ) -> impl Future<Output = StoreResult<Vec<DestinationControl>>> + Send;
+        owner: &str,
+    ) -> impl Future<Output = StoreResult<ControlsRead>> + Send;
 
     /// Hands `owner`'s claims back to the queue.
     fn release(&self, owner: &str) -> impl Future<Output = StoreResult<u64>> + Send;

@@ -83,9 +83,18 @@ use crate::input::Controls;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
 
 use backend::Backend;
+
+/// What an instance announces to the others sharing the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// Jobs became due.
+    Jobs,
+    /// A destination's controls changed.
+    Controls,
+}
 pub use changes::{Changes, Subscription};
 pub use destination_controls::{
-    ControlChange, Controlled, DestinationControl, MAX_CONTROLLED_DESTINATIONS,
+    ControlChange, Controlled, ControlsRead, DestinationControl, MAX_CONTROLLED_DESTINATIONS,
 };
 pub use error::{StoreError, StoreResult};
 use health::WriteHealth;
@@ -439,9 +448,10 @@ impl Store {
         dispatch!(self, s => s.maintain(stop).await)
     }
 
-    /// Calls `wake` whenever another instance queues a job, until `stop`. Only a shared
-    /// database has other instances; with SQLite this returns at once.
-    pub async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
+    /// Calls `wake` whenever another instance queues a job or changes a destination's
+    /// controls, until `stop`. Only a shared database has other instances; with SQLite this
+    /// returns at once.
+    pub async fn listen(&self, wake: impl Fn(Announced) + Send + 'static, stop: CancellationToken) {
         dispatch!(self, s => s.listen(wake, stop).await)
     }
 
@@ -633,9 +643,10 @@ impl Store {
         dispatch!(self, s => self.health.watch(s.control_destination(destination, change)).await)
     }
 
-    /// Every destination's stored controls (at most [`MAX_CONTROLLED_DESTINATIONS`]).
-    pub async fn destination_controls(&self) -> StoreResult<Vec<DestinationControl>> {
-        dispatch!(self, s => s.destination_controls().await)
+    /// Every destination's stored controls (at most [`MAX_CONTROLLED_DESTINATIONS`]), and
+    /// how many instances share the database, `owner` seen among them from now on.
+    pub async fn destination_controls(&self, owner: &str) -> StoreResult<ControlsRead> {
+        dispatch!(self, s => s.destination_controls(owner).await)
     }
 
     /// Ends an async request that is not final as `cancelled`: no work starts and no

@@ -193,6 +193,8 @@ pub struct Behaviour {
     /// Callbacks answered at once before `delay` applies: a destination that is healthy for
     /// a while, then hangs.
     pub prompt_first: usize,
+    /// Sent as `Retry-After` (seconds) with every refusal.
+    pub retry_after: Option<u32>,
 }
 
 impl Behaviour {
@@ -204,6 +206,15 @@ impl Behaviour {
             answer: b"ok",
             down_for: Duration::ZERO,
             prompt_first: 0,
+            retry_after: None,
+        }
+    }
+
+    /// As `self`, with `Retry-After: seconds` on every refusal.
+    pub fn retry_after(self, seconds: u32) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..self
         }
     }
 
@@ -403,7 +414,8 @@ async fn receive(
     State(state): State<ReceiverState>,
     headers: HeaderMap,
     raw: Bytes,
-) -> (StatusCode, &'static [u8]) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let arrived = {
         let id = serde_json::from_slice::<Value>(&raw)
             .ok()
@@ -439,14 +451,18 @@ async fn receive(
         status_sent: status,
     });
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        code,
-        if code.is_success() {
-            state.behaviour.answer
-        } else {
-            b"receiver says no"
-        },
-    )
+    if code.is_success() {
+        return (code, state.behaviour.answer).into_response();
+    }
+    match state.behaviour.retry_after {
+        Some(seconds) => (
+            code,
+            [("retry-after", seconds.to_string())],
+            &b"receiver says no"[..],
+        )
+            .into_response(),
+        None => (code, &b"receiver says no"[..]).into_response(),
+    }
 }
 
 /// A port on 127.0.0.1 with nothing listening (bound, then released).

@@ -1,17 +1,35 @@
-//! The operator's controls over destinations (`store::destination_controls`), as this
-//! instance last read them: which are paused, and the breaker resets it has applied.
+//! The controls over destinations (`store::destination_controls`), as this instance last
+//! read them: which are paused, the breaker resets it has applied, the destinations' own rate
+//! limits, the holds their receivers asked for, and how many instances share the limits.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::store::DestinationControl;
+use super::OwnRate;
+use crate::store::ControlsRead;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Operated {
     paused: HashMap<String, DateTime<Utc>>,
     /// Each controlled destination's count of breaker resets, as last read.
     resets_seen: HashMap<String, i64>,
+    rates: HashMap<String, OwnRate>,
+    held: HashMap<String, DateTime<Utc>>,
+    instances: u32,
+}
+
+impl Default for Operated {
+    /// Nothing read yet: this instance alone, with nothing controlled.
+    fn default() -> Self {
+        Self {
+            paused: HashMap::new(),
+            resets_seen: HashMap::new(),
+            rates: HashMap::new(),
+            held: HashMap::new(),
+            instances: 1,
+        }
+    }
 }
 
 /// What reading the stored controls again changed.
@@ -19,14 +37,16 @@ pub(super) struct Operated {
 pub(super) struct Update {
     /// Destinations whose breaker an operator reset since the last read.
     pub(super) reset: Vec<String>,
-    /// Some pause ended (or a breaker was reset): held jobs may be claimable now.
+    /// Some pause ended, a breaker was reset, a limit or the instances sharing it changed:
+    /// held jobs may be claimable now.
     pub(super) released: bool,
 }
 
 impl Operated {
-    /// Takes `controls` (the whole table) as the state of things. Both maps are rebuilt from
-    /// it, so they hold no more than the table's bounded rows.
-    pub(super) fn update(&mut self, controls: &[DestinationControl]) -> Update {
+    /// Takes `read` (the whole table) as the state of things. Every map is rebuilt from it,
+    /// so they hold no more than the table's bounded rows.
+    pub(super) fn update(&mut self, read: &ControlsRead) -> Update {
+        let controls = &read.controls;
         let paused: HashMap<String, DateTime<Utc>> = controls
             .iter()
             .filter_map(|c| c.paused_at.map(|at| (c.destination.clone(), at)))
@@ -48,10 +68,55 @@ impl Operated {
             .map(|c| (c.destination.clone(), c.breaker_resets))
             .collect();
         self.paused = paused;
+        let rates: HashMap<String, OwnRate> = controls
+            .iter()
+            .filter_map(|c| c.rate.map(|rate| (c.destination.clone(), rate)))
+            .collect();
+        let paced = rates != self.rates || read.instances != self.instances;
+        self.rates = rates;
+        self.instances = read.instances.max(1);
+        let now = Utc::now();
+        self.held = controls
+            .iter()
+            .filter_map(|c| c.held_until.map(|until| (c.destination.clone(), until)))
+            .filter(|(_, until)| *until > now)
+            .collect();
         Update {
-            released: resumed || !reset.is_empty(),
+            released: resumed || paced || !reset.is_empty(),
             reset,
         }
+    }
+
+    /// A destination's own rate limit, if an operator set one.
+    pub(super) fn rate(&self, destination: &str) -> Option<OwnRate> {
+        self.rates.get(destination).copied()
+    }
+
+    /// Until when its receiver asked (on any instance) to be left alone, as last read.
+    pub(super) fn held_until(&self, destination: &str) -> Option<DateTime<Utc>> {
+        self.held.get(destination).copied()
+    }
+
+    pub(super) fn held(&self) -> impl Iterator<Item = (&String, &DateTime<Utc>)> {
+        self.held.iter()
+    }
+
+    /// Every destination with a control worth listing: paused, limited or held.
+    pub(super) fn controlled(&self) -> impl Iterator<Item = &String> {
+        let mut all: Vec<&String> = self
+            .paused
+            .keys()
+            .chain(self.rates.keys())
+            .chain(self.held.keys())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all.into_iter()
+    }
+
+    /// The instances sharing the rate limits, this one included.
+    pub(super) fn instances(&self) -> u32 {
+        self.instances
     }
 
     pub(super) fn paused_at(&self, destination: &str) -> Option<DateTime<Utc>> {
@@ -67,31 +132,40 @@ impl Operated {
 mod tests {
     use super::*;
 
-    fn control(destination: &str, paused: bool, resets: i64) -> DestinationControl {
-        DestinationControl {
+    fn control(destination: &str, paused: bool, resets: i64) -> crate::store::DestinationControl {
+        crate::store::DestinationControl {
             destination: destination.into(),
             paused_at: paused.then(Utc::now),
             breaker_resets: resets,
+            rate: None,
+            held_until: None,
+        }
+    }
+
+    fn read(controls: Vec<crate::store::DestinationControl>) -> ControlsRead {
+        ControlsRead {
+            controls,
+            instances: 1,
         }
     }
 
     #[test]
     fn a_reset_is_applied_once_and_a_resume_releases() {
         let mut operated = Operated::default();
-        let first = operated.update(&[control("a", true, 0), control("b", false, 2)]);
+        let first = operated.update(&read(vec![control("a", true, 0), control("b", false, 2)]));
         assert_eq!(
             first.reset,
             ["b"],
             "a count never seen: reset (a fresh breaker anyway)"
         );
         assert!(operated.paused_at("a").is_some());
-        let same = operated.update(&[control("a", true, 0), control("b", false, 2)]);
+        let same = operated.update(&read(vec![control("a", true, 0), control("b", false, 2)]));
         assert_eq!(same, Update::default(), "nothing new");
-        let next = operated.update(&[control("a", false, 0), control("b", false, 3)]);
+        let next = operated.update(&read(vec![control("a", false, 0), control("b", false, 3)]));
         assert_eq!(next.reset, ["b"]);
         assert!(next.released);
         assert!(operated.paused_at("a").is_none());
-        let gone = operated.update(&[]);
+        let gone = operated.update(&read(vec![]));
         assert_eq!(gone, Update::default(), "rows deleted: nothing to release");
         assert_eq!(operated.paused().count(), 0);
     }

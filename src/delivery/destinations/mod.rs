@@ -62,6 +62,7 @@
 
 mod breaker;
 mod controls;
+mod pace;
 mod recent;
 mod rooms;
 mod turns;
@@ -77,6 +78,8 @@ use utoipa::ToSchema;
 use breaker::Breaker;
 pub use breaker::{BreakerPolicy, BreakerState, Verdict};
 use controls::Operated;
+use pace::Bucket;
+pub use pace::{DefaultRate, OwnRate, RateError, RateLimit};
 pub use recent::RECENT_WINDOW;
 use recent::{BUCKET, Recent};
 pub use rooms::{Rooms, TURN_LOOKUPS, Turn};
@@ -147,6 +150,9 @@ pub struct IsolationPolicy {
     /// [`RECENT_WINDOW`] (a quarter of APP_CALLBACK_SLOW_AFTER_SECONDS).
     pub unhurried: Duration,
     pub breaker: BreakerPolicy,
+    /// Every destination's rate limit, unless an operator set its own
+    /// (APP_CALLBACK_RATE_PER_DESTINATION).
+    pub default_rate: Option<RateLimit>,
 }
 
 /// Which share a delivery was started in.
@@ -182,6 +188,13 @@ struct Entry {
     last_opened: Option<DateTime<Utc>>,
     last_closed: Option<DateTime<Utc>>,
     last_full: Option<DateTime<Utc>>,
+    /// Its rate limit's tokens on this instance, from the first claim under a limit.
+    bucket: Option<Bucket>,
+    /// Until when its receiver asked to be left alone, as answered to this instance.
+    held_until: Option<Instant>,
+    /// When its rate limit, and when its receiver's hold, last kept its jobs waiting.
+    last_rate_limited: Option<DateTime<Utc>>,
+    last_held: Option<DateTime<Utc>>,
 }
 
 impl Entry {
@@ -201,7 +214,37 @@ impl Entry {
             last_opened: None,
             last_closed: None,
             last_full: None,
+            bucket: None,
+            held_until: None,
+            last_rate_limited: None,
+            last_held: None,
         }
+    }
+
+    /// Deliveries its rate limit lets start now on this instance (`u32::MAX` without one).
+    fn tokens(&mut self, limit: Option<RateLimit>, now: Instant) -> u32 {
+        let Some(limit) = limit else {
+            return u32::MAX;
+        };
+        let bucket = self.bucket.get_or_insert_with(|| Bucket::full(limit, now));
+        bucket.refill(limit, now);
+        bucket.available()
+    }
+
+    /// Takes a token from its rate limit, if it has one.
+    fn take_token(&mut self, limit: Option<RateLimit>, now: Instant) {
+        if let Some(limit) = limit {
+            let bucket = self.bucket.get_or_insert_with(|| Bucket::full(limit, now));
+            bucket.refill(limit, now);
+            bucket.take();
+        }
+    }
+
+    /// When its rate limit next lets a delivery start, if none may now.
+    fn next_token_at(&self, limit: Option<RateLimit>) -> Option<Instant> {
+        let (limit, bucket) = (limit?, self.bucket?);
+        let wait = bucket.next_token_in(limit);
+        (!wait.is_zero()).then(|| bucket.at() + wait)
     }
 
     /// Answered with a 2xx recently, nothing against it since, nothing in flight gone slow,
@@ -251,6 +294,39 @@ impl Entry {
     }
 }
 
+/// The rate limit this instance applies to `destination`: its share of the destination's own
+/// limit, or of the default.
+fn limit_of(
+    operated: &Operated,
+    destination: &str,
+    default: Option<RateLimit>,
+) -> Option<RateLimit> {
+    operated
+        .rate(destination)
+        .map_or(default, OwnRate::limit)
+        .map(|limit| limit.share(operated.instances()))
+}
+
+/// Until when `destination`'s receiver asked to be left alone, if it still is: as it answered
+/// this instance (`entry`), or any instance (the stored hold).
+fn receiver_hold(
+    operated: &Operated,
+    entry: Option<&Entry>,
+    destination: &str,
+    now: Instant,
+) -> Option<Instant> {
+    let stored = operated.held_until(destination).and_then(|until| {
+        let left = (until - Utc::now()).to_std().ok()?;
+        Some(now + left)
+    });
+    entry
+        .and_then(|e| e.held_until)
+        .into_iter()
+        .chain(stored)
+        .filter(|until| *until > now)
+        .max()
+}
+
 /// One destination as `GET /destinations` shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DestinationView {
@@ -280,16 +356,23 @@ pub struct DestinationView {
     pub paused: bool,
     /// Since when (RFC 3339), while paused.
     pub paused_at: Option<String>,
+    /// Its rate limit across every instance (null: none), its own or the default
+    /// (APP_CALLBACK_RATE_PER_DESTINATION). Each of the instances sharing the database
+    /// delivers its share of it.
+    pub rate_limit: Option<RateLimit>,
+    /// Whether an operator set this destination's own limit (`PUT /destinations/{key}/limits`)
+    /// rather than the default applying.
+    pub rate_limit_own: bool,
+    /// Until when (RFC 3339) its receiver asked to be left alone, with a 429 or 503 and
+    /// `Retry-After`: no instance starts a delivery to it before then.
+    pub retry_after_until: Option<String>,
 }
 
 impl DestinationView {
-    /// A destination this instance has not delivered to recently, and not paused.
-    pub fn unseen(destination: &str) -> Self {
-        Self::idle(destination, None)
-    }
-
-    /// A destination with nothing recent to show.
-    fn idle(destination: &str, paused_at: Option<&DateTime<Utc>>) -> Self {
+    /// A destination with nothing recent to show, and its controls.
+    fn idle(destination: &str, operated: &Operated, default_rate: Option<RateLimit>) -> Self {
+        let paused_at = operated.paused_at(destination);
+        let own = operated.rate(destination);
         Self {
             destination: destination.to_string(),
             in_flight: 0,
@@ -302,7 +385,14 @@ impl DestinationView {
             breaker: BreakerState::Closed,
             next_probe_at: None,
             paused: paused_at.is_some(),
-            paused_at: paused_at.map(crate::timestamps::format),
+            paused_at: paused_at.as_ref().map(crate::timestamps::format),
+            rate_limit: own.map_or(default_rate, OwnRate::limit),
+            rate_limit_own: own.is_some(),
+            retry_after_until: operated
+                .held_until(destination)
+                .filter(|until| *until > Utc::now())
+                .as_ref()
+                .map(crate::timestamps::format),
         }
     }
 }
@@ -358,7 +448,8 @@ impl Destinations {
     /// long.
     pub fn rooms(&self) -> Rooms {
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         state.entries.retain(|_, entry| !entry.is_forgettable(now));
         let busy = state
             .entries
@@ -394,7 +485,23 @@ impl Destinations {
                 (0, false) => INITIAL_ROOM.min(cap),
                 _ => cap,
             };
-            let (room, held) = entry.room_left(cap);
+            let (mut room, held) = entry.room_left(cap);
+            // The receiver's pace: what its rate limit lets start, nothing while it asked to
+            // be left alone.
+            let tokens = entry.tokens(
+                limit_of(&state.operated, destination, self.policy.default_rate),
+                now,
+            );
+            if tokens < room {
+                room = tokens;
+                if room == 0 {
+                    entry.last_rate_limited = Some(Utc::now());
+                }
+            }
+            if receiver_hold(&state.operated, Some(entry), destination, now).is_some() {
+                room = 0;
+                entry.last_held = Some(Utc::now());
+            }
             let proven = entry.is_proven(now);
             // A destination the claim would treat as unknown need not be listed.
             if proven || held || room != rooms.default {
@@ -428,19 +535,31 @@ impl Destinations {
             }
         }
         rooms.look_up = look_up.into_iter().map(|(_, d)| d).collect();
-        // A paused destination has no room at all, not even for overdue jobs (and a claim
-        // takes a destination it does not list as one with the default room).
-        let paused = |d: &String| state.operated.paused_at(d).is_some();
-        rooms.limited.retain(|(d, _)| !paused(d));
-        rooms.held.retain(|d| !paused(d));
-        rooms.reserved.retain(|d| !paused(d));
-        rooms.look_up.retain(|d| !paused(d));
-        rooms.limited.extend(
-            state
-                .operated
-                .paused()
-                .map(|(destination, _)| (destination.clone(), 0)),
-        );
+        // A paused destination, or one whose receiver asked another instance to leave it
+        // alone, has no room at all, not even for overdue jobs (and a claim takes a
+        // destination it does not list as one with the default room).
+        let wall_now = Utc::now();
+        let closed: std::collections::BTreeSet<String> = state
+            .operated
+            .paused()
+            .map(|(d, _)| d)
+            .chain(
+                state
+                    .operated
+                    .held()
+                    .filter(|(_, until)| **until > wall_now)
+                    .map(|(d, _)| d),
+            )
+            .cloned()
+            .collect();
+        let is_closed = |d: &String| closed.contains(d.as_str());
+        rooms.limited.retain(|(d, _)| !is_closed(d));
+        rooms.held.retain(|d| !is_closed(d));
+        rooms.reserved.retain(|d| !is_closed(d));
+        rooms.look_up.retain(|d| !is_closed(d));
+        rooms
+            .limited
+            .extend(closed.into_iter().map(|destination| (destination, 0)));
         rooms
     }
 
@@ -448,7 +567,7 @@ impl Destinations {
     /// [`apply_controls`](Self::apply_controls)), one read at a time.
     pub async fn refresh_controls(
         &self,
-        read: impl Future<Output = crate::store::StoreResult<Vec<crate::store::DestinationControl>>>,
+        read: impl Future<Output = crate::store::StoreResult<crate::store::ControlsRead>>,
     ) -> crate::store::StoreResult<bool> {
         let _turn = self.controls_read.lock().await;
         let controls = read.await?;
@@ -466,7 +585,7 @@ impl Destinations {
     /// apply from the next claim on, and a breaker reset since the last read closes this
     /// instance's breaker for the destination. Answers whether held jobs may have become
     /// claimable (a pause ended, a breaker was reset).
-    pub fn apply_controls(&self, controls: &[crate::store::DestinationControl]) -> bool {
+    pub fn apply_controls(&self, controls: &crate::store::ControlsRead) -> bool {
         let mut state = self.lock();
         let update = state.operated.update(controls);
         for destination in &update.reset {
@@ -529,14 +648,33 @@ impl Destinations {
     pub fn holding(&self, destination: &str) -> Option<crate::model::WaitingFor> {
         let now = Instant::now();
         let cap = self.policy.per_destination;
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         if state.operated.paused_at(destination).is_some() {
             return Some(crate::model::WaitingFor::Paused);
         }
+        if receiver_hold(
+            &state.operated,
+            state.entries.get(destination),
+            destination,
+            now,
+        )
+        .is_some()
+        {
+            return Some(crate::model::WaitingFor::RetryAfter);
+        }
+        let limit = limit_of(&state.operated, destination, self.policy.default_rate);
         let entry = state.entries.get_mut(destination)?;
         entry.breaker.refresh(now);
         if entry.breaker.is_open() {
             Some(crate::model::WaitingFor::BreakerOpen)
+        } else if entry.tokens(limit, now) == 0
+            || entry
+                .last_rate_limited
+                .is_some_and(|at| Utc::now() - at < chrono::Duration::seconds(1))
+        {
+            // Out of tokens, or was at the last claims: a due job waits for the next one.
+            Some(crate::model::WaitingFor::RateLimit)
         } else if entry.in_flight >= entry.allowed(cap) {
             Some(crate::model::WaitingFor::DestinationFull)
         } else {
@@ -544,17 +682,41 @@ impl Destinations {
         }
     }
 
-    /// When an open breaker next lets a probe through, if any is open: the dispatcher looks
-    /// at the queue again then.
+    /// Holds every job of `destination` on this instance for `wait`, as its receiver asked
+    /// (a later end replaces an earlier one, never the other way round).
+    pub fn hold(&self, destination: &str, wait: Duration) {
+        let until = Instant::now() + wait;
+        if let Some(entry) = self.lock().entries.get_mut(destination) {
+            entry.held_until = Some(entry.held_until.map_or(until, |held| held.max(until)));
+        }
+    }
+
+    /// When a destination held back now may take a job again, the soonest of them: an open
+    /// breaker's next probe, a receiver's hold ending, a rate limit's next token. The
+    /// dispatcher looks at the queue again then.
     pub fn next_reopening(&self) -> Option<Instant> {
-        self.lock()
-            .entries
-            .values()
-            .filter_map(|entry| match entry.breaker {
+        let now = Instant::now();
+        let state = self.lock();
+        let entries = state.entries.iter().filter_map(|(destination, entry)| {
+            let breaker = match entry.breaker {
                 Breaker::Open { until, .. } => Some(until),
                 _ => None,
-            })
+            };
+            let limit = limit_of(&state.operated, destination, self.policy.default_rate);
+            [
+                breaker,
+                receiver_hold(&state.operated, Some(entry), destination, now),
+                entry.next_token_at(limit),
+            ]
+            .into_iter()
+            .flatten()
             .min()
+        });
+        let held_elsewhere = state
+            .operated
+            .held()
+            .filter_map(|(destination, _)| receiver_hold(&state.operated, None, destination, now));
+        entries.chain(held_elsewhere).min()
     }
 
     /// Counts a delivery to `destination`, claimed in `share`, as in flight until the
@@ -569,11 +731,13 @@ impl Destinations {
         if share == Share::Unproven {
             state.unproven_in_flight += 1;
         }
+        let limit = limit_of(&state.operated, destination, self.policy.default_rate);
         let entry = state
             .entries
             .entry(destination.to_string())
             .or_insert_with(|| Entry::new(now));
         entry.breaker.refresh(now);
+        entry.take_token(limit, now);
         entry.in_flight += 1;
         entry.last_active = now;
         let probe = entry.breaker.start_probe();
@@ -625,8 +789,13 @@ impl Destinations {
         }
         let state = self.lock();
         let entry = state.entries.get(destination);
-        let reason = if entry.is_some_and(|e| e.was_open_since(due_at)) {
+        let since = |at: Option<DateTime<Utc>>| at.is_some_and(|t| t >= due_at);
+        let reason = if entry.is_some_and(|e| since(e.last_held)) {
+            "the destination's receiver asked to wait (Retry-After)"
+        } else if entry.is_some_and(|e| e.was_open_since(due_at)) {
             "the destination's circuit breaker was open"
+        } else if entry.is_some_and(|e| since(e.last_rate_limited)) {
+            "the destination's rate limit"
         } else if entry.and_then(|e| e.last_full).is_some_and(|t| t >= due_at) {
             "the destination had its most deliveries in flight"
         } else {
@@ -766,6 +935,13 @@ impl Destinations {
                     _ => None,
                 };
                 let paused_at = state.operated.paused_at(destination);
+                let own = state.operated.rate(destination);
+                let retry_after_until =
+                    receiver_hold(&state.operated, Some(entry), destination, now).map(|until| {
+                        Utc::now()
+                            + chrono::Duration::from_std(until.saturating_duration_since(now))
+                                .unwrap_or_default()
+                    });
                 DestinationView {
                     destination: destination.clone(),
                     in_flight: entry.in_flight,
@@ -779,6 +955,9 @@ impl Destinations {
                     next_probe_at,
                     paused: paused_at.is_some(),
                     paused_at: paused_at.as_ref().map(crate::timestamps::format),
+                    rate_limit: own.map_or(self.policy.default_rate, OwnRate::limit),
+                    rate_limit_own: own.is_some(),
+                    retry_after_until: retry_after_until.as_ref().map(crate::timestamps::format),
                 }
             })
             .collect();
@@ -788,17 +967,34 @@ impl Destinations {
                 .cmp(&(a.in_flight, a.recent_failures, a.recent_successes))
                 .then_with(|| a.destination.cmp(&b.destination))
         });
-        // Paused destinations this instance has not delivered to recently are listed too,
-        // last, in name order: an operator must find what they paused.
-        let mut idle_paused: Vec<DestinationView> = state
-            .operated
-            .paused()
-            .filter(|(destination, _)| !state.entries.contains_key(*destination))
-            .map(|(destination, at)| DestinationView::idle(destination, Some(at)))
-            .collect();
-        idle_paused.sort_by(|a, b| a.destination.cmp(&b.destination));
-        views.extend(idle_paused);
+        // Controlled destinations (paused, limited, held) this instance has not delivered
+        // to recently are listed too, last, in name order: an operator must find what they
+        // paused or limited.
+        views.extend(
+            state
+                .operated
+                .controlled()
+                .filter(|destination| !state.entries.contains_key(*destination))
+                .map(|destination| {
+                    DestinationView::idle(destination, &state.operated, self.policy.default_rate)
+                }),
+        );
         views
+    }
+
+    /// `destination` as this instance sees it, whether or not it delivered to it lately.
+    pub fn view(&self, destination: &str) -> DestinationView {
+        self.snapshot()
+            .into_iter()
+            .find(|view| view.destination == destination)
+            .unwrap_or_else(|| {
+                DestinationView::idle(destination, &self.lock().operated, self.policy.default_rate)
+            })
+    }
+
+    /// The instances sharing the rate limits, this one included.
+    pub fn instances(&self) -> u32 {
+        self.lock().operated.instances()
     }
 }
 
@@ -864,7 +1060,90 @@ mod tests {
                 cooldown: Duration::from_millis(50),
                 max_cooldown: Duration::from_millis(120),
             },
+            default_rate: None,
         }
+    }
+
+    fn read(controls: Vec<crate::store::DestinationControl>) -> crate::store::ControlsRead {
+        crate::store::ControlsRead {
+            controls,
+            instances: 1,
+        }
+    }
+
+    fn control(destination: &str) -> crate::store::DestinationControl {
+        crate::store::DestinationControl {
+            destination: destination.into(),
+            paused_at: None,
+            breaker_resets: 0,
+            rate: None,
+            held_until: None,
+        }
+    }
+
+    #[test]
+    fn a_rate_limit_gives_room_for_its_tokens_and_is_shared_between_instances() {
+        let d = Destinations::new(IsolationPolicy {
+            default_rate: Some(RateLimit::new(10.0, Some(4)).unwrap()),
+            ..policy()
+        });
+        // Proven with room to spare: the limit is what holds it.
+        d.start(A, Share::Unproven).record(Verdict::Healthy);
+        for _ in 0..3 {
+            drop(d.start(A, Share::Proven));
+        }
+        assert_eq!(room(&d, A), 0, "a burst of 4, all taken");
+        assert_eq!(d.holding(A), Some(crate::model::WaitingFor::RateLimit));
+        let next = d.next_reopening().expect("a token comes back");
+        assert!(next <= Instant::now() + Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(room(&d, A), 1, "one token a tenth of a second");
+        // Its own limit: unlimited, whatever the default.
+        let mut own = control(A);
+        own.rate = Some(OwnRate::Unlimited);
+        assert!(d.apply_controls(&read(vec![own])));
+        assert!(room(&d, A) > 1);
+        let mut own = control(A);
+        own.rate = Some(OwnRate::Limited(RateLimit::new(2.0, Some(2)).unwrap()));
+        let shared = crate::store::ControlsRead {
+            controls: vec![own],
+            instances: 2,
+        };
+        assert!(d.apply_controls(&shared));
+        let view = d.view(A);
+        assert!(view.rate_limit_own);
+        assert_eq!(view.rate_limit.map(|l| l.burst), Some(2));
+        assert_eq!(
+            room(&d, A),
+            1,
+            "half the burst of 2 on each of two instances"
+        );
+    }
+
+    #[test]
+    fn a_receivers_hold_closes_its_destination_here_and_from_another_instance() {
+        let d = Destinations::new(policy());
+        d.start(A, Share::Unproven).record(Verdict::Healthy);
+        d.hold(A, Duration::from_millis(80));
+        assert_eq!(room(&d, A), 0);
+        assert_eq!(d.holding(A), Some(crate::model::WaitingFor::RetryAfter));
+        assert!(d.view(A).retry_after_until.is_some());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(room(&d, A) > 0, "the hold is over");
+        // Never seen here, held by another instance's receiver.
+        let mut held = control("http://other:1");
+        held.held_until = Some(Utc::now() + chrono::Duration::seconds(30));
+        d.apply_controls(&read(vec![held]));
+        assert!(d.rooms().limited.contains(&("http://other:1".into(), 0)));
+        assert_eq!(
+            d.holding("http://other:1"),
+            Some(crate::model::WaitingFor::RetryAfter)
+        );
+        assert!(
+            d.snapshot()
+                .iter()
+                .any(|v| v.destination == "http://other:1" && v.retry_after_until.is_some())
+        );
     }
 
     /// Room for jobs of `dest` that are not overdue, in whichever share it is in: none while
@@ -1301,7 +1580,7 @@ mod tests {
         let paused = |destination: &str| crate::store::DestinationControl {
             destination: destination.into(),
             paused_at: Some(Utc::now()),
-            breaker_resets: 0,
+            ..control(destination)
         };
         // Known and idle (claimed with the default room, so not listed), known and proven
         // (reserved), and never seen.
@@ -1309,8 +1588,11 @@ mod tests {
         d.start(A, Share::Unproven).record(Verdict::Healthy);
         assert!(is_proven(&d, A));
         assert!(!d.rooms().limited.iter().any(|(x, _)| x == "http://idle:1"));
-        let released =
-            d.apply_controls(&[paused("http://idle:1"), paused(A), paused("http://new:2")]);
+        let released = d.apply_controls(&read(vec![
+            paused("http://idle:1"),
+            paused(A),
+            paused("http://new:2"),
+        ]));
         assert!(!released);
         let rooms = d.rooms();
         for destination in ["http://idle:1", A, "http://new:2"] {
@@ -1327,7 +1609,7 @@ mod tests {
             );
         }
         assert!(!rooms.is_reserved(A), "paused: not in the reserved share");
-        assert!(d.apply_controls(&[]), "resumed: held jobs may go");
+        assert!(d.apply_controls(&read(vec![])), "resumed: held jobs may go");
         assert_eq!(room(&d, "http://idle:1"), 1);
         assert!(is_proven(&d, A));
     }

@@ -1,41 +1,85 @@
-//! Destination controls (see `store::destination_controls`): the operator's write, and the
-//! read every instance's dispatcher makes each second.
+//! Destination controls (see `store::destination_controls`): the operator's write (and a
+//! receiver's hold), announced to every instance, and the read every instance's dispatcher
+//! makes each second, which also counts the instances sharing the database.
 
 use chrono::{DateTime, Utc};
 
-use super::PgStore;
+use super::{CONTROLS_CHANGED, JOBS_CHANNEL, PgStore};
+use crate::delivery::destinations::{OwnRate, RateLimit};
 use crate::store::{
-    ControlChange, Controlled, DestinationControl, MAX_CONTROLLED_DESTINATIONS, StoreResult,
+    ControlChange, Controlled, ControlsRead, DestinationControl, MAX_CONTROLLED_DESTINATIONS,
+    StoreResult,
 };
 
-pub(super) const CONTROLS: &str =
-    "SELECT destination, paused_at, breaker_resets FROM destination_controls";
+pub(super) const CONTROLS: &str = "SELECT destination, paused_at, breaker_resets, rate_set,
+         rate_per_second, rate_burst, held_until
+     FROM destination_controls";
 
-const CONTROL_OF: &str = "SELECT destination, paused_at, breaker_resets FROM destination_controls
-     WHERE destination = $1";
+const CONTROL_OF: &str = "SELECT destination, paused_at, breaker_resets, rate_set,
+         rate_per_second, rate_burst, held_until
+     FROM destination_controls WHERE destination = $1";
 
-/// A row without a pause (left by a breaker reset), deleted to make room: the oldest of
-/// those unchanged for ten seconds (every instance has read its reset by then), else the
-/// oldest.
-const FORGET_UNPAUSED: &str = "DELETE FROM destination_controls WHERE destination IN (
-         SELECT destination FROM destination_controls WHERE paused_at IS NULL
+/// An instance that read the controls this recently shares a destination's rate limit (it
+/// reads them every second: a few missed reads do not take it out).
+const LIVE_WITHIN_SECONDS: f64 = 5.0;
+
+/// Marks `$1` as seen now, forgets instances gone for a minute, and counts the others seen
+/// within `$2` seconds (the statement's snapshot does not see its own upsert).
+pub(super) const SEEN: &str = "WITH seen AS (
+         INSERT INTO instances (owner, seen_at) VALUES ($1, now())
+         ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at),
+     gone AS (DELETE FROM instances WHERE seen_at < now() - interval '1 minute')
+     SELECT count(*) FROM instances
+     WHERE owner <> $1 AND seen_at >= now() - make_interval(secs => $2)";
+
+/// A row with nothing lasting (no pause, no limit of its own: left by a breaker reset or a
+/// receiver's hold that is over), deleted to make room: the oldest of those unchanged for ten
+/// seconds (every instance has read its reset by then), else the oldest.
+const FORGET_PASSING: &str = "DELETE FROM destination_controls WHERE destination IN (
+         SELECT destination FROM destination_controls
+         WHERE paused_at IS NULL AND NOT rate_set AND (held_until IS NULL OR held_until <= now())
          ORDER BY changed_at >= now() - interval '10 seconds', changed_at LIMIT 1)";
 
 const DELETE: &str = "DELETE FROM destination_controls WHERE destination = $1";
 
-const UPSERT: &str =
-    "INSERT INTO destination_controls (destination, paused_at, breaker_resets, changed_at)
-     VALUES ($1, $2, $3, now())
+const UPSERT: &str = "INSERT INTO destination_controls (destination, paused_at, breaker_resets,
+         rate_set, rate_per_second, rate_burst, held_until, changed_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, now())
      ON CONFLICT (destination) DO UPDATE SET paused_at = excluded.paused_at,
-         breaker_resets = excluded.breaker_resets, changed_at = excluded.changed_at";
+         breaker_resets = excluded.breaker_resets, rate_set = excluded.rate_set,
+         rate_per_second = excluded.rate_per_second, rate_burst = excluded.rate_burst,
+         held_until = excluded.held_until, changed_at = excluded.changed_at";
 
-type ControlRow = (String, Option<DateTime<Utc>>, i64);
+type ControlRow = (
+    String,
+    Option<DateTime<Utc>>,
+    i64,
+    bool,
+    Option<f64>,
+    Option<i32>,
+    Option<DateTime<Utc>>,
+);
 
-fn control_of((destination, paused_at, breaker_resets): ControlRow) -> DestinationControl {
+fn control_of(
+    (destination, paused_at, breaker_resets, rate_set, per_second, burst, held_until): ControlRow,
+) -> DestinationControl {
+    let rate = match (
+        rate_set,
+        per_second,
+        burst.and_then(|b| u32::try_from(b).ok()),
+    ) {
+        (false, _, _) => None,
+        (true, Some(per_second), Some(burst)) => {
+            Some(OwnRate::Limited(RateLimit { per_second, burst }))
+        }
+        (true, _, _) => Some(OwnRate::Unlimited),
+    };
     DestinationControl {
         destination,
         paused_at,
         breaker_resets,
+        rate,
+        held_until,
     }
 }
 
@@ -70,12 +114,13 @@ impl PgStore {
         } else {
             next.paused_at
         };
-        if next.is_nothing() {
-            // Resumed and never reset: nothing left for any instance to learn.
+        if next.is_nothing(Utc::now()) {
+            // Nothing left for any instance to learn.
             sqlx::query(DELETE)
                 .bind(&next.destination)
                 .execute(&mut *tx)
                 .await?;
+            announce(&mut tx).await?;
             tx.commit().await?;
             return Ok(Controlled::Done);
         }
@@ -84,31 +129,62 @@ impl PgStore {
                 .fetch_one(&mut *tx)
                 .await?;
             if rows >= MAX_CONTROLLED_DESTINATIONS
-                && sqlx::query(FORGET_UNPAUSED)
+                && sqlx::query(FORGET_PASSING)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
                     == 0
             {
-                return Ok(Controlled::TooMany);
+                // A receiver's hold still applies on the instance that got it.
+                return Ok(if change.lasts() {
+                    Controlled::TooMany
+                } else {
+                    Controlled::Done
+                });
             }
         }
+        let limit = next.rate.and_then(OwnRate::limit);
         sqlx::query(UPSERT)
             .bind(&next.destination)
             .bind(paused_at)
             .bind(next.breaker_resets)
+            .bind(next.rate.is_some())
+            .bind(limit.map(|l| l.per_second))
+            .bind(limit.map(|l| i32::try_from(l.burst).unwrap_or(i32::MAX)))
+            .bind(next.held_until)
             .execute(&mut *tx)
             .await?;
+        announce(&mut tx).await?;
         tx.commit().await?;
         Ok(Controlled::Done)
     }
 
-    pub(super) async fn controls(&self) -> StoreResult<Vec<DestinationControl>> {
-        Ok(sqlx::query_as::<_, ControlRow>(CONTROLS)
+    pub(super) async fn controls(&self, owner: &str) -> StoreResult<ControlsRead> {
+        let others: i64 = sqlx::query_scalar(SEEN)
+            .bind(owner)
+            .bind(LIVE_WITHIN_SECONDS)
+            .fetch_one(&self.relaxed)
+            .await?;
+        let controls = sqlx::query_as::<_, ControlRow>(CONTROLS)
             .fetch_all(&self.relaxed)
             .await?
             .into_iter()
             .map(control_of)
-            .collect())
+            .collect();
+        Ok(ControlsRead {
+            controls,
+            instances: u32::try_from(others).unwrap_or(u32::MAX).saturating_add(1),
+        })
     }
+}
+
+/// Tells every instance, at commit, to read the controls again: a pause or a receiver's hold
+/// applies everywhere within a round trip, not at the next second's read.
+async fn announce(tx: &mut sqlx::PgConnection) -> StoreResult<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(JOBS_CHANNEL)
+        .bind(CONTROLS_CHANGED)
+        .execute(tx)
+        .await?;
+    Ok(())
 }

@@ -63,8 +63,8 @@ use self::writes::{
 use super::backend::Backend;
 use super::group_commit::GroupCommit;
 use super::{
-    ABANDONED_SYNC_ERROR, AttemptOutcome, Cancellation, ControlChange, Controlled,
-    DestinationControl, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest,
+    ABANDONED_SYNC_ERROR, Announced, AttemptOutcome, Cancellation, ControlChange, Controlled,
+    ControlsRead, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest,
     NewRequest, PING_TIMEOUT, PoolStats, Position, Recorded, Redelivery, StatementPlan,
     StatusCounts, StoreError, StoreResult, Submitted, Swept, Transition, sync_outcome,
 };
@@ -102,8 +102,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// authentication included).
 const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The channel new jobs are announced on.
+/// The channel new jobs are announced on, and changed destination controls.
 const JOBS_CHANNEL: &str = "syncasync_jobs";
+
+/// The payload of an announcement that a destination's controls changed (new jobs have none).
+const CONTROLS_CHANGED: &str = "controls";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -303,7 +306,7 @@ impl Backend for PgStore {
         vacuum::keep_vacuumed(self.maintenance_pool.clone(), self.pool.clone(), stop).await;
     }
 
-    async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
+    async fn listen(&self, wake: impl Fn(Announced) + Send + 'static, stop: CancellationToken) {
         let mut listener = loop {
             match self.try_listen().await {
                 Ok(listener) => break listener,
@@ -319,7 +322,8 @@ impl Backend for PgStore {
         loop {
             tokio::select! {
                 notification = listener.recv() => match notification {
-                    Ok(_) => wake(),
+                    Ok(heard) if heard.payload() == CONTROLS_CHANGED => wake(Announced::Controls),
+                    Ok(_) => wake(Announced::Jobs),
                     Err(err) => {
                         tracing::warn!(error = %err, "job notifications interrupted");
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -592,8 +596,8 @@ impl Backend for PgStore {
         self.control(destination, change).await
     }
 
-    async fn destination_controls(&self) -> StoreResult<Vec<DestinationControl>> {
-        self.controls().await
+    async fn destination_controls(&self, owner: &str) -> StoreResult<ControlsRead> {
+        self.controls(owner).await
     }
 
     async fn release(&self, owner: &str) -> StoreResult<u64> {

@@ -18,6 +18,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0009_destination_controls.sql"),
     include_str!("../../../migrations/postgres/0010_priority.sql"),
     include_str!("../../../migrations/postgres/0011_answers.sql"),
+    include_str!("../../../migrations/postgres/0012_pacing.sql"),
 ];
 
 /// The first schema version whose requests record their destination (0003).

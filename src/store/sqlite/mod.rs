@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::Backend;
 use super::{
-    AttemptOutcome, Cancellation, ControlChange, Controlled, DestinationControl, FinishedWork, Job,
+    AttemptOutcome, Cancellation, ControlChange, Controlled, ControlsRead, FinishedWork, Job,
     KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats,
     Position, Recorded, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult,
     Submitted, Swept,
@@ -228,7 +228,12 @@ impl Backend for SqliteStore {
     async fn maintain(&self, _stop: CancellationToken) {}
 
     /// Every job is queued by this process, which wakes its dispatcher itself.
-    async fn listen(&self, _wake: impl Fn() + Send + 'static, _stop: CancellationToken) {}
+    async fn listen(
+        &self,
+        _wake: impl Fn(crate::store::Announced) + Send + 'static,
+        _stop: CancellationToken,
+    ) {
+    }
 
     /// Every change is this process's own, and wakes its waiters as it is made.
     async fn versions(&self, _ids: &[String]) -> StoreResult<Vec<(String, (Status, u32))>> {
@@ -383,8 +388,13 @@ impl Backend for SqliteStore {
         .await
     }
 
-    async fn destination_controls(&self) -> StoreResult<Vec<DestinationControl>> {
-        self.read(controls::controls).await
+    /// One process owns the database: it is the only instance.
+    async fn destination_controls(&self, _owner: &str) -> StoreResult<ControlsRead> {
+        let controls = self.read(controls::controls).await?;
+        Ok(ControlsRead {
+            controls,
+            instances: 1,
+        })
     }
 
     async fn release(&self, owner: &str) -> StoreResult<u64> {

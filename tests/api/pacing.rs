@@ -1,0 +1,144 @@
+//! Receivers set the pace (SPEC §12): a destination's rate limit, and the hold a receiver puts
+//! on its whole destination with a 429 or 503 and `Retry-After`. Run on SQLite and, in CI, on
+//! PostgreSQL.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::destination_controls::{TOKEN, destination_of, listed};
+use serde_json::json;
+
+use crate::helpers::{Behaviour, Receiver, TestServer, read};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The most arrivals in any one-second window.
+fn busiest_second(arrivals: &[DateTime<Utc>]) -> usize {
+    arrivals
+        .iter()
+        .map(|start| {
+            arrivals
+                .iter()
+                .filter(|t| **t >= *start && **t < *start + chrono::Duration::seconds(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn rate_limited_receivers_see_no_second_above_their_limit_and_each_has_its_own() {
+    let limited = Receiver::start(Behaviour::accept()).await;
+    let free = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .setting("callback-rate-per-destination", "10/5")
+        .start()
+        .await;
+    // One batch, so that every job is queued at once.
+    let items: Vec<_> = (0..40)
+        .flat_map(|i| {
+            [
+                json!({"data": format!("limited {i}"), "callback_url": limited.url()}),
+                json!({"data": format!("free {i}"), "callback_url": free.url()}),
+            ]
+        })
+        .collect();
+    let (status, answer) = read(
+        app.post_json("/async/batch", &json!({ "requests": items }))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let ids: Vec<String> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .step_by(2)
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let record = app.get_json(&format!("/requests/{}", ids[39])).await;
+    limited.wait_for_deliveries(40, WAIT).await;
+    free.wait_for_deliveries(40, WAIT).await;
+    let mut ends = Vec::new();
+    for receiver in [&limited, &free] {
+        let arrivals: Vec<DateTime<Utc>> =
+            receiver.arrivals().into_iter().map(|(_, t)| t).collect();
+        let busiest = busiest_second(&arrivals);
+        // A burst of 5 on top of 10 a second, and a little slack for timers.
+        assert!(
+            busiest <= 16,
+            "{busiest} callbacks in one second to a destination limited to 10/s with bursts of 5"
+        );
+        let spread = *arrivals.last().unwrap() - arrivals[0];
+        assert!(
+            spread >= chrono::Duration::milliseconds(3000),
+            "40 callbacks at 10/s after a burst of 5 take 3.5 s, not {spread}"
+        );
+        ends.push((arrivals[0], *arrivals.last().unwrap()));
+    }
+    // Each destination has a limit of its own: the two ran side by side, not one after the
+    // other (which would take 7 s).
+    let took = ends[0].1.max(ends[1].1) - ends[0].0.min(ends[1].0);
+    assert!(
+        took < chrono::Duration::milliseconds(6000),
+        "two destinations limited to 10/s each took {took} for 40 callbacks each"
+    );
+    assert!(
+        record["status"] != "pending" || record["waiting_for"] == "rate_limit",
+        "{record}"
+    );
+    let view = listed(&app, &destination_of(&limited)).await.unwrap();
+    assert_eq!(view["rate_limit"]["per_second"], 10.0, "{view}");
+    assert_eq!(view["rate_limit"]["burst"], 5, "{view}");
+    assert_eq!(view["rate_limit_own"], false, "{view}");
+    limited.stop().await;
+    free.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_holds_every_job_of_its_destination_without_opening_its_breaker() {
+    // Refuses everything in its first 100 ms with 429 and Retry-After: 3, then accepts.
+    let receiver =
+        Receiver::start(Behaviour::down_for(Duration::from_millis(100), 429).retry_after(3)).await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        // A breaker that would open at the first refusal, if a slow-down counted.
+        .setting("callback-breaker-threshold", "1")
+        // The hold is at most the longest retry delay.
+        .setting("callback-retry-max-delay", "10")
+        .start()
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(app.submit(&format!("held {i}"), &receiver.url()).await);
+    }
+    receiver.wait_for_arrivals(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = app.get_json(&format!("/requests/{}", ids[19])).await;
+    assert_eq!(held["waiting_for"], "retry_after", "{held}");
+    let view = listed(&app, &destination_of(&receiver)).await.unwrap();
+    assert!(view["retry_after_until"].is_string(), "{view}");
+    assert_eq!(
+        view["breaker"], "closed",
+        "a slow-down is no failure: {view}"
+    );
+    receiver.wait_for_deliveries(20, WAIT).await;
+    let arrivals: Vec<DateTime<Utc>> = receiver.arrivals().into_iter().map(|(_, t)| t).collect();
+    let refused_at = arrivals[0];
+    let early: Vec<_> = arrivals
+        .iter()
+        .filter(|t| **t > refused_at + chrono::Duration::milliseconds(200))
+        .filter(|t| **t < refused_at + chrono::Duration::milliseconds(2900))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "no callback within the 3 s the receiver asked for: {early:?} after {refused_at}"
+    );
+    for id in &ids {
+        app.wait_for_status(id, "callback_success", WAIT).await;
+    }
+    receiver.stop().await;
+}
