@@ -13,8 +13,9 @@ use utoipa_axum::routes;
 
 use super::auth::Admin;
 use super::error::ErrorBody;
+use super::extract::JsonBody;
 use super::{ApiError, AppState};
-use crate::delivery::destinations::{DestinationView, destination_of};
+use crate::delivery::destinations::{DestinationView, OwnRate, RateLimit, destination_of};
 use crate::input::{FieldError, Part};
 use crate::store::{ControlChange, MAX_CONTROLLED_DESTINATIONS};
 
@@ -24,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(pause))
         .routes(routes!(resume))
         .routes(routes!(reset_breaker))
+        .routes(routes!(set_limits, default_limits))
 }
 
 /// `GET /destinations` → 200.
@@ -129,7 +131,7 @@ async fn control(
     {
         Some(view) => Ok(Json(view)),
         None => Err(ApiError::Conflict(format!(
-            "{MAX_CONTROLLED_DESTINATIONS} destinations are paused already: resume one first"
+            "{MAX_CONTROLLED_DESTINATIONS} destinations are paused or limited already: resume one or take its limit off first"
         ))),
     }
 }
@@ -220,4 +222,160 @@ async fn reset_breaker(
     DestinationKey(destination): DestinationKey,
 ) -> Result<Json<DestinationView>, ApiError> {
     control(&state, &destination, ControlChange::ResetBreaker).await
+}
+
+/// `PUT /destinations/{key}/limits`: the destination's own rate limit.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // The schema of a body read field by field.
+struct LimitsBody {
+    /// Deliveries a second across every instance (0.001 to 100,000; a fraction is allowed),
+    /// or null for no limit at all, whatever the default.
+    #[schema(required = true, minimum = 0.001, maximum = 100000)]
+    per_second: Option<f64>,
+    /// Deliveries that may start at once after a quiet spell (one second's worth by
+    /// default). Ignored without a limit.
+    #[schema(minimum = 1, maximum = 100000)]
+    burst: Option<u32>,
+}
+
+/// The limit a `PUT /destinations/{key}/limits` body asks for, or every field error in it.
+fn own_rate(body: &Value) -> Result<OwnRate, ApiError> {
+    let invalid = |field: &str, msg: String, input: &Value| {
+        ApiError::Validation(vec![FieldError::new(
+            Part::Body,
+            Some(field),
+            "value_error",
+            &msg,
+            input.clone(),
+        )])
+    };
+    let Some(fields) = body.as_object() else {
+        return Err(invalid(
+            "per_second",
+            "Input should be an object with per_second and, optionally, burst".into(),
+            body,
+        ));
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "per_second" | "burst"))
+    {
+        return Err(invalid(
+            unknown,
+            "Unknown field: the limits are per_second and burst".into(),
+            &Value::Null,
+        ));
+    }
+    let per_second = match fields.get("per_second") {
+        None => {
+            return Err(invalid(
+                "per_second",
+                "Field required (null for no limit)".into(),
+                &Value::Null,
+            ));
+        }
+        Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_f64().is_some() => n.as_f64(),
+        Some(other) => {
+            return Err(invalid(
+                "per_second",
+                "Input should be a number or null".into(),
+                other,
+            ));
+        }
+    };
+    let burst = match fields.get("burst") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value
+            .as_u64()
+            .and_then(|b| u32::try_from(b).ok())
+            .filter(|b| (1..=RateLimit::MAX_BURST).contains(b))
+        {
+            Some(burst) => Some(burst),
+            None => {
+                return Err(invalid(
+                    "burst",
+                    format!(
+                        "Input should be a whole number from 1 to {}",
+                        RateLimit::MAX_BURST
+                    ),
+                    value,
+                ));
+            }
+        },
+    };
+    match per_second {
+        None => Ok(OwnRate::Unlimited),
+        Some(per_second) => RateLimit::new(per_second, burst)
+            .map(OwnRate::Limited)
+            .map_err(|err| {
+                let field = match err {
+                    crate::delivery::destinations::RateError::PerSecond => "per_second",
+                    crate::delivery::destinations::RateError::Burst => "burst",
+                };
+                invalid(field, err.to_string(), &fields[field])
+            }),
+    }
+}
+
+/// Set a destination's own rate limit.
+///
+/// Set the deliveries a second (and the burst) to one destination, across every instance,
+/// over APP_CALLBACK_RATE_PER_DESTINATION; `{"per_second": null}` takes the limit off it.
+/// Stored in the database: every instance applies it at once (each delivering its share
+/// when several share the database), and after a restart. Jobs held by it wait without a
+/// worker, their `waiting_for` is `rate_limit`.
+#[utoipa::path(
+    put,
+    path = "/destinations/{key}/limits",
+    operation_id = "setDestinationLimits",
+    tag = "operations",
+    params(("key" = String, Path, description = "The destination as `GET /destinations` \
+        names it (`scheme://host:port`), percent-encoded",
+        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", example = "https://hooks.example.com:443")),
+    request_body = LimitsBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Set: the destination now", body = DestinationView),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 409, description = "1,000 destinations are paused or limited already", body = ErrorBody),
+        (status = 422, description = "`key` is not a destination, or a limit is out of range", body = ErrorBody),
+    )
+)]
+async fn set_limits(
+    _: Admin,
+    State(state): State<AppState>,
+    DestinationKey(destination): DestinationKey,
+    JsonBody(body): JsonBody,
+) -> Result<Json<DestinationView>, ApiError> {
+    let rate = own_rate(&body)?;
+    control(&state, &destination, ControlChange::SetRate(Some(rate))).await
+}
+
+/// Return a destination to the default rate limit.
+///
+/// Forget the destination's own rate limit: APP_CALLBACK_RATE_PER_DESTINATION applies to it
+/// again, on every instance.
+#[utoipa::path(
+    delete,
+    path = "/destinations/{key}/limits",
+    operation_id = "defaultDestinationLimits",
+    tag = "operations",
+    params(("key" = String, Path, description = "The destination as `GET /destinations` \
+        names it (`scheme://host:port`), percent-encoded",
+        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", example = "https://hooks.example.com:443")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The default applies: the destination now", body = DestinationView),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 422, description = "`key` is not a destination", body = ErrorBody),
+    )
+)]
+async fn default_limits(
+    _: Admin,
+    State(state): State<AppState>,
+    DestinationKey(destination): DestinationKey,
+) -> Result<Json<DestinationView>, ApiError> {
+    control(&state, &destination, ControlChange::SetRate(None)).await
 }

@@ -27,6 +27,8 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/destinations/{key}/pause"),
     ("post", "/destinations/{key}/resume"),
     ("post", "/destinations/{key}/reset"),
+    ("put", "/destinations/{key}/limits"),
+    ("delete", "/destinations/{key}/limits"),
 ];
 
 async fn document(app: &TestServer) -> Value {
@@ -69,6 +71,12 @@ async fn the_document_lists_every_route_and_each_is_served() {
         let url = app.url(&path.replace("{id}", "no-such-id"));
         let request = match *method {
             "get" => app.client.get(url),
+            "delete" => app.client.delete(url).bearer_auth("t"),
+            "put" => app
+                .client
+                .put(url)
+                .bearer_auth("t")
+                .json(&serde_json::json!({})),
             _ => app
                 .client
                 .post(url)
@@ -168,7 +176,9 @@ async fn without_an_admin_token_the_admin_routes_are_neither_served_nor_document
     for action in ["pause", "resume", "reset"] {
         assert!(!documented.contains(&("post".into(), format!("/destinations/{{key}}/{action}"))));
     }
-    assert_eq!(documented.len(), OPERATIONS.len() - 8);
+    assert!(!documented.contains(&("put".into(), "/destinations/{key}/limits".into())));
+    assert!(!documented.contains(&("delete".into(), "/destinations/{key}/limits".into())));
+    assert_eq!(documented.len(), OPERATIONS.len() - 10);
     // The dashboard is a user interface, not API.
     assert!(documented.iter().all(|(_, path)| !path.starts_with("/ui")));
 }

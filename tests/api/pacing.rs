@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::destination_controls::{TOKEN, destination_of, listed};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{Behaviour, Receiver, TestServer, read};
 
@@ -141,4 +141,99 @@ async fn a_429_with_retry_after_holds_every_job_of_its_destination_without_openi
         app.wait_for_status(id, "callback_success", WAIT).await;
     }
     receiver.stop().await;
+}
+
+/// `PUT /destinations/{key}/limits` with `body`.
+async fn set_limits<P>(app: &TestServer<P>, destination: &str, body: &str) -> (u16, Value) {
+    let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
+    read(
+        app.client
+            .put(app.url(&format!("/destinations/{key}/limits")))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_destinations_own_limit_holds_it_alone_and_bad_limits_are_refused_with_nothing_stored() {
+    let limited = Receiver::start(Behaviour::accept()).await;
+    let free = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .start()
+        .await;
+    let destination = destination_of(&limited);
+    for bad in [
+        r#"{"per_second": 0}"#,
+        r#"{"per_second": -1}"#,
+        r#"{"per_second": 1e9}"#,
+        r#"{"per_second": "10"}"#,
+        r#"{"per_second": 10, "burst": 0}"#,
+        r#"{"per_second": 10, "burst": 1.5}"#,
+        r#"{"per_second": 10, "burst": 100001}"#,
+        r#"{"per_second": 0.0001}"#,
+        r#"{"burst": 5}"#,
+        r#"{"per_second": 10, "extra": 1}"#,
+        r#"[10]"#,
+    ] {
+        let (status, answer) = set_limits(&app, &destination, bad).await;
+        assert_eq!(status, 422, "{bad}: {answer}");
+        assert!(answer["detail"].is_array(), "{bad}: {answer}");
+    }
+    assert!(
+        listed(&app, &destination).await.is_none(),
+        "nothing stored by a refused limit"
+    );
+    let (status, view) = set_limits(&app, &destination, r#"{"per_second": 5, "burst": 2}"#).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["rate_limit"], json!({"per_second": 5.0, "burst": 2}));
+    assert_eq!(view["rate_limit_own"], true);
+
+    let items: Vec<_> = (0..15)
+        .flat_map(|i| {
+            [
+                json!({"data": format!("limited {i}"), "callback_url": limited.url()}),
+                json!({"data": format!("free {i}"), "callback_url": free.url()}),
+            ]
+        })
+        .collect();
+    let (status, answer) = read(
+        app.post_json("/async/batch", &json!({ "requests": items }))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let free_arrivals = free.wait_for_deliveries(15, WAIT).await;
+    assert_eq!(free_arrivals.len(), 15);
+    let limited_early = limited.received().len();
+    assert!(
+        limited_early < 15,
+        "the unlimited destination ran ahead: {limited_early} of 15 limited ones were delivered"
+    );
+    limited.wait_for_deliveries(15, WAIT).await;
+    let arrivals: Vec<DateTime<Utc>> = limited.arrivals().into_iter().map(|(_, t)| t).collect();
+    assert!(busiest_second(&arrivals) <= 8, "5/s with bursts of 2");
+
+    let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
+    let (status, view) = read(
+        app.client
+            .delete(app.url(&format!("/destinations/{key}/limits")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (view["rate_limit"].clone(), view["rate_limit_own"].clone()),
+        (Value::Null, json!(false))
+    );
+    limited.stop().await;
+    free.stop().await;
 }

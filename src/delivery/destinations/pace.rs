@@ -44,7 +44,7 @@ impl OwnRate {
 /// Why a rate limit was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RateError {
-    #[error("deliveries per second must be a number above 0 and at most {max}", max = RateLimit::MAX_PER_SECOND)]
+    #[error("deliveries per second must be a number from {min} to {max}", min = RateLimit::MIN_PER_SECOND, max = RateLimit::MAX_PER_SECOND)]
     PerSecond,
     #[error("the burst must be a whole number from 1 to {max}", max = RateLimit::MAX_BURST)]
     Burst,
@@ -53,12 +53,14 @@ pub enum RateError {
 impl RateLimit {
     /// Above this a limit protects nobody: no delivery path here goes that fast.
     pub const MAX_PER_SECOND: f64 = 100_000.0;
+    /// One delivery in about 17 minutes: slower is a pause, which says so.
+    pub const MIN_PER_SECOND: f64 = 0.001;
     pub const MAX_BURST: u32 = 100_000;
 
     /// A limit of `per_second` with bursts of `burst`, by default one second's worth (at
     /// least one delivery).
     pub fn new(per_second: f64, burst: Option<u32>) -> Result<Self, RateError> {
-        if !(per_second.is_finite() && per_second > 0.0 && per_second <= Self::MAX_PER_SECOND) {
+        if !(Self::MIN_PER_SECOND..=Self::MAX_PER_SECOND).contains(&per_second) {
             return Err(RateError::PerSecond);
         }
         let burst = match burst {
@@ -162,7 +164,9 @@ impl Bucket {
         if self.tokens >= 1.0 {
             return Duration::ZERO;
         }
-        Duration::from_secs_f64((1.0 - self.tokens) / limit.per_second)
+        // Bounded: at most a burst's worth of tokens short, at the slowest rate.
+        Duration::try_from_secs_f64((1.0 - self.tokens) / limit.per_second)
+            .unwrap_or(Duration::from_secs(86_400 * 365))
     }
 
     pub(super) fn at(&self) -> Instant {
@@ -194,7 +198,8 @@ mod tests {
         );
         assert_eq!(parse("20/40").map(|r| r.0.map(|l| l.burst)), Ok(Some(40)));
         for bad in [
-            "", "0", "-1", "NaN", "inf", "1e9", "20/0", "20/", "20/x", "20\n", " 20", "20/40/2",
+            "", "0", "0.0001", "-1", "NaN", "inf", "1e9", "20/0", "20/", "20/x", "20\n", " 20",
+            "20/40/2",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was taken");
         }
