@@ -20,7 +20,6 @@ use crate::delivery::client::{CallbackClient, GuardedResolver};
 use crate::delivery::destinations::Destinations;
 use crate::delivery::guard::Guard;
 use crate::delivery::lookup::{DnsLookup, NameLookup};
-use crate::delivery::retry::RetryPolicy;
 use crate::delivery::{Dispatcher, Wakeup, WorkerStats};
 use crate::http::{self, AppState, BodyLimits, ConnectionLimits, LongLived};
 use crate::metrics::Metrics;
@@ -340,11 +339,7 @@ impl Application {
             store,
             pool,
             client,
-            policy: RetryPolicy {
-                max_retries: config.callback_max_retries,
-                base: Duration::from_secs_f64(config.callback_retry_base_delay),
-                max: Duration::from_secs_f64(config.callback_retry_max_delay),
-            },
+            policy: config.retry_policy(),
             workers: config.async_worker_count,
             owner,
             lease: config.job_lease(),

@@ -460,6 +460,16 @@ impl Config {
                 max_cooldown: Duration::from_secs_f64(self.callback_breaker_max_cooldown_seconds),
             },
             default_rate: self.callback_rate_per_destination.0,
+            longest_hold: self.retry_policy().max,
+        }
+    }
+
+    /// How failed deliveries are retried.
+    pub fn retry_policy(&self) -> crate::delivery::retry::RetryPolicy {
+        crate::delivery::retry::RetryPolicy {
+            max_retries: self.callback_max_retries,
+            base: Duration::from_secs_f64(self.callback_retry_base_delay),
+            max: Duration::from_secs_f64(self.callback_retry_max_delay),
         }
     }
 

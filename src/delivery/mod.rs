@@ -529,8 +529,7 @@ impl Dispatcher {
         };
         destination.record_after(verdict, report.duration);
         if let Some(asked) = slow_down {
-            self.hold_destination(&job.destination, asked.min(self.policy.max))
-                .await;
+            self.hold_destination(&job.destination, asked.min(self.policy.max));
         }
         let round_attempt = job.round_attempts + 1;
         let outcome = if report.delivered() {
@@ -585,22 +584,27 @@ impl Dispatcher {
     }
 
     /// Holds every job of `destination` for `wait`: at once on this instance, and, once
-    /// stored, on every other (a hold that cannot be stored still applies here).
-    async fn hold_destination(&self, destination: &str, wait: Duration) {
-        self.destinations.hold(destination, wait);
+    /// stored, on every other (a hold that cannot be stored still applies here). The write
+    /// goes on in the background: the worker's slot is not held for it.
+    fn hold_destination(&self, destination: &str, wait: Duration) {
+        if !self.destinations.hold(destination, wait) {
+            return;
+        }
         tracing::info!(
             destination,
             seconds = wait.as_secs_f64(),
             "the receiver asked to be left alone: its destination waits"
         );
         let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-        if let Err(err) = self
-            .store
-            .control_destination(destination, ControlChange::HoldUntil(until))
-            .await
-        {
-            tracing::warn!(destination, error = %err, "storing a receiver's hold failed; it applies on this instance only");
-        }
+        let (store, destination) = (self.store.clone(), destination.to_string());
+        tokio::spawn(async move {
+            if let Err(err) = store
+                .control_destination(&destination, ControlChange::HoldUntil(until))
+                .await
+            {
+                tracing::warn!(destination, error = %err, "storing a receiver's hold failed; it applies on this instance only");
+            }
+        });
     }
 
     /// What follows an attempt recorded with `outcome`, `since_accepted` after the request

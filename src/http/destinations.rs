@@ -63,7 +63,17 @@ async fn destinations(_: Admin, State(state): State<AppState>) -> Json<Destinati
 /// query or credentials are refused rather than ignored: taking them would invite callback
 /// URLs pasted whole, and the access log, which logs request paths, would keep their
 /// secrets.
-pub struct DestinationKey(String);
+#[derive(utoipa::IntoParams)]
+#[into_params(names("key"), parameter_in = Path)]
+pub struct DestinationKey(
+    /// The destination as `GET /destinations` names it (`scheme://host:port`),
+    /// percent-encoded.
+    #[param(
+        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
+        example = "https://hooks.example.com:443"
+    )]
+    String,
+);
 
 /// Longest key taken, as for a callback URL.
 const MAX_KEY_LEN: usize = 2048;
@@ -139,7 +149,8 @@ async fn control(
 /// Pause deliveries to a destination.
 ///
 /// Pause a destination: none of its jobs is claimed (no work starts, no delivery attempt)
-/// until it is resumed, on every instance (within a second on the others) and across
+/// until it is resumed, on every instance at once (PostgreSQL announces each change; every instance also reads
+/// them each second) and across
 /// restarts. Jobs already under way finish (the answer's `in_flight` counts them on this
 /// instance); none is lost, and a paused job's `waiting_for` is `paused`. Pausing a paused
 /// destination changes nothing.
@@ -148,14 +159,12 @@ async fn control(
     path = "/destinations/{key}/pause",
     operation_id = "pauseDestination",
     tag = "operations",
-    params(("key" = String, Path, description = "The destination as `GET /destinations` \
-        names it (`scheme://host:port`), percent-encoded",
-        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", example = "https://hooks.example.com:443")),
+    params(DestinationKey),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Paused: the destination now", body = DestinationView),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 409, description = "1,000 destinations are paused already", body = ErrorBody),
+        (status = 409, description = "1,000 destinations are paused or limited already", body = ErrorBody),
         (status = 422, description = "`key` is not a destination", body = ErrorBody),
     )
 )]
@@ -176,9 +185,7 @@ async fn pause(
     path = "/destinations/{key}/resume",
     operation_id = "resumeDestination",
     tag = "operations",
-    params(("key" = String, Path, description = "The destination as `GET /destinations` \
-        names it (`scheme://host:port`), percent-encoded",
-        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", example = "https://hooks.example.com:443")),
+    params(DestinationKey),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Resumed: the destination now", body = DestinationView),
@@ -196,23 +203,21 @@ async fn resume(
 
 /// Close a destination's circuit breaker.
 ///
-/// Close the destination's circuit breaker on every instance (within a second on the
-/// others), forgetting the failures that opened it: its held jobs are tried at once. If the
+/// Close the destination's circuit breaker on every instance (at once, as a pause),
+/// forgetting the failures that opened it: its held jobs are tried at once. If the
 /// receiver still fails, the breaker opens again as before.
 #[utoipa::path(
     post,
     path = "/destinations/{key}/reset",
     operation_id = "resetDestinationBreaker",
     tag = "operations",
-    params(("key" = String, Path, description = "The destination as `GET /destinations` \
-        names it (`scheme://host:port`), percent-encoded",
-        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", example = "https://hooks.example.com:443")),
+    params(DestinationKey),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Reset: the destination now", body = DestinationView),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 409, description = "1,000 destinations are paused already (a reset is \
-            stored beside the pauses)", body = ErrorBody),
+        (status = 409, description = "1,000 destinations are paused or limited already (a \
+            reset is stored beside the pauses)", body = ErrorBody),
         (status = 422, description = "`key` is not a destination", body = ErrorBody),
     )
 )]
@@ -331,9 +336,7 @@ fn own_rate(body: &Value) -> Result<OwnRate, ApiError> {
     path = "/destinations/{key}/limits",
     operation_id = "setDestinationLimits",
     tag = "operations",
-    params(("key" = String, Path, description = "The destination as `GET /destinations` \
-        names it (`scheme://host:port`), percent-encoded",
-        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", example = "https://hooks.example.com:443")),
+    params(DestinationKey),
     request_body = LimitsBody,
     security(("admin_token" = [])),
     responses(
@@ -362,9 +365,7 @@ async fn set_limits(
     path = "/destinations/{key}/limits",
     operation_id = "defaultDestinationLimits",
     tag = "operations",
-    params(("key" = String, Path, description = "The destination as `GET /destinations` \
-        names it (`scheme://host:port`), percent-encoded",
-        pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", example = "https://hooks.example.com:443")),
+    params(DestinationKey),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The default applies: the destination now", body = DestinationView),

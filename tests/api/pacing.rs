@@ -27,21 +27,19 @@ fn busiest_second(arrivals: &[DateTime<Utc>]) -> usize {
         .unwrap_or(0)
 }
 
-#[tokio::test]
-async fn rate_limited_receivers_see_no_second_above_their_limit_and_each_has_its_own() {
-    let limited = Receiver::start(Behaviour::accept()).await;
-    let free = Receiver::start(Behaviour::accept()).await;
-    let app = TestServer::builder()
-        .setting("admin-token", TOKEN)
-        .setting("callback-rate-per-destination", "10/5")
-        .start()
-        .await;
-    // One batch, so that every job is queued at once.
-    let items: Vec<_> = (0..40)
+/// Queues `n` jobs for each of `first` and `second`, interleaved, in one batch (so that every
+/// job is queued at once); answers the ids of `first`'s.
+async fn queue_side_by_side<P>(
+    app: &TestServer<P>,
+    n: usize,
+    first: &Receiver,
+    second: &Receiver,
+) -> Vec<String> {
+    let items: Vec<_> = (0..n)
         .flat_map(|i| {
             [
-                json!({"data": format!("limited {i}"), "callback_url": limited.url()}),
-                json!({"data": format!("free {i}"), "callback_url": free.url()}),
+                json!({"data": format!("first {i}"), "callback_url": first.url()}),
+                json!({"data": format!("second {i}"), "callback_url": second.url()}),
             ]
         })
         .collect();
@@ -51,13 +49,25 @@ async fn rate_limited_receivers_see_no_second_above_their_limit_and_each_has_its
     )
     .await;
     assert_eq!(status, 200, "{answer}");
-    let ids: Vec<String> = answer["results"]
+    answer["results"]
         .as_array()
         .unwrap()
         .iter()
         .step_by(2)
         .map(|r| r["request_id"].as_str().unwrap().to_string())
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn rate_limited_receivers_see_no_second_above_their_limit_and_each_has_its_own() {
+    let limited = Receiver::start(Behaviour::accept()).await;
+    let free = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .setting("callback-rate-per-destination", "10/5")
+        .start()
+        .await;
+    let ids = queue_side_by_side(&app, 40, &limited, &free).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let record = app.get_json(&format!("/requests/{}", ids[39])).await;
     limited.wait_for_deliveries(40, WAIT).await;
@@ -194,20 +204,7 @@ async fn a_destinations_own_limit_holds_it_alone_and_bad_limits_are_refused_with
     assert_eq!(view["rate_limit"], json!({"per_second": 5.0, "burst": 2}));
     assert_eq!(view["rate_limit_own"], true);
 
-    let items: Vec<_> = (0..15)
-        .flat_map(|i| {
-            [
-                json!({"data": format!("limited {i}"), "callback_url": limited.url()}),
-                json!({"data": format!("free {i}"), "callback_url": free.url()}),
-            ]
-        })
-        .collect();
-    let (status, answer) = read(
-        app.post_json("/async/batch", &json!({ "requests": items }))
-            .await,
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
+    queue_side_by_side(&app, 15, &limited, &free).await;
     let free_arrivals = free.wait_for_deliveries(15, WAIT).await;
     assert_eq!(free_arrivals.len(), 15);
     let limited_early = limited.received().len();

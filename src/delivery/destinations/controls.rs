@@ -3,6 +3,7 @@
 //! limits, the holds their receivers asked for, and how many instances share the limits.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -15,8 +16,18 @@ pub(super) struct Operated {
     /// Each controlled destination's count of breaker resets, as last read.
     resets_seen: HashMap<String, i64>,
     rates: HashMap<String, OwnRate>,
-    held: HashMap<String, DateTime<Utc>>,
+    held: HashMap<String, Hold>,
     instances: u32,
+}
+
+/// A receiver's hold as stored, and when it ends on this instance's monotonic clock: fixed
+/// when first read, so a wall clock stepped either way afterwards neither ends nor stretches
+/// it, and never more than the longest retry wait away (the instance that stored it may
+/// have a clock ahead of this one's).
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    stored: DateTime<Utc>,
+    ends: Instant,
 }
 
 impl Default for Operated {
@@ -44,8 +55,9 @@ pub(super) struct Update {
 
 impl Operated {
     /// Takes `read` (the whole table) as the state of things. Every map is rebuilt from it,
-    /// so they hold no more than the table's bounded rows.
-    pub(super) fn update(&mut self, read: &ControlsRead) -> Update {
+    /// so they hold no more than the table's bounded rows. A stored hold lasts at most
+    /// `longest` from when it is first read.
+    pub(super) fn update(&mut self, read: &ControlsRead, longest: Duration) -> Update {
         let controls = &read.controls;
         let paused: HashMap<String, DateTime<Utc>> = controls
             .iter()
@@ -75,11 +87,22 @@ impl Operated {
         let paced = rates != self.rates || read.instances != self.instances;
         self.rates = rates;
         self.instances = read.instances.max(1);
-        let now = Utc::now();
+        let (wall, now) = (Utc::now(), Instant::now());
         self.held = controls
             .iter()
-            .filter_map(|c| c.held_until.map(|until| (c.destination.clone(), until)))
-            .filter(|(_, until)| *until > now)
+            .filter_map(|c| {
+                let stored = c.held_until?;
+                let known = self
+                    .held
+                    .get(&c.destination)
+                    .filter(|hold| hold.stored == stored);
+                let ends = match known {
+                    Some(hold) => hold.ends,
+                    None => now + (stored - wall).to_std().ok()?.min(longest),
+                };
+                Some((c.destination.clone(), Hold { stored, ends }))
+            })
+            .filter(|(_, hold)| hold.ends > now)
             .collect();
         Update {
             released: resumed || paced || !reset.is_empty(),
@@ -92,13 +115,14 @@ impl Operated {
         self.rates.get(destination).copied()
     }
 
-    /// Until when its receiver asked (on any instance) to be left alone, as last read.
-    pub(super) fn held_until(&self, destination: &str) -> Option<DateTime<Utc>> {
-        self.held.get(destination).copied()
+    /// Until when its receiver asked (on any instance) to be left alone, as last read; it
+    /// may be over.
+    pub(super) fn held_until(&self, destination: &str) -> Option<Instant> {
+        self.held.get(destination).map(|hold| hold.ends)
     }
 
-    pub(super) fn held(&self) -> impl Iterator<Item = (&String, &DateTime<Utc>)> {
-        self.held.iter()
+    pub(super) fn held(&self) -> impl Iterator<Item = (&String, Instant)> {
+        self.held.iter().map(|(d, hold)| (d, hold.ends))
     }
 
     /// Every destination with a control worth listing: paused, limited or held.
@@ -149,23 +173,34 @@ mod tests {
         }
     }
 
+    const LONGEST: Duration = Duration::from_secs(10);
+
     #[test]
     fn a_reset_is_applied_once_and_a_resume_releases() {
         let mut operated = Operated::default();
-        let first = operated.update(&read(vec![control("a", true, 0), control("b", false, 2)]));
+        let first = operated.update(
+            &read(vec![control("a", true, 0), control("b", false, 2)]),
+            LONGEST,
+        );
         assert_eq!(
             first.reset,
             ["b"],
             "a count never seen: reset (a fresh breaker anyway)"
         );
         assert!(operated.paused_at("a").is_some());
-        let same = operated.update(&read(vec![control("a", true, 0), control("b", false, 2)]));
+        let same = operated.update(
+            &read(vec![control("a", true, 0), control("b", false, 2)]),
+            LONGEST,
+        );
         assert_eq!(same, Update::default(), "nothing new");
-        let next = operated.update(&read(vec![control("a", false, 0), control("b", false, 3)]));
+        let next = operated.update(
+            &read(vec![control("a", false, 0), control("b", false, 3)]),
+            LONGEST,
+        );
         assert_eq!(next.reset, ["b"]);
         assert!(next.released);
         assert!(operated.paused_at("a").is_none());
-        let gone = operated.update(&read(vec![]));
+        let gone = operated.update(&read(vec![]), LONGEST);
         assert_eq!(gone, Update::default(), "rows deleted: nothing to release");
         assert_eq!(operated.paused().count(), 0);
     }

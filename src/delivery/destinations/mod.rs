@@ -153,6 +153,9 @@ pub struct IsolationPolicy {
     /// Every destination's rate limit, unless an operator set its own
     /// (APP_CALLBACK_RATE_PER_DESTINATION).
     pub default_rate: Option<RateLimit>,
+    /// The longest a receiver's hold lasts from now (APP_CALLBACK_RETRY_MAX_DELAY): a stored
+    /// hold's end is a wall-clock time, and a clock stepped back must not stretch it.
+    pub longest_hold: Duration,
 }
 
 /// Which share a delivery was started in.
@@ -315,16 +318,19 @@ fn receiver_hold(
     destination: &str,
     now: Instant,
 ) -> Option<Instant> {
-    let stored = operated.held_until(destination).and_then(|until| {
-        let left = (until - Utc::now()).to_std().ok()?;
-        Some(now + left)
-    });
+    let stored = operated.held_until(destination);
     entry
         .and_then(|e| e.held_until)
         .into_iter()
         .chain(stored)
         .filter(|until| *until > now)
         .max()
+}
+
+/// `at` (after `now`) on the wall clock, to show it.
+fn wall_clock(at: Instant, now: Instant) -> Option<DateTime<Utc>> {
+    let left = chrono::Duration::from_std(at.checked_duration_since(now)?).ok()?;
+    Some(Utc::now() + left)
 }
 
 /// One destination as `GET /destinations` shows it.
@@ -370,7 +376,7 @@ pub struct DestinationView {
 
 impl DestinationView {
     /// A destination with nothing recent to show, and its controls.
-    fn idle(destination: &str, operated: &Operated, default_rate: Option<RateLimit>) -> Self {
+    fn idle(destination: &str, operated: &Operated, policy: &IsolationPolicy) -> Self {
         let paused_at = operated.paused_at(destination);
         let own = operated.rate(destination);
         Self {
@@ -386,11 +392,11 @@ impl DestinationView {
             next_probe_at: None,
             paused: paused_at.is_some(),
             paused_at: paused_at.as_ref().map(crate::timestamps::format),
-            rate_limit: own.map_or(default_rate, OwnRate::limit),
+            rate_limit: own.map_or(policy.default_rate, OwnRate::limit),
             rate_limit_own: own.is_some(),
             retry_after_until: operated
                 .held_until(destination)
-                .filter(|until| *until > Utc::now())
+                .and_then(|ends| wall_clock(ends, Instant::now()))
                 .as_ref()
                 .map(crate::timestamps::format),
         }
@@ -538,7 +544,6 @@ impl Destinations {
         // A paused destination, or one whose receiver asked another instance to leave it
         // alone, has no room at all, not even for overdue jobs (and a claim takes a
         // destination it does not list as one with the default room).
-        let wall_now = Utc::now();
         let closed: std::collections::BTreeSet<String> = state
             .operated
             .paused()
@@ -547,7 +552,7 @@ impl Destinations {
                 state
                     .operated
                     .held()
-                    .filter(|(_, until)| **until > wall_now)
+                    .filter(|(_, ends)| *ends > now)
                     .map(|(d, _)| d),
             )
             .cloned()
@@ -587,7 +592,7 @@ impl Destinations {
     /// claimable (a pause ended, a breaker was reset).
     pub fn apply_controls(&self, controls: &crate::store::ControlsRead) -> bool {
         let mut state = self.lock();
-        let update = state.operated.update(controls);
+        let update = state.operated.update(controls, self.policy.longest_hold);
         for destination in &update.reset {
             if let Some(entry) = state.entries.get_mut(destination) {
                 if !matches!(entry.breaker, Breaker::Closed { .. }) {
@@ -683,12 +688,20 @@ impl Destinations {
     }
 
     /// Holds every job of `destination` on this instance for `wait`, as its receiver asked
-    /// (a later end replaces an earlier one, never the other way round).
-    pub fn hold(&self, destination: &str, wait: Duration) {
+    /// (a later end replaces an earlier one, never the other way round). Answers whether
+    /// that is news worth telling the other instances: the hold is new, or ends more than a
+    /// second later than the one already here (every delivery in flight to a receiver that
+    /// asks for time tends to be told so at once).
+    pub fn hold(&self, destination: &str, wait: Duration) -> bool {
         let until = Instant::now() + wait;
-        if let Some(entry) = self.lock().entries.get_mut(destination) {
-            entry.held_until = Some(entry.held_until.map_or(until, |held| held.max(until)));
-        }
+        let mut state = self.lock();
+        let Some(entry) = state.entries.get_mut(destination) else {
+            // Not tracked here: the stored hold is the only one.
+            return true;
+        };
+        let before = entry.held_until.filter(|held| *held > Instant::now());
+        entry.held_until = Some(before.map_or(until, |held| held.max(until)));
+        before.is_none_or(|held| until > held + Duration::from_secs(1))
     }
 
     /// When a destination held back now may take a job again, the soonest of them: an open
@@ -927,21 +940,15 @@ impl Destinations {
                 let (recent_successes, recent_failures) = entry.recent.totals(bucket);
                 let next_probe_at = match entry.breaker {
                     Breaker::Open { until, .. } => {
-                        let at = Utc::now()
-                            + chrono::Duration::from_std(until.saturating_duration_since(now))
-                                .unwrap_or_default();
-                        Some(crate::timestamps::format(&at))
+                        wall_clock(until, now).map(|at| crate::timestamps::format(&at))
                     }
                     _ => None,
                 };
                 let paused_at = state.operated.paused_at(destination);
                 let own = state.operated.rate(destination);
                 let retry_after_until =
-                    receiver_hold(&state.operated, Some(entry), destination, now).map(|until| {
-                        Utc::now()
-                            + chrono::Duration::from_std(until.saturating_duration_since(now))
-                                .unwrap_or_default()
-                    });
+                    receiver_hold(&state.operated, Some(entry), destination, now)
+                        .and_then(|until| wall_clock(until, now));
                 DestinationView {
                     destination: destination.clone(),
                     in_flight: entry.in_flight,
@@ -976,7 +983,7 @@ impl Destinations {
                 .controlled()
                 .filter(|destination| !state.entries.contains_key(*destination))
                 .map(|destination| {
-                    DestinationView::idle(destination, &state.operated, self.policy.default_rate)
+                    DestinationView::idle(destination, &state.operated, &self.policy)
                 }),
         );
         views
@@ -988,7 +995,7 @@ impl Destinations {
             .into_iter()
             .find(|view| view.destination == destination)
             .unwrap_or_else(|| {
-                DestinationView::idle(destination, &self.lock().operated, self.policy.default_rate)
+                DestinationView::idle(destination, &self.lock().operated, &self.policy)
             })
     }
 
@@ -1061,6 +1068,7 @@ mod tests {
                 max_cooldown: Duration::from_millis(120),
             },
             default_rate: None,
+            longest_hold: Duration::from_secs(10),
         }
     }
 
@@ -1124,7 +1132,8 @@ mod tests {
     fn a_receivers_hold_closes_its_destination_here_and_from_another_instance() {
         let d = Destinations::new(policy());
         d.start(A, Share::Unproven).record(Verdict::Healthy);
-        d.hold(A, Duration::from_millis(80));
+        assert!(d.hold(A, Duration::from_millis(80)), "news for the others");
+        assert!(!d.hold(A, Duration::from_millis(70)), "already held here");
         assert_eq!(room(&d, A), 0);
         assert_eq!(d.holding(A), Some(crate::model::WaitingFor::RetryAfter));
         assert!(d.view(A).retry_after_until.is_some());
@@ -1143,6 +1152,49 @@ mod tests {
             d.snapshot()
                 .iter()
                 .any(|v| v.destination == "http://other:1" && v.retry_after_until.is_some())
+        );
+    }
+
+    #[test]
+    fn a_stored_hold_lasts_no_longer_than_the_longest_retry_wait_whatever_the_clocks_say() {
+        // An hour ahead: another instance's clock is fast, or this one's was stepped back.
+        let d = Destinations::new(IsolationPolicy {
+            longest_hold: Duration::from_millis(60),
+            ..policy()
+        });
+        let mut held = control("http://other:1");
+        held.held_until = Some(Utc::now() + chrono::Duration::hours(1));
+        d.apply_controls(&read(vec![held.clone()]));
+        let reopens = d.next_reopening().expect("held");
+        assert!(reopens <= Instant::now() + Duration::from_millis(60));
+        let shown = d
+            .snapshot()
+            .into_iter()
+            .find_map(|v| v.retry_after_until)
+            .expect("shown as held");
+        // Naive UTC, as the original wrote times.
+        let shown = chrono::NaiveDateTime::parse_from_str(&shown, "%Y-%m-%dT%H:%M:%S%.f")
+            .unwrap()
+            .and_utc();
+        assert!(
+            shown <= Utc::now() + chrono::Duration::seconds(1),
+            "{shown}"
+        );
+        assert_eq!(
+            d.holding("http://other:1"),
+            Some(crate::model::WaitingFor::RetryAfter)
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        // Read again (as each second): the same stored hold is the one already over.
+        d.apply_controls(&read(vec![held.clone()]));
+        assert_eq!(d.holding("http://other:1"), None);
+        assert!(!d.rooms().limited.contains(&("http://other:1".into(), 0)));
+        // A new hold stored is a new wait.
+        held.held_until = Some(Utc::now() + chrono::Duration::hours(2));
+        d.apply_controls(&read(vec![held]));
+        assert_eq!(
+            d.holding("http://other:1"),
+            Some(crate::model::WaitingFor::RetryAfter)
         );
     }
 
