@@ -209,6 +209,14 @@ pub struct RequestRecord {
     /// (*beyond*).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i8,
+    /// Its `ordering_key`, when it has one (*beyond*): delivered after every request
+    /// accepted before it with the same key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
+    /// Whether an earlier request of its `ordering_key` is still queued: it waits for that one
+    /// to end (shown as `waiting_for`).
+    #[serde(skip)]
+    pub behind_earlier: bool,
     /// Its own retry budget, when it asked for one (*beyond*).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_max_retries: Option<u32>,
@@ -243,6 +251,8 @@ impl RequestRecord {
         } else if due > now {
             (self.status == Status::Pending && self.run_at.is_some())
                 .then_some(WaitingFor::Schedule)
+        } else if self.behind_earlier {
+            Some(WaitingFor::OrderingKey)
         } else {
             holder
         }
@@ -268,6 +278,9 @@ pub enum WaitingFor {
     /// Its destination's receiver answered a delivery with a 429 or 503 and `Retry-After`:
     /// no delivery to it starts, on any instance, until then.
     RetryAfter,
+    /// A request accepted before it with the same `ordering_key` is not final yet: it is
+    /// delivered after that one.
+    OrderingKey,
 }
 
 /// `GET /requests` → 200.
@@ -353,6 +366,8 @@ mod tests {
             waiting_for: None,
             run_at,
             priority: 0,
+            ordering_key: None,
+            behind_earlier: false,
             callback_max_retries: None,
             callback_timeout_seconds: None,
             result: None,

@@ -123,6 +123,7 @@ fn new_async_request(
         destination: destination_of(&input.callback_url),
         callback_url: input.callback_url_as_sent,
         controls: input.controls,
+        ordering_key: input.ordering_key,
     }
 }
 
@@ -183,6 +184,16 @@ fn fingerprint(
     }
     digest.update(data.as_bytes());
     hex::encode(digest.finalize())
+}
+
+/// What an async request asked for beyond the original's fields, for its fingerprint: empty
+/// when nothing (the fingerprints of plain requests stay as they always were).
+fn asked_beyond(input: &AsyncInput) -> String {
+    let controls = input.controls.fingerprint();
+    match &input.ordering_key {
+        Some(key) => format!("{controls};ordering_key {key}"),
+        None => controls,
+    }
 }
 
 impl From<StoreError> for ServiceError {
@@ -462,7 +473,7 @@ impl Service {
                 Mode::Async,
                 input.work.iterations,
                 Some(input.callback_url_as_sent.as_str()),
-                &input.controls.fingerprint(),
+                &asked_beyond(&input),
                 &input.work.data,
             ),
             key,
@@ -717,6 +728,8 @@ impl Service {
         {
             let stopped = self.running.stop_request(id);
             tracing::info!(request_id = %id, delivery_in_flight = in_flight, work_stopped = stopped, "async request cancelled");
+            // The next request of its ordering key, if it had one, may be claimed now.
+            self.wakeup.wake();
             self.metrics
                 .jobs_finished
                 .get_or_create(&crate::metrics::FinalLabels {

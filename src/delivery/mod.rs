@@ -608,9 +608,13 @@ impl Dispatcher {
     }
 
     /// What follows an attempt recorded with `outcome`, `since_accepted` after the request
-    /// was: a retry wakes the dispatcher; a final outcome is logged and counted.
+    /// was: a retry wakes the dispatcher; a final outcome is logged and counted, and wakes the
+    /// dispatcher when the next request of its ordering key may be claimed now.
     fn finished(&self, job: &Job, attempt: u32, outcome: AttemptOutcome, since_accepted: Duration) {
         use crate::metrics::{FinalLabels, FinalStatus};
+        if job.ordering_key.is_some() {
+            self.wakeup.wake();
+        }
         let status = match outcome {
             AttemptOutcome::RetryAfter(_) => {
                 self.wakeup.wake();

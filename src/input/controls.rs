@@ -154,6 +154,50 @@ pub(super) fn controls(
     }
 }
 
+/// Longest `ordering_key`.
+pub const MAX_ORDERING_KEY_LEN: usize = 255;
+
+/// What an `ordering_key` is made of: visible ASCII (letters, digits, punctuation; no space),
+/// as an SQS FIFO queue's message group id. One byte a character, so its length is the same
+/// counted either way, and no two spellings of one key (Unicode normalisation) differ.
+pub const ORDERING_KEY_PATTERN: &str = "^[!-~]+$";
+
+/// The request's `ordering_key`, if it has one: requests with the same key are delivered one
+/// at a time, in acceptance order.
+pub(super) fn ordering_key(
+    object: &Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let name = "ordering_key";
+    let key = match object.get(name).filter(|value| !value.is_null())? {
+        Value::String(key) => key,
+        other => {
+            errors.push(FieldError::not_a_string(Part::Body, name, other));
+            return None;
+        }
+    };
+    let error = if key.is_empty() {
+        FieldError::too_short(Part::Body, name, 1, &Value::from(""))
+    } else if key.chars().count() > MAX_ORDERING_KEY_LEN {
+        // Not echoed whole: the answer need not grow with the caller's input.
+        let start: String = key.chars().take(32).collect();
+        FieldError::too_long(Part::Body, name, MAX_ORDERING_KEY_LEN, &Value::from(start))
+    } else if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        FieldError::new(
+            Part::Body,
+            Some(name),
+            "string_pattern_mismatch",
+            format!("String should match pattern '{ORDERING_KEY_PATTERN}'"),
+            Value::from(key.as_str()),
+        )
+        .with_ctx(json!({ "pattern": ORDERING_KEY_PATTERN }))
+    } else {
+        return Some(key.clone());
+    };
+    errors.push(error);
+    None
+}
+
 /// The value of a field that passed, or `None` with its error added to `errors`.
 fn take<T>(errors: &mut Vec<FieldError>, result: Result<T, FieldError>) -> Option<T> {
     result.map_err(|error| errors.push(error)).ok()

@@ -183,6 +183,17 @@ pub struct AsyncRequest {
     /// to the millisecond), from 0.001 to (and by default) `APP_CALLBACK_TIMEOUT_SECONDS`.
     #[schema(minimum = 0.001)]
     callback_timeout_seconds: Option<f64>,
+    /// *Beyond the original*: requests with the same key are delivered one at a time, in
+    /// the order they were accepted, on every instance (their work may run ahead); other
+    /// keys and unkeyed requests are not held up. One that ends `callback_failed` lets the
+    /// next through. 1 to 255 visible ASCII characters (letters, digits, punctuation).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$",
+        example = "order-1234"
+    )]
+    ordering_key: Option<String>,
 }
 
 /// The unit of work, in both bodies.
@@ -265,6 +276,8 @@ pub struct AsyncInput {
     pub callback_url_as_sent: String,
     /// What it asked for beyond the original's fields.
     pub controls: Controls,
+    /// Delivered after every request accepted before it with the same key.
+    pub ordering_key: Option<String>,
 }
 
 /// Validates a `POST /sync` body.
@@ -306,12 +319,14 @@ pub fn parse_async(
         }
     };
     let controls = controls::controls(object, limits, chrono::Utc::now(), &mut errors);
+    let ordering_key = controls::ordering_key(object, &mut errors);
     match (work, callback_url) {
         (Some(work), Some((callback_url, as_sent))) if errors.is_empty() => Ok(AsyncInput {
             work,
             callback_url,
             callback_url_as_sent: as_sent,
             controls,
+            ordering_key,
         }),
         _ => Err(errors),
     }

@@ -31,13 +31,16 @@ macro_rules! unfinished_statuses {
     };
 }
 
-/// The columns both backends read into a `RequestRecord`.
-macro_rules! record_columns {
+/// Whether a queued row waits for an earlier one of its `ordering_key`: another queued row of
+/// the key accepted before it (a smaller `ordering_seq`). A claim takes a keyed row only when
+/// this is false; the probe is a seek in `requests_ordering`.
+macro_rules! behind_earlier {
     () => {
-        "id, mode, status, payload_hash, created_at, completed_at, delivered_at, callback_url,
-         callback_attempts, callback_last_error, callback_last_status, iterations, input_hash,
-         output_hash, processing_time_ms, error, next_attempt_at,
-         lease_token IS NOT NULL AS claimed, run_at, max_retries, callback_timeout_ms, priority"
+        "(ordering_seq IS NOT NULL AND EXISTS (
+             SELECT 1 FROM requests AS earlier
+             WHERE earlier.ordering_key = requests.ordering_key
+               AND earlier.next_attempt_at IS NOT NULL
+               AND earlier.ordering_seq < requests.ordering_seq))"
     };
 }
 
@@ -46,7 +49,22 @@ macro_rules! job_columns {
     () => {
         "id, created_at, data, iterations, callback_url, callback_attempts, round_start_attempts,
          input_hash, output_hash, processing_time_ms, completed_at, lease_token,
-         unrecorded_claims, next_attempt_at, max_retries, callback_timeout_ms"
+         unrecorded_claims, next_attempt_at, max_retries, callback_timeout_ms, ordering_key"
+    };
+}
+
+/// The columns both backends read into a `RequestRecord`.
+macro_rules! record_columns {
+    () => {
+        concat!(
+            "id, mode, status, payload_hash, created_at, completed_at, delivered_at, callback_url,
+         callback_attempts, callback_last_error, callback_last_status, iterations, input_hash,
+         output_hash, processing_time_ms, error, next_attempt_at,
+         lease_token IS NOT NULL AS claimed, run_at, max_retries, callback_timeout_ms, priority,
+         ordering_key, ",
+            behind_earlier!(),
+            " AS behind_earlier"
+        )
     };
 }
 
@@ -164,6 +182,8 @@ pub struct NewAsyncRequest {
     pub destination: String,
     /// Its schedule, retry budget and timeout, when it asked for its own.
     pub controls: Controls,
+    /// Delivered after every request accepted before it with the same key.
+    pub ordering_key: Option<String>,
 }
 
 impl NewAsyncRequest {
@@ -216,6 +236,8 @@ pub struct Job {
     pub max_retries: Option<u32>,
     /// Its own timeout per attempt, when it asked for one.
     pub callback_timeout: Option<Duration>,
+    /// Its `ordering_key`: the next request of the key may be claimed once this one is final.
+    pub ordering_key: Option<String>,
 }
 
 /// A job's work result and when the work finished (its `completed_at`, to the millisecond
@@ -850,6 +872,8 @@ mod tests {
             .iter()
             .map(|s| s.as_str())
             .chain(Mode::ALL.iter().map(|m| m.as_str()))
+            // The one other name quoted in SQL: `nextval`'s sequence.
+            .chain(["requests_ordering_seq"])
             .collect();
         let mut seen = Vec::new();
         for source in sources {

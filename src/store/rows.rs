@@ -70,6 +70,9 @@ pub(crate) struct RecordColumns {
     pub max_retries: Option<u32>,
     pub callback_timeout_ms: Option<u32>,
     pub priority: i8,
+    pub ordering_key: Option<String>,
+    /// Queued behind an earlier request of its `ordering_key`.
+    pub behind_earlier: bool,
 }
 
 impl RecordColumns {
@@ -105,6 +108,8 @@ impl RecordColumns {
             waiting_for: None,
             run_at: self.run_at,
             priority: self.priority,
+            ordering_key: self.ordering_key,
+            behind_earlier: self.behind_earlier && next_attempt_at.is_some(),
             callback_max_retries: self.max_retries,
             callback_timeout_seconds: self.callback_timeout_ms.map(|ms| f64::from(ms) / 1000.0),
             error: self.error,
@@ -139,6 +144,7 @@ pub(crate) struct JobColumns {
     pub completed_at: Option<DateTime<Utc>>,
     pub max_retries: Option<u32>,
     pub callback_timeout_ms: Option<u32>,
+    pub ordering_key: Option<String>,
 }
 
 impl JobColumns {
@@ -173,6 +179,7 @@ impl JobColumns {
             callback_timeout: self
                 .callback_timeout_ms
                 .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
+            ordering_key: self.ordering_key,
             id: self.id,
         }
     }
@@ -212,6 +219,8 @@ mod tests {
             max_retries: None,
             callback_timeout_ms: None,
             priority: 0,
+            ordering_key: None,
+            behind_earlier: false,
         }
     }
 
@@ -288,6 +297,7 @@ mod tests {
             completed_at: Some(at(5)),
             max_retries: Some(1),
             callback_timeout_ms: Some(2500),
+            ordering_key: None,
         }
         .into_job();
         assert_eq!((job.callback_attempts, job.round_attempts), (7, 2));

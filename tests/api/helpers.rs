@@ -195,6 +195,8 @@ pub struct Behaviour {
     pub prompt_first: usize,
     /// Sent as `Retry-After` (seconds) with every refusal.
     pub retry_after: Option<u32>,
+    /// Refuse this share (0 to 1) of callbacks with `fail_status`, at random.
+    pub fail_at_random: f64,
 }
 
 impl Behaviour {
@@ -207,6 +209,15 @@ impl Behaviour {
             down_for: Duration::ZERO,
             prompt_first: 0,
             retry_after: None,
+            fail_at_random: 0.0,
+        }
+    }
+
+    /// Refuses `share` (0 to 1) of the callbacks with a 500, at random.
+    pub fn fail_at_random(share: f64) -> Self {
+        Self {
+            fail_at_random: share,
+            ..Self::accept()
         }
     }
 
@@ -439,7 +450,8 @@ async fn receive(
     };
     let first_at = *log.first_at.get_or_insert_with(Instant::now);
     let down = first_at.elapsed() < state.behaviour.down_for;
-    let status = if down || seen <= state.behaviour.fail_first {
+    let unlucky = rand::random::<f64>() < state.behaviour.fail_at_random;
+    let status = if down || unlucky || seen <= state.behaviour.fail_first {
         state.behaviour.fail_status
     } else {
         200

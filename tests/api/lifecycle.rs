@@ -350,6 +350,7 @@ fn async_request(key: Option<&str>) -> NewAsyncRequest {
         callback_url: CALLBACK.into(),
         destination: destination_of_str(CALLBACK),
         controls: Default::default(),
+        ordering_key: None,
     }
 }
 

@@ -24,6 +24,7 @@ mod lifecycle;
 mod loadgen;
 mod observability;
 mod openapi;
+mod ordering;
 mod pacing;
 mod priority;
 mod receiver;

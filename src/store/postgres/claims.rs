@@ -114,6 +114,8 @@ macro_rules! destination_due_locked {
             "
                    AND ",
             claimable_lease!("$1"),
+            " AND NOT ",
+            behind_earlier!(),
             $also,
             "
                  ORDER BY next_attempt_at
@@ -246,6 +248,8 @@ pub(super) const CLAIM_WINDOW: &str = concat!(
              WHERE priority = l.level AND next_attempt_at IS NOT NULL
                AND next_attempt_at <= now() AND ",
     claimable_lease!("$1"),
+    " AND NOT ",
+    behind_earlier!(),
     "
              ORDER BY next_attempt_at LIMIT $5) AS f
          WHERE l.level IS NOT NULL
@@ -264,6 +268,8 @@ pub(super) const CLAIM_WINDOW: &str = concat!(
                                                    + make_interval(secs => l.level * $11))
                AND ",
     claimable_lease!("$1"),
+    " AND NOT ",
+    behind_earlier!(),
     "
                AND (NOT (COALESCE(destination, '') = ANY($7))
                     OR next_attempt_at <= now() - make_interval(secs => $8))
@@ -337,6 +343,8 @@ pub(super) const NEXT_DUE_WINDOW_ROWS: &str = concat!(
          FROM requests
          WHERE priority = l.level AND next_attempt_at IS NOT NULL AND ",
     claimable_lease!("$2"),
+    " AND NOT ",
+    behind_earlier!(),
     " ORDER BY next_attempt_at LIMIT $1) AS f
      WHERE l.level IS NOT NULL
      ORDER BY l.level DESC, f.due"
@@ -360,6 +368,8 @@ macro_rules! first_due_per_destination {
                          WHERE destination = d.dest AND priority = l.level
                            AND next_attempt_at IS NOT NULL AND ",
             claimable_lease!("$2"),
+            " AND NOT ",
+            behind_earlier!(),
             "
                          ORDER BY next_attempt_at LIMIT 1) AS f
                      WHERE l.level IS NOT NULL) AS due

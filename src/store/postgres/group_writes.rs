@@ -29,7 +29,7 @@ pub(super) const INSERT_QUEUED: &str = "
          INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
                                created_at, next_attempt_at, destination, callback_host,
                                idempotency_key, idempotency_fingerprint, run_at, max_retries,
-                               callback_timeout_ms, priority)
+                               callback_timeout_ms, priority, ordering_key, ordering_seq)
          -- Due now on the database's clock, or a scheduled request as much later as its
          -- run_at was ahead of the instance's clock when bound (starts_in), and never
          -- before its run_at on the database's clock (an instance whose clock runs ahead
@@ -39,13 +39,17 @@ pub(super) const INSERT_QUEUED: &str = "
                 GREATEST(now() + make_interval(secs => starts_in), COALESCE(run_at, now())),
                 destination,
                 callback_host, idempotency_key, idempotency_fingerprint, run_at, max_retries,
-                callback_timeout_ms, priority
+                callback_timeout_ms, priority, ordering_key,
+                -- In the batch's order: UNNEST yields its rows so.
+                CASE WHEN ordering_key IS NOT NULL THEN nextval('requests_ordering_seq') END
          FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
                      $6::timestamptz[], $7::text[], $8::text[], $9::text[], $12::text[],
-                     $13::float8[], $14::timestamptz[], $15::int[], $16::int[], $17::smallint[])
+                     $13::float8[], $14::timestamptz[], $15::int[], $16::int[], $17::smallint[],
+                     $18::text[])
               AS queued(id, payload_hash, data, iterations, callback_url, created_at,
                         destination, idempotency_key, idempotency_fingerprint, callback_host,
-                        starts_in, run_at, max_retries, callback_timeout_ms, priority)
+                        starts_in, run_at, max_retries, callback_timeout_ms, priority,
+                        ordering_key)
          -- No conflict target: a taken key (or a retried write's taken id) inserts nothing.
          ON CONFLICT DO NOTHING
          RETURNING id),
@@ -145,6 +149,7 @@ pub(super) fn insert_queued(
                 .map(|ms| i32::try_from(ms).unwrap_or(i32::MAX))
         }))
         .bind(column(queued, |n| i16::from(n.controls.priority)))
+        .bind(column(queued, |n| n.ordering_key.clone()))
 }
 
 /// Inserts submissions of `POST /async`, batched.

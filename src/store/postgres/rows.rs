@@ -34,6 +34,8 @@ pub(super) fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error>
         max_retries: optional_count(row, "max_retries")?,
         callback_timeout_ms: optional_count(row, "callback_timeout_ms")?,
         priority: priority_of(row)?,
+        ordering_key: row.try_get("ordering_key")?,
+        behind_earlier: row.try_get("behind_earlier")?,
     }
     .into_record()
     .map_err(|err| sqlx::Error::Decode(Box::new(err)))
@@ -75,6 +77,7 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
         completed_at: row.try_get("completed_at")?,
         max_retries: optional_count(row, "max_retries")?,
         callback_timeout_ms: optional_count(row, "callback_timeout_ms")?,
+        ordering_key: row.try_get("ordering_key")?,
     }
     .into_job())
 }

@@ -81,10 +81,14 @@ pub(super) const REDELIVERY_OF: &str =
     "SELECT status, output_hash IS NOT NULL FROM requests WHERE id = $1 FOR UPDATE";
 
 /// A request put back in the queue for a new round.
+/// Queued again behind the queued requests of its `ordering_key`, if it has one: those
+/// delivered since it ended stay delivered before it.
 pub(super) const REDELIVER: &str =
     "UPDATE requests SET status = $2, delivered_at = NULL, error = NULL,
             next_attempt_at = now(), round_start_attempts = callback_attempts,
-            unrecorded_claims = 0
+            unrecorded_claims = 0,
+            ordering_seq = CASE WHEN ordering_key IS NOT NULL
+                                THEN nextval('requests_ordering_seq') END
      WHERE id = $1";
 
 /// An owner's claims handed back (by the lease-owner index).

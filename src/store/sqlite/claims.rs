@@ -36,6 +36,8 @@ pub(super) const DUE_WINDOW: &str = concat!(
     "SELECT rowid, COALESCE(destination, ''), next_attempt_at FROM requests
      WHERE priority = ?5 AND next_attempt_at IS NOT NULL AND next_attempt_at <= ?3 AND ",
     claimable_lease!(),
+    " AND NOT ",
+    behind_earlier!(),
     " ORDER BY next_attempt_at LIMIT ?4"
 );
 
@@ -54,6 +56,8 @@ pub(super) const DESTINATION_DUE: &str = concat!(
      WHERE destination = ?3 AND priority = ?6 AND next_attempt_at IS NOT NULL
        AND next_attempt_at <= ?4 AND ",
     claimable_lease!(),
+    " AND NOT ",
+    behind_earlier!(),
     " ORDER BY next_attempt_at LIMIT ?5"
 );
 

@@ -49,6 +49,8 @@ pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> 
         max_retries: row.get("max_retries")?,
         callback_timeout_ms: row.get("callback_timeout_ms")?,
         priority: row.get("priority")?,
+        ordering_key: row.get("ordering_key")?,
+        behind_earlier: row.get("behind_earlier")?,
     }
     .into_record()
     .map_err(unknown_value)
@@ -80,6 +82,7 @@ pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         completed_at: row.get::<_, Option<i64>>("completed_at")?.map(from_millis),
         max_retries: row.get("max_retries")?,
         callback_timeout_ms: row.get("callback_timeout_ms")?,
+        ordering_key: row.get("ordering_key")?,
     }
     .into_job())
 }

@@ -278,6 +278,7 @@ fn async_request(id: &str) -> NewAsyncRequest {
         callback_url: OTHER.into(),
         destination: OTHER.into(),
         controls: Default::default(),
+        ordering_key: None,
     }
 }
 

@@ -17,14 +17,32 @@ use crate::store::{
     NewRequest, Recorded, Redelivery, StoreError, Submitted, Swept, Transition, sync_outcome,
 };
 
+/// The `ordering_seq` of a request of key `$key` accepted (or redelivered) now: after every
+/// queued one of the key. The writer is alone, so no other can take the same number.
+macro_rules! next_ordering_seq {
+    ($key:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $key,
+            " IS NULL THEN NULL ELSE (SELECT COALESCE(max(queued.ordering_seq), 0) + 1
+             FROM requests AS queued WHERE queued.ordering_key = ",
+            $key,
+            " AND queued.next_attempt_at IS NOT NULL) END"
+        )
+    };
+}
+
 /// An async request, queued.
-pub(super) const INSERT_ASYNC: &str =
+pub(super) const INSERT_ASYNC: &str = concat!(
     "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
                            created_at, next_attempt_at, destination, callback_host,
                            idempotency_key, idempotency_fingerprint, run_at, max_retries,
-                           callback_timeout_ms, priority)
+                           callback_timeout_ms, priority, ordering_key, ordering_seq)
      VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?11, ?7, ?8, ?9, ?10, ?12, ?13, ?14,
-             ?15)";
+             ?15, ?16, ",
+    next_ordering_seq!("?16"),
+    ")"
+);
 
 /// The request holding an idempotency key.
 pub(super) const KEY_HOLDER: &str =
@@ -127,10 +145,16 @@ pub(super) const REDELIVERY_OF: &str =
     "SELECT status, output_hash IS NOT NULL FROM requests WHERE id = ?1";
 
 /// A request put back in the queue for a new round.
-pub(super) const REDELIVER: &str =
+/// Queued again behind the queued requests of its `ordering_key`, if it has one: those
+/// delivered since it ended stay delivered before it.
+pub(super) const REDELIVER: &str = concat!(
     "UPDATE requests SET status = ?3, delivered_at = NULL, error = NULL,
-            next_attempt_at = ?2, round_start_attempts = callback_attempts, unrecorded_claims = 0
-     WHERE id = ?1";
+            next_attempt_at = ?2, round_start_attempts = callback_attempts, unrecorded_claims = 0,
+            ordering_seq = ",
+    next_ordering_seq!("requests.ordering_key"),
+    "
+     WHERE id = ?1"
+);
 
 /// An owner's claims handed back (by owner: the lease-owner index).
 pub(super) const RELEASE: &str =
@@ -173,6 +197,7 @@ pub(super) fn insert_async(
         new.controls.max_retries,
         new.timeout_ms(),
         new.controls.priority,
+        new.ordering_key,
     ])?;
     Ok(())
 }

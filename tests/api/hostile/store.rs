@@ -238,6 +238,7 @@ pub(super) async fn queue_for(store: &Store, id: &str, destination: &str) {
             callback_url: format!("{destination}/callback"),
             destination: destination.into(),
             controls: Default::default(),
+            ordering_key: None,
         })
         .await
         .expect("queued");
