@@ -149,6 +149,11 @@ pub struct LoadgenArgs {
     #[arg(help_heading = "Load", long, value_name = "N", default_value_t = 1,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub batch: usize,
+    /// Give async requests an `ordering_key`, one of N round robin (keys of this run's own):
+    /// each key's requests are then delivered one at a time, in order.
+    #[arg(help_heading = "Load", long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ordering_keys: Option<u64>,
     /// Never draw the progress bar (it is drawn only when stderr is a terminal anyway).
     #[arg(help_heading = "Report", long)]
     pub no_progress: bool,
@@ -339,7 +344,8 @@ pub async fn run(args: LoadgenArgs, stop: CancellationToken) -> Result<Report, L
                 args.iterations,
                 callback_url.as_deref(),
                 tag,
-            ),
+            )
+            .with_ordering_keys(args.ordering_keys.filter(|_| mode == Mode::Async)),
             schedule: Schedule::new(args.pace(), args.limit()),
             concurrency: args.concurrency,
             threads: args.threads,

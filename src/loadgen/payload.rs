@@ -13,9 +13,11 @@ use std::fmt::Write as _;
 pub struct Payloads {
     /// `{"data":"` and the run tag and filler, `data_size` bytes of data minus the index.
     head: Vec<u8>,
-    /// `","iterations":N` and the callback URL, then `}`.
+    /// `","iterations":N` and the callback URL (without the closing `}`).
     tail: Vec<u8>,
     data_size: usize,
+    /// Spread the requests over this many ordering keys, round robin.
+    ordering_keys: Option<u64>,
 }
 
 /// Characters of filler; ASCII letters so no byte needs JSON escaping.
@@ -32,7 +34,6 @@ impl Payloads {
             let quoted = serde_json::Value::String(url.to_string()).to_string();
             let _ = write!(tail, r#","callback_url":{quoted}"#);
         }
-        tail.push('}');
         let mut data_start = format!("{tag:08x}-");
         data_start.truncate(data_size);
         head.extend_from_slice(data_start.as_bytes());
@@ -40,7 +41,15 @@ impl Payloads {
             head,
             tail: tail.into_bytes(),
             data_size,
+            ordering_keys: None,
         }
+    }
+
+    /// Gives request `index` the ordering key `k{index mod keys}` (with the run's tag: each run
+    /// has keys of its own).
+    pub fn with_ordering_keys(mut self, keys: Option<u64>) -> Self {
+        self.ordering_keys = keys.filter(|n| *n > 0);
+        self
     }
 
     /// The body of request `index`: its data is the run tag, filler, and the index in hex,
@@ -62,6 +71,16 @@ impl Payloads {
             body.extend_from_slice(hex);
         }
         body.extend_from_slice(&self.tail);
+        if let Some(keys) = self.ordering_keys {
+            // The tag (the data's first 8 bytes) ties the key to this run.
+            let tag = &self.head[br#"{"data":""#.len()..];
+            let tag = &tag[..tag.len().min(8)];
+            body.extend_from_slice(br#","ordering_key":"lg-"#);
+            body.extend_from_slice(tag);
+            let _ = write!(VecWriter(&mut body), "-k{}", index % keys);
+            body.push(b'"');
+        }
+        body.push(b'}');
         body
     }
 }
@@ -77,6 +96,16 @@ pub fn batch_body(payloads: &Payloads, indexes: impl Iterator<Item = u64>) -> Ve
     }
     body.extend_from_slice(b"]}");
     body
+}
+
+/// `fmt::Write` into a byte vector.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
 }
 
 /// `value` in lowercase hex without leading zeros, written into `buf`.
@@ -117,6 +146,26 @@ mod tests {
         assert!(a.starts_with("deadbeef-xxx"), "{a}");
         assert!(b.ends_with("xff"), "{b}");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn ordering_keys_go_round_robin_and_are_the_runs_own() {
+        let payloads =
+            Payloads::new(16, 1, Some("http://127.0.0.1:9/cb"), 0xabcd).with_ordering_keys(Some(3));
+        let keys: Vec<Value> = (0..4)
+            .map(|i| parse(&payloads.body(i))["ordering_key"].clone())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "lg-0000abcd-k0",
+                "lg-0000abcd-k1",
+                "lg-0000abcd-k2",
+                "lg-0000abcd-k0"
+            ]
+        );
+        let plain = Payloads::new(16, 1, None, 1).with_ordering_keys(None);
+        assert!(parse(&plain.body(1)).get("ordering_key").is_none());
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod priority;
 mod receiver;
 mod requests;
 mod scale_out;
+mod scale_out_pace;
 mod ssrf;
 mod sync;
 mod validation;

@@ -14,7 +14,7 @@ use crate::helpers::{Behaviour, Receiver, TestServer, read};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The most arrivals in any one-second window.
-fn busiest_second(arrivals: &[DateTime<Utc>]) -> usize {
+pub fn busiest_second(arrivals: &[DateTime<Utc>]) -> usize {
     arrivals
         .iter()
         .map(|start| {

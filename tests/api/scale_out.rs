@@ -17,7 +17,7 @@ use crate::helpers::{
 use crate::idempotency::post_keyed;
 
 /// A fresh PostgreSQL database, or `None` (with the reason printed) when none is configured.
-async fn postgres_database() -> Option<String> {
+pub async fn postgres_database() -> Option<String> {
     match postgres_admin_url() {
         Some(admin) => Some(create_postgres_database(&admin).await),
         None => {
