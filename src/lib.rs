@@ -36,6 +36,8 @@ pub mod shutdown;
 pub mod store;
 /// How times are written on the wire.
 pub mod timestamps;
+/// W3C Trace Context: a request's span in its caller's trace, continued by its callbacks.
+pub mod trace_context;
 /// The operator dashboard at `/ui`: pages, their script and style, the live overview.
 pub mod ui;
 /// The work function and its compute pool.

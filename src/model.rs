@@ -217,6 +217,10 @@ pub struct RequestRecord {
     /// to end (shown as `waiting_for`).
     #[serde(skip)]
     pub behind_earlier: bool,
+    /// The id of the W3C trace it belongs to (*beyond*): its caller's, from `traceparent`, or
+    /// one it started. Each callback attempt is a span of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Its own retry budget, when it asked for one (*beyond*).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_max_retries: Option<u32>,
@@ -368,6 +372,7 @@ mod tests {
             priority: 0,
             ordering_key: None,
             behind_earlier: false,
+            trace_id: None,
             callback_max_retries: None,
             callback_timeout_seconds: None,
             result: None,

@@ -20,6 +20,7 @@ use crate::store::{
     KeyHolder, ListFilter, MadeDue, NewAsyncRequest, NewRequest, Position, Redelivery,
     StatusCounts, Store, StoreError, Submitted,
 };
+use crate::trace_context::RequestTrace;
 use crate::work::{Cancel, ComputePool, PoolError};
 
 /// Whether `id` could name a request: ids are UUIDs, so anything longer than one or holding
@@ -118,6 +119,7 @@ fn new_async_request(
             iterations: input.work.iterations,
             created_at: Utc::now(),
             idempotency,
+            trace: Some(input.caller_trace.begin()),
         },
         data: input.work.data,
         destination: destination_of(&input.callback_url),
@@ -148,6 +150,7 @@ fn new_sync_request(
     id: String,
     input: &WorkInput,
     idempotency: Option<IdempotencyKey>,
+    trace: &RequestTrace,
 ) -> NewRequest {
     NewRequest {
         id,
@@ -155,6 +158,7 @@ fn new_sync_request(
         iterations: input.iterations,
         created_at: Utc::now(),
         idempotency,
+        trace: Some(trace.clone()),
     }
 }
 
@@ -266,9 +270,10 @@ impl Service {
         id: String,
         input: WorkInput,
         key: Option<String>,
+        trace: RequestTrace,
     ) -> Result<Answered<WorkResult>, ServiceError> {
         let Some(key) = key else {
-            let new = new_sync_request(id, &input, None);
+            let new = new_sync_request(id, &input, None, &trace);
             return match self.work_sync(new, input).await? {
                 Worked::Done(result) => Ok(Answered::fresh(result)),
                 Worked::KeyTaken => Err(ServiceError::Store(StoreError::WrongReply {
@@ -292,7 +297,7 @@ impl Service {
                     None => continue,
                 }
             }
-            let new = new_sync_request(id.clone(), &input, Some(idempotency.clone()));
+            let new = new_sync_request(id.clone(), &input, Some(idempotency.clone()), &trace);
             match self.work_sync(new, input.clone()).await? {
                 Worked::Done(result) => return Ok(Answered::fresh(result)),
                 // A concurrent duplicate took the key first: replay it, next round.

@@ -9,6 +9,7 @@
 //! Redirects are never followed: a 3xx is a failed attempt, because following it would let
 //! a receiver steer the service to a URL that was never checked.
 
+use crate::trace_context::RequestTrace;
 use std::error::Error as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -194,12 +195,13 @@ impl CallbackClient {
     /// POSTs the result of `request_id` to `url` as attempt number `attempt`, on a connection
     /// of its own.
     pub async fn deliver(&self, url: &str, work: &FinishedWork, attempt: u32) -> AttemptReport {
-        self.deliver_on(url, work, attempt, false, None).await
+        self.deliver_on(url, work, attempt, false, None, None).await
     }
 
     /// As [`deliver`](Self::deliver), on a kept-alive connection if `keep_alive` (for the
     /// busiest destinations, see `destinations::KEEP_ALIVE_DESTINATIONS`), within `timeout`
-    /// when the request asked for a shorter one than the client's.
+    /// when the request asked for a shorter one than the client's; as a span of `trace`, the
+    /// request's, when it has one.
     pub async fn deliver_on(
         &self,
         url: &str,
@@ -207,6 +209,7 @@ impl CallbackClient {
         attempt: u32,
         keep_alive: bool,
         timeout: Option<Duration>,
+        trace: Option<&RequestTrace>,
     ) -> AttemptReport {
         let started_at = Utc::now();
         let started = Instant::now();
@@ -216,7 +219,7 @@ impl CallbackClient {
             &self.one_shot
         };
         let outcome = self
-            .send(http, url, work, attempt, started_at, timeout)
+            .send(http, url, work, attempt, started_at, (timeout, trace))
             .await;
         let duration = started.elapsed();
         match outcome {
@@ -257,7 +260,7 @@ impl CallbackClient {
         work: &FinishedWork,
         attempt: u32,
         started_at: chrono::DateTime<Utc>,
-        timeout: Option<Duration>,
+        (timeout, trace): (Option<Duration>, Option<&RequestTrace>),
     ) -> Result<Answer, Failure> {
         let parsed = url::Url::parse(url).map_err(|e| {
             Failure::new(AttemptKind::Invalid, format!("invalid callback URL: {e}"))
@@ -285,6 +288,11 @@ impl CallbackClient {
         }
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
+        }
+        let span = trace
+            .and_then(|t| RequestTrace::attempt_headers(&t.traceparent, t.tracestate.as_deref()));
+        for (name, value) in span.into_iter().flatten() {
+            request = request.header(name, value);
         }
         if let Some(signature) = self
             .signer

@@ -486,6 +486,7 @@ impl Dispatcher {
             attempt,
             keep_alive,
             job.callback_timeout,
+            job.trace.as_ref(),
         );
         tokio::pin!(delivery);
         let report = tokio::select! {
@@ -545,6 +546,10 @@ impl Dispatcher {
         };
         tracing::info!(
             request_id = %job.id,
+            trace_id = job
+                .trace
+                .as_ref()
+                .and_then(|t| crate::trace_context::RequestTrace::trace_id(&t.traceparent)),
             attempt,
             status_code = report.status_code,
             error = report.error.as_deref(),

@@ -68,6 +68,7 @@ pub enum BatchItem {
 async fn submit_batch(
     State(state): State<AppState>,
     IdempotencyKey(key): IdempotencyKey,
+    headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Json<BatchResponse>, ApiError> {
     // Silently ignoring a key would let a client believe its retries are safe.
@@ -85,7 +86,11 @@ async fn submit_batch(
     let mut refused = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         match item {
-            Ok(input) => valid.push((index, input)),
+            Ok(mut input) => {
+                // An item without a trace of its own is part of the batch's.
+                input.caller_trace = input.caller_trace.or_headers(&headers);
+                valid.push((index, input));
+            }
             Err(detail) => refused.push(BatchItem::Rejected { index, detail }),
         }
     }

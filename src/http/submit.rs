@@ -50,10 +50,12 @@ async fn submit(
     State(state): State<AppState>,
     NewRequestId(id): NewRequestId,
     IdempotencyKey(key): IdempotencyKey,
+    request_headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(CreatedRequest, Replayed, HeaderMap, Json<AcceptedResponse>), ApiError> {
-    let input = parse_async(&body, &state.service.guard, &state.service.control_limits)
+    let mut input = parse_async(&body, &state.service.guard, &state.service.control_limits)
         .map_err(ApiError::Validation)?;
+    input.caller_trace = input.caller_trace.or_headers(&request_headers);
     let answered = state.service.submit_async(id, input, key).await?;
     let request_id = answered.value;
     let mut headers = HeaderMap::new();

@@ -10,7 +10,7 @@ use super::extract::JsonBody;
 use super::idempotency::{IdempotencyKey, KeyHeader, Replayed};
 use super::request_id::{CreatedRequest, NewRequestId};
 use super::{ApiError, AppState};
-use crate::input::{SyncRequest, parse_sync};
+use crate::input::{CallerTrace, SyncRequest, parse_sync};
 use crate::model::SyncResponse;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -46,10 +46,12 @@ async fn run(
     State(state): State<AppState>,
     NewRequestId(id): NewRequestId,
     IdempotencyKey(key): IdempotencyKey,
+    headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(CreatedRequest, Replayed, Json<SyncResponse>), ApiError> {
     let input = parse_sync(&body).map_err(ApiError::Validation)?;
-    let answered = state.service.run_sync(id, input, key).await?;
+    let trace = CallerTrace::from_headers(&headers).begin();
+    let answered = state.service.run_sync(id, input, key, trace).await?;
     let result = answered.value;
     Ok((
         CreatedRequest(result.request_id.clone()),

@@ -198,6 +198,114 @@ pub(super) fn ordering_key(
     None
 }
 
+/// A `traceparent` as W3C writes one: version, trace id, parent id, flags, in lowercase hex.
+/// (An all-zero id, or version `ff`, fits it but is no parent: W3C says to start a new trace
+/// then, and so does the service.)
+pub const TRACEPARENT_PATTERN: &str = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$";
+
+/// What a `tracestate` may hold: printable ASCII (its list syntax is checked when it is read:
+/// one that breaks it is dropped, as W3C says, rather than refused).
+pub const TRACESTATE_PATTERN: &str = "^[ -~]*$";
+
+/// A request body's own trace context: a batch item's, or an async request's that would
+/// rather not use headers. Each, when present, is a string of the W3C form.
+pub(super) fn caller_trace(
+    object: &Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) -> CallerTrace {
+    let mut field = |name: &str, pattern: &str, max: usize, fits: fn(&str) -> bool| {
+        let value = match object.get(name).filter(|value| !value.is_null())? {
+            Value::String(value) => value,
+            other => {
+                errors.push(FieldError::not_a_string(Part::Body, name, other));
+                return None;
+            }
+        };
+        if value.len() > max {
+            let start: String = value.chars().take(32).collect();
+            errors.push(FieldError::too_long(
+                Part::Body,
+                name,
+                max,
+                &Value::from(start),
+            ));
+            None
+        } else if !fits(value) {
+            errors.push(
+                FieldError::new(
+                    Part::Body,
+                    Some(name),
+                    "string_pattern_mismatch",
+                    format!("String should match pattern '{pattern}'"),
+                    Value::from(value.as_str()),
+                )
+                .with_ctx(json!({ "pattern": pattern })),
+            );
+            None
+        } else {
+            Some(value.clone())
+        }
+    };
+    CallerTrace {
+        traceparent: field("traceparent", TRACEPARENT_PATTERN, 55, is_traceparent_form),
+        tracestate: field(
+            "tracestate",
+            TRACESTATE_PATTERN,
+            crate::trace_context::MAX_TRACESTATE_LEN,
+            |s| s.bytes().all(|b| (b' '..=b'~').contains(&b)),
+        ),
+    }
+}
+
+/// Whether `s` matches [`TRACEPARENT_PATTERN`].
+fn is_traceparent_form(s: &str) -> bool {
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let parts: Vec<&str> = s.split('-').collect();
+    matches!(parts.as_slice(), [v, t, p, f] if hex(v, 2) && hex(t, 32) && hex(p, 16) && hex(f, 2))
+}
+
+/// The trace context a caller sent with a request: its `traceparent` and `tracestate`, from
+/// the body's fields or else the request's headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerTrace {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl CallerTrace {
+    /// These fields, or where the body had none, `headers`' (a body's `tracestate` goes with
+    /// its own `traceparent` only).
+    pub fn or_headers(self, headers: &axum::http::HeaderMap) -> Self {
+        if self.traceparent.is_some() {
+            return self;
+        }
+        Self::from_headers(headers)
+    }
+
+    pub fn from_headers(headers: &axum::http::HeaderMap) -> Self {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            traceparent: header(crate::trace_context::TRACEPARENT),
+            tracestate: header(crate::trace_context::TRACESTATE),
+        }
+    }
+
+    /// The request's own span in this trace (a new trace without a valid parent).
+    pub fn begin(&self) -> crate::trace_context::RequestTrace {
+        crate::trace_context::RequestTrace::begin(
+            self.traceparent.as_deref(),
+            self.tracestate.as_deref(),
+        )
+    }
+}
+
 /// The value of a field that passed, or `None` with its error added to `errors`.
 fn take<T>(errors: &mut Vec<FieldError>, result: Result<T, FieldError>) -> Option<T> {
     result.map_err(|error| errors.push(error)).ok()

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use crate::delivery::guard::Guard;
-pub use controls::{ControlLimits, Controls};
+pub use controls::{CallerTrace, ControlLimits, Controls};
 pub use errors::{FieldError, Loc, Part};
 pub use lax_int::{NotAnInt, int_in_str, lax_int};
 
@@ -194,6 +194,19 @@ pub struct AsyncRequest {
         example = "order-1234"
     )]
     ordering_key: Option<String>,
+    /// *Beyond the original*: the caller's W3C trace context, here rather than in the
+    /// `traceparent` header (a batch item's own). The callback continues that trace; an
+    /// all-zero id or version `ff` is no parent, and a new trace is started.
+    #[schema(
+        max_length = 55,
+        pattern = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        example = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    )]
+    traceparent: Option<String>,
+    /// *Beyond the original*: the `tracestate` that goes with `traceparent` (printable ASCII,
+    /// at most 512 characters; one that is not a W3C list is dropped).
+    #[schema(max_length = 512, pattern = "^[ -~]*$", example = "vendor=opaque")]
+    tracestate: Option<String>,
 }
 
 /// The unit of work, in both bodies.
@@ -278,6 +291,8 @@ pub struct AsyncInput {
     pub controls: Controls,
     /// Delivered after every request accepted before it with the same key.
     pub ordering_key: Option<String>,
+    /// The trace context the caller sent (the body's; the HTTP layer adds the headers').
+    pub caller_trace: CallerTrace,
 }
 
 /// Validates a `POST /sync` body.
@@ -320,6 +335,7 @@ pub fn parse_async(
     };
     let controls = controls::controls(object, limits, chrono::Utc::now(), &mut errors);
     let ordering_key = controls::ordering_key(object, &mut errors);
+    let caller_trace = controls::caller_trace(object, &mut errors);
     match (work, callback_url) {
         (Some(work), Some((callback_url, as_sent))) if errors.is_empty() => Ok(AsyncInput {
             work,
@@ -327,6 +343,7 @@ pub fn parse_async(
             callback_url_as_sent: as_sent,
             controls,
             ordering_key,
+            caller_trace,
         }),
         _ => Err(errors),
     }

@@ -49,7 +49,8 @@ macro_rules! job_columns {
     () => {
         "id, created_at, data, iterations, callback_url, callback_attempts, round_start_attempts,
          input_hash, output_hash, processing_time_ms, completed_at, lease_token,
-         unrecorded_claims, next_attempt_at, max_retries, callback_timeout_ms, ordering_key"
+         unrecorded_claims, next_attempt_at, max_retries, callback_timeout_ms, ordering_key,
+         traceparent, tracestate"
     };
 }
 
@@ -61,7 +62,7 @@ macro_rules! record_columns {
          callback_attempts, callback_last_error, callback_last_status, iterations, input_hash,
          output_hash, processing_time_ms, error, next_attempt_at,
          lease_token IS NOT NULL AS claimed, run_at, max_retries, callback_timeout_ms, priority,
-         ordering_key, ",
+         ordering_key, traceparent, ",
             behind_earlier!(),
             " AS behind_earlier"
         )
@@ -136,6 +137,8 @@ pub struct NewRequest {
     pub created_at: DateTime<Utc>,
     /// The client's `Idempotency-Key`, if it sent one.
     pub idempotency: Option<IdempotencyKey>,
+    /// Its own span in its caller's trace (or in the trace it started).
+    pub trace: Option<crate::trace_context::RequestTrace>,
 }
 
 impl NewRequest {
@@ -238,6 +241,8 @@ pub struct Job {
     pub callback_timeout: Option<Duration>,
     /// Its `ordering_key`: the next request of the key may be claimed once this one is final.
     pub ordering_key: Option<String>,
+    /// Its span: each attempt is sent as a child of it.
+    pub trace: Option<crate::trace_context::RequestTrace>,
 }
 
 /// A job's work result and when the work finished (its `completed_at`, to the millisecond
@@ -972,6 +977,7 @@ mod tests {
             iterations: 1,
             created_at: chrono::Utc::now(),
             idempotency: None,
+            trace: None,
         };
         let subscription = store.subscribe(&new.id);
         let woken = subscription.next_change();

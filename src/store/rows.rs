@@ -73,6 +73,7 @@ pub(crate) struct RecordColumns {
     pub ordering_key: Option<String>,
     /// Queued behind an earlier request of its `ordering_key`.
     pub behind_earlier: bool,
+    pub traceparent: Option<String>,
 }
 
 impl RecordColumns {
@@ -110,6 +111,11 @@ impl RecordColumns {
             priority: self.priority,
             ordering_key: self.ordering_key,
             behind_earlier: self.behind_earlier && next_attempt_at.is_some(),
+            trace_id: self
+                .traceparent
+                .as_deref()
+                .and_then(crate::trace_context::RequestTrace::trace_id)
+                .map(str::to_string),
             callback_max_retries: self.max_retries,
             callback_timeout_seconds: self.callback_timeout_ms.map(|ms| f64::from(ms) / 1000.0),
             error: self.error,
@@ -145,6 +151,8 @@ pub(crate) struct JobColumns {
     pub max_retries: Option<u32>,
     pub callback_timeout_ms: Option<u32>,
     pub ordering_key: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 impl JobColumns {
@@ -180,6 +188,12 @@ impl JobColumns {
                 .callback_timeout_ms
                 .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
             ordering_key: self.ordering_key,
+            trace: self
+                .traceparent
+                .map(|traceparent| crate::trace_context::RequestTrace {
+                    traceparent,
+                    tracestate: self.tracestate,
+                }),
             id: self.id,
         }
     }
@@ -221,6 +235,7 @@ mod tests {
             priority: 0,
             ordering_key: None,
             behind_earlier: false,
+            traceparent: None,
         }
     }
 
@@ -298,6 +313,8 @@ mod tests {
             max_retries: Some(1),
             callback_timeout_ms: Some(2500),
             ordering_key: None,
+            traceparent: None,
+            tracestate: None,
         }
         .into_job();
         assert_eq!((job.callback_attempts, job.round_attempts), (7, 2));

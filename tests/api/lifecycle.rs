@@ -340,6 +340,7 @@ fn new_request(key: Option<&str>) -> NewRequest {
             key: key.to_string(),
             fingerprint: "fingerprint".into(),
         }),
+        trace: None,
     }
 }
 

@@ -33,5 +33,6 @@ mod scale_out;
 mod scale_out_pace;
 mod ssrf;
 mod sync;
+mod trace_context;
 mod validation;
 mod waiting;

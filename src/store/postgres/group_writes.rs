@@ -29,7 +29,8 @@ pub(super) const INSERT_QUEUED: &str = "
          INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
                                created_at, next_attempt_at, destination, callback_host,
                                idempotency_key, idempotency_fingerprint, run_at, max_retries,
-                               callback_timeout_ms, priority, ordering_key, ordering_seq)
+                               callback_timeout_ms, priority, ordering_key, traceparent,
+                               tracestate, ordering_seq)
          -- Due now on the database's clock, or a scheduled request as much later as its
          -- run_at was ahead of the instance's clock when bound (starts_in), and never
          -- before its run_at on the database's clock (an instance whose clock runs ahead
@@ -39,17 +40,17 @@ pub(super) const INSERT_QUEUED: &str = "
                 GREATEST(now() + make_interval(secs => starts_in), COALESCE(run_at, now())),
                 destination,
                 callback_host, idempotency_key, idempotency_fingerprint, run_at, max_retries,
-                callback_timeout_ms, priority, ordering_key,
+                callback_timeout_ms, priority, ordering_key, traceparent, tracestate,
                 -- In the batch's order: UNNEST yields its rows so.
                 CASE WHEN ordering_key IS NOT NULL THEN nextval('requests_ordering_seq') END
          FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
                      $6::timestamptz[], $7::text[], $8::text[], $9::text[], $12::text[],
                      $13::float8[], $14::timestamptz[], $15::int[], $16::int[], $17::smallint[],
-                     $18::text[])
+                     $18::text[], $19::text[], $20::text[])
               AS queued(id, payload_hash, data, iterations, callback_url, created_at,
                         destination, idempotency_key, idempotency_fingerprint, callback_host,
                         starts_in, run_at, max_retries, callback_timeout_ms, priority,
-                        ordering_key)
+                        ordering_key, traceparent, tracestate)
          -- No conflict target: a taken key (or a retried write's taken id) inserts nothing.
          ON CONFLICT DO NOTHING
          RETURNING id),
@@ -150,6 +151,12 @@ pub(super) fn insert_queued(
         }))
         .bind(column(queued, |n| i16::from(n.controls.priority)))
         .bind(column(queued, |n| n.ordering_key.clone()))
+        .bind(column(queued, |n| {
+            n.request.trace.as_ref().map(|t| t.traceparent.clone())
+        }))
+        .bind(column(queued, |n| {
+            n.request.trace.as_ref().and_then(|t| t.tracestate.clone())
+        }))
 }
 
 /// Inserts submissions of `POST /async`, batched.

@@ -266,6 +266,8 @@ impl PgStore {
             .bind(new.created_at)
             .bind(key)
             .bind(fingerprint)
+            .bind(new.trace.as_ref().map(|t| t.traceparent.as_str()))
+            .bind(new.trace.as_ref().and_then(|t| t.tracestate.as_deref()))
             .fetch_optional(&self.pool)
             .await?;
         Ok(inserted.is_some())
@@ -394,6 +396,8 @@ impl Backend for PgStore {
             .bind(result.map(|r| r.output_hash.as_str()))
             .bind(result.map(|r| r.processing_time_ms))
             .bind(error)
+            .bind(new.trace.as_ref().map(|t| t.traceparent.as_str()))
+            .bind(new.trace.as_ref().and_then(|t| t.tracestate.as_deref()))
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -36,6 +36,7 @@ pub(super) fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error>
         priority: priority_of(row)?,
         ordering_key: row.try_get("ordering_key")?,
         behind_earlier: row.try_get("behind_earlier")?,
+        traceparent: row.try_get("traceparent")?,
     }
     .into_record()
     .map_err(|err| sqlx::Error::Decode(Box::new(err)))
@@ -78,6 +79,8 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
         max_retries: optional_count(row, "max_retries")?,
         callback_timeout_ms: optional_count(row, "callback_timeout_ms")?,
         ordering_key: row.try_get("ordering_key")?,
+        traceparent: row.try_get("traceparent")?,
+        tracestate: row.try_get("tracestate")?,
     }
     .into_job())
 }

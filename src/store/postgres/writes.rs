@@ -24,15 +24,16 @@ pub(super) const DELETE_OVER_LIMIT: &str = concat!(
 /// A sync request, `processing`; nothing if its id or its idempotency key is taken.
 pub(super) const INSERT_SYNC_STARTED: &str =
     "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                           idempotency_key, idempotency_fingerprint)
-     VALUES ($1, 'sync', 'processing', $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING
+                           idempotency_key, idempotency_fingerprint, traceparent, tracestate)
+     VALUES ($1, 'sync', 'processing', $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING
      RETURNING id";
 
 /// A sync request's end, with the whole record.
 pub(super) const UPSERT_SYNC_FINISHED: &str =
     "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                           completed_at, input_hash, output_hash, processing_time_ms, error)
-     VALUES ($1, 'sync', $5, $2, $3, $4, now(), $6, $7, $8, $9)
+                           completed_at, input_hash, output_hash, processing_time_ms, error,
+                           traceparent, tracestate)
+     VALUES ($1, 'sync', $5, $2, $3, $4, now(), $6, $7, $8, $9, $10, $11)
      ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
          input_hash = excluded.input_hash, output_hash = excluded.output_hash,
          processing_time_ms = excluded.processing_time_ms, error = excluded.error,

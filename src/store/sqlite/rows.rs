@@ -51,6 +51,7 @@ pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> 
         priority: row.get("priority")?,
         ordering_key: row.get("ordering_key")?,
         behind_earlier: row.get("behind_earlier")?,
+        traceparent: row.get("traceparent")?,
     }
     .into_record()
     .map_err(unknown_value)
@@ -83,6 +84,8 @@ pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         max_retries: row.get("max_retries")?,
         callback_timeout_ms: row.get("callback_timeout_ms")?,
         ordering_key: row.get("ordering_key")?,
+        traceparent: row.get("traceparent")?,
+        tracestate: row.get("tracestate")?,
     }
     .into_job())
 }

@@ -273,6 +273,7 @@ fn async_request(id: &str) -> NewAsyncRequest {
             iterations: 1,
             created_at: Utc::now(),
             idempotency: None,
+            trace: None,
         },
         data: "x".into(),
         callback_url: OTHER.into(),

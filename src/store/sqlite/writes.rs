@@ -37,9 +37,10 @@ pub(super) const INSERT_ASYNC: &str = concat!(
     "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
                            created_at, next_attempt_at, destination, callback_host,
                            idempotency_key, idempotency_fingerprint, run_at, max_retries,
-                           callback_timeout_ms, priority, ordering_key, ordering_seq)
+                           callback_timeout_ms, priority, ordering_key, traceparent, tracestate,
+                           ordering_seq)
      VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?11, ?7, ?8, ?9, ?10, ?12, ?13, ?14,
-             ?15, ?16, ",
+             ?15, ?16, ?17, ?18, ",
     next_ordering_seq!("?16"),
     ")"
 );
@@ -51,14 +52,15 @@ pub(super) const KEY_HOLDER: &str =
 /// A sync request, `processing`.
 pub(super) const INSERT_SYNC_STARTED: &str =
     "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                           idempotency_key, idempotency_fingerprint)
-     VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING";
+                           idempotency_key, idempotency_fingerprint, traceparent, tracestate)
+     VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING";
 
 /// A sync request's end, with the whole record.
 pub(super) const UPSERT_SYNC_FINISHED: &str =
     "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                           completed_at, input_hash, output_hash, processing_time_ms, error)
-     VALUES (?1, 'sync', ?5, ?2, ?3, ?4, ?6, ?7, ?8, ?9, ?10)
+                           completed_at, input_hash, output_hash, processing_time_ms, error,
+                           traceparent, tracestate)
+     VALUES (?1, 'sync', ?5, ?2, ?3, ?4, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
      ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
          input_hash = excluded.input_hash, output_hash = excluded.output_hash,
          processing_time_ms = excluded.processing_time_ms, error = excluded.error,
@@ -198,6 +200,11 @@ pub(super) fn insert_async(
         new.timeout_ms(),
         new.controls.priority,
         new.ordering_key,
+        new.request.trace.as_ref().map(|t| &t.traceparent),
+        new.request
+            .trace
+            .as_ref()
+            .and_then(|t| t.tracestate.as_ref()),
     ])?;
     Ok(())
 }
@@ -245,6 +252,8 @@ impl Write for SyncStarted {
             millis(new.created_at),
             key,
             fingerprint,
+            new.trace.as_ref().map(|t| &t.traceparent),
+            new.trace.as_ref().and_then(|t| t.tracestate.as_ref()),
         ])?;
         done(Submitted::Created)
     }
@@ -276,6 +285,8 @@ impl Write for SyncFinished {
             result.map(|r| &r.output_hash),
             result.map(|r| r.processing_time_ms),
             error,
+            new.trace.as_ref().map(|t| &t.traceparent),
+            new.trace.as_ref().and_then(|t| t.tracestate.as_ref()),
         ])?;
         done(())
     }

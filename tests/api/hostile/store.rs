@@ -233,6 +233,7 @@ pub(super) async fn queue_for(store: &Store, id: &str, destination: &str) {
                 iterations: 1,
                 created_at: chrono::Utc::now(),
                 idempotency: None,
+                trace: None,
             },
             data: "x".into(),
             callback_url: format!("{destination}/callback"),
