@@ -239,24 +239,30 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    /// What the request waits for at `now`, if anything but its own backoff: its schedule,
-    /// while that is ahead; once due, what `held` (its destination's state, from its callback
-    /// URL) says holds it back.
+    /// What the request waits for at `now`, if anything but its own backoff: its
+    /// destination's pause; an earlier request of its ordering key; its schedule, while that
+    /// is ahead; once due, what `held` (its destination's state, from its callback URL) says
+    /// holds it back.
     pub fn waiting_for(
         &self,
         now: DateTime<Utc>,
         held: impl FnOnce(&str) -> Option<WaitingFor>,
     ) -> Option<WaitingFor> {
-        let due = self.next_attempt_at?;
+        if self.next_attempt_at.is_none() && !self.behind_earlier {
+            return None;
+        }
         let holder = self.callback_url.as_deref().and_then(held);
         if holder == Some(WaitingFor::Paused) {
             // Whatever its due time, nothing moves until the destination is resumed.
-            holder
-        } else if due > now {
+            return holder;
+        }
+        if self.behind_earlier {
+            return Some(WaitingFor::OrderingKey);
+        }
+        let due = self.next_attempt_at?;
+        if due > now {
             (self.status == Status::Pending && self.run_at.is_some())
                 .then_some(WaitingFor::Schedule)
-        } else if self.behind_earlier {
-            Some(WaitingFor::OrderingKey)
         } else {
             holder
         }

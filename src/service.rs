@@ -733,8 +733,16 @@ impl Service {
         {
             let stopped = self.running.stop_request(id);
             tracing::info!(request_id = %id, delivery_in_flight = in_flight, work_stopped = stopped, "async request cancelled");
-            // The next request of its ordering key, if it had one, may be claimed now.
-            self.wakeup.wake();
+            // The next request of its ordering key, if it had one, may be claimed now (which
+            // key it had is not at hand: the sweep's statement finds it).
+            let (store, wakeup) = (self.store.clone(), self.wakeup.clone());
+            tokio::spawn(async move {
+                if let Ok(unparked) = store.unpark(None).await
+                    && unparked > 0
+                {
+                    wakeup.wake();
+                }
+            });
             self.metrics
                 .jobs_finished
                 .get_or_create(&crate::metrics::FinalLabels {

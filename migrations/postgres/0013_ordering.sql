@@ -8,3 +8,8 @@ ALTER TABLE requests ADD COLUMN ordering_seq BIGINT;
 CREATE SEQUENCE requests_ordering_seq;
 CREATE INDEX requests_ordering ON requests (ordering_key, ordering_seq)
     WHERE next_attempt_at IS NOT NULL AND ordering_key IS NOT NULL;
+-- A keyed request queued behind an earlier one of its key waits parked (due 9999-01-01,
+-- past every claim's window) until the one before it ends; these are the parked ones' keys,
+-- for the sweep that unparks a key nothing else did.
+CREATE INDEX requests_parked ON requests (ordering_key)
+    WHERE next_attempt_at = '9999-01-01 00:00:00+00';

@@ -16,3 +16,7 @@ CREATE INDEX requests_destination_due
     WHERE next_attempt_at IS NOT NULL;
 CREATE INDEX requests_ordering ON requests (ordering_key, ordering_seq)
     WHERE next_attempt_at IS NOT NULL AND ordering_key IS NOT NULL;
+-- A keyed request queued behind an earlier one of its key waits parked (due 9999-01-01,
+-- past every claim's window) until the one before it ends; these are the parked ones' keys,
+-- for the sweep that unparks a key nothing else did.
+CREATE INDEX requests_parked ON requests (ordering_key) WHERE next_attempt_at = 253370764800000;

@@ -51,6 +51,11 @@ const MIN_WAIT: Duration = Duration::from_millis(5);
 /// instance applies here within this).
 pub const CONTROLS_EVERY: Duration = Duration::from_secs(1);
 
+/// How often parked requests whose key nothing unparked are looked for (see
+/// `Store::unpark`): the longest a key can wait after a request of it ended where nothing
+/// unparked the next (a cancel on another instance, a deletion, a race between instances).
+pub const UNPARK_SWEEP_EVERY: Duration = Duration::from_secs(2);
+
 /// How long to wait before retrying a job's work when the compute queue is full.
 const COMPUTE_BUSY_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -260,6 +265,7 @@ impl Dispatcher {
             }
         }
         let controls = tokio::spawn(Arc::clone(&this).watch_controls(heartbeat_stop.clone()));
+        let sweep = tokio::spawn(Arc::clone(&this).sweep_parked(heartbeat_stop.clone()));
 
         while !stop.is_cancelled() {
             let free = slots.available_permits();
@@ -347,6 +353,7 @@ impl Dispatcher {
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
         let _ = controls.await;
+        let _ = sweep.await;
         match this.store.release(&this.owner).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(released = n, "handed claimed jobs back to the queue"),
@@ -416,6 +423,27 @@ impl Dispatcher {
                     }
                 }
                 Err(err) => tracing::error!(error = %err, "renewing job leases failed"),
+            }
+        }
+    }
+
+    /// Unparks, every [`UNPARK_SWEEP_EVERY`] until `stop`, the next request of every ordering
+    /// key whose request before ended where nothing unparked it.
+    async fn sweep_parked(self: Arc<Self>, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(UNPARK_SWEEP_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            match self.store.unpark(None).await {
+                Ok(0) => {}
+                Ok(unparked) => {
+                    tracing::debug!(unparked, "unparked the next requests of ordering keys");
+                    self.wakeup.wake();
+                }
+                Err(err) => tracing::warn!(error = %err, "unparking ordering keys failed"),
             }
         }
     }
@@ -617,8 +645,12 @@ impl Dispatcher {
     /// dispatcher when the next request of its ordering key may be claimed now.
     fn finished(&self, job: &Job, attempt: u32, outcome: AttemptOutcome, since_accepted: Duration) {
         use crate::metrics::{FinalLabels, FinalStatus};
-        if job.ordering_key.is_some() {
-            self.wakeup.wake();
+        if let Some(key) = job
+            .ordering_key
+            .clone()
+            .filter(|_| !matches!(outcome, AttemptOutcome::RetryAfter(_)))
+        {
+            self.unpark_next(key);
         }
         let status = match outcome {
             AttemptOutcome::RetryAfter(_) => {
@@ -651,6 +683,21 @@ impl Dispatcher {
             .jobs_finished
             .get_or_create(&FinalLabels { status })
             .inc();
+    }
+
+    /// Lets the next request of ordering key `key` be claimed, in the background (the worker's
+    /// slot is not held for it); if that write fails, the sweep does it.
+    fn unpark_next(&self, key: String) {
+        let (store, wakeup) = (self.store.clone(), self.wakeup.clone());
+        tokio::spawn(async move {
+            match store.unpark(Some(&key)).await {
+                Ok(0) => {}
+                Ok(_) => wakeup.wake(),
+                Err(err) => {
+                    tracing::warn!(ordering_key = %key, error = %err, "unparking the next request of an ordering key failed; the sweep will")
+                }
+            }
+        });
     }
 
     /// Records an attempt. While the database is unavailable the record is tried again (the

@@ -149,6 +149,11 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     /// Puts a `callback_failed` request back in the queue, within the queue bound.
     fn redeliver(&self, id: &str) -> impl Future<Output = StoreResult<Redelivery>> + Send;
 
+    /// Makes the first queued request of ordering key `key` due if it is parked (the one
+    /// before it ended), or with `None`, that of every key whose first is parked. Answers how
+    /// many it made due.
+    fn unpark(&self, key: Option<&str>) -> impl Future<Output = StoreResult<u64>> + Send;
+
     /// Makes request `id` due now if it is queued and not claimed (see [`MadeDue`]).
     fn make_due(&self, id: &str) -> impl Future<Output = StoreResult<MadeDue>> + Send;
 

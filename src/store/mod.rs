@@ -44,6 +44,22 @@ macro_rules! behind_earlier {
     };
 }
 
+/// The due time of a parked request: a keyed request queued behind an earlier one of its key
+/// waits with it (9999-01-01), past every claim's window, until the one before it ends and
+/// makes it due (`Store::unpark`). Parking only keeps a key's backlog out of the claims' way:
+/// order is kept by `behind_earlier!` whatever is parked. SQLite's (Unix milliseconds) and
+/// PostgreSQL's spelling; `rows::PARKED_MS` is the same time.
+macro_rules! parked_ms {
+    () => {
+        "253370764800000"
+    };
+}
+macro_rules! parked_at {
+    () => {
+        "'9999-01-01 00:00:00+00'"
+    };
+}
+
 /// The columns both backends read into a `Job` (a claim's `RETURNING` list).
 macro_rules! job_columns {
     () => {
@@ -652,6 +668,13 @@ impl Store {
     pub async fn redeliver(&self, id: &str) -> StoreResult<Redelivery> {
         let _wake = self.wake_when_done(id);
         dispatch!(self, s => self.health.watch(s.redeliver(id)).await)
+    }
+
+    /// Lets the next request of ordering key `key` be claimed, now that the one before it
+    /// ended; with `None`, that of every key whose next is still parked (a sweep, for keys
+    /// whose request before ended where nothing unparked the next). Answers how many.
+    pub async fn unpark(&self, key: Option<&str>) -> StoreResult<u64> {
+        dispatch!(self, s => self.health.watch(s.unpark(key)).await)
     }
 
     /// Makes a queued request that is not claimed due now (an operator's retry now): a

@@ -89,8 +89,12 @@ impl RecordColumns {
             None if mode == Mode::Async && status.is_finished() => self.completed_at,
             recorded => recorded,
         };
-        // While a claim holds it, its next move is the attempt under way.
-        let next_attempt_at = self.next_attempt_at.filter(|_| !self.claimed);
+        // While a claim holds it, its next move is the attempt under way; while parked, the
+        // end of the request before it in its key (no time anyone can know).
+        let parked = self.next_attempt_at.is_some_and(is_parked);
+        let next_attempt_at = self
+            .next_attempt_at
+            .filter(|at| !self.claimed && !is_parked(*at));
         Ok(RequestRecord {
             mode,
             status,
@@ -110,7 +114,7 @@ impl RecordColumns {
             run_at: self.run_at,
             priority: self.priority,
             ordering_key: self.ordering_key,
-            behind_earlier: self.behind_earlier && next_attempt_at.is_some(),
+            behind_earlier: self.behind_earlier && (next_attempt_at.is_some() || parked),
             trace_id: self
                 .traceparent
                 .as_deref()
@@ -123,6 +127,14 @@ impl RecordColumns {
             id: self.id,
         })
     }
+}
+
+/// The due time of a parked request, in Unix milliseconds (see `parked_ms!`).
+pub(crate) const PARKED_MS: i64 = 253_370_764_800_000;
+
+/// Whether a due time is a parked request's.
+pub(crate) fn is_parked(due: DateTime<Utc>) -> bool {
+    due.timestamp_millis() >= PARKED_MS
 }
 
 /// A stored status name as the model's.
@@ -202,6 +214,16 @@ impl JobColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_backends_spell_the_parked_time_as_parked_ms() {
+        assert_eq!(parked_ms!().parse::<i64>().unwrap(), PARKED_MS);
+        let pg = parked_at!().trim_matches('\'');
+        let pg = DateTime::parse_from_str(pg, "%Y-%m-%d %H:%M:%S%#z").unwrap();
+        assert_eq!(pg.timestamp_millis(), PARKED_MS);
+        assert!(is_parked(pg.to_utc()));
+        assert!(!is_parked(Utc::now() + chrono::Duration::days(365 * 100)));
+    }
 
     fn result(complete: bool) -> ResultColumns {
         ResultColumns {

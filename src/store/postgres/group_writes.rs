@@ -24,7 +24,8 @@ use crate::store::{
 /// Queued requests (`POST /async`, one by one or a batch) inserted in one statement; each
 /// answer is whether that row was inserted (false: its idempotency key is taken). Commits
 /// durably: every acceptance follows its row's commit.
-pub(super) const INSERT_QUEUED: &str = "
+pub(super) const INSERT_QUEUED: &str = concat!(
+    "
      WITH inserted AS (
          INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
                                created_at, next_attempt_at, destination, callback_host,
@@ -34,23 +35,40 @@ pub(super) const INSERT_QUEUED: &str = "
          -- Due now on the database's clock, or a scheduled request as much later as its
          -- run_at was ahead of the instance's clock when bound (starts_in), and never
          -- before its run_at on the database's clock (an instance whose clock runs ahead
-         -- would otherwise start it early).
+         -- would otherwise start it early). Parked, when a request of its ordering key is
+         -- queued already or comes before it in the batch.
          SELECT id, 'async', 'pending', payload_hash, data, iterations, callback_url,
                 created_at,
-                GREATEST(now() + make_interval(secs => starts_in), COALESCE(run_at, now())),
+                CASE WHEN ordering_key IS NOT NULL
+                          AND (earlier_in_batch > 0
+                               OR EXISTS (SELECT 1 FROM requests AS q
+                                          WHERE q.ordering_key = queued.ordering_key
+                                            AND q.next_attempt_at IS NOT NULL))
+                     THEN ",
+    parked_at!(),
+    "::timestamptz
+                     ELSE GREATEST(now() + make_interval(secs => starts_in),
+                                   COALESCE(run_at, now())) END,
                 destination,
                 callback_host, idempotency_key, idempotency_fingerprint, run_at, max_retries,
                 callback_timeout_ms, priority, ordering_key, traceparent, tracestate,
-                -- In the batch's order: UNNEST yields its rows so.
+                -- In the batch's order within each key: the window below hands its rows on
+                -- sorted by key, then place in the batch.
                 CASE WHEN ordering_key IS NOT NULL THEN nextval('requests_ordering_seq') END
-         FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
-                     $6::timestamptz[], $7::text[], $8::text[], $9::text[], $12::text[],
-                     $13::float8[], $14::timestamptz[], $15::int[], $16::int[], $17::smallint[],
-                     $18::text[], $19::text[], $20::text[])
-              AS queued(id, payload_hash, data, iterations, callback_url, created_at,
-                        destination, idempotency_key, idempotency_fingerprint, callback_host,
-                        starts_in, run_at, max_retries, callback_timeout_ms, priority,
-                        ordering_key, traceparent, tracestate)
+         FROM (SELECT queued.*,
+                      count(*) OVER (PARTITION BY ordering_key ORDER BY place
+                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                          AS earlier_in_batch
+               FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
+                           $6::timestamptz[], $7::text[], $8::text[], $9::text[], $12::text[],
+                           $13::float8[], $14::timestamptz[], $15::int[], $16::int[],
+                           $17::smallint[], $18::text[], $19::text[], $20::text[])
+                    WITH ORDINALITY
+                    AS queued(id, payload_hash, data, iterations, callback_url, created_at,
+                              destination, idempotency_key, idempotency_fingerprint,
+                              callback_host, starts_in, run_at, max_retries,
+                              callback_timeout_ms, priority, ordering_key, traceparent,
+                              tracestate, place)) AS queued
          -- No conflict target: a taken key (or a retried write's taken id) inserts nothing.
          ON CONFLICT DO NOTHING
          RETURNING id),
@@ -62,7 +80,8 @@ pub(super) const INSERT_QUEUED: &str = "
      -- is read: the scalar subquery below reads it once, when a row was inserted.)
      announced AS (
          SELECT pg_notify($10, '') WHERE $11)
-     SELECT id FROM inserted WHERE (SELECT count(*) FROM announced) >= 0";
+     SELECT id FROM inserted WHERE (SELECT count(*) FROM announced) >= 0"
+);
 
 /// Work results stored under their claims (`processing → callback_pending`); returns the id and claim of each stored.
 pub(super) const STORE_RESULTS: &str = "UPDATE requests AS r

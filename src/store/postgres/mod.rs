@@ -57,8 +57,8 @@ use self::queue_count::QueueCount;
 use self::rows::{attempt_from_row, parse_status, position_of, record_from_row};
 use self::writes::{
     CANCEL, CANCEL_OF, CLEANUP_LOCK, DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP,
-    INSERT_SYNC_STARTED, MAKE_DUE, MAKE_DUE_OF, REDELIVER, REDELIVERY_OF, RELEASE,
-    UPSERT_SYNC_FINISHED,
+    INSERT_SYNC_STARTED, MAKE_DUE, MAKE_DUE_OF, REDELIVER, REDELIVERY_OF, RELEASE, UNPARK_KEY,
+    UNPARK_STRANDED, UPSERT_SYNC_FINISHED,
 };
 use super::backend::Backend;
 use super::group_commit::GroupCommit;
@@ -541,6 +541,26 @@ impl Backend for PgStore {
         tx.commit().await?;
         drop(reservation);
         Ok(Redelivery::Queued)
+    }
+
+    async fn unpark(&self, key: Option<&str>) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let unparked = match key {
+            Some(key) => sqlx::query(UNPARK_KEY).bind(key),
+            None => sqlx::query(UNPARK_STRANDED),
+        }
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if unparked > 0 {
+            // Another instance may be the one with free workers.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(JOBS_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(unparked)
     }
 
     async fn make_due(&self, id: &str) -> StoreResult<MadeDue> {

@@ -61,6 +61,44 @@ pub(super) const MAKE_DUE_OF: &str =
 pub(super) const MAKE_DUE: &str =
     "UPDATE requests SET next_attempt_at = LEAST(next_attempt_at, now()) WHERE id = $1";
 
+/// A parked request made due now, or at its `run_at` if that is later.
+macro_rules! unparked_due {
+    () => {
+        "GREATEST(now(), COALESCE(run_at, now()))"
+    };
+}
+
+/// Key `$1`'s first queued request made due, if it is parked: the one before it ended.
+pub(super) const UNPARK_KEY: &str = concat!(
+    "UPDATE requests SET next_attempt_at = ",
+    unparked_due!(),
+    " WHERE next_attempt_at = ",
+    parked_at!(),
+    " AND id = (SELECT head.id FROM requests AS head
+                 WHERE head.ordering_key = $1 AND head.next_attempt_at IS NOT NULL
+                 ORDER BY head.ordering_seq LIMIT 1)"
+);
+
+/// The first queued request of every key whose first is parked, made due: the safety net for
+/// a key whose request before ended where nothing unparked the next (a cancel, a deletion,
+/// or a request accepted on one instance while the one before it ended on another). A scan
+/// of the parked rows' keys (`requests_parked`), a seek each.
+pub(super) const UNPARK_STRANDED: &str = concat!(
+    "UPDATE requests SET next_attempt_at = ",
+    unparked_due!(),
+    " WHERE next_attempt_at = ",
+    parked_at!(),
+    " AND id IN (
+         SELECT (SELECT head.id FROM requests AS head
+                 WHERE head.ordering_key = parked.ordering_key
+                   AND head.next_attempt_at IS NOT NULL
+                 ORDER BY head.ordering_seq LIMIT 1)
+         FROM (SELECT DISTINCT ordering_key FROM requests
+               WHERE next_attempt_at = ",
+    parked_at!(),
+    ") AS parked)"
+);
+
 /// What a cancel needs to know of a request, locked.
 pub(super) const CANCEL_OF: &str =
     "SELECT mode, status, lease_token IS NOT NULL, COALESCE(cancelled_in_flight, false)
@@ -84,13 +122,20 @@ pub(super) const REDELIVERY_OF: &str =
 /// A request put back in the queue for a new round.
 /// Queued again behind the queued requests of its `ordering_key`, if it has one: those
 /// delivered since it ended stay delivered before it.
-pub(super) const REDELIVER: &str =
+pub(super) const REDELIVER: &str = concat!(
     "UPDATE requests SET status = $2, delivered_at = NULL, error = NULL,
-            next_attempt_at = now(), round_start_attempts = callback_attempts,
-            unrecorded_claims = 0,
+            next_attempt_at = CASE WHEN ordering_key IS NOT NULL AND EXISTS (
+                                   SELECT 1 FROM requests AS queued
+                                   WHERE queued.ordering_key = requests.ordering_key
+                                     AND queued.next_attempt_at IS NOT NULL)
+                              THEN ",
+    parked_at!(),
+    "::timestamptz ELSE now() END,
+            round_start_attempts = callback_attempts, unrecorded_claims = 0,
             ordering_seq = CASE WHEN ordering_key IS NOT NULL
                                 THEN nextval('requests_ordering_seq') END
-     WHERE id = $1";
+     WHERE id = $1"
+);
 
 /// An owner's claims handed back (by the lease-owner index).
 pub(super) const RELEASE: &str =

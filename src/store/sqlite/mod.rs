@@ -61,7 +61,7 @@ use self::writer::{Message, WRITER_QUEUE, Write, Writer};
 use self::writes::{
     Cancel, Claim, DeleteExpired, DeleteOverLimit, GiveUp, Heartbeat, MakeDue, Probe,
     RecordAttempt, Redeliver, Release, SaveResult, SubmitAsync, SubmitBatch, SyncFinished,
-    SyncStarted, holder_of,
+    SyncStarted, Unpark, holder_of,
 };
 
 /// A request's record.
@@ -374,6 +374,13 @@ impl Backend for SqliteStore {
 
     async fn make_due(&self, id: &str) -> StoreResult<MadeDue> {
         self.send(MakeDue { id: id.to_string() }).await
+    }
+
+    async fn unpark(&self, key: Option<&str>) -> StoreResult<u64> {
+        self.send(Unpark {
+            key: key.map(str::to_string),
+        })
+        .await
     }
 
     async fn control_destination(

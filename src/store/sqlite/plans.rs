@@ -13,7 +13,7 @@ use super::writes::{
     CANCEL, CANCEL_OF, COUNT_FINISHED, DELETE_EXPIRED, DELETE_OLDEST_FINISHED, EXPIRED_LEASES_OF,
     GIVE_UP, INSERT_ASYNC, INSERT_ATTEMPT, INSERT_SYNC_STARTED, KEY_HOLDER, MAKE_DUE, MAKE_DUE_OF,
     PROBE_DELETE, PROBE_INSERT, RECORD_ATTEMPT, REDELIVER, REDELIVERY_OF, RELEASE, RELEASE_CLAIM,
-    RENEW_LEASE, SAVE_RESULT, UPSERT_SYNC_FINISHED,
+    RENEW_LEASE, SAVE_RESULT, UNPARK_KEY, UNPARK_STRANDED, UPSERT_SYNC_FINISHED,
 };
 use super::{ATTEMPTS_OF, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS};
 use crate::store::plans::{StatementPlan, hot_statements};
@@ -44,6 +44,8 @@ const FIXED: &[(&str, &str)] = &[
     ("cancel", CANCEL),
     ("retry now: read", MAKE_DUE_OF),
     ("retry now", MAKE_DUE),
+    ("ordering: unpark a key's next", UNPARK_KEY),
+    ("ordering: unpark stranded keys", UNPARK_STRANDED),
     ("release at shutdown", RELEASE),
     ("queue clock: stamp", STAMP),
     ("queue clock: last stamp", LAST_STAMP),

@@ -32,6 +32,63 @@ macro_rules! next_ordering_seq {
     };
 }
 
+/// `$due`, or parked when a request of key `$key` is queued already (see `parked_ms!`).
+macro_rules! due_or_parked {
+    ($key:literal, $due:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $key,
+            " IS NOT NULL AND EXISTS (SELECT 1 FROM requests AS queued
+                 WHERE queued.ordering_key = ",
+            $key,
+            " AND queued.next_attempt_at IS NOT NULL) THEN ",
+            parked_ms!(),
+            " ELSE ",
+            $due,
+            " END"
+        )
+    };
+}
+
+/// A parked request made due at `?1` (the queue's time), or as much later as its `run_at` is
+/// ahead of `?2` (the wall clock's), as when it was accepted.
+macro_rules! unparked_due {
+    () => {
+        "?1 + max(0, COALESCE(run_at, 0) - ?2)"
+    };
+}
+
+/// Key `?3`'s first queued request made due, if it is parked: the one before it ended.
+pub(super) const UNPARK_KEY: &str = concat!(
+    "UPDATE requests SET next_attempt_at = ",
+    unparked_due!(),
+    " WHERE next_attempt_at = ",
+    parked_ms!(),
+    " AND rowid = (SELECT head.rowid FROM requests AS head
+                    WHERE head.ordering_key = ?3 AND head.next_attempt_at IS NOT NULL
+                    ORDER BY head.ordering_seq LIMIT 1)"
+);
+
+/// The first queued request of every key whose first is parked, made due: the safety net for
+/// a key whose request before ended where nothing unparked the next (a cancel, a deletion,
+/// or on PostgreSQL a request accepted while the one before it ended). A scan of the parked
+/// rows' keys (`requests_parked`), a seek each.
+pub(super) const UNPARK_STRANDED: &str = concat!(
+    "UPDATE requests SET next_attempt_at = ",
+    unparked_due!(),
+    " WHERE next_attempt_at = ",
+    parked_ms!(),
+    " AND rowid IN (
+         SELECT (SELECT head.rowid FROM requests AS head
+                 WHERE head.ordering_key = parked.ordering_key
+                   AND head.next_attempt_at IS NOT NULL
+                 ORDER BY head.ordering_seq LIMIT 1)
+         FROM (SELECT DISTINCT ordering_key FROM requests INDEXED BY requests_parked
+               WHERE next_attempt_at = ",
+    parked_ms!(),
+    ") AS parked)"
+);
+
 /// An async request, queued.
 pub(super) const INSERT_ASYNC: &str = concat!(
     "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
@@ -39,8 +96,9 @@ pub(super) const INSERT_ASYNC: &str = concat!(
                            idempotency_key, idempotency_fingerprint, run_at, max_retries,
                            callback_timeout_ms, priority, ordering_key, traceparent, tracestate,
                            ordering_seq)
-     VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ?11, ?7, ?8, ?9, ?10, ?12, ?13, ?14,
-             ?15, ?16, ?17, ?18, ",
+     VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ",
+    due_or_parked!("?16", "?11"),
+    ", ?7, ?8, ?9, ?10, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ",
     next_ordering_seq!("?16"),
     ")"
 );
@@ -151,7 +209,9 @@ pub(super) const REDELIVERY_OF: &str =
 /// delivered since it ended stay delivered before it.
 pub(super) const REDELIVER: &str = concat!(
     "UPDATE requests SET status = ?3, delivered_at = NULL, error = NULL,
-            next_attempt_at = ?2, round_start_attempts = callback_attempts, unrecorded_claims = 0,
+            next_attempt_at = ",
+    due_or_parked!("requests.ordering_key", "?2"),
+    ", round_start_attempts = callback_attempts, unrecorded_claims = 0,
             ordering_seq = ",
     next_ordering_seq!("requests.ordering_key"),
     "
@@ -564,6 +624,29 @@ impl Write for Redeliver {
             .execute(params![self.id, queue.now, next.as_str()])?;
         queue.change(transition.queue_delta());
         done(Redelivery::Queued)
+    }
+}
+
+/// The next request of an ordering key unparked (`Some`), or of every key whose first queued
+/// request is parked (`None`); answers how many.
+pub(super) struct Unpark {
+    pub key: Option<String>,
+}
+
+impl Write for Unpark {
+    type Output = u64;
+
+    fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<u64> {
+        let wall = millis(Utc::now());
+        let changed = match &self.key {
+            Some(key) => tx
+                .prepare_cached(UNPARK_KEY)?
+                .execute(params![queue.now, wall, key])?,
+            None => tx
+                .prepare_cached(UNPARK_STRANDED)?
+                .execute(params![queue.now, wall])?,
+        };
+        done(changed as u64)
     }
 }
 
