@@ -186,7 +186,8 @@ pub struct RequestRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_last_status: Option<u16>,
     /// When its next work or delivery attempt is due (*beyond*): present while it waits in
-    /// the queue, absent while an attempt is under way and once it is final.
+    /// the queue, absent while an attempt is under way, while it waits behind an earlier
+    /// request of its `ordering_key` (it is due when that one ends), and once it is final.
     #[serde(
         serialize_with = "crate::timestamps::serialize_opt",
         skip_serializing_if = "Option::is_none"

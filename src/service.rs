@@ -580,6 +580,7 @@ impl Service {
         filter.limit = if dry_run { 1 } else { at_most.max(1) };
         filter.offset = 0;
         filter.count_limit = self.list_count_limit;
+        let oldest_first = filter.oldest_first;
         let page = self.store.list(filter).await?;
         let mut report = BulkRedelivery {
             matched: page.total,
@@ -590,7 +591,14 @@ impl Service {
         if dry_run {
             return Ok(report);
         }
-        for record in page.requests {
+        // Oldest first, whichever way the page was listed: requests of one ordering key are
+        // queued again in the order they were accepted (each redelivery goes behind its
+        // key's queued requests).
+        let mut page = page.requests;
+        if !oldest_first {
+            page.reverse();
+        }
+        for record in page {
             match self.store.redeliver(&record.id).await {
                 Ok(Redelivery::Queued) => {
                     report.redelivered += 1;
@@ -733,16 +741,9 @@ impl Service {
         {
             let stopped = self.running.stop_request(id);
             tracing::info!(request_id = %id, delivery_in_flight = in_flight, work_stopped = stopped, "async request cancelled");
-            // The next request of its ordering key, if it had one, may be claimed now (which
-            // key it had is not at hand: the sweep's statement finds it).
-            let (store, wakeup) = (self.store.clone(), self.wakeup.clone());
-            tokio::spawn(async move {
-                if let Ok(unparked) = store.unpark(None).await
-                    && unparked > 0
-                {
-                    wakeup.wake();
-                }
-            });
+            // The next request of its ordering key, if it had one, is unparked by the sweep
+            // (within `UNPARK_SWEEP_EVERY`): a sweep per cancel would let a client that
+            // cancels in bulk make every parked key be read each time.
             self.metrics
                 .jobs_finished
                 .get_or_create(&crate::metrics::FinalLabels {

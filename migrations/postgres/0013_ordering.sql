@@ -13,3 +13,7 @@ CREATE INDEX requests_ordering ON requests (ordering_key, ordering_seq)
 -- for the sweep that unparks a key nothing else did.
 CREATE INDEX requests_parked ON requests (ordering_key)
     WHERE next_attempt_at = '9999-01-01 00:00:00+00';
+-- The keyed requests a claim holds: a key's next waits while one of its requests is in
+-- flight, whatever their numbers.
+CREATE INDEX requests_ordering_claimed ON requests (ordering_key)
+    WHERE lease_token IS NOT NULL AND ordering_key IS NOT NULL;

@@ -20,3 +20,7 @@ CREATE INDEX requests_ordering ON requests (ordering_key, ordering_seq)
 -- past every claim's window) until the one before it ends; these are the parked ones' keys,
 -- for the sweep that unparks a key nothing else did.
 CREATE INDEX requests_parked ON requests (ordering_key) WHERE next_attempt_at = 253370764800000;
+-- The keyed requests a claim holds: a key's next waits while one of its requests is in
+-- flight, whatever their numbers.
+CREATE INDEX requests_ordering_claimed ON requests (ordering_key)
+    WHERE lease_token IS NOT NULL AND ordering_key IS NOT NULL;

@@ -184,7 +184,8 @@ pub struct AsyncRequest {
     #[schema(minimum = 0.001)]
     callback_timeout_seconds: Option<f64>,
     /// *Beyond the original*: requests with the same key are delivered one at a time, in
-    /// the order they were accepted, on every instance (their work may run ahead); other
+    /// the order they were accepted, on every instance (a request's work starts when the one
+    /// before it has ended); other
     /// keys and unkeyed requests are not held up. One that ends `callback_failed` lets the
     /// next through. 1 to 255 visible ASCII characters (letters, digits, punctuation).
     #[schema(

@@ -31,16 +31,22 @@ macro_rules! unfinished_statuses {
     };
 }
 
-/// Whether a queued row waits for an earlier one of its `ordering_key`: another queued row of
-/// the key accepted before it (a smaller `ordering_seq`). A claim takes a keyed row only when
-/// this is false; the probe is a seek in `requests_ordering`.
+/// Whether a queued row waits for another of its `ordering_key`: one queued and accepted
+/// before it (a smaller `ordering_seq`), or one with a delivery under way (a claim holds it:
+/// on PostgreSQL a request numbered before another may commit after it, and a cancelled
+/// request's attempt may still be in flight). A claim takes a keyed row only when this is
+/// false; the probes are seeks in `requests_ordering` and `requests_ordering_claimed`.
 macro_rules! behind_earlier {
     () => {
-        "(ordering_seq IS NOT NULL AND EXISTS (
-             SELECT 1 FROM requests AS earlier
-             WHERE earlier.ordering_key = requests.ordering_key
-               AND earlier.next_attempt_at IS NOT NULL
-               AND earlier.ordering_seq < requests.ordering_seq))"
+        "(ordering_seq IS NOT NULL AND (
+             EXISTS (SELECT 1 FROM requests AS earlier
+                     WHERE earlier.ordering_key = requests.ordering_key
+                       AND earlier.next_attempt_at IS NOT NULL
+                       AND earlier.ordering_seq < requests.ordering_seq)
+             OR EXISTS (SELECT 1 FROM requests AS claimed
+                        WHERE claimed.ordering_key = requests.ordering_key
+                          AND claimed.lease_token IS NOT NULL
+                          AND claimed.ordering_seq <> requests.ordering_seq)))"
     };
 }
 

@@ -102,7 +102,7 @@ impl Operated {
                 };
                 Some((c.destination.clone(), Hold { stored, ends }))
             })
-            .filter(|(_, hold)| hold.ends > now)
+            // Kept once over, while the same hold is stored: read again, it would look new.
             .collect();
         Update {
             released: resumed || paced || !reset.is_empty(),
@@ -118,11 +118,19 @@ impl Operated {
     /// Until when its receiver asked (on any instance) to be left alone, as last read; it
     /// may be over.
     pub(super) fn held_until(&self, destination: &str) -> Option<Instant> {
-        self.held.get(destination).map(|hold| hold.ends)
+        self.held
+            .get(destination)
+            .map(|hold| hold.ends)
+            .filter(|ends| *ends > Instant::now())
     }
 
+    /// The holds not over yet.
     pub(super) fn held(&self) -> impl Iterator<Item = (&String, Instant)> {
-        self.held.iter().map(|(d, hold)| (d, hold.ends))
+        let now = Instant::now();
+        self.held
+            .iter()
+            .map(|(d, hold)| (d, hold.ends))
+            .filter(move |(_, ends)| *ends > now)
     }
 
     /// Every destination with a control worth listing: paused, limited or held.
@@ -131,7 +139,7 @@ impl Operated {
             .paused
             .keys()
             .chain(self.rates.keys())
-            .chain(self.held.keys())
+            .chain(self.held().map(|(d, _)| d))
             .collect();
         all.sort_unstable();
         all.dedup();

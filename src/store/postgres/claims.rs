@@ -341,7 +341,9 @@ pub(super) const NEXT_DUE_WINDOW_ROWS: &str = concat!(
          SELECT COALESCE(destination, '') AS dest,
                 (extract(epoch FROM next_attempt_at) * 1000)::bigint AS due
          FROM requests
-         WHERE priority = l.level AND next_attempt_at IS NOT NULL AND ",
+         WHERE priority = l.level AND next_attempt_at < ",
+    parked_at!(),
+    " AND ",
     claimable_lease!("$2"),
     " AND NOT ",
     behind_earlier!(),
@@ -366,7 +368,9 @@ macro_rules! first_due_per_destination {
                          SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint AS due
                          FROM requests
                          WHERE destination = d.dest AND priority = l.level
-                           AND next_attempt_at IS NOT NULL AND ",
+                           AND next_attempt_at < ",
+            parked_at!(),
+            " AND ",
             claimable_lease!("$2"),
             " AND NOT ",
             behind_earlier!(),

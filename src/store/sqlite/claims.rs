@@ -220,6 +220,11 @@ pub(super) fn each_destination(
     Ok(false)
 }
 
+/// The latest due time a look for the next due job considers: parked requests (see
+/// `parked_ms!`) are due when the request before them ends, not at their stored time, and a
+/// key's parked backlog must not be walked.
+const BEFORE_PARKED: i64 = crate::store::rows::PARKED_MS - 1;
+
 /// How soon a look for the next due time that walked only some of the destinations says to
 /// look again (ms): one past them may have a job due sooner, which a claim's walk, going on
 /// from where the last stopped, will reach.
@@ -398,7 +403,14 @@ pub(super) fn next_due(
     // Each level on its own: within one, due order is the window's order.
     let mut windows = Vec::with_capacity(levels.len());
     for &level in &levels {
-        let (window, _) = due_window(conn, owner, &[level], 0, (now, i64::MAX), NEXT_DUE_WINDOW)?;
+        let (window, _) = due_window(
+            conn,
+            owner,
+            &[level],
+            0,
+            (now, BEFORE_PARKED),
+            NEXT_DUE_WINDOW,
+        )?;
         let window: Vec<(String, i64)> = window
             .into_iter()
             .map(|row| (row.destination, row.due))
@@ -418,7 +430,7 @@ pub(super) fn next_due(
         for &level in &levels {
             let due: Option<i64> = first_due
                 .query_row(
-                    params![now, owner, destination, i64::MAX, 1, level],
+                    params![now, owner, destination, BEFORE_PARKED, 1, level],
                     |row| row.get(1),
                 )
                 .optional()?;

@@ -17,6 +17,9 @@
     breaker_open: "its destination's open circuit breaker",
     destination_full: "room at its destination (its most deliveries are in flight)",
     paused: "its destination to be resumed (an operator paused it)",
+    rate_limit: "its destination's rate limit",
+    retry_after: "the time its receiver asked for (Retry-After)",
+    ordering_key: "the request before it with the same ordering key",
   };
   // The charts' history (the most the server keeps) and the range shown of it.
   const WINDOW_MS = 15 * 60 * 1000;
@@ -201,8 +204,11 @@
 
   // When a queued request moves next, and what holds it, in words.
   function nextMove(r) {
-    if (!r.next_attempt_at) return QUEUED.has(r.status) ? "an attempt is under way" : null;
     const what = r.status === "pending" ? "work" : "next delivery attempt";
+    if (!r.next_attempt_at && r.waiting_for === "ordering_key") {
+      return what + " after the request before it with the same ordering key ends";
+    }
+    if (!r.next_attempt_at) return QUEUED.has(r.status) ? "an attempt is under way" : null;
     const why = r.waiting_for ? " (waiting for " + (WAITING_FOR[r.waiting_for] || r.waiting_for) + ")" : "";
     if (r.waiting_for === "paused") return what + " held until its destination is resumed (an operator paused it)";
     const when = parseTime(r.next_attempt_at) > Date.now()
