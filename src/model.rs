@@ -218,8 +218,9 @@ pub struct RequestRecord {
     /// to end (shown as `waiting_for`).
     #[serde(skip)]
     pub behind_earlier: bool,
-    /// The id of the W3C trace it belongs to (*beyond*): its caller's, from `traceparent`, or
-    /// one it started. Each callback attempt is a span of it.
+    /// The id of its caller's W3C trace, when it came with a `traceparent` (*beyond*): each
+    /// callback attempt is a span of it. Absent otherwise: its trace id is then its own id's
+    /// 16 bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
     /// Its own retry budget, when it asked for one (*beyond*).

@@ -119,7 +119,7 @@ fn new_async_request(
             iterations: input.work.iterations,
             created_at: Utc::now(),
             idempotency,
-            trace: Some(input.caller_trace.begin()),
+            trace: input.caller_trace.begin(),
         },
         data: input.work.data,
         destination: destination_of(&input.callback_url),
@@ -150,7 +150,7 @@ fn new_sync_request(
     id: String,
     input: &WorkInput,
     idempotency: Option<IdempotencyKey>,
-    trace: &RequestTrace,
+    trace: Option<&RequestTrace>,
 ) -> NewRequest {
     NewRequest {
         id,
@@ -158,7 +158,7 @@ fn new_sync_request(
         iterations: input.iterations,
         created_at: Utc::now(),
         idempotency,
-        trace: Some(trace.clone()),
+        trace: trace.cloned(),
     }
 }
 
@@ -270,10 +270,10 @@ impl Service {
         id: String,
         input: WorkInput,
         key: Option<String>,
-        trace: RequestTrace,
+        trace: Option<RequestTrace>,
     ) -> Result<Answered<WorkResult>, ServiceError> {
         let Some(key) = key else {
-            let new = new_sync_request(id, &input, None, &trace);
+            let new = new_sync_request(id, &input, None, trace.as_ref());
             return match self.work_sync(new, input).await? {
                 Worked::Done(result) => Ok(Answered::fresh(result)),
                 Worked::KeyTaken => Err(ServiceError::Store(StoreError::WrongReply {
@@ -297,7 +297,12 @@ impl Service {
                     None => continue,
                 }
             }
-            let new = new_sync_request(id.clone(), &input, Some(idempotency.clone()), &trace);
+            let new = new_sync_request(
+                id.clone(),
+                &input,
+                Some(idempotency.clone()),
+                trace.as_ref(),
+            );
             match self.work_sync(new, input.clone()).await? {
                 Worked::Done(result) => return Ok(Answered::fresh(result)),
                 // A concurrent duplicate took the key first: replay it, next round.

@@ -2,9 +2,11 @@
 //! with the request so that each callback attempt continues it.
 //!
 //! A request that came with a valid `traceparent` gets a span of its own, a child of the
-//! caller's; one without (or with one that is not valid, which W3C says to ignore) starts a
-//! new trace. What is stored is that span, as a `traceparent` value, and the caller's
-//! `tracestate`. Each delivery attempt is a child span of it: the callback carries the same
+//! caller's, stored as a `traceparent` value with the caller's `tracestate`. One without (or
+//! with one that is not valid, which W3C says to ignore) stores nothing, so that its record
+//! and its write stay as they were: its trace is the one its request id names (the UUID's
+//! 16 bytes as the trace id), the same on every attempt and after a restart. Each delivery
+//! attempt is a child span of it: the callback carries the same
 //! trace id and flags with a span id of the attempt's own, and the `tracestate` unchanged.
 //! Parsing and writing the headers is `opentelemetry_sdk`'s `TraceContextPropagator`, which
 //! holds to the W3C rules (lowercase hex, no all-zero ids, version `ff` refused, future
@@ -54,26 +56,58 @@ impl Extractor for Fields<'_> {
 
 impl RequestTrace {
     /// The span of a request whose caller sent `traceparent` and `tracestate` (as headers or
-    /// a batch item's fields): a child of the caller's span, or the root of a new trace when
-    /// there is no valid parent (its `tracestate` then goes too: it belonged to that parent).
-    pub fn begin(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+    /// a batch item's fields): a child of the caller's span; `None` without a valid parent
+    /// (its `tracestate` then goes too: it belonged to that parent).
+    pub fn begin(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<Self> {
         let fields = Fields {
             traceparent: traceparent.map(str::trim),
             tracestate,
         };
         let parent = TraceContextPropagator::new().extract(&fields);
         let parent = parent.span().span_context().clone();
-        let (trace_id, flags, state) = if parent.is_valid() {
-            (
-                parent.trace_id(),
-                parent.trace_flags(),
-                parent.trace_state().clone(),
-            )
-        } else {
-            (new_trace_id(), TraceFlags::SAMPLED, TraceState::default())
+        if !parent.is_valid() {
+            return None;
+        }
+        let own = SpanContext::new(
+            parent.trace_id(),
+            new_span_id(),
+            parent.trace_flags(),
+            false,
+            parent.trace_state().clone(),
+        );
+        Some(Self::of(&own))
+    }
+
+    /// The root span of the trace request `request_id` started, having come without one: the
+    /// trace id is the request id's 16 bytes when it is a UUID (a hash of it otherwise), so
+    /// every attempt, before a restart and after, is in the same trace; sampled.
+    pub fn started_by(request_id: &str) -> Self {
+        let bytes: [u8; 16] = match uuid::Uuid::parse_str(request_id) {
+            Ok(id) if !id.is_nil() => *id.as_bytes(),
+            _ => {
+                use sha2::{Digest, Sha256};
+                let digest = Sha256::digest(request_id.as_bytes());
+                let mut bytes = [0u8; 16];
+                bytes.copy_from_slice(&digest[..16]);
+                bytes
+            }
         };
-        let own = SpanContext::new(trace_id, new_span_id(), flags, false, state);
-        let headers = inject(&own);
+        let trace_id = match TraceId::from_bytes(bytes) {
+            TraceId::INVALID => new_trace_id(),
+            id => id,
+        };
+        let root = SpanContext::new(
+            trace_id,
+            new_span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        Self::of(&root)
+    }
+
+    fn of(span: &SpanContext) -> Self {
+        let headers = inject(span);
         Self {
             traceparent: headers.get(TRACEPARENT).cloned().unwrap_or_default(),
             tracestate: headers.get(TRACESTATE).cloned().filter(|s| !s.is_empty()),
@@ -165,7 +199,7 @@ mod tests {
 
     #[test]
     fn a_request_with_a_parent_is_its_child_and_each_attempt_the_requests() {
-        let request = RequestTrace::begin(Some(PARENT), Some("vendor=opaque,other=1"));
+        let request = RequestTrace::begin(Some(PARENT), Some("vendor=opaque,other=1")).unwrap();
         let own = parts(&request.traceparent);
         assert_eq!(own[0], "00");
         assert_eq!(own[1], "0af7651916cd43dd8448eb211c80319c", "same trace");
@@ -206,29 +240,24 @@ mod tests {
             Some("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"),
         ] {
-            let request = RequestTrace::begin(bad, Some("vendor=x"));
-            let own = parts(&request.traceparent);
-            assert_eq!(own.len(), 4, "{bad:?}: {}", request.traceparent);
-            assert_ne!(own[1], "0af7651916cd43dd8448eb211c80319c", "{bad:?}");
-            assert_ne!(own[1], "0".repeat(32));
-            assert_eq!(own[3], "01", "a new trace is sampled");
-            assert_eq!(
-                request.tracestate, None,
-                "{bad:?}: the state was the parent's"
-            );
+            assert_eq!(RequestTrace::begin(bad, Some("vendor=x")), None, "{bad:?}");
         }
-        // Two requests without a parent are two traces.
-        let (a, b) = (
-            RequestTrace::begin(None, None),
-            RequestTrace::begin(None, None),
-        );
-        assert_ne!(parts(&a.traceparent)[1], parts(&b.traceparent)[1]);
+        // Then the request id names the trace, sampled, on every attempt.
+        let id = "01a24185-6806-728d-9611-381a47f80193";
+        let (a, b) = (RequestTrace::started_by(id), RequestTrace::started_by(id));
+        assert_eq!(parts(&a.traceparent)[1], "01a241856806728d9611381a47f80193");
+        assert_eq!(parts(&a.traceparent)[1], parts(&b.traceparent)[1]);
+        assert_eq!(parts(&a.traceparent)[3], "01");
+        assert_eq!(a.tracestate, None);
+        let other = RequestTrace::started_by("not-a-uuid");
+        assert_eq!(parts(&other.traceparent)[1].len(), 32);
+        assert_ne!(parts(&other.traceparent)[1], "0".repeat(32));
     }
 
     #[test]
     fn a_bad_or_oversized_tracestate_is_dropped_and_the_parent_kept() {
         for state in ["not a list", &format!("k={}", "v".repeat(600))] {
-            let request = RequestTrace::begin(Some(PARENT), Some(state));
+            let request = RequestTrace::begin(Some(PARENT), Some(state)).unwrap();
             assert_eq!(
                 RequestTrace::trace_id(&request.traceparent),
                 Some("0af7651916cd43dd8448eb211c80319c")

@@ -508,13 +508,18 @@ impl Dispatcher {
         let attempt = job.callback_attempts + 1;
         let note = self.destinations.why_waited(&job.destination, job.due_at);
         let keep_alive = self.destinations.keeps_alive(&job.destination);
+        // The caller's trace, or the one the request started (named by its id).
+        let trace = job
+            .trace
+            .clone()
+            .unwrap_or_else(|| crate::trace_context::RequestTrace::started_by(&job.id));
         let delivery = self.client.deliver_on(
             &job.callback_url,
             &work,
             attempt,
             keep_alive,
             job.callback_timeout,
-            job.trace.as_ref(),
+            Some(&trace),
         );
         tokio::pin!(delivery);
         let report = tokio::select! {
@@ -574,10 +579,7 @@ impl Dispatcher {
         };
         tracing::info!(
             request_id = %job.id,
-            trace_id = job
-                .trace
-                .as_ref()
-                .and_then(|t| crate::trace_context::RequestTrace::trace_id(&t.traceparent)),
+            trace_id = crate::trace_context::RequestTrace::trace_id(&trace.traceparent),
             attempt,
             status_code = report.status_code,
             error = report.error.as_deref(),

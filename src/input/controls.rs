@@ -297,8 +297,8 @@ impl CallerTrace {
         }
     }
 
-    /// The request's own span in this trace (a new trace without a valid parent).
-    pub fn begin(&self) -> crate::trace_context::RequestTrace {
+    /// The request's own span in the caller's trace; `None` without a valid parent.
+    pub fn begin(&self) -> Option<crate::trace_context::RequestTrace> {
         crate::trace_context::RequestTrace::begin(
             self.traceparent.as_deref(),
             self.tracestate.as_deref(),
