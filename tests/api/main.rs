@@ -30,7 +30,6 @@ mod priority;
 mod receiver;
 mod requests;
 mod scale_out;
-mod scale_out_pace;
 mod ssrf;
 mod sync;
 mod trace_context;

@@ -16,8 +16,11 @@ use crate::helpers::{
 };
 use crate::idempotency::post_keyed;
 
+/// Receivers setting the pace across instances: rate limits, Retry-After, ordering keys.
+mod pace;
+
 /// A fresh PostgreSQL database, or `None` (with the reason printed) when none is configured.
-pub async fn postgres_database() -> Option<String> {
+async fn postgres_database() -> Option<String> {
     match postgres_admin_url() {
         Some(admin) => Some(create_postgres_database(&admin).await),
         None => {

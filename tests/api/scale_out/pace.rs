@@ -8,12 +8,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::postgres_database;
 use crate::control::submit_batch;
 use crate::destination_controls::{TOKEN, destination_of, listed};
 use crate::helpers::{Behaviour, Receiver, TestServer, assert_all_delivered, read};
 use crate::ordering::assert_arrived_in_order_per_key;
 use crate::pacing::busiest_second;
-use crate::scale_out::postgres_database;
 
 const WAIT: Duration = Duration::from_secs(60);
 
