@@ -27,6 +27,7 @@ use crate::open_files;
 use crate::retention;
 use crate::service::Service;
 use crate::store::{Store, StoreError, redact_url};
+use crate::trace_context::export::SpanExport;
 use crate::work::ComputePool;
 
 /// How long the shutdown waits, once its grace period is over, for the sync requests whose
@@ -53,6 +54,8 @@ pub enum StartError {
     Pool(std::io::Error),
     #[error("cannot build the callback client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("cannot export spans to APP_OTLP_ENDPOINT: {0}")]
+    SpanExport(#[from] crate::trace_context::export::ExportError),
 }
 
 /// The client-connection cap: as configured, or fitted to the open-file limit (raised to
@@ -306,6 +309,14 @@ impl Application {
         // Identifies this process's leases, and this instance among those sharing the rate
         // limits.
         let owner = Uuid::new_v4().to_string();
+        let spans = match config.otlp_traces_endpoint() {
+            Some(endpoint) => {
+                let export = SpanExport::start(&endpoint, &owner)?;
+                tracing::info!(endpoint = %redact_url(&endpoint), "exporting delivery spans over OTLP");
+                Some(export)
+            }
+            None => None,
+        };
         let workers = WorkerStats::default();
         let metrics = Arc::new(Metrics::new());
         let destinations = Destinations::new(config.isolation_policy());
@@ -349,6 +360,7 @@ impl Application {
             destinations,
             slow_after: config.callback_slow_after(),
             running,
+            spans,
         };
         let dashboard = Arc::new(crate::ui::History::default());
         let state = AppState {

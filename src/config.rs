@@ -351,6 +351,16 @@ pub struct Config {
           default_value_t = crate::timestamps::TimestampFormat::Naive)]
     pub timestamp_format: crate::timestamps::TimestampFormat,
 
+    /// An OpenTelemetry collector's OTLP/HTTP address (`http://collector:4318`): each callback
+    /// delivery attempt is exported to it as a span (protobuf, to `/v1/traces` unless the URL
+    /// ends with it), with its destination, status and duration. Empty: no export.
+    /// `OTEL_EXPORTER_OTLP_HEADERS` adds headers (a collector's API key),
+    /// `OTEL_SERVICE_NAME` names the service (default `syncasync`), `OTEL_BSP_*` tune the
+    /// batches.
+    #[arg(long, help_heading = "Logs and shutdown", env = "APP_OTLP_ENDPOINT", default_value = "",
+          hide_default_value = true, value_parser = otlp_endpoint)]
+    pub otlp_endpoint: String,
+
     /// Seconds to let in-flight work finish after SIGTERM/SIGINT before exiting.
     #[arg(long, help_heading = "Logs and shutdown", env = "APP_SHUTDOWN_GRACE_SECONDS", default_value_t = 30.0,
           value_parser = delay_seconds)]
@@ -479,6 +489,18 @@ impl Config {
 
     pub fn callback_slow_after(&self) -> Duration {
         Duration::from_secs_f64(self.callback_slow_after_seconds)
+    }
+
+    /// Where spans are exported (the collector's traces URL), if anywhere.
+    pub fn otlp_traces_endpoint(&self) -> Option<String> {
+        let base = self.otlp_endpoint.trim_end_matches('/');
+        if base.is_empty() {
+            None
+        } else if base.ends_with("/v1/traces") {
+            Some(base.to_string())
+        } else {
+            Some(format!("{base}/v1/traces"))
+        }
     }
 
     /// Checks that cross settings; run once at start-up.
@@ -705,10 +727,6 @@ fn is_host_name(s: &str) -> bool {
         })
 }
 
-/// A bearer token as written in a variable, often read from a file that ends with a newline:
-/// the whitespace around it is trimmed. What is left must be a token a client can send
-/// (visible ASCII, as a header value carries it), or nobody could authenticate; an empty
-/// value stays empty, which means unset. The reasons never quote the token: it is a secret.
 /// The largest `APP_MAX_BODY_BYTES`: a body is held in memory whole, and a bound a client
 /// could fill with one request must leave the process room.
 const MAX_BODY_BYTES: u64 = 1 << 30;
@@ -726,6 +744,27 @@ fn database_url(s: &str) -> Result<String, String> {
     Ok(url.to_string())
 }
 
+/// A collector's address: http(s), with a host, and no query or fragment (the traces path is
+/// appended to it). Whitespace around it is trimmed; empty means no export.
+fn otlp_endpoint(s: &str) -> Result<String, String> {
+    let trimmed = s.trim();
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let url = url::Url::parse(trimmed).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".to_string());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or a fragment".to_string());
+    }
+    Ok(trimmed.to_string())
+}
+
+/// A bearer token as written in a variable, often read from a file that ends with a newline:
+/// the whitespace around it is trimmed. What is left must be a token a client can send
+/// (visible ASCII, as a header value carries it), or nobody could authenticate; an empty
+/// value stays empty, which means unset. The reasons never quote the token: it is a secret.
 fn bearer_token(s: &str) -> Result<String, String> {
     let token = s.trim_ascii();
     if token.is_empty() && !s.is_empty() {
@@ -939,6 +978,48 @@ mod tests {
             err.starts_with("APP_JOB_LEASE_SECONDS (30) must be at least 40"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn spans_go_to_the_collectors_traces_path_or_nowhere() {
+        assert_eq!(parse(&[]).otlp_traces_endpoint(), None);
+        for (value, endpoint) in [
+            ("", None),
+            ("  \n", None),
+            (
+                "http://collector:4318",
+                Some("http://collector:4318/v1/traces"),
+            ),
+            (
+                "http://collector:4318/\n",
+                Some("http://collector:4318/v1/traces"),
+            ),
+            (
+                "https://otel.example/v1/traces",
+                Some("https://otel.example/v1/traces"),
+            ),
+            (
+                "https://gw.example/otlp",
+                Some("https://gw.example/otlp/v1/traces"),
+            ),
+        ] {
+            let config = parse(&["--otlp-endpoint", value]);
+            assert_eq!(
+                config.otlp_traces_endpoint().as_deref(),
+                endpoint,
+                "{value:?}"
+            );
+        }
+        for bad in [
+            "collector:4318",
+            "grpc://collector:4317",
+            "http://",
+            "http://collector:4318/?key=1",
+            "file:///tmp/spans",
+        ] {
+            let args = ["test", "--otlp-endpoint", bad];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

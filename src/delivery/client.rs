@@ -9,7 +9,7 @@
 //! Redirects are never followed: a 3xx is a failed attempt, because following it would let
 //! a receiver steer the service to a URL that was never checked.
 
-use crate::trace_context::RequestTrace;
+use crate::trace_context::AttemptSpan;
 use std::error::Error as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -200,8 +200,8 @@ impl CallbackClient {
 
     /// As [`deliver`](Self::deliver), on a kept-alive connection if `keep_alive` (for the
     /// busiest destinations, see `destinations::KEEP_ALIVE_DESTINATIONS`), within `timeout`
-    /// when the request asked for a shorter one than the client's; as a span of `trace`, the
-    /// request's, when it has one.
+    /// when the request asked for a shorter one than the client's; carrying `span`'s trace
+    /// headers.
     pub async fn deliver_on(
         &self,
         url: &str,
@@ -209,7 +209,7 @@ impl CallbackClient {
         attempt: u32,
         keep_alive: bool,
         timeout: Option<Duration>,
-        trace: Option<&RequestTrace>,
+        span: Option<&AttemptSpan>,
     ) -> AttemptReport {
         let started_at = Utc::now();
         let started = Instant::now();
@@ -219,7 +219,7 @@ impl CallbackClient {
             &self.one_shot
         };
         let outcome = self
-            .send(http, url, work, attempt, started_at, (timeout, trace))
+            .send(http, url, work, attempt, started_at, (timeout, span))
             .await;
         let duration = started.elapsed();
         match outcome {
@@ -260,7 +260,7 @@ impl CallbackClient {
         work: &FinishedWork,
         attempt: u32,
         started_at: chrono::DateTime<Utc>,
-        (timeout, trace): (Option<Duration>, Option<&RequestTrace>),
+        (timeout, span): (Option<Duration>, Option<&AttemptSpan>),
     ) -> Result<Answer, Failure> {
         let parsed = url::Url::parse(url).map_err(|e| {
             Failure::new(AttemptKind::Invalid, format!("invalid callback URL: {e}"))
@@ -289,9 +289,7 @@ impl CallbackClient {
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
         }
-        let span = trace
-            .and_then(|t| RequestTrace::attempt_headers(&t.traceparent, t.tracestate.as_deref()));
-        for (name, value) in span.into_iter().flatten() {
+        for (name, value) in span.map(AttemptSpan::headers).into_iter().flatten() {
             request = request.header(name, value);
         }
         if let Some(signature) = self

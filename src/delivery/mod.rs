@@ -35,6 +35,8 @@ use crate::store::{
     Announced, AttemptOutcome, ControlChange, FinishedWork, Job, MAX_UNRECORDED_CLAIMS, Recorded,
     Store,
 };
+use crate::trace_context::export::SpanExport;
+use crate::trace_context::{AttemptEnd, AttemptSpan};
 use crate::work::{Cancel, ComputePool, PoolError};
 use client::{AttemptKind, CallbackClient};
 use destinations::{DestinationPermit, Destinations, Share, Verdict};
@@ -238,6 +240,8 @@ pub struct Dispatcher {
     pub slow_after: Duration,
     /// The jobs being worked on, shared with the service (a cancel stops their work).
     pub running: Running,
+    /// Where delivery attempts' spans go, when a collector is configured.
+    pub spans: Option<SpanExport>,
 }
 
 impl Dispatcher {
@@ -360,6 +364,9 @@ impl Dispatcher {
             Err(err) => {
                 tracing::error!(error = %err, "releasing claimed jobs failed; they return when their lease expires")
             }
+        }
+        if let Some(spans) = this.spans.clone() {
+            spans.shutdown().await;
         }
     }
 
@@ -508,18 +515,14 @@ impl Dispatcher {
         let attempt = job.callback_attempts + 1;
         let note = self.destinations.why_waited(&job.destination, job.due_at);
         let keep_alive = self.destinations.keeps_alive(&job.destination);
-        // The caller's trace, or the one the request started (named by its id).
-        let trace = job
-            .trace
-            .clone()
-            .unwrap_or_else(|| crate::trace_context::RequestTrace::started_by(&job.id));
+        let span = AttemptSpan::begin(&job.id, job.trace.as_ref());
         let delivery = self.client.deliver_on(
             &job.callback_url,
             &work,
             attempt,
             keep_alive,
             job.callback_timeout,
-            Some(&trace),
+            Some(&span),
         );
         tokio::pin!(delivery);
         let report = tokio::select! {
@@ -579,7 +582,7 @@ impl Dispatcher {
         };
         tracing::info!(
             request_id = %job.id,
-            trace_id = crate::trace_context::RequestTrace::trace_id(&trace.traceparent),
+            trace_id = %span.trace_id(),
             attempt,
             status_code = report.status_code,
             error = report.error.as_deref(),
@@ -587,6 +590,21 @@ impl Dispatcher {
             "callback attempt"
         );
         self.observe_attempt(&report);
+        if let Some(export) = &self.spans {
+            span.export(
+                export.tracer(),
+                &AttemptEnd {
+                    request_id: &job.id,
+                    destination: &job.destination,
+                    attempt,
+                    started_at: report.started_at.into(),
+                    duration: report.duration,
+                    status_code: report.status_code,
+                    error: report.error.as_deref(),
+                    request_status: outcome.status().as_str(),
+                },
+            );
+        }
         let since_accepted = (Utc::now() - job.created_at)
             .to_std()
             .unwrap_or(Duration::ZERO);

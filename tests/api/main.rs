@@ -33,5 +33,6 @@ mod scale_out;
 mod ssrf;
 mod sync;
 mod trace_context;
+mod trace_export;
 mod validation;
 mod waiting;
