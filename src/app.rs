@@ -345,6 +345,7 @@ impl Application {
             sync_records: tokio_util::task::TaskTracker::new(),
             sync_abandon: CancellationToken::new(),
             long_lived: long_lived.clone(),
+            held_jobs: Arc::default(),
         };
         let dispatcher = Dispatcher {
             store,

@@ -7,6 +7,7 @@
 //! `unmatched`, never raw paths; methods are the standard ones or `other`.
 
 use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 
 use axum::http::Method;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -142,6 +143,11 @@ pub struct Metrics {
     pub destination_recent_failures: Family<DestinationLabels, Gauge>,
     pub destination_breaker_open: Family<DestinationLabels, Gauge>,
     pub destinations_paused: Gauge,
+    pub destination_held_jobs: Family<DestinationLabels, Gauge>,
+    pub destination_rate_limit: Family<DestinationLabels, Gauge<f64, AtomicU64>>,
+    pub destination_retry_after: Family<DestinationLabels, Gauge<f64, AtomicU64>>,
+    pub destinations_rate_limited: Gauge,
+    pub destinations_retry_after: Gauge,
 }
 
 impl Default for Metrics {
@@ -180,6 +186,11 @@ impl Metrics {
             destination_recent_failures: Family::default(),
             destination_breaker_open: Family::default(),
             destinations_paused: Gauge::default(),
+            destination_held_jobs: Family::default(),
+            destination_rate_limit: Family::default(),
+            destination_retry_after: Family::default(),
+            destinations_rate_limited: Gauge::default(),
+            destinations_retry_after: Gauge::default(),
         };
         registry.register(
             "http_requests",
@@ -301,6 +312,36 @@ impl Metrics {
             "destinations_paused",
             "Destinations an operator paused (their jobs wait until resumed)",
             metrics.destinations_paused.clone(),
+        );
+        registry.register(
+            "destination_held_jobs",
+            "Jobs due now and not claimed, on every instance, of destinations held back by a \
+             pause, a rate limit, a Retry-After or their breaker (counted up to 10,000 each), \
+             by destination",
+            metrics.destination_held_jobs.clone(),
+        );
+        registry.register(
+            "destination_rate_limit_per_second",
+            "The rate limit of each of the ten busiest destinations that has one, across every \
+             instance",
+            metrics.destination_rate_limit.clone(),
+        );
+        registry.register_with_unit(
+            "destination_retry_after",
+            "What is left of the Retry-After hold of each of the ten busiest destinations held",
+            Unit::Seconds,
+            metrics.destination_retry_after.clone(),
+        );
+        registry.register(
+            "destinations_rate_limited",
+            "Destinations with a rate limit (their own, or APP_CALLBACK_RATE_PER_DESTINATION)",
+            metrics.destinations_rate_limited.clone(),
+        );
+        registry.register(
+            "destinations_retry_after",
+            "Destinations whose receiver asked to be left alone (a 429 or 503 with Retry-After) \
+             and are held now",
+            metrics.destinations_retry_after.clone(),
         );
         Self {
             registry: root,

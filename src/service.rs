@@ -257,6 +257,8 @@ pub struct Service {
     /// The places of requests that hold their connection for long: a repeated sync request
     /// waiting for the first takes one.
     pub long_lived: crate::long_lived::LongLived,
+    /// The jobs waiting behind held-back destinations, counted now and then.
+    pub held_jobs: Arc<crate::delivery::destinations::held::HeldJobs>,
 }
 
 impl Service {
@@ -693,23 +695,34 @@ impl Service {
         m.db_engine_memory.set(gauge(db.engine_memory));
         m.waited_on_requests
             .set(gauge(self.store.waited_on() as u64));
-        self.destination_gauges();
+        self.destination_gauges().await;
         m.encode()
     }
 
     /// Sets the per-destination gauges afresh: the busiest destinations by name, the rest
-    /// summed as `other`, and none of those that have gone quiet.
-    fn destination_gauges(&self) {
+    /// summed as `other` (a limit or a hold, which do not sum, only by name), and none of
+    /// those that have gone quiet.
+    async fn destination_gauges(&self) {
         let m = &self.metrics;
         m.destination_in_flight.clear();
         m.destination_recent_failures.clear();
         m.destination_breaker_open.clear();
-        let views = self.destinations.snapshot();
-        m.destinations_paused
-            .set(i64::try_from(views.iter().filter(|v| v.paused).count()).unwrap_or(i64::MAX));
+        m.destination_held_jobs.clear();
+        m.destination_rate_limit.clear();
+        m.destination_retry_after.clear();
+        let views = self.destinations().await;
+        let count = |f: fn(&DestinationView) -> bool| {
+            i64::try_from(views.iter().filter(|v| f(v)).count()).unwrap_or(i64::MAX)
+        };
+        m.destinations_paused.set(count(|v| v.paused));
+        m.destinations_rate_limited
+            .set(count(|v| v.rate_limit.is_some()));
+        m.destinations_retry_after
+            .set(count(|v| v.retry_after_left.is_some()));
         for (n, view) in views.into_iter().enumerate() {
+            let named = n < TOP_DESTINATIONS;
             let labels = DestinationLabels {
-                destination: if n < TOP_DESTINATIONS {
+                destination: if named {
                     view.destination
                 } else {
                     "other".into()
@@ -724,12 +737,33 @@ impl Service {
             m.destination_breaker_open
                 .get_or_create(&labels)
                 .inc_by(i64::from(view.breaker != BreakerState::Closed));
+            if let Some(held) = view.held_jobs {
+                m.destination_held_jobs
+                    .get_or_create(&labels)
+                    .inc_by(i64::try_from(held).unwrap_or(i64::MAX));
+            }
+            if !named {
+                continue;
+            }
+            if let Some(limit) = view.rate_limit {
+                m.destination_rate_limit
+                    .get_or_create(&labels)
+                    .set(limit.per_second);
+            }
+            if let Some(left) = view.retry_after_left {
+                m.destination_retry_after
+                    .get_or_create(&labels)
+                    .set(left.as_secs_f64());
+            }
         }
     }
 
-    /// Every destination this instance delivered to recently, busiest first.
-    pub fn destinations(&self) -> Vec<DestinationView> {
-        self.destinations.snapshot()
+    /// Every destination this instance delivered to recently, busiest first, with the jobs
+    /// waiting behind those held back.
+    pub async fn destinations(&self) -> Vec<DestinationView> {
+        let mut views = self.destinations.snapshot();
+        self.held_jobs.fill(&self.store, &mut views).await;
+        views
     }
 
     /// Cancels an async request that is not final (SPEC §11), and stops its work if this
@@ -795,7 +829,10 @@ impl Service {
             self.wakeup.wake();
         }
         tracing::info!(destination, change = ?change, "destination control changed by an operator");
-        Ok(Some(self.destinations.view(destination)))
+        let mut view = [self.destinations.view(destination)];
+        self.held_jobs.fill(&self.store, &mut view).await;
+        let [view] = view;
+        Ok(Some(view))
     }
 
     /// Queues a `callback_failed` request for a fresh round of delivery attempts.

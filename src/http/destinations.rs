@@ -54,7 +54,7 @@ pub struct DestinationList {
 )]
 async fn destinations(_: Admin, State(state): State<AppState>) -> Json<DestinationList> {
     Json(DestinationList {
-        destinations: state.service.destinations(),
+        destinations: state.service.destinations().await,
     })
 }
 

@@ -188,6 +188,13 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     /// Unfinished async requests.
     fn queue_size(&self) -> impl Future<Output = StoreResult<u64>> + Send;
 
+    /// For each of `destinations`, its jobs due now and not claimed, counted up to `cap`.
+    fn due_unclaimed(
+        &self,
+        destinations: Vec<String>,
+        cap: u32,
+    ) -> impl Future<Output = StoreResult<Vec<u64>>> + Send;
+
     /// Whether the database answers a read (within `PING_TIMEOUT`); if not, why not.
     fn ping(&self) -> impl Future<Output = Result<(), String>> + Send;
 

@@ -757,6 +757,17 @@ impl Store {
         dispatch!(self, s => s.queue_size().await)
     }
 
+    /// For each of `destinations`, its jobs due now that no one has claimed (those its pause,
+    /// rate limit, `Retry-After` hold, breaker or room keeps waiting), counted up to `cap`:
+    /// a walk of the destination's part of the queue index, stopped there.
+    pub async fn due_unclaimed(
+        &self,
+        destinations: Vec<String>,
+        cap: u32,
+    ) -> StoreResult<Vec<u64>> {
+        dispatch!(self, s => s.due_unclaimed(destinations, cap).await)
+    }
+
     /// Whether the database answers, and while writes have been failing, whether it takes a
     /// write again (a probe as large as a busy batch of writes: a full disk still takes a
     /// tiny one); if not, why not. The probe lets the service turn healthy by itself once

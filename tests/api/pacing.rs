@@ -234,3 +234,120 @@ async fn a_destinations_own_limit_holds_it_alone_and_bad_limits_are_refused_with
     limited.stop().await;
     free.stop().await;
 }
+
+/// The value of `/metrics` series `name` for `destination`, if it has one.
+async fn destination_gauge<P>(app: &TestServer<P>, name: &str, destination: &str) -> Option<f64> {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let prefix = format!("{name}{{destination=\"{destination}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.parse().unwrap())
+}
+
+/// `destination`'s `held_jobs` in `GET /destinations` once it is at least `n` (it is counted
+/// now and then, not at every change).
+async fn wait_for_held<P>(app: &TestServer<P>, destination: &str, n: u64) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let view = listed(app, destination).await.unwrap();
+        if view["held_jobs"].as_u64().is_some_and(|held| held >= n) {
+            return view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} held jobs never shown: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn what_waits_behind_a_limit_or_a_receivers_hold_is_shown_per_destination() {
+    let limited = Receiver::start(Behaviour::accept()).await;
+    // Answers 503 with Retry-After: 6 for its first 100 ms, then accepts.
+    let holding =
+        Receiver::start(Behaviour::down_for(Duration::from_millis(100), 503).retry_after(6)).await;
+    let free = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder()
+        .setting("admin-token", TOKEN)
+        .setting("callback-retry-max-delay", "10")
+        .start()
+        .await;
+    let (limited_at, holding_at) = (destination_of(&limited), destination_of(&holding));
+    let (status, view) = set_limits(&app, &limited_at, r#"{"per_second": 0.5, "burst": 1}"#).await;
+    assert_eq!(status, 200, "{view}");
+    for i in 0..12 {
+        app.submit(&format!("limited {i}"), &limited.url()).await;
+        app.submit(&format!("free {i}"), &free.url()).await;
+    }
+    for i in 0..10 {
+        app.submit(&format!("holding {i}"), &holding.url()).await;
+    }
+    free.wait_for_deliveries(12, WAIT).await;
+    holding.wait_for_arrivals(1, WAIT).await;
+
+    let view = wait_for_held(&app, &limited_at, 8).await;
+    assert_eq!(view["rate_limit"]["per_second"], 0.5, "{view}");
+    let view = wait_for_held(&app, &holding_at, 5).await;
+    assert!(view["retry_after_until"].is_string(), "{view}");
+    let free_view = listed(&app, &destination_of(&free)).await.unwrap();
+    assert_eq!(
+        free_view["held_jobs"],
+        Value::Null,
+        "nothing holds it back: {free_view}"
+    );
+
+    let gauge = |name: &'static str, destination: String| {
+        let app = &app;
+        async move { destination_gauge(app, name, &destination).await }
+    };
+    let held = gauge("syncasync_destination_held_jobs", limited_at.clone()).await;
+    assert!(held.is_some_and(|n| n >= 8.0), "{held:?}");
+    assert_eq!(
+        gauge(
+            "syncasync_destination_rate_limit_per_second",
+            limited_at.clone()
+        )
+        .await,
+        Some(0.5)
+    );
+    let left = gauge(
+        "syncasync_destination_retry_after_seconds",
+        holding_at.clone(),
+    )
+    .await;
+    assert!(left.is_some_and(|s| s > 0.0 && s <= 6.0), "{left:?}");
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains("\nsyncasync_destinations_rate_limited 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nsyncasync_destinations_retry_after 1\n"),
+        "{text}"
+    );
+
+    // The limit taken off, its jobs go and nothing is shown held any more.
+    let key: String = url::form_urlencoded::byte_serialize(limited_at.as_bytes()).collect();
+    let (status, _) = read(
+        app.client
+            .delete(app.url(&format!("/destinations/{key}/limits")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    limited.wait_for_deliveries(12, WAIT).await;
+    holding.wait_for_deliveries(10, WAIT).await;
+    let view = listed(&app, &limited_at).await.unwrap();
+    assert_eq!(view["held_jobs"], Value::Null, "{view}");
+    assert_eq!(
+        gauge("syncasync_destination_rate_limit_per_second", limited_at).await,
+        None
+    );
+    limited.stop().await;
+    holding.stop().await;
+    free.stop().await;
+}

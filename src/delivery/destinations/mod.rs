@@ -62,6 +62,7 @@
 
 mod breaker;
 mod controls;
+pub mod held;
 mod pace;
 mod recent;
 mod rooms;
@@ -372,11 +373,21 @@ pub struct DestinationView {
     /// Until when (RFC 3339) its receiver asked to be left alone, with a 429 or 503 and
     /// `Retry-After`: no instance starts a delivery to it before then.
     pub retry_after_until: Option<String>,
+    /// While something holds it back (a pause, a rate limit, a `Retry-After`, its breaker):
+    /// its jobs due now that no instance has claimed, counted in the database up to 10,000.
+    /// Null when nothing holds it back, and beyond the first 100 held-back destinations
+    /// listed.
+    pub held_jobs: Option<u64>,
+    /// What is left of the `Retry-After` hold, for `/metrics`.
+    #[serde(skip)]
+    pub retry_after_left: Option<Duration>,
 }
 
 impl DestinationView {
     /// A destination with nothing recent to show, and its controls.
     fn idle(destination: &str, operated: &Operated, policy: &IsolationPolicy) -> Self {
+        let now = Instant::now();
+        let hold = receiver_hold(operated, None, destination, now);
         let paused_at = operated.paused_at(destination);
         let own = operated.rate(destination);
         Self {
@@ -394,11 +405,12 @@ impl DestinationView {
             paused_at: paused_at.as_ref().map(crate::timestamps::format),
             rate_limit: own.map_or(policy.default_rate, OwnRate::limit),
             rate_limit_own: own.is_some(),
-            retry_after_until: operated
-                .held_until(destination)
-                .and_then(|ends| wall_clock(ends, Instant::now()))
+            retry_after_until: hold
+                .and_then(|until| wall_clock(until, now))
                 .as_ref()
                 .map(crate::timestamps::format),
+            retry_after_left: hold.map(|until| until.saturating_duration_since(now)),
+            held_jobs: None,
         }
     }
 }
@@ -946,9 +958,8 @@ impl Destinations {
                 };
                 let paused_at = state.operated.paused_at(destination);
                 let own = state.operated.rate(destination);
-                let retry_after_until =
-                    receiver_hold(&state.operated, Some(entry), destination, now)
-                        .and_then(|until| wall_clock(until, now));
+                let hold = receiver_hold(&state.operated, Some(entry), destination, now);
+                let retry_after_until = hold.and_then(|until| wall_clock(until, now));
                 DestinationView {
                     destination: destination.clone(),
                     in_flight: entry.in_flight,
@@ -965,6 +976,8 @@ impl Destinations {
                     rate_limit: own.map_or(self.policy.default_rate, OwnRate::limit),
                     rate_limit_own: own.is_some(),
                     retry_after_until: retry_after_until.as_ref().map(crate::timestamps::format),
+                    retry_after_left: hold.map(|until| until.saturating_duration_since(now)),
+                    held_jobs: None,
                 }
             })
             .collect();

@@ -95,6 +95,13 @@ const POSITION_OF: &str = "SELECT created_at, id FROM requests WHERE id = $1";
 const STATUS_COUNTS: &str =
     "SELECT status, sum(n)::bigint FROM request_counts GROUP BY status HAVING sum(n) > 0";
 
+/// Each destination's (`$1`) jobs due now and not claimed, up to `$2` each: a walk of its
+/// part of `requests_destination_due` per destination, stopped at the cap.
+const DUE_UNCLAIMED: &str = "SELECT (SELECT count(*) FROM (SELECT 1 FROM requests
+         WHERE destination = d AND next_attempt_at IS NOT NULL AND next_attempt_at <= now()
+           AND (lease_expires_at IS NULL OR lease_expires_at < now()) LIMIT $2) due)
+     FROM unnest($1::text[]) WITH ORDINALITY AS asked(d, n) ORDER BY n";
+
 /// Longest wait for a pooled connection (see `open`).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -699,6 +706,18 @@ impl Backend for PgStore {
 
     async fn queue_size(&self) -> StoreResult<u64> {
         Ok(u64::try_from(self.count_queue().await?).unwrap_or(0))
+    }
+
+    async fn due_unclaimed(&self, destinations: Vec<String>, cap: u32) -> StoreResult<Vec<u64>> {
+        let counts: Vec<i64> = sqlx::query_scalar(DUE_UNCLAIMED)
+            .bind(&destinations)
+            .bind(i64::from(cap))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(counts
+            .into_iter()
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .collect())
     }
 
     async fn probe_write(&self) -> StoreResult<()> {

@@ -20,7 +20,8 @@ use super::writes::{
     UNPARK_STRANDED, UPSERT_SYNC_FINISHED,
 };
 use super::{
-    ATTEMPTS_OF, KEY_HOLDER, POSITION_OF, PROBE_WRITE, RECORD_BY_ID, STATUS_COUNTS, VERSIONS,
+    ATTEMPTS_OF, DUE_UNCLAIMED, KEY_HOLDER, POSITION_OF, PROBE_WRITE, RECORD_BY_ID, STATUS_COUNTS,
+    VERSIONS,
 };
 use crate::store::StoreResult;
 use crate::store::plans::{StatementPlan, hot_statements};
@@ -64,6 +65,7 @@ const FIXED: &[(&str, &str)] = &[
     ("read its attempts", ATTEMPTS_OF),
     ("list cursor", POSITION_OF),
     ("status counts", STATUS_COUNTS),
+    ("destinations: held jobs", DUE_UNCLAIMED),
     ("list total by status", COUNT_BY_STATUS),
     ("retention: expired", DELETE_EXPIRED),
     ("retention: over the limit", DELETE_OVER_LIMIT),

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +80,11 @@ const POSITION_OF: &str = "SELECT created_at, id FROM requests WHERE id = ?1";
 /// The requests in each status, from the kept counts.
 const STATUS_COUNTS: &str =
     "SELECT status, sum(n) FROM request_counts GROUP BY status HAVING sum(n) > 0";
+
+/// One destination's (`?1`) jobs due by `?2` (the queue clock) and not claimed, up to `?3`.
+const DUE_UNCLAIMED: &str = "SELECT count(*) FROM (SELECT 1 FROM requests
+     WHERE destination = ?1 AND next_attempt_at IS NOT NULL AND next_attempt_at <= ?2
+       AND (lease_expires_at IS NULL OR lease_expires_at < ?2) LIMIT ?3)";
 
 /// Read connections. Reads are short; more connections than cores buys nothing.
 const READERS: usize = 4;
@@ -482,6 +487,22 @@ impl Backend for SqliteStore {
 
     async fn queue_size(&self) -> StoreResult<u64> {
         Ok(self.queue_size.load(Ordering::Relaxed))
+    }
+
+    async fn due_unclaimed(&self, destinations: Vec<String>, cap: u32) -> StoreResult<Vec<u64>> {
+        let now = self.clock.now();
+        self.read(move |conn| {
+            let mut count = conn.prepare_cached(DUE_UNCLAIMED)?;
+            destinations
+                .iter()
+                .map(|destination| {
+                    count
+                        .query_row(params![destination, now, cap], |row| row.get::<_, i64>(0))
+                        .map(|n| u64::try_from(n).unwrap_or(0))
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), String> {

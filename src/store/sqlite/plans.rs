@@ -15,7 +15,7 @@ use super::writes::{
     PROBE_DELETE, PROBE_INSERT, RECORD_ATTEMPT, REDELIVER, REDELIVERY_OF, RELEASE, RELEASE_CLAIM,
     RENEW_LEASE, SAVE_RESULT, UNPARK_KEY, UNPARK_STRANDED, UPSERT_SYNC_FINISHED,
 };
-use super::{ATTEMPTS_OF, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS};
+use super::{ATTEMPTS_OF, DUE_UNCLAIMED, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS};
 use crate::store::plans::{StatementPlan, hot_statements};
 
 /// Every statement on a hot path, named by what it is for (and the list statements).
@@ -58,6 +58,7 @@ const FIXED: &[(&str, &str)] = &[
     ("read its attempts", ATTEMPTS_OF),
     ("list cursor", POSITION_OF),
     ("status counts", STATUS_COUNTS),
+    ("destinations: held jobs", DUE_UNCLAIMED),
     ("list total by status", COUNT_BY_STATUS),
     ("retention: expired", DELETE_EXPIRED),
     ("retention: finished count", COUNT_FINISHED),
