@@ -265,11 +265,12 @@ pub fn destinations(shell: Shell) -> Markup {
     let main = html! {
         h1 { "Destinations" }
         @if shell.admin {
-            p.hint { "Callback destinations this instance delivered to recently, and every paused one: deliveries in flight, the last five minutes' outcomes, and the circuit breaker (breakers are per instance; a reset applies to every instance). A paused destination's jobs wait, on every instance, until it is resumed. Needs the admin token." }
+            p.hint { "Callback destinations this instance delivered to recently, and every paused, limited or held one: deliveries in flight, the last five minutes' outcomes, the circuit breaker (breakers are per instance; a reset applies to every instance), the rate limit, and the jobs waiting while something holds a destination back (counted across instances). A pause or a limit applies on every instance. Needs the admin token." }
             div.table-wrap {
                 table #destinations {
                     thead { tr {
-                        th scope="col" { "Destination" } th scope="col" { "Breaker" }
+                        th scope="col" { "Destination" } th scope="col" { "State" }
+                        th scope="col" { "Rate limit" } th scope="col" { "Held jobs" }
                         th scope="col" { "In flight" } th scope="col" { "Delivered (5 min)" }
                         th scope="col" { "Failed (5 min)" } th scope="col" { "Next probe" }
                         th scope="col" { "Actions" }
@@ -281,6 +282,17 @@ pub fn destinations(shell: Shell) -> Markup {
                 label for="pause-destination" { "Pause a destination not listed" }
                 input #pause-destination type="text" required placeholder="https://host:port or a callback URL" maxlength="2048" {}
                 button type="submit" { "Pause" }
+            }
+            form #limit-form.filters aria-label="Rate limit a destination" {
+                label for="limit-destination" { "Rate limit a destination" }
+                input #limit-destination type="text" required placeholder="https://host:port or a callback URL" maxlength="2048" {}
+                label for="limit-per-second" { "Deliveries a second" }
+                input #limit-per-second type="number" min="0.001" max="100000" step="any" placeholder="20" {}
+                label for="limit-burst" { "Burst" }
+                input #limit-burst type="number" min="1" max="100000" step="1" placeholder="one second's worth" {}
+                button type="submit" data-limit="set" { "Set limit" }
+                button type="button" data-limit="none" title="No limit for this destination, whatever APP_CALLBACK_RATE_PER_DESTINATION says" { "No limit" }
+                button type="button" data-limit="default" title="Forget this destination's own limit: APP_CALLBACK_RATE_PER_DESTINATION applies" { "Use the default" }
             }
             p #destination-result role="status" {}
         } @else {

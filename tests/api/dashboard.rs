@@ -205,6 +205,25 @@ async fn start_receiver(refusing: Arc<AtomicBool>) -> SocketAddr {
     address
 }
 
+/// `destination` as `GET /destinations` shows it.
+async fn destination_view(app: &TestServer, destination: &str) -> Result<Value, String> {
+    let views = read(
+        app.client
+            .get(app.url("/destinations"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?,
+    )
+    .await
+    .1;
+    views["destinations"]
+        .as_array()
+        .and_then(|all| all.iter().find(|d| d["destination"] == destination))
+        .cloned()
+        .ok_or_else(|| format!("{destination} not listed: {views}"))
+}
+
 async fn submit(app: &TestServer, callback: &str) -> String {
     let response = app
         .post_async(&json!({ "data": "<b>dashboard</b>", "callback_url": callback }))
@@ -898,7 +917,66 @@ async fn drive(
     browser.goto(&app.url("/ui/destinations")).await?;
     click_live(browser, "#destinations button[data-action='resume']").await?;
     app.wait_for_status(&held, "callback_success", WAIT).await;
+
+    // Limit it from its row: "Limit…" names it in the limit form; the limit is stored (the
+    // API says so), the row shows it and, with jobs queued behind it, how many wait.
+    click_live(browser, "#destinations button[data-action='limit']").await?;
+    let named = browser
+        .execute(
+            "return document.getElementById('limit-destination').value;",
+            vec![],
+        )
+        .await?;
+    if named != json!(destination) {
+        return Err(format!("Limit… named {named} in the form, not {destination}").into());
+    }
+    browser
+        .execute(
+            "document.getElementById('limit-per-second').value = '0.2';\
+             document.getElementById('limit-burst').value = '1';",
+            vec![],
+        )
+        .await?;
+    click_live(browser, "#limit-form button[data-limit='set']").await?;
+    eventually(
+        browser,
+        "document.getElementById('destination-result').textContent.includes('at most 0.2/s, burst 1')",
+        "the limit confirmed",
+    )
+    .await;
+    let view = destination_view(app, &destination).await?;
+    if view["rate_limit"] != json!({"per_second": 0.2, "burst": 1})
+        || view["rate_limit_own"] != true
+    {
+        return Err(format!("the form did not store the limit: {view}").into());
+    }
+    let mut limited = Vec::new();
+    for _ in 0..6 {
+        limited.push(submit(app, hook).await);
+    }
+    eventually(
+        browser,
+        "[...document.querySelectorAll('#destinations tbody tr')].some(tr => \
+         tr.textContent.includes('0.2/s, burst 1') && /^[1-9]/.test(tr.cells[3].textContent))",
+        "the limit and the jobs held behind it in the row",
+    )
+    .await;
     screenshot(browser, "dashboard-destinations.png").await;
+    // "Use the default" forgets it: the jobs go, and the row shows no limit.
+    click_live(browser, "#limit-form button[data-limit='default']").await?;
+    eventually(
+        browser,
+        "document.getElementById('destination-result').textContent.includes('no limit (the default)')",
+        "the default restored",
+    )
+    .await;
+    for id in &limited {
+        app.wait_for_status(id, "callback_success", WAIT).await;
+    }
+    let view = destination_view(app, &destination).await?;
+    if view["rate_limit"] != Value::Null || view["rate_limit_own"] != false {
+        return Err(format!("the limit was not forgotten: {view}").into());
+    }
 
     // Times in UTC by default, as the API writes them; the header's switch shows them in the
     // browser's zone (here UTC+5:30), named.

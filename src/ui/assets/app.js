@@ -104,11 +104,14 @@
     }
   }
 
-  async function call(method, path, kind) {
+  async function call(method, path, kind, body) {
+    const headers = authHeaders(kind);
+    if (body !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(path, {
       method,
-      headers: authHeaders(kind),
+      headers,
       cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body),
     });
     let data = null;
     try {
@@ -117,7 +120,9 @@
       data = null;
     }
     if (!response.ok) {
-      let text = (data && data.error) || response.status + " " + response.statusText;
+      // A 422 names each refused field in `detail`: the first one's message says what to mend.
+      const invalid = data && Array.isArray(data.detail) && data.detail[0] && data.detail[0].msg;
+      let text = (data && data.error) || invalid || response.status + " " + response.statusText;
       if (response.status === 401) {
         text = kind === "admin"
           ? "The admin token is missing or wrong: enter it under Tokens."
@@ -1181,6 +1186,18 @@
     return el("button", { type: "button", "data-action": action, "data-destination": destination, text: label });
   }
 
+  // "20/s, burst 40", marked when it is the default rather than the destination's own.
+  function rateText(d) {
+    if (!d.rate_limit) return d.rate_limit_own ? "none (its own)" : "—";
+    const rate = d.rate_limit.per_second.toLocaleString("en-US") + "/s, burst " + d.rate_limit.burst.toLocaleString("en-US");
+    return d.rate_limit_own ? rate : rate + " (default)";
+  }
+
+  function heldText(held) {
+    if (held === null || held === undefined) return "—";
+    return held >= 10000 ? "10,000 or more" : held.toLocaleString("en-US");
+  }
+
   async function loadDestinations() {
     const table = document.querySelector("#destinations tbody");
     if (!table) return;
@@ -1194,6 +1211,7 @@
         const actions = el("td", { class: "actions" },
           d.paused ? destinationButton("resume", d.destination, "Resume") : destinationButton("pause", d.destination, "Pause"));
         if (d.breaker !== "closed") actions.append(destinationButton("reset", d.destination, "Reset breaker"));
+        actions.append(destinationButton("limit", d.destination, "Limit…"));
         return el(
           "tr",
           {},
@@ -1203,7 +1221,12 @@
             d.paused ? el("span", { class: "badge paused", title: "Paused since " + time(d.paused_at), text: "paused" }) : null,
             d.answered_slowly ? el("span", { class: "badge unhurried",
               title: "An answer in the last five minutes took over a quarter of APP_CALLBACK_SLOW_AFTER_SECONDS: it shares the unproven part of the workers",
-              text: "slow answers" }) : null),
+              text: "slow answers" }) : null,
+            d.retry_after_until ? el("span", { class: "badge held",
+              title: "Its receiver answered 429 or 503 with Retry-After: no instance delivers to it before then",
+              text: "Retry-After until " + time(d.retry_after_until) }) : null),
+          el("td", { text: rateText(d) }),
+          el("td", { text: heldText(d.held_jobs) }),
           el("td", { text: String(d.in_flight) }),
           el("td", { text: String(d.recent_successes) }),
           el("td", { text: String(d.recent_failures) }),
@@ -1211,7 +1234,7 @@
           actions,
         );
       });
-      if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: "7", class: "hint", text: "No destination delivered to recently, and none paused." })));
+      if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: "9", class: "hint", text: "No destination delivered to recently, and none paused or limited." })));
       table.replaceChildren(...rows);
       if (refocus) {
         const again = [...table.querySelectorAll("button[data-action]")].find(
@@ -1224,6 +1247,35 @@
   }
 
   const DESTINATION_DONE = { pause: "paused: its jobs wait until it is resumed", resume: "resumed", reset: "breaker reset" };
+
+  // Sets (`set`, from the form's fields), takes off (`none`) or forgets (`default`) a
+  // destination's own rate limit.
+  async function limitDestination(how, destination) {
+    const result = document.getElementById("destination-result");
+    const path = "/destinations/" + encodeURIComponent(destination) + "/limits";
+    try {
+      let view;
+      if (how === "default") {
+        view = await call("DELETE", path, "admin");
+      } else if (how === "none") {
+        view = await call("PUT", path, "admin", { per_second: null });
+      } else {
+        const perSecond = document.getElementById("limit-per-second").value;
+        const burst = document.getElementById("limit-burst").value;
+        const body = { per_second: Number(perSecond) };
+        if (burst !== "") body.burst = Number(burst);
+        view = await call("PUT", path, "admin", body);
+      }
+      result.textContent = view.destination + ": " + (view.rate_limit
+        ? "at most " + rateText(view) + ", on every instance."
+        : view.rate_limit_own ? "no limit." : "no limit (the default).");
+      await loadDestinations();
+      return true;
+    } catch (error) {
+      result.textContent = error.message;
+      return false;
+    }
+  }
 
   // The destination of a URL typed or pasted whole: its scheme, host and port only (the
   // path and query, which may hold a secret, never leave the page).
@@ -1257,6 +1309,11 @@
     table.addEventListener("click", async (event) => {
       const button = event.target.closest("button[data-action]");
       if (!button) return;
+      if (button.dataset.action === "limit") {
+        document.getElementById("limit-destination").value = button.dataset.destination;
+        document.getElementById("limit-per-second").focus();
+        return;
+      }
       button.disabled = true;
       await controlDestination(button.dataset.action, button.dataset.destination);
       button.disabled = false;
@@ -1273,6 +1330,23 @@
       }
       if (await controlDestination("pause", destination)) input.value = "";
     });
+    const limits = document.getElementById("limit-form");
+    const limit = async (how) => {
+      const destination = destinationOf(document.getElementById("limit-destination").value.trim());
+      if (!destination) {
+        document.getElementById("destination-result").textContent =
+          "Give the destination as https://host:port (or a callback URL: only its scheme, host and port are sent).";
+        return;
+      }
+      await limitDestination(how, destination);
+    };
+    limits.addEventListener("submit", (event) => {
+      event.preventDefault();
+      limit("set");
+    });
+    for (const button of limits.querySelectorAll("button[type=button][data-limit]")) {
+      button.addEventListener("click", () => limit(button.dataset.limit));
+    }
   }
 
   // ---- wiring -------------------------------------------------------------------------------
