@@ -60,17 +60,6 @@ for start in range(0, n, 1000):
 PY
 }
 
-run_load() {   # NAME [loadgen flags…]
-    local name="$1"
-    shift
-    "$BIN" loadgen --url "$url" --mode async --duration "${DURATION}s" -c "$CONNECTIONS" \
-        --iterations "$ITERATIONS" --callback-port 0 --no-progress "$@" \
-        --json "$tmp_dir/$name.json" >"$tmp_dir/$name.txt" || die "loadgen failed ($name)"
-    python3 -c 'import json, sys
-m = json.load(open(sys.argv[1]))["modes"][0]
-print(round(m["callbacks"]["delivered_rps"]))' "$tmp_dir/$name.json"
-}
-
 bench_backend() {
     local backend="$1" database port round
     if [[ "$backend" == sqlite ]]; then

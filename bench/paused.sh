@@ -76,15 +76,6 @@ for start in range(0, n, 1000):
 PY
 }
 
-run_load() {   # NAME
-    "$BIN" loadgen --url "$url" --mode async --duration "${DURATION}s" -c "$CONNECTIONS" \
-        --iterations "$ITERATIONS" --callback-port 0 --no-progress \
-        --json "$tmp_dir/$1.json" >"$tmp_dir/$1.txt" || die "loadgen failed ($1)"
-    python3 -c 'import json, sys
-m = json.load(open(sys.argv[1]))["modes"][0]
-print(round(m["callbacks"]["delivered_rps"]))' "$tmp_dir/$1.json"
-}
-
 bench_backend() {
     local backend="$1" database port round
     if [[ "$backend" == sqlite ]]; then

@@ -136,3 +136,17 @@ cleanup_on_exit() {
     fi
     exit "$rc"
 }
+
+# run_load NAME [loadgen flags…]: one closed-loop async loadgen run of $DURATION seconds with
+# $CONNECTIONS connections and $ITERATIONS iterations against $url, from $BIN; its output
+# in $tmp_dir/NAME.{json,txt}. Prints the callbacks delivered a second.
+run_load() {
+    local name="$1"
+    shift
+    "$BIN" loadgen --url "$url" --mode async --duration "${DURATION}s" -c "$CONNECTIONS" \
+        --iterations "$ITERATIONS" --callback-port 0 --no-progress "$@" \
+        --json "$tmp_dir/$name.json" >"$tmp_dir/$name.txt" || die "loadgen failed ($name)"
+    python3 -c 'import json, sys
+m = json.load(open(sys.argv[1]))["modes"][0]
+print(round(m["callbacks"]["delivered_rps"]))' "$tmp_dir/$name.json"
+}

@@ -183,14 +183,12 @@ pub(super) fn ordering_key(
         let start: String = key.chars().take(32).collect();
         FieldError::too_long(Part::Body, name, MAX_ORDERING_KEY_LEN, &Value::from(start))
     } else if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        FieldError::new(
+        FieldError::pattern_mismatch(
             Part::Body,
-            Some(name),
-            "string_pattern_mismatch",
-            format!("String should match pattern '{ORDERING_KEY_PATTERN}'"),
-            Value::from(key.as_str()),
+            name,
+            ORDERING_KEY_PATTERN,
+            &Value::from(key.as_str()),
         )
-        .with_ctx(json!({ "pattern": ORDERING_KEY_PATTERN }))
     } else {
         return Some(key.clone());
     };
@@ -231,16 +229,12 @@ pub(super) fn caller_trace(
             ));
             None
         } else if !fits(value) {
-            errors.push(
-                FieldError::new(
-                    Part::Body,
-                    Some(name),
-                    "string_pattern_mismatch",
-                    format!("String should match pattern '{pattern}'"),
-                    Value::from(value.as_str()),
-                )
-                .with_ctx(json!({ "pattern": pattern })),
-            );
+            errors.push(FieldError::pattern_mismatch(
+                Part::Body,
+                name,
+                pattern,
+                &Value::from(value.as_str()),
+            ));
             None
         } else {
             Some(value.clone())

@@ -189,6 +189,19 @@ impl FieldError {
         )
     }
 
+    /// A string that does not match `pattern` (a regular expression, as the OpenAPI schema
+    /// gives it).
+    pub fn pattern_mismatch(part: Part, field: &str, pattern: &str, input: &Value) -> Self {
+        Self::new(
+            part,
+            Some(field),
+            "string_pattern_mismatch",
+            format!("String should match pattern '{pattern}'"),
+            input.clone(),
+        )
+        .with_ctx(json!({ "pattern": pattern }))
+    }
+
     /// A string's length rule, in pydantic's words: `(type, "at least", ctx key)`.
     fn length(
         part: Part,

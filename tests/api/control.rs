@@ -33,7 +33,7 @@ pub async fn submit_batch<P>(app: &TestServer<P>, items: Vec<Value>) -> Vec<Stri
         .collect()
 }
 
-async fn cancel(app: &TestServer, id: &str) -> (u16, Value) {
+pub(crate) async fn cancel(app: &TestServer, id: &str) -> (u16, Value) {
     read(
         app.client
             .post(app.url(&format!("/requests/{id}/cancel")))

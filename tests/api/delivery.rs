@@ -224,7 +224,7 @@ async fn callbacks_are_signed_over_the_exact_bytes_sent() {
     assert_eq!(header("webhook-signature"), expected);
 }
 
-async fn redeliver(
+pub(crate) async fn redeliver(
     app: &crate::helpers::TestServer,
     id: &str,
     token: Option<&str>,

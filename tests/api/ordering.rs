@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::control::submit_batch;
+use crate::control::{cancel, submit_batch};
+use crate::delivery::redeliver;
 use crate::helpers::{Behaviour, Receiver, TestServer, read};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -122,15 +123,7 @@ async fn a_key_waits_for_its_failing_head_while_other_keys_go_on_and_callback_fa
 
     // Redelivered, the head goes behind the key's queued requests: a4, accepted after the
     // redelivery, waits for it; a2 and a3 stay delivered.
-    let (status, answer) = read(
-        app.client
-            .post(app.url(&format!("/requests/{head}/redeliver")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, answer) = redeliver(&app, &head, Some(TOKEN)).await;
     assert_eq!(status, 200, "{answer}");
     let a4 = submit_keyed(&app, "a 4", &good.url(), Some("a")).await;
     let behind = app.get_json(&format!("/requests/{a4}")).await;
@@ -160,14 +153,7 @@ async fn a_cancelled_head_lets_its_key_go_on() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let waiting = app.get_json(&format!("/requests/{next}")).await;
     assert_eq!(waiting["waiting_for"], "ordering_key", "{waiting}");
-    let (status, answer) = read(
-        app.client
-            .post(app.url(&format!("/requests/{head}/cancel")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, answer) = cancel(&app, &head).await;
     assert_eq!(status, 200, "{answer}");
     app.wait_for_status(&next, "callback_success", Duration::from_secs(5))
         .await;
@@ -262,14 +248,7 @@ async fn a_head_cancelled_in_flight_holds_its_key_until_its_attempt_ends() {
     let head = submit_keyed(&app, "slow head", &slow.url(), Some("d")).await;
     let next = submit_keyed(&app, "next", &good.url(), Some("d")).await;
     slow.wait_for_arrivals(1, WAIT).await;
-    let (status, answer) = read(
-        app.client
-            .post(app.url(&format!("/requests/{head}/cancel")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, answer) = cancel(&app, &head).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["delivery_in_flight"], true, "{answer}");
     app.wait_for_status(&next, "callback_success", WAIT).await;
