@@ -50,6 +50,21 @@ macro_rules! behind_earlier {
     };
 }
 
+/// The first queued request of the key `$key` (an SQL expression), as its `$id` (`rowid` on
+/// SQLite, `id` on PostgreSQL): the one an unpark makes due, if it is parked. A seek in
+/// `requests_ordering`.
+macro_rules! key_head {
+    ($id:literal, $key:literal) => {
+        concat!(
+            "(SELECT head.",
+            $id,
+            " FROM requests AS head WHERE head.ordering_key = ",
+            $key,
+            " AND head.next_attempt_at IS NOT NULL ORDER BY head.ordering_seq LIMIT 1)"
+        )
+    };
+}
+
 /// The due time of a parked request: a keyed request queued behind an earlier one of its key
 /// waits with it (9999-01-01), past every claim's window, until the one before it ends and
 /// makes it due (`Store::unpark`). Parking only keeps a key's backlog out of the claims' way:
