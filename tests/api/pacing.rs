@@ -351,3 +351,94 @@ async fn what_waits_behind_a_limit_or_a_receivers_hold_is_shown_per_destination(
     holding.stop().await;
     free.stop().await;
 }
+
+/// `request` (raw HTTP/1.1) sent to each of `n` destinations, the caller hanging up at once
+/// or within a few milliseconds, before the answer.
+async fn hang_up_on<P>(app: &TestServer<P>, n: u64, request: impl Fn(u64) -> String) {
+    use tokio::io::AsyncWriteExt;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut hangups = Vec::new();
+    for i in 0..n {
+        let (address, request) = (address.clone(), request(i));
+        hangups.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(i % 4)).await;
+            drop(stream);
+        }));
+    }
+    for hangup in hangups {
+        hangup.await.unwrap();
+    }
+}
+
+/// Limits set and taken off by callers that hang up mid-request (so the handler may be
+/// dropped at any await): each change is stored whole or not at all, and the instance
+/// applies exactly what the database holds, as a fresh start on it does.
+#[tokio::test]
+async fn limits_whose_callers_hang_up_leave_the_instance_agreeing_with_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = crate::helpers::fresh_database(dir.path()).await;
+    let start = || {
+        TestServer::builder()
+            .child()
+            .database_url(&database)
+            .setting("admin-token", TOKEN)
+            .start()
+    };
+    let mut app = start().await;
+    let key = |i: u64| format!("http%3A%2F%2Fhung-up-{i}.example%3A80");
+    hang_up_on(&app, 60, |i| {
+        let body = format!("{{\"per_second\": {}, \"burst\": 2}}", i + 1);
+        format!(
+            "PUT /destinations/{}/limits HTTP/1.1\r\nHost: test\r\n\
+             Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            key(i),
+            body.len()
+        )
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    hang_up_on(&app, 60, |i| {
+        format!(
+            "DELETE /destinations/{}/limits HTTP/1.1\r\nHost: test\r\n\
+             Authorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n",
+            key(i * 2 % 60)
+        )
+    })
+    .await;
+    let limits = |views: Vec<Value>| {
+        let mut limits: Vec<(String, f64)> = views
+            .into_iter()
+            .filter(|v| v["rate_limit_own"] == true)
+            .map(|v| {
+                (
+                    v["destination"].as_str().unwrap().to_string(),
+                    v["rate_limit"]["per_second"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        limits.sort_by(|a, b| a.0.cmp(&b.0));
+        limits
+    };
+    // Writes already under way land; then one read of the controls.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let applied = limits(crate::helpers::destinations(&app, TOKEN).await);
+    app.kill_9();
+    let fresh = start().await;
+    let stored = limits(crate::helpers::destinations(&fresh, TOKEN).await);
+    assert_eq!(applied, stored, "the instance and the database disagree");
+    for (destination, per_second) in &stored {
+        let n: u64 = destination
+            .trim_start_matches("http://hung-up-")
+            .trim_end_matches(".example:80")
+            .parse()
+            .unwrap();
+        assert_eq!(*per_second, (n + 1) as f64, "{destination}: another's limit");
+    }
+    eprintln!(
+        "{} of 60 limits stand after their callers hung up",
+        stored.len()
+    );
+}

@@ -325,3 +325,63 @@ async fn a_restart_after_the_clock_was_corrected_does_not_postpone_queued_jobs()
         .await;
     assert_eq!(record["callback_attempts"], 2, "{record}");
 }
+
+/// A receiver's `Retry-After: 3` holds its destination for 3 s whichever way the wall clock
+/// steps meanwhile: stepped an hour ahead, the hold is not over at once (its end was fixed
+/// on the monotonic clock); stepped an hour back, it does not last an hour (a stored end
+/// read after the step is at most APP_CALLBACK_RETRY_MAX_DELAY away).
+#[tokio::test]
+async fn a_clock_step_neither_ends_nor_stretches_a_receivers_hold() {
+    for step in ["+3600", "-3600"] {
+        let dir = tempfile::tempdir().unwrap();
+        let offset = dir.path().join("offset");
+        let Some(server) = server_with_a_steppable_clock(
+            &offset,
+            "+0",
+            &[
+                ("callback-retry-max-delay", "10"),
+                ("callback-breaker-threshold", "1"),
+            ],
+        )
+        .await
+        else {
+            return;
+        };
+        let receiver =
+            Receiver::start(Behaviour::down_for(Duration::from_millis(100), 429).retry_after(3))
+                .await;
+        let mut ids = Vec::new();
+        for n in 0..10 {
+            ids.push(submit(&server, &format!("held {n}"), &receiver.url()).await);
+        }
+        receiver.wait_for_arrivals(1, Duration::from_secs(10)).await;
+        std::fs::write(&offset, step).unwrap();
+        let by = chrono::Duration::seconds(if step.starts_with('+') { 3000 } else { -3000 });
+        wait_for_the_step(&server, by).await;
+        receiver
+            .wait_for_deliveries(10, Duration::from_secs(20))
+            .await;
+        let arrivals: Vec<_> = receiver.arrivals().into_iter().map(|(_, t)| t).collect();
+        let refused_at = arrivals[0];
+        let during: Vec<_> = arrivals
+            .iter()
+            .filter(|t| **t > refused_at + chrono::Duration::milliseconds(300))
+            .filter(|t| **t < refused_at + chrono::Duration::milliseconds(2900))
+            .collect();
+        assert!(
+            during.is_empty(),
+            "{step}: callbacks during the 3 s the receiver asked for: {during:?} after {refused_at}"
+        );
+        let last = *arrivals.last().unwrap();
+        assert!(
+            last < refused_at + chrono::Duration::seconds(12),
+            "{step}: the hold outlasted its bound: {refused_at} to {last}"
+        );
+        for id in &ids {
+            server
+                .wait_for_status(id, "callback_success", Duration::from_secs(10))
+                .await;
+        }
+        receiver.stop().await;
+    }
+}
