@@ -110,6 +110,28 @@ pub struct DestinationLabels {
 /// Destinations given series of their own in `/metrics`.
 pub const TOP_DESTINATIONS: usize = 10;
 
+/// Longest destination label: a host name may run to 253 characters, which a caller chooses.
+const MAX_DESTINATION_LABEL: usize = 100;
+
+impl DestinationLabels {
+    /// `destination`'s series: its name, cut to [`MAX_DESTINATION_LABEL`] characters with
+    /// `…` (two names cut to the same share a series).
+    pub fn of(destination: &str) -> Self {
+        let destination = match destination.char_indices().nth(MAX_DESTINATION_LABEL) {
+            Some((cut, _)) => format!("{}…", &destination[..cut]),
+            None => destination.to_string(),
+        };
+        Self { destination }
+    }
+
+    /// The destinations beyond the busiest, summed.
+    pub fn other() -> Self {
+        Self {
+            destination: "other".into(),
+        }
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latencies from 0.5 ms to about 33 s.
@@ -362,7 +384,17 @@ impl Metrics {
 mod tests {
     use axum::http::Method;
 
-    use super::MethodLabel;
+    use super::{DestinationLabels, MethodLabel};
+
+    #[test]
+    fn a_destination_label_is_cut_to_its_length() {
+        let short = "https://hooks.example:443";
+        assert_eq!(DestinationLabels::of(short).destination, short);
+        let long = format!("http://{}.example:80", "é".repeat(300));
+        let label = DestinationLabels::of(&long).destination;
+        assert_eq!(label.chars().count(), 101);
+        assert!(label.starts_with("http://éé") && label.ends_with('…'));
+    }
 
     #[test]
     fn method_labels_come_from_a_fixed_set() {

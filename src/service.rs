@@ -721,12 +721,10 @@ impl Service {
             .set(count(|v| v.retry_after_left.is_some()));
         for (n, view) in views.into_iter().enumerate() {
             let named = n < TOP_DESTINATIONS;
-            let labels = DestinationLabels {
-                destination: if named {
-                    view.destination
-                } else {
-                    "other".into()
-                },
+            let labels = if named {
+                DestinationLabels::of(&view.destination)
+            } else {
+                DestinationLabels::other()
             };
             m.destination_in_flight
                 .get_or_create(&labels)
@@ -830,7 +828,7 @@ impl Service {
         }
         tracing::info!(destination, change = ?change, "destination control changed by an operator");
         let mut view = [self.destinations.view(destination)];
-        self.held_jobs.fill(&self.store, &mut view).await;
+        self.held_jobs.fill_cached(&mut view).await;
         let [view] = view;
         Ok(Some(view))
     }

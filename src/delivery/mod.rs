@@ -310,26 +310,27 @@ impl Dispatcher {
                 drop(turn);
             }
             // With every slot busy, or every place a claim could fill just filled (more may be
-            // due), the next look comes when a job finishes. Otherwise sleep until the
-            // earliest due time of a destination with room (the others' jobs wait for a
-            // delivery to finish, which wakes this loop) or until an open breaker lets a
-            // probe through.
+            // due), the next look comes when a job finishes: a destination reopening meanwhile
+            // (its breaker, its receiver's hold, its rate limit) has no worker to take it.
+            // Otherwise sleep until the earliest due time of a destination with room (the
+            // others' jobs wait for a delivery to finish, which wakes this loop) or until a
+            // held destination reopens.
             let wait = if free == 0 || filled {
                 IDLE_POLL
             } else {
                 let rooms = this.destinations.rooms();
-                match this.store.next_due_in(&this.owner, &rooms).await {
+                let due = match this.store.next_due_in(&this.owner, &rooms).await {
                     Ok(Some(wait)) => wait.min(IDLE_POLL),
                     Ok(None) => IDLE_POLL,
                     Err(err) => {
                         tracing::error!(error = %err, "reading the queue failed");
                         IDLE_POLL
                     }
+                };
+                match this.destinations.next_reopening() {
+                    Some(at) => due.min(at.saturating_duration_since(std::time::Instant::now())),
+                    None => due,
                 }
-            };
-            let wait = match this.destinations.next_reopening() {
-                Some(at) => wait.min(at.saturating_duration_since(std::time::Instant::now())),
-                None => wait,
             };
             if wait.is_zero() && claimed > 0 {
                 continue;

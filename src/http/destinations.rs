@@ -67,7 +67,8 @@ async fn destinations(_: Admin, State(state): State<AppState>) -> Json<Destinati
 #[into_params(names("key"), parameter_in = Path)]
 pub struct DestinationKey(
     /// The destination as `GET /destinations` names it (`scheme://host:port`),
-    /// percent-encoded.
+    /// percent-encoded. The pattern shows the usual names; an IPv6 address in brackets and a
+    /// host name with underscores are taken too, as `GET /destinations` lists them.
     #[param(
         pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
         example = "https://hooks.example.com:443"
@@ -239,7 +240,7 @@ struct LimitsBody {
     #[schema(required = true, minimum = 0.001, maximum = 100000)]
     per_second: Option<f64>,
     /// Deliveries that may start at once after a quiet spell (one second's worth by
-    /// default). Ignored without a limit.
+    /// default). Checked even without a limit, which leaves it no use.
     #[schema(minimum = 1, maximum = 100000)]
     burst: Option<u32>,
 }
@@ -292,8 +293,15 @@ fn own_rate(body: &Value) -> Result<OwnRate, ApiError> {
     };
     let burst = match fields.get("burst") {
         None | Some(Value::Null) => None,
+        // A whole number, written as JSON Schema counts integers (`5` or `5.0`).
         Some(value) => match value
             .as_u64()
+            .or_else(|| {
+                value
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+                    .map(|f| f as u64)
+            })
             .and_then(|b| u32::try_from(b).ok())
             .filter(|b| (1..=RateLimit::MAX_BURST).contains(b))
         {

@@ -46,7 +46,7 @@ macro_rules! behind_earlier {
              OR EXISTS (SELECT 1 FROM requests AS claimed
                         WHERE claimed.ordering_key = requests.ordering_key
                           AND claimed.lease_token IS NOT NULL
-                          AND claimed.ordering_seq <> requests.ordering_seq)))"
+                          AND claimed.id <> requests.id)))"
     };
 }
 

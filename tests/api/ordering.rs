@@ -235,29 +235,41 @@ async fn bad_ordering_keys_are_refused_with_their_place_and_nothing_stored() {
     assert_eq!(field["pattern"], "^[!-~]+$", "{field}");
 }
 
+/// The key's next request accepted before the cancel, and after it (when nothing else of the
+/// key is queued: on SQLite it is numbered as the cancelled one was).
 #[tokio::test]
 async fn a_head_cancelled_in_flight_holds_its_key_until_its_attempt_ends() {
-    // Longer than the sweep's period: the sweep alone would let the next one go.
-    let slow = Receiver::start(Behaviour::hang(Duration::from_millis(3000))).await;
-    let good = Receiver::start(Behaviour::accept()).await;
     let app = TestServer::builder()
         .setting("callback-timeout-seconds", "5")
         .setting("job-lease-seconds", "10")
         .start()
         .await;
-    let head = submit_keyed(&app, "slow head", &slow.url(), Some("d")).await;
-    let next = submit_keyed(&app, "next", &good.url(), Some("d")).await;
-    slow.wait_for_arrivals(1, WAIT).await;
-    let (status, answer) = cancel(&app, &head).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["delivery_in_flight"], true, "{answer}");
-    app.wait_for_status(&next, "callback_success", WAIT).await;
-    let head_at = slow.arrivals()[0].1;
-    let next_at = good.arrivals()[0].1;
-    assert!(
-        next_at >= head_at + chrono::Duration::milliseconds(2900),
-        "the next request went while the cancelled one's attempt was in flight: {head_at} then {next_at}"
-    );
-    slow.stop().await;
-    good.stop().await;
+    for (key, accepted_after_cancel) in [("d", false), ("e", true)] {
+        // Longer than the sweep's period: the sweep alone would let the next one go.
+        let slow = Receiver::start(Behaviour::hang(Duration::from_millis(3000))).await;
+        let good = Receiver::start(Behaviour::accept()).await;
+        let head = submit_keyed(&app, "slow head", &slow.url(), Some(key)).await;
+        let mut next = None;
+        if !accepted_after_cancel {
+            next = Some(submit_keyed(&app, "next", &good.url(), Some(key)).await);
+        }
+        slow.wait_for_arrivals(1, WAIT).await;
+        let (status, answer) = cancel(&app, &head).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["delivery_in_flight"], true, "{answer}");
+        let next = match next {
+            Some(next) => next,
+            None => submit_keyed(&app, "next", &good.url(), Some(key)).await,
+        };
+        app.wait_for_status(&next, "callback_success", WAIT).await;
+        let head_at = slow.arrivals()[0].1;
+        let next_at = good.arrivals()[0].1;
+        assert!(
+            next_at >= head_at + chrono::Duration::milliseconds(2900),
+            "accepted after the cancel: {accepted_after_cancel}: the next request went while \
+             the cancelled one's attempt was in flight: {head_at} then {next_at}"
+        );
+        slow.stop().await;
+        good.stop().await;
+    }
 }

@@ -435,7 +435,11 @@ async fn limits_whose_callers_hang_up_leave_the_instance_agreeing_with_the_datab
             .trim_end_matches(".example:80")
             .parse()
             .unwrap();
-        assert_eq!(*per_second, (n + 1) as f64, "{destination}: another's limit");
+        assert_eq!(
+            *per_second,
+            (n + 1) as f64,
+            "{destination}: another's limit"
+        );
     }
     eprintln!(
         "{} of 60 limits stand after their callers hung up",

@@ -35,40 +35,53 @@ fn held_back(view: &DestinationView) -> bool {
 }
 
 impl HeldJobs {
-    /// Fills in `held_jobs` of the held-back destinations among `views` (the first
-    /// [`COUNTED`] of them). A count that cannot be read leaves them unset.
+    /// Fills in `held_jobs` of the held-back destinations among `views` from the last round
+    /// of counts, taking a new round (of the first [`COUNTED`] of them) when that one is
+    /// [`FRESH_FOR`] old. A destination held back since shows none until the next round; a
+    /// round that cannot be read leaves them all unset until the next.
     pub async fn fill(&self, store: &Store, views: &mut [DestinationView]) {
-        let wanted: Vec<String> = views
-            .iter()
-            .filter(|v| held_back(v))
-            .take(COUNTED)
-            .map(|v| v.destination.clone())
-            .collect();
-        if wanted.is_empty() {
-            return;
-        }
         let mut last = self.last.lock().await;
-        let fresh = last.as_ref().is_some_and(|(at, counts)| {
-            at.elapsed() < FRESH_FOR && wanted.iter().all(|d| counts.contains_key(d))
-        });
-        if !fresh {
-            match store.due_unclaimed(wanted.clone(), CAP).await {
+        if last
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= FRESH_FOR)
+        {
+            let wanted: Vec<String> = views
+                .iter()
+                .filter(|v| held_back(v))
+                .take(COUNTED)
+                .map(|v| v.destination.clone())
+                .collect();
+            let counts = if wanted.is_empty() {
+                Ok(Vec::new())
+            } else {
+                store.due_unclaimed(wanted.clone(), CAP).await
+            };
+            match counts {
                 Ok(counts) => {
                     *last = Some((Instant::now(), wanted.into_iter().zip(counts).collect()))
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "counting the held-back destinations' jobs failed");
-                    return;
+                    // Tried again in a round's time, not at every scrape.
+                    *last = Some((Instant::now(), HashMap::new()));
                 }
             }
         }
-        let Some((_, counts)) = last.as_ref() else {
-            return;
-        };
-        for view in views.iter_mut() {
-            if held_back(view) {
-                view.held_jobs = counts.get(&view.destination).copied();
-            }
-        }
+        fill_from(last.as_ref(), views);
+    }
+
+    /// As [`fill`](Self::fill), from the last round only (an operator's change answers at
+    /// once, whatever the database is doing).
+    pub async fn fill_cached(&self, views: &mut [DestinationView]) {
+        fill_from(self.last.lock().await.as_ref(), views);
+    }
+}
+
+fn fill_from(last: Option<&(Instant, HashMap<String, u64>)>, views: &mut [DestinationView]) {
+    let Some((_, counts)) = last else {
+        return;
+    };
+    for view in views.iter_mut().filter(|v| held_back(v)) {
+        view.held_jobs = counts.get(&view.destination).copied();
     }
 }

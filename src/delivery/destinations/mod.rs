@@ -791,11 +791,23 @@ impl Destinations {
         if state.entries.len() < self.policy.tracked {
             return;
         }
+        // Those that hold something back go last: an open breaker, a receiver's hold, or a
+        // rate limit's bucket not yet full again (forgotten, it would start full: a caller
+        // naming new destinations could buy a limited one an extra burst each time).
+        let now = Instant::now();
         let mut idle: Vec<((bool, Instant), String)> = state
             .entries
             .iter()
             .filter(|(_, e)| e.in_flight == 0)
-            .map(|(d, e)| ((!e.breaker.is_clear(), e.last_active), d.clone()))
+            .map(|(d, e)| {
+                let limit = limit_of(&state.operated, d, self.policy.default_rate);
+                let holds = !e.breaker.is_clear()
+                    || e.held_until.is_some_and(|until| until > now)
+                    || limit
+                        .zip(e.bucket)
+                        .is_some_and(|(limit, bucket)| bucket.is_short(limit, now));
+                ((holds, e.last_active), d.clone())
+            })
             .collect();
         idle.sort_unstable();
         let forget = (self.policy.tracked / 8).max(1);

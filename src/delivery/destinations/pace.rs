@@ -172,6 +172,14 @@ impl Bucket {
     pub(super) fn at(&self) -> Instant {
         self.at
     }
+
+    /// Whether it has not earned back its whole burst by `now`: forgetting it would hand its
+    /// destination a burst it has not earned.
+    pub(super) fn is_short(&self, limit: RateLimit, now: Instant) -> bool {
+        let mut refilled = *self;
+        refilled.refill(limit, now);
+        refilled.tokens < f64::from(limit.burst)
+    }
 }
 
 #[cfg(test)]

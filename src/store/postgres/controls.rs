@@ -40,6 +40,14 @@ const FORGET_PASSING: &str = "DELETE FROM destination_controls WHERE destination
          WHERE paused_at IS NULL AND NOT rate_set AND (held_until IS NULL OR held_until <= now())
          ORDER BY changed_at >= now() - interval '10 seconds', changed_at LIMIT 1)";
 
+/// When the rows left are all paused, limited or held: the receiver's hold that ends first,
+/// deleted to make room for an operator's pause or limit (the hold still applies on the
+/// instance that got it). Without it, receivers answering `Retry-After` on 1,000
+/// destinations would lock the operator out.
+const FORGET_HOLD: &str = "DELETE FROM destination_controls WHERE destination IN (
+         SELECT destination FROM destination_controls
+         WHERE paused_at IS NULL AND NOT rate_set ORDER BY held_until LIMIT 1)";
+
 const DELETE: &str = "DELETE FROM destination_controls WHERE destination = $1";
 
 const UPSERT: &str = "INSERT INTO destination_controls (destination, paused_at, breaker_resets,
@@ -134,6 +142,12 @@ impl PgStore {
                     .await?
                     .rows_affected()
                     == 0
+                && !(change.lasts()
+                    && sqlx::query(FORGET_HOLD)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        > 0)
             {
                 // A receiver's hold still applies on the instance that got it.
                 return Ok(if change.lasts() {

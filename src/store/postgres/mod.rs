@@ -57,8 +57,8 @@ use self::queue_count::QueueCount;
 use self::rows::{attempt_from_row, parse_status, position_of, record_from_row};
 use self::writes::{
     CANCEL, CANCEL_OF, CLEANUP_LOCK, DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP,
-    INSERT_SYNC_STARTED, MAKE_DUE, MAKE_DUE_OF, REDELIVER, REDELIVERY_OF, RELEASE, UNPARK_KEY,
-    UNPARK_STRANDED, UPSERT_SYNC_FINISHED,
+    INSERT_SYNC_STARTED, MAKE_DUE, MAKE_DUE_OF, REDELIVER, REDELIVERY_OF, RELEASE,
+    RELEASE_ENDED_CLAIMS, UNPARK_KEY, UNPARK_STRANDED, UPSERT_SYNC_FINISHED,
 };
 use super::backend::Backend;
 use super::group_commit::GroupCommit;
@@ -552,6 +552,9 @@ impl Backend for PgStore {
 
     async fn unpark(&self, key: Option<&str>) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await?;
+        if key.is_none() {
+            sqlx::query(RELEASE_ENDED_CLAIMS).execute(&mut *tx).await?;
+        }
         let unparked = match key {
             Some(key) => sqlx::query(UNPARK_KEY).bind(key),
             None => sqlx::query(UNPARK_STRANDED),

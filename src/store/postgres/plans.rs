@@ -16,8 +16,8 @@ use super::list::{COUNT_BY_STATUS, DIALECT, bind_list_params};
 use super::queue_count::COUNT_QUEUE;
 use super::writes::{
     CANCEL, CANCEL_OF, DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP,
-    INSERT_SYNC_STARTED, MAKE_DUE, MAKE_DUE_OF, REDELIVER, REDELIVERY_OF, RELEASE, UNPARK_KEY,
-    UNPARK_STRANDED, UPSERT_SYNC_FINISHED,
+    INSERT_SYNC_STARTED, MAKE_DUE, MAKE_DUE_OF, REDELIVER, REDELIVERY_OF, RELEASE,
+    RELEASE_ENDED_CLAIMS, UNPARK_KEY, UNPARK_STRANDED, UPSERT_SYNC_FINISHED,
 };
 use super::{
     ATTEMPTS_OF, DUE_UNCLAIMED, KEY_HOLDER, POSITION_OF, PROBE_WRITE, RECORD_BY_ID, STATUS_COUNTS,
@@ -58,6 +58,7 @@ const FIXED: &[(&str, &str)] = &[
     ("retry now", MAKE_DUE),
     ("ordering: unpark a key's next", UNPARK_KEY),
     ("ordering: unpark stranded keys", UNPARK_STRANDED),
+    ("ordering: release ended claims", RELEASE_ENDED_CLAIMS),
     ("release at shutdown", RELEASE),
     ("stale sync requests", FAIL_STALE_SYNC),
     ("waiters: versions", VERSIONS),

@@ -103,6 +103,15 @@ pub(super) const UNPARK_STRANDED: &str = concat!(
     " FROM parked WHERE parked.key IS NOT NULL)"
 );
 
+/// The expired claims of keyed requests no longer queued (a request cancelled while its
+/// attempt was in flight keeps its claim until the attempt ends): an instance that died
+/// would otherwise hold its key's next request back, on every instance, until retention
+/// deleted it. Rows of `requests_ordering_claimed`, a handful.
+pub(super) const RELEASE_ENDED_CLAIMS: &str =
+    "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+     WHERE ordering_key IS NOT NULL AND lease_token IS NOT NULL
+       AND next_attempt_at IS NULL AND lease_expires_at < now()";
+
 /// What a cancel needs to know of a request, locked.
 pub(super) const CANCEL_OF: &str =
     "SELECT mode, status, lease_token IS NOT NULL, COALESCE(cancelled_in_flight, false)

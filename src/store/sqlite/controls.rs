@@ -29,6 +29,14 @@ const FORGET_PASSING: &str = "DELETE FROM destination_controls WHERE destination
 
 const FORGET_AFTER_MS: i64 = 10_000;
 
+/// When the rows left are all paused, limited or held: the receiver's hold that ends first,
+/// deleted to make room for an operator's pause or limit (the hold still applies on the
+/// instance that got it). Without it, receivers answering `Retry-After` on 1,000
+/// destinations would lock the operator out.
+const FORGET_HOLD: &str = "DELETE FROM destination_controls WHERE destination IN (
+         SELECT destination FROM destination_controls
+         WHERE paused_at IS NULL AND rate_set = 0 ORDER BY held_until LIMIT 1)";
+
 const DELETE: &str = "DELETE FROM destination_controls WHERE destination = ?1";
 
 const UPSERT: &str = "INSERT INTO destination_controls (destination, paused_at, breaker_resets,
@@ -92,6 +100,7 @@ impl Write for ControlDestination {
                     .prepare_cached(FORGET_PASSING)?
                     .execute([millis(now) - FORGET_AFTER_MS, millis(now)])?
                     == 0
+                && !(self.change.lasts() && tx.prepare_cached(FORGET_HOLD)?.execute([])? > 0)
             {
                 // A receiver's hold still applies on the instance that got it.
                 return Ok(Ok(if self.change.lasts() {

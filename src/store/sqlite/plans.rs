@@ -13,7 +13,8 @@ use super::writes::{
     CANCEL, CANCEL_OF, COUNT_FINISHED, DELETE_EXPIRED, DELETE_OLDEST_FINISHED, EXPIRED_LEASES_OF,
     GIVE_UP, INSERT_ASYNC, INSERT_ATTEMPT, INSERT_SYNC_STARTED, KEY_HOLDER, MAKE_DUE, MAKE_DUE_OF,
     PROBE_DELETE, PROBE_INSERT, RECORD_ATTEMPT, REDELIVER, REDELIVERY_OF, RELEASE, RELEASE_CLAIM,
-    RENEW_LEASE, SAVE_RESULT, UNPARK_KEY, UNPARK_STRANDED, UPSERT_SYNC_FINISHED,
+    RELEASE_ENDED_CLAIMS, RENEW_LEASE, SAVE_RESULT, UNPARK_KEY, UNPARK_STRANDED,
+    UPSERT_SYNC_FINISHED,
 };
 use super::{ATTEMPTS_OF, DUE_UNCLAIMED, POSITION_OF, RECORD_BY_ID, STATUS_COUNTS};
 use crate::store::plans::{StatementPlan, hot_statements};
@@ -46,6 +47,7 @@ const FIXED: &[(&str, &str)] = &[
     ("retry now", MAKE_DUE),
     ("ordering: unpark a key's next", UNPARK_KEY),
     ("ordering: unpark stranded keys", UNPARK_STRANDED),
+    ("ordering: release ended claims", RELEASE_ENDED_CLAIMS),
     ("release at shutdown", RELEASE),
     ("queue clock: stamp", STAMP),
     ("queue clock: last stamp", LAST_STAMP),

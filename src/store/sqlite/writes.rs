@@ -95,6 +95,15 @@ pub(super) const UNPARK_STRANDED: &str = concat!(
     " FROM parked WHERE parked.key IS NOT NULL)"
 );
 
+/// The expired claims of keyed requests no longer queued (a request cancelled while its
+/// attempt was in flight keeps its claim until the attempt ends): an owner that died, or
+/// lost the row, would otherwise hold its key's next request back until retention deleted
+/// it. Rows of `requests_ordering_claimed`, a handful.
+pub(super) const RELEASE_ENDED_CLAIMS: &str =
+    "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
+     WHERE ordering_key IS NOT NULL AND lease_token IS NOT NULL
+       AND next_attempt_at IS NULL AND lease_expires_at < ?1";
+
 /// An async request, queued.
 pub(super) const INSERT_ASYNC: &str = concat!(
     "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
@@ -648,9 +657,12 @@ impl Write for Unpark {
             Some(key) => tx
                 .prepare_cached(UNPARK_KEY)?
                 .execute(params![queue.now, wall, key])?,
-            None => tx
-                .prepare_cached(UNPARK_STRANDED)?
-                .execute(params![queue.now, wall])?,
+            None => {
+                tx.prepare_cached(RELEASE_ENDED_CLAIMS)?
+                    .execute([queue.now])?;
+                tx.prepare_cached(UNPARK_STRANDED)?
+                    .execute(params![queue.now, wall])?
+            }
         };
         done(changed as u64)
     }

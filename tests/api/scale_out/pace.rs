@@ -180,3 +180,55 @@ async fn keyed_requests_through_two_instances_arrive_in_acceptance_order_per_key
     );
     receiver.stop().await;
 }
+
+/// A keyed request cancelled while its attempt was in flight keeps its claim until that
+/// attempt ends; if its instance dies first, the claim's lease runs out and the key's next
+/// request, on the other instance, is delivered then (not when retention deletes the row).
+#[tokio::test]
+async fn a_key_whose_cancelled_head_died_in_flight_goes_on_once_its_lease_runs_out() {
+    let Some(database) = postgres_database().await else {
+        return;
+    };
+    let hanging = Receiver::start(Behaviour::hang(Duration::from_secs(60))).await;
+    let good = Receiver::start(Behaviour::accept()).await;
+    let start = || {
+        TestServer::builder()
+            .child()
+            .database_url(&database)
+            .setting("job-lease-seconds", "3")
+            .setting("callback-timeout-seconds", "1")
+            .start()
+    };
+    let mut dying = start().await;
+    let body = json!({"data": "head", "iterations": 1, "callback_url": hanging.url(),
+                      "ordering_key": "k"});
+    let (status, answer) = read(dying.post_async(&body).await).await;
+    assert_eq!(status, 200, "{answer}");
+    let head = answer["request_id"].as_str().unwrap().to_string();
+    hanging.wait_for_arrivals(1, WAIT).await;
+    let (status, answer) = read(
+        dying
+            .client
+            .post(dying.url(&format!("/requests/{head}/cancel")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["delivery_in_flight"], true, "{answer}");
+    dying.kill_9();
+
+    let survivor = start().await;
+    let body = json!({"data": "next", "iterations": 1, "callback_url": good.url(),
+                      "ordering_key": "k"});
+    let (status, answer) = read(survivor.post_async(&body).await).await;
+    assert_eq!(status, 200, "{answer}");
+    let next = answer["request_id"].as_str().unwrap().to_string();
+    let record = survivor
+        .wait_for_status(&next, "callback_success", Duration::from_secs(20))
+        .await;
+    assert_eq!(record["callback_attempts"], 1, "{record}");
+    hanging.stop().await;
+    good.stop().await;
+}

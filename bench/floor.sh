@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# floor.sh: what the service adds to the work. Side by side in one run, the floor
+# (bench/floor: the same wire format and work function with nothing else, no database) and
+# syncasync with its default settings on SQLite and on PostgreSQL, each path run against
+# each in turn, ROUNDS times alternating:
+#
+#   sync-1000   POST /sync iterations=1000, wrk, CONNECTIONS connections   (requests/s)
+#   sync-1      POST /sync iterations=1                                     (requests/s)
+#   async-1000  loadgen --mode async closed loop, iterations=1000           (delivered/s)
+#
+# For each run it also reads the server's CPU time (user + system, /proc) and PostgreSQL's
+# (every postgres process), and prints per path: the median rate of each, the ratio to the
+# floor, and the CPU each request costs (µs), the service's beyond the floor's. All traffic
+# stays on loopback.
+#
+#   bash bench/floor.sh
+#
+# Writes bench/results/floor.md; progress goes to stderr.
+#
+# Env overrides: ROUNDS (3), DURATION (10), CONNECTIONS (50), BACKENDS ("sqlite postgres"),
+# PATHS ("sync-1000 sync-1 async-1000"), PG_ADMIN_URL
+# (postgres://postgres@127.0.0.1:5432/postgres), PG_EXTRA (appended to the service's
+# PostgreSQL URL, e.g. "?sslmode=disable"; empty: what a plain postgres:// URL gives).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+readonly ROOT="$PWD"
+readonly LIB="$ROOT/bench/lib"
+readonly RESULTS_FILE="$ROOT/bench/results/floor.md"
+readonly BIN="$ROOT/target/release/syncasync"
+readonly FLOOR="$ROOT/bench/floor/target/release/syncasync-floor"
+
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-10}"
+CONNECTIONS="${CONNECTIONS:-50}"
+BACKENDS="${BACKENDS:-sqlite postgres}"
+PATHS="${PATHS:-sync-1000 sync-1 async-1000}"
+PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+PG_EXTRA="${PG_EXTRA:-}"
+ITERATIONS=1000 # run_load's
+
+tmp_dir="$(mktemp -d)"
+# shellcheck source=bench/lib/common.sh
+source "$LIB/common.sh"
+trap cleanup_on_exit EXIT
+trap 'exit 130' INT
+
+require_uint ROUNDS "$ROUNDS" 1
+require_uint DURATION "$DURATION" 1
+require_uint CONNECTIONS "$CONNECTIONS" 2
+ensure_wrk
+
+# CPU seconds (user + system) process PID has used.
+cpu_of() {
+    awk -v tck="$(getconf CLK_TCK)" '{ print ($14 + $15) / tck }' "/proc/$1/stat"
+}
+
+# CPU seconds every PostgreSQL process has used (0 without any).
+pg_cpu() {
+    local total=0 pid
+    for pid in $(pgrep -x postgres || true); do
+        total=$(calc "%.3f" "a + b" "$total" "$(cpu_of "$pid" 2>/dev/null || echo 0)")
+    done
+    echo "$total"
+}
+
+declare -A URL PID
+start_target() {   # NAME
+    local name="$1" port
+    port="$(free_port)"
+    URL[$name]="http://127.0.0.1:$port"
+    case "$name" in
+        floor)
+            "$FLOOR" "127.0.0.1:$port" >>"$tmp_dir/floor.log" 2>&1 &
+            ;;
+        sqlite)
+            env APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="sqlite://$tmp_dir/floor.db" \
+                APP_CALLBACK_BLOCK_PRIVATE_IPS=false RUST_LOG=warn \
+                "$BIN" serve >>"$tmp_dir/sqlite.log" 2>&1 &
+            ;;
+        postgres)
+            new_pg_database floor
+            env APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="$DATABASE_URL$PG_EXTRA" \
+                APP_CALLBACK_BLOCK_PRIVATE_IPS=false RUST_LOG=warn \
+                "$BIN" serve >>"$tmp_dir/postgres.log" 2>&1 &
+            ;;
+    esac
+    PID[$name]=$!
+    started_pids+=("$!")
+    wait_healthy "${URL[$name]}" "$name"
+}
+
+# measure TARGET PATH ROUND: one run; appends "path target rate server_cpu pg_cpu count".
+measure() {
+    local target="$1" path="$2" round="$3" name="$1-$2-$3" url before pg_before rate count
+    url="${URL[$target]}"
+    before="$(cpu_of "${PID[$target]}")"
+    pg_before="$(pg_cpu)"
+    case "$path" in
+        sync-*)
+            wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$LIB/post_sync.lua" \
+                "$url/sync" -- "${path#sync-}" >"$tmp_dir/$name.txt" 2>&1 || die "wrk failed ($name)"
+            rate="$(awk -f "$LIB/wrk_parse.awk" "$tmp_dir/$name.txt" | sed -n 's/^rps=//p')"
+            count="$(awk -f "$LIB/wrk_parse.awk" "$tmp_dir/$name.txt" | sed -n 's/^requests=//p')"
+            grep -q "Non-2xx" "$tmp_dir/$name.txt" && die "answers other than 2xx ($name)"
+            ;;
+        async-*)
+            url="$url" ITERATIONS="${path#async-}" run_load "$name" >/dev/null
+            read -r rate count < <(python3 -c 'import json, sys
+m = json.load(open(sys.argv[1]))["modes"][0]["callbacks"]
+print(m["delivered_rps"], m["delivered"])' "$tmp_dir/$name.json")
+            ;;
+    esac
+    echo "$path $target $rate $(calc "%.3f" "a - b" "$(cpu_of "${PID[$target]}")" "$before") \
+$(calc "%.3f" "a - b" "$(pg_cpu)" "$pg_before") $count" >>"$tmp_dir/rows"
+    log "$name: $rate/s"
+}
+
+log "building the release binaries"
+cargo build --release --bin syncasync >&2
+cargo build --release --manifest-path bench/floor/Cargo.toml >&2
+
+targets=(floor)
+for backend in $BACKENDS; do targets+=("$backend"); done
+for target in "${targets[@]}"; do start_target "$target"; done
+
+# Both give the same answer to the same work (SPEC §1's test vectors hold for both).
+for target in "${targets[@]}"; do
+    curl -fsS "${URL[$target]}/sync" -H 'content-type: application/json' \
+        -d '{"data":"hello","iterations":1000}' |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["result"]["output_hash"])'
+done | sort -u | awk 'END { if (NR != 1) { print "the floor and the service disagree on the work"; exit 1 } }' ||
+    die "the floor's work differs from the service's"
+
+for round in $(seq 1 "$ROUNDS"); do
+    for path in $PATHS; do
+        for target in "${targets[@]}"; do
+            measure "$target" "$path" "$round"
+        done
+    done
+done
+
+python3 - "$tmp_dir/rows" "$RESULTS_FILE" "$ROUNDS" "$DURATION" "$CONNECTIONS" "$PG_EXTRA" <<'EOF'
+import statistics, sys
+rows_file, out, rounds, duration, connections, pg_extra = sys.argv[1:]
+runs = {}
+for line in open(rows_file):
+    path, target, rate, cpu, pg, count = line.split()
+    runs.setdefault((path, target), []).append(
+        (float(rate), float(cpu), float(pg), max(int(float(count)), 1)))
+
+def median(values):
+    return statistics.median(values)
+
+paths = list(dict.fromkeys(p for p, _ in runs))
+targets = [t for t in ("floor", "sqlite", "postgres") if any(t == k[1] for k in runs)]
+lines = [
+    "# What the service adds to the work: syncasync against the floor",
+    "",
+    f"`bash bench/floor.sh`: {rounds} rounds alternating, {duration} s each, {connections} "
+    "connections (wrk for sync, loadgen's closed loop for async), default settings; the "
+    "floor is bench/floor (no database). Medians of the rounds. CPU is the server process's "
+    "user + system time per request (async: per delivered callback); PostgreSQL's is every "
+    f"postgres process's. PostgreSQL URL suffix: `{pg_extra or '(none: a plain postgres:// URL)'}`.",
+    "",
+    "| path | floor /s | service | /s | ratio | floor CPU µs | service CPU µs | beyond the floor µs | PostgreSQL CPU µs |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+for path in paths:
+    floor = runs.get((path, "floor"))
+    floor_rate = median([r for r, *_ in floor]) if floor else None
+    floor_cpu = median([c / n * 1e6 for _, c, _, n in floor]) if floor else None
+    for target in targets[1:]:
+        mine = runs.get((path, target))
+        if not mine:
+            continue
+        rate = median([r for r, *_ in mine])
+        cpu = median([c / n * 1e6 for _, c, _, n in mine])
+        pg = median([p / n * 1e6 for _, _, p, n in mine]) if target == "postgres" else None
+        lines.append(
+            f"| {path} | {floor_rate:,.0f} | {target} | {rate:,.0f} | "
+            f"{rate / floor_rate:.2f} | {floor_cpu:.0f} | {cpu:.0f} | {cpu - floor_cpu:.0f} | "
+            f"{'' if pg is None else f'{pg:.0f}'} |")
+if ("async-1000", "sqlite") in runs and ("async-1000", "postgres") in runs:
+    sqlite = median([r for r, *_ in runs[("async-1000", "sqlite")]])
+    postgres = median([r for r, *_ in runs[("async-1000", "postgres")]])
+    lines += ["", f"PostgreSQL ÷ SQLite, async delivered/s: {postgres / sqlite:.2f}"]
+lines += ["", "Each run (path, target, rate/s, server CPU s, PostgreSQL CPU s, requests):", "",
+          "```"] + [l.rstrip() for l in open(rows_file)] + ["```", ""]
+open(out, "w").write("\n".join(lines))
+print("\n".join(lines))
+EOF
