@@ -446,3 +446,77 @@ async fn limits_whose_callers_hang_up_leave_the_instance_agreeing_with_the_datab
         stored.len()
     );
 }
+
+/// Stores an hour-long receiver's hold for `n` made-up destinations, straight into the
+/// database, as 1,000 receivers answering `Retry-After` would.
+async fn store_holds(database: &str, n: u32) {
+    if let Some(path) = database.strip_prefix("sqlite://") {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let now = Utc::now().timestamp_millis();
+        for i in 0..n {
+            conn.execute(
+                "INSERT INTO destination_controls (destination, held_until, changed_at)
+                 VALUES (?1, ?2, ?3)",
+                rusqlite::params![
+                    format!("http://held-{i}.example:80"),
+                    now + 3_600_000 + i64::from(i),
+                    now
+                ],
+            )
+            .unwrap();
+        }
+    } else {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(database).await.unwrap();
+        sqlx::query(
+            "INSERT INTO destination_controls (destination, held_until, changed_at)
+             SELECT 'http://held-' || g || '.example:80',
+                    now() + interval '1 hour' + g * interval '1 millisecond', now()
+             FROM generate_series(0, $1 - 1) AS g",
+        )
+        .bind(i64::from(n))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+/// Receivers' holds on 1,000 destinations (every stored control row) do not lock the
+/// operator out: a pause or a limit takes the place of the hold that ends first.
+#[tokio::test]
+async fn receivers_holds_on_a_thousand_destinations_leave_room_for_an_operators_controls() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = crate::helpers::fresh_database(dir.path()).await;
+    let app = TestServer::builder()
+        .database_url(&database)
+        .setting("admin-token", TOKEN)
+        .setting("callback-retry-max-delay", "7200")
+        .start()
+        .await;
+    store_holds(&database, 1000).await;
+    let (status, view) =
+        set_limits(&app, "http://fragile.example:80", r#"{"per_second": 2}"#).await;
+    assert_eq!(status, 200, "{view}");
+    let (status, view) =
+        crate::destination_controls::control(&app, "pause", "http://noisy.example:80").await;
+    assert_eq!(status, 200, "{view}");
+    let views = crate::helpers::destinations(&app, TOKEN).await;
+    let held = views
+        .iter()
+        .filter(|v| {
+            v["destination"]
+                .as_str()
+                .unwrap()
+                .starts_with("http://held-")
+        })
+        .count();
+    assert_eq!(held, 998, "the two holds ending first made room");
+    for gone in ["http://held-0.example:80", "http://held-1.example:80"] {
+        assert!(
+            views.iter().all(|v| v["destination"] != gone),
+            "{gone} ended first and gave way"
+        );
+    }
+    app.stop().await;
+}
