@@ -108,7 +108,7 @@ measure() {
             url="$url" ITERATIONS="${path#async-}" run_load "$name" >/dev/null
             read -r rate count < <(python3 -c 'import json, sys
 m = json.load(open(sys.argv[1]))["modes"][0]["callbacks"]
-print(m["delivered_rps"], m["delivered"])' "$tmp_dir/$name.json")
+print(m["delivered_rps"], m["received"])' "$tmp_dir/$name.json")
             ;;
     esac
     echo "$path $target $rate $(calc "%.3f" "a - b" "$(cpu_of "${PID[$target]}")" "$before") \

@@ -66,7 +66,9 @@ async fn accept(State(client): State<reqwest::Client>, Json(work): Json<Work>) -
         let result = compute(&id, &work.data, work.iterations);
         let body = json!({"request_id": id, "status": "success", "result": result});
         if let Some(url) = work.callback_url {
-            let _ = client.post(url).json(&body).send().await;
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            let request = client.post(url).header("content-type", "application/json");
+            let _ = request.body(body).send().await;
         }
     });
     Json(answer)
