@@ -169,6 +169,20 @@ async fn set_limits<P>(app: &TestServer<P>, destination: &str, body: &str) -> (u
     .await
 }
 
+/// `DELETE /destinations/{key}/limits`: the default applies to `destination` again.
+async fn default_limits<P>(app: &TestServer<P>, destination: &str) -> (u16, Value) {
+    let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
+    read(
+        app.client
+            .delete(app.url(&format!("/destinations/{key}/limits")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_destinations_own_limit_holds_it_alone_and_bad_limits_are_refused_with_nothing_stored() {
     let limited = Receiver::start(Behaviour::accept()).await;
@@ -216,16 +230,7 @@ async fn a_destinations_own_limit_holds_it_alone_and_bad_limits_are_refused_with
     let arrivals: Vec<DateTime<Utc>> = limited.arrivals().into_iter().map(|(_, t)| t).collect();
     assert!(busiest_second(&arrivals) <= 8, "5/s with bursts of 2");
 
-    let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
-    let (status, view) = read(
-        app.client
-            .delete(app.url(&format!("/destinations/{key}/limits")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, view) = default_limits(&app, &destination).await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(
         (view["rate_limit"].clone(), view["rate_limit_own"].clone()),
@@ -328,16 +333,7 @@ async fn what_waits_behind_a_limit_or_a_receivers_hold_is_shown_per_destination(
     );
 
     // The limit taken off, its jobs go and nothing is shown held any more.
-    let key: String = url::form_urlencoded::byte_serialize(limited_at.as_bytes()).collect();
-    let (status, _) = read(
-        app.client
-            .delete(app.url(&format!("/destinations/{key}/limits")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = default_limits(&app, &limited_at).await;
     assert_eq!(status, 200);
     limited.wait_for_deliveries(12, WAIT).await;
     holding.wait_for_deliveries(10, WAIT).await;

@@ -33,24 +33,33 @@ fn callback_spans(receiver: &Receiver, id: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// `POST /async` with `body`, and `traceparent` (and `tracestate`) headers; answers the
+/// request id.
+pub async fn post_traced<P>(
+    app: &TestServer<P>,
+    body: &Value,
+    traceparent: &str,
+    tracestate: Option<&str>,
+) -> String {
+    let mut request = app
+        .client
+        .post(app.url("/async"))
+        .header("traceparent", traceparent)
+        .json(body);
+    if let Some(tracestate) = tracestate {
+        request = request.header("tracestate", tracestate);
+    }
+    let (status, answer) = read(request.send().await.unwrap()).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["request_id"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn a_callback_continues_the_trace_its_request_came_with_one_span_per_attempt() {
     let receiver = Receiver::start(Behaviour::fail_first(1)).await;
     let app = TestServer::builder().start().await;
     let body = json!({"data": "traced", "iterations": 1, "callback_url": receiver.url()});
-    let (status, answer) = read(
-        app.client
-            .post(app.url("/async"))
-            .header("traceparent", PARENT)
-            .header("tracestate", "vendor=opaque")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
-    let id = answer["request_id"].as_str().unwrap().to_string();
+    let id = post_traced(&app, &body, PARENT, Some("vendor=opaque")).await;
     receiver.wait_for_deliveries(1, WAIT).await;
     let spans = callback_spans(&receiver, &id);
     assert_eq!(spans.len(), 2, "a refused attempt, then the delivery");

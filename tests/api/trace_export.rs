@@ -19,7 +19,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::destination_controls::destination_of;
-use crate::helpers::{Behaviour, ChildProcess, Receiver, TestServer, read};
+use crate::helpers::{Behaviour, ChildProcess, Receiver, TestServer};
+use crate::trace_context::post_traced;
 
 const WAIT: Duration = Duration::from_secs(30);
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -187,19 +188,7 @@ async fn each_attempt_is_exported_as_a_client_span_of_the_requests_trace() {
     let receiver = Receiver::start(Behaviour::fail_first(1)).await;
     let app = exporting_to(&collector.url()).await;
     let body = json!({"data": "exported", "iterations": 1, "callback_url": receiver.url()});
-    let (status, answer) = read(
-        app.client
-            .post(app.url("/async"))
-            .header("traceparent", PARENT)
-            .header("tracestate", "vendor=opaque")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
-    let id = answer["request_id"].as_str().unwrap().to_string();
+    let id = post_traced(&app, &body, PARENT, Some("vendor=opaque")).await;
     receiver.wait_for_deliveries(1, WAIT).await;
 
     let spans = collector.wait_for_spans(&id, 2).await;
@@ -298,21 +287,13 @@ async fn a_trace_its_caller_did_not_sample_is_not_exported() {
     let receiver = Receiver::start(Behaviour::accept()).await;
     let app = exporting_to(&collector.url()).await;
     let body = json!({"data": "unsampled", "iterations": 1, "callback_url": receiver.url()});
-    let (status, answer) = read(
-        app.client
-            .post(app.url("/async"))
-            .header(
-                "traceparent",
-                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
-            )
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
+    let unsampled = post_traced(
+        &app,
+        &body,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        None,
     )
     .await;
-    assert_eq!(status, 200, "{answer}");
-    let unsampled = answer["request_id"].as_str().unwrap().to_string();
     // One sampled request after it: once its span is in, the other's would be too.
     let sampled = app.submit("sampled", &receiver.url()).await;
     receiver.wait_for_deliveries(2, WAIT).await;
