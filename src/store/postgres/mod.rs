@@ -102,6 +102,9 @@ const DUE_UNCLAIMED: &str = "SELECT (SELECT count(*) FROM (SELECT 1 FROM request
            AND (lease_expires_at IS NULL OR lease_expires_at < now()) LIMIT $2) due)
      FROM unnest($1::text[]) WITH ORDINALITY AS asked(d, n) ORDER BY n";
 
+/// Longest wait, at shutdown, for each pool's connections to come back.
+const POOL_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// Longest wait for a pooled connection (see `open`).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -792,11 +795,26 @@ impl Backend for PgStore {
     }
 
     async fn close(&self) {
-        self.listen_pool.close().await;
-        self.health_pool.close().await;
-        self.maintenance_pool.close().await;
-        self.pool.close().await;
-        self.relaxed.close().await;
+        // A pool closes once every connection is back, and one whose query was dropped
+        // mid-flight (a vacuum cancelled at shutdown) may never come back: the shutdown
+        // does not wait on it past `POOL_CLOSE_WAIT`; the process's exit closes its socket.
+        for (name, pool) in [
+            ("listen", &self.listen_pool),
+            ("health", &self.health_pool),
+            ("maintenance", &self.maintenance_pool),
+            ("main", &self.pool),
+            ("relaxed", &self.relaxed),
+        ] {
+            if tokio::time::timeout(POOL_CLOSE_WAIT, pool.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    pool = name,
+                    "a database connection was still in use at shutdown; left to the exit to close"
+                );
+            }
+        }
     }
 }
 
