@@ -1,4 +1,4 @@
-//! The writes every async request makes, as multi-row statements for group commit
+//! The writes every async request makes, and a sync request's last, as multi-row statements for group commit
 //! ([`crate::store::group_commit`]): accepting it, storing its work result, recording each
 //! delivery attempt. One statement (`UNNEST` of one array per column) and one commit serve a
 //! whole batch; each write's answer is read from what the statement returns.
@@ -15,10 +15,12 @@ use sqlx::postgres::PgPool;
 
 use super::{JOBS_CHANNEL, NOTIFY_INTERVAL};
 use crate::delivery::destinations::destination_host;
+use crate::model::WorkResult;
 use crate::model::{DeliveryAttempt, Status};
 use crate::store::group_commit::RunBatch;
 use crate::store::{
-    AttemptOutcome, FinishedWork, NewAsyncRequest, Recorded, StoreResult, Transition,
+    AttemptOutcome, FinishedWork, NewAsyncRequest, NewRequest, Recorded, StoreResult, Transition,
+    sync_outcome,
 };
 
 /// Queued requests (`POST /async`, one by one or a batch) inserted in one statement; each
@@ -82,6 +84,30 @@ pub(super) const INSERT_QUEUED: &str = concat!(
          SELECT pg_notify($10, '') WHERE $11)
      SELECT id FROM inserted WHERE (SELECT count(*) FROM announced) >= 0"
 );
+
+/// Sync requests' ends, each with its whole record: inserted, or over the `processing` row
+/// of one that was recorded while it ran. Commits durably: every answer follows its row's
+/// commit.
+pub(super) const FINISH_SYNC: &str =
+    "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                           completed_at, input_hash, output_hash, processing_time_ms, error,
+                           traceparent, tracestate)
+     SELECT id, 'sync', status, payload_hash, iterations, created_at, now(), input_hash,
+            output_hash, processing_time_ms, error, traceparent, tracestate
+     FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[],
+                 $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::text[])
+          AS f(id, payload_hash, iterations, created_at, status, input_hash, output_hash,
+               processing_time_ms, error, traceparent, tracestate)
+     ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
+         input_hash = excluded.input_hash, output_hash = excluded.output_hash,
+         processing_time_ms = excluded.processing_time_ms, error = excluded.error,
+         -- A failed sync request did no work a replay could answer with: its key is
+         -- free again, for the client's retry.
+         idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
+                           ELSE requests.idempotency_key END
+     -- Only a request still working ends so (SyncFinished applies to `processing`):
+     -- one already failed as abandoned stays as it is, its key possibly reused.
+     WHERE requests.status = 'processing'";
 
 /// Work results stored under their claims (`processing → callback_pending`); returns the id and claim of each stored.
 pub(super) const STORE_RESULTS: &str = "UPDATE requests AS r
@@ -210,6 +236,61 @@ impl RunBatch<NewAsyncRequest> for InsertQueued {
             batch.iter().map(|n| n.request.id.as_str()),
             inserted.iter().map(String::as_str),
         ))
+    }
+}
+
+/// A sync request's end: the request and how its work ended.
+pub(crate) struct SyncEnd {
+    pub request: NewRequest,
+    pub outcome: Result<WorkResult, String>,
+}
+
+impl SyncEnd {
+    /// Its status, result and error, as stored.
+    fn stored(&self) -> (Status, Option<&WorkResult>, Option<&str>) {
+        sync_outcome(self.outcome.as_ref().map_err(String::as_str))
+    }
+}
+
+/// Records the ends of sync requests, batched.
+pub(super) struct FinishSync {
+    pub pool: PgPool,
+}
+
+impl RunBatch<SyncEnd> for FinishSync {
+    type Output = ();
+
+    async fn run(&self, batch: &[SyncEnd]) -> StoreResult<Vec<()>> {
+        sqlx::query(FINISH_SYNC)
+            .bind(column(batch, |e| e.request.id.as_str()))
+            .bind(column(batch, |e| e.request.payload_hash.as_str()))
+            .bind(column(batch, |e| i64::from(e.request.iterations)))
+            .bind(column(batch, |e| e.request.created_at))
+            .bind(column(batch, |e| e.stored().0.as_str()))
+            .bind(column(batch, |e| {
+                e.stored().1.map(|r| r.input_hash.as_str())
+            }))
+            .bind(column(batch, |e| {
+                e.stored().1.map(|r| r.output_hash.as_str())
+            }))
+            .bind(column(batch, |e| {
+                e.stored().1.map(|r| r.processing_time_ms)
+            }))
+            .bind(column(batch, |e| e.stored().2))
+            .bind(column(batch, |e| {
+                e.request.trace.as_ref().map(|t| t.traceparent.as_str())
+            }))
+            .bind(column(batch, |e| {
+                e.request
+                    .trace
+                    .as_ref()
+                    .and_then(|t| t.tracestate.as_deref())
+            }))
+            .execute(&self.pool)
+            .await?;
+        // A request no longer `processing` (failed as abandoned meanwhile) is left as it is,
+        // as each write alone would leave it: every write is answered alike.
+        Ok(vec![(); batch.len()])
     }
 }
 

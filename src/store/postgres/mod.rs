@@ -51,14 +51,16 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use crate::store::STATEMENT_TIMEOUT;
 use tokio_util::sync::CancellationToken;
 
-use self::group_writes::{AttemptWrite, InsertQueued, RecordAttempts, ResultWrite, StoreResults};
+use self::group_writes::{
+    AttemptWrite, FinishSync, InsertQueued, RecordAttempts, ResultWrite, StoreResults, SyncEnd,
+};
 use self::open::{DESTINATIONS_RECORDED, backfill_destinations, migrate};
 use self::queue_count::QueueCount;
 use self::rows::{attempt_from_row, parse_status, position_of, record_from_row};
 use self::writes::{
     CANCEL, CANCEL_OF, CLEANUP_LOCK, DELETE_EXPIRED, DELETE_OVER_LIMIT, FAIL_STALE_SYNC, GIVE_UP,
     INSERT_SYNC_STARTED, MAKE_DUE, MAKE_DUE_OF, REDELIVER, REDELIVERY_OF, RELEASE,
-    RELEASE_ENDED_CLAIMS, UNPARK_KEY, UNPARK_STRANDED, UPSERT_SYNC_FINISHED,
+    RELEASE_ENDED_CLAIMS, UNPARK_KEY, UNPARK_STRANDED,
 };
 use super::backend::Backend;
 use super::group_commit::GroupCommit;
@@ -66,7 +68,7 @@ use super::{
     ABANDONED_SYNC_ERROR, Announced, AttemptOutcome, Cancellation, ControlChange, Controlled,
     ControlsRead, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest,
     NewRequest, PING_TIMEOUT, PoolStats, Position, Recorded, Redelivery, StatementPlan,
-    StatusCounts, StoreError, StoreResult, Submitted, Swept, Transition, sync_outcome,
+    StatusCounts, StoreError, StoreResult, Submitted, Swept, Transition,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
@@ -147,6 +149,8 @@ pub struct PgStore {
     queued: GroupCommit<NewAsyncRequest, bool>,
     results: GroupCommit<ResultWrite, bool>,
     attempts: GroupCommit<AttemptWrite, Recorded>,
+    /// The last write of every sync request, group-committed as well.
+    sync_ends: GroupCommit<SyncEnd, ()>,
 }
 
 /// Most writes in one group-committed statement: bounds the latency a write waits for the
@@ -243,6 +247,7 @@ impl PgStore {
             MAX_GROUP,
             in_flight,
         );
+        let sync_ends = GroupCommit::start(FinishSync { pool: pool.clone() }, MAX_GROUP, in_flight);
         Ok(Self {
             pool,
             relaxed,
@@ -253,6 +258,7 @@ impl PgStore {
             queued,
             results,
             attempts,
+            sync_ends,
             queue_capacity: i64::try_from(queue_capacity).unwrap_or(i64::MAX),
             queue_count: Arc::new(QueueCount::new()),
         })
@@ -395,22 +401,12 @@ impl Backend for PgStore {
         new: &NewRequest,
         outcome: Result<&WorkResult, &str>,
     ) -> StoreResult<()> {
-        let (status, result, error) = sync_outcome(outcome);
-        sqlx::query(UPSERT_SYNC_FINISHED)
-            .bind(&new.id)
-            .bind(&new.payload_hash)
-            .bind(i64::from(new.iterations))
-            .bind(new.created_at)
-            .bind(status.as_str())
-            .bind(result.map(|r| r.input_hash.as_str()))
-            .bind(result.map(|r| r.output_hash.as_str()))
-            .bind(result.map(|r| r.processing_time_ms))
-            .bind(error)
-            .bind(new.trace.as_ref().map(|t| t.traceparent.as_str()))
-            .bind(new.trace.as_ref().and_then(|t| t.tracestate.as_deref()))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.sync_ends
+            .write(SyncEnd {
+                request: new.clone(),
+                outcome: outcome.cloned().map_err(str::to_string),
+            })
+            .await
     }
 
     async fn submit_async(&self, new: NewAsyncRequest) -> StoreResult<Submitted> {

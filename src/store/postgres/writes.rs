@@ -28,23 +28,6 @@ pub(super) const INSERT_SYNC_STARTED: &str =
      VALUES ($1, 'sync', 'processing', $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING
      RETURNING id";
 
-/// A sync request's end, with the whole record.
-pub(super) const UPSERT_SYNC_FINISHED: &str =
-    "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                           completed_at, input_hash, output_hash, processing_time_ms, error,
-                           traceparent, tracestate)
-     VALUES ($1, 'sync', $5, $2, $3, $4, now(), $6, $7, $8, $9, $10, $11)
-     ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
-         input_hash = excluded.input_hash, output_hash = excluded.output_hash,
-         processing_time_ms = excluded.processing_time_ms, error = excluded.error,
-         -- A failed sync request did no work a replay could answer with: its key is
-         -- free again, for the client's retry.
-         idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
-                           ELSE requests.idempotency_key END
-     -- Only a request still working ends so (SyncFinished applies to `processing`):
-     -- one already failed as abandoned stays as it is, its key possibly reused.
-     WHERE requests.status = 'processing'";
-
 /// A claimed job ended without an attempt, at `$4` (the instance's clock, as every time in a
 /// record but the queue's due times).
 pub(super) const GIVE_UP: &str =
