@@ -76,7 +76,8 @@ async fn a_sync_retry_after_the_first_client_hung_up_gets_the_result() {
         .start()
         .await;
     let blocker = occupy_the_compute_thread(&app).await;
-    let body = json!({"data": "charge card 42", "iterations": 1});
+    // Too big to be done in place: it waits in the pool's queue.
+    let body = json!({"data": "charge card 42", "iterations": 1000});
     // Queued behind the blocker when its client gives up.
     post_and_hang_up(
         &app,
@@ -107,7 +108,8 @@ async fn a_waiting_duplicate_still_gets_the_result_when_the_first_client_hangs_u
         .start()
         .await;
     let blocker = occupy_the_compute_thread(&app).await;
-    let body = json!({"data": "duplicate", "iterations": 1});
+    // Too big to be done in place: it waits in the pool's queue.
+    let body = json!({"data": "duplicate", "iterations": 1000});
     let first = post_and_hang_up(&app, "/sync", "dup-key", &body, Duration::from_millis(500));
     let second = async {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -172,7 +174,8 @@ async fn a_finished_sync_key_is_replayed_even_when_the_compute_queue_is_full() {
         tokio::spawn(async move {
             client
                 .post(url)
-                .json(&json!({"data": "queued", "iterations": 1}))
+                // Work too big to be done in place: it waits in the pool's queue.
+                .json(&json!({"data": "queued", "iterations": 1000}))
                 .send()
                 .await
                 .map(|r| r.status().as_u16())
