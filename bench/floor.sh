@@ -8,6 +8,10 @@
 #   sync-1      POST /sync iterations=1                                     (requests/s)
 #   async-1000  loadgen --mode async closed loop, iterations=1000           (delivered/s)
 #
+# and, on the async paths, two instances sharing one PostgreSQL database ("postgres2", the
+# load spread over both): what a second instance costs in coordination is the CPU both
+# spend per job over what one spends (the ratio printed as "coordination cost").
+#
 # For each run it also reads the server's CPU time (user + system, /proc) and PostgreSQL's
 # (every postgres process), and prints per path: the median rate of each, the ratio to the
 # floor, and the CPU each request costs (µs), the service's beyond the floor's. All traffic
@@ -17,7 +21,8 @@
 #
 # Writes bench/results/floor.md; progress goes to stderr.
 #
-# Env overrides: ROUNDS (3), DURATION (10), CONNECTIONS (50), BACKENDS ("sqlite postgres"),
+# Env overrides: ROUNDS (3), DURATION (10), CONNECTIONS (50), BACKENDS ("sqlite postgres
+# postgres2"),
 # PATHS ("sync-1000 sync-1 async-1000"), PG_ADMIN_URL
 # (postgres://postgres@127.0.0.1:5432/postgres), PG_EXTRA (appended to the service's
 # PostgreSQL URL, e.g. "?sslmode=disable"; empty: what a plain postgres:// URL gives).
@@ -33,7 +38,7 @@ readonly FLOOR="$ROOT/bench/floor/target/release/syncasync-floor"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10}"
 CONNECTIONS="${CONNECTIONS:-50}"
-BACKENDS="${BACKENDS:-sqlite postgres}"
+BACKENDS="${BACKENDS:-sqlite postgres postgres2}"
 PATHS="${PATHS:-sync-1000 sync-1 async-1000}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 PG_EXTRA="${PG_EXTRA:-}"
@@ -50,9 +55,11 @@ require_uint DURATION "$DURATION" 1
 require_uint CONNECTIONS "$CONNECTIONS" 2
 ensure_wrk
 
-# CPU seconds (user + system) process PID has used.
+# CPU seconds (user + system) processes PID… have used together.
 cpu_of() {
-    awk -v tck="$(getconf CLK_TCK)" '{ print ($14 + $15) / tck }' "/proc/$1/stat"
+    local pid
+    for pid in "$@"; do cat "/proc/$pid/stat"; done |
+        awk -v tck="$(getconf CLK_TCK)" '{ total += $14 + $15 } END { print total / tck }'
 }
 
 # CPU seconds every PostgreSQL process has used (0 without any).
@@ -65,36 +72,54 @@ pg_cpu() {
 }
 
 declare -A URL PID
+# start_service NAME DATABASE_URL: one instance of the service; appends its URL and pid to
+# URL[NAME] and PID[NAME] (a target may be several instances).
+start_service() {
+    local name="$1" database_url="$2" port
+    port="$(free_port)"
+    # Default settings, logs included: a line per request, to a file as a journal takes it.
+    env -u RUST_LOG APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="$database_url" \
+        APP_CALLBACK_BLOCK_PRIVATE_IPS=false \
+        "$BIN" serve >>"$tmp_dir/$name.log" 2>&1 &
+    started_pids+=("$!")
+    URL[$name]="${URL[$name]:-}${URL[$name]:+ }http://127.0.0.1:$port"
+    PID[$name]="${PID[$name]:-}${PID[$name]:+ }$!"
+    wait_healthy "http://127.0.0.1:$port" "$name"
+}
+
 start_target() {   # NAME
     local name="$1" port
-    port="$(free_port)"
-    URL[$name]="http://127.0.0.1:$port"
     case "$name" in
         floor)
+            port="$(free_port)"
             "$FLOOR" "127.0.0.1:$port" >>"$tmp_dir/floor.log" 2>&1 &
+            URL[$name]="http://127.0.0.1:$port"
+            PID[$name]=$!
+            started_pids+=("$!")
+            wait_healthy "${URL[$name]}" "$name"
             ;;
-        sqlite)
-            env APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="sqlite://$tmp_dir/floor.db" \
-                APP_CALLBACK_BLOCK_PRIVATE_IPS=false RUST_LOG=warn \
-                "$BIN" serve >>"$tmp_dir/sqlite.log" 2>&1 &
-            ;;
+        sqlite) start_service sqlite "sqlite://$tmp_dir/floor.db" ;;
         postgres)
             new_pg_database floor
-            env APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="$DATABASE_URL$PG_EXTRA" \
-                APP_CALLBACK_BLOCK_PRIVATE_IPS=false RUST_LOG=warn \
-                "$BIN" serve >>"$tmp_dir/postgres.log" 2>&1 &
+            start_service postgres "$DATABASE_URL$PG_EXTRA"
             ;;
+        postgres2)
+            new_pg_database floor2
+            start_service postgres2 "$DATABASE_URL$PG_EXTRA"
+            start_service postgres2 "$DATABASE_URL$PG_EXTRA"
+            ;;
+        *) die "unknown target $name" ;;
     esac
-    PID[$name]=$!
-    started_pids+=("$!")
-    wait_healthy "${URL[$name]}" "$name"
 }
 
 # measure TARGET PATH ROUND: one run; appends "path target rate server_cpu pg_cpu count".
 measure() {
     local target="$1" path="$2" round="$3" name="$1-$2-$3" url before pg_before rate count
-    url="${URL[$target]}"
-    before="$(cpu_of "${PID[$target]}")"
+    local -a urls pids
+    read -ra urls <<<"${URL[$target]}"
+    read -ra pids <<<"${PID[$target]}"
+    url="${urls[0]}"
+    before="$(cpu_of "${pids[@]}")"
     pg_before="$(pg_cpu)"
     case "$path" in
         sync-*)
@@ -105,13 +130,15 @@ measure() {
             grep -q "Non-2xx" "$tmp_dir/$name.txt" && die "answers other than 2xx ($name)"
             ;;
         async-*)
-            url="$url" ITERATIONS="${path#async-}" run_load "$name" >/dev/null
+            local more=()
+            for extra in "${urls[@]:1}"; do more+=(--url "$extra"); done
+            url="$url" ITERATIONS="${path#async-}" run_load "$name" "${more[@]}" >/dev/null
             read -r rate count < <(python3 -c 'import json, sys
 m = json.load(open(sys.argv[1]))["modes"][0]["callbacks"]
 print(m["delivered_rps"], m["received"])' "$tmp_dir/$name.json")
             ;;
     esac
-    echo "$path $target $rate $(calc "%.3f" "a - b" "$(cpu_of "${PID[$target]}")" "$before") \
+    echo "$path $target $rate $(calc "%.3f" "a - b" "$(cpu_of "${pids[@]}")" "$before") \
 $(calc "%.3f" "a - b" "$(pg_cpu)" "$pg_before") $count" >>"$tmp_dir/rows"
     log "$name: $rate/s"
 }
@@ -126,7 +153,7 @@ for target in "${targets[@]}"; do start_target "$target"; done
 
 # Both give the same answer to the same work (SPEC §1's test vectors hold for both).
 for target in "${targets[@]}"; do
-    curl -fsS "${URL[$target]}/sync" -H 'content-type: application/json' \
+    curl -fsS "${URL[$target]%% *}/sync" -H 'content-type: application/json' \
         -d '{"data":"hello","iterations":1000}' |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["result"]["output_hash"])'
 done | sort -u | awk 'END { if (NR != 1) { print "the floor and the service disagree on the work"; exit 1 } }' ||
@@ -135,6 +162,9 @@ done | sort -u | awk 'END { if (NR != 1) { print "the floor and the service disa
 for round in $(seq 1 "$ROUNDS"); do
     for path in $PATHS; do
         for target in "${targets[@]}"; do
+            # Two instances on two shared cores are slower than one: only their CPU per job
+            # (coordination) is measured, on the async paths, where they share the queue.
+            [[ "$target" == postgres2 && "$path" != async-* ]] && continue
             measure "$target" "$path" "$round"
         done
     done
@@ -153,13 +183,14 @@ def median(values):
     return statistics.median(values)
 
 paths = list(dict.fromkeys(p for p, _ in runs))
-targets = [t for t in ("floor", "sqlite", "postgres") if any(t == k[1] for k in runs)]
+targets = [t for t in ("floor", "sqlite", "postgres", "postgres2") if any(t == k[1] for k in runs)]
 lines = [
     "# What the service adds to the work: syncasync against the floor",
     "",
     f"`bash bench/floor.sh`: {rounds} rounds alternating, {duration} s each, {connections} "
     "connections (wrk for sync, loadgen's closed loop for async), default settings; the "
-    "floor is bench/floor (no database). Medians of the rounds. CPU is the server process's "
+    "floor is bench/floor (no database, no logs; the service logs a line per request, "
+    "its default). Medians of the rounds. CPU is the server process's "
     "user + system time per request (async: per delivered callback); PostgreSQL's is every "
     f"postgres process's. PostgreSQL URL suffix: `{pg_extra or '(none: a plain postgres:// URL)'}`.",
     "",
@@ -176,7 +207,7 @@ for path in paths:
             continue
         rate = median([r for r, *_ in mine])
         cpu = median([c / n * 1e6 for _, c, _, n in mine])
-        pg = median([p / n * 1e6 for _, _, p, n in mine]) if target == "postgres" else None
+        pg = median([p / n * 1e6 for _, _, p, n in mine]) if target.startswith("postgres") else None
         lines.append(
             f"| {path} | {floor_rate:,.0f} | {target} | {rate:,.0f} | "
             f"{rate / floor_rate:.2f} | {floor_cpu:.0f} | {cpu:.0f} | {cpu - floor_cpu:.0f} | "
@@ -185,6 +216,14 @@ if ("async-1000", "sqlite") in runs and ("async-1000", "postgres") in runs:
     sqlite = median([r for r, *_ in runs[("async-1000", "sqlite")]])
     postgres = median([r for r, *_ in runs[("async-1000", "postgres")]])
     lines += ["", f"PostgreSQL ÷ SQLite, async delivered/s: {postgres / sqlite:.2f}"]
+for path in paths:
+    one, two = runs.get((path, "postgres")), runs.get((path, "postgres2"))
+    if one and two:
+        per_job = lambda rows: median([c / n * 1e6 for _, c, _, n in rows])
+        pg_per_job = lambda rows: median([p / n * 1e6 for _, _, p, n in rows])
+        lines += ["", f"Coordination cost of a second instance ({path}, service CPU per job, "
+                  f"two instances ÷ one): {per_job(two) / per_job(one):.2f}; PostgreSQL's CPU "
+                  f"per job, two ÷ one: {pg_per_job(two) / pg_per_job(one):.2f}"]
 lines += ["", "Each run (path, target, rate/s, server CPU s, PostgreSQL CPU s, requests):", "",
           "```"] + [l.rstrip() for l in open(rows_file)] + ["```", ""]
 open(out, "w").write("\n".join(lines))

@@ -154,6 +154,9 @@ where
     })
 }
 
+/// Most bytes of log lines one write to stderr carries.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Logs go to stderr through a background writer, so a slow terminal or pipe never stalls
 /// a request; the returned guard flushes what is buffered when `main` ends.
 /// Logs to stderr at `default_level` and above, unless RUST_LOG says otherwise.
@@ -161,7 +164,13 @@ fn init_logging(
     format: LogFormat,
     default_level: &str,
 ) -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Buffered: the background writer flushes each time it has written every line waiting,
+    // so no line waits for more, and under load one write(2) carries many lines instead of
+    // one each (measured: 18,000 lines a second cost a tenth of `POST /sync`'s rate).
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
+        LOG_BUFFER_BYTES,
+        std::io::stderr(),
+    ));
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()

@@ -74,10 +74,12 @@ pub fn compute_unless(data: &str, iterations: u32, cancel: &Cancel) -> Option<Ha
 const INLINE_BLOCKS: usize = 128;
 
 /// Whether the work of `data` over `iterations` rounds is within [`INLINE_BLOCKS`]: the input
-/// is hashed once, and each round hashes 64 hex digits, a colon and a counter (two blocks).
+/// is hashed once (with SHA-256's 9 bytes of padding), and each round hashes 64 hex digits,
+/// a colon and a counter (two blocks).
 fn is_small(data: &str, iterations: u32) -> bool {
     let rounds = usize::try_from(iterations).unwrap_or(usize::MAX);
-    (data.len() / 64 + 1).saturating_add(rounds.saturating_mul(2)) <= INLINE_BLOCKS
+    let input_blocks = data.len().saturating_add(9).div_ceil(64);
+    input_blocks.saturating_add(rounds.saturating_mul(2)) <= INLINE_BLOCKS
 }
 
 /// Tells queued or running work that nobody wants its result any more (a sync client hung
@@ -133,7 +135,8 @@ fn write_decimal(mut n: u32, out: &mut [u8]) -> usize {
 #[derive(Debug, Clone)]
 pub struct WorkOutput {
     pub hashes: Hashes,
-    /// Wall time from the moment a pool thread picked the job up, plus the simulated I/O.
+    /// Wall time from the moment the hashing started (on a pool thread, or in place for
+    /// small work), plus the simulated I/O.
     pub processing_time: Duration,
 }
 
@@ -433,6 +436,9 @@ mod tests {
         // The input counts: hashing a large payload once is not small.
         assert!(!is_small(&"x".repeat(64 * 128), 0));
         assert!(is_small(&"x".repeat(64 * 100), 1));
+        // Padding: 119 bytes fit two blocks with it, 120 need three.
+        assert!(is_small(&"x".repeat(119), 63));
+        assert!(!is_small(&"x".repeat(120), 63));
     }
 
     #[tokio::test]

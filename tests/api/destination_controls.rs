@@ -11,18 +11,31 @@ use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, read};
 pub const TOKEN: &str = "controls-admin-token";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// `POST /destinations/{key}/{action}`, the key percent-encoded.
-pub async fn control<P>(app: &TestServer<P>, action: &str, destination: &str) -> (u16, Value) {
+/// `METHOD /destinations/{key}/{action}` with the admin token and `body` (JSON), the key
+/// percent-encoded.
+pub async fn admin_call<P>(
+    app: &TestServer<P>,
+    method: reqwest::Method,
+    destination: &str,
+    action: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
     let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
-    read(
-        app.client
-            .post(app.url(&format!("/destinations/{key}/{action}")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    let mut request = app
+        .client
+        .request(method, app.url(&format!("/destinations/{key}/{action}")))
+        .bearer_auth(TOKEN);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    read(request.send().await.unwrap()).await
+}
+
+/// `POST /destinations/{key}/{action}`.
+pub async fn control<P>(app: &TestServer<P>, action: &str, destination: &str) -> (u16, Value) {
+    admin_call(app, reqwest::Method::POST, destination, action, None).await
 }
 
 /// `destination` as `GET /destinations` shows it, if listed.

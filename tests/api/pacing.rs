@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::destination_controls::{TOKEN, destination_of, listed};
+use crate::destination_controls::{TOKEN, admin_call, destination_of, listed};
 use serde_json::{Value, json};
 
 use crate::helpers::{Behaviour, Receiver, TestServer, read};
@@ -155,32 +155,12 @@ async fn a_429_with_retry_after_holds_every_job_of_its_destination_without_openi
 
 /// `PUT /destinations/{key}/limits` with `body`.
 async fn set_limits<P>(app: &TestServer<P>, destination: &str, body: &str) -> (u16, Value) {
-    let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
-    read(
-        app.client
-            .put(app.url(&format!("/destinations/{key}/limits")))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    admin_call(app, reqwest::Method::PUT, destination, "limits", Some(body)).await
 }
 
 /// `DELETE /destinations/{key}/limits`: the default applies to `destination` again.
 async fn default_limits<P>(app: &TestServer<P>, destination: &str) -> (u16, Value) {
-    let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
-    read(
-        app.client
-            .delete(app.url(&format!("/destinations/{key}/limits")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    admin_call(app, reqwest::Method::DELETE, destination, "limits", None).await
 }
 
 #[tokio::test]
