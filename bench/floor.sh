@@ -25,13 +25,15 @@
 # postgres2"),
 # PATHS ("sync-1000 sync-1 async-1000"), PG_ADMIN_URL
 # (postgres://postgres@127.0.0.1:5432/postgres), PG_EXTRA (appended to the service's
-# PostgreSQL URL, e.g. "?sslmode=disable"; empty: what a plain postgres:// URL gives).
+# PostgreSQL URL, e.g. "?sslmode=disable"; empty: what a plain postgres:// URL gives), RESULTS
+# (the summary's file, bench/results/floor.md). The target postgres-notls (add it to
+# BACKENDS) is postgres with TLS turned off, for what TLS on loopback costs side by side.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 readonly ROOT="$PWD"
 readonly LIB="$ROOT/bench/lib"
-readonly RESULTS_FILE="$ROOT/bench/results/floor.md"
+RESULTS_FILE="${RESULTS:-$ROOT/bench/results/floor.md}"
 readonly BIN="$ROOT/target/release/syncasync"
 readonly FLOOR="$ROOT/bench/floor/target/release/syncasync-floor"
 
@@ -102,6 +104,10 @@ start_target() {   # NAME
         postgres)
             new_pg_database floor
             start_service postgres "$DATABASE_URL$PG_EXTRA"
+            ;;
+        postgres-notls)
+            new_pg_database notls
+            start_service postgres-notls "$DATABASE_URL?sslmode=disable"
             ;;
         postgres2)
             new_pg_database floor2
@@ -183,7 +189,8 @@ def median(values):
     return statistics.median(values)
 
 paths = list(dict.fromkeys(p for p, _ in runs))
-targets = [t for t in ("floor", "sqlite", "postgres", "postgres2") if any(t == k[1] for k in runs)]
+targets = [t for t in ("floor", "sqlite", "postgres", "postgres-notls", "postgres2")
+           if any(t == k[1] for k in runs)]
 lines = [
     "# What the service adds to the work: syncasync against the floor",
     "",
