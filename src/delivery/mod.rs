@@ -278,9 +278,9 @@ impl Dispatcher {
         // With other instances live on the same queue, a claim that came back short was
         // mostly racing them (each woken by every announcement) for the same few jobs: the
         // next waits, from its end, as long as it took, so that jobs gather for it. Measured
-        // with two instances on one PostgreSQL: claim scans per job fell from 0.44 to 0.06
-        // (one instance makes 0.08), commits per job from 0.75 to 0.47, and
-        // bench/floor.sh's coordination cost from 1.25 to 1.00-1.12. It delays a claim by at
+        // with two instances on one PostgreSQL: claim scans per job fell from 0.44 to 0.08
+        // (as one instance makes), commits per job from 0.75 to 0.49, and
+        // bench/floor.sh's coordination cost from 1.25 to 1.00-1.26 (noisy). It delays a claim by at
         // most one claim's duration, a millisecond or two. Alone on its queue (SQLite, or the
         // only live instance), a short claim means the queue was empty: no wait.
         let mut last_short: Option<(std::time::Instant, Duration)> = None;

@@ -77,14 +77,15 @@ pub async fn middleware(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let minted = uuid::Uuid::now_v7().to_string();
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let minted: &str = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
         .filter(|v| is_usable(v.as_bytes()))
         .cloned()
-        .unwrap_or_else(|| header_value(&minted));
-    req.extensions_mut().insert(NewRequestId(minted));
+        .unwrap_or_else(|| header_value(minted));
+    req.extensions_mut().insert(NewRequestId(minted.to_owned()));
     let method = req.method().clone();
     let path = capped(req.uri().path(), MAX_LOGGED_LEN).into_owned();
     // The route template, so that ids in paths do not become metric labels.
@@ -93,8 +94,7 @@ pub async fn middleware(
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let id_text = id.to_str().unwrap_or_default().to_owned();
-    let span = tracing::info_span!("http", x_request_id = %id_text);
+    let span = tracing::info_span!("http", x_request_id = %id.to_str().unwrap_or_default());
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed().as_secs_f64();

@@ -1,6 +1,6 @@
-//! The writes every async request makes, and a sync request's last, as multi-row statements for group commit
-//! ([`crate::store::group_commit`]): accepting it, storing its work result, recording each
-//! delivery attempt. One statement (`UNNEST` of one array per column) and one commit serve a
+//! The writes every async request makes, and a sync request's last, as multi-row statements
+//! for group commit ([`crate::store::group_commit`]): accepting it, storing its work result,
+//! recording each delivery attempt. One statement (`UNNEST` of one array per column) and one commit serve a
 //! whole batch; each write's answer is read from what the statement returns.
 //!
 //! Concurrent batches never wait for each other's rows: a job's result and its attempt are
@@ -261,22 +261,17 @@ impl RunBatch<SyncEnd> for FinishSync {
     type Output = ();
 
     async fn run(&self, batch: &[SyncEnd]) -> StoreResult<Vec<()>> {
+        let stored: Vec<_> = batch.iter().map(SyncEnd::stored).collect();
         sqlx::query(FINISH_SYNC)
             .bind(column(batch, |e| e.request.id.as_str()))
             .bind(column(batch, |e| e.request.payload_hash.as_str()))
             .bind(column(batch, |e| i64::from(e.request.iterations)))
             .bind(column(batch, |e| e.request.created_at))
-            .bind(column(batch, |e| e.stored().0.as_str()))
-            .bind(column(batch, |e| {
-                e.stored().1.map(|r| r.input_hash.as_str())
-            }))
-            .bind(column(batch, |e| {
-                e.stored().1.map(|r| r.output_hash.as_str())
-            }))
-            .bind(column(batch, |e| {
-                e.stored().1.map(|r| r.processing_time_ms)
-            }))
-            .bind(column(batch, |e| e.stored().2))
+            .bind(column(&stored, |s| s.0.as_str()))
+            .bind(column(&stored, |s| s.1.map(|r| r.input_hash.as_str())))
+            .bind(column(&stored, |s| s.1.map(|r| r.output_hash.as_str())))
+            .bind(column(&stored, |s| s.1.map(|r| r.processing_time_ms)))
+            .bind(column(&stored, |s| s.2))
             .bind(column(batch, |e| {
                 e.request.trace.as_ref().map(|t| t.traceparent.as_str())
             }))
