@@ -2,8 +2,11 @@
 //! pool and the delivery queue. Handlers parse and map; the rules live here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::delivery::destinations::{
     BreakerState, DestinationView, Destinations, destination_of, destination_of_str,
@@ -261,6 +264,65 @@ pub struct Service {
     pub held_jobs: Arc<crate::delivery::destinations::held::HeldJobs>,
 }
 
+/// Records how a sync request ended.
+struct SyncEnd<'a> {
+    store: &'a Store,
+    new: &'a NewRequest,
+    /// Set when the request holds an idempotency key (its `processing` row is committed):
+    /// where to keep writing its end, and what stops that, should the database not take it
+    /// now. A request without a key whose end is refused leaves no row or, if it ran long
+    /// enough to be listed, a `processing` one that the next start fails.
+    retry: Option<(&'a TaskTracker, &'a CancellationToken)>,
+}
+
+/// When a sync request's end could not be written because the database could not take it
+/// then, how long after it is tried again: each wait doubles, up to about two minutes in all.
+const SYNC_END_RETRY_FIRST: Duration = Duration::from_millis(250);
+const SYNC_END_RETRY_LAST: Duration = Duration::from_secs(30);
+const SYNC_END_RETRIES: u32 = 10;
+
+impl SyncEnd<'_> {
+    /// Writes the end and returns once it is committed. If the database cannot take it now,
+    /// the caller hears so at once; a keyed request has its end written again in the
+    /// background until it lands (or the service stops), so that its row does not show it
+    /// working, nor hold its key against the client's retry, until the next start fails it.
+    async fn record(&self, outcome: Result<&WorkResult, &str>) -> Result<(), StoreError> {
+        let err = match self.store.sync_finished(self.new, outcome).await {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        if let Some((records, stop)) = self.retry.filter(|_| err.is_unavailable()) {
+            let store = self.store.clone();
+            let new = self.new.clone();
+            let outcome = outcome.cloned().map_err(str::to_owned);
+            let stop = stop.clone();
+            records.spawn(async move {
+                let mut wait = SYNC_END_RETRY_FIRST;
+                for _ in 0..SYNC_END_RETRIES {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    let written = store
+                        .sync_finished(&new, outcome.as_ref().map_err(String::as_str))
+                        .await;
+                    match written {
+                        Ok(()) => return,
+                        Err(err) if err.is_unavailable() => {}
+                        Err(err) => {
+                            tracing::warn!(request_id = %new.id, error = %err, "a sync request's end could not be written");
+                            return;
+                        }
+                    }
+                    wait = (wait * 2).min(SYNC_END_RETRY_LAST);
+                }
+                tracing::warn!(request_id = %new.id, "a sync request's end could not be written; it stays processing until the next start");
+            });
+        }
+        Err(err)
+    }
+}
+
 impl Service {
     /// Does the work now and records it (`processing → completed`) as request `id`: a fresh
     /// UUIDv7, minted by the HTTP layer so that its response and log lines carry it too.
@@ -334,6 +396,7 @@ impl Service {
         let store = self.store.clone();
         let iterations = input.iterations;
         let abandon = self.sync_abandon.clone();
+        let records = self.sync_records.clone();
         // The rest runs in its own task so that the record is completed even if the client
         // hangs up mid-request, the key's commit included: a sync request is never left
         // `processing`, and a key is never left held by a request nobody works on.
@@ -371,9 +434,14 @@ impl Service {
                     }
                 }
             };
+            let end = SyncEnd {
+                store: &store,
+                new: &new,
+                retry: keyed.then_some((&records, &abandon)),
+            };
             let Some(outcome) = outcome else {
                 cancel.set();
-                store.sync_finished(&new, Err(ABANDONED_SYNC_ERROR)).await?;
+                end.record(Err(ABANDONED_SYNC_ERROR)).await?;
                 return Err(ServiceError::Work(ABANDONED_SYNC_ERROR.to_string()));
             };
             match outcome {
@@ -386,7 +454,7 @@ impl Service {
                         iterations,
                         processing_time_ms,
                     };
-                    store.sync_finished(&new, Ok(&result)).await?;
+                    end.record(Ok(&result)).await?;
                     Ok(Worked::Done(result))
                 }
                 Err(err) => {
@@ -394,7 +462,7 @@ impl Service {
                         PoolError::Cancelled => CLIENT_GONE.to_string(),
                         other => other.to_string(),
                     };
-                    store.sync_finished(&new, Err(&reason)).await?;
+                    end.record(Err(&reason)).await?;
                     Err(ServiceError::Work(reason))
                 }
             }

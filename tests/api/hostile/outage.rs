@@ -7,11 +7,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::in_ci;
 use crate::helpers::{
     Behaviour, Receiver, TestServer, assert_all_delivered, postgres_admin_url, read, unused_port,
 };
+use crate::idempotency::post_keyed;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -268,18 +270,25 @@ impl Drop for OwnPostgres {
     }
 }
 
-/// A PostgreSQL of the test's own, the service on it and a receiver; `None` (said why) outside
-/// the PostgreSQL suite or without PostgreSQL's server binaries.
-async fn service_on_its_own_postgresql() -> Option<(OwnPostgres, TestServer, Receiver)> {
+/// A PostgreSQL of the test's own; `None` (said why) outside the PostgreSQL suite or without
+/// PostgreSQL's server binaries.
+async fn own_postgresql() -> Option<OwnPostgres> {
     if postgres_admin_url().is_none() {
         eprintln!("skipped: runs with the PostgreSQL suite (SYNCASYNC_TEST_POSTGRES_URL)");
         return None;
     }
-    let Some(server) = OwnPostgres::start().await else {
+    let server = OwnPostgres::start().await;
+    if server.is_none() {
         assert!(!in_ci(), "CI has PostgreSQL's server binaries");
         eprintln!("skipped: PostgreSQL's server binaries (initdb, pg_ctl) are not installed");
-        return None;
-    };
+    }
+    server
+}
+
+/// A PostgreSQL of the test's own, the service on it and a receiver; `None` (said why) outside
+/// the PostgreSQL suite or without PostgreSQL's server binaries.
+async fn service_on_its_own_postgresql() -> Option<(OwnPostgres, TestServer, Receiver)> {
+    let server = own_postgresql().await?;
     let app = TestServer::builder()
         .database_url(&server.url())
         .start()
@@ -334,13 +343,7 @@ async fn postgresql_going_away_is_a_503_and_the_service_reconnects_by_itself() {
 /// out (tried for 2.5 s only, its record was given up and the job delivered a second time).
 #[tokio::test]
 async fn an_attempt_that_ends_while_postgresql_is_away_is_recorded_once_it_is_back() {
-    if postgres_admin_url().is_none() {
-        eprintln!("skipped: runs with the PostgreSQL suite (SYNCASYNC_TEST_POSTGRES_URL)");
-        return;
-    }
-    let Some(server) = OwnPostgres::start().await else {
-        assert!(!in_ci(), "CI has PostgreSQL's server binaries");
-        eprintln!("skipped: PostgreSQL's server binaries (initdb, pg_ctl) are not installed");
+    let Some(server) = own_postgresql().await else {
         return;
     };
     let app = TestServer::builder()
@@ -367,6 +370,82 @@ async fn an_attempt_that_ends_while_postgresql_is_away_is_recorded_once_it_is_ba
     );
     let record = app.get_json(&format!("/requests/{id}")).await;
     assert_eq!(record["callback_attempts"], 1, "{record}");
+    drop(app);
+}
+
+/// A keyed sync request whose work ends while PostgreSQL is away: its client hears 503 at
+/// once, and its end is written once the database is back, so that its row does not stay
+/// `processing` (until the next start) and its key answers the client's retry with the
+/// result instead of holding it.
+#[tokio::test]
+async fn a_sync_request_that_ends_while_postgresql_is_away_is_recorded_once_it_is_back() {
+    let Some(server) = own_postgresql().await else {
+        return;
+    };
+    let app = TestServer::builder()
+        .database_url(&server.url())
+        .setting("compute-threads", "1")
+        .start()
+        .await;
+    // The one compute thread is busy for a while: the keyed request, its key committed,
+    // waits behind this work while the database goes away.
+    let blockers: Vec<_> = (0..8)
+        .map(|n| {
+            let client = app.client.clone();
+            let url = app.url("/sync");
+            tokio::spawn(async move {
+                let body = json!({"data": format!("blocker {n}"), "iterations": 1_000_000});
+                client.post(url).json(&body).send().await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let body = json!({"data": "ends while away", "iterations": 1000});
+    let keyed = app
+        .client
+        .post(app.url("/sync"))
+        .header("Idempotency-Key", "end-while-away")
+        .json(&body)
+        .send();
+    let keyed = tokio::spawn(async move { read(keyed.await.expect("request sent")).await });
+    let payload_hash = hex::encode(Sha256::digest("ends while away"))[..16].to_owned();
+    let deadline = Instant::now() + WAIT;
+    let id = loop {
+        let list = app.get_json("/requests?mode=sync&status=processing").await;
+        let found = list["requests"].as_array().and_then(|rows| {
+            rows.iter()
+                .find(|row| row["payload_hash"] == payload_hash.as_str())
+                .and_then(|row| row["id"].as_str())
+                .map(str::to_owned)
+        });
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the keyed request never showed as processing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    server.stop();
+    let (status, answer) = keyed.await.unwrap();
+    assert_eq!(status, 503, "its end could not be written: {answer}");
+    server.pg_ctl_start();
+    wait_for_health(&app, 200).await;
+
+    let record = app.wait_for_status(&id, "completed", WAIT).await;
+    let (status, answer, replayed, _) = post_keyed(&app, "/sync", "end-while-away", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        replayed,
+        "the retry is answered with the first request's result"
+    );
+    assert_eq!(answer["result"]["request_id"], json!(id), "{answer}");
+    assert_eq!(answer["result"], record["result"], "{answer} {record}");
+    for blocker in blockers {
+        let _ = blocker.await;
+    }
     drop(app);
 }
 
