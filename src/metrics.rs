@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 /// The content type of the text `GET /metrics` returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -172,6 +172,24 @@ pub struct Metrics {
     pub destinations_retry_after: Gauge,
 }
 
+/// Registers `metric` under `name` and hands it back, to be kept where the service updates it.
+fn add<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// As [`add`], for a metric measured in `unit`.
+fn with_unit<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Unit,
+    metric: M,
+) -> M {
+    registry.register_with_unit(name, help, unit, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -182,192 +200,188 @@ impl Metrics {
     pub fn new() -> Self {
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("syncasync");
-        let metrics = Self {
-            registry: Registry::default(),
-            http_requests: Family::default(),
-            http_request_duration: Family::new_with_constructor(latency_histogram),
-            jobs_claimed: Counter::default(),
-            jobs_finished: Family::default(),
-            delivery_attempts: Family::default(),
-            delivery_attempt_duration: latency_histogram(),
-            callback_delivery: latency_histogram(),
-            queue_size: Gauge::default(),
-            queue_capacity: Gauge::default(),
-            delivery_workers_active: Gauge::default(),
-            delivery_workers: Gauge::default(),
-            compute_queue_size: Gauge::default(),
-            compute_queue_capacity: Gauge::default(),
-            compute_busy_threads: Gauge::default(),
-            compute_threads: Gauge::default(),
-            db_connections: Family::default(),
-            db_writer_queue: Gauge::default(),
-            db_engine_memory: Gauge::default(),
-            waited_on_requests: Gauge::default(),
-            long_lived_requests: Gauge::default(),
-            destination_in_flight: Family::default(),
-            destination_recent_failures: Family::default(),
-            destination_breaker_open: Family::default(),
-            destinations_paused: Gauge::default(),
-            destination_held_jobs: Family::default(),
-            destination_rate_limit: Family::default(),
-            destination_retry_after: Family::default(),
-            destinations_rate_limited: Gauge::default(),
-            destinations_retry_after: Gauge::default(),
-        };
-        registry.register(
-            "http_requests",
-            "HTTP requests answered, by method, endpoint (route template) and status code",
-            metrics.http_requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "Time to answer an HTTP request, by method and endpoint",
-            metrics.http_request_duration.clone(),
-        );
-        registry.register(
-            "async_queue_size",
-            "Unfinished async requests (the whole queue, on a shared database)",
-            metrics.queue_size.clone(),
-        );
-        registry.register(
-            "async_queue_capacity",
-            "Unfinished async requests allowed before POST /async answers 503",
-            metrics.queue_capacity.clone(),
-        );
-        registry.register(
-            "jobs_claimed",
-            "Async jobs claimed from the queue by this instance (a retry is claimed again)",
-            metrics.jobs_claimed.clone(),
-        );
-        registry.register(
-            "jobs_finished",
-            "Async requests this instance brought to a final state, by status",
-            metrics.jobs_finished.clone(),
-        );
-        registry.register(
-            "delivery_attempts",
-            "Callback delivery attempts, by outcome",
-            metrics.delivery_attempts.clone(),
-        );
-        registry.register(
-            "delivery_attempt_duration_seconds",
-            "Duration of one callback delivery attempt",
-            metrics.delivery_attempt_duration.clone(),
-        );
-        registry.register(
-            "callback_delivery_seconds",
-            "Time from an async request's acceptance to its delivered callback",
-            metrics.callback_delivery.clone(),
-        );
-        registry.register(
-            "delivery_workers_active",
-            "Jobs being worked on or delivered right now",
-            metrics.delivery_workers_active.clone(),
-        );
-        registry.register(
-            "delivery_workers",
-            "Jobs that may be in flight at once (APP_ASYNC_WORKER_COUNT)",
-            metrics.delivery_workers.clone(),
-        );
-        registry.register(
-            "waited_on_requests",
-            "Requests that clients are waiting on (Prefer: wait, event streams, repeated keys)",
-            metrics.waited_on_requests.clone(),
-        );
-        registry.register(
-            "http_long_lived_requests",
-            "Event streams and waits open now (at most APP_HTTP_MAX_LONG_LIVED)",
-            metrics.long_lived_requests.clone(),
-        );
-        registry.register(
-            "compute_queue_size",
-            "Units of work waiting for a compute thread",
-            metrics.compute_queue_size.clone(),
-        );
-        registry.register(
-            "compute_queue_capacity",
-            "Units of work that may wait before POST /sync answers 503",
-            metrics.compute_queue_capacity.clone(),
-        );
-        registry.register(
-            "compute_busy_threads",
-            "Compute threads hashing right now",
-            metrics.compute_busy_threads.clone(),
-        );
-        registry.register(
-            "compute_threads",
-            "Compute threads",
-            metrics.compute_threads.clone(),
-        );
-        registry.register(
-            "db_connections",
-            "Database connections of this instance, by state (in_use, idle)",
-            metrics.db_connections.clone(),
-        );
-        registry.register(
-            "db_writer_queue",
-            "Writes waiting for the SQLite writer (0 on PostgreSQL)",
-            metrics.db_writer_queue.clone(),
-        );
-        registry.register_with_unit(
-            "db_engine_memory",
-            "Memory SQLite holds in this process, its page caches included (0 on PostgreSQL)",
-            Unit::Bytes,
-            metrics.db_engine_memory.clone(),
-        );
-        registry.register(
-            "destination_in_flight",
-            "Callback deliveries in flight, by destination (the busiest ten, the rest as other)",
-            metrics.destination_in_flight.clone(),
-        );
-        registry.register(
-            "destination_recent_failures",
-            "Failed delivery attempts in the last five minutes (any answer but 2xx, or none), by destination",
-            metrics.destination_recent_failures.clone(),
-        );
-        registry.register(
-            "destination_breaker_open",
-            "Destinations whose circuit breaker is open or half-open (1), by destination",
-            metrics.destination_breaker_open.clone(),
-        );
-        registry.register(
-            "destinations_paused",
-            "Destinations an operator paused (their jobs wait until resumed)",
-            metrics.destinations_paused.clone(),
-        );
-        registry.register(
-            "destination_held_jobs",
-            "Jobs due now and not claimed, on every instance, of destinations held back by a \
-             pause, a rate limit, a Retry-After or their breaker (counted up to 10,000 each), \
-             by destination",
-            metrics.destination_held_jobs.clone(),
-        );
-        registry.register(
-            "destination_rate_limit_per_second",
-            "The rate limit of each of the ten busiest destinations that has one, across every \
-             instance",
-            metrics.destination_rate_limit.clone(),
-        );
-        registry.register_with_unit(
-            "destination_retry_after",
-            "What is left of the Retry-After hold of each of the ten busiest destinations held",
-            Unit::Seconds,
-            metrics.destination_retry_after.clone(),
-        );
-        registry.register(
-            "destinations_rate_limited",
-            "Destinations with a rate limit (their own, or APP_CALLBACK_RATE_PER_DESTINATION)",
-            metrics.destinations_rate_limited.clone(),
-        );
-        registry.register(
-            "destinations_retry_after",
-            "Destinations whose receiver asked to be left alone (a 429 or 503 with Retry-After) \
-             and are held now",
-            metrics.destinations_retry_after.clone(),
-        );
         Self {
+            http_requests: add(
+                registry,
+                "http_requests",
+                "HTTP requests answered, by method, endpoint (route template) and status code",
+                Family::default(),
+            ),
+            http_request_duration: add(
+                registry,
+                "http_request_duration_seconds",
+                "Time to answer an HTTP request, by method and endpoint",
+                Family::new_with_constructor(latency_histogram),
+            ),
+            queue_size: add(
+                registry,
+                "async_queue_size",
+                "Unfinished async requests (the whole queue, on a shared database)",
+                Gauge::default(),
+            ),
+            queue_capacity: add(
+                registry,
+                "async_queue_capacity",
+                "Unfinished async requests allowed before POST /async answers 503",
+                Gauge::default(),
+            ),
+            jobs_claimed: add(
+                registry,
+                "jobs_claimed",
+                "Async jobs claimed from the queue by this instance (a retry is claimed again)",
+                Counter::default(),
+            ),
+            jobs_finished: add(
+                registry,
+                "jobs_finished",
+                "Async requests this instance brought to a final state, by status",
+                Family::default(),
+            ),
+            delivery_attempts: add(
+                registry,
+                "delivery_attempts",
+                "Callback delivery attempts, by outcome",
+                Family::default(),
+            ),
+            delivery_attempt_duration: add(
+                registry,
+                "delivery_attempt_duration_seconds",
+                "Duration of one callback delivery attempt",
+                latency_histogram(),
+            ),
+            callback_delivery: add(
+                registry,
+                "callback_delivery_seconds",
+                "Time from an async request's acceptance to its delivered callback",
+                latency_histogram(),
+            ),
+            delivery_workers_active: add(
+                registry,
+                "delivery_workers_active",
+                "Jobs being worked on or delivered right now",
+                Gauge::default(),
+            ),
+            delivery_workers: add(
+                registry,
+                "delivery_workers",
+                "Jobs that may be in flight at once (APP_ASYNC_WORKER_COUNT)",
+                Gauge::default(),
+            ),
+            waited_on_requests: add(
+                registry,
+                "waited_on_requests",
+                "Requests that clients are waiting on (Prefer: wait, event streams, repeated keys)",
+                Gauge::default(),
+            ),
+            long_lived_requests: add(
+                registry,
+                "http_long_lived_requests",
+                "Event streams and waits open now (at most APP_HTTP_MAX_LONG_LIVED)",
+                Gauge::default(),
+            ),
+            compute_queue_size: add(
+                registry,
+                "compute_queue_size",
+                "Units of work waiting for a compute thread",
+                Gauge::default(),
+            ),
+            compute_queue_capacity: add(
+                registry,
+                "compute_queue_capacity",
+                "Units of work that may wait before POST /sync answers 503",
+                Gauge::default(),
+            ),
+            compute_busy_threads: add(
+                registry,
+                "compute_busy_threads",
+                "Compute threads hashing right now",
+                Gauge::default(),
+            ),
+            compute_threads: add(
+                registry,
+                "compute_threads",
+                "Compute threads",
+                Gauge::default(),
+            ),
+            db_connections: add(
+                registry,
+                "db_connections",
+                "Database connections of this instance, by state (in_use, idle)",
+                Family::default(),
+            ),
+            db_writer_queue: add(
+                registry,
+                "db_writer_queue",
+                "Writes waiting for the SQLite writer (0 on PostgreSQL)",
+                Gauge::default(),
+            ),
+            db_engine_memory: with_unit(
+                registry,
+                "db_engine_memory",
+                "Memory SQLite holds in this process, its page caches included (0 on PostgreSQL)",
+                Unit::Bytes,
+                Gauge::default(),
+            ),
+            destination_in_flight: add(
+                registry,
+                "destination_in_flight",
+                "Callback deliveries in flight, by destination (the busiest ten, the rest as other)",
+                Family::default(),
+            ),
+            destination_recent_failures: add(
+                registry,
+                "destination_recent_failures",
+                "Failed delivery attempts in the last five minutes (any answer but 2xx, or none), by destination",
+                Family::default(),
+            ),
+            destination_breaker_open: add(
+                registry,
+                "destination_breaker_open",
+                "Destinations whose circuit breaker is open or half-open (1), by destination",
+                Family::default(),
+            ),
+            destinations_paused: add(
+                registry,
+                "destinations_paused",
+                "Destinations an operator paused (their jobs wait until resumed)",
+                Gauge::default(),
+            ),
+            destination_held_jobs: add(
+                registry,
+                "destination_held_jobs",
+                "Jobs due now and not claimed, on every instance, of destinations held back by a \
+                pause, a rate limit, a Retry-After or their breaker (counted up to 10,000 each), \
+                by destination",
+                Family::default(),
+            ),
+            destination_rate_limit: add(
+                registry,
+                "destination_rate_limit_per_second",
+                "The rate limit of each of the ten busiest destinations that has one, across every \
+                instance",
+                Family::default(),
+            ),
+            destination_retry_after: with_unit(
+                registry,
+                "destination_retry_after",
+                "What is left of the Retry-After hold of each of the ten busiest destinations held",
+                Unit::Seconds,
+                Family::default(),
+            ),
+            destinations_rate_limited: add(
+                registry,
+                "destinations_rate_limited",
+                "Destinations with a rate limit (their own, or APP_CALLBACK_RATE_PER_DESTINATION)",
+                Gauge::default(),
+            ),
+            destinations_retry_after: add(
+                registry,
+                "destinations_retry_after",
+                "Destinations whose receiver asked to be left alone (a 429 or 503 with Retry-After) \
+                and are held now",
+                Gauge::default(),
+            ),
             registry: root,
-            ..metrics
         }
     }
 

@@ -20,8 +20,8 @@ use crate::model::{
 };
 use crate::store::{
     ABANDONED_SYNC_ERROR, Cancellation, CleanupReport, ControlChange, Controlled, IdempotencyKey,
-    KeyHolder, ListFilter, MadeDue, NewAsyncRequest, NewRequest, Position, Redelivery,
-    StatusCounts, Store, StoreError, Submitted,
+    KeyHolder, ListFilter, MadeDue, NewAsyncRequest, NewRequest, Pauses, Position, Redelivery,
+    StatusCounts, Store, StoreError, Submitted, while_unavailable,
 };
 use crate::trace_context::RequestTrace;
 use crate::work::{Cancel, ComputePool, PoolError};
@@ -265,7 +265,7 @@ pub struct Service {
 }
 
 /// Records how a sync request ended.
-struct SyncEnd<'a> {
+struct SyncRecord<'a> {
     store: &'a Store,
     new: &'a NewRequest,
     /// Set when the request holds an idempotency key (its `processing` row is committed):
@@ -281,7 +281,7 @@ const SYNC_END_RETRY_FIRST: Duration = Duration::from_millis(250);
 const SYNC_END_RETRY_LAST: Duration = Duration::from_secs(30);
 const SYNC_END_RETRIES: u32 = 10;
 
-impl SyncEnd<'_> {
+impl SyncRecord<'_> {
     /// Writes the end and returns once it is committed. If the database cannot take it now,
     /// the caller hears so at once; a keyed request has its end written again in the
     /// background until it lands (or the service stops), so that its row does not show it
@@ -295,28 +295,21 @@ impl SyncEnd<'_> {
             let store = self.store.clone();
             let new = self.new.clone();
             let outcome = outcome.cloned().map_err(str::to_owned);
-            let stop = stop.clone();
+            let mut pauses = Pauses::doubling(SYNC_END_RETRY_FIRST, SYNC_END_RETRY_LAST)
+                .tries(SYNC_END_RETRIES)
+                .stopped_by(stop.clone());
             records.spawn(async move {
-                let mut wait = SYNC_END_RETRY_FIRST;
-                for _ in 0..SYNC_END_RETRIES {
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = stop.cancelled() => return,
-                    }
-                    let written = store
-                        .sync_finished(&new, outcome.as_ref().map_err(String::as_str))
-                        .await;
-                    match written {
-                        Ok(()) => return,
-                        Err(err) if err.is_unavailable() => {}
-                        Err(err) => {
-                            tracing::warn!(request_id = %new.id, error = %err, "a sync request's end could not be written");
-                            return;
-                        }
-                    }
-                    wait = (wait * 2).min(SYNC_END_RETRY_LAST);
+                // The first try was the client's own.
+                if !pauses.wait().await {
+                    return;
                 }
-                tracing::warn!(request_id = %new.id, "a sync request's end could not be written; it stays processing until the next start");
+                let written = while_unavailable(&mut pauses, || {
+                    store.sync_finished(&new, outcome.as_ref().map_err(String::as_str))
+                })
+                .await;
+                if let Err(err) = written {
+                    tracing::warn!(request_id = %new.id, error = %err, "a sync request's end could not be written; if the database was unavailable throughout, it stays processing until the next start");
+                }
             });
         }
         Err(err)
@@ -434,7 +427,7 @@ impl Service {
                     }
                 }
             };
-            let end = SyncEnd {
+            let end = SyncRecord {
                 store: &store,
                 new: &new,
                 retry: keyed.then_some((&records, &abandon)),

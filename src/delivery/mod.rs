@@ -3,14 +3,15 @@
 //!
 //! A dispatcher task claims jobs only when a worker slot is free (a semaphore of
 //! `APP_ASYNC_WORKER_COUNT` permits), and of each destination only as many as it has room for
-//! ([`destinations`]: what it has earned, its breaker, and the share it draws on), so a claimed
-//! job always starts at once and leases are never held by jobs waiting in memory. A retry is
-//! not a sleeping task: the attempt is recorded with its due time and the slot is freed; the
-//! dispatcher claims it again when it is due. A delivery still waiting for its receiver after
+//! ([`destinations`]: what it has earned, its breaker, and the share it draws on), so a claimed job
+//! always starts at once and leases are never held by jobs waiting in memory. A retry is not a
+//! sleeping task: the attempt is recorded with its due time and the slot is freed; the dispatcher
+//! claims it again when it is due. A delivery still waiting for its receiver after
 //! `APP_CALLBACK_SLOW_AFTER_SECONDS` gives its worker slot back and finishes in a pool of slow
-//! deliveries of its own (as many as the workers; when that is full, it moves as soon as a
-//! place frees up), so receivers that hang cannot hold the workers. The dispatcher sleeps until the earliest due time of a destination with room, a
-//! new submission, a free slot, or an open breaker's next probe.
+//! deliveries of its own (as many as the workers; when that is full, it moves as soon as a place
+//! frees up), so receivers that hang cannot hold the workers. The dispatcher sleeps until the
+//! earliest due time of a destination with room, a new submission, a free slot, or an open
+//! breaker's next probe.
 
 pub mod client;
 pub mod destinations;
@@ -32,8 +33,8 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::{self, Metrics};
 use crate::model::{DeliveryAttempt, WorkResult};
 use crate::store::{
-    Announced, AttemptOutcome, ControlChange, FinishedWork, Job, MAX_UNRECORDED_CLAIMS, Recorded,
-    Store,
+    Announced, AttemptOutcome, ControlChange, FinishedWork, Job, MAX_UNRECORDED_CLAIMS, Pauses,
+    Recorded, Store, while_unavailable,
 };
 use crate::trace_context::export::SpanExport;
 use crate::trace_context::{AttemptEnd, AttemptSpan};
@@ -275,14 +276,14 @@ impl Dispatcher {
         let controls = tokio::spawn(Arc::clone(&this).watch_controls(heartbeat_stop.clone()));
         let sweep = tokio::spawn(Arc::clone(&this).sweep_parked(heartbeat_stop.clone()));
 
-        // With other instances live on the same queue, a claim that came back short was
-        // mostly racing them (each woken by every announcement) for the same few jobs: the
-        // next waits, from its end, as long as it took, so that jobs gather for it. Measured
-        // with two instances on one PostgreSQL: claim scans per job fell from 0.44 to 0.08
-        // (as one instance makes), commits per job from 0.75 to 0.49, and
-        // bench/floor.sh's coordination cost from 1.25 to 1.00-1.26 (noisy). It delays a claim by at
-        // most one claim's duration, a millisecond or two. Alone on its queue (SQLite, or the
-        // only live instance), a short claim means the queue was empty: no wait.
+        // With other instances live on the same queue, a claim that came back short was mostly
+        // racing them (each woken by every announcement) for the same few jobs: the next waits,
+        // from its end, as long as it took, so that jobs gather for it. Measured with two instances
+        // on one PostgreSQL: claim scans per job fell from 0.44 to 0.08 (as one instance makes),
+        // commits per job from 0.75 to 0.49, and bench/floor.sh's coordination cost from 1.25 to
+        // 1.00-1.26 (noisy). It delays a claim by at most one claim's duration, a millisecond or
+        // two. Alone on its queue (SQLite, or the only live instance), a short claim means the
+        // queue was empty: no wait.
         let mut last_short: Option<(std::time::Instant, Duration)> = None;
         while !stop.is_cancelled() {
             let free = slots.available_permits();
@@ -756,35 +757,27 @@ impl Dispatcher {
         mut record: DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> Result<Recorded, crate::store::StoreError> {
-        let give_up_at = tokio::time::Instant::now() + self.lease;
-        let mut pause = RECORD_RETRY_PAUSE;
-        let mut stripped = false;
-        loop {
-            let err = match self
-                .store
-                .record_attempt(&job.id, &self.owner, &job.token, &record, outcome)
-                .await
-            {
-                Ok(recorded) => return Ok(recorded),
-                Err(err) => err,
-            };
-            if err.is_unavailable() {
-                if tokio::time::Instant::now() + pause > give_up_at {
-                    return Err(err);
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RECORD_RETRY_PAUSE_MAX);
-            } else if !stripped {
+        let mut pauses = Pauses::doubling(RECORD_RETRY_PAUSE, RECORD_RETRY_PAUSE_MAX)
+            .until(tokio::time::Instant::now() + self.lease);
+        let store = &self.store;
+        let first = while_unavailable(&mut pauses, || {
+            store.record_attempt(&job.id, &self.owner, &job.token, &record, outcome)
+        })
+        .await;
+        match first {
+            Err(err) if !err.is_unavailable() => {
                 tracing::warn!(request_id = %job.id, error = %err, "recording the attempt failed; recording it without the receiver's answer");
                 record.response_body = None;
                 record.response_headers = None;
                 record.error = record
                     .error
                     .map(|_| "the error could not be recorded".into());
-                stripped = true;
-            } else {
-                return Err(err);
+                while_unavailable(&mut pauses, || {
+                    store.record_attempt(&job.id, &self.owner, &job.token, &record, outcome)
+                })
+                .await
             }
+            answer => answer,
         }
     }
 

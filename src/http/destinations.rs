@@ -1,6 +1,6 @@
-//! `GET /destinations` and the operator's controls over one destination (SPEC §11):
-//! `POST /destinations/{key}/pause`, `/resume` and `/reset` (its breaker). Behind `Authorization: Bearer $APP_ADMIN_TOKEN`, mounted only
-//! with an admin token, as the other operator routes are.
+//! `GET /destinations` and the operator's controls over one destination (SPEC §11): `POST
+//! /destinations/{key}/pause`, `/resume` and `/reset` (its breaker). Behind `Authorization: Bearer
+//! $APP_ADMIN_TOKEN`, mounted only with an admin token, as the other operator routes are.
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
@@ -149,12 +149,11 @@ async fn control(
 
 /// Pause deliveries to a destination.
 ///
-/// Pause a destination: none of its jobs is claimed (no work starts, no delivery attempt)
-/// until it is resumed, on every instance at once (PostgreSQL announces each change; every instance also reads
-/// them each second) and across
-/// restarts. Jobs already under way finish (the answer's `in_flight` counts them on this
-/// instance); none is lost, and a paused job's `waiting_for` is `paused`. Pausing a paused
-/// destination changes nothing.
+/// Pause a destination: none of its jobs is claimed (no work starts, no delivery attempt) until it
+/// is resumed, on every instance at once (PostgreSQL announces each change; every instance also
+/// reads them each second) and across restarts. Jobs already under way finish (the answer's
+/// `in_flight` counts them on this instance); none is lost, and a paused job's `waiting_for` is
+/// `paused`. Pausing a paused destination changes nothing.
 #[utoipa::path(
     post,
     path = "/destinations/{key}/pause",

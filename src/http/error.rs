@@ -1,7 +1,8 @@
-//! Every way a request can fail, and the one place that maps each to a status code and the
-//! original service's JSON error shape: `{"status":"error","error":"…"}` (plus `detail` for
-//! validation, and `"request_id":null` on a 404 or 503). Internal errors are logged in full
-//! and answered without their details. [`json_error_shape`] gives the same shape to the errors a library answers on its own.
+//! Every way a request can fail, and the one place that maps each to a status code and the original
+//! service's JSON error shape: `{"status":"error","error":"…"}` (plus `detail` for validation, and
+//! `"request_id":null` on a 404 or 503). Internal errors are logged in full and answered without
+//! their details. [`json_error_shape`] gives the same shape to the errors a library answers on its
+//! own.
 
 use axum::Json;
 use axum::extract::Request;

@@ -1,8 +1,8 @@
-//! The optional fields of an async request that control it beyond the original's (SPEC §11):
-//! when its work may start (`run_at` or `delay_seconds`), its place among due jobs
-//! (`priority`), and its own retry budget and per-attempt timeout (`callback_max_retries`,
-//! `callback_timeout_seconds`), which may only tighten the operator's settings. A field sent as `null` is absent. Unlike the original's
-//! fields these are read strictly: a number is a JSON number, a time a string.
+//! The optional fields of an async request that control it beyond the original's (SPEC §11): when
+//! its work may start (`run_at` or `delay_seconds`), its place among due jobs (`priority`), and its
+//! own retry budget and per-attempt timeout (`callback_max_retries`, `callback_timeout_seconds`),
+//! which may only tighten the operator's settings. A field sent as `null` is absent. Unlike the
+//! original's fields these are read strictly: a number is a JSON number, a time a string.
 
 use std::time::Duration;
 

@@ -17,9 +17,10 @@
 //! Ctrl-C (the stop token) stops sending at once, skips the wait for callbacks, and the
 //! report covers what was measured so far.
 //!
-//! Module map: `schedule` (when requests are due), `payload` (request bodies), `phase`
-//! (the workers), `connection` (their HTTP connections), `tally` (what they count), `callbacks` (the receiver and the matching),
-//! `report` (percentiles, text, JSON), `progress` (the terminal bar), `error`.
+//! Module map: `schedule` (when requests are due), `payload` (request bodies), `phase` (the
+//! workers), `connection` (their HTTP connections), `tally` (what they count), `callbacks` (the
+//! receiver and the matching), `report` (percentiles, text, JSON), `progress` (the terminal bar),
+//! `error`.
 
 mod callbacks;
 mod connection;

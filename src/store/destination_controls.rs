@@ -10,11 +10,11 @@ use chrono::{DateTime, Utc};
 use crate::delivery::destinations::OwnRate;
 
 /// Most destinations with a stored control. A row with nothing lasting (left by a reset, or a
-/// `Retry-After` that is over) is deleted, oldest change first, to make room for a new one;
-/// then, for an operator's change, a receiver's hold (the one ending first: it still applies
-/// on the instance that got it); with every row paused or limited, a new pause or limit is
-/// refused (and a receiver's hold applies on its own instance only). Every instance reads the table every second, and every
-/// claim skips the paused destinations: the bound keeps both small.
+/// `Retry-After` that is over) is deleted, oldest change first, to make room for a new one; then,
+/// for an operator's change, a receiver's hold (the one ending first: it still applies on the
+/// instance that got it); with every row paused or limited, a new pause or limit is refused (and a
+/// receiver's hold applies on its own instance only). Every instance reads the table every second,
+/// and every claim skips the paused destinations: the bound keeps both small.
 pub const MAX_CONTROLLED_DESTINATIONS: i64 = 1000;
 
 /// One destination's stored controls.

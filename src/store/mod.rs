@@ -81,6 +81,42 @@ macro_rules! parked_at {
     };
 }
 
+/// The first queued request of every key whose first is parked, made due: the safety net for
+/// a key whose request before ended where nothing unparked the next (a cancel, a deletion, or
+/// on PostgreSQL a request accepted on one instance while the one before it ended on another).
+/// The parked rows' keys are found by a skip scan of `requests_parked` (`$parked_rows`: the
+/// table as each dialect names that index for it; a seek per key, however many requests each
+/// has parked), then each key's head by a seek. `$parked` and `$id` as for `key_head!`.
+macro_rules! unpark_stranded {
+    ($parked:expr, $id:literal, $parked_rows:literal) => {
+        concat!(
+            "UPDATE requests SET next_attempt_at = ",
+            unparked_due!(),
+            " WHERE next_attempt_at = ",
+            $parked,
+            " AND ",
+            $id,
+            " IN (
+                 WITH RECURSIVE parked(key) AS (
+                     SELECT (SELECT ordering_key FROM ",
+            $parked_rows,
+            " WHERE next_attempt_at = ",
+            $parked,
+            " ORDER BY ordering_key LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT ordering_key FROM ",
+            $parked_rows,
+            " WHERE next_attempt_at = ",
+            $parked,
+            " AND ordering_key > parked.key ORDER BY ordering_key LIMIT 1)
+                     FROM parked WHERE parked.key IS NOT NULL)
+                 SELECT ",
+            key_head!($id, "parked.key"),
+            " FROM parked WHERE parked.key IS NOT NULL)"
+        )
+    };
+}
+
 /// The columns both backends read into a `Job` (a claim's `RETURNING` list).
 macro_rules! job_columns {
     () => {
@@ -125,6 +161,7 @@ mod lifecycle;
 mod list;
 mod plans;
 mod postgres;
+mod retry;
 mod rows;
 mod sqlite;
 
@@ -163,6 +200,7 @@ pub use list::{DEFAULT_COUNT_LIMIT, LastStatus, ListFilter};
 pub(crate) use list::{Dialect, ListParam, Total, count_sql, page_sql};
 pub use plans::StatementPlan;
 use postgres::PgStore;
+pub use retry::{Pauses, while_unavailable};
 use sqlite::SqliteStore;
 
 /// A request as first recorded.
@@ -813,8 +851,8 @@ impl Store {
         self.health.oldest_wait()
     }
 
-    /// Deletes finished requests that finished more than `retention` ago, then the oldest finished beyond
-    /// `max_stored`. Unfinished requests are never touched.
+    /// Deletes finished requests that finished more than `retention` ago, then the oldest finished
+    /// beyond `max_stored`. Unfinished requests are never touched.
     ///
     /// Deletion goes in chunks of [`CLEANUP_CHUNK`] rows, each a short transaction found
     /// through the `created_at` index, oldest first, each chunk from where the last one

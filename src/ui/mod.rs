@@ -1,14 +1,14 @@
 //! The operator dashboard at `/ui`: served by the service itself, every asset compiled into
 //! the binary (no CDN, no build step besides `cargo build`).
 //!
-//! Pages are server-rendered shells ([`pages`]); a small script fills them from the same JSON
-//! API any client uses (`GET /requests`, `GET /requests/{id}`, the admin endpoints), so the
-//! dashboard shows exactly what the API shows and asks for the same tokens, which it sends
-//! as bearer headers. Three endpoints are its own: `GET /ui/api/overview` (the last 15
-//! minutes and the status counts), `GET /ui/api/stream` (server-sent events, one overview
-//! update a second, which also tells open pages to refresh) and `GET /ui/api/callback/{id}`
-//! (a request's callback as sent). They need the API token when one is set. The stream is read with `fetch` rather than `EventSource`, which cannot send headers:
-//! a token never goes in an address.
+//! Pages are server-rendered shells ([`pages`]); a small script fills them from the same JSON API
+//! any client uses (`GET /requests`, `GET /requests/{id}`, the admin endpoints), so the dashboard
+//! shows exactly what the API shows and asks for the same tokens, which it sends as bearer headers.
+//! Three endpoints are its own: `GET /ui/api/overview` (the last 15 minutes and the status counts),
+//! `GET /ui/api/stream` (server-sent events, one overview update a second, which also tells open
+//! pages to refresh) and `GET /ui/api/callback/{id}` (a request's callback as sent). They need the
+//! API token when one is set. The stream is read with `fetch` rather than `EventSource`, which
+//! cannot send headers: a token never goes in an address.
 //!
 //! Nothing here is in the OpenAPI document: it is a user interface, not API.
 //! Everything is sent with a strict Content-Security-Policy (scripts and styles only from

@@ -1,6 +1,6 @@
-//! The writes every async request makes, and a sync request's last, as multi-row statements
-//! for group commit ([`crate::store::group_commit`]): accepting it, storing its work result,
-//! recording each delivery attempt. One statement (`UNNEST` of one array per column) and one commit serve a
+//! The writes every async request makes, and a sync request's last, as multi-row statements for
+//! group commit ([`crate::store::group_commit`]): accepting it, storing its work result, recording
+//! each delivery attempt. One statement (`UNNEST` of one array per column) and one commit serve a
 //! whole batch; each write's answer is read from what the statement returns.
 //!
 //! Concurrent batches never wait for each other's rows: a job's result and its attempt are
@@ -109,7 +109,8 @@ pub(super) const FINISH_SYNC: &str =
      -- one already failed as abandoned stays as it is, its key possibly reused.
      WHERE requests.status = 'processing'";
 
-/// Work results stored under their claims (`processing → callback_pending`); returns the id and claim of each stored.
+/// Work results stored under their claims (`processing → callback_pending`); returns the id and
+/// claim of each stored.
 pub(super) const STORE_RESULTS: &str = "UPDATE requests AS r
      SET status = 'callback_pending', input_hash = w.input_hash,
          output_hash = w.output_hash, processing_time_ms = w.processing_time_ms,

@@ -61,30 +61,8 @@ pub(super) const UNPARK_KEY: &str = concat!(
     key_head!("id", "$1")
 );
 
-/// The first queued request of every key whose first is parked, made due: the safety net for
-/// a key whose request before ended where nothing unparked the next (a cancel, a deletion,
-/// or a request accepted on one instance while the one before it ended on another). The
-/// parked rows' keys are found by a skip scan of `requests_parked` (a seek per key, however
-/// many requests each has parked), then each key's head by a seek.
-pub(super) const UNPARK_STRANDED: &str = concat!(
-    "UPDATE requests SET next_attempt_at = ",
-    unparked_due!(),
-    " WHERE next_attempt_at = ",
-    parked_at!(),
-    " AND id IN (
-         WITH RECURSIVE parked(key) AS (
-             SELECT (SELECT ordering_key FROM requests WHERE next_attempt_at = ",
-    parked_at!(),
-    " ORDER BY ordering_key LIMIT 1)
-             UNION ALL
-             SELECT (SELECT ordering_key FROM requests WHERE next_attempt_at = ",
-    parked_at!(),
-    " AND ordering_key > parked.key ORDER BY ordering_key LIMIT 1)
-             FROM parked WHERE parked.key IS NOT NULL)
-         SELECT ",
-    key_head!("id", "parked.key"),
-    " FROM parked WHERE parked.key IS NOT NULL)"
-);
+/// See `unpark_stranded!`.
+pub(super) const UNPARK_STRANDED: &str = unpark_stranded!(parked_at!(), "id", "requests");
 
 /// The expired claims of keyed requests no longer queued (a request cancelled while its
 /// attempt was in flight keeps its claim until the attempt ends): an instance that died
@@ -139,7 +117,8 @@ pub(super) const RELEASE: &str =
             unrecorded_claims = greatest(unrecorded_claims - 1, 0)
      WHERE lease_owner = $1";
 
-/// Up to `$2` requests finished more than `$1` seconds ago, oldest first, by the creation-time index; instances cleaning at the same time take different rows (SKIP LOCKED).
+/// Up to `$2` requests finished more than `$1` seconds ago, oldest first, by the creation-time
+/// index; instances cleaning at the same time take different rows (SKIP LOCKED).
 pub(super) const DELETE_EXPIRED: &str = concat!(
     "WITH picked AS MATERIALIZED (
                  SELECT id FROM requests

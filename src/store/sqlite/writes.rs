@@ -68,32 +68,9 @@ pub(super) const UNPARK_KEY: &str = concat!(
     key_head!("rowid", "?3")
 );
 
-/// The first queued request of every key whose first is parked, made due: the safety net for
-/// a key whose request before ended where nothing unparked the next (a cancel, a deletion,
-/// or on PostgreSQL a request accepted while the one before it ended). The parked rows' keys
-/// are found by a skip scan of `requests_parked` (a seek per key, however many requests each
-/// has parked), then each key's head by a seek.
-pub(super) const UNPARK_STRANDED: &str = concat!(
-    "UPDATE requests SET next_attempt_at = ",
-    unparked_due!(),
-    " WHERE next_attempt_at = ",
-    parked_ms!(),
-    " AND rowid IN (
-         WITH RECURSIVE parked(key) AS (
-             SELECT (SELECT ordering_key FROM requests INDEXED BY requests_parked
-                     WHERE next_attempt_at = ",
-    parked_ms!(),
-    " ORDER BY ordering_key LIMIT 1)
-             UNION ALL
-             SELECT (SELECT ordering_key FROM requests INDEXED BY requests_parked
-                     WHERE next_attempt_at = ",
-    parked_ms!(),
-    " AND ordering_key > parked.key ORDER BY ordering_key LIMIT 1)
-             FROM parked WHERE parked.key IS NOT NULL)
-         SELECT ",
-    key_head!("rowid", "parked.key"),
-    " FROM parked WHERE parked.key IS NOT NULL)"
-);
+/// See `unpark_stranded!`.
+pub(super) const UNPARK_STRANDED: &str =
+    unpark_stranded!(parked_ms!(), "rowid", "requests INDEXED BY requests_parked");
 
 /// The expired claims of keyed requests no longer queued (a request cancelled while its
 /// attempt was in flight keeps its claim until the attempt ends): an owner that died, or
