@@ -10,6 +10,7 @@ use std::time::Instant;
 use axum::{Json, Router, extract::State, routing::post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::digest::{generic_array::GenericArray, typenum::U64};
 use sha2::{Digest, Sha256};
 
 #[derive(Deserialize)]
@@ -19,39 +20,69 @@ struct Work {
     callback_url: Option<String>,
 }
 
-/// The work function of SPEC §1, as the service writes it: `iterations` chained SHA-256
-/// rounds, each over `"{previous hex}:{i}"`, in a reused buffer.
+/// The work function of SPEC §1, as the service writes it (src/work.rs, `Rounds`):
+/// `iterations` chained SHA-256 rounds over `"{previous hex}:{i}"`, each message laid out in
+/// place as its two padded blocks and compressed in one call.
 fn compute(id: &str, data: &str, iterations: u32) -> Value {
     let started = Instant::now();
-    let hex = |digest: &[u8], out: &mut [u8]| {
-        for (i, b) in digest.iter().enumerate() {
-            out[2 * i] = b"0123456789abcdef"[usize::from(b >> 4)];
-            out[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 15)];
-        }
+    let mut blocks = [GenericArray::<u8, U64>::default(); 2];
+    hex(&Sha256::digest(data.as_bytes()), &mut blocks[0]);
+    let input_hash = String::from_utf8_lossy(&blocks[0]).into_owned();
+    // The second block: ':', the counter's decimal digits, the padding, the length in bits.
+    let lay_out = |block: &mut GenericArray<u8, U64>, digits: usize| {
+        block.fill(0);
+        block[0] = b':';
+        block[1..1 + digits].fill(b'0');
+        block[1] = if digits == 1 { b'0' } else { b'1' };
+        block[1 + digits] = 0x80;
+        block[56..].copy_from_slice(&(((65 + digits) * 8) as u64).to_be_bytes());
     };
-    let mut buf = [0u8; 64 + 1 + 10];
-    hex(&Sha256::digest(data.as_bytes()), &mut buf[..64]);
-    let input_hash = String::from_utf8_lossy(&buf[..64]).into_owned();
-    buf[64] = b':';
-    for i in 0..iterations {
-        let len = decimal(i, &mut buf[65..]);
-        let digest = Sha256::digest(&buf[..65 + len]);
-        hex(&digest, &mut buf[..64]);
+    let mut digits = 1;
+    lay_out(&mut blocks[1], digits);
+    for _ in 0..iterations {
+        let mut state = SHA256_INIT;
+        sha2::compress256(&mut state, &blocks);
+        let mut digest = [0u8; 32];
+        for (bytes, word) in digest.chunks_exact_mut(4).zip(state) {
+            bytes.copy_from_slice(&word.to_be_bytes());
+        }
+        hex(&digest, &mut blocks[0]);
+        // The counter one up, in place; a carry out of every digit makes it 10^digits.
+        let carried = blocks[1][1..1 + digits].iter_mut().rev().all(|d| {
+            let nine = *d == b'9';
+            *d = if nine { b'0' } else { *d + 1 };
+            nine
+        });
+        if carried && digits < 10 {
+            digits += 1;
+            lay_out(&mut blocks[1], digits);
+        }
     }
     json!({"request_id": id, "input_hash": input_hash,
-           "output_hash": String::from_utf8_lossy(&buf[..64]), "iterations": iterations,
+           "output_hash": String::from_utf8_lossy(&blocks[0]), "iterations": iterations,
            "processing_time_ms": started.elapsed().as_secs_f64() * 1000.0})
 }
 
-/// `n` in decimal at the start of `out`; answers its length.
-fn decimal(n: u32, out: &mut [u8]) -> usize {
-    let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
-    let mut rest = n;
-    for slot in out[..len].iter_mut().rev() {
-        *slot = b'0' + (rest % 10) as u8;
-        rest /= 10;
+const SHA256_INIT: [u32; 8] = [
+    0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// Each byte's two hex digits, one lookup a byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [b"0123456789abcdef"[byte >> 4], b"0123456789abcdef"[byte & 15]];
+        byte += 1;
     }
-    len
+    pairs
+};
+
+fn hex(digest: &[u8], out: &mut [u8]) {
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(digest) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+    }
 }
 
 async fn sync(Json(work): Json<Work>) -> Json<Value> {
