@@ -298,6 +298,7 @@ impl SyncRecord<'_> {
             let mut pauses = Pauses::doubling(SYNC_END_RETRY_FIRST, SYNC_END_RETRY_LAST)
                 .tries(SYNC_END_RETRIES)
                 .stopped_by(stop.clone());
+            let stop = stop.clone();
             records.spawn(async move {
                 // The first try was the client's own.
                 if !pauses.wait().await {
@@ -307,8 +308,14 @@ impl SyncRecord<'_> {
                     store.sync_finished(&new, outcome.as_ref().map_err(String::as_str))
                 })
                 .await;
-                if let Err(err) = written {
-                    tracing::warn!(request_id = %new.id, error = %err, "a sync request's end could not be written; if the database was unavailable throughout, it stays processing until the next start");
+                match written {
+                    Ok(()) => {}
+                    // Shutting down with the database away: the next start fails the
+                    // request, as it does every request left processing.
+                    Err(_) if stop.is_cancelled() => {}
+                    Err(err) => {
+                        tracing::warn!(request_id = %new.id, error = %err, "a sync request's end could not be written; if the database was unavailable throughout, it stays processing until the next start");
+                    }
                 }
             });
         }
