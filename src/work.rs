@@ -123,13 +123,12 @@ impl Rounds {
     fn next(&mut self) {
         let mut state = SHA256_INIT;
         sha2::compress256(&mut state, &self.blocks);
-        // The digest is the state's words, big-endian: encoded from them, byte by byte.
-        let hex = self.first_block();
-        for (word_hex, word) in hex.chunks_exact_mut(8).zip(state) {
-            for (pair, byte) in word_hex.chunks_exact_mut(2).zip(word.to_be_bytes()) {
-                pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
-            }
+        // The digest is the state's words, big-endian.
+        let mut digest = [0u8; 32];
+        for (bytes, word) in digest.chunks_exact_mut(4).zip(state) {
+            bytes.copy_from_slice(&word.to_be_bytes());
         }
+        encode_hex(&digest, self.first_block());
         self.count_up();
     }
 
@@ -159,10 +158,9 @@ impl Rounds {
 
 /// SHA-256 blocks of work done where it is asked for rather than on a pool thread: about
 /// 6 µs of hashing (64 rounds of two blocks, ~90 ns a round with the CPU's SHA extensions),
-/// less than handing
-/// it to a pool thread and its answer back costs (two thread wake-ups, measured as the
-/// runtime's largest cost at iterations=1). Far below the ~100 µs a task may run between
-/// two awaits without holding up the other connections of its runtime thread.
+/// less than handing it to a pool thread and its answer back costs (two thread wake-ups,
+/// measured as the runtime's largest cost at iterations=1). Far below the ~100 µs a task may
+/// run between two awaits without holding up the other connections of its runtime thread.
 const INLINE_BLOCKS: usize = 128;
 
 /// Whether the work of `data` over `iterations` rounds is within [`INLINE_BLOCKS`]: the input
