@@ -10,7 +10,8 @@
 #
 # PATH is sync-N (wrk, POST /sync iterations=N) or async-N (loadgen's closed loop).
 # Env overrides: DURATION (20, the load's length; perf records the middle 12 s),
-# CONNECTIONS (50), TOP (25 symbols), PG_ADMIN_URL, PG_EXTRA (as in floor.sh).
+# CONNECTIONS (50), TOP (25 symbols), PG_ADMIN_URL, PG_EXTRA (as in floor.sh), SERVICE_LOG
+# (the service's RUST_LOG: `info`, its default and floor.sh's, logs a line per request).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ CONNECTIONS="${CONNECTIONS:-50}"
 TOP="${TOP:-25}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 PG_EXTRA="${PG_EXTRA:-}"
+SERVICE_LOG="${SERVICE_LOG:-info}"
 
 tmp_dir="$(mktemp -d)"
 # shellcheck source=bench/lib/common.sh
@@ -51,7 +53,7 @@ else
     database_url="sqlite://$tmp_dir/profile.db"
 fi
 env APP_HOST=127.0.0.1 APP_PORT="$port" APP_DATABASE_URL="$database_url" \
-    APP_CALLBACK_BLOCK_PRIVATE_IPS=false RUST_LOG=warn \
+    APP_CALLBACK_BLOCK_PRIVATE_IPS=false RUST_LOG="$SERVICE_LOG" \
     "$BIN" serve >>"$tmp_dir/server.log" 2>&1 &
 service_pid=$!
 started_pids+=("$service_pid")

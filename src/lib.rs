@@ -16,6 +16,8 @@ pub mod http;
 pub mod input;
 /// `syncasync loadgen`: the load generator (latencies, time-to-callback, open or closed loop).
 pub mod loadgen;
+/// Log lines on their way to stderr, written many at a time by a thread of their own.
+pub mod log_writer;
 /// Requests that hold their connection for long (streams, waits): their cap and lifetime.
 pub mod long_lived;
 /// Prometheus metrics.
