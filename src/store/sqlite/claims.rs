@@ -62,7 +62,7 @@ pub(super) const DESTINATION_DUE: &str = concat!(
 );
 
 pub(super) const CLAIM_ONE: &str = concat!(
-    "UPDATE requests
+    "UPDATE OR FAIL requests
      SET status = CASE status WHEN 'pending' THEN 'processing' ELSE status END,
          lease_owner = ?2, lease_expires_at = ?3, lease_token = lower(hex(randomblob(16))),
          unrecorded_claims = unrecorded_claims + 1

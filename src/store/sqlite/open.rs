@@ -28,6 +28,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0013_pacing.sql"),
     include_str!("../../../migrations/sqlite/0014_ordering.sql"),
     include_str!("../../../migrations/sqlite/0015_trace_context.sql"),
+    include_str!("../../../migrations/sqlite/0016_count_triggers.sql"),
 ];
 
 /// The first schema version whose requests record their destination (0004).

@@ -83,11 +83,11 @@ pub(super) const RELEASE_ENDED_CLAIMS: &str =
 
 /// An async request, queued.
 pub(super) const INSERT_ASYNC: &str = concat!(
-    "INSERT INTO requests (id, mode, status, payload_hash, data, iterations, callback_url,
-                           created_at, next_attempt_at, destination, callback_host,
-                           idempotency_key, idempotency_fingerprint, run_at, max_retries,
-                           callback_timeout_ms, priority, ordering_key, traceparent, tracestate,
-                           ordering_seq)
+    "INSERT OR FAIL INTO requests (id, mode, status, payload_hash, data, iterations,
+                                   callback_url, created_at, next_attempt_at, destination,
+                                   callback_host, idempotency_key, idempotency_fingerprint,
+                                   run_at, max_retries, callback_timeout_ms, priority,
+                                   ordering_key, traceparent, tracestate, ordering_seq)
      VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ",
     due_or_parked!("?16", "?11"),
     ", ?7, ?8, ?9, ?10, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ",
@@ -101,26 +101,27 @@ pub(super) const KEY_HOLDER: &str =
 
 /// A sync request, `processing`.
 pub(super) const INSERT_SYNC_STARTED: &str =
-    "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+    "INSERT OR FAIL INTO requests (id, mode, status, payload_hash, iterations, created_at,
                            idempotency_key, idempotency_fingerprint, traceparent, tracestate)
      VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING";
 
-/// A sync request's end, with the whole record.
-pub(super) const UPSERT_SYNC_FINISHED: &str =
-    "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                           completed_at, input_hash, output_hash, processing_time_ms, error,
-                           traceparent, tracestate)
+/// A sync request's end, with the whole record, unless its `processing` row was written.
+pub(super) const INSERT_SYNC_FINISHED: &str =
+    "INSERT OR FAIL INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                                   completed_at, input_hash, output_hash, processing_time_ms,
+                                   error, traceparent, tracestate)
      VALUES (?1, 'sync', ?5, ?2, ?3, ?4, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-     ON CONFLICT (id) DO UPDATE SET status = excluded.status, completed_at = excluded.completed_at,
-         input_hash = excluded.input_hash, output_hash = excluded.output_hash,
-         processing_time_ms = excluded.processing_time_ms, error = excluded.error,
-         -- A failed sync request did no work a replay could answer with: its key
-         -- is free again, for the client's retry.
-         idempotency_key = CASE excluded.status WHEN 'failed' THEN NULL
-                           ELSE requests.idempotency_key END
-     -- Only a request still working ends so (SyncFinished applies to `processing`):
-     -- one already failed as abandoned stays as it is, its key possibly reused.
-     WHERE requests.status = 'processing'";
+     ON CONFLICT (id) DO NOTHING";
+
+/// A sync request's end, on its `processing` row. Only a request still working ends so:
+/// one already failed as abandoned stays as it is, its key possibly reused.
+pub(super) const FINISH_SYNC_STARTED: &str =
+    "UPDATE OR FAIL requests SET status = ?2, completed_at = ?3, input_hash = ?4,
+            output_hash = ?5, processing_time_ms = ?6, error = ?7,
+            -- A failed sync request did no work a replay could answer with: its key
+            -- is free again, for the client's retry.
+            idempotency_key = CASE ?2 WHEN 'failed' THEN NULL ELSE idempotency_key END
+     WHERE id = ?1 AND status = 'processing'";
 
 /// One claim's lease, renewed, found by its token (not by its owner, whose other leases
 /// would be walked for every token renewed).
@@ -138,14 +139,14 @@ pub(super) const RELEASE_CLAIM: &str =
 
 /// A claimed job's work result.
 pub(super) const SAVE_RESULT: &str =
-    "UPDATE requests SET status = 'callback_pending', input_hash = ?3, output_hash = ?4,
+    "UPDATE OR FAIL requests SET status = 'callback_pending', input_hash = ?3, output_hash = ?4,
             processing_time_ms = ?5, completed_at = ?6, data = NULL
      WHERE id = ?1 AND lease_token = ?2";
 
 /// A delivery attempt's effect on its request; a request cancelled while the attempt was
 /// in flight only records it (`AttemptLanded`). Answers the status it is left in.
 pub(super) const RECORD_ATTEMPT: &str =
-    "UPDATE requests SET status = CASE status WHEN 'cancelled' THEN status ELSE ?3 END,
+    "UPDATE OR FAIL requests SET status = CASE status WHEN 'cancelled' THEN status ELSE ?3 END,
             delivered_at = CASE status WHEN 'cancelled' THEN delivered_at ELSE ?4 END,
             next_attempt_at = CASE status WHEN 'cancelled' THEN NULL ELSE ?5 END,
             callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
@@ -324,9 +325,11 @@ impl Write for SyncFinished {
     fn apply(&self, tx: &Transaction<'_>, _queue: &mut Queue) -> Applied<()> {
         let new = &self.new;
         let (status, result, error) = sync_outcome(self.outcome.as_ref().map_err(String::as_str));
-        // An upsert: the `processing` row is written only for a slow request, and its
-        // background write may have been skipped when the writer queue was full.
-        tx.prepare_cached(UPSERT_SYNC_FINISHED)?.execute(params![
+        // The `processing` row is written only for a slow request, and its background
+        // write may have been skipped when the writer queue was full: most sync requests
+        // end with an insert. Not an upsert, whose update would need a statement journal
+        // (migration 0016).
+        let inserted = tx.prepare_cached(INSERT_SYNC_FINISHED)?.execute(params![
             new.id,
             new.payload_hash,
             new.iterations,
@@ -340,6 +343,17 @@ impl Write for SyncFinished {
             new.trace.as_ref().map(|t| &t.traceparent),
             new.trace.as_ref().and_then(|t| t.tracestate.as_ref()),
         ])?;
+        if inserted == 0 {
+            tx.prepare_cached(FINISH_SYNC_STARTED)?.execute(params![
+                new.id,
+                status.as_str(),
+                millis(self.at),
+                result.map(|r| &r.input_hash),
+                result.map(|r| &r.output_hash),
+                result.map(|r| r.processing_time_ms),
+                error,
+            ])?;
+        }
         done(())
     }
 }
