@@ -61,10 +61,11 @@ pub(super) const DESTINATION_DUE: &str = concat!(
     " ORDER BY next_attempt_at LIMIT ?5"
 );
 
+/// One job leased (`?1` its rowid) to owner `?2` until `?3` under token `?4`.
 pub(super) const CLAIM_ONE: &str = concat!(
     "UPDATE OR FAIL requests
      SET status = CASE status WHEN 'pending' THEN 'processing' ELSE status END,
-         lease_owner = ?2, lease_expires_at = ?3, lease_token = lower(hex(randomblob(16))),
+         lease_owner = ?2, lease_expires_at = ?3, lease_token = ?4,
          unrecorded_claims = unrecorded_claims + 1
      WHERE rowid = ?1
      RETURNING ",
@@ -383,7 +384,12 @@ pub(super) fn claim(
     let mut claim_one = conn.prepare_cached(CLAIM_ONE)?;
     picked
         .iter()
-        .map(|id| claim_one.query_row(params![id, owner, lease_until], job_from_row))
+        .map(|id| {
+            // The token is made here: `randomblob()` in the update made SQLite keep a
+            // statement journal for it (see migration 0016).
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            claim_one.query_row(params![id, owner, lease_until, token], job_from_row)
+        })
         .collect()
 }
 

@@ -861,7 +861,8 @@ fn database_showing_statement_journals() -> (tempfile::TempDir, Connection) {
 /// statement changes (a fifth of the writer's time under async load, measured), to undo that
 /// statement alone, which the writer never does (a failed statement rolls its whole batch
 /// back). Submissions, a claim, a result, an attempt and both ends of a sync request, in
-/// one batch, as under load.
+/// one batch, as under load. (A function call in a statement may need a journal too:
+/// `randomblob()` in the claim's update did.)
 #[test]
 fn the_writers_hot_statements_keep_no_statement_journal() {
     let (_dir, conn) = database_showing_statement_journals();
@@ -871,17 +872,20 @@ fn the_writers_hot_statements_keep_no_statement_journal() {
         batch.push(pending(SubmitAsync(async_request(&format!("queued {n}")))).0);
     }
     writer.commit_batch(&mut batch);
-    let (claim, claimed) = pending(Claim {
-        owner: "test".into(),
-        limit: 2,
-        lease: Duration::from_secs(30),
-        priority_step: STEP,
-        rooms: Rooms {
-            default: 2,
-            ..rooms(&[], &[])
-        },
-    });
-    writer.commit_batch(&mut vec![claim]);
+    let claim = || {
+        pending(Claim {
+            owner: "test".into(),
+            limit: 2,
+            lease: Duration::from_secs(30),
+            priority_step: STEP,
+            rooms: Rooms {
+                default: 10,
+                ..rooms(&[], &[])
+            },
+        })
+    };
+    let (first_claim, claimed) = claim();
+    writer.commit_batch(&mut vec![first_claim]);
     let jobs = claimed.blocking_recv().unwrap().unwrap();
     assert_eq!(jobs.len(), 2);
 
@@ -898,8 +902,10 @@ fn the_writers_hot_statements_keep_no_statement_journal() {
     };
     let (started, _) = pending(SyncStarted(sync("slow sync")));
     writer.commit_batch(&mut vec![started]);
+    let (second_claim, claimed_again) = claim();
     let mut batch = vec![
         pending(SubmitAsync(async_request("one more"))).0,
+        second_claim,
         pending(SaveResult {
             id: jobs[0].id.clone(),
             token: jobs[0].token.clone(),
@@ -949,6 +955,7 @@ fn the_writers_hot_statements_keep_no_statement_journal() {
         .cloned()
         .collect();
     assert!(opened.is_empty(), "statement journals: {opened:?}");
+    assert_eq!(claimed_again.blocking_recv().unwrap().unwrap().len(), 2);
     let statuses: Vec<(String, String)> = writer
         .conn
         .prepare("SELECT id, status FROM requests WHERE mode = 'sync' ORDER BY id")
