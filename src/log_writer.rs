@@ -10,9 +10,11 @@
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
+
+use crate::config::LogFormat;
 
 /// Most bytes of lines waiting to be written; a reader that falls this far behind loses lines.
 pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
@@ -20,6 +22,13 @@ pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 /// How long the writer lets lines gather after the first one arrives: the longest a line
 /// waits, and the shortest time between two writes.
 const GATHER: Duration = Duration::from_millis(5);
+
+/// The longest the guard waits for what is left to be written: a stderr nobody reads must
+/// not keep the process from exiting.
+const FINAL_WRITE_WAIT: Duration = Duration::from_secs(1);
+
+/// The most a buffer keeps between writes: one grown by a burst is given back.
+const KEPT_CAPACITY: usize = 1024 * 1024;
 
 /// Where the service's log lines go (a [`MakeWriter`] for `tracing_subscriber`).
 #[derive(Clone)]
@@ -37,6 +46,7 @@ pub struct FlushGuard {
 struct Shared {
     state: Mutex<State>,
     arrived: Condvar,
+    finished: Condvar,
 }
 
 #[derive(Default)]
@@ -47,6 +57,8 @@ struct State {
     /// The writer's thread waits for a first line (so the next one must wake it).
     idle: bool,
     closed: bool,
+    /// The writer's thread wrote everything and returned.
+    finished: bool,
 }
 
 impl Shared {
@@ -55,17 +67,26 @@ impl Shared {
     }
 }
 
-/// A writer of log lines to `out` on a thread of its own named `log-writer`.
-pub fn spawn<W: Write + Send + 'static>(out: W) -> std::io::Result<(LogWriter, FlushGuard)> {
+/// A writer of log lines to `out` on a thread of its own named `log-writer`; a notice of lines
+/// dropped is written as `format` writes lines.
+pub fn spawn<W: Write + Send + 'static>(
+    out: W,
+    format: LogFormat,
+) -> std::io::Result<(LogWriter, FlushGuard)> {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         arrived: Condvar::new(),
+        finished: Condvar::new(),
     });
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
         .spawn({
             let shared = Arc::clone(&shared);
-            move || write_lines(&shared, out)
+            move || {
+                write_lines(&shared, out, format);
+                shared.lock().finished = true;
+                shared.finished.notify_all();
+            }
         })?;
     Ok((
         LogWriter {
@@ -79,7 +100,7 @@ pub fn spawn<W: Write + Send + 'static>(out: W) -> std::io::Result<(LogWriter, F
 }
 
 /// The writer's thread: takes what gathered, writes it, until closed and drained.
-fn write_lines(shared: &Shared, mut out: impl Write) {
+fn write_lines(shared: &Shared, mut out: impl Write, format: LogFormat) {
     let mut batch = Vec::new();
     loop {
         let (dropped, closed) = {
@@ -104,26 +125,60 @@ fn write_lines(shared: &Shared, mut out: impl Write) {
         };
         // Errors writing to stderr have nowhere to be reported: the lines are lost.
         if dropped > 0 {
-            let _ = writeln!(
-                out,
-                "{dropped} log lines dropped: stderr was read more slowly than they were written"
-            );
+            let _ = out.write_all(dropped_notice(dropped, format).as_bytes());
         }
         let _ = out.write_all(&batch);
         let _ = out.flush();
         batch.clear();
+        batch.shrink_to(KEPT_CAPACITY);
         if closed && shared.lock().pending.is_empty() {
             return;
         }
     }
 }
 
+/// The line saying that `dropped` lines were lost, in the log's format.
+fn dropped_notice(dropped: u64, format: LogFormat) -> String {
+    const MESSAGE: &str = "log lines dropped: more than 8 MiB of lines waited for stderr";
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    match format {
+        LogFormat::Text => {
+            format!("{at}  WARN syncasync::log_writer: {MESSAGE} dropped={dropped}\n")
+        }
+        LogFormat::Json => format!(
+            "{}\n",
+            serde_json::json!({
+                "timestamp": at,
+                "level": "WARN",
+                "message": MESSAGE,
+                "dropped": dropped,
+                "target": "syncasync::log_writer",
+            })
+        ),
+    }
+}
+
 impl Drop for FlushGuard {
+    /// Writes what is left, waiting at most [`FINAL_WRITE_WAIT`] for it.
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.closed = true;
-        drop(state);
         self.shared.arrived.notify_one();
+        let deadline = Instant::now() + FINAL_WRITE_WAIT;
+        while !state.finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // The thread is stuck writing; it is left behind, and ends with the process.
+                return;
+            }
+            state = self
+                .shared
+                .finished
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        drop(state);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -167,6 +222,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::{MAX_PENDING_BYTES, spawn};
+    use crate::config::LogFormat;
 
     /// An output the test can read, and hold up.
     #[derive(Clone, Default)]
@@ -191,7 +247,7 @@ mod tests {
     #[test]
     fn lines_are_written_in_order_and_all_are_written_when_the_guard_drops() {
         let out = Captured::default();
-        let (writer, guard) = spawn(out.clone()).unwrap();
+        let (writer, guard) = spawn(out.clone(), LogFormat::Text).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let writer = writer.clone();
@@ -222,7 +278,7 @@ mod tests {
     #[test]
     fn a_line_is_written_without_waiting_for_more() {
         let out = Captured::default();
-        let (writer, _guard) = spawn(out.clone()).unwrap();
+        let (writer, _guard) = spawn(out.clone(), LogFormat::Text).unwrap();
         (&writer).write_all(b"alone\n").unwrap();
         let started = Instant::now();
         while out.text().is_empty() {
@@ -253,7 +309,8 @@ mod tests {
         let gate = Arc::new(Mutex::new(()));
         let out = Captured::default();
         let held = gate.lock().unwrap();
-        let (writer, guard) = spawn(Stuck(Arc::clone(&gate), out.clone())).unwrap();
+        let (writer, guard) =
+            spawn(Stuck(Arc::clone(&gate), out.clone()), LogFormat::Text).unwrap();
         // The first line gets the writer stuck in its write; the rest wait in memory.
         (&writer).write_all(b"first\n").unwrap();
         std::thread::sleep(Duration::from_millis(50));
@@ -273,8 +330,40 @@ mod tests {
         let written = text.lines().filter(|l| l.starts_with('x')).count();
         assert_eq!(written, fit, "lines kept");
         assert!(
-            text.contains("\n100 log lines dropped: stderr was read more slowly"),
+            text.contains(
+                "log lines dropped: more than 8 MiB of lines waited for stderr dropped=100\n"
+            ),
             "the loss is reported"
         );
+    }
+
+    #[test]
+    fn the_guard_gives_up_on_an_output_nobody_reads() {
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().unwrap();
+        let (writer, guard) = spawn(
+            Stuck(Arc::clone(&gate), Captured::default()),
+            LogFormat::Text,
+        )
+        .unwrap();
+        (&writer).write_all(b"never read\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        drop(guard);
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_millis(900)..Duration::from_secs(5)).contains(&waited),
+            "waited {waited:?}"
+        );
+        drop(held);
+    }
+
+    #[test]
+    fn a_json_log_says_what_it_dropped_in_json() {
+        let notice = super::dropped_notice(7, LogFormat::Json);
+        assert!(notice.ends_with('\n') && notice.matches('\n').count() == 1);
+        let value: serde_json::Value = serde_json::from_str(notice.trim_end()).unwrap();
+        assert_eq!(value["dropped"], 7);
+        assert_eq!(value["level"], "WARN");
     }
 }

@@ -91,11 +91,11 @@ fn main() -> ExitCode {
 fn loadgen(args: LoadgenArgs) -> ExitCode {
     // Its report is the output: only warnings and errors are logged beside it (a Ctrl-C is
     // told by the report's INTERRUPTED, not by a log line on top of it).
-    let _logs = match init_logging(LogFormat::Text, "warn") {
+    let logs = match init_logging(LogFormat::Text, "warn") {
         Ok(guard) => guard,
         Err(code) => return code,
     };
-    run_async(|shutdown| async move {
+    run_async(logs, |shutdown| async move {
         syncasync::loadgen::run_and_report(args, shutdown)
             .await
             .map_err(|err| err.to_string())
@@ -103,11 +103,11 @@ fn loadgen(args: LoadgenArgs) -> ExitCode {
 }
 
 fn receiver(args: ReceiverArgs) -> ExitCode {
-    let _logs = match init_logging(LogFormat::Text, "info") {
+    let logs = match init_logging(LogFormat::Text, "info") {
         Ok(guard) => guard,
         Err(code) => return code,
     };
-    run_async(|shutdown| async move {
+    run_async(logs, |shutdown| async move {
         syncasync::receiver::run(args, shutdown)
             .await
             .map_err(|err| err.to_string())
@@ -115,12 +115,12 @@ fn receiver(args: ReceiverArgs) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    let _logs = match init_logging(config.log_format, "info") {
+    let logs = match init_logging(config.log_format, "info") {
         Ok(guard) => guard,
         Err(code) => return code,
     };
     syncasync::timestamps::choose(config.timestamp_format);
-    run_async(|shutdown| async move {
+    run_async(logs, |shutdown| async move {
         let app = Application::build(config)
             .await
             .map_err(|err| err.to_string())?;
@@ -129,8 +129,9 @@ fn serve(config: Config) -> ExitCode {
 }
 
 /// Runs `main` on a multi-threaded runtime with a shutdown token cancelled by SIGTERM or
-/// SIGINT; an error becomes one line on stderr and a failing exit code.
-fn run_async<F, Fut>(main: F) -> ExitCode
+/// SIGINT; an error becomes one line on stderr, after the log lines before it, and a failing
+/// exit code.
+fn run_async<F, Fut>(logs: FlushGuard, main: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -145,7 +146,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn({
             let shutdown = shutdown.clone();
@@ -154,21 +155,24 @@ where
                 shutdown.cancel();
             }
         });
-        match main(shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("error: {err}");
-                ExitCode::FAILURE
-            }
+        main(shutdown).await
+    });
+    drop(runtime);
+    drop(logs);
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
         }
-    })
+    }
 }
 
 /// Logs go to stderr through a background writer, so a slow terminal or pipe never stalls
 /// a request; the returned guard writes what is waiting when `main` ends.
 /// Logs to stderr at `default_level` and above, unless RUST_LOG says otherwise.
 fn init_logging(format: LogFormat, default_level: &str) -> Result<FlushGuard, ExitCode> {
-    let (writer, guard) = log_writer::spawn(std::io::stderr()).map_err(|err| {
+    let (writer, guard) = log_writer::spawn(std::io::stderr(), format).map_err(|err| {
         eprintln!("error: no thread for the log writer: {err}");
         ExitCode::FAILURE
     })?;

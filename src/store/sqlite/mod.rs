@@ -253,7 +253,7 @@ impl Backend for SqliteStore {
 
     fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
         // try_send: a full writer queue means the database is the bottleneck; the row is then
-        // written by sync_finished's upsert instead, which waits its turn.
+        // written whole by sync_finished instead, which waits its turn.
         match self.writer.try_send(Message::background(SyncStarted(new))) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::WriterGone),

@@ -900,11 +900,22 @@ fn the_writers_hot_statements_keep_no_statement_journal() {
         iterations: 1,
         processing_time_ms: 0.1,
     };
-    let (started, _) = pending(SyncStarted(sync("slow sync")));
-    writer.commit_batch(&mut vec![started]);
+    let keyed = |id: &str| NewRequest {
+        idempotency: Some(crate::store::IdempotencyKey {
+            key: format!("key of {id}"),
+            fingerprint: "f".into(),
+        }),
+        ..sync(id)
+    };
     let (second_claim, claimed_again) = claim();
     let mut batch = vec![
         pending(SubmitAsync(async_request("one more"))).0,
+        pending(SubmitAsync(NewAsyncRequest {
+            request: keyed("keyed async"),
+            ..async_request("keyed async")
+        }))
+        .0,
+        pending(SyncStarted(keyed("slow sync"))).0,
         second_claim,
         pending(SaveResult {
             id: jobs[0].id.clone(),
@@ -937,7 +948,7 @@ fn the_writers_hot_statements_keep_no_statement_journal() {
         })
         .0,
         pending(SyncFinished {
-            new: sync("slow sync"),
+            new: keyed("slow sync"),
             outcome: Ok(result("slow sync")),
             at: Utc::now(),
         })
