@@ -344,6 +344,16 @@ impl Write for LookForTemporaryFiles {
     }
 }
 
+/// The temporary files [`LookForTemporaryFiles`] saw in its batch that were not open
+/// `before` it.
+fn opened_since(
+    before: &HashSet<String>,
+    seen: oneshot::Receiver<StoreResult<HashSet<String>>>,
+) -> Vec<String> {
+    let seen = seen.blocking_recv().unwrap().unwrap();
+    seen.difference(before).cloned().collect()
+}
+
 /// The writer's batches need no temporary file: a statement that may fail halfway copies the
 /// pages it changes to a statement journal, which SQLite writes to a file of its own once it
 /// passes 64 KiB (the claim of a batch of jobs does), unless temporary storage is in memory.
@@ -379,13 +389,7 @@ fn a_batch_of_submissions_and_claims_writes_no_temporary_file() {
         let (look, seen) = pending(LookForTemporaryFiles);
         writer.commit_batch(&mut vec![submit, claim, look]);
         assert_eq!(claimed.blocking_recv().unwrap().unwrap().len(), 300);
-        let opened: Vec<_> = seen
-            .blocking_recv()
-            .unwrap()
-            .unwrap()
-            .difference(&before)
-            .cloned()
-            .collect();
+        let opened = opened_since(&before, seen);
         if opened.is_empty() {
             return;
         }
@@ -958,13 +962,7 @@ fn the_writers_hot_statements_keep_no_statement_journal() {
     let before = open_temporary_files();
     batch.push(look);
     writer.commit_batch(&mut batch);
-    let opened: Vec<_> = seen
-        .blocking_recv()
-        .unwrap()
-        .unwrap()
-        .difference(&before)
-        .cloned()
-        .collect();
+    let opened = opened_since(&before, seen);
     assert!(opened.is_empty(), "statement journals: {opened:?}");
     assert_eq!(claimed_again.blocking_recv().unwrap().unwrap().len(), 2);
     let statuses: Vec<(String, String)> = writer
