@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::RETRY_AFTER;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::guard::Guard;
 use super::lookup::NameLookup;
@@ -282,21 +282,27 @@ impl CallbackClient {
         let result = &work.result;
         let body = callback_body(work);
         let webhook_timestamp = started_at.timestamp();
-        let mut request = http.post(parsed);
-        for (name, value) in callback_headers(&result.request_id, attempt, webhook_timestamp) {
-            request = request.header(name, value);
-        }
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
-        }
-        for (name, value) in span.map(AttemptSpan::headers).into_iter().flatten() {
-            request = request.header(name, value);
-        }
-        if let Some(signature) = self
+        // Gathered into one map: each `RequestBuilder::header` moves the whole builder.
+        let mut headers = HeaderMap::with_capacity(8);
+        let signature = self
             .signer
             .sign(&result.request_id, webhook_timestamp, &body)
+            .map(|signature| ("webhook-signature", signature));
+        for (name, value) in callback_headers(&result.request_id, attempt, webhook_timestamp)
+            .into_iter()
+            .chain(span.map(AttemptSpan::headers).into_iter().flatten())
+            .chain(signature)
         {
-            request = request.header("webhook-signature", signature);
+            let invalid = |e: &dyn std::fmt::Display| {
+                Failure::new(AttemptKind::Invalid, format!("invalid {name} header: {e}"))
+            };
+            let name_of = HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(&e))?;
+            let value = HeaderValue::try_from(value).map_err(|e| invalid(&e))?;
+            headers.insert(name_of, value);
+        }
+        let mut request = http.post(parsed).headers(headers);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
         }
         let mut response = request
             .body(body)

@@ -101,7 +101,7 @@ async fn no_hot_statement_reads_the_whole_history() {
 async fn a_missing_index_is_found() {
     let (store, url, _dir) = store_with_history().await;
     let drop_index =
-        "DROP INDEX IF EXISTS requests_lease_token; DROP INDEX IF EXISTS requests_lease_owner;";
+        "DROP INDEX IF EXISTS requests_leases; DROP INDEX IF EXISTS requests_lease_owner;";
     if let Some(path) = url.strip_prefix("sqlite://") {
         rusqlite::Connection::open(path)
             .expect("open the SQLite file")
@@ -122,7 +122,7 @@ async fn a_missing_index_is_found() {
         Ok(plans) => plans
             .iter()
             .any(|plan| plan.statement == "release at shutdown" && plan.scans_table),
-        Err(err) => err.to_string().contains("requests_lease_token"),
+        Err(err) => err.to_string().contains("requests_leases"),
     };
     assert!(found, "the scan of the whole table went unnoticed");
     store.close().await;

@@ -227,30 +227,33 @@ impl PgStore {
         if schema_before > 0 && schema_before < DESTINATIONS_RECORDED {
             backfill_destinations(&pool).await?;
         }
-        let in_flight = GROUPS_IN_FLIGHT;
         let queued = GroupCommit::start(
             InsertQueued {
                 pool: pool.clone(),
                 last_notify: Arc::new(std::sync::Mutex::new(None)),
             },
             MAX_GROUP,
-            in_flight,
+            GROUPS_IN_FLIGHT,
         );
         let results = GroupCommit::start(
             StoreResults {
                 pool: relaxed.clone(),
             },
             MAX_GROUP,
-            in_flight,
+            GROUPS_IN_FLIGHT,
         );
         let attempts = GroupCommit::start(
             RecordAttempts {
                 pool: relaxed.clone(),
             },
             MAX_GROUP,
-            in_flight,
+            GROUPS_IN_FLIGHT,
         );
-        let sync_ends = GroupCommit::start(FinishSync { pool: pool.clone() }, MAX_GROUP, in_flight);
+        let sync_ends = GroupCommit::start(
+            FinishSync { pool: pool.clone() },
+            MAX_GROUP,
+            GROUPS_IN_FLIGHT,
+        );
         Ok(Self {
             pool,
             relaxed,

@@ -29,6 +29,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0014_ordering.sql"),
     include_str!("../../../migrations/sqlite/0015_trace_context.sql"),
     include_str!("../../../migrations/sqlite/0016_count_triggers.sql"),
+    include_str!("../../../migrations/sqlite/0017_lease_index.sql"),
 ];
 
 /// The first schema version whose requests record their destination (0004).
@@ -182,7 +183,7 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<usize> {
     Ok(applied)
 }
 
-/// Every lease, handed back (by the lease-owner index: only leased jobs are in it).
+/// Every lease, handed back (by the lease index: only leased jobs are in it).
 pub(super) const RELEASE_ALL: &str =
     "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
      WHERE lease_owner IS NOT NULL";

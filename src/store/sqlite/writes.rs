@@ -102,7 +102,8 @@ pub(super) const KEY_HOLDER: &str =
 /// A sync request, `processing`.
 pub(super) const INSERT_SYNC_STARTED: &str =
     "INSERT OR FAIL INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                           idempotency_key, idempotency_fingerprint, traceparent, tracestate)
+                                   idempotency_key, idempotency_fingerprint, traceparent,
+                                   tracestate)
      VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING";
 
 /// A sync request's end, with the whole record, unless its `processing` row was written.
@@ -114,21 +115,25 @@ pub(super) const INSERT_SYNC_FINISHED: &str =
      ON CONFLICT (id) DO NOTHING";
 
 /// A sync request's end, on its `processing` row. Only a request still working ends so:
-/// one already failed as abandoned stays as it is, its key possibly reused.
+/// one already failed as abandoned stays as it is, its key possibly reused. Its parameters
+/// are numbered as [`INSERT_SYNC_FINISHED`]'s, whose first ten values it is given.
 pub(super) const FINISH_SYNC_STARTED: &str =
-    "UPDATE OR FAIL requests SET status = ?2, completed_at = ?3, input_hash = ?4,
-            output_hash = ?5, processing_time_ms = ?6, error = ?7,
+    "UPDATE OR FAIL requests SET status = ?5, completed_at = ?6, input_hash = ?7,
+            output_hash = ?8, processing_time_ms = ?9, error = ?10,
             -- A failed sync request did no work a replay could answer with: its key
             -- is free again, for the client's retry.
-            idempotency_key = CASE ?2 WHEN 'failed' THEN NULL ELSE idempotency_key END
+            idempotency_key = CASE ?5 WHEN 'failed' THEN NULL ELSE idempotency_key END
      WHERE id = ?1 AND status = 'processing'";
 
-/// One claim's lease, renewed, found by its token (not by its owner, whose other leases
-/// would be walked for every token renewed).
-pub(super) const RENEW_LEASE: &str = "UPDATE requests INDEXED BY requests_lease_token
+/// How many of [`INSERT_SYNC_FINISHED`]'s values [`FINISH_SYNC_STARTED`] numbers.
+const FINISH_SYNC_STARTED_VALUES: usize = 10;
+
+/// One claim's lease, renewed, found by its owner and token (not by its owner alone, whose
+/// other leases would be walked for every token renewed).
+pub(super) const RENEW_LEASE: &str = "UPDATE requests INDEXED BY requests_leases
      SET lease_expires_at = ?3 WHERE lease_token = ?2 AND lease_owner = ?1";
 
-/// An owner's claims whose lease ran out (by the lease-owner index).
+/// An owner's claims whose lease ran out (by the lease index, which leads with the owner).
 pub(super) const EXPIRED_LEASES_OF: &str = "SELECT id, lease_token FROM requests
      WHERE lease_owner = ?1 AND lease_expires_at < ?2";
 
@@ -211,7 +216,7 @@ pub(super) const REDELIVER: &str = concat!(
      WHERE id = ?1"
 );
 
-/// An owner's claims handed back (by owner: the lease-owner index).
+/// An owner's claims handed back (by owner: the lease index).
 pub(super) const RELEASE: &str =
     "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
             unrecorded_claims = max(unrecorded_claims - 1, 0)
@@ -329,7 +334,7 @@ impl Write for SyncFinished {
         // write may have been skipped when the writer queue was full: most sync requests
         // end with an insert. Not an upsert, whose update would need a statement journal
         // (migration 0016).
-        let inserted = tx.prepare_cached(INSERT_SYNC_FINISHED)?.execute(params![
+        let values = params![
             new.id,
             new.payload_hash,
             new.iterations,
@@ -342,17 +347,11 @@ impl Write for SyncFinished {
             error,
             new.trace.as_ref().map(|t| &t.traceparent),
             new.trace.as_ref().and_then(|t| t.tracestate.as_ref()),
-        ])?;
+        ];
+        let inserted = tx.prepare_cached(INSERT_SYNC_FINISHED)?.execute(values)?;
         if inserted == 0 {
-            tx.prepare_cached(FINISH_SYNC_STARTED)?.execute(params![
-                new.id,
-                status.as_str(),
-                millis(self.at),
-                result.map(|r| &r.input_hash),
-                result.map(|r| &r.output_hash),
-                result.map(|r| r.processing_time_ms),
-                error,
-            ])?;
+            tx.prepare_cached(FINISH_SYNC_STARTED)?
+                .execute(&values[..FINISH_SYNC_STARTED_VALUES])?;
         }
         done(())
     }
