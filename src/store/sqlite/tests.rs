@@ -999,3 +999,79 @@ fn every_mode_and_status_has_its_count() {
         }
     }
 }
+
+/// Leases taken while a database had two lease indexes (schema 16) are still found once
+/// migration 0017 has made them one: the heartbeat renews them by owner and token, finds the
+/// owner's expired ones, and the release at shutdown hands them back, each through the index.
+#[test]
+fn leases_taken_before_the_lease_index_merge_are_still_found() {
+    use super::open::MIGRATIONS;
+    use super::writes::{EXPIRED_LEASES_OF, RELEASE, RENEW_LEASE};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_connection(&dir.path().join("leases.db"), false).unwrap();
+    for sql in &MIGRATIONS[..16] {
+        conn.execute_batch(sql).unwrap();
+    }
+    conn.pragma_update(None, "user_version", 16).unwrap();
+    queue(&conn, FULL, 3, now() - 1_000);
+    let lease = Duration::from_secs(30);
+    let jobs = claim(
+        &conn,
+        "test",
+        2,
+        (lease, STEP),
+        &rooms(&[], &[]),
+        (now(), &mut String::new()),
+    )
+    .unwrap();
+    assert_eq!(jobs.len(), 2);
+
+    assert_eq!(migrate(&mut conn).unwrap(), 16);
+    let index_of = |sql: &str| -> Vec<String> {
+        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let values = std::iter::repeat_n("x", explain.parameter_count());
+        let details = explain
+            .query_map(params_from_iter(values), |row| row.get::<_, String>(3))
+            .unwrap();
+        details.map(Result::unwrap).collect()
+    };
+    for sql in [RENEW_LEASE, EXPIRED_LEASES_OF, RELEASE] {
+        let plan = index_of(sql);
+        assert!(
+            plan.iter().any(|step| step.contains("requests_leases")),
+            "{sql}: {plan:?}"
+        );
+    }
+
+    let later = now() + millis_of(lease) * 2;
+    let renewed = conn
+        .prepare(RENEW_LEASE)
+        .unwrap()
+        .execute(params!["test", jobs[0].token, later])
+        .unwrap();
+    assert_eq!(renewed, 1);
+    // Past the first lease, only the job whose lease was not renewed has run out.
+    let expired: Vec<String> = conn
+        .prepare(EXPIRED_LEASES_OF)
+        .unwrap()
+        .query_map(params!["test", later - 1], |row| row.get(1))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(expired, [jobs[1].token.clone()]);
+    let released = conn
+        .prepare(RELEASE)
+        .unwrap()
+        .execute(params!["test"])
+        .unwrap();
+    assert_eq!(released, 2);
+    let leased: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL OR lease_token IS NOT NULL",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(leased, 0);
+}
