@@ -88,7 +88,8 @@ pub enum AttemptKind {
     Connection,
     /// The destination is on the SSRF block list.
     Blocked,
-    /// The callback could not even be built (an unparseable stored URL).
+    /// The callback could not even be built (an unparseable stored URL, or a header no
+    /// HTTP request can carry).
     Invalid,
     Other,
 }
@@ -121,7 +122,7 @@ impl AttemptReport {
         self.kind == AttemptKind::Delivered
     }
 
-    /// Retrying cannot help (the destination is blocked, or the URL unusable).
+    /// Retrying cannot help (the destination is blocked, or the callback cannot be built).
     pub fn permanent(&self) -> bool {
         self.kind.is_permanent()
     }
@@ -298,7 +299,7 @@ impl CallbackClient {
             };
             let name_of = HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(&e))?;
             let value = HeaderValue::try_from(value).map_err(|e| invalid(&e))?;
-            headers.insert(name_of, value);
+            headers.append(name_of, value);
         }
         let mut request = http.post(parsed).headers(headers);
         if let Some(timeout) = timeout {

@@ -334,6 +334,7 @@ impl Write for SyncFinished {
         // write may have been skipped when the writer queue was full: most sync requests
         // end with an insert. Not an upsert, whose update would need a statement journal
         // (migration 0016).
+        // In `INSERT_SYNC_FINISHED`'s numbering, which `FINISH_SYNC_STARTED`'s follows.
         let values = params![
             new.id,
             new.payload_hash,
