@@ -139,18 +139,21 @@ fn write_lines(shared: &Shared, mut out: impl Write, format: LogFormat) {
 
 /// The line saying that `dropped` lines were lost, in the log's format.
 fn dropped_notice(dropped: u64, format: LogFormat) -> String {
-    const MESSAGE: &str = "log lines dropped: more than 8 MiB of lines waited for stderr";
+    let message = format!(
+        "log lines dropped: more than {} MiB of lines waited for stderr",
+        MAX_PENDING_BYTES / (1024 * 1024)
+    );
     let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     match format {
         LogFormat::Text => {
-            format!("{at}  WARN syncasync::log_writer: {MESSAGE} dropped={dropped}\n")
+            format!("{at}  WARN syncasync::log_writer: {message} dropped={dropped}\n")
         }
         LogFormat::Json => format!(
             "{}\n",
             serde_json::json!({
                 "timestamp": at,
                 "level": "WARN",
-                "message": MESSAGE,
+                "message": message,
                 "dropped": dropped,
                 "target": "syncasync::log_writer",
             })

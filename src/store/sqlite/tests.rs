@@ -1028,19 +1028,20 @@ fn leases_taken_before_the_lease_index_merge_are_still_found() {
     assert_eq!(jobs.len(), 2);
 
     assert_eq!(migrate(&mut conn).unwrap(), 16);
-    let index_of = |sql: &str| -> Vec<String> {
-        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let values = std::iter::repeat_n("x", explain.parameter_count());
-        let details = explain
-            .query_map(params_from_iter(values), |row| row.get::<_, String>(3))
+    let plans = super::plans::explain_hot(&conn).unwrap();
+    for statement in [
+        "heartbeat",
+        "heartbeat: expired leases",
+        "release at shutdown",
+    ] {
+        let plan = plans
+            .iter()
+            .find(|plan| plan.statement == statement)
             .unwrap();
-        details.map(Result::unwrap).collect()
-    };
-    for sql in [RENEW_LEASE, EXPIRED_LEASES_OF, RELEASE] {
-        let plan = index_of(sql);
         assert!(
-            plan.iter().any(|step| step.contains("requests_leases")),
-            "{sql}: {plan:?}"
+            plan.plan.contains("requests_leases"),
+            "{statement}: {}",
+            plan.plan
         );
     }
 
