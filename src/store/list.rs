@@ -250,6 +250,51 @@ pub(crate) struct Dialect {
     /// Whether the list indexes end with `id` (PostgreSQL's do; SQLite's end with the rowid),
     /// so that a count in the page's order, `id` included, still walks one of them.
     pub indexes_hold_id: bool,
+    /// Indexes for the requests in an open status and for the finished ones by status, set
+    /// apart by the `unfinished` column (SQLite; see migration 0018), where the other
+    /// backend keys one index by every status.
+    pub unfinished_apart: Option<UnfinishedIndexes>,
+}
+
+/// The indexes of a backend that keeps its open requests apart (see
+/// [`Dialect::unfinished_apart`]): a request is in them while its status is open.
+pub(crate) struct UnfinishedIndexes {
+    /// The open requests by creation time.
+    pub by_time: &'static str,
+    /// The open async requests by callback host, then creation time.
+    pub by_host: &'static str,
+}
+
+impl Dialect {
+    /// The table a list statement of `filter` reads, with the index it must walk when the
+    /// filter's status is open and the backend keeps those requests apart: the planner
+    /// would otherwise prefer an index the mode or the host constrains (one equality,
+    /// which it guesses matches ten rows) and walk that mode's or host's whole history to
+    /// find the few requests still open. Not when a failed answer's index or the id's range
+    /// serves the filter: those are bounded already (see [`ListFilter::order_by`]).
+    pub(crate) fn table(&self, filter: &ListFilter) -> String {
+        match (&self.unfinished_apart, self.walks_unfinished(filter)) {
+            (Some(indexes), true) => {
+                let index = if filter.callback_host.is_some() {
+                    indexes.by_host
+                } else {
+                    indexes.by_time
+                };
+                format!("requests INDEXED BY {index}")
+            }
+            _ => "requests".into(),
+        }
+    }
+
+    /// Whether a list statement of `filter` walks the open requests' own index, which
+    /// holds no more than the queue's bound and the sync requests in flight: its status,
+    /// and its mode, are checked on each of those rows.
+    pub(crate) fn walks_unfinished(&self, filter: &ListFilter) -> bool {
+        self.unfinished_apart.is_some()
+            && filter.status.is_some_and(|status| !status.is_finished())
+            && !filter.by_last_status()
+            && filter.id_prefix.is_none()
+    }
 }
 
 /// The `WHERE` clause of a list statement for `filter` and its parameters, with only the
@@ -276,6 +321,18 @@ pub(crate) fn list_conditions(
     if let Some(status) = filter.status {
         let p = next(ListParam::Text(status.as_str().into()), &mut params);
         conditions.push(format!("status = {p}"));
+        if dialect.unfinished_apart.is_some() {
+            // The condition of the indexes that hold the status, word for word as SQLite
+            // needs to see it to use a partial index.
+            conditions.push(
+                if status.is_finished() {
+                    "unfinished IS NULL"
+                } else {
+                    "unfinished IS NOT NULL"
+                }
+                .into(),
+            );
+        }
     }
     if let Some(from) = filter.created_from {
         let p = next(ListParam::Time(from), &mut params);
@@ -405,8 +462,9 @@ pub(crate) fn page_sql(filter: &ListFilter, dialect: &Dialect) -> (String, Vec<L
         concat!(
             "SELECT ",
             record_columns!(),
-            " FROM requests WHERE {} ORDER BY {} LIMIT {} OFFSET {}"
+            " FROM {} WHERE {} ORDER BY {} LIMIT {} OFFSET {}"
         ),
+        dialect.table(filter),
         conditions,
         filter.order_by(),
         limit,
@@ -437,9 +495,10 @@ pub(crate) fn count_sql(filter: &ListFilter, dialect: &Dialect) -> (String, Vec<
         Some(without_id) if !dialect.indexes_hold_id => without_id,
         _ => &order,
     };
+    let table = dialect.table(filter);
     (
         format!(
-            "SELECT count(*) FROM (SELECT 1 FROM requests WHERE {conditions} ORDER BY {order} \
+            "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {conditions} ORDER BY {order} \
              LIMIT {limit}) AS matching"
         ),
         params,

@@ -197,7 +197,7 @@ pub use lifecycle::{
     Tally, Transition,
 };
 pub use list::{DEFAULT_COUNT_LIMIT, LastStatus, ListFilter};
-pub(crate) use list::{Dialect, ListParam, Total, count_sql, page_sql};
+pub(crate) use list::{Dialect, ListParam, Total, UnfinishedIndexes, count_sql, page_sql};
 pub use plans::StatementPlan;
 use postgres::PgStore;
 pub use retry::{Pauses, while_unavailable};

@@ -89,7 +89,16 @@ pub(crate) fn hot_statements(fixed: &[(&str, &str)], dialect: &Dialect) -> Vec<H
         // The equalities an index must serve: the failed answer's when its index leads (a
         // class's is an expression, which the plans do not name), else the host's, the
         // status's, the mode's.
-        let equalities: Vec<&'static str> = if filter.by_last_status() {
+        let equalities: Vec<&'static str> = if dialect.walks_unfinished(&filter) {
+            // The open requests' own index: the status and the mode are checked on each of
+            // its rows, no more than the queue's bound; only a host narrows it.
+            filter
+                .callback_host
+                .as_ref()
+                .map(|_| "callback_host")
+                .into_iter()
+                .collect()
+        } else if filter.by_last_status() {
             matches!(filter.last_status, Some(LastStatus::Code(_)))
                 .then_some("callback_last_status")
                 .into_iter()
@@ -161,6 +170,29 @@ fn list_filters() -> Vec<(&'static str, ListFilter)> {
             ListFilter {
                 mode: Some(Mode::Sync),
                 status: Some(Status::Failed),
+                ..base.clone()
+            },
+        ),
+        (
+            "sync and an open status",
+            ListFilter {
+                mode: Some(Mode::Sync),
+                status: Some(Status::Processing),
+                ..base.clone()
+            },
+        ),
+        (
+            "a finished status",
+            ListFilter {
+                status: Some(Status::Cancelled),
+                ..base.clone()
+            },
+        ),
+        (
+            "callback_host and a finished status",
+            ListFilter {
+                callback_host: Some("hooks.example.com".into()),
+                status: Some(Status::CallbackFailed),
                 ..base.clone()
             },
         ),

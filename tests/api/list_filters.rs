@@ -5,9 +5,12 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestServer, ids, read, sync_request, unused_port};
+use crate::control;
+use crate::helpers::{
+    Behaviour, Receiver, TestServer, fresh_database, ids, read, sync_request, unused_port,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 const TOKEN: &str = "bulk-admin";
@@ -355,4 +358,144 @@ async fn the_last_answer_and_the_error_text_find_what_failed_and_how() {
 
 async fn record(app: &TestServer, id: &str) -> Value {
     app.get_json(&format!("/requests/{id}")).await
+}
+
+/// A list by status holds exactly the requests in that status, open or finished, alone and
+/// with a mode or a callback host: each lifecycle write keeps a request in the indexes its
+/// status is listed from (on SQLite, open and finished requests have indexes of their own,
+/// and only the writes that end or reopen a request move it between them).
+#[tokio::test]
+async fn every_status_lists_exactly_its_requests() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = fresh_database(dir.path()).await;
+    let app = TestServer::builder()
+        .database_url(&url)
+        .setting("admin-token", TOKEN)
+        .setting("work-duration-seconds", "3")
+        .setting("callback-retry-base-delay", "60")
+        .setting("callback-retry-max-delay", "120")
+        .start()
+        .await;
+    let ok = Receiver::start(Behaviour::accept()).await;
+    let failing = Receiver::start(Behaviour::always_fail(500)).await;
+    let hanging = Receiver::start(Behaviour::hang(Duration::from_secs(60))).await;
+    let submit = |body: Value| {
+        let app = &app;
+        async move {
+            let (status, answer) = read(app.post_async(&body).await).await;
+            assert_eq!(status, 200, "{answer}");
+            answer["request_id"].as_str().expect("an id").to_string()
+        }
+    };
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+
+    // Finished first: delivered, failed (then redelivered, and failed again), cancelled.
+    let delivered = submit(json!({"data": "ok", "callback_url": ok.url()})).await;
+    let failed = submit(json!({"data": "bad", "callback_url": failing.url(),
+        "callback_max_retries": 0}))
+    .await;
+    let cancelled = submit(json!({"data": "off", "callback_url": ok.url(), "run_at": later})).await;
+    let (status, _) = control::cancel(&app, &cancelled).await;
+    assert_eq!(status, 200);
+    let completed = sync_request(&app, "done").await;
+    app.wait_for_status(&delivered, "callback_success", WAIT)
+        .await;
+    app.wait_for_status(&failed, "callback_failed", WAIT).await;
+    let (status, body) = read(
+        app.client
+            .post(app.url(&format!("/requests/{failed}/redeliver")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("redeliver"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    failing.wait_for_attempts(2, WAIT).await;
+    app.wait_for_status(&failed, "callback_failed", WAIT).await;
+
+    // Then open: waiting for its time, its callback in flight, its retry waiting, and work
+    // under way (async and sync).
+    let pending = submit(json!({"data": "wait", "callback_url": ok.url(), "run_at": later})).await;
+    let in_flight = submit(json!({"data": "hang", "callback_url": hanging.url()})).await;
+    let retrying = submit(json!({"data": "retry", "callback_url": failing.url()})).await;
+    app.wait_for_status(&in_flight, "callback_pending", WAIT)
+        .await;
+    app.wait_for_status(&retrying, "callback_pending", WAIT)
+        .await;
+    let working = submit(json!({"data": "work", "callback_url": ok.url()})).await;
+    let sync_app = app.address.clone();
+    let sync_working = tokio::spawn(async move {
+        crate::helpers::client()
+            .post(format!("{sync_app}/sync"))
+            .json(&json!({"data": "sync work"}))
+            .send()
+            .await
+            .expect("sync")
+    });
+    let sync_id = loop {
+        let page = list(&app, "mode=sync&status=processing").await;
+        if let [id] = page.as_slice() {
+            break id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    app.wait_for_status(&working, "processing", WAIT).await;
+
+    let host = "127.0.0.1";
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+    let expected: [(String, Vec<&String>); 12] = [
+        ("status=pending".into(), vec![&pending]),
+        ("status=processing".into(), vec![&working, &sync_id]),
+        ("mode=async&status=processing".into(), vec![&working]),
+        ("mode=sync&status=processing".into(), vec![&sync_id]),
+        (
+            "status=callback_pending".into(),
+            vec![&in_flight, &retrying],
+        ),
+        (
+            format!("callback_host={host}&status=callback_pending"),
+            vec![&in_flight, &retrying],
+        ),
+        (
+            format!("callback_host={host}&status=processing"),
+            vec![&working],
+        ),
+        ("status=callback_success".into(), vec![&delivered]),
+        (
+            format!("callback_host={host}&status=callback_failed"),
+            vec![&failed],
+        ),
+        ("status=cancelled".into(), vec![&cancelled]),
+        ("status=completed".into(), vec![&completed]),
+        ("status=failed".into(), vec![]),
+    ];
+    for (query, ids) in expected {
+        let want = sorted(ids.into_iter().cloned().collect());
+        assert_eq!(sorted(list(&app, &query).await), want, "{query}");
+        // Oldest first too: the same rows, walked from the index's other end.
+        let oldest = list(&app, &format!("{query}&order=oldest")).await;
+        assert_eq!(sorted(oldest), want, "{query}, oldest first");
+    }
+    assert_eq!(sync_working.await.expect("joined").status(), 200);
+
+    // On SQLite the flag the indexes are split by matches every status, whatever wrote it.
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let conn = rusqlite::Connection::open(path).expect("open the SQLite file");
+        let mismatched: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM requests
+                 WHERE (unfinished IS NOT NULL)
+                       <> (status IN ('pending', 'processing', 'callback_pending'))",
+                [],
+                |row| row.get(0),
+            )
+            .expect("count");
+        assert_eq!(mismatched, 0);
+    }
+    app.stop().await;
+    hanging.stop().await;
 }

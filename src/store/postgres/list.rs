@@ -18,6 +18,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     placeholder: |n| format!("${n}"),
     like: "ILIKE",
     indexes_hold_id: true,
+    unfinished_apart: None,
 };
 
 /// Something that takes bind parameters: a query, or a scalar query.

@@ -4,7 +4,7 @@ use rusqlite::{Connection, params_from_iter};
 
 use super::rows::record_from_row;
 use crate::model::RequestList;
-use crate::store::{Dialect, ListFilter, ListParam, Total, count_sql, page_sql};
+use crate::store::{Dialect, ListFilter, ListParam, Total, UnfinishedIndexes, count_sql, page_sql};
 
 /// The kept count of the requests of a mode and a status (either may be `NULL`: any).
 pub(super) const COUNT_BY_STATUS: &str = "SELECT COALESCE(sum(n), 0) FROM request_counts
@@ -71,4 +71,8 @@ pub(super) const DIALECT: Dialect = Dialect {
     placeholder: |n| format!("?{n}"),
     like: "LIKE",
     indexes_hold_id: false,
+    unfinished_apart: Some(UnfinishedIndexes {
+        by_time: "requests_unfinished",
+        by_host: "requests_callback_host_unfinished",
+    }),
 };

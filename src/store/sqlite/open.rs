@@ -30,6 +30,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0015_trace_context.sql"),
     include_str!("../../../migrations/sqlite/0016_count_triggers.sql"),
     include_str!("../../../migrations/sqlite/0017_lease_index.sql"),
+    include_str!("../../../migrations/sqlite/0018_final_status_indexes.sql"),
 ];
 
 /// The first schema version whose requests record their destination (0004).
@@ -188,10 +189,11 @@ pub(super) const RELEASE_ALL: &str =
     "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
      WHERE lease_owner IS NOT NULL";
 
-/// Sync requests left `processing` by a process that died (by the status index).
+/// Sync requests left `processing` by a process that died (by the unfinished requests' index).
 pub(super) const FAIL_ABANDONED_SYNC: &str =
-    "UPDATE requests SET status = 'failed', completed_at = ?1, error = ?2, idempotency_key = NULL
-     WHERE mode = 'sync' AND status = 'processing'";
+    "UPDATE requests SET status = 'failed', completed_at = ?1, error = ?2, idempotency_key = NULL,
+            unfinished = NULL
+     WHERE unfinished IS NOT NULL AND mode = 'sync' AND status = 'processing'";
 
 /// The unfinished async requests (by the queue's index: only they have a due time).
 pub(super) const COUNT_QUEUED: &str =

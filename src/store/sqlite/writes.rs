@@ -87,12 +87,13 @@ pub(super) const INSERT_ASYNC: &str = concat!(
                                    callback_url, created_at, next_attempt_at, destination,
                                    callback_host, idempotency_key, idempotency_fingerprint,
                                    run_at, max_retries, callback_timeout_ms, priority,
-                                   ordering_key, traceparent, tracestate, ordering_seq)
+                                   ordering_key, traceparent, tracestate, ordering_seq,
+                                   unfinished)
      VALUES (?1, 'async', 'pending', ?2, ?3, ?4, ?5, ?6, ",
     due_or_parked!("?16", "?11"),
     ", ?7, ?8, ?9, ?10, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ",
     next_ordering_seq!("?16"),
-    ")"
+    ", 1)"
 );
 
 /// The request holding an idempotency key.
@@ -103,8 +104,9 @@ pub(super) const KEY_HOLDER: &str =
 pub(super) const INSERT_SYNC_STARTED: &str =
     "INSERT OR FAIL INTO requests (id, mode, status, payload_hash, iterations, created_at,
                                    idempotency_key, idempotency_fingerprint, traceparent,
-                                   tracestate)
-     VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING";
+                                   tracestate, unfinished)
+     VALUES (?1, 'sync', 'processing', ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1)
+     ON CONFLICT (id) DO NOTHING";
 
 /// A sync request's end, with the whole record, unless its `processing` row was written.
 pub(super) const INSERT_SYNC_FINISHED: &str =
@@ -119,7 +121,7 @@ pub(super) const INSERT_SYNC_FINISHED: &str =
 /// are numbered as [`INSERT_SYNC_FINISHED`]'s, whose first ten values it is given.
 pub(super) const FINISH_SYNC_STARTED: &str =
     "UPDATE OR FAIL requests SET status = ?5, completed_at = ?6, input_hash = ?7,
-            output_hash = ?8, processing_time_ms = ?9, error = ?10,
+            output_hash = ?8, processing_time_ms = ?9, error = ?10, unfinished = NULL,
             -- A failed sync request did no work a replay could answer with: its key
             -- is free again, for the client's retry.
             idempotency_key = CASE ?5 WHEN 'failed' THEN NULL ELSE idempotency_key END
@@ -156,6 +158,8 @@ pub(super) const RECORD_ATTEMPT: &str =
             next_attempt_at = CASE status WHEN 'cancelled' THEN NULL ELSE ?5 END,
             callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
             callback_last_status = ?8,
+            -- 1 again on a retry (its entries move with its due time), NULL once ended.
+            unfinished = CASE WHEN status <> 'cancelled' AND ?3 = 'callback_pending' THEN 1 END,
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
             unrecorded_claims = 0
      WHERE id = ?1 AND lease_token = ?2
@@ -170,7 +174,7 @@ pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts
 
 /// A claimed job ended without an attempt (unless it was cancelled meanwhile).
 pub(super) const GIVE_UP: &str =
-    "UPDATE requests SET status = 'callback_failed', delivered_at = ?3,
+    "UPDATE requests SET status = 'callback_failed', delivered_at = ?3, unfinished = NULL,
             next_attempt_at = NULL, callback_last_error = ?4, error = ?4,
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
      WHERE id = ?1 AND lease_token = ?2 AND status <> 'cancelled'";
@@ -192,7 +196,7 @@ pub(super) const CANCEL_OF: &str =
 /// and is recorded under it if it lands). Its input is no longer needed.
 pub(super) const CANCEL: &str =
     "UPDATE requests SET status = 'cancelled', delivered_at = ?2, next_attempt_at = NULL,
-            data = NULL, cancelled_in_flight = ?3,
+            unfinished = NULL, data = NULL, cancelled_in_flight = ?3,
             lease_owner = CASE WHEN ?3 THEN lease_owner END,
             lease_expires_at = CASE WHEN ?3 THEN lease_expires_at END,
             lease_token = CASE WHEN ?3 THEN lease_token END
@@ -206,7 +210,7 @@ pub(super) const REDELIVERY_OF: &str =
 /// Queued again behind the queued requests of its `ordering_key`, if it has one: those
 /// delivered since it ended stay delivered before it.
 pub(super) const REDELIVER: &str = concat!(
-    "UPDATE requests SET status = ?3, delivered_at = NULL, error = NULL,
+    "UPDATE requests SET status = ?3, delivered_at = NULL, error = NULL, unfinished = 1,
             next_attempt_at = ",
     due_or_parked!("requests.ordering_key", "?2"),
     ", round_start_attempts = callback_attempts, unrecorded_claims = 0,
