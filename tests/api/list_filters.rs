@@ -401,22 +401,48 @@ async fn every_status_lists_exactly_its_requests() {
     app.wait_for_status(&delivered, "callback_success", WAIT)
         .await;
     app.wait_for_status(&failed, "callback_failed", WAIT).await;
-    let (status, body) = read(
-        app.client
-            .post(app.url(&format!("/requests/{failed}/redeliver")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("redeliver"),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let redeliver = |id: String| {
+        let app = &app;
+        async move {
+            let (status, body) = read(
+                app.client
+                    .post(app.url(&format!("/requests/{id}/redeliver")))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .expect("redeliver"),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    redeliver(failed.clone()).await;
     failing.wait_for_attempts(2, WAIT).await;
     app.wait_for_status(&failed, "callback_failed", WAIT).await;
 
     // Then open: waiting for its time, its callback in flight, its retry waiting, and work
     // under way (async and sync).
     let pending = submit(json!({"data": "wait", "callback_url": ok.url(), "run_at": later})).await;
+    // Failed, then redelivered to a paused destination: open again, and held there.
+    let held = Receiver::start(Behaviour::always_fail(500)).await;
+    let reopened = submit(json!({"data": "again", "callback_url": held.url(),
+        "callback_max_retries": 0}))
+    .await;
+    app.wait_for_status(&reopened, "callback_failed", WAIT)
+        .await;
+    let destination = format!("http://127.0.0.1:{}", held.address.port());
+    let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
+    let paused = app
+        .client
+        .post(app.url(&format!("/destinations/{key}/pause")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(paused.status(), 200);
+    redeliver(reopened.clone()).await;
+    app.wait_for_status(&reopened, "callback_pending", WAIT)
+        .await;
     let in_flight = submit(json!({"data": "hang", "callback_url": hanging.url()})).await;
     let retrying = submit(json!({"data": "retry", "callback_url": failing.url()})).await;
     app.wait_for_status(&in_flight, "callback_pending", WAIT)
@@ -454,11 +480,11 @@ async fn every_status_lists_exactly_its_requests() {
         ("mode=sync&status=processing".into(), vec![&sync_id]),
         (
             "status=callback_pending".into(),
-            vec![&in_flight, &retrying],
+            vec![&in_flight, &retrying, &reopened],
         ),
         (
             format!("callback_host={host}&status=callback_pending"),
-            vec![&in_flight, &retrying],
+            vec![&in_flight, &retrying, &reopened],
         ),
         (
             format!("callback_host={host}&status=processing"),
