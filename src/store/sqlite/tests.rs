@@ -15,7 +15,7 @@ use super::writer::{Applied, Pending, Queue};
 use super::writes::DELETE_EXPIRED;
 use super::*;
 use crate::delivery::destinations::Turn;
-use crate::model::Status;
+use crate::model::{Mode, Status};
 use crate::store::due::millis_of;
 use crate::store::page_sql;
 
@@ -1075,4 +1075,123 @@ fn leases_taken_before_the_lease_index_merge_are_still_found() {
         )
         .unwrap();
     assert_eq!(leased, 0);
+}
+
+/// Requests stored before migration 0018 are listed by their status after it: the open ones
+/// from the unfinished requests' indexes, reading those alone however many finished requests
+/// a mode or a host has, and the finished ones from the status indexes.
+#[test]
+fn requests_stored_before_the_unfinished_split_are_listed_by_their_status() {
+    use super::open::MIGRATIONS;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_connection(&dir.path().join("split.db"), false).unwrap();
+    for sql in &MIGRATIONS[..17] {
+        conn.execute_batch(sql).unwrap();
+    }
+    conn.pragma_update(None, "user_version", 17).unwrap();
+    let mut insert = conn
+        .prepare(
+            "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
+                                   callback_host, next_attempt_at)
+             VALUES (?1, ?2, ?3, 'h', 1, ?4, ?5, ?6)",
+        )
+        .unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    // A history of one host's deliveries and of sync requests, older than the open ones.
+    for i in 0..20_000_i64 {
+        let (mode, status, host) = if i % 2 == 0 {
+            ("sync", "completed", None)
+        } else {
+            ("async", "callback_success", Some("hooks.example"))
+        };
+        insert
+            .execute(params![
+                format!("old {i:05}"),
+                mode,
+                status,
+                i,
+                host,
+                None::<i64>
+            ])
+            .unwrap();
+    }
+    let open = [
+        ("open pending", "async", "pending"),
+        ("open processing", "async", "processing"),
+        ("open callback_pending", "async", "callback_pending"),
+        ("open sync", "sync", "processing"),
+    ];
+    for (n, (id, mode, status)) in open.iter().enumerate() {
+        let async_host = (*mode == "async").then_some("hooks.example");
+        let due = (*mode == "async").then_some(now());
+        insert
+            .execute(params![
+                id,
+                mode,
+                status,
+                30_000 + n as i64,
+                async_host,
+                due
+            ])
+            .unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    drop(insert);
+
+    migrate(&mut conn).unwrap();
+    let flagged: Vec<String> = conn
+        .prepare("SELECT id FROM requests WHERE unfinished IS NOT NULL ORDER BY id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut open_ids: Vec<String> = open.iter().map(|(id, _, _)| id.to_string()).collect();
+    open_ids.sort();
+    assert_eq!(flagged, open_ids);
+
+    let filter = |mode: Option<Mode>, status: Status, host: Option<&str>| {
+        ListFilter {
+            mode,
+            status: Some(status),
+            callback_host: host.map(str::to_string),
+            ..ListFilter::default()
+        }
+        .without_implied_mode()
+    };
+    let cases = [
+        (filter(None, Status::Pending, None), vec!["open pending"]),
+        (
+            filter(None, Status::Processing, None),
+            vec!["open sync", "open processing"],
+        ),
+        (
+            filter(Some(Mode::Sync), Status::Processing, None),
+            vec!["open sync"],
+        ),
+        (
+            filter(Some(Mode::Async), Status::Processing, None),
+            vec!["open processing"],
+        ),
+        (
+            filter(None, Status::CallbackPending, Some("hooks.example")),
+            vec!["open callback_pending"],
+        ),
+    ];
+    for (filter, want) in cases {
+        let (ids, steps) = page_steps(&conn, &filter);
+        assert_eq!(ids, want, "{filter:?}");
+        // The four open requests, not the 10,000 finished ones of the mode or the host.
+        assert!(steps < 500, "{filter:?}: {steps} steps");
+    }
+    let (finished, steps) = page_steps(
+        &conn,
+        &ListFilter {
+            limit: 3,
+            ..filter(None, Status::CallbackSuccess, Some("hooks.example"))
+        },
+    );
+    assert_eq!(finished, ["old 19999", "old 19997", "old 19995"]);
+    assert!(steps < 500, "{steps} steps");
 }
