@@ -189,10 +189,12 @@ pub(super) const RELEASE_ALL: &str =
     "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
      WHERE lease_owner IS NOT NULL";
 
-/// Sync requests left `processing` by a process that died (by the unfinished requests' index).
-pub(super) const FAIL_ABANDONED_SYNC: &str =
-    "UPDATE requests SET status = 'failed', completed_at = ?1, error = ?2, idempotency_key = NULL,
-            unfinished = NULL
+/// Sync requests left `processing` by a process that died, read from the unfinished
+/// requests' index: left to choose, the planner (which has no statistics) would walk every
+/// sync request by the mode's index.
+pub(super) const FAIL_ABANDONED_SYNC: &str = "UPDATE requests INDEXED BY requests_unfinished
+     SET status = 'failed', completed_at = ?1, error = ?2, idempotency_key = NULL,
+         unfinished = NULL
      WHERE unfinished IS NOT NULL AND mode = 'sync' AND status = 'processing'";
 
 /// The unfinished async requests (by the queue's index: only they have a due time).

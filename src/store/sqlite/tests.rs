@@ -34,7 +34,9 @@ fn queue(conn: &Connection, destination: &str, count: i64, first_due: i64) {
     queue_at_priority(conn, destination, count, first_due, 0);
 }
 
-/// As [`queue`], of priority `level`.
+/// As [`queue`], of priority `level`. In the columns of every schema since 0014 (a test
+/// queues jobs before a later migration), so without the `unfinished` flag of 0018: claims
+/// do not read it, and no test lists these jobs by status.
 fn queue_at_priority(conn: &Connection, destination: &str, count: i64, first_due: i64, level: i8) {
     let mut insert = conn
         .prepare(
@@ -689,8 +691,9 @@ fn a_retention_pass_walks_the_unfinished_requests_before_it_once() {
         .prepare(
             "INSERT INTO requests (id, mode, status, payload_hash, data, iterations,
                                    callback_url, created_at, next_attempt_at, delivered_at,
-                                   destination)
-             VALUES (?1, 'async', ?2, 'h', 'x', 1, ?3, ?4, ?5, ?6, ?3)",
+                                   destination, unfinished)
+             VALUES (?1, 'async', ?2, 'h', 'x', 1, ?3, ?4, ?5, ?6, ?3,
+                     CASE ?2 WHEN 'pending' THEN 1 END)",
         )
         .unwrap();
     let far = now() + 86_400_000;
@@ -1140,6 +1143,16 @@ fn requests_stored_before_the_unfinished_split_are_listed_by_their_status() {
     drop(insert);
 
     migrate(&mut conn).unwrap();
+    let plans = super::plans::explain_hot(&conn).unwrap();
+    let start_up = plans
+        .iter()
+        .find(|plan| plan.statement == "start-up: fail abandoned sync")
+        .unwrap();
+    assert!(
+        start_up.plan.contains("requests_unfinished"),
+        "{}",
+        start_up.plan
+    );
     let flagged: Vec<String> = conn
         .prepare("SELECT id FROM requests WHERE unfinished IS NOT NULL ORDER BY id")
         .unwrap()

@@ -158,7 +158,8 @@ pub(super) const RECORD_ATTEMPT: &str =
             next_attempt_at = CASE status WHEN 'cancelled' THEN NULL ELSE ?5 END,
             callback_attempts = ?6, callback_last_error = COALESCE(?7, callback_last_error),
             callback_last_status = ?8,
-            -- 1 again on a retry (its entries move with its due time), NULL once ended.
+            -- NULL once ended. A retry sets 1 again, which moves its entries in the
+            -- unfinished indexes (SQLite rewrites them for any value set): retries are few.
             unfinished = CASE WHEN status <> 'cancelled' AND ?3 = 'callback_pending' THEN 1 END,
             lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL,
             unrecorded_claims = 0
