@@ -10,66 +10,55 @@ use crate::delivery::destinations::{Rooms, Turn};
 use crate::store::due::{NEXT_DUE_WINDOW, RoomLeft, earliest, millis_of, next_due_in_levels, rank};
 use crate::store::{Job, claim_scan};
 
-/// A row no one has claimed: the queue indexes hold only those (migration 0019). On SQLite
-/// every lease is this process's own, since it holds the database and hands back its
-/// predecessor's leases when it starts; and an owner never takes its own jobs back (its
-/// heartbeat releases those it no longer works on), so a leased row is never claimable.
-macro_rules! unclaimed {
+/// A row `?2` may claim at `?1` (the queue clock): not leased, or its lease ran out and it
+/// is another owner's (an owner never takes its own jobs back: its heartbeat releases those
+/// it no longer works on).
+macro_rules! claimable_lease {
     () => {
-        "next_attempt_at IS NOT NULL AND lease_token IS NULL"
+        "(lease_expires_at IS NULL OR (lease_expires_at < ?1 AND lease_owner <> ?2))"
     };
 }
 
 /// The priority levels with queued jobs, highest first: a seek each (a loose index scan of
 /// `requests_due`, which priority leads), at most 21.
-pub(super) const TOP_LEVEL: &str = concat!(
-    "SELECT priority FROM requests WHERE ",
-    unclaimed!(),
-    " ORDER BY priority DESC LIMIT 1"
-);
-pub(super) const NEXT_LEVEL: &str = concat!(
-    "SELECT priority FROM requests WHERE ",
-    unclaimed!(),
-    " AND priority < ?1 ORDER BY priority DESC LIMIT 1"
-);
+pub(super) const TOP_LEVEL: &str = "SELECT priority FROM requests
+     WHERE next_attempt_at IS NOT NULL ORDER BY priority DESC LIMIT 1";
+pub(super) const NEXT_LEVEL: &str = "SELECT priority FROM requests
+     WHERE next_attempt_at IS NOT NULL AND priority < ?1 ORDER BY priority DESC LIMIT 1";
 
-/// One priority level's (`?3`) first `?2` rows due by `?1` in due order, whatever their
-/// destination: what a claim (and a look for the next due time, with `?1` in the far future)
-/// considers first.
+/// One priority level's (`?5`) first due rows in due order, whatever their destination: what
+/// a claim (and a look for the next due time, with `?3` in the far future) considers first.
 /// Rows by their rowid, which the due index holds: a row passed over (its destination held
 /// or full: a backlog that can run to thousands of rows in front of the claimable ones) costs
 /// an index entry, not a seek into the table for its id (measured: 0.3 ms instead of 3-5 ms
 /// for a window of 1,100 rows held by an open breaker).
 pub(super) const DUE_WINDOW: &str = concat!(
     "SELECT rowid, COALESCE(destination, ''), next_attempt_at FROM requests
-     WHERE priority = ?3 AND ",
-    unclaimed!(),
-    " AND next_attempt_at <= ?1 AND NOT ",
+     WHERE priority = ?5 AND next_attempt_at IS NOT NULL AND next_attempt_at <= ?3 AND ",
+    claimable_lease!(),
+    " AND NOT ",
     behind_earlier!(),
-    " ORDER BY next_attempt_at LIMIT ?2"
+    " ORDER BY next_attempt_at LIMIT ?4"
 );
 
 /// The destinations with queued jobs, one index seek each (a loose index scan).
-pub(super) const FIRST_DESTINATION: &str = concat!(
-    "SELECT destination FROM requests WHERE ",
-    unclaimed!(),
-    " AND destination IS NOT NULL ORDER BY destination LIMIT 1"
-);
-pub(super) const NEXT_DESTINATION: &str = concat!(
-    "SELECT destination FROM requests WHERE ",
-    unclaimed!(),
-    " AND destination > ?1 ORDER BY destination LIMIT 1"
-);
+pub(super) const FIRST_DESTINATION: &str = "SELECT destination FROM requests
+     WHERE next_attempt_at IS NOT NULL AND destination IS NOT NULL
+     ORDER BY destination LIMIT 1";
+pub(super) const NEXT_DESTINATION: &str = "SELECT destination FROM requests
+     WHERE next_attempt_at IS NOT NULL AND destination > ?1
+     ORDER BY destination LIMIT 1";
 
-/// One destination's (`?1`) first `?3` jobs of priority `?4` due by `?2` and claimable (by
-/// rowid, as above).
+/// One destination's (`?3`) first jobs of priority `?6` due by `?4` and claimable (by rowid,
+/// as above).
 pub(super) const DESTINATION_DUE: &str = concat!(
     "SELECT rowid, next_attempt_at FROM requests
-     WHERE destination = ?1 AND priority = ?4 AND ",
-    unclaimed!(),
-    " AND next_attempt_at <= ?2 AND NOT ",
+     WHERE destination = ?3 AND priority = ?6 AND next_attempt_at IS NOT NULL
+       AND next_attempt_at <= ?4 AND ",
+    claimable_lease!(),
+    " AND NOT ",
     behind_earlier!(),
-    " ORDER BY next_attempt_at LIMIT ?3"
+    " ORDER BY next_attempt_at LIMIT ?5"
 );
 
 /// One job leased (`?1` its rowid) to owner `?2` until `?3` under token `?4`.
@@ -129,9 +118,10 @@ pub(super) fn levels(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
 /// `limit` in due order, merged. Also whether more may follow (a level had as many as asked).
 fn due_window(
     conn: &Connection,
+    owner: &str,
     levels: &[i64],
     step: i64,
-    by: i64,
+    (now, by): (i64, i64),
     limit: u32,
 ) -> rusqlite::Result<(Vec<Queued>, bool)> {
     let mut window = conn.prepare_cached(DUE_WINDOW)?;
@@ -139,7 +129,7 @@ fn due_window(
     let mut full = false;
     for &level in levels {
         let before = rows.len();
-        let mut found = window.query(params![by, limit, level])?;
+        let mut found = window.query(params![now, owner, by, limit, level])?;
         while let Some(row) = found.next()? {
             rows.push(Queued::of_window_row(row, level, step)?);
         }
@@ -241,10 +231,11 @@ const BEFORE_PARKED: i64 = crate::store::rows::PARKED_MS - 1;
 /// from where the last stopped, will reach.
 const LOOK_AGAIN_AFTER_WALK: i64 = 100;
 
-/// What a claim reads and decides with: the queue's time, the priority step (ms),
+/// What a claim reads and decides with: its owner, the queue's time, the priority step (ms),
 /// the priority levels with queued jobs and the most jobs it takes.
 struct Claim<'a> {
     conn: &'a Connection,
+    owner: &'a str,
     now: i64,
     step: i64,
     levels: Vec<i64>,
@@ -267,9 +258,10 @@ impl Claim<'_> {
         let until = room.due_by(destination, self.now);
         let mut due_rows = self.conn.prepare_cached(DESTINATION_DUE)?;
         for &level in &self.levels {
-            let found = due_rows.query_map(params![destination, until, left, level], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?;
+            let found = due_rows.query_map(
+                params![self.now, self.owner, destination, until, left, level],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
             for row in found {
                 let (rowid, due) = row?;
                 rows.push(Queued {
@@ -352,13 +344,21 @@ pub(super) fn claim(
     }
     let claim = Claim {
         conn,
+        owner,
         now,
         step: millis_of(priority_step),
         levels: levels(conn)?,
         limit,
     };
 
-    let (mut rows, full) = due_window(conn, &claim.levels, claim.step, now, claim_scan(limit))?;
+    let (mut rows, full) = due_window(
+        conn,
+        owner,
+        &claim.levels,
+        claim.step,
+        (now, now),
+        claim_scan(limit),
+    )?;
     if full {
         let room = RoomLeft::new(rooms);
         let seen: HashSet<String> = rows.iter().map(|row| row.destination.clone()).collect();
@@ -393,13 +393,14 @@ pub(super) fn claim(
         .collect()
 }
 
-/// The earliest time (on the queue clock) a claim could take a job: of the
+/// The earliest time (on the queue clock) a claim of `owner` could take a job: of the
 /// destinations with room, the first due job it may claim (a held destination's once it is
 /// overdue), whatever its priority. `None` with nothing queued. When it has to look
 /// destination by destination and there are more than [`DESTINATIONS_WALKED`], it looks at
 /// that many and answers no later than [`LOOK_AGAIN_AFTER_WALK`] from now.
 pub(super) fn next_due(
     conn: &Connection,
+    owner: &str,
     rooms: &Rooms,
     now: i64,
 ) -> rusqlite::Result<Option<i64>> {
@@ -408,7 +409,14 @@ pub(super) fn next_due(
     // Each level on its own: within one, due order is the window's order.
     let mut windows = Vec::with_capacity(levels.len());
     for &level in &levels {
-        let (window, _) = due_window(conn, &[level], 0, BEFORE_PARKED, NEXT_DUE_WINDOW)?;
+        let (window, _) = due_window(
+            conn,
+            owner,
+            &[level],
+            0,
+            (now, BEFORE_PARKED),
+            NEXT_DUE_WINDOW,
+        )?;
         let window: Vec<(String, i64)> = window
             .into_iter()
             .map(|row| (row.destination, row.due))
@@ -427,9 +435,10 @@ pub(super) fn next_due(
         }
         for &level in &levels {
             let due: Option<i64> = first_due
-                .query_row(params![destination, BEFORE_PARKED, 1, level], |row| {
-                    row.get(1)
-                })
+                .query_row(
+                    params![now, owner, destination, BEFORE_PARKED, 1, level],
+                    |row| row.get(1),
+                )
                 .optional()?;
             if let Some(due) = due {
                 earliest_seen = earliest(earliest_seen, room.claimable_at(destination, due));

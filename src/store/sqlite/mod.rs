@@ -83,8 +83,8 @@ const STATUS_COUNTS: &str =
 
 /// One destination's (`?1`) jobs due by `?2` (the queue clock) and not claimed, up to `?3`.
 const DUE_UNCLAIMED: &str = "SELECT count(*) FROM (SELECT 1 FROM requests
-     WHERE destination = ?1 AND next_attempt_at IS NOT NULL AND lease_token IS NULL
-       AND next_attempt_at <= ?2 LIMIT ?3)";
+     WHERE destination = ?1 AND next_attempt_at IS NOT NULL AND next_attempt_at <= ?2
+       AND (lease_expires_at IS NULL OR lease_expires_at < ?2) LIMIT ?3)";
 
 /// Read connections. Reads are short; more connections than cores buys nothing.
 const READERS: usize = 4;
@@ -322,13 +322,13 @@ impl Backend for SqliteStore {
         .await
     }
 
-    async fn next_due_in(&self, _owner: &str, rooms: &Rooms) -> StoreResult<Option<Duration>> {
+    async fn next_due_in(&self, owner: &str, rooms: &Rooms) -> StoreResult<Option<Duration>> {
         let now = self.clock.now();
         let rooms = rooms.clone();
-        // Every lease is this process's own (see `claims::unclaimed!`): whose asks is moot.
+        let owner = owner.to_string();
         let next = self
             .queue_reader
-            .run(move |conn| next_due(conn, &rooms, now))
+            .run(move |conn| next_due(conn, &owner, &rooms, now))
             .await?;
         Ok(next.map(|due| Duration::from_millis(u64::try_from(due - now).unwrap_or(0))))
     }

@@ -31,7 +31,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0016_count_triggers.sql"),
     include_str!("../../../migrations/sqlite/0017_lease_index.sql"),
     include_str!("../../../migrations/sqlite/0018_final_status_indexes.sql"),
-    include_str!("../../../migrations/sqlite/0019_queue_without_leases.sql"),
 ];
 
 /// The first schema version whose requests record their destination (0004).
@@ -198,10 +197,9 @@ pub(super) const FAIL_ABANDONED_SYNC: &str = "UPDATE requests INDEXED BY request
          unfinished = NULL
      WHERE unfinished IS NOT NULL AND mode = 'sync' AND status = 'processing'";
 
-/// The unfinished async requests, by the unfinished requests' index (the queue's indexes
-/// leave out the claimed ones).
-pub(super) const COUNT_QUEUED: &str = "SELECT COUNT(*) FROM requests INDEXED BY requests_unfinished
-     WHERE unfinished IS NOT NULL AND mode = 'async'";
+/// The unfinished async requests (by the queue's index: only they have a due time).
+pub(super) const COUNT_QUEUED: &str =
+    "SELECT COUNT(*) FROM requests WHERE next_attempt_at IS NOT NULL";
 
 /// Puts the database back in a consistent state after the previous process ended, however it
 /// ended. This process holds the lock, so no lease can belong to a live worker: every leased

@@ -644,7 +644,10 @@ fn a_claim_walks_a_bounded_number_of_destinations_and_the_next_goes_on() {
     let rooms = rooms(&[], &[FULL]);
     // Looking for the next due time walks as far, and says to look again soon.
     let before = steps(&conn);
-    assert_eq!(next_due(&conn, &rooms, now).unwrap(), Some(now + 100));
+    assert_eq!(
+        next_due(&conn, "test", &rooms, now).unwrap(),
+        Some(now + 100)
+    );
     let spent = steps(&conn) - before;
     assert!(
         spent < 15_000,
@@ -818,13 +821,13 @@ fn the_next_due_time_is_that_of_a_destination_with_room() {
     let now = millis(Utc::now());
     queue(&conn, FULL, 3_000, 1);
     assert_eq!(
-        next_due(&conn, &rooms(&[(FULL, 0)], &[]), now).unwrap(),
+        next_due(&conn, "test", &rooms(&[(FULL, 0)], &[]), now).unwrap(),
         None
     );
     queue(&conn, OTHER, 1, now + 5_000);
     let before = steps(&conn);
     assert_eq!(
-        next_due(&conn, &rooms(&[(FULL, 0)], &[]), now).unwrap(),
+        next_due(&conn, "test", &rooms(&[(FULL, 0)], &[]), now).unwrap(),
         Some(now + 5_000)
     );
     let spent = steps(&conn) - before;
@@ -834,11 +837,14 @@ fn the_next_due_time_is_that_of_a_destination_with_room() {
     );
     // Held, the backlog counts from when it is overdue.
     assert_eq!(
-        next_due(&conn, &rooms(&[], &[FULL]), now).unwrap(),
+        next_due(&conn, "test", &rooms(&[], &[FULL]), now).unwrap(),
         Some(1 + 60_000)
     );
     // With room and not held, its first job is due now.
-    assert_eq!(next_due(&conn, &rooms(&[], &[]), now).unwrap(), Some(1));
+    assert_eq!(
+        next_due(&conn, "test", &rooms(&[], &[]), now).unwrap(),
+        Some(1)
+    );
 }
 
 /// A database whose pages are 64 KiB, with temporary storage in files: a statement journal,
@@ -1201,67 +1207,4 @@ fn requests_stored_before_the_unfinished_split_are_listed_by_their_status() {
     );
     assert_eq!(finished, ["old 19999", "old 19997", "old 19995"]);
     assert!(steps < 500, "{steps} steps");
-}
-
-/// The queue indexes hold only the jobs no one has claimed (migration 0019): a claim past a
-/// thousand jobs in flight reads none of them, their heartbeat renewals leave the indexes
-/// alone, and a job released by its owner is claimable again.
-#[test]
-fn jobs_in_flight_are_not_in_the_queue_indexes() {
-    use super::writes::{RELEASE_CLAIM, RENEW_LEASE};
-
-    let (_dir, conn) = database();
-    let due = now() - 10_000;
-    queue(&conn, FULL, 1_000, due);
-    let in_flight = claim(
-        &conn,
-        "test",
-        1_000,
-        (Duration::from_secs(30), STEP),
-        &rooms(&[(FULL, 1_000)], &[]),
-        (now(), &mut String::new()),
-    )
-    .unwrap();
-    assert_eq!(in_flight.len(), 1_000);
-    queue(&conn, OTHER, 1, due + 5_000);
-    let before = steps(&conn);
-    assert_eq!(
-        claimed_ids(&conn, 10, &rooms(&[], &[])),
-        [format!("{OTHER}/{}", due + 5_000)]
-    );
-    let spent = steps(&conn) - before;
-    // Passing a thousand leased entries in due order would take thousands of steps.
-    assert!(spent < 1_000, "{spent} steps to claim past 1,000 jobs in flight");
-
-    let in_queue_indexes = |conn: &Connection| -> [i64; 2] {
-        ["requests_due", "requests_destination_due"].map(|index| {
-            conn.query_row(
-                &format!(
-                    "SELECT count(*) FROM requests INDEXED BY {index}
-                     WHERE next_attempt_at IS NOT NULL AND lease_token IS NULL"
-                ),
-                [],
-                |row| row.get(0),
-            )
-            .unwrap()
-        })
-    };
-    assert_eq!(in_queue_indexes(&conn), [0, 0]);
-    let later = now() + 60_000;
-    let mut renew = conn.prepare(RENEW_LEASE).unwrap();
-    for job in &in_flight {
-        renew.execute(params!["test", job.token, later]).unwrap();
-    }
-    assert_eq!(in_queue_indexes(&conn), [0, 0]);
-    let released = conn
-        .prepare(RELEASE_CLAIM)
-        .unwrap()
-        .execute(params![in_flight[0].id, in_flight[0].token])
-        .unwrap();
-    assert_eq!(released, 1);
-    assert_eq!(in_queue_indexes(&conn), [1, 1]);
-    assert_eq!(
-        claimed_ids(&conn, 10, &rooms(&[], &[])),
-        [in_flight[0].id.clone()]
-    );
 }
