@@ -371,7 +371,7 @@ async fn every_status_lists_exactly_its_requests() {
     let app = TestServer::builder()
         .database_url(&url)
         .setting("admin-token", TOKEN)
-        .setting("work-duration-seconds", "3")
+        .setting("work-duration-seconds", "6")
         .setting("callback-retry-base-delay", "60")
         .setting("callback-retry-max-delay", "120")
         .start()
@@ -421,7 +421,7 @@ async fn every_status_lists_exactly_its_requests() {
     app.wait_for_status(&failed, "callback_failed", WAIT).await;
 
     // Then open: waiting for its time, its callback in flight, its retry waiting, and work
-    // under way (async and sync).
+    // under way (async and sync), which the lists below must see within the work's 6 s.
     let pending = submit(json!({"data": "wait", "callback_url": ok.url(), "run_at": later})).await;
     // Failed, then redelivered to a paused destination: open again, and held there.
     let held = Receiver::start(Behaviour::always_fail(500)).await;
