@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::control;
-use crate::destination_controls::{self, destination_of};
 use crate::helpers::{
     Behaviour, Receiver, TestServer, fresh_database, ids, read, sync_request, unused_port,
 };
@@ -371,7 +370,7 @@ async fn every_status_lists_exactly_its_requests() {
     let url = fresh_database(dir.path()).await;
     let app = TestServer::builder()
         .database_url(&url)
-        .setting("admin-token", destination_controls::TOKEN)
+        .setting("admin-token", TOKEN)
         .setting("work-duration-seconds", "6")
         .setting("callback-retry-base-delay", "60")
         .setting("callback-retry-max-delay", "120")
@@ -408,7 +407,7 @@ async fn every_status_lists_exactly_its_requests() {
             let (status, body) = read(
                 app.client
                     .post(app.url(&format!("/requests/{id}/redeliver")))
-                    .bearer_auth(destination_controls::TOKEN)
+                    .bearer_auth(TOKEN)
                     .send()
                     .await
                     .expect("redeliver"),
@@ -431,8 +430,16 @@ async fn every_status_lists_exactly_its_requests() {
     .await;
     app.wait_for_status(&reopened, "callback_failed", WAIT)
         .await;
-    let (status, view) = destination_controls::control(&app, "pause", &destination_of(&held)).await;
-    assert_eq!(status, 200, "{view}");
+    let destination = format!("http://127.0.0.1:{}", held.address.port());
+    let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
+    let paused = app
+        .client
+        .post(app.url(&format!("/destinations/{key}/pause")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(paused.status(), 200);
     redeliver(reopened.clone()).await;
     app.wait_for_status(&reopened, "callback_pending", WAIT)
         .await;
