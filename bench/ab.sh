@@ -17,6 +17,8 @@
 # summary; default their checkouts' short commits), BACKENDS ("sqlite postgres"), HISTORY
 # (1000000; 0 for an empty database), ROUNDS (3), DURATION (15), CONNECTIONS (50),
 # ITERATIONS (1000), PG_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable),
+# B_SQL (statements run on B's databases once their history is written: a what-if schema for
+# the same binary, e.g. BIN_A=target/release/syncasync A_ROOT=. B_SQL='DROP INDEX …'),
 # KEEP_TMP=1.
 set -euo pipefail
 
@@ -34,6 +36,7 @@ DURATION="${DURATION:-15}"
 CONNECTIONS="${CONNECTIONS:-50}"
 ITERATIONS="${ITERATIONS:-1000}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
+B_SQL="${B_SQL:-}"
 
 tmp_dir="$(mktemp -d)"
 server_log=""
@@ -87,6 +90,14 @@ prepare() {
     stop_started
     log "$build ($backend): writing $HISTORY finished requests"
     python3 "$root/bench/lib/history.py" "$database" "$HISTORY"
+    if [[ "$build" == B && -n "$B_SQL" ]]; then
+        log "B ($backend): $B_SQL"
+        if [[ "$backend" == sqlite ]]; then
+            sqlite3 "${database#sqlite://}" "$B_SQL"
+        else
+            psql -q -v ON_ERROR_STOP=1 "$database" -c "$B_SQL"
+        fi
+    fi
     printf -v "DB_${build}_${backend}" '%s' "$database"
 }
 
@@ -122,7 +133,7 @@ for backend in $BACKENDS; do
     done
 done
 
-python3 - "$tmp_dir" "$LABEL_A" "$LABEL_B" "$HISTORY" "$DURATION" "$CONNECTIONS" "$ITERATIONS" \
+B_SQL="$B_SQL" python3 - "$tmp_dir" "$LABEL_A" "$LABEL_B" "$HISTORY" "$DURATION" "$CONNECTIONS" "$ITERATIONS" \
     >"$tmp_dir/summary.md" <<'PY'
 import datetime, glob, json, os, statistics, sys
 tmp, label_a, label_b, history, duration, connections, iterations = sys.argv[1:]
@@ -137,6 +148,8 @@ print(f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}:
       f"each on a database holding {int(history):,} finished requests; runs in the order A B B A …; each "
       f"`loadgen --mode async --duration {duration}s -c {connections} --iterations {iterations}` "
       f"(closed loop, B's loadgen). Medians of the runs.\n")
+if os.environ.get("B_SQL"):
+    print(f"B's databases then ran `{os.environ['B_SQL']}`.\n")
 print("| backend | A delivered/s | B delivered/s | B ÷ A | A callback p99 | B callback p99 | every callback |")
 print("|---|---|---|---|---|---|---|")
 for backend in sorted({b for b, _ in runs}, key=lambda b: b != "sqlite"):

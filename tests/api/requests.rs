@@ -388,6 +388,63 @@ async fn an_unknown_request_id_gets_404_request_not_found() {
     }
 }
 
+/// A record read while its attempts are being written counts exactly the attempts it lists:
+/// the request and its audit are read in one snapshot, never an attempt between the two.
+#[tokio::test]
+async fn a_record_read_during_retries_counts_every_attempt_it_lists() {
+    const ATTEMPTS: u32 = 20;
+    let receiver = Receiver::start(Behaviour::fail_first(ATTEMPTS - 1)).await;
+    let app = TestServer::builder()
+        .setting("callback-max-retries", &(ATTEMPTS - 1).to_string())
+        .setting("callback-retry-base-delay", "0.01")
+        .setting("callback-retry-max-delay", "0.01")
+        .setting("callback-breaker-threshold", "100000")
+        .start()
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(app.submit(&format!("retried {n}"), &receiver.url()).await);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    let poll = |start: usize| {
+        let (app, ids) = (&app, &ids);
+        async move {
+            let mut reads = 0_u32;
+            let mut delivered = HashSet::new();
+            for id in ids.iter().cycle().skip(start) {
+                if delivered.len() == ids.len() {
+                    break;
+                }
+                let record = app.get_json(&format!("/requests/{id}")).await;
+                let listed = record["attempts"].as_array().map_or(0, Vec::len);
+                assert_eq!(
+                    record["callback_attempts"], listed,
+                    "read {reads}: the count disagrees with the attempts listed: {record}"
+                );
+                reads += 1;
+                if record["status"] == "callback_success" {
+                    delivered.insert(id.clone());
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not delivered in time: {record}"
+                );
+            }
+            reads
+        }
+    };
+    let reads: u32 = futures_util::future::join_all((0..8).map(|n| poll(n * 3)))
+        .await
+        .into_iter()
+        .sum();
+    for id in &ids {
+        let record = app.get_json(&format!("/requests/{id}")).await;
+        assert_eq!(record["callback_attempts"], ATTEMPTS, "{record}");
+    }
+    eprintln!("{reads} records read during the retries");
+    receiver.stop().await;
+}
+
 /// A browser opening the service's address lands on the dashboard; an API client or a
 /// monitor gets the original's 404 for `/`.
 #[tokio::test]

@@ -656,9 +656,15 @@ impl Backend for PgStore {
     }
 
     async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
+        // One snapshot for the request and its attempts: read apart, an attempt recorded
+        // between the two would be listed without being counted in `callback_attempts`.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
         let Some(row) = sqlx::query(RECORD_BY_ID)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
         else {
             return Ok(None);
@@ -666,8 +672,9 @@ impl Backend for PgStore {
         let mut record = record_from_row(&row)?;
         let attempts = sqlx::query(ATTEMPTS_OF)
             .bind(id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         record.attempts = Some(
             attempts
                 .iter()

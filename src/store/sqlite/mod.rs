@@ -420,7 +420,10 @@ impl Backend for SqliteStore {
         let id = id.to_string();
         let to_wall = self.queue_to_wall_clock();
         self.read(move |conn| {
-            let Some(mut record) = conn
+            // One snapshot for the request and its attempts: read apart, an attempt recorded
+            // between the two would be listed without being counted in `callback_attempts`.
+            let snapshot = conn.unchecked_transaction()?;
+            let Some(mut record) = snapshot
                 .prepare_cached(RECORD_BY_ID)?
                 .query_row([&id], record_from_row)
                 .optional()?
@@ -428,10 +431,11 @@ impl Backend for SqliteStore {
                 return Ok(None);
             };
             to_wall(&mut record);
-            let attempts = conn
+            let attempts = snapshot
                 .prepare_cached(ATTEMPTS_OF)?
                 .query_map([&id], attempt_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
+            snapshot.commit()?;
             record.attempts = Some(attempts);
             Ok(Some(record))
         })
