@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::control;
+use crate::destination_controls::{self, destination_of};
 use crate::helpers::{
     Behaviour, Receiver, TestServer, fresh_database, ids, read, sync_request, unused_port,
 };
@@ -370,7 +371,7 @@ async fn every_status_lists_exactly_its_requests() {
     let url = fresh_database(dir.path()).await;
     let app = TestServer::builder()
         .database_url(&url)
-        .setting("admin-token", TOKEN)
+        .setting("admin-token", destination_controls::TOKEN)
         .setting("work-duration-seconds", "6")
         .setting("callback-retry-base-delay", "60")
         .setting("callback-retry-max-delay", "120")
@@ -407,7 +408,7 @@ async fn every_status_lists_exactly_its_requests() {
             let (status, body) = read(
                 app.client
                     .post(app.url(&format!("/requests/{id}/redeliver")))
-                    .bearer_auth(TOKEN)
+                    .bearer_auth(destination_controls::TOKEN)
                     .send()
                     .await
                     .expect("redeliver"),
@@ -430,16 +431,8 @@ async fn every_status_lists_exactly_its_requests() {
     .await;
     app.wait_for_status(&reopened, "callback_failed", WAIT)
         .await;
-    let destination = format!("http://127.0.0.1:{}", held.address.port());
-    let key: String = url::form_urlencoded::byte_serialize(destination.as_bytes()).collect();
-    let paused = app
-        .client
-        .post(app.url(&format!("/destinations/{key}/pause")))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("pause");
-    assert_eq!(paused.status(), 200);
+    let (status, view) = destination_controls::control(&app, "pause", &destination_of(&held)).await;
+    assert_eq!(status, 200, "{view}");
     redeliver(reopened.clone()).await;
     app.wait_for_status(&reopened, "callback_pending", WAIT)
         .await;

@@ -29,6 +29,19 @@ fn database() -> (tempfile::TempDir, Connection) {
     (dir, conn)
 }
 
+/// A database as a build with only the first `version` migrations left it, for a test of
+/// what a later migration does to the rows it holds.
+fn database_at_schema(version: usize) -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = open_connection(&dir.path().join("older.db"), false).unwrap();
+    for sql in &super::open::MIGRATIONS[..version] {
+        conn.execute_batch(sql).unwrap();
+    }
+    conn.pragma_update(None, "user_version", i64::try_from(version).unwrap())
+        .unwrap();
+    (dir, conn)
+}
+
 /// Queues `count` jobs for `destination`, due at `first_due`, `first_due + 1`, … (ms).
 fn queue(conn: &Connection, destination: &str, count: i64, first_due: i64) {
     queue_at_priority(conn, destination, count, first_due, 0);
@@ -1008,15 +1021,9 @@ fn every_mode_and_status_has_its_count() {
 /// owner's expired ones, and the release at shutdown hands them back, each through the index.
 #[test]
 fn leases_taken_before_the_lease_index_merge_are_still_found() {
-    use super::open::MIGRATIONS;
     use super::writes::{EXPIRED_LEASES_OF, RELEASE, RENEW_LEASE};
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut conn = open_connection(&dir.path().join("leases.db"), false).unwrap();
-    for sql in &MIGRATIONS[..16] {
-        conn.execute_batch(sql).unwrap();
-    }
-    conn.pragma_update(None, "user_version", 16).unwrap();
+    let (_dir, mut conn) = database_at_schema(16);
     queue(&conn, FULL, 3, now() - 1_000);
     let lease = Duration::from_secs(30);
     let jobs = claim(
@@ -1085,14 +1092,7 @@ fn leases_taken_before_the_lease_index_merge_are_still_found() {
 /// a mode or a host has, and the finished ones from the status indexes.
 #[test]
 fn requests_stored_before_the_unfinished_split_are_listed_by_their_status() {
-    use super::open::MIGRATIONS;
-
-    let dir = tempfile::tempdir().unwrap();
-    let mut conn = open_connection(&dir.path().join("split.db"), false).unwrap();
-    for sql in &MIGRATIONS[..17] {
-        conn.execute_batch(sql).unwrap();
-    }
-    conn.pragma_update(None, "user_version", 17).unwrap();
+    let (_dir, mut conn) = database_at_schema(17);
     let mut insert = conn
         .prepare(
             "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
