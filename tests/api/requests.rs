@@ -445,6 +445,69 @@ async fn a_record_read_during_retries_counts_every_attempt_it_lists() {
     receiver.stop().await;
 }
 
+/// A page read while its requests move between statuses holds no more requests than the
+/// total it reports: the page and its total are read in one snapshot.
+#[tokio::test]
+async fn a_list_read_while_requests_move_never_holds_more_than_its_total() {
+    const BATCHES: u64 = 5;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder().start().await;
+    for batch in 0..BATCHES {
+        let items: Vec<Value> = (0..400)
+            .map(|n| json!({"data": format!("moving {batch}.{n}"), "iterations": 1000, "callback_url": receiver.url()}))
+            .collect();
+        let (code, answer) = read(
+            app.post_json("/async/batch", &json!({"requests": items}))
+                .await,
+        )
+        .await;
+        assert_eq!(code, 200, "{answer}");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    let read_lists = |status: &'static str| {
+        let app = &app;
+        async move {
+            let mut reads = 0_u32;
+            loop {
+                // The kept counts give the total of a status alone; a callback host makes it
+                // a count of rows.
+                for query in [
+                    format!("status={status}&limit=3"),
+                    format!("status={status}&callback_host=127.0.0.1&limit=3"),
+                ] {
+                    let list = app.get_json(&format!("/requests?{query}")).await;
+                    let held = list["requests"].as_array().map_or(0, Vec::len);
+                    assert!(
+                        list["total"]
+                            .as_u64()
+                            .is_some_and(|total| total >= held as u64),
+                        "read {reads} of {query}: {held} requests on a page of {list}"
+                    );
+                    reads += 1;
+                }
+                let delivered = app
+                    .get_json("/requests?status=callback_success&limit=1")
+                    .await["total"]
+                    .as_u64();
+                if delivered == Some(BATCHES * 400) {
+                    return reads;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not delivered in time"
+                );
+            }
+        }
+    };
+    let (pending, processing, callback_pending) = tokio::join!(
+        read_lists("pending"),
+        read_lists("processing"),
+        read_lists("callback_pending")
+    );
+    eprintln!("{pending} + {processing} + {callback_pending} lists read while the requests moved");
+    receiver.stop().await;
+}
+
 /// A browser opening the service's address lands on the dashboard; an API client or a
 /// monitor gets the original's 404 for `/`.
 #[tokio::test]

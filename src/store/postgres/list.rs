@@ -1,9 +1,10 @@
 //! `GET /requests`: a page of a filter and its total.
 
 use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
 
-use super::PgStore;
 use super::rows::record_from_row;
+use super::{PgStore, READ_SNAPSHOT};
 use crate::model::RequestList;
 use crate::store::{
     Dialect, ListFilter, ListParam, StoreError, StoreResult, Total, count_sql, page_sql,
@@ -67,29 +68,27 @@ pub(super) fn bind_list_params<Q: Bind>(query: Q, params: Vec<ListParam>) -> Q {
 // for a status few requests have, it walks the creation-time index and checks every row of
 // the history. Planned with the value, it takes the status's index when the status is rare
 // and walks by time when it is common, and planning costs a fraction of a millisecond.
-impl PgStore {
-    /// How many requests match `filter`: the kept count for the original's filters, else a
-    /// count of matching rows that stops past the filter's count limit.
-    async fn total_of(&self, filter: &ListFilter) -> StoreResult<Total> {
-        if filter.counted_by_status() {
-            let n: i64 = sqlx::query_scalar(COUNT_BY_STATUS)
-                .bind(filter.mode.map(|m| m.as_str()))
-                .bind(filter.status.map(|s| s.as_str()))
-                .fetch_one(&self.pool)
-                .await?;
-            return Ok(Total {
-                n: u64::try_from(n).unwrap_or(0),
-                capped: false,
-            });
-        }
-        let (sql, params) = count_sql(filter, &DIALECT);
-        let count = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).persistent(false);
-        let counted: i64 = bind_list_params(count, params)
-            .fetch_one(&self.pool)
+/// How many requests match `filter`: the kept count for the original's filters, else a
+/// count of matching rows that stops past the filter's count limit.
+async fn total_of(conn: &mut PgConnection, filter: &ListFilter) -> StoreResult<Total> {
+    if filter.counted_by_status() {
+        let n: i64 = sqlx::query_scalar(COUNT_BY_STATUS)
+            .bind(filter.mode.map(|m| m.as_str()))
+            .bind(filter.status.map(|s| s.as_str()))
+            .fetch_one(conn)
             .await?;
-        Ok(Total::of_count(counted, filter.count_limit))
+        return Ok(Total {
+            n: u64::try_from(n).unwrap_or(0),
+            capped: false,
+        });
     }
+    let (sql, params) = count_sql(filter, &DIALECT);
+    let count = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).persistent(false);
+    let counted: i64 = bind_list_params(count, params).fetch_one(conn).await?;
+    Ok(Total::of_count(counted, filter.count_limit))
+}
 
+impl PgStore {
     /// A page of `filter` and the total that match.
     pub(super) async fn list_page(&self, filter: ListFilter) -> StoreResult<RequestList> {
         let _slot = self
@@ -97,13 +96,16 @@ impl PgStore {
             .acquire()
             .await
             .map_err(|_| StoreError::WriterGone)?;
+        // The page and its total from one snapshot, so that they agree.
+        let mut tx = self.pool.begin_with(READ_SNAPSHOT).await?;
         let (sql, params) = page_sql(&filter, &DIALECT);
         let page = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-        let rows = bind_list_params(page, params).fetch_all(&self.pool).await?;
+        let rows = bind_list_params(page, params).fetch_all(&mut *tx).await?;
         let total = match filter.total_of_page(rows.len()) {
             Some(total) => total,
-            None => self.total_of(&filter).await?,
+            None => total_of(&mut tx, &filter).await?,
         };
+        tx.commit().await?;
         Ok(RequestList {
             total: total.n,
             total_capped: total.capped,

@@ -90,6 +90,10 @@ const ATTEMPTS_OF: &str = concat!(
     " FROM delivery_attempts WHERE request_id = $1 ORDER BY attempt"
 );
 
+/// Begins a read-only transaction whose statements all see one snapshot, for an answer
+/// built from more than one (in `READ COMMITTED` each statement sees its own).
+const READ_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
 /// Where a request stands in the list order.
 const POSITION_OF: &str = "SELECT created_at, id FROM requests WHERE id = $1";
 
@@ -656,12 +660,9 @@ impl Backend for PgStore {
     }
 
     async fn get(&self, id: &str) -> StoreResult<Option<RequestRecord>> {
-        // One snapshot for the request and its attempts: read apart, an attempt recorded
-        // between the two would be listed without being counted in `callback_attempts`.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await?;
+        // Read apart, an attempt recorded between the two would be listed without being
+        // counted in `callback_attempts`.
+        let mut tx = self.pool.begin_with(READ_SNAPSHOT).await?;
         let Some(row) = sqlx::query(RECORD_BY_ID)
             .bind(id)
             .fetch_optional(&mut *tx)

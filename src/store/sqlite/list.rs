@@ -12,8 +12,10 @@ pub(super) const COUNT_BY_STATUS: &str = "SELECT COALESCE(sum(n), 0) FROM reques
 
 /// A page of `filter` and the total that match, on `conn`.
 pub(super) fn list_on(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<RequestList> {
+    // The page and its total from one snapshot, so that they agree.
+    let snapshot = conn.unchecked_transaction()?;
     let (sql, params) = page_sql(filter, &DIALECT);
-    let requests = conn
+    let requests = snapshot
         .prepare_cached(&sql)?
         .query_map(
             params_from_iter(params.iter().map(sql_value)),
@@ -22,8 +24,9 @@ pub(super) fn list_on(conn: &Connection, filter: &ListFilter) -> rusqlite::Resul
         .collect::<Result<Vec<_>, _>>()?;
     let total = match filter.total_of_page(requests.len()) {
         Some(total) => total,
-        None => total_of(conn, filter)?,
+        None => total_of(&snapshot, filter)?,
     };
+    snapshot.commit()?;
     Ok(RequestList {
         total: total.n,
         total_capped: total.capped,

@@ -46,6 +46,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Ends a read transaction a read left open. A read's transaction is rolled back when it is
+/// dropped, but an interrupt meant for the read can land on that `ROLLBACK` and fail it
+/// unseen; the connection would then keep its snapshot for good, every later read on it
+/// would see the past, and the writer's checkpoints could never pass it. Here no interrupt
+/// can reach the connection any more.
+fn end_open_transaction(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(err) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %err, "a read connection could not end its transaction");
+    }
+}
+
 /// Reads queued per connection of a group before callers wait to queue more.
 const QUEUED_PER_CONNECTION: usize = 64;
 
@@ -100,6 +113,7 @@ impl Readers {
                         };
                         busy.fetch_add(1, Ordering::Relaxed);
                         read(&conn);
+                        end_open_transaction(&conn);
                         busy.fetch_sub(1, Ordering::Relaxed);
                     }
                 })
@@ -222,6 +236,49 @@ mod tests {
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
+        );
+        readers.close().await;
+    }
+
+    /// A read that leaves its transaction open (as a `ROLLBACK` failed by a late interrupt
+    /// does) hands the next read a connection in autocommit, reading the present: a row
+    /// written after the first read's snapshot is seen.
+    #[tokio::test]
+    async fn a_transaction_a_read_left_open_is_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = Arc::new(File::create(dir.path().join("lock")).unwrap());
+        let path = dir.path().join("db");
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (1)",
+            )
+            .unwrap();
+        let readers =
+            Readers::start("test-reader", vec![Connection::open(&path).unwrap()], &lock).unwrap();
+
+        let left_open = readers
+            .run(|conn| {
+                conn.execute_batch("BEGIN")?;
+                conn.query_row("SELECT count(*) FROM t", [], |row| row.get::<_, i64>(0))
+            })
+            .await
+            .unwrap();
+        assert_eq!(left_open, 1);
+        writer.execute("INSERT INTO t VALUES (2)", []).unwrap();
+
+        let next = readers
+            .run(|conn| {
+                let count =
+                    conn.query_row("SELECT count(*) FROM t", [], |row| row.get::<_, i64>(0))?;
+                Ok((conn.is_autocommit(), count))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            next,
+            (true, 2),
+            "the next read saw the first one's snapshot"
         );
         readers.close().await;
     }
