@@ -395,7 +395,7 @@ async fn a_record_read_during_retries_counts_every_attempt_it_lists() {
     const ATTEMPTS: u32 = 20;
     let receiver = Receiver::start(Behaviour::fail_first(ATTEMPTS - 1)).await;
     let app = TestServer::builder()
-        .setting("callback-max-retries", &(ATTEMPTS - 1).to_string())
+        .setting("callback-max-retries", (ATTEMPTS - 1).to_string())
         .setting("callback-retry-base-delay", "0.01")
         .setting("callback-retry-max-delay", "0.01")
         .setting("callback-breaker-threshold", "100000")
