@@ -95,7 +95,7 @@ async fn redeliver(
         (status = 200, description = "Due now", body = AcceptedResponse),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such request", body = ErrorBody),
-        (status = 409, description = "Not queued (final), or an attempt is under way", body = ErrorBody),
+        (status = 409, description = "Not queued (sync, or final), waiting for an earlier request of its ordering key, or an attempt is under way", body = ErrorBody),
     )
 )]
 async fn retry_now(
@@ -112,6 +112,14 @@ async fn retry_now(
         MadeDue::NotFound => Err(ApiError::RequestNotFound),
         MadeDue::UnderWay => Err(ApiError::Conflict(
             "An attempt is under way; its outcome decides what comes next".into(),
+        )),
+        MadeDue::Sync => Err(ApiError::Conflict(
+            "A sync request is never queued: its client waits for its work".into(),
+        )),
+        MadeDue::BehindEarlier => Err(ApiError::Conflict(
+            "It waits for an earlier request of its ordering key to end; it is due once that \
+             one has ended"
+                .into(),
         )),
         MadeDue::WrongStatus(status) => Err(ApiError::Conflict(format!(
             "Only a queued request can be retried now; this one is {} (redeliver a \

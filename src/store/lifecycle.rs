@@ -124,16 +124,30 @@ pub enum MadeDue {
     /// A claim holds it: an attempt is under way; its outcome decides what comes next.
     UnderWay,
     NotFound,
+    /// A sync request is never queued: its client is waiting for its work.
+    Sync,
     /// Only a queued request waiting for its turn can be made due.
     WrongStatus(Status),
+    /// It waits for an earlier request of its ordering key to end, whatever its due time.
+    BehindEarlier,
 }
 
 impl MadeDue {
-    /// Whether a request in `status` (`claimed`: a claim holds it) is made due (`Ok`), or the
-    /// answer without a write.
-    pub(crate) fn decide(status: Status, claimed: bool) -> Result<(), MadeDue> {
+    /// Whether a request of `mode` in `status` (`claimed`: a claim holds it;
+    /// `behind_earlier`: an earlier request of its ordering key is queued or under way) is
+    /// made due (`Ok`), or the answer without a write.
+    pub(crate) fn decide(
+        mode: Mode,
+        status: Status,
+        claimed: bool,
+        behind_earlier: bool,
+    ) -> Result<(), MadeDue> {
+        if mode == Mode::Sync {
+            return Err(MadeDue::Sync);
+        }
         match (Transition::MadeDue.applies_to(status), claimed) {
             (true, true) => Err(MadeDue::UnderWay),
+            (true, false) if behind_earlier => Err(MadeDue::BehindEarlier),
             (true, false) => Ok(()),
             (false, _) => Err(MadeDue::WrongStatus(status)),
         }
@@ -762,27 +776,30 @@ mod tests {
     }
 
     #[test]
-    fn retry_now_takes_a_queued_request_no_claim_holds() {
-        assert_eq!(MadeDue::decide(CallbackPending, false), Ok(()));
+    fn retry_now_takes_a_queued_async_request_no_claim_holds() {
+        let decide = |status, claimed| MadeDue::decide(Mode::Async, status, claimed, false);
+        assert_eq!(decide(CallbackPending, false), Ok(()));
+        assert_eq!(decide(Pending, false), Ok(()), "a schedule cut short");
         assert_eq!(
-            MadeDue::decide(Pending, false),
-            Ok(()),
-            "a schedule cut short"
-        );
-        assert_eq!(
-            MadeDue::decide(Processing, false),
+            decide(Processing, false),
             Ok(()),
             "handed back at a shutdown"
         );
-        assert_eq!(MadeDue::decide(Processing, true), Err(MadeDue::UnderWay));
-        assert_eq!(
-            MadeDue::decide(CallbackPending, true),
-            Err(MadeDue::UnderWay)
-        );
+        assert_eq!(decide(Processing, true), Err(MadeDue::UnderWay));
+        assert_eq!(decide(CallbackPending, true), Err(MadeDue::UnderWay));
         for finished in Status::ALL.into_iter().filter(|s| s.is_finished()) {
+            assert_eq!(decide(finished, false), Err(MadeDue::WrongStatus(finished)));
+        }
+        assert_eq!(
+            MadeDue::decide(Mode::Async, Pending, false, true),
+            Err(MadeDue::BehindEarlier),
+            "its key's order comes first"
+        );
+        for status in Status::ALL {
             assert_eq!(
-                MadeDue::decide(finished, false),
-                Err(MadeDue::WrongStatus(finished))
+                MadeDue::decide(Mode::Sync, status, false, false),
+                Err(MadeDue::Sync),
+                "a sync request in {status:?} is never queued"
             );
         }
     }

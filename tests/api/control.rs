@@ -628,6 +628,90 @@ async fn retry_now_cuts_a_backoff_short_and_keeps_the_attempt_count() {
     receiver.stop().await;
 }
 
+/// `POST /requests/{id}/retry` with the admin token.
+async fn retry_now(app: &TestServer, id: &str) -> (u16, Value) {
+    let request = app
+        .client
+        .post(app.url(&format!("/requests/{id}/retry")))
+        .bearer_auth("s3cret");
+    read(request.send().await.unwrap()).await
+}
+
+/// Retry now takes only queued async requests: a sync request at work (stored as
+/// `processing` from its start, under an idempotency key) is a 409 naming it sync, and is
+/// left to its client: it ends `completed`, never queued, claimed or called back.
+#[tokio::test]
+async fn retry_now_refuses_a_sync_request_at_work() {
+    let app = TestServer::builder()
+        .setting("admin-token", "s3cret")
+        .start()
+        .await;
+    let slow = app
+        .client
+        .post(app.url("/sync"))
+        .header("Idempotency-Key", "a slow sync request")
+        .json(&json!({"data": "slow", "iterations": 1_000_000}));
+    let sync = tokio::spawn(async move { read(slow.send().await.unwrap()).await });
+    let deadline = Instant::now() + WAIT;
+    let id = loop {
+        let list = app.get_json("/requests?mode=sync&status=processing").await;
+        if let Some(id) = list["requests"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(Instant::now() < deadline, "never stored at work: {list}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let (status, answer) = retry_now(&app, &id).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("sync"),
+        "{answer}"
+    );
+
+    let (status, body) = sync.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Room for a worker to claim it, had it been queued.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let record = app.get_json(&format!("/requests/{id}")).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["callback_attempts"], 0, "{record}");
+    assert!(record["next_attempt_at"].is_null(), "{record}");
+    let (status, answer) = retry_now(&app, &id).await;
+    assert_eq!(status, 409, "{answer}");
+}
+
+/// A request waiting for an earlier one of its ordering key is not made due (409): it is
+/// due once that one ends, and is delivered after it.
+#[tokio::test]
+async fn retry_now_refuses_a_request_behind_its_ordering_key() {
+    let receiver = Receiver::start(Behaviour::hang(Duration::from_millis(1500))).await;
+    let app = TestServer::builder()
+        .setting("admin-token", "s3cret")
+        .start()
+        .await;
+    let keyed =
+        |data: &str| json!({"data": data, "callback_url": receiver.url(), "ordering_key": "k"});
+    let head = submit(&app, keyed("head")).await;
+    receiver.wait_for_arrivals(1, WAIT).await;
+    let next = submit(&app, keyed("next")).await;
+    let waiting = app.get_json(&format!("/requests/{next}")).await;
+    assert_eq!(waiting["waiting_for"], "ordering_key", "{waiting}");
+
+    let (status, answer) = retry_now(&app, &next).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("ordering key"),
+        "{answer}"
+    );
+    let still = app.get_json(&format!("/requests/{next}")).await;
+    assert_eq!(still["waiting_for"], "ordering_key", "{still}");
+    assert!(still["next_attempt_at"].is_null(), "{still}");
+
+    app.wait_for_status(&head, "callback_success", WAIT).await;
+    app.wait_for_status(&next, "callback_success", WAIT).await;
+    receiver.stop().await;
+}
+
 /// Clients that send a cancel and hang up at once, or a moment later (the answer never read,
 /// the handler possibly dropped at any of its awaits): every request still ends one way or
 /// the other, never both, never stuck, and a cancel that took effect means no callback.

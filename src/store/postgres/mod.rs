@@ -584,14 +584,17 @@ impl Backend for PgStore {
 
     async fn make_due(&self, id: &str) -> StoreResult<MadeDue> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String, bool)> = sqlx::query_as(MAKE_DUE_OF)
+        let row: Option<(String, String, bool, bool)> = sqlx::query_as(MAKE_DUE_OF)
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-        let Some((status, claimed)) = row else {
+        let Some((mode, status, claimed, behind_earlier)) = row else {
             return Ok(MadeDue::NotFound);
         };
-        if let Err(answer) = MadeDue::decide(parse_status(&status)?, claimed) {
+        // The mode column admits only the model's modes.
+        let mode = Mode::parse(&mode).unwrap_or(Mode::Sync);
+        if let Err(answer) = MadeDue::decide(mode, parse_status(&status)?, claimed, behind_earlier)
+        {
             return Ok(answer);
         }
         sqlx::query(MAKE_DUE).bind(id).execute(&mut *tx).await?;

@@ -37,12 +37,16 @@ pub(super) const GIVE_UP: &str =
      WHERE id = $1 AND lease_token = $2 AND status <> 'cancelled'";
 
 /// What making a request due needs to know of it, locked.
-pub(super) const MAKE_DUE_OF: &str =
-    "SELECT status, lease_token IS NOT NULL FROM requests WHERE id = $1 FOR UPDATE";
+pub(super) const MAKE_DUE_OF: &str = concat!(
+    "SELECT mode, status, lease_token IS NOT NULL, ",
+    behind_earlier!(),
+    " FROM requests WHERE id = $1 FOR UPDATE OF requests"
+);
 
 /// A queued request due now at the latest (the database's clock, as every due time).
 pub(super) const MAKE_DUE: &str =
-    "UPDATE requests SET next_attempt_at = LEAST(next_attempt_at, now()) WHERE id = $1";
+    "UPDATE requests SET next_attempt_at = LEAST(next_attempt_at, now())
+     WHERE id = $1 AND next_attempt_at IS NOT NULL";
 
 /// A parked request made due now, or at its `run_at` if that is later.
 macro_rules! unparked_due {

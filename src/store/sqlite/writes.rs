@@ -181,8 +181,11 @@ pub(super) const GIVE_UP: &str =
      WHERE id = ?1 AND lease_token = ?2 AND status <> 'cancelled'";
 
 /// What making a request due needs to know of it.
-pub(super) const MAKE_DUE_OF: &str =
-    "SELECT status, lease_token IS NOT NULL FROM requests WHERE id = ?1";
+pub(super) const MAKE_DUE_OF: &str = concat!(
+    "SELECT mode, status, lease_token IS NOT NULL, ",
+    behind_earlier!(),
+    " FROM requests WHERE id = ?1"
+);
 
 /// A queued request due at `?2` at the latest.
 pub(super) const MAKE_DUE: &str =
@@ -673,14 +676,19 @@ impl Write for MakeDue {
     type Output = MadeDue;
 
     fn apply(&self, tx: &Transaction<'_>, queue: &mut Queue) -> Applied<MadeDue> {
-        let row: Option<(String, bool)> = tx
+        let row: Option<(String, String, bool, bool)> = tx
             .prepare_cached(MAKE_DUE_OF)?
-            .query_row([&self.id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_row([&self.id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
             .optional()?;
-        let Some((status, claimed)) = row else {
+        let Some((mode, status, claimed, behind_earlier)) = row else {
             return done(MadeDue::NotFound);
         };
-        if let Err(answer) = MadeDue::decide(parse_status(&status)?, claimed) {
+        // The mode column admits only the model's modes.
+        let mode = Mode::parse(&mode).unwrap_or(Mode::Sync);
+        if let Err(answer) = MadeDue::decide(mode, parse_status(&status)?, claimed, behind_earlier)
+        {
             return done(answer);
         }
         tx.prepare_cached(MAKE_DUE)?
