@@ -832,12 +832,40 @@ impl Service {
         views
     }
 
+    /// Runs a client's control of request `id` to its end even if the client hangs up
+    /// meanwhile. Once sent, its write may commit after the caller is gone, and what follows
+    /// the commit must not go with the caller's future: the request's waiters are woken
+    /// after it (a wake before it would find nothing changed, and leave them asleep until
+    /// their deadline), a cancelled request's work is stopped, the dispatcher is woken.
+    async fn to_the_end<T, F, Fut>(&self, id: &str, control: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Service, String) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>> + Send + 'static,
+    {
+        match tokio::spawn(control(self.clone(), id.to_owned())).await {
+            Ok(outcome) => outcome,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(ServiceError::Unavailable(StoreError::Unavailable(
+                "the service is shutting down".into(),
+            ))),
+        }
+    }
+
     /// Cancels an async request that is not final (SPEC §11), and stops its work if this
     /// instance is doing it (another instance's worker finds out at its next heartbeat).
     pub async fn cancel(&self, id: &str) -> Result<Cancellation, ServiceError> {
         if !is_plausible_id(id) {
             return Ok(Cancellation::NotFound);
         }
+        self.to_the_end(
+            id,
+            |service, id| async move { service.cancel_now(&id).await },
+        )
+        .await
+    }
+
+    async fn cancel_now(&self, id: &str) -> Result<Cancellation, ServiceError> {
         let outcome = self.store.cancel(id).await?;
         if let Cancellation::Cancelled {
             in_flight,
@@ -864,12 +892,15 @@ impl Service {
         if !is_plausible_id(id) {
             return Ok(MadeDue::NotFound);
         }
-        let outcome = self.store.make_due(id).await?;
-        if outcome == MadeDue::Due {
-            tracing::info!(request_id = %id, "request made due now");
-            self.wakeup.wake();
-        }
-        Ok(outcome)
+        self.to_the_end(id, |service, id| async move {
+            let outcome = service.store.make_due(&id).await?;
+            if outcome == MadeDue::Due {
+                tracing::info!(request_id = %id, "request made due now");
+                service.wakeup.wake();
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     /// Pauses, resumes, resets the breaker of or sets the rate limit of `destination` (SPEC
@@ -906,11 +937,14 @@ impl Service {
         if !is_plausible_id(id) {
             return Ok(Redelivery::NotFound);
         }
-        let outcome = self.store.redeliver(id).await?;
-        if outcome == Redelivery::Queued {
-            self.wakeup.wake();
-        }
-        Ok(outcome)
+        self.to_the_end(id, |service, id| async move {
+            let outcome = service.store.redeliver(&id).await?;
+            if outcome == Redelivery::Queued {
+                service.wakeup.wake();
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     /// Runs the retention rules now (SPEC §6).

@@ -14,7 +14,7 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponseParts, ResponseParts};
 
 use super::ApiError;
-use crate::input::FieldError;
+use super::requests::query_int;
 pub use crate::service::MAX_WAIT;
 
 static PREFER: HeaderName = HeaderName::from_static("prefer");
@@ -28,8 +28,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Wait {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
+        // Given more than once, the last counts, as for every other query parameter.
         let from_query = url::form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == "wait")
+            .filter(|(key, _)| key == "wait")
+            .last()
             .map(|(_, value)| parse_query(&value))
             .transpose()?;
         let from_header = parts
@@ -43,19 +45,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Wait {
     }
 }
 
+/// An integer query parameter, read by the rules of every other (`wait=5.0` is 5).
 fn parse_query(value: &str) -> Result<Duration, ApiError> {
-    match value.parse::<u64>() {
-        Ok(seconds) if seconds <= MAX_WAIT.as_secs() => Ok(Duration::from_secs(seconds)),
-        _ => Err(ApiError::Validation(vec![FieldError::query(
-            "wait",
-            "range",
-            format!(
-                "must be a whole number of seconds between 0 and {}",
-                MAX_WAIT.as_secs()
-            ),
-            value,
-        )])),
-    }
+    let max = i64::try_from(MAX_WAIT.as_secs()).unwrap_or(i64::MAX);
+    let seconds =
+        query_int("wait", value, 0, max).map_err(|err| ApiError::Validation(vec![err]))?;
+    Ok(Duration::from_secs(seconds.unsigned_abs()))
 }
 
 /// The `wait` preference of one `Prefer` header value (`respond-async, wait=10`), in
@@ -68,8 +63,13 @@ fn preferred_wait(value: &str) -> Option<Duration> {
         if !name.trim().eq_ignore_ascii_case("wait") {
             return None;
         }
-        let seconds: u64 = value.trim().trim_matches('"').parse().ok()?;
-        Some(Duration::from_secs(seconds))
+        // RFC 7240's delta-seconds: digits only. Too many for a number is longer than any
+        // wait, cut to the maximum as any other long one.
+        let digits = value.trim().trim_matches('"');
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(digits.parse().map_or(Duration::MAX, Duration::from_secs))
     })
 }
 
@@ -107,12 +107,21 @@ mod tests {
         assert_eq!(secs("wait=soon"), None);
         assert_eq!(secs("wait=-1"), None);
         assert_eq!(secs("wait="), None);
+        assert_eq!(secs("wait=+5"), None);
+        assert_eq!(
+            secs("wait=99999999999999999999999"),
+            Some(u64::MAX),
+            "longer than any wait, not unreadable"
+        );
     }
 
     #[test]
     fn the_query_value_is_checked() {
-        assert!(parse_query("0").is_ok());
-        assert!(parse_query("60").is_ok());
+        let secs = |v| parse_query(v).map(|d| d.as_secs()).ok();
+        assert_eq!(secs("0"), Some(0));
+        assert_eq!(secs("60"), Some(60));
+        assert_eq!(secs("5.0"), Some(5), "as `limit=1.0` is 1");
+        assert_eq!(secs("1_0"), Some(10));
         for bad in ["61", "-1", "1.5", "", "ten", "99999999999999999999999"] {
             assert!(parse_query(bad).is_err(), "{bad:?} accepted");
         }

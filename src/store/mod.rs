@@ -526,7 +526,9 @@ impl Store {
     /// whether the write completed, failed, or its caller went away mid-way (it may still be
     /// committed then). A waiter woken for nothing reads the request once more. (A caller
     /// gone while its write is still in flight wakes the waiters before the commit; they then
-    /// see it at their next wake, or on PostgreSQL at the next look for remote changes.)
+    /// see it at their next wake, or on PostgreSQL at the next look for remote changes. So a
+    /// client's control of a request is run to its end apart from the client: see
+    /// `Service::to_the_end`.)
     fn wake_when_done<'a>(&'a self, id: &'a str) -> WakeWhenDone<'a> {
         WakeWhenDone {
             changes: &self.changes,

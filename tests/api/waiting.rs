@@ -303,3 +303,69 @@ async fn waiting_clients_are_answered_at_shutdown_not_cut_off() {
     let (_, record) = read(response).await;
     assert_ne!(record["status"], "callback_success", "{record}");
 }
+
+/// A cancel whose client hangs up at any instant still wakes the request's waiters once it
+/// has committed: a waiter of a request that ends cancelled answers with it at once, never at
+/// its deadline (the cancel's wake came before its commit, and found nothing changed).
+#[tokio::test]
+async fn a_cancel_whose_client_hangs_up_still_wakes_the_waiters() {
+    use tokio::io::AsyncWriteExt;
+    const REQUESTS: u64 = 30;
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder().start().await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let mut ids = Vec::new();
+    for n in 0..REQUESTS {
+        let body = json!({"data": format!("waited on {n}"), "callback_url": receiver.url(),
+                          "run_at": later});
+        let (status, answer) = read(app.post_async(&body).await).await;
+        assert_eq!(status, 200, "{answer}");
+        ids.push(answer["request_id"].as_str().unwrap().to_string());
+    }
+    let address = app.address.trim_start_matches("http://").to_string();
+    let waiters = join_all(ids.iter().map(|id| async {
+        let (status, record, applied) = get_waiting(&app, id, "wait=30").await;
+        (status, record, applied, Instant::now())
+    }));
+    let cancels = join_all(ids.iter().enumerate().map(|(n, id)| {
+        let address = address.clone();
+        async move {
+            // Every waiter is waiting by now.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            let request = format!(
+                "POST /requests/{id}/cancel HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            // Hang up at once, or a few milliseconds later: the cancel is mid-way.
+            tokio::time::sleep(Duration::from_millis(n as u64 % 4)).await;
+            drop(stream);
+            Instant::now()
+        }
+    }));
+    let (answers, sent) = tokio::join!(waiters, cancels);
+
+    let mut cancelled = 0;
+    for ((id, (status, answer, applied, answered)), sent) in ids.iter().zip(answers).zip(sent) {
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(applied.as_deref(), Some("wait=30"), "{answer}");
+        let record = app.get_json(&format!("/requests/{id}")).await;
+        if record["status"] != "cancelled" {
+            // The client hung up before its cancel was made.
+            assert_eq!(record["status"], "pending", "{record}");
+            continue;
+        }
+        cancelled += 1;
+        assert_eq!(
+            answer["status"], "cancelled",
+            "the waiter missed it: {answer}"
+        );
+        let late = answered.saturating_duration_since(sent);
+        assert!(
+            late < Duration::from_secs(10),
+            "answered {late:?} after the cancel"
+        );
+    }
+    assert!(cancelled > 0, "no cancel was made: the test tried nothing");
+    receiver.stop().await;
+}
