@@ -346,6 +346,9 @@ impl Application {
             sync_abandon: CancellationToken::new(),
             long_lived: long_lived.clone(),
             held_jobs: Arc::default(),
+            controls: Arc::new(tokio::sync::Semaphore::new(
+                crate::service::CONTROLS_IN_FLIGHT,
+            )),
         };
         let dispatcher = Dispatcher {
             store,

@@ -262,6 +262,21 @@ pub struct Service {
     pub long_lived: crate::long_lived::LongLived,
     /// The jobs waiting behind held-back destinations, counted now and then.
     pub held_jobs: Arc<crate::delivery::destinations::held::HeldJobs>,
+    /// Places for clients' controls of requests run apart from their clients (see
+    /// [`Service::to_the_end`]), [`CONTROLS_IN_FLIGHT`] of them.
+    pub controls: Arc<tokio::sync::Semaphore>,
+}
+
+/// Clients' controls of requests (cancel, retry now, redeliver) under way at once. Each runs
+/// on after its client hangs up; without a bound, a client sending controls and hanging up
+/// faster than the database takes them would leave a task behind with each.
+pub const CONTROLS_IN_FLIGHT: usize = 256;
+
+/// The answer to a control the runtime stopped (it is shutting down).
+fn shutting_down() -> ServiceError {
+    ServiceError::Unavailable(StoreError::Unavailable(
+        "the service is shutting down".into(),
+    ))
 }
 
 /// Records how a sync request ended.
@@ -836,19 +851,28 @@ impl Service {
     /// meanwhile. Once sent, its write may commit after the caller is gone, and what follows
     /// the commit must not go with the caller's future: the request's waiters are woken
     /// after it (a wake before it would find nothing changed, and leave them asleep until
-    /// their deadline), a cancelled request's work is stopped, the dispatcher is woken.
+    /// their deadline), a cancelled request's work is stopped, the dispatcher is woken. A
+    /// control waits for one of [`CONTROLS_IN_FLIGHT`] places before it starts (a client
+    /// gone while it waits leaves nothing behind), and holds it to its end.
     async fn to_the_end<T, F, Fut>(&self, id: &str, control: F) -> Result<T, ServiceError>
     where
         T: Send + 'static,
         F: FnOnce(Service, String) -> Fut,
         Fut: Future<Output = Result<T, ServiceError>> + Send + 'static,
     {
-        match tokio::spawn(control(self.clone(), id.to_owned())).await {
+        let Ok(place) = Arc::clone(&self.controls).acquire_owned().await else {
+            return Err(shutting_down());
+        };
+        let control = control(self.clone(), id.to_owned());
+        let run = tokio::spawn(async move {
+            let outcome = control.await;
+            drop(place);
+            outcome
+        });
+        match run.await {
             Ok(outcome) => outcome,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(_) => Err(ServiceError::Unavailable(StoreError::Unavailable(
-                "the service is shutting down".into(),
-            ))),
+            Err(_) => Err(shutting_down()),
         }
     }
 
