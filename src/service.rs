@@ -26,6 +26,9 @@ use crate::store::{
 use crate::trace_context::RequestTrace;
 use crate::work::{Cancel, ComputePool, PoolError};
 
+mod fingerprint;
+use fingerprint::Fingerprint;
+
 /// Whether `id` could name a request: ids are UUIDs, so anything longer than one or holding
 /// control characters (a NUL, which PostgreSQL cannot even compare with TEXT) names none, and
 /// the database is not asked.
@@ -163,34 +166,6 @@ fn new_sync_request(
         idempotency,
         trace: trace.cloned(),
     }
-}
-
-/// What a request asked for, as its idempotency key's fingerprint: the mode and the parsed
-/// input, so that a replay whose JSON differs only in spelling (key order, `"100"` for
-/// `100`) is the same request, and one that differs in any value is not.
-fn fingerprint(
-    mode: Mode,
-    iterations: u32,
-    callback_url: Option<&str>,
-    controls: &str,
-    data: &str,
-) -> String {
-    use sha2::{Digest, Sha256};
-    let mut digest = Sha256::new();
-    digest.update(mode.as_str().as_bytes());
-    digest.update(iterations.to_be_bytes());
-    let url = callback_url.unwrap_or_default();
-    // Lengths first: no two different inputs concatenate to the same bytes.
-    digest.update((url.len() as u64).to_be_bytes());
-    digest.update(url.as_bytes());
-    // Only when the request asked for controls: the fingerprints of other requests (and
-    // the keys stored before controls existed) stay as they were.
-    if !controls.is_empty() {
-        digest.update((controls.len() as u64).to_be_bytes());
-        digest.update(controls.as_bytes());
-    }
-    digest.update(data.as_bytes());
-    hex::encode(digest.finalize())
 }
 
 /// What an async request asked for beyond the original's fields, for its fingerprint: empty
@@ -361,8 +336,9 @@ impl Service {
                 })),
             };
         };
+        let asked = Fingerprint::of(Mode::Sync, input.iterations, None, "", &input.data);
         let idempotency = IdempotencyKey {
-            fingerprint: fingerprint(Mode::Sync, input.iterations, None, "", &input.data),
+            fingerprint: asked.stored().to_owned(),
             key,
         };
         // A request that failed frees its key (it did no work anyone can reuse), so each
@@ -371,7 +347,7 @@ impl Service {
             // Looked up before the compute pool is asked, so that a replay is answered even
             // while the pool is full, and takes no place in it.
             if let Some(holder) = self.store.key_holder(&idempotency.key).await? {
-                match self.replay_sync(&idempotency, holder).await? {
+                match self.replay_sync(&idempotency, &asked, holder).await? {
                     Some(answer) => return Ok(answer),
                     None => continue,
                 }
@@ -494,9 +470,10 @@ impl Service {
     async fn replay_sync(
         &self,
         idempotency: &IdempotencyKey,
+        asked: &Fingerprint,
         holder: KeyHolder,
     ) -> Result<Option<Answered<WorkResult>>, ServiceError> {
-        if holder.fingerprint != idempotency.fingerprint {
+        if !asked.matches(&holder.fingerprint) {
             return Err(ServiceError::KeyReused(idempotency.key.clone()));
         }
         // Waiting for the first holds the connection as a wait does, so it takes a place
@@ -563,14 +540,17 @@ impl Service {
         input: AsyncInput,
         key: Option<String>,
     ) -> Result<Answered<String>, ServiceError> {
-        let idempotency = key.map(|key| IdempotencyKey {
-            fingerprint: fingerprint(
+        let asked = key.as_ref().map(|_| {
+            Fingerprint::of(
                 Mode::Async,
                 input.work.iterations,
                 Some(input.callback_url_as_sent.as_str()),
                 &asked_beyond(&input),
                 &input.work.data,
-            ),
+            )
+        });
+        let idempotency = key.zip(asked.as_ref()).map(|(key, asked)| IdempotencyKey {
+            fingerprint: asked.stored().to_owned(),
             key,
         });
         let new = new_async_request(id.clone(), input, idempotency);
@@ -581,12 +561,12 @@ impl Service {
                 self.wakeup.wake();
                 Ok(Answered::fresh(id))
             }
-            Submitted::KeyTaken(KeyHolder { id, fingerprint }) => match mine {
-                Some(mine) if mine.fingerprint == fingerprint => {
+            Submitted::KeyTaken(KeyHolder { id, fingerprint }) => match mine.zip(asked) {
+                Some((_, asked)) if asked.matches(&fingerprint) => {
                     tracing::info!(request_id = %id, "async request replayed by its idempotency key");
                     Ok(Answered::replayed(id))
                 }
-                Some(mine) => Err(ServiceError::KeyReused(mine.key)),
+                Some((mine, _)) => Err(ServiceError::KeyReused(mine.key)),
                 None => Err(ServiceError::Store(StoreError::WrongReply {
                     expected: "created",
                     got: "key taken",

@@ -230,7 +230,8 @@ impl NewRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
     pub key: String,
-    /// A digest of the request's mode and input: a replay must ask for the same thing.
+    /// A digest of the request's mode and input, in the format it names
+    /// (`service::fingerprint`): a replay must ask for the same thing.
     pub fingerprint: String,
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, read};
+use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, raw_sql, read};
 
 async fn post_with_key(app: &TestServer, path: &str, key: &str, body: &Value) -> reqwest::Response {
     app.client
@@ -247,4 +247,85 @@ async fn a_key_outlives_a_restart() {
     assert_eq!((status, replayed), (200, true), "{again}");
     assert_eq!(again["request_id"], first["request_id"]);
     assert_eq!(app.get_json("/requests").await["total"], 1);
+}
+
+#[tokio::test]
+async fn a_request_whose_data_spells_another_requests_controls_is_not_its_replay() {
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let app = TestServer::builder().start().await;
+    let asked = json!({"data": "x", "iterations": 10, "callback_url": receiver.url(),
+                       "max_retries": 1});
+    assert_eq!(post_keyed(&app, "/async", "crafted", &asked).await.0, 200);
+
+    // Without controls, but with `data` holding the bytes a digest without lengths would
+    // have read for the controls: the controls' length (8 bytes, big-endian) and their
+    // canonical form.
+    let controls = ";Some(1);None";
+    let mut data = String::new();
+    for byte in (controls.len() as u64).to_be_bytes() {
+        data.push(char::from(byte));
+    }
+    data.push_str(controls);
+    data.push('x');
+    let crafted = json!({"data": data, "iterations": 10, "callback_url": receiver.url()});
+    let (status, answer, replayed, _) = post_keyed(&app, "/async", "crafted", &crafted).await;
+    assert_eq!((status, replayed), (422, false), "{answer}");
+    assert_eq!(answer["detail"][0]["type"], "idempotency_key_reused");
+}
+
+#[tokio::test]
+async fn a_key_stored_before_the_fingerprint_named_its_format_still_replays() {
+    use sha2::{Digest, Sha256};
+
+    let receiver = Receiver::start(Behaviour::accept()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = fresh_database(dir.path()).await;
+    let app = TestServer::builder()
+        .database_url(&database_url)
+        .start()
+        .await;
+    let url = receiver.url();
+    let body = json!({"data": "upgraded", "iterations": 10, "callback_url": url});
+    let sync = json!({"data": "upgraded", "iterations": 10});
+    let (_, first, _, _) = post_keyed(&app, "/async", "old-async", &body).await;
+    let (_, first_sync, _, _) = post_keyed(&app, "/sync", "old-sync", &sync).await;
+    app.stop().await;
+
+    // The first format: mode, iterations, the URL after its length, then data.
+    let first_format = |mode: &str, url: &str| {
+        let mut digest = Sha256::new();
+        digest.update(mode.as_bytes());
+        digest.update(10u32.to_be_bytes());
+        digest.update((url.len() as u64).to_be_bytes());
+        digest.update(url.as_bytes());
+        digest.update(b"upgraded");
+        hex::encode(digest.finalize())
+    };
+    for (key, stored) in [
+        ("old-async", first_format("async", &url)),
+        ("old-sync", first_format("sync", "")),
+    ] {
+        raw_sql(
+            &database_url,
+            &format!(
+                "UPDATE requests SET idempotency_fingerprint = '{stored}' \
+                 WHERE idempotency_key = '{key}'"
+            ),
+        )
+        .await;
+    }
+
+    let app = TestServer::builder()
+        .database_url(&database_url)
+        .start()
+        .await;
+    let (status, again, replayed, _) = post_keyed(&app, "/async", "old-async", &body).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again["request_id"], first["request_id"]);
+    let (status, again, replayed, _) = post_keyed(&app, "/sync", "old-sync", &sync).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again, first_sync);
+    let other = json!({"data": "upgraded", "iterations": 11, "callback_url": url});
+    assert_eq!(post_keyed(&app, "/async", "old-async", &other).await.0, 422);
+    assert_eq!(app.get_json("/requests").await["total"], 2);
 }
