@@ -5,9 +5,10 @@
 # history.sh writes it, by that build's own checkout: each build's schema); then the builds
 # take turns, ROUNDS runs each, in the order A B B A (so that neither always follows the
 # other, nor inherits its vacuum or checkpoint), each run a closed-loop `loadgen --mode async`
-# by build B's loadgen. Prints each run, each build's median delivered/s and time to
-# callback p99, and B ÷ A; writes the summary to bench/results/ab.md. All traffic stays on
-# loopback.
+# by build B's loadgen (or, with LOAD=sync, wrk's `POST /sync`). Prints each run, each
+# build's median rate (callbacks delivered/s, or sync requests answered/s) and its p99 (time
+# to callback, or latency), and B ÷ A; writes the summary to bench/results/ab.md. All traffic
+# stays on loopback.
 #
 #   BIN_A=/tmp/old-target/release/syncasync A_ROOT=/tmp/old bash bench/ab.sh
 #
@@ -16,7 +17,7 @@
 # (target/release/syncasync, built if missing), LABEL_A, LABEL_B (the builds' names in the
 # summary; default their checkouts' short commits), BACKENDS ("sqlite postgres"), HISTORY
 # (1000000; 0 for an empty database), ROUNDS (3), DURATION (15), CONNECTIONS (50),
-# ITERATIONS (1000), PG_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable),
+# ITERATIONS (1000), LOAD (async, or sync), PG_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable),
 # B_SQL (statements run on B's databases once their history is written: a what-if schema for
 # the same binary, e.g. BIN_A=target/release/syncasync A_ROOT=. B_SQL='DROP INDEX …'),
 # KEEP_TMP=1.
@@ -35,6 +36,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-15}"
 CONNECTIONS="${CONNECTIONS:-50}"
 ITERATIONS="${ITERATIONS:-1000}"
+LOAD="${LOAD:-async}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
 B_SQL="${B_SQL:-}"
 
@@ -54,6 +56,7 @@ require_uint ROUNDS "$ROUNDS" 1
 require_uint DURATION "$DURATION" 1
 require_uint CONNECTIONS "$CONNECTIONS" 1
 require_uint ITERATIONS "$ITERATIONS" 1
+case "$LOAD" in async) ;; sync) ensure_wrk ;; *) die "LOAD must be async or sync, not '$LOAD'" ;; esac
 if [[ "$BIN_B" == "$ROOT/target/release/syncasync" ]]; then
     log "building the release binary (B)"
     cargo build --release --bin syncasync >&2
@@ -101,21 +104,37 @@ prepare() {
     printf -v "DB_${build}_${backend}" '%s' "$database"
 }
 
-# run BUILD BIN BACKEND ROUND: one closed-loop run; its JSON into $tmp_dir.
+# run BUILD BIN BACKEND ROUND: one closed-loop run; its rate, p99 (ms) and whether every
+# callback came (1 or 0), on one line, into $tmp_dir.
 run() {
     local build="$1" bin="$2" backend="$3" round="$4" db_var="DB_${1}_${3}"
+    local out="$tmp_dir/$backend-$round-$build"
     start "$bin" "${!db_var}" "$tmp_dir/$build-$backend.log"
-    "$BIN_B" loadgen --url "$URL" --mode async --duration "${DURATION}s" -c "$CONNECTIONS" \
-        --iterations "$ITERATIONS" --callback-port 0 --callback-timeout 120s --no-progress \
-        --json "$tmp_dir/$backend-$round-$build.json" >/dev/null ||
-        die "loadgen failed ($build, $backend, round $round)"
-    stop_started
-    python3 - "$tmp_dir/$backend-$round-$build.json" <<'PY' >&2
+    if [[ "$LOAD" == sync ]]; then
+        wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$ROOT/bench/lib/post_sync.lua" \
+            "$URL/sync" -- "$ITERATIONS" >"$out.txt" 2>&1 || die "wrk failed ($build, $backend, round $round)"
+        python3 - "$out.txt" >"$out.run" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+value, unit = re.search(r"\n\s+99%\s+([\d.]+)(us|ms|s)\b", text).groups()
+p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+failed = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(rate, p99, 0 if failed else 1)
+PY
+    else
+        "$BIN_B" loadgen --url "$URL" --mode async --duration "${DURATION}s" -c "$CONNECTIONS" \
+            --iterations "$ITERATIONS" --callback-port 0 --callback-timeout 120s --no-progress \
+            --json "$out.json" >/dev/null || die "loadgen failed ($build, $backend, round $round)"
+        python3 - "$out.json" >"$out.run" <<'PY'
 import json, sys
 cb = json.load(open(sys.argv[1]))["modes"][0]["callbacks"]
-print(f"    {sys.argv[1].rsplit('/', 1)[1]}: {cb['delivered_rps']:.0f} delivered/s, "
-      f"{cb['received']}/{cb['expected']} callbacks")
+p99 = (cb.get("time_to_callback_ms") or {}).get("p99", float("nan"))
+print(cb["delivered_rps"], p99, int(cb["received"] == cb["expected"]))
 PY
+    fi
+    stop_started
+    log "    $backend-$round-$build: $(awk '{printf "%.0f/s, p99 %.1f ms%s", $1, $2, ($3 ? "" : ", INCOMPLETE")}' "$out.run")"
 }
 
 for backend in $BACKENDS; do
@@ -133,33 +152,38 @@ for backend in $BACKENDS; do
     done
 done
 
-B_SQL="$B_SQL" python3 - "$tmp_dir" "$LABEL_A" "$LABEL_B" "$HISTORY" "$DURATION" "$CONNECTIONS" "$ITERATIONS" \
+B_SQL="$B_SQL" python3 - "$tmp_dir" "$LABEL_A" "$LABEL_B" "$HISTORY" "$DURATION" "$CONNECTIONS" "$ITERATIONS" "$LOAD" \
     >"$tmp_dir/summary.md" <<'PY'
-import datetime, glob, json, os, statistics, sys
-tmp, label_a, label_b, history, duration, connections, iterations = sys.argv[1:]
+import datetime, glob, os, statistics, sys
+tmp, label_a, label_b, history, duration, connections, iterations, load = sys.argv[1:]
 runs = {}
-for path in sorted(glob.glob(os.path.join(tmp, "*-*-*.json")), key=lambda p: int(os.path.basename(p).split("-")[1])):
-    backend, _, build = os.path.basename(path)[:-5].split("-")
-    cb = json.load(open(path))["modes"][0]["callbacks"]
-    p99 = (cb.get("time_to_callback_ms") or {}).get("p99", float("nan"))
-    runs.setdefault((backend, build), []).append((cb["delivered_rps"], p99, cb["received"] == cb["expected"]))
+for path in sorted(glob.glob(os.path.join(tmp, "*-*-*.run")), key=lambda p: int(os.path.basename(p).split("-")[1])):
+    backend, _, build = os.path.basename(path)[:-4].split("-")
+    rate, p99, complete = open(path).read().split()
+    runs.setdefault((backend, build), []).append((float(rate), float(p99), complete == "1"))
+if load == "sync":
+    how = f"wrk, {connections} connections, `POST /sync` iterations={iterations}, {duration} s"
+    rate, p99, every = "answered/s", "latency p99", "every answer 200"
+else:
+    how = (f"`loadgen --mode async --duration {duration}s -c {connections} --iterations {iterations}` "
+           "(closed loop, B's loadgen)")
+    rate, p99, every = "delivered/s", "callback p99", "every callback"
 print("## ab\n")
 print(f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}: A = {label_a}, B = {label_b}, "
       f"each on a database holding {int(history):,} finished requests; runs in the order A B B A …; each "
-      f"`loadgen --mode async --duration {duration}s -c {connections} --iterations {iterations}` "
-      f"(closed loop, B's loadgen). Medians of the runs.\n")
+      f"{how}. Medians of the runs.\n")
 if os.environ.get("B_SQL"):
     print(f"B's databases then ran `{os.environ['B_SQL']}`.\n")
-print("| backend | A delivered/s | B delivered/s | B ÷ A | A callback p99 | B callback p99 | every callback |")
+print(f"| backend | A {rate} | B {rate} | B ÷ A | A {p99} | B {p99} | {every} |")
 print("|---|---|---|---|---|---|---|")
 for backend in sorted({b for b, _ in runs}, key=lambda b: b != "sqlite"):
     a, b = runs.get((backend, "A"), []), runs.get((backend, "B"), [])
     if not a or not b:
         continue
     med = lambda rs, i: statistics.median(r[i] for r in rs)
-    every = all(r[2] for r in a + b)
+    complete = all(r[2] for r in a + b)
     print(f"| {backend} | {med(a, 0):.0f} ({', '.join(f'{r[0]:.0f}' for r in a)}) | "
           f"{med(b, 0):.0f} ({', '.join(f'{r[0]:.0f}' for r in b)}) | {med(b, 0) / med(a, 0):.2f} | "
-          f"{med(a, 1):.1f} ms | {med(b, 1):.1f} ms | {'yes' if every else 'no'} |")
+          f"{med(a, 1):.1f} ms | {med(b, 1):.1f} ms | {'yes' if complete else 'no'} |")
 PY
 publish_summary "$tmp_dir/summary.md" "$RESULTS_FILE"

@@ -254,7 +254,7 @@ async fn a_request_whose_data_spells_another_requests_controls_is_not_its_replay
     let receiver = Receiver::start(Behaviour::accept()).await;
     let app = TestServer::builder().start().await;
     let asked = json!({"data": "x", "iterations": 10, "callback_url": receiver.url(),
-                       "max_retries": 1});
+                       "callback_max_retries": 1});
     assert_eq!(post_keyed(&app, "/async", "crafted", &asked).await.0, 200);
 
     // Without controls, but with `data` holding the bytes a digest without lengths would
