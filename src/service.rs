@@ -388,12 +388,13 @@ impl Service {
         let iterations = input.iterations;
         let abandon = self.sync_abandon.clone();
         let records = self.sync_records.clone();
+        let owner = self.owner.clone();
         // The rest runs in its own task so that the record is completed even if the client
         // hangs up mid-request, the key's commit included: a sync request is never left
         // `processing`, and a key is never left held by a request nobody works on.
         let finish = self.sync_records.spawn(async move {
             if keyed {
-                let taken = store.sync_started_with_key(new.clone()).await;
+                let taken = store.sync_started_with_key(new.clone(), &owner).await;
                 if !matches!(taken, Ok(Submitted::Created)) {
                     cancel.set();
                     return match taken {
@@ -417,7 +418,7 @@ impl Service {
                 match tokio::time::timeout(RECORD_PROCESSING_AFTER, &mut worked).await {
                     Ok(outcome) => outcome,
                     Err(_) => {
-                        if let Err(err) = store.sync_started(new.clone()) {
+                        if let Err(err) = store.sync_started(new.clone(), &owner) {
                             cancel.set();
                             return Err(err.into());
                         }

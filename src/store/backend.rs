@@ -65,13 +65,14 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// Records a sync request as `processing` without waiting for the commit.
-    fn sync_started(&self, new: NewRequest) -> StoreResult<()>;
+    fn sync_started(&self, new: NewRequest, owner: &str) -> StoreResult<()>;
 
     /// Records a sync request as `processing` once it is committed, unless its idempotency
     /// key is taken.
     fn sync_started_with_key(
         &self,
         new: NewRequest,
+        owner: &str,
     ) -> impl Future<Output = StoreResult<Submitted>> + Send;
 
     /// Records a sync request's end (the whole record: its `processing` row may never have

@@ -612,18 +612,21 @@ impl Store {
         dispatch!(self, s => self.health.watch(s.heartbeat(owner, tokens, lease)).await)
     }
 
-    /// Fails sync requests still `processing` that were created more than `older_than` ago
-    /// (on the database's clock): their instance died mid-request. (SQLite does this at
-    /// start-up, its only chance.)
+    /// Fails sync requests still `processing` whose instance died mid-request: on
+    /// PostgreSQL, those whose instance has not been seen for 30 s (and that are at least
+    /// that old, on the database's clock), and any created more than `older_than` ago
+    /// (rows written before their instance was recorded). SQLite does this at start-up, its
+    /// only chance, and here does nothing.
     pub async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
         dispatch!(self, s => self.health.watch(s.fail_stale_sync(older_than)).await)
     }
 
     /// Records a sync request as `processing`. Not awaited by design: the commit rides along
     /// with the request's completion, which is. (With an idempotency key, see
-    /// [`Store::sync_started_with_key`].)
-    pub fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
-        dispatch!(self, s => s.sync_started(new))
+    /// [`Store::sync_started_with_key`].) `owner` is the instance working on it (see
+    /// [`Store::fail_stale_sync`]).
+    pub fn sync_started(&self, new: NewRequest, owner: &str) -> StoreResult<()> {
+        dispatch!(self, s => s.sync_started(new, owner))
     }
 
     /// Records the end of a sync request (with the whole record, in case the `processing`
@@ -646,8 +649,12 @@ impl Store {
     /// Records a sync request that carries an idempotency key as `processing`, and returns
     /// once it is committed: the committed key is what makes a concurrent duplicate find it
     /// taken ([`Submitted::KeyTaken`], nothing written) rather than do the work twice.
-    pub async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
-        dispatch!(self, s => self.health.watch(s.sync_started_with_key(new)).await)
+    pub async fn sync_started_with_key(
+        &self,
+        new: NewRequest,
+        owner: &str,
+    ) -> StoreResult<Submitted> {
+        dispatch!(self, s => self.health.watch(s.sync_started_with_key(new, owner)).await)
     }
 
     /// Queues an async request; returns once it is committed, or [`StoreError::QueueFull`]

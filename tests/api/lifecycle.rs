@@ -626,7 +626,7 @@ async fn a_sync_request_is_recorded_as_the_rules_say() {
         .step(
             &slow.id,
             Transition::SyncStarted,
-            bench.store.sync_started_with_key(slow.clone()),
+            bench.store.sync_started_with_key(slow.clone(), OWNER),
         )
         .await;
     assert_eq!(started.expect("start"), Submitted::Created);
@@ -649,7 +649,7 @@ async fn a_sync_request_left_processing_by_a_dead_instance_fails_and_frees_its_k
     let abandoned = new_request(Some("abandoned-key"));
     bench
         .store
-        .sync_started_with_key(abandoned.clone())
+        .sync_started_with_key(abandoned.clone(), OWNER)
         .await
         .expect("start");
     // An instance that dies mid-request leaves it `processing`; SQLite fails such requests
@@ -678,6 +678,57 @@ async fn a_sync_request_left_processing_by_a_dead_instance_fails_and_frees_its_k
         bench.store.key_holder("abandoned-key").await.expect("key"),
         None
     );
+    bench.store.close().await;
+}
+
+/// On PostgreSQL, a sync request is failed as abandoned once its instance has been out of
+/// sight for 30 s (and the request is that old), long before the hour any request may run;
+/// one whose instance is alive is not, however old.
+#[tokio::test]
+async fn a_sync_request_of_an_instance_gone_from_sight_fails_and_frees_its_key() {
+    let bench = Bench::open().await;
+    if bench.url.starts_with("sqlite:") {
+        // One process holds a SQLite database: its requests are failed when it opens it.
+        bench.store.close().await;
+        return;
+    }
+    // The database's `instances` learns of an instance from its reads of the controls.
+    bench
+        .store
+        .destination_controls("live")
+        .await
+        .expect("mark live");
+    let a_minute_ago = Utc::now() - chrono::Duration::seconds(60);
+    let old = |key: &str| NewRequest {
+        created_at: a_minute_ago,
+        ..new_request(Some(key))
+    };
+    let (of_gone, of_live, young) = (
+        old("gone-key"),
+        old("live-key"),
+        new_request(Some("young-key")),
+    );
+    for (new, owner) in [(&of_gone, "gone"), (&of_live, "live"), (&young, "gone")] {
+        let started = bench.store.sync_started_with_key(new.clone(), owner).await;
+        assert_eq!(started.expect("start"), Submitted::Created);
+    }
+    let before = bench.row(&of_gone.id).await;
+    let failed = bench
+        .store
+        .fail_stale_sync(Duration::from_secs(3600))
+        .await
+        .expect("fail stale sync requests");
+    assert_eq!(
+        failed, 1,
+        "only the old request of the instance out of sight"
+    );
+    let row = bench.row(&of_gone.id).await.expect("the request's row");
+    assert_follows(Transition::SyncAbandoned, before.as_ref(), &row);
+    assert_eq!(bench.store.key_holder("gone-key").await.expect("key"), None);
+    for kept in [&of_live, &young] {
+        let row = bench.row(&kept.id).await.expect("row");
+        assert_eq!(row.status, Status::Processing, "{}", kept.id);
+    }
     bench.store.close().await;
 }
 
@@ -833,7 +884,7 @@ async fn a_sync_request_failed_as_abandoned_is_not_rewritten_when_its_work_ends(
     let slow = new_request(Some("slow-key"));
     bench
         .store
-        .sync_started_with_key(slow.clone())
+        .sync_started_with_key(slow.clone(), OWNER)
         .await
         .expect("start");
     let failed = bench

@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 
 use crate::helpers::{
     Behaviour, Receiver, TestServer, assert_all_delivered, client, create_postgres_database,
-    postgres_admin_url,
+    postgres_admin_url, read,
 };
 use crate::idempotency::post_keyed;
 
@@ -371,6 +371,86 @@ async fn a_repeat_on_another_instance_waits_for_the_first_and_answers_its_result
     // per request.
     assert_eq!((status_b, replayed_b), (200, true), "{answer_b}");
     assert_eq!(answer_a, answer_b);
+}
+
+/// An instance killed mid-request leaves its keyed sync request `processing`, holding the
+/// key; another instance fails it and frees the key once the killed one has not been seen
+/// for 30 s, where it used to wait out the hour any request may run. A repeat sent to the
+/// live instance meanwhile waits for the key and then does the work itself.
+#[tokio::test]
+async fn a_key_held_by_a_killed_instances_sync_request_is_freed_within_a_minute() {
+    let Some(database_url) = postgres_database().await else {
+        return;
+    };
+    // A's work would take ten minutes; B cleans up every second.
+    let mut a = TestServer::builder()
+        .child()
+        .database_url(&database_url)
+        .setting("work-duration-seconds", "600")
+        .start()
+        .await;
+    let b = TestServer::builder()
+        .database_url(&database_url)
+        .setting("cleanup-interval-seconds", "1")
+        .start()
+        .await;
+    let body = json!({"data": "killed mid-request", "iterations": 5});
+    let first = tokio::spawn({
+        let client = a.client.clone();
+        let url = a.url("/sync");
+        let body = body.clone();
+        async move {
+            let _ = client
+                .post(url)
+                .header("Idempotency-Key", "orphaned")
+                .json(&body)
+                .send()
+                .await;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.get_json("/requests?mode=sync&status=processing").await["total"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "A's request never showed as processing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill_9();
+    first.abort();
+    let killed_at = Instant::now();
+
+    // The repeat waits for the holder (up to a minute) and does the work once the key is
+    // free: after A's 30 s out of sight, a cleanup, and the wait's own polling.
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()
+        .expect("client");
+    let response = patient
+        .post(b.url("/sync"))
+        .header("Idempotency-Key", "orphaned")
+        .json(&body)
+        .send()
+        .await
+        .expect("the repeat answered");
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    let (status, answer) = read(response).await;
+    assert_eq!(status, 200, "the key was never freed: {answer}");
+    assert!(!replayed, "the work was done again, not replayed: {answer}");
+    assert_eq!(
+        answer["result"]["output_hash"],
+        syncasync::work::compute("killed mid-request", 5).output_hash
+    );
+    let elapsed = killed_at.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(25),
+        "freed before A was out of sight: {elapsed:?}"
+    );
+    let failed = b.get_json("/requests?mode=sync&status=failed").await;
+    assert_eq!(
+        failed["total"], 1,
+        "the orphaned request ends failed: {failed}"
+    );
 }
 
 /// A pause made through one instance holds the destination's jobs on the other too (it

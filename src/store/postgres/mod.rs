@@ -108,6 +108,13 @@ const DUE_UNCLAIMED: &str = "SELECT (SELECT count(*) FROM (SELECT 1 FROM request
            AND (lease_expires_at IS NULL OR lease_expires_at < now()) LIMIT $2) due)
      FROM unnest($1::text[]) WITH ORDINALITY AS asked(d, n) ORDER BY n";
 
+/// An instance not seen this long (each marks itself in `instances` every second) is gone:
+/// the sync requests it left `processing` are failed, and their idempotency keys freed, by
+/// the next cleanup. Long enough that a live instance's missed marks (a slow database) do
+/// not count it out; an instance that stalls longer finds its request failed when its work
+/// ends, and answers its client all the same.
+const SYNC_OWNER_GONE_AFTER: Duration = Duration::from_secs(30);
+
 /// Longest wait, at shutdown, for each pool's connections to come back.
 const POOL_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -282,7 +289,7 @@ impl PgStore {
 
     /// Records a sync request as `processing`; false if nothing was written (its id or its
     /// idempotency key is taken).
-    async fn insert_sync_started(&self, new: &NewRequest) -> StoreResult<bool> {
+    async fn insert_sync_started(&self, new: &NewRequest, owner: &str) -> StoreResult<bool> {
         let (key, fingerprint) = new.key_columns();
         // No conflict target: a taken id (a retried write) or a taken key both insert nothing.
         let inserted = sqlx::query(INSERT_SYNC_STARTED)
@@ -294,6 +301,7 @@ impl PgStore {
             .bind(fingerprint)
             .bind(new.trace.as_ref().map(|t| t.traceparent.as_str()))
             .bind(new.trace.as_ref().and_then(|t| t.tracestate.as_deref()))
+            .bind(owner)
             .fetch_optional(&self.pool)
             .await?;
         Ok(inserted.is_some())
@@ -318,10 +326,11 @@ impl Backend for PgStore {
         true
     }
 
-    fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
+    fn sync_started(&self, new: NewRequest, owner: &str) -> StoreResult<()> {
         let store = self.clone();
+        let owner = owner.to_owned();
         tokio::spawn(async move {
-            if let Err(err) = store.insert_sync_started(&new).await {
+            if let Err(err) = store.insert_sync_started(&new, &owner).await {
                 tracing::warn!(error = %err, "recording a sync request as processing failed");
             }
         });
@@ -362,11 +371,11 @@ impl Backend for PgStore {
         }
     }
 
-    async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
+    async fn sync_started_with_key(&self, new: NewRequest, owner: &str) -> StoreResult<Submitted> {
         // The request holding the key may be deleted (retention) between the insert that
         // found the key taken and the read of its holder: then the key is free; try again.
         for _ in 0..3 {
-            if self.insert_sync_started(&new).await? {
+            if self.insert_sync_started(&new, owner).await? {
                 return Ok(Submitted::Created);
             }
             if let Some(taken) = self.key_taken(&new).await? {
@@ -802,6 +811,7 @@ impl Backend for PgStore {
         let failed = sqlx::query(FAIL_STALE_SYNC)
             .bind(older_than.as_secs_f64())
             .bind(ABANDONED_SYNC_ERROR)
+            .bind(SYNC_OWNER_GONE_AFTER.as_secs_f64())
             .execute(&self.pool)
             .await?;
         Ok(failed.rows_affected())

@@ -21,6 +21,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0012_pacing.sql"),
     include_str!("../../../migrations/postgres/0013_ordering.sql"),
     include_str!("../../../migrations/postgres/0014_trace_context.sql"),
+    include_str!("../../../migrations/postgres/0015_sync_owner.sql"),
 ];
 
 /// The first schema version whose requests record their destination (0003).

@@ -21,11 +21,13 @@ pub(super) const DELETE_OVER_LIMIT: &str = concat!(
      RETURNING created_at"
 );
 
-/// A sync request, `processing`; nothing if its id or its idempotency key is taken.
+/// A sync request, `processing` by instance `$9`; nothing if its id or its idempotency key
+/// is taken.
 pub(super) const INSERT_SYNC_STARTED: &str =
     "INSERT INTO requests (id, mode, status, payload_hash, iterations, created_at,
-                           idempotency_key, idempotency_fingerprint, traceparent, tracestate)
-     VALUES ($1, 'sync', 'processing', $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING
+                           idempotency_key, idempotency_fingerprint, traceparent, tracestate,
+                           sync_owner)
+     VALUES ($1, 'sync', 'processing', $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING
      RETURNING id";
 
 /// A claimed job ended without an attempt, at `$4` (the instance's clock, as every time in a
@@ -135,9 +137,16 @@ pub(super) const DELETE_EXPIRED: &str = concat!(
              RETURNING created_at"
 );
 
-/// Sync requests left `processing` more than `$1` seconds by an instance that died.
+/// Sync requests left `processing` by an instance that died: one whose instance has not
+/// been seen for `$3` seconds (live ones mark themselves in `instances` every second), once
+/// the request is that old too (an instance starting up may serve before it first marks
+/// itself), or, whoever worked on it, one more than `$1` seconds old.
 pub(super) const FAIL_STALE_SYNC: &str =
     "UPDATE requests SET status = 'failed', completed_at = now(),
             error = $2, idempotency_key = NULL
      WHERE mode = 'sync' AND status = 'processing'
-       AND created_at < now() - make_interval(secs => $1)";
+       AND (created_at < now() - make_interval(secs => $1)
+            OR (sync_owner IS NOT NULL AND created_at < now() - make_interval(secs => $3)
+                AND NOT EXISTS (SELECT 1 FROM instances
+                                WHERE owner = requests.sync_owner
+                                  AND seen_at >= now() - make_interval(secs => $3))))";

@@ -251,7 +251,9 @@ impl Backend for SqliteStore {
         Ok(0)
     }
 
-    fn sync_started(&self, new: NewRequest) -> StoreResult<()> {
+    /// One process holds the database: no owner is recorded (its requests left `processing`
+    /// are failed when the database is opened again).
+    fn sync_started(&self, new: NewRequest, _owner: &str) -> StoreResult<()> {
         // try_send: a full writer queue means the database is the bottleneck; the row is then
         // written whole by sync_finished instead, which waits its turn.
         match self.writer.try_send(Message::background(SyncStarted(new))) {
@@ -278,7 +280,7 @@ impl Backend for SqliteStore {
         self.read(move |conn| holder_of(conn, &key)).await
     }
 
-    async fn sync_started_with_key(&self, new: NewRequest) -> StoreResult<Submitted> {
+    async fn sync_started_with_key(&self, new: NewRequest, _owner: &str) -> StoreResult<Submitted> {
         self.send(SyncStarted(new)).await
     }
 
