@@ -52,6 +52,31 @@ pub async fn raw_sql(url: &str, sql: &str) {
     }
 }
 
+/// The first column of the first row `sql` reads from the test's database behind the store's
+/// back, as text (`None` for no row or NULL).
+pub async fn sql_text(url: &str, sql: &str) -> Option<String> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        use rusqlite::OptionalExtension;
+        let conn = rusqlite::Connection::open(path).expect("open sqlite");
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.query_row(sql, [], |row| row.get::<_, Option<String>>(0))
+            .optional()
+            .expect(sql)
+            .flatten()
+    } else {
+        use sqlx::Connection;
+        let mut conn = sqlx::postgres::PgConnection::connect(url)
+            .await
+            .expect("connect");
+        let text: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_optional(&mut conn)
+            .await
+            .expect(sql);
+        conn.close().await.unwrap();
+        text.flatten()
+    }
+}
+
 /// A new, empty database for one test: a SQLite file in `dir`, or, when the suite runs on
 /// PostgreSQL, a new database on that server (named `syncasync_test_…`; CI drops them).
 pub async fn fresh_database(dir: &Path) -> String {

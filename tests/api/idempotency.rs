@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, raw_sql, read};
+use crate::helpers::{Behaviour, Receiver, TestServer, fresh_database, read, sql_text};
 
 async fn post_with_key(app: &TestServer, path: &str, key: &str, body: &Value) -> reqwest::Response {
     app.client
@@ -273,8 +273,12 @@ async fn a_request_whose_data_spells_another_requests_controls_is_not_its_replay
     assert_eq!(answer["detail"][0]["type"], "idempotency_key_reused");
 }
 
+/// Keys are stored in the format an earlier release reads (instances of both share a
+/// database during a rolling upgrade), but for the requests that format cannot tell apart
+/// (no controls, `data` starting with a NUL character), which name a second format; each
+/// replays across a restart.
 #[tokio::test]
-async fn a_key_stored_before_the_fingerprint_named_its_format_still_replays() {
+async fn keys_are_stored_as_an_earlier_release_reads_them_and_replay_across_a_restart() {
     use sha2::{Digest, Sha256};
 
     let receiver = Receiver::start(Behaviour::accept()).await;
@@ -285,10 +289,19 @@ async fn a_key_stored_before_the_fingerprint_named_its_format_still_replays() {
         .start()
         .await;
     let url = receiver.url();
-    let body = json!({"data": "upgraded", "iterations": 10, "callback_url": url});
+    let plain = json!({"data": "upgraded", "iterations": 10, "callback_url": url});
+    let ambiguous = json!({"data": "\u{0}upgraded", "iterations": 10, "callback_url": url});
     let sync = json!({"data": "upgraded", "iterations": 10});
-    let (_, first, _, _) = post_keyed(&app, "/async", "old-async", &body).await;
-    let (_, first_sync, _, _) = post_keyed(&app, "/sync", "old-sync", &sync).await;
+    let mut first = Vec::new();
+    for (path, key, body) in [
+        ("/async", "plain", &plain),
+        ("/async", "ambiguous", &ambiguous),
+        ("/sync", "sync", &sync),
+    ] {
+        let (status, answer, _, _) = post_keyed(&app, path, key, body).await;
+        assert_eq!(status, 200, "{answer}");
+        first.push(answer);
+    }
     app.stop().await;
 
     // The first format: mode, iterations, the URL after its length, then data.
@@ -301,31 +314,40 @@ async fn a_key_stored_before_the_fingerprint_named_its_format_still_replays() {
         digest.update(b"upgraded");
         hex::encode(digest.finalize())
     };
-    for (key, stored) in [
-        ("old-async", first_format("async", &url)),
-        ("old-sync", first_format("sync", "")),
-    ] {
-        raw_sql(
-            &database_url,
-            &format!(
-                "UPDATE requests SET idempotency_fingerprint = '{stored}' \
-                 WHERE idempotency_key = '{key}'"
-            ),
-        )
-        .await;
-    }
+    let stored = |key: &'static str| {
+        let url = database_url.clone();
+        async move {
+            sql_text(
+                &url,
+                &format!(
+                    "SELECT idempotency_fingerprint FROM requests WHERE idempotency_key = '{key}'"
+                ),
+            )
+            .await
+            .expect("a stored fingerprint")
+        }
+    };
+    assert_eq!(stored("plain").await, first_format("async", &url));
+    assert_eq!(stored("sync").await, first_format("sync", ""));
+    assert!(stored("ambiguous").await.starts_with("2:"));
 
     let app = TestServer::builder()
         .database_url(&database_url)
         .start()
         .await;
-    let (status, again, replayed, _) = post_keyed(&app, "/async", "old-async", &body).await;
-    assert_eq!((status, replayed), (200, true), "{again}");
-    assert_eq!(again["request_id"], first["request_id"]);
-    let (status, again, replayed, _) = post_keyed(&app, "/sync", "old-sync", &sync).await;
-    assert_eq!((status, replayed), (200, true), "{again}");
-    assert_eq!(again, first_sync);
+    for ((path, key, body), first) in [
+        ("/async", "plain", &plain),
+        ("/async", "ambiguous", &ambiguous),
+        ("/sync", "sync", &sync),
+    ]
+    .into_iter()
+    .zip(&first)
+    {
+        let (status, again, replayed, _) = post_keyed(&app, path, key, body).await;
+        assert_eq!((status, replayed), (200, true), "{key}: {again}");
+        assert_eq!(&again, first, "{key}");
+    }
     let other = json!({"data": "upgraded", "iterations": 11, "callback_url": url});
-    assert_eq!(post_keyed(&app, "/async", "old-async", &other).await.0, 422);
-    assert_eq!(app.get_json("/requests").await["total"], 2);
+    assert_eq!(post_keyed(&app, "/async", "plain", &other).await.0, 422);
+    assert_eq!(app.get_json("/requests").await["total"], 3);
 }
