@@ -436,6 +436,14 @@ impl Application {
                 abandon.cancel();
             }
         });
+        // Until the last sync request is recorded, which may be after the dispatcher has
+        // drained: other instances fail the sync requests of an instance that stops marking.
+        let alive = tokio::spawn({
+            let store = service.store.clone();
+            let owner = service.owner.clone();
+            let stop = background.clone();
+            async move { store.keep_marked_alive(&owner, stop).await }
+        });
         let delivery = tokio::spawn(dispatcher.run(shutdown.clone(), grace));
         let notifications = tokio::spawn({
             let store = service.store.clone();
@@ -508,6 +516,7 @@ impl Application {
             tracing::warn!("sync requests still being recorded at shutdown were abandoned");
         }
         background.cancel();
+        let _ = alive.await;
         let _ = cleanup.await;
         let _ = sampler.await;
         let _ = notifications.await;

@@ -57,8 +57,8 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         ids: &[String],
     ) -> impl Future<Output = StoreResult<Vec<(String, (Status, u32))>>> + Send;
 
-    /// Fails sync requests still `processing` created more than `older_than` ago (on the
-    /// database's clock): their instance died mid-request.
+    /// Fails sync requests still `processing` whose instance died mid-request (see
+    /// `Store::fail_stale_sync`).
     fn fail_stale_sync(
         &self,
         older_than: Duration,
@@ -177,6 +177,10 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
 
     /// Hands `owner`'s claims back to the queue.
     fn release(&self, owner: &str) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Marks `owner` as alive now, for the other instances sharing the database: its sync
+    /// requests are theirs to fail once it stops (`Store::fail_stale_sync`).
+    fn mark_alive(&self, owner: &str) -> impl Future<Output = StoreResult<()>> + Send;
 
     fn get(&self, id: &str) -> impl Future<Output = StoreResult<Option<RequestRecord>>> + Send;
 

@@ -488,6 +488,11 @@ pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often another instance's changes to watched requests are looked for (PostgreSQL).
 const REMOTE_CHANGES_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How often an instance sharing the database marks itself alive. Far below the 30 s out of
+/// sight after which its sync requests count as abandoned (PostgreSQL's
+/// `SYNC_OWNER_GONE_AFTER`).
+const MARK_ALIVE_EVERY: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Opens the database named by `url`, runs migrations, and recovers after a crash.
     pub async fn open(url: &str, queue_capacity: u64, pool_size: u32) -> StoreResult<Self> {
@@ -613,10 +618,12 @@ impl Store {
     }
 
     /// Fails sync requests still `processing` whose instance died mid-request: on
-    /// PostgreSQL, those whose instance has not been seen for 30 s (and that are at least
-    /// that old, on the database's clock), and any created more than `older_than` ago
-    /// (rows written before their instance was recorded). SQLite does this at start-up, its
-    /// only chance, and here does nothing.
+    /// PostgreSQL, those whose instance has not marked itself alive for 30 s (and that are
+    /// at least that old, on the database's clock), once this instance's own marks have
+    /// succeeded for longer than that (after an outage, every instance's marks are old
+    /// until each marks again); and any created more than `older_than` ago (rows written
+    /// before their instance was recorded). SQLite does this at start-up, its only chance,
+    /// and here does nothing.
     pub async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
         dispatch!(self, s => self.health.watch(s.fail_stale_sync(older_than)).await)
     }
@@ -773,6 +780,45 @@ impl Store {
     pub async fn cancel(&self, id: &str) -> StoreResult<Cancellation> {
         let _wake = self.wake_when_done(id);
         dispatch!(self, s => self.health.watch(s.cancel(id)).await)
+    }
+
+    /// Marks `owner` alive every [`MARK_ALIVE_EVERY`] until `stop`, where other instances
+    /// share the database (on SQLite it returns at once). Runs for the whole life of the
+    /// instance's sync requests, apart from the dispatcher, whose claims must not delay it.
+    pub async fn keep_marked_alive(&self, owner: &str, stop: CancellationToken) {
+        if !dispatch!(self, s => s.has_other_instances()) {
+            return;
+        }
+        let mut ticker = tokio::time::interval(MARK_ALIVE_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let marked = tokio::select! {
+                marked = self.mark_alive(owner) => marked,
+                () = stop.cancelled() => return,
+            };
+            // Said once when marks start failing and once when they succeed again, not every
+            // second of an outage.
+            match marked {
+                Err(err) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %err, "marking this instance alive failed");
+                }
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("marking this instance alive again");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn mark_alive(&self, owner: &str) -> StoreResult<()> {
+        dispatch!(self, s => s.mark_alive(owner).await)
     }
 
     /// Hands claimed jobs back to the queue untouched (at shutdown).

@@ -115,6 +115,15 @@ const DUE_UNCLAIMED: &str = "SELECT (SELECT count(*) FROM (SELECT 1 FROM request
 /// ends, and answers its client all the same.
 const SYNC_OWNER_GONE_AFTER: Duration = Duration::from_secs(30);
 
+/// Beyond [`SYNC_OWNER_GONE_AFTER`] of this instance's own marks succeeding, before it takes
+/// another's old mark as a sign it is gone: time for every live instance to have marked
+/// itself since the database came back (they mark every second).
+const MARKS_SETTLE: Duration = Duration::from_secs(5);
+
+/// This instance alive now (see [`SYNC_OWNER_GONE_AFTER`]).
+const MARK_ALIVE: &str = "INSERT INTO instances (owner, seen_at) VALUES ($1, now())
+     ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at";
+
 /// Longest wait, at shutdown, for each pool's connections to come back.
 const POOL_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -162,6 +171,9 @@ pub struct PgStore {
     attempts: GroupCommit<AttemptWrite, Recorded>,
     /// The last write of every sync request, group-committed as well.
     sync_ends: GroupCommit<SyncEnd, ()>,
+    /// Since when this instance's marks of itself as alive have all succeeded (`None` after
+    /// a failed one): only then are other instances' old marks a sign they are gone.
+    marked_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// Most writes in one group-committed statement: bounds the latency a write waits for the
@@ -278,6 +290,7 @@ impl PgStore {
             sync_ends,
             queue_capacity: i64::try_from(queue_capacity).unwrap_or(i64::MAX),
             queue_count: Arc::new(QueueCount::new()),
+            marked_since: Arc::default(),
         })
     }
 
@@ -808,13 +821,37 @@ impl Backend for PgStore {
 
     /// Sync requests left `processing` by an instance that died mid-request.
     async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
+        let owners_known = self
+            .marked_since
+            .lock()
+            .ok()
+            .and_then(|since| *since)
+            .is_some_and(|since| since.elapsed() > SYNC_OWNER_GONE_AFTER + MARKS_SETTLE);
         let failed = sqlx::query(FAIL_STALE_SYNC)
             .bind(older_than.as_secs_f64())
             .bind(ABANDONED_SYNC_ERROR)
             .bind(SYNC_OWNER_GONE_AFTER.as_secs_f64())
+            .bind(owners_known)
             .execute(&self.pool)
             .await?;
         Ok(failed.rows_affected())
+    }
+
+    async fn mark_alive(&self, owner: &str) -> StoreResult<()> {
+        // Its own connection, as `/healthz`'s: not behind clients' long reads in `pool`.
+        let marked = sqlx::query(MARK_ALIVE)
+            .bind(owner)
+            .execute(&self.health_pool)
+            .await;
+        if let Ok(mut since) = self.marked_since.lock() {
+            *since = match (&marked, *since) {
+                (Ok(_), Some(since)) => Some(since),
+                (Ok(_), None) => Some(std::time::Instant::now()),
+                (Err(_), _) => None,
+            };
+        }
+        marked?;
+        Ok(())
     }
 
     async fn close(&self) {

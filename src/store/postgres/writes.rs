@@ -137,16 +137,18 @@ pub(super) const DELETE_EXPIRED: &str = concat!(
              RETURNING created_at"
 );
 
-/// Sync requests left `processing` by an instance that died: one whose instance has not
-/// been seen for `$3` seconds (live ones mark themselves in `instances` every second), once
-/// the request is that old too (an instance starting up may serve before it first marks
-/// itself), or, whoever worked on it, one more than `$1` seconds old.
+/// Sync requests left `processing` by an instance that died: when `$4` (the instances'
+/// marks can be trusted), one whose instance has not been seen for `$3` seconds (live ones
+/// mark themselves in `instances` every second), once the request is that old too (an
+/// instance starting up may serve before it first marks itself); and, whoever worked on it,
+/// one more than `$1` seconds old.
 pub(super) const FAIL_STALE_SYNC: &str =
     "UPDATE requests SET status = 'failed', completed_at = now(),
             error = $2, idempotency_key = NULL
      WHERE mode = 'sync' AND status = 'processing'
        AND (created_at < now() - make_interval(secs => $1)
-            OR (sync_owner IS NOT NULL AND created_at < now() - make_interval(secs => $3)
+            OR ($4 AND sync_owner IS NOT NULL
+                AND created_at < now() - make_interval(secs => $3)
                 AND NOT EXISTS (SELECT 1 FROM instances
                                 WHERE owner = requests.sync_owner
                                   AND seen_at >= now() - make_interval(secs => $3))))";

@@ -411,6 +411,11 @@ impl Backend for SqliteStore {
         })
     }
 
+    /// No other instance shares the database.
+    async fn mark_alive(&self, _owner: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn release(&self, owner: &str) -> StoreResult<u64> {
         self.send(Release {
             owner: owner.to_string(),
