@@ -12,8 +12,7 @@
 //! without controls whose `data` starts with one are ambiguous. They alone are stored in a
 //! second format, which names itself and writes every field after its length, and they never
 //! match a key stored in the first format. Every other request is stored in the first format
-//! still, so that instances of an earlier release sharing the database during a rolling
-//! upgrade (or after a rollback) read the keys this one writes.
+//! still: one format for nearly every key, whichever release wrote it.
 
 use sha2::{Digest, Sha256};
 
