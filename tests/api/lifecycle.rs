@@ -719,6 +719,15 @@ async fn an_instance_just_connected_fails_no_sync_request_by_its_instances_marks
     assert_eq!(failed, 0, "failed by marks this instance cannot yet trust");
     let row = bench.row(&orphan.id).await.expect("row");
     assert_eq!(row.status, Status::Processing);
+    // Marking itself alive is not reading the controls: an instance that only marks (its
+    // dispatcher drained at shutdown, its sync requests still under way) takes no share of
+    // the destinations' rate limits.
+    let read = bench
+        .store
+        .destination_controls("reader")
+        .await
+        .expect("read the controls");
+    assert_eq!(read.instances, 1, "only the reader shares the rate limits");
     marking.cancel();
     marks.await.expect("marks stop");
     bench.store.close().await;

@@ -28,7 +28,8 @@ const LIVE_WITHIN_SECONDS: f64 = 5.0;
 pub(super) const SEEN: &str = "WITH seen AS (
          INSERT INTO instances (owner, seen_at) VALUES ($1, now())
          ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at),
-     gone AS (DELETE FROM instances WHERE seen_at < now() - interval '1 minute')
+     gone AS (DELETE FROM instances WHERE seen_at < now() - interval '1 minute'
+                  AND (alive_at IS NULL OR alive_at < now() - interval '1 minute'))
      SELECT count(*) FROM instances
      WHERE owner <> $1 AND seen_at >= now() - make_interval(secs => $2)";
 

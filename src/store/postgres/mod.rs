@@ -120,9 +120,45 @@ const SYNC_OWNER_GONE_AFTER: Duration = Duration::from_secs(30);
 /// itself since the database came back (they mark every second).
 const MARKS_SETTLE: Duration = Duration::from_secs(5);
 
-/// This instance alive now (see [`SYNC_OWNER_GONE_AFTER`]).
-const MARK_ALIVE: &str = "INSERT INTO instances (owner, seen_at) VALUES ($1, now())
-     ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at";
+/// The most time since this instance's last successful mark for the owner rule to apply:
+/// marks that stopped answering (a database cut off without an error) leave it stale.
+const MARK_FRESH: Duration = Duration::from_secs(3);
+
+/// This instance alive now (see [`SYNC_OWNER_GONE_AFTER`]). Not `seen_at`, which says it
+/// shares the rate limits (it delivers): a mark alone leaves that -infinity.
+const MARK_ALIVE: &str = "INSERT INTO instances (owner, seen_at, alive_at)
+     VALUES ($1, '-infinity', now())
+     ON CONFLICT (owner) DO UPDATE SET alive_at = excluded.alive_at";
+
+/// This instance's marks of itself as alive, as far as they tell whether others' marks can
+/// be trusted.
+#[derive(Debug, Default)]
+struct Marks {
+    /// The first of the marks that have all succeeded since; `None` after a failed one.
+    since: Option<std::time::Instant>,
+    last: Option<std::time::Instant>,
+}
+
+impl Marks {
+    fn record(&mut self, succeeded: bool) {
+        let now = std::time::Instant::now();
+        if succeeded {
+            self.since.get_or_insert(now);
+            self.last = Some(now);
+        } else {
+            self.since = None;
+        }
+    }
+
+    /// Whether this instance has been marking itself long enough, and lately enough, that
+    /// every live instance has marked itself since the database last went away.
+    fn trusted(&self) -> bool {
+        let (Some(since), Some(last)) = (self.since, self.last) else {
+            return false;
+        };
+        since.elapsed() > SYNC_OWNER_GONE_AFTER + MARKS_SETTLE && last.elapsed() < MARK_FRESH
+    }
+}
 
 /// Longest wait, at shutdown, for each pool's connections to come back.
 const POOL_CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -171,9 +207,9 @@ pub struct PgStore {
     attempts: GroupCommit<AttemptWrite, Recorded>,
     /// The last write of every sync request, group-committed as well.
     sync_ends: GroupCommit<SyncEnd, ()>,
-    /// Since when this instance's marks of itself as alive have all succeeded (`None` after
-    /// a failed one): only then are other instances' old marks a sign they are gone.
-    marked_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// This instance's marks of itself as alive: only while they have succeeded for a
+    /// while, and lately, are other instances' old marks a sign they are gone.
+    marks: Arc<std::sync::Mutex<Marks>>,
 }
 
 /// Most writes in one group-committed statement: bounds the latency a write waits for the
@@ -290,7 +326,7 @@ impl PgStore {
             sync_ends,
             queue_capacity: i64::try_from(queue_capacity).unwrap_or(i64::MAX),
             queue_count: Arc::new(QueueCount::new()),
-            marked_since: Arc::default(),
+            marks: Arc::default(),
         })
     }
 
@@ -821,12 +857,7 @@ impl Backend for PgStore {
 
     /// Sync requests left `processing` by an instance that died mid-request.
     async fn fail_stale_sync(&self, older_than: Duration) -> StoreResult<u64> {
-        let owners_known = self
-            .marked_since
-            .lock()
-            .ok()
-            .and_then(|since| *since)
-            .is_some_and(|since| since.elapsed() > SYNC_OWNER_GONE_AFTER + MARKS_SETTLE);
+        let owners_known = self.marks.lock().is_ok_and(|marks| marks.trusted());
         let failed = sqlx::query(FAIL_STALE_SYNC)
             .bind(older_than.as_secs_f64())
             .bind(ABANDONED_SYNC_ERROR)
@@ -838,20 +869,23 @@ impl Backend for PgStore {
     }
 
     async fn mark_alive(&self, owner: &str) -> StoreResult<()> {
-        // Its own connection, as `/healthz`'s: not behind clients' long reads in `pool`.
-        let marked = sqlx::query(MARK_ALIVE)
+        // Its own connection, as `/healthz`'s: not behind clients' long reads in `pool`. A
+        // mark that does not answer in time failed: the database may be cut off.
+        let mark = sqlx::query(MARK_ALIVE)
             .bind(owner)
-            .execute(&self.health_pool)
-            .await;
-        if let Ok(mut since) = self.marked_since.lock() {
-            *since = match (&marked, *since) {
-                (Ok(_), Some(since)) => Some(since),
-                (Ok(_), None) => Some(std::time::Instant::now()),
-                (Err(_), _) => None,
-            };
+            .execute(&self.health_pool);
+        let marked = match tokio::time::timeout(PING_TIMEOUT, mark).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.into()),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the database did not answer within {} s",
+                PING_TIMEOUT.as_secs()
+            ))),
+        };
+        if let Ok(mut marks) = self.marks.lock() {
+            marks.record(marked.is_ok());
         }
-        marked?;
-        Ok(())
+        marked
     }
 
     async fn close(&self) {
@@ -902,5 +936,43 @@ pub(super) fn is_unavailable(err: &sqlx::Error) -> bool {
                     .any(|class| code.starts_with(class))
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{MARK_FRESH, MARKS_SETTLE, Marks, SYNC_OWNER_GONE_AFTER};
+
+    fn ago(seconds: u64) -> Option<Instant> {
+        Instant::now().checked_sub(Duration::from_secs(seconds))
+    }
+
+    #[test]
+    fn others_marks_are_trusted_only_after_a_long_and_recent_run_of_ones_own() {
+        let long = (SYNC_OWNER_GONE_AFTER + MARKS_SETTLE).as_secs() + 1;
+        assert!(!Marks::default().trusted(), "no mark yet");
+        let run = |since, last| Marks { since, last }.trusted();
+        assert!(run(ago(long), ago(0)));
+        assert!(!run(ago(long - 2), ago(0)), "a run too short");
+        assert!(
+            !run(ago(long), ago(MARK_FRESH.as_secs() + 1)),
+            "marks that stopped answering"
+        );
+
+        let mut marks = Marks {
+            since: ago(long),
+            last: ago(0),
+        };
+        marks.record(false);
+        assert!(!marks.trusted(), "a failed mark starts the run again");
+        marks.record(true);
+        assert!(!marks.trusted());
+        assert!(
+            marks
+                .since
+                .is_some_and(|since| since.elapsed() < Duration::from_secs(1))
+        );
     }
 }

@@ -151,4 +151,4 @@ pub(super) const FAIL_STALE_SYNC: &str =
                 AND created_at < now() - make_interval(secs => $3)
                 AND NOT EXISTS (SELECT 1 FROM instances
                                 WHERE owner = requests.sync_owner
-                                  AND seen_at >= now() - make_interval(secs => $3))))";
+                                  AND alive_at >= now() - make_interval(secs => $3))))";
