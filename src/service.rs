@@ -541,33 +541,33 @@ impl Service {
         input: AsyncInput,
         key: Option<String>,
     ) -> Result<Answered<String>, ServiceError> {
-        let asked = key.as_ref().map(|_| {
-            Fingerprint::of(
+        let asked = key.map(|key| {
+            let fingerprint = Fingerprint::of(
                 Mode::Async,
                 input.work.iterations,
                 Some(input.callback_url_as_sent.as_str()),
                 &asked_beyond(&input),
                 &input.work.data,
-            )
+            );
+            (key, fingerprint)
         });
-        let idempotency = key.zip(asked.as_ref()).map(|(key, asked)| IdempotencyKey {
-            fingerprint: asked.stored().to_owned(),
-            key,
+        let idempotency = asked.as_ref().map(|(key, fingerprint)| IdempotencyKey {
+            key: key.clone(),
+            fingerprint: fingerprint.stored().to_owned(),
         });
         let new = new_async_request(id.clone(), input, idempotency);
-        let mine = new.request.idempotency.clone();
         match self.store.submit_async(new).await? {
             Submitted::Created => {
                 tracing::info!(request_id = %id, "async request accepted");
                 self.wakeup.wake();
                 Ok(Answered::fresh(id))
             }
-            Submitted::KeyTaken(KeyHolder { id, fingerprint }) => match mine.zip(asked) {
+            Submitted::KeyTaken(KeyHolder { id, fingerprint }) => match asked {
                 Some((_, asked)) if asked.matches(&fingerprint) => {
                     tracing::info!(request_id = %id, "async request replayed by its idempotency key");
                     Ok(Answered::replayed(id))
                 }
-                Some((mine, _)) => Err(ServiceError::KeyReused(mine.key)),
+                Some((key, _)) => Err(ServiceError::KeyReused(key)),
                 None => Err(ServiceError::Store(StoreError::WrongReply {
                     expected: "created",
                     got: "key taken",
