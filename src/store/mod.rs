@@ -485,6 +485,18 @@ macro_rules! dispatch {
 /// Longest a health check waits for the database.
 pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `check`'s outcome if the database answered within [`PING_TIMEOUT`], else why not.
+pub(crate) async fn within_ping_timeout<T>(check: impl Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(PING_TIMEOUT, check)
+        .await
+        .map_err(|_| {
+            format!(
+                "the database did not answer within {} s",
+                PING_TIMEOUT.as_secs()
+            )
+        })
+}
+
 /// How often another instance's changes to watched requests are looked for (PostgreSQL).
 const REMOTE_CHANGES_INTERVAL: Duration = Duration::from_millis(250);
 

@@ -67,8 +67,8 @@ use super::group_commit::GroupCommit;
 use super::{
     ABANDONED_SYNC_ERROR, Announced, AttemptOutcome, Cancellation, ControlChange, Controlled,
     ControlsRead, FinishedWork, Job, KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest,
-    NewRequest, PING_TIMEOUT, PoolStats, Position, Recorded, Redelivery, StatementPlan,
-    StatusCounts, StoreError, StoreResult, Submitted, Swept, Transition,
+    NewRequest, PoolStats, Position, Recorded, Redelivery, StatementPlan, StatusCounts, StoreError,
+    StoreResult, Submitted, Swept, Transition, within_ping_timeout,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, Mode, RequestList, RequestRecord, Status, WorkResult};
@@ -804,14 +804,10 @@ impl Backend for PgStore {
 
     async fn ping(&self) -> Result<(), String> {
         let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.health_pool);
-        match tokio::time::timeout(PING_TIMEOUT, ping).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err(format!(
-                "the database did not answer within {} s",
-                PING_TIMEOUT.as_secs()
-            )),
-        }
+        within_ping_timeout(ping)
+            .await?
+            .map(|_| ())
+            .map_err(|err| err.to_string())
     }
 
     // SKIP LOCKED: instances cleaning at the same time take different rows instead of
@@ -874,13 +870,9 @@ impl Backend for PgStore {
         let mark = sqlx::query(MARK_ALIVE)
             .bind(owner)
             .execute(&self.health_pool);
-        let marked = match tokio::time::timeout(PING_TIMEOUT, mark).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(err.into()),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "the database did not answer within {} s",
-                PING_TIMEOUT.as_secs()
-            ))),
+        let marked = match within_ping_timeout(mark).await {
+            Ok(done) => done.map(|_| ()).map_err(StoreError::from),
+            Err(reason) => Err(StoreError::Unavailable(reason)),
         };
         if let Ok(mut marks) = self.marks.lock() {
             marks.record(marked.is_ok());

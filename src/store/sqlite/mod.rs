@@ -40,9 +40,9 @@ use tokio_util::sync::CancellationToken;
 use super::backend::Backend;
 use super::{
     AttemptOutcome, Cancellation, ControlChange, Controlled, ControlsRead, FinishedWork, Job,
-    KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest, NewRequest, PING_TIMEOUT, PoolStats,
-    Position, Recorded, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult,
-    Submitted, Swept,
+    KeyHolder, Leases, ListFilter, MadeDue, NewAsyncRequest, NewRequest, PoolStats, Position,
+    Recorded, Redelivery, StatementPlan, StatusCounts, StoreError, StoreResult, Submitted, Swept,
+    within_ping_timeout,
 };
 use crate::delivery::destinations::Rooms;
 use crate::model::{DeliveryAttempt, RequestList, RequestRecord, Status, WorkResult};
@@ -520,14 +520,10 @@ impl Backend for SqliteStore {
         let read = self
             .health
             .run(|conn| conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)));
-        match tokio::time::timeout(PING_TIMEOUT, read).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(err.unavailable_reason()),
-            Err(_) => Err(format!(
-                "the database did not answer within {} s",
-                PING_TIMEOUT.as_secs()
-            )),
-        }
+        within_ping_timeout(read)
+            .await?
+            .map(|_| ())
+            .map_err(|err| err.unavailable_reason())
     }
 
     async fn probe_write(&self) -> StoreResult<()> {
