@@ -733,6 +733,62 @@ async fn an_instance_just_connected_fails_no_sync_request_by_its_instances_marks
     bench.store.close().await;
 }
 
+/// On PostgreSQL, once an instance has marked itself alive for long enough to trust the
+/// others' marks, it fails the old sync request of an instance out of sight, and keeps the
+/// one of a live instance however old it looks (an instance whose clock runs behind the
+/// database's writes requests that look old) and a young one of the instance out of sight.
+#[tokio::test]
+async fn a_sync_request_is_failed_by_its_instances_marks_not_by_its_age() {
+    let bench = Bench::open().await;
+    if bench.url.starts_with("sqlite:") {
+        bench.store.close().await;
+        return;
+    }
+    let marking = tokio_util::sync::CancellationToken::new();
+    let marks = tokio::spawn({
+        let store = bench.store.clone();
+        let stop = marking.clone();
+        async move { store.keep_marked_alive(OWNER, stop).await }
+    });
+    let two_minutes_ago = Utc::now() - chrono::Duration::seconds(120);
+    let old = |key: &str| NewRequest {
+        created_at: two_minutes_ago,
+        ..new_request(Some(key))
+    };
+    let (of_gone, of_live) = (old("gone-key"), old("live-key"));
+    for (new, owner) in [(&of_gone, "gone"), (&of_live, OWNER)] {
+        let started = bench.store.sync_started_with_key(new.clone(), owner).await;
+        assert_eq!(started.expect("start"), Submitted::Created);
+    }
+    let before = bench.row(&of_gone.id).await;
+    // This instance's marks are trusted after 35 s of them (30 s out of sight, and time for
+    // every live instance to mark itself again after an outage).
+    tokio::time::sleep(Duration::from_secs(37)).await;
+    // Started just now by the instance out of sight (one starting up, not marked yet).
+    let young = new_request(Some("young-key"));
+    let started = bench
+        .store
+        .sync_started_with_key(young.clone(), "gone")
+        .await;
+    assert_eq!(started.expect("start"), Submitted::Created);
+    let failed = bench
+        .store
+        .fail_stale_sync(Duration::from_secs(3600))
+        .await
+        .expect("fail stale sync requests");
+    assert_eq!(failed, 1, "the old request of the instance out of sight");
+    let row = bench.row(&of_gone.id).await.expect("the request's row");
+    assert_follows(Transition::SyncAbandoned, before.as_ref(), &row);
+    assert_eq!(bench.store.key_holder("gone-key").await.expect("key"), None);
+    for (kept, why) in [(&of_live, "a live instance's"), (&young, "a young")] {
+        let row = bench.row(&kept.id).await.expect("row");
+        assert_eq!(row.status, Status::Processing, "{why} request");
+    }
+    marking.cancel();
+    marks.await.expect("marks stop");
+    bench.store.close().await;
+}
+
 /// A worker whose lease ran out (another claim took the job over) finishes at the same
 /// moment as the new claimant, so both writes reach the store together (on PostgreSQL, one
 /// group-committed statement). The stale claim's writes must be refused and write nothing,
