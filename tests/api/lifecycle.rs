@@ -681,6 +681,29 @@ async fn a_sync_request_left_processing_by_a_dead_instance_fails_and_frees_its_k
     bench.store.close().await;
 }
 
+/// `OWNER` marking itself alive, as a running instance does, until stopped.
+struct Marking {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Marking {
+    fn start(store: &Store) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let store = store.clone();
+            let stop = stop.clone();
+            async move { store.keep_marked_alive(OWNER, stop).await }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("marks stop");
+    }
+}
+
 /// On PostgreSQL, a sync request is failed as abandoned once its instance has been out of
 /// sight for 30 s, but only by an instance whose own marks have succeeded for longer than
 /// that: just after the database comes back (or the instance starts), every other
@@ -694,12 +717,7 @@ async fn an_instance_just_connected_fails_no_sync_request_by_its_instances_marks
         bench.store.close().await;
         return;
     }
-    let marking = tokio_util::sync::CancellationToken::new();
-    let marks = tokio::spawn({
-        let store = bench.store.clone();
-        let stop = marking.clone();
-        async move { store.keep_marked_alive(OWNER, stop).await }
-    });
+    let marks = Marking::start(&bench.store);
     let a_minute_ago = Utc::now() - chrono::Duration::seconds(60);
     let orphan = NewRequest {
         created_at: a_minute_ago,
@@ -728,8 +746,7 @@ async fn an_instance_just_connected_fails_no_sync_request_by_its_instances_marks
         .await
         .expect("read the controls");
     assert_eq!(read.instances, 1, "only the reader shares the rate limits");
-    marking.cancel();
-    marks.await.expect("marks stop");
+    marks.stop().await;
     bench.store.close().await;
 }
 
@@ -741,15 +758,11 @@ async fn an_instance_just_connected_fails_no_sync_request_by_its_instances_marks
 async fn a_sync_request_is_failed_by_its_instances_marks_not_by_its_age() {
     let bench = Bench::open().await;
     if bench.url.starts_with("sqlite:") {
+        // One process holds a SQLite database: its requests are failed when it opens it.
         bench.store.close().await;
         return;
     }
-    let marking = tokio_util::sync::CancellationToken::new();
-    let marks = tokio::spawn({
-        let store = bench.store.clone();
-        let stop = marking.clone();
-        async move { store.keep_marked_alive(OWNER, stop).await }
-    });
+    let marks = Marking::start(&bench.store);
     let two_minutes_ago = Utc::now() - chrono::Duration::seconds(120);
     let old = |key: &str| NewRequest {
         created_at: two_minutes_ago,
@@ -784,8 +797,7 @@ async fn a_sync_request_is_failed_by_its_instances_marks_not_by_its_age() {
         let row = bench.row(&kept.id).await.expect("row");
         assert_eq!(row.status, Status::Processing, "{why} request");
     }
-    marking.cancel();
-    marks.await.expect("marks stop");
+    marks.stop().await;
     bench.store.close().await;
 }
 
